@@ -1,0 +1,214 @@
+"""The objects plugins provide: backends, workloads, probes and report sections.
+
+A plugin module implements one or more ``hjepa_bench_register_*`` hooks (see
+:mod:`hjepa_bench.hookspecs`) and calls ``register(obj)`` with instances of the
+classes below.  Every method has a working default where one makes sense, so a
+plugin overrides only what it needs.
+
+Units: seconds (``*_s``), bytes (``*_bytes``), fractions in [0, 1] (``*_frac``).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+import torch
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+# --------------------------------------------------------------------------- backends
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str = ""  # why not, in one sentence; empty when available
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """One memory reading of a backend.  ``None`` means the backend cannot tell."""
+
+    current_bytes: int | None
+    peak_bytes: int | None
+    total_bytes: int | None
+    reserved_bytes: int | None = None  # allocator cache (CUDA reserved, MPS driver)
+    source: str = ""  # which API the numbers came from
+
+
+class Backend(abc.ABC):
+    """A device kind torch can train on (cpu, cuda, mps).
+
+    Timing contract: ``synchronize`` waits for all queued work; ``event`` returns
+    an object with ``record()`` and ``elapsed_s(other)`` that measures on the
+    device timeline (device events where they exist, synced wall time otherwise).
+    """
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def availability(self) -> Availability: ...
+
+    @abc.abstractmethod
+    def device(self) -> torch.device: ...
+
+    @abc.abstractmethod
+    def synchronize(self) -> None: ...
+
+    def has_device_events(self) -> bool:
+        return False
+
+    def event(self) -> "TimingEvent":
+        return WallClockEvent(self)
+
+    @abc.abstractmethod
+    def memory(self) -> MemoryReading:
+        """Current, peak and total memory as this backend measures it."""
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory window (before the measured steps)."""
+
+    def sample_memory(self) -> None:
+        """Called once per step; backends without a peak API track the peak here."""
+
+    @abc.abstractmethod
+    def supported_precisions(self) -> dict[str, str]:
+        """Map of precision name -> "" if it works, else why not (one sentence)."""
+
+    def grad_scaler(self, precision: str) -> Any | None:
+        """A GradScaler for fp16 training on this device, or None."""
+        return None
+
+    def is_oom(self, exc: BaseException) -> bool:
+        """True when ``exc`` is this backend's out-of-memory error."""
+        return False
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Device facts for the environment fingerprint (name, memory, ...)."""
+        return {}
+
+
+class TimingEvent(abc.ABC):
+    @abc.abstractmethod
+    def record(self) -> None: ...
+
+    @abc.abstractmethod
+    def elapsed_s(self, end: "TimingEvent") -> float:
+        """Seconds from this event to ``end`` (both recorded; may synchronize)."""
+
+
+class WallClockEvent(TimingEvent):
+    """Host wall time taken after a device sync: honest on every backend."""
+
+    def __init__(self, backend: Backend):
+        self._backend = backend
+        self.t: float | None = None
+
+    def record(self) -> None:
+        import time
+
+        self._backend.synchronize()
+        self.t = time.perf_counter()
+
+    def elapsed_s(self, end: "TimingEvent") -> float:
+        assert isinstance(end, WallClockEvent) and self.t is not None and end.t is not None
+        return end.t - self.t
+
+
+# --------------------------------------------------------------------------- workloads
+@dataclass
+class StepOutput:
+    """What one training step hands back, without forcing a device sync."""
+
+    loss: torch.Tensor  # 0-dim, detached, on the device
+    grad_norm: torch.Tensor | None = None  # 0-dim, on the device (pre-clipping)
+    host_s: dict[str, float] = field(default_factory=dict)  # named host phases, seconds
+
+
+class PreparedWorkload(abc.ABC):
+    """A workload built for one config on one device, ready to step."""
+
+    #: samples per step
+    batch_size: int = 0
+
+    @abc.abstractmethod
+    def batches(self) -> Iterator[Any]:
+        """An endless iterator of batches (as the DataLoader yields them)."""
+
+    @abc.abstractmethod
+    def step(self, batch: Any) -> StepOutput:
+        """One full training step on ``batch`` (moves it to the device itself)."""
+
+    def params(self) -> dict[str, int]:
+        return {"total": 0, "trainable": 0}
+
+    def model(self) -> torch.nn.Module | None:
+        return None
+
+    def close(self) -> None:
+        """Release DataLoader workers and other resources."""
+
+
+class Workload(abc.ABC):
+    name: str = ""
+    description: str = ""
+
+    @abc.abstractmethod
+    def prepare(self, config: Mapping[str, Any], backend: Backend) -> PreparedWorkload: ...
+
+
+# --------------------------------------------------------------------------- probes
+@dataclass
+class RunContext:
+    """What a probe sees of a run."""
+
+    config: Mapping[str, Any]
+    backend: Backend
+    workload: PreparedWorkload
+    env: Mapping[str, Any]
+
+
+@dataclass
+class StepSample:
+    """One measured step.  ``step_time_s`` is filled when its window closes."""
+
+    index: int  # 0-based, counting warm-up steps
+    warmup: bool
+    data_wait_s: float
+    host_s: float  # wall time from batch in hand to step() returning (dispatch + host work)
+    step_time_s: float | None = None
+    loss: float | None = None
+
+
+class Probe:
+    """Observes a run and writes ``record["probes"][name]``.
+
+    Hooks are called in this order: ``start`` once before warm-up, ``after_step``
+    after every step (keep it cheap: it runs inside the timed loop), then
+    ``finish`` once with the run's result record (metrics filled), which returns
+    the probe's JSON-serialisable entry (or None for no entry).
+    """
+
+    name: str = ""
+
+    def start(self, ctx: RunContext) -> None:
+        pass
+
+    def after_step(self, ctx: RunContext, sample: StepSample) -> None:
+        pass
+
+    def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        return None
+
+
+# --------------------------------------------------------------------------- reports
+class ReportSection(abc.ABC):
+    """A markdown section of a report, rendered from result records."""
+
+    name: str = ""
+    title: str = ""
+    order: int = 100  # lower comes first
+
+    @abc.abstractmethod
+    def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        """Markdown body (without the title), or None to leave the section out."""
