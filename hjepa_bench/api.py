@@ -130,6 +130,9 @@ class PreparedWorkload(abc.ABC):
 
     #: samples per step
     batch_size: int = 0
+    #: True when fp16 training uses a GradScaler (a non-finite gradient is then
+    #: a skipped step, not divergence)
+    uses_grad_scaler: bool = False
 
     @abc.abstractmethod
     def batches(self) -> Iterator[Any]:

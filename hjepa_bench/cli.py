@@ -1,0 +1,337 @@
+"""Command line: ``hjepa-bench {run,inspect,devices,plugins}``.
+
+Bad input ends with one sentence on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .api import Backend
+from .config import ResolvedConfig, resolve_config
+from .errors import UserError
+from .manager import Plugins, build_plugins
+from .record import dumps, write_json
+from .report import fmt_bytes, fmt_ms, fmt_pct, render_report
+
+AUTO_ORDER = ("cuda", "mps", "cpu")
+
+
+# --------------------------------------------------------------------------- helpers
+def select_backend(plugins: Plugins, name: str) -> Backend:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable device is a UserError."""
+    backends = plugins.backends()
+    available = [n for n, b in backends.items() if b.availability().available]
+    if name == "auto":
+        for candidate in AUTO_ORDER + tuple(sorted(backends)):
+            if candidate in available:
+                return backends[candidate]
+        raise UserError("no device is available (not even cpu).")
+    if name not in backends:
+        raise UserError(f"unknown device {name!r}; known devices: {', '.join(sorted(backends))} (or auto).")
+    why = backends[name].availability()
+    if not why.available:
+        raise UserError(f"device {name} is not available ({why.reason.rstrip('.')}); available: {', '.join(available) or 'none'}.")
+    return backends[name]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (flags override the YAML file)")
+    g.add_argument("--config", metavar="YAML", help="upstream H-JEPA YAML config (default: built-in quick_val)")
+    g.add_argument("--model", help="vit_tiny | vit_small | vit_base | vit_large (or full timm names)")
+    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--workers", type=_positive_int, help="DataLoader worker processes")
+    g.add_argument("--hierarchies", type=_positive_int, help="hierarchy levels (1-4)")
+    g.add_argument("--predictor-depth", type=_positive_int)
+    g.add_argument("--encoder-depth", type=_positive_int, help="ViT blocks (default 12; fewer for quick tests)")
+    g.add_argument("--img-size", type=_positive_int, help="image size in pixels (multiple of 16)")
+    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
+    g.add_argument("--variant", choices=["reference", "efficient"])
+    g.add_argument("--seed", type=int)
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model.encoder_type": args.model,
+        "data.batch_size": args.batch_size,
+        "data.num_workers": getattr(args, "workers", None),
+        "model.num_hierarchies": args.hierarchies,
+        "model.predictor.depth": args.predictor_depth,
+        "model.encoder_depth": args.encoder_depth,
+        "data.image_size": args.img_size,
+        "bench.precision": args.precision,
+        "bench.variant": args.variant,
+        "seed": args.seed,
+        "bench.workload": getattr(args, "workload", None),
+        "bench.data": getattr(args, "data", None),
+        "bench.data_path": getattr(args, "data_path", None),
+        "bench.limit_samples": getattr(args, "limit_samples", None),
+        "bench.persistent_workers": getattr(args, "persistent_workers", None),
+        "bench.warmup_steps": getattr(args, "warmup_steps", None),
+        "bench.min_steps": getattr(args, "min_steps", None),
+        "bench.max_steps": getattr(args, "max_steps", None),
+        "bench.max_time_s": getattr(args, "max_time", None),
+        "bench.target_rel_precision": getattr(args, "target_precision", None),
+    }
+
+
+def load_config(args: argparse.Namespace, *, quiet: bool = False) -> ResolvedConfig:
+    rc = resolve_config(args.config, config_overrides(args))
+    if not quiet:
+        for line in rc.warnings():
+            print(f"warning: {line}", file=sys.stderr)
+    return rc
+
+
+def _print_json(data: Any) -> None:
+    print(dumps(data))
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .env import environment_fingerprint
+    from .runner import run_benchmark
+
+    backend = select_backend(plugins, args.device)
+    rc = load_config(args, quiet=args.quiet)
+    values = rc.values
+    workloads = plugins.workloads()
+    wname = values["bench"]["workload"]
+    if wname not in workloads:
+        raise UserError(f"unknown workload {wname!r}; registered workloads: {', '.join(sorted(workloads))}.")
+    from .config import resolve_precision
+
+    values["bench"]["precision"] = resolve_precision(values, backend.name)
+    values["bench"]["device"] = backend.name
+    probes = list(plugins.probes().values())
+    env = environment_fingerprint(backend)
+
+    def progress(p: dict[str, Any]) -> None:
+        if not args.quiet:
+            med = p["median_step_s"]
+            print(f"\r  measured {p['steps']} steps in {p['elapsed_s']:.1f} s, median step {fmt_ms(med)}"
+                  f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
+
+    if not args.quiet:
+        print(f"hjepa-bench run: {_label(values)} on {backend.name}", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        record = run_benchmark(values, backend, workloads[wname], probes, env,
+                               warnings=rc.warnings(), progress=progress)
+    if not args.quiet:
+        print(file=sys.stderr)
+    if args.json:
+        write_json(record, args.json)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(render_report([record], plugins.report_sections()))
+    if not args.quiet:
+        print(summary_text(record))
+        if args.json:
+            print(f"record written to {args.json}")
+    return 0 if record["status"] == "ok" else 1
+
+
+def _label(values: dict[str, Any]) -> str:
+    m, d, b = values["model"], values["data"], values["bench"]
+    return (f"{b['workload']} {b['variant']} | {m['encoder_type']} D={m['embed_dim']} depth {m['encoder_depth']} | "
+            f"{m['num_hierarchies']} levels, predictor depth {m['predictor']['depth']} | batch {d['batch_size']} | "
+            f"{d['image_size']} px | {d['num_workers']} workers | {b['precision']}")
+
+
+def summary_text(record: dict[str, Any]) -> str:
+    m = record.get("metrics") or {}
+    lines = [f"status: {record['status']}" + (f" ({record['error']})" if record.get("error") else "")]
+    p = record.get("params") or {}
+    if p.get("total"):
+        lines.append(f"params: {p['total']:,} total / {p['trainable']:,} trainable")
+    st = m.get("step_time_s") or {}
+    if st.get("n"):
+        warm = m.get("warmup", {})
+        lines.append(f"measured: {st['n']} steps in {m['measured_time_s']:.1f} s (stopped: {m['stop_reason']}), "
+                     f"after {warm.get('steps', 0)} warm-up steps in {warm.get('time_s', 0):.1f} s")
+        lines.append(f"speed: {m['it_per_s']:.2f} it/s, {m['samples_per_s']:.1f} samples/s")
+        cv = "n/a" if st.get("cv") is None else f"{st['cv'] * 100:.1f}%"
+        lines.append(f"step time: median {fmt_ms(st['median'])}, IQR {fmt_ms(st['iqr'])}, CV {cv}, "
+                     f"p10 {fmt_ms(st['p10'])}, p90 {fmt_ms(st['p90'])} ({m['timing_method']})")
+        compute = "host work (includes the compute on cpu)" if record["env"].get("backend") == "cpu" else "host work"
+        lines.append(f"time split: data wait {fmt_pct(m['data_wait_frac'])}, {compute} {fmt_pct(m['host_frac'])}")
+        lines.append(f"memory: peak {fmt_bytes(m['peak_device_bytes'])} ({m['memory_source']}), "
+                     f"device total {fmt_bytes(m['device_total_bytes'])}")
+        if m.get("loss_first") is not None:
+            lines.append(f"loss: {m['loss_first']:.4g} (first measured step) -> {m['loss_last']:.4g} (last)")
+        for w in m.get("warnings", []):
+            lines.append(f"warning: {w}")
+    for name, entry in (record.get("probes") or {}).items():
+        lines.append(f"probe {name}: {json.dumps(entry)[:200]}")
+    return "\n".join(lines)
+
+
+def cmd_inspect(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .inspection import inspect_config
+
+    rc = load_config(args, quiet=args.json)
+    info = inspect_config(rc.values, batch_size=args.batch_size)
+    if args.json:
+        _print_json(info)
+        return 0
+    p = info["params"]
+    print(f"{info['model']} at {info['image_size']} px, batch {info['batch_size']}")
+    print(f"params: {p['total']:,} total (incl. target encoder) / {p['trainable']:,} trainable")
+    t = info["tokens_per_sample"]
+    print(f"masked patches: {t['masked_frac_mean']:.0%} of {t['patches']} on average")
+    from tabulate import tabulate
+
+    rows = []
+    for v in ("reference", "efficient"):
+        f = info["flops_per_step"][v]
+        tok = t[v]
+        rows.append([v, f"{f['total'] / 1e9:.1f}", f"{f['by_module']['context_encoder_fwd_bwd'] / 1e9:.1f}",
+                     f"{f['by_module']['target_encoder_fwd'] / 1e9:.1f}", f"{f['by_module']['predictor_fwd_bwd'] / 1e9:.1f}",
+                     tok["context_encoder"], tok["target_encoder"], tok["predictor"]])
+    print(tabulate(rows, headers=["variant", "GFLOP/step", "context enc", "target enc", "predictor",
+                                  "ctx tokens", "tgt tokens", "pred tokens"]))
+    print(f"efficient / reference FLOPs: {info['efficient_vs_reference_flops']:.2f}"
+          f"  (attention counted: {'yes' if info['attention_counted'] else 'NO'})")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace, plugins: Plugins) -> int:
+    rows = []
+    for name, backend in sorted(plugins.backends().items()):
+        av = backend.availability()
+        row: dict[str, Any] = {"name": name, "available": av.available, "reason": av.reason}
+        if av.available:
+            fp = backend.fingerprint()
+            mem = backend.memory()
+            row.update({"device_name": fp.get("device_name"), "total_bytes": mem.total_bytes,
+                        "precisions": {k: (v or "ok") for k, v in backend.supported_precisions().items()},
+                        "device_events": backend.has_device_events(), "memory_source": mem.source})
+        rows.append(row)
+    if args.json:
+        _print_json(rows)
+        return 0
+    from tabulate import tabulate
+
+    table = []
+    for r in rows:
+        prec = ", ".join(k for k, v in (r.get("precisions") or {}).items() if v == "ok") or "-"
+        table.append([r["name"], "yes" if r["available"] else "no", r.get("device_name") or "-",
+                      fmt_bytes(r.get("total_bytes")) if r["available"] else "-", prec, r["reason"] or ""])
+    print(tabulate(table, headers=["device", "available", "name", "memory", "precisions", "why not"]))
+    auto = next((r["name"] for n in AUTO_ORDER for r in rows if r["name"] == n and r["available"]), None)
+    print(f"--device auto picks: {auto}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
+    infos = plugins.describe()
+    if args.json:
+        _print_json([vars(i) for i in infos])
+        return 0
+    from tabulate import tabulate
+
+    rows = [[i.name, i.module, i.origin, ", ".join(h.replace("hjepa_bench_", "") for h in i.hooks),
+             "; ".join(f"{k}: {', '.join(v)}" for k, v in i.provides.items())] for i in infos]
+    print(tabulate(rows, headers=["plugin", "module", "from", "hooks", "provides"]))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one sentence, exit 2
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help).\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hjepa-bench", description="Measure the real H-JEPA training step on this machine.")
+    parser.add_argument("--version", action="version", version=f"hjepa-bench {__version__}")
+    parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="MODULE",
+                        help="load a plugin module (repeatable); -p no:NAME disables a plugin")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="measure one configuration and print a summary",
+                         description="Run the real H-JEPA training step and measure it.")
+    add_config_args(run)
+    run.add_argument("--device", default="auto", help="cpu | cuda | mps | auto (default: cuda, then mps, then cpu)")
+    run.add_argument("--workload", help="registered workload to time (default hjepa)")
+    run.add_argument("--data", choices=["synthetic", "cifar10"], help="default synthetic (CIFAR-shaped, in memory)")
+    run.add_argument("--data-path", metavar="DIR", help="CIFAR-10 python-format folder (never downloaded)")
+    run.add_argument("--limit-samples", type=_positive_int, metavar="N", help="use only the first N samples")
+    pw = run.add_mutually_exclusive_group()
+    pw.add_argument("--persistent-workers", dest="persistent_workers", action="store_true", default=None,
+                    help="keep DataLoader workers between epochs")
+    pw.add_argument("--no-persistent-workers", dest="persistent_workers", action="store_false",
+                    help="restart workers every epoch, as upstream does (default)")
+    s = run.add_argument_group("measurement")
+    s.add_argument("--warmup-steps", type=_positive_int)
+    s.add_argument("--min-steps", type=_positive_int)
+    s.add_argument("--max-steps", type=_positive_int)
+    s.add_argument("--max-time", type=_positive_float, metavar="SECONDS", help="time cap for the measured loop")
+    s.add_argument("--target-precision", type=_positive_float, metavar="FRAC",
+                   help="stop when the median step time is known to +-FRAC (95%% CI), default 0.02")
+    run.add_argument("--json", metavar="PATH", help="write the result record (JSON) here")
+    run.add_argument("--report", metavar="PATH", help="write a markdown report here")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    run.set_defaults(func=cmd_run)
+
+    ins = sub.add_parser("inspect", help="parameters, tokens and FLOPs of a config (no training)")
+    add_config_args(ins)
+    ins.add_argument("--json", action="store_true", help="print JSON")
+    ins.set_defaults(func=cmd_inspect)
+
+    dev = sub.add_parser("devices", help="which backends are available here, and why not")
+    dev.add_argument("--json", action="store_true")
+    dev.set_defaults(func=cmd_devices)
+
+    plg = sub.add_parser("plugins", help="loaded plugins, where they came from, and their hooks")
+    plg.add_argument("--json", action="store_true")
+    plg.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        plugins = build_plugins(args.plugins)
+        return int(args.func(args, plugins) or 0)
+    except UserError as exc:
+        print(f"hjepa-bench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\nhjepa-bench: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The plugin manager and its typed facade.
+
+Plugins come from, in order:
+
+1. the ``hjepa_bench`` entry-point group - the built-ins (installed as
+   ``hjepa_bench.plugins.*`` by this package) and any third-party package;
+   ``HJEPA_BENCH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only this package's own;
+2. modules named in ``HJEPA_BENCH_PLUGINS`` (comma separated) or with
+   ``hjepa-bench -p MODULE``;
+3. ``HJEPA_BENCH_DISABLE_PLUGINS=name,...`` (or ``-p no:NAME``) blocks plugins by
+   entry-point or module name.
+
+After loading, ``check_pending`` makes a misspelled hook an error.  The rest of
+the code talks to :class:`Plugins`, never to ``pm.hook`` directly.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, TypeVar
+
+import pluggy
+
+from . import hookspecs
+from .api import Backend, Probe, ReportSection, Workload
+from .errors import UserError
+
+ENTRY_POINT_GROUP = "hjepa_bench"
+DIST_NAME = "hjepa-bench"
+ENV_DISABLE_AUTOLOAD = "HJEPA_BENCH_DISABLE_PLUGIN_AUTOLOAD"
+ENV_PLUGINS = "HJEPA_BENCH_PLUGINS"
+ENV_DISABLE = "HJEPA_BENCH_DISABLE_PLUGINS"
+
+# The built-ins, in case the entry points are not installed (running from a source
+# tree); normally they arrive through the entry-point group like any plugin.
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("cpu", "hjepa_bench.plugins.backend_cpu"),
+    ("cuda", "hjepa_bench.plugins.backend_cuda"),
+    ("mps", "hjepa_bench.plugins.backend_mps"),
+    ("hjepa", "hjepa_bench.plugins.workload_hjepa"),
+    ("summary", "hjepa_bench.plugins.report_summary"),
+)
+
+T = TypeVar("T")
+
+
+class _Manager(pluggy.PluginManager):
+    def parse_hookimpl_opts(self, plugin: Any, name: str):
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("hjepa_bench_") and callable(getattr(plugin, name, None)):
+            # An unmarked function with the hook prefix is still treated as a hook
+            # implementation, so a misspelled name fails check_pending().
+            return {}
+        return opts
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    origin: str  # "builtin", "entry point of <dist> <version>", "HJEPA_BENCH_PLUGINS", "-p"
+    hooks: list[str] = field(default_factory=list)
+    provides: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Plugins:
+    """Typed facade over the pluggy manager: one method per hook."""
+
+    def __init__(self, pm: pluggy.PluginManager, infos: list[PluginInfo]):
+        self.pm = pm
+        self.infos = infos
+        self._cache: dict[str, list[tuple[str, Any]]] = {}
+
+    def _collect(self, hook_name: str, kind: type[T]) -> list[tuple[str, T]]:
+        """Call every implementation of a register hook, remembering which plugin
+        registered what.  Names must be unique per kind."""
+        if hook_name in self._cache:
+            return self._cache[hook_name]
+        found: list[tuple[str, T]] = []
+        seen: dict[str, str] = {}
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            def register(obj: T, _plugin: str = impl.plugin_name) -> None:
+                if not isinstance(obj, kind):
+                    raise UserError(f"plugin {_plugin} registered {obj!r}, which is not a {kind.__name__}.")
+                name = getattr(obj, "name", "")
+                if not name:
+                    raise UserError(f"plugin {_plugin} registered a {kind.__name__} without a name.")
+                if name in seen:
+                    raise UserError(f"{kind.__name__} {name!r} is registered twice, by {seen[name]} and {_plugin}; disable one with -p no:NAME.")
+                seen[name] = _plugin
+                found.append((_plugin, obj))
+            impl.function(register=register)
+        self._cache[hook_name] = found
+        return found
+
+    def backends(self) -> dict[str, Backend]:
+        return {b.name: b for _, b in self._collect("hjepa_bench_register_backends", Backend)}
+
+    def workloads(self) -> dict[str, Workload]:
+        return {w.name: w for _, w in self._collect("hjepa_bench_register_workloads", Workload)}
+
+    def probes(self) -> dict[str, Probe]:
+        return {p.name: p for _, p in self._collect("hjepa_bench_register_probes", Probe)}
+
+    def report_sections(self) -> list[ReportSection]:
+        sections = [s for _, s in self._collect("hjepa_bench_register_report_sections", ReportSection)]
+        return sorted(sections, key=lambda s: (s.order, s.name))
+
+    def describe(self) -> list[PluginInfo]:
+        """Loaded plugins with their hooks and the objects each one registered."""
+        kinds = {
+            "hjepa_bench_register_backends": ("backends", Backend),
+            "hjepa_bench_register_workloads": ("workloads", Workload),
+            "hjepa_bench_register_probes": ("probes", Probe),
+            "hjepa_bench_register_report_sections": ("report_sections", ReportSection),
+        }
+        by_plugin = {info.name: info for info in self.infos}
+        for hook_name, (label, kind) in kinds.items():
+            for plugin_name, obj in self._collect(hook_name, kind):
+                by_plugin[plugin_name].provides.setdefault(label, []).append(obj.name)
+        for info in self.infos:
+            plugin = self.pm.get_plugin(info.name)
+            info.hooks = sorted(c.name for c in (self.pm.get_hookcallers(plugin) or []))
+        return self.infos
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _entry_points() -> list[tuple[md.EntryPoint, str, str]]:
+    """(entry point, distribution name, version), deduplicated."""
+    out, seen = [], set()
+    for dist in md.distributions():
+        try:
+            eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+        except Exception:  # a broken dist-info must not break the tool
+            continue
+        name = dist.metadata["Name"] or "?"
+        for ep in eps:
+            if (ep.name, ep.value) in seen:
+                continue
+            seen.add((ep.name, ep.value))
+            out.append((ep, name, dist.version))
+    return out
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any]] = (),
+                  env: dict[str, str] | None = None) -> Plugins:
+    """Build the manager: entry points, then ``HJEPA_BENCH_PLUGINS`` and ``extra``
+    module names (``no:NAME`` blocks a plugin), then ``objects`` (name, plugin)
+    registered directly (for tests and embedding)."""
+    env = dict(os.environ if env is None else env)
+    extra = list(extra)
+    blocked = set(_split(env.get(ENV_DISABLE))) | {e[3:] for e in extra if e.startswith("no:")}
+    modules = _split(env.get(ENV_PLUGINS)) + [e for e in extra if not e.startswith("no:")]
+    autoload = env.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() in ("", "0", "false", "no")
+
+    pm = _Manager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    infos: list[PluginInfo] = []
+
+    def register(plugin: Any, name: str, module: str, origin: str) -> None:
+        if name in blocked or module in blocked:
+            return
+        if pm.get_plugin(name) is not None or pm.is_registered(plugin):
+            return
+        try:
+            pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise UserError(f"plugin {name} ({module}) is invalid: {exc}.") from None
+        infos.append(PluginInfo(name=name, module=module, origin=origin))
+
+    def load(module: str, what: str) -> Any:
+        try:
+            return importlib.import_module(module)
+        except Exception as exc:
+            raise UserError(f"cannot load plugin module {module} ({what}): {type(exc).__name__}: {exc}.") from None
+
+    for ep, dist, version in _entry_points():
+        own = _normalise(dist) == DIST_NAME
+        if not own and not autoload:
+            continue
+        if ep.name in blocked:
+            continue
+        origin = "builtin" if own else f"entry point of {dist} {version}"
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise UserError(f"cannot load plugin {ep.name} ({ep.value}, from {dist}): {type(exc).__name__}: {exc}.") from None
+        register(plugin, ep.name, ep.value, origin)
+    for name, module in DEFAULT_PLUGINS:  # source tree without installed entry points
+        if pm.get_plugin(name) is None and name not in blocked:
+            register(load(module, "builtin"), name, module, "builtin (not installed)")
+    for module in modules:
+        register(load(module, "requested"), module, module, f"{ENV_PLUGINS} / -p")
+    for name, plugin in objects:
+        register(plugin, name, getattr(plugin, "__name__", type(plugin).__name__), "registered directly")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise UserError(f"a plugin implements a hook that does not exist (misspelled?): {exc}.") from None
+    return Plugins(pm, infos)
+

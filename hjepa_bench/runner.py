@@ -1,0 +1,269 @@
+"""The run loop: warm-up, timed windows, adaptive stopping, one result record.
+
+Timing follows MEASURING.md:
+
+* warm-up steps run first and are reported separately;
+* steps run in windows with one device sync at each edge (no per-step sync, so
+  host/device overlap is kept); throughput = measured steps / window time;
+* the per-step distribution comes from device events recorded at step starts
+  (CUDA, MPS) or from wall time between step starts (CPU, which is synchronous);
+* time blocked in ``next(batches)`` is data wait; the rest of the host time up
+  to ``step()`` returning is host work (dispatch, masks, optimizer, EMA);
+* measuring stops when the median step time is known to the target relative
+  precision (95% CI), or at the step or time cap;
+* a non-finite loss (or gradient norm, without a GradScaler) -> ``diverged``;
+  the backend's out-of-memory error -> ``oom``; anything else -> ``error``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import psutil
+import torch
+
+from . import stats
+from .api import Backend, Probe, RunContext, StepSample, Workload
+from .errors import UserError
+from .record import SCHEMA_VERSION
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, what: str):
+        super().__init__(f"non-finite {what} at step {step}")
+        self.step = step
+
+
+def new_record(config: Mapping[str, Any], env: Mapping[str, Any], warnings: Sequence[str] = ()) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "error",
+        "error": None,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": None,
+        "config": dict(config),
+        "config_warnings": list(warnings),
+        "env": dict(env),
+        "params": {"total": 0, "trainable": 0},
+        "metrics": {},
+        "series": {},
+        "probes": {},
+    }
+
+
+class _Loop:
+    def __init__(self, ctx: RunContext, probes: Sequence[Probe], progress: ProgressFn | None):
+        self.ctx = ctx
+        self.backend: Backend = ctx.backend
+        self.work = ctx.workload
+        self.probes = probes
+        self.progress = progress
+        self.samples: list[StepSample] = []
+        self.grad_norms: list[float] = []
+        self.phases: list[dict[str, float]] = []
+        self.batch_sizes: list[int] = []
+        self.window_times: list[float] = []  # measured windows only
+        self.warmup_time_s = 0.0
+        self.events = self.backend.has_device_events()
+        self.scaled = getattr(self.work, "uses_grad_scaler", False)
+        self.batches: Iterator[Any] = iter(self.work.batches())
+
+    def window(self, n: int, warmup: bool) -> float:
+        backend = self.backend
+        losses, norms, marks, fresh = [], [], [], []
+        backend.synchronize()
+        w0 = time.perf_counter()
+        for _ in range(n):
+            t0 = time.perf_counter()
+            if self.events:
+                ev = backend.event()
+                ev.record()
+                marks.append(ev)
+            else:
+                marks.append(t0)
+            batch = next(self.batches)
+            t1 = time.perf_counter()
+            out = self.work.step(batch)
+            t2 = time.perf_counter()
+            backend.sample_memory()
+            sample = StepSample(index=len(self.samples), warmup=warmup, data_wait_s=t1 - t0, host_s=t2 - t1)
+            self.samples.append(sample)
+            fresh.append(sample)
+            losses.append(out.loss)
+            norms.append(out.grad_norm)
+            self.phases.append(dict(out.host_s))
+            self.batch_sizes.append(_batch_len(batch))
+            for probe in self.probes:
+                probe.after_step(self.ctx, sample)
+        if self.events:
+            end = backend.event()
+            end.record()
+            marks.append(end)
+        backend.synchronize()
+        w1 = time.perf_counter()
+        if self.events:
+            times = [marks[i].elapsed_s(marks[i + 1]) for i in range(n)]
+        else:
+            marks.append(w1)
+            times = [marks[i + 1] - marks[i] for i in range(n)]
+        loss_vals = torch.stack([x.float() for x in losses]).cpu().tolist()  # one readback per window
+        norm_vals = ([math.nan] * n if norms[0] is None else
+                     torch.stack([x.float() for x in norms]).cpu().tolist())
+        for sample, t, loss, norm in zip(fresh, times, loss_vals, norm_vals):
+            sample.step_time_s, sample.loss = t, loss
+            self.grad_norms.append(norm)
+            if not math.isfinite(loss):
+                raise Diverged(sample.index, "loss")
+            if norms[0] is not None and not math.isfinite(norm) and not self.scaled:
+                raise Diverged(sample.index, "gradient norm")
+        return w1 - w0
+
+    def measured(self) -> list[StepSample]:
+        return [s for s in self.samples if not s.warmup and s.step_time_s is not None]
+
+    def run(self, b: Mapping[str, Any]) -> str:
+        if b["warmup_steps"] > 0:
+            self.warmup_time_s = self.window(int(b["warmup_steps"]), warmup=True)
+        self.backend.reset_peak_memory()
+        t_start = time.perf_counter()
+        while True:
+            done = len(self.measured())
+            elapsed = time.perf_counter() - t_start
+            times = [s.step_time_s for s in self.measured()]
+            if done >= b["max_steps"]:
+                return "max_steps"
+            if elapsed >= b["max_time_s"] and done > 0:
+                return "max_time"
+            if done >= b["min_steps"] and stats.relative_precision(times) <= b["target_rel_precision"]:
+                return "precision"
+            n = min(int(b["window_steps"]), int(b["max_steps"]) - done)
+            if times:  # do not overshoot the time cap by a whole window of slow steps
+                left = b["max_time_s"] - elapsed
+                n = max(1, min(n, math.ceil(left / max(1e-9, float(sorted(times)[len(times) // 2])))))
+                if done < b["min_steps"]:
+                    n = max(n, min(int(b["window_steps"]), int(b["min_steps"]) - done))
+            self.window_times.append(self.window(n, warmup=False))
+            if self.progress:
+                self.progress({"steps": len(self.measured()), "elapsed_s": time.perf_counter() - t_start,
+                               "median_step_s": stats.summarize([s.step_time_s for s in self.measured()])["median"],
+                               "max_steps": b["max_steps"], "max_time_s": b["max_time_s"]})
+
+
+def _batch_len(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return int(first.shape[0]) if hasattr(first, "shape") else 0
+
+
+def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str, Any]:
+    measured = loop.measured()
+    times = [s.step_time_s for s in measured]
+    total = sum(loop.window_times)
+    n = len(measured)
+    it_per_s = n / total if total > 0 else None
+    summary = stats.summarize(times)
+    phase_names = sorted({k for p in loop.phases for k in p})
+    measured_phases = [loop.phases[s.index] for s in measured]
+    mem = loop.backend.memory()
+    warm = [s for s in loop.samples if s.warmup]
+    achieved = sorted(set(loop.batch_sizes[s.index] for s in measured)) or sorted(set(loop.batch_sizes))
+    losses = [s.loss for s in measured if s.loss is not None]
+    warnings = [w for w in [stats.spread_warning(summary)] if w]
+    if stop_reason == "max_time" and n < 10:
+        warnings.append(f"only {n} steps measured before the time cap; the statistics are rough")
+    return {
+        "it_per_s": it_per_s,
+        "samples_per_s": it_per_s * batch_size if it_per_s is not None else None,
+        "step_time_s": summary,
+        "measured_steps": n,
+        "measured_time_s": total,
+        "data_wait_frac": sum(s.data_wait_s for s in measured) / total if total > 0 else None,
+        "host_frac": sum(s.host_s for s in measured) / total if total > 0 else None,
+        "host_phases_s": {k: stats.summarize([p.get(k, 0.0) for p in measured_phases])["median"] for k in phase_names},
+        "warmup": {"steps": len(warm), "time_s": loop.warmup_time_s,
+                   "step_time_s": [s.step_time_s for s in warm]},
+        "batch_size": {"requested": batch_size, "achieved": achieved[0] if len(achieved) == 1 else achieved},
+        "peak_device_bytes": mem.peak_bytes,
+        "current_device_bytes": mem.current_bytes,
+        "reserved_device_bytes": mem.reserved_bytes,
+        "device_total_bytes": mem.total_bytes,
+        "memory_source": mem.source,
+        "peak_rss_bytes": _peak_rss(),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "stop_reason": stop_reason,
+        "timing_method": "device-events" if loop.events else "synced-wall-clock",
+        "warnings": warnings,
+    }
+
+
+def _peak_rss() -> int | None:
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except Exception:
+        return psutil.Process().memory_info().rss
+
+
+def _series(loop: _Loop) -> dict[str, Any]:
+    return {
+        "warmup_steps": sum(1 for s in loop.samples if s.warmup),
+        "step_time_s": [s.step_time_s for s in loop.samples],
+        "data_wait_s": [s.data_wait_s for s in loop.samples],
+        "host_s": [s.host_s for s in loop.samples],
+        "loss": [s.loss for s in loop.samples],
+        "grad_norm": loop.grad_norms,
+    }
+
+
+def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workload, probes: Sequence[Probe],
+                  env: Mapping[str, Any], *, warnings: Sequence[str] = (),
+                  progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Measure one config; always returns a record (status says how it went).
+
+    ``UserError`` and ``KeyboardInterrupt`` propagate; resources are released.
+    """
+    record = new_record(config, env, warnings)
+    t0 = time.perf_counter()
+    prepared = None
+    loop: _Loop | None = None
+    ctx: RunContext | None = None
+    stop_reason = None
+    try:
+        prepared = workload.prepare(config, backend)
+        record["params"] = prepared.params()
+        ctx = RunContext(config=config, backend=backend, workload=prepared, env=env)
+        for probe in probes:
+            probe.start(ctx)
+        loop = _Loop(ctx, probes, progress)
+        stop_reason = loop.run(config["bench"])
+        record["status"] = "ok"
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Diverged as exc:
+        record["status"], record["error"] = "diverged", str(exc)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+        record["status"] = "oom" if backend.is_oom(exc) else "error"
+        record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    finally:
+        if loop is not None:
+            record["metrics"] = _metrics(loop, int(config["data"]["batch_size"]), stop_reason)
+            record["series"] = _series(loop)
+        if prepared is not None:
+            prepared.close()
+    if ctx is not None:
+        for probe in probes:
+            try:
+                entry = probe.finish(ctx, record)
+            except Exception as exc:  # noqa: BLE001 - a broken probe must not lose the measurement
+                entry = {"error": f"{type(exc).__name__}: {exc}"}
+            if entry is not None:
+                record["probes"][probe.name] = entry
+    record["duration_s"] = time.perf_counter() - t0
+    return record

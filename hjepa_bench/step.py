@@ -1,0 +1,153 @@
+"""One H-JEPA training step, in two variants (HJEPA_STEP.md).
+
+``reference``: the cost of the upstream step.  Masks come from a per-sample
+host loop with a host-device sync per sample; masked patch tokens are zeroed
+and all tokens go through the context encoder; the predictor runs the 196
+context patch tokens plus the padded mask tokens with unfused attention.
+
+``efficient``: the same masks (sampled in the DataLoader workers), targets and
+losses, but masked tokens are dropped by gather as I-JEPA does, attention is
+fused (SDPA) and nothing syncs host and device.
+
+Both: AdamW (betas from the config) over the trainable parameters, gradient
+clipping, linear warm-up + cosine LR, EMA target update with a linear momentum
+ramp, optional autocast (fp16 with a GradScaler, or bf16).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any, Mapping
+
+import torch
+
+from .api import Backend, StepOutput
+from .loss import hierarchical_loss, vicreg
+from .masks import BatchMasks, MaskSpec, reference_masks
+from .model import HJEPA, gather_tokens
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:
+    """Linear warm-up from 0 to ``base_lr``, then cosine down to ``min_lr``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def ema_momentum_at(step: int, total_steps: int, start: float, end: float) -> float:
+    """EMA momentum rising linearly from ``start`` to ``end`` over the run."""
+    return start + (end - start) * min(1.0, step / max(1, total_steps))
+
+
+class HJEPAStep:
+    """Owns model, optimizer and schedules; ``__call__(batch)`` runs one step."""
+
+    def __init__(self, values: Mapping[str, Any], backend: Backend, precision: str, steps_per_epoch: int,
+                 model: HJEPA | None = None):
+        self.values = values
+        self.backend = backend
+        self.device = backend.device()
+        self.variant = values["bench"]["variant"]
+        self.precision = precision
+        seed = int(values["seed"])
+        torch.manual_seed(seed)
+        self.rng = random.Random(seed)
+        self.model = (model or HJEPA.from_config(values)).to(self.device)
+        self.model.train()
+        t = values["training"]
+        self.params = self.model.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=float(t["lr"]), betas=tuple(t["betas"]),
+                                           weight_decay=float(t["weight_decay"]))
+        self.scaler = backend.grad_scaler(precision) if precision == "fp16" else None
+        self.spec = MaskSpec.from_config(values)
+        self.total_steps = int(t["epochs"]) * steps_per_epoch
+        self.warmup_steps = int(round(float(t["warmup_epochs"]) * steps_per_epoch))
+        self.global_step = 0
+        loss_cfg = values["loss"]
+        self.loss_type = "mse" if loss_cfg["type"] == "combined" else loss_cfg["type"]
+        self.vicreg_weight = float(loss_cfg["vicreg_weight"]) if loss_cfg["type"] == "combined" else 0.0
+        self.weights = [float(w) for w in loss_cfg["hierarchy_weights"]]
+        self.normalize = bool(loss_cfg["normalize_embeddings"])
+
+    # ------------------------------------------------------------------ pieces
+    def autocast(self):
+        dtype = DTYPES[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
+
+    def make_masks(self, batch_size: int) -> BatchMasks:
+        return reference_masks(self.rng, self.spec, batch_size, self.device)
+
+    def loss(self, images: torch.Tensor, masks: BatchMasks) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward of the whole H-JEPA objective for one batch."""
+        m = self.model
+        b = images.shape[0]
+        with torch.no_grad():
+            target_tokens = m.target_encoder(images)[:, 1:]
+            targets = gather_tokens(target_tokens, masks.target_idx)
+        target_pos = gather_tokens(m.patch_pos_embed().expand(b, -1, -1), masks.target_idx)
+        if self.variant == "reference":
+            context = m.context_encoder(images, zero_mask=masks.target_mask)[:, 1:]
+            pred = m.predictor(context, target_pos, fused=False)
+            ctx_pooled = context.mean(dim=1)
+        else:
+            context = m.context_encoder.forward_visible(images, masks.context_idx, masks.context_valid)[:, 1:]
+            ignore = ~torch.cat([masks.context_valid, masks.target_valid], dim=1)
+            pred = m.predictor(context, target_pos, key_padding_mask=ignore, fused=True)
+            w = masks.context_valid.unsqueeze(-1).to(context.dtype)
+            ctx_pooled = (context * w).sum(1) / w.sum(1).clamp_min(1)
+        total, levels = hierarchical_loss(pred, targets, masks.target_valid, m.hierarchy_projections,
+                                          self.weights, self.loss_type, self.normalize)
+        if self.vicreg_weight:
+            total = total + self.vicreg_weight * vicreg(ctx_pooled, target_tokens.mean(dim=1))
+        return total, levels
+
+    def set_lr(self) -> float:
+        t = self.values["training"]
+        lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, float(t["lr"]), float(t["min_lr"]))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    # ------------------------------------------------------------------ the step
+    def __call__(self, batch: Any) -> StepOutput:
+        t0 = time.perf_counter()
+        if self.variant == "efficient":
+            images, _labels, masks = batch
+            masks = masks.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True)
+        else:
+            images = batch[0].to(self.device, non_blocking=True)
+            masks = self.make_masks(images.shape[0])
+        t1 = time.perf_counter()
+        self.set_lr()
+        with self.autocast():
+            loss, _ = self.loss(images, masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        t2 = time.perf_counter()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, float(self.values["training"]["clip_grad"]))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        t3 = time.perf_counter()
+        e = self.values["model"]["ema"]
+        self.model.ema_update(ema_momentum_at(self.global_step, self.total_steps,
+                                              float(e["momentum"]), float(e["momentum_end"])))
+        t4 = time.perf_counter()
+        self.global_step += 1
+        return StepOutput(
+            loss=loss.detach(),
+            grad_norm=grad_norm.detach(),
+            host_s={"inputs_masks": t1 - t0, "forward_backward": t2 - t1, "optimizer": t3 - t2, "ema": t4 - t3},
+        )

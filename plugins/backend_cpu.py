@@ -1,0 +1,245 @@
+"""The CPU backend: always available, timed with synced wall clock.
+
+Memory is the whole process's resident set (psutil), the only figure a CPU run
+has.  The peak is the kernel's own high-water mark where it can be reset
+(Linux: ``/proc/self/clear_refs`` + ``VmHWM``), else ``getrusage`` ru_maxrss when
+it grew inside the window, else the maximum RSS sampled once per step.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import torch
+
+from hjepa_bench.api import Availability, Backend, MemoryReading
+from hjepa_bench.env import cpu_model
+from hjepa_bench.hookspecs import hookimpl
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+# RuntimeError messages of the CPU allocator (Linux/macOS, Windows, others).
+_CPU_OOM_MARKERS = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "DefaultCPUAllocator: not enough memory",
+    "not enough memory",
+    "failed to allocate",
+    "can't allocate memory",
+)
+# Messages that belong to another backend even when they also say "allocate".
+_OTHER_DEVICE_MARKERS = ("CUDA", "MPS", "HIP", "XPU", "cuDNN", "CUBLAS")
+
+
+def _exc_chain(exc: BaseException, depth: int = 5):
+    """``exc`` and what it was raised ``from`` (a wrapped OOM is still one)."""
+    seen = 0
+    while exc is not None and seen < depth:
+        yield exc
+        exc = exc.__cause__
+        seen += 1
+
+
+def _ru_maxrss_bytes() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # kilobytes on Linux (and the BSDs), bytes on macOS
+    return int(value) if sys.platform == "darwin" else int(value) * 1024
+
+
+def _vm_hwm_bytes() -> int | None:
+    """Linux peak RSS (``VmHWM``), resettable through ``/proc/self/clear_refs``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_vm_hwm() -> bool:
+    """Reset the kernel's peak RSS to the current RSS (Linux >= 4.0); False if not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")  # 5 = reset peak RSS only; touches nothing else
+    except OSError:
+        return False
+    return _vm_hwm_bytes() is not None
+
+
+class CPUBackend(Backend):
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self._process = None  # psutil.Process, made on first use
+        self._sampled_peak: int = 0
+        self._hwm_resettable: bool | None = None  # known after the first reset
+        self._maxrss_at_reset: int | None = None
+        self._precisions: dict[str, str] | None = None
+        self._scaler_ok: bool | None = None
+
+    # ------------------------------------------------------------------ basics
+    def availability(self) -> Availability:
+        return Availability(True)
+
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def synchronize(self) -> None:
+        """CPU ops are synchronous: nothing to wait for."""
+
+    # ------------------------------------------------------------------ memory
+    def _rss(self) -> int:
+        if self._process is None:
+            import psutil
+
+            self._process = psutil.Process()
+        return int(self._process.memory_info().rss)
+
+    def reset_peak_memory(self) -> None:
+        self._hwm_resettable = _reset_vm_hwm()
+        self._maxrss_at_reset = _ru_maxrss_bytes()
+        self._sampled_peak = self._rss()
+
+    def sample_memory(self) -> None:
+        rss = self._rss()
+        if rss > self._sampled_peak:
+            self._sampled_peak = rss
+
+    def memory(self) -> MemoryReading:
+        import psutil
+
+        current = self._rss()
+        peak = max(self._sampled_peak, current)
+        source = "psutil.Process().memory_info().rss (whole process)"
+        if self._hwm_resettable:
+            hwm = _vm_hwm_bytes()
+            if hwm is not None:
+                peak = max(peak, hwm)
+                source += "; peak: /proc/self/status VmHWM, reset via /proc/self/clear_refs"
+        else:
+            maxrss = _ru_maxrss_bytes()
+            if (
+                maxrss is not None
+                and self._maxrss_at_reset is not None
+                and maxrss > self._maxrss_at_reset
+            ):
+                # The lifetime high-water mark moved inside this window, so it is
+                # this window's peak (and catches spikes between samples).
+                peak = max(peak, maxrss)
+                source += "; peak: resource.getrusage ru_maxrss (grew in window)"
+            else:
+                source += "; peak: max RSS sampled once per step"
+        return MemoryReading(
+            current_bytes=current,
+            peak_bytes=peak,
+            total_bytes=int(psutil.virtual_memory().total),
+            reserved_bytes=None,
+            source=source,
+        )
+
+    # ------------------------------------------------------------------ precision
+    def supported_precisions(self) -> dict[str, str]:
+        if self._precisions is None:
+            self._precisions = {
+                "fp32": _probe_cpu(None),
+                "fp16": _probe_cpu(torch.float16),
+                "bf16": _probe_cpu(torch.bfloat16),
+            }
+        return dict(self._precisions)
+
+    def grad_scaler(self, precision: str) -> Any | None:
+        if precision != "fp16":
+            return None
+        if self._scaler_ok is None:
+            self._scaler_ok = _cpu_scaler_works()
+        return torch.amp.GradScaler("cpu") if self._scaler_ok else None
+
+    # ------------------------------------------------------------------ errors
+    def is_oom(self, exc: BaseException) -> bool:
+        for e in _exc_chain(exc):
+            if isinstance(e, MemoryError):
+                return True
+            if isinstance(e, RuntimeError):
+                msg = str(e)
+                if "DefaultCPUAllocator" in msg:
+                    return True
+                if any(m in msg for m in _OTHER_DEVICE_MARKERS):
+                    continue
+                if any(m in msg for m in _CPU_OOM_MARKERS):
+                    return True
+        return False
+
+    # ------------------------------------------------------------------ facts
+    def fingerprint(self) -> dict[str, Any]:
+        import psutil
+
+        facts: dict[str, Any] = {
+            "device_name": cpu_model(),
+            "device_total_bytes": int(psutil.virtual_memory().total),
+        }
+        cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+        if cap is not None:
+            try:
+                facts["cpu_capability"] = cap()  # e.g. "AVX2", "AVX512", "NO AVX"
+            except Exception:  # noqa: BLE001 - a fingerprint never fails a run
+                pass
+        facts["mkldnn"] = bool(torch.backends.mkldnn.is_available())
+        facts["torch_num_threads"] = torch.get_num_threads()  # a setting: not in fingerprint_id
+        return facts
+
+
+def _probe_cpu(dtype: torch.dtype | None) -> str:
+    """"" if a tiny (autocast) matmul with backward works on the CPU, else why not."""
+    label = "fp32" if dtype is None else {v: k for k, v in _DTYPES.items()}[dtype]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = torch.randn(16, 16, requires_grad=True)
+            b = torch.randn(16, 16)
+            if dtype is None:
+                out = a @ b
+            else:
+                with torch.autocast("cpu", dtype=dtype):
+                    out = a @ b
+            out.float().sum().backward()
+        if dtype is not None and out.dtype != dtype:
+            why = "; ".join(str(w.message) for w in caught) or "no warning"
+            return f"CPU autocast did not run the matmul in {label} in torch {torch.__version__} ({why})."
+        if a.grad is None or not torch.isfinite(a.grad).all():
+            return f"backward under CPU {label} autocast gave no finite gradient."
+    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"{label} matmul+backward failed on cpu: {type(exc).__name__}: {first}"
+    return ""
+
+
+def _cpu_scaler_works() -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scaler = torch.amp.GradScaler("cpu")
+            if not scaler.is_enabled():
+                return False
+            w = torch.nn.Parameter(torch.randn(4, 4))
+            opt = torch.optim.SGD([w], lr=0.0)
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = (w @ w).float().sum()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@hookimpl
+def hjepa_bench_register_backends(register):
+    register(CPUBackend())

@@ -1,0 +1,225 @@
+"""The CUDA backend (also ROCm builds, which torch exposes as ``cuda``).
+
+Timing uses CUDA events; memory the caching allocator's counters, which have a
+true resettable peak.  Nothing touches the device before it is asked to: the
+module imports and the backend constructs on machines without CUDA.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import warnings
+from typing import Any
+
+import torch
+
+from hjepa_bench.api import Availability, Backend, MemoryReading, TimingEvent
+from hjepa_bench.hookspecs import hookimpl
+
+_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+_CUDA_OOM_MARKERS = (
+    "CUDA out of memory",
+    "CUDA error: out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "HIP out of memory",  # ROCm builds
+)
+_OTHER_BACKEND_MARKERS = ("MPS backend", "CPUAllocator", "XPU out of memory")
+# torch.OutOfMemoryError (2.x) and its older alias torch.cuda.OutOfMemoryError
+_OOM_TYPES = tuple(
+    {t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t}
+)
+
+
+class CUDAEvent(TimingEvent):
+    """A ``torch.cuda.Event`` timed on the device timeline."""
+
+    def __init__(self) -> None:
+        self.event = torch.cuda.Event(enable_timing=True)
+
+    def record(self) -> None:
+        self.event.record()
+
+    def elapsed_s(self, end: TimingEvent) -> float:
+        assert isinstance(end, CUDAEvent)
+        end.event.synchronize()
+        return self.event.elapsed_time(end.event) / 1000.0  # ms -> s
+
+
+class CUDABackend(Backend):
+    name = "cuda"
+
+    def __init__(self) -> None:
+        self._availability: Availability | None = None
+        self._precisions: dict[str, str] | None = None
+        self._total_bytes: int | None = None
+
+    # ------------------------------------------------------------------ basics
+    def availability(self) -> Availability:
+        if self._availability is None:
+            self._availability = _check_availability()
+        return self._availability
+
+    def device(self) -> torch.device:
+        return torch.device("cuda")
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def has_device_events(self) -> bool:
+        return True
+
+    def event(self) -> TimingEvent:
+        return CUDAEvent()
+
+    # ------------------------------------------------------------------ memory
+    def reset_peak_memory(self) -> None:
+        if self.availability().available:
+            torch.cuda.reset_peak_memory_stats()
+
+    def memory(self) -> MemoryReading:
+        if not self.availability().available:
+            return MemoryReading(None, None, None, None, source="unavailable: " + self.availability().reason)
+        if self._total_bytes is None:
+            self._total_bytes = int(torch.cuda.mem_get_info()[1])
+        return MemoryReading(
+            current_bytes=int(torch.cuda.memory_allocated()),
+            peak_bytes=int(torch.cuda.max_memory_allocated()),
+            total_bytes=self._total_bytes,
+            reserved_bytes=int(torch.cuda.memory_reserved()),
+            source=(
+                "torch.cuda.memory_allocated / max_memory_allocated (since "
+                "reset_peak_memory_stats) / memory_reserved; total: torch.cuda.mem_get_info"
+            ),
+        )
+
+    # ------------------------------------------------------------------ precision
+    def supported_precisions(self) -> dict[str, str]:
+        if self._precisions is None:
+            avail = self.availability()
+            if not avail.available:
+                self._precisions = {p: avail.reason for p in _DTYPES}
+            else:
+                self._precisions = {p: self._precision_reason(p) for p in _DTYPES}
+        return dict(self._precisions)
+
+    def _precision_reason(self, precision: str) -> str:
+        if precision == "bf16":
+            try:
+                ok = torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:  # older torch: no including_emulation argument
+                ok = torch.cuda.is_bf16_supported()
+            if not ok:
+                major, minor = torch.cuda.get_device_capability()
+                return (
+                    f"bf16 needs a GPU with native bf16 (compute capability 8.0+); "
+                    f"this one is {major}.{minor}."
+                )
+        return _probe("cuda", _DTYPES[precision], precision)
+
+    def grad_scaler(self, precision: str) -> Any | None:
+        if precision != "fp16" or not self.availability().available:
+            return None
+        return torch.amp.GradScaler("cuda")
+
+    # ------------------------------------------------------------------ errors
+    def is_oom(self, exc: BaseException) -> bool:
+        e: BaseException | None = exc
+        for _ in range(5):  # follow ``raise ... from`` a few levels
+            if e is None:
+                break
+            msg = str(e)
+            if not any(m in msg for m in _OTHER_BACKEND_MARKERS):
+                if _OOM_TYPES and isinstance(e, _OOM_TYPES):
+                    return True
+                if isinstance(e, RuntimeError) and any(m in msg for m in _CUDA_OOM_MARKERS):
+                    return True
+            e = e.__cause__
+        return False
+
+    # ------------------------------------------------------------------ facts
+    def fingerprint(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "device_name": None,
+            "device_total_bytes": None,
+            "cuda_version": torch.version.cuda,
+        }
+        if getattr(torch.version, "hip", None):
+            facts["hip_version"] = torch.version.hip
+        if not self.availability().available:
+            facts["unavailable_reason"] = self.availability().reason
+            return facts
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        major, minor = torch.cuda.get_device_capability(index)
+        facts.update(
+            device_name=torch.cuda.get_device_name(index),
+            device_total_bytes=int(props.total_memory),
+            device_capability=f"{major}.{minor}",
+            device_count=torch.cuda.device_count(),
+            multiprocessor_count=int(getattr(props, "multi_processor_count", 0)) or None,
+            cudnn_version=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            driver_version=_driver_version(),
+        )
+        return facts
+
+
+def _check_availability() -> Availability:
+    if not torch.backends.cuda.is_built():
+        return Availability(False, "torch was built without CUDA.")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    shown = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
+    try:
+        count = torch.cuda.device_count()
+        ok = torch.cuda.is_available()
+    except Exception as exc:  # noqa: BLE001 - a broken driver is a reason, not a crash
+        return Availability(False, f"CUDA could not be initialised ({type(exc).__name__}: {exc}).")
+    if count == 0:
+        return Availability(False, f"no CUDA device visible ({shown}).")
+    if not ok:
+        return Availability(False, f"CUDA is not usable although {count} device(s) are visible ({shown}); check the driver.")
+    return Availability(True)
+
+
+def _probe(device_type: str, dtype: torch.dtype | None, label: str) -> str:
+    """"" if a tiny (autocast) matmul with backward works on the device, else why not."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = torch.randn(16, 16, device=device_type, requires_grad=True)
+            b = torch.randn(16, 16, device=device_type)
+            if dtype is None:
+                out = a @ b
+            else:
+                with torch.autocast(device_type, dtype=dtype):
+                    out = a @ b
+            out.float().sum().backward()
+            finite = bool(torch.isfinite(a.grad).all().item())
+        if dtype is not None and out.dtype != dtype:
+            why = "; ".join(str(w.message) for w in caught) or "no warning"
+            return f"{device_type} autocast did not run the matmul in {label} ({why})."
+        if not finite:
+            return f"backward under {device_type} {label} gave a non-finite gradient."
+    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        return f"{label} matmul+backward failed on {device_type}: {type(exc).__name__}: {first}"
+    return ""
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver version (torch does not expose it), via nvidia-smi if present."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
+
+
+@hookimpl
+def hjepa_bench_register_backends(register):
+    register(CUDABackend())

@@ -1,0 +1,307 @@
+"""The MPS backend (Apple GPUs through Metal).
+
+Timing uses ``torch.mps.event.Event`` after a device sync; wall clocks read
+without one measure dispatch only.  ``torch.mps`` has no peak-memory API (the
+driver figure includes the allocator cache and is not a peak), so the peak is
+the maximum of ``current_allocated_memory`` sampled once per step, unless this
+torch's ``torch.accelerator`` memory API works for MPS at run time, which is
+then used and named in ``MemoryReading.source``.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import warnings
+from typing import Any
+
+import torch
+
+from hjepa_bench.api import Availability, Backend, MemoryReading, TimingEvent, WallClockEvent
+from hjepa_bench.env import sysctl
+from hjepa_bench.hookspecs import hookimpl
+
+_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# First torch release whose MPS autocast accepts the dtype.
+_MIN_TORCH = {"fp16": (2, 5), "bf16": (2, 6)}
+
+_MPS_OOM_MARKERS = (
+    "MPS backend out of memory",
+    # A single buffer above the Metal device's max buffer length: the batch is
+    # too big for this GPU just as with an OOM.
+    "Invalid buffer size",
+)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+        if not piece.isdigit():  # "0a0", "1rc1": stop after the numeric head
+            break
+    return tuple(parts)
+
+
+def _macos_version() -> str:
+    return platform.mac_ver()[0] if sys.platform == "darwin" else ""
+
+
+def _mps_event_class():
+    event_mod = getattr(torch.mps, "event", None)
+    return getattr(event_mod, "Event", None)
+
+
+class MPSEvent(TimingEvent):
+    """A ``torch.mps.event.Event`` timed on the GPU timeline."""
+
+    def __init__(self) -> None:
+        self.event = _mps_event_class()(enable_timing=True)
+
+    def record(self) -> None:
+        self.event.record()
+
+    def elapsed_s(self, end: TimingEvent) -> float:
+        assert isinstance(end, MPSEvent)
+        end.event.synchronize()
+        return self.event.elapsed_time(end.event) / 1000.0  # ms -> s
+
+
+class MPSBackend(Backend):
+    name = "mps"
+
+    def __init__(self) -> None:
+        self._availability: Availability | None = None
+        self._precisions: dict[str, str] | None = None
+        self._scaler_ok: bool | None = None
+        self._sampled_peak: int = 0
+        self._accel_peak_ok: bool | None = None  # None: not yet known
+
+    # ------------------------------------------------------------------ basics
+    def availability(self) -> Availability:
+        if self._availability is None:
+            self._availability = _check_availability()
+        return self._availability
+
+    def device(self) -> torch.device:
+        return torch.device("mps")
+
+    def synchronize(self) -> None:
+        torch.mps.synchronize()
+
+    def has_device_events(self) -> bool:
+        return _mps_event_class() is not None
+
+    def event(self) -> TimingEvent:
+        if _mps_event_class() is None:
+            return WallClockEvent(self)
+        return MPSEvent()
+
+    # ------------------------------------------------------------------ memory
+    def _accel_peak(self) -> int | None:
+        """Peak allocated bytes from ``torch.accelerator`` if it works for MPS here."""
+        if self._accel_peak_ok is False:
+            return None
+        acc = getattr(torch, "accelerator", None)
+        needed = ("max_memory_allocated", "reset_peak_memory_stats", "current_accelerator")
+        if acc is None or not all(hasattr(acc, n) for n in needed):
+            self._accel_peak_ok = False
+            return None
+        try:
+            current = acc.current_accelerator()
+            if current is None or current.type != "mps":
+                self._accel_peak_ok = False
+                return None
+            stats_fn = getattr(acc, "memory_stats", None)
+            if stats_fn is not None and "allocated_bytes.all.peak" not in stats_fn():
+                # Allocator not initialised yet, or no stats for MPS: decide later.
+                return None
+            return int(acc.max_memory_allocated())
+        except Exception:  # noqa: BLE001 - not supported for MPS in this torch
+            self._accel_peak_ok = False
+            return None
+
+    def reset_peak_memory(self) -> None:
+        if not self.availability().available:
+            return
+        self._sampled_peak = int(torch.mps.current_allocated_memory())
+        if self._accel_peak_ok is not False and hasattr(getattr(torch, "accelerator", None), "reset_peak_memory_stats"):
+            try:
+                torch.accelerator.reset_peak_memory_stats()
+                peak = self._accel_peak()
+                if peak is not None:
+                    # A working reset leaves the peak at the live bytes, not above.
+                    live = getattr(torch.accelerator, "memory_allocated", None)
+                    live_bytes = int(live()) if live is not None else self._sampled_peak
+                    self._accel_peak_ok = peak <= max(live_bytes, self._sampled_peak)
+            except Exception:  # noqa: BLE001
+                self._accel_peak_ok = False
+
+    def sample_memory(self) -> None:
+        if not self.availability().available:
+            return
+        current = int(torch.mps.current_allocated_memory())
+        if current > self._sampled_peak:
+            self._sampled_peak = current
+
+    def memory(self) -> MemoryReading:
+        avail = self.availability()
+        if not avail.available:
+            return MemoryReading(None, None, None, None, source="unavailable: " + avail.reason)
+        current = int(torch.mps.current_allocated_memory())
+        reserved = int(torch.mps.driver_allocated_memory())
+        rec = getattr(torch.mps, "recommended_max_memory", None)
+        total = int(rec()) if rec is not None else None
+        source = (
+            "torch.mps.current_allocated_memory (live tensors), driver_allocated_memory "
+            "(reserved, incl. cache), recommended_max_memory (total)"
+        )
+        accel = self._accel_peak()
+        if accel is not None:
+            peak = max(accel, current)
+            source += "; peak: torch.accelerator.max_memory_allocated (works for mps in this torch)"
+        else:
+            peak = max(self._sampled_peak, current)
+            source += "; peak: max of current_allocated_memory sampled once per step (torch.mps has no peak API)"
+        return MemoryReading(current, peak, total, reserved, source=source)
+
+    # ------------------------------------------------------------------ precision
+    def supported_precisions(self) -> dict[str, str]:
+        if self._precisions is None:
+            avail = self.availability()
+            if not avail.available:
+                self._precisions = {p: avail.reason for p in _DTYPES}
+            else:
+                self._precisions = {p: self._precision_reason(p) for p in _DTYPES}
+        return dict(self._precisions)
+
+    def _precision_reason(self, precision: str) -> str:
+        torch_v = _version_tuple(str(torch.__version__))
+        need = _MIN_TORCH.get(precision)
+        if need and torch_v < need:
+            return (
+                f"MPS autocast supports {precision} from torch {need[0]}.{need[1]}; "
+                f"this is torch {torch.__version__}."
+            )
+        if precision == "bf16":
+            mac = _macos_version()
+            if mac and _version_tuple(mac) < (14,):
+                return f"bf16 on MPS needs macOS 14 or newer; this is macOS {mac}."
+        return _probe("mps", _DTYPES[precision], precision)
+
+    def grad_scaler(self, precision: str) -> Any | None:
+        if precision != "fp16" or not self.availability().available:
+            return None
+        if self._scaler_ok is None:
+            self._scaler_ok = _mps_scaler_works()
+        return torch.amp.GradScaler("mps") if self._scaler_ok else None
+
+    # ------------------------------------------------------------------ errors
+    def is_oom(self, exc: BaseException) -> bool:
+        e: BaseException | None = exc
+        for _ in range(5):  # follow ``raise ... from`` a few levels
+            if e is None:
+                break
+            if isinstance(e, RuntimeError) and any(m in str(e) for m in _MPS_OOM_MARKERS):
+                return True
+            e = e.__cause__
+        return False
+
+    # ------------------------------------------------------------------ facts
+    def fingerprint(self) -> dict[str, Any]:
+        chip = sysctl("machdep.cpu.brand_string") if sys.platform == "darwin" else None
+        facts: dict[str, Any] = {
+            "device_name": chip,
+            "device_total_bytes": None,
+            "macos_version": _macos_version() or None,
+        }
+        if sys.platform == "darwin":
+            memsize = sysctl("hw.memsize")
+            facts["unified_memory_bytes"] = int(memsize) if memsize and memsize.isdigit() else None
+            for key, name in (("performance_cores", "hw.perflevel0.physicalcpu"),
+                              ("efficiency_cores", "hw.perflevel1.physicalcpu")):
+                value = sysctl(name)
+                facts[key] = int(value) if value and value.isdigit() else None
+        if not self.availability().available:
+            facts["unavailable_reason"] = self.availability().reason
+            return facts
+        rec = getattr(torch.mps, "recommended_max_memory", None)
+        if rec is not None:
+            try:
+                facts["device_total_bytes"] = int(rec())
+            except Exception:  # noqa: BLE001 - a fingerprint never fails a run
+                pass
+        return facts
+
+
+def _check_availability() -> Availability:
+    if sys.platform != "darwin":
+        system = platform.system() or sys.platform
+        return Availability(False, f"MPS needs macOS 12.3+ on Apple silicon; this is {system}.")
+    if not torch.backends.mps.is_built():
+        return Availability(False, "torch was built without MPS.")
+    if torch.backends.mps.is_available():
+        return Availability(True)
+    mac = _macos_version()
+    if platform.machine() != "arm64":
+        return Availability(
+            False,
+            f"MPS is not available to this {platform.machine()} Python (Intel Mac or Rosetta); "
+            "use an arm64 Python on Apple silicon.",
+        )
+    if mac and _version_tuple(mac) < (12, 3):
+        return Availability(False, f"MPS needs macOS 12.3+; this is macOS {mac}.")
+    return Availability(False, f"torch.backends.mps.is_available() is False on macOS {mac or '?'}.")
+
+
+def _probe(device_type: str, dtype: torch.dtype | None, label: str) -> str:
+    """"" if a tiny (autocast) matmul with backward works on the device, else why not."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = torch.randn(16, 16, device=device_type, requires_grad=True)
+            b = torch.randn(16, 16, device=device_type)
+            if dtype is None:
+                out = a @ b
+            else:
+                with torch.autocast(device_type, dtype=dtype):
+                    out = a @ b
+            out.float().sum().backward()
+            finite = bool(torch.isfinite(a.grad).all().item())
+        if dtype is not None and out.dtype != dtype:
+            why = "; ".join(str(w.message) for w in caught) or "no warning"
+            return f"{device_type} autocast did not run the matmul in {label} ({why})."
+        if not finite:
+            return f"backward under {device_type} {label} gave a non-finite gradient."
+    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        return f"{label} matmul+backward failed on {device_type}: {type(exc).__name__}: {first}"
+    return ""
+
+
+def _mps_scaler_works() -> bool:
+    """Whether ``torch.amp.GradScaler("mps")`` constructs and runs a step in this torch."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scaler = torch.amp.GradScaler("mps")
+            if not scaler.is_enabled():
+                return False
+            w = torch.nn.Parameter(torch.randn(4, 4, device="mps"))
+            opt = torch.optim.SGD([w], lr=0.0)
+            with torch.autocast("mps", dtype=torch.float16):
+                loss = (w @ w).float().sum()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            torch.mps.synchronize()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@hookimpl
+def hjepa_bench_register_backends(register):
+    register(MPSBackend())

@@ -1,0 +1,33 @@
+"""Built-in report section ``summary``: one table row per measured config."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from hjepa_bench.api import ReportSection
+from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.report import records_frame
+
+
+class SummarySection(ReportSection):
+    name = "summary"
+    title = "Measured step speed"
+    order = 10
+
+    def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        df = records_frame(records)
+        if df.empty:
+            return None
+        cols = {"device": "device", "model": "model", "variant": "variant", "precision": "precision",
+                "img": "img px", "batch": "batch", "workers": "workers", "status": "status",
+                "it_per_s": "it/s", "samples_per_s": "samples/s", "step_median_ms": "median step (ms)",
+                "step_cv_pct": "CV %", "data_wait_pct": "data wait %", "peak_mem_mib": "peak mem (MiB)",
+                "steps": "steps"}
+        table = df[list(cols)].rename(columns=cols)
+        note = ("Measured in this run: median of per-step times after warm-up; it/s from synced "
+                "windows of steps. Peak memory is device memory on CUDA/MPS and process RSS on CPU.")
+        return table.to_markdown(index=False, floatfmt=".2f") + "\n\n" + note
+
+
+@hookimpl
+def hjepa_bench_register_report_sections(register):
+    register(SummarySection())
