@@ -132,14 +132,16 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     probes = list(plugins.probes().values())
     env = environment_fingerprint(backend)
 
+    header = [f"hjepa-bench run: {_label(values)} on {backend.name}"]
+
     def progress(p: dict[str, Any]) -> None:
         if not args.quiet:
+            if header:  # printed once the workload is ready, so setup errors stay one sentence
+                print(header.pop(), file=sys.stderr)
             med = p["median_step_s"]
             print(f"\r  measured {p['steps']} steps in {p['elapsed_s']:.1f} s, median step {fmt_ms(med)}"
                   f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
 
-    if not args.quiet:
-        print(f"hjepa-bench run: {_label(values)} on {backend.name}", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pin_memory.*")
         record = run_benchmark(values, backend, workloads[wname], probes, env,

@@ -51,38 +51,59 @@ def attention_is_counted() -> bool:
     return counter.get_total_flops() >= 2 * 2 * 8 * 8 * 8
 
 
-def _module_total(counts: Mapping[str, Mapping[Any, int]], name: str) -> int:
-    return int(sum(counts.get(name, {}).values()))
-
-
 def count_step_flops(config: Mapping[str, Any], variant: str, batch_size: int, seed: int = 0) -> dict[str, Any]:
     """FLOPs of one training step (forward + backward, target forward) of ``variant``."""
     cfg = {**config, "bench": {**config["bench"], "variant": variant}}
     with torch.device("meta"):
         model = HJEPA.from_config(cfg)
     step = HJEPAStep(cfg, MetaBackend(), "fp32", steps_per_epoch=1, model=model)
-    masks = masks_from_union(sample_batch_union(random.Random(seed), MaskSpec.from_config(cfg), batch_size))
+    spec = MaskSpec.from_config(cfg)
+    masks = masks_from_union(sample_batch_union(random.Random(seed), spec, batch_size))
     size = int(cfg["data"]["image_size"])
     images = torch.empty(batch_size, 3, size, size, device="meta")
-    meta_masks = masks.to("meta")
-    with FlopCounterMode(display=False) as target_counter, torch.no_grad():
-        model.target_encoder(images)
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = step.loss(images, meta_masks)
+    mm = masks.to("meta")
+
+    def count(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return int(counter.get_total_flops())
+
+    def full_step() -> None:
+        loss, _ = step.loss(images, mm)
         loss.backward()
-    counts = counter.get_flop_counts()
-    total = int(counter.get_total_flops())
-    target = int(target_counter.get_total_flops())
-    predictor = _module_total(counts, "Predictor")
-    projections = _module_total(counts, "Sequential")
+
+    def target_fwd() -> None:
+        with torch.no_grad():
+            model.target_encoder(images)
+
+    def context_fwd_bwd() -> None:
+        enc = model.context_encoder
+        out = enc(images, zero_mask=mm.target_mask) if variant == "reference" else \
+            enc.forward_visible(images, mm.context_idx, mm.context_valid)
+        out.sum().backward()
+
+    def predictor_fwd_bwd() -> None:
+        d = model.embed_dim
+        n_ctx = spec.num_patches if variant == "reference" else mm.context_idx.shape[1]
+        ctx = torch.empty(batch_size, n_ctx, d, device="meta", requires_grad=True)
+        pos = torch.empty(batch_size, mm.max_targets, d, device="meta")
+        if variant == "reference":
+            out = model.predictor(ctx, pos, fused=False)
+        else:
+            ignore = ~torch.cat([mm.context_valid, mm.target_valid], dim=1)
+            out = model.predictor(ctx, pos, key_padding_mask=ignore, fused=True)
+        out.sum().backward()
+
+    total, target = count(full_step), count(target_fwd)
+    context, predictor = count(context_fwd_bwd), count(predictor_fwd_bwd)
     return {
         "total": total,
         "per_sample": total / batch_size,
         "by_module": {
-            "context_encoder_fwd_bwd": total - target - predictor - projections,
+            "context_encoder_fwd_bwd": context,
             "target_encoder_fwd": target,
             "predictor_fwd_bwd": predictor,
-            "hierarchy_projections": projections,
+            "projections_and_loss": total - context - target - predictor,
         },
         "max_targets": masks.max_targets,
         "max_context": int(masks.context_idx.shape[1]),

@@ -144,8 +144,6 @@ class _Loop:
             if times:  # do not overshoot the time cap by a whole window of slow steps
                 left = b["max_time_s"] - elapsed
                 n = max(1, min(n, math.ceil(left / max(1e-9, float(sorted(times)[len(times) // 2])))))
-                if done < b["min_steps"]:
-                    n = max(n, min(int(b["window_steps"]), int(b["min_steps"]) - done))
             self.window_times.append(self.window(n, warmup=False))
             if self.progress:
                 self.progress({"steps": len(self.measured()), "elapsed_s": time.perf_counter() - t_start,

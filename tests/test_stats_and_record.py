@@ -1,0 +1,68 @@
+"""Pure statistics and the result-record schema."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hjepa_bench import stats
+from hjepa_bench.record import RecordError, validate_record, write_json
+
+
+def test_summarize_known_values():
+    s = stats.summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert s["median"] == 3.0 and s["n"] == 5 and s["min"] == 1.0 and s["max"] == 5.0
+    assert s["iqr"] == pytest.approx(2.0)
+    assert s["cv"] == pytest.approx(np.std([1, 2, 3, 4, 5], ddof=1) / 3.0)
+    assert s["p10"] == pytest.approx(1.4) and s["p90"] == pytest.approx(4.6)
+    assert stats.summarize([])["median"] is None
+
+
+def test_median_ci_covers_the_true_median():
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(400):
+        x = rng.exponential(1.0, 60)
+        lo, hi = stats.median_ci(x)
+        hits += lo <= np.log(2) <= hi
+    assert 0.90 < hits / 400 <= 1.0
+
+
+def test_relative_precision_shrinks_with_more_samples():
+    rng = np.random.default_rng(1)
+    small = stats.relative_precision(1 + 0.1 * rng.standard_normal(20))
+    large = stats.relative_precision(1 + 0.1 * rng.standard_normal(2000))
+    assert large < small and large < 0.01
+    assert stats.relative_precision([1.0, 2.0]) == float("inf")
+
+
+def test_spread_warning():
+    assert stats.spread_warning(stats.summarize([1.0] * 10)) is None
+    assert "IQR" in stats.spread_warning(stats.summarize([1.0, 1.0, 2.0, 2.0]))
+
+
+def _record(**kw):
+    r = {"schema_version": 1, "status": "ok", "config": {}, "env": {}, "params": {"total": 1, "trainable": 1},
+         "metrics": {"it_per_s": 1.0, "samples_per_s": 8.0, "data_wait_frac": 0.1, "peak_device_bytes": 10,
+                     "step_time_s": {"median": 1.0, "iqr": 0.1, "cv": 0.1, "p10": 0.9, "p90": 1.1, "n": 5}},
+         "probes": {}}
+    r.update(kw)
+    return r
+
+
+def test_validate_record():
+    validate_record(_record())
+    validate_record(_record(status="oom", metrics={}))
+    with pytest.raises(RecordError, match="status"):
+        validate_record(_record(status="fine"))
+    with pytest.raises(RecordError, match="metrics.step_time_s.median"):
+        bad = _record()
+        del bad["metrics"]["step_time_s"]["median"]
+        validate_record(bad)
+
+
+def test_write_json_is_atomic_and_nan_safe(tmp_path):
+    path = write_json(_record(metrics={"x": float("nan")}), tmp_path / "sub" / "r.json")
+    assert json.loads(path.read_text())["metrics"]["x"] is None
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
