@@ -131,6 +131,12 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     values["bench"]["device"] = backend.name
     probes = list(plugins.probes().values())
     env = environment_fingerprint(backend)
+    cores = os.cpu_count() or 1
+    if values["data"]["num_workers"] > cores:
+        rc.notes.append(f"data.num_workers {values['data']['num_workers']} is more than this machine's "
+                        f"{cores} CPU cores; the workers compete with the training step")
+        if not args.quiet:
+            print(f"warning: {rc.notes[-1]}", file=sys.stderr)
 
     header = [f"hjepa-bench run: {_label(values)} on {backend.name}"]
 
@@ -143,7 +149,8 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
                   f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        # torch's own worker-count warning is replaced by the note above
+        warnings.filterwarnings("ignore", message="This DataLoader will create")
         record = run_benchmark(values, backend, workloads[wname], probes, env,
                                warnings=rc.warnings(), progress=progress)
     if not args.quiet:

@@ -1,0 +1,116 @@
+"""Benchmark: the ``efficient`` vs the ``reference`` H-JEPA step, side by side in one run.
+
+Both steps get the same pre-augmented batches (real upstream augmentation, made
+once before timing) and run interleaved (reference, efficient, reference, ...),
+so a busy or throttling machine slows both alike and the ratio stays honest.
+Each step is timed with a device sync at both ends (device events where the
+backend has them).  FLOPs per step come from ``hjepa-bench inspect``'s counter.
+
+    python benchmarks/variants.py --device cpu                 # quick_val: batch 32, 224 px
+    python benchmarks/variants.py --device cuda --rounds 30 --json variants.json
+
+Prints a markdown table (the one recorded in README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import torch
+
+from hjepa_bench import stats
+from hjepa_bench.cli import select_backend
+from hjepa_bench.config import resolve_config, resolve_precision
+from hjepa_bench.data import build_dataset, build_transform
+from hjepa_bench.env import environment_fingerprint
+from hjepa_bench.inspection import count_step_flops
+from hjepa_bench.manager import build_plugins
+from hjepa_bench.masks import MaskCollator, MaskSpec
+from hjepa_bench.model import HJEPA
+from hjepa_bench.step import HJEPAStep
+
+
+def make_batches(values: dict[str, Any], n: int) -> list[tuple]:
+    d = values["data"]
+    transform = build_transform(d["image_size"], d["augmentation"]["color_jitter"])
+    ds = build_dataset("synthetic", size=n * d["batch_size"], seed=values["seed"], transform=transform)
+    collate = MaskCollator(MaskSpec.from_config(values))
+    b = d["batch_size"]
+    return [collate([ds[i * b + j] for j in range(b)]) for i in range(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--config", default=None, help="YAML (default: built-in quick_val)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--encoder-depth", type=int, default=None)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--rounds", type=int, default=8, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
+    p.add_argument("--batches", type=int, default=4, help="distinct pre-augmented batches cycled through")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+
+    backend = select_backend(build_plugins(), args.device)
+    values = resolve_config(args.config, {"data.batch_size": args.batch_size, "data.image_size": args.img_size,
+                                          "model.encoder_depth": args.encoder_depth,
+                                          "bench.precision": args.precision}).values
+    precision = resolve_precision(values, backend.name)
+    batches = make_batches(values, args.batches)
+    torch.manual_seed(values["seed"])
+    init = HJEPA.from_config(values).state_dict()
+    steps = {}
+    for variant in ("reference", "efficient"):
+        cfg = {**values, "bench": {**values["bench"], "variant": variant}}
+        model = HJEPA.from_config(cfg)
+        model.load_state_dict(init)  # same starting weights
+        steps[variant] = HJEPAStep(cfg, backend, precision, steps_per_epoch=1000, model=model)
+
+    def timed(variant: str, i: int) -> float:
+        images, labels, masks = batches[i % len(batches)]
+        batch = (images, labels, masks) if variant == "efficient" else (images, labels)
+        start, end = backend.event(), backend.event()
+        start.record()
+        steps[variant](batch)
+        end.record()
+        return start.elapsed_s(end)
+
+    for i in range(args.warmup):
+        for v in steps:
+            timed(v, i)
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    for i in range(args.rounds):
+        order = list(steps) if i % 2 == 0 else list(reversed(list(steps)))
+        for v in order:
+            times[v].append(timed(v, i))
+
+    flops = {v: count_step_flops(values, v, args.batch_size)["total"] for v in steps}
+    rows = {}
+    for v in steps:
+        s = stats.summarize(times[v])
+        rows[v] = {"median_s": s["median"], "iqr_s": s["iqr"], "n": s["n"], "it_per_s": 1 / s["median"],
+                   "gflop_per_step": flops[v] / 1e9, "achieved_gflop_per_s": flops[v] / 1e9 / s["median"]}
+    ratio = rows["efficient"]["median_s"] / rows["reference"]["median_s"]
+    env = environment_fingerprint(backend)
+    print(f"device: {backend.name} ({env.get('device_name')}), torch {env['torch']}, {precision}, "
+          f"batch {args.batch_size}, {args.img_size} px, {args.rounds} interleaved rounds")
+    print("| variant | GFLOP/step | median step (s) | IQR (s) | it/s | achieved GFLOP/s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for v, r in rows.items():
+        print(f"| {v} | {r['gflop_per_step']:.1f} | {r['median_s']:.3f} | {r['iqr_s']:.3f} | "
+              f"{r['it_per_s']:.2f} | {r['achieved_gflop_per_s']:.1f} |")
+    print(f"efficient / reference step time: {ratio:.2f} (FLOPs ratio "
+          f"{flops['efficient'] / flops['reference']:.2f})")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"env": env, "precision": precision, "rows": rows, "time_ratio": ratio,
+                       "times_s": times}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
