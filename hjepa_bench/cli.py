@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     from .runner import run_benchmark
 
     backend = select_backend(plugins, args.device)
-    rc = load_config(args, quiet=args.quiet)
+    rc = load_config(args, quiet=True)  # warnings are printed once the run has started
     values = rc.values
     workloads = plugins.workloads()
     wname = values["bench"]["workload"]
@@ -135,15 +135,17 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     if values["data"]["num_workers"] > cores:
         rc.notes.append(f"data.num_workers {values['data']['num_workers']} is more than this machine's "
                         f"{cores} CPU cores; the workers compete with the training step")
-        if not args.quiet:
-            print(f"warning: {rc.notes[-1]}", file=sys.stderr)
 
-    header = [f"hjepa-bench run: {_label(values)} on {backend.name}"]
+    # Printed once the workload is ready, so that a setup error stays one sentence.
+    pending = [f"warning: {w}" for w in rc.warnings()] + [f"hjepa-bench run: {_label(values)} on {backend.name}"]
+
+    def flush_pending() -> None:
+        while pending and not args.quiet:
+            print(pending.pop(0), file=sys.stderr)
 
     def progress(p: dict[str, Any]) -> None:
         if not args.quiet:
-            if header:  # printed once the workload is ready, so setup errors stay one sentence
-                print(header.pop(), file=sys.stderr)
+            flush_pending()
             med = p["median_step_s"]
             print(f"\r  measured {p['steps']} steps in {p['elapsed_s']:.1f} s, median step {fmt_ms(med)}"
                   f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
@@ -153,6 +155,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
         warnings.filterwarnings("ignore", message="This DataLoader will create")
         record = run_benchmark(values, backend, workloads[wname], probes, env,
                                warnings=rc.warnings(), progress=progress)
+    flush_pending()
     if not args.quiet:
         print(file=sys.stderr)
     if args.json:
@@ -191,7 +194,8 @@ def summary_text(record: dict[str, Any]) -> str:
                      f"p10 {fmt_ms(st['p10'])}, p90 {fmt_ms(st['p90'])} ({m['timing_method']})")
         compute = "host work (includes the compute on cpu)" if record["env"].get("backend") == "cpu" else "host work"
         lines.append(f"time split: data wait {fmt_pct(m['data_wait_frac'])}, {compute} {fmt_pct(m['host_frac'])}")
-        lines.append(f"memory: peak {fmt_bytes(m['peak_device_bytes'])} ({m['memory_source']}), "
+        source = (m.get("memory_source") or "").split(";")[0]
+        lines.append(f"memory: peak {fmt_bytes(m['peak_device_bytes'])} ({source}), "
                      f"device total {fmt_bytes(m['device_total_bytes'])}")
         if m.get("loss_first") is not None:
             lines.append(f"loss: {m['loss_first']:.4g} (first measured step) -> {m['loss_last']:.4g} (last)")

@@ -136,14 +136,16 @@ class _Loop:
             times = [s.step_time_s for s in self.measured()]
             if done >= b["max_steps"]:
                 return "max_steps"
-            if elapsed >= b["max_time_s"] and done > 0:
+            # the step-time estimate: measured steps, else the warm-up steps
+            estimate = times or [s.step_time_s for s in self.samples if s.step_time_s is not None]
+            median = float(sorted(estimate)[len(estimate) // 2]) if estimate else 0.0
+            if done > 0 and elapsed + median > b["max_time_s"]:  # the next step would end past the cap
                 return "max_time"
             if done >= b["min_steps"] and stats.relative_precision(times) <= b["target_rel_precision"]:
                 return "precision"
             n = min(int(b["window_steps"]), int(b["max_steps"]) - done)
-            if times:  # do not overshoot the time cap by a whole window of slow steps
-                left = b["max_time_s"] - elapsed
-                n = max(1, min(n, math.ceil(left / max(1e-9, float(sorted(times)[len(times) // 2])))))
+            if median > 0:  # do not run past the time cap
+                n = max(1, min(n, math.floor((b["max_time_s"] - elapsed) / max(1e-9, median))))
             self.window_times.append(self.window(n, warmup=False))
             if self.progress:
                 self.progress({"steps": len(self.measured()), "elapsed_s": time.perf_counter() - t_start,

@@ -138,4 +138,4 @@ def test_time_cap_is_respected(tiny):
              target_rel_precision=0.0001)
     m = r["metrics"]
     assert m["stop_reason"] == "max_time"
-    assert m["measured_time_s"] < 0.6 + 0.2  # at most about one step past the cap
+    assert m["measured_time_s"] <= 0.6 + 0.05  # the loop does not start a step that would end past the cap
