@@ -97,6 +97,22 @@ class TimingEvent(abc.ABC):
         """Seconds from this event to ``end`` (both recorded; may synchronize)."""
 
 
+class DeviceEvent(TimingEvent):
+    """A torch device event (``torch.cuda.Event``, ``torch.mps.event.Event``) made
+    with ``enable_timing=True``: timed on the device timeline, no host sync to record."""
+
+    def __init__(self, event: Any):
+        self.event = event
+
+    def record(self) -> None:
+        self.event.record()
+
+    def elapsed_s(self, end: "TimingEvent") -> float:
+        assert isinstance(end, DeviceEvent)
+        end.event.synchronize()
+        return self.event.elapsed_time(end.event) / 1000.0  # ms -> s
+
+
 class WallClockEvent(TimingEvent):
     """Host wall time taken after a device sync: honest on every backend."""
 

@@ -8,7 +8,6 @@ it grew inside the window, else the maximum RSS sampled once per step.
 from __future__ import annotations
 
 import sys
-import warnings
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ import torch
 from hjepa_bench.api import Availability, Backend, MemoryReading
 from hjepa_bench.env import cpu_model
 from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.precision import grad_scaler_works, probe_precision
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -149,9 +149,9 @@ class CPUBackend(Backend):
     def supported_precisions(self) -> dict[str, str]:
         if self._precisions is None:
             self._precisions = {
-                "fp32": _probe_cpu(None),
-                "fp16": _probe_cpu(torch.float16),
-                "bf16": _probe_cpu(torch.bfloat16),
+                "fp32": probe_precision("cpu", "fp32"),
+                "fp16": probe_precision("cpu", "fp16"),
+                "bf16": probe_precision("cpu", "bf16"),
             }
         return dict(self._precisions)
 
@@ -159,7 +159,7 @@ class CPUBackend(Backend):
         if precision != "fp16":
             return None
         if self._scaler_ok is None:
-            self._scaler_ok = _cpu_scaler_works()
+            self._scaler_ok = grad_scaler_works("cpu")
         return torch.amp.GradScaler("cpu") if self._scaler_ok else None
 
     # ------------------------------------------------------------------ errors
@@ -194,50 +194,6 @@ class CPUBackend(Backend):
         facts["mkldnn"] = bool(torch.backends.mkldnn.is_available())
         facts["torch_num_threads"] = torch.get_num_threads()  # a setting: not in fingerprint_id
         return facts
-
-
-def _probe_cpu(dtype: torch.dtype | None) -> str:
-    """"" if a tiny (autocast) matmul with backward works on the CPU, else why not."""
-    label = "fp32" if dtype is None else {v: k for k, v in _DTYPES.items()}[dtype]
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            a = torch.randn(16, 16, requires_grad=True)
-            b = torch.randn(16, 16)
-            if dtype is None:
-                out = a @ b
-            else:
-                with torch.autocast("cpu", dtype=dtype):
-                    out = a @ b
-            out.float().sum().backward()
-        if dtype is not None and out.dtype != dtype:
-            why = "; ".join(str(w.message) for w in caught) or "no warning"
-            return f"CPU autocast did not run the matmul in {label} in torch {torch.__version__} ({why})."
-        if a.grad is None or not torch.isfinite(a.grad).all():
-            return f"backward under CPU {label} autocast gave no finite gradient."
-    except Exception as exc:  # noqa: BLE001 - the reason is the answer
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"{label} matmul+backward failed on cpu: {type(exc).__name__}: {first}"
-    return ""
-
-
-def _cpu_scaler_works() -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scaler = torch.amp.GradScaler("cpu")
-            if not scaler.is_enabled():
-                return False
-            w = torch.nn.Parameter(torch.randn(4, 4))
-            opt = torch.optim.SGD([w], lr=0.0)
-            with torch.autocast("cpu", dtype=torch.float16):
-                loss = (w @ w).float().sum()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 @hookimpl

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import warnings
 from typing import Any
 
 import torch
 
-from hjepa_bench.api import Availability, Backend, MemoryReading, TimingEvent
+from hjepa_bench.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent
 from hjepa_bench.hookspecs import hookimpl
-
-_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from hjepa_bench.precision import DTYPES, probe_precision
 
 _CUDA_OOM_MARKERS = (
     "CUDA out of memory",
@@ -29,21 +27,6 @@ _OTHER_BACKEND_MARKERS = ("MPS backend", "CPUAllocator", "XPU out of memory")
 _OOM_TYPES = tuple(
     {t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t}
 )
-
-
-class CUDAEvent(TimingEvent):
-    """A ``torch.cuda.Event`` timed on the device timeline."""
-
-    def __init__(self) -> None:
-        self.event = torch.cuda.Event(enable_timing=True)
-
-    def record(self) -> None:
-        self.event.record()
-
-    def elapsed_s(self, end: TimingEvent) -> float:
-        assert isinstance(end, CUDAEvent)
-        end.event.synchronize()
-        return self.event.elapsed_time(end.event) / 1000.0  # ms -> s
 
 
 class CUDABackend(Backend):
@@ -70,7 +53,7 @@ class CUDABackend(Backend):
         return True
 
     def event(self) -> TimingEvent:
-        return CUDAEvent()
+        return DeviceEvent(torch.cuda.Event(enable_timing=True))
 
     # ------------------------------------------------------------------ memory
     def reset_peak_memory(self) -> None:
@@ -98,9 +81,9 @@ class CUDABackend(Backend):
         if self._precisions is None:
             avail = self.availability()
             if not avail.available:
-                self._precisions = {p: avail.reason for p in _DTYPES}
+                self._precisions = {p: avail.reason for p in DTYPES}
             else:
-                self._precisions = {p: self._precision_reason(p) for p in _DTYPES}
+                self._precisions = {p: self._precision_reason(p) for p in DTYPES}
         return dict(self._precisions)
 
     def _precision_reason(self, precision: str) -> str:
@@ -115,7 +98,7 @@ class CUDABackend(Backend):
                     f"bf16 needs a GPU with native bf16 (compute capability 8.0+); "
                     f"this one is {major}.{minor}."
                 )
-        return _probe("cuda", _DTYPES[precision], precision)
+        return probe_precision("cuda", precision)
 
     def grad_scaler(self, precision: str) -> Any | None:
         if precision != "fp16" or not self.availability().available:
@@ -179,32 +162,6 @@ def _check_availability() -> Availability:
     if not ok:
         return Availability(False, f"CUDA is not usable although {count} device(s) are visible ({shown}); check the driver.")
     return Availability(True)
-
-
-def _probe(device_type: str, dtype: torch.dtype | None, label: str) -> str:
-    """"" if a tiny (autocast) matmul with backward works on the device, else why not."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            a = torch.randn(16, 16, device=device_type, requires_grad=True)
-            b = torch.randn(16, 16, device=device_type)
-            if dtype is None:
-                out = a @ b
-            else:
-                with torch.autocast(device_type, dtype=dtype):
-                    out = a @ b
-            out.float().sum().backward()
-            finite = bool(torch.isfinite(a.grad).all().item())
-        if dtype is not None and out.dtype != dtype:
-            why = "; ".join(str(w.message) for w in caught) or "no warning"
-            return f"{device_type} autocast did not run the matmul in {label} ({why})."
-        if not finite:
-            return f"backward under {device_type} {label} gave a non-finite gradient."
-    except Exception as exc:  # noqa: BLE001 - the reason is the answer
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else ""
-        return f"{label} matmul+backward failed on {device_type}: {type(exc).__name__}: {first}"
-    return ""
 
 
 def _driver_version() -> str | None:

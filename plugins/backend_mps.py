@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import platform
 import sys
-import warnings
 from typing import Any
 
 import torch
 
-from hjepa_bench.api import Availability, Backend, MemoryReading, TimingEvent, WallClockEvent
+from hjepa_bench.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent, WallClockEvent
 from hjepa_bench.env import sysctl
 from hjepa_bench.hookspecs import hookimpl
-
-_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from hjepa_bench.precision import DTYPES, grad_scaler_works, probe_precision
 # First torch release whose MPS autocast accepts the dtype.
 _MIN_TORCH = {"fp16": (2, 5), "bf16": (2, 6)}
 
@@ -53,21 +51,6 @@ def _mps_event_class():
     return getattr(event_mod, "Event", None)
 
 
-class MPSEvent(TimingEvent):
-    """A ``torch.mps.event.Event`` timed on the GPU timeline."""
-
-    def __init__(self) -> None:
-        self.event = _mps_event_class()(enable_timing=True)
-
-    def record(self) -> None:
-        self.event.record()
-
-    def elapsed_s(self, end: TimingEvent) -> float:
-        assert isinstance(end, MPSEvent)
-        end.event.synchronize()
-        return self.event.elapsed_time(end.event) / 1000.0  # ms -> s
-
-
 class MPSBackend(Backend):
     name = "mps"
 
@@ -96,7 +79,7 @@ class MPSBackend(Backend):
     def event(self) -> TimingEvent:
         if _mps_event_class() is None:
             return WallClockEvent(self)
-        return MPSEvent()
+        return DeviceEvent(_mps_event_class()(enable_timing=True))
 
     # ------------------------------------------------------------------ memory
     def _accel_peak(self) -> int | None:
@@ -171,9 +154,9 @@ class MPSBackend(Backend):
         if self._precisions is None:
             avail = self.availability()
             if not avail.available:
-                self._precisions = {p: avail.reason for p in _DTYPES}
+                self._precisions = {p: avail.reason for p in DTYPES}
             else:
-                self._precisions = {p: self._precision_reason(p) for p in _DTYPES}
+                self._precisions = {p: self._precision_reason(p) for p in DTYPES}
         return dict(self._precisions)
 
     def _precision_reason(self, precision: str) -> str:
@@ -188,13 +171,13 @@ class MPSBackend(Backend):
             mac = _macos_version()
             if mac and _version_tuple(mac) < (14,):
                 return f"bf16 on MPS needs macOS 14 or newer; this is macOS {mac}."
-        return _probe("mps", _DTYPES[precision], precision)
+        return probe_precision("mps", precision)
 
     def grad_scaler(self, precision: str) -> Any | None:
         if precision != "fp16" or not self.availability().available:
             return None
         if self._scaler_ok is None:
-            self._scaler_ok = _mps_scaler_works()
+            self._scaler_ok = grad_scaler_works("mps")
         return torch.amp.GradScaler("mps") if self._scaler_ok else None
 
     # ------------------------------------------------------------------ errors
@@ -253,53 +236,6 @@ def _check_availability() -> Availability:
     if mac and _version_tuple(mac) < (12, 3):
         return Availability(False, f"MPS needs macOS 12.3+; this is macOS {mac}.")
     return Availability(False, f"torch.backends.mps.is_available() is False on macOS {mac or '?'}.")
-
-
-def _probe(device_type: str, dtype: torch.dtype | None, label: str) -> str:
-    """"" if a tiny (autocast) matmul with backward works on the device, else why not."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            a = torch.randn(16, 16, device=device_type, requires_grad=True)
-            b = torch.randn(16, 16, device=device_type)
-            if dtype is None:
-                out = a @ b
-            else:
-                with torch.autocast(device_type, dtype=dtype):
-                    out = a @ b
-            out.float().sum().backward()
-            finite = bool(torch.isfinite(a.grad).all().item())
-        if dtype is not None and out.dtype != dtype:
-            why = "; ".join(str(w.message) for w in caught) or "no warning"
-            return f"{device_type} autocast did not run the matmul in {label} ({why})."
-        if not finite:
-            return f"backward under {device_type} {label} gave a non-finite gradient."
-    except Exception as exc:  # noqa: BLE001 - the reason is the answer
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else ""
-        return f"{label} matmul+backward failed on {device_type}: {type(exc).__name__}: {first}"
-    return ""
-
-
-def _mps_scaler_works() -> bool:
-    """Whether ``torch.amp.GradScaler("mps")`` constructs and runs a step in this torch."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scaler = torch.amp.GradScaler("mps")
-            if not scaler.is_enabled():
-                return False
-            w = torch.nn.Parameter(torch.randn(4, 4, device="mps"))
-            opt = torch.optim.SGD([w], lr=0.0)
-            with torch.autocast("mps", dtype=torch.float16):
-                loss = (w @ w).float().sum()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            torch.mps.synchronize()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 @hookimpl

@@ -1,0 +1,67 @@
+"""Which precisions work on a device: answered by trying, not by version tables.
+
+Used by the backend plugins.  torch silently turns autocast off for a dtype a
+device does not support, so the output dtype is checked as well.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _sync(device_type: str) -> None:
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    elif device_type == "mps":
+        torch.mps.synchronize()
+
+
+def probe_precision(device_type: str, precision: str) -> str:
+    """"" if a tiny (autocast) matmul with backward works on the device, else why not."""
+    dtype = DTYPES[precision]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = torch.randn(16, 16, device=device_type, requires_grad=True)
+            b = torch.randn(16, 16, device=device_type)
+            if dtype is None:
+                out = a @ b
+            else:
+                with torch.autocast(device_type, dtype=dtype):
+                    out = a @ b
+            out.float().sum().backward()
+            finite = a.grad is not None and bool(torch.isfinite(a.grad).all().item())
+        if dtype is not None and out.dtype != dtype:
+            why = "; ".join(str(w.message) for w in caught) or "no warning"
+            return f"{device_type} autocast did not run the matmul in {precision} in torch {torch.__version__} ({why})."
+        if not finite:
+            return f"backward under {device_type} {precision} gave a non-finite gradient."
+    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        return f"{precision} matmul+backward failed on {device_type}: {type(exc).__name__}: {first}"
+    return ""
+
+
+def grad_scaler_works(device_type: str) -> bool:
+    """Whether ``torch.amp.GradScaler(device_type)`` constructs and runs one fp16 step."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scaler = torch.amp.GradScaler(device_type)
+            if not scaler.is_enabled():
+                return False
+            w = torch.nn.Parameter(torch.randn(4, 4, device=device_type))
+            opt = torch.optim.SGD([w], lr=0.0)
+            with torch.autocast(device_type, dtype=torch.float16):
+                loss = (w @ w).float().sum()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            _sync(device_type)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no"
+        return False
