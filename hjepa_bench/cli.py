@@ -276,6 +276,109 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .sweep import DEFAULT_OUT, SweepSpec, install_sigterm_handler, parse_list, resume_command, run_sweep
+
+    spec = SweepSpec.from_yaml(args.grid) if args.grid else SweepSpec()
+    lists = {
+        "devices": parse_list(args.device), "models": parse_list(args.models),
+        "batch_sizes": parse_list(args.batch_sizes, int), "workers": parse_list(args.workers, int),
+        "hierarchies": parse_list(args.hierarchies, int), "predictor_depths": parse_list(args.predictor_depths, int),
+        "variants": parse_list(args.variants), "precisions": parse_list(args.precisions),
+        "img_sizes": parse_list(args.img_size, int),
+    }
+    for name, value in lists.items():
+        if value is not None:
+            setattr(spec, name, value)
+    for name in ("config", "workload", "data", "data_path", "limit_samples", "persistent_workers", "encoder_depth",
+                 "warmup_steps", "min_steps", "max_steps"):
+        if getattr(args, name, None) is not None:
+            setattr(spec, name, getattr(args, name))
+    if args.max_time is not None:
+        spec.max_time_s = args.max_time
+    if args.timeout is not None:
+        spec.timeout_s = args.timeout
+    if args.no_skip_after_oom:
+        spec.skip_after_oom = False
+    out = Path(args.out or DEFAULT_OUT)
+    if args.resume and not (out / "results.jsonl").exists():
+        print(f"note: nothing to resume in {out}; starting a new sweep there", file=sys.stderr)
+    mode = "quiet" if args.quiet else args.progress
+    bar = _SweepProgress(mode)
+    install_sigterm_handler()
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    try:
+        summary = run_sweep(spec, out, plugins, args.plugins, on_event=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\nhjepa-bench: sweep interrupted; every finished config is in {out / 'results.jsonl'} "
+              f"and the one in flight was discarded. Resume with:\n  {resume_command(argv)}", file=sys.stderr)
+        return 130
+    bar.close()
+    from .results import load_results
+
+    records = load_results([out])
+    report = out / "report.md"
+    report.write_text(render_report(records, plugins.report_sections(), title="hjepa-bench sweep"))
+    if mode == "jsonl":
+        print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},
+                          "report": str(report)}), flush=True)
+    elif mode != "quiet":
+        from .report import records_frame
+
+        df = records_frame(records)
+        cols = ["device", "model", "variant", "precision", "img", "batch", "workers", "status", "it_per_s",
+                "samples_per_s", "step_median_ms", "data_wait_pct", "peak_mem_mib"]
+        print(df[cols].to_markdown(index=False, floatfmt=".2f"))
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "nothing new"
+        print(f"\n{summary['ran']} configs run this time ({counts}), {summary['recorded_before']} already recorded; "
+              f"{summary['elapsed_s']:.0f} s")
+        print(f"results: {out / 'results.jsonl'}\nreport:  {report}")
+    return 0
+
+
+class _SweepProgress:
+    """Sweep events -> a tqdm bar (bar), JSON lines on stdout (jsonl) or nothing (quiet)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.mode == "jsonl":
+            print(json.dumps(event, default=str), flush=True)
+            return
+        if self.mode == "quiet":
+            return
+        kind = event["event"]
+        if kind == "plan":
+            if event["truncated_tail"]:
+                print(f"warning: the last line of {event['out']}/results.jsonl was incomplete (the sweep was "
+                      "killed while writing it); it was moved to results.jsonl.partial and its config runs again",
+                      file=sys.stderr)
+            print(f"sweep: {event['total']} configs, {event['recorded']} already recorded in {event['out']}, "
+                  f"{event['to_run']} to run", file=sys.stderr)
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event["to_run"], file=sys.stderr, unit="config", dynamic_ncols=True,
+                            bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} configs, {elapsed} elapsed {postfix}")
+            self.bar.set_description_str("sweep")
+        elif kind == "start" and self.bar is not None:
+            eta = "ETA after the first config" if event["eta_s"] is None else f"ETA {event['eta_s'] / 60:.1f} min"
+            self.bar.set_description_str(f"config {event['k']}/{event['n']}")
+            self.bar.set_postfix_str(f"({eta}) now: {event['label']}")
+        elif kind == "done" and self.bar is not None:
+            speed = "" if event["it_per_s"] is None else f" {event['it_per_s']:.2f} it/s"
+            self.bar.write(f"  [{event['k']}/{event['n']}] {event['label']}: {event['status']}{speed}"
+                           + (f" ({event['error']})" if event["error"] else ""))
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 # --------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one sentence, exit 2
@@ -313,6 +416,45 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", metavar="PATH", help="write a markdown report here")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     run.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="measure a grid of configs, each in its own process (resumable)",
+                        description="Measure a grid of configs. Every config runs in its own child process; "
+                                    "results are appended to OUT/results.jsonl as each finishes, and running the "
+                                    "same command again (or with --resume) runs only what is missing.")
+    sw.add_argument("--device", help="device or list: cpu,mps,cuda,auto (default auto)")
+    sw.add_argument("--models", help="e.g. vit_tiny,vit_small,vit_base (default vit_tiny)")
+    sw.add_argument("--batch-sizes", help="e.g. 24,32,48,64 (default 16,32)")
+    sw.add_argument("--workers", help="DataLoader workers, e.g. 2,4,6,8 (default 2,4)")
+    sw.add_argument("--hierarchies", help="hierarchy levels, e.g. 2,3")
+    sw.add_argument("--predictor-depths", help="e.g. 2,4,6")
+    sw.add_argument("--variants", help="reference,efficient (default both)")
+    sw.add_argument("--precisions", help="fp32,fp16,bf16 (default: auto per device)")
+    sw.add_argument("--img-size", help="image size or list, e.g. 224 or 128,224")
+    sw.add_argument("--encoder-depth", type=_positive_int, help="ViT blocks (default 12)")
+    sw.add_argument("--config", metavar="YAML", help="upstream YAML as the base of every point")
+    sw.add_argument("--grid", metavar="YAML", help="grid file (keys as SweepSpec: devices, batch_sizes, ...); flags override it")
+    sw.add_argument("--out", metavar="DIR", help=f"results directory (default ./{'hjepa-bench-sweep'})")
+    sw.add_argument("--resume", action="store_true", help="continue the sweep in --out (the same --out does too)")
+    sw.add_argument("--workload", help="registered workload to time (default hjepa)")
+    sw.add_argument("--data", choices=["synthetic", "cifar10"])
+    sw.add_argument("--data-path", metavar="DIR")
+    sw.add_argument("--limit-samples", type=_positive_int, metavar="N")
+    swp = sw.add_mutually_exclusive_group()
+    swp.add_argument("--persistent-workers", dest="persistent_workers", action="store_true", default=None)
+    swp.add_argument("--no-persistent-workers", dest="persistent_workers", action="store_false")
+    b = sw.add_argument_group("per-config budgets")
+    b.add_argument("--warmup-steps", type=_positive_int, help="default 2")
+    b.add_argument("--min-steps", type=_positive_int, help="default 5")
+    b.add_argument("--max-steps", type=_positive_int, help="default 30")
+    b.add_argument("--max-time", type=_positive_float, metavar="SECONDS", help="measuring time per config (default 15)")
+    b.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                   help="wall-clock limit per config, start-up included (default 120 + 6 x max-time)")
+    b.add_argument("--no-skip-after-oom", action="store_true",
+                   help="also run larger batches of a model after it ran out of memory")
+    sw.add_argument("--progress", choices=["bar", "quiet", "jsonl"], default="bar",
+                    help="bar (default), quiet, or jsonl (one JSON event per line on stdout)")
+    sw.add_argument("-q", "--quiet", action="store_true", help="same as --progress quiet")
+    sw.set_defaults(func=cmd_sweep, argv=None)
 
     ins = sub.add_parser("inspect", help="parameters, tokens and FLOPs of a config (no training)")
     add_config_args(ins)

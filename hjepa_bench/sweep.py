@@ -1,0 +1,344 @@
+"""``hjepa-bench sweep``: a grid of configs, each in its own child process.
+
+* The grid comes from the CLI and/or a YAML file; each point is the base config
+  (upstream YAML) plus overrides.  Points a backend cannot run (a precision it
+  lacks, a config that does not validate) are recorded ``unsupported``.
+* Every config runs in a fresh child process (multiprocessing's ``spawn``, as on
+  macOS) with a wall-clock timeout: ``ok | oom | diverged | error`` come from the
+  child; ``timeout`` and ``crashed`` (exit code or signal) from the parent.
+  After an OOM, larger batches of the same model are ``skipped`` (switchable).
+* Records are appended to ``DIR/results.jsonl`` as each config finishes; running
+  again with the same ``--out`` (or ``--resume``) skips configs already recorded,
+  identified by a hash of the resolved config and the environment fingerprint.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing as mp
+import os
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from .config import resolve_config, resolve_model_name, resolve_precision
+from .errors import UserError
+from .manager import Plugins, build_plugins
+from .results import ResultsFile, config_key
+from .runner import new_record
+
+DEFAULT_OUT = "hjepa-bench-sweep"
+
+
+@dataclass
+class SweepSpec:
+    """The grid and the per-config budgets.  List fields are grid dimensions;
+    ``None`` in a list means "the base config's value"."""
+
+    devices: list[str] = field(default_factory=lambda: ["auto"])
+    models: list[str | None] = field(default_factory=lambda: ["vit_tiny"])
+    batch_sizes: list[int | None] = field(default_factory=lambda: [16, 32])
+    workers: list[int | None] = field(default_factory=lambda: [2, 4])
+    hierarchies: list[int | None] = field(default_factory=lambda: [None])
+    predictor_depths: list[int | None] = field(default_factory=lambda: [None])
+    variants: list[str | None] = field(default_factory=lambda: ["reference", "efficient"])
+    precisions: list[str | None] = field(default_factory=lambda: [None])
+    img_sizes: list[int | None] = field(default_factory=lambda: [None])
+    encoder_depth: int | None = None
+    config: str | None = None
+    workload: str | None = None
+    data: str | None = None
+    data_path: str | None = None
+    limit_samples: int | None = None
+    persistent_workers: bool | None = None
+    warmup_steps: int | None = 2
+    min_steps: int | None = 5
+    max_steps: int | None = 30
+    max_time_s: float | None = 15.0
+    timeout_s: float | None = None  # per config wall clock; default from max_time_s
+    skip_after_oom: bool = True
+
+    GRID = ("devices", "models", "batch_sizes", "workers", "hierarchies", "predictor_depths", "variants",
+            "precisions", "img_sizes")
+
+    def timeout(self) -> float:
+        if self.timeout_s is not None:
+            return float(self.timeout_s)
+        return 120.0 + 6.0 * float(self.max_time_s or 60.0)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "SweepSpec":
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"grid file not found: {p}.") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise UserError(f"grid file {p} is not valid YAML{where}.") from None
+        if not isinstance(data, dict):
+            raise UserError(f"grid file {p} must hold a mapping (devices:, batch_sizes:, ...).")
+        spec = cls()
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"grid file {p} has unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+        for key, value in data.items():
+            if key in cls.GRID and not isinstance(value, list):
+                value = [value]
+            setattr(spec, key, value)
+        return spec
+
+
+@dataclass
+class Point:
+    index: int
+    device: str
+    overrides: dict[str, Any]
+    label: str
+    group: tuple  # everything but the batch size (for skip-after-OOM)
+    batch_size: int = 0
+    values: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    env: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    unsupported: str | None = None  # why it cannot run here
+
+
+def _resolve_devices(plugins: Plugins, names: Sequence[str]) -> list[str]:
+    from .cli import select_backend
+
+    out = []
+    for name in names:
+        backend = select_backend(plugins, name)
+        if backend.name not in out:
+            out.append(backend.name)
+    return out
+
+
+def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
+    """Expand the grid into points with resolved configs and keys (no running)."""
+    from .env import environment_fingerprint
+
+    devices = _resolve_devices(plugins, spec.devices)
+    for m in spec.models:
+        if m is not None:
+            resolve_model_name(m)  # an unknown model is a user error, not an unsupported point
+    backends = plugins.backends()
+    envs = {d: environment_fingerprint(backends[d]) for d in devices}
+    common = {
+        "model.encoder_depth": spec.encoder_depth, "bench.workload": spec.workload, "bench.data": spec.data,
+        "bench.data_path": spec.data_path, "bench.limit_samples": spec.limit_samples,
+        "bench.persistent_workers": spec.persistent_workers, "bench.warmup_steps": spec.warmup_steps,
+        "bench.min_steps": spec.min_steps, "bench.max_steps": spec.max_steps, "bench.max_time_s": spec.max_time_s,
+    }
+    points: list[Point] = []
+    dims = [devices, spec.models, spec.hierarchies, spec.predictor_depths, spec.variants, spec.precisions,
+            spec.img_sizes, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None, b or 0))]
+    for device, model, levels, pdepth, variant, precision, img, workers, batch in itertools.product(*dims):
+        overrides = {**common, "model.encoder_type": model, "model.num_hierarchies": levels,
+                     "model.predictor.depth": pdepth, "bench.variant": variant, "bench.precision": precision,
+                     "data.image_size": img, "data.num_workers": workers, "data.batch_size": batch}
+        point = Point(index=len(points), device=device, overrides=overrides, label="",
+                      group=(device, model, levels, pdepth, variant, precision, img, workers))
+        try:
+            rc = resolve_config(spec.config, overrides)
+        except UserError as exc:
+            point.unsupported = str(exc)
+            point.values = resolve_config(spec.config).values
+            point.values["bench"]["device"] = device
+        else:
+            values = rc.values
+            values["bench"]["precision"] = resolve_precision(values, device)
+            values["bench"]["device"] = device
+            why = backends[device].supported_precisions().get(values["bench"]["precision"], "unknown precision")
+            if why:
+                point.unsupported = f"precision {values['bench']['precision']} does not run on {device}: {why}"
+            point.values, point.warnings = values, rc.warnings()
+        v = point.values
+        point.batch_size = int(batch or v["data"]["batch_size"])
+        point.label = (f"{device} {v['model']['encoder_type'].replace('_patch16_224', '')} "
+                       f"b{batch or v['data']['batch_size']} w{workers if workers is not None else v['data']['num_workers']} "
+                       f"{variant or v['bench']['variant']} {precision or v['bench']['precision']} "
+                       f"{img or v['data']['image_size']}px")
+        if levels is not None or pdepth is not None:
+            point.label += f" L{levels or v['model']['num_hierarchies']} P{pdepth or v['model']['predictor']['depth']}"
+        point.env = envs[device]
+        point.key = config_key({"values": v, "unsupported": point.unsupported, "overrides": overrides}, point.env)
+        points.append(point)
+    return points
+
+
+# --------------------------------------------------------------------------- the child
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the parent is gone (e.g. SIGKILLed), instead of running on as an orphan."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(3)
+
+
+def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> None:
+    """Runs in the spawned child: measure one config, write its record to ``result_path``."""
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    from .record import write_json
+    from .runner import run_benchmark
+
+    values, env = payload["values"], payload["env"]
+    try:
+        plugins = build_plugins(payload["plugins"])
+        backend = plugins.backends()[payload["device"]]
+        workloads = plugins.workloads()
+        name = values["bench"]["workload"]
+        if name not in workloads:
+            raise UserError(f"unknown workload {name!r}; registered workloads: {', '.join(sorted(workloads))}.")
+        record = run_benchmark(values, backend, workloads[name], list(plugins.probes().values()), env,
+                               warnings=payload["warnings"])
+    except UserError as exc:
+        record = new_record(values, env, payload["warnings"])
+        record["error"] = str(exc)
+    write_json(record, result_path)
+
+
+@dataclass
+class ChildOutcome:
+    record: dict[str, Any] | None
+    status: str  # "done", "timeout", "crashed"
+    detail: str = ""
+
+
+def run_in_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
+    """Run one config in a spawned child with a wall-clock timeout."""
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="hjepa-bench-") as tmp:
+        result = os.path.join(tmp, "record.json")
+        proc = ctx.Process(target=_child_main, args=(payload, result, os.getpid()), name="hjepa-bench-config")
+        proc.start()
+        try:
+            proc.join(timeout_s)
+            if proc.is_alive():
+                _stop(proc)
+                return ChildOutcome(None, "timeout", f"no result after {timeout_s:.0f} s (wall clock); the child was killed")
+        except BaseException:
+            _stop(proc)  # Ctrl-C / SIGTERM: stop the child, record nothing
+            raise
+        code = proc.exitcode
+        if code == 0 and os.path.exists(result):
+            with open(result) as fh:
+                return ChildOutcome(json.load(fh), "done")
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return ChildOutcome(None, "crashed", f"the child died by {name}")
+        return ChildOutcome(None, "crashed", f"the child exited with code {code} without a result")
+
+
+def _stop(proc: mp.process.BaseProcess) -> None:
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+
+
+# --------------------------------------------------------------------------- the sweep
+Event = Callable[[dict[str, Any]], None]
+
+
+def _record_for(point: Point, status: str, detail: str) -> dict[str, Any]:
+    record = new_record(point.values or {}, point.env, point.warnings)
+    record["status"], record["error"] = status, detail
+    record["duration_s"] = 0.0
+    return record
+
+
+def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: Sequence[str] = (),
+              on_event: Event | None = None) -> dict[str, Any]:
+    """Run every point not yet recorded in ``out``; returns a summary dict."""
+    emit = on_event or (lambda e: None)
+    store = ResultsFile(out)
+    loaded = store.load()
+    points = plan(spec, plugins)
+    done_keys = {r.get("sweep", {}).get("key") for r in loaded.records}
+    todo = [p for p in points if p.key not in done_keys]
+    emit({"event": "plan", "total": len(points), "recorded": len(points) - len(todo), "to_run": len(todo),
+          "out": str(store.dir), "truncated_tail": loaded.truncated_tail is not None})
+    oom_at: dict[tuple, int] = {}
+    for r in loaded.records:  # OOMs recorded earlier still skip larger batches
+        s = r.get("sweep", {})
+        if r["status"] == "oom" and "group" in s:
+            g = tuple(s["group"])
+            oom_at[g] = min(oom_at.get(g, 10**9), s["batch_size"])
+    durations: list[float] = []
+    t_start = time.time()
+    counts: dict[str, int] = {}
+    for k, point in enumerate(todo, start=1):
+        group = tuple(json.loads(json.dumps(point.group)))
+        eta = (sum(durations) / len(durations)) * (len(todo) - k + 1) if durations else None
+        emit({"event": "start", "k": k, "n": len(todo), "label": point.label, "elapsed_s": time.time() - t_start,
+              "eta_s": eta})
+        t0 = time.time()
+        if point.unsupported:
+            record = _record_for(point, "unsupported", point.unsupported)
+        elif spec.skip_after_oom and group in oom_at and point.batch_size > oom_at[group]:
+            record = _record_for(point, "skipped", f"ran out of memory at batch {oom_at[group]} with the same settings")
+        else:
+            payload = {"values": point.values, "env": point.env, "warnings": point.warnings,
+                       "device": point.device, "plugins": list(plugin_args)}
+            outcome = run_in_child(payload, spec.timeout())
+            if outcome.record is not None:
+                record = outcome.record
+            else:
+                record = _record_for(point, outcome.status, outcome.detail)
+            durations.append(time.time() - t0)
+        record["sweep"] = {"key": point.key, "label": point.label, "index": point.index,
+                           "group": list(group), "batch_size": point.batch_size,
+                           "overrides": {k2: v for k2, v in point.overrides.items() if v is not None}}
+        store.append(record)
+        if record["status"] == "oom":
+            oom_at[group] = min(oom_at.get(group, 10**9), point.batch_size)
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+        emit({"event": "done", "k": k, "n": len(todo), "label": point.label, "status": record["status"],
+              "error": record.get("error"), "it_per_s": (record.get("metrics") or {}).get("it_per_s"),
+              "elapsed_s": time.time() - t_start})
+    return {"total": len(points), "ran": len(todo), "recorded_before": len(points) - len(todo), "counts": counts,
+            "elapsed_s": time.time() - t_start, "out": str(store.dir),
+            "truncated_tail": loaded.truncated_tail}
+
+
+def install_sigterm_handler() -> None:
+    """SIGTERM behaves like Ctrl-C: stop the child, keep what is recorded."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def parse_list(text: str | None, kind: Callable[[str], Any] = str) -> list[Any] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError(f"empty list {text!r}.")
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        raise UserError(f"{text!r} is not a comma-separated list of {getattr(kind, '__name__', 'values')}s.") from None
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    args = list(argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return "hjepa-bench " + " ".join(args)
+
