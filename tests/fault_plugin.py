@@ -1,0 +1,55 @@
+"""Test-only fault injection for sweeps (loaded with ``-p fault_plugin``; never shipped).
+
+Registers the workload ``hjepa_faults``: the real hjepa workload, except that a
+config whose batch size is listed in ``HJEPA_BENCH_TEST_FAULTS`` (JSON, e.g.
+``{"3": "oom", "4": "crash", "5": "hang", "6": "nan"}``) fails at its second step:
+
+* ``oom``   - asks the CPU allocator for 4 EiB (the backend's real OOM error)
+* ``crash`` - the process kills itself with SIGSEGV
+* ``hang``  - sleeps far past any timeout
+* ``nan``   - feeds NaN images to the real step (the loss diverges)
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import torch
+
+from hjepa_bench import hookimpl
+from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload, PreparedHJEPA
+
+
+class FaultyPrepared(PreparedHJEPA):
+    def __init__(self, config, backend, fault):
+        super().__init__(config, backend)
+        self.fault = fault
+        self.steps = 0
+
+    def step(self, batch):
+        self.steps += 1
+        if self.steps >= 2:
+            if self.fault == "oom":
+                torch.empty(2**62, dtype=torch.uint8)
+            elif self.fault == "crash":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            elif self.fault == "hang":
+                time.sleep(3600)
+            elif self.fault == "nan":
+                batch = (batch[0] * float("nan"), *batch[1:])
+        return super().step(batch)
+
+
+class FaultyWorkload(HJEPAWorkload):
+    name = "hjepa_faults"
+
+    def prepare(self, config, backend):
+        faults = json.loads(os.environ.get("HJEPA_BENCH_TEST_FAULTS", "{}"))
+        return FaultyPrepared(config, backend, faults.get(str(config["data"]["batch_size"])))
+
+
+@hookimpl
+def hjepa_bench_register_workloads(register):
+    register(FaultyWorkload())
