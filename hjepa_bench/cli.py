@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -131,10 +130,6 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     values["bench"]["device"] = backend.name
     probes = list(plugins.probes().values())
     env = environment_fingerprint(backend)
-    cores = os.cpu_count() or 1
-    if values["data"]["num_workers"] > cores:
-        rc.notes.append(f"data.num_workers {values['data']['num_workers']} is more than this machine's "
-                        f"{cores} CPU cores; the workers compete with the training step")
 
     # Printed once the workload is ready, so that a setup error stays one sentence.
     pending = [f"warning: {w}" for w in rc.warnings()] + [f"hjepa-bench run: {_label(values)} on {backend.name}"]
@@ -150,11 +145,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
             print(f"\r  measured {p['steps']} steps in {p['elapsed_s']:.1f} s, median step {fmt_ms(med)}"
                   f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
 
-    with warnings.catch_warnings():
-        # torch's own worker-count warning is replaced by the note above
-        warnings.filterwarnings("ignore", message="This DataLoader will create")
-        record = run_benchmark(values, backend, workloads[wname], probes, env,
-                               warnings=rc.warnings(), progress=progress)
+    record = run_benchmark(values, backend, workloads[wname], probes, env, warnings=rc.warnings(), progress=progress)
     flush_pending()
     if not args.quiet:
         print(file=sys.stderr)
@@ -427,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", help="DataLoader workers, e.g. 2,4,6,8 (default 2,4)")
     sw.add_argument("--hierarchies", help="hierarchy levels, e.g. 2,3")
     sw.add_argument("--predictor-depths", help="e.g. 2,4,6")
-    sw.add_argument("--variants", help="reference,efficient (default both)")
+    sw.add_argument("--variants", help="reference,efficient (default reference)")
     sw.add_argument("--precisions", help="fp32,fp16,bf16 (default: auto per device)")
     sw.add_argument("--img-size", help="image size or list, e.g. 224 or 128,224")
     sw.add_argument("--encoder-depth", type=_positive_int, help="ViT blocks (default 12)")

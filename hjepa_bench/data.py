@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -232,11 +233,13 @@ def build_loader(dataset: Dataset, *, batch_size: int, num_workers: int, pin_mem
                         "(drop_last=True would yield nothing); use a smaller batch or more data.")
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn,
-                      persistent_workers=persistent_workers and num_workers > 0,
-                      worker_init_fn=_seed_worker, generator=generator,
-                      multiprocessing_context=multiprocessing_context if num_workers > 0 else None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create")  # recorded by the run instead
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                          pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn,
+                          persistent_workers=persistent_workers and num_workers > 0,
+                          worker_init_fn=_seed_worker, generator=generator,
+                          multiprocessing_context=multiprocessing_context if num_workers > 0 else None)
 
 
 class EndlessBatches:
@@ -259,7 +262,10 @@ class EndlessBatches:
                 return next(self._it)
             except StopIteration:
                 pass
-        self._it = iter(self.loader)
+        with warnings.catch_warnings():
+            # torch warns when workers outnumber cores; the run records its own note
+            warnings.filterwarnings("ignore", message="This DataLoader will create")
+            self._it = iter(self.loader)
         self.epochs_started += 1
         return next(self._it)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -172,6 +173,9 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
     achieved = sorted(set(loop.batch_sizes[s.index] for s in measured)) or sorted(set(loop.batch_sizes))
     losses = [s.loss for s in measured if s.loss is not None]
     warnings = [w for w in [stats.spread_warning(summary)] if w]
+    workers, cores = config_workers(loop.ctx.config), os.cpu_count() or 1
+    if workers > cores:
+        warnings.append(f"{workers} DataLoader workers on {cores} CPU cores: the workers compete with the step")
     if stop_reason == "max_time" and n < 10:
         warnings.append(f"only {n} steps measured before the time cap; the statistics are rough")
     return {
@@ -198,6 +202,10 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         "timing_method": "device-events" if loop.events else "synced-wall-clock",
         "warnings": warnings,
     }
+
+
+def config_workers(config: Mapping[str, Any]) -> int:
+    return int(config.get("data", {}).get("num_workers", 0))
 
 
 def _peak_rss() -> int | None:

@@ -47,7 +47,7 @@ class SweepSpec:
     workers: list[int | None] = field(default_factory=lambda: [2, 4])
     hierarchies: list[int | None] = field(default_factory=lambda: [None])
     predictor_depths: list[int | None] = field(default_factory=lambda: [None])
-    variants: list[str | None] = field(default_factory=lambda: ["reference", "efficient"])
+    variants: list[str | None] = field(default_factory=lambda: ["reference"])
     precisions: list[str | None] = field(default_factory=lambda: [None])
     img_sizes: list[int | None] = field(default_factory=lambda: [None])
     encoder_depth: int | None = None

@@ -98,12 +98,11 @@ def test_inspect_reports_exact_counts_and_flops(cli):
     assert info["tokens_per_sample"]["reference"]["context_encoder"] == 197
 
 
-def test_devices_and_plugins_listings(cli):
-    dev = cli("devices", "--json")
-    rows = {r["name"]: r for r in json.loads(dev.stdout)}
+def test_devices_and_plugins_listings(capsys):
+    res = _in_process(capsys, "devices", "--json")
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["cpu"]["available"] and rows["cpu"]["precisions"]["fp32"] == "ok"
     assert not rows["mps"]["available"] and rows["mps"]["reason"]
-    text = cli("devices").stdout
-    assert "--device auto picks:" in text
-    plg = cli("plugins")
+    assert "--device auto picks:" in _in_process(capsys, "devices").stdout
+    plg = _in_process(capsys, "plugins")
     assert plg.returncode == 0 and "hjepa_bench.plugins.backend_cpu" in plg.stdout
