@@ -297,13 +297,12 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     mode = "quiet" if args.quiet else args.progress
     bar = _SweepProgress(mode)
     install_sigterm_handler()
-    argv = sys.argv[1:] if args.argv is None else args.argv
     try:
         summary = run_sweep(spec, out, plugins, args.plugins, on_event=bar)
     except KeyboardInterrupt:
         bar.close()
         print(f"\nhjepa-bench: sweep interrupted; every finished config is in {out / 'results.jsonl'} "
-              f"and the one in flight was discarded. Resume with:\n  {resume_command(argv)}", file=sys.stderr)
+              f"and the one in flight was discarded. Resume with:\n  {resume_command(args.argv)}", file=sys.stderr)
         return 130
     bar.close()
     from .results import load_results
@@ -445,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--progress", choices=["bar", "quiet", "jsonl"], default="bar",
                     help="bar (default), quiet, or jsonl (one JSON event per line on stdout)")
     sw.add_argument("-q", "--quiet", action="store_true", help="same as --progress quiet")
-    sw.set_defaults(func=cmd_sweep, argv=None)
+    sw.set_defaults(func=cmd_sweep)
 
     ins = sub.add_parser("inspect", help="parameters, tokens and FLOPs of a config (no training)")
     add_config_args(ins)
@@ -465,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the resume hint
     try:
         plugins = build_plugins(args.plugins)
         return int(args.func(args, plugins) or 0)

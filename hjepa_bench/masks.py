@@ -184,7 +184,7 @@ def reference_masks(rng: random.Random, spec: MaskSpec, batch_size: int, device:
         t_idx[i, len(rows):] = rows[0] if len(rows) else 0
         t_valid[i, : len(rows)] = True
     # context indices: visible patches first (stable sort keeps patch order)
-    order = torch.sort(union.to(torch.int8), dim=1, stable=True).indices
+    order = torch.sort(union.to(torch.float32), dim=1, stable=True).indices  # float: sorts on every backend
     c_idx = order[:, :c_max].clone()
     c_valid = torch.arange(c_max, device=device)[None, :] < torch.tensor(n_ctx, device=device)[:, None]
     return BatchMasks(t_idx, t_valid, c_idx, c_valid, union)
