@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_variants_benchmark_runs_both_variants_side_by_side(tmp_path):

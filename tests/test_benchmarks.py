@@ -12,7 +12,7 @@ import pytest
 
 from hjepa_bench.cli import main
 
-from conftest import REPO
+from helpers import REPO
 
 FULL_STEP = [str(REPO / "benchmarks" / "test_step_pieces.py"), "-k", "test_full_step and cpu and reference"]
 

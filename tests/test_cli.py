@@ -9,7 +9,7 @@ import pytest
 from hjepa_bench.cli import main
 from hjepa_bench.record import validate_record
 
-from conftest import QUICK_VAL, TINY_FLAGS
+from helpers import QUICK_VAL, TINY_FLAGS
 
 
 def test_run_writes_a_valid_ok_record(cli, tmp_path):

@@ -8,7 +8,7 @@ from hjepa_bench.config import resolve_config, resolve_model_name
 from hjepa_bench.errors import UserError
 from hjepa_bench.model import HJEPA
 
-from conftest import CONFIGS, SHARED
+from helpers import CONFIGS, SHARED
 
 EXPECTED = {
     "m1_max_quick_val": (12_051_264, 6_526_848),

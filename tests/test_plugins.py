@@ -14,7 +14,7 @@ from hjepa_bench.errors import UserError
 from hjepa_bench.manager import build_plugins
 from hjepa_bench.record import validate_record
 
-from conftest import TINY_FLAGS
+from helpers import TINY_FLAGS
 
 TOY_PLUGIN = textwrap.dedent('''
     """A third-party hjepa-bench plugin: one workload and one probe."""

@@ -18,7 +18,7 @@ from hjepa_bench.record import validate_record
 from hjepa_bench.results import ResultsFile, read_results, results_frame
 from hjepa_bench.sweep import SweepSpec
 
-from conftest import REPO
+from helpers import REPO
 
 TESTS = Path(__file__).resolve().parent
 TINY_SWEEP = ["--device", "cpu", "--img-size", "64", "--encoder-depth", "2", "--predictor-depths", "1",

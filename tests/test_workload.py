@@ -9,7 +9,7 @@ import numpy as np
 from hjepa_bench.data import EndlessBatches, build_dataset, build_loader, build_transform
 from hjepa_bench.masks import BatchMasks, MaskCollator, MaskSpec
 
-from conftest import TINY_FLAGS
+from helpers import TINY_FLAGS
 
 
 def test_spawn_workers_build_masks_in_the_collator():

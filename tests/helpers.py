@@ -1,0 +1,45 @@
+"""Shared test constants and helpers: tiny real configs (CPU, 64 px, shallow ViT) and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hjepa_bench.config import resolve_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "reference"
+CONFIGS = SHARED / "hjepa-configs"
+QUICK_VAL = CONFIGS / "m1_max_quick_val.yaml"
+
+TINY = {
+    "data.image_size": 64,
+    "data.batch_size": 4,
+    "data.num_workers": 0,
+    "model.encoder_depth": 2,
+    "model.predictor.depth": 1,
+    "bench.synthetic_size": 64,
+    "bench.warmup_steps": 1,
+    "bench.min_steps": 3,
+    "bench.max_steps": 6,
+    "bench.max_time_s": 30.0,
+}
+TINY_FLAGS = ["--img-size", "64", "--batch-size", "4", "--workers", "0", "--encoder-depth", "2",
+              "--predictor-depth", "1", "--warmup-steps", "1", "--min-steps", "3", "--max-steps", "6"]
+
+
+def tiny_config(**overrides):
+    """Resolved tiny config values (dotted-key overrides on top of TINY)."""
+    return resolve_config(None, {**TINY, **overrides}).values
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
+    """Run the real console entry (python -m hjepa_bench) in a child process."""
+    full_env = dict(os.environ)
+    full_env.pop("HJEPA_BENCH_PLUGINS", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "hjepa_bench", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or REPO, timeout=timeout)
+
