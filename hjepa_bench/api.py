@@ -179,12 +179,14 @@ class Workload(abc.ABC):
 # --------------------------------------------------------------------------- probes
 @dataclass
 class RunContext:
-    """What a probe sees of a run."""
+    """What a probe sees of a run.  ``artifacts_dir`` is a folder for files a
+    probe writes (traces); None when the run keeps no files."""
 
     config: Mapping[str, Any]
     backend: Backend
     workload: PreparedWorkload
     env: Mapping[str, Any]
+    artifacts_dir: str | None = None
 
 
 @dataclass
@@ -204,11 +206,18 @@ class Probe:
 
     Hooks are called in this order: ``start`` once before warm-up, ``after_step``
     after every step (keep it cheap: it runs inside the timed loop), then
-    ``finish`` once with the run's result record (metrics filled), which returns
-    the probe's JSON-serialisable entry (or None for no entry).
+    ``finish`` once with the run's result record (metrics and series filled),
+    which returns the probe's JSON-serialisable entry (or None for no entry).
+    A probe that raises is recorded as ``{"status": "failed", "error": ...}``
+    and is not called again; the run and the other probes go on.
+
+    ``cost``: "cheap" probes run by default; "costly" ones only when chosen
+    with ``--probes NAME,...`` or ``--probes all``.
     """
 
     name: str = ""
+    cost: str = "cheap"
+    description: str = ""
 
     def start(self, ctx: RunContext) -> None:
         pass

@@ -128,7 +128,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
     values["bench"]["precision"] = resolve_precision(values, backend.name)
     values["bench"]["device"] = backend.name
-    probes = list(plugins.probes().values())
+    probes = plugins.select_probes(probe_names(args))
     env = environment_fingerprint(backend)
 
     # Printed once the workload is ready, so that a setup error stays one sentence.
@@ -145,7 +145,8 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
             print(f"\r  measured {p['steps']} steps in {p['elapsed_s']:.1f} s, median step {fmt_ms(med)}"
                   f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
 
-    record = run_benchmark(values, backend, workloads[wname], probes, env, warnings=rc.warnings(), progress=progress)
+    record = run_benchmark(values, backend, workloads[wname], probes, env, warnings=rc.warnings(), progress=progress,
+                           artifacts_dir=args.trace_dir)
     flush_pending()
     if not args.quiet:
         print(file=sys.stderr)
@@ -159,6 +160,14 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
         if args.json:
             print(f"record written to {args.json}")
     return 0 if record["status"] == "ok" else 1
+
+
+def probe_names(args: argparse.Namespace) -> list[str] | None:
+    """--probes NAME,... | all | none, plus --profile (adds the profiler)."""
+    names = None if args.probes is None else [n.strip() for n in args.probes.split(",") if n.strip()]
+    if getattr(args, "profile", False):
+        names = (names or ["cheap"]) + ["profiler"]
+    return names
 
 
 def _label(values: dict[str, Any]) -> str:
@@ -291,6 +300,9 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
         spec.timeout_s = args.timeout
     if args.no_skip_after_oom:
         spec.skip_after_oom = False
+    if args.probes is not None or args.profile:
+        spec.probes = probe_names(args)
+    plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
     out = Path(args.out or DEFAULT_OUT)
     if args.resume and not (out / "results.jsonl").exists():
         print(f"note: nothing to resume in {out}; starting a new sweep there", file=sys.stderr)
@@ -395,6 +407,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help).\n")
 
 
+def add_probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--probes", metavar="NAME,...",
+                   help="probes to run: names and the groups cheap, all, none (default: cheap; see hjepa-bench plugins)")
+    p.add_argument("--profile", action="store_true", help="also run the profiler probe (torch.profiler traces)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hjepa-bench", description="Measure the real H-JEPA training step on this machine.")
     parser.add_argument("--version", action="version", version=f"hjepa-bench {__version__}")
@@ -422,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-time", type=_positive_float, metavar="SECONDS", help="time cap for the measured loop")
     s.add_argument("--target-precision", type=_positive_float, metavar="FRAC",
                    help="stop when the median step time is known to +-FRAC (95%% CI), default 0.02")
+    add_probe_args(run)
+    run.add_argument("--trace-dir", metavar="DIR", default="hjepa-bench-traces",
+                     help="where the profiler writes traces (default ./hjepa-bench-traces)")
     run.add_argument("--json", metavar="PATH", help="write the result record (JSON) here")
     run.add_argument("--report", metavar="PATH", help="write a markdown report here")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
@@ -461,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock limit per config, start-up included (default 120 + 6 x max-time)")
     b.add_argument("--no-skip-after-oom", action="store_true",
                    help="also run larger batches of a model after it ran out of memory")
+    add_probe_args(sw)
     sw.add_argument("--progress", choices=["bar", "quiet", "jsonl"], default="bar",
                     help="bar (default), quiet, or jsonl (one JSON event per line on stdout)")
     sw.add_argument("-q", "--quiet", action="store_true", help="same as --progress quiet")

@@ -105,6 +105,26 @@ class Plugins:
     def probes(self) -> dict[str, Probe]:
         return {p.name: p for _, p in self._collect("hjepa_bench_register_probes", Probe)}
 
+    def select_probes(self, names: Iterable[str] | None = None) -> list[Probe]:
+        """Probes for a run.  ``None`` means ``["cheap"]`` (the default).  Names
+        may be probe names or the groups ``cheap``, ``all`` and ``none``."""
+        probes = self.probes()
+        chosen: dict[str, Probe] = {}
+        unknown = []
+        for name in ["cheap"] if names is None else [n for n in names if n]:
+            if name == "all":
+                chosen.update(probes)
+            elif name == "cheap":
+                chosen.update({n: p for n, p in probes.items() if p.cost == "cheap"})
+            elif name in probes:
+                chosen[name] = probes[name]
+            elif name != "none":
+                unknown.append(name)
+        if unknown:
+            raise UserError(f"unknown probe {', '.join(unknown)}; registered probes: "
+                            f"{', '.join(sorted(probes)) or 'none'} (or the groups cheap, all, none).")
+        return list(chosen.values())
+
     def report_sections(self) -> list[ReportSection]:
         sections = [s for _, s in self._collect("hjepa_bench_register_report_sections", ReportSection)]
         return sorted(sections, key=lambda s: (s.order, s.name))

@@ -72,6 +72,7 @@ class _Loop:
         self.events = self.backend.has_device_events()
         self.scaled = getattr(self.work, "uses_grad_scaler", False)
         self.batches: Iterator[Any] = iter(self.work.batches())
+        self.failed: dict[str, dict[str, Any]] = {}  # probe name -> failure entry
 
     def window(self, n: int, warmup: bool) -> float:
         backend = self.backend
@@ -99,7 +100,11 @@ class _Loop:
             self.phases.append(dict(out.host_s))
             self.batch_sizes.append(_batch_len(batch))
             for probe in self.probes:
-                probe.after_step(self.ctx, sample)
+                if probe.name not in self.failed:
+                    try:
+                        probe.after_step(self.ctx, sample)
+                    except Exception as exc:  # noqa: BLE001 - a broken probe never breaks the run
+                        self.failed[probe.name] = _failure(exc)
         if self.events:
             end = backend.event()
             end.record()
@@ -152,6 +157,10 @@ class _Loop:
                 self.progress({"steps": len(self.measured()), "elapsed_s": time.perf_counter() - t_start,
                                "median_step_s": stats.summarize([s.step_time_s for s in self.measured()])["median"],
                                "max_steps": b["max_steps"], "max_time_s": b["max_time_s"]})
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _batch_len(batch: Any) -> int:
@@ -232,7 +241,7 @@ def _series(loop: _Loop) -> dict[str, Any]:
 
 def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workload, probes: Sequence[Probe],
                   env: Mapping[str, Any], *, warnings: Sequence[str] = (),
-                  progress: ProgressFn | None = None) -> dict[str, Any]:
+                  progress: ProgressFn | None = None, artifacts_dir: str | None = None) -> dict[str, Any]:
     """Measure one config; always returns a record (status says how it went).
 
     ``UserError`` and ``KeyboardInterrupt`` propagate; resources are released.
@@ -246,10 +255,15 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
     try:
         prepared = workload.prepare(config, backend)
         record["params"] = prepared.params()
-        ctx = RunContext(config=config, backend=backend, workload=prepared, env=env)
+        ctx = RunContext(config=config, backend=backend, workload=prepared, env=env, artifacts_dir=artifacts_dir)
+        failed: dict[str, dict[str, Any]] = {}
         for probe in probes:
-            probe.start(ctx)
+            try:
+                probe.start(ctx)
+            except Exception as exc:  # noqa: BLE001
+                failed[probe.name] = _failure(exc)
         loop = _Loop(ctx, probes, progress)
+        loop.failed.update(failed)
         stop_reason = loop.run(config["bench"])
         record["status"] = "ok"
     except (UserError, KeyboardInterrupt):
@@ -266,12 +280,16 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
         if prepared is not None:
             prepared.close()
     if ctx is not None:
+        failed = loop.failed if loop is not None else {}
         for probe in probes:
+            if probe.name in failed:
+                record["probes"][probe.name] = failed[probe.name]
+                continue
             try:
                 entry = probe.finish(ctx, record)
             except Exception as exc:  # noqa: BLE001 - a broken probe must not lose the measurement
-                entry = {"error": f"{type(exc).__name__}: {exc}"}
+                entry = _failure(exc)
             if entry is not None:
-                record["probes"][probe.name] = entry
+                record["probes"][probe.name] = {"status": "ok", **entry}
     record["duration_s"] = time.perf_counter() - t0
     return record

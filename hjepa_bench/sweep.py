@@ -63,6 +63,7 @@ class SweepSpec:
     max_time_s: float | None = 15.0
     timeout_s: float | None = None  # per config wall clock; default from max_time_s
     skip_after_oom: bool = True
+    probes: list[str] | None = None  # None: the cheap probes
 
     GRID = ("devices", "models", "batch_sizes", "workers", "hierarchies", "predictor_depths", "variants",
             "precisions", "img_sizes")
@@ -199,8 +200,8 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
         name = values["bench"]["workload"]
         if name not in workloads:
             raise UserError(f"unknown workload {name!r}; registered workloads: {', '.join(sorted(workloads))}.")
-        record = run_benchmark(values, backend, workloads[name], list(plugins.probes().values()), env,
-                               warnings=payload["warnings"])
+        record = run_benchmark(values, backend, workloads[name], plugins.select_probes(payload["probes"]), env,
+                               warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"])
     except UserError as exc:
         record = new_record(values, env, payload["warnings"])
         record["error"] = str(exc)
@@ -294,7 +295,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
             record = _record_for(point, "skipped", f"ran out of memory at batch {oom_at[group]} with the same settings")
         else:
             payload = {"values": point.values, "env": point.env, "warnings": point.warnings,
-                       "device": point.device, "plugins": list(plugin_args)}
+                       "device": point.device, "plugins": list(plugin_args), "probes": spec.probes,
+                       "artifacts_dir": str(store.dir / "traces" / point.key)}
             outcome = run_in_child(payload, spec.timeout())
             if outcome.record is not None:
                 record = outcome.record

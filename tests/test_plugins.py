@@ -116,7 +116,7 @@ def test_probe_from_plugin_runs_inside_the_real_hjepa_step(cli, toy_site, tmp_pa
     res = cli("run", "--device", "cpu", *TINY_FLAGS, "--json", str(out), "-q", env={"PYTHONPATH": str(toy_site)})
     assert res.returncode == 0, res.stderr
     record = json.loads(out.read_text())
-    assert record["probes"]["toy_counter"] == {"steps_seen": len(record["series"]["loss"]), "workload": "hjepa"}
+    assert record["probes"]["toy_counter"] == {"status": "ok", "steps_seen": len(record["series"]["loss"]), "workload": "hjepa"}
 
 
 def _module(**attrs):

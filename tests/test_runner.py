@@ -95,7 +95,7 @@ def test_ok_record_with_probe_entry(tiny):
     assert 5 <= m["measured_steps"] <= 12 and m["warmup"]["steps"] == 2
     assert m["it_per_s"] > 0 and m["samples_per_s"] == pytest.approx(m["it_per_s"] * 4)
     assert m["step_time_s"]["median"] >= 0.002
-    assert r["probes"]["counting"] == {"started": 1, "steps": m["measured_steps"] + 2, "status_seen": "ok"}
+    assert r["probes"]["counting"] == {"status": "ok", "started": 1, "steps": m["measured_steps"] + 2, "status_seen": "ok"}
     assert len(r["series"]["step_time_s"]) == m["measured_steps"] + 2
     assert m["batch_size"] == {"requested": 4, "achieved": 4}
 
@@ -139,3 +139,32 @@ def test_time_cap_is_respected(tiny):
     m = r["metrics"]
     assert m["stop_reason"] == "max_time"
     assert m["measured_time_s"] <= 0.6 + 0.05  # the loop does not start a step that would end past the cap
+
+
+class BrokenProbe(Probe):
+    name = "broken"
+
+    def __init__(self, where):
+        self.where = where
+
+    def start(self, ctx):
+        if self.where == "start":
+            raise RuntimeError("cannot start")
+
+    def after_step(self, ctx, sample):
+        if self.where == "after_step" and sample.index == 2:
+            raise ZeroDivisionError("bad step hook")
+
+    def finish(self, ctx, record):
+        if self.where == "finish":
+            raise KeyError("missing")
+        return {"fine": True}
+
+
+@pytest.mark.parametrize("where", ["start", "after_step", "finish"])
+def test_a_failing_probe_is_recorded_and_never_breaks_the_run(tiny, where):
+    good = CountingProbe()
+    r = _run(tiny, ToyWorkload(), [BrokenProbe(where), good], warmup_steps=1, min_steps=4, max_steps=4)
+    assert r["status"] == "ok"
+    assert r["probes"]["broken"]["status"] == "failed" and r["probes"]["broken"]["error"]
+    assert r["probes"]["counting"]["status"] == "ok" and r["probes"]["counting"]["steps"] == 5
