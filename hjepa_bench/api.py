@@ -228,6 +228,10 @@ class Probe:
     def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
 
+    def summarize(self, entry: Mapping[str, Any]) -> str | None:
+        """One line for the CLI summary of a run (None: just "ok")."""
+        return None
+
 
 # --------------------------------------------------------------------------- reports
 class ReportSection(abc.ABC):

@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(render_report([record], plugins.report_sections()))
     if not args.quiet:
-        print(summary_text(record))
+        print(summary_text(record, plugins.probes()))
         if args.json:
             print(f"record written to {args.json}")
     return 0 if record["status"] == "ok" else 1
@@ -177,7 +177,7 @@ def _label(values: dict[str, Any]) -> str:
             f"{d['image_size']} px | {d['num_workers']} workers | {b['precision']}")
 
 
-def summary_text(record: dict[str, Any]) -> str:
+def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -> str:
     m = record.get("metrics") or {}
     lines = [f"status: {record['status']}" + (f" ({record['error']})" if record.get("error") else "")]
     p = record.get("params") or {}
@@ -202,7 +202,16 @@ def summary_text(record: dict[str, Any]) -> str:
         for w in m.get("warnings", []):
             lines.append(f"warning: {w}")
     for name, entry in (record.get("probes") or {}).items():
-        lines.append(f"probe {name}: {json.dumps(entry)[:200]}")
+        probe = (probes or {}).get(name)
+        if entry.get("status") == "failed":
+            text = f"failed ({entry.get('error')})"
+        else:
+            try:
+                text = probe.summarize(entry) if probe is not None else None
+            except Exception:  # noqa: BLE001 - a summary line never hides the record
+                text = None
+            text = text or "ok (details in the JSON record)"
+        lines.append(f"probe {name}: {text}")
     return "\n".join(lines)
 
 

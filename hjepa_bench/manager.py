@@ -41,6 +41,12 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("mps", "hjepa_bench.plugins.backend_mps"),
     ("hjepa", "hjepa_bench.plugins.workload_hjepa"),
     ("summary", "hjepa_bench.plugins.report_summary"),
+    ("stability", "hjepa_bench.plugins.probe_stability"),
+    ("loss", "hjepa_bench.plugins.probe_loss"),
+    ("bottleneck", "hjepa_bench.plugins.probe_bottleneck"),
+    ("memory", "hjepa_bench.plugins.probe_memory"),
+    ("features", "hjepa_bench.plugins.probe_features"),
+    ("svd", "hjepa_bench.plugins.probe_svd"),
 )
 
 T = TypeVar("T")

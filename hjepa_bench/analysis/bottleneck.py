@@ -1,0 +1,225 @@
+"""Where the measured step time goes, and what limits it: data, host or device.
+
+Pure functions: plain numbers in, JSON-safe dicts out (no torch, no files).
+
+Shares are fractions of the measured (post-warm-up) wall time:
+
+* ``data_wait``: blocked in ``next(batches)`` (the runner's ``data_wait_frac``);
+* ``host``: host work inside ``step()`` that is not device compute, split into the
+  workload's named phases (``host_phases_s`` medians, split in proportion, so the
+  phases add up to the host share) plus ``other`` (unattributed);
+* ``device``: the rest.
+
+How ``forward_backward`` counts depends on the backend:
+
+* ``cpu``: the device IS the CPU and torch runs synchronously, so the time of
+  ``forward_backward`` is the compute itself and counts as ``device``; so does any
+  part of ``step()`` the workload does not name (a custom workload without
+  phases is all compute).  ``inputs_masks`` (input copy + mask generation),
+  ``optimizer`` and ``ema`` stay host phases.
+* accelerators (``cuda``, ``mps``): the host only dispatches kernels, so the whole
+  host time of ``step()`` (``forward_backward`` = dispatch, masks, optimizer and
+  EMA launches) is ``host``; ``device`` is the remainder, the time the host sat
+  waiting for the device (window-end syncs, a full launch queue).  A phase that
+  syncs with the device (the reference masks do, per sample) is counted as host.
+
+Verdict (first rule that holds):
+
+1. ``data-bound``: data wait share > ``DATA_BOUND_SHARE`` (10%).  torch-tb-profiler
+   advises "DataLoader > 5% of step -> raise num_workers" (MEASURING.md); we keep
+   5% as ``data_wait_notable`` but call the run data-bound only above 10%: taking
+   a prefetched batch from a worker still costs ~0.1-1 ms (unpickling), a few %
+   of a fast accelerator step, and removing a 10% wait is a >= 11% speed-up,
+   worth a config change.
+2. ``host-bound``: host share >= device share (``HOST_BOUND_RATIO`` = 1): the host
+   cannot keep the device busy for at least half of the non-data time.
+3. ``device-bound``: otherwise.
+
+Worker advice (VALIDATION_LEARNINGS.md, "Number of Workers" and "If Training
+Slows Down"): CPU saturated (mean utilisation over all cores >
+``CPU_SATURATED_PCT`` = 90%) -> "decrease num_workers to 2"; data-bound and the
+CPU not saturated -> "increase num_workers to 6-8"; else keep.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+DATA_BOUND_SHARE = 0.10
+TB_PROFILER_DATALOADER_SHARE = 0.05  # torch-tb-profiler's "raise num_workers" trigger
+HOST_BOUND_RATIO = 1.0  # host-bound when host share >= ratio * device share
+CPU_SATURATED_PCT = 90.0
+WORKERS_UP = "6-8"  # validation guide: "Increase to 6-8 (M1 Max has 10 cores)"
+WORKERS_DOWN = 2  # validation guide: "Decrease to 2 if CPU bound"
+COMPUTE_PHASES_ON_CPU = frozenset({"forward_backward"})
+ACCELERATORS = frozenset({"cuda", "mps", "xpu", "hip"})
+
+THRESHOLDS: dict[str, Any] = {
+    "data_bound_share": DATA_BOUND_SHARE,
+    "tb_profiler_dataloader_share": TB_PROFILER_DATALOADER_SHARE,
+    "host_bound_ratio": HOST_BOUND_RATIO,
+    "cpu_saturated_pct": CPU_SATURATED_PCT,
+}
+
+
+def _num(x: Any) -> float | None:
+    """A finite float, or None (no NaN/inf in entries)."""
+    if x is None:
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _clip01(x: float) -> float:
+    return min(1.0, max(0.0, x))
+
+
+def step_shares(data_wait_frac: float | None, host_frac: float | None,
+                host_phases_s: Mapping[str, float] | None, backend: str) -> dict[str, Any] | None:
+    """Split the measured time into data wait, named host phases and device.
+
+    ``host_frac`` is the share of time from batch-in-hand to ``step()`` returning;
+    it is split over ``host_phases_s`` (per-phase medians, seconds) in proportion.
+    Returns None when the run measured no time.
+    """
+    data = _num(data_wait_frac)
+    step_host = _num(host_frac)
+    if data is None or step_host is None:
+        return None
+    data = _clip01(data)
+    step_host = _clip01(min(step_host, 1.0 - data))
+    phases = {k: max(0.0, v) for k, v in ((k, _num(v)) for k, v in (host_phases_s or {}).items()) if v is not None}
+    total_phase = sum(phases.values())
+    split = {k: step_host * v / total_phase for k, v in phases.items()} if total_phase > 0 else {}
+    other = step_host - sum(split.values()) if split else step_host
+    on_cpu = backend not in ACCELERATORS
+    if on_cpu:
+        # the CPU computes forward/backward (and unnamed step work) synchronously
+        host_phases = {k: v for k, v in split.items() if k not in COMPUTE_PHASES_ON_CPU}
+        compute = sum(v for k, v in split.items() if k in COMPUTE_PHASES_ON_CPU) + max(0.0, other)
+        host = sum(host_phases.values())
+        device = max(0.0, 1.0 - data - step_host) + compute
+        treatment = ("cpu: the device is the CPU; forward_backward and unnamed step work are device compute, "
+                     "inputs_masks/optimizer/ema are host phases")
+    else:
+        host_phases = dict(split)
+        if other > 1e-12 or not split:
+            host_phases["other"] = max(0.0, other)
+        host = step_host
+        device = max(0.0, 1.0 - data - step_host)
+        treatment = (f"{backend}: asynchronous device; all host time in step() (forward_backward = kernel "
+                     "dispatch) is host, device is the time the host waited for the device")
+    return {
+        "data_wait": float(data),
+        "host": float(host),
+        "host_phases": {k: float(v) for k, v in sorted(host_phases.items())},
+        "device": float(device),
+        "treatment": treatment,
+    }
+
+
+def cpu_summary(per_core_samples: Sequence[Sequence[float]], fallback_per_core: Sequence[float] | None = None
+                ) -> dict[str, Any]:
+    """Mean utilisation per core over samples (each a list of per-core %), the mean
+    over all cores, and whether the CPU is saturated (mean > ``CPU_SATURATED_PCT``)."""
+    rows = [list(map(float, s)) for s in per_core_samples if s]
+    if rows:
+        width = min(len(r) for r in rows)
+        per_core = [sum(r[i] for r in rows) / len(rows) for i in range(width)]
+        source = f"psutil.cpu_percent(percpu=True) sampled {len(rows)} times in a background thread"
+    elif fallback_per_core:
+        per_core = [float(x) for x in fallback_per_core]
+        source = "psutil.cpu_times(percpu=True) delta over the run (run shorter than one sample interval)"
+    else:
+        return {"cpu_util_per_core_pct": None, "cpu_util_mean_pct": None, "cpu_saturated": None,
+                "cpu_samples": 0, "cpu_source": "no CPU samples"}
+    mean = sum(per_core) / len(per_core) if per_core else None
+    return {
+        "cpu_util_per_core_pct": [round(x, 1) for x in per_core],
+        "cpu_util_mean_pct": None if mean is None else round(mean, 1),
+        "cpu_saturated": None if mean is None else bool(mean > CPU_SATURATED_PCT),
+        "cpu_samples": len(rows),
+        "cpu_source": source,
+    }
+
+
+def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int, cores: int) -> str:
+    """The validation guide's num_workers advice for this verdict and CPU load."""
+    if cpu_saturated:
+        if workers > WORKERS_DOWN:
+            return (f"decrease num_workers to {WORKERS_DOWN}: the CPU is saturated (> {CPU_SATURATED_PCT:.0f}% "
+                    f"mean over {cores} cores) and {workers} workers compete with the step")
+        return (f"CPU saturated (> {CPU_SATURATED_PCT:.0f}% mean over {cores} cores) with {workers} workers; "
+                f"keep num_workers at most {WORKERS_DOWN} and look at other CPU load")
+    if verdict == "data-bound":
+        unknown = " (CPU load not measured)" if cpu_saturated is None else ""
+        if cores >= 10:
+            return f"increase num_workers to {WORKERS_UP}: data wait dominates and the CPU has room{unknown}"
+        return (f"increase num_workers to {WORKERS_UP} (the guide's figure for a 10-core M1 Max; with {cores} "
+                f"cores use at most {max(1, cores - 1)}): data wait dominates and the CPU has room{unknown}")
+    return f"keep num_workers at {workers}: data loading is not the bottleneck"
+
+
+def bottleneck_verdict(shares: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+    """(verdict, evidence) from :func:`step_shares` output."""
+    if not shares:
+        return None, {"rule": "no measured steps: no verdict"}
+    data, host, device = shares["data_wait"], shares["host"], shares["device"]
+    phases = shares.get("host_phases") or {}
+    top = max(phases.items(), key=lambda kv: kv[1]) if phases else None
+    evidence: dict[str, Any] = {"data_wait_share": data, "host_share": host, "device_share": device,
+                                "data_wait_notable": bool(data > TB_PROFILER_DATALOADER_SHARE)}
+    if top is not None:
+        evidence["largest_host_phase"] = {"name": top[0], "share": top[1]}
+    if data > DATA_BOUND_SHARE:
+        evidence["rule"] = f"data wait share {data:.1%} > {DATA_BOUND_SHARE:.0%}"
+        return "data-bound", evidence
+    if host >= HOST_BOUND_RATIO * device:
+        evidence["rule"] = (f"data wait share {data:.1%} <= {DATA_BOUND_SHARE:.0%} and host share {host:.1%} "
+                            f">= device share {device:.1%}")
+        return "host-bound", evidence
+    evidence["rule"] = (f"data wait share {data:.1%} <= {DATA_BOUND_SHARE:.0%} and device share {device:.1%} "
+                        f"> host share {host:.1%}")
+    return "device-bound", evidence
+
+
+def analyze_bottleneck(metrics: Mapping[str, Any], backend: str, workers: int, cores: int,
+                       cpu_samples: Sequence[Sequence[float]] = (),
+                       cpu_fallback_per_core: Sequence[float] | None = None,
+                       process_cpu: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The bottleneck entry from a record's metrics and CPU samples."""
+    shares = step_shares(metrics.get("data_wait_frac"), metrics.get("host_frac"),
+                         metrics.get("host_phases_s"), backend)
+    verdict, evidence = bottleneck_verdict(shares)
+    cpu = cpu_summary(cpu_samples, cpu_fallback_per_core)
+    if cpu["cpu_util_mean_pct"] is not None:
+        evidence["cpu_util_mean_pct"] = cpu["cpu_util_mean_pct"]
+    entry: dict[str, Any] = {
+        "backend": backend,
+        "shares": None if shares is None else {k: v for k, v in shares.items() if k != "treatment"},
+        "share_treatment": None if shares is None else shares["treatment"],
+        **cpu,
+        "cores": int(cores),
+        "workers": int(workers),
+        "verdict": verdict,
+        "evidence": evidence,
+        "worker_advice": worker_advice(verdict, cpu["cpu_saturated"], int(workers), int(cores)),
+        "thresholds": dict(THRESHOLDS),
+    }
+    if process_cpu:
+        entry["process_cpu"] = dict(process_cpu)
+    return entry
+
+
+def cpu_times_util(before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]]) -> list[float]:
+    """Per-core utilisation % between two ``psutil.cpu_times(percpu=True)`` snapshots
+    (each core as a field -> seconds mapping): busy = total - idle - iowait."""
+    out = []
+    for b, a in zip(before, after):
+        total = sum(a.values()) - sum(b.values())
+        idle = sum(a.get(k, 0.0) - b.get(k, 0.0) for k in ("idle", "iowait"))
+        out.append(0.0 if total <= 0 else _clip01((total - idle) / total) * 100.0)
+    return out

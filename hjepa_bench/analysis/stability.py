@@ -1,0 +1,259 @@
+"""Step-time stability: settling, spread, spikes, periodic slowdowns and drift.
+
+Pure analysis (lists of floats in, a JSON-ready dict out; no torch, no files).
+It answers the validation guide's "Training Speed" questions from the measured
+per-step times of one run: is speed consistent (CV < 20%), are there periodic
+slowdowns, does speed degrade over time?
+
+Rules (all thresholds are the module constants below and are copied into the
+entry under ``thresholds``):
+
+* **Detected warm-up.**  ``ref`` = median of the steps after the run's reported
+  warm-up.  A step ``i`` is *settled* when its own time is at most
+  ``(1 + WARMUP_BAND) * ref`` and the forward rolling medians (window
+  ``WARMUP_WINDOW`` steps) starting at ``i, i+1, ..., i+WARMUP_WINDOW-1`` are
+  all at most ``(1 + WARMUP_BAND) * ref`` too.  The detected warm-up is the
+  first settled index.  Only the slow side counts: warm-up means slower first
+  steps, and a run that speeds up (or drifts) is not in warm-up.
+* **Analysed steps** start after ``max(reported, detected)`` warm-up steps.
+* ``cv_pct`` = sample std (ddof=1) / mean * 100; ``variance_pct`` =
+  (p90 - p10) / median * 100.  The verdict uses the CV (the guide's "< 20%").
+* **Spikes**: step time > median + ``SPIKE_K`` * MAD * 1.4826 (MAD floored at
+  ``MAD_FLOOR_FRAC`` of the median, so a perfectly even series does not flag
+  nanosecond jitter).  Adjacent spike steps form one spike event.
+* **Spike period**: with at least ``MIN_SPIKES_FOR_PERIOD`` events, the median
+  gap between event starts is the candidate period; it is reported when at
+  least ``PERIOD_AGREE_FRAC`` of the gaps lie within ``max(1,
+  PERIOD_TOL_FRAC * period)`` steps of it.
+* **Degradation**: least-squares slope of step time against step index;
+  ``significant`` when p < ``DEGRADATION_P`` and the fitted change over the
+  analysed steps exceeds ``DEGRADATION_MIN_CHANGE_PCT`` of the median.
+* **Verdict**: "unstable" when CV >= ``THRESHOLD_CV_PCT`` or the degradation is
+  significant, else "stable"; None when too few steps.
+
+Indices in the entry (``spike_indices``, ``detected_warmup_steps``) count steps
+from the start of the run, warm-up included (as ``record["series"]`` does).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+# --------------------------------------------------------------------------- thresholds
+THRESHOLD_CV_PCT = 20.0  # the validation guide: "Speed variance < 20%"
+WARMUP_WINDOW = 5  # rolling-median window (steps) for warm-up detection
+WARMUP_BAND = 0.20  # settled: rolling median <= (1 + band) * post-warm-up median
+SPIKE_K = 5.0  # spike: > median + k * scaled MAD
+MAD_SCALE = 1.4826  # MAD -> standard deviation for normal data
+MAD_FLOOR_FRAC = 0.01  # scaled MAD is at least 1% of the median
+MIN_SPIKES_FOR_PERIOD = 3  # spike events needed to call a period
+PERIOD_TOL_FRAC = 0.10  # a gap agrees with the period within max(1, 10%) steps
+PERIOD_AGREE_FRAC = 0.80  # share of gaps that must agree
+DEGRADATION_P = 0.01  # slope p-value below this ...
+DEGRADATION_MIN_CHANGE_PCT = 5.0  # ... and |fitted change over the run| above this (% of median)
+MIN_STEPS_SPREAD = 5  # fewer analysed steps: no CV / variance / verdict
+MIN_STEPS_SPIKES = 10  # fewer: no spike detection
+MIN_STEPS_TREND = 10  # fewer: no degradation fit
+
+DEFINITIONS = {
+    "cv_pct": "sample standard deviation (ddof=1) / mean of the analysed step times * 100",
+    "variance_pct": "(p90 - p10) / median of the analysed step times * 100 (robust spread)",
+    "detected_warmup_steps": (f"first step index i whose time and the forward rolling medians "
+                              f"(window {WARMUP_WINDOW}) starting at i..i+{WARMUP_WINDOW - 1} are all "
+                              f"<= (1 + {WARMUP_BAND}) * median of the steps after the reported warm-up"),
+    "n": "steps analysed: those after max(reported, detected) warm-up with a finite time",
+    "spike": (f"step time > median + {SPIKE_K} * MAD * {MAD_SCALE} (MAD floored at "
+              f"{MAD_FLOOR_FRAC:.0%} of the median); adjacent spike steps are one event"),
+    "spike_period_steps": (f"median gap between spike events when >= {MIN_SPIKES_FOR_PERIOD} events and "
+                           f">= {PERIOD_AGREE_FRAC:.0%} of the gaps lie within max(1, "
+                           f"{PERIOD_TOL_FRAC:.0%}) of it"),
+    "degradation": ("least-squares slope of step time vs step index; significant when "
+                    f"p < {DEGRADATION_P} and |slope * span| / median * 100 > {DEGRADATION_MIN_CHANGE_PCT}"),
+    "verdict": f"unstable when cv_pct >= {THRESHOLD_CV_PCT} or degradation is significant, else stable",
+}
+
+
+def _num(x: float | None) -> float | None:
+    """A plain float, or None for missing / non-finite values (JSON has no NaN)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def detect_warmup(times: Sequence[float], ref: float, window: int = WARMUP_WINDOW,
+                  band: float = WARMUP_BAND) -> int | None:
+    """First index where the series has settled (module docstring), None if never."""
+    x = np.asarray(times, dtype=float)
+    n = len(x)
+    if n < window or not ref > 0:
+        return None
+    limit = (1.0 + band) * ref
+    roll = np.array([np.median(x[j:j + window]) for j in range(n - window + 1)])
+    for i in range(n - window + 1):
+        if x[i] > limit:
+            continue
+        last = min(i + window - 1, len(roll) - 1)
+        if np.all(roll[i:last + 1] <= limit):
+            return i
+    return None
+
+
+def spike_events(indices: Sequence[int]) -> list[int]:
+    """Start index of each run of consecutive spike indices."""
+    events: list[int] = []
+    prev: int | None = None
+    for i in indices:
+        if prev is None or i != prev + 1:
+            events.append(int(i))
+        prev = int(i)
+    return events
+
+
+def spike_period(event_starts: Sequence[int]) -> int | None:
+    """Regular spacing of spike events (module docstring), or None."""
+    if len(event_starts) < MIN_SPIKES_FOR_PERIOD:
+        return None
+    gaps = np.diff(np.asarray(event_starts, dtype=float))
+    period = float(np.median(gaps))
+    if period < 2:
+        return None
+    tol = max(1.0, PERIOD_TOL_FRAC * period)
+    agree = float(np.mean(np.abs(gaps - period) <= tol))
+    return int(round(period)) if agree >= PERIOD_AGREE_FRAC else None
+
+
+def analyze_stability(step_times: Sequence[float | None], warmup_steps: int) -> dict[str, Any]:
+    """Stability of per-step times of one run (warm-up steps included at the front).
+
+    ``step_times``: ``record["series"]["step_time_s"]``; None / non-finite
+    entries (steps whose timing window never closed) are skipped.
+    ``warmup_steps``: the run's reported warm-up count.
+    """
+    notes: list[str] = []
+    reported = max(0, int(warmup_steps))
+    raw = [_num(t) for t in step_times]
+    missing = sum(1 for t in raw if t is None)
+    if missing:
+        notes.append(f"{missing} step(s) without a finite time were skipped")
+    idx_all = [i for i, t in enumerate(raw) if t is not None]
+    val_all = [t for t in raw if t is not None]
+
+    post = [t for i, t in zip(idx_all, val_all) if i >= reported] or val_all
+    ref = float(np.median(post)) if post else None
+    detected: int | None = None
+    if len(val_all) < 2 * WARMUP_WINDOW:
+        notes.append(f"warm-up detection needs >= {2 * WARMUP_WINDOW} timed steps, got {len(val_all)}")
+    elif ref is not None:
+        pos = detect_warmup(val_all, ref)
+        if pos is None:
+            notes.append("step times never settled within the warm-up band; using the reported warm-up")
+        else:
+            detected = idx_all[pos]
+    start = max(reported, detected or 0)
+    idx = [i for i in idx_all if i >= start]
+    x = np.asarray([t for i, t in zip(idx_all, val_all) if i >= start], dtype=float)
+    n = int(x.size)
+
+    entry: dict[str, Any] = {
+        "warmup_steps_reported": reported,
+        "detected_warmup_steps": detected,
+        "first_analysed_step": start,
+        "n": n,
+        "median_s": None, "cv_pct": None, "variance_pct": None,
+        "spike_threshold_s": None, "spike_indices": [], "spike_count": None, "spike_events": None,
+        "spike_period_steps": None,
+        "degradation": {"slope_s_per_step": None, "slope_pct_per_100_steps": None, "change_pct": None,
+                        "p_value": None, "significant": None},
+        "criterion_cv_lt_20pct": "not-measured",
+        "verdict": None,
+        "reasons": [],
+        "thresholds": {
+            "cv_pct": THRESHOLD_CV_PCT, "warmup_window": WARMUP_WINDOW, "warmup_band": WARMUP_BAND,
+            "spike_k": SPIKE_K, "mad_scale": MAD_SCALE, "mad_floor_frac": MAD_FLOOR_FRAC,
+            "min_spikes_for_period": MIN_SPIKES_FOR_PERIOD, "period_tol_frac": PERIOD_TOL_FRAC,
+            "period_agree_frac": PERIOD_AGREE_FRAC, "degradation_p": DEGRADATION_P,
+            "degradation_min_change_pct": DEGRADATION_MIN_CHANGE_PCT,
+            "min_steps_spread": MIN_STEPS_SPREAD, "min_steps_spikes": MIN_STEPS_SPIKES,
+            "min_steps_trend": MIN_STEPS_TREND,
+        },
+        "definitions": dict(DEFINITIONS),
+        "notes": notes,
+    }
+    if n == 0:
+        notes.append("no timed steps after warm-up: nothing to analyse")
+        return entry
+    median = float(np.median(x))
+    entry["median_s"] = _num(median)
+
+    # spread and verdict -----------------------------------------------------------
+    if n < MIN_STEPS_SPREAD:
+        notes.append(f"CV, variance and verdict need >= {MIN_STEPS_SPREAD} analysed steps, got {n}")
+    else:
+        mean = float(x.mean())
+        cv = float(x.std(ddof=1)) / mean * 100 if mean > 0 else None
+        p10, p90 = np.percentile(x, [10, 90])
+        entry["cv_pct"] = _num(cv)
+        entry["variance_pct"] = _num((p90 - p10) / median * 100) if median > 0 else None
+
+    # spikes --------------------------------------------------------------------------
+    if n < MIN_STEPS_SPIKES:
+        notes.append(f"spike detection needs >= {MIN_STEPS_SPIKES} analysed steps, got {n}")
+    else:
+        mad = float(np.median(np.abs(x - median))) * MAD_SCALE
+        scale = max(mad, MAD_FLOOR_FRAC * median)
+        threshold = median + SPIKE_K * scale
+        spikes = [i for i, t in zip(idx, x) if t > threshold]
+        events = spike_events(spikes)
+        entry["spike_threshold_s"] = _num(threshold)
+        entry["spike_indices"] = spikes
+        entry["spike_count"] = len(spikes)
+        entry["spike_events"] = len(events)
+        entry["spike_period_steps"] = spike_period(events)
+        if len(events) < MIN_SPIKES_FOR_PERIOD:
+            notes.append(f"spike period needs >= {MIN_SPIKES_FOR_PERIOD} spike events, got {len(events)}")
+
+    # degradation ---------------------------------------------------------------------
+    deg = entry["degradation"]
+    if n < MIN_STEPS_TREND:
+        notes.append(f"degradation fit needs >= {MIN_STEPS_TREND} analysed steps, got {n}")
+    elif float(np.ptp(x)) == 0.0:
+        deg.update(slope_s_per_step=0.0, slope_pct_per_100_steps=0.0, change_pct=0.0, significant=False)
+        notes.append("all analysed step times are identical: slope 0, no p-value")
+    else:
+        fit = sps.linregress(np.asarray(idx, dtype=float), x)
+        span = float(idx[-1] - idx[0])
+        slope = float(fit.slope)
+        change = slope * span / median * 100 if median > 0 else None
+        p = _num(fit.pvalue)
+        deg.update(slope_s_per_step=_num(slope),
+                   slope_pct_per_100_steps=_num(slope * 100 / median * 100) if median > 0 else None,
+                   change_pct=_num(change), p_value=p,
+                   significant=bool(p is not None and change is not None and p < DEGRADATION_P
+                                    and abs(change) > DEGRADATION_MIN_CHANGE_PCT))
+
+    # verdict -------------------------------------------------------------------------
+    reasons: list[str] = entry["reasons"]
+    cv_pct = entry["cv_pct"]
+    if cv_pct is not None:
+        ok = cv_pct < THRESHOLD_CV_PCT
+        entry["criterion_cv_lt_20pct"] = "pass" if ok else "fail"
+        reasons.append(f"CV {cv_pct:.1f}% {'<' if ok else '>='} {THRESHOLD_CV_PCT:.0f}% over {n} steps")
+        unstable = not ok
+        if deg["significant"]:
+            unstable = True
+            direction = "slows down" if deg["change_pct"] > 0 else "speeds up"
+            reasons.append(f"step time {direction} by {abs(deg['change_pct']):.1f}% over the run "
+                           f"(p={deg['p_value']:.2g}; limit {DEGRADATION_MIN_CHANGE_PCT:.0f}%)")
+        if entry["spike_count"]:
+            period = entry["spike_period_steps"]
+            reasons.append(f"{entry['spike_count']} spike step(s) above {entry['spike_threshold_s'] * 1000:.3g} ms"
+                           + (f", recurring every {period} steps" if period else ""))
+        entry["verdict"] = "unstable" if unstable else "stable"
+    if detected is not None and detected > reported:
+        notes.append(f"step times settled only after {detected} steps (reported warm-up: {reported}); "
+                     f"the first {detected} steps were left out")
+    return entry

@@ -1,0 +1,198 @@
+"""Probe ``features`` (costly): collapse and quality metrics of the target encoder.
+
+After the timed loop (in ``finish``) the model's EMA target encoder, in eval
+mode and without gradients, embeds N held-out synthetic images (``train=False``,
+the deterministic eval transform at the run's image size) on the run's device;
+the pooled features (mean of the patch tokens, what I-JEPA evaluates) go to the
+CPU in float64 and through :func:`hjepa_bench.analysis.features.feature_quality`
+(RankMe uncentred and centred, per-dimension std, mean cosine, uniformity and the
+collapse flags; definitions and thresholds there, and in every entry).
+
+N is ``bench.features_n`` when the config has it, else max(4 D, 256): RankMe
+needs N >= 4D.  Keep N fixed across runs that are compared.
+
+The benchmark trains for a few steps only, so these are the features of a model
+close to its initialisation: they check the pipeline (encoder, pooling, data),
+not the quality of a trained model.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+import torch
+
+from hjepa_bench.analysis.features import feature_quality
+from hjepa_bench.api import Probe, ReportSection, RunContext
+from hjepa_bench.data import build_dataset, build_eval_transform
+from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.model import pooled_features
+from hjepa_bench.report import records_frame
+
+#: default N: max(MIN_N_PER_D * D, MIN_N)
+MIN_N_PER_D = 4
+MIN_N = 256
+#: images per forward pass of the extraction
+EXTRACT_BATCH = 64
+NOTE = ("Features of the model after only the benchmark's few training steps (close to its "
+        "initialisation): they characterise the pipeline (encoder, pooling, data), not a trained model.")
+
+
+def features_n(config: Mapping[str, Any], d: int) -> int:
+    """N images to embed: ``bench.features_n`` if set, else max(4 D, 256)."""
+    value = (config.get("bench") or {}).get("features_n")
+    n = max(MIN_N_PER_D * d, MIN_N) if value is None else int(value)
+    if n < 2:
+        raise ValueError(f"bench.features_n must be at least 2, got {n}")
+    return n
+
+
+def _steps_trained(record: Mapping[str, Any]) -> int | None:
+    times = (record.get("series") or {}).get("step_time_s")
+    return None if times is None else len(times)
+
+
+@torch.no_grad()
+def extract_features(encoder: torch.nn.Module, dataset: Any, n: int, batch: int,
+                     sync: Any) -> tuple[torch.Tensor, float]:
+    """Pooled features (n, D) as CPU float64, and the synced forward time in seconds."""
+    param = next(encoder.parameters())
+    out, forward_s = [], 0.0
+    for start in range(0, n, batch):
+        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch, n))])
+        images = images.to(param.device, dtype=param.dtype)
+        sync()
+        t0 = time.perf_counter()
+        feats = pooled_features(encoder, images)
+        sync()
+        forward_s += time.perf_counter() - t0
+        out.append(feats.float().cpu().double())
+    return torch.cat(out), forward_s
+
+
+class FeaturesProbe(Probe):
+    name = "features"
+    cost = "costly"
+    description = "collapse metrics (RankMe, std, cosine, uniformity) of the target encoder's pooled features"
+
+    def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        model = ctx.workload.model()
+        if model is None:
+            return {"measured": False, "reason": "the workload has no model (PreparedWorkload.model() is None)"}
+        encoder = getattr(model, "target_encoder", None)
+        if encoder is None:
+            return {"measured": False, "reason": f"the model ({type(model).__name__}) has no target_encoder"}
+        config = ctx.config
+        d = int(getattr(encoder, "embed_dim", None) or config["model"]["embed_dim"])
+        n = features_n(config, d)
+        image_size = int(config["data"]["image_size"])
+        seed = int(config.get("seed", 0))
+        was_training = encoder.training
+        t0 = time.perf_counter()
+        dataset = build_dataset("synthetic", size=n, seed=seed, train=False,
+                                transform=build_eval_transform(image_size))
+        encoder.eval()
+        try:
+            feats, forward_s = extract_features(encoder, dataset, n, EXTRACT_BATCH, ctx.backend.synchronize)
+        finally:
+            encoder.train(was_training)
+        extract_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        quality = feature_quality(feats.numpy())
+        metrics_s = time.perf_counter() - t1
+        return {
+            "measured": True,
+            "encoder": "target_encoder (EMA), eval mode, no_grad, float32",
+            "pooling": "mean of patch tokens (CLS excluded)",
+            "data": f"synthetic held-out images (train=False, seed {seed}), eval transform at {image_size} px",
+            "n_images": n,
+            "image_size": image_size,
+            "extract_batch": EXTRACT_BATCH,
+            "steps_trained": _steps_trained(record),
+            "extract_s": extract_s,
+            "forward_s": forward_s,
+            "metrics_s": metrics_s,
+            "timing_note": ("extract_s: image generation + eval transform + forward passes + copy to the CPU; "
+                            "forward_s: the synced forward passes only; metrics_s: feature_quality on the CPU "
+                            "in float64"),
+            **quality,
+            "note": NOTE,
+        }
+
+    def summarize(self, entry):
+        if not entry.get("measured") or entry.get("rankme_centred_ratio") is None:
+            return None
+        flags = [k for k, v in (entry.get("collapse") or {}).items() if v and k != "collapsed"]
+        return (f"RankMe/D {entry['rankme_ratio']:.2f} (centred {entry['rankme_centred_ratio']:.2f}), "
+                f"mean cosine {entry['mean_cosine']:.2f}, N={entry['n']}; "
+                + ("collapse: " + ", ".join(flags) if flags else "no collapse flags"))
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+class FeaturesSection(ReportSection):
+    name = "features"
+    title = "Feature quality (collapse checks)"
+    order = 60
+
+    def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        records = list(records)
+        entries = [(r.get("probes") or {}).get("features") for r in records]
+        if not any(entries):
+            return None
+        frame = records_frame(records)
+        rows, thresholds = [], None
+        for i, entry in enumerate(entries):
+            if not entry:
+                continue
+            ident = frame.iloc[i]
+            row = {"device": ident["device"], "model": ident["model"], "variant": ident["variant"],
+                   "img px": ident["img"]}
+            if entry.get("status") == "failed":
+                rows.append({**row, "result": f"probe failed: {entry.get('error')}"})
+                continue
+            if not entry.get("measured"):
+                rows.append({**row, "result": f"not measured: {entry.get('reason')}"})
+                continue
+            thresholds = thresholds or entry.get("thresholds")
+            flags = entry.get("collapse") or {}
+            raised = [k for k in ("low_rank", "low_variance", "all_alike") if flags.get(k)]
+            result = "not computed" if flags.get("collapsed") is None else ", ".join(raised) or "no flag"
+            rows.append({
+                **row,
+                "steps": entry.get("steps_trained"),
+                "N": entry.get("n"),
+                "D": entry.get("d"),
+                "RankMe/D": _fmt(entry.get("rankme_ratio"), ".3f"),
+                "centred RankMe/D": _fmt(entry.get("rankme_centred_ratio"), ".3f"),
+                "std x sqrt(D)": _fmt(entry.get("std_mean_rel"), ".3f"),
+                "dims < floor %": _fmt(None if entry.get("std_below_floor_frac") is None
+                                       else entry["std_below_floor_frac"] * 100, ".1f"),
+                "mean cos": _fmt(entry.get("mean_cosine"), ".3f"),
+                "uniformity": _fmt(entry.get("uniformity"), ".2f"),
+                "result": result,
+            })
+        table = pd.DataFrame(rows).astype(object).fillna("").to_markdown(index=False)
+        lines = [table, NOTE]
+        if thresholds:
+            lines.append(
+                "Flags: low_rank = effective rank (centred RankMe; uncentred when the samples' spread is "
+                f"below {thresholds['min_spread_frac']:g}) < {thresholds['low_rank_frac']:g} D; "
+                f"low_variance = more than {thresholds['low_variance_dim_frac']:g} of the dimensions have a std "
+                f"below {thresholds['std_floor_rel']:g}/sqrt(D) (L2-normalised features, healthy ~1/sqrt(D)); "
+                f"all_alike = mean pairwise cosine > {thresholds['all_alike_cosine']:g}. RankMe needs "
+                f"N >= {thresholds['min_n_over_d']:g} D; compare it only at equal N.")
+        return "\n\n".join(lines)
+
+
+@hookimpl
+def hjepa_bench_register_probes(register):
+    register(FeaturesProbe())
+
+
+@hookimpl
+def hjepa_bench_register_report_sections(register):
+    register(FeaturesSection())

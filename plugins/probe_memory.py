@@ -1,0 +1,167 @@
+"""Built-in probe ``memory``: peak, mean, headroom and leak check of device memory.
+
+Writes ``record["probes"]["memory"]`` (fields and thresholds in
+:mod:`hjepa_bench.analysis.memory`).  ``after_step`` reads
+``ctx.backend.memory().current_bytes``: live tensors on CUDA/MPS, the process RSS
+on CPU.  A reading is not free (on CPU about 0.1 ms: psutil RSS, total RAM and
+``/proc/self/status``), so the probe keeps to a budget: every step earns
+``max(SAMPLE_BUDGET_S, SAMPLE_BUDGET_FRAC * (data wait + host time))`` of credit
+and a reading is taken when the credit covers the reading's cost (measured in
+``start``).  Steps of 10 ms or more (CPU H-JEPA steps, most GPU steps, whose
+readings cost microseconds) are sampled every step; a sub-millisecond toy step on
+CPU every few steps.  ``entry["sampling"]`` says what happened.
+
+The report section also fits peak memory against batch size over a sweep
+(:func:`hjepa_bench.analysis.memory.fit_memory`) when a model was measured at two
+or more batch sizes.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_GROWTH_FRAC, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
+from hjepa_bench.api import Probe, ReportSection, RunContext, StepSample
+from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.report import fmt_bytes
+
+SAMPLE_BUDGET_S = 50e-6  # a reading per step is always fine up to this cost ...
+SAMPLE_BUDGET_FRAC = 0.01  # ... or up to 1% of the step's host + data time
+COST_PROBES = 5
+
+
+class MemoryProbe(Probe):
+    name = "memory"
+    cost = "cheap"
+    description = ("Device memory per step (RSS on CPU): peak, mean after warm-up, headroom, leak slope; "
+                   "report fits memory vs batch size over a sweep.")
+
+    def __init__(self) -> None:
+        self._samples: list[tuple[int, int]] = []
+        self._cost_s = 0.0
+        self._credit = 0.0
+        self._steps = 0
+
+    def start(self, ctx: RunContext) -> None:
+        self._samples, self._steps = [], 0
+        costs = []
+        for _ in range(COST_PROBES):
+            t0 = time.perf_counter()
+            ctx.backend.memory()
+            costs.append(time.perf_counter() - t0)
+        self._cost_s = sorted(costs)[len(costs) // 2]
+        self._credit = self._cost_s  # the first step is sampled
+
+    def after_step(self, ctx: RunContext, sample: StepSample) -> None:
+        self._steps += 1
+        credit = self._credit + max(SAMPLE_BUDGET_S, SAMPLE_BUDGET_FRAC * (sample.data_wait_s + sample.host_s))
+        if credit >= self._cost_s:
+            current = ctx.backend.memory().current_bytes
+            if current is not None:
+                self._samples.append((sample.index, int(current)))
+            credit -= self._cost_s
+        self._credit = min(credit, 2 * self._cost_s)  # no bursts after a slow step
+
+    def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        metrics = record.get("metrics") or {}
+        series = record.get("series") or {}
+        sampled = len(self._samples)
+        sampling = {
+            "reading_cost_us": round(self._cost_s * 1e6, 1),
+            "sampled_steps": sampled,
+            "steps": self._steps,
+            "rule": (f"a reading whenever the accumulated budget (max({SAMPLE_BUDGET_S * 1e6:.0f} us, "
+                     f"{SAMPLE_BUDGET_FRAC:.0%} of the step's data wait + host time) per step) covers its cost"),
+        }
+        source = metrics.get("memory_source") or ""
+        if not source:
+            try:
+                source = ctx.backend.memory().source
+            except Exception:  # noqa: BLE001 - the source is a label only
+                source = ""
+        return memory_entry(self._samples, int(series.get("warmup_steps") or 0), metrics, source, sampling)
+
+    def summarize(self, entry):
+        from hjepa_bench.report import fmt_bytes
+
+        head = entry.get("headroom_frac")
+        leak = "leak suspected" if (entry.get("leak") or {}).get("suspected") else "no leak"
+        return (f"peak {fmt_bytes(entry.get('peak_device_bytes'))}, mean {fmt_bytes(entry.get('mean_device_bytes'))}, "
+                f"headroom {'n/a' if head is None else f'{head:.0%}'}, {leak}")
+
+
+def _mib(x: Any) -> str:
+    return "n/a" if x is None else fmt_bytes(x)
+
+
+class MemorySection(ReportSection):
+    name = "memory"
+    title = "Memory: peak, headroom, leaks and batch-size fit"
+    order = 50
+
+    def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        records = list(records)
+        rows = []
+        for r in records:
+            e = (r.get("probes") or {}).get("memory")
+            if not e or e.get("status") != "ok":
+                continue
+            c, env = r.get("config") or {}, r.get("env") or {}
+            leak = e.get("leak") or {}
+            slope = leak.get("slope_bytes_per_step")
+            rows.append({
+                "device": env.get("device_name") or env.get("backend"),
+                "model": str((c.get("model") or {}).get("encoder_type", "")).replace("_patch16_224", ""),
+                "batch": (c.get("data") or {}).get("batch_size"),
+                "status": r.get("status"),
+                "peak": _mib(e.get("peak_device_bytes")),
+                "mean": _mib(e.get("mean_device_bytes")),
+                "total": _mib(e.get("device_total_bytes")),
+                "headroom %": "n/a" if e.get("headroom_frac") is None else f"{100 * e['headroom_frac']:.1f}",
+                "pressure": e.get("memory_pressure"),
+                "leak slope/step": "n/a" if slope is None else _mib(slope),
+                "leak?": leak.get("suspected"),
+                "peak RSS": _mib(e.get("peak_rss_bytes")),
+            })
+        if not rows:
+            return None
+        parts = [pd.DataFrame(rows).to_markdown(index=False),
+                 f"Device memory on CUDA/MPS, process RSS on CPU (total = system RAM). Pressure: peak > "
+                 f"{PRESSURE_PEAK_FRAC:.0%} of total (torch-tb-profiler's rule). Leak: growth over the measured "
+                 f"steps > {LEAK_GROWTH_FRAC:.0%} of the mean and a significant least-squares slope."]
+        fits = fit_memory(records, DEFAULT_MARGIN)
+        fit_rows = []
+        for (device, model), f in sorted(fits.items()):
+            if len(f["ok_batches"]) < 2:
+                continue
+            fit = f["fit"] or {}
+            room = f.get("room_for_larger_model") or {}
+            fit_rows.append({
+                "device": device, "model": model,
+                "ok batches": ", ".join(map(str, f["ok_batches"])),
+                "OOM at": ", ".join(map(str, f["oom_batches"])) or "-",
+                "per sample": _mib(fit.get("bytes_per_sample")),
+                "fixed": _mib(fit.get("intercept_bytes")),
+                "limit": _mib(f["limit_bytes"]),
+                "predicted max batch": f["predicted_max_batch"] if f["predicted_max_batch"] is not None else "n/a",
+                "can increase batch?": f["can_increase_batch"],
+                "room for larger model?": room.get("answer"),
+                "note": "; ".join(x for x in [f["note"], *room.get("evidence", [])] if x),
+            })
+        if fit_rows:
+            parts += ["Peak memory vs batch size (least squares over ok records; limit = total x "
+                      f"(1 - {DEFAULT_MARGIN:.0%}); a batch that ran out of memory caps the prediction):",
+                      pd.DataFrame(fit_rows).to_markdown(index=False)]
+        return "\n\n".join(parts)
+
+
+@hookimpl
+def hjepa_bench_register_probes(register):
+    register(MemoryProbe())
+
+
+@hookimpl
+def hjepa_bench_register_report_sections(register):
+    register(MemorySection())
