@@ -47,6 +47,8 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("memory", "hjepa_bench.plugins.probe_memory"),
     ("features", "hjepa_bench.plugins.probe_features"),
     ("svd", "hjepa_bench.plugins.probe_svd"),
+    ("flops", "hjepa_bench.plugins.probe_flops"),
+    ("profiler", "hjepa_bench.plugins.probe_profiler"),
 )
 
 T = TypeVar("T")

@@ -1,0 +1,248 @@
+"""Probe ``profiler`` (costly; ``--probes profiler`` or ``--profile``): a torch.profiler trace of a few steps.
+
+``start`` (before warm-up) starts a ``torch.profiler.profile`` with
+
+* activities CPU, plus CUDA on the cuda backend (there is no MPS activity: on
+  Apple GPUs the trace shows the CPU side of the ops only);
+* ``schedule(wait=1, warmup=1, active=3, repeat=1)``: the first step (the run's
+  warm-up step, with its one-off costs) is skipped, the second warms the
+  profiler up, the next three are recorded, then nothing more.  A run needs at
+  least 5 steps for the full 3; with 3 or 4 the trace holds 1 or 2 steps, with
+  fewer it is empty (the entry says so);
+* ``record_shapes=True``, ``profile_memory=True``, ``with_stack=False``;
+* ``on_trace_ready``: :func:`torch.profiler.tensorboard_trace_handler` into
+  ``ctx.artifacts_dir`` (a temporary folder when the run keeps no files), the
+  layout ``tensorboard --logdir DIR`` opens with the torch-tb-profiler plugin
+  (``DIR/<host>_<pid>.<ns timestamp>.pt.trace.json``).  The export itself is
+  deferred from inside the timed loop to ``finish`` (writing the JSON takes
+  longer than a tiny step); the handler and the file layout are the same.
+
+``after_step`` only calls ``prof.step()``.  The steps the profiler records run
+slower (event collection, memory tracking) and the step that closes the window
+also pays for stopping the collection (torch does that inside ``prof.step()``):
+compare step times of profiled runs only with profiled runs.
+
+Entry: ``trace_dir``, ``trace_files``, ``profiled_steps``, ``top_ops_by_self_time``
+(top 15 operators by self CPU time: name, calls, self CPU ms, total CPU ms, and
+self device ms on CUDA), on CUDA also ``top_ops_by_self_device_time``, and
+``tensorboard_command``.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import tempfile
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+import torch
+from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+from hjepa_bench.api import Probe, ReportSection, RunContext, StepSample
+from hjepa_bench.hookspecs import hookimpl
+
+SCHEDULE = {"wait": 1, "warmup": 1, "active": 3, "repeat": 1}
+TOP_K = 15
+TRACE_GLOB = "*.pt.trace.json*"
+
+
+def profiled_steps(steps_seen: int, wait: int = SCHEDULE["wait"], warmup: int = SCHEDULE["warmup"],
+                   active: int = SCHEDULE["active"]) -> int:
+    """Steps inside the recorded window when the run had ``steps_seen`` steps (repeat=1)."""
+    return max(0, min(active, steps_seen - wait - warmup))
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else float(us) / 1000.0
+
+
+def top_ops(key_averages: Iterable[Any], by: str = "cpu", k: int = TOP_K, device: bool = False,
+            steps: int = 0) -> list[dict[str, Any]]:
+    """The top ``k`` operators of ``prof.key_averages()`` by self CPU (``by="cpu"``)
+    or self device (``by="device"``) time; times in ms over the profiled steps."""
+    rows = []
+    for e in key_averages:
+        self_dev = getattr(e, "self_device_time_total", None)
+        if self_dev is None:
+            self_dev = getattr(e, "self_cuda_time_total", 0.0)
+        row = {"name": str(e.key), "calls": int(e.count),
+               "self_cpu_ms": _ms(e.self_cpu_time_total), "cpu_total_ms": _ms(e.cpu_time_total)}
+        if device:
+            row["self_device_ms"] = _ms(self_dev)
+        if steps > 0:
+            row["self_cpu_ms_per_step"] = row["self_cpu_ms"] / steps
+        rows.append(row)
+    key = "self_device_ms" if by == "device" else "self_cpu_ms"
+    rows = [r for r in rows if (r.get(key) or 0.0) > 0.0 and not r["name"].startswith("ProfilerStep")]
+    rows.sort(key=lambda r: r[key], reverse=True)
+    return rows[:k]
+
+
+def _trace_files(d: str) -> set[str]:
+    return set(glob.glob(os.path.join(glob.escape(d), TRACE_GLOB)))
+
+
+class ProfilerProbe(Probe):
+    name = "profiler"
+    cost = "costly"
+    description = ("torch.profiler trace of 3 steps (schedule wait=1, warmup=1, active=3) for TensorBoard "
+                   "(torch-tb-profiler) / Perfetto, plus the top operators by self time")
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._prof: Any = None
+        self._stopped = True
+        self._ready = False
+        self._steps = 0
+        self._dir: str | None = None
+        self._notes: list[str] = []
+        self._device = False
+        self._error: str | None = None
+
+    def start(self, ctx: RunContext) -> None:
+        self._reset()
+        notes = self._notes
+        if ctx.artifacts_dir:
+            self._dir = os.path.abspath(ctx.artifacts_dir)
+        else:
+            self._dir = tempfile.mkdtemp(prefix="hjepa-bench-trace-")
+            notes.append("the run keeps no artifacts folder: the trace went to a temporary folder")
+        activities = [ProfilerActivity.CPU]
+        backend = ctx.backend.name
+        if backend == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+            self._device = True
+        elif backend == "mps":
+            notes.append("torch.profiler has no MPS activity: the trace shows the CPU side of the ops only")
+        self._activities = [a.name for a in activities]
+        self._handler = tensorboard_trace_handler(self._dir)
+        self._prof = profile(activities=activities, schedule=schedule(**SCHEDULE),
+                             on_trace_ready=self._on_trace_ready, record_shapes=True,
+                             profile_memory=True, with_stack=False)
+        self._prof.start()
+        self._stopped = False
+
+    def _on_trace_ready(self, prof: Any) -> None:
+        # called inside the timed loop: only remember it; the JSON is written in finish()
+        self._ready = True
+
+    def after_step(self, ctx: RunContext, sample: StepSample) -> None:
+        if self._stopped or self._prof is None:
+            return
+        self._steps += 1
+        try:
+            self._prof.step()
+        except Exception as exc:  # noqa: BLE001 - stop profiling, report it in finish
+            self._error = f"{type(exc).__name__}: {exc}"
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._stopped or self._prof is None:
+            return
+        self._stopped = True
+        self._prof.__exit__(None, None, None)  # stop() plus the step-tracker cleanup
+
+    def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        if self._prof is None:
+            return None
+        self._stop()
+        steps = profiled_steps(self._steps)
+        trace_dir = self._dir or ""
+        before = _trace_files(trace_dir)
+        notes = list(self._notes)
+        ops: list[dict[str, Any]] = []
+        ops_dev: list[dict[str, Any]] = []
+        recorded = self._ready and steps > 0  # stopped right at the window's start: nothing recorded
+        if recorded:
+            self._handler(self._prof)
+            averages = self._prof.key_averages()
+            ops = top_ops(averages, "cpu", device=self._device, steps=steps)
+            if self._device:
+                ops_dev = top_ops(averages, "device", device=True, steps=steps)
+        else:
+            need = SCHEDULE["wait"] + SCHEDULE["warmup"] + 1
+            notes.append(f"empty trace: the run had {self._steps} steps; the schedule records from step {need} on "
+                         f"(wait={SCHEDULE['wait']}, warmup={SCHEDULE['warmup']}, active={SCHEDULE['active']})")
+        files = sorted(_trace_files(trace_dir) - before)
+        if recorded and steps < SCHEDULE["active"]:
+            notes.append(f"the run ended inside the recorded window: {steps} of {SCHEDULE['active']} steps recorded")
+        notes.append("profiled steps run slower (event and memory collection), and the step that closes the "
+                     "recorded window also pays for the profiler's stop: compare step times only with other "
+                     "profiled runs")
+        entry: dict[str, Any] = {
+            "trace_dir": trace_dir,
+            "trace_files": files,
+            "trace_empty": not files,
+            "steps_seen": self._steps,
+            "profiled_steps": steps if recorded else 0,
+            "schedule": dict(SCHEDULE),
+            "activities": self._activities,
+            "top_ops_by_self_time": ops,
+            "tensorboard_command": f"tensorboard --logdir {shlex.quote(trace_dir)}",
+            "viewer_note": "TensorBoard with the torch-tb-profiler plugin (pip install torch-tb-profiler); "
+                           "the same .pt.trace.json opens in Perfetto (ui.perfetto.dev) and HTA",
+            "notes": notes,
+            "torch": torch.__version__,
+        }
+        if self._device:
+            entry["top_ops_by_self_device_time"] = ops_dev
+        if self._error:
+            entry.update({"status": "failed", "error": self._error})
+        self._prof = None  # free the collected events
+        return entry
+
+    def summarize(self, entry):
+        top = (entry.get("top_ops_by_self_time") or [{}])[0]
+        first = f"; top op {top.get('name')}" if top.get("name") else ""
+        return f"{entry.get('profiled_steps')} steps traced in {entry.get('trace_dir')}{first}; open with: {entry.get('tensorboard_command')}"
+
+
+class ProfilerSection(ReportSection):
+    name = "profiler"
+    title = "Profiler traces"
+    order = 80
+
+    def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        parts = []
+        for r in records:
+            e = (r.get("probes") or {}).get("profiler")
+            if not e:
+                continue
+            c, env = r.get("config") or {}, r.get("env") or {}
+            b = c.get("bench") or {}
+            head = (f"**{env.get('device_name') or env.get('backend')}**, {b.get('variant')}, {b.get('precision')}, "
+                    f"batch {(c.get('data') or {}).get('batch_size')}")
+            if e.get("status") == "failed":
+                parts.append(f"{head}: probe failed: {e.get('error')}")
+                continue
+            lines = [f"{head}: {e.get('profiled_steps', 0)} profiled steps, "
+                     f"{len(e.get('trace_files') or [])} trace file(s); open with `{e.get('tensorboard_command')}`"]
+            ops = e.get("top_ops_by_self_time") or []
+            if ops:
+                cols = {"name": "operator", "calls": "calls", "self_cpu_ms": "self CPU (ms)",
+                        "cpu_total_ms": "CPU total (ms)", "self_device_ms": "self device (ms)"}
+                df = pd.DataFrame(ops[:10])
+                df = df[[k for k in cols if k in df.columns]].rename(columns=cols)
+                lines += ["", df.to_markdown(index=False, floatfmt=".2f")]
+            for note in e.get("notes") or []:
+                if note.startswith("empty trace") or note.startswith("the run ended"):
+                    lines += ["", f"Note: {note}."]
+            parts.append("\n".join(lines))
+        if not parts:
+            return None
+        foot = ("Times are totals over the profiled steps (torch.profiler key_averages, self time excludes "
+                "child operators). Profiled steps run slower than unprofiled ones.")
+        return "\n\n".join(parts) + "\n\n" + foot
+
+
+@hookimpl
+def hjepa_bench_register_probes(register):
+    register(ProfilerProbe())
+
+
+@hookimpl
+def hjepa_bench_register_report_sections(register):
+    register(ProfilerSection())
