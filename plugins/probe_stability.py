@@ -31,7 +31,7 @@ class StabilityProbe(Probe):
         if entry.get("cv_pct") is None:
             return None
         deg = entry.get("degradation") or {}
-        drift = "drifting" if deg.get("significant") else "no drift"
+        drift = "slowing down" if deg.get("degrading") else "speeding up" if deg.get("significant") else "no drift"
         period = f", every {entry['spike_period_steps']} steps" if entry.get("spike_period_steps") else ""
         return (f"{entry['verdict']}: CV {entry['cv_pct']:.1f}% (threshold 20%), {entry.get('spike_count') or 0} spikes"
                 f"{period}, {drift}")

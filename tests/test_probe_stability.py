@@ -73,12 +73,23 @@ def test_linear_upward_drift_is_significant_degradation():
     x = [v + d for v, d in zip(x, np.random.default_rng(3).normal(0, 0.001, n))]
     e = analyze_stability(x, warmup_steps=0)
     d = e["degradation"]
-    assert d["significant"] is True and d["p_value"] < 1e-6
+    assert d["significant"] is True and d["degrading"] is True and d["p_value"] < 1e-6
     assert d["slope_s_per_step"] == pytest.approx(0.1 * 0.3 / n, rel=0.1)
     assert d["change_pct"] > 20 and d["slope_pct_per_100_steps"] > 10
     assert e["verdict"] == "unstable" and e["criterion_cv_lt_20pct"] == "pass"
     assert e["detected_warmup_steps"] == 0  # a drift is not a warm-up
     assert any("slows down" in r for r in e["reasons"])
+
+
+def test_a_speed_up_is_reported_but_is_not_degradation():
+    n = 200
+    x = [0.1 * (1 - 0.3 * i / n) for i in range(n)]
+    x = [v + d for v, d in zip(x, np.random.default_rng(4).normal(0, 0.001, n))]
+    e = analyze_stability(x, warmup_steps=0)
+    d = e["degradation"]
+    assert d["significant"] is True and d["degrading"] is False and d["change_pct"] < -20
+    assert e["verdict"] == "stable"
+    assert any("speeds up" in r for r in e["reasons"])
 
 
 def test_small_drift_is_not_significant():

@@ -28,8 +28,9 @@ entry under ``thresholds``):
 * **Degradation**: least-squares slope of step time against step index;
   ``significant`` when p < ``DEGRADATION_P`` and the fitted change over the
   analysed steps exceeds ``DEGRADATION_MIN_CHANGE_PCT`` of the median.
-* **Verdict**: "unstable" when CV >= ``THRESHOLD_CV_PCT`` or the degradation is
-  significant, else "stable"; None when too few steps.
+* **Verdict**: "unstable" when CV >= ``THRESHOLD_CV_PCT`` or the step time
+  significantly *rises* (``degrading``; a significant speed-up is reported but
+  only means warm-up lasted longer), else "stable"; None when too few steps.
 
 Indices in the entry (``spike_indices``, ``detected_warmup_steps``) count steps
 from the start of the run, warm-up included (as ``record["series"]`` does).
@@ -72,7 +73,8 @@ DEFINITIONS = {
                            f"{PERIOD_TOL_FRAC:.0%}) of it"),
     "degradation": ("least-squares slope of step time vs step index; significant when "
                     f"p < {DEGRADATION_P} and |slope * span| / median * 100 > {DEGRADATION_MIN_CHANGE_PCT}"),
-    "verdict": f"unstable when cv_pct >= {THRESHOLD_CV_PCT} or degradation is significant, else stable",
+    "verdict": (f"unstable when cv_pct >= {THRESHOLD_CV_PCT} or the step time rises significantly "
+                "(degradation.degrading), else stable"),
 }
 
 
@@ -167,7 +169,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int) -> 
         "spike_threshold_s": None, "spike_indices": [], "spike_count": None, "spike_events": None,
         "spike_period_steps": None,
         "degradation": {"slope_s_per_step": None, "slope_pct_per_100_steps": None, "change_pct": None,
-                        "p_value": None, "significant": None},
+                        "p_value": None, "significant": None, "degrading": None},
         "criterion_cv_lt_20pct": "not-measured",
         "verdict": None,
         "reasons": [],
@@ -234,6 +236,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int) -> 
                    change_pct=_num(change), p_value=p,
                    significant=bool(p is not None and change is not None and p < DEGRADATION_P
                                     and abs(change) > DEGRADATION_MIN_CHANGE_PCT))
+        deg["degrading"] = bool(deg["significant"] and change is not None and change > 0)
 
     # verdict -------------------------------------------------------------------------
     reasons: list[str] = entry["reasons"]
@@ -244,8 +247,9 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int) -> 
         reasons.append(f"CV {cv_pct:.1f}% {'<' if ok else '>='} {THRESHOLD_CV_PCT:.0f}% over {n} steps")
         unstable = not ok
         if deg["significant"]:
-            unstable = True
-            direction = "slows down" if deg["change_pct"] > 0 else "speeds up"
+            # only a slow-down is degradation; a speed-up means warm-up lasted longer than measured
+            unstable = unstable or deg["degrading"]
+            direction = "slows down" if deg["degrading"] else "speeds up (warm-up may be longer than measured)"
             reasons.append(f"step time {direction} by {abs(deg['change_pct']):.1f}% over the run "
                            f"(p={deg['p_value']:.2g}; limit {DEGRADATION_MIN_CHANGE_PCT:.0f}%)")
         if entry["spike_count"]:
