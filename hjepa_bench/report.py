@@ -25,6 +25,18 @@ def fmt_pct(frac: float | None) -> str:
     return "n/a" if frac is None else f"{frac * 100:.1f}%"
 
 
+def record_label(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns that identify a record in a probe's report table."""
+    c, env = record.get("config", {}) or {}, record.get("env", {}) or {}
+    return {
+        "device": env.get("device_name") or env.get("backend"),
+        "model": str((c.get("model") or {}).get("encoder_type") or "").replace("_patch16_224", ""),
+        "precision": (c.get("bench") or {}).get("precision"),
+        "batch": (c.get("data") or {}).get("batch_size"),
+        "workers": (c.get("data") or {}).get("num_workers"),
+    }
+
+
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per record with the columns reports and comparisons use."""
     rows = []

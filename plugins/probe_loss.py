@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 from hjepa_bench.analysis.loss_curve import analyze_loss
 from hjepa_bench.api import Probe, ReportSection, RunContext
 from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.report import record_label
 
 NAME = "loss"
 
@@ -55,14 +56,7 @@ class LossProbe(Probe):
         return f"{entry['trend']}, down {entry['decrease_pct']:.1f}% (smoothed); lr advice: {advice}"
 
 
-def _label(record: Mapping[str, Any]) -> dict[str, Any]:
-    c, env = record.get("config", {}) or {}, record.get("env", {}) or {}
-    return {
-        "device": env.get("device_name") or env.get("backend"),
-        "model": str((c.get("model") or {}).get("encoder_type") or "").replace("_patch16_224", ""),
-        "precision": (c.get("bench") or {}).get("precision"),
-        "batch": (c.get("data") or {}).get("batch_size"),
-    }
+_label = record_label
 
 
 def _fmt(x: Any, spec: str = ".1f") -> str:

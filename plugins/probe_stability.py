@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 from hjepa_bench.analysis.stability import THRESHOLD_CV_PCT, analyze_stability
 from hjepa_bench.api import Probe, ReportSection, RunContext
 from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.report import record_label
 
 NAME = "stability"
 
@@ -37,15 +38,7 @@ class StabilityProbe(Probe):
                 f"{period}, {drift}")
 
 
-def _label(record: Mapping[str, Any]) -> dict[str, Any]:
-    c, env = record.get("config", {}) or {}, record.get("env", {}) or {}
-    return {
-        "device": env.get("device_name") or env.get("backend"),
-        "model": str((c.get("model") or {}).get("encoder_type") or "").replace("_patch16_224", ""),
-        "precision": (c.get("bench") or {}).get("precision"),
-        "batch": (c.get("data") or {}).get("batch_size"),
-        "workers": (c.get("data") or {}).get("num_workers"),
-    }
+_label = record_label
 
 
 def _fmt(x: Any, spec: str = ".1f") -> str:

@@ -42,8 +42,8 @@ CPU not saturated -> "increase num_workers to 6-8"; else keep.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
+from . import finite
 
 DATA_BOUND_SHARE = 0.10
 TB_PROFILER_DATALOADER_SHARE = 0.05  # torch-tb-profiler's "raise num_workers" trigger
@@ -62,15 +62,7 @@ THRESHOLDS: dict[str, Any] = {
 }
 
 
-def _num(x: Any) -> float | None:
-    """A finite float, or None (no NaN/inf in entries)."""
-    if x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+_num = finite
 
 
 def _clip01(x: float) -> float:

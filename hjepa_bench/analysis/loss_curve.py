@@ -39,11 +39,11 @@ entry under ``thresholds``):
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats as sps
+from . import finite
 
 # --------------------------------------------------------------------------- thresholds
 CRITERION_DECREASE_PCT = 20.0  # the validation guide: "Loss decreased by >= 20%"
@@ -79,11 +79,7 @@ DEFINITIONS = {
 }
 
 
-def _num(x: float | None) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
+_num = finite
 
 
 def rolling_median(x: Sequence[float], window: int) -> list[float]:

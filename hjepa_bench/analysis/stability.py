@@ -37,11 +37,11 @@ from the start of the run, warm-up included (as ``record["series"]`` does).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats as sps
+from . import finite
 
 # --------------------------------------------------------------------------- thresholds
 THRESHOLD_CV_PCT = 20.0  # the validation guide: "Speed variance < 20%"
@@ -78,12 +78,7 @@ DEFINITIONS = {
 }
 
 
-def _num(x: float | None) -> float | None:
-    """A plain float, or None for missing / non-finite values (JSON has no NaN)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
+_num = finite
 
 
 def detect_warmup(times: Sequence[float], ref: float, window: int = WARMUP_WINDOW,
