@@ -21,6 +21,11 @@ def fmt_ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
+def fmt_or_dash(x: Any, spec: str = ".1f") -> str:
+    """A number in ``spec`` format, or "-" when it was not measured."""
+    return "-" if x is None else format(x, spec)
+
+
 def fmt_pct(frac: float | None) -> str:
     return "n/a" if frac is None else f"{frac * 100:.1f}%"
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 from hjepa_bench.analysis.loss_curve import analyze_loss
 from hjepa_bench.api import Probe, ReportSection, RunContext
 from hjepa_bench.hookspecs import hookimpl
-from hjepa_bench.report import record_label
+from hjepa_bench.report import fmt_or_dash, record_label
 
 NAME = "loss"
 
@@ -57,10 +57,7 @@ class LossProbe(Probe):
 
 
 _label = record_label
-
-
-def _fmt(x: Any, spec: str = ".1f") -> str:
-    return "-" if x is None else format(x, spec)
+_fmt = fmt_or_dash
 
 
 class LossSection(ReportSection):

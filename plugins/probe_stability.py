@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 from hjepa_bench.analysis.stability import THRESHOLD_CV_PCT, analyze_stability
 from hjepa_bench.api import Probe, ReportSection, RunContext
 from hjepa_bench.hookspecs import hookimpl
-from hjepa_bench.report import record_label
+from hjepa_bench.report import fmt_or_dash, record_label
 
 NAME = "stability"
 
@@ -39,10 +39,7 @@ class StabilityProbe(Probe):
 
 
 _label = record_label
-
-
-def _fmt(x: Any, spec: str = ".1f") -> str:
-    return "-" if x is None else format(x, spec)
+_fmt = fmt_or_dash
 
 
 class StabilitySection(ReportSection):

@@ -27,6 +27,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from . import finite
 
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0
@@ -47,13 +48,8 @@ THRESHOLDS: dict[str, Any] = {
 
 
 def _int(x: Any) -> int | None:
-    if x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return int(f) if math.isfinite(f) else None
+    f = finite(x)
+    return None if f is None else int(f)
 
 
 # --------------------------------------------------------------------------- one run
