@@ -286,7 +286,8 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .sweep import DEFAULT_OUT, SweepSpec, install_sigterm_handler, parse_list, resume_command, run_sweep
+    from .sweep import (DEFAULT_OUT, SweepSpec, install_sigterm_handler, parse_list, resume_command, run_sweep,
+                        selected_options)
 
     spec = SweepSpec.from_yaml(args.grid) if args.grid else SweepSpec()
     lists = {
@@ -311,7 +312,13 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
         spec.skip_after_oom = False
     if args.probes is not None or args.profile:
         spec.probes = probe_names(args)
+    if args.options is not None:
+        spec.options = parse_list(args.options) or ["none"]
+    if args.options_file is not None:
+        spec.options_file = args.options_file
     plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
+    settings = report_settings(args, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
+    selected_options(spec)
     out = Path(args.out or DEFAULT_OUT)
     if args.resume and not (out / "results.jsonl").exists():
         print(f"note: nothing to resume in {out}; starting a new sweep there", file=sys.stderr)
@@ -328,9 +335,12 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     bar.close()
     from .results import load_results
 
+    from .decision_report import write_report
+
     records = load_results([out])
     report = out / "report.md"
-    report.write_text(render_report(records, plugins.report_sections(), title="hjepa-bench sweep"))
+    settings.sources = [str(out)]
+    write_report(records, report, settings, sections=plugins.report_sections())
     if mode == "jsonl":
         print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},
                           "report": str(report)}), flush=True)
@@ -346,6 +356,51 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
               f"{summary['elapsed_s']:.0f} s")
         print(f"results: {out / 'results.jsonl'}\nreport:  {report}")
     return 0
+
+
+def report_settings(args: argparse.Namespace, *, options_file: str | None = None, title: str = "hjepa-bench report"):
+    """Thresholds, options and budget for a decision report, from the common flags."""
+    from .decision_report import ReportSettings
+    from .options import load_options
+    from .thresholds import load_thresholds
+
+    return ReportSettings(thresholds=load_thresholds(getattr(args, "thresholds", None)),
+                          options=load_options(options_file or getattr(args, "options_file", None)),
+                          budget_hours=getattr(args, "budget_hours", None), title=title)
+
+
+def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .decision_report import write_report
+    from .results import load_results
+
+    dirs = [Path(d) for d in args.dirs]
+    for d in dirs:
+        if not d.exists():
+            raise UserError(f"{d} does not exist; give sweep directories (with results.jsonl) or results files.")
+    records = load_results(dirs)
+    if not records:
+        raise UserError(f"no result records in {', '.join(map(str, dirs))}.")
+    out = Path(args.out) if args.out else (dirs[0] / "report.md" if len(dirs) == 1 and dirs[0].is_dir()
+                                           else Path("hjepa-bench-report") / "report.md")
+    if out.suffix != ".md":
+        out = out / "report.md"
+    settings = report_settings(args, title=args.title or "hjepa-bench report")
+    settings.sources = [str(d) for d in dirs]
+    settings.charts = not args.no_charts
+    analysis = write_report(records, out, settings, sections=plugins.report_sections())
+    rec = [f"option {d['recommended']} on {d['machine']}" if d["recommended"] else f"no option on {d['machine']}"
+           for d in analysis["decision"]["per_machine"]] or ["no option measured"]
+    print(f"report: {out} ({len(records)} records; recommended: {'; '.join(rec)}; "
+          f"{len(analysis['charts'])} charts; configs in {out.parent / 'configs'})")
+    return 0
+
+
+def add_decision_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decision report")
+    g.add_argument("--budget-hours", type=_positive_float, metavar="H",
+                   help="time you can give the full run; default: each option's own window (A 2-3 h, C 6-7 h, B 12-14 h)")
+    g.add_argument("--options-file", metavar="YAML", help="your own training options (options: [...]), added to A, B, C")
+    g.add_argument("--thresholds", metavar="YAML", help="override thresholds (names as printed in the report)")
 
 
 def cmd_benchmark_report(args: argparse.Namespace, plugins: Plugins) -> int:
@@ -492,10 +547,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-skip-after-oom", action="store_true",
                    help="also run larger batches of a model after it ran out of memory")
     add_probe_args(sw)
+    sw.add_argument("--options", metavar="LIST",
+                    help="decision-matrix options whose model config is also measured at 224 px: A,B,C, all "
+                         "(default) or none")
+    add_decision_args(sw)
     sw.add_argument("--progress", choices=["bar", "quiet", "jsonl"], default="bar",
                     help="bar (default), quiet, or jsonl (one JSON event per line on stdout)")
     sw.add_argument("-q", "--quiet", action="store_true", help="same as --progress quiet")
     sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="decision report (markdown, charts, configs) from result directories",
+                        description="Render report.md from one or more sweep directories (merged): decision matrix "
+                                    "with projections, recommendations, success criteria, checklist, charts.")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="sweep directories (or results.jsonl files)")
+    rp.add_argument("--out", metavar="PATH", help="report path (default DIR/report.md for one directory, "
+                                                   "else ./hjepa-bench-report/report.md)")
+    rp.add_argument("--title", help="report title")
+    rp.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    add_decision_args(rp)
+    rp.set_defaults(func=cmd_report)
 
     br = sub.add_parser("benchmark-report", help="render pytest-benchmark JSON as a markdown table against a baseline")
     br.add_argument("current", metavar="RUN.json", help="pytest-benchmark JSON (--benchmark-json or a saved run)")

@@ -182,14 +182,19 @@ def _merge(base: dict, update: Mapping, prefix: str, unknown: list[str]) -> None
 
 
 def resolve_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                   *, base: Mapping[str, Any] | None = None) -> ResolvedConfig:
-    """Defaults <- YAML file <- CLI overrides (dotted keys), validated."""
+                   *, base: Mapping[str, Any] | None = None,
+                   sections: Mapping[str, Any] | None = None) -> ResolvedConfig:
+    """Defaults <- YAML file <- ``sections`` (upstream-format mapping, checked like
+    a file) <- CLI overrides (dotted keys), validated."""
     values = copy.deepcopy(dict(base) if base is not None else DEFAULTS)
     unknown: list[str] = []
     file_values: dict[str, Any] = {}
     if path is not None:
         file_values = load_yaml(path)
         _merge(values, file_values, "", unknown)
+    if sections:
+        _merge(values, sections, "", unknown)
+        file_values = {**file_values, **sections}
     rc = ResolvedConfig(values=values, source=str(path) if path else None, unknown_keys=unknown)
     present = set(_flatten_keys(file_values))
     for key, why in NO_EFFECT.items():

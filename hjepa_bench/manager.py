@@ -49,6 +49,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("svd", "hjepa_bench.plugins.probe_svd"),
     ("flops", "hjepa_bench.plugins.probe_flops"),
     ("profiler", "hjepa_bench.plugins.probe_profiler"),
+    ("epoch_costs", "hjepa_bench.plugins.probe_epoch_costs"),
 )
 
 T = TypeVar("T")

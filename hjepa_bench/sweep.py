@@ -64,6 +64,10 @@ class SweepSpec:
     timeout_s: float | None = None  # per config wall clock; default from max_time_s
     skip_after_oom: bool = True
     probes: list[str] | None = None  # None: the cheap probes
+    # decision-matrix options whose model config is measured too (each at its own batch and
+    # workers, 224 px, reference step): names, or ["all"] / ["none"]; options_file adds user options
+    options: list[str] = field(default_factory=lambda: ["all"])
+    options_file: str | None = None
 
     GRID = ("devices", "models", "batch_sizes", "workers", "hierarchies", "predictor_depths", "variants",
             "precisions", "img_sizes")
@@ -174,7 +178,54 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
         point.env = envs[device]
         point.key = config_key({"values": v, "unsupported": point.unsupported, "overrides": overrides}, point.env)
         points.append(point)
+    for device in devices:
+        for opt in selected_options(spec):
+            point = _option_point(opt, device, common, backends, envs[device], len(points))
+            if not any(p.values == point.values for p in points):
+                points.append(point)
     return points
+
+
+def selected_options(spec: SweepSpec) -> list[Any]:
+    """The options whose configs the sweep measures (``spec.options``: names, all or none)."""
+    from .options import load_options
+
+    names = [str(n) for n in (spec.options or [])]
+    if not names or names == ["none"]:
+        return []
+    options = load_options(spec.options_file)
+    if names == ["all"]:
+        return options
+    known = {o.name: o for o in options}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"unknown option {', '.join(unknown)}; known options: {', '.join(known)} (or all, none).")
+    return [known[n] for n in names]
+
+
+def _option_point(opt: Any, device: str, common: dict[str, Any], backends: dict[str, Any], env: dict[str, Any],
+                  index: int) -> Point:
+    """A point measuring ``opt``'s own model config at its batch and workers (reference step)."""
+    from .options import option_overrides
+
+    base = opt.values()
+    overrides = {**{k: v for k, v in common.items() if k != "model.encoder_depth"}, **option_overrides(opt)}
+    rc = resolve_config(None, overrides, base=base)
+    values = rc.values
+    values["bench"]["precision"] = resolve_precision(values, device)
+    values["bench"]["device"] = device
+    m, d = values["model"], values["data"]
+    label = (f"{device} option {opt.name}: {m['encoder_type'].replace('_patch16_224', '')} b{d['batch_size']} "
+             f"w{d['num_workers']} reference {values['bench']['precision']} {d['image_size']}px "
+             f"L{m['num_hierarchies']} P{m['predictor']['depth']}")
+    point = Point(index=index, device=device, overrides=overrides, label=label,
+                  group=(device, "option", opt.name), batch_size=int(d["batch_size"]), values=values,
+                  warnings=rc.warnings(), env=env)
+    why = backends[device].supported_precisions().get(values["bench"]["precision"], "unknown precision")
+    if why:
+        point.unsupported = f"precision {values['bench']['precision']} does not run on {device}: {why}"
+    point.key = config_key({"values": values, "unsupported": point.unsupported, "overrides": overrides}, env)
+    return point
 
 
 # --------------------------------------------------------------------------- the child

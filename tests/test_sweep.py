@@ -23,7 +23,7 @@ from helpers import REPO
 TESTS = Path(__file__).resolve().parent
 TINY_SWEEP = ["--device", "cpu", "--img-size", "64", "--encoder-depth", "2", "--predictor-depths", "1",
               "--variants", "reference", "--warmup-steps", "1", "--min-steps", "3", "--max-steps", "6",
-              "--max-time", "2", "--progress", "jsonl"]
+              "--max-time", "2", "--progress", "jsonl", "--options", "none"]
 
 
 def sweep(*args, env=None, timeout=600):

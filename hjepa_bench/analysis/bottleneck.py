@@ -42,10 +42,12 @@ CPU not saturated -> "increase num_workers to 6-8"; else keep.
 """
 from __future__ import annotations
 
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
+
 from typing import Any, Mapping, Sequence
 from . import finite
 
-DATA_BOUND_SHARE = 0.10
+DATA_BOUND_SHARE = _TH.data_bound_share
 TB_PROFILER_DATALOADER_SHARE = 0.05  # torch-tb-profiler's "raise num_workers" trigger
 HOST_BOUND_RATIO = 1.0  # host-bound when host share >= ratio * device share
 CPU_SATURATED_PCT = 90.0

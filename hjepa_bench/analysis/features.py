@@ -42,6 +42,8 @@ Collapse flags (the validation guide's red flags, thresholds in ``thresholds``):
 """
 from __future__ import annotations
 
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
+
 import math
 from typing import Any
 
@@ -57,7 +59,7 @@ STD_FLOOR_REL = 0.1
 #: low_variance when more than this share of dimensions is below the std floor
 LOW_VARIANCE_DIM_FRAC = 0.5
 #: low_rank when the effective rank is below this share of D
-LOW_RANK_FRAC = 0.10
+LOW_RANK_FRAC = _TH.low_rank_frac
 #: all_alike when the mean pairwise cosine similarity is above this
 ALL_ALIKE_COSINE = 0.9
 #: below this spread the centred RankMe measures noise; the uncentred one is used

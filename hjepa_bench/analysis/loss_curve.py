@@ -39,6 +39,8 @@ entry under ``thresholds``):
 """
 from __future__ import annotations
 
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,7 +48,7 @@ from scipy import stats as sps
 from . import finite
 
 # --------------------------------------------------------------------------- thresholds
-CRITERION_DECREASE_PCT = 20.0  # the validation guide: "Loss decreased by >= 20%"
+CRITERION_DECREASE_PCT = _TH.min_loss_decrease_pct  # the validation guide: "Loss decreased by >= 20%"
 NOISE_THRESHOLD_PCT = 10.0  # our choice: the guide says "noisy" without a number
 WARMUP_SPIKE_PCT = 50.0  # warm-up spike: > 50% above the trailing median
 DIVERGE_RISE_PCT = 50.0  # end window > start window by more than 50%: diverged

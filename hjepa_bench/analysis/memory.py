@@ -22,6 +22,8 @@ Thresholds:
 """
 from __future__ import annotations
 
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
+
 import math
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
@@ -32,8 +34,8 @@ from . import finite
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0
 LEAK_MIN_SAMPLES = 5
-PRESSURE_PEAK_FRAC = 0.90
-DEFAULT_MARGIN = 0.10
+PRESSURE_PEAK_FRAC = _TH.memory_pressure_frac
+DEFAULT_MARGIN = _TH.memory_margin_frac
 # For ordering models by size when a record has no parameter count.
 MODEL_ORDER = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant")
 SETUP_KEYS = (("bench", "variant"), ("bench", "precision"), ("data", "image_size"),

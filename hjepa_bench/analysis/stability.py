@@ -37,6 +37,8 @@ from the start of the run, warm-up included (as ``record["series"]`` does).
 """
 from __future__ import annotations
 
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,7 +46,7 @@ from scipy import stats as sps
 from . import finite
 
 # --------------------------------------------------------------------------- thresholds
-THRESHOLD_CV_PCT = 20.0  # the validation guide: "Speed variance < 20%"
+THRESHOLD_CV_PCT = _TH.max_step_cv_pct  # the validation guide: "Speed variance < 20%"
 WARMUP_WINDOW = 5  # rolling-median window (steps) for warm-up detection
 WARMUP_BAND = 0.20  # settled: rolling median <= (1 + band) * post-warm-up median
 SPIKE_K = 5.0  # spike: > median + k * scaled MAD

@@ -1,0 +1,386 @@
+"""The decision matrix and the recommendations (pure: records in, plain data out).
+
+For each full-training option (the guide's A, B, C and user-defined ones) and
+each measured machine:
+
+1. **Measured or not.**  Only records of the option's own model config count
+   (:func:`hjepa_bench.options.record_matches`: encoder, depth, levels,
+   predictor, image size, the ``reference`` step, the option's precision).
+   Nothing is scaled from another model: an option without such a record is
+   "not measured" and shows no number.
+2. **Which config.**  Among those records, the batch (:func:`recommend_batch`:
+   the largest that fits with the memory margin and still gains throughput) and
+   the workers (:func:`recommend_workers`: the fewest within a few percent of the
+   best).  The projection uses that record.
+3. **Facts.**  it/s against the guide's 2.5 minimum and ~3.2 expectation,
+   step-time CV, loss decrease, divergence, collapse flags, memory headroom and
+   the projected hours (with band) against ``budget_hours`` (or, without a
+   budget, the option's own time window, e.g. 2-3 h for A).
+4. **Decision** (:func:`decide`): an option is *eligible* when its measured
+   record is ok, stable (CV below the threshold), not diverged and not collapsed
+   (where measured), and the validation facts show no divergence or crash.  It
+   *fits* when its projected hours (middle) are within the budget.  The
+   recommendation is the eligible, fitting option with the highest priority
+   (B > C > A: the guide's expected accuracy); ties go to the shorter run.  A
+   slow short option never promotes a longer one (the upstream analyzer's
+   inverted rule): a longer option is recommended only when its own projection
+   fits.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Mapping, Sequence
+
+from ..options import TrainingOption, record_matches
+from ..thresholds import Thresholds
+from . import finite
+from .memory import fit_memory
+from .projection import project_record
+
+NOT_MEASURED = "not measured"
+
+
+def _sps(r: Mapping[str, Any]) -> float:
+    return finite((r.get("metrics") or {}).get("samples_per_s")) or 0.0
+
+
+def _batch(r: Mapping[str, Any]) -> int:
+    return int(r["config"]["data"]["batch_size"])
+
+
+def _workers(r: Mapping[str, Any]) -> int:
+    return int(r["config"]["data"]["num_workers"])
+
+
+def _peak(r: Mapping[str, Any]) -> float | None:
+    return finite((r.get("metrics") or {}).get("peak_device_bytes"))
+
+
+def _total(r: Mapping[str, Any]) -> float | None:
+    m = r.get("metrics") or {}
+    return finite(m.get("device_total_bytes")) or finite((r.get("env") or {}).get("device_total_bytes"))
+
+
+def machine(r: Mapping[str, Any]) -> str:
+    env = r.get("env") or {}
+    return str(env.get("fingerprint_id") or env.get("device_name") or env.get("backend"))
+
+
+def machine_name(r: Mapping[str, Any]) -> str:
+    env = r.get("env") or {}
+    return f"{env.get('backend')} ({env.get('device_name') or '?'})"
+
+
+# --------------------------------------------------------------------------- batch and workers
+def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds) -> dict[str, Any]:
+    """Largest measured batch that fits with the margin and still gains >= batch_min_gain_pct
+    samples/s over the next smaller one.  ``records``: one model config on one machine."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return {"batch": None, "reason": NOT_MEASURED, "measured_counts": 0}
+    best_by_batch: dict[int, Mapping[str, Any]] = {}
+    for r in ok:
+        b = _batch(r)
+        if b not in best_by_batch or _sps(r) > _sps(best_by_batch[b]):
+            best_by_batch[b] = r
+    batches = sorted(best_by_batch)
+    oom = sorted({_batch(r) for r in records if r.get("status") == "oom"})
+    fits = []
+    for b in batches:
+        peak, total = _peak(best_by_batch[b]), _total(best_by_batch[b])
+        if peak is not None and total and peak > total * (1 - th.memory_margin_frac):
+            continue
+        fits.append(b)
+    if not fits:
+        b = batches[0]
+        return {"batch": b, "measured_counts": len(batches), "oom_batches": oom,
+                "reason": f"every measured batch is within {th.memory_margin_frac:.0%} of device memory; smallest is {b}"}
+    chosen = fits[0]
+    steps = []
+    for b in fits[1:]:
+        gain = (_sps(best_by_batch[b]) / _sps(best_by_batch[chosen]) - 1) * 100 if _sps(best_by_batch[chosen]) else 0.0
+        steps.append(f"b{chosen}->b{b}: {gain:+.1f}% samples/s")
+        if gain >= th.batch_min_gain_pct:
+            chosen = b
+        else:
+            break
+    fit = fit_memory(ok + [r for r in records if r.get("status") == "oom"], th.memory_margin_frac)
+    predicted = None
+    for res in fit.values():
+        if res.get("predicted_max_batch") is not None:
+            predicted = res["predicted_max_batch"]
+    if len(batches) == 1:
+        reason = f"only batch {chosen} measured"
+    else:
+        reason = (f"batch {chosen}: the largest measured batch that fits with a {th.memory_margin_frac:.0%} margin and "
+                  f"gains >= {th.batch_min_gain_pct:g}% samples/s ({'; '.join(steps) or 'no larger batch fits'})")
+    if predicted is not None:
+        reason += f"; memory fit predicts up to batch {predicted}"
+        if predicted > max(batches) and chosen == max(batches):
+            reason += " (throughput still rising at the largest measured batch: measure a larger one)"
+    if oom:
+        reason += f"; out of memory at batch {', '.join(map(str, oom))}"
+    return {"batch": chosen, "reason": reason, "measured_counts": len(batches), "predicted_max_batch": predicted,
+            "oom_batches": oom, "samples_per_s": {b: _sps(best_by_batch[b]) for b in batches}}
+
+
+def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, th: Thresholds) -> dict[str, Any]:
+    """The fewest workers within ``workers_within_pct`` of the best samples/s at ``batch``;
+    "more" when the best measured count is still data-bound."""
+    ok = [r for r in records if r.get("status") == "ok" and (batch is None or _batch(r) == batch)]
+    if not ok:
+        return {"workers": None, "reason": NOT_MEASURED, "measured_counts": 0}
+    by_w: dict[int, Mapping[str, Any]] = {}
+    for r in ok:
+        w = _workers(r)
+        if w not in by_w or _sps(r) > _sps(by_w[w]):
+            by_w[w] = r
+    best = max(_sps(r) for r in by_w.values())
+    within = sorted(w for w, r in by_w.items() if best and _sps(r) >= best * (1 - th.workers_within_pct / 100))
+    chosen = within[0]
+    rates = ", ".join(f"w{w}: {_sps(by_w[w]):.1f}" for w in sorted(by_w))
+    if len(by_w) == 1:
+        reason = f"only {chosen} workers measured"
+    else:
+        reason = (f"{chosen} workers: the fewest within {th.workers_within_pct:g}% of the best samples/s "
+                  f"at batch {batch} ({rates})")
+    top = by_w[max(by_w)]
+    wait = finite((top.get("metrics") or {}).get("data_wait_frac"))
+    more = False
+    if wait is not None and wait > th.data_bound_share:
+        more = True
+        reason += (f"; still data-bound with {max(by_w)} workers (data wait {wait:.0%} > "
+                   f"{th.data_bound_share:.0%}): try more workers (the guide: 6-8 on an M1 Max)")
+    return {"workers": chosen, "reason": reason, "measured_counts": len(by_w), "more_needed": more,
+            "samples_per_s": {w: _sps(r) for w, r in sorted(by_w.items())}}
+
+
+# --------------------------------------------------------------------------- learning rate, warm-up
+def warmup_range(epochs: int) -> tuple[int, int]:
+    """The guide: 2-4 warm-up epochs for a 20-epoch run, 5-10 for 100 epochs
+    (linear in between, the same fractions outside)."""
+    if epochs <= 20:
+        return max(1, round(epochs * 0.10)), max(1, round(epochs * 0.20))
+    if epochs >= 100:
+        return round(epochs * 0.05), round(epochs * 0.10)
+    t = (epochs - 20) / 80
+    return round(2 + 3 * t), round(4 + 6 * t)
+
+
+def recommend_warmup(option_warmup: float, epochs: int, warmup_spikes: int | None) -> dict[str, Any]:
+    lo, hi = warmup_range(epochs)
+    if warmup_spikes:
+        return {"warmup_epochs": hi, "reason": f"{warmup_spikes} loss spike(s) during warm-up: the long end of the "
+                                                f"guide's {lo}-{hi} epochs for {epochs} epochs"}
+    w = min(max(option_warmup, lo), hi)
+    why = "no warm-up spikes measured" if warmup_spikes == 0 else "warm-up spikes not measured"
+    return {"warmup_epochs": w, "reason": f"{why}: the option's {option_warmup:g}"
+            + (f", kept within the guide's {lo}-{hi} epochs for {epochs} epochs" if w != option_warmup
+               else f" (the guide: {lo}-{hi} epochs for {epochs} epochs)")}
+
+
+def recommend_lr(option_lr: float, lr_advice: Mapping[str, Any] | None, validation_lr: float | None) -> dict[str, Any]:
+    """The guide's LR rules as the loss probe applied them to the validation run:
+    keep / increase to 1.5e-4-2e-4 / decrease to 5e-5 / much lower when diverging."""
+    if not lr_advice or not lr_advice.get("action"):
+        return {"lr": option_lr, "reason": f"the option's {option_lr:.1e} (no loss measurement to adjust it)"}
+    action = lr_advice["action"]
+    suggested = finite(lr_advice.get("suggested_lr"))
+    trigger = lr_advice.get("trigger", "")
+    if action == "keep" or suggested is None:
+        return {"lr": option_lr, "reason": f"validation loss: {trigger}: keep the option's {option_lr:.1e}"}
+    if validation_lr and validation_lr > 0:
+        lr = option_lr * suggested / validation_lr  # the same relative change on the option's LR
+    else:
+        lr = suggested
+    return {"lr": float(f"{lr:.3g}"), "reason": f"validation loss: {trigger}: {action} "
+            f"({validation_lr or 0:.1e} -> {suggested:.1e} in validation; the same factor on the option's {option_lr:.1e})"}
+
+
+# --------------------------------------------------------------------------- model size and variant
+def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Measured time per sample of each model relative to the smallest, on one machine at
+    one batch/workers/variant/precision/image size (the guide guessed Small ~2x, Base ~4x)."""
+    groups: dict[tuple, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    for r in records:
+        if r.get("status") != "ok" or not _sps(r):
+            continue
+        c = r["config"]
+        g = (machine(r), _batch(r), _workers(r), c["bench"]["variant"], c["bench"]["precision"], c["data"]["image_size"])
+        label = (f"{c['model']['encoder_type'].replace('_patch16_224', '')} L{c['model']['num_hierarchies']} "
+                 f"P{c['model']['predictor']['depth']}")
+        if label not in groups[g] or _sps(r) > _sps(groups[g][label]):
+            groups[g][label] = r
+    out = []
+    for g, models in groups.items():
+        if len(models) < 2:
+            continue
+        base_label = max(models, key=lambda k: _sps(models[k]))
+        base = _sps(models[base_label])
+        for label, r in sorted(models.items(), key=lambda kv: -_sps(kv[1])):
+            out.append({"machine": machine_name(r), "batch": g[1], "workers": g[2], "model": label,
+                        "samples_per_s": _sps(r), "slowdown_vs_fastest": base / _sps(r), "fastest": base_label})
+    return out
+
+
+def efficient_savings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Measured step time of the ``efficient`` variant against ``reference`` for configs
+    measured in both (everything else equal)."""
+    pairs: dict[tuple, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    for r in records:
+        if r.get("status") != "ok" or not finite((r.get("metrics") or {}).get("it_per_s")):
+            continue
+        c = r["config"]
+        key = (machine(r), c["model"]["encoder_type"], c["model"]["num_hierarchies"], c["model"]["predictor"]["depth"],
+               c["data"]["image_size"], _batch(r), _workers(r), c["bench"]["precision"])
+        pairs[key][c["bench"]["variant"]] = r
+    out = []
+    for key, p in pairs.items():
+        if "reference" in p and "efficient" in p:
+            ref, eff = p["reference"]["metrics"]["it_per_s"], p["efficient"]["metrics"]["it_per_s"]
+            out.append({"machine": machine_name(p["reference"]), "model": key[1].replace("_patch16_224", ""),
+                        "batch": key[5], "workers": key[6], "reference_it_per_s": ref, "efficient_it_per_s": eff,
+                        "time_ratio": ref / eff, "saving_frac": 1 - ref / eff})
+    return out
+
+
+# --------------------------------------------------------------------------- options
+def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]], th: Thresholds,
+                    budget_hours: float | None = None) -> list[dict[str, Any]]:
+    """One row per machine that measured the option (or one "not measured" row)."""
+    values = option.values()
+    t = values["training"]
+    matched = [r for r in records if record_matches(values, r)]
+    by_machine: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in matched:
+        by_machine[machine(r)].append(r)
+    limit = budget_hours if budget_hours is not None else option.hours[1]
+    limit_src = f"budget {budget_hours:g} h" if budget_hours is not None else f"the option's window {option.hours[0]:g}-{option.hours[1]:g} h"
+    base = {"option": option.name, "title": option.title, "describe": option.describe(), "epochs": int(t["epochs"]),
+            "priority": option.priority, "hours_window": list(option.hours), "limit_hours": limit,
+            "limit_source": limit_src, "expected": option.expected, "choose_if": option.choose_if}
+    if not by_machine:
+        oks = [r for r in records if r.get("status") == "ok"]
+        return [{**base, "measured": False, "machine": None,
+                 "reasons": [f"{option.describe()} was not measured: no result of this model config "
+                             "(reference step) — the sweep measures it unless run with --options none"
+                             if oks else "nothing ran"]}]
+    rows = []
+    for mach, rs in by_machine.items():
+        batch = recommend_batch(rs, th)
+        workers = recommend_workers(rs, batch["batch"], th)
+        ok = [r for r in rs if r.get("status") == "ok"]
+        rec = None
+        if ok:
+            cands = [r for r in ok if _batch(r) == batch["batch"] and _workers(r) == workers["workers"]] or ok
+            rec = max(cands, key=_sps)
+        row: dict[str, Any] = {**base, "measured": True, "machine": machine_name(rs[0]), "machine_id": mach,
+                               "batch_choice": batch, "workers_choice": workers, "reasons": []}
+        if rec is None:
+            statuses = ", ".join(sorted({f"{r.get('status')} at b{_batch(r)}" for r in rs}))
+            row.update(status="failed", eligible=False, fits=False, reasons=[f"no ok measurement ({statuses})"])
+            rows.append(row)
+            continue
+        m = rec.get("metrics") or {}
+        p = rec.get("probes") or {}
+        proj = project_record(rec, epochs=int(t["epochs"]), dataset_size=th.dataset_size, val_size=th.val_size,
+                              val_every_epochs=th.val_every_epochs,
+                              checkpoint_every_epochs=option.checkpoint_every_epochs(), confidence=th.confidence)
+        stab, loss, feats, mem = (p.get(k) or {} for k in ("stability", "loss", "features", "memory"))
+        cv = finite(stab.get("cv_pct"))
+        if cv is None and finite((m.get("step_time_s") or {}).get("cv")) is not None:
+            cv = 100 * m["step_time_s"]["cv"]
+        collapsed = None
+        if feats.get("status") == "ok" and feats.get("measured", True):
+            collapsed = bool((feats.get("collapse") or {}).get("collapsed"))
+        row.update(
+            status="ok", record_label=(rec.get("sweep") or {}).get("label"), batch=_batch(rec), workers=_workers(rec),
+            it_per_s=finite(m.get("it_per_s")), samples_per_s=_sps(rec), step_cv_pct=cv,
+            steps_measured=(m.get("step_time_s") or {}).get("n"),
+            loss_decrease_pct=finite(loss.get("decrease_pct")) if loss.get("status") == "ok" else None,
+            diverged=bool(loss.get("diverged")) if loss.get("status") == "ok" else None,
+            collapsed=collapsed, headroom_frac=finite(mem.get("headroom_frac")) if mem.get("status") == "ok" else None,
+            projection=proj, hours=(proj.get("hours") or {}).get("mid"),
+            hours_low=(proj.get("hours") or {}).get("low"), hours_high=(proj.get("hours") or {}).get("high"),
+        )
+        rows.append(row)
+    return rows
+
+
+def judge(row: dict[str, Any], th: Thresholds, validation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fill ``eligible``, ``fits`` and ``reasons`` of one measured, ok row."""
+    if not row.get("measured") or row.get("status") != "ok":
+        row.setdefault("eligible", False)
+        row.setdefault("fits", False)
+        return row
+    reasons, blockers = [], []
+    if row.get("step_cv_pct") is not None and row["step_cv_pct"] >= th.max_step_cv_pct:
+        blockers.append(f"unstable: step-time CV {row['step_cv_pct']:.1f}% >= {th.max_step_cv_pct:g}%")
+    if row.get("diverged"):
+        blockers.append("the loss diverged in its measurement")
+    if row.get("collapsed"):
+        blockers.append("representation collapse flagged")
+    v = validation or {}
+    if v.get("diverged"):
+        blockers.append("the validation loss diverged")
+    if v.get("crashed"):
+        blockers.append("the validation run crashed")
+    if v.get("loss_decrease_pct") is not None and not v.get("loss_preliminary") \
+            and v["loss_decrease_pct"] < th.min_loss_decrease_pct:
+        blockers.append(f"validation loss fell only {v['loss_decrease_pct']:.1f}% (< {th.min_loss_decrease_pct:g}%)")
+    hours = row.get("hours")
+    fits = hours is not None and hours <= row["limit_hours"]
+    if hours is None:
+        reasons.append("no projection (step time missing)")
+    else:
+        band = ""
+        if row.get("hours_low") is not None and row.get("hours_high") is not None:
+            band = f" [{row['hours_low']:.1f}-{row['hours_high']:.1f}]"
+        reasons.append(f"projected {hours:.1f} h{band} {'within' if fits else 'over'} {row['limit_source']}")
+        if fits and row.get("hours_high") is not None and row["hours_high"] > row["limit_hours"]:
+            reasons.append(f"the upper band ({row['hours_high']:.1f} h) exceeds {row['limit_hours']:g} h")
+        if row.get("projection", {}).get("lower_bound"):
+            reasons.append("lower bound: " + ", ".join(row["projection"]["missing"]) + " not measured")
+    ips = row.get("it_per_s")
+    if ips is not None:
+        reasons.append(f"{ips:.2f} it/s ({'>=' if ips >= th.min_it_per_s else '<'} the {th.min_it_per_s:g} minimum, "
+                       f"{'>=' if ips >= th.expected_it_per_s else '<'} the ~{th.expected_it_per_s:g} expected)")
+    row["eligible"] = not blockers
+    row["fits"] = fits
+    row["reasons"] = blockers + reasons
+    return row
+
+
+def decide(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The recommended option (per machine) from judged rows."""
+    by_machine: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row.get("measured"):
+            by_machine[row["machine"]].append(row)
+    unmeasured = sorted({r["option"] for r in rows if not r.get("measured")})
+    out = []
+    for mach, rs in by_machine.items():
+        good = [r for r in rs if r.get("eligible") and r.get("fits")]
+        if good:
+            best = max(good, key=lambda r: (r["priority"], -(r["hours"] or math.inf)))
+            why = [f"option {best['option']} ({best['title']}) is the most ambitious option that passes and fits: "
+                   + "; ".join(best["reasons"])]
+            others = [r for r in rs if r is not best]
+            for r in sorted(others, key=lambda r: -r["priority"]):
+                state = ("also fits, less ambitious" if r.get("eligible") and r.get("fits") else
+                         "does not fit" if r.get("eligible") else "not eligible")
+                why.append(f"{r['option']}: {state}: " + "; ".join(r.get("reasons") or []))
+            out.append({"machine": mach, "recommended": best["option"], "reasons": why})
+        else:
+            fastest = min((r for r in rs if r.get("hours") is not None), key=lambda r: r["hours"], default=None)
+            why = [f"{r['option']}: " + "; ".join(r.get("reasons") or []) for r in sorted(rs, key=lambda r: r["option"])]
+            if fastest is not None:
+                why.insert(0, f"no option passes and fits: the shortest projection is option {fastest['option']} at "
+                              f"{fastest['hours']:.1f} h against {fastest['limit_source']}; a longer option is never "
+                              "chosen because a shorter one is too slow")
+            out.append({"machine": mach, "recommended": None, "reasons": why})
+    if unmeasured:
+        for d in out:
+            d["reasons"].append(f"not measured (no number shown): {', '.join(unmeasured)}")
+    return {"per_machine": out, "unmeasured": unmeasured}

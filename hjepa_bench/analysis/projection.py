@@ -1,0 +1,162 @@
+"""Time-to-train projections (pure: result records in, plain dicts out).
+
+A full run of ``epochs`` epochs over ``dataset_size`` images at batch ``b`` is
+
+    steps          = epochs x (dataset_size // b)           (drop_last, as upstream)
+    training time  = steps x measured time per step
+    + per epoch    = DataLoader worker start-up (train loader, when workers are not
+                     persistent; also the validation loader)
+                   + a validation pass every ``val_every_epochs`` epochs
+                     (ceil(val_size / b) forward-only steps, measured)
+    + checkpoints  = one write every ``checkpoint_every_epochs`` epochs and one at
+                     the end (measured ``torch.save`` of model + optimizer)
+
+The time per step is ``1 / it_per_s`` of the record (steps / summed window time,
+the run's own throughput).  Its band is the bootstrap confidence interval of the
+mean per-step time (scipy.stats.bootstrap, percentile method, fixed seed) scaled
+to that throughput: the uncertainty of the measurement itself.  A run that slows
+down over hours, or a busy machine, is not in the band; the stability probe
+reports drift.  Per-epoch costs come from the ``epoch_costs`` probe of the same
+record; a cost that was not measured is named in ``missing`` and counted as 0,
+so the projection is then a lower bound and says so.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import stats as sstats
+
+from . import finite
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def measured_step_times(record: Mapping[str, Any]) -> list[float]:
+    """Per-step times after warm-up (seconds), finite ones only."""
+    series = record.get("series") or {}
+    times = series.get("step_time_s") or []
+    skip = int(series.get("warmup_steps") or 0)
+    return [t for t in (finite(x) for x in times[skip:]) if t is not None]
+
+
+def mean_band(times: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None, float | None]:
+    """(mean, low, high): the mean per-step time and its bootstrap confidence interval."""
+    x = np.asarray([t for t in times if t is not None and math.isfinite(t)], dtype=float)
+    if x.size == 0:
+        return None, None, None
+    mean = float(x.mean())
+    if x.size < 2 or float(x.std()) == 0.0:
+        return mean, (mean if x.size >= 2 else None), (mean if x.size >= 2 else None)
+    res = sstats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
+                           method="percentile", random_state=np.random.default_rng(BOOTSTRAP_SEED))
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def seconds_per_step(record: Mapping[str, Any], confidence: float = 0.95) -> dict[str, Any]:
+    """The record's time per step (``1 / it_per_s``) with its band."""
+    metrics = record.get("metrics") or {}
+    ips = finite(metrics.get("it_per_s"))
+    times = measured_step_times(record)
+    mean, low, high = mean_band(times, confidence)
+    if ips is None or ips <= 0:
+        return {"mid": None, "low": None, "high": None, "n": len(times), "source": "not measured"}
+    mid = 1.0 / ips
+    if mean and low is not None and high is not None:
+        lo, hi = mid * low / mean, mid * high / mean
+    else:
+        lo = hi = None
+    return {"mid": mid, "low": lo, "high": hi, "n": len(times), "confidence": confidence,
+            "source": "1 / it_per_s; band: bootstrap CI of the mean step time"}
+
+
+def epoch_costs(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-epoch costs the ``epoch_costs`` probe measured in this record (None: not measured)."""
+    entry = (record.get("probes") or {}).get("epoch_costs") or {}
+    ok = entry.get("status", "ok") == "ok" and entry.get("measured", True) is not False
+    get = (lambda k: finite(entry.get(k))) if ok else (lambda k: None)
+    return {
+        "worker_startup_s": get("worker_startup_s"),
+        "worker_startup_every_epoch": bool(entry.get("paid_every_epoch", True)),
+        "val_step_s": get("val_step_s"),
+        "val_batch_size": entry.get("val_batch_size") if ok else None,
+        "checkpoint_save_s": get("checkpoint_save_s"),
+        "checkpoint_bytes": entry.get("checkpoint_bytes") if ok else None,
+    }
+
+
+def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, dataset_size: int,
+            costs: Mapping[str, Any] | None, val_size: int = 10_000, val_every_epochs: int = 1,
+            checkpoint_every_epochs: int = 1) -> dict[str, Any]:
+    """Project a full run.  See the module docstring for the arithmetic."""
+    if batch_size < 1 or epochs < 1 or dataset_size < 1:
+        raise ValueError("batch_size, epochs and dataset_size must be positive")
+    spe = dataset_size // batch_size
+    total_steps = spe * epochs
+    mid = sec_per_step.get("mid")
+    out: dict[str, Any] = {
+        "epochs": epochs, "batch_size": batch_size, "dataset_size": dataset_size, "steps_per_epoch": spe,
+        "total_steps": total_steps, "seconds_per_step": dict(sec_per_step), "missing": [],
+        "assumptions": [f"{dataset_size:,} images per epoch, drop_last (steps/epoch = {spe:,})"],
+    }
+    if mid is None or spe == 0:
+        out.update(train_s=None, overheads_s={}, total_s=None, hours=None)
+        out["missing"].append("step time")
+        return out
+    train = {k: (None if sec_per_step.get(k) is None else total_steps * sec_per_step[k]) for k in ("mid", "low", "high")}
+    costs = costs or {}
+    overheads: dict[str, float | None] = {}
+    counts: dict[str, int] = {}
+    ws = finite(costs.get("worker_startup_s"))
+    val_passes = epochs // max(1, val_every_epochs)
+    if ws is None:
+        overheads["worker_startup"] = None
+        out["missing"].append("worker start-up")
+    else:
+        starts = (epochs if costs.get("worker_startup_every_epoch", True) else 1) + val_passes
+        counts["worker_startups"] = starts
+        overheads["worker_startup"] = starts * ws
+    vs = finite(costs.get("val_step_s"))
+    val_batch = int(costs.get("val_batch_size") or batch_size)
+    if vs is None:
+        overheads["validation"] = None
+        out["missing"].append("validation pass")
+    else:
+        val_steps = math.ceil(val_size / max(1, val_batch))
+        counts["validation_passes"] = val_passes
+        counts["validation_steps_per_pass"] = val_steps
+        overheads["validation"] = val_passes * val_steps * vs
+    ck = finite(costs.get("checkpoint_save_s"))
+    every = max(1, checkpoint_every_epochs)
+    writes = epochs // every + (1 if epochs % every else 0)
+    if ck is None:
+        overheads["checkpoints"] = None
+        out["missing"].append("checkpoint writes")
+    else:
+        counts["checkpoint_writes"] = writes
+        overheads["checkpoints"] = writes * ck
+    fixed = sum(v for v in overheads.values() if v is not None)
+    total = {k: (None if v is None else v + fixed) for k, v in train.items()}
+    out.update(train_s=train, overheads_s=overheads, overhead_counts=counts, overhead_total_s=fixed, total_s=total,
+               hours={k: (None if v is None else v / 3600.0) for k, v in total.items()},
+               lower_bound=bool(out["missing"]))
+    out["assumptions"] += [
+        f"validation pass every {val_every_epochs} epoch(s) over {val_size:,} images at batch {val_batch}",
+        f"checkpoint every {every} epoch(s) and at the end ({writes} writes)",
+        "DataLoader workers restarted every epoch (upstream)" if costs.get("worker_startup_every_epoch", True)
+        else "persistent DataLoader workers: start-up paid once",
+    ]
+    return out
+
+
+def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int = 50_000, val_size: int = 10_000,
+                   val_every_epochs: int = 1, checkpoint_every_epochs: int = 1,
+                   confidence: float = 0.95) -> dict[str, Any]:
+    """``project`` with the step time and per-epoch costs measured in ``record``."""
+    batch = int(((record.get("metrics") or {}).get("batch_size") or {}).get("achieved")
+                or record["config"]["data"]["batch_size"])
+    return project(sec_per_step=seconds_per_step(record, confidence), batch_size=batch, epochs=epochs,
+                   dataset_size=dataset_size, costs=epoch_costs(record), val_size=val_size,
+                   val_every_epochs=val_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs)

@@ -1,0 +1,455 @@
+"""The full report: decision matrix, projections, recommendations, success criteria,
+checklist, lessons learned, charts, reference baselines and the plugins' sections.
+
+``build_analysis`` is pure (records in, a JSON-safe dict out); ``write_report``
+renders it to ``report.md`` with tabulate tables, writes the charts
+(:mod:`hjepa_bench.charts`) into ``charts/`` and one ready-to-run upstream-format
+YAML per option into ``configs/``, all next to the report and linked with
+relative paths.  ``hjepa-bench sweep``, ``report``, ``analyze`` and ``validate``
+all come through here.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+from tabulate import tabulate
+
+from .analysis import finite
+from .analysis.criteria import (FAIL, NOT_MEASURED, PASS, Facts, checklist, facts_from_records,
+                                lessons_learned, pick_validation_record, status_counts, success_criteria)
+from .analysis.decisions import (decide, efficient_savings, evaluate_option, judge, machine, model_speed_ratios,
+                                 recommend_batch, recommend_lr, recommend_warmup, recommend_workers)
+from .analysis.memory import fit_memory
+from .api import ReportSection
+from .options import TrainingOption, guide_options, model_key
+from .record import dumps
+from .report import fmt_bytes, records_frame, render_report
+from .thresholds import DEFAULTS, Thresholds
+
+#: The validation guide's reference table, with what each number is.
+REFERENCE_BASELINES: tuple[tuple[str, str, str, str, str], ...] = (
+    ("SimCLR", "ResNet-50", "1000", "90.6%", "published (BYOL paper, Table 3)"),
+    ("MoCo v2", "ResNet-50", "800", "89.0% (the guide); ~89-92% depending on protocol", "published (protocols differ)"),
+    ("BYOL", "ResNet-50", "1000", "91.3%", "published (BYOL paper, Table 3)"),
+    ("I-JEPA", "ViT-B", "300", "~85% (the guide's figure)", "not published: I-JEPA reports no CIFAR-10 linear probe "
+     "(CIFAR-100: 87.5% for ViT-H/14)"),
+    ("H-JEPA", "ViT-Tiny", "100", "80-85%", "target (the guide's), not a result"),
+    ("H-JEPA", "ViT-Small", "100", "85-88%", "target (the guide's), not a result"),
+)
+
+MARK = {PASS: "[x] pass", FAIL: "[ ] **FAIL**", NOT_MEASURED: "[ ] not measured"}
+
+
+@dataclass
+class ReportSettings:
+    thresholds: Thresholds = DEFAULTS
+    options: list[TrainingOption] = field(default_factory=guide_options)
+    budget_hours: float | None = None
+    title: str = "hjepa-bench report"
+    charts: bool = True
+    sources: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- analysis (pure)
+def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in records:
+        c = r.get("config") or {}
+        try:
+            key = (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
+        except (KeyError, TypeError):
+            continue
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
+    _, mk, variant, precision = key
+    env = records[0].get("env") or {}
+    return (f"{env.get('backend')} {mk[0].replace('_patch16_224', '')} L{mk[2]} P{mk[3]} {mk[6]}px "
+            f"{variant} {precision}" + (f" depth {mk[1]}" if mk[1] != 12 else ""))
+
+
+def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSettings,
+                   facts: Facts | None = None) -> dict[str, Any]:
+    """Everything the report says, as data.  ``facts`` replaces the sweep facts
+    (a training log or a validation run supplies its own)."""
+    th = settings.thresholds
+    recs = [r for r in records if isinstance(r, Mapping)]
+    # batch / workers per model group
+    group_choices = []
+    for key, rs in _model_groups(recs).items():
+        b = recommend_batch(rs, th)
+        w = recommend_workers(rs, b.get("batch"), th)
+        group_choices.append({"group": _group_label(key, rs), "key": key, "batch": b, "workers": w})
+    vrec, vwhy = pick_validation_record(recs)
+    vchoice = None
+    if vrec is not None:
+        c = vrec["config"]
+        vkey = (machine(vrec), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
+        vchoice = next((g for g in group_choices if g["key"] == vkey), None)
+    if facts is None:
+        facts = facts_from_records(recs, workers_choice=vchoice and vchoice["workers"],
+                                   batch_choice=vchoice and vchoice["batch"])
+    criteria = success_criteria(facts, th)
+    checks = checklist(facts, th, criteria)
+    validation_view = {"diverged": facts.diverged, "crashed": facts.crashed,
+                       "loss_decrease_pct": facts.loss_decrease_pct, "loss_preliminary": facts.loss_preliminary}
+    rows: list[dict[str, Any]] = []
+    for opt in settings.options:
+        for row in evaluate_option(opt, recs, th, settings.budget_hours):
+            judge(row, th, validation_view)
+            t = opt.values()["training"]
+            row["warmup"] = recommend_warmup(float(t["warmup_epochs"]), int(t["epochs"]), facts.warmup_spikes)
+            row["lr"] = recommend_lr(float(t["lr"]), facts.lr_advice_detail, facts.lr)
+            rows.append(row)
+    decision = decide(rows)
+    ratios = model_speed_ratios(recs)
+    savings = efficient_savings(recs)
+    mem_fit = fit_memory([r for r in recs if r.get("status") in ("ok", "oom")], th.memory_margin_frac)
+    findings = _findings(facts, rows, ratios, savings, th)
+    recs_text = _recommendation_lines(decision, rows, vchoice, facts, savings)
+    return {
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "sources": settings.sources, "records": len(recs), "status_counts": status_counts(recs),
+        "thresholds": th.as_dict(), "budget_hours": settings.budget_hours,
+        "facts": facts.as_dict(), "criteria": criteria, "checklist": checks,
+        "matrix": rows, "decision": decision, "group_choices": [{k: v for k, v in g.items() if k != "key"} for g in group_choices],
+        "model_speed_ratios": ratios, "efficient_savings": savings,
+        "memory_fit": {f"{k[0]} {k[1]}": v for k, v in mem_fit.items()},
+        "lessons": lessons_learned(facts, criteria, findings, recs_text),
+        "validation_subject": facts.subject,
+    }
+
+
+def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapping[str, Any]],
+              savings: Sequence[Mapping[str, Any]], th: Thresholds) -> list[str]:
+    out = []
+    if f.it_per_s is not None:
+        out.append(f"measured {f.it_per_s:.2f} it/s against the ~{th.expected_it_per_s:g} it/s the guide expects "
+                   f"({f.it_per_s / th.expected_it_per_s:.2f}x)")
+    for r in ratios:
+        if r["slowdown_vs_fastest"] > 1.0:
+            out.append(f"{r['model']} is {r['slowdown_vs_fastest']:.2f}x slower per sample than {r['fastest']} at "
+                       f"batch {r['batch']} on {r['machine']} (the guide guessed ~2x for ViT-Small, ~4x for ViT-Base)")
+    for s in savings:
+        out.append(f"the efficient step variant runs {s['model']} b{s['batch']} in {s['time_ratio']:.2f}x the "
+                   f"reference step time ({s['saving_frac']:.0%} saved) on {s['machine']}")
+    for row in rows:
+        proj = row.get("projection") or {}
+        if row.get("hours") is not None:
+            lo, hi = row["hours_window"]
+            if row["hours"] > hi * 1.5 or row["hours"] < lo / 1.5:
+                out.append(f"option {row['option']} projects to {row['hours']:.1f} h on {row['machine']}, "
+                           f"against the guide's {lo:g}-{hi:g} h")
+        ov = proj.get("overhead_total_s")
+        tr = (proj.get("train_s") or {}).get("mid")
+        if ov and tr and ov / tr > 0.02:
+            out.append(f"per-epoch costs (worker start-up, validation, checkpoints) add {ov / tr:.0%} to option "
+                       f"{row['option']}'s training steps")
+    if f.bottleneck == "data-bound":
+        out.append(f"the step is data-bound (data wait {f.data_wait_frac or 0:.0%})")
+    if f.fallbacks:
+        out.append("CPU fallbacks: " + "; ".join(f.fallbacks))
+    out.extend(n for n in f.notes if n.startswith("finding: "))
+    return out
+
+
+def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                          vchoice: Mapping[str, Any] | None, f: Facts, savings: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = []
+    for d in decision["per_machine"]:
+        if d["recommended"]:
+            row = next(r for r in rows if r["option"] == d["recommended"] and r.get("machine") == d["machine"])
+            out.append(f"run option {row['option']} ({row['title']}) on {d['machine']}: batch {row['batch']}, "
+                       f"{row['workers']} workers, lr {row['lr']['lr']:.2e}, warm-up {row['warmup']['warmup_epochs']:g} "
+                       f"epochs, projected {row['hours']:.1f} h (configs/option_{row['option']}.yaml)")
+        else:
+            out.append(f"on {d['machine']} no option fits: {d['reasons'][0] if d['reasons'] else ''}")
+    if vchoice:
+        if vchoice["batch"].get("batch") is not None:
+            out.append(f"batch size: {vchoice['batch']['reason']}")
+        if vchoice["workers"].get("workers") is not None:
+            out.append(f"workers: {vchoice['workers']['reason']}")
+    if f.lr_advice:
+        out.append(f"learning rate: {f.lr_advice}" + (" (preliminary)" if f.loss_preliminary else ""))
+    if savings:
+        s = max(savings, key=lambda s: s["saving_frac"])
+        out.append(f"the efficient step (token dropping, fused attention) would save {s['saving_frac']:.0%} of the step "
+                   "time; the upstream trainer runs the reference step")
+    return out
+
+
+# --------------------------------------------------------------------------- YAML configs
+def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, Any]:
+    """The option's upstream-format config with the recommended values filled in."""
+    v = copy.deepcopy(option.values())
+    bench = v.pop("bench", {})
+    if v["model"].get("encoder_depth", 12) == 12:
+        v["model"].pop("encoder_depth", None)
+    if row.get("batch") is not None:
+        v["data"]["batch_size"] = int(row["batch"])
+    if row.get("workers") is not None:
+        v["data"]["num_workers"] = int(row["workers"])
+    v["training"]["warmup_epochs"] = row["warmup"]["warmup_epochs"]
+    v["training"]["lr"] = float(row["lr"]["lr"])
+    backend = (row.get("machine") or "").split(" ")[0] or None
+    if backend:
+        v["device"] = backend
+    v.setdefault("logging", {})["experiment_name"] = f"hjepa_option_{option.name}"
+    del bench
+    return v
+
+
+def _config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
+    lines = [f"# H-JEPA full training: option {option.name}, {option.title}",
+             f"# Written by hjepa-bench from measurements on {row.get('machine') or 'no machine (not measured)'}."]
+    if row.get("measured") and row.get("status") == "ok":
+        lines += [f"# batch_size {row['batch']}: {row['batch_choice']['reason']}",
+                  f"# num_workers {row['workers']}: {row['workers_choice']['reason']}",
+                  f"# projected {row['hours']:.1f} h for {row['epochs']} epochs" if row.get("hours") is not None
+                  else "# no projection"]
+    else:
+        lines.append("# batch_size/num_workers: the option's own values (this option was not measured)")
+    lines += [f"# lr: {row['lr']['reason']}", f"# warmup_epochs: {row['warmup']['reason']}"]
+    return "\n".join("# " + l[2:].replace("\n", " ") if l.startswith("# ") else l for l in lines) + "\n"
+
+
+# --------------------------------------------------------------------------- markdown
+def _f(x: Any, spec: str = ".2f", none: str = "-") -> str:
+    x = finite(x)
+    return none if x is None else format(x, spec)
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *,
+                    title: str, sections: Sequence[ReportSection] = (), charts: Sequence[Any] = (),
+                    config_files: Mapping[str, str] | None = None, intro: Sequence[str] = (),
+                    extra: Sequence[tuple[str, str]] = ()) -> str:
+    th = analysis["thresholds"]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(analysis["status_counts"].items())) or "none"
+    parts = [f"# {title}", "",
+             f"_Generated {analysis['generated_at']} by hjepa-bench from {analysis['records']} result record(s) "
+             f"({counts})" + (f" in {', '.join(analysis['sources'])}" if analysis["sources"] else "") + ". "
+             "Every number below was measured in these runs, except where labelled as the validation guide's "
+             "expectation, a published figure or a target._", ""]
+    parts += [*intro, ""] if intro else []
+    # verdict
+    parts += ["## Recommendation", ""]
+    decision = analysis["decision"]
+    if not decision["per_machine"]:
+        parts += ["**No option can be judged:** none of the options' model configs was measured. "
+                  + ("Not measured: " + ", ".join(decision["unmeasured"]) + "." if decision["unmeasured"] else ""), ""]
+    for d in decision["per_machine"]:
+        head = (f"**Run option {d['recommended']}** on {d['machine']}." if d["recommended"]
+                else f"**No option is recommended** on {d['machine']}.")
+        parts += [head, ""] + [f"- {r}" for r in d["reasons"]] + [""]
+    if analysis["budget_hours"] is not None:
+        parts += [f"Budget: {analysis['budget_hours']:g} h (`--budget-hours`).", ""]
+    else:
+        parts += ["No `--budget-hours` given: each option is judged against its own time window from the guide "
+                  "(A 2-3 h, C 6-7 h, B 12-14 h).", ""]
+    # matrix
+    parts += ["## Decision matrix", ""]
+    mrows = []
+    for r in analysis["matrix"]:
+        if not r.get("measured"):
+            mrows.append([r["option"], r["describe"], "not measured", "-", "-", "-", "-", "-", "-", "-", "-", "-",
+                          "not measured: no number"])
+            continue
+        if r.get("status") != "ok":
+            mrows.append([r["option"], r["describe"], r["machine"], "-", "-", "-", "-", "-", "-", "-", "-", "-",
+                          "; ".join(r["reasons"])])
+            continue
+        band = (f" [{_f(r['hours_low'], '.1f')}-{_f(r['hours_high'], '.1f')}]"
+                if r.get("hours_low") is not None else "")
+        collapse = "not measured" if r.get("collapsed") is None else ("**yes**" if r["collapsed"] else "no")
+        verdict = ("**recommended**" if any(d["recommended"] == r["option"] and d["machine"] == r["machine"]
+                                            for d in decision["per_machine"]) else
+                   "fits" if r["eligible"] and r["fits"] else "does not fit" if r["eligible"] else "not eligible")
+        ips = r.get("it_per_s")
+        mrows.append([
+            r["option"], r["describe"], f"{r['machine']} b{r['batch']} w{r['workers']}",
+            f"{_f(ips)} ({'>=' if ips and ips >= th['min_it_per_s'] else '<'} {th['min_it_per_s']:g}; "
+            f"{'>=' if ips and ips >= th['expected_it_per_s'] else '<'} ~{th['expected_it_per_s']:g})",
+            _f(r.get("step_cv_pct"), ".1f"), _f(r.get("loss_decrease_pct"), ".1f"),
+            "yes" if r.get("diverged") else ("no" if r.get("diverged") is False else "-"), collapse,
+            "-" if r.get("headroom_frac") is None else f"{r['headroom_frac']:.0%}",
+            f"{_f(r.get('hours'), '.1f')}{band}", f"{r['limit_hours']:g}", str(r.get("steps_measured") or "-"), verdict])
+    parts += [_table(mrows, ["option", "config", "measured on", "it/s (min; expected)", "CV %", "loss down %",
+                             "diverged", "collapse", "mem headroom", "projected h [band]", "limit h", "steps",
+                             "verdict"]), ""]
+    parts += ["Options (the validation guide's conditions and expectations, not measurements):", ""]
+    seen = set()
+    for r in analysis["matrix"]:
+        if r["option"] in seen:
+            continue
+        seen.add(r["option"])
+        cfg = (config_files or {}).get(r["option"])
+        parts.append(f"- **{r['option']}: {r['title']}**: {r['describe']}. Choose if: {'; '.join(r['choose_if']) or '-'}. "
+                     f"Expected: {r['expected'] or '-'}." + (f" Config: [{cfg}]({cfg})" if cfg else ""))
+    parts.append("")
+    # projections
+    parts += ["## Time-to-train projections", ""]
+    prow = []
+    for r in analysis["matrix"]:
+        p = r.get("projection")
+        if not p or p.get("hours") is None:
+            continue
+        sps = p["seconds_per_step"]
+        ov = p["overheads_s"]
+
+        def h(x):
+            return "not measured" if x is None else f"{x / 3600:.2f}"
+        prow.append([r["option"], r["machine"], f"b{p['batch_size']}", p["epochs"], f"{p['steps_per_epoch']:,}",
+                     f"{p['total_steps']:,}",
+                     f"{sps['mid']:.3f}" + (f" [{sps['low']:.3f}-{sps['high']:.3f}]" if sps.get("low") is not None else ""),
+                     f"{p['train_s']['mid'] / 3600:.2f}", h(ov.get("worker_startup")), h(ov.get("validation")),
+                     h(ov.get("checkpoints")),
+                     f"**{p['hours']['mid']:.2f}**" + (f" [{p['hours']['low']:.2f}-{p['hours']['high']:.2f}]"
+                                                       if p["hours"].get("low") is not None else "")])
+    if prow:
+        parts += [_table(prow, ["option", "machine", "batch", "epochs", "steps/epoch", "steps", "s/step [95% band]",
+                                "steps h", "worker start-up h", "validation h", "checkpoints h", "total h [band]"]), ""]
+        first = next(r["projection"] for r in analysis["matrix"] if r.get("projection") and r["projection"].get("hours"))
+        parts += ["How: steps = epochs x (images // batch); each step takes the measured 1 / it/s; the band is the "
+                  f"{th['confidence']:.0%} bootstrap interval of the mean step time (measurement uncertainty only: "
+                  "drift over hours is in the stability section). Per-epoch costs are measured by the `epoch_costs` "
+                  "probe of the same record. Assumptions: " + "; ".join(first["assumptions"]) + ".", ""]
+        lb = [r["option"] for r in analysis["matrix"] if (r.get("projection") or {}).get("lower_bound")]
+        if lb:
+            parts += [f"Options {', '.join(lb)}: some per-epoch costs were not measured, so their totals are lower "
+                      "bounds.", ""]
+    else:
+        parts += ["No option was measured, so nothing is projected.", ""]
+    # recommendations
+    parts += ["## Recommendations", ""]
+    parts += ["### Batch size and workers", ""]
+    grows = []
+    for g in analysis["group_choices"]:
+        grows.append([g["group"], g["batch"].get("batch") or "-", g["batch"]["reason"],
+                      g["workers"].get("workers") if g["workers"].get("workers") is not None else "-",
+                      g["workers"]["reason"]])
+    parts += [_table(grows, ["model config", "batch", "why", "workers", "why"]) if grows else "nothing measured", ""]
+    room = []
+    for k, v in analysis["memory_fit"].items():
+        grow = v.get("can_increase_batch")
+        grow_s = "not measured" if grow is None else ("yes" if grow else "no")
+        pred = v.get("predicted_max_batch")
+        room.append(f"- {k}: can the batch grow? {grow_s}"
+                    + (f" (predicted to fit up to batch {pred} with a {v.get('margin', 0):.0%} margin)" if pred else "")
+                    + f"; room for a larger model? {(v.get('room_for_larger_model') or {}).get('answer', 'not measured')}"
+                    + (f" ({v['note']})" if v.get("note") else ""))
+    if room:
+        parts += ["Memory (peak memory fitted against batch size per model; see the memory section and chart):", ""] + room + [""]
+    parts += ["### Learning rate and warm-up", ""]
+    lrows = []
+    for r in analysis["matrix"]:
+        lrows.append([r["option"], r.get("machine") or "-", f"{r['lr']['lr']:.2e}", r["lr"]["reason"],
+                      f"{r['warmup']['warmup_epochs']:g}", r["warmup"]["reason"]])
+    parts += [_table(lrows, ["option", "machine", "lr", "why", "warm-up epochs", "why"]), ""]
+    parts += ["### Model size", ""]
+    if analysis["model_speed_ratios"]:
+        parts += [_table([[x["machine"], f"b{x['batch']} w{x['workers']}", x["model"], _f(x["samples_per_s"], ".1f"),
+                           f"{x['slowdown_vs_fastest']:.2f}x"] for x in analysis["model_speed_ratios"]],
+                         ["machine", "batch/workers", "model", "samples/s", "time per sample vs fastest"]),
+                  "", "The guide guessed ViT-Small ~2x and ViT-Base ~4x slower than ViT-Tiny; these are measured.", ""]
+    else:
+        parts += ["Not measured: only one model config was measured at a common batch and worker count "
+                  "(sweep `--models vit_tiny,vit_small,vit_base`).", ""]
+    parts += ["### The efficient step variant", ""]
+    if analysis["efficient_savings"]:
+        parts += [_table([[s["machine"], s["model"], f"b{s['batch']} w{s['workers']}", _f(s["reference_it_per_s"]),
+                           _f(s["efficient_it_per_s"]), f"{s['time_ratio']:.2f}", f"{s['saving_frac']:.0%}"]
+                          for s in analysis["efficient_savings"]],
+                         ["machine", "model", "config", "reference it/s", "efficient it/s", "time ratio", "saved"]), ""]
+    else:
+        parts += ["Not measured: no config was measured in both variants (sweep `--variants reference,efficient`).", ""]
+    # criteria
+    parts += ["## Success criteria", "", f"Judged on: {analysis['validation_subject']}.", ""]
+    parts += [_table([[i + 1, c["name"], MARK[c["status"]], c["evidence"]] for i, c in enumerate(analysis["criteria"])],
+                     ["#", "criterion", "verdict", "evidence"]), ""]
+    verdicts = [c["status"] for c in analysis["criteria"]]
+    if all(v == PASS for v in verdicts):
+        parts += ["All five criteria pass: the guide says proceed to full training.", ""]
+    else:
+        parts += [f"{verdicts.count(PASS)} pass, {verdicts.count(FAIL)} fail, {verdicts.count(NOT_MEASURED)} not measured.", ""]
+    parts += ["## Post-validation checklist", ""]
+    for sec in analysis["checklist"]:
+        parts += [f"### {sec['section']}", ""]
+        parts += [f"- {MARK[i['status']]}: {i['name']} ({i['evidence']})" for i in sec["items"]] + [""]
+    parts += ["## Lessons learned", ""]
+    for head, items in analysis["lessons"].items():
+        parts += [f"### {head}", ""] + [f"- {x}" for x in items] + [""]
+    if charts:
+        parts += ["## Charts", ""]
+        for c in charts:
+            parts += [f"### {c.title}", "", f"![{c.title}]({c.rel})", "", c.caption, ""]
+    for head, body in extra:
+        parts += [f"## {head}", "", body.rstrip(), ""]
+    parts += ["## Reference baselines (CIFAR-10 linear probe)", "",
+              _table([list(r) for r in REFERENCE_BASELINES], ["method", "architecture", "epochs", "accuracy", "what it is"]),
+              "", "None of these was measured here; H-JEPA rows are the guide's targets, not results.", ""]
+    parts += ["## Thresholds", "", "All verdicts above use these values (change them with `--thresholds FILE.yaml`):", ""]
+    from .thresholds import MEANINGS
+    parts += [_table([[k, v, MEANINGS.get(k, "")] for k, v in th.items()], ["name", "value", "meaning"]), ""]
+    if sections and records:
+        body = render_report(records, sections, title="Measurements")
+        parts += ["## Measurements", ""] + [line.replace("## ", "### ", 1) if line.startswith("## ") else line
+                                            for line in body.splitlines()[2:]]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+@dataclass
+class ChartLink:
+    title: str
+    rel: str
+    caption: str
+
+
+def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, settings: ReportSettings, *,
+                 sections: Sequence[ReportSection] = (), facts: Facts | None = None, intro: Sequence[str] = (),
+                 extra: Sequence[tuple[str, str]] = (), chart_records: Sequence[Mapping[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    """Write ``report.md`` (at ``out_path``), ``charts/*.png``, ``configs/option_*.yaml`` and
+    ``report.json`` (the analysis) next to it.  Returns the analysis with the paths."""
+    out_path = Path(out_path)
+    out_dir = out_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    analysis = build_analysis(records, settings, facts)
+    charts: list[ChartLink] = []
+    if settings.charts:
+        from .charts import render_charts
+
+        for c in render_charts(list(chart_records if chart_records is not None else records), out_dir / "charts"):
+            charts.append(ChartLink(c.title, Path(c.path).relative_to(out_dir).as_posix(), c.caption))
+    config_files: dict[str, str] = {}
+    (out_dir / "configs").mkdir(exist_ok=True)
+    by_name = {o.name: o for o in settings.options}
+    recommended = {(d["machine"], d["recommended"]) for d in analysis["decision"]["per_machine"]}
+    for row in analysis["matrix"]:
+        opt = by_name[row["option"]]
+        multi = len({r.get("machine") for r in analysis["matrix"] if r["option"] == row["option"]}) > 1
+        suffix = f"_{row['machine'].split(' ')[0]}" if multi and row.get("machine") else ""
+        name = f"configs/option_{opt.name}{suffix}.yaml"
+        text = _config_header(row, opt) + yaml.safe_dump(option_config(row, opt), sort_keys=False)
+        (out_dir / name).write_text(text)
+        config_files.setdefault(row["option"], name)
+        row["config_file"] = name
+        row["recommended"] = (row.get("machine"), row["option"]) in recommended
+    md = render_markdown(analysis, records, title=settings.title, sections=sections, charts=charts,
+                         config_files=config_files, intro=intro, extra=extra)
+    out_path.write_text(md)
+    analysis["charts"] = [c.rel for c in charts]
+    analysis["report"] = out_path.name
+    (out_dir / "report.json").write_text(dumps(analysis) + "\n")
+    return analysis

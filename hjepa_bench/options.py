@@ -1,0 +1,193 @@
+"""Full-training options: the validation guide's A, B and C, and user-defined ones.
+
+An option is an upstream-format config (the quick_val defaults with the option's
+keys on top) plus what the decision matrix needs to judge it: the time window it
+is meant for, the guide's "choose if" conditions and expected result, and a
+priority (higher = more ambitious; the recommendation picks the most ambitious
+option that passes and fits).
+
+The guide's options use the values of the upstream configs it was written with:
+A is ``m1_max_full_20epoch.yaml``, B is ``m1_max_full_100epoch.yaml`` and C is A
+with 50 epochs and 5 warm-up epochs (VALIDATION_LEARNINGS.md, "Decision Matrix").
+
+A user file holds ``options:``, a list of mappings with ``name`` and optional
+``title``, ``hours: [low, high]``, ``priority``, ``expected``, ``choose_if``,
+``config`` (an upstream YAML file the option starts from, relative to the file)
+and upstream sections (``model:``, ``data:``, ``training:``, ``checkpoint:``...)
+that override it.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .config import resolve_config, resolve_precision
+from .errors import UserError
+
+META_KEYS = ("name", "title", "hours", "priority", "expected", "choose_if", "config")
+
+
+@dataclass
+class TrainingOption:
+    name: str
+    title: str
+    sections: dict[str, Any]  # upstream-format overrides on top of ``config`` (or the quick_val defaults)
+    hours: tuple[float, float]  # the time window the option is meant for
+    priority: int
+    expected: str = ""
+    choose_if: list[str] = field(default_factory=list)
+    config: str | None = None
+    source: str = "validation guide"
+
+    def values(self) -> dict[str, Any]:
+        """The resolved upstream config of this option (validated)."""
+        rc = resolve_config(self.config, sections=self.sections)
+        if rc.unknown_keys:
+            raise UserError(f"unknown config keys: {', '.join(rc.unknown_keys)}.")
+        return rc.values
+
+    @property
+    def epochs(self) -> int:
+        return int(self.values()["training"]["epochs"])
+
+    def model_key(self, values: Mapping[str, Any] | None = None) -> tuple:
+        """What a measurement must share with the option to project it."""
+        v = values or self.values()
+        return model_key(v)
+
+    def checkpoint_every_epochs(self) -> int:
+        ck = self.values().get("checkpoint") or {}
+        return max(1, int(ck.get("save_frequency") or 1))
+
+    def describe(self) -> str:
+        v = self.values()
+        m = v["model"]
+        return (f"{m['encoder_type'].replace('_patch16_224', '')}, {m['num_hierarchies']} levels, "
+                f"predictor depth {m['predictor']['depth']}, {v['training']['epochs']} epochs, "
+                f"batch {v['data']['batch_size']}")
+
+
+def model_key(values: Mapping[str, Any]) -> tuple:
+    """The model config that sets the step time: encoder, depth, levels, predictor, image size."""
+    m = values["model"]
+    return (m["encoder_type"], int(m.get("encoder_depth", 12)), int(m["num_hierarchies"]),
+            int(m["predictor"]["depth"]), int(m["predictor"]["num_heads"]),
+            float(m["predictor"]["mlp_ratio"]), int(values["data"]["image_size"]))
+
+
+def record_matches(option_values: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """A record measures an option when its model config is the option's, it ran the
+    ``reference`` step (the upstream step's cost) and the precision the option's
+    config gives on that record's device."""
+    c = record.get("config") or {}
+    try:
+        if model_key(c) != model_key(option_values):
+            return False
+    except (KeyError, TypeError, ValueError):
+        return False
+    bench = c.get("bench") or {}
+    if bench.get("variant") != "reference":
+        return False
+    backend = (record.get("env") or {}).get("backend") or bench.get("device")
+    return bench.get("precision") == resolve_precision(option_values, str(backend))
+
+
+_A_SECTIONS: dict[str, Any] = {
+    "model": {"encoder_type": "vit_tiny_patch16_224", "embed_dim": 192, "num_hierarchies": 2,
+              "predictor": {"depth": 4, "num_heads": 6, "mlp_ratio": 4.0},
+              "ema": {"momentum_warmup_epochs": 10}},
+    "data": {"batch_size": 32, "num_workers": 4, "augmentation": {"color_jitter": 0.4}},
+    "training": {"epochs": 20, "warmup_epochs": 4, "lr": 1.5e-4, "weight_decay": 0.04},
+    "loss": {"hierarchy_weights": [1.0, 0.5]},
+    "checkpoint": {"save_frequency": 5, "keep_best_n": 3},
+    "evaluation": {"eval_frequency": 5},
+}
+_B_SECTIONS: dict[str, Any] = {
+    "model": {"encoder_type": "vit_small_patch16_224", "embed_dim": 384, "num_hierarchies": 3,
+              "predictor": {"depth": 6, "num_heads": 12, "mlp_ratio": 4.0},
+              "ema": {"momentum_warmup_epochs": 30}},
+    "data": {"batch_size": 24, "num_workers": 4, "augmentation": {"color_jitter": 0.4}},
+    "training": {"epochs": 100, "warmup_epochs": 10, "lr": 1.5e-4, "weight_decay": 0.05},
+    "loss": {"hierarchy_weights": [1.0, 0.5, 0.25]},
+    "checkpoint": {"save_frequency": 10, "keep_best_n": 3},
+    "evaluation": {"eval_frequency": 10},
+}
+_C_SECTIONS = copy.deepcopy(_A_SECTIONS)
+_C_SECTIONS["training"].update({"epochs": 50, "warmup_epochs": 5})
+
+GUIDE_OPTIONS: tuple[TrainingOption, ...] = (
+    TrainingOption(
+        name="A", title="Quick baseline (20 epochs)", sections=_A_SECTIONS, hours=(2.0, 3.0), priority=1,
+        expected="linear probe 70-78% (guide's expectation), ~2.5 h",
+        choose_if=["validation loss converges well", "speed ~3.2 it/s or better", "results wanted within 2-3 hours"]),
+    TrainingOption(
+        name="B", title="Competitive results (100 epochs)", sections=_B_SECTIONS, hours=(12.0, 14.0), priority=3,
+        expected="linear probe 80-85% (guide's expectation), ~12-14 h",
+        choose_if=["validation shows stable training", "an overnight run (~12-14 hours) is fine",
+                   "publication-quality results wanted"]),
+    TrainingOption(
+        name="C", title="Extended baseline (50 epochs)", sections=_C_SECTIONS, hours=(6.0, 7.0), priority=2,
+        expected="linear probe 75-80% (guide's expectation), ~6-7 h",
+        choose_if=["better than the quick baseline wanted", "no time for 100 epochs",
+                   "validation shows good convergence"]),
+)
+
+
+def guide_options() -> list[TrainingOption]:
+    return [copy.deepcopy(o) for o in GUIDE_OPTIONS]
+
+
+def load_options(path: str | Path | None, *, include_guide: bool = True) -> list[TrainingOption]:
+    """The guide's options, plus (or replaced by, on a name clash) those in ``path``."""
+    options = guide_options() if include_guide else []
+    if path is None:
+        return options
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"options file not found: {p}.") from None
+    except yaml.YAMLError:
+        raise UserError(f"options file {p} is not valid YAML.") from None
+    items = (data or {}).get("options") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        raise UserError(f"options file {p} must hold 'options:', a list of options (name:, model:, training:, ...).")
+    for i, item in enumerate(items, start=1):
+        if not isinstance(item, dict) or not item.get("name"):
+            raise UserError(f"option {i} in {p} must be a mapping with a name.")
+        name = str(item["name"])
+        hours = item.get("hours", [0, float("inf")])
+        if (not isinstance(hours, (list, tuple)) or len(hours) != 2
+                or not all(isinstance(h, (int, float)) and not isinstance(h, bool) for h in hours)):
+            raise UserError(f"option {name} in {p}: hours must be [low, high] in hours, not {hours!r}.")
+        config = item.get("config")
+        if config is not None:
+            config = str((p.parent / str(config)).resolve()) if not Path(str(config)).is_absolute() else str(config)
+        opt = TrainingOption(
+            name=name, title=str(item.get("title") or name),
+            sections={k: v for k, v in item.items() if k not in META_KEYS},
+            hours=(float(hours[0]), float(hours[1])), priority=int(item.get("priority", 0)),
+            expected=str(item.get("expected") or ""), choose_if=[str(x) for x in item.get("choose_if") or []],
+            config=config, source=str(p))
+        try:
+            opt.values()
+        except UserError as exc:
+            raise UserError(f"option {name} in {p}: {exc}") from None
+        options = [o for o in options if o.name != name] + [opt]
+    return options
+
+
+def option_overrides(option: TrainingOption) -> dict[str, Any]:
+    """Dotted overrides that make a sweep point measure ``option``'s model config."""
+    v = option.values()
+    m = v["model"]
+    return {"model.encoder_type": m["encoder_type"], "model.num_hierarchies": m["num_hierarchies"],
+            "model.predictor.depth": m["predictor"]["depth"], "model.predictor.num_heads": m["predictor"]["num_heads"],
+            "model.predictor.mlp_ratio": m["predictor"]["mlp_ratio"], "model.encoder_depth": m.get("encoder_depth", 12),
+            "data.image_size": v["data"]["image_size"], "data.batch_size": v["data"]["batch_size"],
+            "data.num_workers": v["data"]["num_workers"], "loss.hierarchy_weights": list(v["loss"]["hierarchy_weights"]),
+            "bench.variant": "reference"}

@@ -1,0 +1,102 @@
+"""Every threshold the success criteria, the checklist, the decision matrix and the
+recommendations use, in one place (QUALITY_AND_DECISIONS.md: "one set of
+thresholds, in one place, printed in every report").
+
+The defaults are the validation guide's numbers where it gives one, and ours
+(marked "ours") where it only says "noisy" or "a few percent".  Change them with
+a YAML file of the same names (``--thresholds FILE``); the probes that judge a
+single run (stability, loss, features, memory) read their defaults from here too.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # success criteria (the validation guide's)
+    min_it_per_s: float = 2.5
+    expected_it_per_s: float = 3.2
+    max_step_cv_pct: float = 20.0
+    min_loss_decrease_pct: float = 20.0
+    low_rank_frac: float = 0.10
+    # memory
+    memory_margin_frac: float = 0.10
+    memory_pressure_frac: float = 0.90
+    # recommendations (ours)
+    workers_within_pct: float = 3.0
+    batch_min_gain_pct: float = 5.0
+    data_bound_share: float = 0.10
+    logging_stall_max_pct: float = 2.0
+    # projections
+    dataset_size: int = 50_000
+    val_size: int = 10_000
+    val_every_epochs: int = 1
+    confidence: float = 0.95
+
+    def table(self) -> list[tuple[str, Any, str]]:
+        """(name, value, meaning) rows for the report."""
+        return [(f.name, getattr(self, f.name), MEANINGS[f.name]) for f in fields(self)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+MEANINGS: dict[str, str] = {
+    "min_it_per_s": "speed criterion: training it/s at least this (the guide's minimum, ViT-Tiny batch 32 on an M1 Max)",
+    "expected_it_per_s": "speed the guide expects for option A (~3.2 it/s)",
+    "max_step_cv_pct": "speed variance criterion: step-time CV below this (%)",
+    "min_loss_decrease_pct": "learning criterion: smoothed loss down at least this much (%)",
+    "low_rank_frac": "collapse red flag: effective rank below this fraction of D",
+    "memory_margin_frac": "a batch fits when its predicted peak stays below (1 - margin) x device memory",
+    "memory_pressure_frac": "memory pressure when the peak exceeds this fraction of device memory",
+    "workers_within_pct": "ours: the fewest workers within this % of the best throughput are enough",
+    "batch_min_gain_pct": "ours: a larger batch must gain at least this % samples/s to be worth it",
+    "data_bound_share": "data-bound when the step waits for the DataLoader this share of the time",
+    "logging_stall_max_pct": "ours: periodic stalls at the logging interval may cost at most this % of the time",
+    "dataset_size": "training images per epoch in projections (CIFAR-10 train: 50,000; drop_last)",
+    "val_size": "validation images per pass in projections (CIFAR-10 test: 10,000)",
+    "val_every_epochs": "a validation pass every this many epochs in projections (upstream: every epoch)",
+    "confidence": "confidence level of the projection band (bootstrap of the mean step time)",
+}
+
+DEFAULTS = Thresholds()
+
+
+def load_thresholds(path: str | Path | None) -> Thresholds:
+    """Defaults, with the values of a YAML mapping of the same names on top."""
+    if path is None:
+        return DEFAULTS
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"thresholds file not found: {p}.") from None
+    except yaml.YAMLError:
+        raise UserError(f"thresholds file {p} is not valid YAML.") from None
+    if data is None:
+        return DEFAULTS
+    if not isinstance(data, dict):
+        raise UserError(f"thresholds file {p} must hold a mapping of names to numbers.")
+    known = {f.name: f.type for f in fields(Thresholds)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"thresholds file {p} has unknown names: {', '.join(unknown)} "
+                        f"(known: {', '.join(known)}).")
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"threshold {key} in {p} must be a number, not {value!r}.")
+        want_int = isinstance(getattr(DEFAULTS, key), int)
+        if want_int and int(value) != value:
+            raise UserError(f"threshold {key} in {p} must be a whole number, not {value!r}.")
+        if value < 0:
+            raise UserError(f"threshold {key} in {p} cannot be negative.")
+        clean[key] = int(value) if want_int else float(value)
+    return replace(DEFAULTS, **clean)
