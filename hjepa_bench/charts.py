@@ -604,3 +604,47 @@ def render_charts(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[C
         if chart is not None:
             charts.append(chart)
     return charts
+
+
+# --------------------------------------------------------------------------- training logs
+def log_charts(result: Mapping[str, Any], out_dir: Path) -> list[Chart]:
+    """Charts of an analysed upstream training log (``hjepa_bench.analysis.logparse.analyze_log``):
+    the loss from the distinct postfix values with its smoothed line, and per-epoch speed
+    from the bars' counters next to tqdm's smoothed rate."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    charts: list[Chart] = []
+    loss = result.get("loss") or {}
+    pts = [(s, v) for s, v in loss.get("points") or [] if v is not None]
+    if pts:
+        fig, ax = _figure("Loss in the training log")
+        ax.plot([s for s, _ in pts], [v for _, v in pts], lw=0.8, alpha=0.5, marker=".", label="postfix values (distinct)")
+        sm = [(s, v) for s, v in loss.get("smoothed") or [] if v is not None]
+        if sm:
+            ax.plot([s for s, _ in sm], [v for _, v in sm], lw=1.8, label=f"smoothed (window {loss.get('window')})")
+        ax.set_xlabel("global step")
+        ax.set_ylabel("training loss")
+        _legend(fig, ax)
+        path = _save(fig, out_dir, "log_loss")
+        charts.append(Chart("log_loss", "Loss in the training log", path,
+                            f"The {len(pts)} distinct loss values the progress bars showed (stale repeats dropped), "
+                            f"at the global step where each first appeared, and their smoothed line.",
+                            {"points": len(pts)}))
+    epochs = [e for e in result.get("epochs") or [] if e.get("it_per_s")]
+    if epochs:
+        fig, ax = _figure("Speed per epoch in the training log")
+        x = np.arange(len(epochs))
+        width = 0.27
+        ax.bar(x - width, [e["it_per_s"] for e in epochs], width, label="counters / elapsed")
+        ax.bar(x, [e.get("steady_it_per_s") or 0 for e in epochs], width, label="steady (no warm-up, stalls)")
+        ax.bar(x + width, [e.get("bar_it_per_s") or 0 for e in epochs], width, label="tqdm's smoothed rate")
+        ax.set_xticks(x, [str(e["epoch"]) for e in epochs])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("it/s")
+        _legend(fig, ax)
+        path = _save(fig, out_dir, "log_speed")
+        charts.append(Chart("log_speed", "Speed per epoch in the training log", path,
+                            f"it/s for {len(epochs)} epoch(s): steps / elapsed from the bars' counters, the steady "
+                            "speed without warm-up and stalls, and the smoothed rate tqdm displayed (for comparison "
+                            "only).", {"epochs": len(epochs)}))
+    return charts

@@ -395,6 +395,144 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .decision_report import write_report
+    from .env import environment_fingerprint
+    from .options import config_option
+    from .validate import ValidationSettings, run_validation, validation_facts, validation_record
+
+    rc = load_config(args)
+    backend = select_backend(plugins, args.device)
+    values = rc.values
+    epochs = int(args.epochs or values["training"]["epochs"])
+    out = Path(args.out)
+    settings = report_settings(args, title="hjepa-bench validation run")  # bad files fail before training
+    vs = ValidationSettings(epochs=epochs, out_dir=out, feature_every_epochs=args.feature_every,
+                            feature_n=args.features_n, checkpoint_every_epochs=args.checkpoint_every,
+                            max_steps_per_epoch=args.max_steps_per_epoch)
+    print(f"validation run: {epochs} epoch(s) of {_label(values)} on {backend.name}; writing to {out}", file=sys.stderr)
+    result = run_validation(values, backend, vs, progress=not args.quiet)
+    env = environment_fingerprint(backend)
+    record = validation_record(result, env)
+    facts = validation_facts(result, record)
+    v = dict(result["config"])
+    settings.options = [config_option(v, "V", f"this validation config for {v['training']['epochs']} epochs")] + settings.options
+    settings.sources = [str(out / "validation.json")]
+    status = result["status"]
+    intro = [f"A real training run of {result['epochs_completed']} of {result['epochs_planned']} epoch(s) "
+             f"({result['steps_per_epoch']} steps each) on {result['device']} at {result['precision']}, status "
+             f"**{status}**" + (f" ({result['error']})" if result.get("error") else "") + ". Checkpoints (upstream "
+             f"layout) are in `checkpoints/`; every step, epoch and feature measurement is in `validation.json`."]
+    analysis = write_report([record], out / "report.md", settings, sections=plugins.report_sections(),
+                            facts=facts, intro=intro, extra=[("Validation run", _validation_section(result))])
+    print(_verdict_lines(analysis))
+    print(f"report: {out / 'report.md'}\ncheckpoints: {out / 'checkpoints'}")
+    return {"ok": 0, "interrupted": 130}.get(status, 1)
+
+
+def _validation_section(result: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    rows = [[e["epoch"], e["steps"], f"{e['elapsed_s']:.1f}", f"{e['it_per_s']:.2f}",
+             "-" if e.get("train_loss_mean") is None else f"{e['train_loss_mean']:.4g}",
+             "-" if e.get("val_loss") is None else f"{e['val_loss']:.4g}", f"{e['lr_end']:.2e}",
+             f"{100 * (e.get('data_wait_frac') or 0):.1f}"] for e in result.get("epochs") or []]
+    parts = [tabulate(rows, headers=["epoch", "steps", "elapsed s", "it/s", "train loss (mean)", "val loss",
+                                     "lr at end", "data wait %"], tablefmt="github", disable_numparse=True), ""]
+    feats = result.get("features") or []
+    if feats:
+        parts += ["Feature quality of the EMA target encoder over the run (held-out images):", "",
+                  tabulate([[f["epoch"], f.get("n_images"), f"{f.get('rankme_centred_ratio') or 0:.3f}",
+                             f"{f.get('mean_cosine') or 0:.3f}", f"{f.get('std_mean') or 0:.4f}",
+                             ", ".join(k for k, v in (f.get("collapse") or {}).items() if v) or "none"]
+                            for f in feats], headers=["epoch", "N", "RankMe/D (centred)", "mean cosine",
+                                                      "std (mean)", "collapse flags"], tablefmt="github",
+                           disable_numparse=True), ""]
+    ck = result.get("checkpoints") or []
+    if ck:
+        parts.append("Checkpoints: " + "; ".join(f"{Path(c['path']).name} ({c['kind']}, epoch {c['epoch']}, "
+                                                  f"{c['save_s']:.2f} s)" for c in ck[-4:]))
+    return "\n".join(parts)
+
+
+def _verdict_lines(analysis: dict[str, Any]) -> str:
+    lines = [f"{c['name'].split(':')[0]:<14} {c['status']:<13} {c['evidence']}" for c in analysis["criteria"]]
+    for d in analysis["decision"]["per_machine"]:
+        lines.append(f"recommended on {d['machine']}: " + (f"option {d['recommended']}" if d["recommended"] else "none")
+                     + (f" ({d['reasons'][0]})" if d["reasons"] else ""))
+    return "\n".join(lines)
+
+
+def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .decision_report import write_report
+    from .loganalysis import log_facts, log_record, log_section, log_values, read_log
+    from .options import config_option
+
+    text, result = read_log(args.log)
+    overrides = {"model.encoder_type": args.model, "data.batch_size": args.batch_size, "data.num_workers": args.workers,
+                 "model.num_hierarchies": args.hierarchies, "model.predictor.depth": args.predictor_depth,
+                 "data.image_size": args.img_size, "training.epochs": args.epochs}
+    values = log_values(result.get("info") or {}, args.config, overrides)
+    record = log_record(result, values, args.log)
+    facts = log_facts(result, text, args.log)
+    settings = report_settings(args, title=f"hjepa-bench analysis of {Path(args.log).name}")
+    ds = (result.get("info") or {}).get("dataset_size") or args.dataset_size
+    if ds:
+        from dataclasses import replace
+
+        settings.thresholds = replace(settings.thresholds, dataset_size=int(ds))
+    settings.options = [config_option(values, "L", f"the logged config for {values['training']['epochs']} epochs")] \
+        + settings.options
+    settings.sources = [str(args.log)]
+    epochs = [{"epoch": e["epoch"], "steps": e["steps"], "elapsed_s": e["elapsed_s"], "it_per_s": e["it_per_s"],
+               **{k: v for k, v in e.items() if k not in ("epoch", "steps", "elapsed_s", "it_per_s") and not k.startswith("_")}}
+              for e in result["epochs"]]
+    section = log_section(result)
+    print(section.split("\n\n")[0])
+    if args.out:
+        out = Path(args.out)
+        from .charts import log_charts
+
+        analysis = write_report([record], out / "report.md", settings, facts=facts, chart_records=[],
+                                intro=[f"Analysis of `{args.log}`, a log written by the upstream H-JEPA trainer."],
+                                extra=[("Training log", section)],
+                                charts_extra=lambda d: log_charts(result, d))
+        payload = {"log": str(args.log), "epochs": epochs, **{k: v for k, v in result.items() if k != "epochs"},
+                   "criteria": analysis["criteria"], "checklist": analysis["checklist"],
+                   "decision": analysis["decision"], "matrix": analysis["matrix"], "config": values}
+        write_json(payload, out / "analysis.json")
+        print(_verdict_lines(analysis))
+        print(f"report: {out / 'report.md'}\nanalysis: {out / 'analysis.json'}")
+    else:
+        from .decision_report import build_analysis
+
+        print(_verdict_lines(build_analysis([record], settings, facts)))
+    if result.get("stopped_at"):
+        print(f"note: parsing stopped at {result['stopped_at']}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .evaluate import evaluate_checkpoint, render_eval_markdown
+
+    device = select_backend(plugins, args.device).name
+    overrides = {"data.image_size": args.img_size, "model.encoder_depth": args.encoder_depth}
+    result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=overrides, device=device,
+                                 data=args.data or "synthetic", data_path=args.data_path, n_train=args.n_train,
+                                 n_test=args.n_test, batch_size=args.batch_size, seed=args.seed,
+                                 progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
+                                 num_workers=args.workers)
+    md = render_eval_markdown(result)
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.md").write_text(md)
+        write_json(result, out / "eval.json")
+        print(f"written: {out / 'eval.md'}, {out / 'eval.json'}", file=sys.stderr)
+    return 0
+
+
 def add_decision_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decision report")
     g.add_argument("--budget-hours", type=_positive_float, metavar="H",
@@ -566,6 +704,67 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     add_decision_args(rp)
     rp.set_defaults(func=cmd_report)
+
+    va = sub.add_parser("validate", help="a short real training run, then criteria and the decision report",
+                        description="The validation guide's validation run: real H-JEPA training (warm-up + cosine, "
+                                    "EMA), upstream-layout checkpoints, feature quality per epoch, and at the end the "
+                                    "success criteria and the decision report. Ctrl-C keeps what was measured.")
+    add_config_args(va)
+    va.add_argument("--epochs", type=_positive_int, help="epochs (default: the config's, 5 for quick_val)")
+    va.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
+    va.add_argument("--data", choices=["synthetic", "cifar10"], help="default synthetic")
+    va.add_argument("--data-path", metavar="DIR", help="CIFAR-10 python-format folder")
+    va.add_argument("--limit-samples", type=_positive_int, metavar="N", help="use only the first N training samples")
+    vpw = va.add_mutually_exclusive_group()
+    vpw.add_argument("--persistent-workers", dest="persistent_workers", action="store_true", default=None)
+    vpw.add_argument("--no-persistent-workers", dest="persistent_workers", action="store_false")
+    va.add_argument("--out", metavar="DIR", default="hjepa-bench-validate",
+                    help="checkpoints, validation.json and report.md (default ./hjepa-bench-validate)")
+    va.add_argument("--feature-every", type=_positive_int, default=1, metavar="EPOCHS",
+                    help="feature quality every N epochs (0: only at the end; default 1)")
+    va.add_argument("--features-n", type=_positive_int, metavar="N", help="held-out images for feature quality")
+    va.add_argument("--checkpoint-every", type=_positive_int, metavar="EPOCHS",
+                    help="numbered checkpoint every N epochs (default: checkpoint.save_frequency)")
+    va.add_argument("--max-steps-per-epoch", type=_positive_int, metavar="N", help="cap steps per epoch")
+    va.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_decision_args(va)
+    va.set_defaults(func=cmd_validate)
+
+    an = sub.add_parser("analyze", help="analyse a log of the upstream H-JEPA trainer: speed, loss, criteria, projections",
+                        description="Parse a training log written by the upstream trainer (tqdm bars joined by "
+                                    "carriage returns, it/s or s/it, logging lines) and judge it like a sweep.")
+    an.add_argument("--log", required=True, metavar="FILE", help="the training log")
+    an.add_argument("--out", metavar="DIR", help="write report.md and analysis.json here")
+    an.add_argument("--config", metavar="YAML", help="the run's config, for what the log does not print")
+    an.add_argument("--model", help="encoder, if the log does not print it")
+    an.add_argument("--batch-size", type=_positive_int)
+    an.add_argument("--workers", type=_positive_int)
+    an.add_argument("--hierarchies", type=_positive_int)
+    an.add_argument("--predictor-depth", type=_positive_int)
+    an.add_argument("--img-size", type=_positive_int)
+    an.add_argument("--epochs", type=_positive_int, help="planned epochs, if the log does not print them")
+    an.add_argument("--dataset-size", type=_positive_int, help="training images per epoch (default: the log's, else 50,000)")
+    add_decision_args(an)
+    an.set_defaults(func=cmd_analyze)
+
+    ev = sub.add_parser("eval", help="quick evaluation of a checkpoint: feature quality, kNN and linear probe vs random init",
+                        description="Load an upstream-format checkpoint (model_state_dict) and measure its EMA target "
+                                    "encoder per hierarchy level against the same encoder at random initialisation.")
+    ev.add_argument("--checkpoint", required=True, metavar="PATH", help=".pth with model_state_dict")
+    ev.add_argument("--config", metavar="YAML", help="the model's config (upstream checkpoints carry none)")
+    ev.add_argument("--data", choices=["synthetic", "cifar10"], help="default synthetic")
+    ev.add_argument("--data-path", metavar="DIR")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--img-size", type=_positive_int)
+    ev.add_argument("--encoder-depth", type=_positive_int)
+    ev.add_argument("--n-train", type=_positive_int, help="training images for kNN / linear probe (default 5000)")
+    ev.add_argument("--n-test", type=_positive_int, help="test images (default 1000)")
+    ev.add_argument("--batch-size", type=_positive_int, default=64)
+    ev.add_argument("--workers", type=_positive_int, default=0)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", metavar="DIR", help="write eval.md and eval.json here")
+    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
 
     br = sub.add_parser("benchmark-report", help="render pytest-benchmark JSON as a markdown table against a baseline")
     br.add_argument("current", metavar="RUN.json", help="pytest-benchmark JSON (--benchmark-json or a saved run)")

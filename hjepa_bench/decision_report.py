@@ -247,8 +247,10 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     parts += ["## Recommendation", ""]
     decision = analysis["decision"]
     if not decision["per_machine"]:
-        parts += ["**No option can be judged:** none of the options' model configs was measured. "
-                  + ("Not measured: " + ", ".join(decision["unmeasured"]) + "." if decision["unmeasured"] else ""), ""]
+        parts += ["**No option can be judged:** none of the options' model configs was measured"
+                  + (" (not measured: " + ", ".join(decision["unmeasured"]) + ")" if decision["unmeasured"] else "")
+                  + ". `hjepa-bench sweep --device DEVICE` measures each option's own model config on that machine; "
+                  "`hjepa-bench report DIR...` then merges it with these results.", ""]
     for d in decision["per_machine"]:
         head = (f"**Run option {d['recommended']}** on {d['machine']}." if d["recommended"]
                 else f"**No option is recommended** on {d['machine']}.")
@@ -273,7 +275,7 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
         band = (f" [{_f(r['hours_low'], '.1f')}-{_f(r['hours_high'], '.1f')}]"
                 if r.get("hours_low") is not None else "")
         collapse = "not measured" if r.get("collapsed") is None else ("**yes**" if r["collapsed"] else "no")
-        verdict = ("**recommended**" if any(d["recommended"] == r["option"] and d["machine"] == r["machine"]
+        verdict = ("projection only" if not r.get("candidate", True) else "**recommended**" if any(d["recommended"] == r["option"] and d["machine"] == r["machine"]
                                             for d in decision["per_machine"]) else
                    "fits" if r["eligible"] and r["fits"] else "does not fit" if r["eligible"] else "not eligible")
         ips = r.get("it_per_s")
@@ -418,8 +420,8 @@ class ChartLink:
 
 def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, settings: ReportSettings, *,
                  sections: Sequence[ReportSection] = (), facts: Facts | None = None, intro: Sequence[str] = (),
-                 extra: Sequence[tuple[str, str]] = (), chart_records: Sequence[Mapping[str, Any]] | None = None
-                 ) -> dict[str, Any]:
+                 extra: Sequence[tuple[str, str]] = (), chart_records: Sequence[Mapping[str, Any]] | None = None,
+                 charts_extra: Any = None) -> dict[str, Any]:
     """Write ``report.md`` (at ``out_path``), ``charts/*.png``, ``configs/option_*.yaml`` and
     ``report.json`` (the analysis) next to it.  Returns the analysis with the paths."""
     out_path = Path(out_path)
@@ -431,6 +433,8 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
         from .charts import render_charts
 
         for c in render_charts(list(chart_records if chart_records is not None else records), out_dir / "charts"):
+            charts.append(ChartLink(c.title, Path(c.path).relative_to(out_dir).as_posix(), c.caption))
+        for c in (charts_extra(out_dir / "charts") if charts_extra else []):
             charts.append(ChartLink(c.title, Path(c.path).relative_to(out_dir).as_posix(), c.caption))
     config_files: dict[str, str] = {}
     (out_dir / "configs").mkdir(exist_ok=True)

@@ -42,6 +42,7 @@ class TrainingOption:
     choose_if: list[str] = field(default_factory=list)
     config: str | None = None
     source: str = "validation guide"
+    candidate: bool = True  # False: projected for information, never recommended (a measured run's own config)
 
     def values(self) -> dict[str, Any]:
         """The resolved upstream config of this option (validated)."""
@@ -191,3 +192,13 @@ def option_overrides(option: TrainingOption) -> dict[str, Any]:
             "data.image_size": v["data"]["image_size"], "data.batch_size": v["data"]["batch_size"],
             "data.num_workers": v["data"]["num_workers"], "loss.hierarchy_weights": list(v["loss"]["hierarchy_weights"]),
             "bench.variant": "reference"}
+
+
+def config_option(values: Mapping[str, Any], name: str, title: str, hours: tuple[float, float] | None = None
+                  ) -> TrainingOption:
+    """An option that is exactly ``values`` (the config of a logged run or a validation run),
+    projected for its own epoch count."""
+    sections = {k: copy.deepcopy(v) for k, v in values.items() if k not in ("bench",)}
+    return TrainingOption(name=name, title=title, sections=sections, hours=hours or (0.0, float("inf")),
+                          priority=0, expected="", choose_if=["this is the measured run's own config"],
+                          source="measured run", candidate=False)

@@ -258,7 +258,7 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
     limit = budget_hours if budget_hours is not None else option.hours[1]
     limit_src = f"budget {budget_hours:g} h" if budget_hours is not None else f"the option's window {option.hours[0]:g}-{option.hours[1]:g} h"
     base = {"option": option.name, "title": option.title, "describe": option.describe(), "epochs": int(t["epochs"]),
-            "priority": option.priority, "hours_window": list(option.hours), "limit_hours": limit,
+            "priority": option.priority, "hours_window": list(option.hours), "candidate": option.candidate, "limit_hours": limit,
             "limit_source": limit_src, "expected": option.expected, "choose_if": option.choose_if}
     if not by_machine:
         oks = [r for r in records if r.get("status") == "ok"]
@@ -356,9 +356,9 @@ def decide(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The recommended option (per machine) from judged rows."""
     by_machine: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        if row.get("measured"):
+        if row.get("measured") and row.get("candidate", True):
             by_machine[row["machine"]].append(row)
-    unmeasured = sorted({r["option"] for r in rows if not r.get("measured")})
+    unmeasured = sorted({r["option"] for r in rows if not r.get("measured") and r.get("candidate", True)})
     out = []
     for mach, rs in by_machine.items():
         good = [r for r in rs if r.get("eligible") and r.get("fits")]

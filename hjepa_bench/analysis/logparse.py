@@ -670,6 +670,8 @@ def _epoch_speed(epoch: int, pts: list[BarPoint]) -> tuple[dict[str, Any], list[
     s_time = elapsed - warm_s - sum(iv.seconds for iv in stalls)
     entry["steady_it_per_s"] = _num(s_steps / s_time) if s_time > 0 else None
     entry["_steady_steps"], entry["_steady_s"] = s_steps, s_time
+    entry["steady_intervals"] = [{"from_step": iv.n0, "to_step": iv.n1, "seconds": iv.seconds,
+                                  "it_per_s": _num(iv.rate)} for iv in steady]
     return entry, warm, stalls, steady
 
 

@@ -1,0 +1,668 @@
+"""The validation run: a real, short H-JEPA training run and its artifacts.
+
+The validation guide (``shared/reference/VALIDATION_LEARNINGS.md``) asks for a
+short training run (the upstream ``quick_val`` config, 5 epochs) before a long one,
+to check stability, speed, learning and collapse.  :func:`run_validation` runs it
+with the real step (:class:`hjepa_bench.step.HJEPAStep`) on the real data path
+(the upstream augmentation in DataLoader workers, restarted every epoch unless
+``bench.persistent_workers``) and keeps every measurement:
+
+* per step: loss, gradient norm (before clipping), learning rate, the synced step
+  time (batch in hand -> step returned -> ``backend.synchronize()``) and the time
+  blocked on the loader;
+* per epoch: a forward-only validation loss on held-out images (``train=False``,
+  the eval transform, fixed masks so epochs compare), speed, data-wait share, peak
+  memory;
+* feature quality (RankMe, std, cosine, uniformity, collapse flags) of the EMA
+  target encoder's pooled features on N held-out images, every
+  ``feature_every_epochs`` epochs, at the end and (``features_at_start``) before
+  training, as a baseline;
+* checkpoints in the upstream layout (``checkpoints/checkpoint_epoch_{E}.pth``,
+  ``checkpoint_latest.pth``, ``checkpoint_best.pth``), written to a temp file and
+  renamed, with their write time and size.
+
+``out_dir/validation.json`` (the result) is rewritten atomically at every epoch
+end and at the end, so a killed run leaves its measurements so far.  Ctrl-C
+stops cleanly: the trained state goes to ``checkpoint_latest.pth`` and the result
+says ``interrupted``.  Non-finite loss or gradient norm stops the run as
+``diverged``; other exceptions give ``error`` or ``oom``.  ``UserError``
+(bad input) propagates.
+
+Held-out data: CIFAR-10's test split, or the synthetic set's ``train=False``
+images.  The validation loss uses the same 1:5 held-out:train ratio as CIFAR-10
+(10,000:50,000), so ``bench.limit_samples`` and ``bench.synthetic_size`` shrink it
+too; ``ValidationSettings.val_max_batches`` caps it further.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from .analysis.features import feature_quality
+from .config import resolve_precision, to_yaml
+from .data import build_dataset, build_eval_transform, build_loader, build_transform
+from .errors import UserError
+from .masks import MaskCollator, MaskSpec, masks_from_union, sample_batch_union
+from .model import pooled_features
+from .record import write_json
+from .step import HJEPAStep
+
+STATUSES = ("ok", "diverged", "interrupted", "error", "oom")
+RESULT_FILE = "validation.json"
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+#: feature N default: max(MIN_N_PER_D * D, MIN_N) (RankMe needs N >= 4D)
+MIN_N_PER_D = 4
+MIN_N = 256
+#: images per forward pass of the feature extraction
+FEATURE_BATCH = 64
+#: held-out images per training image for the validation loss (CIFAR-10: 10,000 / 50,000)
+HELDOUT_RATIO = 0.2
+#: warnings whose text mentions a fallback or the CPU (MPS ops falling back, ...)
+FALLBACK_RE = re.compile(r"fall(?:s|ing|en)?[\s_-]*back|\bcpu\b", re.IGNORECASE)
+MAX_FALLBACK_WARNINGS = 50
+_WORKERS_WARNING = "This DataLoader will create"
+
+
+@dataclass
+class ValidationSettings:
+    """How long the run is and what it writes.
+
+    ``feature_n`` defaults to max(4 D, 256); ``checkpoint_every_epochs`` to the
+    config's ``checkpoint.save_frequency`` when present, else 1;
+    ``max_steps_per_epoch`` caps ``len(loader)`` (for tests and quick looks);
+    ``val_max_batches`` caps the validation-loss batches per epoch.
+    """
+
+    epochs: int
+    out_dir: Path
+    feature_every_epochs: int = 1
+    feature_n: int | None = None
+    checkpoint_every_epochs: int | None = None
+    max_steps_per_epoch: int | None = None
+    val_max_batches: int | None = None
+    features_at_start: bool = True
+
+
+# --------------------------------------------------------------------------- helpers
+def _finite(x: float | None) -> float | None:
+    """A float, or None for NaN/Inf (JSON has neither)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _release(loader: DataLoader | None, it: Any, final: bool) -> None:
+    """Shut down ``it``'s workers; persistent workers survive until ``final``."""
+    if loader is None or it is None:
+        return
+    persistent = getattr(loader, "_iterator", None) is it
+    if persistent and not final:
+        return
+    if persistent:
+        loader._iterator = None
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _iter(loader: DataLoader) -> Any:
+    with warnings.catch_warnings():
+        # torch warns when workers outnumber cores; the run records its own note
+        warnings.filterwarnings("ignore", message=_WORKERS_WARNING)
+        return iter(loader)
+
+
+class _FallbackWarnings:
+    """Records warnings that mention a fallback or the CPU; every warning is still shown."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self._cm: Any = None
+
+    def __enter__(self) -> "_FallbackWarnings":
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        show = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            text = f"{getattr(category, '__name__', 'Warning')}: {message}"
+            if FALLBACK_RE.search(str(message)) and text not in self.messages \
+                    and len(self.messages) < MAX_FALLBACK_WARNINGS:
+                self.messages.append(text)
+            show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._cm.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------- the run
+class _ValidationRun:
+    def __init__(self, values: dict[str, Any], backend: Any, settings: ValidationSettings,
+                 progress: bool, on_epoch: Callable[[dict], None] | None):
+        self.values = values
+        self.backend = backend
+        self.settings = settings
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.out_dir = Path(settings.out_dir)
+        self.ckpt_dir = self.out_dir / CHECKPOINT_DIR
+        self.t_start = time.perf_counter()
+        self.trainer: HJEPAStep | None = None
+        self.loader: DataLoader | None = None
+        self.val_loader: DataLoader | None = None
+        self.heldout: Any = None
+        self.train_it: Any = None
+        self.best_metric: float | None = None
+        self.saved_at_step: int | None = None
+        self.partial: dict[str, Any] | None = None  # the epoch in progress
+        self.result: dict[str, Any] = {
+            "status": "ok",
+            "error": None,
+            "epochs_planned": int(settings.epochs),
+            "epochs_completed": 0,
+            "steps_per_epoch": None,
+            "config": values,
+            "device": backend.name,
+            "precision": None,
+            "params": None,
+            "steps": {k: [] for k in ("global_step", "epoch", "loss", "grad_norm", "lr",
+                                      "step_time_s", "data_wait_s")},
+            "epochs": [],
+            "partial_epoch": None,
+            "skipped_steps": 0,
+            "features": [],
+            "checkpoints": [],
+            "elapsed_s": 0.0,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "peak_memory_bytes": None,
+            "memory_source": None,
+            "fallback_warnings": [],
+            "notes": [],
+        }
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        v, backend, s = self.values, self.backend, self.settings
+        bench, data = v["bench"], v["data"]
+        precision = resolve_precision(v, backend.name)
+        why = backend.supported_precisions().get(precision, f"unknown precision {precision}")
+        if why:
+            raise UserError(f"precision {precision} does not run on {backend.name}: {why}")
+        v["bench"]["precision"] = precision
+        v["bench"]["device"] = backend.name
+        self.result["precision"] = precision
+        notes = self.result["notes"]
+
+        image_size = int(data["image_size"])
+        aug = data["augmentation"]
+        transform = build_transform(image_size, float(aug["color_jitter"]),
+                                    bool(aug.get("horizontal_flip", True)), bool(aug.get("random_crop", True)))
+        kind, seed = bench["data"], int(v["seed"])
+        path = bench.get("data_path") or data.get("data_path")
+        limit = bench.get("limit_samples")
+        train_set = build_dataset(kind, path=path, train=True, size=int(bench["synthetic_size"]), seed=seed,
+                                  transform=transform, limit=limit)
+        batch_size, workers = int(data["batch_size"]), int(data["num_workers"])
+        persistent = bool(bench["persistent_workers"])
+        pin = bool(data["pin_memory"]) and backend.name == "cuda"
+        collate = MaskCollator(MaskSpec.from_config(v)) if bench["variant"] == "efficient" else None
+        self.loader = build_loader(train_set, batch_size=batch_size, num_workers=workers, pin_memory=pin,
+                                   persistent_workers=persistent, seed=seed, collate_fn=collate)
+        full = len(self.loader)
+        if full == 0:
+            raise UserError("The data loader yields no batches; use a smaller batch or more data.")
+        spe = full if s.max_steps_per_epoch is None else max(1, min(full, int(s.max_steps_per_epoch)))
+        if spe < full:
+            notes.append(f"steps per epoch capped at {spe} of the loader's {full} (max_steps_per_epoch)")
+        self.steps_per_epoch = spe
+        self.result["steps_per_epoch"] = spe
+        cores = os.cpu_count() or 1
+        if workers > cores:
+            notes.append(f"{workers} DataLoader workers on {cores} CPU cores: the workers compete with the step")
+
+        self.trainer = HJEPAStep(v, backend, precision, steps_per_epoch=spe)
+        model = self.trainer.model
+        self.result["params"] = model.param_counts()
+        d = int(model.embed_dim)
+        self.feature_n = int(s.feature_n) if s.feature_n is not None else max(MIN_N_PER_D * d, MIN_N)
+        if self.feature_n < 2:
+            raise UserError(f"The feature-quality sample needs at least 2 images, got {self.feature_n}.")
+
+        # held-out split: validation loss (1:5 of the training images) and feature quality (first N)
+        n_train = len(train_set)
+        n_val = max(batch_size, int(round(HELDOUT_RATIO * n_train)))
+        eval_tf = build_eval_transform(image_size)
+        size = max(n_val, self.feature_n)
+        self.heldout = build_dataset(kind, path=path, train=False, size=size, seed=seed, transform=eval_tf)
+        n_held = len(self.heldout)
+        if self.feature_n > n_held:
+            notes.append(f"feature quality on {n_held} held-out images (all there are), not {self.feature_n}")
+            self.feature_n = n_held
+        n_val = min(n_val, n_held)
+        if n_val >= batch_size:
+            val_set = Subset(self.heldout, range(n_val))
+            self.val_loader = build_loader(val_set, batch_size=batch_size, num_workers=workers, pin_memory=pin,
+                                           persistent_workers=persistent, shuffle=False, seed=seed)
+            n_batches = len(self.val_loader)
+            if s.val_max_batches is not None:
+                n_batches = min(n_batches, max(1, int(s.val_max_batches)))
+            self.val_batches = n_batches
+            notes.append(f"validation loss: {n_batches} held-out batches of {batch_size} (train=False, eval "
+                         "transform, the same masks every epoch), forward only, model.eval()")
+        else:
+            self.val_batches = 0
+            notes.append(f"no validation loss: {n_held} held-out images are fewer than one batch of {batch_size}; "
+                         "checkpoint_best follows the mean training loss")
+        if s.checkpoint_every_epochs is not None:
+            self.ckpt_every = int(s.checkpoint_every_epochs)
+        else:
+            ckpt = v.get("checkpoint")
+            freq = ckpt.get("save_frequency") if isinstance(ckpt, Mapping) else None
+            self.ckpt_every = int(freq) if freq else 1
+        if self.ckpt_every < 1:
+            raise UserError(f"Checkpoints must be written every 1 or more epochs, got {self.ckpt_every}.")
+        mem = backend.memory()
+        self.result["memory_source"] = mem.source
+
+    # ------------------------------------------------------------------ artifacts
+    def write(self) -> None:
+        self.result["elapsed_s"] = time.perf_counter() - self.t_start
+        write_json(self.result, self.out_dir / RESULT_FILE)
+
+    def save_checkpoint(self, kind: str, epoch: int, name: str) -> dict[str, Any]:
+        trainer = self.trainer
+        assert trainer is not None
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path = self.ckpt_dir / name
+        t0 = time.perf_counter()
+        state = {
+            "epoch": epoch,
+            "model_state_dict": trainer.model.state_dict(),
+            "optimizer_state_dict": trainer.optimizer.state_dict(),
+            "scaler_state_dict": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+            "best_val_loss": self.best_metric,
+            "config": dict(self.values),
+            "global_step": trainer.global_step,
+        }
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(state, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        entry = {"path": str(path), "epoch": epoch, "kind": kind, "global_step": trainer.global_step,
+                 "save_s": time.perf_counter() - t0, "bytes": path.stat().st_size}
+        self.result["checkpoints"].append(entry)
+        if kind == "latest":
+            self.saved_at_step = trainer.global_step
+        return entry
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validation_loss(self) -> tuple[float | None, int, float]:
+        """Mean forward-only loss over the held-out batches (fixed masks), batches, seconds."""
+        trainer = self.trainer
+        if self.val_loader is None or trainer is None:
+            return None, 0, 0.0
+        model, device = trainer.model, trainer.device
+        rng = random.Random(int(self.values["seed"]) + 1)  # same masks every epoch
+        t0 = time.perf_counter()
+        total, n, it = 0.0, 0, None
+        model.eval()
+        try:
+            it = _iter(self.val_loader)
+            for _ in range(self.val_batches):
+                images = next(it)[0].to(device, non_blocking=True)
+                masks = masks_from_union(sample_batch_union(rng, trainer.spec, images.shape[0])).to(device)
+                with trainer.autocast():
+                    loss, _ = trainer.loss(images, masks)
+                total += float(loss.float().item())
+                n += 1
+        finally:
+            _release(self.val_loader, it, final=False)
+            model.train()
+        self.backend.synchronize()
+        return (_finite(total / n) if n else None), n, time.perf_counter() - t0
+
+    @torch.no_grad()
+    def features(self, epoch: int) -> dict[str, Any]:
+        trainer = self.trainer
+        assert trainer is not None
+        encoder = trainer.model.target_encoder
+        device = trainer.device
+        t0 = time.perf_counter()
+        loader = DataLoader(Subset(self.heldout, range(self.feature_n)), batch_size=FEATURE_BATCH, shuffle=False,
+                            num_workers=0, drop_last=False)
+        was_training = encoder.training
+        encoder.eval()
+        feats = []
+        try:
+            for images, _ in loader:
+                z = pooled_features(encoder, images.to(device))
+                feats.append(z.float().cpu().double())
+        finally:
+            encoder.train(was_training)
+        extract_s = time.perf_counter() - t0
+        quality = feature_quality(torch.cat(feats).numpy())
+        return {"epoch": epoch, "global_step": trainer.global_step, "n_images": self.feature_n,
+                "encoder": "target_encoder (EMA), eval mode, no_grad, float32, mean of patch tokens",
+                "extract_s": extract_s, "metrics_s": time.perf_counter() - t0 - extract_s, **quality}
+
+    # ------------------------------------------------------------------ training
+    def _epoch_summary(self, acc: dict[str, Any], complete: bool) -> dict[str, Any]:
+        steps, elapsed = acc["steps"], acc["elapsed_s"]
+        losses = [x for x in acc["losses"] if x is not None]
+        mem = self.backend.memory()
+        return {
+            "epoch": acc["epoch"],
+            "steps": steps,
+            "elapsed_s": elapsed,
+            "it_per_s": steps / elapsed if steps and elapsed > 0 else None,
+            "train_loss_mean": sum(losses) / len(losses) if losses else None,
+            "train_loss_first": losses[0] if losses else None,
+            "train_loss_last": losses[-1] if losses else None,
+            "val_loss": acc.get("val_loss"),
+            "val_batches": acc.get("val_batches", 0),
+            "val_s": acc.get("val_s", 0.0),
+            "lr_end": acc["lr_end"],
+            "data_wait_s": acc["data_wait_s"],
+            "data_wait_frac": acc["data_wait_s"] / elapsed if elapsed > 0 else None,
+            "loader_start_s": acc["loader_start_s"],
+            "features_s": acc.get("features_s", 0.0),
+            "checkpoint_s": acc.get("checkpoint_s", 0.0),
+            "peak_memory_bytes": mem.peak_bytes,
+            "complete": complete,
+        }
+
+    def _note_peak(self, peak: int | None) -> None:
+        if peak is not None:
+            cur = self.result["peak_memory_bytes"]
+            self.result["peak_memory_bytes"] = peak if cur is None else max(cur, peak)
+
+    def train(self) -> None:
+        s, backend, trainer, loader = self.settings, self.backend, self.trainer, self.loader
+        assert trainer is not None and loader is not None
+        epochs, spe = int(s.epochs), self.steps_per_epoch
+        planned = epochs * spe
+        steps = self.result["steps"]
+        if s.features_at_start:
+            self.result["features"].append(self.features(0))
+        t_train0 = time.perf_counter()
+        for epoch in range(1, epochs + 1):
+            backend.reset_peak_memory()
+            acc: dict[str, Any] = {"epoch": epoch, "steps": 0, "elapsed_s": 0.0, "losses": [], "lr_end": None,
+                                   "data_wait_s": 0.0, "loader_start_s": 0.0}
+            self.partial = acc
+            bar = tqdm(total=spe, desc=f"epoch {epoch}/{epochs}", unit="it", file=sys.stderr,
+                       disable=not self.progress, dynamic_ncols=True, leave=True)
+            t_epoch0 = time.perf_counter()
+            try:
+                t0 = time.perf_counter()
+                self.train_it = _iter(loader)
+                acc["loader_start_s"] = time.perf_counter() - t0
+                for i in range(spe):
+                    if i:
+                        t0 = time.perf_counter()
+                    batch = next(self.train_it)
+                    t_batch = time.perf_counter()
+                    out = trainer(batch)
+                    backend.synchronize()
+                    t_end = time.perf_counter()
+                    backend.sample_memory()
+                    loss = _finite(out.loss.float().item())
+                    grad = _finite(out.grad_norm.float().item()) if out.grad_norm is not None else None
+                    lr = float(trainer.optimizer.param_groups[0]["lr"])
+                    steps["global_step"].append(trainer.global_step - 1)
+                    steps["epoch"].append(epoch)
+                    steps["loss"].append(loss)
+                    steps["grad_norm"].append(grad)
+                    steps["lr"].append(lr)
+                    steps["step_time_s"].append(t_end - t_batch)
+                    steps["data_wait_s"].append(t_batch - t0)
+                    acc["steps"] += 1
+                    acc["losses"].append(loss)
+                    acc["lr_end"] = lr
+                    acc["data_wait_s"] += t_batch - t0
+                    acc["elapsed_s"] = t_end - t_epoch0
+                    done = len(steps["loss"])
+                    run_s = t_end - t_train0
+                    bar.set_postfix({"loss": "nan" if loss is None else f"{loss:.4f}",
+                                     "it/s": f"{acc['steps'] / max(acc['elapsed_s'], 1e-9):.2f}",
+                                     "eta": tqdm.format_interval(run_s / done * (planned - done))},
+                                    refresh=False)
+                    bar.update(1)
+                    bad_grad = out.grad_norm is not None and grad is None
+                    if loss is None or (bad_grad and trainer.scaler is None):
+                        what = "loss" if loss is None else "gradient norm"
+                        self.result["status"] = "diverged"
+                        self.result["error"] = f"non-finite {what} at global step {trainer.global_step - 1} " \
+                                               f"(epoch {epoch}, step {i + 1} of {spe})"
+                        return
+                    if bad_grad:
+                        self.result["skipped_steps"] += 1  # fp16: the GradScaler skipped this step
+            finally:
+                bar.close()
+                _release(loader, self.train_it, final=False)
+                self.train_it = None
+
+            # ---- end of the epoch: validation loss, features, checkpoints, summary
+            val_loss, n_val, val_s = self.validation_loss()
+            acc.update(val_loss=val_loss, val_batches=n_val, val_s=val_s)
+            last = epoch == epochs
+            every = int(s.feature_every_epochs)
+            if last or (every > 0 and epoch % every == 0):
+                t0 = time.perf_counter()
+                self.result["features"].append(self.features(epoch))
+                acc["features_s"] = time.perf_counter() - t0
+            summary = self._epoch_summary(acc, complete=True)
+            metric = val_loss if val_loss is not None else summary["train_loss_mean"]
+            improved = metric is not None and (self.best_metric is None or metric < self.best_metric)
+            if improved:
+                self.best_metric = metric
+            t0 = time.perf_counter()
+            self.save_checkpoint("latest", epoch, "checkpoint_latest.pth")
+            if improved:
+                self.save_checkpoint("best", epoch, "checkpoint_best.pth")
+            if epoch % self.ckpt_every == 0:
+                self.save_checkpoint("epoch", epoch, f"checkpoint_epoch_{epoch}.pth")
+            summary["checkpoint_s"] = time.perf_counter() - t0
+            self._note_peak(summary["peak_memory_bytes"])
+            self.result["epochs"].append(summary)
+            self.result["epochs_completed"] = epoch
+            self.partial = None
+            self.write()
+            if self.on_epoch is not None:
+                self.on_epoch(summary)
+
+    # ------------------------------------------------------------------ stopping
+    def close_partial(self) -> None:
+        """Keep the epoch in progress (when the run stopped inside one) as ``partial_epoch``."""
+        if self.partial is not None and self.partial["steps"]:
+            summary = self._epoch_summary(self.partial, complete=False)
+            self._note_peak(summary["peak_memory_bytes"])
+            self.result["partial_epoch"] = summary
+        self.partial = None
+
+    def save_interrupted(self) -> None:
+        trainer = self.trainer
+        if trainer is None or trainer.global_step == 0 or self.saved_at_step == trainer.global_step:
+            return
+        epoch = self.result["epochs_completed"] + (1 if self.result["partial_epoch"] else 0)
+        try:
+            self.save_checkpoint("latest", epoch, "checkpoint_latest.pth")
+            self.result["notes"].append(f"interrupted: checkpoint_latest.pth holds the state after "
+                                        f"{trainer.global_step} steps (epoch {epoch} may be partial)")
+        except KeyboardInterrupt:
+            self.result["notes"].append("interrupted again while saving checkpoint_latest.pth; not saved")
+
+    def close(self) -> None:
+        _release(self.loader, self.train_it, final=True)
+        self.train_it = None
+        for loader in (self.loader, self.val_loader):
+            if loader is not None:
+                _release(loader, getattr(loader, "_iterator", None), final=True)
+
+    def run(self) -> dict[str, Any]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        catcher = _FallbackWarnings()
+        try:
+            with catcher:
+                try:
+                    self.setup()
+                    (self.out_dir / CONFIG_FILE).write_text(to_yaml(self.values))
+                    self.train()
+                except UserError:
+                    raise
+                except KeyboardInterrupt:
+                    self.result["status"] = "interrupted"
+                    self.result["error"] = "interrupted (KeyboardInterrupt)"
+                    self.close_partial()
+                    self.save_interrupted()
+                except Exception as exc:  # noqa: BLE001 - measured so far is kept
+                    self.result["status"] = "oom" if self.backend.is_oom(exc) else "error"
+                    self.result["error"] = f"{type(exc).__name__}: {exc}"
+                finally:
+                    self.close_partial()
+                    self.close()
+        finally:
+            self.result["fallback_warnings"] = list(catcher.messages)
+        self.write()
+        return self.result
+
+
+def run_validation(values: Mapping[str, Any], backend: Any, settings: ValidationSettings, *,
+                   progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Run the validation training run; return (and write to ``out_dir/validation.json``) its result.
+
+    ``values`` is a resolved config (it is copied; ``training.epochs`` is set to
+    ``settings.epochs`` so the LR and EMA schedules span this run).  Never raises
+    for a failed or interrupted run (see ``status``); ``UserError`` propagates.
+    """
+    if int(settings.epochs) < 1:
+        raise UserError(f"The validation run needs at least 1 epoch, got {settings.epochs}.")
+    if int(settings.feature_every_epochs) < 0:
+        raise UserError(f"feature_every_epochs cannot be negative, got {settings.feature_every_epochs}.")
+    v = copy.deepcopy(dict(values))
+    v["training"]["epochs"] = int(settings.epochs)
+    return _ValidationRun(v, backend, settings, progress, on_epoch).run()
+
+
+# --------------------------------------------------------------------------- to the report
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else None
+
+
+def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict[str, Any]:
+    """The validation run as a result record: its steps are the measurement (the first
+    ``WARMUP_STEPS`` are warm-up), its epoch ends give the per-epoch costs, its last
+    feature measurement is the features entry.  The decision matrix projects from it
+    like from a sweep record."""
+    from .analysis.loss_curve import analyze_loss
+    from .record import SCHEMA_VERSION
+    from .stats import summarize
+
+    steps = result.get("steps") or {}
+    wait = [w or 0.0 for w in steps.get("data_wait_s") or []]
+    run = [t for t in steps.get("step_time_s") or []]
+    whole = [(t + w) if t is not None else None for t, w in zip(run, wait)]
+    warm = min(WARMUP_STEPS, max(0, len(whole) - 2))
+    measured = [t for t in whole[warm:] if t is not None]
+    values = copy.deepcopy(dict(result.get("config") or {}))
+    batch = int(values["data"]["batch_size"])
+    values.setdefault("bench", {})["variant"] = values["bench"].get("variant", "reference")
+    ok = bool(measured)
+    ips = len(measured) / sum(measured) if ok and sum(measured) > 0 else None
+    stats = summarize(measured) if ok else {}
+    epochs = result.get("epochs") or []
+    val_steps = [e["val_s"] / e["val_batches"] for e in epochs if e.get("val_batches") and e.get("val_s")]
+    saves = [c["save_s"] for c in result.get("checkpoints") or [] if c.get("save_s") is not None]
+    starts = [e.get("loader_start_s") for e in epochs if e.get("loader_start_s") is not None]
+    lr = float(values["training"]["lr"])
+    loss = analyze_loss(steps.get("loss") or [], warm, lr)
+    loss["preliminary"] = False
+    loss["notes"] = [n for n in loss.get("notes", []) if "preliminary" not in n]
+    status = {"ok": "ok", "interrupted": "ok", "diverged": "diverged", "oom": "oom"}.get(result.get("status"), "error")
+    if status == "ok" and not ok:
+        status = "error"
+    probes: dict[str, Any] = {
+        "loss": {"status": "ok", **loss},
+        "epoch_costs": {"status": "ok", "measured": True, "paid_every_epoch": not values["bench"].get("persistent_workers"),
+                        "worker_startup_s": _median(starts), "val_step_s": _median(val_steps),
+                        "val_batch_size": batch, "checkpoint_save_s": _median(saves),
+                        "checkpoint_bytes": max((c.get("bytes") or 0 for c in result.get("checkpoints") or []), default=None),
+                        "source": "the validation run's epoch ends"},
+    }
+    if stats.get("cv") is not None:
+        probes["stability"] = {"status": "ok", "cv_pct": 100 * stats["cv"]}
+    feats = [f for f in result.get("features") or [] if f.get("rankme") is not None]
+    if feats:
+        probes["features"] = {"status": "ok", "measured": True, **feats[-1]}
+    return {
+        "schema_version": SCHEMA_VERSION, "status": status, "error": result.get("error"), "config": values,
+        "config_warnings": [], "env": dict(env), "params": result.get("params") or {"total": 0, "trainable": 0},
+        "metrics": {"it_per_s": ips, "samples_per_s": None if ips is None else ips * batch,
+                    "step_time_s": stats, "measured_steps": len(measured),
+                    "data_wait_frac": (sum(wait[warm:]) / sum(measured)) if ok and sum(measured) else None,
+                    "peak_device_bytes": result.get("peak_memory_bytes"), "memory_source": result.get("memory_source"),
+                    "device_total_bytes": env.get("device_total_bytes"),
+                    "batch_size": {"requested": batch, "achieved": batch},
+                    "timing_method": "validation run: data wait + synced step, per step"},
+        "series": {"warmup_steps": warm, "step_time_s": whole, "loss": steps.get("loss") or [],
+                   "grad_norm": steps.get("grad_norm") or []},
+        "probes": probes, "sweep": {"label": f"validation run ({result.get('epochs_completed')} epochs)"},
+    }
+
+
+def validation_facts(result: Mapping[str, Any], record: Mapping[str, Any]) -> Any:
+    """Facts of a validation run for the success criteria and the checklist."""
+    from .analysis.criteria import facts_from_records
+
+    f = facts_from_records([record])
+    f.source = "validate"
+    f.subject = (f"the validation run ({result.get('epochs_completed')}/{result.get('epochs_planned')} epochs, "
+                 f"status {result.get('status')})")
+    f.notes = [n for n in f.notes if "validation run's config" not in n]
+    f.epochs_planned = result.get("epochs_planned")
+    f.epochs_completed = result.get("epochs_completed")
+    f.crashed = result.get("status") in ("error", "oom")
+    f.crash_detail = result.get("error") if f.crashed else None
+    f.oom = result.get("status") == "oom"
+    if result.get("status") == "diverged":
+        f.non_finite, f.diverged = True, True
+    f.fallbacks = list(result.get("fallback_warnings") or [])
+    if f.crashed and result.get("error"):
+        f.backend_errors = [str(result["error"])]
+    f.loss_preliminary = False
+    if result.get("status") == "interrupted":
+        f.notes.append("the run was interrupted (Ctrl-C): the report covers what was measured")
+    return f
+
+
+WARMUP_STEPS = 3
+
+__all__ = ["ValidationSettings", "run_validation", "validation_record", "validation_facts", "STATUSES",
+           "RESULT_FILE"]
