@@ -657,6 +657,8 @@ def validation_facts(result: Mapping[str, Any], record: Mapping[str, Any]) -> An
     if f.crashed and result.get("error"):
         f.backend_errors = [str(result["error"])]
     f.loss_preliminary = False
+    if f.collapse:
+        f.collapse["note"] = f"EMA target encoder after {result.get('epochs_completed')} epoch(s), held-out images"
     if result.get("status") == "interrupted":
         f.notes.append("the run was interrupted (Ctrl-C): the report covers what was measured")
     return f
