@@ -340,7 +340,7 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     records = load_results([out])
     report = out / "report.md"
     settings.sources = [str(out)]
-    write_report(records, report, settings, sections=plugins.report_sections())
+    analysis = write_report(records, report, settings, sections=plugins.report_sections())
     if mode == "jsonl":
         print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},
                           "report": str(report)}), flush=True)
@@ -354,6 +354,7 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "nothing new"
         print(f"\n{summary['ran']} configs run this time ({counts}), {summary['recorded_before']} already recorded; "
               f"{summary['elapsed_s']:.0f} s")
+        print(_verdict_lines(analysis))
         print(f"results: {out / 'results.jsonl'}\nreport:  {report}")
     return 0
 

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from .config import resolve_config, resolve_precision
-from .errors import UserError
+from .errors import UserError, read_yaml
 
 META_KEYS = ("name", "title", "hours", "priority", "expected", "choose_if", "config")
 
@@ -148,12 +147,7 @@ def load_options(path: str | Path | None, *, include_guide: bool = True) -> list
     if path is None:
         return options
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"options file not found: {p}.") from None
-    except yaml.YAMLError:
-        raise UserError(f"options file {p} is not valid YAML.") from None
+    data = read_yaml(p, "options file")
     items = (data or {}).get("options") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise UserError(f"options file {p} must hold 'options:', a list of options (name:, model:, training:, ...).")

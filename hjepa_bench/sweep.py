@@ -181,9 +181,23 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
     for device in devices:
         for opt in selected_options(spec):
             point = _option_point(opt, device, common, backends, envs[device], len(points))
-            if not any(p.values == point.values for p in points):
+            if not any(_same_measurement(p, point) for p in points):
                 points.append(point)
     return points
+
+
+def _same_measurement(a: Point, b: Point) -> bool:
+    """Two points time the same step: equal configs apart from the training schedule
+    (epochs, warm-up, LR), which does not change the cost of a step."""
+    def strip(v: dict[str, Any] | None) -> dict[str, Any]:
+        v = json.loads(json.dumps(v or {}))
+        for key in ("epochs", "warmup_epochs", "lr", "min_lr"):
+            v.get("training", {}).pop(key, None)
+        for section in ("checkpoint", "evaluation", "logging"):
+            v.pop(section, None)
+        v.get("model", {}).get("ema", {}).pop("momentum_warmup_epochs", None)
+        return v
+    return a.device == b.device and a.unsupported == b.unsupported and strip(a.values) == strip(b.values)
 
 
 def selected_options(spec: SweepSpec) -> list[Any]:
@@ -240,6 +254,10 @@ def _watch_parent(parent_pid: int) -> None:
 def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> None:
     """Runs in the spawned child: measure one config, write its record to ``result_path``."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    # A spawned child inherits "spawn" as its default start method; DataLoader workers
+    # must start the way they do in a normal run on this platform (fork on Linux).
+    if payload.get("start_method"):
+        mp.set_start_method(payload["start_method"], force=True)
     from .record import write_json
     from .runner import run_benchmark
 
@@ -347,7 +365,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
         else:
             payload = {"values": point.values, "env": point.env, "warnings": point.warnings,
                        "device": point.device, "plugins": list(plugin_args), "probes": spec.probes,
-                       "artifacts_dir": str(store.dir / "traces" / point.key)}
+                       "artifacts_dir": str(store.dir / "traces" / point.key),
+                       "start_method": mp.get_start_method()}
             outcome = run_in_child(payload, spec.timeout())
             if outcome.record is not None:
                 record = outcome.record

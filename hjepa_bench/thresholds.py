@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from .errors import UserError
+from .errors import UserError, read_yaml
 
 
 @dataclass(frozen=True)
@@ -74,12 +73,7 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
     if path is None:
         return DEFAULTS
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"thresholds file not found: {p}.") from None
-    except yaml.YAMLError:
-        raise UserError(f"thresholds file {p} is not valid YAML.") from None
+    data = read_yaml(p, "thresholds file")
     if data is None:
         return DEFAULTS
     if not isinstance(data, dict):

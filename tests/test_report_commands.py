@@ -202,3 +202,31 @@ def test_eval_names_the_first_mismatching_keys(validated, tmp_path):
     res = run_cli("eval", "--checkpoint", str(broken), "--device", "cpu", "-q")
     assert res.returncode == 2
     assert "predictor.head.weight" in res.stderr and "predictor.extra_weight" in res.stderr
+
+
+def test_validate_ctrl_c_keeps_checkpoint_and_writes_the_report(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    out = tmp_path / "int"
+    args = [sys.executable, "-m", "hjepa_bench", "validate", "--device", "cpu", "--epochs", "50", "--img-size", "64",
+            "--encoder-depth", "2", "--predictor-depth", "1", "--batch-size", "4", "--workers", "0",
+            "--limit-samples", "40", "--features-n", "16", "--feature-every", "0", "--out", str(out), "-q"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "validation.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (out / "validation.json").exists(), "no epoch finished in time"
+    os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    result = json.loads((out / "validation.json").read_text())
+    assert result["status"] == "interrupted" and 1 <= result["epochs_completed"] < 50
+    assert (out / "checkpoints" / "checkpoint_latest.pth").exists()
+    text = (out / "report.md").read_text()
+    assert "status **interrupted**" in text and "## Success criteria" in text

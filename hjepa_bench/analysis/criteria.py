@@ -326,12 +326,10 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     crashes = [x for x in same_device if x.get("status") in CRASH_STATUSES]
     f.crashed = False
     f.backend_errors = [f"{_label(x)}: {x.get('status')}: {x.get('error') or ''}".rstrip(": ") for x in crashes]
-    stab = p.get("stability") or {}
+    from .decisions import step_cv_pct
+
     f.it_per_s = finite(m.get("it_per_s"))
-    cv = finite(stab.get("cv_pct")) if stab.get("status") == "ok" else None
-    if cv is None and finite((m.get("step_time_s") or {}).get("cv")) is not None:
-        cv = 100.0 * float(m["step_time_s"]["cv"])
-    f.step_cv_pct = cv
+    f.step_cv_pct = step_cv_pct(r)
     f.speed_method = (f"{(m.get('step_time_s') or {}).get('n')} measured steps, synced windows "
                       f"({m.get('timing_method')})")
     loss = p.get("loss") or {}

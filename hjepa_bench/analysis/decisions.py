@@ -37,6 +37,7 @@ from ..thresholds import Thresholds
 from . import finite
 from .memory import fit_memory
 from .projection import project_record
+from .stability import MIN_STEPS_SPREAD
 
 NOT_MEASURED = "not measured"
 
@@ -70,6 +71,17 @@ def machine(r: Mapping[str, Any]) -> str:
 def machine_name(r: Mapping[str, Any]) -> str:
     env = r.get("env") or {}
     return f"{env.get('backend')} ({env.get('device_name') or '?'})"
+
+
+def step_cv_pct(r: Mapping[str, Any]) -> float | None:
+    """Step-time CV (%) from the stability probe, else from the record's step times when
+    there are enough of them (the stability probe's minimum); None: not measured."""
+    stab = (r.get("probes") or {}).get("stability") or {}
+    cv = finite(stab.get("cv_pct")) if stab.get("status", "ok") == "ok" else None
+    st = (r.get("metrics") or {}).get("step_time_s") or {}
+    if cv is None and finite(st.get("cv")) is not None and (st.get("n") or 0) >= MIN_STEPS_SPREAD:
+        cv = 100 * float(st["cv"])
+    return cv
 
 
 # --------------------------------------------------------------------------- batch and workers
@@ -288,9 +300,7 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
                               val_every_epochs=th.val_every_epochs,
                               checkpoint_every_epochs=option.checkpoint_every_epochs(), confidence=th.confidence)
         stab, loss, feats, mem = (p.get(k) or {} for k in ("stability", "loss", "features", "memory"))
-        cv = finite(stab.get("cv_pct"))
-        if cv is None and finite((m.get("step_time_s") or {}).get("cv")) is not None:
-            cv = 100 * m["step_time_s"]["cv"]
+        cv = step_cv_pct(rec)
         collapsed = None
         if feats.get("status") == "ok" and feats.get("measured", True):
             collapsed = bool((feats.get("collapse") or {}).get("collapsed"))
@@ -342,6 +352,9 @@ def judge(row: dict[str, Any], th: Thresholds, validation: Mapping[str, Any] | N
             reasons.append(f"the upper band ({row['hours_high']:.1f} h) exceeds {row['limit_hours']:g} h")
         if row.get("projection", {}).get("lower_bound"):
             reasons.append("lower bound: " + ", ".join(row["projection"]["missing"]) + " not measured")
+    n = row.get("steps_measured") or 0
+    if n < MIN_STEPS_SPREAD:
+        reasons.append(f"only {n} measured step(s): no step-time CV, a wide or no band (raise --max-time)")
     ips = row.get("it_per_s")
     if ips is not None:
         reasons.append(f"{ips:.2f} it/s ({'>=' if ips >= th.min_it_per_s else '<'} the {th.min_it_per_s:g} minimum, "

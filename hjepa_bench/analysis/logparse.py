@@ -114,6 +114,7 @@ from typing import Any
 
 import numpy as np
 
+from . import finite
 from .loss_curve import (DIVERGE_RISE_PCT, FLAT_BAND_PCT, MIN_POINTS_NOISE, MIN_WINDOW, NOISE_THRESHOLD_PCT,
                          rolling_median)
 
@@ -257,15 +258,7 @@ _FACTS: list[tuple[str, re.Pattern, str]] = [
 
 
 # --------------------------------------------------------------------------- small parsers
-def _num(x: Any) -> float | None:
-    """A finite float or None (the output is JSON, which has no NaN)."""
-    if x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+_num = finite  # a finite float or None (the output is JSON, which has no NaN)
 
 
 def _float(text: str | None) -> float | None:
