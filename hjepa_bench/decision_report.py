@@ -107,7 +107,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
             judge(row, th, validation_view)
             t = opt.values()["training"]
             row["warmup"] = recommend_warmup(float(t["warmup_epochs"]), int(t["epochs"]), facts.warmup_spikes)
-            row["lr"] = recommend_lr(float(t["lr"]), facts.lr_advice_detail, facts.lr)
+            row["lr"] = recommend_lr(float(t["lr"]), facts.lr_advice_detail, facts.lr, facts.loss_preliminary)
             rows.append(row)
     decision = decide(rows)
     ratios = model_speed_ratios(recs)
@@ -136,8 +136,9 @@ def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapp
                    f"({f.it_per_s / th.expected_it_per_s:.2f}x)")
     for r in ratios:
         if r["slowdown_vs_fastest"] > 1.0:
-            out.append(f"{r['model']} is {r['slowdown_vs_fastest']:.2f}x slower per sample than {r['fastest']} at "
-                       f"batch {r['batch']} on {r['machine']} (the guide guessed ~2x for ViT-Small, ~4x for ViT-Base)")
+            out.append(f"{r['model']} takes {r['slowdown_vs_fastest']:.2f}x the time per sample of {r['fastest']} on "
+                       f"{r['machine']}, each at its best measured batch (the guide guessed ~2x for ViT-Small, "
+                       "~4x for ViT-Base)")
     for s in savings:
         out.append(f"the efficient step variant runs {s['model']} b{s['batch']} in {s['time_ratio']:.2f}x the "
                    f"reference step time ({s['saving_frac']:.0%} saved) on {s['machine']}")
@@ -178,7 +179,9 @@ def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[st
         if vchoice["workers"].get("workers") is not None:
             out.append(f"workers: {vchoice['workers']['reason']}")
     if f.lr_advice:
-        out.append(f"learning rate: {f.lr_advice}" + (" (preliminary)" if f.loss_preliminary else ""))
+        out.append(f"learning rate: {f.lr_advice}" + (" (preliminary, from the first steps of training: not applied "
+                                                      "to the configs; confirm with hjepa-bench validate)"
+                                                      if f.loss_preliminary else ""))
     if savings:
         s = max(savings, key=lambda s: s["saving_frac"])
         out.append(f"the efficient step (token dropping, fused attention) would save {s['saving_frac']:.0%} of the step "
@@ -224,7 +227,10 @@ def _config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
 # --------------------------------------------------------------------------- markdown
 def _f(x: Any, spec: str = ".2f", none: str = "-") -> str:
     x = finite(x)
-    return none if x is None else format(x, spec)
+    if x is None:
+        return none
+    text = format(x, spec)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.0"
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -363,11 +369,12 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     if analysis["model_speed_ratios"]:
         parts += [_table([[x["machine"], f"b{x['batch']} w{x['workers']}", x["model"], _f(x["samples_per_s"], ".1f"),
                            f"{x['slowdown_vs_fastest']:.2f}x"] for x in analysis["model_speed_ratios"]],
-                         ["machine", "batch/workers", "model", "samples/s", "time per sample vs fastest"]),
-                  "", "The guide guessed ViT-Small ~2x and ViT-Base ~4x slower than ViT-Tiny; these are measured.", ""]
+                         ["machine", "best at", "model", "samples/s", "time per sample vs fastest"]),
+                  "", "Each model config at its best measured batch and workers; time per sample sets the length "
+                  "of an epoch. The guide guessed ViT-Small ~2x and ViT-Base ~4x slower than ViT-Tiny; these are "
+                  "measured.", ""]
     else:
-        parts += ["Not measured: only one model config was measured at a common batch and worker count "
-                  "(sweep `--models vit_tiny,vit_small,vit_base`).", ""]
+        parts += ["Not measured: only one model config was measured (sweep `--models vit_tiny,vit_small,vit_base`).", ""]
     parts += ["### The efficient step variant", ""]
     if analysis["efficient_savings"]:
         parts += [_table([[s["machine"], s["model"], f"b{s['batch']} w{s['workers']}", _f(s["reference_it_per_s"]),

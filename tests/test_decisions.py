@@ -244,3 +244,31 @@ def test_user_options_file(tmp_path):
     bad.write_text("options:\n  - name: E\n    model: {encoder_typo: x}\n")
     with pytest.raises(UserError, match="option E"):
         load_options(bad)
+
+
+def test_preliminary_lr_advice_is_reported_but_not_applied():
+    advice = {"action": "increase", "suggested_lr": 1.5e-4, "trigger": "decrease 1.5% < 20%"}
+    r = recommend_lr(1.5e-4, advice, 1e-4, preliminary=True)
+    assert r["lr"] == 1.5e-4 and "preliminary" in r["reason"]
+    assert recommend_lr(1.5e-4, advice, 1e-4, preliminary=False)["lr"] == pytest.approx(2.25e-4)
+    diverging = {"action": "decrease", "suggested_lr": 1e-5, "trigger": "diverged"}
+    assert recommend_lr(1.5e-4, diverging, 1e-4, preliminary=True)["lr"] == pytest.approx(1.5e-5)
+
+
+def test_model_speed_ratios_compare_time_per_sample_across_batches():
+    from hjepa_bench.analysis.decisions import model_speed_ratios
+
+    tiny = make_record(option_values("A"), it_per_s=0.2)  # b32: 6.4 samples/s
+    small = make_record(option_values("B"), it_per_s=0.1)  # b24: 2.4 samples/s
+    ratios = {r["model"]: r for r in model_speed_ratios([tiny, small])}
+    assert ratios["vit_small L3 P6"]["slowdown_vs_fastest"] == pytest.approx(6.4 / 2.4)
+    assert ratios["vit_tiny L2 P4"]["slowdown_vs_fastest"] == pytest.approx(1.0)
+
+
+def test_a_benchmarks_preliminary_loss_is_shown_but_not_judged():
+    f = Facts(source="sweep", subject="x", crashed=False, non_finite=False, loss_start=3.0, loss_end=2.95,
+              loss_decrease_pct=1.5, loss_trend="flat", diverged=False, loss_points=12, loss_preliminary=True)
+    c = {v["id"]: v for v in success_criteria(f, DEFAULTS)}
+    assert c["learning"]["status"] == NOT_MEASURED and "1.5%" in c["learning"]["evidence"]
+    f.diverged = True
+    assert {v["id"]: v for v in success_criteria(f, DEFAULTS)}["learning"]["status"] == FAIL

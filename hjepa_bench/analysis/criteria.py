@@ -138,9 +138,12 @@ def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
               if f.loss_start is not None and f.loss_end is not None else f"down {_pct(f.loss_decrease_pct)}")
         if problems:
             ev += "; " + ", ".join(problems)
+        status = FAIL if problems else PASS
         if f.loss_preliminary:
-            ev += "; preliminary: a benchmark covers only the first steps of training"
-        out.append(verdict("learning", name, FAIL if problems else PASS, round(f.loss_decrease_pct, 2), ev))
+            ev += ("; preliminary: a benchmark covers only the first steps of training, so this is not judged "
+                   "(hjepa-bench validate runs the validation run)")
+            status = FAIL if f.diverged else NOT_MEASURED
+        out.append(verdict("learning", name, status, round(f.loss_decrease_pct, 2), ev))
     # 4. quality
     name = f"Quality: no representation collapse (effective rank >= {th.low_rank_frac:.0%} of D, variance, cosine)"
     if not f.collapse:
@@ -176,7 +179,7 @@ def checklist(f: Facts, th: Thresholds, criteria: Sequence[Mapping[str, Any]] | 
         return {"name": name, "status": status, "value": value, "evidence": evidence}
 
     stab = crit["stability"]
-    loss_steady = (NOT_MEASURED if f.loss_trend is None else
+    loss_steady = (NOT_MEASURED if f.loss_trend is None or f.loss_preliminary else
                    PASS if f.loss_trend == "decreasing" and not f.loss_noisy else FAIL)
     mem_known = f.oom is not None or f.leak is not None or f.memory_pressure is not None
     mem_bad = [w for w, flag in (("out of memory", f.oom), ("leak suspected", f.leak),
@@ -196,7 +199,7 @@ def checklist(f: Facts, th: Thresholds, criteria: Sequence[Mapping[str, Any]] | 
                  f"{f.bottleneck}" + (f", data wait {f.data_wait_frac:.0%}" if f.data_wait_frac is not None else "")
                  + (f"; {f.bottleneck_advice}" if f.bottleneck_advice else ""), f.bottleneck))
     learn = crit["learning"]
-    drop_status = (NOT_MEASURED if f.loss_decrease_pct is None else
+    drop_status = (NOT_MEASURED if f.loss_decrease_pct is None or f.loss_preliminary else
                    PASS if f.loss_decrease_pct >= th.min_loss_decrease_pct else FAIL)
     div_status = NOT_MEASURED if f.diverged is None else (FAIL if f.diverged else PASS)
     warm_status = NOT_MEASURED if f.warmup_spikes is None else (FAIL if f.warmup_spikes else PASS)

@@ -192,9 +192,12 @@ def recommend_warmup(option_warmup: float, epochs: int, warmup_spikes: int | Non
                else f" (the guide: {lo}-{hi} epochs for {epochs} epochs)")}
 
 
-def recommend_lr(option_lr: float, lr_advice: Mapping[str, Any] | None, validation_lr: float | None) -> dict[str, Any]:
+def recommend_lr(option_lr: float, lr_advice: Mapping[str, Any] | None, validation_lr: float | None,
+                 preliminary: bool = False) -> dict[str, Any]:
     """The guide's LR rules as the loss probe applied them to the validation run:
-    keep / increase to 1.5e-4-2e-4 / decrease to 5e-5 / much lower when diverging."""
+    keep / increase to 1.5e-4-2e-4 / decrease to 5e-5 / much lower when diverging.
+    Advice from a benchmark's first steps (``preliminary``) is reported, not applied,
+    except a divergence."""
     if not lr_advice or not lr_advice.get("action"):
         return {"lr": option_lr, "reason": f"the option's {option_lr:.1e} (no loss measurement to adjust it)"}
     action = lr_advice["action"]
@@ -202,6 +205,10 @@ def recommend_lr(option_lr: float, lr_advice: Mapping[str, Any] | None, validati
     trigger = lr_advice.get("trigger", "")
     if action == "keep" or suggested is None:
         return {"lr": option_lr, "reason": f"validation loss: {trigger}: keep the option's {option_lr:.1e}"}
+    if preliminary and "diverg" not in f"{action} {trigger}":
+        return {"lr": option_lr, "reason": f"kept the option's {option_lr:.1e}: the benchmark's loss says {action} "
+                                           f"({trigger}), but from the first steps of training only (preliminary); "
+                                           "confirm with hjepa-bench validate"}
     if validation_lr and validation_lr > 0:
         lr = option_lr * suggested / validation_lr  # the same relative change on the option's LR
     else:
@@ -212,14 +219,16 @@ def recommend_lr(option_lr: float, lr_advice: Mapping[str, Any] | None, validati
 
 # --------------------------------------------------------------------------- model size and variant
 def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Measured time per sample of each model relative to the smallest, on one machine at
-    one batch/workers/variant/precision/image size (the guide guessed Small ~2x, Base ~4x)."""
+    """Measured time per sample of each model config relative to the fastest, on one
+    machine with one variant/precision/image size, each at its best measured batch and
+    worker count (time per sample is what sets an epoch's length).  The guide guessed
+    ViT-Small ~2x and ViT-Base ~4x slower than ViT-Tiny."""
     groups: dict[tuple, dict[str, Mapping[str, Any]]] = defaultdict(dict)
     for r in records:
         if r.get("status") != "ok" or not _sps(r):
             continue
         c = r["config"]
-        g = (machine(r), _batch(r), _workers(r), c["bench"]["variant"], c["bench"]["precision"], c["data"]["image_size"])
+        g = (machine(r), c["bench"]["variant"], c["bench"]["precision"], c["data"]["image_size"])
         label = (f"{c['model']['encoder_type'].replace('_patch16_224', '')} L{c['model']['num_hierarchies']} "
                  f"P{c['model']['predictor']['depth']}")
         if label not in groups[g] or _sps(r) > _sps(groups[g][label]):
@@ -231,7 +240,7 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         base_label = max(models, key=lambda k: _sps(models[k]))
         base = _sps(models[base_label])
         for label, r in sorted(models.items(), key=lambda kv: -_sps(kv[1])):
-            out.append({"machine": machine_name(r), "batch": g[1], "workers": g[2], "model": label,
+            out.append({"machine": machine_name(r), "batch": _batch(r), "workers": _workers(r), "model": label,
                         "samples_per_s": _sps(r), "slowdown_vs_fastest": base / _sps(r), "fastest": base_label})
     return out
 

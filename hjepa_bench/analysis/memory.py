@@ -39,7 +39,7 @@ DEFAULT_MARGIN = _TH.memory_margin_frac
 # For ordering models by size when a record has no parameter count.
 MODEL_ORDER = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant")
 SETUP_KEYS = (("bench", "variant"), ("bench", "precision"), ("data", "image_size"),
-              ("model", "num_hierarchies"))
+              ("model", "num_hierarchies"), ("model", "predictor", "depth"))
 
 THRESHOLDS: dict[str, Any] = {
     "leak_growth_frac": LEAK_GROWTH_FRAC,
