@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,7 +28,7 @@ from .analysis.memory import fit_memory
 from .api import ReportSection
 from .options import TrainingOption, guide_options, model_key
 from .record import dumps
-from .report import fmt_bytes, records_frame, render_report
+from .report import render_report
 from .thresholds import DEFAULTS, Thresholds
 
 #: The validation guide's reference table, with what each number is.
@@ -193,7 +192,7 @@ def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[st
 def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, Any]:
     """The option's upstream-format config with the recommended values filled in."""
     v = copy.deepcopy(option.values())
-    bench = v.pop("bench", {})
+    v.pop("bench", None)  # hjepa-bench's own section; upstream has none
     if v["model"].get("encoder_depth", 12) == 12:
         v["model"].pop("encoder_depth", None)
     if row.get("batch") is not None:
@@ -206,7 +205,6 @@ def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, A
     if backend:
         v["device"] = backend
     v.setdefault("logging", {})["experiment_name"] = f"hjepa_option_{option.name}"
-    del bench
     return v
 
 

@@ -49,7 +49,8 @@ def read_log(path: str | Path) -> tuple[str, dict[str, Any]]:
 
 
 def log_values(info: Mapping[str, Any], config_path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's config: defaults <- --config <- what the log prints <- CLI flags."""
+    """The run's config: defaults <- --config <- CLI flags <- what the log prints (the log
+    says what the run used; flags fill in what it does not print)."""
     from_log: dict[str, Any] = {}
     if info.get("encoder_type"):
         try:
@@ -62,7 +63,7 @@ def log_values(info: Mapping[str, Any], config_path: str | None, overrides: Mapp
                         ("lr", "training.lr"), ("warmup_epochs", "training.warmup_epochs")):
         if info.get(key) is not None:
             from_log[dotted] = info[key]
-    merged = {**from_log, **{k: v for k, v in overrides.items() if v is not None}}
+    merged = {**{k: v for k, v in overrides.items() if v is not None}, **from_log}
     return resolve_config(config_path, merged).values
 
 
@@ -124,7 +125,7 @@ def _steady_interval_rates(result: Mapping[str, Any]) -> list[float]:
     return rates
 
 
-def log_facts(result: Mapping[str, Any], text: str, source: str, th_logging_note: str = "") -> Facts:
+def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
     info = result.get("info") or {}
     overall = result["overall"]
     f = Facts(source="log", subject=f"the training log {Path(source).name}", device=info.get("device"),
@@ -168,8 +169,6 @@ def log_facts(result: Mapping[str, Any], text: str, source: str, th_logging_note
                        "evidence": (f"{len(stalls)} stall(s), {stall_s:.0f} s of {total_s:.0f} s "
                                     f"({100 * stall_s / total_s:.1f}%)" if total_s else "no timing")
                        + "; stalls may come from logging, checkpointing or I/O"}
-    if stalls and period is None:
-        f.logging_stall["period_steps"] = None
     lr = finite(info.get("lr"))
     f.lr = lr
     if lr is not None and f.loss_decrease_pct is not None:

@@ -1,8 +1,6 @@
 """Projections, decision rules, recommendations and criteria on hand-made records with known answers."""
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from hjepa_bench.analysis.criteria import Facts, FAIL, NOT_MEASURED, PASS, checklist, success_criteria
@@ -272,3 +270,13 @@ def test_a_benchmarks_preliminary_loss_is_shown_but_not_judged():
     assert c["learning"]["status"] == NOT_MEASURED and "1.5%" in c["learning"]["evidence"]
     f.diverged = True
     assert {v["id"]: v for v in success_criteria(f, DEFAULTS)}["learning"]["status"] == FAIL
+
+
+def test_a_logs_own_values_win_and_flags_fill_the_gaps():
+    from hjepa_bench.loganalysis import log_values
+
+    v = log_values({"batch_size": 32, "encoder_type": "vit_small"}, None,
+                   {"data.batch_size": 64, "training.epochs": 20})
+    assert v["data"]["batch_size"] == 32  # printed by the log
+    assert v["model"]["encoder_type"] == "vit_small_patch16_224"
+    assert v["training"]["epochs"] == 20  # not printed: the flag

@@ -191,7 +191,6 @@ def checklist(f: Facts, th: Thresholds, criteria: Sequence[Mapping[str, Any]] | 
                    "ran on MPS" + (": " + "; ".join(f.backend_errors) if f.backend_errors else " without backend errors"))
     else:
         mps = item("MPS compatibility confirmed", NOT_MEASURED, f"ran on {f.backend or 'an unknown device'}, not MPS")
-    perf = crit["performance"]
     speed_status = (NOT_MEASURED if f.it_per_s is None else PASS if f.it_per_s >= th.min_it_per_s else FAIL)
     cv_status = (NOT_MEASURED if f.step_cv_pct is None else PASS if f.step_cv_pct < th.max_step_cv_pct else FAIL)
     bott = (item("No major bottlenecks identified", NOT_MEASURED, "bottleneck probe not run") if f.bottleneck is None else
