@@ -47,8 +47,8 @@ def hjepa_identity(config) -> dict:
     import timm
     import torch
 
-    from hjepa_bench.env import environment_fingerprint
-    from hjepa_bench.manager import build_plugins
+    from hjepa_bench.measure.env import environment_fingerprint
+    from hjepa_bench.plugin.manager import build_plugins
 
     devices = {}
     for name, backend in sorted(build_plugins().backends().items()):
@@ -96,7 +96,7 @@ def config_values(size):
 
 @pytest.fixture(scope="session", params=["cpu", "cuda", "mps"])
 def backend(request):
-    from hjepa_bench.manager import build_plugins
+    from hjepa_bench.plugin.manager import build_plugins
 
     b = build_plugins().backends()[request.param]
     why = b.availability()

@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from hjepa_bench.data import build_dataset, build_transform
-from hjepa_bench.masks import MaskCollator, MaskSpec, masks_from_union, reference_masks, sample_batch_union
-from hjepa_bench.step import HJEPAStep
+from hjepa_bench.hjepa.data import build_dataset, build_transform
+from hjepa_bench.hjepa.masks import MaskCollator, MaskSpec, masks_from_union, reference_masks, sample_batch_union
+from hjepa_bench.hjepa.step import HJEPAStep
 
 VARIANTS = ["reference", "efficient"]
 _STEPS: dict[tuple, HJEPAStep] = {}

@@ -1,8 +1,8 @@
 """hjepa-bench: measure the real H-JEPA training step before a long run.
 
-Plugin authors write ``@hjepa_bench.hookimpl`` (see :mod:`hjepa_bench.hookspecs`).
+Plugin authors write ``@hjepa_bench.hookimpl`` (see :mod:`hjepa_bench.plugin.hookspecs`).
 """
-from .hookspecs import hookimpl, hookspec
+from .plugin.hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
 __all__ = ["hookimpl", "hookspec", "__version__"]

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .api import Backend
+from .plugin.api import Backend
 from .config import ResolvedConfig, resolve_config
 from .errors import UserError
-from .manager import Plugins, build_plugins
+from .plugin.manager import Plugins, build_plugins
 from .record import dumps, write_json
-from .report import fmt_bytes, fmt_ms, fmt_pct, render_report
+from .report.sections import fmt_bytes, fmt_ms, fmt_pct, render_report
 
 AUTO_ORDER = ("cuda", "mps", "cpu")
 
@@ -114,8 +114,8 @@ def _print_json(data: Any) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .env import environment_fingerprint
-    from .runner import run_benchmark
+    from .measure.env import environment_fingerprint
+    from .measure.runner import run_benchmark
 
     backend = select_backend(plugins, args.device)
     rc = load_config(args, quiet=True)  # warnings are printed once the run has started
@@ -216,7 +216,7 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
 
 
 def cmd_inspect(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .inspection import inspect_config
+    from .hjepa.inspection import inspect_config
 
     rc = load_config(args, quiet=args.json)
     info = inspect_config(rc.values, batch_size=args.batch_size)
@@ -286,7 +286,7 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .sweep import (DEFAULT_OUT, SweepSpec, install_sigterm_handler, parse_list, resume_command, run_sweep,
+    from .measure.sweep import (DEFAULT_OUT, SweepSpec, install_sigterm_handler, parse_list, resume_command, run_sweep,
                         selected_options)
 
     spec = SweepSpec.from_yaml(args.grid) if args.grid else SweepSpec()
@@ -333,9 +333,9 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
               f"and the one in flight was discarded. Resume with:\n  {resume_command(args.argv)}", file=sys.stderr)
         return 130
     bar.close()
-    from .results import load_results
+    from .measure.results import load_results
 
-    from .decision_report import write_report
+    from .report.decision import write_report
 
     records = load_results([out])
     report = out / "report.md"
@@ -345,7 +345,7 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
         print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},
                           "report": str(report)}), flush=True)
     elif mode != "quiet":
-        from .report import records_frame
+        from .report.sections import records_frame
 
         df = records_frame(records)
         cols = ["device", "model", "variant", "precision", "img", "batch", "workers", "status", "it_per_s",
@@ -361,7 +361,7 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
 
 def report_settings(args: argparse.Namespace, *, options_file: str | None = None, title: str = "hjepa-bench report"):
     """Thresholds, options and budget for a decision report, from the common flags."""
-    from .decision_report import ReportSettings
+    from .report.decision import ReportSettings
     from .options import load_options
     from .thresholds import load_thresholds
 
@@ -371,8 +371,8 @@ def report_settings(args: argparse.Namespace, *, options_file: str | None = None
 
 
 def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .decision_report import write_report
-    from .results import load_results
+    from .report.decision import write_report
+    from .measure.results import load_results
 
     dirs = [Path(d) for d in args.dirs]
     for d in dirs:
@@ -397,10 +397,10 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .decision_report import write_report
-    from .env import environment_fingerprint
+    from .report.decision import write_report
+    from .measure.env import environment_fingerprint
     from .options import config_option
-    from .validate import ValidationSettings, run_validation, validation_facts, validation_record
+    from .measure.validate import ValidationSettings, run_validation, validation_facts, validation_record
 
     rc = load_config(args)
     backend = select_backend(plugins, args.device)
@@ -465,8 +465,8 @@ def _verdict_lines(analysis: dict[str, Any]) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .decision_report import write_report
-    from .loganalysis import log_facts, log_record, log_section, log_values, read_log
+    from .report.decision import write_report
+    from .measure.loganalysis import log_facts, log_record, log_section, log_values, read_log
     from .options import config_option
 
     text, result = read_log(args.log)
@@ -492,7 +492,7 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
     print(section.split("\n\n")[0])
     if args.out:
         out = Path(args.out)
-        from .charts import log_charts
+        from .report.charts import log_charts
 
         analysis = write_report([record], out / "report.md", settings, facts=facts, chart_records=[],
                                 intro=[f"Analysis of `{args.log}`, a log written by the upstream H-JEPA trainer."],
@@ -505,7 +505,7 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
         print(_verdict_lines(analysis))
         print(f"report: {out / 'report.md'}\nanalysis: {out / 'analysis.json'}")
     else:
-        from .decision_report import build_analysis
+        from .report.decision import build_analysis
 
         print(_verdict_lines(build_analysis([record], settings, facts)))
     if result.get("stopped_at"):
@@ -514,7 +514,7 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .evaluate import evaluate_checkpoint, render_eval_markdown
+    from .measure.evaluate import evaluate_checkpoint, render_eval_markdown
 
     device = select_backend(plugins, args.device).name
     overrides = {"data.image_size": args.img_size, "model.encoder_depth": args.encoder_depth}
@@ -543,7 +543,7 @@ def add_decision_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_benchmark_report(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .benchjson import benchmark_table, identity_differences, load_benchmark_json
+    from .report.benchmarks import benchmark_table, identity_differences, load_benchmark_json
 
     current = load_benchmark_json(args.current)
     baseline = load_benchmark_json(args.baseline) if args.baseline else None

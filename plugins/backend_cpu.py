@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from hjepa_bench.api import Availability, Backend, MemoryReading
-from hjepa_bench.env import cpu_model
-from hjepa_bench.hookspecs import hookimpl
-from hjepa_bench.precision import grad_scaler_works, probe_precision
+from hjepa_bench.plugin.api import Availability, Backend, MemoryReading
+from hjepa_bench.measure.env import cpu_model
+from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.plugin.precision import grad_scaler_works, probe_precision
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from hjepa_bench.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent
-from hjepa_bench.hookspecs import hookimpl
-from hjepa_bench.precision import DTYPES, probe_precision
+from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent
+from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.plugin.precision import DTYPES, probe_precision
 
 _CUDA_OOM_MARKERS = (
     "CUDA out of memory",

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from hjepa_bench.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent, WallClockEvent
-from hjepa_bench.env import sysctl
-from hjepa_bench.hookspecs import hookimpl
-from hjepa_bench.precision import DTYPES, grad_scaler_works, probe_precision
+from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent, WallClockEvent
+from hjepa_bench.measure.env import sysctl
+from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.plugin.precision import DTYPES, grad_scaler_works, probe_precision
 # First torch release whose MPS autocast accepts the dtype.
 _MIN_TORCH = {"fp16": (2, 5), "bf16": (2, 6)}
 

@@ -19,8 +19,8 @@ import pandas as pd
 import psutil
 
 from hjepa_bench.analysis.bottleneck import CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util
-from hjepa_bench.api import Probe, ReportSection, RunContext
-from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
+from hjepa_bench.plugin.hookspecs import hookimpl
 
 SAMPLE_INTERVAL_S = 0.25
 CHILDREN_REFRESH_S = 2.0

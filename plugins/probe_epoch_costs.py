@@ -3,7 +3,7 @@
 Runs in ``finish`` (after the timed loop; the workload's endless iterator is
 already shut down, the DataLoader itself can start a new one) and measures, on
 the built-in ``hjepa`` workload (anything exposing ``.loader`` and a
-``.trainer`` like :class:`hjepa_bench.step.HJEPAStep`):
+``.trainer`` like :class:`hjepa_bench.hjepa.step.HJEPAStep`):
 
 1. **Worker start-up** (``worker_startup_s``): a non-persistent DataLoader
    starts fresh workers at every epoch.  Timed from ``iter(loader)`` to the
@@ -45,9 +45,9 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 import torch
 
-from hjepa_bench.api import Probe, ReportSection, RunContext
-from hjepa_bench.hookspecs import hookimpl
-from hjepa_bench.report import fmt_bytes, fmt_ms, fmt_or_dash, record_label
+from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
+from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.report.sections import fmt_bytes, fmt_ms, fmt_or_dash, record_label
 
 STARTUP_REPEATS = 2
 VAL_REPEATS = 3

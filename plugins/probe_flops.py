@@ -3,7 +3,7 @@
 Entry ``record["probes"]["flops"]``:
 
 * ``flops_per_step`` / ``flops_per_sample`` / ``flops_by_module``: from
-  :func:`hjepa_bench.inspection.count_step_flops` for the run's config, variant
+  :func:`hjepa_bench.hjepa.inspection.count_step_flops` for the run's config, variant
   and batch size (torch.utils.flop_counter on the meta device, forward +
   backward, attention included when ``attention_counted``).  Only the built-in
   ``hjepa`` workload can be counted; any other gives ``measured: false`` and a reason.
@@ -38,9 +38,9 @@ import torch.nn.functional as F
 
 from hjepa_bench.analysis.flops import (MATMUL_SIZES, flops_rows, matmul_flops, matmuls_per_rep, mfu_summary,
                                         next_matmul_size, peak_summary, per_sample)
-from hjepa_bench.api import Backend, Probe, ReportSection, RunContext
+from hjepa_bench.plugin.api import Backend, Probe, ReportSection, RunContext
 from hjepa_bench.config import resolve_precision
-from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.plugin.hookspecs import hookimpl
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -150,7 +150,7 @@ class FlopsProbe(Probe):
                 pass
 
     def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
-        from hjepa_bench.inspection import attention_is_counted, count_step_flops
+        from hjepa_bench.hjepa.inspection import attention_is_counted, count_step_flops
 
         t0 = time.perf_counter()
         bench = ctx.config["bench"]

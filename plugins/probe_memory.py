@@ -23,9 +23,9 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_GROWTH_FRAC, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
-from hjepa_bench.api import Probe, ReportSection, RunContext, StepSample
-from hjepa_bench.hookspecs import hookimpl
-from hjepa_bench.report import fmt_bytes
+from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
+from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.report.sections import fmt_bytes
 
 SAMPLE_BUDGET_S = 50e-6  # a reading per step is always fine up to this cost ...
 SAMPLE_BUDGET_FRAC = 0.01  # ... or up to 1% of the step's host + data time
@@ -84,7 +84,7 @@ class MemoryProbe(Probe):
         return memory_entry(self._samples, int(series.get("warmup_steps") or 0), metrics, source, sampling)
 
     def summarize(self, entry):
-        from hjepa_bench.report import fmt_bytes
+        from hjepa_bench.report.sections import fmt_bytes
 
         head = entry.get("headroom_frac")
         leak = "leak suspected" if (entry.get("leak") or {}).get("suspected") else "no leak"

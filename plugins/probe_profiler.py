@@ -39,8 +39,8 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-from hjepa_bench.api import Probe, ReportSection, RunContext, StepSample
-from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
+from hjepa_bench.plugin.hookspecs import hookimpl
 
 SCHEDULE = {"wait": 1, "warmup": 1, "active": 3, "repeat": 1}
 TOP_K = 15

@@ -37,8 +37,8 @@ import pandas as pd
 import torch
 
 from hjepa_bench.analysis.features import feature_quality
-from hjepa_bench.api import Probe, ReportSection, RunContext
-from hjepa_bench.hookspecs import hookimpl
+from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
+from hjepa_bench.plugin.hookspecs import hookimpl
 
 #: rows of the timed matrix (25,600: e.g. 800 steps x batch 32 of embeddings)
 DEFAULT_ROWS = 25_600

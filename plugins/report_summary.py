@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from hjepa_bench.api import ReportSection
-from hjepa_bench.hookspecs import hookimpl
-from hjepa_bench.report import records_frame
+from hjepa_bench.plugin.api import ReportSection
+from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.report.sections import records_frame
 
 
 class SummarySection(ReportSection):

@@ -2,7 +2,7 @@
 
 Data (synthetic CIFAR-shaped by default, or ``--data cifar10``) goes through
 the upstream augmentation in DataLoader workers; each step is
-:class:`hjepa_bench.step.HJEPAStep` in the configured variant.
+:class:`hjepa_bench.hjepa.step.HJEPAStep` in the configured variant.
 """
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from hjepa_bench.api import Backend, PreparedWorkload, StepOutput, Workload
+from hjepa_bench.plugin.api import Backend, PreparedWorkload, StepOutput, Workload
 from hjepa_bench.config import resolve_precision
-from hjepa_bench.data import EndlessBatches, build_dataset, build_loader, build_transform
+from hjepa_bench.hjepa.data import EndlessBatches, build_dataset, build_loader, build_transform
 from hjepa_bench.errors import UserError
-from hjepa_bench.hookspecs import hookimpl
-from hjepa_bench.masks import MaskCollator, MaskSpec
-from hjepa_bench.step import HJEPAStep
+from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.hjepa.masks import MaskCollator, MaskSpec
+from hjepa_bench.hjepa.step import HJEPAStep
 
 
 class PreparedHJEPA(PreparedWorkload):

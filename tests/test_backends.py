@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hjepa_bench.api import PRECISIONS, Availability, Backend, MemoryReading, WallClockEvent
-from hjepa_bench.env import cpu_model, environment_fingerprint
+from hjepa_bench.plugin.api import PRECISIONS, Availability, Backend, MemoryReading, WallClockEvent
+from hjepa_bench.measure.env import cpu_model, environment_fingerprint
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 
@@ -284,7 +284,7 @@ def test_environment_fingerprint(request, fixture):
 
 
 def test_fingerprint_id_ignores_the_host_but_not_the_software(cpu):
-    from hjepa_bench.env import fingerprint_id
+    from hjepa_bench.measure.env import fingerprint_id
 
     env = environment_fingerprint(cpu)
     assert fingerprint_id({**env, "hostname_hash": "elsewhere"}) == env["fingerprint_id"]

@@ -1,4 +1,4 @@
-"""PNG charts of result records (hjepa_bench.charts) on hand-made records."""
+"""PNG charts of result records (hjepa_bench.report.charts) on hand-made records."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from hjepa_bench.analysis.memory import fit_memory
-from hjepa_bench.charts import (Chart, loss_curve, memory_vs_batch, render_charts, step_time_over_run,
+from hjepa_bench.report.charts import (Chart, loss_curve, memory_vs_batch, render_charts, step_time_over_run,
                                 throughput_vs_batch, worker_effect)
 
 GIB, MIB = 2**30, 2**20

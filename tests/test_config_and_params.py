@@ -6,7 +6,7 @@ import torch
 
 from hjepa_bench.config import resolve_config, resolve_model_name
 from hjepa_bench.errors import UserError
-from hjepa_bench.model import HJEPA
+from hjepa_bench.hjepa.model import HJEPA
 
 from helpers import CONFIGS, SHARED
 

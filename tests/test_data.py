@@ -1,4 +1,4 @@
-"""Tests for hjepa_bench.data: synthetic data, transforms, CIFAR-10 folder, loaders."""
+"""Tests for hjepa_bench.hjepa.data: synthetic data, transforms, CIFAR-10 folder, loaders."""
 from __future__ import annotations
 
 import pickle
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from hjepa_bench.data import (CIFAR10Folder, EndlessBatches, SyntheticCIFAR, build_dataset,
+from hjepa_bench.hjepa.data import (CIFAR10Folder, EndlessBatches, SyntheticCIFAR, build_dataset,
                               build_eval_transform, build_loader, build_transform)
 from hjepa_bench.errors import UserError
 

@@ -273,7 +273,7 @@ def test_a_benchmarks_preliminary_loss_is_shown_but_not_judged():
 
 
 def test_a_logs_own_values_win_and_flags_fill_the_gaps():
-    from hjepa_bench.loganalysis import log_values
+    from hjepa_bench.measure.loganalysis import log_values
 
     v = log_values({"batch_size": 32, "encoder_type": "vit_small"}, None,
                    {"data.batch_size": 64, "training.epochs": 20})

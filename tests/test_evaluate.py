@@ -1,4 +1,4 @@
-"""``hjepa_bench.evaluate``: checkpoint loading (and its one-sentence errors), the
+"""``hjepa_bench.measure.evaluate``: checkpoint loading (and its one-sentence errors), the
 per-level features, the kNN / linear probes on hand-made data with known answers, and
 an end-to-end evaluation of a tiny real checkpoint (64 px, encoder depth 2) on the CPU."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch
 
 from hjepa_bench.config import resolve_config
 from hjepa_bench.errors import UserError
-from hjepa_bench.evaluate import (config_from_checkpoint, evaluate_checkpoint, infer_architecture, knn_accuracy,
+from hjepa_bench.measure.evaluate import (config_from_checkpoint, evaluate_checkpoint, infer_architecture, knn_accuracy,
                                   knn_predict, level_features, linear_probe_accuracy, load_model, load_state_dict,
                                   render_eval_markdown)
-from hjepa_bench.model import HJEPA
+from hjepa_bench.hjepa.model import HJEPA
 
 from helpers import SHARED, tiny_config
 

@@ -9,9 +9,9 @@ import types
 import pytest
 
 from hjepa_bench import hookimpl
-from hjepa_bench.api import Backend
+from hjepa_bench.plugin.api import Backend
 from hjepa_bench.errors import UserError
-from hjepa_bench.manager import build_plugins
+from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.record import validate_record
 
 from helpers import TINY_FLAGS
@@ -20,7 +20,7 @@ TOY_PLUGIN = textwrap.dedent('''
     """A third-party hjepa-bench plugin: one workload and one probe."""
     import torch
     import hjepa_bench
-    from hjepa_bench.api import PreparedWorkload, Probe, StepOutput, Workload
+    from hjepa_bench.plugin.api import PreparedWorkload, Probe, StepOutput, Workload
 
 
     class Prepared(PreparedWorkload):

@@ -9,12 +9,12 @@ import torch
 
 from hjepa_bench.analysis.bottleneck import (CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck,
                                              bottleneck_verdict, cpu_summary, cpu_times_util, step_shares)
-from hjepa_bench.api import PreparedWorkload, StepOutput, Workload
-from hjepa_bench.manager import build_plugins
+from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
+from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.plugins import probe_bottleneck
 from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.report import render_report
-from hjepa_bench.runner import run_benchmark
+from hjepa_bench.report.sections import render_report
+from hjepa_bench.measure.runner import run_benchmark
 
 PHASES = {"inputs_masks": 0.002, "forward_backward": 0.010, "optimizer": 0.004, "ema": 0.004}
 

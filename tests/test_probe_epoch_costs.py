@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from helpers import tiny_config
-from hjepa_bench.api import Workload
-from hjepa_bench.env import environment_fingerprint
-from hjepa_bench.manager import build_plugins
+from hjepa_bench.plugin.api import Workload
+from hjepa_bench.measure.env import environment_fingerprint
+from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.plugins import probe_epoch_costs
 from hjepa_bench.plugins.probe_epoch_costs import DEFINITIONS, EpochCostsProbe, EpochCostsSection
-from hjepa_bench.report import render_report
-from hjepa_bench.runner import run_benchmark
+from hjepa_bench.report.sections import render_report
+from hjepa_bench.measure.runner import run_benchmark
 from test_runner import ToyWorkload
 
 MAIN_FIELDS = ("worker_startup_s", "val_step_s", "checkpoint_save_s")

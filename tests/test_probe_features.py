@@ -11,14 +11,14 @@ import torch
 
 from hjepa_bench.analysis import features as F
 from hjepa_bench.analysis.features import feature_quality
-from hjepa_bench.api import RunContext
-from hjepa_bench.manager import build_plugins
-from hjepa_bench.model import HJEPA
+from hjepa_bench.plugin.api import RunContext
+from hjepa_bench.plugin.manager import build_plugins
+from hjepa_bench.hjepa.model import HJEPA
 from hjepa_bench.plugins import probe_features
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
 from hjepa_bench.record import validate_record
-from hjepa_bench.runner import new_record, run_benchmark
+from hjepa_bench.measure.runner import new_record, run_benchmark
 
 from helpers import tiny_config
 

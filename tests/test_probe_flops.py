@@ -9,13 +9,13 @@ import torch
 
 from hjepa_bench.analysis.flops import (flops_rows, fmt_flops, matmul_flops, matmuls_per_rep, mfu_summary,
                                         next_matmul_size, peak_summary, per_sample)
-from hjepa_bench.api import PreparedWorkload, StepOutput, Workload
-from hjepa_bench.inspection import count_step_flops
-from hjepa_bench.manager import build_plugins
+from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
+from hjepa_bench.hjepa.inspection import count_step_flops
+from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.plugins.probe_flops import FlopsProbe, FlopsSection, measure_matmul_peak
 from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
-from hjepa_bench.runner import run_benchmark
+from hjepa_bench.measure.runner import run_benchmark
 
 
 # --------------------------------------------------------------------------- pure functions

@@ -10,12 +10,12 @@ import torch
 
 from hjepa_bench.analysis.loss_curve import (CRITERION_DECREASE_PCT, LR_NOISY, LR_SLOW, NOISE_THRESHOLD_PCT,
                                              analyze_loss, rolling_median)
-from hjepa_bench.api import PreparedWorkload, StepOutput, Workload
+from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
 from hjepa_bench.plugins import probe_loss
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.plugins.probe_loss import LossProbe, LossSection, measured_losses
 from hjepa_bench.record import validate_record
-from hjepa_bench.runner import run_benchmark
+from hjepa_bench.measure.runner import run_benchmark
 
 T = np.arange(100)
 

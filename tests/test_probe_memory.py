@@ -6,11 +6,11 @@ import json
 import pytest
 
 from hjepa_bench.analysis.memory import LEAK_GROWTH_FRAC, fit_memory, leak_check, memory_entry
-from hjepa_bench.manager import build_plugins
+from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.plugins import probe_memory
 from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.report import render_report
-from hjepa_bench.runner import run_benchmark
+from hjepa_bench.report.sections import render_report
+from hjepa_bench.measure.runner import run_benchmark
 from test_runner import ToyWorkload
 
 GiB = 2**30

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from helpers import TINY_FLAGS
-from hjepa_bench.manager import build_plugins
+from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.plugins.probe_profiler import ProfilerProbe, ProfilerSection, profiled_steps
 from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
-from hjepa_bench.runner import run_benchmark
+from hjepa_bench.measure.runner import run_benchmark
 
 PLUGIN = "hjepa_bench.plugins.probe_profiler"
 
@@ -171,7 +171,7 @@ def test_run_ending_inside_the_window_keeps_a_partial_trace(tiny, tmp_path):
 
 
 def test_finish_twice_does_not_stop_twice(tiny, tmp_path):
-    from hjepa_bench.api import RunContext, StepSample
+    from hjepa_bench.plugin.api import RunContext, StepSample
 
     probe, backend = ProfilerProbe(), CPUBackend()
     work = HJEPAWorkload().prepare(tiny(), backend)

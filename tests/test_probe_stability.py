@@ -10,12 +10,12 @@ import torch
 
 from hjepa_bench.analysis.stability import (SPIKE_K, THRESHOLD_CV_PCT, analyze_stability, spike_events,
                                             spike_period)
-from hjepa_bench.api import PreparedWorkload, StepOutput, Workload
+from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
 from hjepa_bench.plugins import probe_stability
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.plugins.probe_stability import StabilityProbe, StabilitySection
 from hjepa_bench.record import validate_record
-from hjepa_bench.runner import run_benchmark
+from hjepa_bench.measure.runner import run_benchmark
 
 
 def _noise(n, level=0.1, rel=0.01, seed=0):

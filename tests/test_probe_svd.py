@@ -8,11 +8,11 @@ import warnings
 import pytest
 import torch
 
-from hjepa_bench.api import RunContext
-from hjepa_bench.manager import build_plugins
+from hjepa_bench.plugin.api import RunContext
+from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.plugins import probe_svd
 from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.runner import new_record
+from hjepa_bench.measure.runner import new_record
 
 from helpers import tiny_config
 

@@ -6,10 +6,10 @@ import time
 import pytest
 import torch
 
-from hjepa_bench.api import PreparedWorkload, Probe, StepOutput, Workload
+from hjepa_bench.plugin.api import PreparedWorkload, Probe, StepOutput, Workload
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.record import validate_record
-from hjepa_bench.runner import run_benchmark
+from hjepa_bench.measure.runner import run_benchmark
 
 
 class ToyPrepared(PreparedWorkload):

@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from hjepa_bench.masks import MaskSpec, masks_from_union, sample_batch_union
-from hjepa_bench.step import HJEPAStep, ema_momentum_at, lr_at
+from hjepa_bench.hjepa.masks import MaskSpec, masks_from_union, sample_batch_union
+from hjepa_bench.hjepa.step import HJEPAStep, ema_momentum_at, lr_at
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 
 

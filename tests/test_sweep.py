@@ -15,8 +15,8 @@ import pytest
 
 from hjepa_bench.errors import UserError
 from hjepa_bench.record import validate_record
-from hjepa_bench.results import ResultsFile, read_results, results_frame
-from hjepa_bench.sweep import SweepSpec
+from hjepa_bench.measure.results import ResultsFile, read_results, results_frame
+from hjepa_bench.measure.sweep import SweepSpec
 
 from helpers import REPO
 

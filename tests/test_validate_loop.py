@@ -1,4 +1,4 @@
-"""The validation run (hjepa_bench.validate): a real, tiny training run on the CPU and its artifacts."""
+"""The validation run (hjepa_bench.measure.validate): a real, tiny training run on the CPU and its artifacts."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ import torch
 
 from helpers import tiny_config
 from hjepa_bench.errors import UserError
-from hjepa_bench.manager import build_plugins
-from hjepa_bench.model import HJEPA
-from hjepa_bench.step import HJEPAStep, lr_at
-from hjepa_bench.validate import ValidationSettings, run_validation
+from hjepa_bench.plugin.manager import build_plugins
+from hjepa_bench.hjepa.model import HJEPA
+from hjepa_bench.hjepa.step import HJEPAStep, lr_at
+from hjepa_bench.measure.validate import ValidationSettings, run_validation
 
 SPE = 3  # steps per epoch (capped)
 

@@ -6,8 +6,8 @@ import pickle
 
 import numpy as np
 
-from hjepa_bench.data import EndlessBatches, build_dataset, build_loader, build_transform
-from hjepa_bench.masks import BatchMasks, MaskCollator, MaskSpec
+from hjepa_bench.hjepa.data import EndlessBatches, build_dataset, build_loader, build_transform
+from hjepa_bench.hjepa.masks import BatchMasks, MaskCollator, MaskSpec
 
 from helpers import TINY_FLAGS
 

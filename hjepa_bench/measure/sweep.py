@@ -27,9 +27,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .config import resolve_config, resolve_model_name, resolve_precision
-from .errors import UserError
-from .manager import Plugins, build_plugins
+from ..config import resolve_config, resolve_model_name, resolve_precision
+from ..errors import UserError
+from ..plugin.manager import Plugins, build_plugins
 from .results import ResultsFile, config_key
 from .runner import new_record
 
@@ -118,7 +118,7 @@ class Point:
 
 
 def _resolve_devices(plugins: Plugins, names: Sequence[str]) -> list[str]:
-    from .cli import select_backend
+    from ..cli import select_backend
 
     out = []
     for name in names:
@@ -202,7 +202,7 @@ def _same_measurement(a: Point, b: Point) -> bool:
 
 def selected_options(spec: SweepSpec) -> list[Any]:
     """The options whose configs the sweep measures (``spec.options``: names, all or none)."""
-    from .options import load_options
+    from ..options import load_options
 
     names = [str(n) for n in (spec.options or [])]
     if not names or names == ["none"]:
@@ -220,7 +220,7 @@ def selected_options(spec: SweepSpec) -> list[Any]:
 def _option_point(opt: Any, device: str, common: dict[str, Any], backends: dict[str, Any], env: dict[str, Any],
                   index: int) -> Point:
     """A point measuring ``opt``'s own model config at its batch and workers (reference step)."""
-    from .options import option_overrides
+    from ..options import option_overrides
 
     base = opt.values()
     overrides = {**{k: v for k, v in common.items() if k != "model.encoder_depth"}, **option_overrides(opt)}
@@ -258,7 +258,7 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
     # must start the way they do in a normal run on this platform (fork on Linux).
     if payload.get("start_method"):
         mp.set_start_method(payload["start_method"], force=True)
-    from .record import write_json
+    from ..record import write_json
     from .runner import run_benchmark
 
     values, env = payload["values"], payload["env"]

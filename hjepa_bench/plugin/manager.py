@@ -25,7 +25,7 @@ import pluggy
 
 from . import hookspecs
 from .api import Backend, Probe, ReportSection, Workload
-from .errors import UserError
+from ..errors import UserError
 
 ENTRY_POINT_GROUP = "hjepa_bench"
 DIST_NAME = "hjepa-bench"

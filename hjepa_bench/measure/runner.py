@@ -26,9 +26,9 @@ import psutil
 import torch
 
 from . import stats
-from .api import Backend, Probe, RunContext, StepSample, Workload
-from .errors import UserError
-from .record import SCHEMA_VERSION
+from ..plugin.api import Backend, Probe, RunContext, StepSample, Workload
+from ..errors import UserError
+from ..record import SCHEMA_VERSION
 
 ProgressFn = Callable[[dict[str, Any]], None]
 

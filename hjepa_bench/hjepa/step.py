@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .api import Backend, StepOutput
+from ..plugin.api import Backend, StepOutput
 from .loss import hierarchical_loss, vicreg
 from .masks import BatchMasks, MaskSpec, reference_masks
 from .model import HJEPA, gather_tokens

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .api import Availability, Backend, MemoryReading
-from .config import VARIANTS
+from ..plugin.api import Availability, Backend, MemoryReading
+from ..config import VARIANTS
 from .masks import MaskSpec, masks_from_union, sample_batch_union
 from .model import HJEPA
 from .step import HJEPAStep

@@ -3,7 +3,7 @@
 The validation guide (``shared/reference/VALIDATION_LEARNINGS.md``) asks for a
 short training run (the upstream ``quick_val`` config, 5 epochs) before a long one,
 to check stability, speed, learning and collapse.  :func:`run_validation` runs it
-with the real step (:class:`hjepa_bench.step.HJEPAStep`) on the real data path
+with the real step (:class:`hjepa_bench.hjepa.step.HJEPAStep`) on the real data path
 (the upstream augmentation in DataLoader workers, restarted every epoch unless
 ``bench.persistent_workers``) and keeps every measurement:
 
@@ -52,14 +52,14 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from .analysis.features import feature_quality
-from .config import resolve_precision, to_yaml
-from .data import build_dataset, build_eval_transform, build_loader, build_transform
-from .errors import UserError
-from .masks import MaskCollator, MaskSpec, masks_from_union, sample_batch_union
-from .model import pooled_features
-from .record import write_json
-from .step import HJEPAStep
+from ..analysis.features import feature_quality
+from ..config import resolve_precision, to_yaml
+from ..hjepa.data import build_dataset, build_eval_transform, build_loader, build_transform
+from ..errors import UserError
+from ..hjepa.masks import MaskCollator, MaskSpec, masks_from_union, sample_batch_union
+from ..hjepa.model import pooled_features
+from ..record import write_json
+from ..hjepa.step import HJEPAStep
 
 STATUSES = ("ok", "diverged", "interrupted", "error", "oom")
 RESULT_FILE = "validation.json"
@@ -581,8 +581,8 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
     ``WARMUP_STEPS`` are warm-up), its epoch ends give the per-epoch costs, its last
     feature measurement is the features entry.  The decision matrix projects from it
     like from a sweep record."""
-    from .analysis.loss_curve import analyze_loss
-    from .record import SCHEMA_VERSION
+    from ..analysis.loss_curve import analyze_loss
+    from ..record import SCHEMA_VERSION
     from .stats import summarize
 
     steps = result.get("steps") or {}
@@ -639,7 +639,7 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
 
 def validation_facts(result: Mapping[str, Any], record: Mapping[str, Any]) -> Any:
     """Facts of a validation run for the success criteria and the checklist."""
-    from .analysis.criteria import facts_from_records
+    from ..analysis.criteria import facts_from_records
 
     f = facts_from_records([record])
     f.source = "validate"

@@ -17,9 +17,9 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .errors import UserError
-from .record import RecordError, dumps, validate_record
-from .report import records_frame
+from ..errors import UserError
+from ..record import RecordError, dumps, validate_record
+from ..report.sections import records_frame
 
 RESULTS_NAME = "results.jsonl"
 

@@ -28,7 +28,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def hjepa_bench_register_backends(register: Callable[[Backend], None]) -> None:
-    """Register device backends (:class:`hjepa_bench.api.Backend`).
+    """Register device backends (:class:`hjepa_bench.plugin.api.Backend`).
 
     Called once when the plugin manager is built.  A backend that cannot run on
     this machine is still registered; it reports why through ``availability()``.
@@ -37,7 +37,7 @@ def hjepa_bench_register_backends(register: Callable[[Backend], None]) -> None:
 
 @hookspec
 def hjepa_bench_register_workloads(register: Callable[[Workload], None]) -> None:
-    """Register workloads (:class:`hjepa_bench.api.Workload`): the step being timed.
+    """Register workloads (:class:`hjepa_bench.plugin.api.Workload`): the step being timed.
 
     The built-in ``hjepa`` workload is the real H-JEPA training step; a user's own
     step is benchmarked by registering another workload and passing
@@ -47,7 +47,7 @@ def hjepa_bench_register_workloads(register: Callable[[Workload], None]) -> None
 
 @hookspec
 def hjepa_bench_register_probes(register: Callable[[Probe], None]) -> None:
-    """Register probes (:class:`hjepa_bench.api.Probe`).
+    """Register probes (:class:`hjepa_bench.plugin.api.Probe`).
 
     Every registered probe runs inside ``run`` (and later ``sweep``) and writes
     ``record["probes"][probe.name]``.
@@ -56,4 +56,4 @@ def hjepa_bench_register_probes(register: Callable[[Probe], None]) -> None:
 
 @hookspec
 def hjepa_bench_register_report_sections(register: Callable[[ReportSection], None]) -> None:
-    """Register markdown report sections (:class:`hjepa_bench.api.ReportSection`)."""
+    """Register markdown report sections (:class:`hjepa_bench.plugin.api.ReportSection`)."""

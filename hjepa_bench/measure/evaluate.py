@@ -18,7 +18,7 @@ moved to the CPU as float64:
 * level l > 0: ``hierarchy_projections[l]`` (Linear + LayerNorm) on every patch
   token, then 1-D average pooling along the patch sequence with kernel = stride
   = k = min(2**l, N) (projection first, then pooling: the order
-  :func:`hjepa_bench.loss.hierarchical_loss` uses for the level-l targets, with
+  :func:`hjepa_bench.hjepa.loss.hierarchical_loss` uses for the level-l targets, with
   the same pooling function), then the mean over the pooled tokens.  Because
   both pools are averages this equals the mean of the projected tokens over the
   first floor(N / k) * k patches (all of them whenever k divides N, e.g. 196 or
@@ -58,12 +58,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .analysis.features import feature_quality
-from .config import DEFAULTS, MODELS, PATCH_SIZE, resolve_config
-from .data import build_dataset, build_eval_transform
-from .errors import UserError
-from .loss import _pool
-from .model import HJEPA
+from ..analysis.features import feature_quality
+from ..config import DEFAULTS, MODELS, PATCH_SIZE, resolve_config
+from ..hjepa.data import build_dataset, build_eval_transform
+from ..errors import UserError
+from ..hjepa.loss import _pool
+from ..hjepa.model import HJEPA
 
 #: DINO's kNN protocol
 KNN_K = 20
@@ -535,7 +535,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     ``n_train`` / ``n_test`` default to 5000 / 1000 images, capped by the data set
     (the first images of each split).  Synthetic data use the config's ``seed``
     (the class patterns the training run saw), with the train and test splits of
-    :class:`hjepa_bench.data.SyntheticCIFAR`.  ``seed`` seeds the random-init
+    :class:`hjepa_bench.hjepa.data.SyntheticCIFAR`.  ``seed`` seeds the random-init
     model and the linear probe.  ``progress`` (optional) receives one-line messages.
     """
     t_start = time.perf_counter()

@@ -5,7 +5,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .api import ReportSection
+from ..plugin.api import ReportSection
 
 
 def fmt_bytes(n: int | float | None) -> str:

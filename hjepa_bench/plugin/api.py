@@ -1,7 +1,7 @@
 """The objects plugins provide: backends, workloads, probes and report sections.
 
 A plugin module implements one or more ``hjepa_bench_register_*`` hooks (see
-:mod:`hjepa_bench.hookspecs`) and calls ``register(obj)`` with instances of the
+:mod:`hjepa_bench.plugin.hookspecs`) and calls ``register(obj)`` with instances of the
 classes below.  Every method has a working default where one makes sense, so a
 plugin overrides only what it needs.
 

@@ -19,7 +19,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import Backend
+    from ..plugin.api import Backend
 
 #: Fields left out of ``fingerprint_id``: they name the host or are settings,
 #: not facts of the machine or its software.

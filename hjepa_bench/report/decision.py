@@ -3,7 +3,7 @@ checklist, lessons learned, charts, reference baselines and the plugins' section
 
 ``build_analysis`` is pure (records in, a JSON-safe dict out); ``write_report``
 renders it to ``report.md`` with tabulate tables, writes the charts
-(:mod:`hjepa_bench.charts`) into ``charts/`` and one ready-to-run upstream-format
+(:mod:`hjepa_bench.report.charts`) into ``charts/`` and one ready-to-run upstream-format
 YAML per option into ``configs/``, all next to the report and linked with
 relative paths.  ``hjepa-bench sweep``, ``report``, ``analyze`` and ``validate``
 all come through here.
@@ -19,17 +19,17 @@ from typing import Any, Mapping, Sequence
 import yaml
 from tabulate import tabulate
 
-from .analysis import finite
-from .analysis.criteria import (FAIL, NOT_MEASURED, PASS, Facts, checklist, facts_from_records,
+from ..analysis import finite
+from ..analysis.criteria import (FAIL, NOT_MEASURED, PASS, Facts, checklist, facts_from_records,
                                 lessons_learned, pick_validation_record, status_counts, success_criteria)
-from .analysis.decisions import (decide, efficient_savings, evaluate_option, judge, machine, model_speed_ratios,
+from ..analysis.decisions import (decide, efficient_savings, evaluate_option, judge, machine, model_speed_ratios,
                                  recommend_batch, recommend_lr, recommend_warmup, recommend_workers)
-from .analysis.memory import fit_memory
-from .api import ReportSection
-from .options import TrainingOption, guide_options, model_key
-from .record import dumps
-from .report import render_report
-from .thresholds import DEFAULTS, Thresholds
+from ..analysis.memory import fit_memory
+from ..plugin.api import ReportSection
+from ..options import TrainingOption, guide_options, model_key
+from ..record import dumps
+from .sections import render_report
+from ..thresholds import DEFAULTS, Thresholds
 
 #: The validation guide's reference table, with what each number is.
 REFERENCE_BASELINES: tuple[tuple[str, str, str, str, str], ...] = (
@@ -407,7 +407,7 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
               _table([list(r) for r in REFERENCE_BASELINES], ["method", "architecture", "epochs", "accuracy", "what it is"]),
               "", "None of these was measured here; H-JEPA rows are the guide's targets, not results.", ""]
     parts += ["## Thresholds", "", "All verdicts above use these values (change them with `--thresholds FILE.yaml`):", ""]
-    from .thresholds import MEANINGS
+    from ..thresholds import MEANINGS
     parts += [_table([[k, v, MEANINGS.get(k, "")] for k, v in th.items()], ["name", "value", "meaning"]), ""]
     if sections and records:
         body = render_report(records, sections, title="Measurements")

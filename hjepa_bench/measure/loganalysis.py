@@ -21,12 +21,12 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .analysis import finite
-from .analysis.criteria import Facts
-from .analysis.logparse import LogParseError, analyze_log, parse_log
-from .config import resolve_config, resolve_model_name, resolve_precision
-from .errors import UserError
-from .record import SCHEMA_VERSION
+from ..analysis import finite
+from ..analysis.criteria import Facts
+from ..analysis.logparse import LogParseError, analyze_log, parse_log
+from ..config import resolve_config, resolve_model_name, resolve_precision
+from ..errors import UserError
+from ..record import SCHEMA_VERSION
 
 FALLBACK_RE = re.compile(r"fall(?:s|ing)?[ -]?back|not (?:currently )?(?:supported|implemented) on the MPS", re.I)
 ERROR_RE = re.compile(r"Traceback \(most recent call last\)|^\S*Error: |CUDA error|MPS backend out of memory", re.M)
@@ -172,7 +172,7 @@ def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
     lr = finite(info.get("lr"))
     f.lr = lr
     if lr is not None and f.loss_decrease_pct is not None:
-        from .analysis.loss_curve import lr_advice
+        from ..analysis.loss_curve import lr_advice
 
         adv = lr_advice(bool(f.diverged), f.loss_trend, finite(loss.get("noise_pct")), f.loss_decrease_pct, lr)
         f.lr_advice_detail = adv

@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from .config import MODELS
+from ..config import MODELS
 
 
 class ViTEncoder(nn.Module):

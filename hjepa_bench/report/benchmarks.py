@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from tabulate import tabulate
 
-from .errors import UserError
+from ..errors import UserError
 
 IDENTITY_KEYS = ("devices", "torch", "timm", "size", "precision")
 

@@ -40,9 +40,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .analysis import finite
-from .analysis.memory import DEFAULT_MARGIN, MODEL_ORDER, _batch, _device, _model, _peak, _setup, fit_memory
-from .report import records_frame
+from ..analysis import finite
+from ..analysis.memory import DEFAULT_MARGIN, MODEL_ORDER, _batch, _device, _model, _peak, _setup, fit_memory
+from .sections import records_frame
 
 DPI = 110
 FIGSIZE = (8.0, 4.8)

@@ -1,0 +1,1 @@
+"""The plugin interface: hook specifications, the objects plugins register, and the manager."""

@@ -1,0 +1,1 @@
+"""Rendering: markdown sections, the decision report, charts and the benchmark report."""
