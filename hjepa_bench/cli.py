@@ -17,7 +17,8 @@ from .config import ResolvedConfig, resolve_config
 from .errors import UserError
 from .plugin.manager import Plugins, build_plugins
 from .record import dumps, write_json
-from .report.sections import fmt_bytes, fmt_ms, fmt_pct, render_report
+from .format import fmt_bytes, fmt_ms, fmt_pct
+from .report.sections import render_report
 
 AUTO_ORDER = ("cuda", "mps", "cpu")
 

@@ -19,6 +19,7 @@ import pandas as pd
 import psutil
 
 from hjepa_bench.analysis.bottleneck import CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util
+from hjepa_bench.format import fmt_pct
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -153,10 +154,6 @@ class BottleneckProbe(Probe):
         return f"{entry.get('verdict')} ({parts}); CPU {entry.get('cpu_util_mean_pct') or 0:.0f}%; {entry.get('worker_advice')}"
 
 
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * float(x):.1f}"
-
-
 class BottleneckSection(ReportSection):
     name = "bottleneck"
     title = "Bottleneck: data, host or device"
@@ -177,10 +174,10 @@ class BottleneckSection(ReportSection):
                 "model": str((c.get("model") or {}).get("encoder_type", "")).replace("_patch16_224", ""),
                 "batch": (c.get("data") or {}).get("batch_size"),
                 "workers": e.get("workers"),
-                "data wait %": _pct(shares.get("data_wait")),
-                "host %": _pct(shares.get("host")),
-                "top host phase": "-" if top is None else f"{top[0]} {_pct(top[1])}%",
-                "device %": _pct(shares.get("device")),
+                "data wait %": fmt_pct(shares.get("data_wait"), suffix=""),
+                "host %": fmt_pct(shares.get("host"), suffix=""),
+                "top host phase": "-" if top is None else f"{top[0]} {fmt_pct(top[1], suffix='')}%",
+                "device %": fmt_pct(shares.get("device"), suffix=""),
                 "CPU mean %": "n/a" if e.get("cpu_util_mean_pct") is None else f"{e['cpu_util_mean_pct']:.0f}",
                 "saturated": e.get("cpu_saturated"),
                 "verdict": e.get("verdict") or "n/a",

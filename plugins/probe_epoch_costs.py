@@ -47,7 +47,8 @@ import torch
 
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.report.sections import fmt_bytes, fmt_ms, fmt_or_dash, record_label
+from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
+from hjepa_bench.report.sections import record_label
 
 STARTUP_REPEATS = 2
 VAL_REPEATS = 3
@@ -370,10 +371,6 @@ class EpochCostsProbe(Probe):
         return ", ".join(parts)
 
 
-def _s(x: Any) -> str:
-    return fmt_or_dash(x, ".3f")
-
-
 class EpochCostsSection(ReportSection):
     name = "epoch_costs"
     title = "Per-epoch costs: worker start-up, validation step, checkpoint"
@@ -392,14 +389,14 @@ class EpochCostsSection(ReportSection):
                 "variant": e.get("variant"),
                 "steps/epoch": e.get("steps_per_epoch"),
                 "mp context": e.get("multiprocessing_context") or "-",
-                "worker start-up (s)": _s(e.get("worker_startup_s")),
-                "start / first batch (s)": f"{_s(fb.get('start_workers_s'))} / {_s(fb.get('first_batch_wait_s'))}",
+                "worker start-up (s)": fmt_or_dash(e.get("worker_startup_s"), ".3f"),
+                "start / first batch (s)": f"{fmt_or_dash(fb.get('start_workers_s'), '.3f')} / {fmt_or_dash(fb.get('first_batch_wait_s'), '.3f')}",
                 "paid": "every epoch" if e.get("paid_every_epoch") else (
                     "once (persistent)" if e.get("persistent_workers_effective") else "no workers"),
                 "steady wait": fmt_ms(e.get("steady_batch_wait_s")),
                 "val step": fmt_ms(e.get("val_step_s")),
                 "val batch": fmt_or_dash(e.get("val_batch_size"), "d"),
-                "checkpoint (s)": _s(e.get("checkpoint_save_s")),
+                "checkpoint (s)": fmt_or_dash(e.get("checkpoint_save_s"), ".3f"),
                 "checkpoint size": fmt_bytes(e.get("checkpoint_bytes")),
                 "errors": "; ".join(f"{k}: {v}" for k, v in errors.items()) or "-",
             })

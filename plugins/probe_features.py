@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from hjepa_bench.analysis.features import feature_quality
+from hjepa_bench.format import fmt_or_dash
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.hjepa.data import build_dataset, build_eval_transform
 from hjepa_bench.plugin.hookspecs import hookimpl
@@ -129,10 +130,6 @@ class FeaturesProbe(Probe):
                 + ("collapse: " + ", ".join(flags) if flags else "no collapse flags"))
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 class FeaturesSection(ReportSection):
     name = "features"
     title = "Feature quality (collapse checks)"
@@ -166,13 +163,13 @@ class FeaturesSection(ReportSection):
                 "steps": entry.get("steps_trained"),
                 "N": entry.get("n"),
                 "D": entry.get("d"),
-                "RankMe/D": _fmt(entry.get("rankme_ratio"), ".3f"),
-                "centred RankMe/D": _fmt(entry.get("rankme_centred_ratio"), ".3f"),
-                "std x sqrt(D)": _fmt(entry.get("std_mean_rel"), ".3f"),
-                "dims < floor %": _fmt(None if entry.get("std_below_floor_frac") is None
-                                       else entry["std_below_floor_frac"] * 100, ".1f"),
-                "mean cos": _fmt(entry.get("mean_cosine"), ".3f"),
-                "uniformity": _fmt(entry.get("uniformity"), ".2f"),
+                "RankMe/D": fmt_or_dash(entry.get("rankme_ratio"), ".3f", dash="n/a"),
+                "centred RankMe/D": fmt_or_dash(entry.get("rankme_centred_ratio"), ".3f", dash="n/a"),
+                "std x sqrt(D)": fmt_or_dash(entry.get("std_mean_rel"), ".3f", dash="n/a"),
+                "dims < floor %": fmt_or_dash(None if entry.get("std_below_floor_frac") is None
+                                       else entry["std_below_floor_frac"] * 100, ".1f", dash="n/a"),
+                "mean cos": fmt_or_dash(entry.get("mean_cosine"), ".3f", dash="n/a"),
+                "uniformity": fmt_or_dash(entry.get("uniformity"), ".2f", dash="n/a"),
                 "result": result,
             })
         table = pd.DataFrame(rows).astype(object).fillna("").to_markdown(index=False)

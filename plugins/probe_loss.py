@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping
 from hjepa_bench.analysis.loss_curve import analyze_loss
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.report.sections import fmt_or_dash, record_label
+from hjepa_bench.format import fmt_or_dash
+from hjepa_bench.report.sections import record_label
 
 NAME = "loss"
 

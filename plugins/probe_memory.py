@@ -23,9 +23,9 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_GROWTH_FRAC, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
+from hjepa_bench.format import fmt_bytes
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.report.sections import fmt_bytes
 
 SAMPLE_BUDGET_S = 50e-6  # a reading per step is always fine up to this cost ...
 SAMPLE_BUDGET_FRAC = 0.01  # ... or up to 1% of the step's host + data time
@@ -84,16 +84,11 @@ class MemoryProbe(Probe):
         return memory_entry(self._samples, int(series.get("warmup_steps") or 0), metrics, source, sampling)
 
     def summarize(self, entry):
-        from hjepa_bench.report.sections import fmt_bytes
-
+        
         head = entry.get("headroom_frac")
         leak = "leak suspected" if (entry.get("leak") or {}).get("suspected") else "no leak"
         return (f"peak {fmt_bytes(entry.get('peak_device_bytes'))}, mean {fmt_bytes(entry.get('mean_device_bytes'))}, "
                 f"headroom {'n/a' if head is None else f'{head:.0%}'}, {leak}")
-
-
-def _mib(x: Any) -> str:
-    return "n/a" if x is None else fmt_bytes(x)
 
 
 class MemorySection(ReportSection):
@@ -116,14 +111,14 @@ class MemorySection(ReportSection):
                 "model": str((c.get("model") or {}).get("encoder_type", "")).replace("_patch16_224", ""),
                 "batch": (c.get("data") or {}).get("batch_size"),
                 "status": r.get("status"),
-                "peak": _mib(e.get("peak_device_bytes")),
-                "mean": _mib(e.get("mean_device_bytes")),
-                "total": _mib(e.get("device_total_bytes")),
+                "peak": fmt_bytes(e.get("peak_device_bytes")),
+                "mean": fmt_bytes(e.get("mean_device_bytes")),
+                "total": fmt_bytes(e.get("device_total_bytes")),
                 "headroom %": "n/a" if e.get("headroom_frac") is None else f"{100 * e['headroom_frac']:.1f}",
                 "pressure": e.get("memory_pressure"),
-                "leak slope/step": "n/a" if slope is None else _mib(slope),
+                "leak slope/step": "n/a" if slope is None else fmt_bytes(slope),
                 "leak?": leak.get("suspected"),
-                "peak RSS": _mib(e.get("peak_rss_bytes")),
+                "peak RSS": fmt_bytes(e.get("peak_rss_bytes")),
             })
         if not rows:
             return None
@@ -142,9 +137,9 @@ class MemorySection(ReportSection):
                 "device": device, "model": model,
                 "ok batches": ", ".join(map(str, f["ok_batches"])),
                 "OOM at": ", ".join(map(str, f["oom_batches"])) or "-",
-                "per sample": _mib(fit.get("bytes_per_sample")),
-                "fixed": _mib(fit.get("intercept_bytes")),
-                "limit": _mib(f["limit_bytes"]),
+                "per sample": fmt_bytes(fit.get("bytes_per_sample")),
+                "fixed": fmt_bytes(fit.get("intercept_bytes")),
+                "limit": fmt_bytes(f["limit_bytes"]),
                 "predicted max batch": f["predicted_max_batch"] if f["predicted_max_batch"] is not None else "n/a",
                 "can increase batch?": f["can_increase_batch"],
                 "room for larger model?": room.get("answer"),

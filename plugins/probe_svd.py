@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from hjepa_bench.analysis.features import feature_quality
+from hjepa_bench.format import fmt_ms
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -210,10 +211,6 @@ class SVDProbe(Probe):
         return "; ".join(f"{t['device']} {t['dtype']} ({t['path']}) {t['median_s'] * 1000:.0f} ms" for t in rows) or None
 
 
-def _ms(value: Any) -> str:
-    return "n/a" if value is None else f"{value * 1000:.1f}"
-
-
 class SVDSection(ReportSection):
     name = "svd"
     title = "SVD: device path, CPU fallback and cost of the feature metrics"
@@ -239,13 +236,13 @@ class SVDSection(ReportSection):
                     "machine": machine, "torch": entry.get("torch_version"), "shape": shape,
                     "on": t.get("device"), "dtype": t.get("dtype"),
                     "path": t.get("path") or "unsupported",
-                    "median (ms)": _ms(t.get("median_s")),
+                    "median (ms)": fmt_ms(t.get("median_s"), unit=""),
                     "detail": (t.get("unsupported") or t.get("detail") or "")[:120],
                 })
             cost = entry.get("feature_eval_cost_s") or {}
             cost_rows.append({"machine": machine, "torch": entry.get("torch_version"), "shape": shape,
-                              "feature metrics, CPU float64 (ms)": _ms(cost.get("cpu_float64")),
-                              "device SVD estimate (ms)": _ms(cost.get("device_svd_estimate")),
+                              "feature metrics, CPU float64 (ms)": fmt_ms(cost.get("cpu_float64"), unit=""),
+                              "device SVD estimate (ms)": fmt_ms(cost.get("device_svd_estimate"), unit=""),
                               "result": entry.get("note")})
         if not timing_rows and not cost_rows:
             return None

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from hjepa_bench.analysis.flops import (flops_rows, fmt_flops, matmul_flops, matmuls_per_rep, mfu_summary,
-                                        next_matmul_size, peak_summary, per_sample)
+from hjepa_bench.analysis.flops import (flops_rows, matmul_flops, matmuls_per_rep, mfu_summary, next_matmul_size,
+                                        peak_summary, per_sample)
+from hjepa_bench.format import fmt_flops
 from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
 from hjepa_bench.hjepa.inspection import count_step_flops
 from hjepa_bench.plugin.manager import build_plugins

@@ -45,7 +45,7 @@ from __future__ import annotations
 from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 
 from typing import Any, Mapping, Sequence
-from . import finite
+from ..format import finite
 
 DATA_BOUND_SHARE = _TH.data_bound_share
 TB_PROFILER_DATALOADER_SHARE = 0.05  # torch-tb-profiler's "raise num_workers" trigger

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
 from ..thresholds import Thresholds
-from . import finite
+from ..format import finite, fmt_gib, fmt_or_dash
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
 CRASH_STATUSES = ("error", "crashed", "timeout")
@@ -81,10 +81,6 @@ def verdict(vid: str, name: str, status: str, value: Any, evidence: str) -> dict
     return {"id": vid, "name": name, "status": status, "value": value, "evidence": evidence}
 
 
-def _pct(x: float | None, spec: str = ".1f") -> str:
-    return "-" if x is None else f"{x:{spec}}%"
-
-
 # --------------------------------------------------------------------------- the five criteria
 def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
     out = []
@@ -114,7 +110,7 @@ def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
         steady = None if f.step_cv_pct is None else f.step_cv_pct < th.max_step_cv_pct
         status = FAIL if (not fast or steady is False) else (PASS if steady else NOT_MEASURED)
         ev = (f"{f.it_per_s:.2f} it/s ({'>=' if fast else '<'} {th.min_it_per_s:g}; the guide expects "
-              f"~{th.expected_it_per_s:g}), CV {_pct(f.step_cv_pct)}"
+              f"~{th.expected_it_per_s:g}), CV {fmt_or_dash(f.step_cv_pct, suffix='%')}"
               + ("" if f.step_cv_pct is None else f" ({'<' if steady else '>='} {th.max_step_cv_pct:g}%)")
               + (f"; {f.speed_method}" if f.speed_method else ""))
         if steady is None and fast:
@@ -129,13 +125,13 @@ def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
         ok_drop = f.loss_decrease_pct >= th.min_loss_decrease_pct
         problems = []
         if not ok_drop:
-            problems.append(f"down {_pct(f.loss_decrease_pct)} (< {th.min_loss_decrease_pct:g}%)")
+            problems.append(f"down {fmt_or_dash(f.loss_decrease_pct, suffix='%')} (< {th.min_loss_decrease_pct:g}%)")
         if f.diverged:
             problems.append("diverged")
         if f.warmup_spikes:
             problems.append(f"{f.warmup_spikes} warm-up spike(s)")
-        ev = (f"{f.loss_start:.4g} -> {f.loss_end:.4g}, down {_pct(f.loss_decrease_pct)} over {f.loss_points} points"
-              if f.loss_start is not None and f.loss_end is not None else f"down {_pct(f.loss_decrease_pct)}")
+        ev = (f"{f.loss_start:.4g} -> {f.loss_end:.4g}, down {fmt_or_dash(f.loss_decrease_pct, suffix='%')} over {f.loss_points} points"
+              if f.loss_start is not None and f.loss_end is not None else f"down {fmt_or_dash(f.loss_decrease_pct, suffix='%')}")
         if problems:
             ev += "; " + ", ".join(problems)
         status = FAIL if problems else PASS
@@ -185,7 +181,7 @@ def checklist(f: Facts, th: Thresholds, criteria: Sequence[Mapping[str, Any]] | 
     mem_bad = [w for w, flag in (("out of memory", f.oom), ("leak suspected", f.leak),
                                  ("memory pressure", f.memory_pressure)) if flag]
     mem_ev = ("; ".join(mem_bad) if mem_bad else
-              f"no OOM, no leak, peak {_gib(f.peak_bytes)}" + (f", headroom {f.headroom_frac:.0%}" if f.headroom_frac is not None else ""))
+              f"no OOM, no leak, peak {fmt_gib(f.peak_bytes)}" + (f", headroom {f.headroom_frac:.0%}" if f.headroom_frac is not None else ""))
     if f.backend == "mps":
         mps = item("MPS compatibility confirmed", FAIL if f.backend_errors or f.crashed else PASS,
                    "ran on MPS" + (": " + "; ".join(f.backend_errors) if f.backend_errors else " without backend errors"))
@@ -241,10 +237,6 @@ def checklist(f: Facts, th: Thresholds, criteria: Sequence[Mapping[str, Any]] | 
                  f"{f.warmup_spikes} loss spike(s) during warm-up")]},
         {"section": "System Optimization", "items": [workers, batch, logging]},
     ]
-
-
-def _gib(n: Any) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f} GiB"
 
 
 # --------------------------------------------------------------------------- lessons learned

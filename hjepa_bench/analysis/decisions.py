@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 from ..options import TrainingOption, record_matches
 from ..thresholds import Thresholds
-from . import finite
+from ..format import finite
 from .memory import fit_memory
 from .projection import project_record
 from .stability import MIN_STEPS_SPREAD

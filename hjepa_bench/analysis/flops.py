@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..format import fmt_flops
+
 #: square sizes the calibration may pick (grown x2 from the smallest)
 MATMUL_SIZES = (256, 512, 1024, 2048, 4096)
 
@@ -94,17 +96,6 @@ def mfu_summary(flops_per_step: float | None, median_step_s: float | None,
 def per_sample(flops_per_step: float | None, batch_size: int | None) -> float | None:
     f, b = _finite_pos(flops_per_step), _finite_pos(batch_size)
     return f / b if f is not None and b is not None else None
-
-
-def fmt_flops(x: float | None, per_s: bool = False) -> str:
-    """``1.23 TFLOP`` / ``45.6 GFLOP/s``; ``n/a`` for None."""
-    if x is None:
-        return "n/a"
-    unit = "FLOP/s" if per_s else "FLOP"
-    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {prefix}{unit}"
-    return f"{x:.3g} {unit}"
 
 
 def flops_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

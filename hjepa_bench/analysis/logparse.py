@@ -114,7 +114,7 @@ from typing import Any
 
 import numpy as np
 
-from . import finite
+from ..format import finite
 from .loss_curve import (DIVERGE_RISE_PCT, FLAT_BAND_PCT, MIN_POINTS_NOISE, MIN_WINDOW, NOISE_THRESHOLD_PCT,
                          rolling_median)
 

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats as sps
-from . import finite
+from ..format import finite, fmt_lr
 
 # --------------------------------------------------------------------------- thresholds
 CRITERION_DECREASE_PCT = _TH.min_loss_decrease_pct  # the validation guide: "Loss decreased by >= 20%"
@@ -97,15 +97,11 @@ def _slope(y: np.ndarray) -> float:
     return float(sps.linregress(np.arange(len(y), dtype=float), y).slope)
 
 
-def _fmt(lr: float) -> str:
-    return f"{lr:.1e}"
-
-
 def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrease_pct: float | None,
               lr: float | None, *, end_vs_start_pct: float | None = None,
               first_non_finite: int | None = None) -> dict[str, Any]:
     """The validation guide's learning-rate rule that the measurements trigger."""
-    current = _fmt(lr) if lr else "the current value"
+    current = fmt_lr(lr) if lr else "the current value"
     if diverged or trend == "increasing":
         if first_non_finite is not None:
             trigger = f"non-finite loss at step {first_non_finite}"
@@ -119,18 +115,18 @@ def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrea
         trigger = f"noise {noise_pct:.1f}% > {NOISE_THRESHOLD_PCT:.0f}%"
         if lr is not None and lr <= LR_NOISY:
             return {"action": "decrease", "suggested_lr": None, "trigger": trigger,
-                    "text": f"loss is noisy but the learning rate ({current}) is already <= {_fmt(LR_NOISY)}: "
+                    "text": f"loss is noisy but the learning rate ({current}) is already <= {fmt_lr(LR_NOISY)}: "
                             f"decrease further or raise the batch size"}
         return {"action": "decrease", "suggested_lr": LR_NOISY, "trigger": trigger,
-                "text": f"decrease to {_fmt(LR_NOISY)} (from {current})"}
+                "text": f"decrease to {fmt_lr(LR_NOISY)} (from {current})"}
     if decrease_pct is not None and decrease_pct < CRITERION_DECREASE_PCT:
         trigger = f"decrease {decrease_pct:.1f}% < {CRITERION_DECREASE_PCT:.0f}%"
         if lr is not None and lr >= LR_SLOW[1]:
             return {"action": "increase", "suggested_lr": None, "trigger": trigger,
                     "text": f"converging slowly although the learning rate ({current}) is already >= "
-                            f"{_fmt(LR_SLOW[1])}: check gradients, masks and augmentation (debugging guide)"}
+                            f"{fmt_lr(LR_SLOW[1])}: check gradients, masks and augmentation (debugging guide)"}
         return {"action": "increase", "suggested_lr": LR_SLOW[0], "trigger": trigger,
-                "text": f"increase to {_fmt(LR_SLOW[0])} or {_fmt(LR_SLOW[1])} (from {current})"}
+                "text": f"increase to {fmt_lr(LR_SLOW[0])} or {fmt_lr(LR_SLOW[1])} (from {current})"}
     if decrease_pct is None:
         return {"action": "not-measured", "suggested_lr": None, "trigger": "too few finite losses",
                 "text": "no advice: too few finite losses"}

@@ -29,7 +29,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from . import finite
+from ..format import finite
 
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats as sstats
 
-from . import finite
+from ..format import finite
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0

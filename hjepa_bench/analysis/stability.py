@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats as sps
-from . import finite
+from ..format import finite
 
 # --------------------------------------------------------------------------- thresholds
 THRESHOLD_CV_PCT = _TH.max_step_cv_pct  # the validation guide: "Speed variance < 20%"

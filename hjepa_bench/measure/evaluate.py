@@ -62,6 +62,7 @@ from ..analysis.features import feature_quality
 from ..config import DEFAULTS, MODELS, PATCH_SIZE, resolve_config
 from ..hjepa.data import build_dataset, build_eval_transform
 from ..errors import UserError
+from ..format import fmt_or_dash, fmt_pct
 from ..hjepa.loss import _pool
 from ..hjepa.model import HJEPA
 
@@ -663,14 +664,6 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
 
 
 # --------------------------------------------------------------------------- report
-def _pct(x: Any) -> str:
-    return "-" if x is None else f"{100.0 * x:.1f}%"
-
-
-def _num(x: Any, spec: str = ".3f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def render_eval_markdown(result: Mapping[str, Any]) -> str:
     """A markdown section: what was evaluated, one table per hierarchy level
     (trained vs random init vs gain), the protocol lines, notes and timings."""
@@ -689,7 +682,7 @@ def render_eval_markdown(result: Mapping[str, Any]) -> str:
         f"device {result.get('device', '?')}.",
         f"- Data: {dat['kind']}" + (f" ({dat['path']})" if dat.get("path") else "")
         + f", {dat['n_train']} train / {dat['n_test']} test images at {dat['image_size']} px, "
-        f"{dat['num_classes']} classes (chance {_pct(dat['chance_top1'])}).",
+        f"{dat['num_classes']} classes (chance {fmt_pct(dat['chance_top1'], dash='-')}).",
         "",
     ]
     for entry in result["levels"]:
@@ -697,8 +690,8 @@ def render_eval_markdown(result: Mapping[str, Any]) -> str:
         rows = []
         for label, s in (("trained (EMA target)", tr), ("random init", rn)):
             q = s["feature_quality"]
-            rows.append([label, _num(q.get("rankme_centred_ratio")), _num(q.get("mean_cosine")),
-                         _pct(s["knn_top1"]), _pct(s["linear_top1"]),
+            rows.append([label, fmt_or_dash(q.get("rankme_centred_ratio"), ".3f"), fmt_or_dash(q.get("mean_cosine"), ".3f"),
+                         fmt_pct(s["knn_top1"], dash="-"), fmt_pct(s["linear_top1"], dash="-"),
                          "yes" if (q.get("collapse") or {}).get("collapsed") else "no"])
         ratio = gain.get("rankme_ratio")
         rows.append(["gain", "-" if ratio is None else f"x{ratio:.2f}", "",

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..analysis import finite
+from ..format import finite, fmt_finite
 from ..analysis.criteria import Facts
 from ..analysis.logparse import LogParseError, analyze_log, parse_log
 from ..config import resolve_config, resolve_model_name, resolve_precision
@@ -202,23 +202,23 @@ def log_section(result: Mapping[str, Any]) -> str:
     rows = []
     for e in result["epochs"]:
         rows.append([e["epoch"], f"{e['steps']}/{e.get('total_steps') or '?'}", "yes" if e.get("complete") else "no",
-                     f"{e['elapsed_s']:.0f}", f"{e['it_per_s']:.3f}", _f(e.get("bar_it_per_s")),
-                     _f(e.get("steady_it_per_s")), f"{e.get('warmup_steps') or 0} / {e.get('warmup_s') or 0:.0f} s",
+                     f"{e['elapsed_s']:.0f}", f"{e['it_per_s']:.3f}", fmt_finite(e.get("bar_it_per_s")),
+                     fmt_finite(e.get("steady_it_per_s")), f"{e.get('warmup_steps') or 0} / {e.get('warmup_s') or 0:.0f} s",
                      f"{len(e.get('stalls') or [])} / {sum(s['seconds'] for s in e.get('stalls') or []):.0f} s"])
     o = result["overall"]
     parts = [tabulate(rows, headers=["epoch", "steps", "complete", "elapsed s", "it/s (counters)", "it/s (bar, smoothed)",
                                      "steady it/s", "warm-up steps / s", "stalls / s"], tablefmt="github",
                       disable_numparse=True), "",
              f"Overall: {o['steps']} steps in {o['elapsed_s']:.0f} s = {o['it_per_s']:.3f} it/s; steady "
-             f"{_f(o.get('steady_it_per_s'), '.3f')} it/s (warm-up and stalls excluded); step-time CV over steady "
-             f"intervals {_f(None if o.get('step_time_cv') is None else 100 * o['step_time_cv'], '.1f')}%. "
+             f"{fmt_finite(o.get('steady_it_per_s'), '.3f')} it/s (warm-up and stalls excluded); step-time CV over steady "
+             f"intervals {fmt_finite(None if o.get('step_time_cv') is None else 100 * o['step_time_cv'], '.1f')}%. "
              "Speeds come from the bars' step counters and elapsed times; tqdm's smoothed rate is shown only for "
              "comparison.", ""]
     loss = result.get("loss") or {}
     if loss.get("points"):
         parts.append(f"Loss: {len(loss['points'])} distinct postfix values (stale repeats dropped); smoothed over "
-                     f"{loss.get('window')} points: {_f(loss.get('start'), '.4g')} -> {_f(loss.get('end'), '.4g')} "
-                     f"({_f(loss.get('decrease_pct'), '.1f')}% down), trend {loss.get('trend')}.")
+                     f"{loss.get('window')} points: {fmt_finite(loss.get('start'), '.4g')} -> {fmt_finite(loss.get('end'), '.4g')} "
+                     f"({fmt_finite(loss.get('decrease_pct'), '.1f')}% down), trend {loss.get('trend')}.")
     if result.get("val_loss"):
         parts.append("Validation loss by epoch: " + ", ".join(f"{e}: {v:.4g}" for e, v in result["val_loss"] if v is not None) + ".")
     parts.append("")
@@ -228,8 +228,3 @@ def log_section(result: Mapping[str, Any]) -> str:
     for w in result.get("warnings") or []:
         parts.append(f"- warning: {w}")
     return "\n".join(parts)
-
-
-def _f(x: Any, spec: str = ".2f") -> str:
-    x = finite(x)
-    return "-" if x is None else format(x, spec)

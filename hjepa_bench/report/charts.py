@@ -40,7 +40,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..analysis import finite
+from ..format import finite
 from ..analysis.memory import DEFAULT_MARGIN, MODEL_ORDER, _batch, _device, _model, _peak, _setup, fit_memory
 from .sections import records_frame
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 from tabulate import tabulate
 
-from ..analysis import finite
+from ..format import fmt_finite
 from ..analysis.criteria import (FAIL, NOT_MEASURED, PASS, Facts, checklist, facts_from_records,
                                 lessons_learned, pick_validation_record, status_counts, success_criteria)
 from ..analysis.decisions import (decide, efficient_savings, evaluate_option, judge, machine, model_speed_ratios,
@@ -223,12 +223,8 @@ def _config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
 
 
 # --------------------------------------------------------------------------- markdown
-def _f(x: Any, spec: str = ".2f", none: str = "-") -> str:
-    x = finite(x)
-    if x is None:
-        return none
-    text = format(x, spec)
-    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.0"
+def _f(x: Any, spec: str = ".2f") -> str:
+    return fmt_finite(x, spec, signed_zero=False)  # no "-0.0"
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -8,28 +8,6 @@ import pandas as pd
 from ..plugin.api import ReportSection
 
 
-def fmt_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt_ms(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds * 1000:.1f} ms"
-
-
-def fmt_or_dash(x: Any, spec: str = ".1f") -> str:
-    """A number in ``spec`` format, or "-" when it was not measured."""
-    return "-" if x is None else format(x, spec)
-
-
-def fmt_pct(frac: float | None) -> str:
-    return "n/a" if frac is None else f"{frac * 100:.1f}%"
-
-
 def record_label(record: Mapping[str, Any]) -> dict[str, Any]:
     """The columns that identify a record in a probe's report table."""
     c, env = record.get("config", {}) or {}, record.get("env", {}) or {}
