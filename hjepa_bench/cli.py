@@ -346,7 +346,7 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
         print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},
                           "report": str(report)}), flush=True)
     elif mode != "quiet":
-        from .report.sections import records_frame
+        from .record import records_frame
 
         df = records_frame(records)
         cols = ["device", "model", "variant", "precision", "img", "batch", "workers", "status", "it_per_s",

@@ -23,6 +23,12 @@ def finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def finite_int(x: Any) -> int | None:
+    """``finite(x)`` as an int (truncated), or None."""
+    f = finite(x)
+    return None if f is None else int(f)
+
+
 def fmt_or_dash(x: Any, spec: str = ".1f", dash: str = "-", suffix: str = "") -> str:
     """A number in ``spec`` format (plus ``suffix``), or ``dash`` when it was not measured."""
     return dash if x is None else format(x, spec) + suffix

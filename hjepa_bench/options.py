@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from .config import resolve_config, resolve_precision
 from .errors import UserError, read_yaml
+from .record import short_model_name
 
 META_KEYS = ("name", "title", "hours", "priority", "expected", "choose_if", "config")
 
@@ -66,7 +67,7 @@ class TrainingOption:
     def describe(self) -> str:
         v = self.values()
         m = v["model"]
-        return (f"{m['encoder_type'].replace('_patch16_224', '')}, {m['num_hierarchies']} levels, "
+        return (f"{short_model_name(m['encoder_type'])}, {m['num_hierarchies']} levels, "
                 f"predictor depth {m['predictor']['depth']}, {v['training']['epochs']} epochs, "
                 f"batch {v['data']['batch_size']}")
 

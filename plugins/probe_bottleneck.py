@@ -20,6 +20,7 @@ import psutil
 
 from hjepa_bench.analysis.bottleneck import CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util
 from hjepa_bench.format import fmt_pct
+from hjepa_bench.record import device_name, model_short
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -165,13 +166,13 @@ class BottleneckSection(ReportSection):
             e = (r.get("probes") or {}).get("bottleneck")
             if not e or e.get("status") != "ok":
                 continue
-            c, env = r.get("config") or {}, r.get("env") or {}
+            c = r.get("config") or {}
             shares = e.get("shares") or {}
             phases = shares.get("host_phases") or {}
             top = max(phases.items(), key=lambda kv: kv[1]) if phases else None
             rows.append({
-                "device": env.get("device_name") or env.get("backend") or e.get("backend"),
-                "model": str((c.get("model") or {}).get("encoder_type", "")).replace("_patch16_224", ""),
+                "device": device_name(r) or e.get("backend"),
+                "model": model_short(r),
                 "batch": (c.get("data") or {}).get("batch_size"),
                 "workers": e.get("workers"),
                 "data wait %": fmt_pct(shares.get("data_wait"), suffix=""),

@@ -48,7 +48,7 @@ import torch
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
-from hjepa_bench.report.sections import record_label
+from hjepa_bench.record import record_label
 
 STARTUP_REPEATS = 2
 VAL_REPEATS = 3

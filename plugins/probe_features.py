@@ -29,7 +29,7 @@ from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.hjepa.data import build_dataset, build_eval_transform
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.hjepa.model import pooled_features
-from hjepa_bench.report.sections import records_frame
+from hjepa_bench.record import records_frame
 
 #: default N: max(MIN_N_PER_D * D, MIN_N)
 MIN_N_PER_D = 4

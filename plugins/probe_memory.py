@@ -24,6 +24,7 @@ import pandas as pd
 
 from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_GROWTH_FRAC, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
 from hjepa_bench.format import fmt_bytes
+from hjepa_bench.record import device_name, model_short
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -103,12 +104,12 @@ class MemorySection(ReportSection):
             e = (r.get("probes") or {}).get("memory")
             if not e or e.get("status") != "ok":
                 continue
-            c, env = r.get("config") or {}, r.get("env") or {}
+            c = r.get("config") or {}
             leak = e.get("leak") or {}
             slope = leak.get("slope_bytes_per_step")
             rows.append({
-                "device": env.get("device_name") or env.get("backend"),
-                "model": str((c.get("model") or {}).get("encoder_type", "")).replace("_patch16_224", ""),
+                "device": device_name(r),
+                "model": model_short(r),
                 "batch": (c.get("data") or {}).get("batch_size"),
                 "status": r.get("status"),
                 "peak": fmt_bytes(e.get("peak_device_bytes")),

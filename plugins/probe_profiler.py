@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
+from hjepa_bench.record import device_name
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -211,9 +212,9 @@ class ProfilerSection(ReportSection):
             e = (r.get("probes") or {}).get("profiler")
             if not e:
                 continue
-            c, env = r.get("config") or {}, r.get("env") or {}
+            c = r.get("config") or {}
             b = c.get("bench") or {}
-            head = (f"**{env.get('device_name') or env.get('backend')}**, {b.get('variant')}, {b.get('precision')}, "
+            head = (f"**{device_name(r)}**, {b.get('variant')}, {b.get('precision')}, "
                     f"batch {(c.get('data') or {}).get('batch_size')}")
             if e.get("status") == "failed":
                 parts.append(f"{head}: probe failed: {e.get('error')}")

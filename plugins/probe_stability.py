@@ -13,7 +13,7 @@ from hjepa_bench.analysis.stability import THRESHOLD_CV_PCT, analyze_stability
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.format import fmt_or_dash
-from hjepa_bench.report.sections import record_label
+from hjepa_bench.record import record_label
 
 NAME = "stability"
 

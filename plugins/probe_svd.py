@@ -38,6 +38,7 @@ import torch
 
 from hjepa_bench.analysis.features import feature_quality
 from hjepa_bench.format import fmt_ms
+from hjepa_bench.record import device_name
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -222,8 +223,7 @@ class SVDSection(ReportSection):
             entry = (r.get("probes") or {}).get("svd")
             if not entry:
                 continue
-            env = r.get("env") or {}
-            machine = env.get("device_name") or env.get("backend") or "?"
+            machine = device_name(r) or "?"
             if entry.get("status") == "failed" or not entry.get("measured"):
                 why = entry.get("error") if entry.get("status") == "failed" else entry.get("reason")
                 cost_rows.append({"machine": machine, "torch": None, "shape": None,

@@ -5,7 +5,7 @@ from typing import Any, Iterable, Mapping
 
 from hjepa_bench.plugin.api import ReportSection
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.report.sections import records_frame
+from hjepa_bench.record import records_frame
 
 
 class SummarySection(ReportSection):

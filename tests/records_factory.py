@@ -6,7 +6,7 @@ from typing import Any
 
 from hjepa_bench.config import resolve_config
 from hjepa_bench.options import guide_options, option_overrides
-from hjepa_bench.record import SCHEMA_VERSION
+from hjepa_bench.record import new_record
 
 GIB = 2**30
 
@@ -37,16 +37,14 @@ def make_record(values: dict[str, Any], *, it_per_s: float = 2.0, cv: float = 0.
     batch = int(values["data"]["batch_size"])
     mean = 1.0 / it_per_s
     times = step_times if step_times is not None else [mean * (1 + (0.05 if i % 2 else -0.05)) for i in range(20)]
-    rec: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "status": status, "error": None if status == "ok" else status,
-        "config": values, "config_warnings": [],
-        "env": {"backend": backend, "device_name": "Test CPU", "device_total_bytes": total_bytes,
-                "fingerprint_id": fingerprint},
-        "params": {"total": 1, "trainable": 1}, "metrics": {}, "probes": {},
+    rec = new_record(values, {"backend": backend, "device_name": "Test CPU", "device_total_bytes": total_bytes,
+                              "fingerprint_id": fingerprint})
+    rec.update({
+        "status": status, "error": None if status == "ok" else status, "params": {"total": 1, "trainable": 1},
         "series": {"warmup_steps": 2, "step_time_s": [mean * 3, mean * 2] + times,
                    "loss": [1.0] * (len(times) + 2), "grad_norm": [1.0] * (len(times) + 2)},
         "sweep": {"label": label or f"{backend} {values['model']['encoder_type']} b{batch} w{values['data']['num_workers']}"},
-    }
+    })
     if status == "ok":
         rec["metrics"] = {
             "it_per_s": it_per_s, "samples_per_s": it_per_s * batch,

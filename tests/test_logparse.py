@@ -426,3 +426,16 @@ def test_unrelated_text_raises():
     with pytest.raises(LogParseError, match="does not look like an H-JEPA training log") as exc:
         parse_log(readme)
     assert "line(s)" in str(exc.value)
+
+
+def test_a_log_record_is_a_valid_result_record(result):
+    """The log's record is built by record.new_record and passes the schema (a log has no data wait:
+    null), with the per-interval spread of seconds per step."""
+    from hjepa_bench.measure.loganalysis import log_record, log_values
+    from hjepa_bench.record import validate_record
+
+    record = log_record(result, log_values(result["info"], None, {}), "train.log")
+    validate_record(record)
+    st = record["metrics"]["step_time_s"]
+    assert st["p10"] <= st["p90"] and st["iqr"] >= 0 and record["metrics"]["data_wait_frac"] is None
+    assert record["sweep"]["label"] == "log train.log" and record["env"]["fingerprint_id"] == "log:train.log"

@@ -18,7 +18,8 @@ from hjepa_bench.plugins import probe_features
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
 from hjepa_bench.record import validate_record
-from hjepa_bench.measure.runner import new_record, run_benchmark
+from hjepa_bench.measure.runner import run_benchmark
+from hjepa_bench.record import new_record
 
 from helpers import tiny_config
 

@@ -66,3 +66,21 @@ def test_write_json_is_atomic_and_nan_safe(tmp_path):
     path = write_json(_record(metrics={"x": float("nan")}), tmp_path / "sub" / "r.json")
     assert json.loads(path.read_text())["metrics"]["x"] is None
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_records_share_one_reading():
+    from hjepa_bench.record import (batch_achieved, batch_requested, label, model_short, new_record, peak_bytes,
+                                    backend_peak_bytes, probe, short_model_name)
+
+    from records_factory import make_record, quick_val_values
+
+    r = make_record(quick_val_values(), peak_bytes=2 * 2**30)
+    validate_record(r)  # the tests' hand-made records are records too
+    assert short_model_name("vit_small_patch16_224") == "vit_small" and model_short(r) == "vit_tiny"
+    assert batch_requested(r) == batch_achieved(r) == 32 and backend_peak_bytes(r) == peak_bytes(r) == 2 * 2**30
+    r["probes"]["memory"]["peak_device_bytes"] = 3 * 2**30  # the memory probe saw more than the backend's peak
+    assert peak_bytes(r) == 3 * 2**30 and backend_peak_bytes(r) == 2 * 2**30
+    assert probe(r, "memory")["status"] == "ok" and probe(r, "nope") is None
+    bare = new_record({"data": {"batch_size": 8, "num_workers": 2}, "model": {"encoder_type": "vit_tiny_patch16_224"},
+                       "bench": {"variant": "reference", "precision": "fp32"}}, {"backend": "cpu"})
+    assert label(bare) == "cpu vit_tiny b8 w2 reference fp32"

@@ -229,3 +229,13 @@ def test_user_error_propagates(tmp_path, cpu):
         run_validation(_values(**{"data.batch_size": 64}), cpu, _settings(tmp_path), progress=False)
     with pytest.raises(UserError):
         run_validation(_values(), cpu, _settings(tmp_path, epochs=0), progress=False)
+
+
+def test_the_validation_record_is_a_valid_result_record(ok_run):
+    from hjepa_bench.measure.validate import validation_record
+    from hjepa_bench.record import validate_record
+
+    result = ok_run[0]
+    record = validation_record(result, {"backend": "cpu", "device_total_bytes": 1})
+    validate_record(record)
+    assert record["status"] == "ok" and record["metrics"]["batch_size"]["achieved"] == result["config"]["data"]["batch_size"]

@@ -16,6 +16,7 @@ from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
 from ..thresholds import Thresholds
 from ..format import finite, fmt_gib, fmt_or_dash
+from ..record import device_name, label, samples_per_s
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
 CRASH_STATUSES = ("error", "crashed", "timeout")
@@ -277,7 +278,7 @@ def pick_validation_record(records: Sequence[Mapping[str, Any]]) -> tuple[Mappin
             same_model = False
         d = c.get("data", {})
         return (same_model, d.get("batch_size") == 32, d.get("num_workers") == 4,
-                finite((r.get("metrics") or {}).get("samples_per_s")) or 0.0)
+                samples_per_s(r) or 0.0)
 
     best = max(ok, key=key)
     k = key(best)
@@ -290,16 +291,6 @@ def pick_validation_record(records: Sequence[Mapping[str, Any]]) -> tuple[Mappin
                   "fastest measured config instead")
 
 
-def _label(r: Mapping[str, Any]) -> str:
-    c = r.get("config") or {}
-    lab = (r.get("sweep") or {}).get("label")
-    if lab:
-        return lab
-    m, d = c.get("model", {}), c.get("data", {})
-    return (f"{(r.get('env') or {}).get('backend')} {str(m.get('encoder_type', '')).replace('_patch16_224', '')} "
-            f"b{d.get('batch_size')} w{d.get('num_workers')}")
-
-
 def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: Mapping[str, Any] | None = None,
                        batch_choice: Mapping[str, Any] | None = None) -> Facts:
     """Facts of a sweep: the validation record's probes, plus sweep-wide errors."""
@@ -307,19 +298,19 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     if r is None:
         f = Facts(source="sweep", subject=why)
         f.crashed = bool([x for x in records if x.get("status") in CRASH_STATUSES]) or None
-        f.backend_errors = [f"{_label(x)}: {x.get('status')} ({x.get('error') or ''})" for x in records
+        f.backend_errors = [f"{label(x)}: {x.get('status')} ({x.get('error') or ''})" for x in records
                             if x.get("status") in CRASH_STATUSES]
         return f
     env = r.get("env") or {}
     m = r.get("metrics") or {}
     p = r.get("probes") or {}
-    f = Facts(source="sweep", subject=f"{_label(r)}: {why}", device=env.get("device_name") or env.get("backend"),
+    f = Facts(source="sweep", subject=f"{label(r)}: {why}", device=device_name(r),
               backend=env.get("backend"))
     f.notes.append(why)
     same_device = [x for x in records if (x.get("env") or {}).get("fingerprint_id") == env.get("fingerprint_id")]
     crashes = [x for x in same_device if x.get("status") in CRASH_STATUSES]
     f.crashed = False
-    f.backend_errors = [f"{_label(x)}: {x.get('status')}: {x.get('error') or ''}".rstrip(": ") for x in crashes]
+    f.backend_errors = [f"{label(x)}: {x.get('status')}: {x.get('error') or ''}".rstrip(": ") for x in crashes]
     from .decisions import step_cv_pct
 
     f.it_per_s = finite(m.get("it_per_s"))

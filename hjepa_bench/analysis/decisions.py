@@ -35,6 +35,9 @@ from typing import Any, Mapping, Sequence
 from ..options import TrainingOption, record_matches
 from ..thresholds import Thresholds
 from ..format import finite
+from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, machine, machine_name, probe,
+                      samples_per_s, short_model_name)
+from ..record import workers as workers_of
 from .memory import fit_memory
 from .projection import project_record
 from .stability import MIN_STEPS_SPREAD
@@ -43,40 +46,13 @@ NOT_MEASURED = "not measured"
 
 
 def _sps(r: Mapping[str, Any]) -> float:
-    return finite((r.get("metrics") or {}).get("samples_per_s")) or 0.0
-
-
-def _batch(r: Mapping[str, Any]) -> int:
-    return int(r["config"]["data"]["batch_size"])
-
-
-def _workers(r: Mapping[str, Any]) -> int:
-    return int(r["config"]["data"]["num_workers"])
-
-
-def _peak(r: Mapping[str, Any]) -> float | None:
-    return finite((r.get("metrics") or {}).get("peak_device_bytes"))
-
-
-def _total(r: Mapping[str, Any]) -> float | None:
-    m = r.get("metrics") or {}
-    return finite(m.get("device_total_bytes")) or finite((r.get("env") or {}).get("device_total_bytes"))
-
-
-def machine(r: Mapping[str, Any]) -> str:
-    env = r.get("env") or {}
-    return str(env.get("fingerprint_id") or env.get("device_name") or env.get("backend"))
-
-
-def machine_name(r: Mapping[str, Any]) -> str:
-    env = r.get("env") or {}
-    return f"{env.get('backend')} ({env.get('device_name') or '?'})"
+    return samples_per_s(r) or 0.0
 
 
 def step_cv_pct(r: Mapping[str, Any]) -> float | None:
     """Step-time CV (%) from the stability probe, else from the record's step times when
     there are enough of them (the stability probe's minimum); None: not measured."""
-    stab = (r.get("probes") or {}).get("stability") or {}
+    stab = probe(r, "stability") or {}
     cv = finite(stab.get("cv_pct")) if stab.get("status", "ok") == "ok" else None
     st = (r.get("metrics") or {}).get("step_time_s") or {}
     if cv is None and finite(st.get("cv")) is not None and (st.get("n") or 0) >= MIN_STEPS_SPREAD:
@@ -93,14 +69,14 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds) -> dic
         return {"batch": None, "reason": NOT_MEASURED, "measured_counts": 0}
     best_by_batch: dict[int, Mapping[str, Any]] = {}
     for r in ok:
-        b = _batch(r)
+        b = batch_requested(r)
         if b not in best_by_batch or _sps(r) > _sps(best_by_batch[b]):
             best_by_batch[b] = r
     batches = sorted(best_by_batch)
-    oom = sorted({_batch(r) for r in records if r.get("status") == "oom"})
+    oom = sorted({batch_requested(r) for r in records if r.get("status") == "oom"})
     fits = []
     for b in batches:
-        peak, total = _peak(best_by_batch[b]), _total(best_by_batch[b])
+        peak, total = backend_peak_bytes(best_by_batch[b]), device_total_bytes(best_by_batch[b])
         if peak is not None and total and peak > total * (1 - th.memory_margin_frac):
             continue
         fits.append(b)
@@ -140,12 +116,12 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds) -> dic
 def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, th: Thresholds) -> dict[str, Any]:
     """The fewest workers within ``workers_within_pct`` of the best samples/s at ``batch``;
     "more" when the best measured count is still data-bound."""
-    ok = [r for r in records if r.get("status") == "ok" and (batch is None or _batch(r) == batch)]
+    ok = [r for r in records if r.get("status") == "ok" and (batch is None or batch_requested(r) == batch)]
     if not ok:
         return {"workers": None, "reason": NOT_MEASURED, "measured_counts": 0}
     by_w: dict[int, Mapping[str, Any]] = {}
     for r in ok:
-        w = _workers(r)
+        w = workers_of(r)
         if w not in by_w or _sps(r) > _sps(by_w[w]):
             by_w[w] = r
     best = max(_sps(r) for r in by_w.values())
@@ -229,7 +205,7 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
             continue
         c = r["config"]
         g = (machine(r), c["bench"]["variant"], c["bench"]["precision"], c["data"]["image_size"])
-        label = (f"{c['model']['encoder_type'].replace('_patch16_224', '')} L{c['model']['num_hierarchies']} "
+        label = (f"{short_model_name(c['model']['encoder_type'])} L{c['model']['num_hierarchies']} "
                  f"P{c['model']['predictor']['depth']}")
         if label not in groups[g] or _sps(r) > _sps(groups[g][label]):
             groups[g][label] = r
@@ -240,7 +216,7 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         base_label = max(models, key=lambda k: _sps(models[k]))
         base = _sps(models[base_label])
         for label, r in sorted(models.items(), key=lambda kv: -_sps(kv[1])):
-            out.append({"machine": machine_name(r), "batch": _batch(r), "workers": _workers(r), "model": label,
+            out.append({"machine": machine_name(r), "batch": batch_requested(r), "workers": workers_of(r), "model": label,
                         "samples_per_s": _sps(r), "slowdown_vs_fastest": base / _sps(r), "fastest": base_label})
     return out
 
@@ -254,13 +230,13 @@ def efficient_savings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, An
             continue
         c = r["config"]
         key = (machine(r), c["model"]["encoder_type"], c["model"]["num_hierarchies"], c["model"]["predictor"]["depth"],
-               c["data"]["image_size"], _batch(r), _workers(r), c["bench"]["precision"])
+               c["data"]["image_size"], batch_requested(r), workers_of(r), c["bench"]["precision"])
         pairs[key][c["bench"]["variant"]] = r
     out = []
     for key, p in pairs.items():
         if "reference" in p and "efficient" in p:
             ref, eff = p["reference"]["metrics"]["it_per_s"], p["efficient"]["metrics"]["it_per_s"]
-            out.append({"machine": machine_name(p["reference"]), "model": key[1].replace("_patch16_224", ""),
+            out.append({"machine": machine_name(p["reference"]), "model": short_model_name(key[1]),
                         "batch": key[5], "workers": key[6], "reference_it_per_s": ref, "efficient_it_per_s": eff,
                         "time_ratio": ref / eff, "saving_frac": 1 - ref / eff})
     return out
@@ -294,12 +270,12 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
         ok = [r for r in rs if r.get("status") == "ok"]
         rec = None
         if ok:
-            cands = [r for r in ok if _batch(r) == batch["batch"] and _workers(r) == workers["workers"]] or ok
+            cands = [r for r in ok if batch_requested(r) == batch["batch"] and workers_of(r) == workers["workers"]] or ok
             rec = max(cands, key=_sps)
         row: dict[str, Any] = {**base, "measured": True, "machine": machine_name(rs[0]), "machine_id": mach,
                                "batch_choice": batch, "workers_choice": workers, "reasons": []}
         if rec is None:
-            statuses = ", ".join(sorted({f"{r.get('status')} at b{_batch(r)}" for r in rs}))
+            statuses = ", ".join(sorted({f"{r.get('status')} at b{batch_requested(r)}" for r in rs}))
             row.update(status="failed", eligible=False, fits=False, reasons=[f"no ok measurement ({statuses})"])
             rows.append(row)
             continue
@@ -314,7 +290,7 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
         if feats.get("status") == "ok" and feats.get("measured", True):
             collapsed = bool((feats.get("collapse") or {}).get("collapsed"))
         row.update(
-            status="ok", record_label=(rec.get("sweep") or {}).get("label"), batch=_batch(rec), workers=_workers(rec),
+            status="ok", record_label=(rec.get("sweep") or {}).get("label"), batch=batch_requested(rec), workers=workers_of(rec),
             it_per_s=finite(m.get("it_per_s")), samples_per_s=_sps(rec), step_cv_pct=cv,
             steps_measured=(m.get("step_time_s") or {}).get("n"),
             loss_decrease_pct=finite(loss.get("decrease_pct")) if loss.get("status") == "ok" else None,

@@ -20,6 +20,7 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..format import fmt_flops
+from ..record import device_name, model_short, probe
 
 #: square sizes the calibration may pick (grown x2 from the smallest)
 MATMUL_SIZES = (256, 512, 1024, 2048, 4096)
@@ -102,14 +103,14 @@ def flops_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One report row per record that has a ``probes.flops`` entry."""
     rows = []
     for r in records:
-        e = (r.get("probes") or {}).get("flops")
+        e = probe(r, "flops")
         if not e:
             continue
-        c, env = r.get("config") or {}, r.get("env") or {}
+        c = r.get("config") or {}
         b = c.get("bench") or {}
         row = {
-            "device": env.get("device_name") or env.get("backend"),
-            "model": str((c.get("model") or {}).get("encoder_type", "")).replace("_patch16_224", ""),
+            "device": device_name(r),
+            "model": model_short(r),
             "variant": b.get("variant"),
             "precision": e.get("precision") or b.get("precision"),
             "batch": (c.get("data") or {}).get("batch_size"),

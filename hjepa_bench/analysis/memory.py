@@ -29,7 +29,8 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from ..format import finite
+from ..format import finite, finite_int
+from ..record import batch_achieved, device_name, lookup, model_short, peak_bytes
 
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0
@@ -47,11 +48,6 @@ THRESHOLDS: dict[str, Any] = {
     "leak_min_samples": LEAK_MIN_SAMPLES,
     "pressure_peak_frac": PRESSURE_PEAK_FRAC,
 }
-
-
-def _int(x: Any) -> int | None:
-    f = finite(x)
-    return None if f is None else int(f)
 
 
 # --------------------------------------------------------------------------- one run
@@ -113,11 +109,11 @@ def memory_entry(samples: Sequence[tuple[int, int]], warmup_steps: int, metrics:
     after = [(s, b) for s, b in samples if s >= warmup_steps and b is not None]
     use = after or [(s, b) for s, b in samples if b is not None]
     sampled_peak = max((b for _, b in samples if b is not None), default=None)
-    backend_peak = _int(metrics.get("peak_device_bytes"))
+    backend_peak = finite_int(metrics.get("peak_device_bytes"))
     peaks = [p for p in (backend_peak, sampled_peak) if p is not None]
     peak = max(peaks) if peaks else None
     mean = float(np.mean([b for _, b in use])) if use else None
-    total = _int(metrics.get("device_total_bytes"))
+    total = finite_int(metrics.get("device_total_bytes"))
     headroom = total - peak if total is not None and peak is not None else None
     headroom_frac = headroom / total if headroom is not None and total else None
     leak = leak_check([s for s, _ in after], [b for _, b in after])
@@ -129,7 +125,7 @@ def memory_entry(samples: Sequence[tuple[int, int]], warmup_steps: int, metrics:
         "mean_device_bytes": mean,
         "mean_over": "measured steps (after warm-up)" if after else ("all samples (none after warm-up)"
                                                                     if use else None),
-        "peak_rss_bytes": _int(metrics.get("peak_rss_bytes")),
+        "peak_rss_bytes": finite_int(metrics.get("peak_rss_bytes")),
         "device_total_bytes": total,
         "headroom_bytes": headroom,
         "headroom_frac": headroom_frac,
@@ -145,39 +141,13 @@ def memory_entry(samples: Sequence[tuple[int, int]], warmup_steps: int, metrics:
 
 
 # --------------------------------------------------------------------------- a sweep
-def _get(d: Mapping[str, Any], *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, Mapping):
-            return None
-        d = d.get(p)
-    return d
+def setup_key(r: Mapping[str, Any]) -> str:
+    """What else sets a model's memory besides the batch: variant, precision, image size, levels, predictor."""
+    return " ".join(f"{lookup(r, 'config', *k)}" for k in SETUP_KEYS)
 
 
-def _device(r: Mapping[str, Any]) -> str:
-    env = r.get("env") or {}
-    return str(env.get("device_name") or env.get("backend") or _get(r, "config", "bench", "device") or "?")
-
-
-def _model(r: Mapping[str, Any]) -> str:
-    return str(_get(r, "config", "model", "encoder_type") or "?").replace("_patch16_224", "")
-
-
-def _peak(r: Mapping[str, Any]) -> int | None:
-    entry = _get(r, "probes", "memory")
-    if isinstance(entry, Mapping) and entry.get("peak_device_bytes") is not None:
-        return _int(entry["peak_device_bytes"])
-    return _int(_get(r, "metrics", "peak_device_bytes"))
-
-
-def _batch(r: Mapping[str, Any]) -> int | None:
-    achieved = _get(r, "metrics", "batch_size", "achieved")
-    if isinstance(achieved, (int, float)) and r.get("status") == "ok":
-        return int(achieved)
-    return _int(_get(r, "config", "data", "batch_size"))
-
-
-def _setup(r: Mapping[str, Any]) -> str:
-    return " ".join(f"{_get(r, 'config', *k)}" for k in SETUP_KEYS)
+def device_key(r: Mapping[str, Any]) -> str:
+    return str(device_name(r) or "?")
 
 
 def _larger(model: str, params: int | None, other: str, other_params: int | None) -> bool:
@@ -202,22 +172,22 @@ def fit_memory(records: Iterable[Mapping[str, Any]], margin: float = DEFAULT_MAR
     """
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
-        groups[(_device(r), _model(r))].append(r)
+        groups[(device_key(r), model_short(r, "?"))].append(r)
     keyed: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for (device, model), rs in groups.items():
-        setups = sorted({_setup(r) for r in rs})
+        setups = sorted({setup_key(r) for r in rs})
         if len(setups) == 1:
             keyed[(device, model)] = rs
         else:
             for s in setups:
-                keyed[(device, f"{model} [{s}]")] = [r for r in rs if _setup(r) == s]
+                keyed[(device, f"{model} [{s}]")] = [r for r in rs if setup_key(r) == s]
 
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for key, rs in keyed.items():
         out[key] = _fit_group(key, rs, margin)
 
     # room for a larger model: measured records of larger models on the same device
-    facts = {k: (_model(rs[0]), max((_int(_get(r, "params", "total")) or 0) for r in rs) or None, rs)
+    facts = {k: (model_short(rs[0], "?"), max((finite_int(lookup(r, "params", "total")) or 0) for r in rs) or None, rs)
              for k, rs in keyed.items()}
     for key, res in out.items():
         device = key[0]
@@ -227,8 +197,8 @@ def fit_memory(records: Iterable[Mapping[str, Any]], margin: float = DEFAULT_MAR
         for other_key, (other_model, other_params, other_rs) in facts.items():
             if other_key[0] != device or not _larger(model, params, other_model, other_params):
                 continue
-            ok = sorted({b for r in other_rs if r.get("status") == "ok" for b in [_batch(r)] if b})
-            oom = sorted({b for r in other_rs if r.get("status") == "oom" for b in [_batch(r)] if b})
+            ok = sorted({b for r in other_rs if r.get("status") == "ok" for b in [batch_achieved(r)] if b})
+            oom = sorted({b for r in other_rs if r.get("status") == "oom" for b in [batch_achieved(r)] if b})
             if ok:
                 any_fits = True
                 pred = out[other_key].get("predicted_max_batch")
@@ -246,10 +216,10 @@ def fit_memory(records: Iterable[Mapping[str, Any]], margin: float = DEFAULT_MAR
 
 
 def _fit_group(key: tuple[str, str], rs: Sequence[Mapping[str, Any]], margin: float) -> dict[str, Any]:
-    ok_pts = [(b, p) for r in rs if r.get("status") == "ok" for b, p in [(_batch(r), _peak(r))]
+    ok_pts = [(b, p) for r in rs if r.get("status") == "ok" for b, p in [(batch_achieved(r), peak_bytes(r))]
               if b and p is not None]
-    oom_batches = sorted({b for r in rs if r.get("status") == "oom" for b in [_batch(r)] if b})
-    totals = [t for r in rs for t in [_int(_get(r, "metrics", "device_total_bytes"))] if t]
+    oom_batches = sorted({b for r in rs if r.get("status") == "oom" for b in [batch_achieved(r)] if b})
+    totals = [t for r in rs for t in [finite_int(lookup(r, "metrics", "device_total_bytes"))] if t]
     total = max(totals) if totals else None
     ok_batches = sorted({b for b, _ in ok_pts})
     largest_ok = ok_batches[-1] if ok_batches else None

@@ -26,7 +26,8 @@ from ..analysis.criteria import Facts
 from ..analysis.logparse import LogParseError, analyze_log, parse_log
 from ..config import resolve_config, resolve_model_name, resolve_precision
 from ..errors import UserError
-from ..record import SCHEMA_VERSION
+from ..record import new_record
+from .stats import summarize
 
 FALLBACK_RE = re.compile(r"fall(?:s|ing)?[ -]?back|not (?:currently )?(?:supported|implemented) on the MPS", re.I)
 ERROR_RE = re.compile(r"Traceback \(most recent call last\)|^\S*Error: |CUDA error|MPS backend out of memory", re.M)
@@ -92,13 +93,15 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
                                        "validation bar time per step; checkpoint writes are not in the log"}
     loss = result.get("loss") or {}
     cv = finite(overall.get("step_time_cv"))
-    return {
-        "schema_version": SCHEMA_VERSION, "status": "ok", "error": None, "config": values, "config_warnings": [],
-        "env": {"backend": device, "device_name": f"the logged run ({Path(source).name})",
-                "fingerprint_id": f"log:{Path(source).name}"},
+    spread = summarize(per_step)  # the per-interval seconds per step
+    record = new_record(values, {"backend": device, "device_name": f"the logged run ({Path(source).name})",
+                                 "fingerprint_id": f"log:{Path(source).name}"})
+    record.update({
+        "status": "ok",
         "params": {"total": int(info.get("total_params") or 0), "trainable": int(info.get("trainable_params") or 0)},
         "metrics": {"it_per_s": ips, "samples_per_s": None if ips is None else ips * batch,
-                    "step_time_s": {"median": None if ips is None else 1 / ips, "cv": cv, "n": overall.get("steps")},
+                    "step_time_s": {"median": None if ips is None else 1 / ips, "cv": cv, "n": overall.get("steps"),
+                                    "iqr": spread["iqr"], "p10": spread["p10"], "p90": spread["p90"]},
                     "measured_steps": overall.get("steps"), "measured_time_s": overall.get("elapsed_s"),
                     "data_wait_frac": None, "peak_device_bytes": None, "batch_size": {"requested": batch, "achieved": batch},
                     "timing_method": "training-log bar counters and elapsed times"},
@@ -110,7 +113,8 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
                             "n": loss.get("n"), "preliminary": False},
                    "stability": {"status": "ok", "cv_pct": None if cv is None else 100 * cv}},
         "sweep": {"label": f"log {Path(source).name}"},
-    }
+    })
+    return record
 
 
 def _steady_interval_rates(result: Mapping[str, Any]) -> list[float]:

@@ -18,8 +18,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from ..errors import UserError
-from ..record import RecordError, dumps, validate_record
-from ..report.sections import records_frame
+from ..record import RecordError, dumps, records_frame, validate_record
 
 RESULTS_NAME = "results.jsonl"
 

@@ -16,7 +16,6 @@ Timing follows MEASURING.md:
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 import os
 import time
@@ -28,7 +27,7 @@ import torch
 from . import stats
 from ..plugin.api import Backend, Probe, RunContext, StepSample, Workload
 from ..errors import UserError
-from ..record import SCHEMA_VERSION
+from ..record import new_record
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -37,23 +36,6 @@ class Diverged(Exception):
     def __init__(self, step: int, what: str):
         super().__init__(f"non-finite {what} at step {step}")
         self.step = step
-
-
-def new_record(config: Mapping[str, Any], env: Mapping[str, Any], warnings: Sequence[str] = ()) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "status": "error",
-        "error": None,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "duration_s": None,
-        "config": dict(config),
-        "config_warnings": list(warnings),
-        "env": dict(env),
-        "params": {"total": 0, "trainable": 0},
-        "metrics": {},
-        "series": {},
-        "probes": {},
-    }
 
 
 class _Loop:

@@ -31,7 +31,7 @@ from ..config import resolve_config, resolve_model_name, resolve_precision
 from ..errors import UserError
 from ..plugin.manager import Plugins, build_plugins
 from .results import ResultsFile, config_key
-from .runner import new_record
+from ..record import new_record, short_model_name
 
 DEFAULT_OUT = "hjepa-bench-sweep"
 
@@ -169,7 +169,7 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
             point.values, point.warnings = values, rc.warnings()
         v = point.values
         point.batch_size = int(batch or v["data"]["batch_size"])
-        point.label = (f"{device} {v['model']['encoder_type'].replace('_patch16_224', '')} "
+        point.label = (f"{device} {short_model_name(v['model']['encoder_type'])} "
                        f"b{batch or v['data']['batch_size']} w{workers if workers is not None else v['data']['num_workers']} "
                        f"{variant or v['bench']['variant']} {precision or v['bench']['precision']} "
                        f"{img or v['data']['image_size']}px")
@@ -229,7 +229,7 @@ def _option_point(opt: Any, device: str, common: dict[str, Any], backends: dict[
     values["bench"]["precision"] = resolve_precision(values, device)
     values["bench"]["device"] = device
     m, d = values["model"], values["data"]
-    label = (f"{device} option {opt.name}: {m['encoder_type'].replace('_patch16_224', '')} b{d['batch_size']} "
+    label = (f"{device} option {opt.name}: {short_model_name(m['encoder_type'])} b{d['batch_size']} "
              f"w{d['num_workers']} reference {values['bench']['precision']} {d['image_size']}px "
              f"L{m['num_hierarchies']} P{m['predictor']['depth']}")
     point = Point(index=index, device=device, overrides=overrides, label=label,

@@ -58,7 +58,7 @@ from ..hjepa.data import build_dataset, build_eval_transform, build_loader, buil
 from ..errors import UserError
 from ..hjepa.masks import MaskCollator, MaskSpec, masks_from_union, sample_batch_union
 from ..hjepa.model import pooled_features
-from ..record import write_json
+from ..record import new_record, write_json
 from ..hjepa.step import HJEPAStep
 
 STATUSES = ("ok", "diverged", "interrupted", "error", "oom")
@@ -582,7 +582,6 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
     feature measurement is the features entry.  The decision matrix projects from it
     like from a sweep record."""
     from ..analysis.loss_curve import analyze_loss
-    from ..record import SCHEMA_VERSION
     from .stats import summarize
 
     steps = result.get("steps") or {}
@@ -621,9 +620,10 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
     feats = [f for f in result.get("features") or [] if f.get("rankme") is not None]
     if feats:
         probes["features"] = {"status": "ok", "measured": True, **feats[-1]}
-    return {
-        "schema_version": SCHEMA_VERSION, "status": status, "error": result.get("error"), "config": values,
-        "config_warnings": [], "env": dict(env), "params": result.get("params") or {"total": 0, "trainable": 0},
+    record = new_record(values, env)
+    record.update({
+        "status": status, "error": result.get("error"),
+        "params": result.get("params") or {"total": 0, "trainable": 0},
         "metrics": {"it_per_s": ips, "samples_per_s": None if ips is None else ips * batch,
                     "step_time_s": stats, "measured_steps": len(measured),
                     "data_wait_frac": (sum(wait[warm:]) / sum(measured)) if ok and sum(measured) else None,
@@ -634,7 +634,8 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
         "series": {"warmup_steps": warm, "step_time_s": whole, "loss": steps.get("loss") or [],
                    "grad_norm": steps.get("grad_norm") or []},
         "probes": probes, "sweep": {"label": f"validation run ({result.get('epochs_completed')} epochs)"},
-    }
+    })
+    return record
 
 
 def validation_facts(result: Mapping[str, Any], record: Mapping[str, Any]) -> Any:

@@ -41,8 +41,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..format import finite
-from ..analysis.memory import DEFAULT_MARGIN, MODEL_ORDER, _batch, _device, _model, _peak, _setup, fit_memory
-from .sections import records_frame
+from ..analysis.memory import DEFAULT_MARGIN, MODEL_ORDER, device_key, fit_memory, setup_key
+from ..record import batch_achieved, lookup, model_short, peak_bytes, records_frame
+from ..record import label as record_name
 
 DPI = 110
 FIGSIZE = (8.0, 4.8)
@@ -76,14 +77,6 @@ class Chart:
 
 
 # --------------------------------------------------------------------------- helpers
-def _get(d: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, Mapping):
-            return None
-        d = d.get(p)
-    return d
-
-
 def _dict(x: Any) -> Mapping[str, Any]:
     return x if isinstance(x, Mapping) else {}
 
@@ -156,14 +149,13 @@ def _clean(r: Mapping[str, Any]) -> dict[str, Any]:
 def _device_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """Device name per record; one name seen on several machines (fingerprints)
     gets the fingerprint's first characters so their lines stay apart."""
-    names = [str(_get(r, "env", "device_name") or _get(r, "env", "backend")
-                 or _get(r, "config", "bench", "device") or "?") for r in records]
+    names = [device_key(r) for r in records]
     fps: dict[str, set] = defaultdict(set)
     for n, r in zip(names, records):
-        fps[n].add(_get(r, "env", "fingerprint_id"))
+        fps[n].add(lookup(r, "env", "fingerprint_id"))
     out = []
     for n, r in zip(names, records):
-        fp = _get(r, "env", "fingerprint_id")
+        fp = lookup(r, "env", "fingerprint_id")
         out.append(f"{n} [{str(fp)[:6]}]" if len(fps[n]) > 1 and fp else n)
     return out
 
@@ -193,27 +185,10 @@ def _floats(x: Any) -> np.ndarray | None:
 
 def _warmup_steps(r: Mapping[str, Any], n: int) -> int:
     for path in (("series", "warmup_steps"), ("metrics", "warmup", "steps"), ("config", "bench", "warmup_steps")):
-        w = finite(_get(r, *path))
+        w = finite(lookup(r, *path))
         if w is not None:
             return max(0, min(int(w), n))
     return 0
-
-
-def record_name(r: Mapping[str, Any]) -> str:
-    """``sweep.label``, or a label built the same way from the config."""
-    label = _get(r, "sweep", "label")
-    if label:
-        return str(label)
-    c = _dict(r.get("config"))
-    env = _dict(r.get("env"))
-    parts = [env.get("device_name") or env.get("backend") or _get(c, "bench", "device") or "?",
-             str(_get(c, "model", "encoder_type") or "?").replace("_patch16_224", ""),
-             f"b{_get(c, 'data', 'batch_size')}", f"w{_get(c, 'data', 'num_workers')}",
-             _get(c, "bench", "variant"), _get(c, "bench", "precision")]
-    img = _get(c, "data", "image_size")
-    if img is not None:
-        parts.append(f"{img}px")
-    return " ".join(str(p) for p in parts if p is not None)
 
 
 def _unique(labels: Sequence[str]) -> list[str]:
@@ -331,7 +306,7 @@ def throughput_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path) -> 
 # --------------------------------------------------------------------------- per-step series (2, 4)
 def _series_records(records: Sequence[Mapping[str, Any]], field_name: str
                     ) -> tuple[list[tuple[Mapping[str, Any], np.ndarray]], int]:
-    items = [(r, arr) for r in _ok(records) for arr in [_floats(_get(r, "series", field_name))] if arr is not None]
+    items = [(r, arr) for r in _ok(records) for arr in [_floats(lookup(r, "series", field_name))] if arr is not None]
     return items[:MAX_SERIES_RECORDS], len(items)
 
 
@@ -425,21 +400,21 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
     name, title = "memory_vs_batch", "Peak memory vs batch size"
     recs = [r for r in records if isinstance(r, Mapping)]
     ok = _ok(recs)
-    if not any(_peak(r) is not None for r in ok):
+    if not any(peak_bytes(r) is not None for r in ok):
         return None
     fits = fit_memory(recs, margin)
     points: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     rss = 0
     for r in ok:
-        b, p = _batch(r), _peak(r)
+        b, p = batch_achieved(r), peak_bytes(r)
         if not b or p is None:
             continue
-        dev, model = _device(r), _model(r)
-        key = (dev, model) if (dev, model) in fits else (dev, f"{model} [{_setup(r)}]")
+        dev, model = device_key(r), model_short(r, "?")
+        key = (dev, model) if (dev, model) in fits else (dev, f"{model} [{setup_key(r)}]")
         if key not in fits:
             continue
         points[key].append((b, p))
-        rss += "rss" in str(_get(r, "metrics", "memory_source") or "").lower()
+        rss += "rss" in str(lookup(r, "metrics", "memory_source") or "").lower()
     if not points:
         return None
     keys = sorted(points, key=_sort_key)

@@ -22,12 +22,12 @@ from tabulate import tabulate
 from ..format import fmt_finite
 from ..analysis.criteria import (FAIL, NOT_MEASURED, PASS, Facts, checklist, facts_from_records,
                                 lessons_learned, pick_validation_record, status_counts, success_criteria)
-from ..analysis.decisions import (decide, efficient_savings, evaluate_option, judge, machine, model_speed_ratios,
-                                 recommend_batch, recommend_lr, recommend_warmup, recommend_workers)
+from ..analysis.decisions import (decide, efficient_savings, evaluate_option, judge, model_speed_ratios, recommend_batch,
+                                 recommend_lr, recommend_warmup, recommend_workers)
 from ..analysis.memory import fit_memory
 from ..plugin.api import ReportSection
 from ..options import TrainingOption, guide_options, model_key
-from ..record import dumps
+from ..record import dumps, machine, short_model_name
 from .sections import render_report
 from ..thresholds import DEFAULTS, Thresholds
 
@@ -71,7 +71,7 @@ def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapp
 def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
     _, mk, variant, precision = key
     env = records[0].get("env") or {}
-    return (f"{env.get('backend')} {mk[0].replace('_patch16_224', '')} L{mk[2]} P{mk[3]} {mk[6]}px "
+    return (f"{env.get('backend')} {short_model_name(mk[0])} L{mk[2]} P{mk[3]} {mk[6]}px "
             f"{variant} {precision}" + (f" depth {mk[1]}" if mk[1] != 12 else ""))
 
 
