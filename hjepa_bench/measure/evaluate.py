@@ -663,59 +663,6 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     }
 
 
-# --------------------------------------------------------------------------- report
-def render_eval_markdown(result: Mapping[str, Any]) -> str:
-    """A markdown section: what was evaluated, one table per hierarchy level
-    (trained vs random init vs gain), the protocol lines, notes and timings."""
-    from tabulate import tabulate
-
-    m, dat = result["model"], result["data"]
-    epoch = result.get("epoch")
-    lines = [
-        "## Encoder evaluation",
-        "",
-        f"- Checkpoint: `{result['checkpoint']}` ({result.get('checkpoint_format', '?')}"
-        + (f", epoch {epoch}" if epoch is not None else "") + f"); config: {result['config_source']}.",
-        f"- Model: {m['encoder_type']} (D={m['embed_dim']}, depth {m['encoder_depth']}, {m['image_size']} px, "
-        f"{m['num_hierarchies']} hierarchy levels, predictor depth {m['predictor_depth']}); evaluated: "
-        f"{m['evaluated_encoder']} vs the same architecture at random init (seed {m['random_init_seed']}); "
-        f"device {result.get('device', '?')}.",
-        f"- Data: {dat['kind']}" + (f" ({dat['path']})" if dat.get("path") else "")
-        + f", {dat['n_train']} train / {dat['n_test']} test images at {dat['image_size']} px, "
-        f"{dat['num_classes']} classes (chance {fmt_pct(dat['chance_top1'], dash='-')}).",
-        "",
-    ]
-    for entry in result["levels"]:
-        tr, rn, gain = entry["trained"], entry["random_init"], entry["gain"]
-        rows = []
-        for label, s in (("trained (EMA target)", tr), ("random init", rn)):
-            q = s["feature_quality"]
-            rows.append([label, fmt_or_dash(q.get("rankme_centred_ratio"), ".3f"), fmt_or_dash(q.get("mean_cosine"), ".3f"),
-                         fmt_pct(s["knn_top1"], dash="-"), fmt_pct(s["linear_top1"], dash="-"),
-                         "yes" if (q.get("collapse") or {}).get("collapsed") else "no"])
-        ratio = gain.get("rankme_ratio")
-        rows.append(["gain", "-" if ratio is None else f"x{ratio:.2f}", "",
-                     f"{100.0 * gain['knn_top1']:+.1f} pp", f"{100.0 * gain['linear_top1']:+.1f} pp", ""])
-        lines += [f"### Level {entry['level']} (D={entry['dim']}; {entry.get('features', '')})", "",
-                  tabulate(rows, headers=["features", "RankMe/D (centred)", "mean cosine", "kNN top-1",
-                                          "linear top-1", "collapsed"], tablefmt="github",
-                                 disable_numparse=True), ""]
-    p = result["protocol"]
-    lines += ["Protocol:", "",
-              f"- Features: {p['features']}.",
-              f"- Quality: {p['feature_quality']}.",
-              f"- kNN: {p['knn']}.",
-              f"- Linear: {p['linear']}.",
-              f"- Gain: {p['gain']}.", ""]
-    if result.get("notes"):
-        lines += ["Notes:", ""] + [f"- {n}" for n in result["notes"]] + [""]
-    t = result.get("timings_s") or {}
-    if t:
-        lines.append("Timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()) + ".")
-        lines.append("")
-    return "\n".join(lines)
-
-
 __all__ = ["load_state_dict", "load_model", "config_from_checkpoint", "infer_architecture", "level_features",
            "knn_predict", "knn_accuracy", "linear_probe", "linear_probe_accuracy", "evaluate_checkpoint",
-           "render_eval_markdown", "KNN_K", "KNN_TEMPERATURE", "DEFAULT_N_TRAIN", "DEFAULT_N_TEST"]
+           "KNN_K", "KNN_TEMPERATURE", "DEFAULT_N_TRAIN", "DEFAULT_N_TEST"]

@@ -18,6 +18,7 @@ analysis into
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -199,36 +200,40 @@ def _warmup_spikes(result: Mapping[str, Any]) -> int | None:
     return sum(1 for (_, a), (_, b) in zip(vals, vals[1:]) if a > 0 and b > 1.5 * a)
 
 
-def log_section(result: Mapping[str, Any]) -> str:
-    """Markdown: per-epoch speed from counters, loss trend, where parsing stopped."""
-    from tabulate import tabulate
+@dataclass
+class LogAnalysis:
+    """A training log read and judged (``hjepa-bench analyze``): its text, the parsed analysis
+    (:func:`~hjepa_bench.analysis.logparse.analyze_log`), the run's config, its record and its facts."""
 
-    rows = []
-    for e in result["epochs"]:
-        rows.append([e["epoch"], f"{e['steps']}/{e.get('total_steps') or '?'}", "yes" if e.get("complete") else "no",
-                     f"{e['elapsed_s']:.0f}", f"{e['it_per_s']:.3f}", fmt_finite(e.get("bar_it_per_s")),
-                     fmt_finite(e.get("steady_it_per_s")), f"{e.get('warmup_steps') or 0} / {e.get('warmup_s') or 0:.0f} s",
-                     f"{len(e.get('stalls') or [])} / {sum(s['seconds'] for s in e.get('stalls') or []):.0f} s"])
-    o = result["overall"]
-    parts = [tabulate(rows, headers=["epoch", "steps", "complete", "elapsed s", "it/s (counters)", "it/s (bar, smoothed)",
-                                     "steady it/s", "warm-up steps / s", "stalls / s"], tablefmt="github",
-                      disable_numparse=True), "",
-             f"Overall: {o['steps']} steps in {o['elapsed_s']:.0f} s = {o['it_per_s']:.3f} it/s; steady "
-             f"{fmt_finite(o.get('steady_it_per_s'), '.3f')} it/s (warm-up and stalls excluded); step-time CV over steady "
-             f"intervals {fmt_finite(None if o.get('step_time_cv') is None else 100 * o['step_time_cv'], '.1f')}%. "
-             "Speeds come from the bars' step counters and elapsed times; tqdm's smoothed rate is shown only for "
-             "comparison.", ""]
-    loss = result.get("loss") or {}
-    if loss.get("points"):
-        parts.append(f"Loss: {len(loss['points'])} distinct postfix values (stale repeats dropped); smoothed over "
-                     f"{loss.get('window')} points: {fmt_finite(loss.get('start'), '.4g')} -> {fmt_finite(loss.get('end'), '.4g')} "
-                     f"({fmt_finite(loss.get('decrease_pct'), '.1f')}% down), trend {loss.get('trend')}.")
-    if result.get("val_loss"):
-        parts.append("Validation loss by epoch: " + ", ".join(f"{e}: {v:.4g}" for e, v in result["val_loss"] if v is not None) + ".")
-    parts.append("")
-    parts.append(f"Parsing: {result.get('lines_total')} lines, {result.get('bar_refreshes')} bar refreshes, "
-                 f"{result.get('logging_lines')} logging lines; "
-                 + (f"stopped at {result['stopped_at']}." if result.get("stopped_at") else "the whole file was read."))
-    for w in result.get("warnings") or []:
-        parts.append(f"- warning: {w}")
-    return "\n".join(parts)
+    path: str
+    text: str
+    result: dict[str, Any]
+    values: dict[str, Any]
+    record: dict[str, Any]
+    facts: Facts
+    dataset_size: int | None  # training images per epoch: the log's, else the caller's
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """The per-epoch table of ``analysis.json``."""
+        return [{"epoch": e["epoch"], "steps": e["steps"], "elapsed_s": e["elapsed_s"], "it_per_s": e["it_per_s"],
+                 **{k: v for k, v in e.items() if k not in ("epoch", "steps", "elapsed_s", "it_per_s") and not k.startswith("_")}}
+                for e in self.result["epochs"]]
+
+    def payload(self, analysis: Mapping[str, Any]) -> dict[str, Any]:
+        """``analysis.json``: the log's epochs and analysis with the report's verdicts."""
+        return {"log": str(self.path), "epochs": self.epochs(), **{k: v for k, v in self.result.items() if k != "epochs"},
+                "criteria": analysis["criteria"], "checklist": analysis["checklist"],
+                "decision": analysis["decision"], "matrix": analysis["matrix"], "config": self.values}
+
+
+def analyze_log_file(path: str, config_path: str | None, overrides: Mapping[str, Any],
+                     dataset_size: int | None = None) -> LogAnalysis:
+    """Read the log at ``path`` and build its config (``config_path`` and ``overrides`` fill what
+    the log does not print), record and facts."""
+    text, result = read_log(path)
+    values = log_values(result.get("info") or {}, config_path, overrides)
+    record = log_record(result, values, path)
+    facts = log_facts(result, text, path)
+    ds = (result.get("info") or {}).get("dataset_size") or dataset_size
+    return LogAnalysis(path=path, text=text, result=result, values=values, record=record, facts=facts,
+                       dataset_size=int(ds) if ds else None)

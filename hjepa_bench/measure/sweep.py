@@ -25,11 +25,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
-
 from ..config import resolve_config, resolve_model_name, resolve_precision
-from ..errors import UserError
-from ..plugin.manager import Plugins, build_plugins
+from ..errors import UserError, read_yaml
+from ..plugin.manager import Plugins, build_plugins, probe_names, select_backend
 from .results import ResultsFile, config_key
 from ..record import new_record, short_model_name
 
@@ -80,14 +78,7 @@ class SweepSpec:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SweepSpec":
         p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError:
-            raise UserError(f"grid file not found: {p}.") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise UserError(f"grid file {p} is not valid YAML{where}.") from None
+        data = read_yaml(p, "grid file") or {}
         if not isinstance(data, dict):
             raise UserError(f"grid file {p} must hold a mapping (devices:, batch_sizes:, ...).")
         spec = cls()
@@ -99,6 +90,38 @@ class SweepSpec:
             if key in cls.GRID and not isinstance(value, list):
                 value = [value]
             setattr(spec, key, value)
+        return spec
+
+    @classmethod
+    def from_flags(cls, args: Any) -> "SweepSpec":
+        """The spec of ``hjepa-bench sweep``: ``--grid`` (or the defaults), the flags on top."""
+        spec = cls.from_yaml(args.grid) if args.grid else cls()
+        lists = {
+            "devices": parse_list(args.device), "models": parse_list(args.models),
+            "batch_sizes": parse_list(args.batch_sizes, int), "workers": parse_list(args.workers, int),
+            "hierarchies": parse_list(args.hierarchies, int), "predictor_depths": parse_list(args.predictor_depths, int),
+            "variants": parse_list(args.variants), "precisions": parse_list(args.precisions),
+            "img_sizes": parse_list(args.img_size, int),
+        }
+        for name, value in lists.items():
+            if value is not None:
+                setattr(spec, name, value)
+        for name in ("config", "workload", "data", "data_path", "limit_samples", "persistent_workers", "encoder_depth",
+                     "warmup_steps", "min_steps", "max_steps"):
+            if getattr(args, name, None) is not None:
+                setattr(spec, name, getattr(args, name))
+        if args.max_time is not None:
+            spec.max_time_s = args.max_time
+        if args.timeout is not None:
+            spec.timeout_s = args.timeout
+        if args.no_skip_after_oom:
+            spec.skip_after_oom = False
+        if args.probes is not None or args.profile:
+            spec.probes = probe_names(args.probes, args.profile)
+        if args.options is not None:
+            spec.options = parse_list(args.options) or ["none"]
+        if args.options_file is not None:
+            spec.options_file = args.options_file
         return spec
 
 
@@ -118,8 +141,6 @@ class Point:
 
 
 def _resolve_devices(plugins: Plugins, names: Sequence[str]) -> list[str]:
-    from ..cli import select_backend
-
     out = []
     for name in names:
         backend = select_backend(plugins, name)
@@ -265,11 +286,8 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
     try:
         plugins = build_plugins(payload["plugins"])
         backend = plugins.backends()[payload["device"]]
-        workloads = plugins.workloads()
-        name = values["bench"]["workload"]
-        if name not in workloads:
-            raise UserError(f"unknown workload {name!r}; registered workloads: {', '.join(sorted(workloads))}.")
-        record = run_benchmark(values, backend, workloads[name], plugins.select_probes(payload["probes"]), env,
+        workload = plugins.workload(values["bench"]["workload"])
+        record = run_benchmark(values, backend, workload, plugins.select_probes(payload["probes"]), env,
                                warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"])
     except UserError as exc:
         record = new_record(values, env, payload["warnings"])

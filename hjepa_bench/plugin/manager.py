@@ -32,6 +32,8 @@ DIST_NAME = "hjepa-bench"
 ENV_DISABLE_AUTOLOAD = "HJEPA_BENCH_DISABLE_PLUGIN_AUTOLOAD"
 ENV_PLUGINS = "HJEPA_BENCH_PLUGINS"
 ENV_DISABLE = "HJEPA_BENCH_DISABLE_PLUGINS"
+#: what ``--device auto`` tries, in order
+AUTO_ORDER = ("cuda", "mps", "cpu")
 
 # The built-ins, in case the entry points are not installed (running from a source
 # tree); normally they arrive through the entry-point group like any plugin.
@@ -110,6 +112,13 @@ class Plugins:
 
     def workloads(self) -> dict[str, Workload]:
         return {w.name: w for _, w in self._collect("hjepa_bench_register_workloads", Workload)}
+
+    def workload(self, name: str) -> Workload:
+        """The workload registered as ``name``; an unknown name is a UserError."""
+        workloads = self.workloads()
+        if name not in workloads:
+            raise UserError(f"unknown workload {name!r}; registered workloads: {', '.join(sorted(workloads))}.")
+        return workloads[name]
 
     def probes(self) -> dict[str, Probe]:
         return {p.name: p for _, p in self._collect("hjepa_bench_register_probes", Probe)}
@@ -238,3 +247,27 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
         raise UserError(f"a plugin implements a hook that does not exist (misspelled?): {exc}.") from None
     return Plugins(pm, infos)
 
+
+def select_backend(plugins: Plugins, name: str) -> Backend:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable device is a UserError."""
+    backends = plugins.backends()
+    available = [n for n, b in backends.items() if b.availability().available]
+    if name == "auto":
+        for candidate in AUTO_ORDER + tuple(sorted(backends)):
+            if candidate in available:
+                return backends[candidate]
+        raise UserError("no device is available (not even cpu).")
+    if name not in backends:
+        raise UserError(f"unknown device {name!r}; known devices: {', '.join(sorted(backends))} (or auto).")
+    why = backends[name].availability()
+    if not why.available:
+        raise UserError(f"device {name} is not available ({why.reason.rstrip('.')}); available: {', '.join(available) or 'none'}.")
+    return backends[name]
+
+
+def probe_names(probes: str | None, profile: bool = False) -> list[str] | None:
+    """``--probes NAME,... | all | none``, plus ``--profile`` (adds the profiler); None: the default (cheap)."""
+    names = None if probes is None else [n.strip() for n in probes.split(",") if n.strip()]
+    if profile:
+        names = (names or ["cheap"]) + ["profiler"]
+    return names

@@ -1,0 +1,63 @@
+"""``hjepa-bench analyze``: a log of the upstream trainer judged like a sweep (speed, loss, criteria, projections)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..report.decision import build_analysis
+from ..measure.loganalysis import analyze_log_file
+from ..options import config_option
+from ..plugin.manager import Plugins
+from ..record import write_json
+from ..report.charts import log_charts
+from ..report.decision import write_report
+from ..report.summary import log_section, verdict_lines
+from .common import add_decision_args, config_overrides, positive_int, report_settings
+
+
+def add_parser(sub: Any) -> None:
+    an = sub.add_parser("analyze", help="analyse a log of the upstream H-JEPA trainer: speed, loss, criteria, projections",
+                        description="Parse a training log written by the upstream trainer (tqdm bars joined by "
+                                    "carriage returns, it/s or s/it, logging lines) and judge it like a sweep.")
+    an.add_argument("--log", required=True, metavar="FILE", help="the training log")
+    an.add_argument("--out", metavar="DIR", help="write report.md and analysis.json here")
+    an.add_argument("--config", metavar="YAML", help="the run's config, for what the log does not print")
+    an.add_argument("--model", help="encoder, if the log does not print it")
+    an.add_argument("--batch-size", type=positive_int)
+    an.add_argument("--workers", type=positive_int)
+    an.add_argument("--hierarchies", type=positive_int)
+    an.add_argument("--predictor-depth", type=positive_int)
+    an.add_argument("--img-size", type=positive_int)
+    an.add_argument("--epochs", type=positive_int, help="planned epochs, if the log does not print them")
+    an.add_argument("--dataset-size", type=positive_int, help="training images per epoch (default: the log's, else 50,000)")
+    add_decision_args(an)
+    an.set_defaults(func=cmd_analyze)
+
+
+def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
+    log = analyze_log_file(args.log, args.config, config_overrides(args), args.dataset_size)
+    settings = report_settings(args, title=f"hjepa-bench analysis of {Path(args.log).name}")
+    if log.dataset_size:
+        settings.thresholds = replace(settings.thresholds, dataset_size=log.dataset_size)
+    settings.options = [config_option(log.values, "L", f"the logged config for {log.values['training']['epochs']} "
+                                                       "epochs")] + settings.options
+    settings.sources = [str(args.log)]
+    section = log_section(log.result)
+    print(section.split("\n\n")[0])
+    if args.out:
+        out = Path(args.out)
+        analysis = write_report([log.record], out / "report.md", settings, facts=log.facts, chart_records=[],
+                                intro=[f"Analysis of `{args.log}`, a log written by the upstream H-JEPA trainer."],
+                                extra=[("Training log", section)],
+                                charts_extra=lambda d: log_charts(log.result, d))
+        write_json(log.payload(analysis), out / "analysis.json")
+        print(verdict_lines(analysis))
+        print(f"report: {out / 'report.md'}\nanalysis: {out / 'analysis.json'}")
+    else:
+        print(verdict_lines(build_analysis([log.record], settings, log.facts)))
+    if log.result.get("stopped_at"):
+        print(f"note: parsing stopped at {log.result['stopped_at']}", file=sys.stderr)
+    return 0

@@ -1,0 +1,43 @@
+"""``hjepa-bench devices``: which backends are available here, and why not."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tabulate import tabulate
+
+from ..format import fmt_bytes
+from ..plugin.manager import AUTO_ORDER, Plugins
+from .common import print_json
+
+
+def add_parser(sub: Any) -> None:
+    dev = sub.add_parser("devices", help="which backends are available here, and why not")
+    dev.add_argument("--json", action="store_true")
+    dev.set_defaults(func=cmd_devices)
+
+
+def cmd_devices(args: argparse.Namespace, plugins: Plugins) -> int:
+    rows = []
+    for name, backend in sorted(plugins.backends().items()):
+        av = backend.availability()
+        row: dict[str, Any] = {"name": name, "available": av.available, "reason": av.reason}
+        if av.available:
+            fp = backend.fingerprint()
+            mem = backend.memory()
+            row.update({"device_name": fp.get("device_name"), "total_bytes": mem.total_bytes,
+                        "precisions": {k: (v or "ok") for k, v in backend.supported_precisions().items()},
+                        "device_events": backend.has_device_events(), "memory_source": mem.source})
+        rows.append(row)
+    if args.json:
+        print_json(rows)
+        return 0
+    table = []
+    for r in rows:
+        prec = ", ".join(k for k, v in (r.get("precisions") or {}).items() if v == "ok") or "-"
+        table.append([r["name"], "yes" if r["available"] else "no", r.get("device_name") or "-",
+                      fmt_bytes(r.get("total_bytes")) if r["available"] else "-", prec, r["reason"] or ""])
+    print(tabulate(table, headers=["device", "available", "name", "memory", "precisions", "why not"]))
+    auto = next((r["name"] for n in AUTO_ORDER for r in rows if r["name"] == n and r["available"]), None)
+    print(f"--device auto picks: {auto}")
+    return 0

@@ -1,0 +1,53 @@
+"""``hjepa-bench eval``: quick evaluation of a checkpoint (feature quality, kNN, linear probe) against random init."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..measure.evaluate import evaluate_checkpoint
+from ..plugin.manager import Plugins, select_backend
+from ..record import write_json
+from ..report.summary import render_eval_markdown
+from .common import add_data_args, config_overrides, positive_int
+
+
+def add_parser(sub: Any) -> None:
+    ev = sub.add_parser("eval", help="quick evaluation of a checkpoint: feature quality, kNN and linear probe vs random init",
+                        description="Load an upstream-format checkpoint (model_state_dict) and measure its EMA target "
+                                    "encoder per hierarchy level against the same encoder at random initialisation.")
+    ev.add_argument("--checkpoint", required=True, metavar="PATH", help=".pth with model_state_dict")
+    ev.add_argument("--config", metavar="YAML", help="the model's config (upstream checkpoints carry none)")
+    add_data_args(ev, samples=False)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--img-size", type=positive_int)
+    ev.add_argument("--encoder-depth", type=positive_int)
+    ev.add_argument("--n-train", type=positive_int, help="training images for kNN / linear probe (default 5000)")
+    ev.add_argument("--n-test", type=positive_int, help="test images (default 1000)")
+    ev.add_argument("--batch-size", type=positive_int, default=64)
+    ev.add_argument("--workers", type=positive_int, default=0)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", metavar="DIR", help="write eval.md and eval.json here")
+    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
+    device = select_backend(plugins, args.device).name
+    # only these flags change the model's config; --batch-size, --workers and --seed are the evaluation's own
+    overrides = config_overrides(args, ("img_size", "encoder_depth"))
+    result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=overrides, device=device,
+                                 data=args.data or "synthetic", data_path=args.data_path, n_train=args.n_train,
+                                 n_test=args.n_test, batch_size=args.batch_size, seed=args.seed,
+                                 progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
+                                 num_workers=args.workers)
+    md = render_eval_markdown(result)
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.md").write_text(md)
+        write_json(result, out / "eval.json")
+        print(f"written: {out / 'eval.md'}, {out / 'eval.json'}", file=sys.stderr)
+    return 0

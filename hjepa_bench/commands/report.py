@@ -1,0 +1,48 @@
+"""``hjepa-bench report``: the decision report (markdown, charts, configs) from result directories."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..measure.results import load_results
+from ..plugin.manager import Plugins
+from ..report.decision import write_report
+from .common import add_decision_args, report_settings
+
+
+def add_parser(sub: Any) -> None:
+    rp = sub.add_parser("report", help="decision report (markdown, charts, configs) from result directories",
+                        description="Render report.md from one or more sweep directories (merged): decision matrix "
+                                    "with projections, recommendations, success criteria, checklist, charts.")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="sweep directories (or results.jsonl files)")
+    rp.add_argument("--out", metavar="PATH", help="report path (default DIR/report.md for one directory, "
+                                                   "else ./hjepa-bench-report/report.md)")
+    rp.add_argument("--title", help="report title")
+    rp.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    add_decision_args(rp)
+    rp.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
+    dirs = [Path(d) for d in args.dirs]
+    for d in dirs:
+        if not d.exists():
+            raise UserError(f"{d} does not exist; give sweep directories (with results.jsonl) or results files.")
+    records = load_results(dirs)
+    if not records:
+        raise UserError(f"no result records in {', '.join(map(str, dirs))}.")
+    out = Path(args.out) if args.out else (dirs[0] / "report.md" if len(dirs) == 1 and dirs[0].is_dir()
+                                           else Path("hjepa-bench-report") / "report.md")
+    if out.suffix != ".md":
+        out = out / "report.md"
+    settings = report_settings(args, title=args.title or "hjepa-bench report")
+    settings.sources = [str(d) for d in dirs]
+    settings.charts = not args.no_charts
+    analysis = write_report(records, out, settings, sections=plugins.report_sections())
+    rec = [f"option {d['recommended']} on {d['machine']}" if d["recommended"] else f"no option on {d['machine']}"
+           for d in analysis["decision"]["per_machine"]] or ["no option measured"]
+    print(f"report: {out} ({len(records)} records; recommended: {'; '.join(rec)}; "
+          f"{len(analysis['charts'])} charts; configs in {out.parent / 'configs'})")
+    return 0

@@ -1,0 +1,81 @@
+"""``hjepa-bench run``: measure one configuration and print a summary."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import resolve_precision
+from ..format import fmt_ms
+from ..measure.env import environment_fingerprint
+from ..measure.runner import run_benchmark
+from ..plugin.manager import Plugins, probe_names, select_backend
+from ..record import write_json
+from ..report.sections import render_report
+from ..report.summary import summary_text
+from .common import add_config_args, add_data_args, add_probe_args, config_label, load_config, positive_float, positive_int
+
+
+def add_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="measure one configuration and print a summary",
+                         description="Run the real H-JEPA training step and measure it.")
+    add_config_args(run)
+    run.add_argument("--device", default="auto", help="cpu | cuda | mps | auto (default: cuda, then mps, then cpu)")
+    run.add_argument("--workload", help="registered workload to time (default hjepa)")
+    add_data_args(run)
+    s = run.add_argument_group("measurement")
+    s.add_argument("--warmup-steps", type=positive_int)
+    s.add_argument("--min-steps", type=positive_int)
+    s.add_argument("--max-steps", type=positive_int)
+    s.add_argument("--max-time", type=positive_float, metavar="SECONDS", help="time cap for the measured loop")
+    s.add_argument("--target-precision", type=positive_float, metavar="FRAC",
+                   help="stop when the median step time is known to +-FRAC (95%% CI), default 0.02")
+    add_probe_args(run)
+    run.add_argument("--trace-dir", metavar="DIR", default="hjepa-bench-traces",
+                     help="where the profiler writes traces (default ./hjepa-bench-traces)")
+    run.add_argument("--json", metavar="PATH", help="write the result record (JSON) here")
+    run.add_argument("--report", metavar="PATH", help="write a markdown report here")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    backend = select_backend(plugins, args.device)
+    rc = load_config(args, quiet=True)  # warnings are printed once the run has started
+    values = rc.values
+    workload = plugins.workload(values["bench"]["workload"])
+    values["bench"]["precision"] = resolve_precision(values, backend.name)
+    values["bench"]["device"] = backend.name
+    probes = plugins.select_probes(probe_names(args.probes, args.profile))
+    env = environment_fingerprint(backend)
+
+    # Printed once the workload is ready, so that a setup error stays one sentence.
+    pending = [f"warning: {w}" for w in rc.warnings()] + [f"hjepa-bench run: {config_label(values)} on {backend.name}"]
+
+    def flush_pending() -> None:
+        while pending and not args.quiet:
+            print(pending.pop(0), file=sys.stderr)
+
+    def progress(p: dict[str, Any]) -> None:
+        if not args.quiet:
+            flush_pending()
+            med = p["median_step_s"]
+            print(f"\r  measured {p['steps']} steps in {p['elapsed_s']:.1f} s, median step {fmt_ms(med)}"
+                  f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
+
+    record = run_benchmark(values, backend, workload, probes, env, warnings=rc.warnings(), progress=progress,
+                           artifacts_dir=args.trace_dir)
+    flush_pending()
+    if not args.quiet:
+        print(file=sys.stderr)
+    if args.json:
+        write_json(record, args.json)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(render_report([record], plugins.report_sections()))
+    if not args.quiet:
+        print(summary_text(record, plugins.probes()))
+        if args.json:
+            print(f"record written to {args.json}")
+    return 0 if record["status"] == "ok" else 1

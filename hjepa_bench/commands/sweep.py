@@ -1,0 +1,134 @@
+"""``hjepa-bench sweep``: a grid of configs, each in its own process, resumable; then the decision report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..measure.results import load_results
+from ..measure.sweep import DEFAULT_OUT, SweepSpec, install_sigterm_handler, resume_command, run_sweep, selected_options
+from ..plugin.manager import Plugins
+from ..report.decision import write_report
+from ..report.summary import sweep_table, verdict_lines
+from .common import add_data_args, add_decision_args, add_probe_args, positive_float, positive_int, report_settings
+
+
+def add_parser(sub: Any) -> None:
+    sw = sub.add_parser("sweep", help="measure a grid of configs, each in its own process (resumable)",
+                        description="Measure a grid of configs. Every config runs in its own child process; "
+                                    "results are appended to OUT/results.jsonl as each finishes, and running the "
+                                    "same command again (or with --resume) runs only what is missing.")
+    sw.add_argument("--device", help="device or list: cpu,mps,cuda,auto (default auto)")
+    sw.add_argument("--models", help="e.g. vit_tiny,vit_small,vit_base (default vit_tiny)")
+    sw.add_argument("--batch-sizes", help="e.g. 24,32,48,64 (default 16,32)")
+    sw.add_argument("--workers", help="DataLoader workers, e.g. 2,4,6,8 (default 2,4)")
+    sw.add_argument("--hierarchies", help="hierarchy levels, e.g. 2,3")
+    sw.add_argument("--predictor-depths", help="e.g. 2,4,6")
+    sw.add_argument("--variants", help="reference,efficient (default reference)")
+    sw.add_argument("--precisions", help="fp32,fp16,bf16 (default: auto per device)")
+    sw.add_argument("--img-size", help="image size or list, e.g. 224 or 128,224")
+    sw.add_argument("--encoder-depth", type=positive_int, help="ViT blocks (default 12)")
+    sw.add_argument("--config", metavar="YAML", help="upstream YAML as the base of every point")
+    sw.add_argument("--grid", metavar="YAML", help="grid file (keys as SweepSpec: devices, batch_sizes, ...); flags override it")
+    sw.add_argument("--out", metavar="DIR", help=f"results directory (default ./{DEFAULT_OUT})")
+    sw.add_argument("--resume", action="store_true", help="continue the sweep in --out (the same --out does too)")
+    sw.add_argument("--workload", help="registered workload to time (default hjepa)")
+    add_data_args(sw)
+    b = sw.add_argument_group("per-config budgets")
+    b.add_argument("--warmup-steps", type=positive_int, help="default 2")
+    b.add_argument("--min-steps", type=positive_int, help="default 5")
+    b.add_argument("--max-steps", type=positive_int, help="default 30")
+    b.add_argument("--max-time", type=positive_float, metavar="SECONDS", help="measuring time per config (default 15)")
+    b.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                   help="wall-clock limit per config, start-up included (default 120 + 6 x max-time)")
+    b.add_argument("--no-skip-after-oom", action="store_true",
+                   help="also run larger batches of a model after it ran out of memory")
+    add_probe_args(sw)
+    sw.add_argument("--options", metavar="LIST",
+                    help="decision-matrix options whose model config is also measured at 224 px: A,B,C, all "
+                         "(default) or none")
+    add_decision_args(sw)
+    sw.add_argument("--progress", choices=["bar", "quiet", "jsonl"], default="bar",
+                    help="bar (default), quiet, or jsonl (one JSON event per line on stdout)")
+    sw.add_argument("-q", "--quiet", action="store_true", help="same as --progress quiet")
+    sw.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
+    spec = SweepSpec.from_flags(args)
+    plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
+    settings = report_settings(args, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
+    selected_options(spec)
+    out = Path(args.out or DEFAULT_OUT)
+    if args.resume and not (out / "results.jsonl").exists():
+        print(f"note: nothing to resume in {out}; starting a new sweep there", file=sys.stderr)
+    mode = "quiet" if args.quiet else args.progress
+    bar = SweepProgress(mode)
+    install_sigterm_handler()
+    try:
+        summary = run_sweep(spec, out, plugins, args.plugins, on_event=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\nhjepa-bench: sweep interrupted; every finished config is in {out / 'results.jsonl'} "
+              f"and the one in flight was discarded. Resume with:\n  {resume_command(args.argv)}", file=sys.stderr)
+        return 130
+    bar.close()
+    records = load_results([out])
+    report = out / "report.md"
+    settings.sources = [str(out)]
+    analysis = write_report(records, report, settings, sections=plugins.report_sections())
+    if mode == "jsonl":
+        print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},
+                          "report": str(report)}), flush=True)
+    elif mode != "quiet":
+        print(sweep_table(records))
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "nothing new"
+        print(f"\n{summary['ran']} configs run this time ({counts}), {summary['recorded_before']} already recorded; "
+              f"{summary['elapsed_s']:.0f} s")
+        print(verdict_lines(analysis))
+        print(f"results: {out / 'results.jsonl'}\nreport:  {report}")
+    return 0
+
+
+class SweepProgress:
+    """Sweep events -> a tqdm bar (bar), JSON lines on stdout (jsonl) or nothing (quiet)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.mode == "jsonl":
+            print(json.dumps(event, default=str), flush=True)
+            return
+        if self.mode == "quiet":
+            return
+        kind = event["event"]
+        if kind == "plan":
+            if event["truncated_tail"]:
+                print(f"warning: the last line of {event['out']}/results.jsonl was incomplete (the sweep was "
+                      "killed while writing it); it was moved to results.jsonl.partial and its config runs again",
+                      file=sys.stderr)
+            print(f"sweep: {event['total']} configs, {event['recorded']} already recorded in {event['out']}, "
+                  f"{event['to_run']} to run", file=sys.stderr)
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event["to_run"], file=sys.stderr, unit="config", dynamic_ncols=True,
+                            bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} configs, {elapsed} elapsed {postfix}")
+            self.bar.set_description_str("sweep")
+        elif kind == "start" and self.bar is not None:
+            eta = "ETA after the first config" if event["eta_s"] is None else f"ETA {event['eta_s'] / 60:.1f} min"
+            self.bar.set_description_str(f"config {event['k']}/{event['n']}")
+            self.bar.set_postfix_str(f"({eta}) now: {event['label']}")
+        elif kind == "done" and self.bar is not None:
+            speed = "" if event["it_per_s"] is None else f" {event['it_per_s']:.2f} it/s"
+            self.bar.write(f"  [{event['k']}/{event['n']}] {event['label']}: {event['status']}{speed}"
+                           + (f" ({event['error']})" if event["error"] else ""))
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

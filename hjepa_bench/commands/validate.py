@@ -1,0 +1,72 @@
+"""``hjepa-bench validate``: the validation guide's validation run, then the criteria and the decision report."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..measure.env import environment_fingerprint
+from ..measure.validate import ValidationSettings, run_validation, validation_facts, validation_record
+from ..options import config_option
+from ..plugin.manager import Plugins, select_backend
+from ..report.decision import write_report
+from ..report.summary import validation_section, verdict_lines
+from .common import (CONFIG_FLAGS, add_config_args, add_data_args, add_decision_args, config_label, load_config,
+                     positive_int, report_settings)
+
+#: ``--epochs`` is the run's length (``--epochs 0``: the config's), not an override of training.epochs
+FLAGS = [f for f in CONFIG_FLAGS if f != "epochs"]
+
+
+def add_parser(sub: Any) -> None:
+    va = sub.add_parser("validate", help="a short real training run, then criteria and the decision report",
+                        description="The validation guide's validation run: real H-JEPA training (warm-up + cosine, "
+                                    "EMA), upstream-layout checkpoints, feature quality per epoch, and at the end the "
+                                    "success criteria and the decision report. Ctrl-C keeps what was measured.")
+    add_config_args(va)
+    va.add_argument("--epochs", type=positive_int, help="epochs (default: the config's, 5 for quick_val)")
+    va.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
+    add_data_args(va)
+    va.add_argument("--out", metavar="DIR", default="hjepa-bench-validate",
+                    help="checkpoints, validation.json and report.md (default ./hjepa-bench-validate)")
+    va.add_argument("--feature-every", type=positive_int, default=1, metavar="EPOCHS",
+                    help="feature quality every N epochs (0: only at the end; default 1)")
+    va.add_argument("--features-n", type=positive_int, metavar="N", help="held-out images for feature quality")
+    va.add_argument("--checkpoint-every", type=positive_int, metavar="EPOCHS",
+                    help="numbered checkpoint every N epochs (default: checkpoint.save_frequency)")
+    va.add_argument("--max-steps-per-epoch", type=positive_int, metavar="N", help="cap steps per epoch")
+    va.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_decision_args(va)
+    va.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
+    rc = load_config(args, flags=FLAGS)
+    backend = select_backend(plugins, args.device)
+    values = rc.values
+    epochs = int(args.epochs or values["training"]["epochs"])
+    out = Path(args.out)
+    settings = report_settings(args, title="hjepa-bench validation run")  # bad files fail before training
+    vs = ValidationSettings(epochs=epochs, out_dir=out, feature_every_epochs=args.feature_every,
+                            feature_n=args.features_n, checkpoint_every_epochs=args.checkpoint_every,
+                            max_steps_per_epoch=args.max_steps_per_epoch)
+    print(f"validation run: {epochs} epoch(s) of {config_label(values)} on {backend.name}; writing to {out}",
+          file=sys.stderr)
+    result = run_validation(values, backend, vs, progress=not args.quiet)
+    env = environment_fingerprint(backend)
+    record = validation_record(result, env)
+    facts = validation_facts(result, record)
+    v = dict(result["config"])
+    settings.options = [config_option(v, "V", f"this validation config for {v['training']['epochs']} epochs")] + settings.options
+    settings.sources = [str(out / "validation.json")]
+    status = result["status"]
+    intro = [f"A real training run of {result['epochs_completed']} of {result['epochs_planned']} epoch(s) "
+             f"({result['steps_per_epoch']} steps each) on {result['device']} at {result['precision']}, status "
+             f"**{status}**" + (f" ({result['error']})" if result.get("error") else "") + ". Checkpoints (upstream "
+             f"layout) are in `checkpoints/`; every step, epoch and feature measurement is in `validation.json`."]
+    analysis = write_report([record], out / "report.md", settings, sections=plugins.report_sections(),
+                            facts=facts, intro=intro, extra=[("Validation run", validation_section(result))])
+    print(verdict_lines(analysis))
+    print(f"report: {out / 'report.md'}\ncheckpoints: {out / 'checkpoints'}")
+    return {"ok": 0, "interrupted": 130}.get(status, 1)

@@ -1,0 +1,172 @@
+"""Text for people about one run, a validation run, a training log or an evaluation: the run summary,
+the criteria and recommendation lines, the validation-run and training-log sections of a report, and
+the evaluation's markdown."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from tabulate import tabulate
+
+from ..format import fmt_bytes, fmt_finite, fmt_ms, fmt_or_dash, fmt_pct
+from ..record import records_frame
+
+
+def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -> str:
+    m = record.get("metrics") or {}
+    lines = [f"status: {record['status']}" + (f" ({record['error']})" if record.get("error") else "")]
+    p = record.get("params") or {}
+    if p.get("total"):
+        lines.append(f"params: {p['total']:,} total / {p['trainable']:,} trainable")
+    st = m.get("step_time_s") or {}
+    if st.get("n"):
+        warm = m.get("warmup", {})
+        lines.append(f"measured: {st['n']} steps in {m['measured_time_s']:.1f} s (stopped: {m['stop_reason']}), "
+                     f"after {warm.get('steps', 0)} warm-up steps in {warm.get('time_s', 0):.1f} s")
+        lines.append(f"speed: {m['it_per_s']:.2f} it/s, {m['samples_per_s']:.1f} samples/s")
+        cv = "n/a" if st.get("cv") is None else f"{st['cv'] * 100:.1f}%"
+        lines.append(f"step time: median {fmt_ms(st['median'])}, IQR {fmt_ms(st['iqr'])}, CV {cv}, "
+                     f"p10 {fmt_ms(st['p10'])}, p90 {fmt_ms(st['p90'])} ({m['timing_method']})")
+        compute = "host work (includes the compute on cpu)" if record["env"].get("backend") == "cpu" else "host work"
+        lines.append(f"time split: data wait {fmt_pct(m['data_wait_frac'])}, {compute} {fmt_pct(m['host_frac'])}")
+        source = (m.get("memory_source") or "").split(";")[0]
+        lines.append(f"memory: peak {fmt_bytes(m['peak_device_bytes'])} ({source}), "
+                     f"device total {fmt_bytes(m['device_total_bytes'])}")
+        if m.get("loss_first") is not None:
+            lines.append(f"loss: {m['loss_first']:.4g} (first measured step) -> {m['loss_last']:.4g} (last)")
+        for w in m.get("warnings", []):
+            lines.append(f"warning: {w}")
+    for name, entry in (record.get("probes") or {}).items():
+        probe = (probes or {}).get(name)
+        if entry.get("status") == "failed":
+            text = f"failed ({entry.get('error')})"
+        else:
+            try:
+                text = probe.summarize(entry) if probe is not None else None
+            except Exception:  # noqa: BLE001 - a summary line never hides the record
+                text = None
+            text = text or "ok (details in the JSON record)"
+        lines.append(f"probe {name}: {text}")
+    return "\n".join(lines)
+
+
+def validation_section(result: dict[str, Any]) -> str:
+    rows = [[e["epoch"], e["steps"], f"{e['elapsed_s']:.1f}", f"{e['it_per_s']:.2f}",
+             "-" if e.get("train_loss_mean") is None else f"{e['train_loss_mean']:.4g}",
+             "-" if e.get("val_loss") is None else f"{e['val_loss']:.4g}", f"{e['lr_end']:.2e}",
+             f"{100 * (e.get('data_wait_frac') or 0):.1f}"] for e in result.get("epochs") or []]
+    parts = [tabulate(rows, headers=["epoch", "steps", "elapsed s", "it/s", "train loss (mean)", "val loss",
+                                     "lr at end", "data wait %"], tablefmt="github", disable_numparse=True), ""]
+    feats = result.get("features") or []
+    if feats:
+        parts += ["Feature quality of the EMA target encoder over the run (held-out images):", "",
+                  tabulate([[f["epoch"], f.get("n_images"), f"{f.get('rankme_centred_ratio') or 0:.3f}",
+                             f"{f.get('mean_cosine') or 0:.3f}", f"{f.get('std_mean') or 0:.4f}",
+                             ", ".join(k for k, v in (f.get("collapse") or {}).items() if v) or "none"]
+                            for f in feats], headers=["epoch", "N", "RankMe/D (centred)", "mean cosine",
+                                                      "std (mean)", "collapse flags"], tablefmt="github",
+                           disable_numparse=True), ""]
+    ck = result.get("checkpoints") or []
+    if ck:
+        parts.append("Checkpoints: " + "; ".join(f"{Path(c['path']).name} ({c['kind']}, epoch {c['epoch']}, "
+                                                  f"{c['save_s']:.2f} s)" for c in ck[-4:]))
+    return "\n".join(parts)
+
+
+def verdict_lines(analysis: dict[str, Any]) -> str:
+    lines = [f"{c['name'].split(':')[0]:<14} {c['status']:<13} {c['evidence']}" for c in analysis["criteria"]]
+    for d in analysis["decision"]["per_machine"]:
+        lines.append(f"recommended on {d['machine']}: " + (f"option {d['recommended']}" if d["recommended"] else "none")
+                     + (f" ({d['reasons'][0]})" if d["reasons"] else ""))
+    return "\n".join(lines)
+
+
+def log_section(result: Mapping[str, Any]) -> str:
+    """Markdown: per-epoch speed from counters, loss trend, where parsing stopped."""
+    rows = []
+    for e in result["epochs"]:
+        rows.append([e["epoch"], f"{e['steps']}/{e.get('total_steps') or '?'}", "yes" if e.get("complete") else "no",
+                     f"{e['elapsed_s']:.0f}", f"{e['it_per_s']:.3f}", fmt_finite(e.get("bar_it_per_s")),
+                     fmt_finite(e.get("steady_it_per_s")), f"{e.get('warmup_steps') or 0} / {e.get('warmup_s') or 0:.0f} s",
+                     f"{len(e.get('stalls') or [])} / {sum(s['seconds'] for s in e.get('stalls') or []):.0f} s"])
+    o = result["overall"]
+    parts = [tabulate(rows, headers=["epoch", "steps", "complete", "elapsed s", "it/s (counters)", "it/s (bar, smoothed)",
+                                     "steady it/s", "warm-up steps / s", "stalls / s"], tablefmt="github",
+                      disable_numparse=True), "",
+             f"Overall: {o['steps']} steps in {o['elapsed_s']:.0f} s = {o['it_per_s']:.3f} it/s; steady "
+             f"{fmt_finite(o.get('steady_it_per_s'), '.3f')} it/s (warm-up and stalls excluded); step-time CV over steady "
+             f"intervals {fmt_finite(None if o.get('step_time_cv') is None else 100 * o['step_time_cv'], '.1f')}%. "
+             "Speeds come from the bars' step counters and elapsed times; tqdm's smoothed rate is shown only for "
+             "comparison.", ""]
+    loss = result.get("loss") or {}
+    if loss.get("points"):
+        parts.append(f"Loss: {len(loss['points'])} distinct postfix values (stale repeats dropped); smoothed over "
+                     f"{loss.get('window')} points: {fmt_finite(loss.get('start'), '.4g')} -> {fmt_finite(loss.get('end'), '.4g')} "
+                     f"({fmt_finite(loss.get('decrease_pct'), '.1f')}% down), trend {loss.get('trend')}.")
+    if result.get("val_loss"):
+        parts.append("Validation loss by epoch: " + ", ".join(f"{e}: {v:.4g}" for e, v in result["val_loss"] if v is not None) + ".")
+    parts.append("")
+    parts.append(f"Parsing: {result.get('lines_total')} lines, {result.get('bar_refreshes')} bar refreshes, "
+                 f"{result.get('logging_lines')} logging lines; "
+                 + (f"stopped at {result['stopped_at']}." if result.get("stopped_at") else "the whole file was read."))
+    for w in result.get("warnings") or []:
+        parts.append(f"- warning: {w}")
+    return "\n".join(parts)
+
+
+def render_eval_markdown(result: Mapping[str, Any]) -> str:
+    """A markdown section: what was evaluated, one table per hierarchy level
+    (trained vs random init vs gain), the protocol lines, notes and timings."""
+    m, dat = result["model"], result["data"]
+    epoch = result.get("epoch")
+    lines = [
+        "## Encoder evaluation",
+        "",
+        f"- Checkpoint: `{result['checkpoint']}` ({result.get('checkpoint_format', '?')}"
+        + (f", epoch {epoch}" if epoch is not None else "") + f"); config: {result['config_source']}.",
+        f"- Model: {m['encoder_type']} (D={m['embed_dim']}, depth {m['encoder_depth']}, {m['image_size']} px, "
+        f"{m['num_hierarchies']} hierarchy levels, predictor depth {m['predictor_depth']}); evaluated: "
+        f"{m['evaluated_encoder']} vs the same architecture at random init (seed {m['random_init_seed']}); "
+        f"device {result.get('device', '?')}.",
+        f"- Data: {dat['kind']}" + (f" ({dat['path']})" if dat.get("path") else "")
+        + f", {dat['n_train']} train / {dat['n_test']} test images at {dat['image_size']} px, "
+        f"{dat['num_classes']} classes (chance {fmt_pct(dat['chance_top1'], dash='-')}).",
+        "",
+    ]
+    for entry in result["levels"]:
+        tr, rn, gain = entry["trained"], entry["random_init"], entry["gain"]
+        rows = []
+        for label, s in (("trained (EMA target)", tr), ("random init", rn)):
+            q = s["feature_quality"]
+            rows.append([label, fmt_or_dash(q.get("rankme_centred_ratio"), ".3f"), fmt_or_dash(q.get("mean_cosine"), ".3f"),
+                         fmt_pct(s["knn_top1"], dash="-"), fmt_pct(s["linear_top1"], dash="-"),
+                         "yes" if (q.get("collapse") or {}).get("collapsed") else "no"])
+        ratio = gain.get("rankme_ratio")
+        rows.append(["gain", "-" if ratio is None else f"x{ratio:.2f}", "",
+                     f"{100.0 * gain['knn_top1']:+.1f} pp", f"{100.0 * gain['linear_top1']:+.1f} pp", ""])
+        lines += [f"### Level {entry['level']} (D={entry['dim']}; {entry.get('features', '')})", "",
+                  tabulate(rows, headers=["features", "RankMe/D (centred)", "mean cosine", "kNN top-1",
+                                          "linear top-1", "collapsed"], tablefmt="github",
+                                 disable_numparse=True), ""]
+    p = result["protocol"]
+    lines += ["Protocol:", "",
+              f"- Features: {p['features']}.",
+              f"- Quality: {p['feature_quality']}.",
+              f"- kNN: {p['knn']}.",
+              f"- Linear: {p['linear']}.",
+              f"- Gain: {p['gain']}.", ""]
+    if result.get("notes"):
+        lines += ["Notes:", ""] + [f"- {n}" for n in result["notes"]] + [""]
+    t = result.get("timings_s") or {}
+    if t:
+        lines.append("Timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()) + ".")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def sweep_table(records: list[dict[str, Any]]) -> str:
+    """The sweep's closing table: one row per record."""
+    df = records_frame(records)
+    cols = ["device", "model", "variant", "precision", "img", "batch", "workers", "status", "it_per_s",
+            "samples_per_s", "step_median_ms", "data_wait_pct", "peak_mem_mib"]
+    return df[cols].to_markdown(index=False, floatfmt=".2f")
