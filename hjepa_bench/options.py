@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
+import yaml
+
 from .config import resolve_config, resolve_precision
 from .errors import UserError, read_yaml
 from .record import short_model_name
@@ -197,3 +199,43 @@ def config_option(values: Mapping[str, Any], name: str, title: str, hours: tuple
     return TrainingOption(name=name, title=title, sections=sections, hours=hours or (0.0, float("inf")),
                           priority=0, expected="", choose_if=["this is the measured run's own config"],
                           source="measured run", candidate=False)
+
+
+# --------------------------------------------------------------------------- ready-to-run YAML
+def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, Any]:
+    """The option's upstream-format config with the recommended values filled in."""
+    v = copy.deepcopy(option.values())
+    v.pop("bench", None)  # hjepa-bench's own section; upstream has none
+    if v["model"].get("encoder_depth", 12) == 12:
+        v["model"].pop("encoder_depth", None)
+    if row.get("batch") is not None:
+        v["data"]["batch_size"] = int(row["batch"])
+    if row.get("workers") is not None:
+        v["data"]["num_workers"] = int(row["workers"])
+    v["training"]["warmup_epochs"] = row["warmup"]["warmup_epochs"]
+    v["training"]["lr"] = float(row["lr"]["lr"])
+    backend = (row.get("machine") or "").split(" ")[0] or None
+    if backend:
+        v["device"] = backend
+    v.setdefault("logging", {})["experiment_name"] = f"hjepa_option_{option.name}"
+    return v
+
+
+def config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
+    lines = [f"# H-JEPA full training: option {option.name}, {option.title}",
+             f"# Written by hjepa-bench from measurements on {row.get('machine') or 'no machine (not measured)'}."]
+    if row.get("measured") and row.get("status") == "ok":
+        lines += [f"# batch_size {row['batch']}: {row['batch_choice']['reason']}",
+                  f"# num_workers {row['workers']}: {row['workers_choice']['reason']}",
+                  f"# projected {row['hours']:.1f} h for {row['epochs']} epochs" if row.get("hours") is not None
+                  else "# no projection"]
+    else:
+        lines.append("# batch_size/num_workers: the option's own values (this option was not measured)")
+    lines += [f"# lr: {row['lr']['reason']}", f"# warmup_epochs: {row['warmup']['reason']}"]
+    return "\n".join("# " + l[2:].replace("\n", " ") if l.startswith("# ") else l for l in lines) + "\n"
+
+
+def option_yaml(row: Mapping[str, Any], option: TrainingOption) -> str:
+    """``configs/option_X.yaml``: the option's upstream-format config with the recommended values of its
+    decision-matrix ``row``, under a comment header saying where each value came from."""
+    return config_header(row, option) + yaml.safe_dump(option_config(row, option), sort_keys=False)

@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import pandas as pd
 import psutil
 
 from hjepa_bench.analysis.bottleneck import CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util
-from hjepa_bench.format import fmt_pct
-from hjepa_bench.record import device_name, model_short
-from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
+from hjepa_bench.format import fmt_or_dash, fmt_pct
+from hjepa_bench.record import device_name, lookup, model_short
+from hjepa_bench.report.sections import ProbeTable
+from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 
 SAMPLE_INTERVAL_S = 0.25
@@ -155,43 +155,35 @@ class BottleneckProbe(Probe):
         return f"{entry.get('verdict')} ({parts}); CPU {entry.get('cpu_util_mean_pct') or 0:.0f}%; {entry.get('worker_advice')}"
 
 
-class BottleneckSection(ReportSection):
+class BottleneckSection(ProbeTable):
     name = "bottleneck"
     title = "Bottleneck: data, host or device"
     order = 40
+    failed = None
+    note = (f"Shares of measured wall time after warm-up. Data-bound: data wait > {DATA_BOUND_SHARE:.0%} "
+            f"(torch-tb-profiler flags > 5%); host-bound: host share >= device share; CPU saturated: mean "
+            f"> {CPU_SATURATED_PCT:.0f}% over all cores. On CPU forward/backward is device compute; on "
+            "CUDA/MPS host time is dispatch and device is the time the host waited. Worker advice follows "
+            "the validation guide (6-8 if data-bound, 2 if CPU-bound).")
 
-    def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
-        rows = []
-        for r in records:
-            e = (r.get("probes") or {}).get("bottleneck")
-            if not e or e.get("status") != "ok":
-                continue
-            c = r.get("config") or {}
-            shares = e.get("shares") or {}
-            phases = shares.get("host_phases") or {}
-            top = max(phases.items(), key=lambda kv: kv[1]) if phases else None
-            rows.append({
-                "device": device_name(r) or e.get("backend"),
-                "model": model_short(r),
-                "batch": (c.get("data") or {}).get("batch_size"),
-                "workers": e.get("workers"),
-                "data wait %": fmt_pct(shares.get("data_wait"), suffix=""),
-                "host %": fmt_pct(shares.get("host"), suffix=""),
-                "top host phase": "-" if top is None else f"{top[0]} {fmt_pct(top[1], suffix='')}%",
-                "device %": fmt_pct(shares.get("device"), suffix=""),
-                "CPU mean %": "n/a" if e.get("cpu_util_mean_pct") is None else f"{e['cpu_util_mean_pct']:.0f}",
-                "saturated": e.get("cpu_saturated"),
-                "verdict": e.get("verdict") or "n/a",
-                "worker advice": e.get("worker_advice"),
-            })
-        if not rows:
-            return None
-        note = (f"Shares of measured wall time after warm-up. Data-bound: data wait > {DATA_BOUND_SHARE:.0%} "
-                f"(torch-tb-profiler flags > 5%); host-bound: host share >= device share; CPU saturated: mean "
-                f"> {CPU_SATURATED_PCT:.0f}% over all cores. On CPU forward/backward is device compute; on "
-                "CUDA/MPS host time is dispatch and device is the time the host waited. Worker advice follows "
-                "the validation guide (6-8 if data-bound, 2 if CPU-bound).")
-        return pd.DataFrame(rows).to_markdown(index=False) + "\n\n" + note
+    def label(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        return {"device": device_name(r), "model": model_short(r), "batch": lookup(r, "config", "data", "batch_size")}
+
+    def row(self, e: Mapping[str, Any]) -> dict[str, Any]:
+        shares = e.get("shares") or {}
+        phases = shares.get("host_phases") or {}
+        top = max(phases.items(), key=lambda kv: kv[1]) if phases else None
+        return {
+            "workers": e.get("workers"),
+            "data wait %": fmt_pct(shares.get("data_wait"), suffix=""),
+            "host %": fmt_pct(shares.get("host"), suffix=""),
+            "top host phase": "-" if top is None else f"{top[0]} {fmt_pct(top[1], suffix='')}%",
+            "device %": fmt_pct(shares.get("device"), suffix=""),
+            "CPU mean %": fmt_or_dash(e.get("cpu_util_mean_pct"), ".0f", dash="n/a"),
+            "saturated": e.get("cpu_saturated"),
+            "verdict": e.get("verdict") or "n/a",
+            "worker advice": e.get("worker_advice"),
+        }
 
 
 @hookimpl

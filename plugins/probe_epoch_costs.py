@@ -42,13 +42,12 @@ import time
 import warnings
 from typing import Any, Iterable, Mapping
 
-import pandas as pd
 import torch
 
-from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
+from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
-from hjepa_bench.record import record_label
+from hjepa_bench.report.sections import ProbeTable
 
 STARTUP_REPEATS = 2
 VAL_REPEATS = 3
@@ -371,44 +370,38 @@ class EpochCostsProbe(Probe):
         return ", ".join(parts)
 
 
-class EpochCostsSection(ReportSection):
+class EpochCostsSection(ProbeTable):
     name = "epoch_costs"
     title = "Per-epoch costs: worker start-up, validation step, checkpoint"
     order = 55
+    failed = None  # only measured entries
+    note = ("Worker start-up: iter(loader) to the first batch with fresh DataLoader workers (median of "
+            f"{STARTUP_REPEATS}), split into starting the workers and waiting for the first batch; a "
+            "non-persistent loader pays it at every epoch start. Val step: one forward of the H-JEPA loss in "
+            f"eval mode without gradients, inputs moved to the device (median of {VAL_REPEATS}). Checkpoint: "
+            "torch.save of model, optimizer and scaler state, flushed and fsynced (median of "
+            f"{CHECKPOINT_REPEATS}); the folder's file system matters.")
 
-    def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
-        rows = []
-        for r in records:
-            e = (r.get("probes") or {}).get("epoch_costs")
-            if not e or e.get("status") != "ok" or not e.get("measured"):
-                continue
-            errors = e.get("errors") or {}
-            fb = e.get("first_batch_s") or {}
-            rows.append({
-                **record_label(r),
-                "variant": e.get("variant"),
-                "steps/epoch": e.get("steps_per_epoch"),
-                "mp context": e.get("multiprocessing_context") or "-",
-                "worker start-up (s)": fmt_or_dash(e.get("worker_startup_s"), ".3f"),
-                "start / first batch (s)": f"{fmt_or_dash(fb.get('start_workers_s'), '.3f')} / {fmt_or_dash(fb.get('first_batch_wait_s'), '.3f')}",
-                "paid": "every epoch" if e.get("paid_every_epoch") else (
-                    "once (persistent)" if e.get("persistent_workers_effective") else "no workers"),
-                "steady wait": fmt_ms(e.get("steady_batch_wait_s")),
-                "val step": fmt_ms(e.get("val_step_s")),
-                "val batch": fmt_or_dash(e.get("val_batch_size"), "d"),
-                "checkpoint (s)": fmt_or_dash(e.get("checkpoint_save_s"), ".3f"),
-                "checkpoint size": fmt_bytes(e.get("checkpoint_bytes")),
-                "errors": "; ".join(f"{k}: {v}" for k, v in errors.items()) or "-",
-            })
-        if not rows:
+    def row(self, e: Mapping[str, Any]) -> dict[str, Any] | None:
+        if not e.get("measured"):
             return None
-        note = ("Worker start-up: iter(loader) to the first batch with fresh DataLoader workers (median of "
-                f"{STARTUP_REPEATS}), split into starting the workers and waiting for the first batch; a "
-                "non-persistent loader pays it at every epoch start. Val step: one forward of the H-JEPA loss in "
-                f"eval mode without gradients, inputs moved to the device (median of {VAL_REPEATS}). Checkpoint: "
-                "torch.save of model, optimizer and scaler state, flushed and fsynced (median of "
-                f"{CHECKPOINT_REPEATS}); the folder's file system matters.")
-        return pd.DataFrame(rows).to_markdown(index=False) + "\n\n" + note
+        errors = e.get("errors") or {}
+        fb = e.get("first_batch_s") or {}
+        return {
+            "variant": e.get("variant"),
+            "steps/epoch": e.get("steps_per_epoch"),
+            "mp context": e.get("multiprocessing_context") or "-",
+            "worker start-up (s)": fmt_or_dash(e.get("worker_startup_s"), ".3f"),
+            "start / first batch (s)": f"{fmt_or_dash(fb.get('start_workers_s'), '.3f')} / {fmt_or_dash(fb.get('first_batch_wait_s'), '.3f')}",
+            "paid": "every epoch" if e.get("paid_every_epoch") else (
+                "once (persistent)" if e.get("persistent_workers_effective") else "no workers"),
+            "steady wait": fmt_ms(e.get("steady_batch_wait_s")),
+            "val step": fmt_ms(e.get("val_step_s")),
+            "val batch": fmt_or_dash(e.get("val_batch_size"), "d"),
+            "checkpoint (s)": fmt_or_dash(e.get("checkpoint_save_s"), ".3f"),
+            "checkpoint size": fmt_bytes(e.get("checkpoint_bytes")),
+            "errors": "; ".join(f"{k}: {v}" for k, v in errors.items()) or "-",
+        }
 
 
 @hookimpl

@@ -20,16 +20,16 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Mapping
 
-import pandas as pd
 import torch
 
 from hjepa_bench.analysis.features import feature_quality
 from hjepa_bench.format import fmt_or_dash
-from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
+from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.hjepa.data import build_dataset, build_eval_transform
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.hjepa.model import pooled_features
-from hjepa_bench.record import records_frame
+from hjepa_bench.record import device_name, lookup, model_short, probe
+from hjepa_bench.report.sections import ProbeTable, probe_table
 
 #: default N: max(MIN_N_PER_D * D, MIN_N)
 MIN_N_PER_D = 4
@@ -130,50 +130,42 @@ class FeaturesProbe(Probe):
                 + ("collapse: " + ", ".join(flags) if flags else "no collapse flags"))
 
 
-class FeaturesSection(ReportSection):
+class FeaturesSection(ProbeTable):
     name = "features"
     title = "Feature quality (collapse checks)"
     order = 60
+    fill = ""
+
+    def label(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        return {"device": device_name(r), "model": model_short(r), "variant": lookup(r, "config", "bench", "variant"),
+                "img px": lookup(r, "config", "data", "image_size")}
+
+    def row(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        if not entry.get("measured"):
+            return {"result": f"not measured: {entry.get('reason')}"}
+        flags = entry.get("collapse") or {}
+        raised = [k for k in ("low_rank", "low_variance", "all_alike") if flags.get(k)]
+        result = "not computed" if flags.get("collapsed") is None else ", ".join(raised) or "no flag"
+        return {
+            "steps": entry.get("steps_trained"),
+            "N": entry.get("n"),
+            "D": entry.get("d"),
+            "RankMe/D": fmt_or_dash(entry.get("rankme_ratio"), ".3f", dash="n/a"),
+            "centred RankMe/D": fmt_or_dash(entry.get("rankme_centred_ratio"), ".3f", dash="n/a"),
+            "std x sqrt(D)": fmt_or_dash(entry.get("std_mean_rel"), ".3f", dash="n/a"),
+            "dims < floor %": fmt_or_dash(None if entry.get("std_below_floor_frac") is None
+                                          else entry["std_below_floor_frac"] * 100, ".1f", dash="n/a"),
+            "mean cos": fmt_or_dash(entry.get("mean_cosine"), ".3f", dash="n/a"),
+            "uniformity": fmt_or_dash(entry.get("uniformity"), ".2f", dash="n/a"),
+            "result": result,
+        }
 
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
         records = list(records)
-        entries = [(r.get("probes") or {}).get("features") for r in records]
-        if not any(entries):
-            return None
-        frame = records_frame(records)
-        rows, thresholds = [], None
-        for i, entry in enumerate(entries):
-            if not entry:
-                continue
-            ident = frame.iloc[i]
-            row = {"device": ident["device"], "model": ident["model"], "variant": ident["variant"],
-                   "img px": ident["img"]}
-            if entry.get("status") == "failed":
-                rows.append({**row, "result": f"probe failed: {entry.get('error')}"})
-                continue
-            if not entry.get("measured"):
-                rows.append({**row, "result": f"not measured: {entry.get('reason')}"})
-                continue
-            thresholds = thresholds or entry.get("thresholds")
-            flags = entry.get("collapse") or {}
-            raised = [k for k in ("low_rank", "low_variance", "all_alike") if flags.get(k)]
-            result = "not computed" if flags.get("collapsed") is None else ", ".join(raised) or "no flag"
-            rows.append({
-                **row,
-                "steps": entry.get("steps_trained"),
-                "N": entry.get("n"),
-                "D": entry.get("d"),
-                "RankMe/D": fmt_or_dash(entry.get("rankme_ratio"), ".3f", dash="n/a"),
-                "centred RankMe/D": fmt_or_dash(entry.get("rankme_centred_ratio"), ".3f", dash="n/a"),
-                "std x sqrt(D)": fmt_or_dash(entry.get("std_mean_rel"), ".3f", dash="n/a"),
-                "dims < floor %": fmt_or_dash(None if entry.get("std_below_floor_frac") is None
-                                       else entry["std_below_floor_frac"] * 100, ".1f", dash="n/a"),
-                "mean cos": fmt_or_dash(entry.get("mean_cosine"), ".3f", dash="n/a"),
-                "uniformity": fmt_or_dash(entry.get("uniformity"), ".2f", dash="n/a"),
-                "result": result,
-            })
-        table = pd.DataFrame(rows).astype(object).fillna("").to_markdown(index=False)
-        lines = [table, NOTE]
+        measured = [e for r in records for e in [probe(r, "features")]
+                    if e and e.get("status") in (None, "ok") and e.get("measured")]
+        thresholds = next((e.get("thresholds") for e in measured if e.get("thresholds")), None)
+        lines = [NOTE]
         if thresholds:
             lines.append(
                 "Flags: low_rank = effective rank (centred RankMe; uncentred when the samples' spread is "
@@ -182,7 +174,7 @@ class FeaturesSection(ReportSection):
                 f"below {thresholds['std_floor_rel']:g}/sqrt(D) (L2-normalised features, healthy ~1/sqrt(D)); "
                 f"all_alike = mean pairwise cosine > {thresholds['all_alike_cosine']:g}. RankMe needs "
                 f"N >= {thresholds['min_n_over_d']:g} D; compare it only at equal N.")
-        return "\n\n".join(lines)
+        return probe_table(records, self.name, self.row, "\n\n".join(lines), label=self.label, fill=self.fill)
 
 
 @hookimpl

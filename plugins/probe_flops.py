@@ -30,17 +30,19 @@ number; it runs in ``finish`` (after the timed loop, DataLoader closed).
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from hjepa_bench.analysis.flops import (MATMUL_SIZES, flops_rows, matmul_flops, matmuls_per_rep, mfu_summary,
+from hjepa_bench.analysis.flops import (MATMUL_SIZES, matmul_flops, matmuls_per_rep, mfu_summary,
                                         next_matmul_size, peak_summary, per_sample)
-from hjepa_bench.plugin.api import Backend, Probe, ReportSection, RunContext
 from hjepa_bench.config import resolve_precision
+from hjepa_bench.format import fmt_flops
+from hjepa_bench.plugin.api import Backend, Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.record import device_name, lookup, model_short
+from hjepa_bench.report.sections import ProbeTable
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -216,19 +218,32 @@ class FlopsProbe(Probe):
                 f"MFU {'n/a' if mfu is None else f'{mfu:.0%}'}")
 
 
-class FlopsSection(ReportSection):
+class FlopsSection(ProbeTable):
     name = "flops"
     title = "FLOPs and utilisation (MFU)"
     order = 40
+    failed, fill = "note", ""
+    note = ("FLOPs: " + FLOPS_NOTE + ". Achieved = FLOPs per step / median step time. MFU = achieved / peak, "
+            + PEAK_NOTE + ".")
 
-    def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
-        rows = flops_rows(records)
-        if not rows:
-            return None
-        table = pd.DataFrame(rows).fillna("")
-        note = ("FLOPs: " + FLOPS_NOTE + ". Achieved = FLOPs per step / median step time. MFU = achieved / peak, "
-                + PEAK_NOTE + ".")
-        return table.to_markdown(index=False) + "\n\n" + note
+    def label(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        b = lookup(r, "config", "bench") or {}
+        return {"device": device_name(r), "model": model_short(r), "variant": b.get("variant"),
+                "precision": b.get("precision"), "batch": lookup(r, "config", "data", "batch_size")}
+
+    def row(self, e: Mapping[str, Any]) -> dict[str, Any]:
+        if not e.get("measured"):
+            return {"note": e.get("reason", "not measured")}
+        mfu = e.get("mfu")
+        return {
+            "FLOP/step": fmt_flops(e.get("flops_per_step")),
+            "FLOP/sample": fmt_flops(e.get("flops_per_sample")),
+            "achieved": fmt_flops(e.get("achieved_flops_per_s"), per_s=True),
+            "peak (matmul)": fmt_flops(e.get("peak_flops_per_s"), per_s=True),
+            "MFU %": "n/a" if mfu is None else f"{mfu * 100:.1f}",
+            "attention counted": e.get("attention_counted"),
+            "note": "",
+        }
 
 
 @hookimpl

@@ -23,9 +23,10 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_GROWTH_FRAC, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
-from hjepa_bench.format import fmt_bytes
-from hjepa_bench.record import device_name, model_short
-from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
+from hjepa_bench.format import fmt_bytes, fmt_pct
+from hjepa_bench.record import device_name, lookup, model_short
+from hjepa_bench.report.sections import ProbeTable
+from hjepa_bench.plugin.api import Probe, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
 
 SAMPLE_BUDGET_S = 50e-6  # a reading per step is always fine up to this cost ...
@@ -92,41 +93,39 @@ class MemoryProbe(Probe):
                 f"headroom {'n/a' if head is None else f'{head:.0%}'}, {leak}")
 
 
-class MemorySection(ReportSection):
+class MemorySection(ProbeTable):
     name = "memory"
     title = "Memory: peak, headroom, leaks and batch-size fit"
     order = 50
+    failed = None
+    note = (f"Device memory on CUDA/MPS, process RSS on CPU (total = system RAM). Pressure: peak > "
+            f"{PRESSURE_PEAK_FRAC:.0%} of total (torch-tb-profiler's rule). Leak: growth over the measured "
+            f"steps > {LEAK_GROWTH_FRAC:.0%} of the mean and a significant least-squares slope.")
+
+    def label(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        return {"device": device_name(r), "model": model_short(r), "batch": lookup(r, "config", "data", "batch_size"),
+                "status": r.get("status")}
+
+    def row(self, e: Mapping[str, Any]) -> dict[str, Any]:
+        leak = e.get("leak") or {}
+        slope = leak.get("slope_bytes_per_step")
+        return {
+            "peak": fmt_bytes(e.get("peak_device_bytes")),
+            "mean": fmt_bytes(e.get("mean_device_bytes")),
+            "total": fmt_bytes(e.get("device_total_bytes")),
+            "headroom %": fmt_pct(e.get("headroom_frac"), suffix=""),
+            "pressure": e.get("memory_pressure"),
+            "leak slope/step": fmt_bytes(slope),
+            "leak?": leak.get("suspected"),
+            "peak RSS": fmt_bytes(e.get("peak_rss_bytes")),
+        }
 
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
         records = list(records)
-        rows = []
-        for r in records:
-            e = (r.get("probes") or {}).get("memory")
-            if not e or e.get("status") != "ok":
-                continue
-            c = r.get("config") or {}
-            leak = e.get("leak") or {}
-            slope = leak.get("slope_bytes_per_step")
-            rows.append({
-                "device": device_name(r),
-                "model": model_short(r),
-                "batch": (c.get("data") or {}).get("batch_size"),
-                "status": r.get("status"),
-                "peak": fmt_bytes(e.get("peak_device_bytes")),
-                "mean": fmt_bytes(e.get("mean_device_bytes")),
-                "total": fmt_bytes(e.get("device_total_bytes")),
-                "headroom %": "n/a" if e.get("headroom_frac") is None else f"{100 * e['headroom_frac']:.1f}",
-                "pressure": e.get("memory_pressure"),
-                "leak slope/step": "n/a" if slope is None else fmt_bytes(slope),
-                "leak?": leak.get("suspected"),
-                "peak RSS": fmt_bytes(e.get("peak_rss_bytes")),
-            })
-        if not rows:
+        table = super().render(records)
+        if table is None:
             return None
-        parts = [pd.DataFrame(rows).to_markdown(index=False),
-                 f"Device memory on CUDA/MPS, process RSS on CPU (total = system RAM). Pressure: peak > "
-                 f"{PRESSURE_PEAK_FRAC:.0%} of total (torch-tb-profiler's rule). Leak: growth over the measured "
-                 f"steps > {LEAK_GROWTH_FRAC:.0%} of the mean and a significant least-squares slope."]
+        parts = [table]
         fits = fit_memory(records, DEFAULT_MARGIN)
         fit_rows = []
         for (device, model), f in sorted(fits.items()):

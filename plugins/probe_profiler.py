@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-from hjepa_bench.record import device_name
+from hjepa_bench.record import device_name, probe
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -209,7 +209,7 @@ class ProfilerSection(ReportSection):
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
         parts = []
         for r in records:
-            e = (r.get("probes") or {}).get("profiler")
+            e = probe(r, "profiler")
             if not e:
                 continue
             c = r.get("config") or {}

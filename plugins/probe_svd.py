@@ -38,7 +38,7 @@ import torch
 
 from hjepa_bench.analysis.features import feature_quality
 from hjepa_bench.format import fmt_ms
-from hjepa_bench.record import device_name
+from hjepa_bench.record import device_name, probe
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -220,7 +220,7 @@ class SVDSection(ReportSection):
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
         timing_rows, cost_rows = [], []
         for r in records:
-            entry = (r.get("probes") or {}).get("svd")
+            entry = probe(r, "svd")
             if not entry:
                 continue
             machine = device_name(r) or "?"

@@ -13,7 +13,8 @@ from hjepa_bench.analysis.loss_curve import (CRITERION_DECREASE_PCT, LR_NOISY, L
 from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
 from hjepa_bench.plugins import probe_loss
 from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.plugins.probe_loss import LossProbe, LossSection, measured_losses
+from hjepa_bench.analysis.loss_curve import measured_losses
+from hjepa_bench.plugins.probe_loss import LossProbe, LossSection
 from hjepa_bench.record import validate_record
 from hjepa_bench.measure.runner import run_benchmark
 

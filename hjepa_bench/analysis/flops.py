@@ -17,10 +17,7 @@ Definitions (MEASURING.md, "FLOPs and utilisation"):
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
-
-from ..format import fmt_flops
-from ..record import device_name, model_short, probe
+from typing import Any, Iterable, Sequence
 
 #: square sizes the calibration may pick (grown x2 from the smallest)
 MATMUL_SIZES = (256, 512, 1024, 2048, 4096)
@@ -99,36 +96,3 @@ def per_sample(flops_per_step: float | None, batch_size: int | None) -> float | 
     return f / b if f is not None and b is not None else None
 
 
-def flops_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One report row per record that has a ``probes.flops`` entry."""
-    rows = []
-    for r in records:
-        e = probe(r, "flops")
-        if not e:
-            continue
-        c = r.get("config") or {}
-        b = c.get("bench") or {}
-        row = {
-            "device": device_name(r),
-            "model": model_short(r),
-            "variant": b.get("variant"),
-            "precision": e.get("precision") or b.get("precision"),
-            "batch": (c.get("data") or {}).get("batch_size"),
-        }
-        if e.get("status") == "failed":
-            row.update({"note": f"probe failed: {e.get('error')}"})
-        elif not e.get("measured"):
-            row.update({"note": e.get("reason", "not measured")})
-        else:
-            mfu = e.get("mfu")
-            row.update({
-                "FLOP/step": fmt_flops(e.get("flops_per_step")),
-                "FLOP/sample": fmt_flops(e.get("flops_per_sample")),
-                "achieved": fmt_flops(e.get("achieved_flops_per_s"), per_s=True),
-                "peak (matmul)": fmt_flops(e.get("peak_flops_per_s"), per_s=True),
-                "MFU %": "n/a" if mfu is None else f"{mfu * 100:.1f}",
-                "attention counted": e.get("attention_counted"),
-                "note": "",
-            })
-        rows.append(row)
-    return rows

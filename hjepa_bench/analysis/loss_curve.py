@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -256,3 +256,22 @@ def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | 
         notes.append("the loss flattened early: its last third falls at less than "
                      f"{PLATEAU_RATIO:.0%} of the first third's rate")
     return entry
+
+
+def measured_losses(series: Mapping[str, Any]) -> list[float | None]:
+    """Losses of the steps that completed, trailing never-closed steps dropped."""
+    losses = list(series.get("loss") or [])
+    times = list(series.get("step_time_s") or [])
+    end = len(losses)
+    while end > 0 and end <= len(times) and times[end - 1] is None and losses[end - 1] is None:
+        end -= 1
+    return losses[:end]
+
+
+def configured_lr(config: Mapping[str, Any]) -> float | None:
+    """``training.lr`` of a config as a float, or None."""
+    value = (config.get("training") or {}).get("lr")
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None

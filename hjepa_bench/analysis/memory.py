@@ -29,7 +29,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from ..format import finite, finite_int
+from ..format import finite_int
 from ..record import batch_achieved, device_name, lookup, model_short, peak_bytes
 
 LEAK_GROWTH_FRAC = 0.05

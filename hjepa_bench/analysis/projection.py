@@ -29,6 +29,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from ..format import finite
+from ..record import probe
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -74,7 +75,7 @@ def seconds_per_step(record: Mapping[str, Any], confidence: float = 0.95) -> dic
 
 def epoch_costs(record: Mapping[str, Any]) -> dict[str, Any]:
     """The per-epoch costs the ``epoch_costs`` probe measured in this record (None: not measured)."""
-    entry = (record.get("probes") or {}).get("epoch_costs") or {}
+    entry = probe(record, "epoch_costs") or {}
     ok = entry.get("status", "ok") == "ok" and entry.get("measured", True) is not False
     get = (lambda k: finite(entry.get(k))) if ok else (lambda k: None)
     return {

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..report.decision import build_analysis
+from ..analysis.decision import build_analysis
 from ..measure.loganalysis import analyze_log_file
 from ..options import config_option
 from ..plugin.manager import Plugins

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any, Iterable
 
-from ..report.decision import ReportSettings
+from ..analysis.decision import ReportSettings
 from ..config import ResolvedConfig, resolve_config
 from ..options import load_options
 from ..record import dumps

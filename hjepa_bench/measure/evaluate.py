@@ -62,7 +62,6 @@ from ..analysis.features import feature_quality
 from ..config import DEFAULTS, MODELS, PATCH_SIZE, resolve_config
 from ..hjepa.data import build_dataset, build_eval_transform
 from ..errors import UserError
-from ..format import fmt_or_dash, fmt_pct
 from ..hjepa.loss import _pool
 from ..hjepa.model import HJEPA
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..format import finite, fmt_finite
+from ..format import finite
 from ..analysis.criteria import Facts
 from ..analysis.logparse import LogParseError, analyze_log, parse_log
 from ..config import resolve_config, resolve_model_name, resolve_precision

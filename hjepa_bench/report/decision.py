@@ -1,7 +1,7 @@
 """The full report: decision matrix, projections, recommendations, success criteria,
 checklist, lessons learned, charts, reference baselines and the plugins' sections.
 
-``build_analysis`` is pure (records in, a JSON-safe dict out); ``write_report``
+``write_report`` takes the analysis (:func:`hjepa_bench.analysis.decision.build_analysis`) and
 renders it to ``report.md`` with tabulate tables, writes the charts
 (:mod:`hjepa_bench.report.charts`) into ``charts/`` and one ready-to-run upstream-format
 YAML per option into ``configs/``, all next to the report and linked with
@@ -10,26 +10,21 @@ all come through here.
 """
 from __future__ import annotations
 
-import copy
-import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 from tabulate import tabulate
 
+from ..analysis.criteria import FAIL, NOT_MEASURED, PASS, Facts
+from ..analysis.decision import ReportSettings, build_analysis
 from ..format import fmt_finite
-from ..analysis.criteria import (FAIL, NOT_MEASURED, PASS, Facts, checklist, facts_from_records,
-                                lessons_learned, pick_validation_record, status_counts, success_criteria)
-from ..analysis.decisions import (decide, efficient_savings, evaluate_option, judge, model_speed_ratios, recommend_batch,
-                                 recommend_lr, recommend_warmup, recommend_workers)
-from ..analysis.memory import fit_memory
+from ..options import option_yaml
 from ..plugin.api import ReportSection
-from ..options import TrainingOption, guide_options, model_key
-from ..record import dumps, machine, short_model_name
+from ..record import dumps
+from ..thresholds import MEANINGS
+from .charts import render_charts
 from .sections import render_report
-from ..thresholds import DEFAULTS, Thresholds
 
 #: The validation guide's reference table, with what each number is.
 REFERENCE_BASELINES: tuple[tuple[str, str, str, str, str], ...] = (
@@ -45,184 +40,6 @@ REFERENCE_BASELINES: tuple[tuple[str, str, str, str, str], ...] = (
 MARK = {PASS: "[x] pass", FAIL: "[ ] **FAIL**", NOT_MEASURED: "[ ] not measured"}
 
 
-@dataclass
-class ReportSettings:
-    thresholds: Thresholds = DEFAULTS
-    options: list[TrainingOption] = field(default_factory=guide_options)
-    budget_hours: float | None = None
-    title: str = "hjepa-bench report"
-    charts: bool = True
-    sources: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- analysis (pure)
-def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
-    for r in records:
-        c = r.get("config") or {}
-        try:
-            key = (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
-        except (KeyError, TypeError):
-            continue
-        groups.setdefault(key, []).append(r)
-    return groups
-
-
-def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
-    _, mk, variant, precision = key
-    env = records[0].get("env") or {}
-    return (f"{env.get('backend')} {short_model_name(mk[0])} L{mk[2]} P{mk[3]} {mk[6]}px "
-            f"{variant} {precision}" + (f" depth {mk[1]}" if mk[1] != 12 else ""))
-
-
-def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSettings,
-                   facts: Facts | None = None) -> dict[str, Any]:
-    """Everything the report says, as data.  ``facts`` replaces the sweep facts
-    (a training log or a validation run supplies its own)."""
-    th = settings.thresholds
-    recs = [r for r in records if isinstance(r, Mapping)]
-    # batch / workers per model group
-    group_choices = []
-    for key, rs in _model_groups(recs).items():
-        b = recommend_batch(rs, th)
-        w = recommend_workers(rs, b.get("batch"), th)
-        group_choices.append({"group": _group_label(key, rs), "key": key, "batch": b, "workers": w})
-    vrec, vwhy = pick_validation_record(recs)
-    vchoice = None
-    if vrec is not None:
-        c = vrec["config"]
-        vkey = (machine(vrec), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
-        vchoice = next((g for g in group_choices if g["key"] == vkey), None)
-    if facts is None:
-        facts = facts_from_records(recs, workers_choice=vchoice and vchoice["workers"],
-                                   batch_choice=vchoice and vchoice["batch"])
-    criteria = success_criteria(facts, th)
-    checks = checklist(facts, th, criteria)
-    validation_view = {"diverged": facts.diverged, "crashed": facts.crashed,
-                       "loss_decrease_pct": facts.loss_decrease_pct, "loss_preliminary": facts.loss_preliminary}
-    rows: list[dict[str, Any]] = []
-    for opt in settings.options:
-        for row in evaluate_option(opt, recs, th, settings.budget_hours):
-            judge(row, th, validation_view)
-            t = opt.values()["training"]
-            row["warmup"] = recommend_warmup(float(t["warmup_epochs"]), int(t["epochs"]), facts.warmup_spikes)
-            row["lr"] = recommend_lr(float(t["lr"]), facts.lr_advice_detail, facts.lr, facts.loss_preliminary)
-            rows.append(row)
-    decision = decide(rows)
-    ratios = model_speed_ratios(recs)
-    savings = efficient_savings(recs)
-    mem_fit = fit_memory([r for r in recs if r.get("status") in ("ok", "oom")], th.memory_margin_frac)
-    findings = _findings(facts, rows, ratios, savings, th)
-    recs_text = _recommendation_lines(decision, rows, vchoice, facts, savings)
-    return {
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "sources": settings.sources, "records": len(recs), "status_counts": status_counts(recs),
-        "thresholds": th.as_dict(), "budget_hours": settings.budget_hours,
-        "facts": facts.as_dict(), "criteria": criteria, "checklist": checks,
-        "matrix": rows, "decision": decision, "group_choices": [{k: v for k, v in g.items() if k != "key"} for g in group_choices],
-        "model_speed_ratios": ratios, "efficient_savings": savings,
-        "memory_fit": {f"{k[0]} {k[1]}": v for k, v in mem_fit.items()},
-        "lessons": lessons_learned(facts, criteria, findings, recs_text),
-        "validation_subject": facts.subject,
-    }
-
-
-def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapping[str, Any]],
-              savings: Sequence[Mapping[str, Any]], th: Thresholds) -> list[str]:
-    out = []
-    if f.it_per_s is not None:
-        out.append(f"measured {f.it_per_s:.2f} it/s against the ~{th.expected_it_per_s:g} it/s the guide expects "
-                   f"({f.it_per_s / th.expected_it_per_s:.2f}x)")
-    for r in ratios:
-        if r["slowdown_vs_fastest"] > 1.0:
-            out.append(f"{r['model']} takes {r['slowdown_vs_fastest']:.2f}x the time per sample of {r['fastest']} on "
-                       f"{r['machine']}, each at its best measured batch (the guide guessed ~2x for ViT-Small, "
-                       "~4x for ViT-Base)")
-    for s in savings:
-        out.append(f"the efficient step variant runs {s['model']} b{s['batch']} in {s['time_ratio']:.2f}x the "
-                   f"reference step time ({s['saving_frac']:.0%} saved) on {s['machine']}")
-    for row in rows:
-        proj = row.get("projection") or {}
-        if row.get("hours") is not None:
-            lo, hi = row["hours_window"]
-            if row["hours"] > hi * 1.5 or row["hours"] < lo / 1.5:
-                out.append(f"option {row['option']} projects to {row['hours']:.1f} h on {row['machine']}, "
-                           f"against the guide's {lo:g}-{hi:g} h")
-        ov = proj.get("overhead_total_s")
-        tr = (proj.get("train_s") or {}).get("mid")
-        if ov and tr and ov / tr > 0.02:
-            out.append(f"per-epoch costs (worker start-up, validation, checkpoints) add {ov / tr:.0%} to option "
-                       f"{row['option']}'s training steps")
-    if f.bottleneck == "data-bound":
-        out.append(f"the step is data-bound (data wait {f.data_wait_frac or 0:.0%})")
-    if f.fallbacks:
-        out.append("CPU fallbacks: " + "; ".join(f.fallbacks))
-    out.extend(n for n in f.notes if n.startswith("finding: "))
-    return out
-
-
-def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                          vchoice: Mapping[str, Any] | None, f: Facts, savings: Sequence[Mapping[str, Any]]) -> list[str]:
-    out = []
-    for d in decision["per_machine"]:
-        if d["recommended"]:
-            row = next(r for r in rows if r["option"] == d["recommended"] and r.get("machine") == d["machine"])
-            out.append(f"run option {row['option']} ({row['title']}) on {d['machine']}: batch {row['batch']}, "
-                       f"{row['workers']} workers, lr {row['lr']['lr']:.2e}, warm-up {row['warmup']['warmup_epochs']:g} "
-                       f"epochs, projected {row['hours']:.1f} h (configs/option_{row['option']}.yaml)")
-        else:
-            out.append(f"on {d['machine']} no option fits: {d['reasons'][0] if d['reasons'] else ''}")
-    if vchoice:
-        if vchoice["batch"].get("batch") is not None:
-            out.append(f"batch size: {vchoice['batch']['reason']}")
-        if vchoice["workers"].get("workers") is not None:
-            out.append(f"workers: {vchoice['workers']['reason']}")
-    if f.lr_advice:
-        out.append(f"learning rate: {f.lr_advice}" + (" (preliminary, from the first steps of training: not applied "
-                                                      "to the configs; confirm with hjepa-bench validate)"
-                                                      if f.loss_preliminary else ""))
-    if savings:
-        s = max(savings, key=lambda s: s["saving_frac"])
-        out.append(f"the efficient step (token dropping, fused attention) would save {s['saving_frac']:.0%} of the step "
-                   "time; the upstream trainer runs the reference step")
-    return out
-
-
-# --------------------------------------------------------------------------- YAML configs
-def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, Any]:
-    """The option's upstream-format config with the recommended values filled in."""
-    v = copy.deepcopy(option.values())
-    v.pop("bench", None)  # hjepa-bench's own section; upstream has none
-    if v["model"].get("encoder_depth", 12) == 12:
-        v["model"].pop("encoder_depth", None)
-    if row.get("batch") is not None:
-        v["data"]["batch_size"] = int(row["batch"])
-    if row.get("workers") is not None:
-        v["data"]["num_workers"] = int(row["workers"])
-    v["training"]["warmup_epochs"] = row["warmup"]["warmup_epochs"]
-    v["training"]["lr"] = float(row["lr"]["lr"])
-    backend = (row.get("machine") or "").split(" ")[0] or None
-    if backend:
-        v["device"] = backend
-    v.setdefault("logging", {})["experiment_name"] = f"hjepa_option_{option.name}"
-    return v
-
-
-def _config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
-    lines = [f"# H-JEPA full training: option {option.name}, {option.title}",
-             f"# Written by hjepa-bench from measurements on {row.get('machine') or 'no machine (not measured)'}."]
-    if row.get("measured") and row.get("status") == "ok":
-        lines += [f"# batch_size {row['batch']}: {row['batch_choice']['reason']}",
-                  f"# num_workers {row['workers']}: {row['workers_choice']['reason']}",
-                  f"# projected {row['hours']:.1f} h for {row['epochs']} epochs" if row.get("hours") is not None
-                  else "# no projection"]
-    else:
-        lines.append("# batch_size/num_workers: the option's own values (this option was not measured)")
-    lines += [f"# lr: {row['lr']['reason']}", f"# warmup_epochs: {row['warmup']['reason']}"]
-    return "\n".join("# " + l[2:].replace("\n", " ") if l.startswith("# ") else l for l in lines) + "\n"
-
-
-# --------------------------------------------------------------------------- markdown
 def _f(x: Any, spec: str = ".2f") -> str:
     return fmt_finite(x, spec, signed_zero=False)  # no "-0.0"
 
@@ -403,7 +220,6 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
               _table([list(r) for r in REFERENCE_BASELINES], ["method", "architecture", "epochs", "accuracy", "what it is"]),
               "", "None of these was measured here; H-JEPA rows are the guide's targets, not results.", ""]
     parts += ["## Thresholds", "", "All verdicts above use these values (change them with `--thresholds FILE.yaml`):", ""]
-    from ..thresholds import MEANINGS
     parts += [_table([[k, v, MEANINGS.get(k, "")] for k, v in th.items()], ["name", "value", "meaning"]), ""]
     if sections and records:
         body = render_report(records, sections, title="Measurements")
@@ -431,8 +247,6 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
     analysis = build_analysis(records, settings, facts)
     charts: list[ChartLink] = []
     if settings.charts:
-        from .charts import render_charts
-
         for c in render_charts(list(chart_records if chart_records is not None else records), out_dir / "charts"):
             charts.append(ChartLink(c.title, Path(c.path).relative_to(out_dir).as_posix(), c.caption))
         for c in (charts_extra(out_dir / "charts") if charts_extra else []):
@@ -446,7 +260,7 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
         multi = len({r.get("machine") for r in analysis["matrix"] if r["option"] == row["option"]}) > 1
         suffix = f"_{row['machine'].split(' ')[0]}" if multi and row.get("machine") else ""
         name = f"configs/option_{opt.name}{suffix}.yaml"
-        text = _config_header(row, opt) + yaml.safe_dump(option_config(row, opt), sort_keys=False)
+        text = option_yaml(row, opt)
         (out_dir / name).write_text(text)
         config_files.setdefault(row["option"], name)
         row["config_file"] = name

@@ -1,9 +1,13 @@
-"""Markdown rendering of result records (report sections come from plugins)."""
+"""Markdown rendering of result records: the report from its sections (which come from plugins),
+and ``probe_table``, the table a probe's section is made of."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
 
 from ..plugin.api import ReportSection
+from ..record import probe, record_label
 
 
 def render_report(records: Sequence[Mapping[str, Any]], sections: Sequence[ReportSection],
@@ -14,3 +18,57 @@ def render_report(records: Sequence[Mapping[str, Any]], sections: Sequence[Repor
         if body:
             parts += [f"## {section.title or section.name}", "", body.rstrip(), ""]
     return "\n".join(parts)
+
+
+def probe_table(records: Iterable[Mapping[str, Any]], name: str,
+                row_fn: Callable[[Mapping[str, Any]], Mapping[str, Any] | None], note: str = "", *,
+                label: Callable[[Mapping[str, Any]], dict[str, Any]] = record_label, failed: str | None = "result",
+                fill: str | None = None) -> str | None:
+    """A probe's report section: one table row per record that has a ``probes.NAME`` entry, the
+    record's ``label`` columns first, then ``row_fn(entry)`` (None leaves the record out), and
+    ``note`` under the table; None when no record has a row.
+
+    A failed entry (status other than ok) gets ``probe <status>: <error>`` in the ``failed`` column;
+    ``failed=None`` leaves every entry whose status is not ok out.  ``fill`` replaces empty cells."""
+    rows = []
+    for r in records:
+        entry = probe(r, name)
+        if not entry:
+            continue
+        if failed is None and entry.get("status") != "ok":
+            continue
+        row = label(r)
+        if entry.get("status") not in (None, "ok"):
+            row[failed] = f"probe {entry.get('status')}: {entry.get('error', '')}"
+        else:
+            cells = row_fn(entry)
+            if cells is None:
+                continue
+            row.update(cells)
+        rows.append(row)
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    if fill is not None:
+        frame = frame.astype(object).fillna(fill)
+    table = frame.to_markdown(index=False)
+    return table + "\n\n" + note if note else table
+
+
+class ProbeTable(ReportSection):
+    """A probe's report section that is one :func:`probe_table`: a subclass sets ``name`` (the
+    probe's), ``title``, ``order`` and ``note``, and writes ``row(entry)``."""
+
+    note: str = ""
+    failed: str | None = "result"  # the column of a failed entry's error (None: leave them out)
+    fill: str | None = None
+
+    def row(self, entry: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        raise NotImplementedError
+
+    def label(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        return record_label(record)
+
+    def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        return probe_table(records, self.name, self.row, self.note, label=self.label, failed=self.failed,
+                           fill=self.fill)

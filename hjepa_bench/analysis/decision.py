@@ -1,0 +1,163 @@
+"""Everything the decision report says, as data (pure: records in, a JSON-safe dict out).
+
+``build_analysis`` judges the records against the options (decision matrix, projections,
+recommendations), the success criteria, the checklist and the lessons learned;
+:mod:`hjepa_bench.report.decision` renders it.  ``hjepa-bench sweep``, ``report``,
+``analyze`` and ``validate`` all come through here.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..options import TrainingOption, guide_options, model_key
+from ..record import machine, short_model_name
+from ..thresholds import DEFAULTS, Thresholds
+from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pick_validation_record, status_counts,
+                       success_criteria)
+from .decisions import (decide, efficient_savings, evaluate_option, judge, model_speed_ratios, recommend_batch,
+                        recommend_lr, recommend_warmup, recommend_workers)
+from .memory import fit_memory
+
+
+@dataclass
+class ReportSettings:
+    thresholds: Thresholds = DEFAULTS
+    options: list[TrainingOption] = field(default_factory=guide_options)
+    budget_hours: float | None = None
+    title: str = "hjepa-bench report"
+    charts: bool = True
+    sources: list[str] = field(default_factory=list)
+
+
+def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in records:
+        c = r.get("config") or {}
+        try:
+            key = (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
+        except (KeyError, TypeError):
+            continue
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
+    _, mk, variant, precision = key
+    env = records[0].get("env") or {}
+    return (f"{env.get('backend')} {short_model_name(mk[0])} L{mk[2]} P{mk[3]} {mk[6]}px "
+            f"{variant} {precision}" + (f" depth {mk[1]}" if mk[1] != 12 else ""))
+
+
+def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSettings,
+                   facts: Facts | None = None) -> dict[str, Any]:
+    """Everything the report says, as data.  ``facts`` replaces the sweep facts
+    (a training log or a validation run supplies its own)."""
+    th = settings.thresholds
+    recs = [r for r in records if isinstance(r, Mapping)]
+    # batch / workers per model group
+    group_choices = []
+    for key, rs in _model_groups(recs).items():
+        b = recommend_batch(rs, th)
+        w = recommend_workers(rs, b.get("batch"), th)
+        group_choices.append({"group": _group_label(key, rs), "key": key, "batch": b, "workers": w})
+    vrec, vwhy = pick_validation_record(recs)
+    vchoice = None
+    if vrec is not None:
+        c = vrec["config"]
+        vkey = (machine(vrec), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
+        vchoice = next((g for g in group_choices if g["key"] == vkey), None)
+    if facts is None:
+        facts = facts_from_records(recs, workers_choice=vchoice and vchoice["workers"],
+                                   batch_choice=vchoice and vchoice["batch"])
+    criteria = success_criteria(facts, th)
+    checks = checklist(facts, th, criteria)
+    validation_view = {"diverged": facts.diverged, "crashed": facts.crashed,
+                       "loss_decrease_pct": facts.loss_decrease_pct, "loss_preliminary": facts.loss_preliminary}
+    rows: list[dict[str, Any]] = []
+    for opt in settings.options:
+        for row in evaluate_option(opt, recs, th, settings.budget_hours):
+            judge(row, th, validation_view)
+            t = opt.values()["training"]
+            row["warmup"] = recommend_warmup(float(t["warmup_epochs"]), int(t["epochs"]), facts.warmup_spikes)
+            row["lr"] = recommend_lr(float(t["lr"]), facts.lr_advice_detail, facts.lr, facts.loss_preliminary)
+            rows.append(row)
+    decision = decide(rows)
+    ratios = model_speed_ratios(recs)
+    savings = efficient_savings(recs)
+    mem_fit = fit_memory([r for r in recs if r.get("status") in ("ok", "oom")], th.memory_margin_frac)
+    findings = _findings(facts, rows, ratios, savings, th)
+    recs_text = _recommendation_lines(decision, rows, vchoice, facts, savings)
+    return {
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "sources": settings.sources, "records": len(recs), "status_counts": status_counts(recs),
+        "thresholds": th.as_dict(), "budget_hours": settings.budget_hours,
+        "facts": facts.as_dict(), "criteria": criteria, "checklist": checks,
+        "matrix": rows, "decision": decision, "group_choices": [{k: v for k, v in g.items() if k != "key"} for g in group_choices],
+        "model_speed_ratios": ratios, "efficient_savings": savings,
+        "memory_fit": {f"{k[0]} {k[1]}": v for k, v in mem_fit.items()},
+        "lessons": lessons_learned(facts, criteria, findings, recs_text),
+        "validation_subject": facts.subject,
+    }
+
+
+def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapping[str, Any]],
+              savings: Sequence[Mapping[str, Any]], th: Thresholds) -> list[str]:
+    out = []
+    if f.it_per_s is not None:
+        out.append(f"measured {f.it_per_s:.2f} it/s against the ~{th.expected_it_per_s:g} it/s the guide expects "
+                   f"({f.it_per_s / th.expected_it_per_s:.2f}x)")
+    for r in ratios:
+        if r["slowdown_vs_fastest"] > 1.0:
+            out.append(f"{r['model']} takes {r['slowdown_vs_fastest']:.2f}x the time per sample of {r['fastest']} on "
+                       f"{r['machine']}, each at its best measured batch (the guide guessed ~2x for ViT-Small, "
+                       "~4x for ViT-Base)")
+    for s in savings:
+        out.append(f"the efficient step variant runs {s['model']} b{s['batch']} in {s['time_ratio']:.2f}x the "
+                   f"reference step time ({s['saving_frac']:.0%} saved) on {s['machine']}")
+    for row in rows:
+        proj = row.get("projection") or {}
+        if row.get("hours") is not None:
+            lo, hi = row["hours_window"]
+            if row["hours"] > hi * 1.5 or row["hours"] < lo / 1.5:
+                out.append(f"option {row['option']} projects to {row['hours']:.1f} h on {row['machine']}, "
+                           f"against the guide's {lo:g}-{hi:g} h")
+        ov = proj.get("overhead_total_s")
+        tr = (proj.get("train_s") or {}).get("mid")
+        if ov and tr and ov / tr > 0.02:
+            out.append(f"per-epoch costs (worker start-up, validation, checkpoints) add {ov / tr:.0%} to option "
+                       f"{row['option']}'s training steps")
+    if f.bottleneck == "data-bound":
+        out.append(f"the step is data-bound (data wait {f.data_wait_frac or 0:.0%})")
+    if f.fallbacks:
+        out.append("CPU fallbacks: " + "; ".join(f.fallbacks))
+    out.extend(n for n in f.notes if n.startswith("finding: "))
+    return out
+
+
+def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                          vchoice: Mapping[str, Any] | None, f: Facts, savings: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = []
+    for d in decision["per_machine"]:
+        if d["recommended"]:
+            row = next(r for r in rows if r["option"] == d["recommended"] and r.get("machine") == d["machine"])
+            out.append(f"run option {row['option']} ({row['title']}) on {d['machine']}: batch {row['batch']}, "
+                       f"{row['workers']} workers, lr {row['lr']['lr']:.2e}, warm-up {row['warmup']['warmup_epochs']:g} "
+                       f"epochs, projected {row['hours']:.1f} h (configs/option_{row['option']}.yaml)")
+        else:
+            out.append(f"on {d['machine']} no option fits: {d['reasons'][0] if d['reasons'] else ''}")
+    if vchoice:
+        if vchoice["batch"].get("batch") is not None:
+            out.append(f"batch size: {vchoice['batch']['reason']}")
+        if vchoice["workers"].get("workers") is not None:
+            out.append(f"workers: {vchoice['workers']['reason']}")
+    if f.lr_advice:
+        out.append(f"learning rate: {f.lr_advice}" + (" (preliminary, from the first steps of training: not applied "
+                                                      "to the configs; confirm with hjepa-bench validate)"
+                                                      if f.loss_preliminary else ""))
+    if savings:
+        s = max(savings, key=lambda s: s["saving_frac"])
+        out.append(f"the efficient step (token dropping, fused attention) would save {s['saving_frac']:.0%} of the step "
+                   "time; the upstream trainer runs the reference step")
+    return out
