@@ -45,13 +45,17 @@ class TrainingOption:
     config: str | None = None
     source: str = "validation guide"
     candidate: bool = True  # False: projected for information, never recommended (a measured run's own config)
+    _resolved: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def values(self) -> dict[str, Any]:
-        """The resolved upstream config of this option (validated)."""
-        rc = resolve_config(self.config, sections=self.sections)
-        if rc.unknown_keys:
-            raise UserError(f"unknown config keys: {', '.join(rc.unknown_keys)}.")
-        return rc.values
+        """The resolved upstream config of this option (validated), a copy.  The config file and
+        sections are resolved once, the first time (``load_options`` does it when it loads a file)."""
+        if self._resolved is None:
+            rc = resolve_config(self.config, sections=self.sections)
+            if rc.unknown_keys:
+                raise UserError(f"unknown config keys: {', '.join(rc.unknown_keys)}.")
+            self._resolved = rc.values
+        return copy.deepcopy(self._resolved)
 
     @property
     def epochs(self) -> int:

@@ -280,3 +280,15 @@ def test_a_logs_own_values_win_and_flags_fill_the_gaps():
     assert v["data"]["batch_size"] == 32  # printed by the log
     assert v["model"]["encoder_type"] == "vit_small_patch16_224"
     assert v["training"]["epochs"] == 20  # not printed: the flag
+
+
+def test_an_option_is_resolved_once(monkeypatch):
+    from hjepa_bench import options
+
+    calls = []
+    real = options.resolve_config
+    monkeypatch.setattr(options, "resolve_config", lambda *a, **k: calls.append(1) or real(*a, **k))
+    opt = options.guide_options()[0]
+    first = opt.values()
+    first["training"]["epochs"] = -1  # callers get a copy
+    assert opt.epochs == 20 and opt.describe() and opt.checkpoint_every_epochs() == 5 and len(calls) == 1

@@ -15,8 +15,8 @@ import math
 import numpy as np
 import pytest
 
-from hjepa_bench.analysis.logparse import (MIN_INTERVAL_S, STALL_FRACTION, WARMUP_FRACTION, LogParseError,
-                                           analyze_log, parse_interval, parse_log, parse_rate)
+from hjepa_bench.analysis.logparse import LogParseError, parse_interval, parse_log, parse_rate
+from hjepa_bench.analysis.logspeed import MIN_INTERVAL_S, STALL_FRACTION, WARMUP_FRACTION, analyze_log
 
 SPE = 300  # steps per epoch (the bar total)
 LOG_FREQ = 50  # upstream sets the postfix when batch_idx % log_frequency == 0
