@@ -12,12 +12,10 @@ from typing import Any
 
 import torch
 
-from hjepa_bench.plugin.api import Availability, Backend, MemoryReading
+from hjepa_bench.plugin.api import Backend, MemoryReading
 from hjepa_bench.measure.env import cpu_model
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import grad_scaler_works, probe_precision
-
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+from hjepa_bench.plugin.precision import grad_scaler_works
 
 # RuntimeError messages of the CPU allocator (Linux/macOS, Windows, others).
 _CPU_OOM_MARKERS = (
@@ -29,15 +27,6 @@ _CPU_OOM_MARKERS = (
 )
 # Messages that belong to another backend even when they also say "allocate".
 _OTHER_DEVICE_MARKERS = ("CUDA", "MPS", "HIP", "XPU", "cuDNN", "CUBLAS")
-
-
-def _exc_chain(exc: BaseException, depth: int = 5):
-    """``exc`` and what it was raised ``from`` (a wrapped OOM is still one)."""
-    seen = 0
-    while exc is not None and seen < depth:
-        yield exc
-        exc = exc.__cause__
-        seen += 1
 
 
 def _ru_maxrss_bytes() -> int | None:
@@ -76,19 +65,19 @@ def _reset_vm_hwm() -> bool:
 
 class CPUBackend(Backend):
     name = "cpu"
+    definite_oom_markers = ("DefaultCPUAllocator",)
+    definite_oom_types = (MemoryError,)
+    foreign_markers = _OTHER_DEVICE_MARKERS
+    oom_markers = _CPU_OOM_MARKERS
 
     def __init__(self) -> None:
         self._process = None  # psutil.Process, made on first use
         self._sampled_peak: int = 0
         self._hwm_resettable: bool | None = None  # known after the first reset
         self._maxrss_at_reset: int | None = None
-        self._precisions: dict[str, str] | None = None
         self._scaler_ok: bool | None = None
 
     # ------------------------------------------------------------------ basics
-    def availability(self) -> Availability:
-        return Availability(True)
-
     def device(self) -> torch.device:
         return torch.device("cpu")
 
@@ -146,36 +135,12 @@ class CPUBackend(Backend):
         )
 
     # ------------------------------------------------------------------ precision
-    def supported_precisions(self) -> dict[str, str]:
-        if self._precisions is None:
-            self._precisions = {
-                "fp32": probe_precision("cpu", "fp32"),
-                "fp16": probe_precision("cpu", "fp16"),
-                "bf16": probe_precision("cpu", "bf16"),
-            }
-        return dict(self._precisions)
-
     def grad_scaler(self, precision: str) -> Any | None:
         if precision != "fp16":
             return None
         if self._scaler_ok is None:
             self._scaler_ok = grad_scaler_works("cpu")
         return torch.amp.GradScaler("cpu") if self._scaler_ok else None
-
-    # ------------------------------------------------------------------ errors
-    def is_oom(self, exc: BaseException) -> bool:
-        for e in _exc_chain(exc):
-            if isinstance(e, MemoryError):
-                return True
-            if isinstance(e, RuntimeError):
-                msg = str(e)
-                if "DefaultCPUAllocator" in msg:
-                    return True
-                if any(m in msg for m in _OTHER_DEVICE_MARKERS):
-                    continue
-                if any(m in msg for m in _CPU_OOM_MARKERS):
-                    return True
-        return False
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

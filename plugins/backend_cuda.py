@@ -14,7 +14,7 @@ import torch
 
 from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import DTYPES, probe_precision
+from hjepa_bench.plugin.precision import probe_precision
 
 _CUDA_OOM_MARKERS = (
     "CUDA out of memory",
@@ -31,17 +31,16 @@ _OOM_TYPES = tuple(
 
 class CUDABackend(Backend):
     name = "cuda"
+    foreign_markers = _OTHER_BACKEND_MARKERS
+    oom_types = _OOM_TYPES
+    oom_markers = _CUDA_OOM_MARKERS
 
     def __init__(self) -> None:
-        self._availability: Availability | None = None
-        self._precisions: dict[str, str] | None = None
         self._total_bytes: int | None = None
 
     # ------------------------------------------------------------------ basics
-    def availability(self) -> Availability:
-        if self._availability is None:
-            self._availability = _check_availability()
-        return self._availability
+    def check_availability(self) -> Availability:
+        return _check_availability()
 
     def device(self) -> torch.device:
         return torch.device("cuda")
@@ -77,16 +76,7 @@ class CUDABackend(Backend):
         )
 
     # ------------------------------------------------------------------ precision
-    def supported_precisions(self) -> dict[str, str]:
-        if self._precisions is None:
-            avail = self.availability()
-            if not avail.available:
-                self._precisions = {p: avail.reason for p in DTYPES}
-            else:
-                self._precisions = {p: self._precision_reason(p) for p in DTYPES}
-        return dict(self._precisions)
-
-    def _precision_reason(self, precision: str) -> str:
+    def precision_reason(self, precision: str) -> str:
         if precision == "bf16":
             try:
                 ok = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -104,21 +94,6 @@ class CUDABackend(Backend):
         if precision != "fp16" or not self.availability().available:
             return None
         return torch.amp.GradScaler("cuda")
-
-    # ------------------------------------------------------------------ errors
-    def is_oom(self, exc: BaseException) -> bool:
-        e: BaseException | None = exc
-        for _ in range(5):  # follow ``raise ... from`` a few levels
-            if e is None:
-                break
-            msg = str(e)
-            if not any(m in msg for m in _OTHER_BACKEND_MARKERS):
-                if _OOM_TYPES and isinstance(e, _OOM_TYPES):
-                    return True
-                if isinstance(e, RuntimeError) and any(m in msg for m in _CUDA_OOM_MARKERS):
-                    return True
-            e = e.__cause__
-        return False
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent, WallClockEvent
 from hjepa_bench.measure.env import sysctl
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import DTYPES, grad_scaler_works, probe_precision
+from hjepa_bench.plugin.precision import grad_scaler_works, probe_precision
 # First torch release whose MPS autocast accepts the dtype.
 _MIN_TORCH = {"fp16": (2, 5), "bf16": (2, 6)}
 
@@ -53,19 +53,16 @@ def _mps_event_class():
 
 class MPSBackend(Backend):
     name = "mps"
+    oom_markers = _MPS_OOM_MARKERS
 
     def __init__(self) -> None:
-        self._availability: Availability | None = None
-        self._precisions: dict[str, str] | None = None
         self._scaler_ok: bool | None = None
         self._sampled_peak: int = 0
         self._accel_peak_ok: bool | None = None  # None: not yet known
 
     # ------------------------------------------------------------------ basics
-    def availability(self) -> Availability:
-        if self._availability is None:
-            self._availability = _check_availability()
-        return self._availability
+    def check_availability(self) -> Availability:
+        return _check_availability()
 
     def device(self) -> torch.device:
         return torch.device("mps")
@@ -150,16 +147,7 @@ class MPSBackend(Backend):
         return MemoryReading(current, peak, total, reserved, source=source)
 
     # ------------------------------------------------------------------ precision
-    def supported_precisions(self) -> dict[str, str]:
-        if self._precisions is None:
-            avail = self.availability()
-            if not avail.available:
-                self._precisions = {p: avail.reason for p in DTYPES}
-            else:
-                self._precisions = {p: self._precision_reason(p) for p in DTYPES}
-        return dict(self._precisions)
-
-    def _precision_reason(self, precision: str) -> str:
+    def precision_reason(self, precision: str) -> str:
         torch_v = _version_tuple(str(torch.__version__))
         need = _MIN_TORCH.get(precision)
         if need and torch_v < need:
@@ -179,17 +167,6 @@ class MPSBackend(Backend):
         if self._scaler_ok is None:
             self._scaler_ok = grad_scaler_works("mps")
         return torch.amp.GradScaler("mps") if self._scaler_ok else None
-
-    # ------------------------------------------------------------------ errors
-    def is_oom(self, exc: BaseException) -> bool:
-        e: BaseException | None = exc
-        for _ in range(5):  # follow ``raise ... from`` a few levels
-            if e is None:
-                break
-            if isinstance(e, RuntimeError) and any(m in str(e) for m in _MPS_OOM_MARKERS):
-                return True
-            e = e.__cause__
-        return False
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Runs in ``finish`` (after the timed loop; the workload's endless iterator is
 already shut down, the DataLoader itself can start a new one) and measures, on
-the built-in ``hjepa`` workload (anything exposing ``.loader`` and a
-``.trainer`` like :class:`hjepa_bench.hjepa.step.HJEPAStep`):
+the built-in ``hjepa`` workload (any workload whose prepared object has the optional
+``PreparedWorkload.loader`` and ``.trainer``, like :class:`hjepa_bench.hjepa.step.HJEPAStep`):
 
 1. **Worker start-up** (``worker_startup_s``): a non-persistent DataLoader
    starts fresh workers at every epoch.  Timed from ``iter(loader)`` to the
@@ -47,6 +47,7 @@ import torch
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
+from hjepa_bench.hjepa.training import checkpoint_state, save_checkpoint
 from hjepa_bench.report.sections import ProbeTable
 
 STARTUP_REPEATS = 2
@@ -229,14 +230,8 @@ def measure_checkpoint(trainer: Any, parent: str | None, repeats: int = CHECKPOI
             for i in range(repeats):
                 path = os.path.join(tmp, f"checkpoint_{i}.pth")
                 t0 = time.perf_counter()
-                scaler = trainer.scaler
-                state = {"epoch": 0, "model_state_dict": trainer.model.state_dict(),
-                         "optimizer_state_dict": trainer.optimizer.state_dict(),
-                         "scaler_state_dict": scaler.state_dict() if scaler else None}
-                with open(path, "wb") as f:
-                    torch.save(state, f)
-                    f.flush()
-                    os.fsync(f.fileno())
+                state = checkpoint_state(trainer, 0)
+                save_checkpoint(state, path, atomic=False)
                 runs.append(time.perf_counter() - t0)
                 del state
                 sizes.append(os.path.getsize(path))
@@ -270,7 +265,7 @@ class EpochCostsProbe(Probe):
     def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
         t_start = time.perf_counter()
         work = ctx.workload
-        loader, trainer = getattr(work, "loader", None), getattr(work, "trainer", None)
+        loader, trainer = work.loader, work.trainer
         needed = ("model", "optimizer", "loss", "make_masks", "autocast")
         if loader is None or trainer is None or not all(hasattr(trainer, a) for a in needed):
             return {"measured": False,

@@ -27,7 +27,7 @@ from hjepa_bench.format import fmt_or_dash
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.hjepa.data import build_dataset, build_eval_transform
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.hjepa.model import pooled_features
+from hjepa_bench.hjepa.training import extract_features
 from hjepa_bench.record import device_name, lookup, model_short, probe
 from hjepa_bench.report.sections import ProbeTable, probe_table
 
@@ -54,24 +54,6 @@ def _steps_trained(record: Mapping[str, Any]) -> int | None:
     return None if times is None else len(times)
 
 
-@torch.no_grad()
-def extract_features(encoder: torch.nn.Module, dataset: Any, n: int, batch: int,
-                     sync: Any) -> tuple[torch.Tensor, float]:
-    """Pooled features (n, D) as CPU float64, and the synced forward time in seconds."""
-    param = next(encoder.parameters())
-    out, forward_s = [], 0.0
-    for start in range(0, n, batch):
-        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch, n))])
-        images = images.to(param.device, dtype=param.dtype)
-        sync()
-        t0 = time.perf_counter()
-        feats = pooled_features(encoder, images)
-        sync()
-        forward_s += time.perf_counter() - t0
-        out.append(feats.float().cpu().double())
-    return torch.cat(out), forward_s
-
-
 class FeaturesProbe(Probe):
     name = "features"
     cost = "costly"
@@ -95,7 +77,9 @@ class FeaturesProbe(Probe):
                                 transform=build_eval_transform(image_size))
         encoder.eval()
         try:
-            feats, forward_s = extract_features(encoder, dataset, n, EXTRACT_BATCH, ctx.backend.synchronize)
+            batches = (torch.stack([dataset[i][0] for i in range(start, min(start + EXTRACT_BATCH, n))])
+                       for start in range(0, n, EXTRACT_BATCH))
+            feats, forward_s = extract_features(encoder, batches, ctx.backend.synchronize)
         finally:
             encoder.train(was_training)
         extract_s = time.perf_counter() - t0

@@ -14,8 +14,9 @@ import torch
 from hjepa_bench.config import resolve_config
 from hjepa_bench.errors import UserError
 from hjepa_bench.analysis.evaluation import knn_accuracy, knn_predict, linear_probe_accuracy
-from hjepa_bench.measure.evaluate import (config_from_checkpoint, evaluate_checkpoint, infer_architecture,
-                                          level_features, load_model, load_state_dict)
+from hjepa_bench.hjepa.training import level_features
+from hjepa_bench.measure.evaluate import (config_from_checkpoint, evaluate_checkpoint, infer_architecture, load_model,
+                                          load_state_dict)
 from hjepa_bench.report.summary import render_eval_markdown
 from hjepa_bench.hjepa.model import HJEPA
 

@@ -7,7 +7,7 @@ or a bare state dict) and measures the representation quality of its EMA target
 encoder against the same architecture at random initialisation.  Every number
 comes from this run.
 
-Features (:func:`level_features`), one set per hierarchy level l, computed with the
+Features (:func:`hjepa_bench.hjepa.training.level_features`), one set per hierarchy level l, computed with the
 model in eval mode, without gradients, in float32 on the chosen device, then
 moved to the CPU as float64:
 
@@ -63,8 +63,8 @@ from ..analysis.features import feature_quality
 from ..config import DEFAULTS, MODELS, PATCH_SIZE, resolve_config
 from ..hjepa.data import build_dataset, build_eval_transform
 from ..errors import UserError
-from ..hjepa.loss import _pool
 from ..hjepa.model import HJEPA
+from ..hjepa.training import level_features
 
 #: default split sizes for a real run (limited by the data set)
 DEFAULT_N_TRAIN = 5000
@@ -323,26 +323,6 @@ def load_model(values: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
     return model
 
 
-# --------------------------------------------------------------------------- features
-@torch.no_grad()
-def level_features(model: HJEPA, images: torch.Tensor) -> list[torch.Tensor]:
-    """Pooled target-encoder features per hierarchy level, each (B, D) in the model's dtype.
-
-    One forward of the EMA target encoder; tokens = its output without CLS (B, N, D).
-    Level 0: ``tokens.mean(1)``.  Level l > 0: ``hierarchy_projections[l](tokens)``,
-    1-D average pooling along the patch sequence with kernel = stride = min(2**l, N)
-    (the loss's ``_pool``, after the projection as in the loss), then the mean over
-    the pooled tokens."""
-    tokens = model.target_encoder(images)[:, 1:]
-    n = tokens.shape[1]
-    out = [tokens.mean(dim=1)]
-    for level in range(1, len(model.hierarchy_projections)):
-        k = min(2 ** level, n)
-        projected = model.hierarchy_projections[level](tokens)
-        out.append(_pool(projected, k).mean(dim=1))
-    return out
-
-
 # --------------------------------------------------------------------------- evaluation
 def _device(device: str | torch.device) -> torch.device:
     name = str(device)
@@ -559,5 +539,5 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     }
 
 
-__all__ = ["load_state_dict", "load_model", "config_from_checkpoint", "infer_architecture", "level_features",
+__all__ = ["load_state_dict", "load_model", "config_from_checkpoint", "infer_architecture",
            "evaluate_checkpoint", "DEFAULT_N_TRAIN", "DEFAULT_N_TEST"]

@@ -53,13 +53,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..analysis.features import feature_quality
-from ..config import resolve_precision, to_yaml
-from ..hjepa.data import build_dataset, build_eval_transform, build_loader, build_transform
+from ..config import to_yaml
 from ..errors import UserError
-from ..hjepa.masks import MaskCollator, MaskSpec, masks_from_union, sample_batch_union
-from ..hjepa.model import pooled_features
-from ..record import new_record, write_json
+from ..hjepa.data import build_dataset, build_eval_transform, build_loader
+from ..hjepa.masks import masks_from_union, sample_batch_union
 from ..hjepa.step import HJEPAStep
+from ..hjepa.training import build_training, checkpoint_state, extract_features, save_checkpoint
+from ..record import new_record, write_json
 
 STATUSES = ("ok", "diverged", "interrupted", "error", "oom")
 RESULT_FILE = "validation.json"
@@ -203,34 +203,24 @@ class _ValidationRun:
     def setup(self) -> None:
         v, backend, s = self.values, self.backend, self.settings
         bench, data = v["bench"], v["data"]
-        precision = resolve_precision(v, backend.name)
-        why = backend.supported_precisions().get(precision, f"unknown precision {precision}")
-        if why:
-            raise UserError(f"precision {precision} does not run on {backend.name}: {why}")
+        training = build_training(v, backend, max_steps_per_epoch=s.max_steps_per_epoch)
+        precision = training.precision
         v["bench"]["precision"] = precision
         v["bench"]["device"] = backend.name
         self.result["precision"] = precision
         notes = self.result["notes"]
 
         image_size = int(data["image_size"])
-        aug = data["augmentation"]
-        transform = build_transform(image_size, float(aug["color_jitter"]),
-                                    bool(aug.get("horizontal_flip", True)), bool(aug.get("random_crop", True)))
         kind, seed = bench["data"], int(v["seed"])
         path = bench.get("data_path") or data.get("data_path")
-        limit = bench.get("limit_samples")
-        train_set = build_dataset(kind, path=path, train=True, size=int(bench["synthetic_size"]), seed=seed,
-                                  transform=transform, limit=limit)
+        train_set, self.loader = training.dataset, training.loader
         batch_size, workers = int(data["batch_size"]), int(data["num_workers"])
         persistent = bool(bench["persistent_workers"])
         pin = bool(data["pin_memory"]) and backend.name == "cuda"
-        collate = MaskCollator(MaskSpec.from_config(v)) if bench["variant"] == "efficient" else None
-        self.loader = build_loader(train_set, batch_size=batch_size, num_workers=workers, pin_memory=pin,
-                                   persistent_workers=persistent, seed=seed, collate_fn=collate)
         full = len(self.loader)
         if full == 0:
             raise UserError("The data loader yields no batches; use a smaller batch or more data.")
-        spe = full if s.max_steps_per_epoch is None else max(1, min(full, int(s.max_steps_per_epoch)))
+        spe = training.steps_per_epoch
         if spe < full:
             notes.append(f"steps per epoch capped at {spe} of the loader's {full} (max_steps_per_epoch)")
         self.steps_per_epoch = spe
@@ -239,7 +229,7 @@ class _ValidationRun:
         if workers > cores:
             notes.append(f"{workers} DataLoader workers on {cores} CPU cores: the workers compete with the step")
 
-        self.trainer = HJEPAStep(v, backend, precision, steps_per_epoch=spe)
+        self.trainer = training.trainer
         model = self.trainer.model
         self.result["params"] = model.param_counts()
         d = int(model.embed_dim)
@@ -294,25 +284,9 @@ class _ValidationRun:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / name
         t0 = time.perf_counter()
-        state = {
-            "epoch": epoch,
-            "model_state_dict": trainer.model.state_dict(),
-            "optimizer_state_dict": trainer.optimizer.state_dict(),
-            "scaler_state_dict": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-            "best_val_loss": self.best_metric,
-            "config": dict(self.values),
-            "global_step": trainer.global_step,
-        }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(state, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        state = checkpoint_state(trainer, epoch, best_val_loss=self.best_metric, config=dict(self.values),
+                                 global_step=trainer.global_step)
+        save_checkpoint(state, path)
         entry = {"path": str(path), "epoch": epoch, "kind": kind, "global_step": trainer.global_step,
                  "save_s": time.perf_counter() - t0, "bytes": path.stat().st_size}
         self.result["checkpoints"].append(entry)
@@ -352,21 +326,17 @@ class _ValidationRun:
         trainer = self.trainer
         assert trainer is not None
         encoder = trainer.model.target_encoder
-        device = trainer.device
         t0 = time.perf_counter()
         loader = DataLoader(Subset(self.heldout, range(self.feature_n)), batch_size=FEATURE_BATCH, shuffle=False,
                             num_workers=0, drop_last=False)
         was_training = encoder.training
         encoder.eval()
-        feats = []
         try:
-            for images, _ in loader:
-                z = pooled_features(encoder, images.to(device))
-                feats.append(z.float().cpu().double())
+            feats, _ = extract_features(encoder, (images for images, _ in loader))
         finally:
             encoder.train(was_training)
         extract_s = time.perf_counter() - t0
-        quality = feature_quality(torch.cat(feats).numpy())
+        quality = feature_quality(feats.numpy())
         return {"epoch": epoch, "global_step": trainer.global_step, "n_images": self.feature_n,
                 "encoder": "target_encoder (EMA), eval mode, no_grad, float32, mean of patch tokens",
                 "extract_s": extract_s, "metrics_s": time.perf_counter() - t0 - extract_s, **quality}

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
+from .precision import probe_precision
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -42,12 +44,36 @@ class Backend(abc.ABC):
     Timing contract: ``synchronize`` waits for all queued work; ``event`` returns
     an object with ``record()`` and ``elapsed_s(other)`` that measures on the
     device timeline (device events where they exist, synced wall time otherwise).
+
+    Shared by every backend: ``availability`` asks ``check_availability`` once and
+    remembers; ``supported_precisions`` tries each precision once
+    (``precision_reason``: a tiny autocast matmul with backward on the device, unless
+    a backend knows better) and remembers; ``is_oom`` recognises the backend's
+    out-of-memory error from the class attributes below, in ``exc`` and in what it
+    was raised ``from`` (5 levels).
     """
 
     name: str = ""
+    #: RuntimeError message fragments that are this backend's OOM even when another device is named
+    definite_oom_markers: tuple[str, ...] = ()
+    #: exception types that are always this backend's OOM
+    definite_oom_types: tuple[type[BaseException], ...] = ()
+    #: message fragments that name another device: that error is not this backend's
+    foreign_markers: tuple[str, ...] = ()
+    #: exception types that are this backend's OOM (unless another device is named)
+    oom_types: tuple[type[BaseException], ...] = ()
+    #: RuntimeError message fragments of this backend's OOM (unless another device is named)
+    oom_markers: tuple[str, ...] = ()
 
-    @abc.abstractmethod
-    def availability(self) -> Availability: ...
+    def availability(self) -> Availability:
+        """Whether this backend can run here (``check_availability``, asked once)."""
+        if getattr(self, "_availability", None) is None:
+            self._availability = self.check_availability()
+        return self._availability
+
+    def check_availability(self) -> Availability:
+        """Find out whether this backend can run here, and why not (default: it can)."""
+        return Availability(True)
 
     @abc.abstractmethod
     def device(self) -> torch.device: ...
@@ -71,21 +97,52 @@ class Backend(abc.ABC):
     def sample_memory(self) -> None:
         """Called once per step; backends without a peak API track the peak here."""
 
-    @abc.abstractmethod
     def supported_precisions(self) -> dict[str, str]:
-        """Map of precision name -> "" if it works, else why not (one sentence)."""
+        """Map of precision name -> "" if it works, else why not (one sentence); tried once."""
+        if getattr(self, "_precisions", None) is None:
+            avail = self.availability()
+            if not avail.available:
+                self._precisions = {p: avail.reason for p in PRECISIONS}
+            else:
+                self._precisions = {p: self.precision_reason(p) for p in PRECISIONS}
+        return dict(self._precisions)
+
+    def precision_reason(self, precision: str) -> str:
+        """"" if ``precision`` trains on this device, else why not: by default, tried on the device."""
+        return probe_precision(self.device().type, precision)
 
     def grad_scaler(self, precision: str) -> Any | None:
         """A GradScaler for fp16 training on this device, or None."""
         return None
 
     def is_oom(self, exc: BaseException) -> bool:
-        """True when ``exc`` is this backend's out-of-memory error."""
+        """True when ``exc`` (or what it was raised from) is this backend's out-of-memory error."""
+        for e in exception_chain(exc):
+            msg = str(e)
+            if isinstance(e, RuntimeError) and any(m in msg for m in self.definite_oom_markers):
+                return True
+            if isinstance(e, self.definite_oom_types):
+                return True
+            if any(m in msg for m in self.foreign_markers):
+                continue
+            if isinstance(e, self.oom_types):
+                return True
+            if isinstance(e, RuntimeError) and any(m in msg for m in self.oom_markers):
+                return True
         return False
 
     def fingerprint(self) -> dict[str, Any]:
         """Device facts for the environment fingerprint (name, memory, ...)."""
         return {}
+
+
+def exception_chain(exc: BaseException | None, depth: int = 5) -> Iterator[BaseException]:
+    """``exc`` and what it was raised ``from`` (a wrapped error is still the same error), ``depth`` deep."""
+    seen = 0
+    while exc is not None and seen < depth:
+        yield exc
+        exc = exc.__cause__
+        seen += 1
 
 
 class TimingEvent(abc.ABC):
@@ -149,6 +206,14 @@ class PreparedWorkload(abc.ABC):
     #: True when fp16 training uses a GradScaler (a non-finite gradient is then
     #: a skipped step, not divergence)
     uses_grad_scaler: bool = False
+
+    # Optional capabilities, None when the workload has none.  Probes use them (``epoch_costs``
+    # measures worker start-up on the loader, a validation forward and a checkpoint on the trainer).
+    #: the training ``torch.utils.data.DataLoader`` the batches come from
+    loader: Any = None
+    #: the trainer: an object like :class:`hjepa_bench.hjepa.step.HJEPAStep`, with ``model``,
+    #: ``optimizer``, ``scaler``, ``loss(images, masks)``, ``make_masks(batch_size)``, ``autocast()``
+    trainer: Any = None
 
     @abc.abstractmethod
     def batches(self) -> Iterator[Any]:
