@@ -3,7 +3,8 @@
 Plugins come from, in order:
 
 1. the ``hjepa_bench`` entry-point group - the built-ins (installed as
-   ``hjepa_bench.plugins.*`` by this package) and any third-party package;
+   ``hjepa_bench.plugins.*`` by this package; pyproject.toml's entry points are
+   the one list of them) and any third-party package;
    ``HJEPA_BENCH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only this package's own;
 2. modules named in ``HJEPA_BENCH_PLUGINS`` (comma separated) or with
    ``hjepa-bench -p MODULE``;
@@ -34,25 +35,6 @@ ENV_PLUGINS = "HJEPA_BENCH_PLUGINS"
 ENV_DISABLE = "HJEPA_BENCH_DISABLE_PLUGINS"
 #: what ``--device auto`` tries, in order
 AUTO_ORDER = ("cuda", "mps", "cpu")
-
-# The built-ins, in case the entry points are not installed (running from a source
-# tree); normally they arrive through the entry-point group like any plugin.
-DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("cpu", "hjepa_bench.plugins.backend_cpu"),
-    ("cuda", "hjepa_bench.plugins.backend_cuda"),
-    ("mps", "hjepa_bench.plugins.backend_mps"),
-    ("hjepa", "hjepa_bench.plugins.workload_hjepa"),
-    ("summary", "hjepa_bench.plugins.report_summary"),
-    ("stability", "hjepa_bench.plugins.probe_stability"),
-    ("loss", "hjepa_bench.plugins.probe_loss"),
-    ("bottleneck", "hjepa_bench.plugins.probe_bottleneck"),
-    ("memory", "hjepa_bench.plugins.probe_memory"),
-    ("features", "hjepa_bench.plugins.probe_features"),
-    ("svd", "hjepa_bench.plugins.probe_svd"),
-    ("flops", "hjepa_bench.plugins.probe_flops"),
-    ("profiler", "hjepa_bench.plugins.probe_profiler"),
-    ("epoch_costs", "hjepa_bench.plugins.probe_epoch_costs"),
-)
 
 T = TypeVar("T")
 
@@ -234,9 +216,6 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
         except Exception as exc:
             raise UserError(f"cannot load plugin {ep.name} ({ep.value}, from {dist}): {type(exc).__name__}: {exc}.") from None
         register(plugin, ep.name, ep.value, origin)
-    for name, module in DEFAULT_PLUGINS:  # source tree without installed entry points
-        if pm.get_plugin(name) is None and name not in blocked:
-            register(load(module, "builtin"), name, module, "builtin (not installed)")
     for module in modules:
         register(load(module, "requested"), module, module, f"{ENV_PLUGINS} / -p")
     for name, plugin in objects:
