@@ -145,65 +145,45 @@ def test_cpu_fingerprint(cpu):
 
 
 # --------------------------------------------------------------------------- cuda / mps absent
-@pytest.mark.skipif(HAS_CUDA, reason="a CUDA device is present")
-def test_cuda_unavailable_here(cuda):
-    avail = cuda.availability()
+@pytest.mark.parametrize("name", [
+    pytest.param("cuda", marks=pytest.mark.skipif(HAS_CUDA, reason="a CUDA device is present")),
+    pytest.param("mps", marks=pytest.mark.skipif(HAS_MPS, reason="an MPS device is present")),
+])
+def test_a_gpu_backend_unavailable_here(request, name):
+    backend = request.getfixturevalue(name)
+    avail = backend.availability()
     assert avail.available is False and avail.reason
-    precisions = cuda.supported_precisions()
-    assert set(precisions) == set(PRECISIONS)
-    assert all(reason for reason in precisions.values())
-    assert cuda.grad_scaler("fp16") is None
-    assert cuda.memory().current_bytes is None
-    fp = cuda.fingerprint()
-    assert "device_name" in fp and "device_total_bytes" in fp
-
-
-@pytest.mark.skipif(HAS_MPS, reason="an MPS device is present")
-def test_mps_unavailable_here(mps):
-    avail = mps.availability()
-    assert avail.available is False and avail.reason
-    if sys.platform != "darwin":
+    if name == "mps" and sys.platform != "darwin":
         assert "macOS" in avail.reason
-    precisions = mps.supported_precisions()
+    precisions = backend.supported_precisions()
     assert set(precisions) == set(PRECISIONS)
     assert all(reason for reason in precisions.values())
-    assert mps.grad_scaler("fp16") is None
-    assert mps.memory().current_bytes is None
-    fp = mps.fingerprint()
+    assert backend.grad_scaler("fp16") is None
+    assert backend.memory().current_bytes is None
+    fp = backend.fingerprint()
     assert "device_name" in fp and "device_total_bytes" in fp
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
-def test_cuda_on_a_gpu(cuda):
-    assert cuda.availability().available
-    assert cuda.supported_precisions()["fp32"] == ""
-    cuda.reset_peak_memory()
-    start, end = cuda.event(), cuda.event()
+@pytest.mark.parametrize("name", [
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")),
+    pytest.param("mps", marks=pytest.mark.skipif(not HAS_MPS, reason="no MPS device")),
+])
+def test_a_gpu_backend_on_its_device(request, name):
+    backend = request.getfixturevalue(name)
+    assert backend.availability().available
+    assert backend.supported_precisions()["fp32"] == ""
+    backend.reset_peak_memory()
+    start, end = backend.event(), backend.event()
     start.record()
-    x = torch.randn(1024, 1024, device="cuda")
+    x = torch.randn(1024, 1024, device=name)
     y = x @ x
     end.record()
+    backend.sample_memory()
     assert start.elapsed_s(end) > 0
-    reading = cuda.memory()
+    reading = backend.memory()
     assert reading.peak_bytes >= reading.current_bytes > 0
-    assert isinstance(cuda.grad_scaler("fp16"), torch.amp.GradScaler)
-    del x, y
-
-
-@pytest.mark.skipif(not HAS_MPS, reason="no MPS device")
-def test_mps_on_apple_silicon(mps):
-    assert mps.availability().available
-    assert mps.supported_precisions()["fp32"] == ""
-    mps.reset_peak_memory()
-    start, end = mps.event(), mps.event()
-    start.record()
-    x = torch.randn(1024, 1024, device="mps")
-    y = x @ x
-    end.record()
-    mps.sample_memory()
-    assert start.elapsed_s(end) > 0
-    reading = mps.memory()
-    assert reading.peak_bytes >= reading.current_bytes > 0
+    if name == "cuda":
+        assert isinstance(backend.grad_scaler("fp16"), torch.amp.GradScaler)
     del x, y
 
 

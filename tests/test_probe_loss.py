@@ -6,17 +6,17 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from hjepa_bench.analysis.loss_curve import (CRITERION_DECREASE_PCT, LR_NOISY, LR_SLOW, NOISE_THRESHOLD_PCT,
                                              analyze_loss, rolling_median)
-from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
 from hjepa_bench.plugins import probe_loss
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.analysis.loss_curve import measured_losses
 from hjepa_bench.plugins.probe_loss import LossProbe, LossSection
 from hjepa_bench.record import validate_record
 from hjepa_bench.measure.runner import run_benchmark
+
+from test_runner import ToyWorkload
 
 T = np.arange(100)
 
@@ -157,45 +157,6 @@ def test_section_renders_entries_and_skips_records_without_them():
 
 
 # --------------------------------------------------------------------------- a real run
-class ToyPrepared(PreparedWorkload):
-    """A real tiny training step (copied from test_runner.py's toy), optionally going NaN."""
-
-    def __init__(self, fail_at=None):
-        torch.manual_seed(0)
-        self.net = torch.nn.Linear(8, 8)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01)
-        self.fail_at, self.n = fail_at, 0
-        self.batch_size = 4
-
-    def batches(self):
-        while True:
-            yield torch.randn(4, 8)
-
-    def step(self, batch):
-        self.n += 1
-        loss = self.net(batch).pow(2).mean()
-        if self.fail_at is not None and self.n >= self.fail_at:
-            loss = loss * float("nan")
-        self.opt.zero_grad()
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
-        self.opt.step()
-        return StepOutput(loss=loss.detach(), grad_norm=norm)
-
-    def params(self):
-        return {"total": 72, "trainable": 72}
-
-
-class ToyWorkload(Workload):
-    name = "toy"
-
-    def __init__(self, **kw):
-        self.kw = kw
-
-    def prepare(self, config, backend):
-        return ToyPrepared(**self.kw)
-
-
 def _run(tiny, workload, **bench):
     values = tiny(**{f"bench.{k}": v for k, v in bench.items()})
     return run_benchmark(values, CPUBackend(), workload, [LossProbe()], {"backend": "cpu"})
@@ -218,7 +179,7 @@ def test_probe_in_a_real_run(tiny):
 
 
 def test_probe_in_a_diverging_run(tiny):
-    r = _run(tiny, ToyWorkload(fail_at=6), warmup_steps=1, min_steps=20, max_steps=20, window_steps=2)
+    r = _run(tiny, ToyWorkload(fail="nan", fail_at=6), warmup_steps=1, min_steps=20, max_steps=20, window_steps=2)
     assert r["status"] == "diverged"
     e = r["probes"]["loss"]
     _json_ok(e)

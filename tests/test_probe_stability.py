@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
-import torch
 
 from hjepa_bench.analysis.stability import (SPIKE_K, THRESHOLD_CV_PCT, analyze_stability, spike_events,
                                             spike_period)
-from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
 from hjepa_bench.plugins import probe_stability
 from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.plugins.probe_stability import StabilityProbe, StabilitySection
 from hjepa_bench.record import validate_record
 from hjepa_bench.measure.runner import run_benchmark
+
+from test_runner import ToyWorkload
 
 
 def _noise(n, level=0.1, rel=0.01, seed=0):
@@ -173,43 +172,6 @@ def test_section_renders_entries_and_skips_records_without_them():
 
 
 # --------------------------------------------------------------------------- a real run
-class ToyPrepared(PreparedWorkload):
-    """A real tiny training step (copied from test_runner.py's toy)."""
-
-    def __init__(self, step_sleep=0.0):
-        torch.manual_seed(0)
-        self.net = torch.nn.Linear(8, 8)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01)
-        self.step_sleep = step_sleep
-        self.batch_size = 4
-
-    def batches(self):
-        while True:
-            yield torch.randn(4, 8)
-
-    def step(self, batch):
-        loss = self.net(batch).pow(2).mean()
-        self.opt.zero_grad()
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
-        self.opt.step()
-        time.sleep(self.step_sleep)
-        return StepOutput(loss=loss.detach(), grad_norm=norm)
-
-    def params(self):
-        return {"total": 72, "trainable": 72}
-
-
-class ToyWorkload(Workload):
-    name = "toy"
-
-    def __init__(self, **kw):
-        self.kw = kw
-
-    def prepare(self, config, backend):
-        return ToyPrepared(**self.kw)
-
-
 def test_probe_in_a_real_run(tiny):
     values = tiny(**{"bench.warmup_steps": 2, "bench.min_steps": 30, "bench.max_steps": 30,
                      "bench.target_rel_precision": 0.0001, "bench.max_time_s": 30.0})

@@ -49,6 +49,16 @@ def _sps(r: Mapping[str, Any]) -> float:
     return samples_per_s(r) or 0.0
 
 
+def _fastest_by(records: Sequence[Mapping[str, Any]], key: Any) -> dict[Any, Mapping[str, Any]]:
+    """For each value of ``key(record)``, the record with the most samples/s (the first of equals)."""
+    best: dict[Any, Mapping[str, Any]] = {}
+    for r in records:
+        k = key(r)
+        if k not in best or _sps(r) > _sps(best[k]):
+            best[k] = r
+    return best
+
+
 def step_cv_pct(r: Mapping[str, Any]) -> float | None:
     """Step-time CV (%) from the stability probe, else from the record's step times when
     there are enough of them (the stability probe's minimum); None: not measured."""
@@ -67,11 +77,7 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds) -> dic
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         return {"batch": None, "reason": NOT_MEASURED, "measured_counts": 0}
-    best_by_batch: dict[int, Mapping[str, Any]] = {}
-    for r in ok:
-        b = batch_requested(r)
-        if b not in best_by_batch or _sps(r) > _sps(best_by_batch[b]):
-            best_by_batch[b] = r
+    best_by_batch = _fastest_by(ok, batch_requested)
     batches = sorted(best_by_batch)
     oom = sorted({batch_requested(r) for r in records if r.get("status") == "oom"})
     fits = []
@@ -119,11 +125,7 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
     ok = [r for r in records if r.get("status") == "ok" and (batch is None or batch_requested(r) == batch)]
     if not ok:
         return {"workers": None, "reason": NOT_MEASURED, "measured_counts": 0}
-    by_w: dict[int, Mapping[str, Any]] = {}
-    for r in ok:
-        w = workers_of(r)
-        if w not in by_w or _sps(r) > _sps(by_w[w]):
-            by_w[w] = r
+    by_w = _fastest_by(ok, workers_of)
     best = max(_sps(r) for r in by_w.values())
     within = sorted(w for w, r in by_w.items() if best and _sps(r) >= best * (1 - th.workers_within_pct / 100))
     chosen = within[0]

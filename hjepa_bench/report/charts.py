@@ -175,6 +175,12 @@ def _frame(ok: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return df
 
 
+def _sps_frame(records: Sequence[Any], column: str) -> pd.DataFrame:
+    """:func:`_frame` of the ok records, only the rows with ``column`` and samples/s."""
+    df = _frame(_ok(records))
+    return df if df.empty else df[df[column].notna() & df["sps"].notna()]
+
+
 def _floats(x: Any) -> np.ndarray | None:
     """A per-step series as floats (None/non-finite -> NaN), or None when nothing is finite."""
     if not isinstance(x, (list, tuple)) or not x:
@@ -256,10 +262,7 @@ def _save(fig: Figure, out_dir: Path, name: str) -> Path:
 # --------------------------------------------------------------------------- 1. throughput vs batch
 def throughput_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | None:
     name, title = "throughput_vs_batch", "Throughput vs batch size"
-    df = _frame(_ok(records))
-    if df.empty:
-        return None
-    df = df[df["batch"].notna() & df["sps"].notna()]
+    df = _sps_frame(records, "batch")
     if df.empty:
         return None
     # group -> batch -> workers -> [samples/s]
@@ -321,13 +324,30 @@ def _count_note(shown: int, total: int, what: str) -> str:
     return f"{_plural(total, 'ok record')} with {what}"
 
 
-def step_time_over_run(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | None:
-    name, title = "step_time_over_run", "Step time over the run"
-    items, total = _series_records(records, "step_time_s")
+def _per_step_chart(records: Sequence[Mapping[str, Any]], field_name: str, title: str) -> tuple | None:
+    """For a per-step chart: the ok records with the series ``field_name`` (the first
+    ``MAX_SERIES_RECORDS``), how many have it, their legend labels and a figure; None when none has it."""
+    items, total = _series_records(records, field_name)
     if not items:
         return None
-    labels = _unique([record_name(r) for r, _ in items])
-    fig, ax = _figure(title)
+    return items, total, _unique([record_name(r) for r, _ in items]), *_figure(title)
+
+
+def _step_axes(fig: Figure, ax: Any, warmups: Sequence[int], ylabel: str) -> None:
+    """Shade the warm-up steps, label the step-index axis and place the legend."""
+    _shade_warmup(ax, max(warmups))
+    ax.set_xlabel("step index (0 = first step, warm-up included)")
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(left=-0.5)
+    _legend(fig, ax)
+
+
+def step_time_over_run(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | None:
+    name, title = "step_time_over_run", "Step time over the run"
+    chart = _per_step_chart(records, "step_time_s", title)
+    if chart is None:
+        return None
+    items, total, labels, fig, ax = chart
     all_ms = np.concatenate([arr * 1000 for _, arr in items])
     pos = all_ms[np.isfinite(all_ms) & (all_ms > 0)]
     log_y = bool(pos.size and pos.max() / pos.min() > LOG_Y_RATIO)
@@ -344,13 +364,9 @@ def step_time_over_run(records: Sequence[Mapping[str, Any]], out_dir: Path) -> C
         if w:  # warm-up: dotted line, hollow markers, joined to the first measured step
             ax.plot(x[:w + 1], ms[:w + 1], ls=":", color=color, marker=marker, mfc="none", ms=5)
         ax.plot(x[w:], ms[w:], color=color, lw=1.2, marker=marker if small else None, ms=3, label=label)
-    _shade_warmup(ax, max(warmups))
     if log_y:
         ax.set_yscale("log")
-    ax.set_xlabel("step index (0 = first step, warm-up included)")
-    ax.set_ylabel("step time (ms)" + (", log scale" if log_y else ""))
-    ax.set_xlim(left=-0.5)
-    _legend(fig, ax)
+    _step_axes(fig, ax, warmups, "step time (ms)" + (", log scale" if log_y else ""))
     path = _save(fig, out_dir, name)
     caption = (f"Time per training step (ms) against step index for {_count_note(len(items), total, 'step times')}"
                f"{_not_ok_note(records)}; warm-up steps are shaded and drawn hollow and dotted"
@@ -363,11 +379,10 @@ def step_time_over_run(records: Sequence[Mapping[str, Any]], out_dir: Path) -> C
 
 def loss_curve(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | None:
     name, title = "loss_curve", "Loss over the run"
-    items, total = _series_records(records, "loss")
-    if not items:
+    chart = _per_step_chart(records, "loss", title)
+    if chart is None:
         return None
-    labels = _unique([record_name(r) for r, _ in items])
-    fig, ax = _figure(title)
+    items, total, labels, fig, ax = chart
     warmups, windows = [], []
     for i, ((r, arr), label, color) in enumerate(zip(items, labels, _colors(len(items)))):
         x = np.arange(len(arr))
@@ -380,11 +395,7 @@ def loss_curve(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | N
             ax.plot(x[:w], arr[:w], ls="none", marker="o", mfc="none", ms=5, color=color)
         smooth = pd.Series(arr).rolling(window, min_periods=1, center=True).mean().to_numpy()
         ax.plot(x, smooth, color=color, lw=1.8, label=f"{label} (mean of {window})")
-    _shade_warmup(ax, max(warmups))
-    ax.set_xlabel("step index (0 = first step, warm-up included)")
-    ax.set_ylabel("training loss")
-    ax.set_xlim(left=-0.5)
-    _legend(fig, ax)
+    _step_axes(fig, ax, warmups, "training loss")
     path = _save(fig, out_dir, name)
     caption = (f"Training loss per step (thin) and its centred rolling mean (bold, window in the legend) for "
                f"{_count_note(len(items), total, 'a loss series')}{_not_ok_note(records)}; warm-up steps are "
@@ -514,10 +525,9 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
 # --------------------------------------------------------------------------- 5. worker effect
 def worker_effect(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | None:
     name, title = "worker_effect", "Throughput vs DataLoader workers"
-    df = _frame(_ok(records))
+    df = _sps_frame(records, "workers")
     if df.empty:
         return None
-    df = df[df["workers"].notna() & df["sps"].notna()]
     dims = ("model", "batch", "device", "variant", "precision", "levels", "pred_depth", "img")
     cells: dict[tuple, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     for _, row in df.iterrows():
