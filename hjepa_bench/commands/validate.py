@@ -64,7 +64,7 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     intro = [f"A real training run of {result['epochs_completed']} of {result['epochs_planned']} epoch(s) "
              f"({result['steps_per_epoch']} steps each) on {result['device']} at {result['precision']}, status "
              f"**{status}**" + (f" ({result['error']})" if result.get("error") else "") + ". Checkpoints (upstream "
-             f"layout) are in `checkpoints/`; every step, epoch and feature measurement is in `validation.json`."]
+             "layout) are in `checkpoints/`; every step, epoch and feature measurement is in `validation.json`."]
     analysis = write_report([record], out / "report.md", settings, sections=plugins.report_sections(),
                             facts=facts, intro=intro, extra=[("Validation run", validation_section(result))])
     print(verdict_lines(analysis))
