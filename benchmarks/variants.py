@@ -3,6 +3,10 @@
 Both steps get the same pre-augmented batches (real upstream augmentation, made
 once before timing) and run interleaved (reference, efficient, reference, ...),
 so a busy or throttling machine slows both alike and the ratio stays honest.
+A loaded CPU can switch between a fast and a several-times slower regime in the
+middle of a run; medians taken over each variant separately can then land in
+different regimes, so the script also prints the median of the per-round
+ratios (each round's efficient step over the same round's reference step).
 Each step is timed with a device sync at both ends (device events where the
 backend has them).  FLOPs per step come from ``hjepa-bench inspect``'s counter.
 
@@ -63,6 +67,11 @@ def interleaved(run: dict[str, Any], rounds: int, warmup: int) -> dict[str, list
     return times
 
 
+def paired_ratio(times: dict[str, list[float]]) -> float:
+    """Median over rounds of efficient / reference within the same round."""
+    return stats.summarize([e / r for e, r in zip(times["efficient"], times["reference"])])["median"]
+
+
 def loader_side_by_side(values: dict[str, Any], backend: Any, init: dict[str, Any], workers: int,
                         rounds: int, warmup: int) -> dict[str, Any]:
     """Both variants on the real data path with ``workers`` DataLoader workers.
@@ -96,7 +105,8 @@ def loader_side_by_side(values: dict[str, Any], backend: Any, init: dict[str, An
     rows = {v: {"median_s": stats.summarize(times[v])["median"], "iqr_s": stats.summarize(times[v])["iqr"],
                 "data_wait_median_s": stats.summarize(waits[v][warmup:])["median"]} for v in times}
     return {"workers": workers, "rows": rows, "times_s": times,
-            "time_ratio": rows["efficient"]["median_s"] / rows["reference"]["median_s"]}
+            "time_ratio": rows["efficient"]["median_s"] / rows["reference"]["median_s"],
+            "paired_ratio": paired_ratio(times)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,24 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     for v, r in rows.items():
         print(f"| {v} | {r['gflop_per_step']:.1f} | {r['median_s']:.3f} | {r['iqr_s']:.3f} | "
               f"{r['it_per_s']:.2f} | {r['achieved_gflop_per_s']:.1f} |")
+    paired = paired_ratio(times)
     print(f"efficient / reference step time: {ratio:.2f} (FLOPs ratio "
-          f"{flops['efficient'] / flops['reference']:.2f})")
+          f"{flops['efficient'] / flops['reference']:.2f}); median of per-round ratios: {paired:.2f}")
     del steps  # free the pre-augmented side by side before the loader ones
 
     loaders = [loader_side_by_side(values, backend, init, w, args.rounds, args.warmup) for w in loader_workers]
     if loaders:
         print(f"\nreal data path (DataLoader + augmentation, masks where each variant builds them), "
               f"{args.rounds} interleaved rounds per worker count; step = next(batches) + step")
-        print("| workers | reference median (s) | efficient median (s) | data wait ref / eff (s) | efficient / reference |")
-        print("|---:|---:|---:|---:|---:|")
+        print("| workers | reference median (s) | efficient median (s) | data wait ref / eff (s) "
+              "| efficient / reference (medians) | per-round ratio (median) |")
+        print("|---:|---:|---:|---:|---:|---:|")
         for r in loaders:
             ref, eff = r["rows"]["reference"], r["rows"]["efficient"]
             print(f"| {r['workers']} | {ref['median_s']:.3f} | {eff['median_s']:.3f} | "
-                  f"{ref['data_wait_median_s']:.3f} / {eff['data_wait_median_s']:.3f} | {r['time_ratio']:.2f} |")
+                  f"{ref['data_wait_median_s']:.3f} / {eff['data_wait_median_s']:.3f} | {r['time_ratio']:.2f} | {r['paired_ratio']:.2f} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"env": env, "precision": precision, "rows": rows, "time_ratio": ratio,
-                       "times_s": times, "loader": loaders}, fh, indent=2)
+                       "paired_ratio": paired, "times_s": times, "loader": loaders}, fh, indent=2)
     return 0
 
 
