@@ -3,19 +3,31 @@
 Both steps get the same pre-augmented batches (real upstream augmentation, made
 once before timing) and run interleaved (reference, efficient, reference, ...),
 so a busy or throttling machine slows both alike and the ratio stays honest.
+A loaded CPU can switch between a fast and a several-times slower regime in the
+middle of a run; medians taken over each variant separately can then land in
+different regimes, so the script also prints the median of the per-round
+ratios (each round's efficient step over the same round's reference step).
 Each step is timed with a device sync at both ends (device events where the
 backend has them).  FLOPs per step come from ``hjepa-bench inspect``'s counter.
 
+Then the same side by side on the real data path, once per ``--loader-workers``
+count (default: 0): each variant is the registered ``hjepa`` workload with its
+own DataLoader (upstream augmentation; the ``efficient`` one builds masks in its
+collator, which with 0 workers runs in the main process), and each timed step
+includes ``next(batches)``.  Rounds interleave the variants as above.
+
     python benchmarks/variants.py --device cpu                 # quick_val: batch 32, 224 px
+    python benchmarks/variants.py --device cpu --loader-workers 0,2,4
     python benchmarks/variants.py --device cuda --rounds 30 --json variants.json
 
-Prints a markdown table (the one recorded in README.md).
+Prints markdown tables (the ones recorded in README.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 import torch
@@ -39,6 +51,62 @@ def make_batches(values: dict[str, Any], n: int) -> list[tuple]:
     return [collate([ds[i * b + j] for j in range(b)]) for i in range(n)]
 
 
+def interleaved(run: dict[str, Any], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Warm-up, then ``rounds`` rounds of one timed call per variant, the order
+    alternating (reference, efficient / efficient, reference) so noise hits both alike."""
+    for i in range(warmup):
+        for v in run:
+            run[v](i)
+    times: dict[str, list[float]] = {v: [] for v in run}
+    for i in range(rounds):
+        order = list(run) if i % 2 == 0 else list(reversed(list(run)))
+        for v in order:
+            times[v].append(run[v](i))
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]]) -> float:
+    """Median over rounds of efficient / reference within the same round."""
+    return stats.summarize([e / r for e, r in zip(times["efficient"], times["reference"])])["median"]
+
+
+def loader_side_by_side(values: dict[str, Any], backend: Any, init: dict[str, Any], workers: int,
+                        rounds: int, warmup: int) -> dict[str, Any]:
+    """Both variants on the real data path with ``workers`` DataLoader workers.
+
+    Each variant is the registered ``hjepa`` workload (its own loader, same
+    starting weights); a timed step is ``next(batches)`` plus the step."""
+    workload = build_plugins().workloads()["hjepa"]
+    prepared, batches, waits = {}, {}, {}
+    try:
+        for variant in ("reference", "efficient"):
+            cfg = {**values, "data": {**values["data"], "num_workers": workers},
+                   "bench": {**values["bench"], "variant": variant}}
+            prepared[variant] = workload.prepare(cfg, backend)
+            prepared[variant].model().load_state_dict(init)  # same starting weights
+            batches[variant], waits[variant] = iter(prepared[variant].batches()), []
+
+        def timed(variant: str) -> float:
+            start, end = backend.event(), backend.event()
+            start.record()
+            t0 = time.perf_counter()
+            batch = next(batches[variant])
+            waits[variant].append(time.perf_counter() - t0)
+            prepared[variant].step(batch)
+            end.record()
+            return start.elapsed_s(end)
+
+        times = interleaved({v: (lambda i, v=v: timed(v)) for v in prepared}, rounds, warmup)
+    finally:
+        for w in prepared.values():
+            w.close()
+    rows = {v: {"median_s": stats.summarize(times[v])["median"], "iqr_s": stats.summarize(times[v])["iqr"],
+                "data_wait_median_s": stats.summarize(waits[v][warmup:])["median"]} for v in times}
+    return {"workers": workers, "rows": rows, "times_s": times,
+            "time_ratio": rows["efficient"]["median_s"] / rows["reference"]["median_s"],
+            "paired_ratio": paired_ratio(times)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
@@ -50,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=8, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     p.add_argument("--batches", type=int, default=4, help="distinct pre-augmented batches cycled through")
+    p.add_argument("--loader-workers", default="0",
+                   help="DataLoader worker counts for the real-data-path side by side, e.g. 0,2,4 ('' skips it)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
+    loader_workers = [int(w) for w in args.loader_workers.split(",") if w.strip()]
 
     backend = select_backend(build_plugins(), args.device)
     values = resolve_config(args.config, {"data.batch_size": args.batch_size, "data.image_size": args.img_size,
@@ -77,14 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         end.record()
         return start.elapsed_s(end)
 
-    for i in range(args.warmup):
-        for v in steps:
-            timed(v, i)
-    times: dict[str, list[float]] = {v: [] for v in steps}
-    for i in range(args.rounds):
-        order = list(steps) if i % 2 == 0 else list(reversed(list(steps)))
-        for v in order:
-            times[v].append(timed(v, i))
+    times = interleaved({v: (lambda i, v=v: timed(v, i)) for v in steps}, args.rounds, args.warmup)
 
     flops = {v: count_step_flops(values, v, args.batch_size)["total"] for v in steps}
     rows = {}
@@ -101,12 +165,26 @@ def main(argv: list[str] | None = None) -> int:
     for v, r in rows.items():
         print(f"| {v} | {r['gflop_per_step']:.1f} | {r['median_s']:.3f} | {r['iqr_s']:.3f} | "
               f"{r['it_per_s']:.2f} | {r['achieved_gflop_per_s']:.1f} |")
+    paired = paired_ratio(times)
     print(f"efficient / reference step time: {ratio:.2f} (FLOPs ratio "
-          f"{flops['efficient'] / flops['reference']:.2f})")
+          f"{flops['efficient'] / flops['reference']:.2f}); median of per-round ratios: {paired:.2f}")
+    del steps  # free the pre-augmented side by side before the loader ones
+
+    loaders = [loader_side_by_side(values, backend, init, w, args.rounds, args.warmup) for w in loader_workers]
+    if loaders:
+        print(f"\nreal data path (DataLoader + augmentation, masks where each variant builds them), "
+              f"{args.rounds} interleaved rounds per worker count; step = next(batches) + step")
+        print("| workers | reference median (s) | efficient median (s) | data wait ref / eff (s) "
+              "| efficient / reference (medians) | per-round ratio (median) |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for r in loaders:
+            ref, eff = r["rows"]["reference"], r["rows"]["efficient"]
+            print(f"| {r['workers']} | {ref['median_s']:.3f} | {eff['median_s']:.3f} | "
+                  f"{ref['data_wait_median_s']:.3f} / {eff['data_wait_median_s']:.3f} | {r['time_ratio']:.2f} | {r['paired_ratio']:.2f} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"env": env, "precision": precision, "rows": rows, "time_ratio": ratio,
-                       "times_s": times}, fh, indent=2)
+                       "paired_ratio": paired, "times_s": times, "loader": loaders}, fh, indent=2)
     return 0
 
 

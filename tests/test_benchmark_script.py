@@ -19,5 +19,10 @@ def test_variants_benchmark_runs_both_variants_side_by_side(tmp_path):
     assert set(data["rows"]) == {"reference", "efficient"}
     assert all(len(t) == 2 for t in data["times_s"].values())
     assert data["rows"]["efficient"]["gflop_per_step"] < data["rows"]["reference"]["gflop_per_step"]
-    assert data["time_ratio"] > 0
+    assert data["time_ratio"] > 0 and data["paired_ratio"] > 0
     assert "| reference |" in res.stdout
+    # the real data path at 0 DataLoader workers (masks built in the main process) runs by default
+    (loader,) = data["loader"]
+    assert loader["workers"] == 0 and set(loader["rows"]) == {"reference", "efficient"}
+    assert all(len(t) == 2 for t in loader["times_s"].values()) and loader["time_ratio"] > 0 and loader["paired_ratio"] > 0
+    assert "| workers |" in res.stdout
