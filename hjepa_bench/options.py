@@ -19,6 +19,7 @@ that override it.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +31,8 @@ from .config import resolve_config, resolve_precision
 from .errors import UserError, read_yaml
 from .record import short_model_name
 
+#: an option name becomes part of a file name (configs/option_NAME.yaml): no separators, no dots
+OPTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 META_KEYS = ("name", "title", "hours", "priority", "expected", "choose_if", "config")
 
 
@@ -162,6 +165,9 @@ def load_options(path: str | Path | None, *, include_guide: bool = True) -> list
         if not isinstance(item, dict) or not item.get("name"):
             raise UserError(f"option {i} in {p} must be a mapping with a name.")
         name = str(item["name"])
+        if not OPTION_NAME.fullmatch(name):
+            raise UserError(f"option {i} in {p}: the name {name[:80]!r} must be 1 to 64 letters, digits, '_' or '-' "
+                            "(it names the file configs/option_NAME.yaml).")
         hours = item.get("hours", [0, float("inf")])
         if (not isinstance(hours, (list, tuple)) or len(hours) != 2
                 or not all(isinstance(h, (int, float)) and not isinstance(h, bool) for h in hours)):

@@ -14,9 +14,9 @@ import random
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hjepa_bench.masks import MaskSpec, masks_from_union, sample_batch_union
+from hjepa_bench.hjepa.masks import MaskSpec, masks_from_union, sample_batch_union
 from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.step import HJEPAStep
+from hjepa_bench.hjepa.step import HJEPAStep
 
 
 def _step_and_batch(tiny, variant):

@@ -78,16 +78,24 @@ def test_bare_state_dict_and_ddp_prefix(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
 
 
-def test_checkpoint_with_numpy_scalars_falls_back_with_a_note(tmp_path):
+def test_checkpoint_with_numpy_scalars_loads_without_running_pickle_code(tmp_path):
     values, model = _model(0)
     path = _save(tmp_path / "np.pt", {"model_state_dict": model.state_dict(), "epoch": 3,
                                       "best_loss": np.float64(0.25), "config": dict(values)})
-    sd, meta = load_state_dict(path)
-    assert meta["weights_only"] is False and any("weights_only=False" in n for n in meta["notes"])
+    sd, meta = load_state_dict(path)  # numpy scalars are the one allowlisted extra: still weights_only=True
+    assert meta["weights_only"] is True and not any("weights_only=False" in n for n in meta["notes"])
     assert meta["extra"] == {"best_loss": 0.25} and meta["epoch"] == 3
     assert meta["config"]["data"]["image_size"] == 64
-    with pytest.raises(UserError, match="weights_only=True"):
-        load_state_dict(path, allow_pickle=False)
+
+
+def test_checkpoint_with_other_python_objects_is_refused(tmp_path):
+    import argparse
+
+    values, model = _model(0)
+    path = _save(tmp_path / "obj.pt", {"model_state_dict": model.state_dict(), "args": argparse.Namespace(lr=0.1)})
+    with pytest.raises(UserError, match="argparse.Namespace") as exc:
+        load_state_dict(path)
+    assert "\n" not in str(exc.value)
 
 
 def test_missing_file_raises_user_error(tmp_path):

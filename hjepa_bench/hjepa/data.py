@@ -127,11 +127,33 @@ class SyntheticCIFAR(Dataset):
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 python batch holds: dicts, lists, bytes, ints and
+    numpy arrays (plus the numpy and codec functions that rebuild them).  Any other
+    global is refused, so a crafted ``data_batch_N`` cannot run code."""
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def _safe_pickle_load(f: Any) -> Any:
+    return _CifarUnpickler(f, encoding="bytes").load()
+
+
 def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 python batch into (N x 32 x 32 x 3 uint8, N int64 labels)."""
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _safe_pickle_load(f)
         data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
     except Exception as exc:  # garbage bytes, truncated file, not a dict, missing keys...
         raise UserError(f"Cannot read CIFAR-10 batch {path} ({type(exc).__name__}: {exc}); "
@@ -171,7 +193,7 @@ class CIFAR10Folder(Dataset):
         if (folder / "batches.meta").is_file():
             try:
                 with open(folder / "batches.meta", "rb") as f:
-                    self.classes = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
+                    self.classes = [n.decode() for n in _safe_pickle_load(f)[b"label_names"]]
             except Exception as exc:
                 raise UserError(f"Cannot read CIFAR-10 class names from {folder / 'batches.meta'} "
                                 f"({type(exc).__name__}: {exc}).") from exc

@@ -45,11 +45,11 @@ The random-init model is ``HJEPA.from_config(values)`` built under
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import re
 import time
-import zipfile
 from collections.abc import Mapping as MappingABC
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -105,21 +105,35 @@ def _json_scalar(v: Any) -> Any:
     return None
 
 
-def load_state_dict(path: str | Path, *, allow_pickle: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _numpy_scalar_globals() -> list[Any]:
+    """The only globals a checkpoint may use beyond tensors and plain containers: numpy
+    scalars and their dtypes (e.g. an upstream ``best_val_loss`` saved as ``np.float64``).
+    Rebuilding them runs no code from the file."""
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar
+    dtypes = getattr(np, "dtypes", None)
+    classes = [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")] if dtypes is not None else []
+    return [scalar, np.dtype, *classes]
+
+
+def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint: ``(state_dict, meta)``.
 
-    ``torch.load(map_location="cpu", weights_only=True)``.  Only when that fails
-    because a valid torch (zip) file holds Python objects beyond tensors and plain
-    containers (e.g. numpy scalars), and ``allow_pickle`` is true, it is loaded again
-    with ``weights_only=False`` (which runs pickle code) and ``meta["notes"]`` says so.
+    Always ``torch.load(map_location="cpu", weights_only=True)``: tensors, plain
+    containers and numpy scalars only.  A checkpoint that needs any other Python
+    global is refused with a :class:`UserError` naming it; it is never loaded with
+    ``weights_only=False``, because unpickling such a file can run arbitrary code.
 
     Accepts a dict with ``model_state_dict`` (upstream; also the checkpoints
     ``hjepa-bench validate`` writes, which may carry ``config`` and ``epoch``) or a
     bare state dict (str -> tensor).  A ``module.`` prefix on every key (DDP) is
     removed.  ``meta``: ``format``, ``top_level_keys``, ``epoch`` and ``config``
-    when present, the other top-level scalars under ``extra``, ``weights_only`` and
-    ``notes``.  Raises :class:`UserError` for a missing file, a file that is not a
-    (readable) torch file, and a file with no model state dict.
+    when present, the other top-level scalars under ``extra``, ``weights_only``
+    (always true) and ``notes``.  Raises :class:`UserError` for a missing file, a
+    file that is not a (readable) torch file, a file that needs other globals, and a
+    file with no model state dict.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -129,23 +143,18 @@ def load_state_dict(path: str | Path, *, allow_pickle: bool = True) -> tuple[dic
     notes: list[str] = []
     weights_only = True
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before, no extras
+        with safe(_numpy_scalar_globals()) if safe is not None else contextlib.nullcontext():
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one sentence
-        blocked = "Unsupported global" in str(exc) or "GLOBAL" in str(exc)
-        if not (blocked and zipfile.is_zipfile(p)):
-            raise UserError(f"cannot read checkpoint {p} ({type(exc).__name__}: {_first_line(exc)}); "
-                            "the file is corrupt or not a PyTorch checkpoint.") from None
-        if not allow_pickle:
-            raise UserError(f"checkpoint {p} holds Python objects beyond tensors and cannot be loaded "
-                            "with weights_only=True.") from None
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as exc2:  # noqa: BLE001
-            raise UserError(f"cannot read checkpoint {p} ({type(exc2).__name__}: {_first_line(exc2)}); "
-                            "the file is corrupt or needs code that is not installed here.") from None
-        weights_only = False
-        notes.append("the checkpoint holds Python objects beyond tensors, so it was loaded with "
-                     "weights_only=False (this runs pickle code: evaluate only checkpoints you trust)")
+        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if blocked or "GLOBAL" in str(exc):
+            what = blocked.group(1) if blocked else "a Python global"
+            raise UserError(f"checkpoint {p} holds Python objects beyond tensors ({what}), and loading them "
+                            "could run code from the file; hjepa-bench loads only tensors, plain containers and "
+                            "numpy scalars, so re-save the checkpoint with only those.") from None
+        raise UserError(f"cannot read checkpoint {p} ({type(exc).__name__}: {_first_line(exc)}); "
+                        "the file is corrupt or not a PyTorch checkpoint.") from None
 
     meta: dict[str, Any] = {"weights_only": weights_only, "notes": notes}
     if isinstance(obj, MappingABC) and "model_state_dict" in obj:
