@@ -196,6 +196,20 @@ def test_eval_on_a_validate_checkpoint_against_random_init(validated, tmp_path):
     assert "kNN" in res.stdout
 
 
+def test_eval_limit_samples_selects_the_first_training_images(validated, tmp_path):
+    """--limit-samples means on eval what it means on run and validate: only the first N images of the
+    training split; --n-train then takes at most N of them, and the test split is not cut."""
+    out, _ = validated
+    ckpt = str(out / "checkpoints" / "checkpoint_latest.pth")
+    res = run_cli("eval", "--checkpoint", ckpt, "--device", "cpu", "--limit-samples", "40", "--n-train", "60",
+                  "--n-test", "30", "--out", str(tmp_path / "ev"), "-q")
+    assert res.returncode == 0, res.stderr
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert result["data"]["n_train"] == 40 and result["data"]["n_test"] == 30
+    assert result["data"]["limit_samples"] == 40
+    assert any("--limit-samples 40" in n and "asked for 60" in n for n in result["notes"])
+
+
 def test_eval_names_the_first_mismatching_keys(validated, tmp_path):
     out, _ = validated
     ck = torch.load(out / "checkpoints" / "checkpoint_latest.pth", weights_only=False)

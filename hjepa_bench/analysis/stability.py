@@ -116,7 +116,16 @@ def spike_period(event_starts: Sequence[int]) -> int | None:
     """Regular spacing of spike events (module docstring), or None."""
     if len(event_starts) < MIN_SPIKES_FOR_PERIOD:
         return None
-    gaps = np.diff(np.asarray(event_starts, dtype=float))
+    return regular_period(np.diff(np.asarray(event_starts, dtype=float)))
+
+
+def regular_period(gaps: Sequence[float]) -> int | None:
+    """The median of ``gaps`` (steps between events) when at least ``PERIOD_AGREE_FRAC`` of them lie
+    within ``max(1, PERIOD_TOL_FRAC * median)`` steps of it (and it is >= 2 steps), else None.  Needs
+    ``MIN_SPIKES_FOR_PERIOD - 1`` gaps (the spike period; the stall period of a training log)."""
+    gaps = np.asarray(gaps, dtype=float)
+    if gaps.size < MIN_SPIKES_FOR_PERIOD - 1:
+        return None
     period = float(np.median(gaps))
     if period < 2:
         return None

@@ -80,13 +80,16 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
 
 
-def add_data_args(p: argparse.ArgumentParser, *, samples: bool = True) -> None:
-    """--data, --data-path and (``samples``) --limit-samples and --[no-]persistent-workers."""
+def add_data_args(p: argparse.ArgumentParser, *, training_loader: bool = True) -> None:
+    """The flags that choose the data, the same names and meanings on every command that reads a
+    data set: --data, --data-path, --limit-samples (the first N images of the training split) and,
+    for commands that train through a DataLoader restarted every epoch (``training_loader``),
+    --[no-]persistent-workers."""
     p.add_argument("--data", choices=["synthetic", "cifar10"], help="default synthetic (CIFAR-shaped, in memory)")
     p.add_argument("--data-path", metavar="DIR", help="CIFAR-10 python-format folder (never downloaded)")
-    if not samples:
-        return
     p.add_argument("--limit-samples", type=positive_int, metavar="N", help="use only the first N training samples")
+    if not training_loader:
+        return
     pw = p.add_mutually_exclusive_group()
     pw.add_argument("--persistent-workers", dest="persistent_workers", action="store_true", default=None,
                     help="keep DataLoader workers between epochs")

@@ -19,12 +19,15 @@ def add_parser(sub: Any) -> None:
                                     "encoder per hierarchy level against the same encoder at random initialisation.")
     ev.add_argument("--checkpoint", required=True, metavar="PATH", help=".pth with model_state_dict")
     ev.add_argument("--config", metavar="YAML", help="the model's config (upstream checkpoints carry none)")
-    add_data_args(ev, samples=False)
+    add_data_args(ev, training_loader=False)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--img-size", type=positive_int)
     ev.add_argument("--encoder-depth", type=positive_int)
-    ev.add_argument("--n-train", type=positive_int, help="training images for kNN / linear probe (default 5000)")
-    ev.add_argument("--n-test", type=positive_int, help="test images (default 1000)")
+    ev.add_argument("--n-train", type=positive_int,
+                    help="training images for kNN / linear probe (default 5000; the first ones of the training "
+                         "split, so at most --limit-samples)")
+    ev.add_argument("--n-test", type=positive_int, help="test images (default 1000; the test split, which "
+                                                          "--limit-samples does not cut)")
     ev.add_argument("--batch-size", type=positive_int, default=64)
     ev.add_argument("--workers", type=positive_int, default=0)
     ev.add_argument("--seed", type=int, default=0)
@@ -39,7 +42,8 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     overrides = config_overrides(args, ("img_size", "encoder_depth"))
     result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=overrides, device=device,
                                  data=args.data or "synthetic", data_path=args.data_path, n_train=args.n_train,
-                                 n_test=args.n_test, batch_size=args.batch_size, seed=args.seed,
+                                 n_test=args.n_test, limit_samples=args.limit_samples,
+                                 batch_size=args.batch_size, seed=args.seed,
                                  progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
                                  num_workers=args.workers)
     md = render_eval_markdown(result)

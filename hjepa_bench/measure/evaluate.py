@@ -414,12 +414,15 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
                         overrides: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
                         data: str = "synthetic", data_path: str | Path | None = None,
                         n_train: int | None = None, n_test: int | None = None, batch_size: int = 64,
-                        seed: int = 0, progress: Progress | None = None, num_workers: int = 0) -> dict[str, Any]:
+                        seed: int = 0, progress: Progress | None = None, num_workers: int = 0,
+                        limit_samples: int | None = None) -> dict[str, Any]:
     """Evaluate the EMA target encoder of ``checkpoint`` against the same
     architecture at random initialisation (module docstring); a JSON-serialisable dict.
 
     ``n_train`` / ``n_test`` default to 5000 / 1000 images, capped by the data set
-    (the first images of each split).  Synthetic data use the config's ``seed``
+    (the first images of each split).  ``limit_samples`` (``--limit-samples``, as in
+    ``run`` and ``validate``) keeps only the first N images of the training split, so
+    ``n_train`` is at most N; the test split is not cut by it.  Synthetic data use the config's ``seed``
     (the class patterns the training run saw), with the train and test splits of
     :class:`hjepa_bench.hjepa.data.SyntheticCIFAR`.  ``seed`` seeds the random-init
     model and the linear probe.  ``progress`` (optional) receives one-line messages.
@@ -429,9 +432,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     timings: dict[str, float] = {}
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}.")
-    for name, n in (("n_train", n_train), ("n_test", n_test)):
-        if n is not None and n < (2 if name == "n_train" else 1):
-            raise UserError(f"{name} must be at least {2 if name == 'n_train' else 1}, got {n}.")
+    for name, n in (("n_train", n_train), ("n_test", n_test), ("limit_samples", limit_samples)):
+        if n is not None and n < (1 if name == "n_test" else 2):
+            raise UserError(f"{name} must be at least {1 if name == 'n_test' else 2}, got {n}.")
     dev = _device(device)
 
     t = time.perf_counter()
@@ -457,6 +460,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     transform = build_eval_transform(image_size)
     want_train = DEFAULT_N_TRAIN if n_train is None else int(n_train)
     want_test = DEFAULT_N_TEST if n_test is None else int(n_test)
+    if limit_samples is not None and want_train > int(limit_samples):
+        notes.append(f"--limit-samples {limit_samples}: the training split is its first {limit_samples} images, "
+                     f"so n_train is {limit_samples} (asked for {want_train})")
+        want_train = int(limit_samples)
     data_seed = int(values["seed"])
     path = None if data_path is None else str(data_path)
     if data == "synthetic":
@@ -535,6 +542,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
         },
         "data": {
             "kind": data, "path": path, "n_train": int(len(train_y)), "n_test": int(len(test_y)),
+            "limit_samples": None if limit_samples is None else int(limit_samples),
             "image_size": image_size, "num_classes": int(num_classes), "chance_top1": 1.0 / int(num_classes),
             "synthetic_seed": data_seed if data == "synthetic" else None,
             "transform": f"bicubic resize to {image_size + 32}, centre crop {image_size}, ImageNet normalisation",

@@ -6,11 +6,13 @@ measures it and :mod:`~hjepa_bench.analysis.logfacts` turns it into the criteria
 pure).  This module reads the file and builds
 
 * a *log record*: a result record whose config is the log's own (values it prints,
-  ``--config`` and CLI flags otherwise), whose time per step is the steady speed,
-  whose per-step distribution is the per-interval seconds per step, and whose
-  per-epoch costs are the log's measured ones (epoch start-up beyond a steady
-  step, the validation bar's time per step).  The decision matrix projects from it
-  exactly as from a sweep record.
+  ``--config`` and CLI flags otherwise), whose time per step is the wall clock of
+  the training bars (steps / elapsed: each epoch's start-up and the stalls
+  included, as a full run pays them), whose per-step distribution is the
+  per-interval seconds per step of the steady intervals, and whose per-epoch
+  costs are the log's measured ones (the validation bar's time per step; the
+  epoch start-up is already in the time per step, so it adds 0).  The decision
+  matrix projects from it exactly as from a sweep record.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
     values["bench"] = {**values["bench"], "precision": resolve_precision(values, device), "device": device,
                        "variant": "reference"}
     overall = result["overall"]
-    ips = finite(overall.get("steady_it_per_s")) or finite(overall.get("it_per_s"))
+    ips = finite(overall.get("it_per_s"))  # wall clock: epoch start-up and stalls included
     batch = int(values["data"]["batch_size"])
     per_step = [1.0 / r for r in _steady_interval_rates(result) if r > 0]
     epochs = [e for e in result["epochs"] if e.get("steady_it_per_s")]
@@ -82,11 +84,17 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
             startup.append(max(0.0, e["warmup_s"] - e["warmup_steps"] / e["steady_it_per_s"]))
     val = [v for v in result.get("val_bars") or [] if v.get("steps") and v.get("elapsed_s")]
     costs: dict[str, Any] = {"measured": True, "paid_every_epoch": True,
-                             "worker_startup_s": (sum(startup) / len(startup)) if startup else None,
+                             # the start-up is inside the wall-clock time per step (each epoch's bar time holds
+                             # it), so a projection adds nothing for it; the validation bar's time holds its own
+                             "worker_startup_s": 0.0,
+                             "epoch_startup_s": (sum(startup) / len(startup)) if startup else None,
                              "val_step_s": (sum(v["elapsed_s"] / v["steps"] for v in val) / len(val)) if val else None,
                              "val_batch_size": batch, "checkpoint_save_s": None,
-                             "source": "the log: epoch start-up = warm-up time beyond steady steps; validation = "
-                                       "validation bar time per step; checkpoint writes are not in the log"}
+                             "source": "the log: the training steps are timed by the wall clock of the training "
+                                       "bars, so each epoch's start-up (epoch_startup_s: warm-up time beyond steady "
+                                       "steps) and stalls are in the time per step and worker_startup_s adds 0; "
+                                       "validation = validation bar time per step (its start-up included); "
+                                       "checkpoint writes are not in the log"}
     loss = result.get("loss") or {}
     cv = finite(overall.get("step_time_cv"))
     spread = summarize(per_step)  # the per-interval seconds per step
