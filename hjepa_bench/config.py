@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, read_yaml
 
 # Short model names and the ViT facts the step needs.  D = width, heads = encoder heads.
 MODELS: dict[str, dict[str, int]] = {
@@ -145,18 +145,9 @@ def resolve_model_name(name: str) -> str:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The sections of a config file (read by :func:`~hjepa_bench.errors.read_yaml`, like every YAML input)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}.")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"config file {p} is not valid YAML{where}: {problem}.") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {p} is not a text file.") from None
+    data = read_yaml(p, "config file")
     if data is None:
         data = {}
     if not isinstance(data, dict):

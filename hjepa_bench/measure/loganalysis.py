@@ -24,16 +24,14 @@ from ..analysis.logfacts import log_facts
 from ..analysis.logparse import LogParseError, parse_log
 from ..analysis.logspeed import analyze_log
 from ..config import resolve_config, resolve_model_name, resolve_precision
-from ..errors import UserError
+from ..errors import LOG_MAX_BYTES, UserError, read_bytes
 from ..record import new_record
 from .stats import summarize
 
 
 def read_log(path: str | Path) -> tuple[str, dict[str, Any]]:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"log file not found: {p}.")
-    data = p.read_bytes()
+    data = read_bytes(p, "log file", LOG_MAX_BYTES)
     text = data.decode("utf-8", errors="replace")
     try:
         parsed = parse_log(text)
