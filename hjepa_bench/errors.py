@@ -183,7 +183,8 @@ def parse_yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        said = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        problem = ", ".join(p for p in said if p) or str(exc).splitlines()[0]
         raise UserError(f"{where} is not valid YAML{at}: {problem}.") from None
     finally:
         if loader is not None:
