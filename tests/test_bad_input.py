@@ -440,3 +440,12 @@ def test_input_file_names_what_it_reads(tmp_path):
     with pytest.raises(UserError, match="^options file not found: "):
         read_yaml(tmp_path / "nope.yaml", "options file")
     assert input_file(QUICK_VAL, "config file") == QUICK_VAL
+
+
+def test_a_sweep_checks_its_base_config_on_its_own(capsys, tmp_path, no_work):
+    """The grid's model (vit_tiny by default) replaces the config's encoder and its width: an
+    embed_dim that does not fit the config's own encoder must still be an error."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {encoder_type: vit_tiny_patch16_224, embed_dim: 384}\n")
+    res = cli(capsys, "sweep", "--config", cfg, "--device", "cpu", "--options", "none", "--out", tmp_path / "sw")
+    one_error(res, "model.embed_dim 384 does not match vit_tiny_patch16_224")

@@ -109,10 +109,13 @@ class SweepSpec:
         return {key: getattr(self, name) for name, key in self.COMMON_KEYS.items()}
 
     def validate(self, where: str = "sweep") -> None:
-        """Check every field (:meth:`check_fields`), then resolve each distinct grid value once, at
-        the grid point that takes the first value of every other dimension (so each error is one of a
-        real point), before anything runs.  :func:`plan` then resolves every point."""
+        """Check every field (:meth:`check_fields`) and the base config on its own (a grid value such
+        as the default model must not hide an error in the file), then resolve each distinct grid
+        value once, at the grid point that takes the first value of every other dimension (so each
+        error is one of a real point), before anything runs.  :func:`plan` then resolves every point."""
         self.check_fields(where)
+        if self.config is not None:
+            resolve_config(self.config)
         first = {**self.common_overrides(), **{key: getattr(self, name)[0] for name, key in self.DIM_KEYS.items()}}
         try:
             resolve_config(self.config, first)  # the first point: the base config and the shared settings
