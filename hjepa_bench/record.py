@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .errors import JSON_MAX_BYTES, read_text
 from .format import finite, finite_int
 
 SCHEMA_VERSION = 1
@@ -116,7 +117,7 @@ def write_json(record: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    return json.loads(read_text(path, "JSON file", JSON_MAX_BYTES))
 
 
 # --------------------------------------------------------------------------- building

@@ -62,7 +62,7 @@ def _in_process(capsys, *args):
     (["run", "--device", "mps"], "device mps is not available"),
     (["run", "--device", "tpu"], "unknown device 'tpu'"),
     (["run", "--device", "cpu", "--model", "vit_gigantic"], "unknown model"),
-    (["run", "--device", "cpu", "--batch-size", "many"], "not a whole number"),
+    (["run", "--device", "cpu", "--batch-size", "many"], "data.batch_size must be a whole number, not 'many'"),
     (["run", "--device", "cpu", "--data", "cifar10", "--data-path", "/nonexistent/cifar"], "/nonexistent/cifar"),
     (["inspect", "--config", "/nonexistent.yaml"], "config file not found"),
     (["run", "--device", "cpu", "--frobnicate"], "unrecognized arguments"),

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, output_path
 from ..measure.results import load_results
 from ..plugin.manager import Plugins
 from ..report.decision import write_report
@@ -30,13 +30,14 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     for d in dirs:
         if not d.exists():
             raise UserError(f"{d} does not exist; give sweep directories (with results.jsonl) or results files.")
-    records = load_results(dirs)
-    if not records:
-        raise UserError(f"no result records in {', '.join(map(str, dirs))}.")
     out = Path(args.out) if args.out else (dirs[0] / "report.md" if len(dirs) == 1 and dirs[0].is_dir()
                                            else Path("hjepa-bench-report") / "report.md")
     if out.suffix != ".md":
         out = out / "report.md"
+    output_path(out, "report")
+    records = load_results(dirs)
+    if not records:
+        raise UserError(f"no result records in {', '.join(map(str, dirs))}.")
     settings = report_settings(args, title=args.title or "hjepa-bench report")
     settings.sources = [str(d) for d in dirs]
     settings.charts = not args.no_charts

@@ -62,7 +62,7 @@ from ..analysis.evaluation import (KNN_K, KNN_PROTOCOL, KNN_TEMPERATURE, LINEAR_
 from ..analysis.features import feature_quality
 from ..config import DEFAULTS, MODELS, PATCH_SIZE, resolve_config
 from ..hjepa.data import build_dataset, build_eval_transform
-from ..errors import UserError
+from ..errors import UserError, input_file
 from ..hjepa.model import HJEPA
 from ..hjepa.training import level_features
 
@@ -135,11 +135,7 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     file that is not a (readable) torch file, a file that needs other globals, and a
     file with no model state dict.
     """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"checkpoint not found: {p}.")
-    if not p.is_file():
-        raise UserError(f"checkpoint {p} is not a file.")
+    p = input_file(Path(path).expanduser(), "checkpoint")
     notes: list[str] = []
     weights_only = True
     try:

@@ -16,7 +16,7 @@ pure).  This module reads the file and builds
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,16 +26,14 @@ from ..analysis.logfacts import log_facts
 from ..analysis.logparse import LogParseError, parse_log
 from ..analysis.logspeed import analyze_log
 from ..config import resolve_config, resolve_model_name, resolve_precision
-from ..errors import UserError
+from ..errors import LOG_MAX_BYTES, UserError, read_bytes
 from ..record import new_record
 from .stats import summarize
 
 
 def read_log(path: str | Path) -> tuple[str, dict[str, Any]]:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"log file not found: {p}.")
-    data = p.read_bytes()
+    data = read_bytes(p, "log file", LOG_MAX_BYTES)
     text = data.decode("utf-8", errors="replace")
     try:
         parsed = parse_log(text)
@@ -47,9 +45,8 @@ def read_log(path: str | Path) -> tuple[str, dict[str, Any]]:
     return text, result
 
 
-def log_values(info: Mapping[str, Any], config_path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's config: defaults <- --config <- CLI flags <- what the log prints (the log
-    says what the run used; flags fill in what it does not print)."""
+def log_settings(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted config key -> the value the log prints for it."""
     from_log: dict[str, Any] = {}
     if info.get("encoder_type"):
         try:
@@ -62,8 +59,28 @@ def log_values(info: Mapping[str, Any], config_path: str | None, overrides: Mapp
                         ("lr", "training.lr"), ("warmup_epochs", "training.warmup_epochs")):
         if info.get(key) is not None:
             from_log[dotted] = info[key]
-    merged = {**{k: v for k, v in overrides.items() if v is not None}, **from_log}
-    return resolve_config(config_path, merged).values
+    return from_log
+
+
+def log_values(info: Mapping[str, Any], config_path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's config: defaults <- --config <- CLI flags <- what the log prints (the log
+    says what the run used; flags fill in what it does not print).  The flags are checked
+    even where the log's values win."""
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    resolve_config(config_path, flags)
+    return resolve_config(config_path, {**flags, **log_settings(info)}).values
+
+
+def overridden_by_log(info: Mapping[str, Any], overrides: Mapping[str, Any],
+                      dataset_size: int | None = None) -> dict[str, tuple[Any, Any]]:
+    """Dotted key (or ``dataset_size``) -> (the flag's value, the log's value) for each flag
+    the log contradicts: the log's value is used, and the caller says so."""
+    from_log = {**log_settings(info), "dataset_size": info.get("dataset_size")}
+    given = {**overrides, "dataset_size": dataset_size}
+    if given.get("model.encoder_type") is not None:  # vit_small and vit_small_patch16_224 are one model
+        given["model.encoder_type"] = resolve_model_name(given["model.encoder_type"])
+    return {k: (v, from_log[k]) for k, v in given.items()
+            if v is not None and from_log.get(k) is not None and from_log[k] != v}
 
 
 def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -> dict[str, Any]:
@@ -145,6 +162,7 @@ class LogAnalysis:
     record: dict[str, Any]
     facts: Facts
     dataset_size: int | None  # training images per epoch: the log's, else the caller's
+    overridden: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # see overridden_by_log
 
     def epochs(self) -> list[dict[str, Any]]:
         """The per-epoch table of ``analysis.json``."""
@@ -169,4 +187,5 @@ def analyze_log_file(path: str, config_path: str | None, overrides: Mapping[str,
     facts = log_facts(result, text, path)
     ds = (result.get("info") or {}).get("dataset_size") or dataset_size
     return LogAnalysis(path=path, text=text, result=result, values=values, record=record, facts=facts,
-                       dataset_size=int(ds) if ds else None)
+                       dataset_size=int(ds) if ds else None,
+                       overridden=overridden_by_log(result.get("info") or {}, overrides, dataset_size))

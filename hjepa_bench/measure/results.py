@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from ..errors import UserError
+from ..errors import RESULTS_MAX_BYTES, UserError, read_bytes
 from ..record import RecordError, dumps, records_frame, validate_record
 
 RESULTS_NAME = "results.jsonl"
@@ -38,9 +38,9 @@ class LoadReport:
 def read_results(path: Path) -> LoadReport:
     """Parse a results file; see the module docstring for what is tolerated."""
     out = LoadReport()
-    if not path.exists():
+    if not os.path.lexists(path):
         return out
-    data = path.read_bytes()
+    data = read_bytes(path, "results file", RESULTS_MAX_BYTES)
     if not data:
         return out
     lines = data.split(b"\n")

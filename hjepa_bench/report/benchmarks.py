@@ -8,18 +8,17 @@ from typing import Any, Mapping
 
 from tabulate import tabulate
 
-from ..errors import UserError
+from ..errors import JSON_MAX_BYTES, UserError, read_text
 
 IDENTITY_KEYS = ("devices", "torch", "timm", "size", "precision")
 
 
 def load_benchmark_json(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    text = read_text(p, "benchmark file", JSON_MAX_BYTES)
     try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"benchmark file not found: {p}.") from None
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(text)
+    except ValueError:
         raise UserError(f"{p} is not a pytest-benchmark JSON file (it does not parse as JSON).") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise UserError(f"{p} is not a pytest-benchmark JSON file (no 'benchmarks' list).")

@@ -52,13 +52,11 @@ def test_fuzz_bases_are_accepted(fuzz):
     target.assert_clean()
 
 
-@KNOWN
 def test_fuzz_config_values(fuzz):
     generated(fuzz, "config", gen.config_value_cases(), EXAMPLES["config"],
               gen.structural_config_cases()).assert_clean()
 
 
-@KNOWN
 def test_fuzz_cli_flags(fuzz):
     generated(fuzz, "flags", gen.flag_cases(fuzz.files), EXAMPLES["flags"],
               gen.global_flag_cases(fuzz.files)).assert_clean()
@@ -90,7 +88,6 @@ def test_fuzz_thresholds_files(fuzz):
     generated(fuzz, "thresholds", gen.thresholds_cases(), EXAMPLES["thresholds"]).assert_clean()
 
 
-@KNOWN
 def test_fuzz_grid_files(fuzz):
     generated(fuzz, "grids", gen.grid_cases(), EXAMPLES["grids"]).assert_clean()
 
@@ -100,7 +97,6 @@ def test_fuzz_benchmark_json(fuzz):
     generated(fuzz, "benchjson", gen.bench_cases(), EXAMPLES["benchjson"]).assert_clean()
 
 
-@KNOWN
 def test_fuzz_special_files(fuzz):
     target = fuzz.target("special")
     for case in gen.special_input_cases() + gen.special_output_cases():
