@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any, Callable, Iterable
 
@@ -80,9 +81,11 @@ def positive_number(hi: float = 1e7) -> Callable[[str], float]:
     return parse
 
 
+@functools.cache
 def config_flag(key: str) -> Callable[[str], int | float]:
     """A flag type for the flag that overrides config ``key``: checked by the config's own check of
-    that key (config.SCHEMA), so a flag and a config file accept the same values."""
+    that key (config.SCHEMA), so a flag and a config file accept the same values.  One parser per
+    key, so every command's flag for the same key is the same flag."""
     def parse(text: str) -> int | float:
         value = _number_or_text(text)
         try:
