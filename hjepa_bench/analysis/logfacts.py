@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..format import finite
+from ..format import finite, fmt_finite
 from .criteria import Facts
 from .loss_curve import lr_advice
 
@@ -36,8 +36,9 @@ def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
     f.step_cv_pct = None if cv is None else 100 * cv
     bar = [e.get("bar_it_per_s") for e in result["epochs"] if e.get("bar_it_per_s")]
     f.speed_method = (f"steady speed from the bars' counters and elapsed times ({overall.get('steps')} steps in "
-                      f"{overall.get('elapsed_s'):.0f} s overall = {overall.get('it_per_s'):.2f} it/s including warm-up "
-                      "and stalls)" + (f"; tqdm's smoothed rate showed {bar[-1]:.2f} it/s" if bar else ""))
+                      f"{fmt_finite(overall.get('elapsed_s'), '.0f')} s overall = "
+                      f"{fmt_finite(overall.get('it_per_s'), dash='not measured')} it/s including warm-up and stalls)"
+                      + (f"; tqdm's smoothed rate showed {fmt_finite(bar[-1])} it/s" if bar else ""))
     f.loss_start, f.loss_end = finite(loss.get("start")), finite(loss.get("end"))
     f.loss_decrease_pct = finite(loss.get("decrease_pct"))
     f.loss_trend = loss.get("trend")
@@ -62,7 +63,11 @@ def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
     lr = finite(info.get("lr"))
     f.lr = lr
     if lr is not None and f.loss_decrease_pct is not None:
-        adv = lr_advice(bool(f.diverged), f.loss_trend, finite(loss.get("noise_pct")), f.loss_decrease_pct, lr)
+        first_bad = next((step for step, value in loss.get("points") or [] if value is None), None)
+        rise = (None if f.loss_start is None or f.loss_end is None or f.loss_start == 0
+                else (f.loss_end - f.loss_start) / abs(f.loss_start) * 100)
+        adv = lr_advice(bool(f.diverged), f.loss_trend, finite(loss.get("noise_pct")), f.loss_decrease_pct, lr,
+                        end_vs_start_pct=rise, first_non_finite=first_bad)
         f.lr_advice_detail = adv
         f.lr_advice = adv.get("text")
     if result.get("stopped_at"):

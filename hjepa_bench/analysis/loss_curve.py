@@ -100,13 +100,17 @@ def _slope(y: np.ndarray) -> float:
 def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrease_pct: float | None,
               lr: float | None, *, end_vs_start_pct: float | None = None,
               first_non_finite: int | None = None) -> dict[str, Any]:
-    """The validation guide's learning-rate rule that the measurements trigger."""
+    """The validation guide's learning-rate rule that the measurements trigger (None or a
+    non-finite number: not measured)."""
+    lr, noise_pct, decrease_pct, end_vs_start_pct = (_num(x) for x in (lr, noise_pct, decrease_pct, end_vs_start_pct))
     current = fmt_lr(lr) if lr else "the current value"
     if diverged or trend == "increasing":
         if first_non_finite is not None:
             trigger = f"non-finite loss at step {first_non_finite}"
-        elif diverged:
+        elif diverged and end_vs_start_pct is not None:
             trigger = f"end loss {end_vs_start_pct:+.1f}% vs start (limit +{DIVERGE_RISE_PCT:.0f}%)"
+        elif diverged:
+            trigger = "the loss diverged"
         else:
             trigger = f"loss rose {-(decrease_pct or 0.0):.1f}% from start to end window"
         return {"action": "decrease", "suggested_lr": None, "trigger": trigger,

@@ -24,16 +24,18 @@ from ..analysis.logfacts import log_facts
 from ..analysis.logparse import LogParseError, parse_log
 from ..analysis.logspeed import analyze_log
 from ..config import resolve_config, resolve_model_name, resolve_precision
-from ..errors import UserError
+from ..errors import UserError, read_bytes
 from ..record import new_record
 from .stats import summarize
 
 
+#: the largest training log read (tqdm refreshes of a 100-epoch run take tens of MiB)
+MAX_LOG_BYTES = 256 * 2**20
+
+
 def read_log(path: str | Path) -> tuple[str, dict[str, Any]]:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"log file not found: {p}.")
-    data = p.read_bytes()
+    data = read_bytes(p, "log file", MAX_LOG_BYTES)
     text = data.decode("utf-8", errors="replace")
     try:
         parsed = parse_log(text)
@@ -93,7 +95,9 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
     record = new_record(values, {"backend": device, "device_name": f"the logged run ({Path(source).name})",
                                  "fingerprint_id": f"log:{Path(source).name}"})
     record.update({
-        "status": "ok",
+        # a log whose bars give no speed (every bar at 00:00 elapsed, a single refresh...) measured nothing
+        "status": "ok" if ips else "error",
+        "error": None if ips else "the log's progress bars give no usable speed (no steps over a measurable time)",
         "params": {"total": int(info.get("total_params") or 0), "trainable": int(info.get("trainable_params") or 0)},
         "metrics": {"it_per_s": ips, "samples_per_s": None if ips is None else ips * batch,
                     "step_time_s": {"median": None if ips is None else 1 / ips, "cv": cv, "n": overall.get("steps"),

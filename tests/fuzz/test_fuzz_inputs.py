@@ -26,6 +26,9 @@ EXAMPLES = {"config": 120, "flags": 180, "logs": 60, "results": 90, "checkpoints
 #: HJEPA_FUZZ_SCALE=0.1 runs a tenth of the generated cases (for a quick look)
 SCALE = float(os.environ.get("HJEPA_FUZZ_SCALE", "1"))
 KNOWN = pytest.mark.xfail(strict=False, reason="issue 12: see catalog (/work/notes/fuzz_catalog.md)")
+#: the readers of these targets are hardened; what is left fails in the config validator (NaN and the
+#: unchecked keys of the catalog's RC3/RC4: an option's data.augmentation, a checkpoint's lr: NaN)
+CONFIG_VALUES = pytest.mark.xfail(strict=False, reason="issue 12 RC3/RC4: config values (see catalog)")
 
 
 def generated(fuzz, name, strategy, n, extra=()):
@@ -64,28 +67,25 @@ def test_fuzz_cli_flags(fuzz):
               gen.global_flag_cases(fuzz.files)).assert_clean()
 
 
-@KNOWN
 def test_fuzz_upstream_logs(fuzz):
     extra = [c for c in gen.invalid_log_cases()]
     generated(fuzz, "logs", gen.log_cases(), EXAMPLES["logs"], extra).assert_clean()
 
 
-@KNOWN
 def test_fuzz_results_jsonl(fuzz):
     generated(fuzz, "results", gen.results_cases(fuzz.records), EXAMPLES["results"]).assert_clean()
 
 
-@KNOWN
+@CONFIG_VALUES
 def test_fuzz_checkpoints(fuzz):
     generated(fuzz, "checkpoints", gen.checkpoint_cases(fuzz.checkpoint), EXAMPLES["checkpoints"]).assert_clean()
 
 
-@KNOWN
+@CONFIG_VALUES
 def test_fuzz_options_files(fuzz):
     generated(fuzz, "options", gen.options_cases(), EXAMPLES["options"]).assert_clean()
 
 
-@KNOWN
 def test_fuzz_thresholds_files(fuzz):
     generated(fuzz, "thresholds", gen.thresholds_cases(), EXAMPLES["thresholds"]).assert_clean()
 
@@ -95,7 +95,6 @@ def test_fuzz_grid_files(fuzz):
     generated(fuzz, "grids", gen.grid_cases(), EXAMPLES["grids"]).assert_clean()
 
 
-@KNOWN
 def test_fuzz_benchmark_json(fuzz):
     generated(fuzz, "benchjson", gen.bench_cases(), EXAMPLES["benchjson"]).assert_clean()
 
@@ -108,7 +107,6 @@ def test_fuzz_special_files(fuzz):
     target.assert_clean()
 
 
-@KNOWN
 def test_fuzz_plugins(fuzz):
     target = fuzz.target("plugin-hooks")
     for case in gen.plugin_cases("a", fuzz.files()):
