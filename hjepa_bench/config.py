@@ -106,6 +106,7 @@ NO_EFFECT: dict[str, str] = {
     "distributed": "single-device benchmark",
     "evaluation": "no evaluation during a benchmark",
     "device": "the device comes from --device (default auto)",
+    "bench.device": "the device comes from --device (a result record's config names the one it ran on)",
 }
 CONDITIONAL_NO_EFFECT = {
     "loss.vicreg_weight": "only used with loss.type: combined",

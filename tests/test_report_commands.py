@@ -110,8 +110,10 @@ def test_report_command_bad_input_is_one_sentence(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "results.jsonl").write_text('{"a": 1}\n{"b": 2}\n')
-    res = run_cli("report", str(bad))
-    assert res.returncode == 2 and "corrupt at line 1" in res.stderr
+    res = run_cli("report", str(bad))  # each bad line is named, then one error: nothing is left
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 3 and "line 1: not a valid record" in lines[0]
+    assert lines[2].startswith("hjepa-bench: error: no valid result records in")
     th = tmp_path / "th.yaml"
     th.write_text("not_a_threshold: 3\n")
     res = run_cli("report", str(bad), "--thresholds", str(th))

@@ -366,10 +366,7 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
 
 
 def _same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    try:
-        return model_key(a["config"]) == model_key(b["config"])
-    except (KeyError, TypeError):
-        return False
+    return model_key(a["config"]) == model_key(b["config"])
 
 
 def status_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

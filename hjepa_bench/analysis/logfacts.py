@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..format import finite
+from ..format import finite, fmt_finite
 from .criteria import Facts
 from .loss_curve import lr_advice
 
@@ -36,10 +36,10 @@ def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
     bar = [e.get("bar_it_per_s") for e in result["epochs"] if e.get("bar_it_per_s")]
     steady = finite(overall.get("steady_it_per_s"))
     f.speed_method = (f"wall clock from the bars' counters and elapsed times: {overall.get('steps')} steps in "
-                      f"{overall.get('elapsed_s'):.0f} s of training bars, epoch start-up and stalls included; steady "
+                      f"{fmt_finite(overall.get('elapsed_s'), '.0f')} s of training bars, epoch start-up and stalls included; steady "
                       + ("rate not measured (too few intervals)" if steady is None else
                          f"rate {steady:.2f} it/s without start-up and stalls")
-                      + (f"; tqdm's smoothed rate showed {bar[-1]:.2f} it/s" if bar else ""))
+                      + (f"; tqdm's smoothed rate showed {fmt_finite(bar[-1])} it/s" if bar else ""))
     f.loss_start, f.loss_end = finite(loss.get("start")), finite(loss.get("end"))
     f.loss_decrease_pct = finite(loss.get("decrease_pct"))
     f.loss_trend = loss.get("trend")
@@ -65,8 +65,11 @@ def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
     spe, warm = info.get("steps_per_epoch"), finite(info.get("warmup_epochs"))
     in_warmup = bool(lr_pts[-1][0] < warm * spe) if lr_pts and spe and warm is not None else None
     if (lr is not None or applied is not None) and f.loss_decrease_pct is not None:
+        first_bad = next((step for step, value in loss.get("points") or [] if value is None), None)
+        rise = (None if f.loss_start is None or f.loss_end is None or f.loss_start == 0
+                else (f.loss_end - f.loss_start) / abs(f.loss_start) * 100)
         adv = lr_advice(bool(f.diverged), f.loss_trend, finite(loss.get("noise_pct")), f.loss_decrease_pct, lr,
-                        applied_lr=applied, in_warmup=in_warmup)
+                        end_vs_start_pct=rise, first_non_finite=first_bad, applied_lr=applied, in_warmup=in_warmup)
         f.lr_advice_detail = adv
         f.lr_advice = adv.get("text")
     if result.get("stopped_at"):

@@ -104,12 +104,15 @@ def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrea
               lr: float | None, *, end_vs_start_pct: float | None = None,
               first_non_finite: int | None = None, applied_lr: float | None = None,
               in_warmup: bool | None = None) -> dict[str, Any]:
-    """The validation guide's learning-rate rule that the measurements trigger.
+    """The validation guide's learning-rate rule that the measurements trigger (None or a
+    non-finite number: not measured).
 
     ``lr`` is the configured (peak) learning rate; ``applied_lr`` the one the run actually applied
     at its last judged step, when known: the rules compare that one (a run's loss moves at the LR it
     was given).  ``in_warmup``: the schedule was still in its LR warm-up there, so a slow or noisy
     start says nothing about the LR: no advice at all."""
+    lr, noise_pct, decrease_pct, end_vs_start_pct, applied_lr = (
+        _num(x) for x in (lr, noise_pct, decrease_pct, end_vs_start_pct, applied_lr))
     peak = fmt_lr(lr) if lr else "the configured value"
     if in_warmup:
         at = fmt_lr(applied_lr) if applied_lr is not None else "below its peak"
@@ -122,8 +125,10 @@ def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrea
     if diverged or trend == "increasing":
         if first_non_finite is not None:
             trigger = f"non-finite loss at step {first_non_finite}"
-        elif diverged:
+        elif diverged and end_vs_start_pct is not None:
             trigger = f"end loss {end_vs_start_pct:+.1f}% vs start (limit +{DIVERGE_RISE_PCT:.0f}%)"
+        elif diverged:
+            trigger = "the loss diverged"
         else:
             trigger = f"loss rose {-(decrease_pct or 0.0):.1f}% from start to end window"
         return {"action": "decrease", "suggested_lr": None, "trigger": trigger,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,16 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     if out.suffix != ".md":
         out = out / "report.md"
     output_path(out, "report")
-    records = load_results(dirs)
+    results = load_results(dirs)
+    for skipped in results.skipped:
+        print(f"warning: {skipped}", file=sys.stderr)
+    records = results.records
     if not records:
-        raise UserError(f"no result records in {', '.join(map(str, dirs))}.")
+        raise UserError(f"no valid result records in {', '.join(map(str, dirs))}"
+                        + (f" ({len(results.skipped)} line(s) skipped, see the warnings)." if results.skipped else "."))
     settings = report_settings(args, title=args.title or "hjepa-bench report")
     settings.sources = [str(d) for d in dirs]
+    settings.skipped = [str(x) for x in results.skipped]
     settings.charts = not args.no_charts
     analysis = write_report(records, out, settings, sections=plugins.report_sections())
     rec = [f"option {d['recommended']} on {d['machine']}" if d["recommended"] else f"no option on {d['machine']}"

@@ -79,9 +79,11 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
               f"and the one in flight was discarded. Resume with:\n  {resume_command(args.argv)}", file=sys.stderr)
         return 130
     bar.close()
-    records = load_results([out])
+    results = load_results([out])
+    records = results.records
     report = out / "report.md"
     settings.sources = [str(out)]
+    settings.skipped = [str(x) for x in results.skipped]
     analysis = write_report(records, report, settings, sections=plugins.report_sections())
     if mode == "jsonl":
         print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},

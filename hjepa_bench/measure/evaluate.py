@@ -60,7 +60,7 @@ import torch
 from ..analysis.evaluation import (KNN_K, KNN_PROTOCOL, KNN_TEMPERATURE, LINEAR_MAX_ITER, LINEAR_PROTOCOL, knn_accuracy,
                                    linear_probe)
 from ..analysis.features import feature_quality
-from ..config import DEFAULTS, MODELS, PATCH_SIZE, resolve_config
+from ..config import MODELS, PATCH_SIZE, resolve_config
 from ..hjepa.data import build_dataset, build_eval_transform
 from ..errors import UserError, input_file
 from ..hjepa.model import HJEPA
@@ -148,19 +148,20 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             what = blocked.group(1) if blocked else "a Python global"
             raise UserError(f"checkpoint {p} holds Python objects beyond tensors ({what}), and loading them "
                             "could run code from the file; hjepa-bench loads only tensors, plain containers and "
-                            "numpy scalars, so re-save the checkpoint with only those.") from None
+                            "numpy scalars, so re-save it with only those (e.g. torch.save({'model_state_dict': "
+                            "model.state_dict(), 'epoch': epoch}, path) in the environment that wrote it).") from None
         raise UserError(f"cannot read checkpoint {p} ({type(exc).__name__}: {_first_line(exc)}); "
                         "the file is corrupt or not a PyTorch checkpoint.") from None
 
-    meta: dict[str, Any] = {"weights_only": weights_only, "notes": notes}
+    meta: dict[str, Any] = {"weights_only": weights_only, "notes": notes, "path": str(p)}
     if isinstance(obj, MappingABC) and "model_state_dict" in obj:
         sd = obj["model_state_dict"]
         meta["format"] = "model_state_dict"
         meta["top_level_keys"] = [str(k) for k in obj.keys()]
         if "epoch" in obj:
             meta["epoch"] = _json_scalar(obj["epoch"])
-        if isinstance(obj.get("config"), MappingABC):
-            meta["config"] = copy.deepcopy(dict(obj["config"]))
+        if obj.get("config") is not None:
+            meta["config"] = copy.deepcopy(obj["config"])  # checked when it is used (_resolve)
         extra = {str(k): _json_scalar(v) for k, v in obj.items()
                  if k not in ("model_state_dict", "epoch", "config") and _json_scalar(v) is not None}
         if extra:
@@ -182,6 +183,11 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise UserError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict with model_state_dict "
                         "or a state dict of tensors.")
     sd = dict(sd)
+    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 1} other tensor{'s' if len(bad) > 2 else ''}" if len(bad) > 1 else ""
+        raise UserError(f"checkpoint {p} holds non-finite weights (NaN or inf in {bad[0]}{more}): the run that "
+                        "saved it diverged; evaluate a checkpoint saved before the divergence.")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
         notes.append("the 'module.' prefix (DistributedDataParallel) was removed from every key")
@@ -189,16 +195,6 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 # --------------------------------------------------------------------------- config and model
-def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        if isinstance(v, MappingABC) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def _resolve(meta: Mapping[str, Any], config_path: str | Path | None,
              overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], str, list[str]]:
     """(values, config_source, notes)."""
@@ -208,9 +204,17 @@ def _resolve(meta: Mapping[str, Any], config_path: str | Path | None,
         source = f"--config {config_path}"
         if meta.get("config"):
             notes.append(f"the checkpoint carries its own config; {config_path} was used instead (--config wins)")
-    elif isinstance(meta.get("config"), MappingABC):
-        base = _deep_merge(DEFAULTS, meta["config"])
-        rc = resolve_config(None, overrides, base=base)
+    elif meta.get("config") is not None:
+        embedded = meta["config"]
+        where = f"the config saved in checkpoint {meta.get('path', '')}".rstrip()
+        if not isinstance(embedded, MappingABC):
+            raise UserError(f"{where} is not a mapping of sections (it holds {embedded!r:.40}); pass the config "
+                            "it was trained with via --config.")
+        try:  # checked like a config file: sections, types and ranges
+            rc = resolve_config(None, overrides, sections=embedded)
+        except UserError as exc:
+            raise UserError(f"{where} is invalid ({str(exc).rstrip('.')}); pass the config it was trained with "
+                            "via --config.") from None
         source = "checkpoint"
     else:
         rc = resolve_config(None, overrides)

@@ -118,7 +118,9 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
     record = new_record(values, {"backend": device, "device_name": f"the logged run ({Path(source).name})",
                                  "fingerprint_id": f"log:{Path(source).name}"})
     record.update({
-        "status": "ok",
+        # a log whose bars give no speed (every bar at 00:00 elapsed, a single refresh...) measured nothing
+        "status": "ok" if ips else "error",
+        "error": None if ips else "the log's progress bars give no usable speed (no steps over a measurable time)",
         "params": {"total": int(info.get("total_params") or 0), "trainable": int(info.get("trainable_params") or 0)},
         "metrics": {"it_per_s": ips, "samples_per_s": None if ips is None else ips * batch,
                     "step_time_s": {"median": None if ips is None else 1 / ips, "cv": cv, "n": overall.get("steps"),

@@ -20,6 +20,7 @@ Timing follows MEASURING.md:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -31,7 +32,7 @@ import torch
 from . import stats
 from ..plugin.api import Backend, Probe, RunContext, StepSample, Workload
 from ..errors import UserError
-from ..record import new_record
+from ..record import dumps, new_record, validate_probe_entry
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -190,6 +191,21 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _entry(name: str, entry: Any) -> dict[str, Any]:
+    """What ``finish`` returned as the probe's entry (status ``ok`` unless it says otherwise), or a
+    ``failed`` entry saying why when the record could not hold it: not a mapping, data JSON cannot
+    hold, or fields of the wrong type (:func:`~hjepa_bench.record.validate_probe_entry`)."""
+    if not isinstance(entry, Mapping):
+        return {"status": "failed", "error": f"finish() returned a {type(entry).__name__}, not a mapping"}
+    try:
+        full = json.loads(dumps({"status": "ok", **entry}, indent=None))
+        validate_probe_entry(name, full)
+    except (TypeError, ValueError) as exc:  # json: TypeError; RecordError is a ValueError
+        return {"status": "failed", "error": f"finish() returned an entry the record cannot hold: "
+                                             f"{type(exc).__name__}: {exc}"}
+    return full
+
+
 def _batch_len(batch: Any) -> int:
     first = batch[0] if isinstance(batch, (list, tuple)) else batch
     return int(first.shape[0]) if hasattr(first, "shape") else 0
@@ -327,6 +343,6 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
             except Exception as exc:  # noqa: BLE001 - a broken probe must not lose the measurement
                 entry = _failure(exc)
             if entry is not None:
-                record["probes"][probe.name] = {"status": "ok", **entry}
+                record["probes"][probe.name] = _entry(probe.name, entry)
     record["duration_s"] = time.perf_counter() - t0
     return record

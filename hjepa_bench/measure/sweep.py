@@ -430,14 +430,14 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
     store = ResultsFile(out)
     points = plan(spec, plugins)  # every point resolved before the results file is touched
     loaded = store.load()
-    done_keys = {r.get("sweep", {}).get("key") for r in loaded.records}
+    done_keys = {(r.get("sweep") or {}).get("key") for r in loaded.records}
     todo = [p for p in points if p.key not in done_keys]
     emit({"event": "plan", "total": len(points), "recorded": len(points) - len(todo), "to_run": len(todo),
           "out": str(store.dir), "truncated_tail": loaded.truncated_tail is not None})
     oom_at: dict[tuple, int] = {}
     for r in loaded.records:  # OOMs recorded earlier still skip larger batches
-        s = r.get("sweep", {})
-        if r["status"] == "oom" and "group" in s:
+        s = r.get("sweep") or {}
+        if r["status"] == "oom" and "group" in s and "batch_size" in s:
             g = tuple(s["group"])
             oom_at[g] = min(oom_at.get(g, 10**9), s["batch_size"])
     durations: list[float] = []

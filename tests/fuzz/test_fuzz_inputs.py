@@ -3,8 +3,7 @@ of the CLI, run in-process (see harness.py for the oracle and the sentinel trick
 
 Each test runs all its cases (hypothesis generates them deterministically: derandomize,
 no database, no shrinking) and then fails with every finding grouped by kind and site.
-Targets that fail on today's code are marked xfail (strict=False) with a pointer to the
-catalog; when the readers are hardened they pass and the mark can go.
+No target is marked xfail: a finding is a failure.
 """
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ EXAMPLES = {"config": 120, "flags": 180, "logs": 60, "results": 90, "checkpoints
             "thresholds": 60, "grids": 70, "benchjson": 60}
 #: HJEPA_FUZZ_SCALE=0.1 runs a tenth of the generated cases (for a quick look)
 SCALE = float(os.environ.get("HJEPA_FUZZ_SCALE", "1"))
-KNOWN = pytest.mark.xfail(strict=False, reason="issue 12: see catalog (/work/notes/fuzz_catalog.md)")
 
 
 def generated(fuzz, name, strategy, n, extra=()):
@@ -62,28 +60,23 @@ def test_fuzz_cli_flags(fuzz):
               gen.global_flag_cases(fuzz.files)).assert_clean()
 
 
-@KNOWN
 def test_fuzz_upstream_logs(fuzz):
     extra = [c for c in gen.invalid_log_cases()]
     generated(fuzz, "logs", gen.log_cases(), EXAMPLES["logs"], extra).assert_clean()
 
 
-@KNOWN
 def test_fuzz_results_jsonl(fuzz):
     generated(fuzz, "results", gen.results_cases(fuzz.records), EXAMPLES["results"]).assert_clean()
 
 
-@KNOWN
 def test_fuzz_checkpoints(fuzz):
     generated(fuzz, "checkpoints", gen.checkpoint_cases(fuzz.checkpoint), EXAMPLES["checkpoints"]).assert_clean()
 
 
-@KNOWN
 def test_fuzz_options_files(fuzz):
     generated(fuzz, "options", gen.options_cases(), EXAMPLES["options"]).assert_clean()
 
 
-@KNOWN
 def test_fuzz_thresholds_files(fuzz):
     generated(fuzz, "thresholds", gen.thresholds_cases(), EXAMPLES["thresholds"]).assert_clean()
 
@@ -92,7 +85,6 @@ def test_fuzz_grid_files(fuzz):
     generated(fuzz, "grids", gen.grid_cases(), EXAMPLES["grids"]).assert_clean()
 
 
-@KNOWN
 def test_fuzz_benchmark_json(fuzz):
     generated(fuzz, "benchjson", gen.bench_cases(), EXAMPLES["benchjson"]).assert_clean()
 
@@ -104,7 +96,6 @@ def test_fuzz_special_files(fuzz):
     target.assert_clean()
 
 
-@KNOWN
 def test_fuzz_plugins(fuzz):
     target = fuzz.target("plugin-hooks")
     for case in gen.plugin_cases("a", fuzz.files()):
