@@ -20,8 +20,10 @@ SETTINGS = dict(derandomize=True, database=None, deadline=None, print_blob=False
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.large_base_example, HealthCheck.filter_too_much])
 #: generated cases per target (plus the enumerated ones)
-EXAMPLES = {"config": 120, "flags": 180, "logs": 60, "results": 90, "checkpoints": 50, "options": 60,
-            "thresholds": 60, "grids": 70, "benchjson": 60}
+EXAMPLES = {"config": 150, "flags": 180, "logs": 80, "results": 130, "checkpoints": 60, "options": 80,
+            "thresholds": 80, "grids": 90, "benchjson": 80}
+#: the kinds of input the issue names: together they must get at least 1,000 cases
+NAMED_KINDS = ("config", "flags", "logs", "results", "checkpoints", "options", "thresholds", "grids", "benchjson")
 #: HJEPA_FUZZ_SCALE=0.1 runs a tenth of the generated cases (for a quick look)
 SCALE = float(os.environ.get("HJEPA_FUZZ_SCALE", "1"))
 
@@ -109,4 +111,6 @@ def test_fuzz_case_count(fuzz):
     if len(targets) < 11:
         pytest.skip(f"only {len(targets)} of 11 fuzz targets ran in this session")
     assert sum(t.cases for t in targets) >= 1000, {t.name: t.cases for t in targets}
+    named = {t.name: t.cases for t in targets if t.name in NAMED_KINDS}
+    assert len(named) == len(NAMED_KINDS) and sum(named.values()) >= 1000, named  # special files not counted
     assert sum(n for name, n in RECORDER.counts.items() if name != "bases") >= 1000
