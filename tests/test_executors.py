@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -133,6 +135,19 @@ def test_executor_flags_are_checked_before_anything_runs(argv, message, tmp_path
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"hjepa-bench: error: {message}"
     assert not (tmp_path / "x").exists()
+
+
+def test_the_builtin_executors_are_plugins_like_any_other():
+    infos = {i.name: i for i in build_plugins([]).describe()}
+    assert infos["local"].provides == {"executors": ["local"]} and infos["local"].origin == "builtin"
+    assert infos["ray"].provides == {"executors": ["ray"]} and infos["ray"].hooks == ["hjepa_bench_register_executors"]
+
+
+def test_ray_is_imported_only_when_the_ray_executor_runs():
+    code = ("import sys; from hjepa_bench.plugin.manager import build_plugins; p = build_plugins([]); "
+            "p.describe(); p.executor('ray') if 'ray' in p.executors() else None; print('ray' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr
 
 
 def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch):
