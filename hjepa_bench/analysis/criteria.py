@@ -16,7 +16,7 @@ from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
 from ..thresholds import Thresholds
 from ..format import finite, fmt_gib, fmt_or_dash
-from ..record import device_name, label, samples_per_s
+from ..record import device_name, label, machine, samples_per_s
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
 CRASH_STATUSES = ("error", "crashed", "timeout")
@@ -307,7 +307,7 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     f = Facts(source="sweep", subject=f"{label(r)}: {why}", device=device_name(r),
               backend=env.get("backend"))
     f.notes.append(why)
-    same_device = [x for x in records if (x.get("env") or {}).get("fingerprint_id") == env.get("fingerprint_id")]
+    same_device = [x for x in records if machine(x) == machine(r)]  # a cluster node is its own machine
     crashes = [x for x in same_device if x.get("status") in CRASH_STATUSES]
     f.crashed = False
     f.backend_errors = [f"{label(x)}: {x.get('status')}: {x.get('error') or ''}".rstrip(": ") for x in crashes]
