@@ -91,6 +91,7 @@ DEFAULTS: dict[str, Any] = {
         "max_time_s": 60.0,
         "target_rel_precision": 0.02,  # stop when the median is known to +-2% (95% CI)
         "window_steps": 10,  # steps between device syncs
+        "nproc_per_node": 1,  # >1: a data-parallel job of that many processes (torchrun + DDP)
     },
 }
 
@@ -101,7 +102,8 @@ NO_EFFECT: dict[str, str] = {
     "masking.context_scale": "the context is the complement of the target blocks, as upstream",
     "checkpoint": "benchmarks write no checkpoints",
     "logging": "benchmarks keep no training logs",
-    "distributed": "single-device benchmark",
+    "distributed": "the processes come from --nproc-per-node (bench.nproc_per_node) and the backend from the "
+                   "device (gloo on cpu, nccl on cuda)",
     "evaluation": "no evaluation during a benchmark",
     "device": "the device comes from --device (default auto)",
 }
@@ -282,7 +284,7 @@ def _validate(rc: ResolvedConfig, present: set[str]) -> None:
         ("bench.warmup_steps", int, 0, 100000), ("bench.min_steps", int, 1, 10**7),
         ("bench.max_steps", int, 1, 10**7), ("bench.max_time_s", float, 0, 1e7),
         ("bench.target_rel_precision", float, 0, 1), ("bench.window_steps", int, 1, 10**6),
-        ("bench.synthetic_size", int, 1, 10**8),
+        ("bench.synthetic_size", int, 1, 10**8), ("bench.nproc_per_node", int, 1, 4096),
     ]:
         _check_type(v, key, kind, lo, hi)
     if v["data"]["image_size"] % PATCH_SIZE:

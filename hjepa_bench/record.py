@@ -50,6 +50,17 @@ OK_METRICS: dict[str, Any] = {
     "data_wait_frac": NUMBER_OR_NULL,
     "peak_device_bytes": (int, type(None)),
 }
+#: the optional ``distributed`` block of a data-parallel job (``run --nproc-per-node N``), and what an
+#: ok job's block must hold besides
+DISTRIBUTED: dict[str, Any] = {"world_size": int}
+OK_DISTRIBUTED: dict[str, Any] = {
+    "backend": str,
+    "ranks": list,
+    "job_samples_per_s": NUMBER,
+    "allreduce_share": NUMBER_OR_NULL,
+    "single_process": {"samples_per_s": NUMBER_OR_NULL},
+    "scaling_efficiency": NUMBER_OR_NULL,
+}
 
 
 class RecordError(ValueError):
@@ -80,6 +91,18 @@ def validate_record(record: Mapping[str, Any]) -> None:
         raise RecordError(f"status {record['status']!r} is not one of {', '.join(STATUSES)}")
     if record["status"] == "ok":
         _check(record["metrics"], OK_METRICS, "metrics.")
+    if record.get("distributed") is not None:
+        block = record["distributed"]
+        if not isinstance(block, dict):
+            raise RecordError("distributed must be an object")
+        _check(block, DISTRIBUTED, "distributed.")
+        if block["world_size"] < 1:
+            raise RecordError(f"distributed.world_size {block['world_size']} is below 1")
+        if record["status"] == "ok":
+            _check(block, OK_DISTRIBUTED, "distributed.")
+            if len(block["ranks"]) != block["world_size"]:
+                raise RecordError(f"distributed.ranks has {len(block['ranks'])} entries for world_size "
+                                  f"{block['world_size']}")
 
 
 def _clean(value: Any) -> Any:
@@ -189,7 +212,19 @@ def label(record: Mapping[str, Any]) -> str:
     img = lookup(c, "data", "image_size")
     if img is not None:
         parts.append(f"{img}px")
+    if world_size(record) > 1:
+        parts.append(f"{world_size(record)} ranks")
     return " ".join(str(p) for p in parts if p is not None)
+
+
+def world_size(record: Mapping[str, Any]) -> int:
+    """The processes of the job the record measured: ``distributed.world_size`` of a data-parallel
+    job, else what the config asked for (``bench.nproc_per_node``; a job that never ran has no
+    block), else 1.  Each step of the job processes world_size x the batch size."""
+    n = finite_int(lookup(record, "distributed", "world_size"))
+    if n is None:
+        n = finite_int(lookup(record, "config", "bench", "nproc_per_node"))
+    return max(1, n or 1)
 
 
 def batch_requested(record: Mapping[str, Any]) -> int:
@@ -243,8 +278,9 @@ def probe(record: Mapping[str, Any], name: str) -> Any:
 def record_label(record: Mapping[str, Any]) -> dict[str, Any]:
     """The columns that identify a record in a probe's report table."""
     c = record.get("config", {}) or {}
+    n = world_size(record)
     return {
-        "device": device_name(record),
+        "device": device_name(record) if n == 1 else f"{device_name(record)} ({n} ranks)",
         "model": model_short(record),
         "precision": (c.get("bench") or {}).get("precision"),
         "batch": (c.get("data") or {}).get("batch_size"),
@@ -269,6 +305,7 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "img": c.get("data", {}).get("image_size"),
             "batch": c.get("data", {}).get("batch_size"),
             "workers": c.get("data", {}).get("num_workers"),
+            "ranks": world_size(r),
             "status": r.get("status"),
             "it_per_s": m.get("it_per_s"),
             "samples_per_s": m.get("samples_per_s"),

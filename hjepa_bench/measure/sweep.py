@@ -3,6 +3,9 @@
 * The grid comes from the CLI and/or a YAML file; each point is the base config
   (upstream YAML) plus overrides.  Points a backend cannot run (a precision it
   lacks, a config that does not validate) are recorded ``unsupported``.
+* ``nproc_per_node`` is a grid dimension like the others: a point above 1 is a data-parallel
+  job, which its child launches through torchrun (:mod:`hjepa_bench.measure.ddp`); a point the
+  device cannot run that way (mps, more ranks than GPUs) is ``unsupported``.
 * Every config runs in a fresh child process (multiprocessing's ``spawn``, as on
   macOS) with a wall-clock timeout: ``ok | oom | diverged | error`` come from the
   child; ``timeout`` and ``crashed`` (exit code or signal) from the parent.
@@ -28,6 +31,7 @@ from typing import Any, Callable, Sequence
 from ..config import resolve_config, resolve_model_name, resolve_precision
 from ..errors import UserError, read_yaml
 from ..plugin.manager import Plugins, build_plugins, probe_names, select_backend
+from .ddp import Launch, ddp_unsupported, default_timeout, run_job
 from .results import ResultsFile, config_key
 from ..record import new_record, short_model_name
 
@@ -48,6 +52,7 @@ class SweepSpec:
     variants: list[str | None] = field(default_factory=lambda: ["reference"])
     precisions: list[str | None] = field(default_factory=lambda: [None])
     img_sizes: list[int | None] = field(default_factory=lambda: [None])
+    nproc_per_node: list[int | None] = field(default_factory=lambda: [None])  # >1: data-parallel (torchrun)
     encoder_depth: int | None = None
     config: str | None = None
     workload: str | None = None
@@ -68,12 +73,12 @@ class SweepSpec:
     options_file: str | None = None
 
     GRID = ("devices", "models", "batch_sizes", "workers", "hierarchies", "predictor_depths", "variants",
-            "precisions", "img_sizes")
+            "precisions", "img_sizes", "nproc_per_node")
 
     def timeout(self) -> float:
         if self.timeout_s is not None:
             return float(self.timeout_s)
-        return 120.0 + 6.0 * float(self.max_time_s or 60.0)
+        return default_timeout(self.max_time_s)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SweepSpec":
@@ -102,6 +107,7 @@ class SweepSpec:
             "hierarchies": parse_list(args.hierarchies, int), "predictor_depths": parse_list(args.predictor_depths, int),
             "variants": parse_list(args.variants), "precisions": parse_list(args.precisions),
             "img_sizes": parse_list(args.img_size, int),
+            "nproc_per_node": parse_list(getattr(args, "nproc_per_node", None), int),
         }
         for name, value in lists.items():
             if value is not None:
@@ -167,13 +173,14 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
     }
     points: list[Point] = []
     dims = [devices, spec.models, spec.hierarchies, spec.predictor_depths, spec.variants, spec.precisions,
-            spec.img_sizes, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None, b or 0))]
-    for device, model, levels, pdepth, variant, precision, img, workers, batch in itertools.product(*dims):
+            spec.img_sizes, spec.nproc_per_node, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None, b or 0))]
+    for device, model, levels, pdepth, variant, precision, img, nproc, workers, batch in itertools.product(*dims):
         overrides = {**common, "model.encoder_type": model, "model.num_hierarchies": levels,
                      "model.predictor.depth": pdepth, "bench.variant": variant, "bench.precision": precision,
-                     "data.image_size": img, "data.num_workers": workers, "data.batch_size": batch}
+                     "data.image_size": img, "bench.nproc_per_node": nproc, "data.num_workers": workers,
+                     "data.batch_size": batch}
         point = Point(index=len(points), device=device, overrides=overrides, label="",
-                      group=(device, model, levels, pdepth, variant, precision, img, workers))
+                      group=(device, model, levels, pdepth, variant, precision, img, workers, nproc))
         try:
             rc = resolve_config(spec.config, overrides)
         except UserError as exc:
@@ -184,10 +191,8 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
             values = rc.values
             values["bench"]["precision"] = resolve_precision(values, device)
             values["bench"]["device"] = device
-            why = backends[device].supported_precisions().get(values["bench"]["precision"], "unknown precision")
-            if why:
-                point.unsupported = f"precision {values['bench']['precision']} does not run on {device}: {why}"
             point.values, point.warnings = values, rc.warnings()
+            point.unsupported = _unsupported(values, device, backends)
         v = point.values
         point.batch_size = int(batch or v["data"]["batch_size"])
         point.label = (f"{device} {short_model_name(v['model']['encoder_type'])} "
@@ -196,15 +201,29 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
                        f"{img or v['data']['image_size']}px")
         if levels is not None or pdepth is not None:
             point.label += f" L{levels or v['model']['num_hierarchies']} P{pdepth or v['model']['predictor']['depth']}"
+        if int(v["bench"].get("nproc_per_node", 1)) > 1:
+            point.label += f" {v['bench']['nproc_per_node']} ranks"
         point.env = envs[device]
         point.key = config_key({"values": v, "unsupported": point.unsupported, "overrides": overrides}, point.env)
         points.append(point)
     for device in devices:
         for opt in selected_options(spec):
-            point = _option_point(opt, device, common, backends, envs[device], len(points))
-            if not any(_same_measurement(p, point) for p in points):
-                points.append(point)
+            for nproc in spec.nproc_per_node:
+                point = _option_point(opt, device, {**common, "bench.nproc_per_node": nproc}, backends,
+                                      envs[device], len(points))
+                if not any(_same_measurement(p, point) for p in points):
+                    points.append(point)
     return points
+
+
+def _unsupported(values: dict[str, Any], device: str, backends: dict[str, Any]) -> str | None:
+    """Why a resolved config cannot run on ``device`` here (its precision, or its data-parallel ranks)."""
+    why = backends[device].supported_precisions().get(values["bench"]["precision"], "unknown precision")
+    if why:
+        return f"precision {values['bench']['precision']} does not run on {device}: {why}"
+    nproc = int(values["bench"].get("nproc_per_node", 1))
+    why = ddp_unsupported(backends[device], nproc) if nproc > 1 else ""
+    return f"{nproc} data-parallel processes on {device}: {why}" if why else None
 
 
 def _same_measurement(a: Point, b: Point) -> bool:
@@ -250,15 +269,14 @@ def _option_point(opt: Any, device: str, common: dict[str, Any], backends: dict[
     values["bench"]["precision"] = resolve_precision(values, device)
     values["bench"]["device"] = device
     m, d = values["model"], values["data"]
+    nproc = int(values["bench"].get("nproc_per_node", 1))
     label = (f"{device} option {opt.name}: {short_model_name(m['encoder_type'])} b{d['batch_size']} "
              f"w{d['num_workers']} reference {values['bench']['precision']} {d['image_size']}px "
-             f"L{m['num_hierarchies']} P{m['predictor']['depth']}")
+             f"L{m['num_hierarchies']} P{m['predictor']['depth']}" + (f" {nproc} ranks" if nproc > 1 else ""))
     point = Point(index=index, device=device, overrides=overrides, label=label,
-                  group=(device, "option", opt.name), batch_size=int(d["batch_size"]), values=values,
+                  group=(device, "option", opt.name, nproc), batch_size=int(d["batch_size"]), values=values,
                   warnings=rc.warnings(), env=env)
-    why = backends[device].supported_precisions().get(values["bench"]["precision"], "unknown precision")
-    if why:
-        point.unsupported = f"precision {values['bench']['precision']} does not run on {device}: {why}"
+    point.unsupported = _unsupported(values, device, backends)
     point.key = config_key({"values": values, "unsupported": point.unsupported, "overrides": overrides}, env)
     return point
 
@@ -283,12 +301,19 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
     from .runner import run_benchmark
 
     values, env = payload["values"], payload["env"]
+    nproc = int(values["bench"].get("nproc_per_node", 1))
     try:
-        plugins = build_plugins(payload["plugins"])
-        backend = plugins.backends()[payload["device"]]
-        workload = plugins.workload(values["bench"]["workload"])
-        record = run_benchmark(values, backend, workload, plugins.select_probes(payload["probes"]), env,
-                               warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"])
+        if nproc > 1:  # a data-parallel job: torchrun, started from this child, runs the ranks
+            record = run_job(values, env, device=payload["device"], plugin_args=payload["plugins"],
+                             probes=payload["probes"], warnings=payload["warnings"], launch=Launch(nproc),
+                             timeout_s=payload.get("timeout_s") or default_timeout(values["bench"]["max_time_s"]),
+                             artifacts_dir=payload["artifacts_dir"])
+        else:
+            plugins = build_plugins(payload["plugins"])
+            backend = plugins.backends()[payload["device"]]
+            workload = plugins.workload(values["bench"]["workload"])
+            record = run_benchmark(values, backend, workload, plugins.select_probes(payload["probes"]), env,
+                                   warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"])
     except UserError as exc:
         record = new_record(values, env, payload["warnings"])
         record["error"] = str(exc)
@@ -384,7 +409,9 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
             payload = {"values": point.values, "env": point.env, "warnings": point.warnings,
                        "device": point.device, "plugins": list(plugin_args), "probes": spec.probes,
                        "artifacts_dir": str(store.dir / "traces" / point.key),
-                       "start_method": mp.get_start_method()}
+                       "start_method": mp.get_start_method(),
+                       # a data-parallel job stops its torchrun itself a little before the child is killed
+                       "timeout_s": spec.timeout() - min(15.0, spec.timeout() / 4)}
             outcome = run_in_child(payload, spec.timeout())
             if outcome.record is not None:
                 record = outcome.record
