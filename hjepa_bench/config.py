@@ -93,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
         "max_time_s": 60.0,
         "target_rel_precision": 0.02,  # stop when the median is known to +-2% (95% CI)
         "window_steps": 10,  # steps between device syncs
+        "nproc_per_node": 1,  # >1: a data-parallel job of that many processes (torchrun + DDP)
     },
 }
 
@@ -103,7 +104,8 @@ NO_EFFECT: dict[str, str] = {
     "masking.context_scale": "the context is the complement of the target blocks, as upstream",
     "checkpoint": "benchmarks write no checkpoints",
     "logging": "benchmarks keep no training logs",
-    "distributed": "single-device benchmark",
+    "distributed": "the processes come from --nproc-per-node (bench.nproc_per_node) and the backend from the "
+                   "device (gloo on cpu, nccl on cuda)",
     "evaluation": "no evaluation during a benchmark",
     "device": "the device comes from --device (default auto)",
     "bench.device": "the device comes from --device (a result record's config names the one it ran on)",
@@ -391,6 +393,7 @@ SCHEMA: dict[str, Check] = {
     "bench.max_time_s": _num(0, 1e7, lo_open=True),
     "bench.target_rel_precision": _num(0, 1, lo_open=True),
     "bench.window_steps": _int(1, 10**6),
+    "bench.nproc_per_node": _int(1, 4096),
 }
 
 

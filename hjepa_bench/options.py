@@ -287,6 +287,9 @@ def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, A
     backend = (row.get("machine") or "").split(" ")[0] or None
     if backend:
         v["device"] = backend
+    ranks = int(row.get("world_size") or 1)
+    if ranks > 1:  # measured as a data-parallel job: upstream's own section for it
+        v["distributed"] = {"enabled": True, "backend": "nccl" if backend == "cuda" else "gloo", "world_size": ranks}
     v.setdefault("logging", {})["experiment_name"] = f"hjepa_option_{option.name}"
     return v
 
@@ -294,6 +297,10 @@ def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, A
 def config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
     lines = [f"# H-JEPA full training: option {option.name}, {option.title}",
              f"# Written by hjepa-bench from measurements on {row.get('machine') or 'no machine (not measured)'}."]
+    ranks = int(row.get("world_size") or 1)
+    if ranks > 1:
+        lines.append(f"# measured as a data-parallel job of {ranks} processes (DDP): batch_size is per process "
+                     f"({ranks} x {row.get('batch')} images per step); launch with torchrun --nproc-per-node {ranks}")
     if row.get("measured") and row.get("status") == "ok":
         lines += [f"# batch_size {row['batch']}: {row['batch_choice']['reason']}",
                   f"# num_workers {row['workers']}: {row['workers_choice']['reason']}",

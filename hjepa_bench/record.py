@@ -170,6 +170,16 @@ PROBE_FIELDS: dict[str, Obj] = {
                         "checkpoint_save_s": NONNEG_OR_NULL, "paid_every_epoch": BOOL,
                         "val_batch_size": opt(POSITIVE_INT), "checkpoint_bytes": opt(COUNT)}),
 }
+#: the ``distributed`` block of a data-parallel job (``run --nproc-per-node N``; null or absent for one
+#: process), and what an ok job's block must hold besides
+DISTRIBUTED = Obj({"world_size": req(POSITIVE_INT), "backend": STR, "ranks": list_of(MAPPING, "objects"),
+                   "job_samples_per_s": NONNEG_OR_NULL, "allreduce_share": NONNEG_OR_NULL,
+                   "single_process": Obj({"samples_per_s": NONNEG_OR_NULL}, nullable=True),
+                   "scaling_efficiency": NONNEG_OR_NULL}, nullable=True)
+OK_DISTRIBUTED = Obj({"backend": req(STR), "ranks": req(list_of(MAPPING, "objects")),
+                      "job_samples_per_s": req(num(above=0)), "allreduce_share": req(NONNEG_OR_NULL),
+                      "single_process": Obj({"samples_per_s": req(NONNEG_OR_NULL)}, required=True),
+                      "scaling_efficiency": req(NONNEG_OR_NULL)})
 RECORD = Obj({
     "schema_version": req(Kind(f"{SCHEMA_VERSION}", lambda v: type(v) is int and v == SCHEMA_VERSION)),
     "status": req(Kind(f"one of {', '.join(STATUSES)}", lambda v: v in STATUSES)),
@@ -181,6 +191,7 @@ RECORD = Obj({
     "series": Obj({"warmup_steps": COUNT, "step_time_s": SERIES, "data_wait_s": SERIES, "host_s": SERIES,
                    "loss": SERIES, "grad_norm": SERIES}),
     "probes": req(Kind("an object of probe entries", lambda v: isinstance(v, dict))),
+    "distributed": DISTRIBUTED,
     "sweep": Obj({"key": STR, "label": STR, "index": COUNT, "batch_size": POSITIVE_INT, "overrides": MAPPING,
                   "group": list_of(Kind("", lambda v: not isinstance(v, (dict, list))), "plain values")}),
 })
@@ -249,6 +260,13 @@ def validate_record(record: Mapping[str, Any]) -> None:
     _check(record, RECORD, "")
     if record["status"] == "ok":
         _check(record["metrics"], OK_METRICS, "metrics.")
+    if record.get("distributed") is not None:
+        block = record["distributed"]
+        if record["status"] == "ok":
+            _check(block, OK_DISTRIBUTED, "distributed.")
+            if len(block["ranks"]) != block["world_size"]:
+                raise RecordError(f"distributed.ranks has {len(block['ranks'])} entries for world_size "
+                                  f"{block['world_size']}")
     for name, entry in record["probes"].items():
         validate_probe_entry(name, entry)
 
@@ -397,10 +415,22 @@ def label(record: Mapping[str, Any]) -> str:
     img = lookup(c, "data", "image_size")
     if img is not None:
         parts.append(f"{img}px")
+    if world_size(record) > 1:
+        parts.append(f"{world_size(record)} ranks")
     node = node_label(record)
     if node is not None:
         parts.append(f"on {node}")
     return " ".join(str(p) for p in parts if p is not None)
+
+
+def world_size(record: Mapping[str, Any]) -> int:
+    """The processes of the job the record measured: ``distributed.world_size`` of a data-parallel
+    job, else what the config asked for (``bench.nproc_per_node``; a job that never ran has no
+    block), else 1.  Each step of the job processes world_size x the batch size."""
+    n = finite_int(lookup(record, "distributed", "world_size"))
+    if n is None:
+        n = finite_int(lookup(record, "config", "bench", "nproc_per_node"))
+    return max(1, n or 1)
 
 
 def batch_requested(record: Mapping[str, Any]) -> int:
@@ -454,8 +484,9 @@ def probe(record: Mapping[str, Any], name: str) -> Any:
 def record_label(record: Mapping[str, Any]) -> dict[str, Any]:
     """The columns that identify a record in a probe's report table."""
     c = record.get("config", {}) or {}
+    n = world_size(record)
     return {
-        "device": device_name(record),
+        "device": device_name(record) if n == 1 else f"{device_name(record)} ({n} ranks)",
         "model": model_short(record),
         "precision": (c.get("bench") or {}).get("precision"),
         "batch": (c.get("data") or {}).get("batch_size"),
@@ -482,6 +513,7 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "img": c.get("data", {}).get("image_size"),
             "batch": c.get("data", {}).get("batch_size"),
             "workers": c.get("data", {}).get("num_workers"),
+            "ranks": world_size(r),
             "status": r.get("status"),
             "it_per_s": m.get("it_per_s"),
             "samples_per_s": m.get("samples_per_s"),

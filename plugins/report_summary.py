@@ -22,9 +22,16 @@ class SummarySection(ReportSection):
                 "it_per_s": "it/s", "samples_per_s": "samples/s", "step_median_ms": "median step (ms)",
                 "step_cv_pct": "CV %", "data_wait_pct": "data wait %", "peak_mem_mib": "peak mem (MiB)",
                 "steps": "steps"}
+        if (df["ranks"] > 1).any():  # data-parallel jobs: it/s and samples/s are the job's
+            items = list(cols.items())
+            items.insert(list(cols).index("workers") + 1, ("ranks", "processes"))
+            cols = dict(items)
         table = df[list(cols)].rename(columns=cols)
         note = ("Measured in this run: median of per-step times after warm-up; it/s from synced "
                 "windows of steps. Peak memory is device memory on CUDA/MPS and process RSS on CPU.")
+        if "ranks" in cols:
+            note += (" For a data-parallel job (processes above 1): it/s and samples/s are the job's (its slowest "
+                     "rank's steps/s; samples summed over the ranks), the step times and memory are rank 0's.")
         return table.to_markdown(index=False, floatfmt=".2f") + "\n\n" + note
 
 

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from hjepa_bench import Backend, PreparedWorkload, StepOutput, Workload, hookimpl
+from hjepa_bench.plugin.api import GRAD_SYNC_MODES
 from hjepa_bench.hjepa.data import EndlessBatches
 from hjepa_bench.hjepa.training import build_training
 
@@ -39,6 +40,14 @@ class PreparedHJEPA(PreparedWorkload):
 
     def model(self) -> torch.nn.Module:
         return self.trainer.model
+
+    def data_parallel(self, wrap: Any) -> None:
+        self.trainer.data_parallel(wrap)
+
+    def set_grad_sync(self, mode: str) -> None:
+        if mode not in GRAD_SYNC_MODES:
+            raise ValueError(f"grad sync mode {mode!r} is not one of {', '.join(GRAD_SYNC_MODES)}")
+        self.trainer.grad_sync = mode
 
     def close(self) -> None:
         self.endless.close()

@@ -16,7 +16,7 @@ from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
 from ..thresholds import Thresholds
 from ..format import finite, fmt_gib, fmt_or_dash
-from ..record import device_name, label, machine, samples_per_s
+from ..record import device_name, label, machine, samples_per_s, world_size
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
 CRASH_STATUSES = ("error", "crashed", "timeout")
@@ -278,6 +278,7 @@ def pick_validation_record(records: Sequence[Mapping[str, Any]]) -> tuple[Mappin
             same_model = False
         d = c.get("data", {})
         return (same_model, d.get("batch_size") == 32, d.get("num_workers") == 4,
+                world_size(r) == 1,  # the validation run is one process: a data-parallel job only if nothing else
                 samples_per_s(r) or 0.0)
 
     best = max(ok, key=key)

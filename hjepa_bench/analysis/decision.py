@@ -8,16 +8,17 @@ recommendations), the success criteria, the checklist and the lessons learned;
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..options import TrainingOption, guide_options, model_key
-from ..record import machine, node_label, short_model_name
+from ..record import machine, node_label, short_model_name, world_size
 from ..thresholds import DEFAULTS, Thresholds
 from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pick_validation_record, status_counts,
                        success_criteria)
 from .decisions import (decide, efficient_savings, evaluate_option, judge, machine_comparison, model_speed_ratios,
-                        recommend_batch, recommend_lr, recommend_warmup, recommend_workers)
+                        recommend_batch, recommend_lr, recommend_warmup, recommend_workers, run_name)
 from .memory import fit_memory
 
 
@@ -36,18 +37,19 @@ class ReportSettings:
 def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in records:
-        c = r["config"]
-        key = (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
+        c = r["config"]  # (a valid record: read_results checked it)
+        key = (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"], world_size(r))
         groups.setdefault(key, []).append(r)
     return groups
 
 
 def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
-    _, mk, variant, precision = key
+    _, mk, variant, precision, ranks = key
     env = records[0].get("env") or {}
     node = node_label(records[0])
     return (f"{env.get('backend')} {short_model_name(mk[0])} L{mk[2]} P{mk[3]} {mk[6]}px "
-            f"{variant} {precision}" + (f" depth {mk[1]}" if mk[1] != 12 else "") + (f" on {node}" if node else ""))
+            f"{variant} {precision}" + (f" depth {mk[1]}" if mk[1] != 12 else "")
+            + (f", {ranks} data-parallel processes" if ranks > 1 else "") + (f" on {node}" if node else ""))
 
 
 def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSettings,
@@ -66,7 +68,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     vchoice = None
     if vrec is not None:
         c = vrec["config"]
-        vkey = (machine(vrec), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
+        vkey = (machine(vrec), model_key(c), c["bench"]["variant"], c["bench"]["precision"], world_size(vrec))
         vchoice = next((g for g in group_choices if g["key"] == vkey), None)
     if facts is None:
         facts = facts_from_records(recs, workers_choice=vchoice and vchoice["workers"],
@@ -83,6 +85,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
             row["warmup"] = recommend_warmup(float(t["warmup_epochs"]), int(t["epochs"]), facts.warmup_spikes)
             row["lr"] = recommend_lr(float(t["lr"]), facts.lr_advice_detail, facts.lr, facts.loss_preliminary)
             rows.append(row)
+    _name_config_files(rows)
     decision = decide(rows)
     ratios = model_speed_ratios(recs)
     savings = efficient_savings(recs)
@@ -100,6 +103,26 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
         "lessons": lessons_learned(facts, criteria, findings, recs_text),
         "validation_subject": facts.subject,
     }
+
+
+def _file_part(text: str) -> str:
+    """``text`` as part of a file name: letters, digits, '_' and '-' only, so a name read from a
+    record (the machine's backend, a node label) cannot lead out of the report folder."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)) or "_"
+
+
+def _name_config_files(rows: Sequence[dict[str, Any]]) -> None:
+    """``row["config_file"]``: ``configs/option_A.yaml``, with the machine's backend (and node) and the process count
+    added when the option has rows on several machines or with several process counts."""
+    for row in rows:
+        same = [r for r in rows if r["option"] == row["option"]]
+        suffix = ""
+        if len({r.get("machine") for r in same}) > 1 and row.get("machine"):  # the backend, and a cluster's node
+            suffix += "_" + "_".join(_file_part(part) for part in (row["machine"].split(" ")[0], row.get("node"))
+                                     if part)
+        if len({r.get("world_size") or 1 for r in same}) > 1 and (row.get("world_size") or 1) > 1:
+            suffix += f"_{row['world_size']}proc"
+        row["config_file"] = f"configs/option_{row['option']}{suffix}.yaml"
 
 
 def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapping[str, Any]],
@@ -141,10 +164,12 @@ def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[st
     out = []
     for d in decision["per_machine"]:
         if d["recommended"]:
-            row = next(r for r in rows if r["option"] == d["recommended"] and r.get("machine") == d["machine"])
-            out.append(f"run option {row['option']} ({row['title']}) on {d['machine']}: batch {row['batch']}, "
+            row = next(r for r in rows if r["option"] == d["recommended"] and r.get("machine") == d["machine"]
+                       and (r.get("world_size") or 1) == (d.get("world_size") or 1))
+            per = " per process" if (row.get("world_size") or 1) > 1 else ""
+            out.append(f"run option {run_name(row)} ({row['title']}) on {d['machine']}: batch {row['batch']}{per}, "
                        f"{row['workers']} workers, lr {row['lr']['lr']:.2e}, warm-up {row['warmup']['warmup_epochs']:g} "
-                       f"epochs, projected {row['hours']:.1f} h (configs/option_{row['option']}.yaml)")
+                       f"epochs, projected {row['hours']:.1f} h ({row['config_file']})")
         else:
             out.append(f"on {d['machine']} no option fits: {d['reasons'][0] if d['reasons'] else ''}")
     if vchoice:

@@ -36,7 +36,7 @@ from ..options import TrainingOption, record_matches
 from ..thresholds import Thresholds
 from ..format import finite
 from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, machine, machine_name, model_short,
-                      node_label, probe, samples_per_s, short_model_name)
+                      node_label, probe, samples_per_s, short_model_name, world_size)
 from ..record import workers as workers_of
 from .memory import fit_memory
 from .projection import project_record
@@ -206,7 +206,7 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         if r.get("status") != "ok" or not _sps(r):
             continue
         c = r["config"]
-        g = (machine(r), c["bench"]["variant"], c["bench"]["precision"], c["data"]["image_size"])
+        g = (machine(r), c["bench"]["variant"], c["bench"]["precision"], c["data"]["image_size"], world_size(r))
         label = (f"{short_model_name(c['model']['encoder_type'])} L{c['model']['num_hierarchies']} "
                  f"P{c['model']['predictor']['depth']}")
         if label not in groups[g] or _sps(r) > _sps(groups[g][label]):
@@ -219,7 +219,8 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         base = _sps(models[base_label])
         for label, r in sorted(models.items(), key=lambda kv: -_sps(kv[1])):
             out.append({"machine": machine_name(r), "batch": batch_requested(r), "workers": workers_of(r), "model": label,
-                        "samples_per_s": _sps(r), "slowdown_vs_fastest": base / _sps(r), "fastest": base_label})
+                        "world_size": g[4], "samples_per_s": _sps(r), "slowdown_vs_fastest": base / _sps(r),
+                        "fastest": base_label})
     return out
 
 
@@ -259,14 +260,15 @@ def efficient_savings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, An
             continue
         c = r["config"]
         key = (machine(r), c["model"]["encoder_type"], c["model"]["num_hierarchies"], c["model"]["predictor"]["depth"],
-               c["data"]["image_size"], batch_requested(r), workers_of(r), c["bench"]["precision"])
+               c["data"]["image_size"], batch_requested(r), workers_of(r), c["bench"]["precision"], world_size(r))
         pairs[key][c["bench"]["variant"]] = r
     out = []
     for key, p in pairs.items():
         if "reference" in p and "efficient" in p:
             ref, eff = p["reference"]["metrics"]["it_per_s"], p["efficient"]["metrics"]["it_per_s"]
             out.append({"machine": machine_name(p["reference"]), "model": short_model_name(key[1]),
-                        "batch": key[5], "workers": key[6], "reference_it_per_s": ref, "efficient_it_per_s": eff,
+                        "batch": key[5], "workers": key[6], "world_size": key[8],
+                        "reference_it_per_s": ref, "efficient_it_per_s": eff,
                         "time_ratio": ref / eff, "saving_frac": 1 - ref / eff})
     return out
 
@@ -274,13 +276,14 @@ def efficient_savings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, An
 # --------------------------------------------------------------------------- options
 def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]], th: Thresholds,
                     budget_hours: float | None = None) -> list[dict[str, Any]]:
-    """One row per machine that measured the option (or one "not measured" row)."""
+    """One row per machine and world size that measured the option (or one "not measured" row): a
+    data-parallel job of N processes is another way to run the option on that machine."""
     values = option.values()
     t = values["training"]
     matched = [r for r in records if record_matches(values, r)]
-    by_machine: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    by_machine: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
     for r in matched:
-        by_machine[machine(r)].append(r)
+        by_machine[(machine(r), world_size(r))].append(r)
     limit = budget_hours if budget_hours is not None else option.hours[1]
     limit_src = f"budget {budget_hours:g} h" if budget_hours is not None else f"the option's window {option.hours[0]:g}-{option.hours[1]:g} h"
     base = {"option": option.name, "title": option.title, "describe": option.describe(), "epochs": int(t["epochs"]),
@@ -293,7 +296,7 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
                              "(reference step) — the sweep measures it unless run with --options none"
                              if oks else "nothing ran"]}]
     rows = []
-    for mach, rs in by_machine.items():
+    for (mach, ranks), rs in by_machine.items():
         batch = recommend_batch(rs, th)
         workers = recommend_workers(rs, batch["batch"], th)
         ok = [r for r in rs if r.get("status") == "ok"]
@@ -302,7 +305,7 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
             cands = [r for r in ok if batch_requested(r) == batch["batch"] and workers_of(r) == workers["workers"]] or ok
             rec = max(cands, key=_sps)
         row: dict[str, Any] = {**base, "measured": True, "machine": machine_name(rs[0]), "machine_id": mach,
-                               "node": node_label(rs[0]),
+                               "node": node_label(rs[0]), "world_size": ranks,
                                "batch_choice": batch, "workers_choice": workers, "reasons": []}
         if rec is None:
             statuses = ", ".join(sorted({f"{r.get('status')} at b{batch_requested(r)}" for r in rs}))
@@ -380,8 +383,15 @@ def judge(row: dict[str, Any], th: Thresholds, validation: Mapping[str, Any] | N
     return row
 
 
+def run_name(row: Mapping[str, Any]) -> str:
+    """``B``, or ``B with 2 data-parallel processes`` for a row measured as a DDP job."""
+    n = row.get("world_size") or 1
+    return str(row["option"]) + (f" with {n} data-parallel processes" if n > 1 else "")
+
+
 def decide(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The recommended option (per machine) from judged rows."""
+    """The recommended option (per machine) from judged rows.  An option measured both as one process
+    and as a data-parallel job has a row for each; the faster one that fits wins their tie."""
     by_machine: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if row.get("measured") and row.get("candidate", True):
@@ -392,22 +402,25 @@ def decide(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         good = [r for r in rs if r.get("eligible") and r.get("fits")]
         if good:
             best = max(good, key=lambda r: (r["priority"], -(r["hours"] or math.inf)))
-            why = [f"option {best['option']} ({best['title']}) is the most ambitious option that passes and fits: "
+            why = [f"option {run_name(best)} ({best['title']}) is the most ambitious option that passes and fits: "
                    + "; ".join(best["reasons"])]
             others = [r for r in rs if r is not best]
             for r in sorted(others, key=lambda r: -r["priority"]):
-                state = ("also fits, less ambitious" if r.get("eligible") and r.get("fits") else
+                state = ("also fits, " + ("slower" if r["option"] == best["option"] else "less ambitious")
+                         if r.get("eligible") and r.get("fits") else
                          "does not fit" if r.get("eligible") else "not eligible")
-                why.append(f"{r['option']}: {state}: " + "; ".join(r.get("reasons") or []))
-            out.append({"machine": mach, "recommended": best["option"], "reasons": why})
+                why.append(f"{run_name(r)}: {state}: " + "; ".join(r.get("reasons") or []))
+            out.append({"machine": mach, "recommended": best["option"], "world_size": best.get("world_size", 1),
+                        "reasons": why})
         else:
             fastest = min((r for r in rs if r.get("hours") is not None), key=lambda r: r["hours"], default=None)
-            why = [f"{r['option']}: " + "; ".join(r.get("reasons") or []) for r in sorted(rs, key=lambda r: r["option"])]
+            why = [f"{run_name(r)}: " + "; ".join(r.get("reasons") or [])
+                   for r in sorted(rs, key=lambda r: (r["option"], r.get("world_size") or 1))]
             if fastest is not None:
-                why.insert(0, f"no option passes and fits: the shortest projection is option {fastest['option']} at "
+                why.insert(0, f"no option passes and fits: the shortest projection is option {run_name(fastest)} at "
                               f"{fastest['hours']:.1f} h against {fastest['limit_source']}; a longer option is never "
                               "chosen because a shorter one is too slow")
-            out.append({"machine": mach, "recommended": None, "reasons": why})
+            out.append({"machine": mach, "recommended": None, "world_size": None, "reasons": why})
     if unmeasured:
         for d in out:
             d["reasons"].append(f"not measured (no number shown): {', '.join(unmeasured)}")

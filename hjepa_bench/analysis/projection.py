@@ -1,18 +1,22 @@
 """Time-to-train projections (pure: result records in, plain dicts out).
 
-A full run of ``epochs`` epochs over ``dataset_size`` images at batch ``b`` is
+A full run of ``epochs`` epochs over ``dataset_size`` images at batch ``b`` per process, with
+``world_size`` data-parallel processes (1 for one device; a DDP job's record says how many), is
 
-    steps          = epochs x (dataset_size // b)           (drop_last, as upstream)
+    steps          = epochs x (dataset_size // (world_size x b))
+                     (drop_last, as upstream; a DDP job's DistributedSampler gives each of its
+                     ranks dataset_size // world_size images, so each step takes world_size x b)
     training time  = steps x measured time per step
     + per epoch    = DataLoader worker start-up (train loader, when workers are not
                      persistent; also the validation loader)
                    + a validation pass every ``val_every_epochs`` epochs
-                     (ceil(val_size / b) forward-only steps, measured)
+                     (ceil(val_size / (world_size x b)) forward-only steps, measured: the
+                     validation images are sharded over the ranks like the training images)
     + checkpoints  = one write every ``checkpoint_every_epochs`` epochs and one at
                      the end (measured ``torch.save`` of model + optimizer)
 
 The time per step is ``1 / it_per_s`` of the record (steps / summed window time,
-the run's own throughput).  Its band is the bootstrap confidence interval of the
+the run's own throughput; for a DDP job, the job's steps per second, i.e. its slowest rank's).  Its band is the bootstrap confidence interval of the
 mean per-step time (scipy.stats.bootstrap, percentile method, fixed seed) scaled
 to that throughput: the uncertainty of the measurement itself.  A run that slows
 down over hours, or a busy machine, is not in the band; the stability probe
@@ -30,6 +34,7 @@ from scipy import stats as sstats
 
 from ..format import finite
 from ..record import batch_achieved, batch_requested, probe
+from ..record import world_size as record_world_size
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -90,17 +95,19 @@ def epoch_costs(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, dataset_size: int,
             costs: Mapping[str, Any] | None, val_size: int = 10_000, val_every_epochs: int = 1,
-            checkpoint_every_epochs: int = 1) -> dict[str, Any]:
+            checkpoint_every_epochs: int = 1, world_size: int = 1) -> dict[str, Any]:
     """Project a full run.  See the module docstring for the arithmetic."""
-    if batch_size < 1 or epochs < 1 or dataset_size < 1:
-        raise ValueError("batch_size, epochs and dataset_size must be positive")
-    spe = dataset_size // batch_size
+    if batch_size < 1 or epochs < 1 or dataset_size < 1 or world_size < 1:
+        raise ValueError("batch_size, epochs, dataset_size and world_size must be positive")
+    spe = dataset_size // (batch_size * world_size)
     total_steps = spe * epochs
     mid = sec_per_step.get("mid")
+    per_step = f"{world_size} processes x batch {batch_size}" if world_size > 1 else f"batch {batch_size}"
     out: dict[str, Any] = {
-        "epochs": epochs, "batch_size": batch_size, "dataset_size": dataset_size, "steps_per_epoch": spe,
-        "total_steps": total_steps, "seconds_per_step": dict(sec_per_step), "missing": [],
-        "assumptions": [f"{dataset_size:,} images per epoch, drop_last (steps/epoch = {spe:,})"],
+        "epochs": epochs, "batch_size": batch_size, "world_size": world_size, "dataset_size": dataset_size,
+        "steps_per_epoch": spe, "total_steps": total_steps, "seconds_per_step": dict(sec_per_step), "missing": [],
+        "assumptions": [f"{dataset_size:,} images per epoch, drop_last, {per_step} per step "
+                        f"(steps/epoch = {spe:,})"],
     }
     if mid is None or spe == 0:
         out.update(train_s=None, overheads_s={}, total_s=None, hours=None)
@@ -125,7 +132,7 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
         overheads["validation"] = None
         out["missing"].append("validation pass")
     else:
-        val_steps = math.ceil(val_size / max(1, val_batch))
+        val_steps = math.ceil(val_size / (max(1, val_batch) * world_size))
         counts["validation_passes"] = val_passes
         counts["validation_steps_per_pass"] = val_steps
         overheads["validation"] = val_passes * val_steps * vs
@@ -144,7 +151,8 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
                hours={k: (None if v is None else v / 3600.0) for k, v in total.items()},
                lower_bound=bool(out["missing"]))
     out["assumptions"] += [
-        f"validation pass every {val_every_epochs} epoch(s) over {val_size:,} images at batch {val_batch}",
+        f"validation pass every {val_every_epochs} epoch(s) over {val_size:,} images at batch {val_batch}"
+        + (f", sharded over the {world_size} processes" if world_size > 1 else ""),
         f"checkpoint every {every} epoch(s) and at the end ({writes} writes)",
         "DataLoader workers restarted every epoch (upstream)" if costs.get("worker_startup_every_epoch", True)
         else "persistent DataLoader workers: start-up paid once",
@@ -155,8 +163,9 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
 def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int = 50_000, val_size: int = 10_000,
                    val_every_epochs: int = 1, checkpoint_every_epochs: int = 1,
                    confidence: float = 0.95) -> dict[str, Any]:
-    """``project`` with the step time and per-epoch costs measured in ``record``."""
+    """``project`` with the step time, per-epoch costs and world size measured in ``record``."""
     batch = batch_achieved(record) or batch_requested(record)  # (achieved is a list when the batch varied)
     return project(sec_per_step=seconds_per_step(record, confidence), batch_size=batch, epochs=epochs,
                    dataset_size=dataset_size, costs=epoch_costs(record), val_size=val_size,
-                   val_every_epochs=val_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs)
+                   val_every_epochs=val_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
+                   world_size=record_world_size(record))

@@ -38,6 +38,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "max_steps": "bench.max_steps",
     "max_time": "bench.max_time_s",
     "target_precision": "bench.target_rel_precision",
+    "nproc_per_node": "bench.nproc_per_node",
 }
 
 

@@ -7,15 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from ..config import resolve_precision
-from ..errors import output_path
+from ..errors import UserError, output_path
 from ..format import fmt_ms
+from ..measure.ddp import Launch, check_launch, ddp_unsupported, default_timeout, run_job
 from ..measure.env import environment_fingerprint
 from ..measure.runner import run_benchmark
 from ..plugin.manager import Plugins, probe_names, select_backend
 from ..record import write_json
 from ..report.sections import render_report
 from ..report.summary import summary_text
-from .common import add_config_args, add_data_args, add_probe_args, config_flag, config_label, load_config
+from .common import (add_config_args, add_data_args, add_probe_args, config_flag, config_label, int_flag, load_config,
+                     positive_number)
 
 
 def add_parser(sub: Any) -> None:
@@ -34,6 +36,17 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--target-precision", type=config_flag("bench.target_rel_precision"), metavar="FRAC",
                    help="stop when the median step time is known to +-FRAC (95%% CI), default 0.02")
     add_probe_args(run)
+    d = run.add_argument_group("data parallel (DDP through torchrun; README \"Data parallel\")")
+    d.add_argument("--nproc-per-node", type=config_flag("bench.nproc_per_node"), metavar="N",
+                   help="run the step as a data-parallel job of N processes on this node (default 1: one process, "
+                        "no torchrun)")
+    d.add_argument("--nnodes", type=int_flag(1, 4096), default=1, metavar="M",
+                   help="nodes of the job (default 1); run the same command on each node with its --node-rank")
+    d.add_argument("--node-rank", type=int_flag(0, 4095), default=0, metavar="R", help="this node (0 hosts rank 0)")
+    d.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address, for jobs over several nodes")
+    d.add_argument("--timeout", type=positive_number(), metavar="SECONDS",
+                   help="wall-clock limit of a data-parallel job, start-up included (default 120 + 6 x max-time); "
+                        "torchrun and every rank are stopped at it")
     run.add_argument("--trace-dir", metavar="DIR", default="hjepa-bench-traces",
                      help="where the profiler writes traces (default ./hjepa-bench-traces)")
     run.add_argument("--json", metavar="PATH", help="write the result record (JSON) here")
@@ -71,8 +84,28 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
             print(f"\r  measured {p['steps']} steps in {p['elapsed_s']:.1f} s, median step {fmt_ms(med)}"
                   f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
 
-    record = run_benchmark(values, backend, workload, probes, env, warnings=rc.warnings(), progress=progress,
-                           artifacts_dir=args.trace_dir)
+    launch = Launch(int(values["bench"]["nproc_per_node"]), args.nnodes, args.node_rank, args.rdzv_endpoint)
+    check_launch(launch)
+    if launch.world_size > 1:
+        why = ddp_unsupported(backend, launch.nproc_per_node)
+        if why:
+            raise UserError(f"--nproc-per-node {launch.nproc_per_node} on {backend.name}: {why}.")
+        pending[-1] += (f", a data-parallel job of {launch.world_size} ranks"
+                        + (f" ({launch.nproc_per_node} on node {launch.node_rank} of {launch.nnodes})"
+                           if launch.nnodes > 1 else "") + " through torchrun")
+        flush_pending()
+        record = run_job(values, env, device=backend.name, plugin_args=args.plugins,
+                         probes=probe_names(args.probes, args.profile), warnings=rc.warnings(), launch=launch,
+                         timeout_s=args.timeout or default_timeout(values["bench"]["max_time_s"]),
+                         artifacts_dir=args.trace_dir)
+        if record is None:
+            if not args.quiet:
+                print(f"node {launch.node_rank} of {launch.nnodes}: its {launch.nproc_per_node} rank(s) finished; "
+                      "the job's record is written by node 0 (rank 0)")
+            return 0
+    else:
+        record = run_benchmark(values, backend, workload, probes, env, warnings=rc.warnings(), progress=progress,
+                               artifacts_dir=args.trace_dir)
     flush_pending()
     if not args.quiet:
         print(file=sys.stderr)

@@ -37,6 +37,9 @@ def add_parser(sub: Any) -> None:
     sw.add_argument("--variants", type=list_flag(), help="reference,efficient (default reference)")
     sw.add_argument("--precisions", type=list_flag(), help="fp32,fp16,bf16 (default: auto per device)")
     sw.add_argument("--img-size", type=list_flag(int), help="image size or list, e.g. 224 or 128,224")
+    sw.add_argument("--nproc-per-node", type=list_flag(int), metavar="LIST",
+                    help="processes per config, e.g. 1,2: above 1 the config runs as a data-parallel job (DDP "
+                         "through torchrun) and the report gets a scaling table (default 1)")
     sw.add_argument("--encoder-depth", type=config_flag("model.encoder_depth"), help="ViT blocks (default 12)")
     sw.add_argument("--config", metavar="YAML", help="upstream YAML as the base of every point")
     sw.add_argument("--grid", metavar="YAML", help="grid file (keys as SweepSpec: devices, batch_sizes, ...); flags override it")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 
 from ..errors import UserError, input_file
@@ -243,23 +243,45 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def data_shard() -> tuple[int, int] | None:
+    """(rank, world size) when this process is a rank of a data-parallel job (torch.distributed is
+    initialised with more than one process), else None."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
 def build_loader(dataset: Dataset, *, batch_size: int, num_workers: int, pin_memory: bool = False,
                  persistent_workers: bool = False, shuffle: bool = True, seed: int = 0,
                  collate_fn: Callable[[list], Any] | None = None,
-                 multiprocessing_context: str | None = None) -> DataLoader:
-    """A DataLoader like upstream's: ``drop_last=True``, seeded shuffling, seeded workers."""
+                 multiprocessing_context: str | None = None, shard: tuple[int, int] | None = None) -> DataLoader:
+    """A DataLoader like upstream's: ``drop_last=True``, seeded shuffling, seeded workers.
+
+    ``shard=(rank, world_size)``: this rank's part of the data, through a ``DistributedSampler``
+    (every rank sees len(dataset) // world_size different samples per epoch, reshuffled per epoch
+    with the same seed on every rank; drop_last), so an epoch is len(dataset) // (world_size x batch)
+    steps, as in a DDP training run."""
     if batch_size < 1:
         raise UserError(f"Batch size must be at least 1, got {batch_size}.")
     if num_workers < 0:
         raise UserError(f"The number of data workers cannot be negative, got {num_workers}.")
-    if len(dataset) < batch_size:  # type: ignore[arg-type]
-        raise UserError(f"The data set has {len(dataset)} samples, fewer than one batch of {batch_size} "
+    world = shard[1] if shard else 1
+    if len(dataset) < batch_size * world:  # type: ignore[arg-type]
+        ranks = f" for each of {world} ranks" if world > 1 else ""
+        raise UserError(f"The data set has {len(dataset)} samples, fewer than one batch of {batch_size}{ranks} "
                         "(drop_last=True would yield nothing); use a smaller batch or more data.")
     generator = torch.Generator()
     generator.manual_seed(seed)
+    sampler = None
+    if shard is not None:
+        sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=shuffle, seed=seed,
+                                     drop_last=True)
+        shuffle = False  # the sampler shuffles
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This DataLoader will create")  # recorded by the run instead
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
                           pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn,
                           persistent_workers=persistent_workers and num_workers > 0,
                           worker_init_fn=_seed_worker, generator=generator,
@@ -286,6 +308,9 @@ class EndlessBatches:
                 return next(self._it)
             except StopIteration:
                 pass
+        set_epoch = getattr(self.loader.sampler, "set_epoch", None)
+        if set_epoch is not None:  # a DistributedSampler: a new shuffle every epoch, as a DDP trainer does
+            set_epoch(self.epochs_started)
         with warnings.catch_warnings():
             # torch warns when workers outnumber cores; the run records its own note
             warnings.filterwarnings("ignore", message="This DataLoader will create")

@@ -54,6 +54,24 @@ def fused_adamw_available(device: torch.device) -> bool:
     return device.type in _get_fused_kernels_supported_devices()
 
 
+class _Objective(torch.nn.Module):
+    """The H-JEPA objective as a module: ``forward(images, masks)`` is ``HJEPAStep.loss``.
+
+    It registers the model, so a ``DistributedDataParallel`` around it sees every trainable parameter.
+    ``HJEPAStep.loss`` calls the model's submodules (encoders, predictor, projections) directly, never
+    ``model.forward``: a DDP around the model alone would synchronise no gradient, and raise nothing.
+    The target encoder's parameters do not require gradients (DDP skips them); the EMA keeps them
+    equal on every rank."""
+
+    def __init__(self, step: "HJEPAStep"):
+        super().__init__()
+        self.model = step.model
+        self._step = [step]  # in a list: not a submodule
+
+    def forward(self, images: torch.Tensor, masks: BatchMasks) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self._step[0].loss(images, masks)
+
+
 class HJEPAStep:
     """Owns model, optimizer and schedules; ``__call__(batch)`` runs one step."""
 
@@ -87,6 +105,8 @@ class HJEPAStep:
         self.vicreg_weight = float(loss_cfg["vicreg_weight"]) if loss_cfg["type"] == "combined" else 0.0
         self.weights = [float(w) for w in loss_cfg["hierarchy_weights"]]
         self.normalize = bool(loss_cfg["normalize_embeddings"])
+        self.ddp: torch.nn.Module | None = None  # the data-parallel objective (data_parallel())
+        self.grad_sync = "sync"  # with ddp: sync | no_sync | local (GRAD_SYNC_MODES)
 
     # ------------------------------------------------------------------ pieces
     def autocast(self):
@@ -120,6 +140,21 @@ class HJEPAStep:
             total = total + self.vicreg_weight * vicreg(ctx_pooled, target_tokens.mean(dim=1))
         return total, levels
 
+    def data_parallel(self, wrap: Any) -> None:
+        """Run the training forward through ``wrap(objective)`` (a DistributedDataParallel)."""
+        self.ddp = wrap(_Objective(self))
+
+    def train_loss(self, images: torch.Tensor, masks: BatchMasks) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The loss of a training step: ``loss``, through the data-parallel wrapper when there is one
+        (``grad_sync``: ``sync`` all-reduces the gradients in backward, ``no_sync`` does not, ``local``
+        bypasses the wrapper).  DDP decides at forward time whether the backward synchronises."""
+        if self.ddp is None or self.grad_sync == "local":
+            return self.loss(images, masks)
+        if self.grad_sync == "no_sync":
+            with self.ddp.no_sync():
+                return self.ddp(images, masks)
+        return self.ddp(images, masks)
+
     def set_lr(self) -> float:
         t = self.values["training"]
         lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, float(t["lr"]), float(t["min_lr"]))
@@ -140,7 +175,7 @@ class HJEPAStep:
         t1 = time.perf_counter()
         lr = self.set_lr()
         with self.autocast():
-            loss, _ = self.loss(images, masks)
+            loss, _ = self.train_loss(images, masks)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

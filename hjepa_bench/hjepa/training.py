@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import resolve_precision
 from ..errors import UserError
 from ..plugin.api import Backend
-from .data import build_dataset, build_loader, build_transform
+from .data import build_dataset, build_loader, build_transform, data_shard
 from .loss import _pool
 from .masks import MaskCollator, MaskSpec
 from .model import HJEPA, pooled_features
@@ -43,7 +43,8 @@ def training_precision(config: Mapping[str, Any], backend: Backend) -> str:
 
 
 def train_loader(config: Mapping[str, Any], backend: Backend) -> tuple[Dataset, DataLoader]:
-    """The training data set (upstream augmentation) and its DataLoader, as the config says."""
+    """The training data set (upstream augmentation) and its DataLoader, as the config says; in a rank
+    of a data-parallel job, the loader reads that rank's shard (``data_shard``)."""
     bench, data = config["bench"], config["data"]
     aug = data["augmentation"]
     transform = build_transform(int(data["image_size"]), float(aug["color_jitter"]),
@@ -55,7 +56,7 @@ def train_loader(config: Mapping[str, Any], backend: Backend) -> tuple[Dataset, 
     loader = build_loader(dataset, batch_size=int(data["batch_size"]), num_workers=int(data["num_workers"]),
                           pin_memory=bool(data["pin_memory"]) and backend.name == "cuda",
                           persistent_workers=bool(bench["persistent_workers"]), seed=int(config["seed"]),
-                          collate_fn=collate)
+                          collate_fn=collate, shard=data_shard())
     return dataset, loader
 
 

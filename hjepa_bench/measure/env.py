@@ -85,7 +85,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _hostname_hash() -> str:
+def hostname_hash() -> str:
     return hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:12]
 
 
@@ -128,6 +128,6 @@ def environment_fingerprint(backend: "Backend") -> dict[str, Any]:
     fp.update(
         (k, v) for k, v in _jsonable(dict(backend.fingerprint())).items() if k not in core
     )
-    fp["hostname_hash"] = _hostname_hash()
+    fp["hostname_hash"] = hostname_hash()
     fp["fingerprint_id"] = fingerprint_id(fp)
     return fp

@@ -30,11 +30,27 @@ import psutil
 import torch
 
 from . import stats
-from ..plugin.api import Backend, Probe, RunContext, StepSample, Workload
+from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
 from ..errors import UserError
 from ..record import dumps, new_record, validate_probe_entry
 
 ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class RunHooks:
+    """Optional hooks of :func:`run_benchmark`, for a run that is one rank of a data-parallel job
+    (:mod:`hjepa_bench.measure.ddp_rank`).  The defaults do nothing."""
+
+    def prepared(self, prepared: PreparedWorkload) -> None:
+        """Right after ``workload.prepare`` (e.g. wrap the step in DDP)."""
+
+    def agree(self, stop_reason: str | None, window: int) -> tuple[str | None, int]:
+        """Before each measured window: this run's decision (stop with ``stop_reason``, or run ``window``
+        steps) in, the decision every rank follows out (ranks must run the same number of steps)."""
+        return stop_reason, window
+
+    def after_loop(self, ctx: RunContext, record: dict[str, Any]) -> None:
+        """After the measured loop ended well, with the metrics filled, before the workload is closed."""
 
 
 class Diverged(Exception):
@@ -44,8 +60,10 @@ class Diverged(Exception):
 
 
 class _Loop:
-    def __init__(self, ctx: RunContext, probes: Sequence[Probe], progress: ProgressFn | None):
+    def __init__(self, ctx: RunContext, probes: Sequence[Probe], progress: ProgressFn | None,
+                 hooks: RunHooks | None = None):
         self.ctx = ctx
+        self.hooks = hooks or RunHooks()
         self.backend: Backend = ctx.backend
         self.work = ctx.workload
         self.probes = probes
@@ -120,6 +138,25 @@ class _Loop:
                 raise Diverged(sample.index, "gradient norm")
         return w1 - w0
 
+    def next_window(self, b: Mapping[str, Any], t_start: float) -> tuple[str | None, int]:
+        """Stop (the reason) or the size of the next measured window."""
+        done = len(self.measured())
+        elapsed = time.perf_counter() - t_start
+        times = [s.step_time_s for s in self.measured()]
+        if done >= b["max_steps"]:
+            return "max_steps", 0
+        # the step-time estimate: measured steps, else the warm-up steps
+        estimate = times or [s.step_time_s for s in self.samples if s.step_time_s is not None]
+        median = float(sorted(estimate)[len(estimate) // 2]) if estimate else 0.0
+        if done > 0 and elapsed + median > b["max_time_s"]:  # the next step would end past the cap
+            return "max_time", 0
+        if done >= b["min_steps"] and stats.relative_precision(times) <= b["target_rel_precision"]:
+            return "precision", 0
+        n = min(int(b["window_steps"]), int(b["max_steps"]) - done)
+        if median > 0:  # do not run past the time cap
+            n = max(1, min(n, math.floor((b["max_time_s"] - elapsed) / max(1e-9, median))))
+        return None, n
+
     def extra(self) -> dict[str, Any] | None:
         """The steps probes asked for after the measured window (``Probe.extra_steps``): run for
         them only, timed by nothing.  A step that fails ends them (the error is in the returned entry,
@@ -165,21 +202,9 @@ class _Loop:
         self.backend.reset_peak_memory()
         t_start = time.perf_counter()
         while True:
-            done = len(self.measured())
-            elapsed = time.perf_counter() - t_start
-            times = [s.step_time_s for s in self.measured()]
-            if done >= b["max_steps"]:
-                return "max_steps"
-            # the step-time estimate: measured steps, else the warm-up steps
-            estimate = times or [s.step_time_s for s in self.samples if s.step_time_s is not None]
-            median = float(sorted(estimate)[len(estimate) // 2]) if estimate else 0.0
-            if done > 0 and elapsed + median > b["max_time_s"]:  # the next step would end past the cap
-                return "max_time"
-            if done >= b["min_steps"] and stats.relative_precision(times) <= b["target_rel_precision"]:
-                return "precision"
-            n = min(int(b["window_steps"]), int(b["max_steps"]) - done)
-            if median > 0:  # do not run past the time cap
-                n = max(1, min(n, math.floor((b["max_time_s"] - elapsed) / max(1e-9, median))))
+            reason, n = self.hooks.agree(*self.next_window(b, t_start))
+            if reason is not None:
+                return reason
             self.window_times.append(self.window(n, warmup=False))
             if self.progress:
                 self.progress({"steps": len(self.measured()), "elapsed_s": time.perf_counter() - t_start,
@@ -288,10 +313,12 @@ def _series(loop: _Loop) -> dict[str, Any]:
 
 def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workload, probes: Sequence[Probe],
                   env: Mapping[str, Any], *, warnings: Sequence[str] = (),
-                  progress: ProgressFn | None = None, artifacts_dir: str | None = None) -> dict[str, Any]:
+                  progress: ProgressFn | None = None, artifacts_dir: str | None = None,
+                  hooks: RunHooks | None = None) -> dict[str, Any]:
     """Measure one config; always returns a record (status says how it went).
 
-    ``UserError`` and ``KeyboardInterrupt`` propagate; resources are released.
+    ``UserError`` and ``KeyboardInterrupt`` propagate; resources are released.  ``hooks``: see
+    :class:`RunHooks` (a rank of a data-parallel job).
     """
     record = new_record(config, env, warnings)
     t0 = time.perf_counter()
@@ -301,6 +328,8 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
     stop_reason = None
     try:
         prepared = workload.prepare(config, backend)
+        if hooks is not None:
+            hooks.prepared(prepared)
         record["params"] = prepared.params()
         ctx = RunContext(config=config, backend=backend, workload=prepared, env=env, artifacts_dir=artifacts_dir)
         failed: dict[str, dict[str, Any]] = {}
@@ -309,9 +338,12 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
                 probe.start(ctx)
             except Exception as exc:  # noqa: BLE001
                 failed[probe.name] = _failure(exc)
-        loop = _Loop(ctx, probes, progress)
+        loop = _Loop(ctx, probes, progress, hooks)
         loop.failed.update(failed)
         stop_reason = loop.run(config["bench"])
+        if hooks is not None:
+            record["metrics"] = _metrics(loop, int(config["data"]["batch_size"]), stop_reason)
+            hooks.after_loop(ctx, record)
         record["status"] = "ok"
     except (UserError, KeyboardInterrupt):
         raise
@@ -323,7 +355,8 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
     finally:
         try:
             if loop is not None:
-                record["metrics"] = _metrics(loop, int(config["data"]["batch_size"]), stop_reason)
+                if not record["metrics"]:  # (a rank's hooks took them before its comparison phase)
+                    record["metrics"] = _metrics(loop, int(config["data"]["batch_size"]), stop_reason)
                 record["series"] = _series(loop)
                 if record["status"] == "ok":  # after the metrics: the extra steps are in no figure
                     extra = loop.extra()

@@ -5,6 +5,9 @@
   (:meth:`SweepSpec.validate`): an invalid one is a usage error.  Valid points a
   backend cannot run (a precision it lacks, a device missing at a node) are recorded
   ``unsupported``.
+* ``nproc_per_node`` is a grid dimension like the others: a point above 1 is a data-parallel
+  job, which its child launches through torchrun (:mod:`hjepa_bench.measure.ddp`); a point the
+  device cannot run that way (mps, more ranks than GPUs) is ``unsupported``.
 * Every config runs in a fresh child process (multiprocessing's ``spawn``, as on
   macOS) with a wall-clock timeout: ``ok | oom | diverged | error`` come from the
   child; ``timeout`` and ``crashed`` (exit code or signal) from the parent.
@@ -35,6 +38,7 @@ from ..config import check_value, is_finite_number, resolve_config, resolve_mode
 from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
+from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
 from .results import ResultsFile, config_key
 from ..record import new_record, node_label, short_model_name
 
@@ -55,6 +59,7 @@ class SweepSpec:
     variants: list[str | None] = field(default_factory=lambda: ["reference"])
     precisions: list[str | None] = field(default_factory=lambda: [None])
     img_sizes: list[int | None] = field(default_factory=lambda: [None])
+    nproc_per_node: list[int | None] = field(default_factory=lambda: [None])  # >1: data-parallel (torchrun)
     encoder_depth: int | None = None
     config: str | None = None
     workload: str | None = None
@@ -75,11 +80,12 @@ class SweepSpec:
     options_file: str | None = None
 
     GRID = ("devices", "models", "batch_sizes", "workers", "hierarchies", "predictor_depths", "variants",
-            "precisions", "img_sizes")
+            "precisions", "img_sizes", "nproc_per_node")
     #: grid dimension -> the config key its values override
     DIM_KEYS = {"models": "model.encoder_type", "batch_sizes": "data.batch_size", "workers": "data.num_workers",
                 "hierarchies": "model.num_hierarchies", "predictor_depths": "model.predictor.depth",
-                "variants": "bench.variant", "precisions": "bench.precision", "img_sizes": "data.image_size"}
+                "variants": "bench.variant", "precisions": "bench.precision", "img_sizes": "data.image_size",
+                "nproc_per_node": "bench.nproc_per_node"}
     #: field -> the config key it overrides at every point (None: the base config's value)
     COMMON_KEYS = {"encoder_depth": "model.encoder_depth", "workload": "bench.workload", "data": "bench.data",
                    "data_path": "bench.data_path", "limit_samples": "bench.limit_samples",
@@ -90,7 +96,7 @@ class SweepSpec:
     def timeout(self) -> float:
         if self.timeout_s is not None:
             return float(self.timeout_s)
-        return 120.0 + 6.0 * float(self.max_time_s or 60.0)
+        return default_timeout(self.max_time_s)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SweepSpec":
@@ -185,6 +191,7 @@ class SweepSpec:
             "devices": args.device, "models": args.models, "batch_sizes": args.batch_sizes, "workers": args.workers,
             "hierarchies": args.hierarchies, "predictor_depths": args.predictor_depths, "variants": args.variants,
             "precisions": args.precisions, "img_sizes": args.img_size,
+            "nproc_per_node": getattr(args, "nproc_per_node", None),
         }
         for name, value in lists.items():
             if value is not None:
@@ -242,9 +249,11 @@ def device_facts(backend: Backend) -> DeviceFacts:
     from .env import environment_fingerprint
 
     why = backend.availability()
+    ranks, no_ranks = ddp_capacity(backend)
     return DeviceFacts(name=backend.name, env=environment_fingerprint(backend),
                        precisions=backend.supported_precisions() if why.available else {},
-                       unavailable="" if why.available else (why.reason or "not available"))
+                       unavailable="" if why.available else (why.reason or "not available"),
+                       ddp_ranks=ranks, ddp_unavailable=no_ranks)
 
 
 def plan(spec: SweepSpec, place: Place) -> list[Point]:
@@ -254,13 +263,14 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
     common = spec.common_overrides()
     points: list[Point] = []
     dims = [devices, spec.models, spec.hierarchies, spec.predictor_depths, spec.variants, spec.precisions,
-            spec.img_sizes, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None, b or 0))]
-    for device, model, levels, pdepth, variant, precision, img, workers, batch in itertools.product(*dims):
+            spec.img_sizes, spec.nproc_per_node, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None, b or 0))]
+    for device, model, levels, pdepth, variant, precision, img, nproc, workers, batch in itertools.product(*dims):
         overrides = {**common, "model.encoder_type": model, "model.num_hierarchies": levels,
                      "model.predictor.depth": pdepth, "bench.variant": variant, "bench.precision": precision,
-                     "data.image_size": img, "data.num_workers": workers, "data.batch_size": batch}
+                     "data.image_size": img, "bench.nproc_per_node": nproc, "data.num_workers": workers,
+                     "data.batch_size": batch}
         point = Point(index=len(points), device=device, overrides=overrides, label="",
-                      group=(device, model, levels, pdepth, variant, precision, img, workers))
+                      group=(device, model, levels, pdepth, variant, precision, img, workers, nproc))
         try:
             rc = resolve_config(spec.config, overrides)
         except UserError as exc:  # a combination of valid values that does not fit: a usage error too
@@ -270,7 +280,7 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
         values["bench"]["precision"] = resolve_precision(values, device)
         values["bench"]["device"] = device
         # the one reason a valid point is recorded unsupported: this device cannot run it (here)
-        point.unsupported = _unsupported_here(place.devices[device], values["bench"]["precision"])
+        point.unsupported = _unsupported_here(place.devices[device], values)
         point.values, point.warnings = values, rc.warnings()
         v = point.values
         point.batch_size = int(batch or v["data"]["batch_size"])
@@ -280,22 +290,31 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
                        f"{img or v['data']['image_size']}px")
         if levels is not None or pdepth is not None:
             point.label += f" L{levels or v['model']['num_hierarchies']} P{pdepth or v['model']['predictor']['depth']}"
+        if int(v["bench"].get("nproc_per_node", 1)) > 1:
+            point.label += f" {v['bench']['nproc_per_node']} ranks"
         _place_point(point, place, {"values": v, "unsupported": point.unsupported, "overrides": overrides})
         points.append(point)
     for device in devices:
         for opt in selected_options(spec):
-            point = _option_point(opt, device, common, place, len(points))
-            if not any(_same_measurement(p, point) for p in points):
-                points.append(point)
+            for nproc in spec.nproc_per_node:
+                point = _option_point(opt, device, {**common, "bench.nproc_per_node": nproc}, place, len(points))
+                if not any(_same_measurement(p, point) for p in points):
+                    points.append(point)
     return points
 
 
-def _unsupported_here(facts: DeviceFacts, precision: str) -> str | None:
-    """Why a config cannot run on this device at this place (None: it can)."""
+def _unsupported_here(facts: DeviceFacts, values: Mapping[str, Any]) -> str | None:
+    """Why a resolved config cannot run on this device at this place (None: it can): the device is
+    missing there, its precision does not train there, or its data-parallel ranks cannot run there."""
     if facts.unavailable:
         return f"device {facts.name} is not available: {facts.unavailable.rstrip('.')}"
+    precision = values["bench"]["precision"]
     why = facts.precisions.get(precision, "unknown precision")
-    return f"precision {precision} does not run on {facts.name}: {why}" if why else None
+    if why:
+        return f"precision {precision} does not run on {facts.name}: {why}"
+    nproc = int(values["bench"].get("nproc_per_node", 1))
+    why = ranks_unsupported(facts.name, nproc, facts.ddp_ranks, facts.ddp_unavailable) if nproc > 1 else ""
+    return f"{nproc} data-parallel processes on {facts.name}: {why}" if why else None
 
 
 def _place_point(point: Point, place: Place, identity: dict[str, Any]) -> None:
@@ -349,13 +368,14 @@ def _option_point(opt: Any, device: str, common: dict[str, Any], place: Place, i
     values["bench"]["precision"] = resolve_precision(values, device)
     values["bench"]["device"] = device
     m, d = values["model"], values["data"]
+    nproc = int(values["bench"].get("nproc_per_node", 1))
     label = (f"{device} option {opt.name}: {short_model_name(m['encoder_type'])} b{d['batch_size']} "
              f"w{d['num_workers']} reference {values['bench']['precision']} {d['image_size']}px "
-             f"L{m['num_hierarchies']} P{m['predictor']['depth']}")
+             f"L{m['num_hierarchies']} P{m['predictor']['depth']}" + (f" {nproc} ranks" if nproc > 1 else ""))
     point = Point(index=index, device=device, overrides=overrides, label=label,
-                  group=(device, "option", opt.name), batch_size=int(d["batch_size"]), values=values,
+                  group=(device, "option", opt.name, nproc), batch_size=int(d["batch_size"]), values=values,
                   warnings=rc.warnings())
-    point.unsupported = _unsupported_here(place.devices[device], values["bench"]["precision"])
+    point.unsupported = _unsupported_here(place.devices[device], values)
     _place_point(point, place, {"values": values, "unsupported": point.unsupported, "overrides": overrides})
     return point
 
@@ -380,12 +400,19 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
     from .runner import run_benchmark
 
     values, env = payload["values"], payload["env"]
+    nproc = int(values["bench"].get("nproc_per_node", 1))
     try:
-        plugins = build_plugins(payload["plugins"])
-        backend = plugins.backends()[payload["device"]]
-        workload = plugins.workload(values["bench"]["workload"])
-        record = run_benchmark(values, backend, workload, plugins.select_probes(payload["probes"]), env,
-                               warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"])
+        if nproc > 1:  # a data-parallel job: torchrun, started from this child, runs the ranks
+            record = run_job(values, env, device=payload["device"], plugin_args=payload["plugins"],
+                             probes=payload["probes"], warnings=payload["warnings"], launch=Launch(nproc),
+                             timeout_s=payload.get("timeout_s") or default_timeout(values["bench"]["max_time_s"]),
+                             artifacts_dir=payload["artifacts_dir"])
+        else:
+            plugins = build_plugins(payload["plugins"])
+            backend = plugins.backends()[payload["device"]]
+            workload = plugins.workload(values["bench"]["workload"])
+            record = run_benchmark(values, backend, workload, plugins.select_probes(payload["probes"]), env,
+                                   warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"])
     except UserError as exc:
         record = new_record(values, env, payload["warnings"])
         record["error"] = str(exc)
@@ -534,7 +561,9 @@ class _Sweep(JobQueue):
             else:
                 payload = {"values": point.values, "env": point.env, "warnings": point.warnings,
                            "device": point.device, "plugins": self.plugin_args, "probes": self.spec.probes,
-                           "artifacts_dir": str(self.store.dir / "traces" / point.key)}
+                           "artifacts_dir": str(self.store.dir / "traces" / point.key),
+                           # a data-parallel job stops its torchrun itself a little before the child is killed
+                           "timeout_s": self.spec.timeout() - min(15.0, self.spec.timeout() / 4)}
                 self.jobs[point.key] = point
                 return Job(key=point.key, label=point.label, place=place, device=point.device, payload=payload,
                            timeout_s=self.spec.timeout())

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from ..errors import UserError
 from .precision import probe_precision
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+#: how the steps of a data-parallel rank treat gradients (``PreparedWorkload.set_grad_sync``)
+GRAD_SYNC_MODES = ("sync", "no_sync", "local")
 
 
 # --------------------------------------------------------------------------- backends
@@ -242,6 +245,24 @@ class PreparedWorkload(abc.ABC):
     def model(self) -> torch.nn.Module | None:
         return None
 
+    # Data parallelism (``run --nproc-per-node N``): each rank prepares the workload as usual (its
+    # DataLoader takes its own shard of the data) and then calls these.
+    def data_parallel(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Make ``step`` average the gradients of all ranks: build a module that holds every trainable
+        parameter and whose forward computes the loss, and run the step's forward through ``wrap(module)``
+        (a ``DistributedDataParallel``).  Wrapping a model whose submodules the step calls directly
+        synchronises nothing, and raises nothing.  A workload that cannot run data-parallel says so (this
+        default)."""
+        raise UserError(f"workload {type(self).__name__} cannot run data-parallel (--nproc-per-node above 1): "
+                        "it does not implement data_parallel().")
+
+    def set_grad_sync(self, mode: str) -> None:
+        """After ``data_parallel``, how the next steps treat gradients (``GRAD_SYNC_MODES``): ``sync``
+        (the default: averaged across the ranks), ``no_sync`` (the same data-parallel step without the
+        all-reduce: DDP's ``no_sync``) or ``local`` (the wrapper bypassed: the plain single-process step)."""
+        raise UserError(f"workload {type(self).__name__} cannot run data-parallel: it does not implement "
+                        "set_grad_sync().")
+
     def close(self) -> None:
         """Release DataLoader workers and other resources."""
 
@@ -352,6 +373,9 @@ class DeviceFacts:
     env: dict[str, Any]  # the environment fingerprint (``measure.env.environment_fingerprint``)
     precisions: dict[str, str]  # precision -> "" when it trains there, else why not
     unavailable: str = ""  # why the backend cannot run there ("" when it can)
+    #: data-parallel ranks it can run there (``measure.ddp.ddp_capacity``): None no limit, 0 none (and why)
+    ddp_ranks: int | None = 0
+    ddp_unavailable: str = ""
 
 
 @dataclass

@@ -63,8 +63,11 @@ _DIM_FMT: dict[str, Callable[[Any], str]] = {
     "img": lambda v: f"{v}px",
     "batch": lambda v: f"b{v}",
     "workers": lambda v: f"w{v}",
+    "ranks": lambda v: f"{v} proc",
 }
-SETUP_DIMS = ("model", "device", "variant", "precision", "levels", "pred_depth", "img")
+SETUP_DIMS = ("model", "device", "variant", "precision", "levels", "pred_depth", "img", "ranks")
+#: a dimension at this value goes unsaid in a chart's subtitle (one process: the usual run)
+_DIM_DEFAULT: dict[str, Any] = {"ranks": 1}
 
 
 @dataclass
@@ -119,7 +122,8 @@ def _group_labels(keys: Sequence[tuple], dims: Sequence[str]) -> tuple[list[str]
     varying = [i for i in range(len(dims)) if len({k[i] for k in keys}) > 1]
     labels = [" ".join(_fmt(dims[i], k[i]) for i in varying) or "all" for k in keys]
     common = " · ".join(_fmt(dims[i], keys[0][i]) for i in range(len(dims))
-                        if i not in varying and keys[0][i] is not None) if keys else ""
+                        if i not in varying and keys[0][i] is not None
+                        and keys[0][i] != _DIM_DEFAULT.get(dims[i])) if keys else ""
     return labels, common
 
 
@@ -528,7 +532,7 @@ def worker_effect(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart 
     df = _sps_frame(records, "workers")
     if df.empty:
         return None
-    dims = ("model", "batch", "device", "variant", "precision", "levels", "pred_depth", "img")
+    dims = ("model", "batch", "device", "variant", "precision", "levels", "pred_depth", "img", "ranks")
     cells: dict[tuple, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     for _, row in df.iterrows():
         cells[tuple(_norm(row[d]) for d in dims)][_norm(row["workers"])].append(float(row["sps"]))

@@ -10,7 +10,6 @@ all come through here.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -73,7 +72,9 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
                   + ". `hjepa-bench sweep --device DEVICE` measures each option's own model config on that machine; "
                   "`hjepa-bench report DIR...` then merges it with these results.", ""]
     for d in decision["per_machine"]:
-        head = (f"**Run option {d['recommended']}** on {d['machine']}." if d["recommended"]
+        ranks = d.get("world_size") or 1
+        head = (f"**Run option {d['recommended']}** on {d['machine']}"
+                + (f", as a data-parallel job of {ranks} processes." if ranks > 1 else ".") if d["recommended"]
                 else f"**No option is recommended** on {d['machine']}.")
         parts += [head, ""] + [f"- {r}" for r in d["reasons"]] + [""]
     if analysis["budget_hours"] is not None:
@@ -86,29 +87,31 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     mrows = []
     for r in analysis["matrix"]:
         if not r.get("measured"):
-            mrows.append([r["option"], r["describe"], "not measured", "-", "-", "-", "-", "-", "-", "-", "-", "-",
+            mrows.append([r["option"], r["describe"], "not measured", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
                           "not measured: no number"])
             continue
         if r.get("status") != "ok":
-            mrows.append([r["option"], r["describe"], r["machine"], "-", "-", "-", "-", "-", "-", "-", "-", "-",
-                          "; ".join(r["reasons"])])
+            mrows.append([r["option"], r["describe"], r["machine"], r.get("world_size") or 1, "-", "-", "-", "-", "-",
+                          "-", "-", "-", "-", "; ".join(r["reasons"])])
             continue
         band = (f" [{_f(r['hours_low'], '.1f')}-{_f(r['hours_high'], '.1f')}]"
                 if r.get("hours_low") is not None else "")
         collapse = "not measured" if r.get("collapsed") is None else ("**yes**" if r["collapsed"] else "no")
         verdict = ("projection only" if not r.get("candidate", True) else "**recommended**" if any(d["recommended"] == r["option"] and d["machine"] == r["machine"]
+                                            and d.get("world_size") == r.get("world_size")
                                             for d in decision["per_machine"]) else
                    "fits" if r["eligible"] and r["fits"] else "does not fit" if r["eligible"] else "not eligible")
         ips = r.get("it_per_s")
         mrows.append([
-            r["option"], r["describe"], f"{r['machine']} b{r['batch']} w{r['workers']}",
+            r["option"], r["describe"], f"{r['machine']} b{r['batch']} w{r['workers']}", r.get("world_size") or 1,
             f"{_f(ips)} ({'>=' if ips and ips >= th['min_it_per_s'] else '<'} {th['min_it_per_s']:g}; "
             f"{'>=' if ips and ips >= th['expected_it_per_s'] else '<'} ~{th['expected_it_per_s']:g})",
             _f(r.get("step_cv_pct"), ".1f"), _f(r.get("loss_decrease_pct"), ".1f"),
             "yes" if r.get("diverged") else ("no" if r.get("diverged") is False else "-"), collapse,
             "-" if r.get("headroom_frac") is None else f"{r['headroom_frac']:.0%}",
             f"{_f(r.get('hours'), '.1f')}{band}", f"{r['limit_hours']:g}", str(r.get("steps_measured") or "-"), verdict])
-    parts += [_table(mrows, ["option", "config", "measured on", "it/s (min; expected)", "CV %", "loss down %",
+    parts += [_table(mrows, ["option", "config", "measured on", "processes", "it/s (min; expected)", "CV %",
+                             "loss down %",
                              "diverged", "collapse", "mem headroom", "projected h [band]", "limit h", "steps",
                              "verdict"]), ""]
     parts += ["Options (the validation guide's conditions and expectations, not measurements):", ""]
@@ -144,7 +147,9 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
 
         def h(x):
             return "not measured" if x is None else f"{x / 3600:.2f}"
-        prow.append([r["option"], r["machine"], f"b{p['batch_size']}", p["epochs"], f"{p['steps_per_epoch']:,}",
+        ranks = p.get("world_size") or 1
+        prow.append([r["option"], r["machine"], f"b{p['batch_size']}" + (f" x {ranks} processes" if ranks > 1 else ""),
+                     p["epochs"], f"{p['steps_per_epoch']:,}",
                      f"{p['total_steps']:,}",
                      f"{sps['mid']:.3f}" + (f" [{sps['low']:.3f}-{sps['high']:.3f}]" if sps.get("low") is not None else ""),
                      f"{p['train_s']['mid'] / 3600:.2f}", h(ov.get("worker_startup")), h(ov.get("validation")),
@@ -155,7 +160,7 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
         parts += [_table(prow, ["option", "machine", "batch", "epochs", "steps/epoch", "steps", "s/step [95% band]",
                                 "steps h", "worker start-up h", "validation h", "checkpoints h", "total h [band]"]), ""]
         first = next(r["projection"] for r in analysis["matrix"] if r.get("projection") and r["projection"].get("hours"))
-        parts += ["How: steps = epochs x (images // batch); each step takes the measured 1 / it/s; the band is the "
+        parts += ["How: steps = epochs x (images // (processes x batch)); each step takes the measured 1 / it/s; the band is the "
                   f"{th['confidence']:.0%} bootstrap interval of the mean step time (measurement uncertainty only: "
                   "drift over hours is in the stability section). Per-epoch costs are measured by the `epoch_costs` "
                   "probe of the same record. Assumptions: " + "; ".join(first["assumptions"]) + ".", ""]
@@ -243,12 +248,6 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _file_part(text: str) -> str:
-    """``text`` as part of a file name: letters, digits, '_' and '-' only, so a name read from a
-    record (the machine's backend) cannot lead out of the report folder."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text) or "_"
-
-
 @dataclass
 class ChartLink:
     title: str
@@ -275,19 +274,13 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
     config_files: dict[str, str] = {}
     (out_dir / "configs").mkdir(exist_ok=True)
     by_name = {o.name: o for o in settings.options}
-    recommended = {(d["machine"], d["recommended"]) for d in analysis["decision"]["per_machine"]}
+    recommended = {(d["machine"], d["recommended"], d.get("world_size")) for d in analysis["decision"]["per_machine"]}
     for row in analysis["matrix"]:
         opt = by_name[row["option"]]
-        multi = len({r.get("machine") for r in analysis["matrix"] if r["option"] == row["option"]}) > 1
-        suffix = ""
-        if multi and row.get("machine"):  # the backend, and the node of a cluster: one file per machine
-            suffix = "_" + "_".join(_file_part(part) for part in (row["machine"].split(" ")[0], row.get("node")) if part)
-        name = f"configs/option_{opt.name}{suffix}.yaml"
-        text = option_yaml(row, opt)
-        (out_dir / name).write_text(text)
+        name = row["config_file"]
+        (out_dir / name).write_text(option_yaml(row, opt))
         config_files.setdefault(row["option"], name)
-        row["config_file"] = name
-        row["recommended"] = (row.get("machine"), row["option"]) in recommended
+        row["recommended"] = (row.get("machine"), row["option"], row.get("world_size")) in recommended
     md = render_markdown(analysis, records, title=settings.title, sections=sections, charts=charts,
                          config_files=config_files, intro=intro, extra=extra)
     out_path.write_text(md)

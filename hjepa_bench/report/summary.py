@@ -34,6 +34,7 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
                      f"device total {fmt_bytes(m['device_total_bytes'])}")
         if m.get("loss_first") is not None:
             lines.append(f"loss: {m['loss_first']:.4g} (first measured step) -> {m['loss_last']:.4g} (last)")
+        lines += distributed_lines(record)
         for w in m.get("warnings", []):
             lines.append(f"warning: {w}")
     for name, entry in (record.get("probes") or {}).items():
@@ -48,6 +49,26 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
             text = text or "ok (details in the JSON record)"
         lines.append(f"probe {name}: {text}")
     return "\n".join(lines)
+
+
+def distributed_lines(record: Mapping[str, Any]) -> list[str]:
+    """The data-parallel part of a run summary (nothing for a one-process run)."""
+    d = record.get("distributed")
+    if not isinstance(d, Mapping) or not d.get("ranks") or record.get("status") != "ok":
+        return []
+    ranks = d["ranks"]
+    steps = " / ".join(fmt_ms((r.get("step_time_s") or {}).get("median")) for r in ranks)
+    shares = " / ".join(fmt_finite((r.get("allreduce") or {}).get("share")) for r in ranks)
+    single = (d.get("single_process") or {}).get("samples_per_s")
+    return [f"data parallel: {d['world_size']} ranks ({d.get('backend')}), {d.get('torch_threads_per_rank')} torch "
+            f"thread(s) each; median step per rank {steps}",
+            f"all-reduce share of the step: {fmt_finite(d.get('allreduce_share'))} (per rank {shares}; exposed "
+            "communication, including the wait for the slower rank)",
+            f"job {fmt_finite(d.get('job_samples_per_s'), '.1f')} samples/s; one process alone in the same run "
+            f"{fmt_finite(single, '.1f')} samples/s; scaling efficiency {fmt_finite(d.get('scaling_efficiency'))}",
+            "replicas identical after the synced steps: " + (
+                "yes" if (d.get("replicas_max_abs_diff") or {}).get("after_synced_steps") == 0 else
+                f"no (max |diff| {fmt_finite((d.get('replicas_max_abs_diff') or {}).get('after_synced_steps'), '.3g')})")]
 
 
 def validation_section(result: dict[str, Any]) -> str:
@@ -175,4 +196,6 @@ def sweep_table(records: list[dict[str, Any]]) -> str:
     df = records_frame(records)
     cols = ["device", *(["node"] if df["node"].notna().any() else []), "model", "variant", "precision", "img",
             "batch", "workers", "status", "it_per_s", "samples_per_s", "step_median_ms", "data_wait_pct", "peak_mem_mib"]
+    if "ranks" in df and (df["ranks"] > 1).any():
+        cols.insert(cols.index("workers") + 1, "ranks")
     return df[cols].to_markdown(index=False, floatfmt=".2f")

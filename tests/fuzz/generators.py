@@ -93,7 +93,8 @@ TINY_CONFIG: dict[str, Any] = {
     "seed": 42,
     "bench": {"workload": "hjepa", "variant": "reference", "precision": "auto", "data": "synthetic",
               "synthetic_size": TINY_SYNTHETIC, "persistent_workers": False, "warmup_steps": 1, "min_steps": 2,
-              "max_steps": 3, "max_time_s": 5.0, "target_rel_precision": 0.02, "window_steps": 10},
+              "max_steps": 3, "max_time_s": 5.0, "target_rel_precision": 0.02, "window_steps": 10,
+              "nproc_per_node": 1},
 }
 TINY_YAML = yaml.safe_dump(TINY_CONFIG, sort_keys=False)
 #: the same, but with the default data set size (for sweeps, which never build the data set here)
