@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import psutil
 
 from hjepa_bench.analysis.bottleneck import CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util
 from hjepa_bench.format import fmt_or_dash, fmt_pct
 from hjepa_bench.record import device_name, lookup, model_short
-from hjepa_bench.report.sections import ProbeTable
+from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -152,7 +152,8 @@ class BottleneckProbe(Probe):
     def summarize(self, entry):
         sh = entry.get("shares") or {}
         parts = ", ".join(f"{k} {v * 100:.0f}%" for k, v in sh.items() if isinstance(v, (int, float)))
-        return f"{entry.get('verdict')} ({parts}); CPU {entry.get('cpu_util_mean_pct') or 0:.0f}%; {entry.get('worker_advice')}"
+        return (f"{entry.get('verdict') or 'no verdict'} ({parts}); CPU "
+                f"{fmt_or_dash(entry.get('cpu_util_mean_pct'), '.0f', dash='n/a', suffix='%')}; {entry.get('worker_advice')}")
 
 
 class BottleneckSection(ProbeTable):
@@ -160,7 +161,7 @@ class BottleneckSection(ProbeTable):
     title = "Bottleneck: data, host or device"
     order = 40
     failed = None
-    note = (f"Shares of measured wall time after warm-up. Data-bound: data wait > {DATA_BOUND_SHARE:.0%} "
+    note = ("Shares of measured wall time after warm-up. Data-bound: data wait > {data_bound:.0%} "
             f"(torch-tb-profiler flags > 5%); host-bound: host share >= device share; CPU saturated: mean "
             f"> {CPU_SATURATED_PCT:.0f}% over all cores. On CPU forward/backward is device compute; on "
             "CUDA/MPS host time is dispatch and device is the time the host waited. Worker advice follows "
@@ -168,6 +169,9 @@ class BottleneckSection(ProbeTable):
 
     def label(self, r: Mapping[str, Any]) -> dict[str, Any]:
         return {"device": device_name(r), "model": model_short(r), "batch": lookup(r, "config", "data", "batch_size")}
+
+    def note_for(self, records: Sequence[Mapping[str, Any]]) -> str:
+        return self.note.format(data_bound=judged_threshold(records, self.name, "data_bound_share", DATA_BOUND_SHARE))
 
     def row(self, e: Mapping[str, Any]) -> dict[str, Any]:
         shares = e.get("shares") or {}

@@ -6,6 +6,7 @@ from typing import Any, Iterable, Mapping
 from hjepa_bench.plugin.api import ReportSection
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record import records_frame
+from hjepa_bench.report.sections import frame_markdown
 
 
 class SummarySection(ReportSection):
@@ -25,7 +26,7 @@ class SummarySection(ReportSection):
         table = df[list(cols)].rename(columns=cols)
         note = ("Measured in this run: median of per-step times after warm-up; it/s from synced "
                 "windows of steps. Peak memory is device memory on CUDA/MPS and process RSS on CPU.")
-        return table.to_markdown(index=False, floatfmt=".2f") + "\n\n" + note
+        return frame_markdown(table) + "\n\n" + note
 
 
 @hookimpl
