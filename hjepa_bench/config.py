@@ -9,13 +9,14 @@ CLI flags override file values (``apply_overrides``).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, read_yaml
 
 # Short model names and the ViT facts the step needs.  D = width, heads = encoder heads.
 MODELS: dict[str, dict[str, int]] = {
@@ -27,6 +28,7 @@ MODELS: dict[str, dict[str, int]] = {
 SHORT_NAMES = {name.split("_patch")[0]: name for name in MODELS}  # vit_tiny -> vit_tiny_patch16_224
 PATCH_SIZE = 16
 VARIANTS = ("reference", "efficient")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 LOSS_TYPES = ("mse", "smooth_l1", "combined")
 DATA_KINDS = ("synthetic", "cifar10")
 
@@ -104,6 +106,7 @@ NO_EFFECT: dict[str, str] = {
     "distributed": "single-device benchmark",
     "evaluation": "no evaluation during a benchmark",
     "device": "the device comes from --device (default auto)",
+    "bench.device": "the device comes from --device (a result record's config names the one it ran on)",
 }
 CONDITIONAL_NO_EFFECT = {
     "loss.vicreg_weight": "only used with loss.type: combined",
@@ -136,6 +139,8 @@ class ResolvedConfig:
 
 
 def resolve_model_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise UserError(f"model.encoder_type must be a model name, not {_show(name)}.")
     if name in MODELS:
         return name
     if name in SHORT_NAMES:
@@ -145,18 +150,9 @@ def resolve_model_name(name: str) -> str:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The sections of a config file (read by :func:`~hjepa_bench.errors.read_yaml`, like every YAML input)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}.")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"config file {p} is not valid YAML{where}: {problem}.") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {p} is not a text file.") from None
+    data = read_yaml(p, "config file")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -224,6 +220,19 @@ def get(values: Mapping[str, Any], dotted: str) -> Any:
     return cur
 
 
+def _lookup(values: Mapping[str, Any], dotted: str) -> Any:
+    """``get``, with a missing key or a section that is not a mapping as a UserError."""
+    cur: Any = values
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(cur, Mapping):
+            raise UserError(f"config key {'.'.join(parts[:i])} must be a mapping, not {_show(cur)}.")
+        if part not in cur:
+            raise UserError(f"config key {'.'.join(parts[:i + 1])} is missing.")
+        cur = cur[part]
+    return cur
+
+
 def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     cur = values
@@ -233,16 +242,19 @@ def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def apply_overrides(rc: ResolvedConfig, overrides: Mapping[str, Any]) -> None:
-    """Apply dotted-key overrides (``None`` values are skipped)."""
+    """Apply dotted-key overrides (``None`` values are skipped).  Each value is checked against
+    :data:`SCHEMA` before it is used (``--hierarchies 10**20`` must not build a list of that size)."""
     for dotted, value in overrides.items():
         if value is None:
             continue
+        if dotted in SCHEMA:
+            SCHEMA[dotted](dotted, value)
         if dotted == "model.encoder_type":
-            value = resolve_model_name(str(value))
+            value = resolve_model_name(value)
         if dotted == "model.num_hierarchies":
             weights = list(get(rc.values, "loss.hierarchy_weights"))
-            if len(weights) != int(value):
-                new = [0.5 ** i for i in range(int(value))]
+            if len(weights) != value:
+                new = [0.5 ** i for i in range(value)]
                 rc.notes.append(f"loss.hierarchy_weights {weights} replaced by {new} for {value} hierarchy levels")
                 _set(rc.values, "loss.hierarchy_weights", new)
         _set(rc.values, dotted, value)
@@ -250,72 +262,175 @@ def apply_overrides(rc: ResolvedConfig, overrides: Mapping[str, Any]) -> None:
             _set(rc.values, "model.embed_dim", MODELS[value]["embed_dim"])
 
 
-def _check_type(values: Mapping[str, Any], dotted: str, kind: type, lo=None, hi=None) -> None:
-    v = get(values, dotted)
-    numbers = (int, float) if kind is float else (int,)
-    if isinstance(v, bool) or not isinstance(v, numbers):
-        raise UserError(f"config key {dotted} must be {'a number' if kind is float else 'an integer'}, not {v!r}.")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise UserError(f"config key {dotted} = {v!r} is out of range [{lo}, {hi}].")
+# --------------------------------------------------------------------------- the schema
+Check = Callable[[str, Any], None]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite: the one finite-number test."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(lo: int, hi: int) -> Check:
+    def check(key: str, v: Any) -> None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise UserError(f"{key} must be a whole number, not {_show(v)}.")
+        if not lo <= v <= hi:
+            raise UserError(f"{key} = {_show(v)} is out of range [{lo}, {hi}].")
+    return check
+
+
+def _num(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
+    def check(key: str, v: Any) -> None:
+        if not is_finite_number(v):
+            raise UserError(f"{key} must be a finite number, not {_show(v)}.")
+        if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+            span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise UserError(f"{key} = {_show(v)} is out of range {span}.")
+    return check
+
+
+def _bool(key: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        raise UserError(f"{key} must be true or false, not {_show(v)}.")
+
+
+def _text(key: str, v: Any) -> None:
+    if not isinstance(v, str):
+        raise UserError(f"{key} must be text, not {_show(v)}.")
+
+
+def _choice(*choices: str, fold: bool = False, unsupported: str = "") -> Check:
+    """One of ``choices`` (``fold``: in any case); ``unsupported``: why others are not supported."""
+    def check(key: str, v: Any) -> None:
+        if not isinstance(v, str) or (v.lower() if fold else v) not in choices:
+            if unsupported:
+                raise UserError(f"{key} {_show(v)} is not supported; {unsupported}.")
+            raise UserError(f"{key} {_show(v)} is not one of {', '.join(choices)}.")
+    return check
+
+
+def _optional(inner: Check) -> Check:
+    def check(key: str, v: Any) -> None:
+        if v is not None:
+            inner(key, v)
+    return check
+
+
+def _list(each: Check, *, length: int | None = None, ordered: bool = False) -> Check:
+    """A list (of ``length`` items) whose items pass ``each``; ``ordered``: low <= high."""
+    def check(key: str, v: Any) -> None:
+        what = "a pair [low, high]" if length == 2 else "a list"
+        if not isinstance(v, (list, tuple)) or (length is not None and len(v) != length):
+            raise UserError(f"{key} must be {what}, not {_show(v)}.")
+        for i, item in enumerate(v):
+            each(f"{key}[{i}]", item)
+        if ordered and v[0] > v[1]:
+            raise UserError(f"{key} {_show(v)} must be [low, high] with low <= high.")
+    return check
+
+
+#: every key of DEFAULTS (and the known keys without effect that hold a value): its type and range
+SCHEMA: dict[str, Check] = {
+    "model.encoder_type": _text,
+    "model.embed_dim": _int(1, 65536),
+    "model.num_hierarchies": _int(1, 4),
+    "model.encoder_depth": _int(1, 48),
+    "model.predictor.depth": _int(1, 48),
+    "model.predictor.num_heads": _int(1, 64),
+    "model.predictor.mlp_ratio": _num(0.25, 16),
+    "model.ema.momentum": _num(0, 1),
+    "model.ema.momentum_end": _num(0, 1),
+    "model.ema.momentum_warmup_epochs": _num(0, 100000),
+    "data.dataset": _text,
+    "data.data_path": _optional(_text),
+    "data.image_size": _int(32, 1024),
+    "data.batch_size": _int(1, 65536),
+    "data.num_workers": _int(0, 256),
+    "data.pin_memory": _bool,
+    "data.augmentation.color_jitter": _num(0, 5),
+    "data.augmentation.horizontal_flip": _bool,
+    "data.augmentation.random_crop": _bool,
+    "masking.num_masks": _int(1, 16),
+    "masking.mask_scale": _list(_num(0, 1, lo_open=True), length=2, ordered=True),
+    "masking.aspect_ratio": _list(_num(0, 100, lo_open=True), length=2, ordered=True),
+    "masking.num_context_masks": _int(1, 16),
+    "masking.context_scale": _list(_num(0, 1, lo_open=True), length=2, ordered=True),
+    "training.epochs": _int(1, 100000),
+    "training.warmup_epochs": _num(0, 100000),
+    "training.lr": _num(0, 10),
+    "training.min_lr": _num(0, 10),
+    "training.weight_decay": _num(0, 10),
+    "training.optimizer": _choice("adamw", fold=True, unsupported="the H-JEPA step uses adamw"),
+    "training.betas": _list(_num(0, 1, hi_open=True), length=2),
+    "training.lr_schedule": _choice("cosine", fold=True, unsupported="the H-JEPA step uses cosine"),
+    "training.clip_grad": _num(0, 1e9),
+    "training.use_amp": _bool,
+    "training.accumulation_steps": _int(1, 10**6),
+    "loss.type": _choice(*LOSS_TYPES),
+    "loss.hierarchy_weights": _list(_num(0, 1e6)),
+    "loss.normalize_embeddings": _bool,
+    "loss.vicreg_weight": _num(0, 1e6),
+    "seed": _int(0, 2**32 - 1),  # what torch and numpy accept as a seed
+    "bench.workload": _text,
+    "bench.variant": _choice(*VARIANTS),
+    "bench.precision": _choice(*PRECISIONS),
+    "bench.data": _choice(*DATA_KINDS),
+    "bench.data_path": _optional(_text),
+    "bench.synthetic_size": _int(1, 10**8),
+    "bench.limit_samples": _optional(_int(1, 10**8)),
+    "bench.persistent_workers": _bool,
+    "bench.warmup_steps": _int(0, 100000),
+    "bench.min_steps": _int(1, 10**7),
+    "bench.max_steps": _int(1, 10**7),
+    "bench.max_time_s": _num(0, 1e7, lo_open=True),
+    "bench.target_rel_precision": _num(0, 1, lo_open=True),
+    "bench.window_steps": _int(1, 10**6),
+}
+
+
+def check_value(dotted: str, value: Any) -> None:
+    """Check one value of a config key (a flag, a grid value) the way a config file's is checked."""
+    if dotted in SCHEMA:
+        SCHEMA[dotted](dotted, value)
+    if dotted == "model.encoder_type":
+        resolve_model_name(value)
 
 
 def _validate(rc: ResolvedConfig, present: set[str]) -> None:
     v = rc.values
-    v["model"]["encoder_type"] = resolve_model_name(str(get(v, "model.encoder_type")))
-    facts = MODELS[v["model"]["encoder_type"]]
-    if get(v, "model.embed_dim") != facts["embed_dim"]:
-        rc.notes.append(
-            f"model.embed_dim {get(v, 'model.embed_dim')} does not match {v['model']['encoder_type']} "
-            f"(D={facts['embed_dim']}); the encoder's width is used"
-        )
-        v["model"]["embed_dim"] = facts["embed_dim"]
-    for key, kind, lo, hi in [
-        ("model.num_hierarchies", int, 1, 4), ("model.encoder_depth", int, 1, 48),
-        ("model.predictor.depth", int, 1, 48), ("model.predictor.num_heads", int, 1, 64),
-        ("model.predictor.mlp_ratio", float, 0.25, 16), ("data.image_size", int, 32, 1024),
-        ("data.batch_size", int, 1, 65536), ("data.num_workers", int, 0, 256),
-        ("masking.num_masks", int, 1, 16), ("training.epochs", int, 1, 100000),
-        ("training.warmup_epochs", float, 0, 100000), ("training.lr", float, 0, 10),
-        ("training.min_lr", float, 0, 10), ("training.weight_decay", float, 0, 10),
-        ("training.clip_grad", float, 0, 1e9), ("model.ema.momentum", float, 0, 1),
-        ("model.ema.momentum_end", float, 0, 1), ("seed", int, None, None),
-        ("bench.warmup_steps", int, 0, 100000), ("bench.min_steps", int, 1, 10**7),
-        ("bench.max_steps", int, 1, 10**7), ("bench.max_time_s", float, 0, 1e7),
-        ("bench.target_rel_precision", float, 0, 1), ("bench.window_steps", int, 1, 10**6),
-        ("bench.synthetic_size", int, 1, 10**8),
-    ]:
-        _check_type(v, key, kind, lo, hi)
-    if v["data"]["image_size"] % PATCH_SIZE:
-        raise UserError(f"data.image_size {v['data']['image_size']} must be a multiple of the patch size {PATCH_SIZE}.")
-    D = facts["embed_dim"]
-    if D % v["model"]["predictor"]["num_heads"]:
-        raise UserError(f"model.predictor.num_heads {v['model']['predictor']['num_heads']} must divide the width D={D} of {v['model']['encoder_type']}.")
-    for key in ("masking.mask_scale", "masking.aspect_ratio", "training.betas"):
-        pair = get(v, key)
-        ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)
-        if not ok or (key != "training.betas" and pair[0] > pair[1]):
-            raise UserError(f"config key {key} must be a pair of numbers [low, high], not {pair!r}.")
-    weights = get(v, "loss.hierarchy_weights")
-    if not isinstance(weights, (list, tuple)) or len(weights) != v["model"]["num_hierarchies"]:
-        raise UserError(f"loss.hierarchy_weights {weights!r} must list one weight per hierarchy level ({v['model']['num_hierarchies']}).")
-    if v["loss"]["type"] not in LOSS_TYPES:
-        raise UserError(f"loss.type {v['loss']['type']!r} is not one of {', '.join(LOSS_TYPES)}.")
-    if str(v["training"]["optimizer"]).lower() != "adamw":
-        raise UserError(f"training.optimizer {v['training']['optimizer']!r} is not supported; the H-JEPA step uses adamw.")
-    if str(v["training"]["lr_schedule"]).lower() != "cosine":
-        raise UserError(f"training.lr_schedule {v['training']['lr_schedule']!r} is not supported; the H-JEPA step uses cosine.")
-    b = v["bench"]
-    if b["variant"] not in VARIANTS:
-        raise UserError(f"variant {b['variant']!r} is not one of {', '.join(VARIANTS)}.")
-    if b["precision"] not in ("auto", "fp32", "fp16", "bf16"):
-        raise UserError(f"precision {b['precision']!r} is not one of auto, fp32, fp16, bf16.")
-    if b["data"] not in DATA_KINDS:
-        raise UserError(f"data {b['data']!r} is not one of {', '.join(DATA_KINDS)}.")
-    if b["limit_samples"] is not None:
-        _check_type(v, "bench.limit_samples", int, 1, None)
+    for key, check in SCHEMA.items():
+        check(key, _lookup(v, key))
+    v["model"]["encoder_type"] = resolve_model_name(v["model"]["encoder_type"])
+    D = MODELS[v["model"]["encoder_type"]]["embed_dim"]
+    if v["model"]["embed_dim"] != D:
+        if "model.embed_dim" in present:
+            raise UserError(f"model.embed_dim {v['model']['embed_dim']} does not match {v['model']['encoder_type']}, "
+                            f"whose width is {D}; set it to {D} or leave it out.")
+        v["model"]["embed_dim"] = D  # not set by the user: the encoder's width
+    m, d, b = v["model"], v["data"], v["bench"]
+    if d["image_size"] % PATCH_SIZE:
+        raise UserError(f"data.image_size {d['image_size']} must be a multiple of the patch size {PATCH_SIZE}.")
+    if D % m["predictor"]["num_heads"]:
+        raise UserError(f"model.predictor.num_heads {m['predictor']['num_heads']} must divide the width D={D} of "
+                        f"{m['encoder_type']}.")
+    weights = v["loss"]["hierarchy_weights"]
+    if len(weights) != m["num_hierarchies"]:
+        raise UserError(f"loss.hierarchy_weights {_show(weights)} must list one weight per hierarchy level "
+                        f"({m['num_hierarchies']}).")
     if b["max_steps"] < b["min_steps"]:
         raise UserError(f"bench.max_steps {b['max_steps']} is below bench.min_steps {b['min_steps']}.")
+    samples = [(b["limit_samples"], "bench.limit_samples")] + (
+        [(b["synthetic_size"], "bench.synthetic_size")] if b["data"] == "synthetic" else [])
+    for n, key in samples:
+        if n is not None and d["batch_size"] > n:
+            raise UserError(f"data.batch_size {d['batch_size']} is above the {n} samples of {key}: not one batch "
+                            "(the last incomplete batch is dropped, as upstream); use a smaller batch or more samples.")
     # conditional no-effect keys
     if v["loss"]["type"] != "combined" and "loss.vicreg_weight" in present:
         rc.no_effect["loss.vicreg_weight"] = CONDITIONAL_NO_EFFECT["loss.vicreg_weight"]

@@ -19,6 +19,7 @@ that override it.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,9 @@ class TrainingOption:
             rc = resolve_config(self.config, sections=self.sections)
             if rc.unknown_keys:
                 raise UserError(f"unknown config keys: {', '.join(rc.unknown_keys)}.")
+            problem = _checkpoint_section(rc.values)
+            if problem:
+                raise UserError(f"config key {problem}.")
             self._resolved = rc.values
         return copy.deepcopy(self._resolved)
 
@@ -70,8 +74,8 @@ class TrainingOption:
         return model_key(v)
 
     def checkpoint_every_epochs(self) -> int:
-        ck = self.values().get("checkpoint") or {}
-        return max(1, int(ck.get("save_frequency") or 1))
+        """``checkpoint.save_frequency`` (checked when the config is resolved), else every epoch."""
+        return (self.values().get("checkpoint") or {}).get("save_frequency") or 1
 
     def describe(self) -> str:
         v = self.values()
@@ -93,13 +97,10 @@ def record_matches(option_values: Mapping[str, Any], record: Mapping[str, Any]) 
     """A record measures an option when its model config is the option's, it ran the
     ``reference`` step (the upstream step's cost) and the precision the option's
     config gives on that record's device."""
-    c = record.get("config") or {}
-    try:
-        if model_key(c) != model_key(option_values):
-            return False
-    except (KeyError, TypeError, ValueError):
+    c = record["config"]  # every field model_key reads is checked by validate_record
+    if model_key(c) != model_key(option_values):
         return False
-    bench = c.get("bench") or {}
+    bench = c["bench"]
     if bench.get("variant") != "reference":
         return False
     backend = (record.get("env") or {}).get("backend") or bench.get("device")
@@ -151,40 +152,99 @@ def guide_options() -> list[TrainingOption]:
     return [copy.deepcopy(o) for o in GUIDE_OPTIONS]
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _checkpoint_section(values: Mapping[str, Any]) -> str | None:
+    """What is wrong with the config's ``checkpoint:`` section (it sets how often a full run
+    writes a checkpoint in the projections), or None."""
+    ck = values.get("checkpoint")
+    if ck is None:
+        return None
+    if not isinstance(ck, Mapping):
+        return f"checkpoint must be a mapping (save_frequency: N, ...), not {ck!r:.60}"
+    every = ck.get("save_frequency")
+    if every is not None and not (_is_int(every) and every >= 1):
+        return f"checkpoint.save_frequency must be a whole number of epochs >= 1, not {every!r:.60}"
+    return None
+
+
+def _option_fields(item: Mapping[str, Any], name: str, where: str, folder: Path) -> dict[str, Any]:
+    """The option's own fields, each of its type and in its range; a bad one is a UserError naming it."""
+    def bad(what: str) -> UserError:
+        return UserError(f"option {name} in {where}: {what}.")
+
+    out: dict[str, Any] = {}
+    title = item.get("title")
+    if title is not None and not isinstance(title, str):
+        raise bad(f"title must be text, not {title!r:.60}")
+    out["title"] = title or name
+    expected = item.get("expected")
+    if expected is not None and not isinstance(expected, str):
+        raise bad(f"expected must be text, not {expected!r:.60}")
+    out["expected"] = expected or ""
+    hours = item.get("hours", [0, math.inf])
+    if "hours" in item and not (isinstance(hours, list) and len(hours) == 2 and all(_is_number(h) for h in hours)
+                                and 0 <= hours[0] <= hours[1] and hours[1] > 0):
+        raise bad(f"hours must be [low, high], two finite numbers of hours with 0 <= low <= high and high > 0, "
+                  f"not {hours!r:.60}")
+    out["hours"] = (float(hours[0]), float(hours[1]))
+    priority = item.get("priority", 0)
+    if not _is_int(priority):
+        raise bad(f"priority must be a whole number (higher = more ambitious), not {priority!r:.60}")
+    out["priority"] = priority
+    choose_if = item.get("choose_if")
+    if isinstance(choose_if, str):
+        choose_if = [choose_if]
+    if choose_if is not None and not (isinstance(choose_if, list) and all(isinstance(x, str) for x in choose_if)):
+        raise bad(f"choose_if must be a list of conditions (text), not {choose_if!r:.60}")
+    out["choose_if"] = list(choose_if or [])
+    config = item.get("config")
+    if config is not None:
+        if not isinstance(config, str) or not config.strip():
+            raise bad(f"config must be the path of an upstream YAML file, not {config!r:.60}")
+        path = Path(config) if Path(config).is_absolute() else (folder / config).resolve()
+        if not path.is_file():
+            raise bad(f"config {config} is not a file (looked for {path})")
+        config = str(path)
+    out["config"] = config
+    return out
+
+
 def load_options(path: str | Path | None, *, include_guide: bool = True) -> list[TrainingOption]:
-    """The guide's options, plus (or replaced by, on a name clash) those in ``path``."""
+    """The guide's options, plus (or replaced by, on a name clash) those in ``path``.  Every field
+    is checked when the file is read, and each option's config is resolved (and validated) then,
+    once."""
     options = guide_options() if include_guide else []
     if path is None:
         return options
     p = Path(path)
     data = read_yaml(p, "options file")
-    items = (data or {}).get("options") if isinstance(data, dict) else None
+    items = data.get("options") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise UserError(f"options file {p} must hold 'options:', a list of options (name:, model:, training:, ...).")
+    extra = sorted(str(k) for k in data if k != "options")
+    if extra:
+        raise UserError(f"options file {p} holds {', '.join(extra)} besides 'options:'; only 'options:' is read.")
     for i, item in enumerate(items, start=1):
         if not isinstance(item, dict) or not item.get("name"):
             raise UserError(f"option {i} in {p} must be a mapping with a name.")
-        name = str(item["name"])
-        if not OPTION_NAME.fullmatch(name):
-            raise UserError(f"option {i} in {p}: the name {name[:80]!r} must be 1 to 64 letters, digits, '_' or '-' "
-                            "(it names the file configs/option_NAME.yaml).")
-        hours = item.get("hours", [0, float("inf")])
-        if (not isinstance(hours, (list, tuple)) or len(hours) != 2
-                or not all(isinstance(h, (int, float)) and not isinstance(h, bool) for h in hours)):
-            raise UserError(f"option {name} in {p}: hours must be [low, high] in hours, not {hours!r}.")
-        config = item.get("config")
-        if config is not None:
-            config = str((p.parent / str(config)).resolve()) if not Path(str(config)).is_absolute() else str(config)
-        opt = TrainingOption(
-            name=name, title=str(item.get("title") or name),
-            sections={k: v for k, v in item.items() if k not in META_KEYS},
-            hours=(float(hours[0]), float(hours[1])), priority=int(item.get("priority", 0)),
-            expected=str(item.get("expected") or ""), choose_if=[str(x) for x in item.get("choose_if") or []],
-            config=config, source=str(p))
+        name = item["name"]
+        if not isinstance(name, str) or not OPTION_NAME.fullmatch(name):
+            raise UserError(f"option {i} in {p}: the name {str(name)[:80]!r} must be 1 to 64 letters, digits, '_' or "
+                            "'-' (it names the file configs/option_NAME.yaml).")
+        fields = _option_fields(item, name, str(p), p.parent)
+        opt = TrainingOption(name=name, sections={k: v for k, v in item.items() if k not in META_KEYS},
+                             source=str(p), **fields)
         try:
             opt.values()
         except UserError as exc:
-            raise UserError(f"option {name} in {p}: {exc}") from None
+            raise UserError(f"option {name} in {p}: {str(exc).rstrip('.')}.") from None
         options = [o for o in options if o.name != name] + [opt]
     return options
 

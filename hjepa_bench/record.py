@@ -17,69 +17,285 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .errors import JSON_MAX_BYTES, read_text
 from .format import finite, finite_int
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "error", "unsupported", "skipped")
-
-# key -> required type(s); nested dicts checked recursively.
-REQUIRED: dict[str, Any] = {
-    "schema_version": int,
-    "status": str,
-    "config": dict,
-    "env": dict,
-    "params": {"total": int, "trainable": int},
-    "metrics": dict,
-    "probes": dict,
-}
-NUMBER = (int, float)
-#: null where the source cannot measure it: a training log has no data wait, and no spread
-#: of step times when it has too few steady intervals
-NUMBER_OR_NULL = (int, float, type(None))
-OK_METRICS: dict[str, Any] = {
-    "it_per_s": NUMBER,
-    "samples_per_s": NUMBER,
-    "step_time_s": {"median": NUMBER, "iqr": NUMBER_OR_NULL, "cv": NUMBER_OR_NULL,
-                    "p10": NUMBER_OR_NULL, "p90": NUMBER_OR_NULL, "n": int},
-    "data_wait_frac": NUMBER_OR_NULL,
-    "peak_device_bytes": (int, type(None)),
-}
+#: a backend name: it becomes part of a file name (configs/option_NAME_BACKEND.yaml)
+BACKEND_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: how deep a record may nest (the tool's own nest 5 levels deep)
+MAX_DEPTH = 32
+#: integers beyond this are not measurements (byte counts fit far below it)
+MAX_INT = 2**64
 
 
 class RecordError(ValueError):
     pass
 
 
-def _check(obj: Mapping[str, Any], spec: Mapping[str, Any], where: str) -> None:
-    for key, kind in spec.items():
+# --------------------------------------------------------------------------- the schema
+@dataclass(frozen=True)
+class Kind:
+    """A field's type (and range): ``what`` names it in the error, ``test`` checks a value."""
+
+    what: str
+    test: Callable[[Any], bool]
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Obj:
+    """A JSON object whose listed fields have these kinds (other fields are free)."""
+
+    fields: Mapping[str, "Kind | Obj"]
+    required: bool = False
+    nullable: bool = False
+
+
+def _is_num(v: Any) -> bool:
+    return type(v) in (int, float)  # not bool; finite and in range: checked for every number
+
+
+def num(lo: float | None = None, *, above: float | None = None, integer: bool = False, null: bool = False) -> Kind:
+    """A number (``integer``: a whole one) ``>= lo`` or ``> above``; ``null``: or null."""
+    base = "an integer" if integer else "a number"
+    parts = [f">= {lo:g}" if lo is not None else "", f"> {above:g}" if above is not None else ""]
+    what = " ".join([base, *[p for p in parts if p]]) + (" or null" if null else "")
+
+    def test(v: Any) -> bool:
+        if v is None:
+            return null
+        if not (type(v) is int if integer else _is_num(v)):
+            return False
+        return (lo is None or v >= lo) and (above is None or v > above)
+    return Kind(what, test)
+
+
+def req(kind: Kind) -> Kind:
+    return replace(kind, required=True)
+
+
+def opt(kind: Kind) -> Kind:
+    return replace(kind, what=f"{kind.what} or null", test=lambda v: v is None or kind.test(v))
+
+
+def list_of(kind: Kind, what: str) -> Kind:
+    return Kind(f"a list of {what}", lambda v: isinstance(v, list) and all(kind.test(x) for x in v))
+
+
+STR = Kind("a string", lambda v: isinstance(v, str))
+BOOL = Kind("true or false", lambda v: type(v) is bool)
+MAPPING = Kind("an object", lambda v: isinstance(v, dict))
+COUNT = num(0, integer=True)
+POSITIVE_INT = num(1, integer=True)
+NUM_OR_NULL = num(null=True)
+NONNEG_OR_NULL = num(0, null=True)
+SERIES = list_of(NUM_OR_NULL, "numbers or nulls")
+
+#: ``config``: the fields the readers use (model_key, labels, the decision matrix, charts)
+CONFIG = Obj({
+    "model": Obj({"encoder_type": req(STR), "encoder_depth": POSITIVE_INT, "num_hierarchies": req(POSITIVE_INT),
+                  "embed_dim": POSITIVE_INT,
+                  "predictor": Obj({"depth": req(POSITIVE_INT), "num_heads": req(POSITIVE_INT),
+                                    "mlp_ratio": req(num(above=0))}, required=True)}, required=True),
+    "data": Obj({"image_size": req(POSITIVE_INT), "batch_size": req(POSITIVE_INT), "num_workers": req(COUNT)},
+                required=True),
+    "training": Obj({"epochs": POSITIVE_INT, "warmup_epochs": num(0), "lr": num(0)}),
+    "bench": Obj({"variant": req(STR), "precision": req(STR), "device": STR, "workload": STR,
+                  "warmup_steps": COUNT}, required=True),
+}, required=True)
+#: ``env``: the machine; ``backend`` names files, so it is a plain name
+ENV = Obj({
+    "backend": Kind("a plain name (1 to 64 letters, digits, '_' or '-')",
+                    lambda v: isinstance(v, str) and bool(BACKEND_NAME.fullmatch(v))),
+    "device_name": opt(STR), "fingerprint_id": opt(STR), "device_total_bytes": num(above=0, null=True),
+}, required=True)
+STEP_TIME = Obj({"n": COUNT, "median": num(above=0, null=True), "rel_ci95": NONNEG_OR_NULL,
+                 **{k: NONNEG_OR_NULL for k in ("mean", "iqr", "cv", "p10", "p90", "min", "max", "ci95_low",
+                                                "ci95_high")}})
+#: ``metrics``: every field the runner, a validation run or a training log writes
+METRICS = Obj({
+    "it_per_s": NONNEG_OR_NULL, "samples_per_s": NONNEG_OR_NULL, "step_time_s": STEP_TIME,
+    "measured_steps": opt(COUNT), "measured_time_s": NONNEG_OR_NULL, "data_wait_frac": NONNEG_OR_NULL,
+    "host_frac": NONNEG_OR_NULL,
+    "host_phases_s": Kind("an object of numbers >= 0", lambda v: isinstance(v, dict) and all(
+        NONNEG_OR_NULL.test(x) for x in v.values())),
+    "warmup": Obj({"steps": COUNT, "time_s": NONNEG_OR_NULL, "step_time_s": SERIES}),
+    "batch_size": Obj({"requested": opt(POSITIVE_INT),
+                       "achieved": Kind("a positive integer, a list of them or null",
+                                        lambda v: v is None or POSITIVE_INT.test(v)
+                                        or (isinstance(v, list) and all(POSITIVE_INT.test(x) for x in v)))}),
+    **{k: NONNEG_OR_NULL for k in ("peak_device_bytes", "current_device_bytes", "reserved_device_bytes",
+                                   "peak_rss_bytes")},
+    "device_total_bytes": num(above=0, null=True),
+    "memory_source": opt(STR), "timing_method": opt(STR), "stop_reason": opt(STR),
+    "loss_first": NUM_OR_NULL, "loss_last": NUM_OR_NULL, "warnings": list_of(STR, "strings"),
+}, required=True)
+#: what an ``ok`` record must have measured (at least one step: a speed above zero)
+OK_METRICS = Obj({
+    "it_per_s": req(num(above=0)), "samples_per_s": req(num(above=0)), "data_wait_frac": req(NONNEG_OR_NULL),
+    "peak_device_bytes": req(num(0, integer=True, null=True)),
+    "step_time_s": Obj({"median": req(num(above=0)), "iqr": req(NONNEG_OR_NULL), "cv": req(NONNEG_OR_NULL),
+                        "p10": req(NONNEG_OR_NULL), "p90": req(NONNEG_OR_NULL), "n": req(POSITIVE_INT)},
+                       required=True),
+})
+#: a probe's entry: a status, an error when it failed, and the fields the analysis reads of the built-in
+#: probes (criteria, decisions, projections); every other field belongs to the probe's own report section
+PROBE = Obj({"status": req(STR), "error": opt(STR), "measured": BOOL})
+#: ``thresholds`` and ``definitions``: what an entry was judged with; a report judges the entry again
+#: (analysis/verdicts.py) from the raw numbers listed here and writes both back
+JUDGED = {"thresholds": MAPPING, "definitions": MAPPING}
+PROBE_FIELDS: dict[str, Obj] = {
+    "loss": Obj({"start_loss": NUM_OR_NULL, "end_loss": NUM_OR_NULL, "decrease_pct": NUM_OR_NULL,
+                 "noise_pct": NUM_OR_NULL, "trend": opt(STR), "noisy": opt(BOOL), "diverged": opt(BOOL),
+                 "warmup_spikes": Obj({"count": opt(COUNT)}, nullable=True), "n": opt(COUNT),
+                 "preliminary": BOOL, "lr": NUM_OR_NULL, "non_finite_count": opt(COUNT),
+                 "lr_applied": NUM_OR_NULL, "lr_in_warmup": opt(BOOL), "first_non_finite_step": opt(COUNT),
+                 "window": opt(COUNT), **JUDGED,
+                 "lr_advice": Obj({"action": opt(STR), "suggested_lr": NUM_OR_NULL, "trigger": opt(STR),
+                                   "text": opt(STR)}, nullable=True)}),
+    "features": Obj({"collapse": Obj({"collapsed": opt(BOOL)}, nullable=True), "rankme_ratio": NUM_OR_NULL,
+                     "effective_rank": NUM_OR_NULL, "d": opt(POSITIVE_INT), "mean_cosine": NUM_OR_NULL,
+                     "std_below_floor_frac": NONNEG_OR_NULL, "steps_trained": opt(COUNT),
+                     "quality_judged": BOOL, "quality_note": opt(STR), **JUDGED}),
+    "memory": Obj({"leak": Obj({"suspected": opt(BOOL)}, nullable=True), "memory_pressure": opt(BOOL),
+                   "headroom_frac": NUM_OR_NULL, "peak_device_bytes": NONNEG_OR_NULL,
+                   "trace": Obj({"steps": list_of(COUNT, "integers >= 0"), "bytes": list_of(COUNT, "integers >= 0"),
+                                 "warmup_steps": COUNT}, nullable=True), **JUDGED}),
+    "svd": Obj({"timings": list_of(MAPPING, "objects")}),
+    "bottleneck": Obj({"verdict": opt(STR), "worker_advice": opt(STR),
+                       "shares": Obj({"data_wait": NONNEG_OR_NULL, "host": NONNEG_OR_NULL, "device": NONNEG_OR_NULL,
+                                      "host_phases": Kind("an object of numbers", lambda v: isinstance(v, dict) and all(
+                                          NUM_OR_NULL.test(x) for x in v.values()))}, nullable=True),
+                       "cpu_saturated": opt(BOOL), "workers": COUNT, "cores": POSITIVE_INT,
+                       **{k: NONNEG_OR_NULL for k in ("cpu_util_mean_pct", "own_cpu_pct_of_cores",
+                                                      "other_cpu_pct_of_cores", "device_wait_frac")},
+                       **JUDGED}),
+    "stability": Obj({"cv_pct": NONNEG_OR_NULL, "n": opt(COUNT), "verdict": opt(STR), "spike_count": opt(COUNT),
+                      "spike_period_steps": opt(COUNT), "spike_threshold_s": NONNEG_OR_NULL,
+                      "degradation": Obj({"significant": opt(BOOL), "degrading": opt(BOOL), "change_pct": NUM_OR_NULL,
+                                          "p_value": NONNEG_OR_NULL}, nullable=True), **JUDGED}),
+    "epoch_costs": Obj({"worker_startup_s": NONNEG_OR_NULL, "val_step_s": NONNEG_OR_NULL,
+                        "checkpoint_save_s": NONNEG_OR_NULL, "paid_every_epoch": BOOL,
+                        "val_batch_size": opt(POSITIVE_INT), "checkpoint_bytes": opt(COUNT)}),
+}
+RECORD = Obj({
+    "schema_version": req(Kind(f"{SCHEMA_VERSION}", lambda v: type(v) is int and v == SCHEMA_VERSION)),
+    "status": req(Kind(f"one of {', '.join(STATUSES)}", lambda v: v in STATUSES)),
+    "error": opt(STR), "started_at": opt(STR), "duration_s": NONNEG_OR_NULL,
+    "config_warnings": list_of(STR, "strings"),
+    "config": CONFIG, "env": ENV,
+    "params": Obj({"total": req(COUNT), "trainable": req(COUNT)}, required=True),
+    "metrics": METRICS,
+    "series": Obj({"warmup_steps": COUNT, "step_time_s": SERIES, "data_wait_s": SERIES, "host_s": SERIES,
+                   "loss": SERIES, "grad_norm": SERIES}),
+    "probes": req(Kind("an object of probe entries", lambda v: isinstance(v, dict))),
+    "sweep": Obj({"key": STR, "label": STR, "index": COUNT, "batch_size": POSITIVE_INT, "overrides": MAPPING,
+                  "group": list_of(Kind("", lambda v: not isinstance(v, (dict, list))), "plain values")}),
+})
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str)) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check(obj: Mapping[str, Any], spec: Obj, where: str) -> None:
+    for key, kind in spec.fields.items():
+        path = f"{where}{key}"
         if key not in obj:
-            raise RecordError(f"{where}{key} is missing")
+            if kind.required:
+                raise RecordError(f"{path} is missing")
+            continue
         value = obj[key]
-        if isinstance(kind, dict):
+        if isinstance(kind, Kind):
+            if not kind.test(value):
+                raise RecordError(f"{path} must be {kind.what}, not {_show(value)}")
+        else:
+            if value is None and kind.nullable:
+                continue
             if not isinstance(value, dict):
-                raise RecordError(f"{where}{key} must be an object")
-            _check(value, kind, f"{where}{key}.")
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            raise RecordError(f"{where}{key} has type {type(value).__name__}")
+                raise RecordError(f"{path} must be an object, not {_show(value)}")
+            _check(value, kind, path + ".")
+
+
+def check_json(value: Any, where: str = "the record", depth: int = 0) -> None:
+    """Raise RecordError unless ``value`` is plain JSON (str keys) with finite numbers (integers
+    below 2**64), at most MAX_DEPTH levels deep.  JSON text may hold NaN, Infinity and 1e400
+    (json.loads reads them as floats); JSON written by hjepa-bench never does."""
+    stack = [(value, where, depth)]
+    while stack:
+        v, path, d = stack.pop()
+        if isinstance(v, dict):
+            if d >= MAX_DEPTH:
+                raise RecordError(f"{path} nests deeper than {MAX_DEPTH} levels")
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise RecordError(f"{path} has a key that is not a string ({k!r})")
+                stack.append((x, f"{k}" if path == where else f"{path}.{k}", d + 1))
+        elif isinstance(v, list):
+            if d >= MAX_DEPTH:
+                raise RecordError(f"{path} nests deeper than {MAX_DEPTH} levels")
+            stack.extend((x, f"{path}[{i}]", d + 1) for i, x in enumerate(v))
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise RecordError(f"{path} is {v}, not a finite number")
+        elif isinstance(v, int) and not isinstance(v, bool):
+            if abs(v) >= MAX_INT:
+                raise RecordError(f"{path} is an integer beyond 2**64")
+        elif v is not None and not isinstance(v, (str, bool)):
+            raise RecordError(f"{path} holds a {type(v).__name__}, which JSON cannot")
 
 
 def validate_record(record: Mapping[str, Any]) -> None:
-    """Raise RecordError naming the first field that does not fit the schema."""
+    """Raise RecordError naming the first field that does not fit the schema: plain JSON with
+    finite numbers, and every field a reader uses of its type and in its range (:data:`RECORD`;
+    an ``ok`` record has its speed measured, :data:`OK_METRICS`).  Once a record passed, the
+    readers index it freely."""
     if not isinstance(record, Mapping):
-        raise RecordError("a record must be a JSON object")
-    _check(record, REQUIRED, "")
-    if record["schema_version"] != SCHEMA_VERSION:
-        raise RecordError(f"schema_version {record['schema_version']} is not {SCHEMA_VERSION}")
-    if record["status"] not in STATUSES:
-        raise RecordError(f"status {record['status']!r} is not one of {', '.join(STATUSES)}")
+        raise RecordError(f"a record must be a JSON object, not {_show(record)}")
+    check_json(record)
+    _check(record, RECORD, "")
     if record["status"] == "ok":
         _check(record["metrics"], OK_METRICS, "metrics.")
+    for name, entry in record["probes"].items():
+        validate_probe_entry(name, entry)
+
+
+def validate_probe_entry(name: str, entry: Any) -> None:
+    """A probe's entry as :func:`validate_record` checks it: an object with a str ``status``
+    (and, for the built-in probes the analysis reads, those fields typed: :data:`PROBE_FIELDS`)."""
+    if not isinstance(entry, Mapping):
+        raise RecordError(f"probes.{name} must be an object with a status, not {_show(entry)}")
+    check_json(entry, f"probes.{name}")
+    _check(entry, PROBE, f"probes.{name}.")
+    if name in PROBE_FIELDS:
+        _check(entry, PROBE_FIELDS[name], f"probes.{name}.")
+
+
+def loads(line: str | bytes) -> dict[str, Any]:
+    """One record from its JSON text, validated (:func:`validate_record`).  Text that is not JSON
+    raises ``json.JSONDecodeError``; JSON that is not a valid record (a NaN literal, a number out
+    of range, nesting too deep, a field of the wrong type) raises RecordError."""
+    try:
+        record = json.loads(line)
+    except RecursionError:
+        raise RecordError(f"it nests deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise RecordError(str(exc)) from None
+    validate_record(record)
+    return record
 
 
 def _clean(value: Any) -> Any:
@@ -116,7 +332,7 @@ def write_json(record: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    return json.loads(read_text(path, "JSON file", JSON_MAX_BYTES))
 
 
 # --------------------------------------------------------------------------- building

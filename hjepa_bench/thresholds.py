@@ -12,6 +12,7 @@ uses the same values.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,47 @@ MEANINGS: dict[str, str] = {
 
 DEFAULTS = Thresholds()
 
+#: each threshold's domain: (whole number?, low, low included?, high, high included?); the highs
+#: of speeds, percentages of change and counts are sanity bounds far beyond any real value
+BIG = 1e9
+DOMAINS: dict[str, tuple[bool, float, bool, float, bool]] = {
+    "min_it_per_s": (False, 0, False, BIG, True),
+    "expected_it_per_s": (False, 0, False, BIG, True),
+    "max_step_cv_pct": (False, 0, True, BIG, True),
+    "min_loss_decrease_pct": (False, 0, True, 100, True),
+    "low_rank_frac": (False, 0, True, 1, True),
+    "min_quality_steps": (True, 0, True, BIG, True),
+    "memory_margin_frac": (False, 0, True, 1, False),
+    "memory_pressure_frac": (False, 0, False, 1, True),
+    "workers_within_pct": (False, 0, True, BIG, True),
+    "batch_min_gain_pct": (False, 0, True, BIG, True),
+    "data_bound_share": (False, 0, True, 1, True),
+    "logging_stall_max_pct": (False, 0, True, 100, True),
+    "dataset_size": (True, 1, True, BIG, True),
+    "val_size": (True, 0, True, BIG, True),  # 0: no validation pass
+    "val_every_epochs": (True, 1, True, 10**6, True),
+    "confidence": (False, 0, False, 1, False),
+}
+
+
+def _domain_text(name: str) -> str:
+    whole, lo, lo_in, hi, hi_in = DOMAINS[name]
+    return f"{'a whole number' if whole else 'a number'} in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def check_threshold(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for threshold ``name`` (a finite number in its domain), or None."""
+    whole, lo, lo_in, hi, hi_in = DOMAINS[name]
+    ok = (type(value) is int if whole else isinstance(value, (int, float)) and not isinstance(value, bool))
+    if ok:
+        ok = (math.isfinite(value) and (value >= lo if lo_in else value > lo)
+              and (value <= hi if hi_in else value < hi))
+    return None if ok else f"must be {_domain_text(name)}, not {value!r:.40}"
+
 
 def load_thresholds(path: str | Path | None) -> Thresholds:
-    """Defaults, with the values of a YAML mapping of the same names on top."""
+    """Defaults, with the values of a YAML mapping of the same names on top; each value must be
+    a finite number in its domain (:data:`DOMAINS`)."""
     if path is None:
         return DEFAULTS
     p = Path(path)
@@ -85,19 +124,15 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
         return DEFAULTS
     if not isinstance(data, dict):
         raise UserError(f"thresholds file {p} must hold a mapping of names to numbers.")
-    known = {f.name: f.type for f in fields(Thresholds)}
-    unknown = sorted(set(data) - set(known))
+    known = [f.name for f in fields(Thresholds)]
+    unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise UserError(f"thresholds file {p} has unknown names: {', '.join(unknown)} "
                         f"(known: {', '.join(known)}).")
     clean: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"threshold {key} in {p} must be a number, not {value!r}.")
-        want_int = isinstance(getattr(DEFAULTS, key), int)
-        if want_int and int(value) != value:
-            raise UserError(f"threshold {key} in {p} must be a whole number, not {value!r}.")
-        if value < 0:
-            raise UserError(f"threshold {key} in {p} cannot be negative.")
-        clean[key] = int(value) if want_int else float(value)
+        problem = check_threshold(key, value)
+        if problem:
+            raise UserError(f"threshold {key} in {p} {problem}.")
+        clean[key] = value if DOMAINS[key][0] else float(value)
     return replace(DEFAULTS, **clean)

@@ -152,8 +152,9 @@ class BottleneckProbe(Probe):
     def summarize(self, entry):
         sh = entry.get("shares") or {}
         parts = ", ".join(f"{k} {v * 100:.0f}%" for k, v in sh.items() if isinstance(v, (int, float)))
-        return (f"{entry.get('verdict') or 'no verdict'} ({parts}); CPU "
-                f"{fmt_or_dash(entry.get('cpu_util_mean_pct'), '.0f', dash='n/a', suffix='%')}; {entry.get('worker_advice')}")
+        return (f"{entry.get('verdict') or 'no verdict'} ({parts}); CPU: this run "
+                f"{fmt_or_dash(entry.get('own_cpu_pct_of_cores'), '.0f', suffix='%')} of the cores, whole machine "
+                f"{fmt_or_dash(entry.get('cpu_util_mean_pct'), '.0f', suffix='%')}; {entry.get('worker_advice')}")
 
 
 class BottleneckSection(ProbeTable):
@@ -162,10 +163,12 @@ class BottleneckSection(ProbeTable):
     order = 40
     failed = None
     note = ("Shares of measured wall time after warm-up. Data-bound: data wait > {data_bound:.0%} "
-            f"(torch-tb-profiler flags > 5%); host-bound: host share >= device share; CPU saturated: mean "
-            f"> {CPU_SATURATED_PCT:.0f}% over all cores. On CPU forward/backward is device compute; on "
-            "CUDA/MPS host time is dispatch and device is the time the host waited. Worker advice follows "
-            "the validation guide (6-8 if data-bound, 2 if CPU-bound).")
+            f"(torch-tb-profiler flags > 5%); host-bound: host share >= device share. CPU saturated: the "
+            f"benchmark's own processes (main + DataLoader workers) use > {CPU_SATURATED_PCT:.0f}% of all cores; "
+            "the whole machine's load (other jobs included) is shown as context only. On CPU forward/backward is "
+            "device compute; on CUDA/MPS host time is dispatch and device is the time the host waited (the "
+            "reference step's wait for the device before its masks included). Worker advice follows the "
+            "validation guide, data-bound first (6-8 if data-bound, else 2 if our own processes saturate the CPU).")
 
     def label(self, r: Mapping[str, Any]) -> dict[str, Any]:
         return {"device": device_name(r), "model": model_short(r), "batch": lookup(r, "config", "data", "batch_size")}
@@ -183,8 +186,9 @@ class BottleneckSection(ProbeTable):
             "host %": fmt_pct(shares.get("host"), suffix=""),
             "top host phase": "-" if top is None else f"{top[0]} {fmt_pct(top[1], suffix='')}%",
             "device %": fmt_pct(shares.get("device"), suffix=""),
-            "CPU mean %": fmt_or_dash(e.get("cpu_util_mean_pct"), ".0f", dash="n/a"),
-            "saturated": e.get("cpu_saturated"),
+            "own CPU % of cores": fmt_or_dash(e.get("own_cpu_pct_of_cores"), ".0f", dash="n/a"),
+            "machine CPU %": fmt_or_dash(e.get("cpu_util_mean_pct"), ".0f", dash="n/a"),
+            "saturated (own)": e.get("cpu_saturated"),
             "verdict": e.get("verdict") or "n/a",
             "worker advice": e.get("worker_advice"),
         }

@@ -1,8 +1,11 @@
 """Probe ``loss``: does the loss fall, is it noisy, spiky, diverging or flattening?
 
 ``finish`` reads ``record["series"]["loss"]`` (warm-up included),
-``record["series"]["warmup_steps"]`` and the configured learning rate
-(``record["config"]["training"]["lr"]``) and writes the result of
+``record["series"]["warmup_steps"]``, the configured learning rate
+(``record["config"]["training"]["lr"]``) and the learning rate the last step
+actually applied (``record["series"]["lr"]`` / ``["lr_in_warmup"]``: a benchmark
+runs the first steps of the schedule, deep in its warm-up, so the LR advice is
+judged on that, and there is none during warm-up) and writes the result of
 :func:`hjepa_bench.analysis.loss_curve.analyze_loss` to
 ``record["probes"]["loss"]``.  Steps whose timing window never closed (the
 run stopped inside it) have no loss at all and are dropped before the
@@ -11,7 +14,7 @@ analysis, so only a real non-finite loss counts as divergence.
 from __future__ import annotations
 
 from hjepa_bench import Probe, hookimpl
-from hjepa_bench.analysis.loss_curve import CRITERION_DECREASE_PCT, analyze_loss, configured_lr, measured_losses
+from hjepa_bench.analysis.loss_curve import CRITERION_DECREASE_PCT, analyze_loss, applied_lr_at_end, configured_lr, measured_losses
 from hjepa_bench.format import fmt_or_dash as _fmt
 from hjepa_bench.report.sections import ProbeTable
 
@@ -24,7 +27,10 @@ class LossProbe(Probe):
     def finish(self, ctx, record):
         series = record.get("series") or {}
         config = record.get("config") or ctx.config
-        return analyze_loss(measured_losses(series), int(series.get("warmup_steps") or 0), configured_lr(config))
+        losses = measured_losses(series)
+        applied, in_warmup = applied_lr_at_end(series, len(losses))
+        return analyze_loss(losses, int(series.get("warmup_steps") or 0), configured_lr(config),
+                            applied_lr=applied, lr_in_warmup=in_warmup)
 
     def summarize(self, entry):
         if entry.get("decrease_pct") is None:
@@ -51,7 +57,8 @@ class LossSection(ProbeTable):
                     e.get("criterion_loss_down_20pct"),
                 "noise %": _fmt(e.get("noise_pct")), "warm-up spikes": _fmt((e.get("warmup_spikes") or {}).get("count"), "d"),
                 "plateau": "-" if e.get("plateau") is None else ("yes" if e["plateau"] else "no"),
-                "lr": _fmt(e.get("lr"), ".2g"),
+                "lr (applied / configured)": f"{_fmt(e.get('lr_applied'), '.2g')} / {_fmt(e.get('lr'), '.2g')}"
+                + (" (warm-up)" if e.get("lr_in_warmup") else ""),
                 "lr advice (preliminary)": f"{advice.get('text', '-')} [{advice.get('trigger', '')}]"}
 
 

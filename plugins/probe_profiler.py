@@ -1,14 +1,17 @@
 """Probe ``profiler`` (costly; ``--probes profiler`` or ``--profile``): a torch.profiler trace of a few steps.
 
-``start`` (before warm-up) starts a ``torch.profiler.profile`` with
+The traced steps are not measured steps: the probe asks the runner for
+``extra_steps`` (``Probe.extra_steps``) that run after the measured window has
+closed, so no profiled step is in it/s, the step-time statistics, the time split
+or any other probe's figures.  ``before_extra_steps`` starts a
+``torch.profiler.profile`` with
 
 * activities CPU, plus CUDA on the cuda backend (there is no MPS activity: on
   Apple GPUs the trace shows the CPU side of the ops only);
-* ``schedule(wait=1, warmup=1, active=3, repeat=1)``: the first step (the run's
-  warm-up step, with its one-off costs) is skipped, the second warms the
-  profiler up, the next three are recorded, then nothing more.  A run needs at
-  least 5 steps for the full 3; with 3 or 4 the trace holds 1 or 2 steps, with
-  fewer it is empty (the entry says so);
+* ``schedule(wait=0, warmup=1, active=3, repeat=1)`` over the 4 extra steps: the
+  first warms the profiler up, the next three are recorded, and the window closes
+  after the last (the warm-up steps and the measured steps before them already
+  paid the one-off costs);
 * ``record_shapes=True``, ``profile_memory=True``, ``with_stack=False``;
 * ``on_trace_ready``: :func:`torch.profiler.tensorboard_trace_handler` into
   ``ctx.artifacts_dir`` (a temporary folder when the run keeps no files), the
@@ -17,12 +20,14 @@
   deferred from inside the timed loop to ``finish`` (writing the JSON takes
   longer than a tiny step); the handler and the file layout are the same.
 
-``after_step`` only calls ``prof.step()``.  The steps the profiler records run
-slower (event collection, memory tracking) and the step that closes the window
-also pays for stopping the collection (torch does that inside ``prof.step()``):
-compare step times of profiled runs only with profiled runs.
+``after_extra_step`` only calls ``prof.step()``.  The steps the profiler records
+run slower (event collection, memory tracking) and the step that closes the
+window also pays for stopping the collection; none of that reaches a measured
+figure.
 
-Entry: ``trace_dir``, ``trace_files``, ``profiled_steps``, ``top_ops_by_self_time``
+Entry: ``trace_dir``, ``trace_files``, ``profiled_steps``, ``profiled_step_indices``
+(the record's step indices of the traced steps: after the measured ones),
+``top_ops_by_self_time``
 (top 15 operators by self CPU time: name, calls, self CPU ms, total CPU ms, and
 self device ms on CUDA), on CUDA also ``top_ops_by_self_device_time``, and
 ``tensorboard_command``.
@@ -43,7 +48,9 @@ from hjepa_bench.record import device_name, probe
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
 
-SCHEDULE = {"wait": 1, "warmup": 1, "active": 3, "repeat": 1}
+SCHEDULE = {"wait": 0, "warmup": 1, "active": 3, "repeat": 1}
+#: the steps the probe asks for after the measured window: the whole schedule
+EXTRA_STEPS = SCHEDULE["wait"] + SCHEDULE["warmup"] + SCHEDULE["active"]
 TOP_K = 15
 TRACE_GLOB = "*.pt.trace.json*"
 
@@ -87,8 +94,10 @@ def _trace_files(d: str) -> set[str]:
 class ProfilerProbe(Probe):
     name = "profiler"
     cost = "costly"
-    description = ("torch.profiler trace of 3 steps (schedule wait=1, warmup=1, active=3) for TensorBoard "
-                   "(torch-tb-profiler) / Perfetto, plus the top operators by self time")
+    description = ("torch.profiler trace of 3 extra steps after the measured window (schedule warmup=1, "
+                   "active=3; never in a timing figure) for TensorBoard (torch-tb-profiler) / Perfetto, plus the "
+                   "top operators by self time")
+    extra_steps = EXTRA_STEPS
 
     def __init__(self) -> None:
         self._reset()
@@ -102,9 +111,12 @@ class ProfilerProbe(Probe):
         self._notes: list[str] = []
         self._device = False
         self._error: str | None = None
+        self._indices: list[int] = []
 
     def start(self, ctx: RunContext) -> None:
         self._reset()
+
+    def before_extra_steps(self, ctx: RunContext) -> None:
         notes = self._notes
         if ctx.artifacts_dir:
             self._dir = os.path.abspath(ctx.artifacts_dir)
@@ -130,10 +142,13 @@ class ProfilerProbe(Probe):
         # called inside the timed loop: only remember it; the JSON is written in finish()
         self._ready = True
 
-    def after_step(self, ctx: RunContext, sample: StepSample) -> None:
+    def after_extra_step(self, ctx: RunContext, sample: StepSample) -> None:
         if self._stopped or self._prof is None:
             return
+        position = self._steps  # 0-based step of the schedule
         self._steps += 1
+        if SCHEDULE["wait"] + SCHEDULE["warmup"] <= position < EXTRA_STEPS:
+            self._indices.append(int(sample.index))
         try:
             self._prof.step()
         except Exception as exc:  # noqa: BLE001 - stop profiling, report it in finish
@@ -148,9 +163,16 @@ class ProfilerProbe(Probe):
 
     def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
         if self._prof is None:
+            if record.get("status") != "ok":
+                return {"steps_seen": 0, "profiled_steps": 0, "trace_files": [], "trace_empty": True,
+                        "notes": [f"not traced: the run ended with status {record.get('status')} before the "
+                                  "extra steps after its measured window"]}
             return None
         self._stop()
         steps = profiled_steps(self._steps)
+        series = record.get("series") or {}
+        first = int(series.get("warmup_steps") or 0)  # the measured steps: series indices first..first+n-1
+        n = len(series.get("step_time_s") or []) - first
         trace_dir = self._dir or ""
         before = _trace_files(trace_dir)
         notes = list(self._notes)
@@ -165,20 +187,27 @@ class ProfilerProbe(Probe):
                 ops_dev = top_ops(averages, "device", device=True, steps=steps)
         else:
             need = SCHEDULE["wait"] + SCHEDULE["warmup"] + 1
-            notes.append(f"empty trace: the run had {self._steps} steps; the schedule records from step {need} on "
+            notes.append(f"empty trace: {self._steps} extra step(s) ran; the schedule records from step {need} on "
                          f"(wait={SCHEDULE['wait']}, warmup={SCHEDULE['warmup']}, active={SCHEDULE['active']})")
         files = sorted(_trace_files(trace_dir) - before)
+        extra = (record.get("metrics") or {}).get("extra_steps") or {}
+        if extra.get("error"):
+            notes.append(f"the extra steps failed after {extra.get('steps')} of {extra.get('requested')}: "
+                         f"{extra['error']}")
         if recorded and steps < SCHEDULE["active"]:
-            notes.append(f"the run ended inside the recorded window: {steps} of {SCHEDULE['active']} steps recorded")
-        notes.append("profiled steps run slower (event and memory collection), and the step that closes the "
-                     "recorded window also pays for the profiler's stop: compare step times only with other "
-                     "profiled runs")
+            notes.append(f"the extra steps stopped inside the recorded window: {steps} of {SCHEDULE['active']} "
+                         "steps recorded")
+        notes.append(f"the traced steps ran after the measured window ({EXTRA_STEPS} extra steps: profiler warm-up "
+                     f"+ {SCHEDULE['active']} recorded), so they are in no timing figure; they ran slower "
+                     "(event and memory collection)")
         entry: dict[str, Any] = {
             "trace_dir": trace_dir,
             "trace_files": files,
             "trace_empty": not files,
             "steps_seen": self._steps,
             "profiled_steps": steps if recorded else 0,
+            "profiled_step_indices": list(self._indices) if recorded else [],
+            "measured_step_indices": [int(first), int(first) + int(n) - 1] if n else [],
             "schedule": dict(SCHEDULE),
             "activities": self._activities,
             "top_ops_by_self_time": ops,
@@ -229,13 +258,14 @@ class ProfilerSection(ReportSection):
                 df = df[[k for k in cols if k in df.columns]].rename(columns=cols)
                 lines += ["", df.to_markdown(index=False, floatfmt=".2f")]
             for note in e.get("notes") or []:
-                if note.startswith("empty trace") or note.startswith("the run ended"):
+                if note.startswith(("empty trace", "the extra steps stopped", "not traced")):
                     lines += ["", f"Note: {note}."]
             parts.append("\n".join(lines))
         if not parts:
             return None
         foot = ("Times are totals over the profiled steps (torch.profiler key_averages, self time excludes "
-                "child operators). Profiled steps run slower than unprofiled ones.")
+                "child operators). The profiled steps ran after each run's measured window, so they are in no "
+                "timing figure; they run slower than unprofiled ones.")
         return "\n\n".join(parts) + "\n\n" + foot
 
 

@@ -25,6 +25,8 @@ class PreparedHJEPA(PreparedWorkload):
         self.batch_size = int(config["data"]["batch_size"])
         self.precision = training.precision
         self.uses_grad_scaler = self.trainer.scaler is not None
+        # the reference masks read back per sample (nonzero): the step waits for the device there
+        self.syncs_in_step = self.trainer.variant == "reference"
 
     def batches(self) -> Iterator[Any]:
         return iter(self.endless)

@@ -62,7 +62,7 @@ def _in_process(capsys, *args):
     (["run", "--device", "mps"], "device mps is not available"),
     (["run", "--device", "tpu"], "unknown device 'tpu'"),
     (["run", "--device", "cpu", "--model", "vit_gigantic"], "unknown model"),
-    (["run", "--device", "cpu", "--batch-size", "many"], "not a whole number"),
+    (["run", "--device", "cpu", "--batch-size", "many"], "data.batch_size must be a whole number, not 'many'"),
     (["run", "--device", "cpu", "--data", "cifar10", "--data-path", "/nonexistent/cifar"], "/nonexistent/cifar"),
     (["inspect", "--config", "/nonexistent.yaml"], "config file not found"),
     (["run", "--device", "cpu", "--frobnicate"], "unrecognized arguments"),
@@ -106,3 +106,32 @@ def test_devices_and_plugins_listings(capsys):
     assert "--device auto picks:" in _in_process(capsys, "devices").stdout
     plg = _in_process(capsys, "plugins")
     assert plg.returncode == 0 and "hjepa_bench.plugins.backend_cpu" in plg.stdout
+
+
+def _subparsers():
+    from hjepa_bench.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sub.choices
+
+
+def test_data_flags_have_the_same_names_and_meanings_on_every_command():
+    """Every command that reads a data set takes the same data-selecting flags, from one definition
+    (commands/common.add_data_args): --data, --data-path and --limit-samples; the commands that train
+    through a DataLoader restarted every epoch also take --[no-]persistent-workers."""
+    cmds = _subparsers()
+
+    def flags(name):
+        return {opt: a for a in cmds[name]._actions for opt in a.option_strings}
+
+    readers = [name for name, p in cmds.items() if "--data" in flags(name)]
+    assert sorted(readers) == ["eval", "run", "sweep", "validate"]
+    for flag in ("--data", "--data-path", "--limit-samples"):
+        seen = {(a.dest, a.help, tuple(a.choices or ()), a.type, a.metavar)
+                for a in (flags(name)[flag] for name in readers)}
+        assert len(seen) == 1, (flag, seen)
+    assert all("--persistent-workers" in flags(n) and "--no-persistent-workers" in flags(n)
+               for n in ("run", "sweep", "validate"))
+    eval_help = cmds["eval"].format_help()
+    assert "--limit-samples" in eval_help and "at most --limit-samples" in " ".join(eval_help.split())

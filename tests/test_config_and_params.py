@@ -65,7 +65,7 @@ def test_overrides_and_model_names():
 @pytest.mark.parametrize("text,fragment", [
     ("model: [unclosed\n", "not valid YAML at line"),
     ("- just\n- a list\n", "must hold a mapping"),
-    ("data:\n  batch_size: many\n", "data.batch_size must be an integer"),
+    ("data:\n  batch_size: many\n", "data.batch_size must be a whole number"),
     ("model:\n  encoder_type: vit_gigantic\n", "unknown model 'vit_gigantic'"),
     ("data:\n  image_size: 100\n", "multiple of the patch size"),
     ("loss:\n  hierarchy_weights: [1.0]\n", "one weight per hierarchy level"),

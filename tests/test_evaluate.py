@@ -189,6 +189,57 @@ def test_config_from_checkpoint_precedence(tmp_path):
     assert from_file["model"]["encoder_depth"] == 12  # the file, not the checkpoint's tiny config
 
 
+@pytest.mark.parametrize("config, needle", [
+    ({"model": 5}, "config key model must be a mapping, not 5"),
+    (5, "is not a mapping of sections (it holds 5)"),
+    ({"model": {"predictor": 5}}, "config key model.predictor must be a mapping, not 5"),
+    ({"data": {"image_size": "32"}}, "data.image_size must be a whole number"),
+])
+def test_an_embedded_config_that_does_not_validate_is_one_sentence(tmp_path, capsys, config, needle):
+    """Issue 12 (RC14): the checkpoint's config was merged over the defaults unchecked ({model: 5}
+    -> TypeError in config.get); now it is checked like a config file, and the error says so."""
+    from hjepa_bench.cli import main
+
+    _, model = _model(0)
+    path = _save(tmp_path / "c.pt", {"model_state_dict": model.state_dict(), "config": config, "epoch": 1})
+    _, meta = load_state_dict(path)
+    with pytest.raises(UserError) as exc:
+        config_from_checkpoint(meta)
+    assert needle in str(exc.value) and f"the config saved in checkpoint {path}" in str(exc.value)
+    assert "--config" in str(exc.value) and "\n" not in str(exc.value)
+    assert main(["eval", "--checkpoint", str(path), "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hjepa-bench: error: the config saved in checkpoint")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, capsys, value):
+    """Issue 12 (RC14): a checkpoint from a diverged run (NaN/inf weights) was evaluated as if
+    nothing were wrong; now it is one sentence naming the tensor."""
+    from hjepa_bench.cli import main
+
+    values, model = _model(0)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    name = "target_encoder.vit.blocks.0.attn.qkv.weight"
+    sd[name].view(-1)[3] = value
+    path = _save(tmp_path / "nan.pt", {"model_state_dict": sd, "config": values, "epoch": 1})
+    with pytest.raises(UserError, match=rf"holds non-finite weights \(NaN or inf in {name}\): the run that saved "
+                                        "it diverged"):
+        load_state_dict(path)
+    assert main(["eval", "--checkpoint", str(path), "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite weights" in err[0]
+
+
+def test_the_refusal_of_python_objects_says_how_to_re_save(tmp_path):
+    import fractions
+
+    _, model = _model(0)
+    path = _save(tmp_path / "f.pt", {"model_state_dict": model.state_dict(), "ratio": fractions.Fraction(1, 3)})
+    with pytest.raises(UserError, match=r"\(fractions.Fraction\).*torch.save\(\{'model_state_dict': model.state_dict"):
+        load_state_dict(path)
+
+
 def test_upstream_state_dict_layout_matches_reference_tsv():
     if not UPSTREAM_TSV.is_file():
         pytest.skip(f"{UPSTREAM_TSV} is absent")

@@ -439,3 +439,94 @@ def test_a_log_record_is_a_valid_result_record(result):
     st = record["metrics"]["step_time_s"]
     assert st["p10"] <= st["p90"] and st["iqr"] >= 0 and record["metrics"]["data_wait_frac"] is None
     assert record["sweep"]["label"] == "log train.log" and record["env"]["fingerprint_id"] == "log:train.log"
+
+
+# --------------------------------------------------------------------------- stalls and start-up in the verdicts
+PS_SPE, PS_RATE, PS_STALL_S, PS_EVERY, PS_STARTUP_S, PS_EPOCHS, PS_BATCH = 1562, 3.0, 30.0, 500, 8.0, 3, 32
+
+
+def periodic_stall_times(per_epoch: bool) -> list[list[float]]:
+    """Exact completion time of every step of each epoch: PS_STARTUP_S of worker start-up, then
+    PS_RATE it/s, and a PS_STALL_S stall after every PS_EVERY-th step (of the run, or of each epoch)."""
+    out = []
+    for epoch in range(PS_EPOCHS):
+        off, t, times = epoch * PS_SPE, PS_STARTUP_S, []
+        for k in range(1, PS_SPE + 1):
+            n_done = k - 1  # the stall comes after step n_done
+            if n_done and ((n_done if per_epoch else off + n_done) % PS_EVERY == 0):
+                t += PS_STALL_S
+            t += 1 / PS_RATE
+            times.append(t)
+        out.append(times)
+    return out
+
+
+def periodic_stall_log(times: list[list[float]]) -> str:
+    """The upstream log of that run: logging lines and one tqdm bar per epoch refreshed every step."""
+    text = (f"{TS} - __main__ - INFO - Using device: mps\n"
+            f"{TS} - __main__ - INFO - Training dataset size: {PS_SPE * PS_BATCH}\n"
+            f"{TS} - __main__ - INFO - Training batches per epoch: {PS_SPE}\n"
+            f"{TS} - src.trainers.trainer - INFO - Training for {PS_EPOCHS} epochs\n"
+            f"{TS} - src.trainers.trainer - INFO - Starting training...\n")
+    for e, ts in enumerate(times, start=1):
+        desc = f"Epoch {e}/{PS_EPOCHS}"
+        segs = [bar(desc, 0, PS_SPE, 0, None)]
+        segs += [bar(desc, k, PS_SPE, int(t), PS_RATE) for k, t in enumerate(ts, start=1)]
+        text += "\r" + "\r".join(segs) + "\n"
+    return text
+
+
+@pytest.mark.parametrize("per_epoch", [False, True], ids=["every-500-steps-of-the-run", "every-500-batches-of-an-epoch"])
+def test_stalls_and_startup_are_in_the_speed_criterion_and_the_projection(tmp_path, per_epoch):
+    """A log at 3 it/s with a 30 s stall every 500 steps and 8 s of start-up per epoch: the criterion's
+    it/s is steps / wall time (not the steady 3 it/s), the projection of the logged run lands within its
+    band of the run's real time, the steady rate is shown beside it, and the stalls are 'every 500 steps'."""
+    from hjepa_bench.analysis.criteria import checklist, success_criteria
+    from hjepa_bench.analysis.projection import project_record
+    from hjepa_bench.measure.loganalysis import analyze_log_file
+    from hjepa_bench.thresholds import DEFAULTS
+
+    times = periodic_stall_times(per_epoch)
+    log = tmp_path / "train.log"
+    log.write_text(periodic_stall_log(times))
+    la = analyze_log_file(str(log), None, {"data.batch_size": PS_BATCH})
+    ov = la.result["overall"]
+    steps = PS_EPOCHS * PS_SPE
+    truth_s = sum(ts[-1] for ts in times)  # the run's real training time
+    assert ov["stall_count"] == 9 and ov["steady_it_per_s"] == pytest.approx(PS_RATE, rel=0.01)
+    assert ov["stall_period_steps"] == PS_EVERY
+
+    # the criterion: steps / wall time of the bars, the steady rate beside it
+    wall_ips = steps / sum(int(ts[-1]) for ts in times)
+    assert la.facts.it_per_s == pytest.approx(wall_ips)
+    assert la.facts.it_per_s == pytest.approx(steps / truth_s, rel=0.002)
+    perf = next(c for c in success_criteria(la.facts, DEFAULTS) if c["id"] == "performance")
+    assert perf["value"] == round(wall_ips, 3) and perf["value"] < 0.9 * PS_RATE
+    assert f"{wall_ips:.2f} it/s" in perf["evidence"] and f"steady rate {ov['steady_it_per_s']:.2f} it/s" in perf["evidence"]
+    assert la.record["metrics"]["it_per_s"] == pytest.approx(wall_ips)
+
+    # the projection of the logged run (its epochs, its data set) within its band of the real time
+    proj = project_record(la.record, epochs=PS_EPOCHS, dataset_size=la.dataset_size)
+    assert proj["total_steps"] == steps
+    total = proj["total_s"]
+    assert total["mid"] == pytest.approx(truth_s, rel=0.002)
+    assert total["low"] <= truth_s <= total["high"]
+
+    # the stalls' period in the checklist
+    logging = next(i for s in checklist(la.facts, DEFAULTS) for i in s["items"] if "logging" in i["name"])
+    assert f"every {PS_EVERY} steps" in logging["evidence"]
+
+
+def test_log_lr_advice_uses_the_logged_lr_and_says_nothing_in_warmup():
+    """The bars' postfix shows the LR the run applied: a log that ends inside its warm-up epoch (1 of 1
+    warm-up epochs, lr 2.6e-05 at its last emission) gets no LR advice; past warm-up, the applied LR is named."""
+    from hjepa_bench.analysis.logfacts import log_facts
+
+    in_warmup = HEADER + "\r" + "\r".join(epoch_segments(1, SPE)) + "\n"
+    f = log_facts(analyze_log(parse_log(in_warmup)), in_warmup, "warm.log")
+    assert f.lr == 1e-4 and f.loss_decrease_pct is not None
+    assert f.lr_advice == f"in LR warm-up (lr {lr_at(250):.1e} of 1.0e-04): no LR advice"
+    assert f.lr_advice_detail["action"] == "none"
+    past = build_log()
+    f = log_facts(analyze_log(parse_log(past)), past, "past.log")
+    assert f.lr_advice_detail["action"] == "keep" and f"{lr_at(450):.1e} applied" in f.lr_advice

@@ -151,16 +151,158 @@ def test_duplicate_names_and_wrong_types_are_errors():
     with pytest.raises(UserError, match="registered twice"):
         plugins.backends()
 
+
+def test_a_plugin_that_registers_the_wrong_type_is_disabled_alone(capsys):
+    """Issue 12: registering something that is not the hook's type used to be an error for every
+    command that collected that kind; now the plugin is disabled with one warning, the rest loads."""
     @hookimpl
     def hjepa_bench_register_probes(register):
         register("not a probe")
 
-    plugins = build_plugins(objects=[("bad", _module(hjepa_bench_register_probes=hjepa_bench_register_probes))])
-    with pytest.raises(UserError, match="not a Probe"):
-        plugins.probes()
+    from hjepa_bench.plugins.backend_cpu import CPUBackend
+
+    @hookimpl
+    def hjepa_bench_register_backends(register):
+        register(type("Other", (CPUBackend,), {"name": "other"})())
+
+    plugins = build_plugins(objects=[("bad", _module(hjepa_bench_register_probes=hjepa_bench_register_probes,
+                                                     hjepa_bench_register_backends=hjepa_bench_register_backends))])
+    assert "loss" in plugins.probes() and "cpu" in plugins.backends()
+    assert "other" not in plugins.backends()  # a disabled plugin contributes nothing, from any hook
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: plugin bad (throwaway) is disabled: its hook register_probes: TypeError: it "
+                   "registered 'not a probe', which is not a Probe"]
+    info = {i.name: i for i in plugins.describe()}
+    assert "not a Probe" in info["bad"].error and info["bad"].provides == {} and info["cpu"].error is None
 
 
 def test_disable_a_plugin_by_name():
     plugins = build_plugins(["no:cuda"])
     assert "cuda" not in plugins.backends() and "cpu" in plugins.backends()
     assert isinstance(plugins.backends()["cpu"], Backend)
+
+
+BROKEN_PLUGIN = textwrap.dedent('''
+    """A plugin that breaks every contract it can: issue 12 (RC15) isolates each failure."""
+    from hjepa_bench import Probe, ReportSection, hookimpl
+
+
+    class ListProbe(Probe):
+        name = "badlist"
+        cost = "costly"
+
+        def finish(self, ctx, record):
+            return [1, 2]
+
+
+    class ObjectProbe(Probe):
+        name = "badjson"
+        cost = "costly"
+
+        def finish(self, ctx, record):
+            return {"x": object(), "y": {1, 2}}
+
+
+    class TypedProbe(Probe):
+        name = "loss"  # the built-in's name, disabled with -p no:loss below
+        cost = "costly"
+
+        def finish(self, ctx, record):
+            return {"decrease_pct": "a lot"}  # the analysis reads this field as a number
+
+
+    class Boom(ReportSection):
+        name = "boom"
+        title = "Boom"
+        order = 1
+
+        def render(self, records):
+            raise RuntimeError("render failed")
+
+
+    @hookimpl
+    def hjepa_bench_register_probes(register):
+        register(ListProbe())
+        register(ObjectProbe())
+        register(TypedProbe())
+
+
+    @hookimpl
+    def hjepa_bench_register_report_sections(register):
+        register(Boom())
+''')
+RAISING_PLUGIN = textwrap.dedent('''
+    from hjepa_bench import hookimpl
+
+
+    @hookimpl
+    def hjepa_bench_register_backends(register):
+        raise RuntimeError("boom")
+
+
+    @hookimpl
+    def hjepa_bench_register_workloads(register):
+        register("hjepa")
+''')
+
+
+def _write_module(folder, name, source):
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    return {"PYTHONPATH": str(folder)}
+
+
+def test_a_raising_register_hook_disables_that_plugin_and_every_command_still_works(cli, tmp_path):
+    """Issue 12 (RC15): a register hook that raised broke every command (RuntimeError at the
+    manager's collect); now the plugin is disabled with one warning line and listed as such."""
+    env = _write_module(tmp_path / "mods", "raising_plugin", RAISING_PLUGIN)
+    res = cli("-p", "raising_plugin", "devices", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "cpu" in res.stdout
+    warnings = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert warnings == ["warning: plugin raising_plugin (raising_plugin) is disabled: its hook register_backends: "
+                        "RuntimeError: boom"]
+    listing = cli("-p", "raising_plugin", "plugins", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    infos = {p["name"]: p for p in json.loads(listing.stdout)}
+    assert infos["raising_plugin"]["error"] == "register_backends: RuntimeError: boom"
+    assert infos["raising_plugin"]["provides"] == {}  # its workload registration is not used either
+    assert infos["cpu"]["error"] is None and infos["hjepa"]["provides"] == {"workloads": ["hjepa"]}
+    table = cli("-p", "raising_plugin", "plugins", env=env)
+    assert "disabled (register_backends: RuntimeError: boom)" in table.stdout
+
+
+def test_broken_probes_and_sections_never_lose_the_record_or_the_report(cli, tmp_path):
+    """Issue 12 (RC15): a probe whose finish() returned a list or data JSON cannot hold lost the
+    whole record (TypeError when it was built or written), and a report section whose render()
+    raised broke ``run --report`` and ``report``.  Now each failure is recorded against that
+    probe or section and the rest is kept."""
+    env = _write_module(tmp_path / "mods", "broken_plugin", BROKEN_PLUGIN)
+    rec, md = tmp_path / "rec.json", tmp_path / "run.md"
+    res = cli("-p", "broken_plugin", "-p", "no:loss", "run", "--device", "cpu", *TINY_FLAGS,
+              "--probes", "badlist,badjson,loss,stability", "-q", "--json", str(rec), "--report", str(md), env=env)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    record = json.loads(rec.read_text())
+    validate_record(record)
+    assert record["status"] == "ok" and record["metrics"]["it_per_s"] > 0
+    probes = record["probes"]
+    assert probes["badlist"] == {"status": "failed", "error": "finish() returned a list, not a mapping"}
+    assert probes["badjson"]["status"] == "failed" and "cannot hold" in probes["badjson"]["error"]
+    assert "TypeError" in probes["badjson"]["error"]
+    assert probes["loss"]["status"] == "failed" and "probes.loss.decrease_pct must be a number" in probes["loss"]["error"]
+    assert probes["stability"]["status"] == "ok"  # the other probes are kept
+    text = md.read_text()
+    assert "section boom failed: RuntimeError: render failed" in text
+    assert "## Measured step speed" in text  # the sections after it rendered
+    assert "warning: report section boom failed" in res.stderr
+
+    results = tmp_path / "sweep"
+    results.mkdir()
+    (results / "results.jsonl").write_text(json.dumps(record) + "\n")
+    rep = cli("-p", "broken_plugin", "report", str(results), "--no-charts", "--out", str(tmp_path / "rep" / "report.md"),
+              env=env)
+    assert rep.returncode == 0, rep.stderr
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "section boom failed: RuntimeError: render failed" in report and "## Recommendation" in report
+    assert "Measured step speed" in report

@@ -185,3 +185,44 @@ def test_probe_in_a_diverging_run(tiny):
     _json_ok(e)
     assert e["trend"] == "diverged" and e["first_non_finite_step"] == 5 and e["non_finite_count"] == 1
     assert e["lr_advice"]["action"] == "decrease"
+
+
+# --------------------------------------------------------------------------- the LR the run applied
+def test_no_lr_advice_during_warmup_and_the_applied_lr_is_judged():
+    flat = list(2 + _noise(0.01, 1))  # a flat start: "increase" when judged on the configured LR
+    assert analyze_loss(flat, 0, 1e-4)["lr_advice"]["action"] == "increase"
+    warm = analyze_loss(flat, 0, 1e-4, applied_lr=1.3e-6, lr_in_warmup=True)
+    assert warm["lr_applied"] == 1.3e-6 and warm["lr_in_warmup"] is True
+    assert warm["lr_advice"]["action"] == "none" and warm["lr_advice"]["suggested_lr"] is None
+    assert warm["lr_advice"]["text"] == "in LR warm-up (lr 1.3e-06 of 1.0e-04): no LR advice"
+    # past warm-up, the rules compare the applied LR: 2.5e-4 applied is already >= 2e-4
+    past = analyze_loss(flat, 0, 1e-4, applied_lr=2.5e-4, lr_in_warmup=False)["lr_advice"]
+    assert past["action"] == "increase" and past["suggested_lr"] is None and "2.5e-04 applied" in past["text"]
+
+
+@pytest.mark.parametrize("warmup_epochs", [1, 0])
+def test_real_hjepa_run_records_the_applied_lr(tiny, warmup_epochs):
+    """The real step's schedule: 16 steps per epoch (64 images, batch 4); with 1 warm-up epoch the 7
+    steps of the run are all in warm-up (LR = 1e-4 * (k + 1) / 16), so the probe gives no LR advice;
+    without warm-up the cosine LR of the last step is the one judged."""
+    from hjepa_bench.hjepa.step import lr_at
+    from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+
+    values = tiny(**{"training.warmup_epochs": warmup_epochs, "bench.warmup_steps": 1, "bench.min_steps": 6,
+                     "bench.max_steps": 6})
+    r = run_benchmark(values, CPUBackend(), HJEPAWorkload(), [LossProbe()], {"backend": "cpu"})
+    assert r["status"] == "ok"
+    t, spe = values["training"], 64 // 4
+    total, warm = int(t["epochs"]) * spe, warmup_epochs * spe
+    expected = [lr_at(k, total, warm, float(t["lr"]), float(t["min_lr"])) for k in range(7)]
+    assert r["series"]["lr"] == pytest.approx(expected)
+    assert r["series"]["lr_in_warmup"] == [k < warm for k in range(7)]
+    e = r["probes"]["loss"]
+    assert e["lr"] == pytest.approx(float(t["lr"])) and e["lr_applied"] == pytest.approx(expected[-1])
+    adv = e["lr_advice"]
+    if warmup_epochs:
+        assert e["lr_in_warmup"] is True and adv["action"] == "none"
+        assert adv["text"] == f"in LR warm-up (lr {expected[-1]:.1e} of {float(t['lr']):.1e}): no LR advice"
+    else:
+        assert e["lr_in_warmup"] is False and adv["action"] != "none"
+        assert adv["action"] == "keep" or f"{expected[-1]:.1e}" in adv["text"]

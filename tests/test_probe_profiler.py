@@ -48,7 +48,7 @@ def profiled(tmp_path_factory):
 
 # --------------------------------------------------------------------------- pure parts
 def test_profiled_steps_follows_the_schedule():
-    assert [profiled_steps(n) for n in range(8)] == [0, 0, 0, 1, 2, 3, 3, 3]
+    assert [profiled_steps(n) for n in range(8)] == [0, 0, 1, 2, 3, 3, 3, 3]
 
 
 def test_probe_is_costly_and_chosen_by_name():
@@ -66,14 +66,14 @@ def test_trace_written_and_top_ops(profiled):
     e = record["probes"]["profiler"]
     json.dumps(e, allow_nan=False)
     assert e["status"] == "ok" and e["trace_dir"] == str(out.resolve())
-    assert e["profiled_steps"] == 3 and e["steps_seen"] == 7 and e["trace_empty"] is False
+    assert e["profiled_steps"] == 3 and e["steps_seen"] == 4 and e["trace_empty"] is False
     assert e["activities"] == ["CPU"]
     files = sorted(out.glob("*.pt.trace.json"))
     assert len(files) == 1 and e["trace_files"] == [str(files[0])]
     trace = json.loads(files[0].read_text())
     assert trace["traceEvents"]
     names = {ev.get("name", "") for ev in trace["traceEvents"]}
-    assert {"ProfilerStep#2", "ProfilerStep#3", "ProfilerStep#4"} <= names
+    assert {"ProfilerStep#1", "ProfilerStep#2", "ProfilerStep#3"} <= names
     ops = e["top_ops_by_self_time"]
     assert 0 < len(ops) <= 15
     assert all(op["calls"] > 0 and op["self_cpu_ms"] > 0 for op in ops)
@@ -134,7 +134,7 @@ def test_trace_loads_in_tensorboard_profiler_plugin(profiled, tmp_path):
         span = str(spans[0]) if spans else ""
         overview = _get_json(f"{base}/overview?run={q(run)}&worker={q(workers[0])}&span={q(span)}")
         steps = [row[0] for row in overview["steps"]["rows"]]
-        assert steps == ["2", "3", "4"]  # the three active steps of schedule(wait=1, warmup=1, active=3)
+        assert steps == ["1", "2", "3"]  # the three active steps of schedule(wait=0, warmup=1, active=3)
         table = _get_json(f"{base}/operation/table?run={q(run)}&worker={q(workers[0])}&span={q(span)}"
                           f"&group_by=Operation")
         assert "aten::mm" in json.dumps(table)
@@ -147,26 +147,62 @@ def test_trace_loads_in_tensorboard_profiler_plugin(profiled, tmp_path):
         log.close()
 
 
-def test_short_run_gives_empty_trace_in_temp_dir(tiny):
-    # 1 warm-up + 1 measured step: the schedule (wait=1, warmup=1) never reaches the active steps
+def test_profiled_steps_are_outside_the_measured_window(profiled):
+    """The traced steps run after the measured window: their indices follow the measured ones, they
+    are in no series, and it/s is the measured steps over the measured windows' time only."""
+    _, record = profiled
+    e, m, series = record["probes"]["profiler"], record["metrics"], record["series"]
+    warm, n = series["warmup_steps"], m["measured_steps"]
+    measured = set(range(warm, warm + n))
+    assert (warm, n) == (1, 6) and e["measured_step_indices"] == [1, 6]
+    assert e["profiled_step_indices"] == [8, 9, 10]  # extra steps 7..10: profiler warm-up, then 3 traced
+    assert not set(e["profiled_step_indices"]) & measured
+    assert len(series["step_time_s"]) == warm + n and len(series["loss"]) == warm + n
+    assert m["extra_steps"]["steps"] == 4 and m["extra_steps"]["first_index"] == warm + n
+    assert m["extra_steps"]["for"] == ["profiler"] and m["extra_steps"]["error"] is None
+    assert m["it_per_s"] == pytest.approx(n / m["measured_time_s"])
+    assert sum(series["step_time_s"][warm:]) == pytest.approx(m["measured_time_s"], rel=0.05)
+
+
+def test_short_run_is_traced_after_it_in_a_temp_dir(tiny):
+    # 1 warm-up + 1 measured step: the trace comes from the extra steps after them
     record = _run(tiny(**{"bench.warmup_steps": 1, "bench.min_steps": 1, "bench.max_steps": 1}), None)
     assert record["status"] == "ok", record["error"]
     e = record["probes"]["profiler"]
     json.dumps(e, allow_nan=False)
-    assert e["trace_empty"] is True and e["trace_files"] == [] and e["profiled_steps"] == 0
-    assert e["top_ops_by_self_time"] == []
+    assert e["profiled_steps"] == 3 and len(e["trace_files"]) == 1 and e["profiled_step_indices"] == [3, 4, 5]
+    assert record["metrics"]["measured_steps"] == 1 and len(record["series"]["step_time_s"]) == 2
     assert any("temporary folder" in n for n in e["notes"])
-    assert any(n.startswith("empty trace") for n in e["notes"])
     assert os.path.isdir(e["trace_dir"])
     assert not _profiler_running()
-    assert "empty trace" in ProfilerSection().render([record])
 
 
-def test_run_ending_inside_the_window_keeps_a_partial_trace(tiny, tmp_path):
-    record = _run(tiny(**{"bench.warmup_steps": 1, "bench.min_steps": 3, "bench.max_steps": 3}), tmp_path)
+def test_failed_extra_steps_keep_the_measurement_and_a_partial_trace(tmp_path, tiny):
+    """The 3rd extra step raises: the record is still ok with its measurement, the trace keeps the
+    steps recorded before, and the entry says why it stopped."""
+    from test_runner import ToyWorkload
+
+    record = run_benchmark(tiny(**{"bench.warmup_steps": 1, "bench.min_steps": 3, "bench.max_steps": 3}),
+                           CPUBackend(), ToyWorkload(fail="error", fail_at=7), [ProfilerProbe()], {"backend": "cpu"},
+                           artifacts_dir=str(tmp_path))
+    assert record["status"] == "ok" and record["metrics"]["measured_steps"] == 3
+    extra = record["metrics"]["extra_steps"]
+    assert extra["steps"] == 2 and extra["requested"] == 4 and "shapes do not line up" in extra["error"]
     e = record["probes"]["profiler"]
-    assert e["profiled_steps"] == 2 and len(e["trace_files"]) == 1 and e["top_ops_by_self_time"]
-    assert any("2 of 3 steps recorded" in n for n in e["notes"])
+    assert e["profiled_steps"] == 1 and any("the extra steps failed after 2 of 4" in n for n in e["notes"])
+    assert not _profiler_running()
+
+
+def test_diverged_run_is_not_traced(tiny):
+    from test_runner import ToyWorkload
+
+    record = run_benchmark(tiny(**{"bench.warmup_steps": 1, "bench.min_steps": 4, "bench.max_steps": 4,
+                                   "bench.window_steps": 1}),
+                           CPUBackend(), ToyWorkload(fail="nan", fail_at=3), [ProfilerProbe()], {"backend": "cpu"})
+    assert record["status"] == "diverged" and "extra_steps" not in record["metrics"]
+    e = record["probes"]["profiler"]
+    assert e["profiled_steps"] == 0 and any(n.startswith("not traced") for n in e["notes"])
+    assert "not traced" in ProfilerSection().render([record])
     assert not _profiler_running()
 
 
@@ -178,17 +214,17 @@ def test_finish_twice_does_not_stop_twice(tiny, tmp_path):
     try:
         ctx = RunContext(config=tiny(), backend=backend, workload=work, env={}, artifacts_dir=str(tmp_path))
         probe.start(ctx)
-        sample = StepSample(index=0, warmup=True, data_wait_s=0.0, host_s=0.0)
-        probe.after_step(ctx, sample)  # wait -> warmup
-        probe.after_step(ctx, sample)  # warmup -> record: the profiler collects from here on
+        probe.before_extra_steps(ctx)
+        sample = StepSample(index=0, warmup=False, data_wait_s=0.0, host_s=0.0, extra=True)
+        probe.after_extra_step(ctx, sample)  # warmup -> record: the profiler collects from here on
         assert _profiler_running()
         probe._stop()
         probe._stop()  # guarded: a second stop does nothing
         assert not _profiler_running()
-        probe.after_step(ctx, sample)  # after the stop: ignored
-        e = probe.finish(ctx, {})
-        assert e["profiled_steps"] == 0 and e["trace_empty"] is True and e["steps_seen"] == 2
-        assert probe.finish(ctx, {}) is None  # nothing left to report
+        probe.after_extra_step(ctx, sample)  # after the stop: ignored
+        e = probe.finish(ctx, {"status": "ok"})
+        assert e["profiled_steps"] == 0 and e["trace_empty"] is True and e["steps_seen"] == 1
+        assert probe.finish(ctx, {"status": "ok"}) is None  # nothing left to report
     finally:
         work.close()
     assert not _profiler_running()

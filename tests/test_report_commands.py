@@ -111,8 +111,10 @@ def test_report_command_bad_input_is_one_sentence(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "results.jsonl").write_text('{"a": 1}\n{"b": 2}\n')
-    res = run_cli("report", str(bad))
-    assert res.returncode == 2 and "corrupt at line 1" in res.stderr
+    res = run_cli("report", str(bad))  # each bad line is named, then one error: nothing is left
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 3 and "line 1: not a valid record" in lines[0]
+    assert lines[2].startswith("hjepa-bench: error: no valid result records in")
     th = tmp_path / "th.yaml"
     th.write_text("not_a_threshold: 3\n")
     res = run_cli("report", str(bad), "--thresholds", str(th))
@@ -198,6 +200,20 @@ def test_eval_on_a_validate_checkpoint_against_random_init(validated, tmp_path):
             assert 0.0 <= level[side]["knn_top1"] <= 1.0 and 0.0 <= level[side]["linear_top1"] <= 1.0
             assert level[side]["feature_quality"]["rankme"] > 0
     assert "kNN" in res.stdout
+
+
+def test_eval_limit_samples_selects_the_first_training_images(validated, tmp_path):
+    """--limit-samples means on eval what it means on run and validate: only the first N images of the
+    training split; --n-train then takes at most N of them, and the test split is not cut."""
+    out, _ = validated
+    ckpt = str(out / "checkpoints" / "checkpoint_latest.pth")
+    res = run_cli("eval", "--checkpoint", ckpt, "--device", "cpu", "--limit-samples", "40", "--n-train", "60",
+                  "--n-test", "30", "--out", str(tmp_path / "ev"), "-q")
+    assert res.returncode == 0, res.stderr
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert result["data"]["n_train"] == 40 and result["data"]["n_test"] == 30
+    assert result["data"]["limit_samples"] == 40
+    assert any("--limit-samples 40" in n and "asked for 60" in n for n in result["notes"])
 
 
 def test_eval_names_the_first_mismatching_keys(validated, tmp_path):

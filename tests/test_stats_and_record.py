@@ -43,7 +43,10 @@ def test_spread_warning():
 
 
 def _record(**kw):
-    r = {"schema_version": 1, "status": "ok", "config": {}, "env": {}, "params": {"total": 1, "trainable": 1},
+    from records_factory import quick_val_values
+
+    r = {"schema_version": 1, "status": "ok", "config": quick_val_values(), "env": {"backend": "cpu"},
+         "params": {"total": 1, "trainable": 1},
          "metrics": {"it_per_s": 1.0, "samples_per_s": 8.0, "data_wait_frac": 0.1, "peak_device_bytes": 10,
                      "step_time_s": {"median": 1.0, "iqr": 0.1, "cv": 0.1, "p10": 0.9, "p90": 1.1, "n": 5}},
          "probes": {}}

@@ -239,3 +239,31 @@ def test_the_validation_record_is_a_valid_result_record(ok_run):
     record = validation_record(result, {"backend": "cpu", "device_total_bytes": 1})
     validate_record(record)
     assert record["status"] == "ok" and record["metrics"]["batch_size"]["achieved"] == result["config"]["data"]["batch_size"]
+
+
+def test_the_validation_record_carries_the_full_stability_analysis(tmp_path, cpu):
+    """A real run of 2 x 8 steps: the record's stability entry is the stability probe's full analysis
+    of its per-step times (spikes, their period, drift), which the report's stability section and the
+    speed-variance criterion then read; not a bare CV."""
+    from hjepa_bench.analysis.decisions import step_cv_pct
+    from hjepa_bench.analysis.stability import analyze_stability
+    from hjepa_bench.measure.validate import WARMUP_STEPS, validation_record
+    from hjepa_bench.plugins.probe_stability import StabilitySection
+    from hjepa_bench.record import validate_record
+
+    result = run_validation(_values(), cpu, _settings(tmp_path, max_steps_per_epoch=8, feature_n=16,
+                                                      features_at_start=False), progress=False)
+    assert result["status"] == "ok", result["error"]
+    record = validation_record(result, {"backend": "cpu", "device_total_bytes": 1})
+    validate_record(record)
+    stab = record["probes"]["stability"]
+    steps = result["steps"]
+    whole = [t + w for t, w in zip(steps["step_time_s"], steps["data_wait_s"])]
+    assert record["series"]["step_time_s"] == whole and record["series"]["warmup_steps"] == WARMUP_STEPS
+    assert stab == {"status": "ok", **analyze_stability(whole, WARMUP_STEPS)}
+    assert stab["n"] >= 10 and stab["spike_count"] is not None and stab["spike_threshold_s"] > 0
+    assert stab["degradation"]["p_value"] is not None or stab["degradation"]["change_pct"] == 0.0
+    assert stab["verdict"] in ("stable", "unstable") and stab["criterion_cv_lt_20pct"] in ("pass", "fail")
+    assert step_cv_pct(record) == stab["cv_pct"]
+    md = StabilitySection().render([record])
+    assert md is not None and stab["verdict"] in md

@@ -36,7 +36,7 @@ from hjepa_bench.plugins.probe_loss import LossProbe
 from hjepa_bench.plugins.probe_memory import MemoryProbe
 from hjepa_bench.plugins.probe_stability import StabilityProbe
 from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
-from hjepa_bench.record import dumps
+from hjepa_bench.record import RecordError, dumps, validate_record
 from hjepa_bench.report.summary import summary_text
 from hjepa_bench.thresholds import DEFAULTS
 
@@ -409,3 +409,30 @@ def test_readme_says_how_each_verdict_is_judged():
     for needle in ("measure longer (--max-time)", "Student t", "no band (n < 5)", "not enough settled steps to judge",
                    "untrained: N steps, not judged", "--thresholds", "this tool's interpolation"):
         assert needle in readme, needle
+
+
+# --------------------------------------------------------------------------- the raw numbers a report judges again
+@pytest.mark.parametrize("probe_name, path, value, message", [
+    ("features", ["steps_trained"], "many", "probes.features.steps_trained must be an integer >= 0"),
+    ("memory", ["trace", "bytes"], ["1 GiB"], "probes.memory.trace.bytes must be a list of integers >= 0"),
+    ("bottleneck", ["shares", "host"], "most", "probes.bottleneck.shares.host must be a number >= 0"),
+    ("bottleneck", ["workers"], 1.5, "probes.bottleneck.workers must be an integer >= 0"),
+    ("stability", ["degradation", "change_pct"], "5%", "probes.stability.degradation.change_pct must be a number"),
+    ("loss", ["thresholds"], [20], "probes.loss.thresholds must be an object"),
+])
+def test_a_bad_raw_number_is_a_skipped_line_not_a_traceback(runs, tmp_path, probe_name, path, value, message):
+    """A report judges the probes' stored numbers again, so the record schema types them: a bad
+    one makes the line a named, skipped record, never a crash of the report."""
+    bad = copy.deepcopy(runs["long"])
+    entry = bad["probes"][probe_name]
+    for key in path[:-1]:
+        entry = entry[key]
+    entry[path[-1]] = value
+    with pytest.raises(RecordError, match=re.escape(message)):
+        validate_record(bad)
+    d = tmp_path / "res"
+    d.mkdir()
+    (d / "results.jsonl").write_text(dumps(runs["long"], indent=None) + "\n" + dumps(bad, indent=None) + "\n")
+    res = run_cli("report", str(d), "--no-charts")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "line 2: not a valid record" in res.stderr and message in res.stderr

@@ -20,8 +20,13 @@ How ``forward_backward`` counts depends on the backend:
 * accelerators (``cuda``, ``mps``): the host only dispatches kernels, so the whole
   host time of ``step()`` (``forward_backward`` = dispatch, masks, optimizer and
   EMA launches) is ``host``; ``device`` is the remainder, the time the host sat
-  waiting for the device (window-end syncs, a full launch queue).  A phase that
-  syncs with the device (the reference masks do, per sample) is counted as host.
+  waiting for the device (window-end syncs, a full launch queue, and
+  ``device_wait_frac``).  A step that syncs inside its host work (the reference
+  masks read back per sample) would absorb the previous step's queued device
+  work into that phase and read host-bound; the runner therefore synchronizes
+  right before such a step (``PreparedWorkload.syncs_in_step``) and that wait,
+  ``device_wait_frac``, is outside ``host_frac``: device time.  The masks' own
+  read-backs then wait only for the mask kernels, which are host work.
 
 Verdict (first rule that holds; :func:`judge_bottleneck`, which a report calls again
 with its own ``data_bound_share``):
@@ -41,9 +46,19 @@ includes the device sync, so host and device cannot be told apart) is
 ``data-bound`` by rule 1 or else ``not data-bound``.
 
 Worker advice (VALIDATION_LEARNINGS.md, "Number of Workers" and "If Training
-Slows Down"): CPU saturated (mean utilisation over all cores >
-``CPU_SATURATED_PCT`` = 90%) -> "decrease num_workers to 2"; data-bound and the
-CPU not saturated -> "increase num_workers to 6-8"; else keep.
+Slows Down"), first rule that holds:
+
+1. data-bound -> "increase num_workers to 6-8" (the data wait is the measured
+   fact; when the benchmark's own processes already fill the cores the advice
+   says so, since more workers then compete with the step);
+2. the CPU saturated *by the benchmark's own process tree* (the main process and
+   its children, the DataLoader workers: their CPU time over the wall time, as a
+   share of all cores, > ``CPU_SATURATED_PCT`` = 90%) -> "decrease num_workers to 2";
+3. keep.
+
+System-wide load (``psutil.cpu_percent``, every process on the machine) is kept
+as context only ("other processes used X% of the CPU"): another job's load says
+nothing about this run's worker count.
 """
 from __future__ import annotations
 
@@ -114,7 +129,8 @@ def step_shares(data_wait_frac: float | None, host_frac: float | None,
         host = step_host
         device = max(0.0, 1.0 - data - step_host)
         treatment = (f"{backend}: asynchronous device; all host time in step() (forward_backward = kernel "
-                     "dispatch) is host, device is the time the host waited for the device")
+                     "dispatch) is host, device is the time the host waited for the device (including the "
+                     "sync before a step that reads back from the device: device_wait_frac)")
     return {
         "data_wait": float(data),
         "host": float(host),
@@ -126,8 +142,8 @@ def step_shares(data_wait_frac: float | None, host_frac: float | None,
 
 def cpu_summary(per_core_samples: Sequence[Sequence[float]], fallback_per_core: Sequence[float] | None = None
                 ) -> dict[str, Any]:
-    """Mean utilisation per core over samples (each a list of per-core %), the mean
-    over all cores, and whether the CPU is saturated (mean > ``CPU_SATURATED_PCT``)."""
+    """System-wide load (every process on the machine): mean utilisation per core over samples
+    (each a list of per-core %) and the mean over all cores."""
     rows = [list(map(float, s)) for s in per_core_samples if s]
     if rows:
         width = min(len(r) for r in rows)
@@ -137,33 +153,56 @@ def cpu_summary(per_core_samples: Sequence[Sequence[float]], fallback_per_core: 
         per_core = [float(x) for x in fallback_per_core]
         source = "psutil.cpu_times(percpu=True) delta over the run (run shorter than one sample interval)"
     else:
-        return {"cpu_util_per_core_pct": None, "cpu_util_mean_pct": None, "cpu_saturated": None,
+        return {"cpu_util_per_core_pct": None, "cpu_util_mean_pct": None,
                 "cpu_samples": 0, "cpu_source": "no CPU samples"}
     mean = sum(per_core) / len(per_core) if per_core else None
     return {
         "cpu_util_per_core_pct": [round(x, 1) for x in per_core],
         "cpu_util_mean_pct": None if mean is None else round(mean, 1),
-        "cpu_saturated": None if mean is None else bool(mean > CPU_SATURATED_PCT),
         "cpu_samples": len(rows),
         "cpu_source": source,
     }
 
 
-def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int, cores: int) -> str:
-    """The validation guide's num_workers advice for this verdict and CPU load."""
+def own_cpu(process_cpu: Mapping[str, Any] | None, cores: int, system_mean_pct: float | None) -> dict[str, Any]:
+    """The benchmark's own CPU load: its process tree's CPU time over the wall time
+    (``process_tree_cpu_pct``, 100 = one core busy) as a share of all ``cores``; whether that
+    saturates the CPU (> ``CPU_SATURATED_PCT``); and what the rest of the machine used on top
+    (system-wide mean minus our share; context only)."""
+    tree = _num((process_cpu or {}).get("process_tree_cpu_pct"))
+    if tree is None:
+        return {"own_cpu_pct_of_cores": None, "other_cpu_pct_of_cores": None, "cpu_saturated": None}
+    own = _clip01(tree / (100.0 * max(1, int(cores)))) * 100.0
+    other = None if _num(system_mean_pct) is None else max(0.0, float(system_mean_pct) - own)
+    return {"own_cpu_pct_of_cores": round(own, 1), "other_cpu_pct_of_cores": None if other is None else round(other, 1),
+            "cpu_saturated": bool(own > CPU_SATURATED_PCT)}
+
+
+def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int, cores: int,
+                  own_pct: float | None = None, other_pct: float | None = None) -> str:
+    """The validation guide's num_workers advice for this verdict and the benchmark's own CPU load
+    (``cpu_saturated``, ``own_pct``: its process tree; ``other_pct``: the rest of the machine, context)."""
+    own = "" if own_pct is None else f"{own_pct:.0f}% of the {cores} cores"
+    other = (f"; other processes used {other_pct:.0f}% of the CPU on top"
+             if other_pct is not None and other_pct >= 1 else "")
+    if verdict == "data-bound":
+        if cpu_saturated:
+            room = (f"data wait dominates, but the benchmark's own processes already use {own}, so extra workers "
+                    f"compete with the step: compare worker counts side by side (sweep --workers)")
+        else:
+            room = "data wait dominates" + (" (the benchmark's own CPU load was not measured)" if cpu_saturated is None
+                                            else f" and the benchmark's own processes use {own}")
+        if cores >= 10:
+            return f"increase num_workers to {WORKERS_UP}: {room}{other}"
+        return (f"increase num_workers to {WORKERS_UP} (the guide's figure for a 10-core M1 Max; with {cores} "
+                f"cores use at most {max(1, cores - 1)}): {room}{other}")
     if cpu_saturated:
         if workers > WORKERS_DOWN:
-            return (f"decrease num_workers to {WORKERS_DOWN}: the CPU is saturated (> {CPU_SATURATED_PCT:.0f}% "
-                    f"mean over {cores} cores) and {workers} workers compete with the step")
-        return (f"CPU saturated (> {CPU_SATURATED_PCT:.0f}% mean over {cores} cores) with {workers} workers; "
-                f"keep num_workers at most {WORKERS_DOWN} and look at other CPU load")
-    if verdict == "data-bound":
-        unknown = " (CPU load not measured)" if cpu_saturated is None else ""
-        if cores >= 10:
-            return f"increase num_workers to {WORKERS_UP}: data wait dominates and the CPU has room{unknown}"
-        return (f"increase num_workers to {WORKERS_UP} (the guide's figure for a 10-core M1 Max; with {cores} "
-                f"cores use at most {max(1, cores - 1)}): data wait dominates and the CPU has room{unknown}")
-    return f"keep num_workers at {workers}: data loading is not the bottleneck"
+            return (f"decrease num_workers to {WORKERS_DOWN}: the benchmark's own processes saturate the CPU ({own}, "
+                    f"> {CPU_SATURATED_PCT:.0f}%) and {workers} workers compete with the step{other}")
+        return (f"the benchmark's own processes saturate the CPU ({own}, > {CPU_SATURATED_PCT:.0f}%) with {workers} "
+                f"workers; keep num_workers at most {WORKERS_DOWN}{other}")
+    return f"keep num_workers at {workers}: data loading is not the bottleneck{other}"
 
 
 def is_data_bound(data_wait_frac: float | None, data_bound_share: float = DATA_BOUND_SHARE) -> bool | None:
@@ -177,10 +216,11 @@ def bottleneck_verdict(shares: Mapping[str, Any] | None,
                        data_bound_share: float = DATA_BOUND_SHARE) -> tuple[str | None, dict[str, Any]]:
     """(verdict, evidence) from :func:`step_shares` output; "not data-bound" when only the data
     wait was measured and it is below the limit."""
-    if not shares:
+    data = _num((shares or {}).get("data_wait"))
+    if data is None:
         return None, {"rule": "no measured steps: no verdict"}
-    data, host, device = shares["data_wait"], shares["host"], shares["device"]
-    phases = shares.get("host_phases") or {}
+    host, device = _num(shares.get("host")), _num(shares.get("device"))
+    phases = {k: v for k, v in ((k, _num(v)) for k, v in (shares.get("host_phases") or {}).items()) if v is not None}
     top = max(phases.items(), key=lambda kv: kv[1]) if phases else None
     evidence: dict[str, Any] = {"data_wait_share": data, "host_share": host, "device_share": device,
                                 "data_wait_notable": bool(data > TB_PROFILER_DATALOADER_SHARE)}
@@ -207,12 +247,16 @@ def judge_bottleneck(entry: dict[str, Any], data_bound_share: float = DATA_BOUND
     CPU load, workers and cores) against ``data_bound_share`` (in place, and returned).  The
     probe calls it with the default; a report calls it again with its own threshold."""
     verdict, evidence = bottleneck_verdict(entry.get("shares"), data_bound_share)
-    if entry.get("cpu_util_mean_pct") is not None:
-        evidence["cpu_util_mean_pct"] = entry["cpu_util_mean_pct"]
+    if _num(entry.get("device_wait_frac")) is not None:
+        evidence["device_wait_share"] = float(entry["device_wait_frac"])  # inside the device share
+    for key in ("cpu_util_mean_pct", "own_cpu_pct_of_cores"):
+        if entry.get(key) is not None:
+            evidence[key] = entry[key]
     entry["verdict"] = verdict
     entry["evidence"] = evidence
     entry["worker_advice"] = worker_advice(verdict, entry.get("cpu_saturated"), int(entry.get("workers") or 0),
-                                           int(entry.get("cores") or 1))
+                                           int(entry.get("cores") or 1), entry.get("own_cpu_pct_of_cores"),
+                                           entry.get("other_cpu_pct_of_cores"))
     entry["thresholds"] = {**(entry.get("thresholds") or THRESHOLDS), "data_bound_share": data_bound_share}
     return entry
 
@@ -226,15 +270,21 @@ def analyze_bottleneck(metrics: Mapping[str, Any], backend: str, workers: int, c
     shares = step_shares(metrics.get("data_wait_frac"), metrics.get("host_frac"),
                          metrics.get("host_phases_s"), backend)
     cpu = cpu_summary(cpu_samples, cpu_fallback_per_core)
+    own = own_cpu(process_cpu, int(cores), cpu["cpu_util_mean_pct"])
     entry: dict[str, Any] = {
         "backend": backend,
         "shares": None if shares is None else {k: v for k, v in shares.items() if k != "treatment"},
         "share_treatment": None if shares is None else shares["treatment"],
         **cpu,
+        **own,
+        "cpu_saturated_basis": ("the benchmark's process tree (main process + DataLoader workers): CPU time / wall "
+                                "time as a share of all cores; system-wide load (cpu_util_*) is context only"),
         "cores": int(cores),
         "workers": int(workers),
         "thresholds": dict(THRESHOLDS),
     }
+    if _num(metrics.get("device_wait_frac")) is not None:
+        entry["device_wait_frac"] = float(metrics["device_wait_frac"])
     if process_cpu:
         entry["process_cpu"] = dict(process_cpu)
     return judge_bottleneck(entry, data_bound_share)

@@ -464,10 +464,7 @@ def _crash_facts(f: Facts, crashes: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    try:
-        return model_key(a["config"]) == model_key(b["config"])
-    except (KeyError, TypeError):
-        return False
+    return model_key(a["config"]) == model_key(b["config"])
 
 
 def status_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

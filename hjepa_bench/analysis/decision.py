@@ -30,16 +30,15 @@ class ReportSettings:
     title: str = "hjepa-bench report"
     charts: bool = True
     sources: list[str] = field(default_factory=list)
+    #: lines of the results files left out because they are not valid records ("PATH line N: why; skipped")
+    skipped: list[str] = field(default_factory=list)
 
 
 def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in records:
-        c = r.get("config") or {}
-        try:
-            key = (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
-        except (KeyError, TypeError):
-            continue
+        c = r["config"]
+        key = (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"])
         groups.setdefault(key, []).append(r)
     return groups
 
@@ -58,7 +57,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     ``facts`` replaces the sweep facts (a training log or a validation run supplies its own,
     built from records judged with the same thresholds)."""
     th = settings.thresholds
-    recs = rejudge_records([r for r in records if isinstance(r, Mapping)], th)
+    recs = rejudge_records(list(records), th)
     # batch / workers per model group
     group_choices = []
     for key, rs in _model_groups(recs).items():
@@ -94,7 +93,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     recs_text = _recommendation_lines(decision, rows, vchoice, facts, savings)
     return {
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "sources": settings.sources, "records": len(recs), "status_counts": status_counts(recs),
+        "sources": settings.sources, "skipped": list(settings.skipped), "records": len(recs), "status_counts": status_counts(recs),
         "thresholds": th.as_dict(), "budget_hours": settings.budget_hours,
         "facts": facts.as_dict(), "criteria": criteria, "checklist": checks,
         "matrix": rows, "decision": decision, "group_choices": [{k: v for k, v in g.items() if k != "key"} for g in group_choices],

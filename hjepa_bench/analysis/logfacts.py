@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..format import finite
+from ..format import finite, fmt_finite
 from .criteria import Facts
 from .loss_curve import lr_advice
 
@@ -30,14 +30,16 @@ def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
     f.epochs_completed = result.get("epochs_completed")
     loss = result.get("loss") or {}
     f.non_finite = bool(loss.get("non_finite"))
-    ips = finite(overall.get("steady_it_per_s")) or finite(overall.get("it_per_s"))
-    f.it_per_s = ips
+    f.it_per_s = finite(overall.get("it_per_s"))  # wall clock: what a run of these epochs takes
     cv = finite(overall.get("step_time_cv"))
     f.step_cv_pct = None if cv is None else 100 * cv
     bar = [e.get("bar_it_per_s") for e in result["epochs"] if e.get("bar_it_per_s")]
-    f.speed_method = (f"steady speed from the bars' counters and elapsed times ({overall.get('steps')} steps in "
-                      f"{overall.get('elapsed_s'):.0f} s overall = {overall.get('it_per_s'):.2f} it/s including warm-up "
-                      "and stalls)" + (f"; tqdm's smoothed rate showed {bar[-1]:.2f} it/s" if bar else ""))
+    steady = finite(overall.get("steady_it_per_s"))
+    f.speed_method = (f"wall clock from the bars' counters and elapsed times: {overall.get('steps')} steps in "
+                      f"{fmt_finite(overall.get('elapsed_s'), '.0f')} s of training bars, epoch start-up and stalls included; steady "
+                      + ("rate not measured (too few intervals)" if steady is None else
+                         f"rate {steady:.2f} it/s without start-up and stalls")
+                      + (f"; tqdm's smoothed rate showed {fmt_finite(bar[-1])} it/s" if bar else ""))
     f.loss_start, f.loss_end = finite(loss.get("start")), finite(loss.get("end"))
     f.loss_decrease_pct = finite(loss.get("decrease_pct"))
     f.loss_trend = loss.get("trend")
@@ -50,19 +52,24 @@ def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
     stall_s = finite(overall.get("stall_time_s")) or 0.0
     total_s = finite(overall.get("elapsed_s")) or 0.0
     stalls = [s for e in result["epochs"] for s in e.get("stalls") or []]
-    period = None
-    starts = sorted(s["from_step"] for s in stalls)
-    if len(starts) >= 3:
-        gaps = sorted(b - a for a, b in zip(starts, starts[1:]))
-        period = gaps[len(gaps) // 2]
+    period = overall.get("stall_period_steps")
     f.logging_stall = {"period_steps": period, "cost_pct": 100 * stall_s / total_s if total_s else None,
                        "evidence": (f"{len(stalls)} stall(s), {stall_s:.0f} s of {total_s:.0f} s "
                                     f"({100 * stall_s / total_s:.1f}%)" if total_s else "no timing")
                        + "; stalls may come from logging, checkpointing or I/O"}
     lr = finite(info.get("lr"))
     f.lr = lr
-    if lr is not None and f.loss_decrease_pct is not None:
-        adv = lr_advice(bool(f.diverged), f.loss_trend, finite(loss.get("noise_pct")), f.loss_decrease_pct, lr)
+    # the LR the run applied (the bars' postfix) at its last logged step, and whether that was still warm-up
+    lr_pts = [p for p in result.get("lr") or [] if finite(p[1]) is not None]
+    applied = finite(lr_pts[-1][1]) if lr_pts else None
+    spe, warm = info.get("steps_per_epoch"), finite(info.get("warmup_epochs"))
+    in_warmup = bool(lr_pts[-1][0] < warm * spe) if lr_pts and spe and warm is not None else None
+    if (lr is not None or applied is not None) and f.loss_decrease_pct is not None:
+        first_bad = next((step for step, value in loss.get("points") or [] if value is None), None)
+        rise = (None if f.loss_start is None or f.loss_end is None or f.loss_start == 0
+                else (f.loss_end - f.loss_start) / abs(f.loss_start) * 100)
+        adv = lr_advice(bool(f.diverged), f.loss_trend, finite(loss.get("noise_pct")), f.loss_decrease_pct, lr,
+                        end_vs_start_pct=rise, first_non_finite=first_bad, applied_lr=applied, in_warmup=in_warmup)
         f.lr_advice_detail = adv
         f.lr_advice = adv.get("text")
     if result.get("stopped_at"):

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..format import finite
 from .logparse import BarPoint, ParsedLog
+from .stability import PERIOD_AGREE_FRAC, PERIOD_TOL_FRAC, regular_period
 from .loss_curve import (DIVERGE_RISE_PCT, FLAT_BAND_PCT, MIN_POINTS_NOISE, MIN_WINDOW, NOISE_THRESHOLD_PCT,
                          rolling_median)
 
@@ -46,6 +47,10 @@ RULES: dict[str, Any] = {
         "warmup": (f"leading intervals of an epoch slower than {WARMUP_FRACTION:g} x its median interval rate "
                    f"(epochs with >= {MIN_INTERVALS_CLASSIFY} intervals)"),
         "stall": f"a later interval slower than {STALL_FRACTION:g} x the epoch's median interval rate",
+        "stall_period_steps": ("the regular gap (analysis.stability.regular_period: the median gap, when >= "
+                               f"{PERIOD_AGREE_FRAC:.0%} of the gaps agree with it within {PERIOD_TOL_FRAC:.0%}) between the stalls' first steps inside each "
+                               "epoch (stalls at the same batch of every epoch), else between their global steps "
+                               "(stalls every N steps of the run)"),
         "steady_it_per_s": "steps / seconds excluding warm-up and stall intervals",
         "step_time_cv": (f"std (ddof=1) / mean of seconds-per-step over the steady intervals "
                          f"(>= {MIN_INTERVALS_CV} needed)"),
@@ -188,6 +193,19 @@ def _epoch_speed(epoch: int, pts: list[BarPoint]) -> tuple[dict[str, Any], list[
     return entry, warm, stalls, steady
 
 
+def stall_period(epochs: list[dict[str, Any]]) -> int | None:
+    """Steps between periodic stalls (see the rules), or None when they are not periodic."""
+    def gaps(starts: list[int]) -> list[int]:
+        starts = sorted(starts)
+        return [b - a for a, b in zip(starts, starts[1:])]
+
+    within = [g for e in epochs for g in gaps([s["from_step"] for s in e["stalls"]])]
+    period = regular_period(within)
+    if period is None:
+        period = regular_period(gaps([s["global_step"] for e in epochs for s in e["stalls"]]))
+    return period
+
+
 # --------------------------------------------------------------------------- loss analysis
 def _loss_stats(points: list[list], smooth_window: int | None) -> dict[str, Any]:
     steps = [p[0] for p in points if p[1] is not None]
@@ -251,6 +269,16 @@ def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[
         spp = np.asarray([iv.seconds / iv.steps for iv in steady_all if iv.steps > 0])
         if spp.size >= MIN_INTERVALS_CV and spp.mean() > 0:
             cv = _num(float(spp.std(ddof=1) / spp.mean()))
+    # global steps: (epoch - 1) * steps_per_epoch + n (without totals: the steps of the earlier epochs)
+    spe = parsed.info.get("steps_per_epoch")
+    offsets: dict[int, int] = {}
+    acc = 0
+    for e in epochs:
+        offsets[e["epoch"]] = (e["epoch"] - 1) * spe if spe else acc
+        acc += e["steps"]
+    for e in epochs:
+        for s in e["stalls"]:
+            s["global_step"] = offsets[e["epoch"]] + s["from_step"]
     all_stalls = [s for e in epochs for s in e["stalls"]]
     overall = {
         "steps": tot_steps, "elapsed_s": tot_s,
@@ -264,16 +292,11 @@ def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[
                    "first_epoch_s": epochs[0]["warmup_s"] if epochs else None},
         "stall_count": len(all_stalls),
         "stall_time_s": sum(s["seconds"] for s in all_stalls),
+        "stall_period_steps": stall_period(epochs),
         "epochs_classified": len(classified),
     }
 
     # loss and lr: distinct postfix emissions, at global steps
-    spe = parsed.info.get("steps_per_epoch")
-    offsets: dict[int, int] = {}
-    acc = 0
-    for e in epochs:
-        offsets[e["epoch"]] = (e["epoch"] - 1) * spe if spe else acc
-        acc += e["steps"]
     loss_pts: list[list] = []
     lr_pts: list[list] = []
     for epoch in sorted(runs):

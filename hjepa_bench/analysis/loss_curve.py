@@ -32,10 +32,13 @@ entry under ``thresholds``):
   ``MIN_POINTS_PER_THIRD`` points.
 * ``trend``: "diverged" if diverged; else "decreasing" when decrease_pct >=
   ``FLAT_BAND_PCT``, "increasing" when <= -``FLAT_BAND_PCT``, else "flat".
-* ``lr_advice`` (the guide's rules, first that applies): diverged or increasing
-  -> decrease significantly (and lengthen warm-up); noisy -> decrease to 5e-5;
-  decrease_pct < ``CRITERION_DECREASE_PCT`` -> increase to 1.5e-4 or 2e-4;
-  else keep.
+* ``lr_advice`` (the guide's rules, first that applies): none while the run is
+  still in its LR warm-up at its last step (``in LR warm-up (lr X of Y): no LR
+  advice``: the loss of a warm-up moves at a fraction of the LR); diverged or
+  increasing -> decrease significantly (and lengthen warm-up); noisy -> decrease
+  to 5e-5; decrease_pct < ``CRITERION_DECREASE_PCT`` -> increase to 1.5e-4 or
+  2e-4; else keep.  The rules compare the learning rate the run applied at its
+  last step (``lr_applied``) when it is recorded, else the configured ``lr``.
 """
 from __future__ import annotations
 
@@ -99,23 +102,42 @@ def _slope(y: np.ndarray) -> float:
 
 def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrease_pct: float | None,
               lr: float | None, *, end_vs_start_pct: float | None = None,
-              first_non_finite: int | None = None,
+              first_non_finite: int | None = None, applied_lr: float | None = None,
+              in_warmup: bool | None = None,
               min_decrease_pct: float = CRITERION_DECREASE_PCT) -> dict[str, Any]:
-    """The validation guide's learning-rate rule that the measurements trigger
-    (``min_decrease_pct``: "converging too slowly" below this decrease)."""
-    current = fmt_lr(lr) if lr else "the current value"
+    """The validation guide's learning-rate rule that the measurements trigger (None or a
+    non-finite number: not measured).
+
+    ``lr`` is the configured (peak) learning rate; ``applied_lr`` the one the run actually applied
+    at its last judged step, when known: the rules compare that one (a run's loss moves at the LR it
+    was given).  ``in_warmup``: the schedule was still in its LR warm-up there, so a slow or noisy
+    start says nothing about the LR: no advice at all.  ``min_decrease_pct``: "converging too
+    slowly" below this decrease (the report's ``min_loss_decrease_pct``)."""
+    lr, noise_pct, decrease_pct, end_vs_start_pct, applied_lr = (
+        _num(x) for x in (lr, noise_pct, decrease_pct, end_vs_start_pct, applied_lr))
+    peak = fmt_lr(lr) if lr else "the configured value"
+    if in_warmup:
+        at = fmt_lr(applied_lr) if applied_lr is not None else "below its peak"
+        return {"action": "none", "suggested_lr": None, "trigger": f"in LR warm-up (lr {at} of {peak})",
+                "text": f"in LR warm-up (lr {at} of {peak}): no LR advice"}
+    judged = lr if applied_lr is None else applied_lr
+    current = fmt_lr(judged) if judged else "the current value"
+    if applied_lr is not None and lr and fmt_lr(applied_lr) != peak:
+        current += f" applied at the last step, configured {peak}"
     if diverged or trend == "increasing":
         if first_non_finite is not None:
             trigger = f"non-finite loss at step {first_non_finite}"
-        elif diverged:
+        elif diverged and end_vs_start_pct is not None:
             trigger = f"end loss {end_vs_start_pct:+.1f}% vs start (limit +{DIVERGE_RISE_PCT:.0f}%)"
+        elif diverged:
+            trigger = "the loss diverged"
         else:
             trigger = f"loss rose {-(decrease_pct or 0.0):.1f}% from start to end window"
         return {"action": "decrease", "suggested_lr": None, "trigger": trigger,
                 "text": f"decrease the learning rate significantly from {current} (and lengthen warm-up)"}
     if noise_pct is not None and noise_pct > NOISE_THRESHOLD_PCT:
         trigger = f"noise {noise_pct:.1f}% > {NOISE_THRESHOLD_PCT:.0f}%"
-        if lr is not None and lr <= LR_NOISY:
+        if judged is not None and judged <= LR_NOISY:
             return {"action": "decrease", "suggested_lr": None, "trigger": trigger,
                     "text": f"loss is noisy but the learning rate ({current}) is already <= {fmt_lr(LR_NOISY)}: "
                             f"decrease further or raise the batch size"}
@@ -123,7 +145,7 @@ def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrea
                 "text": f"decrease to {fmt_lr(LR_NOISY)} (from {current})"}
     if decrease_pct is not None and decrease_pct < min_decrease_pct:
         trigger = f"decrease {decrease_pct:.1f}% < {min_decrease_pct:g}%"
-        if lr is not None and lr >= LR_SLOW[1]:
+        if judged is not None and judged >= LR_SLOW[1]:
             return {"action": "increase", "suggested_lr": None, "trigger": trigger,
                     "text": f"converging slowly although the learning rate ({current}) is already >= "
                             f"{fmt_lr(LR_SLOW[1])}: check gradients, masks and augmentation (debugging guide)"}
@@ -135,7 +157,9 @@ def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrea
     noise = "not measured" if noise_pct is None else f"{noise_pct:.1f}% <= {NOISE_THRESHOLD_PCT:.0f}%"
     return {"action": "keep", "suggested_lr": lr,
             "trigger": f"decrease {decrease_pct:.1f}% >= {min_decrease_pct:g}%, noise {noise}",
-            "text": f"keep {current}"}
+            "text": f"keep {peak if lr else current}"
+                    + (f" ({fmt_lr(applied_lr)} applied at the last step)" if applied_lr is not None and lr
+                       and fmt_lr(applied_lr) != peak else "")}
 
 
 def judge_loss(entry: dict[str, Any], min_decrease_pct: float = CRITERION_DECREASE_PCT) -> dict[str, Any]:
@@ -157,14 +181,20 @@ def judge_loss(entry: dict[str, Any], min_decrease_pct: float = CRITERION_DECREA
     entry["lr_advice"] = lr_advice(bool(entry.get("diverged")), entry.get("trend"), _num(entry.get("noise_pct")), dec,
                                    _num(entry.get("lr")), end_vs_start_pct=end_vs_start,
                                    first_non_finite=entry.get("first_non_finite_step"),
+                                   applied_lr=_num(entry.get("lr_applied")), in_warmup=entry.get("lr_in_warmup"),
                                    min_decrease_pct=min_decrease_pct)
     return entry
 
 
-def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | None,
+def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | None, *,
+                 applied_lr: float | None = None, lr_in_warmup: bool | None = None,
                  min_decrease_pct: float = CRITERION_DECREASE_PCT) -> dict[str, Any]:
-    """Loss-curve analysis of one run (``record["series"]["loss"]``, warm-up included);
-    ``min_decrease_pct``: the criterion's limit (:func:`judge_loss`)."""
+    """Loss-curve analysis of one run (``record["series"]["loss"]``, warm-up included).
+
+    ``lr``: the configured (peak) learning rate; ``applied_lr`` / ``lr_in_warmup``: the LR the run
+    applied at its last step and whether its schedule was still in warm-up then
+    (:func:`applied_lr_at_end`); the LR advice is judged on them.  ``min_decrease_pct``: the
+    criterion's limit (:func:`judge_loss`)."""
     notes: list[str] = [PRELIMINARY_NOTE]
     reported = max(0, int(warmup_steps))
     vals = [_num(v) for v in losses]
@@ -190,6 +220,8 @@ def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | 
         "trend": None,
         "criterion_loss_down_20pct": "not-measured",
         "lr": _num(lr),
+        "lr_applied": _num(applied_lr),
+        "lr_in_warmup": lr_in_warmup,
         "lr_advice": None,
         "preliminary": True,
         "thresholds": {
@@ -288,6 +320,17 @@ def measured_losses(series: Mapping[str, Any]) -> list[float | None]:
     while end > 0 and end <= len(times) and times[end - 1] is None and losses[end - 1] is None:
         end -= 1
     return losses[:end]
+
+
+def applied_lr_at_end(series: Mapping[str, Any], n_steps: int) -> tuple[float | None, bool | None]:
+    """(learning rate, still in LR warm-up) the run applied at its step ``n_steps - 1`` (the last one
+    analysed), from ``series["lr"]`` and ``series["lr_in_warmup"]``; None where not recorded."""
+    i = n_steps - 1
+    lrs = list(series.get("lr") or [])
+    warm = list(series.get("lr_in_warmup") or [])
+    lr = _num(lrs[i]) if 0 <= i < len(lrs) else None
+    in_warmup = warm[i] if 0 <= i < len(warm) and warm[i] is not None else None
+    return lr, None if in_warmup is None else bool(in_warmup)
 
 
 def configured_lr(config: Mapping[str, Any]) -> float | None:

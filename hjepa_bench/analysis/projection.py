@@ -32,7 +32,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from ..format import finite
-from ..record import probe
+from ..record import batch_achieved, batch_requested, probe
 
 #: fewer measured steps than this: no band (a t interval from 2-4 steps is too wide to use,
 #: and any narrower one is not honest)
@@ -169,8 +169,7 @@ def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int 
                    val_every_epochs: int = 1, checkpoint_every_epochs: int = 1,
                    confidence: float = 0.95) -> dict[str, Any]:
     """``project`` with the step time and per-epoch costs measured in ``record``."""
-    batch = int(((record.get("metrics") or {}).get("batch_size") or {}).get("achieved")
-                or record["config"]["data"]["batch_size"])
+    batch = batch_achieved(record) or batch_requested(record)  # (achieved is a list when the batch varied)
     return project(sec_per_step=seconds_per_step(record, confidence), batch_size=batch, epochs=epochs,
                    dataset_size=dataset_size, costs=epoch_costs(record), val_size=val_size,
                    val_every_epochs=val_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs)

@@ -116,7 +116,16 @@ def spike_period(event_starts: Sequence[int]) -> int | None:
     """Regular spacing of spike events (module docstring), or None."""
     if len(event_starts) < MIN_SPIKES_FOR_PERIOD:
         return None
-    gaps = np.diff(np.asarray(event_starts, dtype=float))
+    return regular_period(np.diff(np.asarray(event_starts, dtype=float)))
+
+
+def regular_period(gaps: Sequence[float]) -> int | None:
+    """The median of ``gaps`` (steps between events) when at least ``PERIOD_AGREE_FRAC`` of them lie
+    within ``max(1, PERIOD_TOL_FRAC * median)`` steps of it (and it is >= 2 steps), else None.  Needs
+    ``MIN_SPIKES_FOR_PERIOD - 1`` gaps (the spike period; the stall period of a training log)."""
+    gaps = np.asarray(gaps, dtype=float)
+    if gaps.size < MIN_SPIKES_FOR_PERIOD - 1:
+        return None
     period = float(np.median(gaps))
     if period < 2:
         return None
@@ -150,11 +159,13 @@ def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT)
         # only a slow-down is degradation; a speed-up means warm-up lasted longer than measured
         unstable = unstable or bool(deg.get("degrading"))
         direction = "slows down" if deg.get("degrading") else "speeds up (warm-up may be longer than measured)"
-        reasons.append(f"step time {direction} by {abs(deg['change_pct']):.1f}% over the run "
-                       f"(p={deg['p_value']:.2g}; limit {DEGRADATION_MIN_CHANGE_PCT:.0f}%)")
+        change, p = _num(deg.get("change_pct")), _num(deg.get("p_value"))
+        reasons.append(f"step time {direction}" + ("" if change is None else f" by {abs(change):.1f}%")
+                       + " over the run (" + ("" if p is None else f"p={p:.2g}; ")
+                       + f"limit {DEGRADATION_MIN_CHANGE_PCT:.0f}%)")
     if entry.get("spike_count"):
-        period = entry.get("spike_period_steps")
-        reasons.append(f"{entry['spike_count']} spike step(s) above {entry['spike_threshold_s'] * 1000:.3g} ms"
+        period, above = entry.get("spike_period_steps"), _num(entry.get("spike_threshold_s"))
+        reasons.append(f"{entry['spike_count']} spike step(s)" + ("" if above is None else f" above {above * 1000:.3g} ms")
                        + (f", recurring every {period} steps" if period else ""))
     entry["verdict"] = "unstable" if unstable else "stable"
     return entry

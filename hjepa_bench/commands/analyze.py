@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.decision import build_analysis
+from ..errors import output_path
 from ..measure.loganalysis import analyze_log_file
 from ..options import config_option
 from ..plugin.manager import Plugins
@@ -15,7 +16,7 @@ from ..record import write_json
 from ..report.charts import log_charts
 from ..report.decision import write_report
 from ..report.summary import log_section, verdict_lines
-from .common import add_decision_args, config_overrides, positive_int, report_settings
+from .common import CONFIG_FLAGS, add_decision_args, config_flag, config_overrides, int_flag, report_settings
 
 
 def add_parser(sub: Any) -> None:
@@ -26,19 +27,26 @@ def add_parser(sub: Any) -> None:
     an.add_argument("--out", metavar="DIR", help="write report.md and analysis.json here")
     an.add_argument("--config", metavar="YAML", help="the run's config, for what the log does not print")
     an.add_argument("--model", help="encoder, if the log does not print it")
-    an.add_argument("--batch-size", type=positive_int)
-    an.add_argument("--workers", type=positive_int)
-    an.add_argument("--hierarchies", type=positive_int)
-    an.add_argument("--predictor-depth", type=positive_int)
-    an.add_argument("--img-size", type=positive_int)
-    an.add_argument("--epochs", type=positive_int, help="planned epochs, if the log does not print them")
-    an.add_argument("--dataset-size", type=positive_int, help="training images per epoch (default: the log's, else 50,000)")
+    an.add_argument("--batch-size", type=config_flag("data.batch_size"))
+    an.add_argument("--workers", type=config_flag("data.num_workers"))
+    an.add_argument("--hierarchies", type=config_flag("model.num_hierarchies"))
+    an.add_argument("--predictor-depth", type=config_flag("model.predictor.depth"))
+    an.add_argument("--img-size", type=config_flag("data.image_size"))
+    an.add_argument("--epochs", type=config_flag("training.epochs"), help="planned epochs, if the log does not print them")
+    an.add_argument("--dataset-size", type=int_flag(1, 10**9),
+                    help="training images per epoch (default: the log's, else 50,000)")
     add_decision_args(an)
     an.set_defaults(func=cmd_analyze)
 
 
 def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
+    if args.out:
+        output_path(args.out, "--out", folder=True)
     log = analyze_log_file(args.log, args.config, config_overrides(args), args.dataset_size)
+    flag_of = {key: "--" + dest.replace("_", "-") for dest, key in CONFIG_FLAGS.items()}
+    for key, (given, logged) in log.overridden.items():
+        print(f"warning: {flag_of.get(key, '--dataset-size')} {given} is not used: the log shows the run used "
+              f"{logged}", file=sys.stderr)
     settings = report_settings(args, title=f"hjepa-bench analysis of {Path(args.log).name}")
     if log.dataset_size:
         settings.thresholds = replace(settings.thresholds, dataset_size=log.dataset_size)

@@ -5,17 +5,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, output_path
 from ..plugin.manager import Plugins
 from ..report.benchmarks import benchmark_table, identity_differences, load_benchmark_json
-from .common import positive_float
+from .common import positive_number
 
 
 def add_parser(sub: Any) -> None:
     br = sub.add_parser("benchmark-report", help="render pytest-benchmark JSON as a markdown table against a baseline")
     br.add_argument("current", metavar="RUN.json", help="pytest-benchmark JSON (--benchmark-json or a saved run)")
     br.add_argument("--baseline", metavar="BASE.json", help="saved baseline to compare against")
-    br.add_argument("--threshold", type=positive_float, default=10.0, metavar="PERCENT",
+    br.add_argument("--threshold", type=positive_number(), default=10.0, metavar="PERCENT",
                     help="change that counts as slower/faster (default 10)")
     br.add_argument("--allow-other-machine", action="store_true",
                     help="compare even if device, torch, timm, size or precision differ")
@@ -24,6 +24,8 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_benchmark_report(args: argparse.Namespace, plugins: Plugins) -> int:
+    if args.out:
+        output_path(args.out, "--out")
     current = load_benchmark_json(args.current)
     baseline = load_benchmark_json(args.baseline) if args.baseline else None
     if baseline is not None:

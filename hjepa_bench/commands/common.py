@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..analysis.decision import ReportSettings
-from ..config import ResolvedConfig, resolve_config
+from ..config import PRECISIONS, VARIANTS, ResolvedConfig, check_value, is_finite_number, resolve_config
+from ..errors import UserError
 from ..options import load_options
 from ..record import dumps
 from ..thresholds import load_thresholds
@@ -39,24 +41,78 @@ CONFIG_FLAGS: dict[str, str] = {
 }
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+def _number_or_text(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_number(text: str) -> int | float:
+    value = _number_or_text(text)
+    if isinstance(value, str):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
     return value
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
-    return value
+def int_flag(lo: int, hi: int) -> Callable[[str], int]:
+    """A flag type: a whole number in [lo, hi] (the bound keeps a typo like 10**20 from hanging a run)."""
+    def parse(text: str) -> int:
+        value = _parse_number(text)
+        if not isinstance(value, int):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is out of range [{lo}, {hi}]")
+        return value
+    return parse
+
+
+def positive_number(hi: float = 1e7) -> Callable[[str], float]:
+    """A flag type: a finite number above 0 and at most ``hi`` (NaN and infinity are refused)."""
+    def parse(text: str) -> float:
+        value = float(_parse_number(text))
+        if not is_finite_number(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if not 0 < value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is out of range (0, {hi:g}]")
+        return value
+    return parse
+
+
+@functools.cache
+def config_flag(key: str) -> Callable[[str], int | float]:
+    """A flag type for the flag that overrides config ``key``: checked by the config's own check of
+    that key (config.SCHEMA), so a flag and a config file accept the same values.  One parser per
+    key, so every command's flag for the same key is the same flag."""
+    def parse(text: str) -> int | float:
+        value = _number_or_text(text)
+        try:
+            check_value(key, value)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+        return value
+    return parse
+
+
+def list_flag(kind: Callable[[str], Any] = str) -> Callable[[str], list[Any]]:
+    """A flag type: a comma-separated list (``16,32``), no empty items, no spaces; ``kind`` per item."""
+    def parse(text: str) -> list[Any]:
+        items = text.split(",")
+        if any(not t or t != t.strip() for t in items):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list like 16,32 "
+                                             "(no empty items, no spaces)")
+        if kind is str:
+            return items
+        out = []
+        for t in items:
+            value = _parse_number(t)
+            if not isinstance(value, int):
+                raise argparse.ArgumentTypeError(f"{t!r} in {text!r} is not a whole number")
+            out.append(value)
+        return out
+    return parse
 
 
 def config_overrides(args: argparse.Namespace, flags: Iterable[str] | None = None) -> dict[str, Any]:
@@ -69,24 +125,29 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (flags override the YAML file)")
     g.add_argument("--config", metavar="YAML", help="upstream H-JEPA YAML config (default: built-in quick_val)")
     g.add_argument("--model", help="vit_tiny | vit_small | vit_base | vit_large (or full timm names)")
-    g.add_argument("--batch-size", type=positive_int)
-    g.add_argument("--workers", type=positive_int, help="DataLoader worker processes")
-    g.add_argument("--hierarchies", type=positive_int, help="hierarchy levels (1-4)")
-    g.add_argument("--predictor-depth", type=positive_int)
-    g.add_argument("--encoder-depth", type=positive_int, help="ViT blocks (default 12; fewer for quick tests)")
-    g.add_argument("--img-size", type=positive_int, help="image size in pixels (multiple of 16)")
-    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
-    g.add_argument("--variant", choices=["reference", "efficient"])
-    g.add_argument("--seed", type=int)
+    g.add_argument("--batch-size", type=config_flag("data.batch_size"))
+    g.add_argument("--workers", type=config_flag("data.num_workers"), help="DataLoader worker processes")
+    g.add_argument("--hierarchies", type=config_flag("model.num_hierarchies"), help="hierarchy levels (1-4)")
+    g.add_argument("--predictor-depth", type=config_flag("model.predictor.depth"))
+    g.add_argument("--encoder-depth", type=config_flag("model.encoder_depth"),
+                   help="ViT blocks (default 12; fewer for quick tests)")
+    g.add_argument("--img-size", type=config_flag("data.image_size"), help="image size in pixels (multiple of 16)")
+    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--variant", choices=VARIANTS)
+    g.add_argument("--seed", type=config_flag("seed"), help="0 to 2**32-1")
 
 
-def add_data_args(p: argparse.ArgumentParser, *, samples: bool = True) -> None:
-    """--data, --data-path and (``samples``) --limit-samples and --[no-]persistent-workers."""
+def add_data_args(p: argparse.ArgumentParser, *, training_loader: bool = True) -> None:
+    """The flags that choose the data, the same names and meanings on every command that reads a
+    data set: --data, --data-path, --limit-samples (the first N images of the training split) and,
+    for commands that train through a DataLoader restarted every epoch (``training_loader``),
+    --[no-]persistent-workers."""
     p.add_argument("--data", choices=["synthetic", "cifar10"], help="default synthetic (CIFAR-shaped, in memory)")
     p.add_argument("--data-path", metavar="DIR", help="CIFAR-10 python-format folder (never downloaded)")
-    if not samples:
+    p.add_argument("--limit-samples", type=config_flag("bench.limit_samples"), metavar="N",
+                   help="use only the first N training samples")
+    if not training_loader:
         return
-    p.add_argument("--limit-samples", type=positive_int, metavar="N", help="use only the first N training samples")
     pw = p.add_mutually_exclusive_group()
     pw.add_argument("--persistent-workers", dest="persistent_workers", action="store_true", default=None,
                     help="keep DataLoader workers between epochs")
@@ -102,7 +163,7 @@ def add_probe_args(p: argparse.ArgumentParser) -> None:
 
 def add_decision_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decision report")
-    g.add_argument("--budget-hours", type=positive_float, metavar="H",
+    g.add_argument("--budget-hours", type=positive_number(), metavar="H",
                    help="time you can give the full run; default: each option's own window (A 2-3 h, C 6-7 h, B 12-14 h)")
     g.add_argument("--options-file", metavar="YAML", help="your own training options (options: [...]), added to A, B, C")
     g.add_argument("--thresholds", metavar="YAML", help="override thresholds (names as printed in the report)")

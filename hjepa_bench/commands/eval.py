@@ -6,11 +6,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import output_path
 from ..measure.evaluate import evaluate_checkpoint
 from ..plugin.manager import Plugins, select_backend
 from ..record import write_json
 from ..report.summary import render_eval_markdown
-from .common import add_data_args, config_overrides, positive_int
+from .common import add_data_args, config_flag, config_overrides, int_flag
+
+#: images per split at most (synthetic images are made at the size asked for)
+MAX_IMAGES = 10**6
 
 
 def add_parser(sub: Any) -> None:
@@ -19,27 +23,33 @@ def add_parser(sub: Any) -> None:
                                     "encoder per hierarchy level against the same encoder at random initialisation.")
     ev.add_argument("--checkpoint", required=True, metavar="PATH", help=".pth with model_state_dict")
     ev.add_argument("--config", metavar="YAML", help="the model's config (upstream checkpoints carry none)")
-    add_data_args(ev, samples=False)
+    add_data_args(ev, training_loader=False)
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--img-size", type=positive_int)
-    ev.add_argument("--encoder-depth", type=positive_int)
-    ev.add_argument("--n-train", type=positive_int, help="training images for kNN / linear probe (default 5000)")
-    ev.add_argument("--n-test", type=positive_int, help="test images (default 1000)")
-    ev.add_argument("--batch-size", type=positive_int, default=64)
-    ev.add_argument("--workers", type=positive_int, default=0)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--img-size", type=config_flag("data.image_size"))
+    ev.add_argument("--encoder-depth", type=config_flag("model.encoder_depth"))
+    ev.add_argument("--n-train", type=int_flag(2, MAX_IMAGES),
+                    help="training images for kNN / linear probe (default 5000; the first ones of the training "
+                         "split, so at most --limit-samples)")
+    ev.add_argument("--n-test", type=int_flag(1, MAX_IMAGES), help="test images (default 1000; the test split, which "
+                                                                     "--limit-samples does not cut)")
+    ev.add_argument("--batch-size", type=config_flag("data.batch_size"), default=64)
+    ev.add_argument("--workers", type=config_flag("data.num_workers"), default=0)
+    ev.add_argument("--seed", type=config_flag("seed"), default=0)
     ev.add_argument("--out", metavar="DIR", help="write eval.md and eval.json here")
     ev.add_argument("-q", "--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
+    if args.out:
+        output_path(args.out, "--out", folder=True)
     device = select_backend(plugins, args.device).name
     # only these flags change the model's config; --batch-size, --workers and --seed are the evaluation's own
     overrides = config_overrides(args, ("img_size", "encoder_depth"))
     result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=overrides, device=device,
                                  data=args.data or "synthetic", data_path=args.data_path, n_train=args.n_train,
-                                 n_test=args.n_test, batch_size=args.batch_size, seed=args.seed,
+                                 n_test=args.n_test, limit_samples=args.limit_samples,
+                                 batch_size=args.batch_size, seed=args.seed,
                                  progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
                                  num_workers=args.workers)
     md = render_eval_markdown(result)

@@ -22,6 +22,7 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
         print_json([vars(i) for i in infos])
         return 0
     rows = [[i.name, i.module, i.origin, ", ".join(h.replace("hjepa_bench_", "") for h in i.hooks),
-             "; ".join(f"{k}: {', '.join(v)}" for k, v in i.provides.items())] for i in infos]
-    print(tabulate(rows, headers=["plugin", "module", "from", "hooks", "provides"]))
+             "; ".join(f"{k}: {', '.join(v)}" for k, v in i.provides.items()),
+             "ok" if i.error is None else f"disabled ({i.error})"] for i in infos]
+    print(tabulate(rows, headers=["plugin", "module", "from", "hooks", "provides", "status"]))
     return 0

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, output_path
 from ..measure.results import load_results
 from ..plugin.manager import Plugins
 from ..report.decision import write_report
@@ -30,15 +31,21 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     for d in dirs:
         if not d.exists():
             raise UserError(f"{d} does not exist; give sweep directories (with results.jsonl) or results files.")
-    records = load_results(dirs)
-    if not records:
-        raise UserError(f"no result records in {', '.join(map(str, dirs))}.")
     out = Path(args.out) if args.out else (dirs[0] / "report.md" if len(dirs) == 1 and dirs[0].is_dir()
                                            else Path("hjepa-bench-report") / "report.md")
     if out.suffix != ".md":
         out = out / "report.md"
+    output_path(out, "report")
+    results = load_results(dirs)
+    for skipped in results.skipped:
+        print(f"warning: {skipped}", file=sys.stderr)
+    records = results.records
+    if not records:
+        raise UserError(f"no valid result records in {', '.join(map(str, dirs))}"
+                        + (f" ({len(results.skipped)} line(s) skipped, see the warnings)." if results.skipped else "."))
     settings = report_settings(args, title=args.title or "hjepa-bench report")
     settings.sources = [str(d) for d in dirs]
+    settings.skipped = [str(x) for x in results.skipped]
     settings.charts = not args.no_charts
     analysis = write_report(records, out, settings, sections=plugins.report_sections())
     rec = [f"option {d['recommended']} on {d['machine']}" if d["recommended"] else f"no option on {d['machine']}"

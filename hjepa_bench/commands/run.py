@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import resolve_precision
+from ..errors import output_path
 from ..format import fmt_ms
 from ..measure.env import environment_fingerprint
 from ..measure.runner import run_benchmark
@@ -14,7 +15,7 @@ from ..plugin.manager import Plugins, probe_names, select_backend
 from ..record import write_json
 from ..report.sections import render_report
 from ..report.summary import summary_text
-from .common import add_config_args, add_data_args, add_probe_args, config_label, load_config, positive_float, positive_int
+from .common import add_config_args, add_data_args, add_probe_args, config_flag, config_label, load_config
 
 
 def add_parser(sub: Any) -> None:
@@ -25,11 +26,12 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--workload", help="registered workload to time (default hjepa)")
     add_data_args(run)
     s = run.add_argument_group("measurement")
-    s.add_argument("--warmup-steps", type=positive_int)
-    s.add_argument("--min-steps", type=positive_int)
-    s.add_argument("--max-steps", type=positive_int)
-    s.add_argument("--max-time", type=positive_float, metavar="SECONDS", help="time cap for the measured loop")
-    s.add_argument("--target-precision", type=positive_float, metavar="FRAC",
+    s.add_argument("--warmup-steps", type=config_flag("bench.warmup_steps"))
+    s.add_argument("--min-steps", type=config_flag("bench.min_steps"))
+    s.add_argument("--max-steps", type=config_flag("bench.max_steps"))
+    s.add_argument("--max-time", type=config_flag("bench.max_time_s"), metavar="SECONDS",
+                   help="time cap for the measured loop")
+    s.add_argument("--target-precision", type=config_flag("bench.target_rel_precision"), metavar="FRAC",
                    help="stop when the median step time is known to +-FRAC (95%% CI), default 0.02")
     add_probe_args(run)
     run.add_argument("--trace-dir", metavar="DIR", default="hjepa-bench-traces",
@@ -41,6 +43,9 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    for path, what in ((args.json, "--json"), (args.report, "--report")):
+        if path:
+            output_path(path, what)
     backend = select_backend(plugins, args.device)
     rc = load_config(args, quiet=True)  # warnings are printed once the run has started
     values = rc.values
@@ -48,6 +53,8 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     values["bench"]["precision"] = resolve_precision(values, backend.name)
     values["bench"]["device"] = backend.name
     probes = plugins.select_probes(probe_names(args.probes, args.profile))
+    if probes:  # probes keep their files (profiler traces, checkpoint timings) there
+        output_path(args.trace_dir, "--trace-dir", folder=True)
     env = environment_fingerprint(backend)
 
     # Printed once the workload is ready, so that a setup error stays one sentence.
@@ -78,4 +85,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
         print(summary_text(record, plugins.probes()))
         if args.json:
             print(f"record written to {args.json}")
+    if record["status"] != "ok":  # on stderr even with -q: exit 1 never goes without a word
+        print(f"hjepa-bench run: status {record['status']}: {record.get('error') or 'no error message'}",
+              file=sys.stderr)
     return 0 if record["status"] == "ok" else 1

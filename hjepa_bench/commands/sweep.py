@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import output_path
 from ..measure.results import load_results
 from ..measure.sweep import DEFAULT_OUT, SweepSpec, install_sigterm_handler, resume_command, run_sweep, selected_options
 from ..plugin.manager import Plugins
 from ..report.decision import write_report
 from ..report.summary import sweep_table, verdict_lines
-from .common import add_data_args, add_decision_args, add_probe_args, positive_float, positive_int, report_settings
+from .common import (add_data_args, add_decision_args, add_probe_args, config_flag, list_flag, positive_number,
+                     report_settings)
 
 
 def add_parser(sub: Any) -> None:
@@ -20,16 +22,16 @@ def add_parser(sub: Any) -> None:
                         description="Measure a grid of configs. Every config runs in its own child process; "
                                     "results are appended to OUT/results.jsonl as each finishes, and running the "
                                     "same command again (or with --resume) runs only what is missing.")
-    sw.add_argument("--device", help="device or list: cpu,mps,cuda,auto (default auto)")
-    sw.add_argument("--models", help="e.g. vit_tiny,vit_small,vit_base (default vit_tiny)")
-    sw.add_argument("--batch-sizes", help="e.g. 24,32,48,64 (default 16,32)")
-    sw.add_argument("--workers", help="DataLoader workers, e.g. 2,4,6,8 (default 2,4)")
-    sw.add_argument("--hierarchies", help="hierarchy levels, e.g. 2,3")
-    sw.add_argument("--predictor-depths", help="e.g. 2,4,6")
-    sw.add_argument("--variants", help="reference,efficient (default reference)")
-    sw.add_argument("--precisions", help="fp32,fp16,bf16 (default: auto per device)")
-    sw.add_argument("--img-size", help="image size or list, e.g. 224 or 128,224")
-    sw.add_argument("--encoder-depth", type=positive_int, help="ViT blocks (default 12)")
+    sw.add_argument("--device", type=list_flag(), help="device or list: cpu,mps,cuda,auto (default auto)")
+    sw.add_argument("--models", type=list_flag(), help="e.g. vit_tiny,vit_small,vit_base (default vit_tiny)")
+    sw.add_argument("--batch-sizes", type=list_flag(int), help="e.g. 24,32,48,64 (default 16,32)")
+    sw.add_argument("--workers", type=list_flag(int), help="DataLoader workers, e.g. 2,4,6,8 (default 2,4)")
+    sw.add_argument("--hierarchies", type=list_flag(int), help="hierarchy levels, e.g. 2,3")
+    sw.add_argument("--predictor-depths", type=list_flag(int), help="e.g. 2,4,6")
+    sw.add_argument("--variants", type=list_flag(), help="reference,efficient (default reference)")
+    sw.add_argument("--precisions", type=list_flag(), help="fp32,fp16,bf16 (default: auto per device)")
+    sw.add_argument("--img-size", type=list_flag(int), help="image size or list, e.g. 224 or 128,224")
+    sw.add_argument("--encoder-depth", type=config_flag("model.encoder_depth"), help="ViT blocks (default 12)")
     sw.add_argument("--config", metavar="YAML", help="upstream YAML as the base of every point")
     sw.add_argument("--grid", metavar="YAML", help="grid file (keys as SweepSpec: devices, batch_sizes, ...); flags override it")
     sw.add_argument("--out", metavar="DIR", help=f"results directory (default ./{DEFAULT_OUT})")
@@ -37,16 +39,17 @@ def add_parser(sub: Any) -> None:
     sw.add_argument("--workload", help="registered workload to time (default hjepa)")
     add_data_args(sw)
     b = sw.add_argument_group("per-config budgets")
-    b.add_argument("--warmup-steps", type=positive_int, help="default 2")
-    b.add_argument("--min-steps", type=positive_int, help="default 5")
-    b.add_argument("--max-steps", type=positive_int, help="default 30")
-    b.add_argument("--max-time", type=positive_float, metavar="SECONDS", help="measuring time per config (default 15)")
-    b.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+    b.add_argument("--warmup-steps", type=config_flag("bench.warmup_steps"), help="default 2")
+    b.add_argument("--min-steps", type=config_flag("bench.min_steps"), help="default 5")
+    b.add_argument("--max-steps", type=config_flag("bench.max_steps"), help="default 30")
+    b.add_argument("--max-time", type=config_flag("bench.max_time_s"), metavar="SECONDS",
+                   help="measuring time per config (default 15)")
+    b.add_argument("--timeout", type=positive_number(SweepSpec.MAX_TIMEOUT_S), metavar="SECONDS",
                    help="wall-clock limit per config, start-up included (default 120 + 6 x max-time)")
     b.add_argument("--no-skip-after-oom", action="store_true",
                    help="also run larger batches of a model after it ran out of memory")
     add_probe_args(sw)
-    sw.add_argument("--options", metavar="LIST",
+    sw.add_argument("--options", type=list_flag(), metavar="LIST",
                     help="decision-matrix options whose model config is also measured at 224 px: A,B,C, all "
                          "(default) or none")
     add_decision_args(sw)
@@ -57,11 +60,12 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
+    out = Path(args.out or DEFAULT_OUT)
+    output_path(out, "--out", folder=True)
     spec = SweepSpec.from_flags(args)
     plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
     settings = report_settings(args, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
     selected_options(spec)
-    out = Path(args.out or DEFAULT_OUT)
     if args.resume and not (out / "results.jsonl").exists():
         print(f"note: nothing to resume in {out}; starting a new sweep there", file=sys.stderr)
     mode = "quiet" if args.quiet else args.progress
@@ -75,9 +79,11 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
               f"and the one in flight was discarded. Resume with:\n  {resume_command(args.argv)}", file=sys.stderr)
         return 130
     bar.close()
-    records = load_results([out])
+    results = load_results([out])
+    records = results.records
     report = out / "report.md"
     settings.sources = [str(out)]
+    settings.skipped = [str(x) for x in results.skipped]
     analysis = write_report(records, report, settings, sections=plugins.report_sections())
     if mode == "jsonl":
         print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},

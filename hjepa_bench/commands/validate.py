@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.verdicts import rejudge_record
+from ..errors import output_path
 from ..measure.env import environment_fingerprint
 from ..measure.validate import ValidationSettings, run_validation, validation_facts, validation_record
 from ..options import config_option
@@ -14,10 +15,12 @@ from ..plugin.manager import Plugins, select_backend
 from ..report.decision import write_report
 from ..report.summary import validation_section, verdict_lines
 from .common import (CONFIG_FLAGS, add_config_args, add_data_args, add_decision_args, config_label, load_config,
-                     positive_int, report_settings)
+                     int_flag, report_settings)
 
-#: ``--epochs`` is the run's length (``--epochs 0``: the config's), not an override of training.epochs
+#: ``--epochs`` is the run's length (default: the config's), not an override of training.epochs
 FLAGS = [f for f in CONFIG_FLAGS if f != "epochs"]
+#: a validation run is short (the guide's is 5 epochs); more is a full training
+MAX_EPOCHS = 1000
 
 
 def add_parser(sub: Any) -> None:
@@ -26,27 +29,29 @@ def add_parser(sub: Any) -> None:
                                     "EMA), upstream-layout checkpoints, feature quality per epoch, and at the end the "
                                     "success criteria and the decision report. Ctrl-C keeps what was measured.")
     add_config_args(va)
-    va.add_argument("--epochs", type=positive_int, help="epochs (default: the config's, 5 for quick_val)")
+    va.add_argument("--epochs", type=int_flag(1, MAX_EPOCHS),
+                    help=f"epochs, 1 to {MAX_EPOCHS} (default: the config's, 5 for quick_val)")
     va.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
     add_data_args(va)
     va.add_argument("--out", metavar="DIR", default="hjepa-bench-validate",
                     help="checkpoints, validation.json and report.md (default ./hjepa-bench-validate)")
-    va.add_argument("--feature-every", type=positive_int, default=1, metavar="EPOCHS",
+    va.add_argument("--feature-every", type=int_flag(0, MAX_EPOCHS), default=1, metavar="EPOCHS",
                     help="feature quality every N epochs (0: only at the end; default 1)")
-    va.add_argument("--features-n", type=positive_int, metavar="N", help="held-out images for feature quality")
-    va.add_argument("--checkpoint-every", type=positive_int, metavar="EPOCHS",
+    va.add_argument("--features-n", type=int_flag(2, 10**6), metavar="N", help="held-out images for feature quality")
+    va.add_argument("--checkpoint-every", type=int_flag(1, MAX_EPOCHS), metavar="EPOCHS",
                     help="numbered checkpoint every N epochs (default: checkpoint.save_frequency)")
-    va.add_argument("--max-steps-per-epoch", type=positive_int, metavar="N", help="cap steps per epoch")
+    va.add_argument("--max-steps-per-epoch", type=int_flag(1, 10**7), metavar="N", help="cap steps per epoch")
     va.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_decision_args(va)
     va.set_defaults(func=cmd_validate)
 
 
 def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
+    output_path(args.out, "--out", folder=True)
     rc = load_config(args, flags=FLAGS)
     backend = select_backend(plugins, args.device)
     values = rc.values
-    epochs = int(args.epochs or values["training"]["epochs"])
+    epochs = values["training"]["epochs"] if args.epochs is None else args.epochs
     out = Path(args.out)
     settings = report_settings(args, title="hjepa-bench validation run")  # bad files fail before training
     vs = ValidationSettings(epochs=epochs, out_dir=out, feature_every_epochs=args.feature_every,

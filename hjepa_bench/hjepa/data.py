@@ -28,13 +28,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
-from ..errors import UserError
+from ..errors import UserError, input_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_BATCH_MAX_BYTES = 256 * 2**20  # a batch of the python version is about 30 MiB
 Transform = Callable[[Image.Image], Any]
 _BICUBIC = T.InterpolationMode.BICUBIC
 
@@ -151,6 +152,7 @@ def _safe_pickle_load(f: Any) -> Any:
 
 def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 python batch into (N x 32 x 32 x 3 uint8, N int64 labels)."""
+    input_file(path, "CIFAR-10 batch", CIFAR_BATCH_MAX_BYTES)
     try:
         with open(path, "rb") as f:
             batch = _safe_pickle_load(f)

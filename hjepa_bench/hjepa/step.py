@@ -138,7 +138,7 @@ class HJEPAStep:
             images = batch[0].to(self.device, non_blocking=True)
             masks = self.make_masks(images.shape[0])
         t1 = time.perf_counter()
-        self.set_lr()
+        lr = self.set_lr()
         with self.autocast():
             loss, _ = self.loss(images, masks)
         self.optimizer.zero_grad(set_to_none=True)
@@ -159,9 +159,11 @@ class HJEPAStep:
         self.model.ema_update(ema_momentum_at(self.global_step, self.total_steps,
                                               float(e["momentum"]), float(e["momentum_end"])))
         t4 = time.perf_counter()
+        in_warmup = self.global_step < self.warmup_steps
         self.global_step += 1
         return StepOutput(
             loss=loss.detach(),
             grad_norm=grad_norm.detach(),
             host_s={"inputs_masks": t1 - t0, "forward_backward": t2 - t1, "optimizer": t3 - t2, "ema": t4 - t3},
+            lr=lr, lr_in_warmup=in_warmup,
         )

@@ -60,9 +60,9 @@ import torch
 from ..analysis.evaluation import (KNN_K, KNN_PROTOCOL, KNN_TEMPERATURE, LINEAR_MAX_ITER, LINEAR_PROTOCOL, knn_accuracy,
                                    linear_probe)
 from ..analysis.features import feature_quality
-from ..config import DEFAULTS, MODELS, PATCH_SIZE, resolve_config
+from ..config import MODELS, PATCH_SIZE, resolve_config
 from ..hjepa.data import build_dataset, build_eval_transform
-from ..errors import UserError
+from ..errors import UserError, input_file
 from ..hjepa.model import HJEPA
 from ..hjepa.training import level_features
 
@@ -135,11 +135,7 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     file that is not a (readable) torch file, a file that needs other globals, and a
     file with no model state dict.
     """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"checkpoint not found: {p}.")
-    if not p.is_file():
-        raise UserError(f"checkpoint {p} is not a file.")
+    p = input_file(Path(path).expanduser(), "checkpoint")
     notes: list[str] = []
     weights_only = True
     try:
@@ -152,19 +148,20 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             what = blocked.group(1) if blocked else "a Python global"
             raise UserError(f"checkpoint {p} holds Python objects beyond tensors ({what}), and loading them "
                             "could run code from the file; hjepa-bench loads only tensors, plain containers and "
-                            "numpy scalars, so re-save the checkpoint with only those.") from None
+                            "numpy scalars, so re-save it with only those (e.g. torch.save({'model_state_dict': "
+                            "model.state_dict(), 'epoch': epoch}, path) in the environment that wrote it).") from None
         raise UserError(f"cannot read checkpoint {p} ({type(exc).__name__}: {_first_line(exc)}); "
                         "the file is corrupt or not a PyTorch checkpoint.") from None
 
-    meta: dict[str, Any] = {"weights_only": weights_only, "notes": notes}
+    meta: dict[str, Any] = {"weights_only": weights_only, "notes": notes, "path": str(p)}
     if isinstance(obj, MappingABC) and "model_state_dict" in obj:
         sd = obj["model_state_dict"]
         meta["format"] = "model_state_dict"
         meta["top_level_keys"] = [str(k) for k in obj.keys()]
         if "epoch" in obj:
             meta["epoch"] = _json_scalar(obj["epoch"])
-        if isinstance(obj.get("config"), MappingABC):
-            meta["config"] = copy.deepcopy(dict(obj["config"]))
+        if obj.get("config") is not None:
+            meta["config"] = copy.deepcopy(obj["config"])  # checked when it is used (_resolve)
         extra = {str(k): _json_scalar(v) for k, v in obj.items()
                  if k not in ("model_state_dict", "epoch", "config") and _json_scalar(v) is not None}
         if extra:
@@ -186,6 +183,11 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise UserError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict with model_state_dict "
                         "or a state dict of tensors.")
     sd = dict(sd)
+    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 1} other tensor{'s' if len(bad) > 2 else ''}" if len(bad) > 1 else ""
+        raise UserError(f"checkpoint {p} holds non-finite weights (NaN or inf in {bad[0]}{more}): the run that "
+                        "saved it diverged; evaluate a checkpoint saved before the divergence.")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
         notes.append("the 'module.' prefix (DistributedDataParallel) was removed from every key")
@@ -193,16 +195,6 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 # --------------------------------------------------------------------------- config and model
-def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        if isinstance(v, MappingABC) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def _resolve(meta: Mapping[str, Any], config_path: str | Path | None,
              overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], str, list[str]]:
     """(values, config_source, notes)."""
@@ -212,9 +204,17 @@ def _resolve(meta: Mapping[str, Any], config_path: str | Path | None,
         source = f"--config {config_path}"
         if meta.get("config"):
             notes.append(f"the checkpoint carries its own config; {config_path} was used instead (--config wins)")
-    elif isinstance(meta.get("config"), MappingABC):
-        base = _deep_merge(DEFAULTS, meta["config"])
-        rc = resolve_config(None, overrides, base=base)
+    elif meta.get("config") is not None:
+        embedded = meta["config"]
+        where = f"the config saved in checkpoint {meta.get('path', '')}".rstrip()
+        if not isinstance(embedded, MappingABC):
+            raise UserError(f"{where} is not a mapping of sections (it holds {embedded!r:.40}); pass the config "
+                            "it was trained with via --config.")
+        try:  # checked like a config file: sections, types and ranges
+            rc = resolve_config(None, overrides, sections=embedded)
+        except UserError as exc:
+            raise UserError(f"{where} is invalid ({str(exc).rstrip('.')}); pass the config it was trained with "
+                            "via --config.") from None
         source = "checkpoint"
     else:
         rc = resolve_config(None, overrides)
@@ -414,12 +414,15 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
                         overrides: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
                         data: str = "synthetic", data_path: str | Path | None = None,
                         n_train: int | None = None, n_test: int | None = None, batch_size: int = 64,
-                        seed: int = 0, progress: Progress | None = None, num_workers: int = 0) -> dict[str, Any]:
+                        seed: int = 0, progress: Progress | None = None, num_workers: int = 0,
+                        limit_samples: int | None = None) -> dict[str, Any]:
     """Evaluate the EMA target encoder of ``checkpoint`` against the same
     architecture at random initialisation (module docstring); a JSON-serialisable dict.
 
     ``n_train`` / ``n_test`` default to 5000 / 1000 images, capped by the data set
-    (the first images of each split).  Synthetic data use the config's ``seed``
+    (the first images of each split).  ``limit_samples`` (``--limit-samples``, as in
+    ``run`` and ``validate``) keeps only the first N images of the training split, so
+    ``n_train`` is at most N; the test split is not cut by it.  Synthetic data use the config's ``seed``
     (the class patterns the training run saw), with the train and test splits of
     :class:`hjepa_bench.hjepa.data.SyntheticCIFAR`.  ``seed`` seeds the random-init
     model and the linear probe.  ``progress`` (optional) receives one-line messages.
@@ -429,9 +432,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     timings: dict[str, float] = {}
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}.")
-    for name, n in (("n_train", n_train), ("n_test", n_test)):
-        if n is not None and n < (2 if name == "n_train" else 1):
-            raise UserError(f"{name} must be at least {2 if name == 'n_train' else 1}, got {n}.")
+    for name, n in (("n_train", n_train), ("n_test", n_test), ("limit_samples", limit_samples)):
+        if n is not None and n < (1 if name == "n_test" else 2):
+            raise UserError(f"{name} must be at least {1 if name == 'n_test' else 2}, got {n}.")
     dev = _device(device)
 
     t = time.perf_counter()
@@ -457,6 +460,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     transform = build_eval_transform(image_size)
     want_train = DEFAULT_N_TRAIN if n_train is None else int(n_train)
     want_test = DEFAULT_N_TEST if n_test is None else int(n_test)
+    if limit_samples is not None and want_train > int(limit_samples):
+        notes.append(f"--limit-samples {limit_samples}: the training split is its first {limit_samples} images, "
+                     f"so n_train is {limit_samples} (asked for {want_train})")
+        want_train = int(limit_samples)
     data_seed = int(values["seed"])
     path = None if data_path is None else str(data_path)
     if data == "synthetic":
@@ -535,6 +542,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
         },
         "data": {
             "kind": data, "path": path, "n_train": int(len(train_y)), "n_test": int(len(test_y)),
+            "limit_samples": None if limit_samples is None else int(limit_samples),
             "image_size": image_size, "num_classes": int(num_classes), "chance_top1": 1.0 / int(num_classes),
             "synthetic_seed": data_seed if data == "synthetic" else None,
             "transform": f"bicubic resize to {image_size + 32}, centre crop {image_size}, ImageNet normalisation",

@@ -6,15 +6,17 @@ measures it and :mod:`~hjepa_bench.analysis.logfacts` turns it into the criteria
 pure).  This module reads the file and builds
 
 * a *log record*: a result record whose config is the log's own (values it prints,
-  ``--config`` and CLI flags otherwise), whose time per step is the steady speed,
-  whose per-step distribution is the per-interval seconds per step, and whose
-  per-epoch costs are the log's measured ones (epoch start-up beyond a steady
-  step, the validation bar's time per step).  The decision matrix projects from it
-  exactly as from a sweep record.
+  ``--config`` and CLI flags otherwise), whose time per step is the wall clock of
+  the training bars (steps / elapsed: each epoch's start-up and the stalls
+  included, as a full run pays them), whose per-step distribution is the
+  per-interval seconds per step of the steady intervals, and whose per-epoch
+  costs are the log's measured ones (the validation bar's time per step; the
+  epoch start-up is already in the time per step, so it adds 0).  The decision
+  matrix projects from it exactly as from a sweep record.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,16 +26,14 @@ from ..analysis.logfacts import log_facts
 from ..analysis.logparse import LogParseError, parse_log
 from ..analysis.logspeed import analyze_log
 from ..config import resolve_config, resolve_model_name, resolve_precision
-from ..errors import UserError
+from ..errors import LOG_MAX_BYTES, UserError, read_bytes
 from ..record import new_record
 from .stats import summarize
 
 
 def read_log(path: str | Path) -> tuple[str, dict[str, Any]]:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"log file not found: {p}.")
-    data = p.read_bytes()
+    data = read_bytes(p, "log file", LOG_MAX_BYTES)
     text = data.decode("utf-8", errors="replace")
     try:
         parsed = parse_log(text)
@@ -45,9 +45,8 @@ def read_log(path: str | Path) -> tuple[str, dict[str, Any]]:
     return text, result
 
 
-def log_values(info: Mapping[str, Any], config_path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's config: defaults <- --config <- CLI flags <- what the log prints (the log
-    says what the run used; flags fill in what it does not print)."""
+def log_settings(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted config key -> the value the log prints for it."""
     from_log: dict[str, Any] = {}
     if info.get("encoder_type"):
         try:
@@ -60,8 +59,28 @@ def log_values(info: Mapping[str, Any], config_path: str | None, overrides: Mapp
                         ("lr", "training.lr"), ("warmup_epochs", "training.warmup_epochs")):
         if info.get(key) is not None:
             from_log[dotted] = info[key]
-    merged = {**{k: v for k, v in overrides.items() if v is not None}, **from_log}
-    return resolve_config(config_path, merged).values
+    return from_log
+
+
+def log_values(info: Mapping[str, Any], config_path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's config: defaults <- --config <- CLI flags <- what the log prints (the log
+    says what the run used; flags fill in what it does not print).  The flags are checked
+    even where the log's values win."""
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    resolve_config(config_path, flags)
+    return resolve_config(config_path, {**flags, **log_settings(info)}).values
+
+
+def overridden_by_log(info: Mapping[str, Any], overrides: Mapping[str, Any],
+                      dataset_size: int | None = None) -> dict[str, tuple[Any, Any]]:
+    """Dotted key (or ``dataset_size``) -> (the flag's value, the log's value) for each flag
+    the log contradicts: the log's value is used, and the caller says so."""
+    from_log = {**log_settings(info), "dataset_size": info.get("dataset_size")}
+    given = {**overrides, "dataset_size": dataset_size}
+    if given.get("model.encoder_type") is not None:  # vit_small and vit_small_patch16_224 are one model
+        given["model.encoder_type"] = resolve_model_name(given["model.encoder_type"])
+    return {k: (v, from_log[k]) for k, v in given.items()
+            if v is not None and from_log.get(k) is not None and from_log[k] != v}
 
 
 def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -> dict[str, Any]:
@@ -72,7 +91,7 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
     values["bench"] = {**values["bench"], "precision": resolve_precision(values, device), "device": device,
                        "variant": "reference"}
     overall = result["overall"]
-    ips = finite(overall.get("steady_it_per_s")) or finite(overall.get("it_per_s"))
+    ips = finite(overall.get("it_per_s"))  # wall clock: epoch start-up and stalls included
     batch = int(values["data"]["batch_size"])
     per_step = [1.0 / r for r in _steady_interval_rates(result) if r > 0]
     epochs = [e for e in result["epochs"] if e.get("steady_it_per_s")]
@@ -82,18 +101,26 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
             startup.append(max(0.0, e["warmup_s"] - e["warmup_steps"] / e["steady_it_per_s"]))
     val = [v for v in result.get("val_bars") or [] if v.get("steps") and v.get("elapsed_s")]
     costs: dict[str, Any] = {"measured": True, "paid_every_epoch": True,
-                             "worker_startup_s": (sum(startup) / len(startup)) if startup else None,
+                             # the start-up is inside the wall-clock time per step (each epoch's bar time holds
+                             # it), so a projection adds nothing for it; the validation bar's time holds its own
+                             "worker_startup_s": 0.0,
+                             "epoch_startup_s": (sum(startup) / len(startup)) if startup else None,
                              "val_step_s": (sum(v["elapsed_s"] / v["steps"] for v in val) / len(val)) if val else None,
                              "val_batch_size": batch, "checkpoint_save_s": None,
-                             "source": "the log: epoch start-up = warm-up time beyond steady steps; validation = "
-                                       "validation bar time per step; checkpoint writes are not in the log"}
+                             "source": "the log: the training steps are timed by the wall clock of the training "
+                                       "bars, so each epoch's start-up (epoch_startup_s: warm-up time beyond steady "
+                                       "steps) and stalls are in the time per step and worker_startup_s adds 0; "
+                                       "validation = validation bar time per step (its start-up included); "
+                                       "checkpoint writes are not in the log"}
     loss = result.get("loss") or {}
     cv = finite(overall.get("step_time_cv"))
     spread = summarize(per_step)  # the per-interval seconds per step
     record = new_record(values, {"backend": device, "device_name": f"the logged run ({Path(source).name})",
                                  "fingerprint_id": f"log:{Path(source).name}"})
     record.update({
-        "status": "ok",
+        # a log whose bars give no speed (every bar at 00:00 elapsed, a single refresh...) measured nothing
+        "status": "ok" if ips else "error",
+        "error": None if ips else "the log's progress bars give no usable speed (no steps over a measurable time)",
         "params": {"total": int(info.get("total_params") or 0), "trainable": int(info.get("trainable_params") or 0)},
         "metrics": {"it_per_s": ips, "samples_per_s": None if ips is None else ips * batch,
                     "step_time_s": {"median": None if ips is None else 1 / ips, "cv": cv, "n": overall.get("steps"),
@@ -137,6 +164,7 @@ class LogAnalysis:
     record: dict[str, Any]
     facts: Facts
     dataset_size: int | None  # training images per epoch: the log's, else the caller's
+    overridden: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # see overridden_by_log
 
     def epochs(self) -> list[dict[str, Any]]:
         """The per-epoch table of ``analysis.json``."""
@@ -161,4 +189,5 @@ def analyze_log_file(path: str, config_path: str | None, overrides: Mapping[str,
     facts = log_facts(result, text, path)
     ds = (result.get("info") or {}).get("dataset_size") or dataset_size
     return LogAnalysis(path=path, text=text, result=result, values=values, record=record, facts=facts,
-                       dataset_size=int(ds) if ds else None)
+                       dataset_size=int(ds) if ds else None,
+                       overridden=overridden_by_log(result.get("info") or {}, overrides, dataset_size))

@@ -1,10 +1,15 @@
 """``results.jsonl``: one record per line, appended (flushed and fsynced) as each
 config finishes, so a killed sweep loses at most the config in flight.
 
-Loading tolerates one thing only: an incomplete *last* line (the sweep died
-while writing it).  It is reported, moved aside to ``results.jsonl.partial`` and
-its config runs again.  A broken line anywhere else is a corrupt file: one clear
-sentence, exit 2, and the file is left untouched.
+Every line is parsed and validated once, here (:func:`hjepa_bench.record.loads`: JSON, finite
+numbers, every field the readers use of its type); after that the readers trust the records.
+What a line that is not a valid record gets depends on who reads:
+
+* a sweep resuming (``strict``): an incomplete *last* line (the sweep died while writing it)
+  is reported, moved aside to ``results.jsonl.partial`` and its config runs again; any other
+  bad line is a corrupt file: one sentence naming the line, exit 2, the file left untouched;
+* a report: the bad line is skipped with a warning that names it (the last line too), and
+  the report lists what it skipped.
 """
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from ..errors import UserError
-from ..record import RecordError, dumps, records_frame, validate_record
+from ..errors import RESULTS_MAX_BYTES, UserError, read_bytes
+from ..record import RecordError, dumps, loads, records_frame, validate_record
 
 RESULTS_NAME = "results.jsonl"
+#: a report skips at most this many bad lines of one file; beyond, it is not a results file
+MAX_SKIPPED = 100
 
 
 def config_key(config: Mapping[str, Any], env: Mapping[str, Any]) -> str:
@@ -30,43 +37,67 @@ def config_key(config: Mapping[str, Any], env: Mapping[str, Any]) -> str:
 
 
 @dataclass
+class Skipped:
+    """A line of a results file that is not a valid record, left out of a report."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} line {self.line}: {self.reason}; skipped"
+
+
+@dataclass
 class LoadReport:
     records: list[dict[str, Any]] = field(default_factory=list)
-    truncated_tail: str | None = None  # the incomplete last line, if there was one
+    truncated_tail: str | None = None  # the incomplete last line, if there was one (strict)
+    skipped: list[Skipped] = field(default_factory=list)  # bad lines left out (not strict)
 
 
-def read_results(path: Path) -> LoadReport:
-    """Parse a results file; see the module docstring for what is tolerated."""
+def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str, bool]:
+    """(record, why it is not one, whether the text is not even JSON)."""
+    try:
+        return loads(raw.decode("utf-8")), "", False
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text", True
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON ({exc.msg} at column {exc.colno})", True
+    except RecordError as exc:
+        return None, f"not a valid record ({exc})", False
+
+
+def read_results(path: Path, *, strict: bool = False) -> LoadReport:
+    """Parse and validate a results file; see the module docstring for what a bad line gets."""
     out = LoadReport()
-    if not path.exists():
+    path = Path(path)
+    if not os.path.lexists(path):  # (a symlink that leads nowhere is not "no file yet")
         return out
-    data = path.read_bytes()
-    if not data:
-        return out
+    data = read_bytes(path, "results file", RESULTS_MAX_BYTES)
     lines = data.split(b"\n")
-    ends_clean = data.endswith(b"\n")
-    body, tail = (lines[:-1], b"") if ends_clean else (lines[:-1], lines[-1])
-    for number, raw in enumerate(body, start=1):
+    if lines and not lines[-1].strip():
+        lines.pop()  # the newline that ends the last record
+    last = len(lines)
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        try:
-            record = json.loads(raw)
-            validate_record(record)
-        except (ValueError, RecordError) as exc:
-            if not ends_clean or number < len(body):
-                raise UserError(f"{path} is corrupt at line {number} ({exc}); fix or remove that line, "
-                                "nothing else in the file was changed.") from None
-            # a complete-looking last line that does not parse: treat like a truncated tail
-            out.truncated_tail = raw.decode("utf-8", "replace")
-            return out
-        out.records.append(record)
-    if tail.strip():
-        try:
-            record = json.loads(tail)
-            validate_record(record)
-            out.records.append(record)  # complete record, only the newline is missing
-        except (ValueError, RecordError):
-            out.truncated_tail = tail.decode("utf-8", "replace")
+        record, why, not_json = _parse(raw)
+        if record is not None:
+            out.records.append(record)
+            continue
+        if number == last and not_json:
+            why = f"an incomplete last line ({why}; a sweep killed while writing it leaves one)"
+            if strict:
+                out.truncated_tail = raw.decode("utf-8", "replace")
+                break
+        if strict:
+            raise UserError(f"{path} is corrupt at line {number}: {why}; fix or remove that line, "
+                            "nothing in the file was changed.")
+        out.skipped.append(Skipped(str(path), number, why))
+        if len(out.skipped) > MAX_SKIPPED:
+            first = out.skipped[0]
+            raise UserError(f"{path} is not a results file: more than {MAX_SKIPPED} of its lines are not valid "
+                            f"records (line {first.line}: {first.reason}).")
     return out
 
 
@@ -79,7 +110,7 @@ class ResultsFile:
 
     def load(self) -> LoadReport:
         """Read what is there and repair an incomplete last line (kept in ``.partial``)."""
-        report = read_results(self.path)
+        report = read_results(self.path, strict=True)
         if report.truncated_tail is not None:
             partial = self.path.with_name(RESULTS_NAME + ".partial")
             with open(partial, "a") as fh:
@@ -94,40 +125,51 @@ class ResultsFile:
         return report
 
     def append(self, record: Mapping[str, Any]) -> None:
-        validate_record(record)
-        self.dir.mkdir(parents=True, exist_ok=True)
         line = dumps(record, indent=None) + "\n"
+        validate_record(json.loads(line))  # what is read back later
+        self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
 
 
-def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Records from several sweep directories (or results files), in order."""
-    records: list[dict[str, Any]] = []
+@dataclass
+class Results:
+    """The records of one or more results files, and the lines left out."""
+
+    records: list[dict[str, Any]]
+    skipped: list[Skipped]
+
+
+def load_results(paths: Iterable[str | Path]) -> Results:
+    """Records from several sweep directories (or results files), in order; a line that is
+    not a valid record is left out and listed in ``skipped``."""
+    out = Results([], [])
     for p in paths:
         p = Path(p)
         path = p / RESULTS_NAME if p.is_dir() else p
         if not path.exists():
             raise UserError(f"no results found at {p} (expected {path}).")
         report = read_results(path)
+        out.skipped.extend(report.skipped)
         for r in report.records:
             r = dict(r)
             r["_source"] = str(path)
-            records.append(r)
-    return records
+            out.records.append(r)
+    return out
 
 
 def results_frame(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Merge result directories from one or more machines into one DataFrame.
 
     One row per record; ``fingerprint_id`` and ``device`` tell machines apart, so
-    the same config measured on two machines stays two rows.
+    the same config measured on two machines stays two rows.  Lines that are not valid
+    records are left out.
     """
-    records = load_results(paths)
+    records = load_results(paths).records
     df = records_frame(records)
-    df["fingerprint_id"] = [r.get("env", {}).get("fingerprint_id") for r in records]
-    df["key"] = [r.get("sweep", {}).get("key") for r in records]
+    df["fingerprint_id"] = [r["env"].get("fingerprint_id") for r in records]
+    df["key"] = [(r.get("sweep") or {}).get("key") for r in records]
     df["source"] = [r["_source"] for r in records]
     return df

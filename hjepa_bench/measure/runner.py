@@ -8,7 +8,11 @@ Timing follows MEASURING.md:
 * the per-step distribution comes from device events recorded at step starts
   (CUDA, MPS) or from wall time between step starts (CPU, which is synchronous);
 * time blocked in ``next(batches)`` is data wait; the rest of the host time up
-  to ``step()`` returning is host work (dispatch, masks, optimizer, EMA);
+  to ``step()`` returning is host work (dispatch, masks, optimizer, EMA); for a
+  step that blocks on the device inside its host work (``syncs_in_step``: the
+  reference masks' read-backs), the runner synchronizes right before ``step()``
+  and counts that wait for the previous step's queued work as device time
+  (``device_wait_s``), not as the host phase that would otherwise absorb it;
 * measuring stops when the median step time is known to the target relative
   precision (95% CI), or at the step or time cap;
 * a non-finite loss (or gradient norm, without a GradScaler) -> ``diverged``;
@@ -16,6 +20,7 @@ Timing follows MEASURING.md:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -27,7 +32,7 @@ import torch
 from . import stats
 from ..plugin.api import Backend, Probe, RunContext, StepSample, Workload
 from ..errors import UserError
-from ..record import new_record
+from ..record import dumps, new_record, validate_probe_entry
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -53,6 +58,7 @@ class _Loop:
         self.warmup_time_s = 0.0
         self.events = self.backend.has_device_events()
         self.scaled = getattr(self.work, "uses_grad_scaler", False)
+        self.sync_before_step = bool(getattr(self.work, "syncs_in_step", False))
         self.batches: Iterator[Any] = iter(self.work.batches())
         self.failed: dict[str, dict[str, Any]] = {}  # probe name -> failure entry
 
@@ -71,10 +77,14 @@ class _Loop:
                 marks.append(t0)
             batch = next(self.batches)
             t1 = time.perf_counter()
+            if self.sync_before_step:  # the step would wait here anyway: count it as device time
+                backend.synchronize()
+            t1s = time.perf_counter()
             out = self.work.step(batch)
             t2 = time.perf_counter()
             backend.sample_memory()
-            sample = StepSample(index=len(self.samples), warmup=warmup, data_wait_s=t1 - t0, host_s=t2 - t1)
+            sample = StepSample(index=len(self.samples), warmup=warmup, data_wait_s=t1 - t0, host_s=t2 - t1s,
+                                device_wait_s=t1s - t1, lr=out.lr, lr_in_warmup=out.lr_in_warmup)
             self.samples.append(sample)
             fresh.append(sample)
             losses.append(out.loss)
@@ -109,6 +119,42 @@ class _Loop:
             if norms[0] is not None and not math.isfinite(norm) and not self.scaled:
                 raise Diverged(sample.index, "gradient norm")
         return w1 - w0
+
+    def extra(self) -> dict[str, Any] | None:
+        """The steps probes asked for after the measured window (``Probe.extra_steps``): run for
+        them only, timed by nothing.  A step that fails ends them (the error is in the returned entry,
+        which the probes' ``finish`` sees as ``metrics.extra_steps``); the record stays as measured."""
+        wanted = [p for p in self.probes if int(getattr(p, "extra_steps", 0) or 0) > 0 and p.name not in self.failed]
+        if not wanted:
+            return None
+        for probe in wanted:
+            try:
+                probe.before_extra_steps(self.ctx)
+            except Exception as exc:  # noqa: BLE001
+                self.failed[probe.name] = _failure(exc)
+        wanted = [p for p in wanted if p.name not in self.failed]
+        n = max((int(p.extra_steps) for p in wanted), default=0)
+        first = len(self.samples)
+        t0 = time.perf_counter()
+        done, error = 0, None
+        try:
+            for k in range(n):
+                out = self.work.step(next(self.batches))
+                sample = StepSample(index=first + k, warmup=False, data_wait_s=0.0, host_s=0.0, extra=True,
+                                    lr=out.lr, lr_in_warmup=out.lr_in_warmup)
+                done += 1
+                for probe in wanted:
+                    if probe.name not in self.failed and k < int(probe.extra_steps):
+                        try:
+                            probe.after_extra_step(self.ctx, sample)
+                        except Exception as exc:  # noqa: BLE001
+                            self.failed[probe.name] = _failure(exc)
+            self.backend.synchronize()
+        except Exception as exc:  # noqa: BLE001 - the measurement is done: it stays as it is
+            error = _failure(exc)["error"]
+        return {"steps": done, "requested": n, "first_index": first, "time_s": time.perf_counter() - t0,
+                "for": [p.name for p in wanted], "error": error,
+                "note": "run after the measured window for these probes; in no timing figure or series"}
 
     def measured(self) -> list[StepSample]:
         return [s for s in self.samples if not s.warmup and s.step_time_s is not None]
@@ -145,6 +191,21 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _entry(name: str, entry: Any) -> dict[str, Any]:
+    """What ``finish`` returned as the probe's entry (status ``ok`` unless it says otherwise), or a
+    ``failed`` entry saying why when the record could not hold it: not a mapping, data JSON cannot
+    hold, or fields of the wrong type (:func:`~hjepa_bench.record.validate_probe_entry`)."""
+    if not isinstance(entry, Mapping):
+        return {"status": "failed", "error": f"finish() returned a {type(entry).__name__}, not a mapping"}
+    try:
+        full = json.loads(dumps({"status": "ok", **entry}, indent=None))
+        validate_probe_entry(name, full)
+    except (TypeError, ValueError) as exc:  # json: TypeError; RecordError is a ValueError
+        return {"status": "failed", "error": f"finish() returned an entry the record cannot hold: "
+                                             f"{type(exc).__name__}: {exc}"}
+    return full
+
+
 def _batch_len(batch: Any) -> int:
     first = batch[0] if isinstance(batch, (list, tuple)) else batch
     return int(first.shape[0]) if hasattr(first, "shape") else 0
@@ -177,6 +238,7 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         "measured_time_s": total,
         "data_wait_frac": sum(s.data_wait_s for s in measured) / total if total > 0 else None,
         "host_frac": sum(s.host_s for s in measured) / total if total > 0 else None,
+        "device_wait_frac": sum(s.device_wait_s for s in measured) / total if total > 0 else None,
         "host_phases_s": {k: stats.summarize([p.get(k, 0.0) for p in measured_phases])["median"] for k in phase_names},
         "warmup": {"steps": len(warm), "time_s": loop.warmup_time_s,
                    "step_time_s": [s.step_time_s for s in warm]},
@@ -216,8 +278,11 @@ def _series(loop: _Loop) -> dict[str, Any]:
         "step_time_s": [s.step_time_s for s in loop.samples],
         "data_wait_s": [s.data_wait_s for s in loop.samples],
         "host_s": [s.host_s for s in loop.samples],
+        "device_wait_s": [s.device_wait_s for s in loop.samples],
         "loss": [s.loss for s in loop.samples],
         "grad_norm": loop.grad_norms,
+        "lr": [s.lr for s in loop.samples],  # the learning rate each step applied (None: not reported)
+        "lr_in_warmup": [s.lr_in_warmup for s in loop.samples],
     }
 
 
@@ -256,11 +321,17 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
         record["status"] = "oom" if backend.is_oom(exc) else "error"
         record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     finally:
-        if loop is not None:
-            record["metrics"] = _metrics(loop, int(config["data"]["batch_size"]), stop_reason)
-            record["series"] = _series(loop)
-        if prepared is not None:
-            prepared.close()
+        try:
+            if loop is not None:
+                record["metrics"] = _metrics(loop, int(config["data"]["batch_size"]), stop_reason)
+                record["series"] = _series(loop)
+                if record["status"] == "ok":  # after the metrics: the extra steps are in no figure
+                    extra = loop.extra()
+                    if extra is not None:
+                        record["metrics"]["extra_steps"] = extra
+        finally:
+            if prepared is not None:
+                prepared.close()
     if ctx is not None:
         failed = loop.failed if loop is not None else {}
         for probe in probes:
@@ -272,6 +343,6 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
             except Exception as exc:  # noqa: BLE001 - a broken probe must not lose the measurement
                 entry = _failure(exc)
             if entry is not None:
-                record["probes"][probe.name] = {"status": "ok", **entry}
+                record["probes"][probe.name] = _entry(probe.name, entry)
     record["duration_s"] = time.perf_counter() - t0
     return record

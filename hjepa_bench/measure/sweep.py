@@ -1,8 +1,9 @@
 """``hjepa-bench sweep``: a grid of configs, each in its own child process.
 
 * The grid comes from the CLI and/or a YAML file; each point is the base config
-  (upstream YAML) plus overrides.  Points a backend cannot run (a precision it
-  lacks, a config that does not validate) are recorded ``unsupported``.
+  (upstream YAML) plus overrides.  Every value is checked before anything runs
+  (:meth:`SweepSpec.validate`): an invalid one is a usage error.  Valid points a
+  backend cannot run (a precision it lacks) are recorded ``unsupported``.
 * Every config runs in a fresh child process (multiprocessing's ``spawn``, as on
   macOS) with a wall-clock timeout: ``ok | oom | diverged | error`` come from the
   child; ``timeout`` and ``crashed`` (exit code or signal) from the parent.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..config import resolve_config, resolve_model_name, resolve_precision
+from ..config import check_value, is_finite_number, resolve_config, resolve_model_name, resolve_precision
 from ..errors import UserError, read_yaml
 from ..plugin.manager import Plugins, build_plugins, probe_names, select_backend
 from .results import ResultsFile, config_key
@@ -69,6 +70,16 @@ class SweepSpec:
 
     GRID = ("devices", "models", "batch_sizes", "workers", "hierarchies", "predictor_depths", "variants",
             "precisions", "img_sizes")
+    #: grid dimension -> the config key its values override
+    DIM_KEYS = {"models": "model.encoder_type", "batch_sizes": "data.batch_size", "workers": "data.num_workers",
+                "hierarchies": "model.num_hierarchies", "predictor_depths": "model.predictor.depth",
+                "variants": "bench.variant", "precisions": "bench.precision", "img_sizes": "data.image_size"}
+    #: field -> the config key it overrides at every point (None: the base config's value)
+    COMMON_KEYS = {"encoder_depth": "model.encoder_depth", "workload": "bench.workload", "data": "bench.data",
+                   "data_path": "bench.data_path", "limit_samples": "bench.limit_samples",
+                   "persistent_workers": "bench.persistent_workers", "warmup_steps": "bench.warmup_steps",
+                   "min_steps": "bench.min_steps", "max_steps": "bench.max_steps", "max_time_s": "bench.max_time_s"}
+    MAX_TIMEOUT_S = 1e7
 
     def timeout(self) -> float:
         if self.timeout_s is not None:
@@ -90,18 +101,84 @@ class SweepSpec:
             if key in cls.GRID and not isinstance(value, list):
                 value = [value]
             setattr(spec, key, value)
+        spec.check_fields(f"grid file {p}")  # on read: a flag given too does not hide a bad value
         return spec
+
+    def common_overrides(self) -> dict[str, Any]:
+        """The overrides every point shares (dotted config keys)."""
+        return {key: getattr(self, name) for name, key in self.COMMON_KEYS.items()}
+
+    def validate(self, where: str = "sweep") -> None:
+        """Check every field (:meth:`check_fields`) and the base config on its own (a grid value such
+        as the default model must not hide an error in the file), then resolve each distinct grid
+        value once, at the grid point that takes the first value of every other dimension (so each
+        error is one of a real point), before anything runs.  :func:`plan` then resolves every point."""
+        self.check_fields(where)
+        if self.config is not None:
+            resolve_config(self.config)
+        first = {**self.common_overrides(), **{key: getattr(self, name)[0] for name, key in self.DIM_KEYS.items()}}
+        try:
+            resolve_config(self.config, first)  # the first point: the base config and the shared settings
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        for name, key in self.DIM_KEYS.items():
+            for value in dict.fromkeys(v for v in getattr(self, name)[1:] if v is not None):
+                try:
+                    resolve_config(self.config, {**first, key: value})
+                except UserError as exc:
+                    raise UserError(f"{where}: {name} {value!r}: {exc}") from None
+
+    def check_fields(self, where: str) -> None:
+        """Each field's type, and each grid value by the config's check of the key it overrides
+        (config.SCHEMA): an invalid one is a UserError naming it (``where``: the file or "sweep")."""
+        def fail(name: str, problem: str) -> None:
+            raise UserError(f"{where}: {name} {problem}.")
+
+        def text_list(name: str, value: Any, *, empty: bool = False) -> None:
+            if not isinstance(value, list) or not (value or empty) or not all(isinstance(v, str) for v in value):
+                fail(name, f"must be a {'' if empty else 'non-empty '}list of names, not {value!r:.60}")
+
+        for name in self.GRID:
+            values = getattr(self, name)
+            if name == "devices":
+                text_list(name, values)
+                continue
+            if not isinstance(values, list) or not values:
+                fail(name, f"must be a non-empty list, not {values!r:.60}")
+            for value in values:
+                if value is not None:
+                    self._check(where, name, self.DIM_KEYS[name], value)
+        for name, key in self.COMMON_KEYS.items():
+            if getattr(self, name) is not None:
+                self._check(where, name, key, getattr(self, name))
+        for name in ("config", "options_file"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                fail(name, f"must be a file name, not {getattr(self, name)!r:.60}")
+        t = self.timeout_s
+        if t is not None and not (is_finite_number(t) and 0 < t <= self.MAX_TIMEOUT_S):
+            fail("timeout_s", f"must be a number of seconds in (0, {self.MAX_TIMEOUT_S:g}], not {t!r:.60}")
+        if not isinstance(self.skip_after_oom, bool):
+            fail("skip_after_oom", f"must be true or false, not {self.skip_after_oom!r:.60}")
+        if self.probes is not None:
+            text_list("probes", self.probes, empty=True)
+        text_list("options", self.options)
+
+    @staticmethod
+    def _check(where: str, name: str, key: str, value: Any) -> None:
+        try:
+            check_value(key, value)
+        except UserError as exc:
+            raise UserError(f"{where}: {name}: {exc}") from None
 
     @classmethod
     def from_flags(cls, args: Any) -> "SweepSpec":
-        """The spec of ``hjepa-bench sweep``: ``--grid`` (or the defaults), the flags on top."""
+        """The spec of ``hjepa-bench sweep``: ``--grid`` (or the defaults), the flags on top (the
+        list flags arrive as lists), validated."""
         spec = cls.from_yaml(args.grid) if args.grid else cls()
         lists = {
-            "devices": parse_list(args.device), "models": parse_list(args.models),
-            "batch_sizes": parse_list(args.batch_sizes, int), "workers": parse_list(args.workers, int),
-            "hierarchies": parse_list(args.hierarchies, int), "predictor_depths": parse_list(args.predictor_depths, int),
-            "variants": parse_list(args.variants), "precisions": parse_list(args.precisions),
-            "img_sizes": parse_list(args.img_size, int),
+            "devices": args.device, "models": args.models, "batch_sizes": args.batch_sizes, "workers": args.workers,
+            "hierarchies": args.hierarchies, "predictor_depths": args.predictor_depths, "variants": args.variants,
+            "precisions": args.precisions, "img_sizes": args.img_size,
         }
         for name, value in lists.items():
             if value is not None:
@@ -119,9 +196,10 @@ class SweepSpec:
         if args.probes is not None or args.profile:
             spec.probes = probe_names(args.probes, args.profile)
         if args.options is not None:
-            spec.options = parse_list(args.options) or ["none"]
+            spec.options = args.options
         if args.options_file is not None:
             spec.options_file = args.options_file
+        spec.validate(f"sweep (grid file {args.grid} and flags)" if args.grid else "sweep")
         return spec
 
 
@@ -159,12 +237,7 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
             resolve_model_name(m)  # an unknown model is a user error, not an unsupported point
     backends = plugins.backends()
     envs = {d: environment_fingerprint(backends[d]) for d in devices}
-    common = {
-        "model.encoder_depth": spec.encoder_depth, "bench.workload": spec.workload, "bench.data": spec.data,
-        "bench.data_path": spec.data_path, "bench.limit_samples": spec.limit_samples,
-        "bench.persistent_workers": spec.persistent_workers, "bench.warmup_steps": spec.warmup_steps,
-        "bench.min_steps": spec.min_steps, "bench.max_steps": spec.max_steps, "bench.max_time_s": spec.max_time_s,
-    }
+    common = spec.common_overrides()
     points: list[Point] = []
     dims = [devices, spec.models, spec.hierarchies, spec.predictor_depths, spec.variants, spec.precisions,
             spec.img_sizes, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None, b or 0))]
@@ -176,18 +249,16 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
                       group=(device, model, levels, pdepth, variant, precision, img, workers))
         try:
             rc = resolve_config(spec.config, overrides)
-        except UserError as exc:
-            point.unsupported = str(exc)
-            point.values = resolve_config(spec.config).values
-            point.values["bench"]["device"] = device
-        else:
-            values = rc.values
-            values["bench"]["precision"] = resolve_precision(values, device)
-            values["bench"]["device"] = device
-            why = backends[device].supported_precisions().get(values["bench"]["precision"], "unknown precision")
-            if why:
-                point.unsupported = f"precision {values['bench']['precision']} does not run on {device}: {why}"
-            point.values, point.warnings = values, rc.warnings()
+        except UserError as exc:  # a combination of valid values that does not fit: a usage error too
+            given = ", ".join(f"{k} {v}" for k, v in overrides.items() if v is not None and k not in common)
+            raise UserError(f"the grid point {device}, {given}: {exc}") from None
+        values = rc.values
+        values["bench"]["precision"] = resolve_precision(values, device)
+        values["bench"]["device"] = device
+        why = backends[device].supported_precisions().get(values["bench"]["precision"], "unknown precision")
+        if why:  # the one reason a valid point is recorded unsupported: this device cannot run it
+            point.unsupported = f"precision {values['bench']['precision']} does not run on {device}: {why}"
+        point.values, point.warnings = values, rc.warnings()
         v = point.values
         point.batch_size = int(batch or v["data"]["batch_size"])
         point.label = (f"{device} {short_model_name(v['model']['encoder_type'])} "
@@ -204,6 +275,8 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
             point = _option_point(opt, device, common, backends, envs[device], len(points))
             if not any(_same_measurement(p, point) for p in points):
                 points.append(point)
+    for name in dict.fromkeys(p.values["bench"]["workload"] for p in points):
+        plugins.workload(name)  # an unknown workload is a usage error here, not a failure in every child
     return points
 
 
@@ -355,16 +428,16 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
     """Run every point not yet recorded in ``out``; returns a summary dict."""
     emit = on_event or (lambda e: None)
     store = ResultsFile(out)
+    points = plan(spec, plugins)  # every point resolved before the results file is touched
     loaded = store.load()
-    points = plan(spec, plugins)
-    done_keys = {r.get("sweep", {}).get("key") for r in loaded.records}
+    done_keys = {(r.get("sweep") or {}).get("key") for r in loaded.records}
     todo = [p for p in points if p.key not in done_keys]
     emit({"event": "plan", "total": len(points), "recorded": len(points) - len(todo), "to_run": len(todo),
           "out": str(store.dir), "truncated_tail": loaded.truncated_tail is not None})
     oom_at: dict[tuple, int] = {}
     for r in loaded.records:  # OOMs recorded earlier still skip larger batches
-        s = r.get("sweep", {})
-        if r["status"] == "oom" and "group" in s:
+        s = r.get("sweep") or {}
+        if r["status"] == "oom" and "group" in s and "batch_size" in s:
             g = tuple(s["group"])
             oom_at[g] = min(oom_at.get(g, 10**9), s["batch_size"])
     durations: list[float] = []
@@ -412,18 +485,6 @@ def install_sigterm_handler() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
-
-
-def parse_list(text: str | None, kind: Callable[[str], Any] = str) -> list[Any] | None:
-    if text is None:
-        return None
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise UserError(f"empty list {text!r}.")
-    try:
-        return [kind(t) for t in items]
-    except ValueError:
-        raise UserError(f"{text!r} is not a comma-separated list of {getattr(kind, '__name__', 'values')}s.") from None
 
 
 def resume_command(argv: Sequence[str]) -> str:

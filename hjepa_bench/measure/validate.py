@@ -185,7 +185,7 @@ class _ValidationRun:
             "device": backend.name,
             "precision": None,
             "params": None,
-            "steps": {k: [] for k in ("global_step", "epoch", "loss", "grad_norm", "lr",
+            "steps": {k: [] for k in ("global_step", "epoch", "loss", "grad_norm", "lr", "lr_in_warmup",
                                       "step_time_s", "data_wait_s")},
             "epochs": [],
             "partial_epoch": None,
@@ -405,12 +405,13 @@ class _ValidationRun:
                     backend.sample_memory()
                     loss = _finite(out.loss.float().item())
                     grad = _finite(out.grad_norm.float().item()) if out.grad_norm is not None else None
-                    lr = float(trainer.optimizer.param_groups[0]["lr"])
+                    lr = float(out.lr if out.lr is not None else trainer.optimizer.param_groups[0]["lr"])
                     steps["global_step"].append(trainer.global_step - 1)
                     steps["epoch"].append(epoch)
                     steps["loss"].append(loss)
                     steps["grad_norm"].append(grad)
                     steps["lr"].append(lr)
+                    steps["lr_in_warmup"].append(out.lr_in_warmup)
                     steps["step_time_s"].append(t_end - t_batch)
                     steps["data_wait_s"].append(t_batch - t0)
                     acc["steps"] += 1
@@ -552,7 +553,8 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
     ``WARMUP_STEPS`` are warm-up), its epoch ends give the per-epoch costs, its last
     feature measurement is the features entry.  The decision matrix projects from it
     like from a sweep record."""
-    from ..analysis.loss_curve import analyze_loss
+    from ..analysis.loss_curve import analyze_loss, applied_lr_at_end
+    from ..analysis.stability import analyze_stability
     from .stats import summarize
 
     steps = result.get("steps") or {}
@@ -572,7 +574,8 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
     saves = [c["save_s"] for c in result.get("checkpoints") or [] if c.get("save_s") is not None]
     starts = [e.get("loader_start_s") for e in epochs if e.get("loader_start_s") is not None]
     lr = float(values["training"]["lr"])
-    loss = analyze_loss(steps.get("loss") or [], warm, lr)
+    applied, in_warmup = applied_lr_at_end(steps, len(steps.get("loss") or []))
+    loss = analyze_loss(steps.get("loss") or [], warm, lr, applied_lr=applied, lr_in_warmup=in_warmup)
     loss["preliminary"] = False
     loss["notes"] = [n for n in loss.get("notes", []) if "preliminary" not in n]
     status = {"ok": "ok", "interrupted": "ok", "diverged": "diverged", "oom": "oom"}.get(result.get("status"), "error")
@@ -586,8 +589,8 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
                         "checkpoint_bytes": max((c.get("bytes") or 0 for c in result.get("checkpoints") or []), default=None),
                         "source": "the validation run's epoch ends"},
     }
-    if stats.get("cv") is not None:
-        probes["stability"] = {"status": "ok", "cv_pct": 100 * stats["cv"]}
+    if ok:  # the full stability analysis of the run's per-step times (spikes, period, drift), as a probe does
+        probes["stability"] = {"status": "ok", **analyze_stability(whole, warm)}
     feats = [f for f in result.get("features") or [] if f.get("rankme") is not None]
     if feats:
         probes["features"] = judge_features({"status": "ok", "measured": True, **feats[-1],
@@ -611,7 +614,8 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
         "params": result.get("params") or {"total": 0, "trainable": 0},
         "metrics": metrics,
         "series": {"warmup_steps": warm, "step_time_s": whole, "loss": steps.get("loss") or [],
-                   "grad_norm": steps.get("grad_norm") or []},
+                   "grad_norm": steps.get("grad_norm") or [], "lr": steps.get("lr") or [],
+                   "lr_in_warmup": steps.get("lr_in_warmup") or []},
         "probes": probes, "sweep": {"label": f"validation run ({result.get('epochs_completed')} epochs)"},
     })
     return record

@@ -196,6 +196,8 @@ class StepOutput:
     loss: torch.Tensor  # 0-dim, detached, on the device
     grad_norm: torch.Tensor | None = None  # 0-dim, on the device (pre-clipping)
     host_s: dict[str, float] = field(default_factory=dict)  # named host phases, seconds
+    lr: float | None = None  # the learning rate this step applied (None: the workload does not say)
+    lr_in_warmup: bool | None = None  # True while the LR schedule is still in its warm-up
 
 
 class PreparedWorkload(abc.ABC):
@@ -206,6 +208,12 @@ class PreparedWorkload(abc.ABC):
     #: True when fp16 training uses a GradScaler (a non-finite gradient is then
     #: a skipped step, not divergence)
     uses_grad_scaler: bool = False
+    #: True when ``step()`` blocks on the device inside its host work (the reference H-JEPA masks
+    #: read a result back per sample): its first read-back would wait for the previous step's queued
+    #: device work and put that time in a host phase.  The runner then synchronizes just before
+    #: ``step()`` and counts that wait as device time (``StepSample.device_wait_s``).  Such a step
+    #: syncs anyway, so this costs no overlap; a step that never syncs keeps False.
+    syncs_in_step: bool = False
 
     # Optional capabilities, None when the workload has none.  Probes use them (``epoch_costs``
     # measures worker start-up on the loader, a validation forward and a checkpoint on the trainer).
@@ -261,9 +269,13 @@ class StepSample:
     index: int  # 0-based, counting warm-up steps
     warmup: bool
     data_wait_s: float
-    host_s: float  # wall time from batch in hand to step() returning (dispatch + host work)
+    host_s: float  # wall time from calling step() to its return (dispatch + host work)
+    device_wait_s: float = 0.0  # waiting for the previous step's device work before step() (syncs_in_step)
     step_time_s: float | None = None
     loss: float | None = None
+    lr: float | None = None  # the learning rate the step applied (StepOutput.lr)
+    lr_in_warmup: bool | None = None
+    extra: bool = False  # an extra step run after the measured window for a probe (never timed)
 
 
 class Probe:
@@ -278,16 +290,31 @@ class Probe:
 
     ``cost``: "cheap" probes run by default; "costly" ones only when chosen
     with ``--probes NAME,...`` or ``--probes all``.
+
+    ``extra_steps``: a probe that slows the steps it watches (the profiler) asks for
+    steps of its own.  After the measured window closes (metrics and series are
+    final), the runner calls ``before_extra_steps`` once, runs the largest request
+    of steps, calling ``after_extra_step`` after each (``sample.extra`` is True and
+    its index follows the measured steps), then ``finish``.  Those steps are in no
+    timing figure, series or other probe's ``after_step``.  A step that fails ends
+    them (``metrics.extra_steps["error"]``); the measurement stays as it was.
     """
 
     name: str = ""
     cost: str = "cheap"
     description: str = ""
+    extra_steps: int = 0
 
     def start(self, ctx: RunContext) -> None:
         pass
 
     def after_step(self, ctx: RunContext, sample: StepSample) -> None:
+        pass
+
+    def before_extra_steps(self, ctx: RunContext) -> None:
+        pass
+
+    def after_extra_step(self, ctx: RunContext, sample: StepSample) -> None:
         pass
 
     def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:

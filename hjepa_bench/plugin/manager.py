@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, TypeVar
 
@@ -56,6 +57,16 @@ class PluginInfo:
     origin: str  # "builtin", "entry point of <dist> <version>", "HJEPA_BENCH_PLUGINS", "-p"
     hooks: list[str] = field(default_factory=list)
     provides: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None  # set when a register hook failed: the plugin is disabled
+
+
+#: register hook -> (what ``describe`` calls the objects, their type)
+REGISTER_HOOKS: dict[str, tuple[str, type]] = {
+    "hjepa_bench_register_backends": ("backends", Backend),
+    "hjepa_bench_register_workloads": ("workloads", Workload),
+    "hjepa_bench_register_probes": ("probes", Probe),
+    "hjepa_bench_register_report_sections": ("report_sections", ReportSection),
+}
 
 
 class Plugins:
@@ -64,28 +75,54 @@ class Plugins:
     def __init__(self, pm: pluggy.PluginManager, infos: list[PluginInfo]):
         self.pm = pm
         self.infos = infos
+        self._registered: dict[str, list[tuple[str, Any]]] | None = None
         self._cache: dict[str, list[tuple[str, Any]]] = {}
 
+    def _register_all(self) -> dict[str, list[tuple[str, Any]]]:
+        """Call every register hook of every plugin once, in registration order.  A plugin whose
+        hook raises, or registers something that is not the hook's type or has no name, is
+        disabled: nothing it registered is used, ``describe`` shows why, one warning on stderr,
+        and every other plugin loads."""
+        if self._registered is not None:
+            return self._registered
+        got: dict[str, list[tuple[str, Any]]] = {}
+        failed: dict[str, str] = {}
+        for hook_name, (_, kind) in REGISTER_HOOKS.items():
+            got[hook_name] = []
+            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+                mine: list[Any] = []
+                try:
+                    impl.function(register=mine.append)
+                    for obj in mine:
+                        if not isinstance(obj, kind):
+                            raise TypeError(f"it registered {obj!r:.60}, which is not a {kind.__name__}")
+                        if not isinstance(getattr(obj, "name", None), str) or not obj.name:
+                            raise TypeError(f"it registered a {kind.__name__} without a name")
+                except Exception as exc:  # noqa: BLE001 - one broken plugin must not break every command
+                    failed.setdefault(impl.plugin_name, f"{hook_name.removeprefix('hjepa_bench_')}: "
+                                                        f"{type(exc).__name__}: {_first_line(exc)}")
+                    continue
+                got[hook_name].extend((impl.plugin_name, obj) for obj in mine)
+        for info in self.infos:
+            if info.name in failed:
+                info.error = failed[info.name]
+                print(f"warning: plugin {info.name} ({info.module}) is disabled: its hook {info.error}",
+                      file=sys.stderr)
+        self._registered = {h: [(p, o) for p, o in objs if p not in failed] for h, objs in got.items()}
+        return self._registered
+
     def _collect(self, hook_name: str, kind: type[T]) -> list[tuple[str, T]]:
-        """Call every implementation of a register hook, remembering which plugin
-        registered what.  Names must be unique per kind."""
+        """What the plugins registered through ``hook_name``, with the plugin that registered it.
+        Names must be unique per kind."""
         if hook_name in self._cache:
             return self._cache[hook_name]
-        found: list[tuple[str, T]] = []
         seen: dict[str, str] = {}
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
-            def register(obj: T, _plugin: str = impl.plugin_name) -> None:
-                if not isinstance(obj, kind):
-                    raise UserError(f"plugin {_plugin} registered {obj!r}, which is not a {kind.__name__}.")
-                name = getattr(obj, "name", "")
-                if not name:
-                    raise UserError(f"plugin {_plugin} registered a {kind.__name__} without a name.")
-                if name in seen:
-                    raise UserError(f"{kind.__name__} {name!r} is registered twice, by {seen[name]} and {_plugin}; disable one with -p no:NAME.")
-                seen[name] = _plugin
-                found.append((_plugin, obj))
-            impl.function(register=register)
+        found = self._register_all()[hook_name]
+        for plugin, obj in found:
+            if obj.name in seen:
+                raise UserError(f"{kind.__name__} {obj.name!r} is registered twice, by {seen[obj.name]} and {plugin}; "
+                                "disable one with -p no:NAME.")
+            seen[obj.name] = plugin
         self._cache[hook_name] = found
         return found
 
@@ -130,21 +167,21 @@ class Plugins:
         return sorted(sections, key=lambda s: (s.order, s.name))
 
     def describe(self) -> list[PluginInfo]:
-        """Loaded plugins with their hooks and the objects each one registered."""
-        kinds = {
-            "hjepa_bench_register_backends": ("backends", Backend),
-            "hjepa_bench_register_workloads": ("workloads", Workload),
-            "hjepa_bench_register_probes": ("probes", Probe),
-            "hjepa_bench_register_report_sections": ("report_sections", ReportSection),
-        }
+        """Loaded plugins with their hooks, the objects each one registered, and why a plugin
+        is disabled (``error``)."""
         by_plugin = {info.name: info for info in self.infos}
-        for hook_name, (label, kind) in kinds.items():
+        for hook_name, (label, kind) in REGISTER_HOOKS.items():
             for plugin_name, obj in self._collect(hook_name, kind):
                 by_plugin[plugin_name].provides.setdefault(label, []).append(obj.name)
         for info in self.infos:
             plugin = self.pm.get_plugin(info.name)
             info.hooks = sorted(c.name for c in (self.pm.get_hookcallers(plugin) or []))
         return self.infos
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def _split(value: str | None) -> list[str]:

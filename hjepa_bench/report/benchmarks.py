@@ -8,21 +8,65 @@ from typing import Any, Mapping
 
 from tabulate import tabulate
 
-from ..errors import UserError
+from ..errors import JSON_MAX_BYTES, UserError, read_text
+from ..record import RecordError, check_json
 
 IDENTITY_KEYS = ("devices", "torch", "timm", "size", "precision")
 
 
-def load_benchmark_json(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
+def _benchmark_problem(data: Any) -> str | None:
+    """What keeps ``data`` from being a pytest-benchmark run this command can read, or None."""
     try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"benchmark file not found: {p}.") from None
-    except (ValueError, UnicodeDecodeError):
-        raise UserError(f"{p} is not a pytest-benchmark JSON file (it does not parse as JSON).") from None
+        check_json(data, "the file")
+    except RecordError as exc:
+        return str(exc)
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
-        raise UserError(f"{p} is not a pytest-benchmark JSON file (no 'benchmarks' list).")
+        return "no 'benchmarks' list"
+    for i, b in enumerate(data["benchmarks"]):
+        where = f"benchmarks[{i}]"
+        if not isinstance(b, dict):
+            return f"{where} is not an object"
+        if not any(k in b for k in ("fullname", "name")) or any(
+                k in b and not (isinstance(b[k], str) and b[k]) for k in ("fullname", "name")):
+            return f"{where} has no name (name or fullname, text)"
+        stats = b.get("stats")
+        median = stats.get("median") if isinstance(stats, dict) else None
+        if not isinstance(stats, dict):
+            return f"{where}.stats is not an object"
+        if isinstance(median, bool) or not isinstance(median, (int, float)) or not median > 0:
+            return f"{where}.stats.median must be a time in seconds above 0, not {median!r:.40}"
+    if "datetime" in data and not isinstance(data["datetime"], str):
+        return "datetime is not text"
+    info = data.get("machine_info", {})
+    if not isinstance(info, dict):
+        return "machine_info is not an object"
+    ours = info.get("hjepa_bench", {})
+    if not isinstance(ours, dict):
+        return "machine_info.hjepa_bench is not an object"
+    for key in IDENTITY_KEYS:
+        value = ours.get(key)
+        if key == "devices":
+            if value is not None and not (isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())):
+                return "machine_info.hjepa_bench.devices is not an object of devices"
+        elif value is not None and not isinstance(value, str):
+            return f"machine_info.hjepa_bench.{key} is not text"
+    return None
+
+
+def load_benchmark_json(path: str | Path) -> dict[str, Any]:
+    """A pytest-benchmark run: a list of benchmarks, each named with a median time above zero, and
+    the machine it ran on; anything else is a UserError naming what is wrong."""
+    p = Path(path)
+    text = read_text(p, "benchmark file", JSON_MAX_BYTES)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise UserError(f"{p} is not a pytest-benchmark JSON file (it nests too deep).") from None
+    except ValueError:
+        raise UserError(f"{p} is not a pytest-benchmark JSON file (it does not parse as JSON).") from None
+    problem = _benchmark_problem(data)
+    if problem:
+        raise UserError(f"{p} is not a pytest-benchmark JSON file this command reads: {problem}.")
     return data
 
 
@@ -34,8 +78,8 @@ def identity_differences(current: Mapping[str, Any], baseline: Mapping[str, Any]
 
 
 def _medians(data: Mapping[str, Any]) -> dict[str, float]:
-    return {b["fullname"] if "fullname" in b else b["name"]: float(b["stats"]["median"])
-            for b in data["benchmarks"] if b.get("stats")}
+    """Median seconds per benchmark (checked above zero by :func:`load_benchmark_json`)."""
+    return {b["fullname"] if "fullname" in b else b["name"]: float(b["stats"]["median"]) for b in data["benchmarks"]}
 
 
 def benchmark_table(current: Mapping[str, Any], baseline: Mapping[str, Any] | None = None,

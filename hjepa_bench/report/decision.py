@@ -10,6 +10,7 @@ all come through here.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -68,6 +69,9 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
              f"({counts})" + (f" in {', '.join(analysis['sources'])}" if analysis["sources"] else "") + ". "
              "Every number below was measured in these runs, except where labelled as the validation guide's "
              "expectation, a published figure or a target._", ""]
+    if analysis.get("skipped"):
+        parts += [f"**{len(analysis['skipped'])} line(s) of the results were skipped** (not valid records):", ""]
+        parts += [f"- {s}" for s in analysis["skipped"]] + [""]
     parts += [*intro, ""] if intro else []
     # verdict
     parts += ["## Recommendation", ""]
@@ -238,6 +242,12 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     return "\n".join(parts).rstrip() + "\n"
 
 
+def _file_part(text: str) -> str:
+    """``text`` as part of a file name: letters, digits, '_' and '-' only, so a name read from a
+    record (the machine's backend) cannot lead out of the report folder."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text) or "_"
+
+
 @dataclass
 class ChartLink:
     title: str
@@ -271,7 +281,7 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
     for row in analysis["matrix"]:
         opt = by_name[row["option"]]
         multi = len({r.get("machine") for r in analysis["matrix"] if r["option"] == row["option"]}) > 1
-        suffix = f"_{row['machine'].split(' ')[0]}" if multi and row.get("machine") else ""
+        suffix = f"_{_file_part(row['machine'].split(' ')[0])}" if multi and row.get("machine") else ""
         name = f"configs/option_{opt.name}{suffix}.yaml"
         text = option_yaml(row, opt)
         (out_dir / name).write_text(text)

@@ -2,6 +2,7 @@
 and ``probe_table``, the table a probe's section is made of."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -12,12 +13,25 @@ from ..record import probe, record_label
 
 def render_report(records: Sequence[Mapping[str, Any]], sections: Sequence[ReportSection],
                   title: str = "hjepa-bench report") -> str:
+    """The sections in order.  A section whose ``render`` raises or returns something other than
+    text shows "section NAME failed: ..." in its place (and a warning on stderr); the rest renders."""
     parts = [f"# {title}", ""]
     for section in sections:
-        body = section.render(records)
+        try:
+            body = section.render(records)
+            if body is not None and not isinstance(body, str):
+                raise TypeError(f"render() returned a {type(body).__name__}, not markdown text")
+        except Exception as exc:  # noqa: BLE001 - a plugin's section must not break the report
+            body = f"section {section.name} failed: {type(exc).__name__}: {_one_line(exc)}"
+            print(f"warning: report {body}; the rest of the report is complete", file=sys.stderr)
         if body:
             parts += [f"## {section.title or section.name}", "", body.rstrip(), ""]
     return "\n".join(parts)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def frame_markdown(frame: pd.DataFrame, floatfmt: str = ".2f", dash: str = "-") -> str:

@@ -87,16 +87,22 @@ def log_section(result: Mapping[str, Any]) -> str:
     rows = []
     for e in result["epochs"]:
         rows.append([e["epoch"], f"{e['steps']}/{e.get('total_steps') or '?'}", "yes" if e.get("complete") else "no",
-                     f"{e['elapsed_s']:.0f}", f"{e['it_per_s']:.3f}", fmt_finite(e.get("bar_it_per_s")),
+                     fmt_finite(e.get("elapsed_s"), ".0f"), fmt_finite(e.get("it_per_s"), ".3f"),
+                     fmt_finite(e.get("bar_it_per_s")),
                      fmt_finite(e.get("steady_it_per_s")), f"{e.get('warmup_steps') or 0} / {e.get('warmup_s') or 0:.0f} s",
                      f"{len(e.get('stalls') or [])} / {sum(s['seconds'] for s in e.get('stalls') or []):.0f} s"])
     o = result["overall"]
     parts = [tabulate(rows, headers=["epoch", "steps", "complete", "elapsed s", "it/s (counters)", "it/s (bar, smoothed)",
                                      "steady it/s", "warm-up steps / s", "stalls / s"], tablefmt="github",
                       disable_numparse=True), "",
-             f"Overall: {o['steps']} steps in {o['elapsed_s']:.0f} s = {o['it_per_s']:.3f} it/s; steady "
-             f"{fmt_finite(o.get('steady_it_per_s'), '.3f')} it/s (warm-up and stalls excluded); step-time CV over steady "
-             f"intervals {fmt_finite(None if o.get('step_time_cv') is None else 100 * o['step_time_cv'], '.1f')}%. "
+             f"Overall: {o['steps']} steps in {fmt_finite(o.get('elapsed_s'), '.0f')} s = "
+             f"{fmt_finite(o.get('it_per_s'), '.3f', dash='not measured')} it/s by the wall clock "
+             "(epoch start-up and stalls included: the speed criterion and the projection of option L use it); "
+             f"steady {fmt_finite(o.get('steady_it_per_s'), '.3f')} it/s (warm-up and stalls excluded); "
+             f"{o.get('stall_count') or 0} stall(s), {o.get('stall_time_s') or 0:.0f} s"
+             + (f", every {o['stall_period_steps']} steps" if o.get("stall_period_steps") else "")
+             + f"; step-time CV over steady intervals "
+             f"{fmt_finite(None if o.get('step_time_cv') is None else 100 * o['step_time_cv'], '.1f')}%. "
              "Speeds come from the bars' step counters and elapsed times; tqdm's smoothed rate is shown only for "
              "comparison.", ""]
     loss = result.get("loss") or {}
