@@ -7,7 +7,7 @@ field changes meaning or a required field is added.
 
 Every record is started by :func:`new_record` (a run, a sweep's placeholder for a
 config that did not run, a validation run, a training log, the tests' hand-made
-records) and read through the accessors below (``label``, ``machine``,
+records) and read through the accessors below (``label``, ``machine``, ``node_label``,
 ``batch_requested``, ``peak_bytes``, ``probe``...) or :func:`records_frame`, so a
 field is read with one meaning everywhere.
 """
@@ -381,16 +381,26 @@ def device_name(record: Mapping[str, Any]) -> str | None:
             or lookup(record, "config", "bench", "device"))
 
 
+def node_label(record: Mapping[str, Any]) -> str | None:
+    """The cluster node a record was measured on (``node.label``), None for a local run."""
+    value = lookup(record, "node", "label")
+    return None if value in (None, "") else str(value)
+
+
 def machine(record: Mapping[str, Any]) -> str:
-    """Identity of the machine + software stack (the environment fingerprint), for grouping."""
+    """Identity of the machine + software stack, for grouping: the environment fingerprint, plus
+    the node label for a record of a cluster node (two identical nodes are two machines)."""
     env = record.get("env") or {}
-    return str(env.get("fingerprint_id") or env.get("device_name") or env.get("backend"))
+    ident = str(env.get("fingerprint_id") or env.get("device_name") or env.get("backend"))
+    node = node_label(record)
+    return ident if node is None else f"{ident}@{node}"
 
 
 def machine_name(record: Mapping[str, Any]) -> str:
-    """The machine for people: ``cpu (AMD EPYC ...)``."""
+    """The machine for people: ``cpu (AMD EPYC ...)``, ``cpu (AMD EPYC ...) on node-a`` on a cluster."""
     env = record.get("env") or {}
-    return f"{env.get('backend')} ({env.get('device_name') or '?'})"
+    node = node_label(record)
+    return f"{env.get('backend')} ({env.get('device_name') or '?'})" + ("" if node is None else f" on {node}")
 
 
 def label(record: Mapping[str, Any]) -> str:
@@ -405,6 +415,9 @@ def label(record: Mapping[str, Any]) -> str:
     img = lookup(c, "data", "image_size")
     if img is not None:
         parts.append(f"{img}px")
+    node = node_label(record)
+    if node is not None:
+        parts.append(f"on {node}")
     return " ".join(str(p) for p in parts if p is not None)
 
 
@@ -476,6 +489,8 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         st = m.get("step_time_s") or {}
         rows.append({
             "device": device_name(r),
+            "node": node_label(r),
+            "machine": machine(r),
             "backend": env.get("backend"),
             "model": model_short(r),
             "levels": c.get("model", {}).get("num_hierarchies"),

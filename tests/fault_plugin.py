@@ -8,6 +8,9 @@ config whose batch size is listed in ``HJEPA_BENCH_TEST_FAULTS`` (JSON, e.g.
 * ``crash`` - the process kills itself with SIGSEGV
 * ``hang``  - sleeps far past any timeout
 * ``nan``   - feeds NaN images to the real step (the loss diverges)
+* ``kill_parent`` - SIGKILLs the process that started the config's child (a Ray executor's worker
+  process: the worker dies mid-config), then waits to be stopped
+* ``slow``  - sleeps 6 s, then steps on (a config that is still running a while after it started)
 """
 from __future__ import annotations
 
@@ -37,6 +40,11 @@ class FaultyPrepared(PreparedHJEPA):
                 os.kill(os.getpid(), signal.SIGSEGV)
             elif self.fault == "hang":
                 time.sleep(3600)
+            elif self.fault == "kill_parent":
+                os.kill(os.getppid(), signal.SIGKILL)
+                time.sleep(3600)
+            elif self.fault == "slow" and self.steps == 2:
+                time.sleep(6)
             elif self.fault == "nan":
                 batch = (batch[0] * float("nan"), *batch[1:])
         return super().step(batch)

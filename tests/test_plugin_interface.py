@@ -22,7 +22,7 @@ def _pyproject_entry_points() -> dict[str, str]:
 
 
 def test_the_hooks_are_found():
-    assert HOOKS == ["hjepa_bench_register_backends", "hjepa_bench_register_probes",
+    assert HOOKS == ["hjepa_bench_register_backends", "hjepa_bench_register_executors", "hjepa_bench_register_probes",
                      "hjepa_bench_register_report_sections", "hjepa_bench_register_workloads"]
 
 

@@ -19,7 +19,7 @@ from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
 from ..thresholds import Thresholds
 from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
-from ..record import device_name, label, samples_per_s
+from ..record import device_name, label, machine, samples_per_s
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
 CRASH_STATUSES = ("error", "crashed", "timeout")
@@ -390,7 +390,7 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     f = Facts(source="sweep", subject=f"{label(r)}: {why}", device=device_name(r),
               backend=env.get("backend"))
     f.notes.append(why)
-    same_device = [x for x in records if (x.get("env") or {}).get("fingerprint_id") == env.get("fingerprint_id")]
+    same_device = [x for x in records if machine(x) == machine(r)]  # a cluster node is its own machine
     crashes = [x for x in same_device if x.get("status") in CRASH_STATUSES]
     f.crashed = bool(crashes)
     _crash_facts(f, crashes)

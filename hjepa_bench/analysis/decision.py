@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..options import TrainingOption, guide_options, model_key
-from ..record import machine, short_model_name
+from ..record import machine, node_label, short_model_name
 from ..thresholds import DEFAULTS, Thresholds
 from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pick_validation_record, status_counts,
                        success_criteria)
-from .decisions import (decide, efficient_savings, evaluate_option, judge, model_speed_ratios, recommend_batch,
-                        recommend_lr, recommend_warmup, recommend_workers)
+from .decisions import (decide, efficient_savings, evaluate_option, judge, machine_comparison, model_speed_ratios,
+                        recommend_batch, recommend_lr, recommend_warmup, recommend_workers)
 from .memory import fit_memory
 from .verdicts import rejudge_records
 
@@ -46,8 +46,9 @@ def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapp
 def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
     _, mk, variant, precision = key
     env = records[0].get("env") or {}
+    node = node_label(records[0])
     return (f"{env.get('backend')} {short_model_name(mk[0])} L{mk[2]} P{mk[3]} {mk[6]}px "
-            f"{variant} {precision}" + (f" depth {mk[1]}" if mk[1] != 12 else ""))
+            f"{variant} {precision}" + (f" depth {mk[1]}" if mk[1] != 12 else "") + (f" on {node}" if node else ""))
 
 
 def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSettings,
@@ -97,7 +98,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
         "thresholds": th.as_dict(), "budget_hours": settings.budget_hours,
         "facts": facts.as_dict(), "criteria": criteria, "checklist": checks,
         "matrix": rows, "decision": decision, "group_choices": [{k: v for k, v in g.items() if k != "key"} for g in group_choices],
-        "model_speed_ratios": ratios, "efficient_savings": savings,
+        "model_speed_ratios": ratios, "efficient_savings": savings, "machines": machine_comparison(recs),
         "memory_fit": {f"{k[0]} {k[1]}": v for k, v in mem_fit.items()},
         "lessons": lessons_learned(facts, criteria, findings, recs_text),
         "validation_subject": facts.subject,

@@ -39,8 +39,8 @@ from typing import Any, Mapping, Sequence
 from ..options import TrainingOption, record_matches
 from ..thresholds import Thresholds
 from ..format import finite
-from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, machine, machine_name, probe,
-                      samples_per_s, short_model_name)
+from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, machine, machine_name, model_short,
+                      node_label, probe, samples_per_s, short_model_name)
 from ..record import workers as workers_of
 from .bottleneck import is_data_bound
 from .memory import fit_memory
@@ -242,6 +242,33 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return out
 
 
+def machine_comparison(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """it/s of each config on each machine (a machine: the environment fingerprint, and the node of a
+    cluster), from the ok records; the device is not part of a config here, so an M1's mps and a
+    CUDA box's cuda line up.  ``machines`` is empty when fewer than two machines measured a config."""
+    names: dict[str, str] = {}
+    speeds: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in records:
+        ips = finite((r.get("metrics") or {}).get("it_per_s"))
+        if r.get("status") != "ok" or ips is None:
+            continue
+        c = r["config"]
+        config = (f"{model_short(r)} L{c['model']['num_hierarchies']} P{c['model']['predictor']['depth']} "
+                  f"b{batch_requested(r)} w{workers_of(r)} {c['bench']['variant']} {c['bench']['precision']} "
+                  f"{c['data']['image_size']}px")
+        names.setdefault(machine(r), machine_name(r))
+        speeds[config][machine(r)] = ips  # the latest record of a config on a machine
+    if len(names) < 2:
+        return {"machines": [], "rows": []}
+    shown = {m: n if list(names.values()).count(n) == 1 else f"{n} [{m[:6]}]" for m, n in names.items()}
+    rows = []
+    for config, per in sorted(speeds.items()):
+        fastest = max(per, key=per.get)
+        rows.append({"config": config, "it_per_s": {shown[m]: v for m, v in per.items()}, "fastest": shown[fastest],
+                     "fastest_vs_slowest": per[fastest] / min(per.values()) if len(per) > 1 else None})
+    return {"machines": [shown[m] for m in names], "rows": rows}
+
+
 def efficient_savings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Measured step time of the ``efficient`` variant against ``reference`` for configs
     measured in both (everything else equal)."""
@@ -294,6 +321,7 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
             cands = [r for r in ok if batch_requested(r) == batch["batch"] and workers_of(r) == workers["workers"]] or ok
             rec = max(cands, key=_sps)
         row: dict[str, Any] = {**base, "measured": True, "machine": machine_name(rs[0]), "machine_id": mach,
+                               "node": node_label(rs[0]),
                                "batch_choice": batch, "workers_choice": workers, "reasons": []}
         if rec is None:
             statuses = ", ".join(sorted({f"{r.get('status')} at b{batch_requested(r)}" for r in rs}))

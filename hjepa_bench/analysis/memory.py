@@ -47,7 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from ..format import finite, finite_int
-from ..record import batch_achieved, device_name, lookup, model_short, peak_bytes
+from ..record import batch_achieved, device_name, lookup, model_short, node_label, peak_bytes
 
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0
@@ -232,7 +232,9 @@ def setup_key(r: Mapping[str, Any]) -> str:
 
 
 def device_key(r: Mapping[str, Any]) -> str:
-    return str(device_name(r) or "?")
+    """The device a memory fit is per: its name, and the node on a cluster (each node its own fit)."""
+    node = node_label(r)
+    return str(device_name(r) or "?") + (f" on {node}" if node else "")
 
 
 def _larger(model: str, params: int | None, other: str, other_params: int | None) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 from tabulate import tabulate
 
 from ..format import fmt_bytes
-from ..plugin.manager import AUTO_ORDER, Plugins
+from ..plugin.manager import Plugins, auto_order
 from .common import print_json
 
 
@@ -38,6 +38,6 @@ def cmd_devices(args: argparse.Namespace, plugins: Plugins) -> int:
         table.append([r["name"], "yes" if r["available"] else "no", r.get("device_name") or "-",
                       fmt_bytes(r.get("total_bytes")) if r["available"] else "-", prec, r["reason"] or ""])
     print(tabulate(table, headers=["device", "available", "name", "memory", "precisions", "why not"]))
-    auto = next((r["name"] for n in AUTO_ORDER for r in rows if r["name"] == n and r["available"]), None)
+    auto = next(iter(auto_order(r["name"] for r in rows if r["available"])), None)
     print(f"--device auto picks: {auto}")
     return 0

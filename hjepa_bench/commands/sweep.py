@@ -9,12 +9,18 @@ from typing import Any
 
 from ..errors import output_path
 from ..measure.results import load_results
-from ..measure.sweep import DEFAULT_OUT, SweepSpec, install_sigterm_handler, resume_command, run_sweep, selected_options
+from ..errors import UserError
+from ..measure.sweep import (DEFAULT_OUT, SweepSpec, install_sigterm_handler, resume_command, run_sweep,
+                             selected_options)
 from ..plugin.manager import Plugins
 from ..report.decision import write_report
 from ..report.summary import sweep_table, verdict_lines
 from .common import (add_data_args, add_decision_args, add_probe_args, config_flag, list_flag, positive_number,
                      report_settings)
+
+
+#: executor option -> the sweep flag that sets it
+EXECUTOR_FLAGS = {"address": "--address", "nodes": "--ray-nodes"}
 
 
 def add_parser(sub: Any) -> None:
@@ -53,6 +59,15 @@ def add_parser(sub: Any) -> None:
                     help="decision-matrix options whose model config is also measured at 224 px: A,B,C, all "
                          "(default) or none")
     add_decision_args(sw)
+    ex = sw.add_argument_group("where the configs run")
+    ex.add_argument("--executor", default="local", metavar="NAME",
+                    help="local (default: one config at a time in a child process on this machine), ray (each "
+                         "config a Ray task, on every node of a Ray cluster), or one a plugin registers")
+    ex.add_argument("--address", metavar="HOST:PORT",
+                    help="ray: the head of the cluster (default $RAY_ADDRESS, else a new local one-node cluster)")
+    ex.add_argument("--ray-nodes", metavar="LABELS", type=list_flag(),
+                    help="ray: only these nodes, by label (a node's hjepa_node:NAME resource, else its hostname; "
+                         "default every alive node)")
     sw.add_argument("--progress", choices=["bar", "quiet", "jsonl"], default="bar",
                     help="bar (default), quiet, or jsonl (one JSON event per line on stdout)")
     sw.add_argument("-q", "--quiet", action="store_true", help="same as --progress quiet")
@@ -64,6 +79,12 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     output_path(out, "--out", folder=True)
     spec = SweepSpec.from_flags(args)
     plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
+    executor = plugins.executor(args.executor)
+    options = {"address": args.address, "nodes": args.ray_nodes}
+    for option, value in options.items():
+        if value is not None and option not in executor.options:
+            raise UserError(f"{EXECUTOR_FLAGS[option]} is not an option of the {executor.name} executor "
+                            f"(it takes: {', '.join(EXECUTOR_FLAGS[o] for o in executor.options if o in EXECUTOR_FLAGS) or 'none'}).")
     settings = report_settings(args, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
     selected_options(spec)
     if args.resume and not (out / "results.jsonl").exists():
@@ -72,11 +93,12 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     bar = SweepProgress(mode)
     install_sigterm_handler()
     try:
-        summary = run_sweep(spec, out, plugins, args.plugins, on_event=bar)
+        summary = run_sweep(spec, out, plugins, args.plugins, on_event=bar, executor=executor.name,
+                            executor_options=options)
     except KeyboardInterrupt:
         bar.close()
         print(f"\nhjepa-bench: sweep interrupted; every finished config is in {out / 'results.jsonl'} "
-              f"and the one in flight was discarded. Resume with:\n  {resume_command(args.argv)}", file=sys.stderr)
+              f"and what was in flight was discarded. Resume with:\n  {resume_command(args.argv)}", file=sys.stderr)
         return 130
     bar.close()
     results = load_results([out])
@@ -93,6 +115,9 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "nothing new"
         print(f"\n{summary['ran']} configs run this time ({counts}), {summary['recorded_before']} already recorded; "
               f"{summary['elapsed_s']:.0f} s")
+        if summary["not_run"]:
+            print(f"{summary['not_run']} configs were not run (their node left the cluster); resume with:\n"
+                  f"  {resume_command(args.argv)}")
         print(verdict_lines(analysis))
         print(f"results: {out / 'results.jsonl'}\nreport:  {report}")
     return 0
@@ -117,7 +142,8 @@ class SweepProgress:
                 print(f"warning: the last line of {event['out']}/results.jsonl was incomplete (the sweep was "
                       "killed while writing it); it was moved to results.jsonl.partial and its config runs again",
                       file=sys.stderr)
-            print(f"sweep: {event['total']} configs, {event['recorded']} already recorded in {event['out']}, "
+            where = f" on Ray nodes {', '.join(event['nodes'])}" if event.get("nodes") else ""
+            print(f"sweep: {event['total']} configs{where}, {event['recorded']} already recorded in {event['out']}, "
                   f"{event['to_run']} to run", file=sys.stderr)
             from tqdm import tqdm
 
@@ -128,6 +154,10 @@ class SweepProgress:
             eta = "ETA after the first config" if event["eta_s"] is None else f"ETA {event['eta_s'] / 60:.1f} min"
             self.bar.set_description_str(f"config {event['k']}/{event['n']}")
             self.bar.set_postfix_str(f"({eta}) now: {event['label']}")
+        elif kind in ("dropped", "lost") and self.bar is not None:
+            what = f"{event['label']}: not run" if kind == "dropped" else \
+                f"node {event['node']} left: {event['not_run']} of its configs not run"
+            self.bar.write(f"  {what} ({event['why']}); a resume runs them")
         elif kind == "done" and self.bar is not None:
             speed = "" if event["it_per_s"] is None else f" {event['it_per_s']:.2f} it/s"
             self.bar.write(f"  [{event['k']}/{event['n']}] {event['label']}: {event['status']}{speed}"

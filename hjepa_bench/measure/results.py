@@ -30,9 +30,14 @@ RESULTS_NAME = "results.jsonl"
 MAX_SKIPPED = 100
 
 
-def config_key(config: Mapping[str, Any], env: Mapping[str, Any]) -> str:
-    """Identity of a measurement: the resolved config and the environment fingerprint."""
-    blob = json.dumps({"config": config, "env": env.get("fingerprint_id")}, sort_keys=True, default=str)
+def config_key(config: Mapping[str, Any], env: Mapping[str, Any], node: str | None = None) -> str:
+    """Identity of a measurement: the resolved config and the environment fingerprint, plus the
+    node label for a cluster node (``fingerprint_id`` leaves the host out, so two identical nodes
+    would share keys).  Without a node the key is what it always was."""
+    ident: dict[str, Any] = {"config": config, "env": env.get("fingerprint_id")}
+    if node is not None:
+        ident["node"] = node
+    blob = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -163,9 +168,9 @@ def load_results(paths: Iterable[str | Path]) -> Results:
 def results_frame(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Merge result directories from one or more machines into one DataFrame.
 
-    One row per record; ``fingerprint_id`` and ``device`` tell machines apart, so
-    the same config measured on two machines stays two rows.  Lines that are not valid
-    records are left out.
+    One row per record; ``machine`` (the fingerprint, plus the node label of a cluster node) and
+    ``device`` tell machines apart, so the same config measured on two machines stays two rows.
+    Lines that are not valid records are left out.
     """
     records = load_results(paths).records
     df = records_frame(records)

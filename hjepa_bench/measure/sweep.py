@@ -3,14 +3,19 @@
 * The grid comes from the CLI and/or a YAML file; each point is the base config
   (upstream YAML) plus overrides.  Every value is checked before anything runs
   (:meth:`SweepSpec.validate`): an invalid one is a usage error.  Valid points a
-  backend cannot run (a precision it lacks) are recorded ``unsupported``.
+  backend cannot run (a precision it lacks, a device missing at a node) are recorded
+  ``unsupported``.
 * Every config runs in a fresh child process (multiprocessing's ``spawn``, as on
   macOS) with a wall-clock timeout: ``ok | oom | diverged | error`` come from the
   child; ``timeout`` and ``crashed`` (exit code or signal) from the parent.
   After an OOM, larger batches of the same model are ``skipped`` (switchable).
 * Records are appended to ``DIR/results.jsonl`` as each config finishes; running
   again with the same ``--out`` (or ``--resume``) skips configs already recorded,
-  identified by a hash of the resolved config and the environment fingerprint.
+  identified by a hash of the resolved config and the environment fingerprint
+  (plus the node label on a cluster).
+* Where the configs run is an executor's business (``--executor``, a plugin hook):
+  ``local`` runs them one after the other on this machine, ``ray`` on every node of a
+  Ray cluster.  The bookkeeping above stays here (:class:`_Sweep`), whatever the executor.
 """
 from __future__ import annotations
 
@@ -24,13 +29,14 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..config import check_value, is_finite_number, resolve_config, resolve_model_name, resolve_precision
 from ..errors import UserError, read_yaml
-from ..plugin.manager import Plugins, build_plugins, probe_names, select_backend
+from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
+from ..plugin.manager import Plugins, build_plugins, probe_names
 from .results import ResultsFile, config_key
-from ..record import new_record, short_model_name
+from ..record import new_record, node_label, short_model_name
 
 DEFAULT_OUT = "hjepa-bench-sweep"
 
@@ -216,27 +222,35 @@ class Point:
     env: dict[str, Any] = field(default_factory=dict)
     key: str = ""
     unsupported: str | None = None  # why it cannot run here
+    place: str | None = None  # the executor's place (a node label), None on this machine
 
 
-def _resolve_devices(plugins: Plugins, names: Sequence[str]) -> list[str]:
-    out = []
-    for name in names:
-        backend = select_backend(plugins, name)
-        if backend.name not in out:
-            out.append(backend.name)
-    return out
-
-
-def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
-    """Expand the grid into points with resolved configs and keys (no running)."""
-    from .env import environment_fingerprint
-
-    devices = _resolve_devices(plugins, spec.devices)
+def check_grid(spec: SweepSpec, plugins: Plugins) -> None:
+    """What can be checked before any executor connects: device and model names."""
+    backends = plugins.backends()
+    for name in spec.devices:
+        if name != "auto" and name not in backends:
+            raise UserError(f"unknown device {name!r}; known devices: {', '.join(sorted(backends))} (or auto).")
     for m in spec.models:
         if m is not None:
             resolve_model_name(m)  # an unknown model is a user error, not an unsupported point
-    backends = plugins.backends()
-    envs = {d: environment_fingerprint(backends[d]) for d in devices}
+
+
+def device_facts(backend: Backend) -> DeviceFacts:
+    """``backend`` as this process sees it: the environment fingerprint, the precisions that
+    train on it, or why it cannot run (an executor takes these where the configs will run)."""
+    from .env import environment_fingerprint
+
+    why = backend.availability()
+    return DeviceFacts(name=backend.name, env=environment_fingerprint(backend),
+                       precisions=backend.supported_precisions() if why.available else {},
+                       unavailable="" if why.available else (why.reason or "not available"))
+
+
+def plan(spec: SweepSpec, place: Place) -> list[Point]:
+    """Expand the grid into points with resolved configs and keys for one place (no running).
+    The place's devices are already resolved, with facts taken there."""
+    devices = list(place.devices)
     common = spec.common_overrides()
     points: list[Point] = []
     dims = [devices, spec.models, spec.hierarchies, spec.predictor_depths, spec.variants, spec.precisions,
@@ -255,9 +269,8 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
         values = rc.values
         values["bench"]["precision"] = resolve_precision(values, device)
         values["bench"]["device"] = device
-        why = backends[device].supported_precisions().get(values["bench"]["precision"], "unknown precision")
-        if why:  # the one reason a valid point is recorded unsupported: this device cannot run it
-            point.unsupported = f"precision {values['bench']['precision']} does not run on {device}: {why}"
+        # the one reason a valid point is recorded unsupported: this device cannot run it (here)
+        point.unsupported = _unsupported_here(place.devices[device], values["bench"]["precision"])
         point.values, point.warnings = values, rc.warnings()
         v = point.values
         point.batch_size = int(batch or v["data"]["batch_size"])
@@ -267,17 +280,31 @@ def plan(spec: SweepSpec, plugins: Plugins) -> list[Point]:
                        f"{img or v['data']['image_size']}px")
         if levels is not None or pdepth is not None:
             point.label += f" L{levels or v['model']['num_hierarchies']} P{pdepth or v['model']['predictor']['depth']}"
-        point.env = envs[device]
-        point.key = config_key({"values": v, "unsupported": point.unsupported, "overrides": overrides}, point.env)
+        _place_point(point, place, {"values": v, "unsupported": point.unsupported, "overrides": overrides})
         points.append(point)
     for device in devices:
         for opt in selected_options(spec):
-            point = _option_point(opt, device, common, backends, envs[device], len(points))
+            point = _option_point(opt, device, common, place, len(points))
             if not any(_same_measurement(p, point) for p in points):
                 points.append(point)
-    for name in dict.fromkeys(p.values["bench"]["workload"] for p in points):
-        plugins.workload(name)  # an unknown workload is a usage error here, not a failure in every child
     return points
+
+
+def _unsupported_here(facts: DeviceFacts, precision: str) -> str | None:
+    """Why a config cannot run on this device at this place (None: it can)."""
+    if facts.unavailable:
+        return f"device {facts.name} is not available: {facts.unavailable.rstrip('.')}"
+    why = facts.precisions.get(precision, "unknown precision")
+    return f"precision {precision} does not run on {facts.name}: {why}" if why else None
+
+
+def _place_point(point: Point, place: Place, identity: dict[str, Any]) -> None:
+    """The point's environment and key at ``place``; a node's label joins the key and the label."""
+    point.env = place.devices[point.device].env
+    point.key = config_key(identity, point.env, node=place.label)
+    point.place = place.label
+    if place.label is not None:
+        point.label += f" on {place.label}"
 
 
 def _same_measurement(a: Point, b: Point) -> bool:
@@ -311,8 +338,7 @@ def selected_options(spec: SweepSpec) -> list[Any]:
     return [known[n] for n in names]
 
 
-def _option_point(opt: Any, device: str, common: dict[str, Any], backends: dict[str, Any], env: dict[str, Any],
-                  index: int) -> Point:
+def _option_point(opt: Any, device: str, common: dict[str, Any], place: Place, index: int) -> Point:
     """A point measuring ``opt``'s own model config at its batch and workers (reference step)."""
     from ..options import option_overrides
 
@@ -328,11 +354,9 @@ def _option_point(opt: Any, device: str, common: dict[str, Any], backends: dict[
              f"L{m['num_hierarchies']} P{m['predictor']['depth']}")
     point = Point(index=index, device=device, overrides=overrides, label=label,
                   group=(device, "option", opt.name), batch_size=int(d["batch_size"]), values=values,
-                  warnings=rc.warnings(), env=env)
-    why = backends[device].supported_precisions().get(values["bench"]["precision"], "unknown precision")
-    if why:
-        point.unsupported = f"precision {values['bench']['precision']} does not run on {device}: {why}"
-    point.key = config_key({"values": values, "unsupported": point.unsupported, "overrides": overrides}, env)
+                  warnings=rc.warnings())
+    point.unsupported = _unsupported_here(place.devices[device], values["bench"]["precision"])
+    _place_point(point, place, {"values": values, "unsupported": point.unsupported, "overrides": overrides})
     return point
 
 
@@ -403,6 +427,16 @@ def run_in_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
         return ChildOutcome(None, "crashed", f"the child exited with code {code} without a result")
 
 
+def run_job_here(job: Job) -> Outcome:
+    """Run ``job``'s config in a fresh child process of this process, with the job's timeout: what
+    every executor does where the config runs.  DataLoader workers in the child start the way they
+    do in a normal run on this machine's platform."""
+    outcome = run_in_child(dict(job.payload, start_method=mp.get_start_method()), job.timeout_s)
+    if outcome.record is not None:
+        return Outcome("done", outcome.record)
+    return Outcome(outcome.status, None, outcome.detail)
+
+
 def _stop(proc: mp.process.BaseProcess) -> None:
     if proc.is_alive():
         proc.terminate()
@@ -424,59 +458,145 @@ def _record_for(point: Point, status: str, detail: str) -> dict[str, Any]:
 
 
 def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: Sequence[str] = (),
-              on_event: Event | None = None) -> dict[str, Any]:
-    """Run every point not yet recorded in ``out``; returns a summary dict."""
+              on_event: Event | None = None, executor: str = "local",
+              executor_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run every point not yet recorded in ``out`` through the executor named ``executor`` (a
+    registered :class:`hjepa_bench.plugin.api.Executor`); returns a summary dict."""
     emit = on_event or (lambda e: None)
+    engine = plugins.executor(executor)
     store = ResultsFile(out)
-    points = plan(spec, plugins)  # every point resolved before the results file is touched
-    loaded = store.load()
-    done_keys = {(r.get("sweep") or {}).get("key") for r in loaded.records}
-    todo = [p for p in points if p.key not in done_keys]
-    emit({"event": "plan", "total": len(points), "recorded": len(points) - len(todo), "to_run": len(todo),
-          "out": str(store.dir), "truncated_tail": loaded.truncated_tail is not None})
-    oom_at: dict[tuple, int] = {}
-    for r in loaded.records:  # OOMs recorded earlier still skip larger batches
-        s = r.get("sweep") or {}
-        if r["status"] == "oom" and "group" in s and "batch_size" in s:
-            g = tuple(s["group"])
-            oom_at[g] = min(oom_at.get(g, 10**9), s["batch_size"])
-    durations: list[float] = []
-    t_start = time.time()
-    counts: dict[str, int] = {}
-    for k, point in enumerate(todo, start=1):
-        group = tuple(json.loads(json.dumps(point.group)))
-        eta = (sum(durations) / len(durations)) * (len(todo) - k + 1) if durations else None
-        emit({"event": "start", "k": k, "n": len(todo), "label": point.label, "elapsed_s": time.time() - t_start,
-              "eta_s": eta})
-        t0 = time.time()
-        if point.unsupported:
-            record = _record_for(point, "unsupported", point.unsupported)
-        elif spec.skip_after_oom and group in oom_at and point.batch_size > oom_at[group]:
-            record = _record_for(point, "skipped", f"ran out of memory at batch {oom_at[group]} with the same settings")
-        else:
-            payload = {"values": point.values, "env": point.env, "warnings": point.warnings,
-                       "device": point.device, "plugins": list(plugin_args), "probes": spec.probes,
-                       "artifacts_dir": str(store.dir / "traces" / point.key),
-                       "start_method": mp.get_start_method()}
-            outcome = run_in_child(payload, spec.timeout())
-            if outcome.record is not None:
-                record = outcome.record
+    check_grid(spec, plugins)
+    try:
+        places = engine.places(list(spec.devices), plugins.backends(), list(plugin_args),
+                               {k: v for k, v in (executor_options or {}).items() if v is not None})
+        planned = {place.label: plan(spec, place) for place in places}
+        for name in dict.fromkeys(p.values["bench"]["workload"] for points in planned.values() for p in points):
+            plugins.workload(name)  # an unknown workload is a usage error here, not a failure in every child
+        loaded = store.load()  # every point resolved before the results file is touched
+        sweep = _Sweep(spec, store, places, planned, loaded.records, list(plugin_args), emit)
+        emit({"event": "plan", "total": sweep.total, "recorded": sweep.total - sweep.n, "to_run": sweep.n,
+              "out": str(store.dir), "truncated_tail": loaded.truncated_tail is not None,
+              **({"nodes": [p.label for p in places]} if any(p.label is not None for p in places) else {})})
+        engine.run(places, sweep)
+    finally:
+        engine.close()
+    ran = sum(sweep.counts.values())
+    return {"total": sweep.total, "ran": ran, "recorded_before": sweep.total - sweep.n, "counts": sweep.counts,
+            "not_run": sweep.n - ran, "elapsed_s": time.time() - sweep.t_start, "out": str(store.dir),
+            "truncated_tail": loaded.truncated_tail}
+
+
+class _Sweep(JobQueue):
+    """The sweep's bookkeeping behind an executor: per place, the points not yet recorded, in
+    plan order (larger batches after smaller ones, for skip-after-OOM); every record is appended
+    (fsynced) as it arrives, with its ``sweep`` block and, at a cluster node, its ``node`` block."""
+
+    def __init__(self, spec: SweepSpec, store: ResultsFile, places: Sequence[Place],
+                 planned: Mapping[str | None, list[Point]], recorded: Sequence[Mapping[str, Any]],
+                 plugin_args: list[str], emit: Event):
+        self.spec, self.store, self.plugin_args, self.emit = spec, store, plugin_args, emit
+        done = {(r.get("sweep") or {}).get("key") for r in recorded}
+        self.info = {p.label: p.info for p in places}
+        self.todo: dict[str | None, list[Point]] = {}
+        self.total = 0
+        for place in places:
+            points = planned[place.label]
+            self.total += len(points)
+            self.todo[place.label] = [p for p in points if p.key not in done]
+        self.n = sum(len(v) for v in self.todo.values())
+        self.parallel = max(1, len(places))
+        self.oom_at: dict[tuple, int] = {}
+        for r in recorded:  # OOMs recorded earlier still skip larger batches (at the same place)
+            s = r.get("sweep") or {}
+            if r["status"] == "oom" and "group" in s and "batch_size" in s:
+                self._oom(node_label(r), tuple(s["group"]), s["batch_size"])
+        self.jobs: dict[str, Point] = {}
+        self.k: dict[str, int] = {}
+        self.t0: dict[str, float] = {}
+        self.durations: list[float] = []
+        self.counts: dict[str, int] = {}
+        self.t_start = time.time()
+
+    # ----------------------------------------------------------------- JobQueue
+    def next_job(self, place: str | None) -> Job | None:
+        todo = self.todo.get(place, [])
+        while todo:
+            point = todo.pop(0)
+            group = _group(point)
+            if point.unsupported:
+                self._start(point)
+                self._record(point, _record_for(point, "unsupported", point.unsupported))
+            elif (self.spec.skip_after_oom and (place, group) in self.oom_at
+                  and point.batch_size > self.oom_at[(place, group)]):
+                self._start(point)
+                self._record(point, _record_for(point, "skipped", f"ran out of memory at batch "
+                                                f"{self.oom_at[(place, group)]} with the same settings"))
             else:
-                record = _record_for(point, outcome.status, outcome.detail)
-            durations.append(time.time() - t0)
+                payload = {"values": point.values, "env": point.env, "warnings": point.warnings,
+                           "device": point.device, "plugins": self.plugin_args, "probes": self.spec.probes,
+                           "artifacts_dir": str(self.store.dir / "traces" / point.key)}
+                self.jobs[point.key] = point
+                return Job(key=point.key, label=point.label, place=place, device=point.device, payload=payload,
+                           timeout_s=self.spec.timeout())
+        return None
+
+    def started(self, job: Job) -> None:
+        self._start(self.jobs[job.key])
+
+    def finished(self, job: Job, outcome: Outcome) -> None:
+        point = self.jobs.pop(job.key)
+        if outcome.status == "dropped":
+            self.emit({"event": "dropped", "label": point.label, "node": point.place, "why": outcome.detail})
+            return
+        if point.key not in self.k:
+            self._start(point)  # it ended before its start was seen
+        if outcome.record is not None:
+            record = outcome.record
+        else:
+            record = _record_for(point, outcome.status, outcome.detail)
+        self.durations.append(time.time() - self.t0.pop(point.key))
+        self._record(point, record)
+
+    def lost(self, place: str | None, why: str) -> None:
+        left = self.todo.pop(place, [])
+        self.emit({"event": "lost", "node": place, "why": why, "not_run": len(left)})
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _start(self, point: Point) -> None:
+        k = self.k[point.key] = len(self.k) + 1
+        self.t0[point.key] = time.time()
+        left = self.n - k + 1
+        eta = (sum(self.durations) / len(self.durations)) * left / self.parallel if self.durations else None
+        self.emit({"event": "start", "k": k, "n": self.n, "label": point.label,
+                   "elapsed_s": time.time() - self.t_start, "eta_s": eta, **self._node(point)})
+
+    def _record(self, point: Point, record: dict[str, Any]) -> None:
+        group = _group(point)
         record["sweep"] = {"key": point.key, "label": point.label, "index": point.index,
                            "group": list(group), "batch_size": point.batch_size,
                            "overrides": {k2: v for k2, v in point.overrides.items() if v is not None}}
-        store.append(record)
+        if self.info.get(point.place) is not None:
+            record["node"] = dict(self.info[point.place])
+        self.store.append(record)
         if record["status"] == "oom":
-            oom_at[group] = min(oom_at.get(group, 10**9), point.batch_size)
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
-        emit({"event": "done", "k": k, "n": len(todo), "label": point.label, "status": record["status"],
-              "error": record.get("error"), "it_per_s": (record.get("metrics") or {}).get("it_per_s"),
-              "elapsed_s": time.time() - t_start})
-    return {"total": len(points), "ran": len(todo), "recorded_before": len(points) - len(todo), "counts": counts,
-            "elapsed_s": time.time() - t_start, "out": str(store.dir),
-            "truncated_tail": loaded.truncated_tail}
+            self._oom(point.place, group, point.batch_size)
+        self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+        self.emit({"event": "done", "k": self.k[point.key], "n": self.n, "label": point.label,
+                   "status": record["status"], "error": record.get("error"),
+                   "it_per_s": (record.get("metrics") or {}).get("it_per_s"),
+                   "elapsed_s": time.time() - self.t_start, **self._node(point)})
+
+    def _oom(self, place: str | None, group: tuple, batch: int) -> None:
+        self.oom_at[(place, group)] = min(self.oom_at.get((place, group), 10**9), batch)
+
+    @staticmethod
+    def _node(point: Point) -> dict[str, Any]:
+        return {} if point.place is None else {"node": point.place}
+
+
+def _group(point: Point) -> tuple:
+    """The point's skip-after-OOM group as it reads back from JSON (lists, not tuples)."""
+    return tuple(json.loads(json.dumps(point.group)))
 
 
 def install_sigterm_handler() -> None:

@@ -1,4 +1,4 @@
-"""The objects plugins provide: backends, workloads, probes and report sections.
+"""The objects plugins provide: backends, workloads, probes, report sections and executors.
 
 A plugin module implements one or more ``hjepa_bench_register_*`` hooks (see
 :mod:`hjepa_bench.plugin.hookspecs`) and calls ``register(obj)`` with instances of the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -38,7 +38,22 @@ class MemoryReading:
     source: str = ""  # which API the numbers came from
 
 
-class Backend(abc.ABC):
+class Checked:
+    """Something that may not run here (a backend, an executor): ``availability`` asks
+    ``check_availability`` once and remembers."""
+
+    def availability(self) -> Availability:
+        """Whether this can run here (``check_availability``, asked once)."""
+        if getattr(self, "_availability", None) is None:
+            self._availability = self.check_availability()
+        return self._availability
+
+    def check_availability(self) -> Availability:
+        """Find out whether this can run here, and why not (default: it can)."""
+        return Availability(True)
+
+
+class Backend(Checked, abc.ABC):
     """A device kind torch can train on (cpu, cuda, mps).
 
     Timing contract: ``synchronize`` waits for all queued work; ``event`` returns
@@ -64,16 +79,6 @@ class Backend(abc.ABC):
     oom_types: tuple[type[BaseException], ...] = ()
     #: RuntimeError message fragments of this backend's OOM (unless another device is named)
     oom_markers: tuple[str, ...] = ()
-
-    def availability(self) -> Availability:
-        """Whether this backend can run here (``check_availability``, asked once)."""
-        if getattr(self, "_availability", None) is None:
-            self._availability = self.check_availability()
-        return self._availability
-
-    def check_availability(self) -> Availability:
-        """Find out whether this backend can run here, and why not (default: it can)."""
-        return Availability(True)
 
     @abc.abstractmethod
     def device(self) -> torch.device: ...
@@ -336,3 +341,107 @@ class ReportSection(abc.ABC):
     @abc.abstractmethod
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
         """Markdown body (without the title), or None to leave the section out."""
+
+
+# --------------------------------------------------------------------------- executors
+@dataclass
+class DeviceFacts:
+    """A device as seen where configs run (this machine, or one node of a cluster), taken there."""
+
+    name: str  # the backend: cpu, cuda, mps, ...
+    env: dict[str, Any]  # the environment fingerprint (``measure.env.environment_fingerprint``)
+    precisions: dict[str, str]  # precision -> "" when it trains there, else why not
+    unavailable: str = ""  # why the backend cannot run there ("" when it can)
+
+
+@dataclass
+class Place:
+    """Where configs run, one config at a time: this machine, or one node of a cluster."""
+
+    #: None for this machine (the local executor: result keys as they always were); for a node,
+    #: its label, which joins the result key and the record so two identical nodes stay two machines
+    label: str | None
+    #: the requested devices as resolved there (``auto`` resolved), in order
+    devices: dict[str, DeviceFacts]
+    #: what ``record["node"]`` gets for configs run there (None: no such field)
+    info: dict[str, Any] | None = None
+
+
+@dataclass
+class Job:
+    """One config to run at one place.  ``payload`` is the config's (what
+    :func:`hjepa_bench.measure.sweep.run_job_here` needs); an executor never looks inside it."""
+
+    key: str
+    label: str
+    place: str | None  # the Place's label
+    device: str
+    payload: dict[str, Any]
+    timeout_s: float
+
+
+@dataclass
+class Outcome:
+    """How a job ended.  ``status``: ``done`` (``record`` is the config's record), ``timeout``,
+    ``crashed``, ``error`` or ``oom`` (the driver writes a record with ``detail``), or ``dropped``:
+    the job never started (its place left), nothing is recorded and a resume runs it."""
+
+    status: str
+    record: dict[str, Any] | None = None
+    detail: str = ""
+
+
+class JobQueue(abc.ABC):
+    """The sweep's side of an executor's run (``run_sweep`` implements it).
+
+    ``next_job(place)``: the next config for a free place, or None when that place has no more
+    (configs that need no run, unsupported or skipped after an OOM, are recorded inside it, so
+    call it only when the place is free: skip-after-OOM depends on the order).
+    ``started(job)``: the job's config started.
+    ``finished(job, outcome)``: it ended; the record is appended (fsynced) before this returns.
+    ``lost(place, why)``: the place left (a dead node); its remaining configs are not run.
+    """
+
+    @abc.abstractmethod
+    def next_job(self, place: str | None) -> Job | None: ...
+
+    @abc.abstractmethod
+    def started(self, job: Job) -> None: ...
+
+    @abc.abstractmethod
+    def finished(self, job: Job, outcome: Outcome) -> None: ...
+
+    @abc.abstractmethod
+    def lost(self, place: str | None, why: str) -> None: ...
+
+
+class Executor(Checked, abc.ABC):
+    """Runs a sweep's configs somewhere: this machine (``local``, the default), a Ray cluster
+    (``ray``), or whatever a plugin adds.  The sweep keeps the results file, resume, skip-done,
+    skip-after-OOM and the statuses; an executor only places configs and reports how each ended.
+
+    ``options`` names the ``hjepa-bench sweep`` flags the executor takes (``address`` for
+    ``--address``, ``nodes`` for ``--ray-nodes``); another one given is a user error.
+    ``places(devices, backends, plugin_args, options)`` connects and lists where configs run, with
+    each place's facts for the requested devices (names or ``auto``), taken there; a device that no
+    place offers is a :class:`hjepa_bench.errors.UserError`.
+    ``run(places, queue)`` pulls jobs from ``queue`` for each free place (one config per place at a
+    time), runs each job there through :func:`hjepa_bench.measure.sweep.run_job_here` (the config in
+    a fresh child process, with its timeout), and reports through ``queue`` as each starts and
+    finishes; Ctrl-C stops what runs and propagates.
+    ``close()`` releases what ``places`` set up (always called).
+    """
+
+    name: str = ""
+    description: str = ""
+    options: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def places(self, devices: Sequence[str], backends: Mapping[str, Backend], plugin_args: Sequence[str],
+               options: Mapping[str, Any]) -> list[Place]: ...
+
+    @abc.abstractmethod
+    def run(self, places: Sequence[Place], queue: JobQueue) -> None: ...
+
+    def close(self) -> None:
+        pass

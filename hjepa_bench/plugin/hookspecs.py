@@ -7,7 +7,7 @@ decorated with ``@hjepa_bench.hookimpl``.  It is found through the
 
 Every hook here is a *registration* hook: it receives a ``register`` callback
 and calls it once per object it provides, so one plugin can add several
-backends, probes, workloads or report sections.  All implementations are
+backends, probes, workloads, report sections or executors.  All implementations are
 called (none is ``firstresult``); a name registered twice is an error.
 
 Functions whose names start with ``hjepa_bench_`` but match no hook below are
@@ -19,7 +19,7 @@ from typing import Callable
 
 import pluggy
 
-from .api import Backend, Probe, ReportSection, Workload
+from .api import Backend, Executor, Probe, ReportSection, Workload
 
 PROJECT = "hjepa_bench"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -57,3 +57,14 @@ def hjepa_bench_register_probes(register: Callable[[Probe], None]) -> None:
 @hookspec
 def hjepa_bench_register_report_sections(register: Callable[[ReportSection], None]) -> None:
     """Register markdown report sections (:class:`hjepa_bench.plugin.api.ReportSection`)."""
+
+
+@hookspec
+def hjepa_bench_register_executors(register: Callable[[Executor], None]) -> None:
+    """Register sweep executors (:class:`hjepa_bench.plugin.api.Executor`): where ``hjepa-bench
+    sweep --executor NAME`` runs its configs.
+
+    The built-ins are ``local`` (each config in a child process on this machine, the default) and
+    ``ray`` (each config a Ray task on every node of a cluster).  An executor whose engine is not
+    installed is still registered; it reports why through ``availability()``.
+    """

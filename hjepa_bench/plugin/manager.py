@@ -21,12 +21,12 @@ import importlib.metadata as md
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar
 
 import pluggy
 
 from . import hookspecs
-from .api import Backend, Probe, ReportSection, Workload
+from .api import Backend, Executor, Probe, ReportSection, Workload
 from ..errors import UserError
 
 ENTRY_POINT_GROUP = "hjepa_bench"
@@ -66,6 +66,7 @@ REGISTER_HOOKS: dict[str, tuple[str, type]] = {
     "hjepa_bench_register_workloads": ("workloads", Workload),
     "hjepa_bench_register_probes": ("probes", Probe),
     "hjepa_bench_register_report_sections": ("report_sections", ReportSection),
+    "hjepa_bench_register_executors": ("executors", Executor),
 }
 
 
@@ -134,10 +135,7 @@ class Plugins:
 
     def workload(self, name: str) -> Workload:
         """The workload registered as ``name``; an unknown name is a UserError."""
-        workloads = self.workloads()
-        if name not in workloads:
-            raise UserError(f"unknown workload {name!r}; registered workloads: {', '.join(sorted(workloads))}.")
-        return workloads[name]
+        return _registered(self.workloads(), name, "workload")
 
     def probes(self) -> dict[str, Probe]:
         return {p.name: p for _, p in self._collect("hjepa_bench_register_probes", Probe)}
@@ -166,6 +164,17 @@ class Plugins:
         sections = [s for _, s in self._collect("hjepa_bench_register_report_sections", ReportSection)]
         return sorted(sections, key=lambda s: (s.order, s.name))
 
+    def executors(self) -> dict[str, Executor]:
+        return {e.name: e for _, e in self._collect("hjepa_bench_register_executors", Executor)}
+
+    def executor(self, name: str) -> Executor:
+        """The executor registered as ``name``; an unknown or unavailable one is a UserError."""
+        executor = _registered(self.executors(), name, "executor")
+        why = executor.availability()
+        if not why.available:
+            raise UserError(f"executor {name} is not available: {why.reason.rstrip('.')}.")
+        return executor
+
     def describe(self) -> list[PluginInfo]:
         """Loaded plugins with their hooks, the objects each one registered, and why a plugin
         is disabled (``error``)."""
@@ -182,6 +191,13 @@ class Plugins:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:300] if lines else ""
+
+
+def _registered(found: Mapping[str, T], name: str, kind: str) -> T:
+    """``found[name]``; an unknown name is a UserError that lists the registered ones."""
+    if name not in found:
+        raise UserError(f"unknown {kind} {name!r}; registered {kind}s: {', '.join(sorted(found))}.")
+    return found[name]
 
 
 def _split(value: str | None) -> list[str]:
@@ -264,14 +280,19 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
     return Plugins(pm, infos)
 
 
-def select_backend(plugins: Plugins, name: str) -> Backend:
+def auto_order(names: Iterable[str]) -> list[str]:
+    """``names`` in the order ``--device auto`` tries them: cuda, mps, cpu, then the others by name."""
+    names = set(names)
+    return [n for n in dict.fromkeys(AUTO_ORDER + tuple(sorted(names))) if n in names]
+
+
+def select_backend(plugins: Plugins | Mapping[str, Backend], name: str) -> Backend:
     """``auto`` picks cuda, then mps, then cpu; an unavailable device is a UserError."""
-    backends = plugins.backends()
+    backends = plugins.backends() if isinstance(plugins, Plugins) else plugins
     available = [n for n, b in backends.items() if b.availability().available]
     if name == "auto":
-        for candidate in AUTO_ORDER + tuple(sorted(backends)):
-            if candidate in available:
-                return backends[candidate]
+        for candidate in auto_order(available):
+            return backends[candidate]
         raise UserError("no device is available (not even cpu).")
     if name not in backends:
         raise UserError(f"unknown device {name!r}; known devices: {', '.join(sorted(backends))} (or auto).")

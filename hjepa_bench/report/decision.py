@@ -130,6 +130,17 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
         parts.append(f"- **{r['option']}: {r['title']}**: {r['describe']}. Choose if: {'; '.join(r['choose_if']) or '-'}. "
                      f"Expected: {r['expected'] or '-'}." + (f" Config: [{cfg}]({cfg})" if cfg else ""))
     parts.append("")
+    # machines
+    machines = analysis.get("machines") or {}
+    if machines.get("machines"):
+        names = machines["machines"]
+        parts += ["## Machines compared", "",
+                  _table([[row["config"], *(_f(row["it_per_s"].get(n)) for n in names), row["fastest"],
+                           "-" if row["fastest_vs_slowest"] is None else f"{row['fastest_vs_slowest']:.2f}x"]
+                          for row in machines["rows"]],
+                         ["config", *(f"it/s {n}" for n in names), "fastest", "fastest vs slowest"]),
+                  "", "it/s of each config on each machine that measured it (ok records; a cluster node is its own "
+                  "machine, labelled with its node); `-`: not measured there.", ""]
     # projections
     parts += ["## Time-to-train projections", ""]
     prow = []
@@ -281,7 +292,9 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
     for row in analysis["matrix"]:
         opt = by_name[row["option"]]
         multi = len({r.get("machine") for r in analysis["matrix"] if r["option"] == row["option"]}) > 1
-        suffix = f"_{_file_part(row['machine'].split(' ')[0])}" if multi and row.get("machine") else ""
+        suffix = ""
+        if multi and row.get("machine"):  # the backend, and the node of a cluster: one file per machine
+            suffix = "_" + "_".join(_file_part(part) for part in (row["machine"].split(" ")[0], row.get("node")) if part)
         name = f"configs/option_{opt.name}{suffix}.yaml"
         text = option_yaml(row, opt)
         (out_dir / name).write_text(text)

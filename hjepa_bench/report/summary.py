@@ -174,6 +174,6 @@ def render_eval_markdown(result: Mapping[str, Any]) -> str:
 def sweep_table(records: list[dict[str, Any]]) -> str:
     """The sweep's closing table: one row per record."""
     df = records_frame(records)
-    cols = ["device", "model", "variant", "precision", "img", "batch", "workers", "status", "it_per_s",
-            "samples_per_s", "step_median_ms", "data_wait_pct", "peak_mem_mib"]
+    cols = ["device", *(["node"] if df["node"].notna().any() else []), "model", "variant", "precision", "img",
+            "batch", "workers", "status", "it_per_s", "samples_per_s", "step_median_ms", "data_wait_pct", "peak_mem_mib"]
     return frame_markdown(df[cols])
