@@ -151,21 +151,39 @@ OK_METRICS = Obj({
 #: a probe's entry: a status, an error when it failed, and the fields the analysis reads of the built-in
 #: probes (criteria, decisions, projections); every other field belongs to the probe's own report section
 PROBE = Obj({"status": req(STR), "error": opt(STR), "measured": BOOL})
+#: ``thresholds`` and ``definitions``: what an entry was judged with; a report judges the entry again
+#: (analysis/verdicts.py) from the raw numbers listed here and writes both back
+JUDGED = {"thresholds": MAPPING, "definitions": MAPPING}
 PROBE_FIELDS: dict[str, Obj] = {
     "loss": Obj({"start_loss": NUM_OR_NULL, "end_loss": NUM_OR_NULL, "decrease_pct": NUM_OR_NULL,
                  "noise_pct": NUM_OR_NULL, "trend": opt(STR), "noisy": opt(BOOL), "diverged": opt(BOOL),
                  "warmup_spikes": Obj({"count": opt(COUNT)}, nullable=True), "n": opt(COUNT),
                  "preliminary": BOOL, "lr": NUM_OR_NULL, "non_finite_count": opt(COUNT),
+                 "lr_applied": NUM_OR_NULL, "lr_in_warmup": opt(BOOL), "first_non_finite_step": opt(COUNT),
+                 "window": opt(COUNT), **JUDGED,
                  "lr_advice": Obj({"action": opt(STR), "suggested_lr": NUM_OR_NULL, "trigger": opt(STR),
                                    "text": opt(STR)}, nullable=True)}),
     "features": Obj({"collapse": Obj({"collapsed": opt(BOOL)}, nullable=True), "rankme_ratio": NUM_OR_NULL,
-                     "effective_rank": NUM_OR_NULL, "d": opt(POSITIVE_INT), "mean_cosine": NUM_OR_NULL}),
+                     "effective_rank": NUM_OR_NULL, "d": opt(POSITIVE_INT), "mean_cosine": NUM_OR_NULL,
+                     "std_below_floor_frac": NONNEG_OR_NULL, "steps_trained": opt(COUNT),
+                     "quality_judged": BOOL, "quality_note": opt(STR), **JUDGED}),
     "memory": Obj({"leak": Obj({"suspected": opt(BOOL)}, nullable=True), "memory_pressure": opt(BOOL),
-                   "headroom_frac": NUM_OR_NULL, "peak_device_bytes": NONNEG_OR_NULL}),
+                   "headroom_frac": NUM_OR_NULL, "peak_device_bytes": NONNEG_OR_NULL,
+                   "trace": Obj({"steps": list_of(COUNT, "integers >= 0"), "bytes": list_of(COUNT, "integers >= 0"),
+                                 "warmup_steps": COUNT}, nullable=True), **JUDGED}),
     "svd": Obj({"timings": list_of(MAPPING, "objects")}),
     "bottleneck": Obj({"verdict": opt(STR), "worker_advice": opt(STR),
-                       "shares": Obj({"data_wait": NONNEG_OR_NULL}, nullable=True)}),
-    "stability": Obj({"cv_pct": NONNEG_OR_NULL}),
+                       "shares": Obj({"data_wait": NONNEG_OR_NULL, "host": NONNEG_OR_NULL, "device": NONNEG_OR_NULL,
+                                      "host_phases": Kind("an object of numbers", lambda v: isinstance(v, dict) and all(
+                                          NUM_OR_NULL.test(x) for x in v.values()))}, nullable=True),
+                       "cpu_saturated": opt(BOOL), "workers": COUNT, "cores": POSITIVE_INT,
+                       **{k: NONNEG_OR_NULL for k in ("cpu_util_mean_pct", "own_cpu_pct_of_cores",
+                                                      "other_cpu_pct_of_cores", "device_wait_frac")},
+                       **JUDGED}),
+    "stability": Obj({"cv_pct": NONNEG_OR_NULL, "n": opt(COUNT), "verdict": opt(STR), "spike_count": opt(COUNT),
+                      "spike_period_steps": opt(COUNT), "spike_threshold_s": NONNEG_OR_NULL,
+                      "degradation": Obj({"significant": opt(BOOL), "degrading": opt(BOOL), "change_pct": NUM_OR_NULL,
+                                          "p_value": NONNEG_OR_NULL}, nullable=True), **JUDGED}),
     "epoch_costs": Obj({"worker_startup_s": NONNEG_OR_NULL, "val_step_s": NONNEG_OR_NULL,
                         "checkpoint_save_s": NONNEG_OR_NULL, "paid_every_epoch": BOOL,
                         "val_batch_size": opt(POSITIVE_INT), "checkpoint_bytes": opt(COUNT)}),

@@ -4,8 +4,11 @@ thresholds, in one place, printed in every report").
 
 The defaults are the validation guide's numbers where it gives one, and ours
 (marked "ours") where it only says "noisy" or "a few percent".  Change them with
-a YAML file of the same names (``--thresholds FILE``); the probes that judge a
-single run (stability, loss, features, memory) read their defaults from here too.
+a YAML file of the same names (``--thresholds FILE``).  The probes that judge a
+single run (stability, loss, features, memory, bottleneck) judge with the defaults
+at run time and store their raw numbers; a report judges them again with its own
+thresholds (:mod:`hjepa_bench.analysis.verdicts`), so every verdict in one report
+uses the same values.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ class Thresholds:
     max_step_cv_pct: float = 20.0
     min_loss_decrease_pct: float = 20.0
     low_rank_frac: float = 0.10
+    min_quality_steps: int = 1000
     # memory
     memory_margin_frac: float = 0.10
     memory_pressure_frac: float = 0.90
@@ -54,6 +58,8 @@ MEANINGS: dict[str, str] = {
     "max_step_cv_pct": "speed variance criterion: step-time CV below this (%)",
     "min_loss_decrease_pct": "learning criterion: smoothed loss down at least this much (%)",
     "low_rank_frac": "collapse red flag: effective rank below this fraction of D",
+    "min_quality_steps": ("ours: collapse flags are judged only from a model trained at least this many steps "
+                          "(before, its features are those of a random initialisation: shown, not judged)"),
     "memory_margin_frac": "a batch fits when its predicted peak stays below (1 - margin) x device memory",
     "memory_pressure_frac": "memory pressure when the peak exceeds this fraction of device memory",
     "workers_within_pct": "ours: the fewest workers within this % of the best throughput are enough",
@@ -63,7 +69,8 @@ MEANINGS: dict[str, str] = {
     "dataset_size": "training images per epoch in projections (CIFAR-10 train: 50,000; drop_last)",
     "val_size": "validation images per pass in projections (CIFAR-10 test: 10,000)",
     "val_every_epochs": "a validation pass every this many epochs in projections (upstream: every epoch)",
-    "confidence": "confidence level of the projection band (bootstrap of the mean step time)",
+    "confidence": ("confidence level of the projection band (Student t interval of the mean step time; "
+                   "no band from fewer than 5 steps)"),
 }
 
 DEFAULTS = Thresholds()
@@ -77,6 +84,7 @@ DOMAINS: dict[str, tuple[bool, float, bool, float, bool]] = {
     "max_step_cv_pct": (False, 0, True, BIG, True),
     "min_loss_decrease_pct": (False, 0, True, 100, True),
     "low_rank_frac": (False, 0, True, 1, True),
+    "min_quality_steps": (True, 0, True, BIG, True),
     "memory_margin_frac": (False, 0, True, 1, False),
     "memory_pressure_frac": (False, 0, False, 1, True),
     "workers_within_pct": (False, 0, True, BIG, True),

@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import psutil
 
 from hjepa_bench.analysis.bottleneck import CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util
 from hjepa_bench.format import fmt_or_dash, fmt_pct
 from hjepa_bench.record import device_name, lookup, model_short
-from hjepa_bench.report.sections import ProbeTable
+from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 
@@ -152,7 +152,7 @@ class BottleneckProbe(Probe):
     def summarize(self, entry):
         sh = entry.get("shares") or {}
         parts = ", ".join(f"{k} {v * 100:.0f}%" for k, v in sh.items() if isinstance(v, (int, float)))
-        return (f"{entry.get('verdict')} ({parts}); CPU: this run "
+        return (f"{entry.get('verdict') or 'no verdict'} ({parts}); CPU: this run "
                 f"{fmt_or_dash(entry.get('own_cpu_pct_of_cores'), '.0f', suffix='%')} of the cores, whole machine "
                 f"{fmt_or_dash(entry.get('cpu_util_mean_pct'), '.0f', suffix='%')}; {entry.get('worker_advice')}")
 
@@ -162,7 +162,7 @@ class BottleneckSection(ProbeTable):
     title = "Bottleneck: data, host or device"
     order = 40
     failed = None
-    note = (f"Shares of measured wall time after warm-up. Data-bound: data wait > {DATA_BOUND_SHARE:.0%} "
+    note = ("Shares of measured wall time after warm-up. Data-bound: data wait > {data_bound:.0%} "
             f"(torch-tb-profiler flags > 5%); host-bound: host share >= device share. CPU saturated: the "
             f"benchmark's own processes (main + DataLoader workers) use > {CPU_SATURATED_PCT:.0f}% of all cores; "
             "the whole machine's load (other jobs included) is shown as context only. On CPU forward/backward is "
@@ -172,6 +172,9 @@ class BottleneckSection(ProbeTable):
 
     def label(self, r: Mapping[str, Any]) -> dict[str, Any]:
         return {"device": device_name(r), "model": model_short(r), "batch": lookup(r, "config", "data", "batch_size")}
+
+    def note_for(self, records: Sequence[Mapping[str, Any]]) -> str:
+        return self.note.format(data_bound=judged_threshold(records, self.name, "data_bound_share", DATA_BOUND_SHARE))
 
     def row(self, e: Mapping[str, Any]) -> dict[str, Any]:
         shares = e.get("shares") or {}

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from hjepa_bench.analysis.features import feature_quality
+from hjepa_bench.analysis.features import feature_quality, judge_features
 from hjepa_bench.format import fmt_or_dash
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.hjepa.data import build_dataset, build_eval_transform
@@ -86,7 +86,7 @@ class FeaturesProbe(Probe):
         t1 = time.perf_counter()
         quality = feature_quality(feats.numpy())
         metrics_s = time.perf_counter() - t1
-        return {
+        return judge_features({
             "measured": True,
             "encoder": "target_encoder (EMA), eval mode, no_grad, float32",
             "pooling": "mean of patch tokens (CLS excluded)",
@@ -103,7 +103,7 @@ class FeaturesProbe(Probe):
                             "in float64"),
             **quality,
             "note": NOTE,
-        }
+        })
 
     def summarize(self, entry):
         if not entry.get("measured") or entry.get("rankme_centred_ratio") is None:
@@ -111,7 +111,8 @@ class FeaturesProbe(Probe):
         flags = [k for k, v in (entry.get("collapse") or {}).items() if v and k != "collapsed"]
         return (f"RankMe/D {entry['rankme_ratio']:.2f} (centred {entry['rankme_centred_ratio']:.2f}), "
                 f"mean cosine {entry['mean_cosine']:.2f}, N={entry['n']}; "
-                + ("collapse: " + ", ".join(flags) if flags else "no collapse flags"))
+                + ("collapse: " + ", ".join(flags) if flags else "no collapse flags")
+                + (f" ({entry['quality_note']})" if entry.get("quality_note") else ""))
 
 
 class FeaturesSection(ProbeTable):
@@ -130,6 +131,8 @@ class FeaturesSection(ProbeTable):
         flags = entry.get("collapse") or {}
         raised = [k for k in ("low_rank", "low_variance", "all_alike") if flags.get(k)]
         result = "not computed" if flags.get("collapsed") is None else ", ".join(raised) or "no flag"
+        if entry.get("quality_note"):
+            result += f" ({entry['quality_note']})"
         return {
             "steps": entry.get("steps_trained"),
             "N": entry.get("n"),
@@ -157,7 +160,9 @@ class FeaturesSection(ProbeTable):
                 f"low_variance = more than {thresholds['low_variance_dim_frac']:g} of the dimensions have a std "
                 f"below {thresholds['std_floor_rel']:g}/sqrt(D) (L2-normalised features, healthy ~1/sqrt(D)); "
                 f"all_alike = mean pairwise cosine > {thresholds['all_alike_cosine']:g}. RankMe needs "
-                f"N >= {thresholds['min_n_over_d']:g} D; compare it only at equal N.")
+                f"N >= {thresholds['min_n_over_d']:g} D; compare it only at equal N."
+                + (f" Flags of a model trained fewer than {thresholds['min_quality_steps']:g} steps are those of its "
+                   "random initialisation: shown, not judged." if thresholds.get("min_quality_steps") else ""))
         return probe_table(records, self.name, self.row, "\n\n".join(lines), label=self.label, fill=self.fill)
 
 

@@ -214,7 +214,8 @@ class FlopsProbe(Probe):
         achieved = entry.get("achieved_flops_per_s")
         return (f"{entry['flops_per_step'] / 1e9:.1f} GFLOP/step, achieved "
                 f"{'n/a' if achieved is None else f'{achieved / 1e9:.1f}'} GFLOP/s, measured peak "
-                f"{'n/a' if peak is None else f'{peak / 1e9:.0f}'} GFLOP/s ({entry.get('peak_precision')}), "
+                f"{'n/a' if peak is None else f'{peak / 1e9:.0f}'} GFLOP/s"
+                + (f" ({entry['peak_precision']})" if entry.get("peak_precision") else "") + ", "
                 f"MFU {'n/a' if mfu is None else f'{mfu:.0%}'}")
 
 

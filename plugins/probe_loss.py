@@ -14,7 +14,7 @@ analysis, so only a real non-finite loss counts as divergence.
 from __future__ import annotations
 
 from hjepa_bench import Probe, hookimpl
-from hjepa_bench.analysis.loss_curve import analyze_loss, applied_lr_at_end, configured_lr, measured_losses
+from hjepa_bench.analysis.loss_curve import CRITERION_DECREASE_PCT, analyze_loss, applied_lr_at_end, configured_lr, measured_losses
 from hjepa_bench.format import fmt_or_dash as _fmt
 from hjepa_bench.report.sections import ProbeTable
 
@@ -34,7 +34,10 @@ class LossProbe(Probe):
 
     def summarize(self, entry):
         if entry.get("decrease_pct") is None:
-            return f"{entry.get('trend')}"
+            if entry.get("diverged"):
+                return f"diverged (non-finite loss at step {entry.get('first_non_finite_step')})"
+            return (f"not measured: {entry.get('n', 0)} finite loss(es) after warm-up, the start and end windows "
+                    f"need {2 * int(entry.get('window') or 3)}")
         advice = (entry.get("lr_advice") or {}).get("text", "")
         return f"{entry['trend']}, down {entry['decrease_pct']:.1f}% (smoothed); lr advice: {advice}"
 
@@ -49,7 +52,9 @@ class LossSection(ProbeTable):
         advice = e.get("lr_advice") or {}
         return {"steps": e.get("n"), "trend": e.get("trend") or "not measured",
                 "start loss": _fmt(e.get("start_loss"), ".4g"), "end loss": _fmt(e.get("end_loss"), ".4g"),
-                "decrease %": _fmt(e.get("decrease_pct")), ">= 20% down": e.get("criterion_loss_down_20pct"),
+                "decrease %": _fmt(e.get("decrease_pct")),
+                f">= {(e.get('thresholds') or {}).get('criterion_decrease_pct', CRITERION_DECREASE_PCT):g}% down":
+                    e.get("criterion_loss_down_20pct"),
                 "noise %": _fmt(e.get("noise_pct")), "warm-up spikes": _fmt((e.get("warmup_spikes") or {}).get("count"), "d"),
                 "plateau": "-" if e.get("plateau") is None else ("yes" if e["plateau"] else "no"),
                 "lr (applied / configured)": f"{_fmt(e.get('lr_applied'), '.2g')} / {_fmt(e.get('lr'), '.2g')}"

@@ -18,20 +18,26 @@ or more batch sizes.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_GROWTH_FRAC, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
+from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
 from hjepa_bench.format import fmt_bytes, fmt_pct
 from hjepa_bench.record import device_name, lookup, model_short
-from hjepa_bench.report.sections import ProbeTable
+from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
 
 SAMPLE_BUDGET_S = 50e-6  # a reading per step is always fine up to this cost ...
 SAMPLE_BUDGET_FRAC = 0.01  # ... or up to 1% of the step's host + data time
 COST_PROBES = 5
+
+
+def leak_word(leak: Mapping[str, Any] | None) -> str:
+    """``leak suspected`` / ``no leak`` / ``leak not judged`` (too few settled steps)."""
+    suspected = (leak or {}).get("suspected")
+    return "leak not judged" if suspected is None else "leak suspected" if suspected else "no leak"
 
 
 class MemoryProbe(Probe):
@@ -86,9 +92,8 @@ class MemoryProbe(Probe):
         return memory_entry(self._samples, int(series.get("warmup_steps") or 0), metrics, source, sampling)
 
     def summarize(self, entry):
-        
         head = entry.get("headroom_frac")
-        leak = "leak suspected" if (entry.get("leak") or {}).get("suspected") else "no leak"
+        leak = leak_word(entry.get("leak"))
         return (f"peak {fmt_bytes(entry.get('peak_device_bytes'))}, mean {fmt_bytes(entry.get('mean_device_bytes'))}, "
                 f"headroom {'n/a' if head is None else f'{head:.0%}'}, {leak}")
 
@@ -98,9 +103,9 @@ class MemorySection(ProbeTable):
     title = "Memory: peak, headroom, leaks and batch-size fit"
     order = 50
     failed = None
-    note = (f"Device memory on CUDA/MPS, process RSS on CPU (total = system RAM). Pressure: peak > "
-            f"{PRESSURE_PEAK_FRAC:.0%} of total (torch-tb-profiler's rule). Leak: growth over the measured "
-            f"steps > {LEAK_GROWTH_FRAC:.0%} of the mean and a significant least-squares slope.")
+    note = ("Device memory on CUDA/MPS, process RSS on CPU (total = system RAM). Pressure: peak > "
+            "{pressure:.0%} of total (torch-tb-profiler's rule). Leak slope/step: least squares over the samples "
+            f"after warm-up; leak? {LEAK_RULE}.")
 
     def label(self, r: Mapping[str, Any]) -> dict[str, Any]:
         return {"device": device_name(r), "model": model_short(r), "batch": lookup(r, "config", "data", "batch_size"),
@@ -116,17 +121,21 @@ class MemorySection(ProbeTable):
             "headroom %": fmt_pct(e.get("headroom_frac"), suffix=""),
             "pressure": e.get("memory_pressure"),
             "leak slope/step": fmt_bytes(slope),
-            "leak?": leak.get("suspected"),
+            "leak?": {True: "yes", False: "no"}.get(leak.get("suspected"), "not judged"),
             "peak RSS": fmt_bytes(e.get("peak_rss_bytes")),
         }
 
+    def note_for(self, records: Sequence[Mapping[str, Any]]) -> str:
+        return self.note.format(pressure=judged_threshold(records, self.name, "pressure_peak_frac", PRESSURE_PEAK_FRAC))
+
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
         records = list(records)
+        margin = judged_threshold(records, self.name, "fit_margin_frac", DEFAULT_MARGIN)
         table = super().render(records)
         if table is None:
             return None
         parts = [table]
-        fits = fit_memory(records, DEFAULT_MARGIN)
+        fits = fit_memory(records, margin)
         fit_rows = []
         for (device, model), f in sorted(fits.items()):
             if len(f["ok_batches"]) < 2:
@@ -147,7 +156,7 @@ class MemorySection(ProbeTable):
             })
         if fit_rows:
             parts += ["Peak memory vs batch size (least squares over ok records; limit = total x "
-                      f"(1 - {DEFAULT_MARGIN:.0%}); a batch that ran out of memory caps the prediction):",
+                      f"(1 - {margin:.0%}); a batch that ran out of memory caps the prediction):",
                       pd.DataFrame(fit_rows).to_markdown(index=False)]
         return "\n\n".join(parts)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from hjepa_bench import Probe, hookimpl
-from hjepa_bench.analysis.stability import THRESHOLD_CV_PCT, analyze_stability
+from hjepa_bench.analysis.stability import MIN_STEPS_SPREAD, THRESHOLD_CV_PCT, analyze_stability
 from hjepa_bench.format import fmt_or_dash as _fmt
-from hjepa_bench.report.sections import ProbeTable
+from hjepa_bench.report.sections import ProbeTable, judged_threshold
 
 
 class StabilityProbe(Probe):
@@ -19,21 +19,27 @@ class StabilityProbe(Probe):
 
     def summarize(self, entry):
         if entry.get("cv_pct") is None:
-            return None
+            return (f"not measured: {entry.get('n', 0)} analysed step(s), the CV needs >= "
+                    f"{(entry.get('thresholds') or {}).get('min_steps_spread', MIN_STEPS_SPREAD)}")
         deg = entry.get("degradation") or {}
         drift = "slowing down" if deg.get("degrading") else "speeding up" if deg.get("significant") else "no drift"
         period = f", every {entry['spike_period_steps']} steps" if entry.get("spike_period_steps") else ""
-        return (f"{entry['verdict']}: CV {entry['cv_pct']:.1f}% (threshold 20%), {entry.get('spike_count') or 0} spikes"
+        limit = (entry.get("thresholds") or {}).get("cv_pct", THRESHOLD_CV_PCT)
+        return (f"{entry['verdict']}: CV {entry['cv_pct']:.1f}% (threshold {limit:g}%), "
+                f"{entry.get('spike_count') or 0} spikes"
                 f"{period}, {drift}")
 
 
 class StabilitySection(ProbeTable):
     name, title, order, failed = "stability", "Step-time stability", 40, "verdict"
-    note = (f"Measured per-step times of each run. Verdict: unstable when CV >= {THRESHOLD_CV_PCT:.0f}% "
-            "(the validation guide's speed-variance limit) or the step time drifts significantly "
-            "(p < 0.01 and > 5% over the run). Spikes: median + 5 x scaled MAD. Detected warm-up: first "
-            "step whose time and the next 5 five-step rolling medians are at most 20% above the "
+    note = ("Measured per-step times of each run. Verdict: unstable when CV >= {limit} "
+            "(the validation guide's speed-variance limit, or --thresholds max_step_cv_pct) or the step time drifts "
+            "significantly (p < 0.01 and > 5% over the run). Spikes: median + 5 x scaled MAD. Detected warm-up: "
+            "first step whose time and the next 5 five-step rolling medians are at most 20% above the "
             "post-warm-up median; the statistics use the later of the reported and detected warm-up.")
+
+    def note_for(self, records):
+        return self.note.format(limit=f"{judged_threshold(records, self.name, 'cv_pct', THRESHOLD_CV_PCT):g}%")
 
     def row(self, e):
         deg, med = e.get("degradation") or {}, e.get("median_s")

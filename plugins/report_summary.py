@@ -6,6 +6,7 @@ from typing import Any, Iterable, Mapping
 from hjepa_bench.plugin.api import ReportSection
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record import records_frame
+from hjepa_bench.report.sections import frame_markdown
 
 
 class SummarySection(ReportSection):
@@ -32,7 +33,7 @@ class SummarySection(ReportSection):
         if "ranks" in cols:
             note += (" For a data-parallel job (processes above 1): it/s and samples/s are the job's (its slowest "
                      "rank's steps/s; samples summed over the ranks), the step times and memory are rank 0's.")
-        return table.to_markdown(index=False, floatfmt=".2f") + "\n\n" + note
+        return frame_markdown(table) + "\n\n" + note
 
 
 @hookimpl

@@ -28,9 +28,10 @@ How ``forward_backward`` counts depends on the backend:
   ``device_wait_frac``, is outside ``host_frac``: device time.  The masks' own
   read-backs then wait only for the mask kernels, which are host work.
 
-Verdict (first rule that holds):
+Verdict (first rule that holds; :func:`judge_bottleneck`, which a report calls again
+with its own ``data_bound_share``):
 
-1. ``data-bound``: data wait share > ``DATA_BOUND_SHARE`` (10%).  torch-tb-profiler
+1. ``data-bound``: data wait share > ``DATA_BOUND_SHARE`` (10%, :func:`is_data_bound`).  torch-tb-profiler
    advises "DataLoader > 5% of step -> raise num_workers" (MEASURING.md); we keep
    5% as ``data_wait_notable`` but call the run data-bound only above 10%: taking
    a prefetched batch from a worker still costs ~0.1-1 ms (unpickling), a few %
@@ -39,6 +40,10 @@ Verdict (first rule that holds):
 2. ``host-bound``: host share >= device share (``HOST_BOUND_RATIO`` = 1): the host
    cannot keep the device busy for at least half of the non-data time.
 3. ``device-bound``: otherwise.
+
+A run that measured only its data wait (a validation run: the step time there
+includes the device sync, so host and device cannot be told apart) is
+``data-bound`` by rule 1 or else ``not data-bound``.
 
 Worker advice (VALIDATION_LEARNINGS.md, "Number of Workers" and "If Training
 Slows Down"), first rule that holds:
@@ -92,13 +97,17 @@ def step_shares(data_wait_frac: float | None, host_frac: float | None,
 
     ``host_frac`` is the share of time from batch-in-hand to ``step()`` returning;
     it is split over ``host_phases_s`` (per-phase medians, seconds) in proportion.
-    Returns None when the run measured no time.
+    Returns None when the run measured no time; ``host`` and ``device`` are None when
+    only the data wait was measured (``host_frac`` None).
     """
     data = _num(data_wait_frac)
     step_host = _num(host_frac)
-    if data is None or step_host is None:
+    if data is None:
         return None
     data = _clip01(data)
+    if step_host is None:  # only the data wait was measured (a validation run)
+        return {"data_wait": float(data), "host": None, "host_phases": {}, "device": None,
+                "treatment": "data wait only: the host/device split of the step was not measured"}
     step_host = _clip01(min(step_host, 1.0 - data))
     phases = {k: max(0.0, v) for k, v in ((k, _num(v)) for k, v in (host_phases_s or {}).items()) if v is not None}
     total_phase = sum(phases.values())
@@ -196,45 +205,72 @@ def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int,
     return f"keep num_workers at {workers}: data loading is not the bottleneck{other}"
 
 
-def bottleneck_verdict(shares: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
-    """(verdict, evidence) from :func:`step_shares` output."""
-    if not shares:
+def is_data_bound(data_wait_frac: float | None, data_bound_share: float = DATA_BOUND_SHARE) -> bool | None:
+    """Data-bound: the step waits for the DataLoader more than ``data_bound_share`` of the time
+    (None: the data wait was not measured).  Every data-bound judgement uses this rule."""
+    data = _num(data_wait_frac)
+    return None if data is None else bool(data > data_bound_share)
+
+
+def bottleneck_verdict(shares: Mapping[str, Any] | None,
+                       data_bound_share: float = DATA_BOUND_SHARE) -> tuple[str | None, dict[str, Any]]:
+    """(verdict, evidence) from :func:`step_shares` output; "not data-bound" when only the data
+    wait was measured and it is below the limit."""
+    data = _num((shares or {}).get("data_wait"))
+    if data is None:
         return None, {"rule": "no measured steps: no verdict"}
-    data, host, device = shares["data_wait"], shares["host"], shares["device"]
-    phases = shares.get("host_phases") or {}
+    host, device = _num(shares.get("host")), _num(shares.get("device"))
+    phases = {k: v for k, v in ((k, _num(v)) for k, v in (shares.get("host_phases") or {}).items()) if v is not None}
     top = max(phases.items(), key=lambda kv: kv[1]) if phases else None
     evidence: dict[str, Any] = {"data_wait_share": data, "host_share": host, "device_share": device,
                                 "data_wait_notable": bool(data > TB_PROFILER_DATALOADER_SHARE)}
     if top is not None:
         evidence["largest_host_phase"] = {"name": top[0], "share": top[1]}
-    if data > DATA_BOUND_SHARE:
-        evidence["rule"] = f"data wait share {data:.1%} > {DATA_BOUND_SHARE:.0%}"
+    if is_data_bound(data, data_bound_share):
+        evidence["rule"] = f"data wait share {data:.1%} > {data_bound_share:.0%}"
         return "data-bound", evidence
+    if host is None or device is None:
+        evidence["rule"] = (f"data wait share {data:.1%} <= {data_bound_share:.0%}; the host/device split was not "
+                            "measured")
+        return "not data-bound", evidence
     if host >= HOST_BOUND_RATIO * device:
-        evidence["rule"] = (f"data wait share {data:.1%} <= {DATA_BOUND_SHARE:.0%} and host share {host:.1%} "
+        evidence["rule"] = (f"data wait share {data:.1%} <= {data_bound_share:.0%} and host share {host:.1%} "
                             f">= device share {device:.1%}")
         return "host-bound", evidence
-    evidence["rule"] = (f"data wait share {data:.1%} <= {DATA_BOUND_SHARE:.0%} and device share {device:.1%} "
+    evidence["rule"] = (f"data wait share {data:.1%} <= {data_bound_share:.0%} and device share {device:.1%} "
                         f"> host share {host:.1%}")
     return "device-bound", evidence
+
+
+def judge_bottleneck(entry: dict[str, Any], data_bound_share: float = DATA_BOUND_SHARE) -> dict[str, Any]:
+    """The verdict, its evidence and the worker advice of a bottleneck entry (its ``shares``,
+    CPU load, workers and cores) against ``data_bound_share`` (in place, and returned).  The
+    probe calls it with the default; a report calls it again with its own threshold."""
+    verdict, evidence = bottleneck_verdict(entry.get("shares"), data_bound_share)
+    if _num(entry.get("device_wait_frac")) is not None:
+        evidence["device_wait_share"] = float(entry["device_wait_frac"])  # inside the device share
+    for key in ("cpu_util_mean_pct", "own_cpu_pct_of_cores"):
+        if entry.get(key) is not None:
+            evidence[key] = entry[key]
+    entry["verdict"] = verdict
+    entry["evidence"] = evidence
+    entry["worker_advice"] = worker_advice(verdict, entry.get("cpu_saturated"), int(entry.get("workers") or 0),
+                                           int(entry.get("cores") or 1), entry.get("own_cpu_pct_of_cores"),
+                                           entry.get("other_cpu_pct_of_cores"))
+    entry["thresholds"] = {**(entry.get("thresholds") or THRESHOLDS), "data_bound_share": data_bound_share}
+    return entry
 
 
 def analyze_bottleneck(metrics: Mapping[str, Any], backend: str, workers: int, cores: int,
                        cpu_samples: Sequence[Sequence[float]] = (),
                        cpu_fallback_per_core: Sequence[float] | None = None,
-                       process_cpu: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The bottleneck entry from a record's metrics and CPU samples."""
+                       process_cpu: Mapping[str, Any] | None = None,
+                       data_bound_share: float = DATA_BOUND_SHARE) -> dict[str, Any]:
+    """The bottleneck entry from a record's metrics and CPU samples (verdict: :func:`judge_bottleneck`)."""
     shares = step_shares(metrics.get("data_wait_frac"), metrics.get("host_frac"),
                          metrics.get("host_phases_s"), backend)
-    verdict, evidence = bottleneck_verdict(shares)
-    if _num(metrics.get("device_wait_frac")) is not None:
-        evidence["device_wait_share"] = float(metrics["device_wait_frac"])  # inside the device share
     cpu = cpu_summary(cpu_samples, cpu_fallback_per_core)
     own = own_cpu(process_cpu, int(cores), cpu["cpu_util_mean_pct"])
-    for key in ("cpu_util_mean_pct", "own_cpu_pct_of_cores"):
-        value = cpu.get(key, own.get(key))
-        if value is not None:
-            evidence[key] = value
     entry: dict[str, Any] = {
         "backend": backend,
         "shares": None if shares is None else {k: v for k, v in shares.items() if k != "treatment"},
@@ -245,15 +281,13 @@ def analyze_bottleneck(metrics: Mapping[str, Any], backend: str, workers: int, c
                                 "time as a share of all cores; system-wide load (cpu_util_*) is context only"),
         "cores": int(cores),
         "workers": int(workers),
-        "verdict": verdict,
-        "evidence": evidence,
-        "worker_advice": worker_advice(verdict, own["cpu_saturated"], int(workers), int(cores),
-                                       own["own_cpu_pct_of_cores"], own["other_cpu_pct_of_cores"]),
         "thresholds": dict(THRESHOLDS),
     }
+    if _num(metrics.get("device_wait_frac")) is not None:
+        entry["device_wait_frac"] = float(metrics["device_wait_frac"])
     if process_cpu:
         entry["process_cpu"] = dict(process_cpu)
-    return entry
+    return judge_bottleneck(entry, data_bound_share)
 
 
 def cpu_times_util(before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]]) -> list[float]:

@@ -5,17 +5,20 @@ Facts come from three places that share this module: a sweep's result records
 (:func:`facts_from_records`), an upstream training log (``hjepa-bench analyze``)
 and a validation run (``hjepa-bench validate``).  Every verdict is ``pass``,
 ``fail`` or ``not measured``, and carries the number behind it; the thresholds
-are :class:`hjepa_bench.thresholds.Thresholds`.
+are :class:`hjepa_bench.thresholds.Thresholds`.  One rule, :func:`fact_verdicts`,
+judges each fact once; the criteria combine those verdicts and the checklist shows
+them, so the two lists cannot disagree.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
 from ..thresholds import Thresholds
-from ..format import finite, fmt_gib, fmt_or_dash
+from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
 from ..record import device_name, label, machine, samples_per_s, world_size
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
@@ -57,7 +60,8 @@ class Facts:
     collapse: dict[str, Any] | None = None  # flags + rankme_ratio, effective_rank, d
     # memory
     oom: bool | None = None
-    leak: bool | None = None
+    leak: bool | None = None  # None: not judged (too few settled steps), see leak_detail
+    leak_detail: str | None = None
     memory_pressure: bool | None = None
     peak_bytes: int | None = None
     headroom_frac: float | None = None
@@ -68,6 +72,8 @@ class Facts:
     bottleneck: str | None = None
     data_wait_frac: float | None = None
     bottleneck_advice: str | None = None
+    cpu_saturated: bool | None = None
+    workers_more_needed: bool | None = None  # still data-bound with the most workers measured
     # system optimisation
     workers_tuned: dict[str, Any] | None = None  # {"value", "evidence"}
     batch_tuned: dict[str, Any] | None = None
@@ -82,13 +88,54 @@ def verdict(vid: str, name: str, status: str, value: Any, evidence: str) -> dict
     return {"id": vid, "name": name, "status": status, "value": value, "evidence": evidence}
 
 
-# --------------------------------------------------------------------------- the five criteria
-def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
-    out = []
-    # 1. stability
+#: error messages that come from the device backend (an operator the device lacks, a driver or
+#: runtime error), as opposed to any other crash; a crash is a stability failure either way
+BACKEND_ERROR_RE = re.compile(r"\b(?:mps|cuda|cudnn|cublas|cufft|nccl|metal|hip|rocm|xpu)\b|"
+                              r"not (?:currently )?implemented for|NotImplementedError", re.IGNORECASE)
+PRELIMINARY = ("not measured (preliminary): a benchmark covers only the first steps of training "
+               "(hjepa-bench validate runs the validation run)")
+
+
+def is_backend_error(message: Any) -> bool:
+    """Whether an error message comes from the device backend (:data:`BACKEND_ERROR_RE`)."""
+    return bool(message) and bool(BACKEND_ERROR_RE.search(str(message)))
+
+
+def combine(statuses: Iterable[str]) -> str:
+    """A criterion over several facts: fail if any fails, pass if all pass, else not measured."""
+    statuses = list(statuses)
+    return FAIL if FAIL in statuses else PASS if statuses and all(x == PASS for x in statuses) else NOT_MEASURED
+
+
+# --------------------------------------------------------------------------- the one rule
+def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
+    """Every fact judged once: ``{fact: {"status", "evidence", "value"}}``.
+
+    The success criteria (:func:`success_criteria`) and the checklist (:func:`checklist`) are
+    both built from these verdicts and nothing else, so a checklist item and the criterion
+    that covers the same fact cannot disagree:
+
+    * ``crash`` (criterion 1, "No crashes"): a crash, NaN/Inf or missing epochs fail;
+    * ``speed``, ``variance`` (criterion 2, "Training speed", "Speed variance");
+    * ``loss_drop``, ``divergence``, ``warmup`` (criterion 3, "Loss improved", "No
+      divergence", "Warmup schedule"): a preliminary loss (a benchmark's first steps) is not
+      judged, except that a divergence fails;
+    * ``collapse`` (criterion 4): flags of a model trained fewer than ``min_quality_steps``
+      steps are shown, not judged;
+    * ``compatibility`` (criterion 5, and "MPS compatibility" on MPS): backend errors fail,
+      CPU fallbacks are listed; a crash that is not a backend error is criterion 1's;
+    * ``memory``, ``bottleneck``, ``loss_steady``, ``workers``, ``batch``, ``logging``: the
+      checklist's own items.  ``bottleneck`` fails when the report advises changing the worker
+      count (data-bound, CPU saturated, or still data-bound at the most workers measured).
+    """
+    out: dict[str, dict[str, Any]] = {}
+
+    def put(fact: str, status: str, evidence: str, value: Any = None) -> None:
+        out[fact] = {"status": status, "evidence": evidence, "value": value}
+
+    # crash ---------------------------------------------------------------------------
     if f.crashed is None and f.non_finite is None:
-        out.append(verdict("stability", "Stability: no crash, all epochs, no NaN/Inf", NOT_MEASURED, None,
-                           "nothing ran"))
+        put("crash", NOT_MEASURED, "nothing ran")
     else:
         problems = []
         if f.crashed:
@@ -99,145 +146,181 @@ def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
             problems.append(f"{f.epochs_completed} of {f.epochs_planned} epochs completed")
         epochs = (f"{f.epochs_completed}/{f.epochs_planned} epochs" if f.epochs_planned is not None
                   else "epochs: not applicable (a benchmark runs steps)")
-        ev = "; ".join(problems) if problems else f"no crash, losses and gradients finite; {epochs}"
-        out.append(verdict("stability", "Stability: no crash, all epochs, no NaN/Inf", FAIL if problems else PASS,
-                           f.epochs_completed, ev))
-    # 2. performance
+        put("crash", FAIL if problems else PASS,
+            "; ".join(problems) if problems else f"no crash, losses and gradients finite; {epochs}", f.epochs_completed)
+    # speed and variance --------------------------------------------------------------
     if f.it_per_s is None:
-        out.append(verdict("performance", f"Performance: >= {th.min_it_per_s:g} it/s, step-time CV < {th.max_step_cv_pct:g}%",
-                           NOT_MEASURED, None, "no speed measured"))
+        put("speed", NOT_MEASURED, "no speed measured")
     else:
         fast = f.it_per_s >= th.min_it_per_s
-        steady = None if f.step_cv_pct is None else f.step_cv_pct < th.max_step_cv_pct
-        status = FAIL if (not fast or steady is False) else (PASS if steady else NOT_MEASURED)
-        ev = (f"{f.it_per_s:.2f} it/s ({'>=' if fast else '<'} {th.min_it_per_s:g}; the guide expects "
-              f"~{th.expected_it_per_s:g}), CV {fmt_or_dash(f.step_cv_pct, suffix='%')}"
-              + ("" if f.step_cv_pct is None else f" ({'<' if steady else '>='} {th.max_step_cv_pct:g}%)")
-              + (f"; {f.speed_method}" if f.speed_method else ""))
-        if steady is None and fast:
-            ev += "; the variance was not measured, so the criterion is not complete"
-        out.append(verdict("performance", f"Performance: >= {th.min_it_per_s:g} it/s, step-time CV < {th.max_step_cv_pct:g}%",
-                           status, round(f.it_per_s, 3), ev))
-    # 3. learning
-    name = f"Learning: loss down >= {th.min_loss_decrease_pct:g}% (smoothed), no divergence, warm-up without spikes"
-    if f.loss_decrease_pct is None:
-        out.append(verdict("learning", name, NOT_MEASURED, None, "no loss series long enough"))
+        put("speed", PASS if fast else FAIL, f"{f.it_per_s:.2f} it/s ({'>=' if fast else '<'} {th.min_it_per_s:g}; "
+            f"the guide expects ~{th.expected_it_per_s:g})", round(f.it_per_s, 3))
+    if f.step_cv_pct is None:
+        put("variance", NOT_MEASURED, "CV -: not measured (too few measured steps; measure longer)")
     else:
-        ok_drop = f.loss_decrease_pct >= th.min_loss_decrease_pct
-        problems = []
-        if not ok_drop:
-            problems.append(f"down {fmt_or_dash(f.loss_decrease_pct, suffix='%')} (< {th.min_loss_decrease_pct:g}%)")
-        if f.diverged:
-            problems.append("diverged")
-        if f.warmup_spikes:
-            problems.append(f"{f.warmup_spikes} warm-up spike(s)")
-        ev = (f"{f.loss_start:.4g} -> {f.loss_end:.4g}, down {fmt_or_dash(f.loss_decrease_pct, suffix='%')} over {f.loss_points} points"
-              if f.loss_start is not None and f.loss_end is not None else f"down {fmt_or_dash(f.loss_decrease_pct, suffix='%')}")
-        if problems:
-            ev += "; " + ", ".join(problems)
-        status = FAIL if problems else PASS
+        steady = f.step_cv_pct < th.max_step_cv_pct
+        put("variance", PASS if steady else FAIL,
+            f"CV {f.step_cv_pct:.1f}% ({'<' if steady else '>='} {th.max_step_cv_pct:g}%)", f.step_cv_pct)
+    # loss ------------------------------------------------------------------------------
+    if f.loss_decrease_pct is None:
+        put("loss_drop", NOT_MEASURED, "no loss series long enough")
+    else:
+        down = f"down {fmt_or_dash(f.loss_decrease_pct, suffix='%')}"
+        numbers = (f"{f.loss_start:.4g} -> {f.loss_end:.4g}, {down} over {f.loss_points} points"
+                   if f.loss_start is not None and f.loss_end is not None else down)
         if f.loss_preliminary:
-            ev += ("; preliminary: a benchmark covers only the first steps of training, so this is not judged "
-                   "(hjepa-bench validate runs the validation run)")
-            status = FAIL if f.diverged else NOT_MEASURED
-        out.append(verdict("learning", name, status, round(f.loss_decrease_pct, 2), ev))
-    # 4. quality
-    name = f"Quality: no representation collapse (effective rank >= {th.low_rank_frac:.0%} of D, variance, cosine)"
+            put("loss_drop", NOT_MEASURED, f"{numbers}; {PRELIMINARY}", f.loss_decrease_pct)
+        else:
+            ok_drop = f.loss_decrease_pct >= th.min_loss_decrease_pct
+            put("loss_drop", PASS if ok_drop else FAIL,
+                numbers + ("" if ok_drop else f" (< {th.min_loss_decrease_pct:g}%)"), f.loss_decrease_pct)
+    if f.diverged is None:
+        put("divergence", NOT_MEASURED, "not measured")
+    elif f.diverged:
+        put("divergence", FAIL, "diverged", True)
+    else:
+        put("divergence", NOT_MEASURED if f.loss_preliminary else PASS,
+            PRELIMINARY if f.loss_preliminary else "no divergence", False)
+    if f.warmup_spikes is None:
+        put("warmup", NOT_MEASURED, "warm-up spikes not measured")
+    elif f.loss_preliminary:
+        put("warmup", NOT_MEASURED, f"{f.warmup_spikes} loss spike(s) during warm-up; {PRELIMINARY}", f.warmup_spikes)
+    else:
+        put("warmup", FAIL if f.warmup_spikes else PASS, f"{f.warmup_spikes} loss spike(s) during warm-up",
+            f.warmup_spikes)
+    put("loss_steady", NOT_MEASURED if f.loss_trend is None or f.loss_preliminary else
+        PASS if f.loss_trend == "decreasing" and not f.loss_noisy else FAIL,
+        "not measured" if f.loss_trend is None else f"trend {f.loss_trend}"
+        + (", noisy" if f.loss_noisy else ", not noisy" if f.loss_noisy is False else "")
+        + (" (preliminary)" if f.loss_preliminary else ""))
+    # quality ----------------------------------------------------------------------------
     if not f.collapse:
-        out.append(verdict("quality", name, NOT_MEASURED, None,
-                           "feature quality not measured (run with --probes features, or validate/eval)"))
+        put("collapse", NOT_MEASURED, "feature quality not measured (run with --probes features, or validate/eval)")
     else:
         c = f.collapse
         flags = [k for k in ("low_rank", "low_variance", "all_alike") if c.get(k)]
-        ev = (f"effective rank {c.get('effective_rank', 0):.1f} of D={c.get('d')}, RankMe/D {c.get('rankme_ratio', 0):.2f}, "
-              f"mean cosine {c.get('mean_cosine', 0):.2f}" + (f"; flags: {', '.join(flags)}" if flags else "; no collapse flags"))
+        ev = (f"effective rank {fmt_finite(c.get('effective_rank'), '.1f')} of D={c.get('d')}, RankMe/D "
+              f"{fmt_finite(c.get('rankme_ratio'))}, mean cosine {fmt_finite(c.get('mean_cosine'))}"
+              + (f"; flags: {', '.join(flags)}" if flags else "; no collapse flags"))
         if c.get("note"):
             ev += f"; {c['note']}"
-        out.append(verdict("quality", name, FAIL if flags or c.get("collapsed") else PASS,
-                           c.get("rankme_ratio"), ev))
-    # 5. compatibility
-    name = "Compatibility: no backend errors; CPU fallbacks listed"
+        if c.get("quality_judged", True):
+            put("collapse", FAIL if flags or c.get("collapsed") else PASS, ev, c.get("rankme_ratio"))
+        else:
+            put("collapse", NOT_MEASURED, f"{ev}; {c.get('quality_note') or 'untrained: not judged'}",
+                c.get("rankme_ratio"))
+    # compatibility ----------------------------------------------------------------------
     if f.crashed is None and not f.backend_errors and f.fallbacks is None:
-        out.append(verdict("compatibility", name, NOT_MEASURED, None, "nothing ran"))
+        put("compatibility", NOT_MEASURED, "nothing ran")
     else:
         fb = ("CPU fallbacks: " + "; ".join(f.fallbacks)) if f.fallbacks else (
             "no CPU fallback seen" if f.fallbacks is not None else "CPU fallbacks not measured (--probes svd)")
-        ev = ("backend errors: " + "; ".join(f.backend_errors) + "; " if f.backend_errors else "no backend errors; ") + fb
-        out.append(verdict("compatibility", name, FAIL if f.backend_errors else PASS, len(f.backend_errors), ev))
-    return out
-
-
-# --------------------------------------------------------------------------- the checklist
-def checklist(f: Facts, th: Thresholds, criteria: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The guide's post-validation checklist, in its four sections."""
-    crit = {c["id"]: c for c in (criteria or success_criteria(f, th))}
-
-    def item(name: str, status: str, evidence: str, value: Any = None) -> dict[str, Any]:
-        return {"name": name, "status": status, "value": value, "evidence": evidence}
-
-    stab = crit["stability"]
-    loss_steady = (NOT_MEASURED if f.loss_trend is None or f.loss_preliminary else
-                   PASS if f.loss_trend == "decreasing" and not f.loss_noisy else FAIL)
-    mem_known = f.oom is not None or f.leak is not None or f.memory_pressure is not None
-    mem_bad = [w for w, flag in (("out of memory", f.oom), ("leak suspected", f.leak),
-                                 ("memory pressure", f.memory_pressure)) if flag]
-    mem_ev = ("; ".join(mem_bad) if mem_bad else
-              f"no OOM, no leak, peak {fmt_gib(f.peak_bytes)}" + (f", headroom {f.headroom_frac:.0%}" if f.headroom_frac is not None else ""))
+        put("compatibility", FAIL if f.backend_errors else PASS,
+            ("backend errors: " + "; ".join(f.backend_errors) + "; " if f.backend_errors else "no backend errors; ") + fb,
+            len(f.backend_errors))
+    comp = out["compatibility"]
     if f.backend == "mps":
-        mps = item("MPS compatibility confirmed", FAIL if f.backend_errors or f.crashed else PASS,
-                   "ran on MPS" + (": " + "; ".join(f.backend_errors) if f.backend_errors else " without backend errors"))
+        put("mps", comp["status"], "ran on MPS: " + comp["evidence"])
     else:
-        mps = item("MPS compatibility confirmed", NOT_MEASURED, f"ran on {f.backend or 'an unknown device'}, not MPS")
-    speed_status = (NOT_MEASURED if f.it_per_s is None else PASS if f.it_per_s >= th.min_it_per_s else FAIL)
-    cv_status = (NOT_MEASURED if f.step_cv_pct is None else PASS if f.step_cv_pct < th.max_step_cv_pct else FAIL)
-    bott = (item("No major bottlenecks identified", NOT_MEASURED, "bottleneck probe not run") if f.bottleneck is None else
-            item("No major bottlenecks identified", FAIL if f.bottleneck == "data-bound" else PASS,
-                 f"{f.bottleneck}" + (f", data wait {f.data_wait_frac:.0%}" if f.data_wait_frac is not None else "")
-                 + (f"; {f.bottleneck_advice}" if f.bottleneck_advice else ""), f.bottleneck))
-    learn = crit["learning"]
-    drop_status = (NOT_MEASURED if f.loss_decrease_pct is None or f.loss_preliminary else
-                   PASS if f.loss_decrease_pct >= th.min_loss_decrease_pct else FAIL)
-    div_status = NOT_MEASURED if f.diverged is None else (FAIL if f.diverged else PASS)
-    warm_status = NOT_MEASURED if f.warmup_spikes is None else (FAIL if f.warmup_spikes else PASS)
-    workers = (item("num_workers tuned", NOT_MEASURED, "only one worker count measured; sweep --workers 2,4,6,8")
-               if not f.workers_tuned else item("num_workers tuned", PASS, f.workers_tuned["evidence"], f.workers_tuned["value"]))
-    batch = (item("batch_size optimized", NOT_MEASURED, "only one batch size measured; sweep --batch-sizes 24,32,48,64")
-             if not f.batch_tuned else item("batch_size optimized", PASS, f.batch_tuned["evidence"], f.batch_tuned["value"]))
+        put("mps", NOT_MEASURED, f"ran on {f.backend or 'an unknown device'}, not MPS")
+    # memory -----------------------------------------------------------------------------
+    if f.oom is None and f.leak is None and f.memory_pressure is None:
+        put("memory", NOT_MEASURED, "memory probe not run")
+    else:
+        bad = [w for w, flag in (("out of memory", f.oom), ("leak suspected", f.leak),
+                                 ("memory pressure", f.memory_pressure)) if flag]
+        peak = f"peak {fmt_gib(f.peak_bytes)}" + (f", headroom {f.headroom_frac:.0%}" if f.headroom_frac is not None else "")
+        if bad:
+            put("memory", FAIL, "; ".join(bad) + (f" ({f.leak_detail})" if f.leak and f.leak_detail else ""))
+        elif f.leak is None:
+            put("memory", NOT_MEASURED, f"no OOM, {peak}; leak not judged: "
+                + (f.leak_detail or "memory probe not run"))
+        else:
+            put("memory", PASS, f"no OOM, no leak, {peak}")
+    # bottlenecks ------------------------------------------------------------------------
+    if f.bottleneck is None:
+        put("bottleneck", NOT_MEASURED, "bottleneck not measured (the bottleneck probe did not run)")
+    else:
+        problems = [w for w, flag in (("data-bound", f.bottleneck == "data-bound"), ("CPU saturated", f.cpu_saturated),
+                                      ("still data-bound with the most workers measured", f.workers_more_needed))
+                    if flag]
+        ev = (f"{f.bottleneck}" + (f", data wait {f.data_wait_frac:.0%}" if f.data_wait_frac is not None else "")
+              + (f"; {f.bottleneck_advice}" if f.bottleneck_advice else ""))
+        put("bottleneck", FAIL if problems else PASS, (f"{', '.join(problems)}: " if problems else "") + ev, f.bottleneck)
+    # system optimisation ----------------------------------------------------------------
+    if not f.workers_tuned:
+        put("workers", NOT_MEASURED, "only one worker count measured; sweep --workers 2,4,6,8")
+    else:
+        put("workers", PASS, f.workers_tuned["evidence"], f.workers_tuned["value"])
+    if not f.batch_tuned:
+        put("batch", NOT_MEASURED, "only one batch size measured; sweep --batch-sizes 24,32,48,64")
+    else:
+        put("batch", PASS, f.batch_tuned["evidence"], f.batch_tuned["value"])
     if f.logging_stall is None:
-        logging = item("No unnecessary logging slowing things down", NOT_MEASURED,
-                       "needs a training log (hjepa-bench analyze) or a long run with periodic stalls")
+        put("logging", NOT_MEASURED, "needs a training log (hjepa-bench analyze) or a long run with periodic stalls")
     else:
         cost = f.logging_stall.get("cost_pct")
         period = f.logging_stall.get("period_steps")
         bad = cost is not None and cost > th.logging_stall_max_pct
-        logging = item("No unnecessary logging slowing things down", FAIL if bad else PASS,
-                       (f"periodic stalls every {period} steps cost {cost:.1f}% of the time (limit {th.logging_stall_max_pct:g}%)"
-                        if period and cost is not None else f.logging_stall.get("evidence", "no periodic stalls")), cost)
-    return [
-        {"section": "Training Stability", "items": [
-            item("No crashes or errors during validation", stab["status"], stab["evidence"]),
-            item("Loss decreased steadily", loss_steady,
-                 "not measured" if f.loss_trend is None else f"trend {f.loss_trend}"
-                 + (", noisy" if f.loss_noisy else ", not noisy" if f.loss_noisy is False else "")
-                 + (" (preliminary)" if f.loss_preliminary else "")),
-            item("No memory issues", (FAIL if mem_bad else PASS) if mem_known else NOT_MEASURED,
-                 mem_ev if mem_known else "memory probe not run"),
-            mps]},
-        {"section": "Performance Acceptable", "items": [
-            item(f"Training speed >= {th.min_it_per_s:g} it/s (minimum)", speed_status,
-                 "not measured" if f.it_per_s is None else f"{f.it_per_s:.2f} it/s", f.it_per_s),
-            item(f"Speed variance < {th.max_step_cv_pct:g}%", cv_status,
-                 "not measured" if f.step_cv_pct is None else f"CV {f.step_cv_pct:.1f}%", f.step_cv_pct),
-            bott]},
-        {"section": "Model Learning", "items": [
-            item(f"Loss improved by >= {th.min_loss_decrease_pct:g}% from initial", drop_status,
-                 learn["evidence"], f.loss_decrease_pct),
-            item("No divergence observed", div_status, "not measured" if f.diverged is None else
-                 ("diverged" if f.diverged else "no divergence")),
-            item("Warmup schedule working properly", warm_status, "not measured" if f.warmup_spikes is None else
-                 f"{f.warmup_spikes} loss spike(s) during warm-up")]},
-        {"section": "System Optimization", "items": [workers, batch, logging]},
-    ]
+        put("logging", FAIL if bad else PASS,
+            (f"periodic stalls every {period} steps cost {cost:.1f}% of the time (limit {th.logging_stall_max_pct:g}%)"
+             if period and cost is not None else f.logging_stall.get("evidence", "no periodic stalls")), cost)
+    return out
+
+
+# --------------------------------------------------------------------------- the five criteria
+def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
+    """The guide's five criteria, each the combination (:func:`combine`) of its facts' verdicts."""
+    v = fact_verdicts(f, th)
+    out = [verdict("stability", "Stability: no crash, all epochs, no NaN/Inf", v["crash"]["status"],
+                   v["crash"]["value"], v["crash"]["evidence"])]
+    name = f"Performance: >= {th.min_it_per_s:g} it/s, step-time CV < {th.max_step_cv_pct:g}%"
+    speed, var = v["speed"], v["variance"]
+    if speed["value"] is None:
+        out.append(verdict("performance", name, combine([speed["status"], var["status"]]), None, speed["evidence"]))
+    else:
+        ev = f"{speed['evidence']}, {var['evidence']}" + (f"; {f.speed_method}" if f.speed_method else "")
+        if var["status"] == NOT_MEASURED and speed["status"] == PASS:
+            ev += "; the variance was not measured, so the criterion is not complete"
+        out.append(verdict("performance", name, combine([speed["status"], var["status"]]), speed["value"], ev))
+    name = f"Learning: loss down >= {th.min_loss_decrease_pct:g}% (smoothed), no divergence, warm-up without spikes"
+    parts = [v["loss_drop"], v["divergence"], v["warmup"]]
+    ev = v["loss_drop"]["evidence"]
+    ev += "".join(f"; {p['evidence']}" for p in parts[1:] if p["status"] == FAIL)
+    if not f.loss_preliminary:
+        ev += "".join(f"; {p['evidence']}" for p in parts[1:] if p["status"] == NOT_MEASURED)
+    dec = f.loss_decrease_pct
+    out.append(verdict("learning", name, combine(p["status"] for p in parts), None if dec is None else round(dec, 2), ev))
+    out.append(verdict("quality", f"Quality: no representation collapse (effective rank >= {th.low_rank_frac:.0%} of D, "
+                                  "variance, cosine)", v["collapse"]["status"], v["collapse"]["value"],
+                       v["collapse"]["evidence"]))
+    out.append(verdict("compatibility", "Compatibility: no backend errors; CPU fallbacks listed",
+                       v["compatibility"]["status"], v["compatibility"]["value"], v["compatibility"]["evidence"]))
+    return out
+
+
+# --------------------------------------------------------------------------- the checklist
+#: The guide's post-validation checklist: (section, [(item, fact)]); names with {} take thresholds.
+CHECKLIST: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("Training Stability", (("No crashes or errors during validation", "crash"), ("Loss decreased steadily", "loss_steady"),
+                            ("No memory issues", "memory"), ("MPS compatibility confirmed", "mps"))),
+    ("Performance Acceptable", (("Training speed >= {min_it_per_s:g} it/s (minimum)", "speed"),
+                                ("Speed variance < {max_step_cv_pct:g}%", "variance"),
+                                ("No major bottlenecks identified", "bottleneck"))),
+    ("Model Learning", (("Loss improved by >= {min_loss_decrease_pct:g}% from initial", "loss_drop"),
+                        ("No divergence observed", "divergence"), ("Warmup schedule working properly", "warmup"))),
+    ("System Optimization", (("num_workers tuned", "workers"), ("batch_size optimized", "batch"),
+                             ("No unnecessary logging slowing things down", "logging"))),
+)
+
+
+def checklist(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
+    """The guide's post-validation checklist, in its four sections; each item is its fact's verdict."""
+    v = fact_verdicts(f, th)
+    names = th.as_dict()
+    return [{"section": section, "items": [{"name": name.format(**names), "fact": fact, **v[fact]}
+                                           for name, fact in items]}
+            for section, items in CHECKLIST]
 
 
 # --------------------------------------------------------------------------- lessons learned
@@ -298,9 +381,9 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     r, why = pick_validation_record(records)
     if r is None:
         f = Facts(source="sweep", subject=why)
-        f.crashed = bool([x for x in records if x.get("status") in CRASH_STATUSES]) or None
-        f.backend_errors = [f"{label(x)}: {x.get('status')} ({x.get('error') or ''})" for x in records
-                            if x.get("status") in CRASH_STATUSES]
+        crashes = [x for x in records if x.get("status") in CRASH_STATUSES]
+        f.crashed = bool(crashes) or None
+        _crash_facts(f, crashes)
         return f
     env = r.get("env") or {}
     m = r.get("metrics") or {}
@@ -310,8 +393,8 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     f.notes.append(why)
     same_device = [x for x in records if machine(x) == machine(r)]  # a cluster node is its own machine
     crashes = [x for x in same_device if x.get("status") in CRASH_STATUSES]
-    f.crashed = False
-    f.backend_errors = [f"{label(x)}: {x.get('status')}: {x.get('error') or ''}".rstrip(": ") for x in crashes]
+    f.crashed = bool(crashes)
+    _crash_facts(f, crashes)
     from .decisions import step_cv_pct
 
     f.it_per_s = finite(m.get("it_per_s"))
@@ -341,11 +424,15 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
         col = feats.get("collapse") or {}
         f.collapse = {**col, "rankme_ratio": finite(feats.get("rankme_ratio")),
                       "effective_rank": finite(feats.get("effective_rank")), "d": feats.get("d"),
-                      "mean_cosine": finite(feats.get("mean_cosine")), "note": "features of a barely trained model"}
+                      "mean_cosine": finite(feats.get("mean_cosine")),
+                      "note": f"measured after {feats.get('steps_trained')} training steps",
+                      "quality_judged": feats.get("quality_judged", True), "quality_note": feats.get("quality_note")}
     mem = p.get("memory") or {}
     f.oom = any(x.get("status") == "oom" and _same_model(x, r) for x in same_device)
     if mem.get("status") == "ok":
-        f.leak = bool((mem.get("leak") or {}).get("suspected"))
+        leak = mem.get("leak") or {}
+        f.leak = None if leak.get("suspected") is None else bool(leak["suspected"])
+        f.leak_detail = leak.get("reason") or leak.get("note")
         f.memory_pressure = bool(mem.get("memory_pressure"))
         f.headroom_frac = finite(mem.get("headroom_frac"))
     f.peak_bytes = m.get("peak_device_bytes")
@@ -359,11 +446,22 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
         f.bottleneck = bott.get("verdict")
         f.data_wait_frac = finite((bott.get("shares") or {}).get("data_wait"))
         f.bottleneck_advice = bott.get("worker_advice")
+        f.cpu_saturated = bott.get("cpu_saturated")
+    if workers_choice:
+        f.workers_more_needed = workers_choice.get("more_needed")
     if workers_choice and workers_choice.get("measured_counts", 0) >= 2:
         f.workers_tuned = {"value": workers_choice.get("workers"), "evidence": workers_choice.get("reason")}
     if batch_choice and batch_choice.get("measured_counts", 0) >= 2:
         f.batch_tuned = {"value": batch_choice.get("batch"), "evidence": batch_choice.get("reason")}
     return f
+
+
+def _crash_facts(f: Facts, crashes: Sequence[Mapping[str, Any]]) -> None:
+    """Crashed records: each is a stability failure (``crash_detail``); those whose error comes
+    from the device backend are also compatibility failures (``backend_errors``)."""
+    said = [f"{label(x)}: {x.get('status')}" + (f" ({x['error']})" if x.get("error") else "") for x in crashes]
+    f.crash_detail = "; ".join(said) or None
+    f.backend_errors = [f"{label(x)}: {x['error']}" for x in crashes if is_backend_error(x.get("error"))]
 
 
 def _same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

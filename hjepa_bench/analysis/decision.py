@@ -20,6 +20,7 @@ from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pi
 from .decisions import (decide, efficient_savings, evaluate_option, judge, machine_comparison, model_speed_ratios,
                         recommend_batch, recommend_lr, recommend_warmup, recommend_workers, run_name)
 from .memory import fit_memory
+from .verdicts import rejudge_records
 
 
 @dataclass
@@ -54,10 +55,12 @@ def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
 
 def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSettings,
                    facts: Facts | None = None) -> dict[str, Any]:
-    """Everything the report says, as data.  ``facts`` replaces the sweep facts
-    (a training log or a validation run supplies its own)."""
+    """Everything the report says, as data.  The records' probe verdicts are judged again with
+    the settings' thresholds first (:func:`~hjepa_bench.analysis.verdicts.rejudge_records`).
+    ``facts`` replaces the sweep facts (a training log or a validation run supplies its own,
+    built from records judged with the same thresholds)."""
     th = settings.thresholds
-    recs = list(records)
+    recs = rejudge_records(list(records), th)
     # batch / workers per model group
     group_choices = []
     for key, rs in _model_groups(recs).items():
@@ -74,7 +77,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
         facts = facts_from_records(recs, workers_choice=vchoice and vchoice["workers"],
                                    batch_choice=vchoice and vchoice["batch"])
     criteria = success_criteria(facts, th)
-    checks = checklist(facts, th, criteria)
+    checks = checklist(facts, th)
     validation_view = {"diverged": facts.diverged, "crashed": facts.crashed,
                        "loss_decrease_pct": facts.loss_decrease_pct, "loss_preliminary": facts.loss_preliminary}
     rows: list[dict[str, Any]] = []

@@ -17,14 +17,18 @@ each measured machine:
    the projected hours (with band) against ``budget_hours`` (or, without a
    budget, the option's own time window, e.g. 2-3 h for A).
 4. **Decision** (:func:`decide`): an option is *eligible* when its measured
-   record is ok, stable (CV below the threshold), not diverged and not collapsed
-   (where measured), and the validation facts show no divergence or crash.  It
+   record is ok, stable (step-time CV measured, from at least 5 steps, and below
+   the threshold; an unmeasured CV blocks with "measure longer (--max-time)"), not
+   diverged and not collapsed (collapse flags count only from a model trained for
+   at least ``min_quality_steps``; earlier ones are shown as "untrained: N steps,
+   not judged"), and the validation facts show no divergence or crash.  It
    *fits* when its projected hours (middle) are within the budget.  The
    recommendation is the eligible, fitting option with the highest priority
    (B > C > A: the guide's expected accuracy); ties go to the shorter run.  A
    slow short option never promotes a longer one (the upstream analyzer's
    inverted rule): a longer option is recommended only when its own projection
-   fits.
+   fits.  When none is recommended, the summary names each option's own blockers
+   and fit.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from ..format import finite
 from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, machine, machine_name, model_short,
                       node_label, probe, samples_per_s, short_model_name, world_size)
 from ..record import workers as workers_of
+from .bottleneck import is_data_bound
 from .memory import fit_memory
 from .projection import project_record
 from .stability import MIN_STEPS_SPREAD
@@ -60,12 +65,16 @@ def _fastest_by(records: Sequence[Mapping[str, Any]], key: Any) -> dict[Any, Map
 
 
 def step_cv_pct(r: Mapping[str, Any]) -> float | None:
-    """Step-time CV (%) from the stability probe, else from the record's step times when
-    there are enough of them (the stability probe's minimum); None: not measured."""
+    """Step-time CV (%) from the stability probe, else from the record's step times; None (not
+    measured) when fewer than the stability probe's minimum of steps were measured (the CV of a
+    handful of steps is not a measurement of stability)."""
     stab = probe(r, "stability") or {}
-    cv = finite(stab.get("cv_pct")) if stab.get("status", "ok") == "ok" else None
     st = (r.get("metrics") or {}).get("step_time_s") or {}
-    if cv is None and finite(st.get("cv")) is not None and (st.get("n") or 0) >= MIN_STEPS_SPREAD:
+    n = stab.get("n") if stab.get("n") is not None else st.get("n")
+    if (n or 0) < MIN_STEPS_SPREAD:
+        return None
+    cv = finite(stab.get("cv_pct")) if stab.get("status", "ok") == "ok" else None
+    if cv is None and finite(st.get("cv")) is not None:
         cv = 100 * float(st["cv"])
     return cv
 
@@ -138,7 +147,7 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
     top = by_w[max(by_w)]
     wait = finite((top.get("metrics") or {}).get("data_wait_frac"))
     more = False
-    if wait is not None and wait > th.data_bound_share:
+    if is_data_bound(wait, th.data_bound_share):
         more = True
         reason += (f"; still data-bound with {max(by_w)} workers (data wait {wait:.0%} > "
                    f"{th.data_bound_share:.0%}): try more workers (the guide: 6-8 on an M1 Max)")
@@ -148,8 +157,9 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
 
 # --------------------------------------------------------------------------- learning rate, warm-up
 def warmup_range(epochs: int) -> tuple[int, int]:
-    """The guide: 2-4 warm-up epochs for a 20-epoch run, 5-10 for 100 epochs
-    (linear in between, the same fractions outside)."""
+    """The guide: 2-4 warm-up epochs for a 20-epoch run, 5-10 for 100 epochs.  Other lengths
+    are this tool's interpolation (linear in between, the same fractions outside): see
+    :func:`warmup_source`."""
     if epochs <= 20:
         return max(1, round(epochs * 0.10)), max(1, round(epochs * 0.20))
     if epochs >= 100:
@@ -158,16 +168,25 @@ def warmup_range(epochs: int) -> tuple[int, int]:
     return round(2 + 3 * t), round(4 + 6 * t)
 
 
+def warmup_source(epochs: int) -> str:
+    """Who says ``warmup_range(epochs)``: the guide (20 and 100 epochs) or this tool's interpolation."""
+    lo, hi = warmup_range(epochs)
+    if epochs in (20, 100):
+        return f"the guide's {lo}-{hi} epochs for {epochs} epochs"
+    how = "interpolation" if 20 < epochs < 100 else "scaling"
+    return (f"{lo}-{hi} epochs for {epochs} epochs (this tool's {how} of the guide's 2-4 epochs for 20 and "
+            "5-10 for 100)")
+
+
 def recommend_warmup(option_warmup: float, epochs: int, warmup_spikes: int | None) -> dict[str, Any]:
     lo, hi = warmup_range(epochs)
+    src = warmup_source(epochs)
     if warmup_spikes:
-        return {"warmup_epochs": hi, "reason": f"{warmup_spikes} loss spike(s) during warm-up: the long end of the "
-                                                f"guide's {lo}-{hi} epochs for {epochs} epochs"}
+        return {"warmup_epochs": hi, "reason": f"{warmup_spikes} loss spike(s) during warm-up: the long end of {src}"}
     w = min(max(option_warmup, lo), hi)
     why = "no warm-up spikes measured" if warmup_spikes == 0 else "warm-up spikes not measured"
     return {"warmup_epochs": w, "reason": f"{why}: the option's {option_warmup:g}"
-            + (f", kept within the guide's {lo}-{hi} epochs for {epochs} epochs" if w != option_warmup
-               else f" (the guide: {lo}-{hi} epochs for {epochs} epochs)")}
+            + (f", kept within {src}" if w != option_warmup else f" ({src})")}
 
 
 def recommend_lr(option_lr: float, lr_advice: Mapping[str, Any] | None, validation_lr: float | None,
@@ -319,16 +338,19 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
                               checkpoint_every_epochs=option.checkpoint_every_epochs(), confidence=th.confidence)
         stab, loss, feats, mem = (p.get(k) or {} for k in ("stability", "loss", "features", "memory"))
         cv = step_cv_pct(rec)
-        collapsed = None
+        collapsed, collapse_note = None, None
         if feats.get("status") == "ok" and feats.get("measured", True):
-            collapsed = bool((feats.get("collapse") or {}).get("collapsed"))
+            if feats.get("quality_judged", True):
+                collapsed = bool((feats.get("collapse") or {}).get("collapsed"))
+            else:  # flags of a barely trained model: shown, never judged
+                collapse_note = feats.get("quality_note")
         row.update(
             status="ok", record_label=(rec.get("sweep") or {}).get("label"), batch=batch_requested(rec), workers=workers_of(rec),
             it_per_s=finite(m.get("it_per_s")), samples_per_s=_sps(rec), step_cv_pct=cv,
             steps_measured=(m.get("step_time_s") or {}).get("n"),
             loss_decrease_pct=finite(loss.get("decrease_pct")) if loss.get("status") == "ok" else None,
             diverged=bool(loss.get("diverged")) if loss.get("status") == "ok" else None,
-            collapsed=collapsed, headroom_frac=finite(mem.get("headroom_frac")) if mem.get("status") == "ok" else None,
+            collapsed=collapsed, collapse_note=collapse_note, headroom_frac=finite(mem.get("headroom_frac")) if mem.get("status") == "ok" else None,
             projection=proj, hours=(proj.get("hours") or {}).get("mid"),
             hours_low=(proj.get("hours") or {}).get("low"), hours_high=(proj.get("hours") or {}).get("high"),
         )
@@ -337,13 +359,18 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
 
 
 def judge(row: dict[str, Any], th: Thresholds, validation: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Fill ``eligible``, ``fits`` and ``reasons`` of one measured, ok row."""
+    """Fill ``eligible``, ``fits``, ``blockers`` and ``reasons`` of one measured, ok row."""
     if not row.get("measured") or row.get("status") != "ok":
         row.setdefault("eligible", False)
         row.setdefault("fits", False)
+        row.setdefault("blockers", list(row.get("reasons") or []))
         return row
     reasons, blockers = [], []
-    if row.get("step_cv_pct") is not None and row["step_cv_pct"] >= th.max_step_cv_pct:
+    n = row.get("steps_measured") or 0
+    if row.get("step_cv_pct") is None:
+        blockers.append(f"step-time stability not measured ({n} measured step(s); the CV needs >= {MIN_STEPS_SPREAD}): "
+                        "measure longer (--max-time)")
+    elif row["step_cv_pct"] >= th.max_step_cv_pct:
         blockers.append(f"unstable: step-time CV {row['step_cv_pct']:.1f}% >= {th.max_step_cv_pct:g}%")
     if row.get("diverged"):
         blockers.append("the loss diverged in its measurement")
@@ -362,23 +389,24 @@ def judge(row: dict[str, Any], th: Thresholds, validation: Mapping[str, Any] | N
     if hours is None:
         reasons.append("no projection (step time missing)")
     else:
-        band = ""
         if row.get("hours_low") is not None and row.get("hours_high") is not None:
             band = f" [{row['hours_low']:.1f}-{row['hours_high']:.1f}]"
+        else:
+            band = f" ({(row.get('projection') or {}).get('band_note') or 'no band'})"
         reasons.append(f"projected {hours:.1f} h{band} {'within' if fits else 'over'} {row['limit_source']}")
         if fits and row.get("hours_high") is not None and row["hours_high"] > row["limit_hours"]:
             reasons.append(f"the upper band ({row['hours_high']:.1f} h) exceeds {row['limit_hours']:g} h")
         if row.get("projection", {}).get("lower_bound"):
             reasons.append("lower bound: " + ", ".join(row["projection"]["missing"]) + " not measured")
-    n = row.get("steps_measured") or 0
-    if n < MIN_STEPS_SPREAD:
-        reasons.append(f"only {n} measured step(s): no step-time CV, a wide or no band (raise --max-time)")
+    if row.get("collapse_note"):
+        reasons.append(f"feature quality: {row['collapse_note']}")
     ips = row.get("it_per_s")
     if ips is not None:
         reasons.append(f"{ips:.2f} it/s ({'>=' if ips >= th.min_it_per_s else '<'} the {th.min_it_per_s:g} minimum, "
                        f"{'>=' if ips >= th.expected_it_per_s else '<'} the ~{th.expected_it_per_s:g} expected)")
     row["eligible"] = not blockers
     row["fits"] = fits
+    row["blockers"] = blockers
     row["reasons"] = blockers + reasons
     return row
 
@@ -387,6 +415,18 @@ def run_name(row: Mapping[str, Any]) -> str:
     """``B``, or ``B with 2 data-parallel processes`` for a row measured as a DDP job."""
     n = row.get("world_size") or 1
     return str(row["option"]) + (f" with {n} data-parallel processes" if n > 1 else "")
+
+
+def _why_not(row: Mapping[str, Any]) -> str:
+    """What keeps one judged row from being recommended, from its own blockers and fit."""
+    why = []
+    if not row.get("eligible"):
+        why.append("not eligible (" + "; ".join(row.get("blockers") or ["no ok measurement"]) + ")")
+    if row.get("status") == "ok" and not row.get("fits"):
+        h = row.get("hours")
+        why.append("no projection" if h is None else
+                   f"does not fit (projected {h:.1f} h over {row['limit_source']})")
+    return f"{run_name(row)}: " + " and ".join(why or ["passes and fits"])
 
 
 def decide(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -413,13 +453,12 @@ def decide(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             out.append({"machine": mach, "recommended": best["option"], "world_size": best.get("world_size", 1),
                         "reasons": why})
         else:
-            fastest = min((r for r in rs if r.get("hours") is not None), key=lambda r: r["hours"], default=None)
-            why = [f"{run_name(r)}: " + "; ".join(r.get("reasons") or [])
-                   for r in sorted(rs, key=lambda r: (r["option"], r.get("world_size") or 1))]
-            if fastest is not None:
-                why.insert(0, f"no option passes and fits: the shortest projection is option {run_name(fastest)} at "
-                              f"{fastest['hours']:.1f} h against {fastest['limit_source']}; a longer option is never "
-                              "chosen because a shorter one is too slow")
+            order = sorted(rs, key=lambda r: (r["option"], r.get("world_size") or 1))
+            why = [f"{run_name(r)}: " + "; ".join(r.get("reasons") or []) for r in order]
+            summary = "no option passes and fits: " + "; ".join(_why_not(r) for r in order)
+            if all(r.get("eligible") for r in rs):
+                summary += " (a longer option is never chosen because a shorter one is too slow)"
+            why.insert(0, summary)
             out.append({"machine": mach, "recommended": None, "world_size": None, "reasons": why})
     if unmeasured:
         for d in out:

@@ -39,6 +39,12 @@ Collapse flags (the validation guide's red flags, thresholds in ``thresholds``):
   std below the floor.
 * ``all_alike``: ``mean_cosine`` > ``ALL_ALIKE_COSINE``.
 * ``collapsed``: any of the above.
+
+:func:`judge_features` decides whether the flags are judged: features measured
+after fewer than ``MIN_QUALITY_STEPS`` (the thresholds' ``min_quality_steps``)
+training steps come from a model close to its random initialisation, which looks
+collapsed (low rank, all alike) without anything being wrong; they are shown as
+"untrained: N steps, not judged" and never fail a criterion or block an option.
 """
 from __future__ import annotations
 
@@ -60,6 +66,8 @@ STD_FLOOR_REL = 0.1
 LOW_VARIANCE_DIM_FRAC = 0.5
 #: low_rank when the effective rank is below this share of D
 LOW_RANK_FRAC = _TH.low_rank_frac
+#: collapse flags are judged only from a model trained for at least this many steps
+MIN_QUALITY_STEPS = _TH.min_quality_steps
 #: all_alike when the mean pairwise cosine similarity is above this
 ALL_ALIKE_COSINE = 0.9
 #: below this spread the centred RankMe measures noise; the uncentred one is used
@@ -135,6 +143,40 @@ def uniformity(zn: np.ndarray, max_rows: int = UNIFORMITY_MAX_ROWS, seed: int = 
     return top + math.log(float(np.mean(np.exp(a - top)))) + 0.0  # log-mean-exp, stable; no -0.0
 
 
+def collapse_flags(effective_rank: float, d: int, std_below_floor_frac: float, mean_cosine: float,
+                   low_rank_frac: float = LOW_RANK_FRAC) -> dict[str, bool]:
+    """The validation guide's red flags (module docstring) and ``collapsed`` = any of them."""
+    flags = {
+        "low_rank": bool(effective_rank < low_rank_frac * d),
+        "low_variance": bool(std_below_floor_frac > LOW_VARIANCE_DIM_FRAC),
+        "all_alike": bool(mean_cosine > ALL_ALIKE_COSINE),
+    }
+    flags["collapsed"] = any(flags.values())
+    return flags
+
+
+def judge_features(entry: dict[str, Any], low_rank_frac: float = LOW_RANK_FRAC,
+                   min_quality_steps: int = MIN_QUALITY_STEPS) -> dict[str, Any]:
+    """The collapse flags of a :func:`feature_quality` entry against ``low_rank_frac``, and
+    whether they are judged at all (in place, and returned): features measured after fewer than
+    ``min_quality_steps`` training steps (``steps_trained``) are those of a model close to its
+    random initialisation, so ``quality_judged`` is False and ``quality_note`` says "untrained:
+    N steps, not judged".  The probe calls it with the defaults; a report calls it again with its
+    own thresholds."""
+    eff, d = entry.get("effective_rank"), entry.get("d")
+    below, cos = entry.get("std_below_floor_frac"), entry.get("mean_cosine")
+    if None not in (eff, d, below, cos):
+        entry["collapse"] = collapse_flags(float(eff), int(d), float(below), float(cos), low_rank_frac)
+        entry["thresholds"] = {**(entry.get("thresholds") or {}), "low_rank_frac": low_rank_frac}
+    steps = entry.get("steps_trained")
+    judged = steps is None or int(steps) >= min_quality_steps
+    entry["quality_judged"] = judged
+    entry["quality_note"] = None if judged else (f"untrained: {int(steps)} steps, not judged (collapse flags count "
+                                                 f"from {min_quality_steps} training steps)")
+    entry.setdefault("thresholds", {})["min_quality_steps"] = min_quality_steps
+    return entry
+
+
 def feature_quality(z: Any) -> dict[str, Any]:
     """Collapse and quality metrics of the (N, D) feature matrix ``z`` (see module docstring)."""
     arr = as_float64(z)
@@ -180,12 +222,7 @@ def feature_quality(z: Any) -> dict[str, Any]:
         eff, source = rm, "uncentred (spread_frac below min_spread_frac: centred spectrum is noise)"
     else:
         eff, source = rm_c, "centred"
-    flags = {
-        "low_rank": bool(eff < LOW_RANK_FRAC * d),
-        "low_variance": bool(below > LOW_VARIANCE_DIM_FRAC),
-        "all_alike": bool(cos > ALL_ALIKE_COSINE),
-    }
-    flags["collapsed"] = any(flags.values())
+    flags = collapse_flags(eff, d, below, cos)
     out.update({
         "finite": True,
         "rankme": _float(rm),
@@ -206,6 +243,6 @@ def feature_quality(z: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["feature_quality", "rankme", "mean_cosine", "uniformity", "l2_normalise", "as_float64",
+__all__ = ["feature_quality", "collapse_flags", "judge_features", "rankme", "mean_cosine", "uniformity", "l2_normalise", "as_float64",
            "RANKME_EPS", "VICREG_EPS", "STD_FLOOR_REL", "LOW_VARIANCE_DIM_FRAC", "LOW_RANK_FRAC",
            "ALL_ALIKE_COSINE", "MIN_SPREAD_FRAC", "MIN_N_OVER_D", "UNIFORMITY_MAX_ROWS", "UNIFORMITY_SEED"]

@@ -103,14 +103,16 @@ def _slope(y: np.ndarray) -> float:
 def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrease_pct: float | None,
               lr: float | None, *, end_vs_start_pct: float | None = None,
               first_non_finite: int | None = None, applied_lr: float | None = None,
-              in_warmup: bool | None = None) -> dict[str, Any]:
+              in_warmup: bool | None = None,
+              min_decrease_pct: float = CRITERION_DECREASE_PCT) -> dict[str, Any]:
     """The validation guide's learning-rate rule that the measurements trigger (None or a
     non-finite number: not measured).
 
     ``lr`` is the configured (peak) learning rate; ``applied_lr`` the one the run actually applied
     at its last judged step, when known: the rules compare that one (a run's loss moves at the LR it
     was given).  ``in_warmup``: the schedule was still in its LR warm-up there, so a slow or noisy
-    start says nothing about the LR: no advice at all."""
+    start says nothing about the LR: no advice at all.  ``min_decrease_pct``: "converging too
+    slowly" below this decrease (the report's ``min_loss_decrease_pct``)."""
     lr, noise_pct, decrease_pct, end_vs_start_pct, applied_lr = (
         _num(x) for x in (lr, noise_pct, decrease_pct, end_vs_start_pct, applied_lr))
     peak = fmt_lr(lr) if lr else "the configured value"
@@ -141,8 +143,8 @@ def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrea
                             f"decrease further or raise the batch size"}
         return {"action": "decrease", "suggested_lr": LR_NOISY, "trigger": trigger,
                 "text": f"decrease to {fmt_lr(LR_NOISY)} (from {current})"}
-    if decrease_pct is not None and decrease_pct < CRITERION_DECREASE_PCT:
-        trigger = f"decrease {decrease_pct:.1f}% < {CRITERION_DECREASE_PCT:.0f}%"
+    if decrease_pct is not None and decrease_pct < min_decrease_pct:
+        trigger = f"decrease {decrease_pct:.1f}% < {min_decrease_pct:g}%"
         if judged is not None and judged >= LR_SLOW[1]:
             return {"action": "increase", "suggested_lr": None, "trigger": trigger,
                     "text": f"converging slowly although the learning rate ({current}) is already >= "
@@ -154,19 +156,45 @@ def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrea
                 "text": "no advice: too few finite losses"}
     noise = "not measured" if noise_pct is None else f"{noise_pct:.1f}% <= {NOISE_THRESHOLD_PCT:.0f}%"
     return {"action": "keep", "suggested_lr": lr,
-            "trigger": f"decrease {decrease_pct:.1f}% >= {CRITERION_DECREASE_PCT:.0f}%, noise {noise}",
+            "trigger": f"decrease {decrease_pct:.1f}% >= {min_decrease_pct:g}%, noise {noise}",
             "text": f"keep {peak if lr else current}"
                     + (f" ({fmt_lr(applied_lr)} applied at the last step)" if applied_lr is not None and lr
                        and fmt_lr(applied_lr) != peak else "")}
 
 
+def judge_loss(entry: dict[str, Any], min_decrease_pct: float = CRITERION_DECREASE_PCT) -> dict[str, Any]:
+    """The criterion and the learning-rate advice of an :func:`analyze_loss` entry against
+    ``min_decrease_pct`` (in place, and returned).  The probe calls it with the default; a
+    report calls it again with its own threshold."""
+    entry.setdefault("thresholds", {})["criterion_decrease_pct"] = min_decrease_pct
+    entry.setdefault("definitions", {})["criterion_loss_down_20pct"] = (
+        f"pass when decrease_pct >= {min_decrease_pct:g} and not diverged")
+    dec = _num(entry.get("decrease_pct"))
+    if entry.get("diverged"):
+        entry["criterion_loss_down_20pct"] = "fail"
+    elif dec is not None:
+        entry["criterion_loss_down_20pct"] = "pass" if dec >= min_decrease_pct else "fail"
+    else:
+        entry["criterion_loss_down_20pct"] = "not-measured"
+    start, end = _num(entry.get("start_loss")), _num(entry.get("end_loss"))
+    end_vs_start = (end - start) / abs(start) * 100 if start and end is not None else None
+    entry["lr_advice"] = lr_advice(bool(entry.get("diverged")), entry.get("trend"), _num(entry.get("noise_pct")), dec,
+                                   _num(entry.get("lr")), end_vs_start_pct=end_vs_start,
+                                   first_non_finite=entry.get("first_non_finite_step"),
+                                   applied_lr=_num(entry.get("lr_applied")), in_warmup=entry.get("lr_in_warmup"),
+                                   min_decrease_pct=min_decrease_pct)
+    return entry
+
+
 def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | None, *,
-                 applied_lr: float | None = None, lr_in_warmup: bool | None = None) -> dict[str, Any]:
+                 applied_lr: float | None = None, lr_in_warmup: bool | None = None,
+                 min_decrease_pct: float = CRITERION_DECREASE_PCT) -> dict[str, Any]:
     """Loss-curve analysis of one run (``record["series"]["loss"]``, warm-up included).
 
     ``lr``: the configured (peak) learning rate; ``applied_lr`` / ``lr_in_warmup``: the LR the run
     applied at its last step and whether its schedule was still in warm-up then
-    (:func:`applied_lr_at_end`); the LR advice is judged on them."""
+    (:func:`applied_lr_at_end`); the LR advice is judged on them.  ``min_decrease_pct``: the
+    criterion's limit (:func:`judge_loss`)."""
     notes: list[str] = [PRELIMINARY_NOTE]
     reported = max(0, int(warmup_steps))
     vals = [_num(v) for v in losses]
@@ -277,13 +305,7 @@ def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | 
     elif dec is not None:
         entry["trend"] = ("decreasing" if dec >= FLAT_BAND_PCT else
                           "increasing" if dec <= -FLAT_BAND_PCT else "flat")
-    if entry["diverged"]:
-        entry["criterion_loss_down_20pct"] = "fail"
-    elif dec is not None:
-        entry["criterion_loss_down_20pct"] = "pass" if dec >= CRITERION_DECREASE_PCT else "fail"
-    entry["lr_advice"] = lr_advice(entry["diverged"], entry["trend"], entry["noise_pct"], dec, lr,
-                                   end_vs_start_pct=end_vs_start, first_non_finite=first_bad,
-                                   applied_lr=_num(applied_lr), in_warmup=lr_in_warmup)
+    judge_loss(entry, min_decrease_pct)
     if entry["plateau"]:
         notes.append("the loss flattened early: its last third falls at less than "
                      f"{PLATEAU_RATIO:.0%} of the first third's rate")

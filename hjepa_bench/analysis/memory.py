@@ -8,13 +8,30 @@ for a larger model, any memory pressure.
 
 Thresholds:
 
-* ``LEAK_GROWTH_FRAC`` (5%): a leak is suspected when the least-squares slope of
-  memory vs step (after warm-up) times the measured span of steps exceeds 5% of
-  the mean memory, AND the slope is significant: ``slope / stderr >=
-  LEAK_MIN_T`` (3) over at least ``LEAK_MIN_SAMPLES`` (5) samples (an exactly
-  linear series has stderr 0 and counts as significant when it grows).  Allocator
-  caches and RSS settle during the first steps; a one-off jump is not a trend and
-  rarely passes both tests.
+* **Leak** (:func:`leak_check`, on the samples after warm-up).  On CPU the process
+  RSS grows during the first tens of steps (allocator arenas, caches, prefetched
+  batches: about 55 steps, in stairs of 10-60 MiB, at 224 px batch 8 on this
+  project's CPU, ``tests/data/rss_plateau_cpu.json``) and then stays flat, so a
+  leak is judged only on the *last third* of the samples, once the start-up is
+  over:
+
+  1. fewer than ``LEAK_MIN_SAMPLES`` (5) samples: not judged;
+  2. no significant growth over the measured steps: no leak.  Growth is
+     significant when the least-squares slope x the measured span of steps
+     exceeds ``LEAK_GROWTH_FRAC`` (5%) of the mean and ``slope / stderr >=
+     LEAK_MIN_T`` (3) (an exactly linear series has stderr 0 and counts);
+  3. the last third (its slope x the whole span, against the whole mean) does
+     not grow, and holds at least ``LEAK_MIN_SETTLED`` (20) samples: the growth
+     has settled, no leak;
+  4. the last third still grows, over at least ``LEAK_MIN_SUSTAINED`` (100)
+     samples (so the last third starts after the start-up measured above), at
+     no less than ``LEAK_SUSTAINED_RATIO`` (0.5) of the first third's rate:
+     sustained growth, leak suspected;
+  5. anything else (a short run, or growth that is slowing down but not flat
+     yet): not judged, "not enough settled steps to judge".
+
+  ``suspected`` is True, False or None (not judged), and ``reason`` says which
+  rule decided.
 * ``PRESSURE_PEAK_FRAC`` (90%): torch-tb-profiler's rule "peak memory > 90% ->
   checkpointing/AMP" (MEASURING.md): ``memory_pressure`` when peak / total > 90%.
 * ``fit_memory(margin=0.10)``: the largest batch whose predicted peak stays below
@@ -29,12 +46,15 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from ..format import finite_int
+from ..format import finite, finite_int
 from ..record import batch_achieved, device_name, lookup, model_short, node_label, peak_bytes
 
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0
 LEAK_MIN_SAMPLES = 5
+LEAK_MIN_SETTLED = 20
+LEAK_MIN_SUSTAINED = 100
+LEAK_SUSTAINED_RATIO = 0.5
 PRESSURE_PEAK_FRAC = _TH.memory_pressure_frac
 DEFAULT_MARGIN = _TH.memory_margin_frac
 # For ordering models by size when a record has no parameter count.
@@ -46,60 +66,123 @@ THRESHOLDS: dict[str, Any] = {
     "leak_growth_frac": LEAK_GROWTH_FRAC,
     "leak_min_t": LEAK_MIN_T,
     "leak_min_samples": LEAK_MIN_SAMPLES,
+    "leak_min_settled": LEAK_MIN_SETTLED,
+    "leak_min_sustained": LEAK_MIN_SUSTAINED,
+    "leak_sustained_ratio": LEAK_SUSTAINED_RATIO,
     "pressure_peak_frac": PRESSURE_PEAK_FRAC,
 }
 
 
 # --------------------------------------------------------------------------- one run
-def leak_check(steps: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
-    """Least-squares slope of memory (bytes) vs step index, and whether it looks
-    like a leak (see the module docstring for the rule)."""
-    pts = [(float(s), float(v)) for s, v in zip(steps, values) if v is not None]
-    base: dict[str, Any] = {"slope_bytes_per_step": None, "growth_bytes": None, "growth_frac": None,
-                            "t_stat": None, "n_samples": len(pts), "suspected": None,
-                            "rule": (f"suspected when slope * steps > {LEAK_GROWTH_FRAC:.0%} of mean and "
-                                     f"slope/stderr >= {LEAK_MIN_T:g} over >= {LEAK_MIN_SAMPLES} samples")}
-    if len(pts) < 2 or len({s for s, _ in pts}) < 2:
-        base["note"] = "fewer than 2 samples after warm-up: no slope"
-        return base
-    x = np.array([p[0] for p in pts])
-    y = np.array([p[1] for p in pts])
+LEAK_RULE = (f"judged on the last third of the samples after warm-up, once start-up growth has settled: "
+             f"growth = slope x measured steps > {LEAK_GROWTH_FRAC:.0%} of the mean with slope/stderr >= "
+             f"{LEAK_MIN_T:g}; no growth, or a last third of >= {LEAK_MIN_SETTLED} samples without growth: no leak; "
+             f"a last third that still grows over >= {LEAK_MIN_SUSTAINED} samples at >= {LEAK_SUSTAINED_RATIO:g} x "
+             "the first third's rate: leak suspected; otherwise not judged")
+
+
+def _slope_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(least-squares slope, slope / stderr) of y against x; t is inf for an exactly linear rise, 0 when flat."""
     xm, ym = x.mean(), y.mean()
     sxx = float(((x - xm) ** 2).sum())
     slope = float(((x - xm) * (y - ym)).sum() / sxx)
-    intercept = float(ym - slope * xm)
-    n = len(pts)
+    n = len(x)
     if n > 2:
-        resid = y - (intercept + slope * x)
-        s2 = float((resid ** 2).sum()) / (n - 2)
-        stderr = math.sqrt(s2 / sxx)
+        resid = y - (float(ym - slope * xm) + slope * x)
+        stderr = math.sqrt(float((resid ** 2).sum()) / (n - 2) / sxx)
     else:
         stderr = math.inf
     scale = max(1.0, abs(float(ym)))
     if stderr <= 1e-12 * scale:  # exactly linear (or flat)
-        t = math.inf if abs(slope) > 1e-12 * scale else 0.0
-    else:
-        t = slope / stderr
+        return slope, (math.copysign(math.inf, slope) if abs(slope) > 1e-12 * scale else 0.0)
+    return slope, slope / stderr
+
+
+def leak_check(steps: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
+    """Is memory (bytes, one sample per step index) leaking?  The rule is in the module
+    docstring: growth is judged only once it has settled, on the last third of the samples."""
+    pts = sorted((float(s), float(v)) for s, v in zip(steps, values) if v is not None)
+    base: dict[str, Any] = {"slope_bytes_per_step": None, "growth_bytes": None, "growth_frac": None,
+                            "t_stat": None, "n_samples": len(pts), "suspected": None, "reason": None,
+                            "rule": LEAK_RULE}
+    if len(pts) < 2 or len({s for s, _ in pts}) < 2:
+        base["note"] = base["reason"] = "fewer than 2 samples after warm-up: no slope, not judged"
+        return base
+    x = np.array([p[0] for p in pts])
+    y = np.array([p[1] for p in pts])
+    n = len(pts)
+    mean = float(y.mean())
     span = float(x.max() - x.min())
+    slope, t = _slope_fit(x, y)
     growth = slope * span
-    growth_frac = growth / float(ym) if ym > 0 else None
-    suspected = bool(n >= LEAK_MIN_SAMPLES and growth_frac is not None and growth_frac > LEAK_GROWTH_FRAC
-                     and t >= LEAK_MIN_T)
+    growth_frac = growth / mean if mean > 0 else None
+
+    def grows(frac: float | None, tt: float) -> bool:
+        return frac is not None and frac > LEAK_GROWTH_FRAC and tt >= LEAK_MIN_T
+
     base.update({
-        "slope_bytes_per_step": slope,
-        "growth_bytes": growth,
-        "growth_frac": growth_frac,
-        "t_stat": None if not math.isfinite(t) else t,
-        "t_stat_infinite": bool(math.isinf(t)),
-        "suspected": suspected,
+        "slope_bytes_per_step": slope, "growth_bytes": growth, "growth_frac": growth_frac,
+        "t_stat": None if not math.isfinite(t) else t, "t_stat_infinite": bool(math.isinf(t)),
     })
     if n < LEAK_MIN_SAMPLES:
-        base["note"] = f"only {n} samples after warm-up: too few to call a leak"
+        base["note"] = base["reason"] = (f"only {n} samples after warm-up: too few to judge a leak "
+                                         f"(>= {LEAK_MIN_SAMPLES})")
+        return base
+    if not grows(growth_frac, t):
+        base.update(suspected=False, reason="no significant growth over the measured steps")
+        return base
+    third = n // 3
+    unsettled = (f"not enough settled steps to judge: memory grew {growth / 2**20:.0f} MiB over {n} samples, and "
+                 f"start-up growth can last tens of steps (measure longer: a leak is judged on the last third of "
+                 f">= {LEAK_MIN_SUSTAINED} samples)")
+    if third < 2:
+        base["reason"] = unsettled
+        return base
+    head_slope, _ = _slope_fit(x[:third], y[:third])
+    tail_slope, tail_t = _slope_fit(x[-third:], y[-third:])
+    tail_frac = tail_slope * span / mean if mean > 0 else None
+    base["first_third_slope_bytes_per_step"] = head_slope
+    base["last_third"] = {"slope_bytes_per_step": tail_slope, "growth_frac": tail_frac,
+                          "t_stat": None if not math.isfinite(tail_t) else tail_t, "n_samples": third,
+                          "from_step": int(x[-third])}
+    if not grows(tail_frac, tail_t):
+        if third >= LEAK_MIN_SETTLED:
+            base.update(suspected=False, reason=(f"settled: memory grew early on, then stayed flat over the last "
+                                                 f"{third} samples (from step {int(x[-third])})"))
+        else:
+            base["reason"] = unsettled
+        return base
+    if n >= LEAK_MIN_SUSTAINED and not (head_slope > 0 and tail_slope < LEAK_SUSTAINED_RATIO * head_slope):
+        base.update(suspected=True, reason=(f"sustained growth: {tail_slope / 2**20:.2f} MiB/step over the last "
+                                            f"{third} samples (first third: {head_slope / 2**20:.2f} MiB/step)"))
+        return base
+    base["reason"] = unsettled
     return base
 
 
+def judge_memory(entry: dict[str, Any], pressure_frac: float = PRESSURE_PEAK_FRAC,
+                 margin_frac: float = DEFAULT_MARGIN) -> dict[str, Any]:
+    """The verdicts of a :func:`memory_entry` (in place, and returned): ``memory_pressure``
+    (peak above ``pressure_frac`` of the total) and ``leak`` (:func:`leak_check` of the stored
+    trace after warm-up); ``margin_frac`` is noted for the batch-size fit.  The probe calls it
+    with the defaults; a report calls it again with its own thresholds."""
+    head = finite(entry.get("headroom_frac"))
+    entry["memory_pressure"] = None if head is None else bool(1.0 - head > pressure_frac)
+    entry["thresholds"] = {**(entry.get("thresholds") or THRESHOLDS), "pressure_peak_frac": pressure_frac,
+                           "fit_margin_frac": margin_frac}
+    trace = entry.get("trace") if isinstance(entry.get("trace"), Mapping) else {}
+    steps, values = trace.get("steps"), trace.get("bytes")
+    if isinstance(steps, list) and isinstance(values, list) and len(steps) == len(values):
+        warm = finite(trace.get("warmup_steps")) or 0
+        after = [(s, b) for s, b in ((finite(s), finite(b)) for s, b in zip(steps, values))
+                 if s is not None and b is not None and s >= warm]
+        entry["leak"] = leak_check([s for s, _ in after], [b for _, b in after])
+    return entry
+
+
 def memory_entry(samples: Sequence[tuple[int, int]], warmup_steps: int, metrics: Mapping[str, Any],
-                 source: str = "", sampling: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 source: str = "", sampling: Mapping[str, Any] | None = None,
+                 pressure_frac: float = PRESSURE_PEAK_FRAC) -> dict[str, Any]:
     """The memory entry of one run.
 
     ``samples``: (step index, current device bytes) pairs, warm-up included;
@@ -116,7 +199,6 @@ def memory_entry(samples: Sequence[tuple[int, int]], warmup_steps: int, metrics:
     total = finite_int(metrics.get("device_total_bytes"))
     headroom = total - peak if total is not None and peak is not None else None
     headroom_frac = headroom / total if headroom is not None and total else None
-    leak = leak_check([s for s, _ in after], [b for _, b in after])
     entry: dict[str, Any] = {
         "peak_device_bytes": peak,
         "peak_source": ("max of the backend's peak and the per-step samples" if len(peaks) == 2 else
@@ -129,15 +211,18 @@ def memory_entry(samples: Sequence[tuple[int, int]], warmup_steps: int, metrics:
         "device_total_bytes": total,
         "headroom_bytes": headroom,
         "headroom_frac": headroom_frac,
-        "memory_pressure": None if headroom_frac is None else bool(1.0 - headroom_frac > PRESSURE_PEAK_FRAC),
-        "leak": leak,
+        "memory_pressure": None,
+        "leak": None,
         "memory_source": source or metrics.get("memory_source") or "",
         "samples": len([1 for _, b in samples if b is not None]),
+        # the raw readings (warm-up included), so a report can judge them again
+        "trace": {"steps": [int(s) for s, b in samples if b is not None],
+                  "bytes": [int(b) for _, b in samples if b is not None], "warmup_steps": int(warmup_steps)},
         "thresholds": dict(THRESHOLDS),
     }
     if sampling:
         entry["sampling"] = dict(sampling)
-    return entry
+    return judge_memory(entry, pressure_frac)
 
 
 # --------------------------------------------------------------------------- a sweep

@@ -16,9 +16,12 @@ A full run of ``epochs`` epochs over ``dataset_size`` images at batch ``b`` per 
                      the end (measured ``torch.save`` of model + optimizer)
 
 The time per step is ``1 / it_per_s`` of the record (steps / summed window time,
-the run's own throughput; for a DDP job, the job's steps per second, i.e. its slowest rank's).  Its band is the bootstrap confidence interval of the
-mean per-step time (scipy.stats.bootstrap, percentile method, fixed seed) scaled
-to that throughput: the uncertainty of the measurement itself.  A run that slows
+the run's own throughput; for a DDP job, the job's steps per second, i.e. its slowest rank's).  Its band is the Student t confidence interval of the
+mean per-step time (mean +- t(n-1) x s / sqrt(n), scipy.stats.t; honest at small n,
+where a bootstrap of a handful of steps is far too narrow) scaled to that
+throughput: the uncertainty of the measurement itself.  Fewer than
+``MIN_STEPS_BAND`` (5) measured steps give no band at all (``band_note`` says
+so).  A run that slows
 down over hours, or a busy machine, is not in the band; the stability probe
 reports drift.  Per-epoch costs come from the ``epoch_costs`` probe of the same
 record; a cost that was not measured is named in ``missing`` and counted as 0,
@@ -36,8 +39,10 @@ from ..format import finite
 from ..record import batch_achieved, batch_requested, probe
 from ..record import world_size as record_world_size
 
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
+#: fewer measured steps than this: no band (a t interval from 2-4 steps is too wide to use,
+#: and any narrower one is not honest)
+MIN_STEPS_BAND = 5
+BAND_METHOD = "Student t interval of the mean step time"
 
 
 def measured_step_times(record: Mapping[str, Any]) -> list[float]:
@@ -48,34 +53,41 @@ def measured_step_times(record: Mapping[str, Any]) -> list[float]:
     return [t for t in (finite(x) for x in times[skip:]) if t is not None]
 
 
+def no_band_note(n: int) -> str | None:
+    """Why there is no band for ``n`` measured steps (None: there is one)."""
+    return f"no band (n < {MIN_STEPS_BAND})" if n < MIN_STEPS_BAND else None
+
+
 def mean_band(times: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None, float | None]:
-    """(mean, low, high): the mean per-step time and its bootstrap confidence interval."""
+    """(mean, low, high): the mean per-step time and its Student t confidence interval
+    (mean +- t_{(1+confidence)/2, n-1} x s / sqrt(n), the low end floored at 0).  No
+    band (None, None) below ``MIN_STEPS_BAND`` steps."""
     x = np.asarray([t for t in times if t is not None and math.isfinite(t)], dtype=float)
     if x.size == 0:
         return None, None, None
     mean = float(x.mean())
-    if x.size < 2 or float(x.std()) == 0.0:
-        return mean, (mean if x.size >= 2 else None), (mean if x.size >= 2 else None)
-    res = sstats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
-                           method="percentile", random_state=np.random.default_rng(BOOTSTRAP_SEED))
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if x.size < MIN_STEPS_BAND:
+        return mean, None, None
+    half = float(sstats.t.ppf((1 + confidence) / 2, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, max(0.0, mean - half), mean + half
 
 
 def seconds_per_step(record: Mapping[str, Any], confidence: float = 0.95) -> dict[str, Any]:
-    """The record's time per step (``1 / it_per_s``) with its band."""
+    """The record's time per step (``1 / it_per_s``) with its band (``band_note`` when there is none)."""
     metrics = record.get("metrics") or {}
     ips = finite(metrics.get("it_per_s"))
     times = measured_step_times(record)
     mean, low, high = mean_band(times, confidence)
+    note = no_band_note(len(times))
     if ips is None or ips <= 0:
-        return {"mid": None, "low": None, "high": None, "n": len(times), "source": "not measured"}
+        return {"mid": None, "low": None, "high": None, "n": len(times), "source": "not measured", "band_note": note}
     mid = 1.0 / ips
     if mean and low is not None and high is not None:
         lo, hi = mid * low / mean, mid * high / mean
     else:
         lo = hi = None
-    return {"mid": mid, "low": lo, "high": hi, "n": len(times), "confidence": confidence,
-            "source": "1 / it_per_s; band: bootstrap CI of the mean step time"}
+    return {"mid": mid, "low": lo, "high": hi, "n": len(times), "confidence": confidence, "band_note": note,
+            "source": f"1 / it_per_s; band: {BAND_METHOD} (none below {MIN_STEPS_BAND} steps)"}
 
 
 def epoch_costs(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,6 +118,7 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
     out: dict[str, Any] = {
         "epochs": epochs, "batch_size": batch_size, "world_size": world_size, "dataset_size": dataset_size,
         "steps_per_epoch": spe, "total_steps": total_steps, "seconds_per_step": dict(sec_per_step), "missing": [],
+        "band_note": sec_per_step.get("band_note"),
         "assumptions": [f"{dataset_size:,} images per epoch, drop_last, {per_step} per step "
                         f"(steps/epoch = {spe:,})"],
     }

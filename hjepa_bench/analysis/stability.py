@@ -134,12 +134,51 @@ def regular_period(gaps: Sequence[float]) -> int | None:
     return int(round(period)) if agree >= PERIOD_AGREE_FRAC else None
 
 
-def analyze_stability(step_times: Sequence[float | None], warmup_steps: int) -> dict[str, Any]:
+def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT) -> dict[str, Any]:
+    """The verdict of an :func:`analyze_stability` entry against ``max_cv_pct`` (in place, and
+    returned): ``criterion_cv_lt_20pct``, ``verdict``, ``reasons`` and ``thresholds.cv_pct``.
+    The probe calls it with the default; a report calls it again with its own threshold."""
+    entry.setdefault("thresholds", {})["cv_pct"] = max_cv_pct
+    entry.setdefault("definitions", {})["verdict"] = (
+        f"unstable when cv_pct >= {max_cv_pct:g} or the step time rises significantly "
+        "(degradation.degrading), else stable")
+    reasons: list[str] = []
+    entry["reasons"] = reasons
+    entry["criterion_cv_lt_20pct"] = "not-measured"
+    entry["verdict"] = None
+    cv_pct = _num(entry.get("cv_pct"))
+    if cv_pct is None:
+        return entry
+    deg = entry.get("degradation") or {}
+    n = entry.get("n")
+    ok = cv_pct < max_cv_pct
+    entry["criterion_cv_lt_20pct"] = "pass" if ok else "fail"
+    reasons.append(f"CV {cv_pct:.1f}% {'<' if ok else '>='} {max_cv_pct:g}% over {n} steps")
+    unstable = not ok
+    if deg.get("significant"):
+        # only a slow-down is degradation; a speed-up means warm-up lasted longer than measured
+        unstable = unstable or bool(deg.get("degrading"))
+        direction = "slows down" if deg.get("degrading") else "speeds up (warm-up may be longer than measured)"
+        change, p = _num(deg.get("change_pct")), _num(deg.get("p_value"))
+        reasons.append(f"step time {direction}" + ("" if change is None else f" by {abs(change):.1f}%")
+                       + " over the run (" + ("" if p is None else f"p={p:.2g}; ")
+                       + f"limit {DEGRADATION_MIN_CHANGE_PCT:.0f}%)")
+    if entry.get("spike_count"):
+        period, above = entry.get("spike_period_steps"), _num(entry.get("spike_threshold_s"))
+        reasons.append(f"{entry['spike_count']} spike step(s)" + ("" if above is None else f" above {above * 1000:.3g} ms")
+                       + (f", recurring every {period} steps" if period else ""))
+    entry["verdict"] = "unstable" if unstable else "stable"
+    return entry
+
+
+def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
+                      max_cv_pct: float = THRESHOLD_CV_PCT) -> dict[str, Any]:
     """Stability of per-step times of one run (warm-up steps included at the front).
 
     ``step_times``: ``record["series"]["step_time_s"]``; None / non-finite
     entries (steps whose timing window never closed) are skipped.
-    ``warmup_steps``: the run's reported warm-up count.
+    ``warmup_steps``: the run's reported warm-up count; ``max_cv_pct``: the CV limit
+    of the verdict (:func:`judge_stability`).
     """
     notes: list[str] = []
     reported = max(0, int(warmup_steps))
@@ -244,25 +283,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int) -> 
                                     and abs(change) > DEGRADATION_MIN_CHANGE_PCT))
         deg["degrading"] = bool(deg["significant"] and change is not None and change > 0)
 
-    # verdict -------------------------------------------------------------------------
-    reasons: list[str] = entry["reasons"]
-    cv_pct = entry["cv_pct"]
-    if cv_pct is not None:
-        ok = cv_pct < THRESHOLD_CV_PCT
-        entry["criterion_cv_lt_20pct"] = "pass" if ok else "fail"
-        reasons.append(f"CV {cv_pct:.1f}% {'<' if ok else '>='} {THRESHOLD_CV_PCT:.0f}% over {n} steps")
-        unstable = not ok
-        if deg["significant"]:
-            # only a slow-down is degradation; a speed-up means warm-up lasted longer than measured
-            unstable = unstable or deg["degrading"]
-            direction = "slows down" if deg["degrading"] else "speeds up (warm-up may be longer than measured)"
-            reasons.append(f"step time {direction} by {abs(deg['change_pct']):.1f}% over the run "
-                           f"(p={deg['p_value']:.2g}; limit {DEGRADATION_MIN_CHANGE_PCT:.0f}%)")
-        if entry["spike_count"]:
-            period = entry["spike_period_steps"]
-            reasons.append(f"{entry['spike_count']} spike step(s) above {entry['spike_threshold_s'] * 1000:.3g} ms"
-                           + (f", recurring every {period} steps" if period else ""))
-        entry["verdict"] = "unstable" if unstable else "stable"
+    judge_stability(entry, max_cv_pct)
     if detected is not None and detected > reported:
         notes.append(f"step times settled only after {detected} steps (reported warm-up: {reported}); "
                      f"the first {detected} steps were left out")

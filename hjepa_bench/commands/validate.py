@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..analysis.verdicts import rejudge_record
 from ..errors import output_path
 from ..measure.env import environment_fingerprint
 from ..measure.validate import ValidationSettings, run_validation, validation_facts, validation_record
@@ -60,7 +61,8 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
           file=sys.stderr)
     result = run_validation(values, backend, vs, progress=not args.quiet)
     env = environment_fingerprint(backend)
-    record = validation_record(result, env)
+    # judged with the report's thresholds before the facts are read from it (write_report does the same)
+    record = rejudge_record(validation_record(result, env), settings.thresholds)
     facts = validation_facts(result, record)
     v = dict(result["config"])
     settings.options = [config_option(v, "V", f"this validation config for {v['training']['epochs']} epochs")] + settings.options

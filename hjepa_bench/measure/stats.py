@@ -34,7 +34,7 @@ def relative_precision(values: Sequence[float], confidence: float = 0.95) -> flo
 
 
 def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
-    """median, mean, IQR, CV, p10, p90, min, max, n and the median's 95% CI."""
+    """median, mean, IQR, CV, p10, p90, min, max, n and the median's 95% CI (CV None below 2 values)."""
     x = np.asarray(values, dtype=float)
     n = int(x.size)
     if n == 0:
@@ -43,7 +43,8 @@ def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
                 "rel_ci95": None}
     q10, q25, q50, q75, q90 = np.percentile(x, [10, 25, 50, 75, 90])
     mean = float(x.mean())
-    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    # the spread of fewer than 2 steps is not a number (not 0)
+    cv = float(x.std(ddof=1)) / mean if n > 1 and mean > 0 else None
     lo, hi = median_ci(x)
     rel = relative_precision(x)
     return {
@@ -51,7 +52,7 @@ def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
         "median": float(q50),
         "mean": mean,
         "iqr": float(q75 - q25),
-        "cv": std / mean if mean > 0 else None,
+        "cv": cv,
         "p10": float(q10),
         "p90": float(q90),
         "min": float(x.min()),

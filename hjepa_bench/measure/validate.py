@@ -52,7 +52,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ..analysis.features import feature_quality
+from ..analysis.bottleneck import analyze_bottleneck
+from ..analysis.features import feature_quality, judge_features
 from ..config import to_yaml
 from ..errors import UserError
 from ..hjepa.data import build_dataset, build_eval_transform, build_loader
@@ -592,18 +593,26 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
         probes["stability"] = {"status": "ok", **analyze_stability(whole, warm)}
     feats = [f for f in result.get("features") or [] if f.get("rankme") is not None]
     if feats:
-        probes["features"] = {"status": "ok", "measured": True, **feats[-1]}
+        probes["features"] = judge_features({"status": "ok", "measured": True, **feats[-1],
+                                             "steps_trained": feats[-1].get("global_step")})
+    metrics = {"it_per_s": ips, "samples_per_s": None if ips is None else ips * batch,
+               "step_time_s": stats, "measured_steps": len(measured),
+               "data_wait_frac": (sum(wait[warm:]) / sum(measured)) if ok and sum(measured) else None,
+               "peak_device_bytes": result.get("peak_memory_bytes"), "memory_source": result.get("memory_source"),
+               "device_total_bytes": env.get("device_total_bytes"),
+               "batch_size": {"requested": batch, "achieved": batch},
+               "timing_method": "validation run: data wait + synced step, per step"}
+    if metrics["data_wait_frac"] is not None:
+        # the data wait is measured per step; the step time includes the device sync, so the
+        # host/device split is not: the same analysis, data-bound or not
+        probes["bottleneck"] = {"status": "ok", **analyze_bottleneck(
+            metrics, str(values["bench"].get("device") or env.get("backend") or ""),
+            int(values["data"]["num_workers"]), int(env.get("cpu_count_logical") or os.cpu_count() or 1))}
     record = new_record(values, env)
     record.update({
         "status": status, "error": result.get("error"),
         "params": result.get("params") or {"total": 0, "trainable": 0},
-        "metrics": {"it_per_s": ips, "samples_per_s": None if ips is None else ips * batch,
-                    "step_time_s": stats, "measured_steps": len(measured),
-                    "data_wait_frac": (sum(wait[warm:]) / sum(measured)) if ok and sum(measured) else None,
-                    "peak_device_bytes": result.get("peak_memory_bytes"), "memory_source": result.get("memory_source"),
-                    "device_total_bytes": env.get("device_total_bytes"),
-                    "batch_size": {"requested": batch, "achieved": batch},
-                    "timing_method": "validation run: data wait + synced step, per step"},
+        "metrics": metrics,
         "series": {"warmup_steps": warm, "step_time_s": whole, "loss": steps.get("loss") or [],
                    "grad_norm": steps.get("grad_norm") or [], "lr": steps.get("lr") or [],
                    "lr_in_warmup": steps.get("lr_in_warmup") or []},
@@ -614,7 +623,7 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
 
 def validation_facts(result: Mapping[str, Any], record: Mapping[str, Any]) -> Any:
     """Facts of a validation run for the success criteria and the checklist."""
-    from ..analysis.criteria import facts_from_records
+    from ..analysis.criteria import facts_from_records, is_backend_error
 
     f = facts_from_records([record])
     f.source = "validate"
@@ -629,8 +638,8 @@ def validation_facts(result: Mapping[str, Any], record: Mapping[str, Any]) -> An
     if result.get("status") == "diverged":
         f.non_finite, f.diverged = True, True
     f.fallbacks = list(result.get("fallback_warnings") or [])
-    if f.crashed and result.get("error"):
-        f.backend_errors = [str(result["error"])]
+    # a crash fails stability; only an error from the device backend also fails compatibility
+    f.backend_errors = [str(result["error"])] if f.crashed and is_backend_error(result.get("error")) else []
     f.loss_preliminary = False
     if f.collapse:
         f.collapse["note"] = f"EMA target encoder after {result.get('epochs_completed')} epoch(s), held-out images"

@@ -18,6 +18,8 @@ from tabulate import tabulate
 
 from ..analysis.criteria import FAIL, NOT_MEASURED, PASS, Facts
 from ..analysis.decision import ReportSettings, build_analysis
+from ..analysis.projection import MIN_STEPS_BAND
+from ..analysis.verdicts import rejudge_records
 from ..format import fmt_finite
 from ..options import option_yaml
 from ..plugin.api import ReportSection
@@ -42,6 +44,13 @@ MARK = {PASS: "[x] pass", FAIL: "[ ] **FAIL**", NOT_MEASURED: "[ ] not measured"
 
 def _f(x: Any, spec: str = ".2f") -> str:
     return fmt_finite(x, spec, signed_zero=False)  # no "-0.0"
+
+
+def _band(low: Any, high: Any, spec: str, note: str | None) -> str:
+    """`` [low-high]``, or `` [no band (n < 5)]`` (the projection's ``band_note``) when there is none."""
+    if low is not None and high is not None:
+        return f" [{_f(low, spec)}-{_f(high, spec)}]"
+    return f" [{note or '-'}]"
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -94,9 +103,9 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
             mrows.append([r["option"], r["describe"], r["machine"], r.get("world_size") or 1, "-", "-", "-", "-", "-",
                           "-", "-", "-", "-", "; ".join(r["reasons"])])
             continue
-        band = (f" [{_f(r['hours_low'], '.1f')}-{_f(r['hours_high'], '.1f')}]"
-                if r.get("hours_low") is not None else "")
-        collapse = "not measured" if r.get("collapsed") is None else ("**yes**" if r["collapsed"] else "no")
+        band = _band(r.get("hours_low"), r.get("hours_high"), ".1f", (r.get("projection") or {}).get("band_note"))
+        collapse = (r["collapse_note"] if r.get("collapse_note") else "not measured" if r.get("collapsed") is None
+                    else "**yes**" if r["collapsed"] else "no")
         verdict = ("projection only" if not r.get("candidate", True) else "**recommended**" if any(d["recommended"] == r["option"] and d["machine"] == r["machine"]
                                             and d.get("world_size") == r.get("world_size")
                                             for d in decision["per_machine"]) else
@@ -151,18 +160,19 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
         prow.append([r["option"], r["machine"], f"b{p['batch_size']}" + (f" x {ranks} processes" if ranks > 1 else ""),
                      p["epochs"], f"{p['steps_per_epoch']:,}",
                      f"{p['total_steps']:,}",
-                     f"{sps['mid']:.3f}" + (f" [{sps['low']:.3f}-{sps['high']:.3f}]" if sps.get("low") is not None else ""),
+                     f"{sps['mid']:.3f}" + _band(sps.get("low"), sps.get("high"), ".3f", p.get("band_note")),
                      f"{p['train_s']['mid'] / 3600:.2f}", h(ov.get("worker_startup")), h(ov.get("validation")),
                      h(ov.get("checkpoints")),
-                     f"**{p['hours']['mid']:.2f}**" + (f" [{p['hours']['low']:.2f}-{p['hours']['high']:.2f}]"
-                                                       if p["hours"].get("low") is not None else "")])
+                     f"**{p['hours']['mid']:.2f}**" + _band(p["hours"].get("low"), p["hours"].get("high"), ".2f",
+                                                            p.get("band_note"))])
     if prow:
         parts += [_table(prow, ["option", "machine", "batch", "epochs", "steps/epoch", "steps", "s/step [95% band]",
                                 "steps h", "worker start-up h", "validation h", "checkpoints h", "total h [band]"]), ""]
         first = next(r["projection"] for r in analysis["matrix"] if r.get("projection") and r["projection"].get("hours"))
         parts += ["How: steps = epochs x (images // (processes x batch)); each step takes the measured 1 / it/s; the band is the "
-                  f"{th['confidence']:.0%} bootstrap interval of the mean step time (measurement uncertainty only: "
-                  "drift over hours is in the stability section). Per-epoch costs are measured by the `epoch_costs` "
+                  f"{th['confidence']:.0%} Student t interval of the mean step time (measurement uncertainty only: "
+                  f"drift over hours is in the stability section; no band from fewer than {MIN_STEPS_BAND} measured "
+                  "steps). Per-epoch costs are measured by the `epoch_costs` "
                   "probe of the same record. Assumptions: " + "; ".join(first["assumptions"]) + ".", ""]
         lb = [r["option"] for r in analysis["matrix"] if (r.get("projection") or {}).get("lower_bound")]
         if lb:
@@ -264,6 +274,9 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
     out_path = Path(out_path)
     out_dir = out_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = rejudge_records(records, settings.thresholds)  # the sections show the report's verdicts
+    if chart_records is not None:
+        chart_records = rejudge_records(chart_records, settings.thresholds)
     analysis = build_analysis(records, settings, facts)
     charts: list[ChartLink] = []
     if settings.charts:

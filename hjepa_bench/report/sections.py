@@ -34,6 +34,13 @@ def _one_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else ""
 
 
+def frame_markdown(frame: pd.DataFrame, floatfmt: str = ".2f", dash: str = "-") -> str:
+    """A DataFrame as a markdown table whose missing cells (None, NaN: not measured) read ``dash``,
+    never "nan"."""
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=floatfmt,
+                                                                        missingval=dash)
+
+
 def probe_table(records: Iterable[Mapping[str, Any]], name: str,
                 row_fn: Callable[[Mapping[str, Any]], Mapping[str, Any] | None], note: str = "", *,
                 label: Callable[[Mapping[str, Any]], dict[str, Any]] = record_label, failed: str | None = "result",
@@ -69,6 +76,17 @@ def probe_table(records: Iterable[Mapping[str, Any]], name: str,
     return table + "\n\n" + note if note else table
 
 
+def judged_threshold(records: Iterable[Mapping[str, Any]], name: str, key: str, default: float) -> float:
+    """The threshold ``key`` that the records' ``probes.NAME`` entries were judged with (their
+    ``thresholds``; a report judges the entries again with its own), else ``default``: what a
+    section's note prints, so the note matches the verdicts in its table."""
+    for r in records:
+        e = probe(r, name)
+        if isinstance(e, Mapping) and isinstance(e.get("thresholds"), Mapping) and e["thresholds"].get(key) is not None:
+            return float(e["thresholds"][key])
+    return default
+
+
 class ProbeTable(ReportSection):
     """A probe's report section that is one :func:`probe_table`: a subclass sets ``name`` (the
     probe's), ``title``, ``order`` and ``note``, and writes ``row(entry)``."""
@@ -83,6 +101,12 @@ class ProbeTable(ReportSection):
     def label(self, record: Mapping[str, Any]) -> dict[str, Any]:
         return record_label(record)
 
+    def note_for(self, records: Sequence[Mapping[str, Any]]) -> str:
+        """The note under the table (a subclass fills in the thresholds the entries were judged with,
+        :func:`judged_threshold`)."""
+        return self.note
+
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
-        return probe_table(records, self.name, self.row, self.note, label=self.label, failed=self.failed,
-                           fill=self.fill)
+        records = list(records)
+        return probe_table(records, self.name, self.row, self.note_for(records), label=self.label,
+                           failed=self.failed, fill=self.fill)

@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from ..format import fmt_bytes, fmt_finite, fmt_ms, fmt_or_dash, fmt_pct
 from ..record import records_frame
+from .sections import frame_markdown
 
 
 def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -> str:
@@ -24,7 +25,7 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
         lines.append(f"measured: {st['n']} steps in {m['measured_time_s']:.1f} s (stopped: {m['stop_reason']}), "
                      f"after {warm.get('steps', 0)} warm-up steps in {warm.get('time_s', 0):.1f} s")
         lines.append(f"speed: {m['it_per_s']:.2f} it/s, {m['samples_per_s']:.1f} samples/s")
-        cv = "n/a" if st.get("cv") is None else f"{st['cv'] * 100:.1f}%"
+        cv = fmt_or_dash(None if st.get("cv") is None else st["cv"] * 100, ".1f", suffix="%")
         lines.append(f"step time: median {fmt_ms(st['median'])}, IQR {fmt_ms(st['iqr'])}, CV {cv}, "
                      f"p10 {fmt_ms(st['p10'])}, p90 {fmt_ms(st['p90'])} ({m['timing_method']})")
         compute = "host work (includes the compute on cpu)" if record["env"].get("backend") == "cpu" else "host work"
@@ -198,4 +199,4 @@ def sweep_table(records: list[dict[str, Any]]) -> str:
             "batch", "workers", "status", "it_per_s", "samples_per_s", "step_median_ms", "data_wait_pct", "peak_mem_mib"]
     if "ranks" in df and (df["ranks"] > 1).any():
         cols.insert(cols.index("workers") + 1, "ranks")
-    return df[cols].to_markdown(index=False, floatfmt=".2f")
+    return frame_markdown(df[cols])
