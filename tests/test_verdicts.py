@@ -436,3 +436,16 @@ def test_a_bad_raw_number_is_a_skipped_line_not_a_traceback(runs, tmp_path, prob
     res = run_cli("report", str(d), "--no-charts")
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert "line 2: not a valid record" in res.stderr and message in res.stderr
+
+
+def test_validation_table_prints_a_dash_for_what_was_not_measured():
+    """A validation epoch without a data-wait reading, or a feature row without RankMe, is "-", not 0."""
+    from hjepa_bench.report.summary import validation_section
+
+    text = validation_section({
+        "epochs": [{"epoch": 1, "steps": 3, "elapsed_s": 1.0, "it_per_s": 3.0, "lr_end": 1e-4, "data_wait_frac": None}],
+        "features": [{"epoch": 1, "n_images": 8, "rankme_centred_ratio": None, "mean_cosine": 0.5, "std_mean": None}]})
+    epoch_row = next(line for line in text.splitlines() if line.startswith("| 1 ") and "3.00" in line)
+    assert epoch_row.rstrip(" |").endswith("-") and "0.0 " not in epoch_row
+    feature_row = next(line for line in text.splitlines() if line.startswith("| 1 ") and "0.500" in line)
+    assert "0.000" not in feature_row and "| -" in feature_row

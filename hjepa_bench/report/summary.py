@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from tabulate import tabulate
 
-from ..format import fmt_bytes, fmt_finite, fmt_ms, fmt_or_dash, fmt_pct
+from ..format import finite, fmt_bytes, fmt_finite, fmt_ms, fmt_or_dash, fmt_pct
 from ..record import records_frame
 from .sections import frame_markdown
 
@@ -76,14 +76,15 @@ def validation_section(result: dict[str, Any]) -> str:
     rows = [[e["epoch"], e["steps"], f"{e['elapsed_s']:.1f}", f"{e['it_per_s']:.2f}",
              "-" if e.get("train_loss_mean") is None else f"{e['train_loss_mean']:.4g}",
              "-" if e.get("val_loss") is None else f"{e['val_loss']:.4g}", f"{e['lr_end']:.2e}",
-             f"{100 * (e.get('data_wait_frac') or 0):.1f}"] for e in result.get("epochs") or []]
+             fmt_finite(None if finite(e.get("data_wait_frac")) is None else 100 * e["data_wait_frac"], ".1f")]
+            for e in result.get("epochs") or []]
     parts = [tabulate(rows, headers=["epoch", "steps", "elapsed s", "it/s", "train loss (mean)", "val loss",
                                      "lr at end", "data wait %"], tablefmt="github", disable_numparse=True), ""]
     feats = result.get("features") or []
     if feats:
         parts += ["Feature quality of the EMA target encoder over the run (held-out images):", "",
-                  tabulate([[f["epoch"], f.get("n_images"), f"{f.get('rankme_centred_ratio') or 0:.3f}",
-                             f"{f.get('mean_cosine') or 0:.3f}", f"{f.get('std_mean') or 0:.4f}",
+                  tabulate([[f["epoch"], f.get("n_images"), fmt_finite(f.get("rankme_centred_ratio"), ".3f"),
+                             fmt_finite(f.get("mean_cosine"), ".3f"), fmt_finite(f.get("std_mean"), ".4f"),
                              ", ".join(k for k, v in (f.get("collapse") or {}).items() if v) or "none"]
                             for f in feats], headers=["epoch", "N", "RankMe/D (centred)", "mean cosine",
                                                       "std (mean)", "collapse flags"], tablefmt="github",
