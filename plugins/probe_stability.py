@@ -18,39 +18,35 @@ class StabilityProbe(Probe):
         return analyze_stability(list(series.get("step_time_s") or []), int(series.get("warmup_steps") or 0))
 
     def summarize(self, entry):
+        th, deg = entry.get("thresholds") or {}, entry.get("degradation") or {}
         if entry.get("cv_pct") is None:
-            return (f"not measured: {entry.get('n', 0)} analysed step(s), the CV needs >= "
-                    f"{(entry.get('thresholds') or {}).get('min_steps_spread', MIN_STEPS_SPREAD)}")
-        deg = entry.get("degradation") or {}
+            return f"not measured: {entry.get('n', 0)} analysed step(s), the CV needs >= " \
+                   f"{th.get('min_steps_spread', MIN_STEPS_SPREAD)}"
         drift = "slowing down" if deg.get("degrading") else "speeding up" if deg.get("significant") else "no drift"
         period = f", every {entry['spike_period_steps']} steps" if entry.get("spike_period_steps") else ""
-        limit = (entry.get("thresholds") or {}).get("cv_pct", THRESHOLD_CV_PCT)
-        return (f"{entry['verdict']}: CV {entry['cv_pct']:.1f}% (threshold {limit:g}%), "
-                f"{entry.get('spike_count') or 0} spikes"
-                f"{period}, {drift}")
+        return (f"{entry['verdict']}: CV {entry['cv_pct']:.1f}% (threshold {th.get('cv_pct', THRESHOLD_CV_PCT):g}%), "
+                f"{entry.get('spike_count') or 0} spikes{period}, {drift}")
 
 
 class StabilitySection(ProbeTable):
     name, title, order, failed = "stability", "Step-time stability", 40, "verdict"
-    note = ("Measured per-step times of each run. Verdict: unstable when CV >= {limit} "
-            "(the validation guide's speed-variance limit, or --thresholds max_step_cv_pct) or the step time drifts "
-            "significantly (p < 0.01 and > 5% over the run). Spikes: median + 5 x scaled MAD. Detected warm-up: "
-            "first step whose time and the next 5 five-step rolling medians are at most 20% above the "
-            "post-warm-up median; the statistics use the later of the reported and detected warm-up.")
+    note = ("Measured per-step times of each run. Verdict: unstable when CV >= {limit} (the validation guide's "
+            "speed-variance limit, or --thresholds max_step_cv_pct) or the step time drifts significantly (p < 0.01 "
+            "and > 5% over the run). Spikes: median + 5 x scaled MAD. Detected warm-up: first step whose time and the "
+            "next 5 five-step rolling medians are at most 20% above the post-warm-up median; the statistics use the "
+            "later of the reported and detected warm-up.")
 
     def note_for(self, records):
         return self.note.format(limit=f"{judged_threshold(records, self.name, 'cv_pct', THRESHOLD_CV_PCT):g}%")
 
     def row(self, e):
-        deg, med = e.get("degradation") or {}, e.get("median_s")
+        deg, med, warm = e.get("degradation") or {}, e.get("median_s"), _fmt(e.get("detected_warmup_steps"), "d")
         return {"verdict": e.get("verdict") or "not measured", "steps": e.get("n"),
-                "warm-up (reported/detected)": f"{e.get('warmup_steps_reported')}/"
-                                               f"{_fmt(e.get('detected_warmup_steps'), 'd')}",
+                "warm-up (reported/detected)": f"{e.get('warmup_steps_reported')}/{warm}",
                 "median (ms)": _fmt(None if med is None else med * 1000, ".2f"), "CV %": _fmt(e.get("cv_pct")),
                 "p90-p10 %": _fmt(e.get("variance_pct")), "spikes": _fmt(e.get("spike_count"), "d"),
                 "spike period (steps)": _fmt(e.get("spike_period_steps"), "d"),
-                "drift %/100 steps": _fmt(deg.get("slope_pct_per_100_steps"), "+.2f"),
-                "drift p": _fmt(deg.get("p_value"), ".2g")}
+                "drift %/100 steps": _fmt(deg.get("slope_pct_per_100_steps"), "+.2f"), "drift p": _fmt(deg.get("p_value"), ".2g")}
 
 
 @hookimpl
