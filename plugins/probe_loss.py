@@ -59,7 +59,13 @@ class LossSection(ProbeTable):
                 "plateau": "-" if e.get("plateau") is None else ("yes" if e["plateau"] else "no"),
                 "lr (applied / configured)": f"{_fmt(e.get('lr_applied'), '.2g')} / {_fmt(e.get('lr'), '.2g')}"
                 + (" (warm-up)" if e.get("lr_in_warmup") else ""),
-                "lr advice (preliminary)": f"{advice.get('text', '-')} [{advice.get('trigger', '')}]"}
+                "lr advice (preliminary)": _advice(advice)}
+
+
+def _advice(advice):
+    """The advice, and what triggered it when the text does not already say so."""
+    text, trigger = advice.get("text") or "-", advice.get("trigger") or ""
+    return text if not trigger or trigger in text else f"{text} [{trigger}]"
 
 
 @hookimpl

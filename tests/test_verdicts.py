@@ -449,3 +449,43 @@ def test_validation_table_prints_a_dash_for_what_was_not_measured():
     assert epoch_row.rstrip(" |").endswith("-") and "0.0 " not in epoch_row
     feature_row = next(line for line in text.splitlines() if line.startswith("| 1 ") and "0.500" in line)
     assert "0.000" not in feature_row and "| -" in feature_row
+
+
+def test_measured_worker_counts_overrule_the_probes_cpu_saturation_advice():
+    """The example report advised "decrease num_workers to 2" (its own processes saturated the CPU)
+    while the same sweep measured 2 workers slower than 4: "No major bottlenecks" failed against the
+    report's own workers recommendation.  A measurement of fewer workers in the sweep wins."""
+    from hjepa_bench.analysis.bottleneck import judge_bottleneck
+    from records_factory import make_record, quick_val_values
+
+    th = replace(DEFAULTS)
+    recs = []
+    for workers, it_s in ((2, 0.27), (4, 0.33)):
+        rec = make_record(quick_val_values(**{"data.num_workers": workers}), it_per_s=it_s)
+        entry = {"status": "ok", "workers": workers, "cores": 2, "own_cpu_pct_of_cores": 95.0,
+                 "other_cpu_pct_of_cores": 3.0, "cpu_saturated": True,
+                 "shares": {"data_wait": 0.0, "host": 0.1, "device": 0.9, "host_phases": {}}}
+        rec["probes"]["bottleneck"] = judge_bottleneck(entry)
+        recs.append(rec)
+    assert "decrease num_workers" in recs[1]["probes"]["bottleneck"]["worker_advice"]  # the probe's own advice
+    analysis = build_analysis(recs, ReportSettings(thresholds=th))
+    items = {i["fact"]: i for s in analysis["checklist"] for i in s["items"]}
+    assert items["workers"]["status"] == PASS and "4 workers" in items["workers"]["evidence"]
+    assert items["bottleneck"]["status"] == PASS, items["bottleneck"]
+    assert "overruled by the sweep" in items["bottleneck"]["evidence"]
+    # with one worker count measured, the probe's advice stands
+    single = build_analysis(recs[1:], ReportSettings(thresholds=th))
+    items = {i["fact"]: i for s in single["checklist"] for i in s["items"]}
+    assert items["bottleneck"]["status"] == FAIL and "CPU saturated" in items["bottleneck"]["evidence"]
+
+
+def test_loss_table_does_not_repeat_the_lr_trigger_its_advice_already_says():
+    from hjepa_bench.analysis.loss_curve import lr_advice
+    from hjepa_bench.plugins.probe_loss import LossSection
+
+    warm = lr_advice(False, "decreasing", 0.5, 5.0, 1e-4, applied_lr=1e-6, in_warmup=True)
+    cell = LossSection().row({"lr_advice": warm})["lr advice (preliminary)"]
+    assert cell.count(warm["trigger"]) == 1, cell
+    slow = lr_advice(False, "flat", 0.5, 1.0, 1e-4)
+    cell = LossSection().row({"lr_advice": slow})["lr advice (preliminary)"]
+    assert slow["text"] in cell and (slow["trigger"] in cell)
