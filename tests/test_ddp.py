@@ -297,3 +297,21 @@ def test_cuda_job_binds_the_gpu_and_uses_nccl(tmp_path):
     assert d["replicas_max_abs_diff"]["after_synced_steps"] == 0.0
     assert 0.0 <= d["allreduce_share"] <= 1.0 and d["scaling_efficiency"] > 0
     assert record["metrics"]["timing_method"] == "device-events"
+
+
+def test_machines_compared_keeps_one_and_two_process_runs_apart():
+    """The cluster example showed a 2-rank job's it/s under the one-process config: the comparison
+    keyed configs without their process count, so the later record overwrote the other."""
+    from hjepa_bench.analysis.decisions import machine_comparison
+    from hjepa_bench.analysis.scaling import config_text
+    from records_factory import make_record, quick_val_values
+
+    recs = [make_record(quick_val_values(**{"bench.nproc_per_node": n}), it_per_s=ips, fingerprint=fp)
+            for fp in ("machine-1", "machine-2") for n, ips in ((1, 20.0), (2, 7.0))]
+    rows = {row["config"]: row for row in machine_comparison(recs)["rows"]}
+    assert len(rows) == 2
+    one = next(r for c, r in rows.items() if "ranks" not in c)
+    two = next(r for c, r in rows.items() if c.endswith("2 ranks"))
+    assert set(one["it_per_s"].values()) == {20.0} and set(two["it_per_s"].values()) == {7.0}
+    recs[0]["node"] = {"label": "a"}
+    assert config_text(recs[0]).endswith(" on a") and " on " not in config_text(recs[2])

@@ -256,7 +256,7 @@ def machine_comparison(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         c = r["config"]
         config = (f"{model_short(r)} L{c['model']['num_hierarchies']} P{c['model']['predictor']['depth']} "
                   f"b{batch_requested(r)} w{workers_of(r)} {c['bench']['variant']} {c['bench']['precision']} "
-                  f"{c['data']['image_size']}px")
+                  f"{c['data']['image_size']}px" + (f" {world_size(r)} ranks" if world_size(r) > 1 else ""))
         names.setdefault(machine(r), machine_name(r))
         speeds[config][machine(r)] = ips  # the latest record of a config on a machine
     if len(names) < 2:

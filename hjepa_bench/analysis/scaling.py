@@ -24,7 +24,7 @@ import statistics
 from typing import Any, Mapping, Sequence
 
 from ..format import finite
-from ..record import lookup, machine, model_short, world_size
+from ..record import lookup, machine, model_short, node_label, world_size
 
 #: what the all-reduce share is, for records and reports
 SHARE_METHOD = ("1 - median no_sync step / median synced step, from interleaved (ABBA) pairs: the exposed "
@@ -89,11 +89,14 @@ def _config_identity(record: Mapping[str, Any]) -> str:
 
 
 def config_text(record: Mapping[str, Any]) -> str:
-    """``cpu vit_tiny b4 w0 reference fp32 64px``: the config without its process count."""
+    """``cpu vit_tiny b4 w0 reference fp32 64px`` (``... on NODE`` for a cluster node): the config
+    without its process count."""
     c = record.get("config") or {}
+    node = node_label(record)
     parts = [lookup(record, "env", "backend") or lookup(c, "bench", "device"), model_short(record, "?"),
              f"b{lookup(c, 'data', 'batch_size')}", f"w{lookup(c, 'data', 'num_workers')}",
-             lookup(c, "bench", "variant"), lookup(c, "bench", "precision"), f"{lookup(c, 'data', 'image_size')}px"]
+             lookup(c, "bench", "variant"), lookup(c, "bench", "precision"), f"{lookup(c, 'data', 'image_size')}px",
+             None if node is None else f"on {node}"]
     return " ".join(str(p) for p in parts if p is not None)
 
 
