@@ -42,6 +42,9 @@ class Facts:
     # performance
     it_per_s: float | None = None
     step_cv_pct: float | None = None
+    #: the stability probe's slow-down over the run, as text, when it judged one significant (the
+    #: variance criterion is the CV; a drift is shown beside it so the two sections read alike)
+    step_drift: str | None = None
     speed_method: str | None = None
     # learning
     loss_start: float | None = None
@@ -159,8 +162,9 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
         put("variance", NOT_MEASURED, "CV -: not measured (too few measured steps; measure longer)")
     else:
         steady = f.step_cv_pct < th.max_step_cv_pct
+        drift = f"; the step time also slows down {f.step_drift} (see the stability section)" if f.step_drift else ""
         put("variance", PASS if steady else FAIL,
-            f"CV {f.step_cv_pct:.1f}% ({'<' if steady else '>='} {th.max_step_cv_pct:g}%)", f.step_cv_pct)
+            f"CV {f.step_cv_pct:.1f}% ({'<' if steady else '>='} {th.max_step_cv_pct:g}%){drift}", f.step_cv_pct)
     # loss ------------------------------------------------------------------------------
     if f.loss_decrease_pct is None:
         put("loss_drop", NOT_MEASURED, "no loss series long enough")
@@ -399,6 +403,10 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
 
     f.it_per_s = finite(m.get("it_per_s"))
     f.step_cv_pct = step_cv_pct(r)
+    deg = (p.get("stability") or {}).get("degradation") or {}
+    if deg.get("degrading") and finite(deg.get("slope_pct_per_100_steps")) is not None:
+        f.step_drift = f"{deg['slope_pct_per_100_steps']:+.0f}%/100 steps" + (
+            f" (p {deg['p_value']:.2g})" if finite(deg.get("p_value")) is not None else "")
     f.speed_method = (f"{(m.get('step_time_s') or {}).get('n')} measured steps, synced windows "
                       f"({m.get('timing_method')})")
     loss = p.get("loss") or {}

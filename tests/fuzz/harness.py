@@ -480,7 +480,7 @@ def _has_fifo(case: Case) -> bool:
 
 class _Recorder:
     """Every case's outcome, written as JSON lines when HJEPA_FUZZ_RECORD names a file
-    (used to build the catalog in /work/notes/fuzz_catalog.md)."""
+    (used to build a catalog of findings by root cause)."""
 
     def __init__(self) -> None:
         self.path = os.environ.get("HJEPA_FUZZ_RECORD")
