@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     paired = paired_ratio(times)
     print(f"efficient / reference step time: {ratio:.2f} (FLOPs ratio "
           f"{flops['efficient'] / flops['reference']:.2f}); median of per-round ratios: {paired:.2f}")
-    del steps  # free the pre-augmented side by side before the loader ones
+    steps.clear()  # free the pre-augmented side by side before the loader ones
 
     loaders = [loader_side_by_side(values, backend, init, w, args.rounds, args.warmup) for w in loader_workers]
     if loaders:
