@@ -49,6 +49,9 @@ class TrainingOption:
     config: str | None = None
     source: str = "validation guide"
     candidate: bool = True  # False: projected for information, never recommended (a measured run's own config)
+    #: the full run's training / validation images (None: the thresholds' dataset_size / val_size)
+    dataset_size: int | None = None
+    val_size: int | None = None
     _resolved: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def values(self) -> dict[str, Any]:
@@ -261,14 +264,14 @@ def option_overrides(option: TrainingOption) -> dict[str, Any]:
             "bench.variant": "reference"}
 
 
-def config_option(values: Mapping[str, Any], name: str, title: str, hours: tuple[float, float] | None = None
-                  ) -> TrainingOption:
-    """An option that is exactly ``values`` (the config of a logged run or a validation run),
-    projected for its own epoch count."""
+def config_option(values: Mapping[str, Any], name: str, title: str, hours: tuple[float, float] | None = None,
+                  *, dataset_size: int | None = None, val_size: int | None = None) -> TrainingOption:
+    """An option that is exactly ``values`` (the config of a logged run, a validation run or a
+    measured config), projected for its own epoch count and, when given, its own data sizes."""
     sections = {k: copy.deepcopy(v) for k, v in values.items() if k not in ("bench",)}
     return TrainingOption(name=name, title=title, sections=sections, hours=hours or (0.0, float("inf")),
                           priority=0, expected="", choose_if=["this is the measured run's own config"],
-                          source="measured run", candidate=False)
+                          source="measured run", candidate=False, dataset_size=dataset_size, val_size=val_size)
 
 
 # --------------------------------------------------------------------------- ready-to-run YAML
