@@ -274,6 +274,35 @@ def config_option(values: Mapping[str, Any], name: str, title: str, hours: tuple
                           source="measured run", candidate=False, dataset_size=dataset_size, val_size=val_size)
 
 
+#: at most this many own configs get a row of their own (a sweep over many models: the first ones)
+MAX_OWN_CONFIGS = 4
+
+
+def own_config_options(records: Any) -> list[TrainingOption]:
+    """One projection-only option per distinct measured config (model config, epochs, data sizes)
+    among the ok records of the reference step: the full run of the config being measured, named
+    ``this`` (``this1``, ``this2``... when there are several)."""
+    seen: dict[tuple, Mapping[str, Any]] = {}
+    for r in records:
+        c = r.get("config") or {}
+        if r.get("status") != "ok" or (c.get("bench") or {}).get("variant") != "reference":
+            continue
+        b = c["bench"]
+        key = (model_key(c), int(c["training"]["epochs"]), b.get("dataset_size"), b.get("val_size"))
+        seen.setdefault(key, c)
+    items = list(seen.items())[:MAX_OWN_CONFIGS]
+    out = []
+    for i, ((_, epochs, train, val), c) in enumerate(items):
+        name = "this" if len(items) == 1 else f"this{i + 1}"
+        values = copy.deepcopy(dict(c))
+        if train is not None and val is None:
+            val = int(round(0.2 * int(train)))
+        out.append(config_option(values, name, f"this config for {epochs} epochs"
+                                 + (f" on {train:,} images" if train is not None else ""),
+                                 dataset_size=train, val_size=val))
+    return out
+
+
 # --------------------------------------------------------------------------- ready-to-run YAML
 def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, Any]:
     """The option's upstream-format config with the recommended values filled in."""

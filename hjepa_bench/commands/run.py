@@ -16,8 +16,10 @@ from ..plugin.manager import Plugins, probe_names, select_backend
 from ..record import write_json
 from ..report.sections import render_report
 from ..report.summary import summary_text
-from .common import (add_config_args, add_data_args, add_probe_args, config_flag, config_label, int_flag, load_config,
-                     positive_number)
+from ..analysis.projection import own_config_line, own_config_projection
+from ..thresholds import DEFAULTS as THRESHOLDS
+from .common import (add_config_args, add_data_args, add_probe_args, config_flag, config_label, fill_dataset_sizes,
+                     int_flag, load_config, positive_number)
 
 
 def add_parser(sub: Any) -> None:
@@ -62,6 +64,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     backend = select_backend(plugins, args.device)
     rc = load_config(args, quiet=True)  # warnings are printed once the run has started
     values = rc.values
+    fill_dataset_sizes(values)
     workload = plugins.workload(values["bench"]["workload"])
     values["bench"]["precision"] = resolve_precision(values, backend.name)
     values["bench"]["device"] = backend.name
@@ -116,6 +119,10 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
         Path(args.report).write_text(render_report([record], plugins.report_sections()))
     if not args.quiet:
         print(summary_text(record, plugins.probes()))
+        if record["status"] == "ok":
+            print(own_config_line(own_config_projection(
+                record, default_train=THRESHOLDS.dataset_size, default_val=THRESHOLDS.val_size,
+                val_every_epochs=THRESHOLDS.val_every_epochs, confidence=THRESHOLDS.confidence)))
         if args.json:
             print(f"record written to {args.json}")
     if record["status"] != "ok":  # on stderr even with -q: exit 1 never goes without a word

@@ -270,7 +270,8 @@ def measure_periodic(trainer: Any, backend: Any, images: torch.Tensor, masks: An
 
     One forward of ``trainer.loss`` on ``images`` (untimed) gives the loss terms and the
     embeddings (``trainer.last_features``); the gradients are those the run's last step left
-    (``trainer.model``'s ``.grad``).  Each kind: one untimed call, then the median of ``repeats``
+    (``trainer.model``'s ``.grad``), or, before any step, those of one backward of that loss (set
+    back to None afterwards; no parameter changes).  Each kind: one untimed call, then the median of ``repeats``
     timed ones, synced with the backend.  ``scalar_s`` is the cost of one ``add_scalar`` (the
     median time of a scalars event divided by its values) into a real ``SummaryWriter`` in a
     temporary folder (measured even when the config disables TensorBoard, so a report can say
@@ -281,9 +282,16 @@ def measure_periodic(trainer: Any, backend: Any, images: torch.Tensor, masks: An
     keep = getattr(trainer, "keep_features", False)
     trainer.keep_features = True
     was_training = model.training
+    made_grads = not any(p.grad is not None for p in model.parameters())
     try:
-        with torch.no_grad(), trainer.autocast():
-            loss, levels = trainer.loss(images, masks)
+        if made_grads:  # before any step (the validation run's self-check): one backward, no update
+            with trainer.autocast():
+                loss, levels = trainer.loss(images, masks)
+            loss.float().backward()
+            loss, levels = loss.detach(), [x.detach() for x in levels]
+        else:
+            with torch.no_grad(), trainer.autocast():
+                loss, levels = trainer.loss(images, masks)
         features = trainer.last_features
     finally:
         trainer.keep_features = keep
@@ -328,6 +336,8 @@ def measure_periodic(trainer: Any, backend: Any, images: torch.Tensor, masks: An
     for key in ("readback", "postfix", "scalar", "memory_read", "histograms", "collapse", "empty_cache"):
         out[f"{key}_s"] = _median(out[f"{key}_runs_s"])
     out["empty_cache_device"] = has_empty_cache(device_type)
+    if made_grads:
+        trainer.optimizer.zero_grad(set_to_none=True)
     return out
 
 
