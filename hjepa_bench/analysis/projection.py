@@ -8,7 +8,8 @@ A full run of ``epochs`` epochs over ``dataset_size`` images at batch ``b`` per 
                      ranks dataset_size // world_size images, so each step takes world_size x b)
     training time  = steps x measured time per step
     + per epoch    = DataLoader worker start-up (train loader, when workers are not
-                     persistent; also the validation loader)
+                     persistent: its excess over a steady batch wait when measured; also the
+                     validation loader, whole)
                    + a validation pass every ``val_every_epochs`` epochs
                      (ceil(val_size / (world_size x b)) forward-only steps, measured: the
                      validation images are sharded over the ranks like the training images)
@@ -106,6 +107,7 @@ def epoch_costs(record: Mapping[str, Any]) -> dict[str, Any]:
     get = (lambda k: finite(entry.get(k))) if ok else (lambda k: None)
     return {
         "worker_startup_s": get("worker_startup_s"),
+        "startup_extra_s": get("startup_extra_s"),
         "worker_startup_every_epoch": bool(entry.get("paid_every_epoch", True)),
         "val_step_s": get("val_step_s"),
         "val_batch_size": entry.get("val_batch_size") if ok else None,
@@ -158,9 +160,12 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
         overheads["worker_startup"] = None
         out["missing"].append("worker start-up")
     else:
-        starts = (epochs if costs.get("worker_startup_every_epoch", True) else 1) + val_passes
-        counts["worker_startups"] = starts
-        overheads["worker_startup"] = starts * ws
+        train_starts = epochs if costs.get("worker_startup_every_epoch", True) else 1
+        counts["worker_startups"] = train_starts + val_passes
+        # an epoch's first training batch is also one of its steps: only its excess over a steady
+        # batch wait is extra (startup_extra_s, when measured); a validation pass pays it whole
+        extra = finite(costs.get("startup_extra_s"))
+        overheads["worker_startup"] = train_starts * (ws if extra is None else extra) + val_passes * ws
     vs = finite(costs.get("val_step_s"))
     val_batch = int(costs.get("val_batch_size") or batch_size)
     if vs is None:

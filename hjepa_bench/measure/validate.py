@@ -623,6 +623,9 @@ class _ValidationRun:
                     self.close()
         finally:
             self.result["fallback_warnings"] = list(catcher.messages)
+        if self.result.get("self_check"):
+            from ..analysis.selfcheck import self_check
+            self.result["self_check"]["check"] = self_check(self.result, WARMUP_STEPS)
         self.write()
         return self.result
 
@@ -683,13 +686,19 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
     status = {"ok": "ok", "interrupted": "ok", "diverged": "diverged", "oom": "oom"}.get(result.get("status"), "error")
     if status == "ok" and not ok:
         status = "error"
+    before = ((result.get("self_check") or {}).get("costs") or {})
+    writes = [e["checkpoint_s"] for e in epochs if e.get("checkpoint_s")]
     probes: dict[str, Any] = {
         "loss": {"status": "ok", **loss},
         "epoch_costs": {"status": "ok", "measured": True, "paid_every_epoch": not values["bench"].get("persistent_workers"),
                         "worker_startup_s": _median(starts), "val_step_s": _median(val_steps),
                         "val_batch_size": batch, "checkpoint_save_s": _median(saves),
+                        "checkpoint_write_s": _median(writes),
                         "checkpoint_bytes": max((c.get("bytes") or 0 for c in result.get("checkpoints") or []), default=None),
-                        "source": "the validation run's epoch ends"},
+                        "periodic": before.get("periodic"), "model_build_s": result.get("setup_s"),
+                        "source": "the validation run's epoch ends (worker start-up, validation step, checkpoint "
+                                  "writes); the trainer's periodic work as measured before its first epoch; "
+                                  "model build: its set-up"},
     }
     if ok:  # the full stability analysis of the run's per-step times (spikes, period, drift), as a probe does
         probes["stability"] = {"status": "ok", **analyze_stability(whole, warm)}
