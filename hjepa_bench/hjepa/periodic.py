@@ -88,14 +88,14 @@ class LoggingPlan:
         """The periodic work the trainer does after the step of ``batch_idx`` (within its epoch) at
         ``global_step`` (the step's index in the run, from 0), besides the every-step read-back."""
         lf, out = self.log_frequency, []
+        if batch_idx % (COLLAPSE_EVERY * lf) == 0:  # in the step, before the logging (its values are logged)
+            out.append("collapse")
         if batch_idx % lf == 0:
             out.append("postfix")
             if self.any_logger and batch_idx % (SCALARS_EVERY * lf) == 0:
                 out.append("scalars")
             if self.any_logger and batch_idx % (HISTOGRAMS_EVERY * lf) == 0:
                 out.append("histograms")
-        if batch_idx % (COLLAPSE_EVERY * lf) == 0:
-            out.append("collapse")
         if empty_cache and global_step % EMPTY_CACHE_EVERY == 0:
             out.append("empty_cache")
         return out

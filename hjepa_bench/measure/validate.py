@@ -225,6 +225,7 @@ class _ValidationRun:
             "setup_s": None,
             "train_wall_s": None,
             "self_check": None,
+            "periodic_counts": None,
         }
 
     # ------------------------------------------------------------------ setup
@@ -592,6 +593,7 @@ class _ValidationRun:
 
     def close(self) -> None:
         if self.logger is not None:
+            self.result["periodic_counts"] = dict(self.logger.counts)  # what the run did, per kind
             self.logger.close()
         _release(self.loader, self.train_it, final=True)
         self.train_it = None
