@@ -33,14 +33,15 @@ def test_projection_arithmetic_counts_steps_and_per_epoch_costs():
     # option A logs every 50 steps with TensorBoard on, 2 levels, on a CPU (no empty_cache):
     # read-backs every step + postfix at batch_idx 0, 50, ..., 1550 (32 per epoch)
     assert ov["readbacks"] == pytest.approx(31_240 * 0.001 + 20 * 32 * 0.002)
-    # scalars at batch_idx 0, 250, ..., 1500 (7 per epoch), 2 + 3 + 4 values each, 5 more per epoch end
-    assert ov["scalars"] == pytest.approx((140 * 9 + 20 * 5) * 0.0001 + 140 * 0.001)
+    # scalars at batch_idx 0, 250, ..., 1500 (7 per epoch), 2 + 3 + 4 values each, the 6 collapse
+    # metrics at batch_idx 0, 500, 1000, 1500, 5 more per epoch end
+    assert ov["scalars"] == pytest.approx((140 * 9 + 80 * 6 + 20 * 5) * 0.0001 + 140 * 0.001)
     assert ov["histograms"] == pytest.approx(20 * 2 * 1.0)  # batch_idx 0 and 1000
     assert ov["collapse"] == pytest.approx(20 * 4 * 0.2)  # batch_idx 0, 500, 1000, 1500
     assert ov["empty_cache"] == 0.0
     # warm-up excess (3 + 2 steps of 0.5 s against 2 steady ones: 1.5 s) + model build 2 s
     assert ov["one_time"] == pytest.approx(1.5 + 2.0)
-    fixed = 80 + 626 + 12 + 31.24 + 1.28 + 0.276 + 40 + 16 + 3.5
+    fixed = 80 + 626 + 12 + 31.24 + 1.28 + 0.324 + 40 + 16 + 3.5
     assert p["total_s"]["mid"] == pytest.approx(15_620 + fixed)
     assert p["hours"]["mid"] == pytest.approx((15_620 + fixed) / 3600)
     assert p["lower_bound"] is False and p["missing"] == []

@@ -292,13 +292,17 @@ def own_config_line(p: Mapping[str, Any]) -> str:
     hours = p.get("hours")
     if not hours or hours.get("mid") is None:
         return head + " -> not projected (" + ", ".join(p.get("missing") or ["step time"]) + " not measured)"
-    band = (f" [{hours['low']:.1f}-{hours['high']:.1f}]" if hours.get("low") is not None and hours.get("high") is not None
+    digits = 1 if hours["mid"] >= 1 else 2
+
+    def n(x: float) -> str:
+        return f"{x:.{digits}f}"
+    band = (f" [{n(hours['low'])}-{n(hours['high'])}]" if hours.get("low") is not None and hours.get("high") is not None
             else f" ({p.get('band_note') or 'no band'})")
     ov = p.get("overheads_s") or {}
 
     def h(x: float | None) -> str:
-        return "not measured" if x is None else f"{x / 3600:.2f} h"
-    text = (f"{head} -> {hours['mid']:.2f} h{band}, of which logging {h(logging_seconds(p))}, validation "
+        return "not measured" if x is None else f"{x / 3600:.{digits}f} h"
+    text = (f"{head} -> {n(hours['mid'])} h{band}, of which logging {h(logging_seconds(p))}, validation "
             f"{h(ov.get('validation'))}, checkpoints {h(ov.get('checkpoints'))}")
     if p.get("missing"):
         text += "; a lower bound: " + ", ".join(p["missing"]) + " not measured"

@@ -119,8 +119,9 @@ def periodic_counts(plan: LoggingPlan, steps_per_epoch: int, epochs: int, *, lev
     """How many times a run of ``epochs`` x ``steps_per_epoch`` does each kind of periodic work.
 
     ``scalar_values``: scalars written (5 x log_frequency events: lr, EMA momentum, the loss and
-    one term per level, then 2 per level; epoch ends: the loss terms accumulated, the train loss,
-    the validation loss); ``memory_reads``: one per scalars event.  Zero for a run whose loggers
+    one term per level, then 2 per level, and the 6 collapse metrics when the step also computed
+    them, every 10 x log_frequency; epoch ends: the loss terms accumulated, the train loss, the
+    validation loss); ``memory_reads``: one per scalars event.  Zero for a run whose loggers
     are all disabled."""
     lf, spe = plan.log_frequency, steps_per_epoch
     terms = 1 + levels
@@ -130,7 +131,8 @@ def periodic_counts(plan: LoggingPlan, steps_per_epoch: int, epochs: int, *, lev
         "readback": epochs * spe,
         "postfix": epochs * _every(spe, lf),
         "scalar_events": scalar_events,
-        "scalar_values": (scalar_events * (2 + terms + 2 * levels) + epochs * (terms + 2)) if logged else 0,
+        "scalar_values": (scalar_events * (2 + terms + 2 * levels) + epochs * _every(spe, COLLAPSE_EVERY * lf) * 6
+                          + epochs * (terms + 2)) if logged else 0,
         "memory_reads": scalar_events,
         "histograms": epochs * _every(spe, HISTOGRAMS_EVERY * lf) if logged else 0,
         "collapse": epochs * _every(spe, COLLAPSE_EVERY * lf),
@@ -204,6 +206,7 @@ class TrainerLogger:
                    lr: float, ema: float, features: tuple[torch.Tensor, torch.Tensor] | None, bar: Any = None) -> None:
         """The periodic work after the step of ``batch_idx`` (see :meth:`LoggingPlan.events`)."""
         device_type = next(model.parameters()).device.type
+        collapse: dict[str, float] = {}  # this step's collapse metrics join its loss terms (upstream's loss_dict)
         for kind in self.plan.events(batch_idx, global_step, has_empty_cache(device_type)):
             t0 = time.perf_counter()
             if kind == "postfix":
@@ -212,7 +215,7 @@ class TrainerLogger:
             elif kind == "scalars":
                 levels = {k: v for k, v in terms.items() if k.startswith("loss_level_")}
                 total = sum(levels.values())
-                self.scalars({"lr": lr, "ema_momentum": ema, **terms, **self.last_collapse}, global_step, "train/")
+                self.scalars({"lr": lr, "ema_momentum": ema, **terms, **collapse}, global_step, "train/")
                 for key, value in levels.items():
                     lvl = key.rsplit("_", 1)[-1]
                     self.scalars({f"level_{lvl}_loss": value,
@@ -226,7 +229,8 @@ class TrainerLogger:
                             self.writer.add_histogram(f"gradients/{name}", p.grad.detach().cpu().numpy(), global_step)
             elif kind == "collapse":
                 if features is not None:
-                    self.last_collapse = collapse_metrics(*features)
+                    collapse = collapse_metrics(*features)
+                    self.last_collapse = collapse
             elif kind == "empty_cache":
                 empty_cache(device_type)
             self._add(kind, t0)
