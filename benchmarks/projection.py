@@ -13,7 +13,7 @@
    1-minute load average before, between and after, and the validation run's own self-check.
 
     python benchmarks/projection.py                       # 3 epochs of 1,280 images at 96 px, batch 16
-    python benchmarks/projection.py --epochs 2 --images 640 --img-size 64
+    python benchmarks/projection.py --images 320 --img-size 64 --encoder-depth 4   # for a busy machine
 
 Not a timed test: it prints numbers for docs/projection.md; on a shared machine they move with the
 load of the other processes (the load averages say how much there was).
@@ -51,11 +51,13 @@ def main() -> int:
     ap.add_argument("--img-size", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--encoder-depth", type=int, default=12, help="ViT blocks (default 12, quick_val's)")
     ap.add_argument("--max-time", type=float, default=30.0, help="measuring time of the run (s)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", help="keep the record and the validation run here (default: a temporary folder)")
     args = ap.parse_args()
     cfg = ["--img-size", str(args.img_size), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+           "--encoder-depth", str(args.encoder_depth),
            "--device", args.device, "--limit-samples", str(args.images)]
     val_size = max(args.batch_size, round(0.2 * args.images))
     folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="hjepa-bench-projection-"))
@@ -83,7 +85,7 @@ def main() -> int:
 
     def err(a: float, b: float) -> str:
         return f"{100 * (a - b) / b:+.1f}%"
-    print(f"config: quick_val model at {args.img_size} px, batch {args.batch_size}, {args.workers} worker(s), "
+    print(f"config: quick_val model ({args.encoder_depth} encoder blocks) at {args.img_size} px, batch {args.batch_size}, {args.workers} worker(s), "
           f"{args.images:,} images ({p['steps_per_epoch']} steps/epoch), validation on {val_size} images, "
           f"{args.epochs} epochs, device {args.device}")
     print(f"1-minute load average: {' -> '.join(f'{x:.1f}' for x in loads)} (before run, after run, after "
