@@ -27,6 +27,7 @@ from . import __version__
 from .commands import COMMANDS
 from .errors import UserError
 from .plugin.manager import build_plugins
+from .quiet import restore_all
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hjepa-bench: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        restore_all()  # a run interrupted while a library's output was captured
         print("\nhjepa-bench: interrupted; nothing was written.", file=sys.stderr)
         return 130
     except BrokenPipeError:
