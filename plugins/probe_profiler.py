@@ -97,6 +97,7 @@ def _trace_files(d: str) -> set[str]:
 
 class ProfilerProbe(Probe):
     name = "profiler"
+    headline = ("profiled_steps", "trace_empty", "trace_dir")
     cost = "costly"
     description = ("torch.profiler trace of 3 extra steps after the measured window (schedule warmup=1, "
                    "active=3; never in a timing figure) for TensorBoard (torch-tb-profiler) / Perfetto, plus the "
