@@ -28,7 +28,7 @@ from . import __version__
 from .commands import COMMANDS
 from .errors import UserError
 from .plugin.manager import build_plugins
-from .quiet import restore_all
+from .measure.quiet import restore_all
 
 
 class _Parser(argparse.ArgumentParser):

@@ -32,7 +32,7 @@ Entry: ``trace_dir``, ``trace_files``, ``profiled_steps``, ``profiled_step_indic
 self device ms on CUDA), on CUDA also ``top_ops_by_self_device_time``, and
 ``tensorboard_command``.  What kineto writes to the process's stderr from C++ while the profiler
 runs ("USDT ... profiler_start", "gpuGetDeviceCount failed" on a machine without a GPU, CPUAllocator
-warnings) is captured (:mod:`hjepa_bench.quiet`) into ``library_output`` (``lines``, ``count``); the
+warnings) is captured (:mod:`hjepa_bench.measure.quiet`) into ``library_output`` (``lines``, ``count``); the
 CLI summarises it in one line, or prints it with ``-v``.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-from hjepa_bench.quiet import NativeOutput, entry_output
+from hjepa_bench.measure.quiet import NativeOutput, entry_output
 from hjepa_bench.record import device_name, probe
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from helpers import TINY_FLAGS, run_cli
-from hjepa_bench.quiet import NativeOutput, hidden_line, restore_all
+from hjepa_bench.measure.quiet import NativeOutput, hidden_line, restore_all
 from hjepa_bench.record import default_file_mode, write_json
 
 KINETO = ("gpuGetDeviceCount", "USDT", "profiler_start", "profiler_stop", "CPUAllocator", "kineto")
@@ -61,7 +61,7 @@ def test_output_files_get_the_same_mode(tmp_path):
 def test_native_output_captures_file_descriptor_2_and_restore_all_puts_it_back(tmp_path):
     """What is written to fd 2 (as C++ writes it, below sys.stderr) lands in the capture; restore_all
     ends a capture left open (an interrupted run) so later output reaches the real stderr."""
-    code = ("import os, sys; from hjepa_bench.quiet import NativeOutput, restore_all\n"
+    code = ("import os, sys; from hjepa_bench.measure.quiet import NativeOutput, restore_all\n"
             "c = NativeOutput().start(); os.write(2, b'native one\\nnative two\\n')\n"
             "print('lines', c.stop(), c.count)\n"
             "NativeOutput().start(); restore_all(); os.write(2, b'after restore\\n')\n")

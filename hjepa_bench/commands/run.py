@@ -13,7 +13,7 @@ from ..measure.ddp import Launch, check_launch, ddp_unsupported, default_timeout
 from ..measure.env import environment_fingerprint
 from ..measure.runner import run_benchmark
 from ..plugin.manager import Plugins, probe_names, select_backend
-from ..quiet import report_library_output
+from ..measure.quiet import report_library_output
 from ..record import write_json
 from ..report.sections import render_report
 from ..report.summary import summary_text
