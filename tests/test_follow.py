@@ -263,3 +263,42 @@ def test_live_status_eta_counts_remaining_steps_and_epoch_costs():
     assert s["remaining_s"]["mid"] == pytest.approx((EPOCHS * SPE - SPE - 150) / ips + 2 * VAL_S)
     assert s["remaining_s"]["low"] < s["remaining_s"]["mid"] < s["remaining_s"]["high"]
     assert "ETA " in status_line(s) and "(lower bound)" in status_line(s)
+
+
+def test_follow_ends_after_idle_and_reads_every_piece(tmp_path):
+    """In process, on a real file: without a completion line, following ends after --stop-after-idle; the
+    last status counts every step of the log, written in pieces that end mid-refresh."""
+    import io
+
+    from hjepa_bench.measure.logfollow import follow
+
+    log = tmp_path / "train.log"
+    log.write_text("".join(log_pieces()[:-1]))
+    out, err = io.StringIO(), io.StringIO()
+    end = follow(log, interval=0.05, stop_after_idle=0.3, out=out, err=err)
+    assert end.reason.startswith("no new output for 0.3 s")
+    assert end.status["steps_done"] == end.status["steps_total"] == EPOCHS * SPE
+    assert end.status["epochs_completed"] == EPOCHS and end.status["remaining_s"]["mid"] == 0
+    assert out.getvalue().count("\n") == 1  # not a terminal: one status line per change
+    assert "warning: stalls every 100 steps" in err.getvalue() and "warning: non-finite loss" in err.getvalue()
+
+
+def test_drift_past_the_limit_is_flagged():
+    """A run whose step time grows from 0.30 s to 0.45 s over 3 epochs: the stability rule's fit finds a
+    significant rise (about +50% over the steady intervals) and the status warns once; an even run does not."""
+    def epoch_text(epoch: int, slope: float) -> str:
+        desc, t, segs = f"Epoch {epoch}/{EPOCHS}", 0.0, [bar(f"Epoch {epoch}/{EPOCHS}", 0, SPE, 0, None)]
+        for k in range(1, SPE + 1):
+            g = (epoch - 1) * SPE + k
+            t += 0.30 * (1 + slope * g / (EPOCHS * SPE))
+            segs.append(bar(desc, k, SPE, int(t), 3.0))
+        return "\r" + "\r".join(segs) + "\n"
+
+    head = log_pieces()[0]
+    drifting = live_status(analyze_log(parse_log(head + "".join(epoch_text(e, 0.5) for e in (1, 2, 3)))))
+    d = drifting["drift"]
+    assert d["degrading"] and d["p_value"] < 0.01 and 35 < d["change_pct"] < 60
+    assert [w["key"] for w in drifting["warnings"]] == ["drift"]
+    assert f"drift +{d['change_pct']:.1f}%" in status_line(drifting)
+    even = live_status(analyze_log(parse_log(head + "".join(epoch_text(e, 0.0) for e in (1, 2, 3)))))
+    assert not (even["drift"] or {}).get("degrading") and even["warnings"] == []
