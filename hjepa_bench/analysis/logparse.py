@@ -95,6 +95,7 @@ def is_completion(segment: str) -> bool:
     return bool(m and COMPLETION.search(m.group("msg")))
 
 
+_SEPARATOR = re.compile(r"[\r\n]")
 _INT = r"(\d[\d,_]*)"
 _FACTS: list[tuple[str, re.Pattern, str]] = [
     ("total_params", re.compile(r"\bTotal param(?:eter)?s\s*[:=]\s*" + _INT, re.I), "int"),
@@ -440,13 +441,8 @@ class LogStream:
         out: list[str] = []
         start = 0
         buf = self._pending
-        n = len(buf)
-        while start < n:
-            cr, nl = buf.find("\r", start), buf.find("\n", start)
-            ends = [i for i in (cr, nl) if i >= 0]
-            if not ends:
-                break
-            end = min(ends)
+        for sep in _SEPARATOR.finditer(buf):  # (one pass: a bar line holds thousands of refreshes)
+            end = sep.start()
             seg = _strip_ansi(buf[start:end])
             start = end + 1
             why = _is_binary(seg)
@@ -461,7 +457,7 @@ class LogStream:
             if seg.strip():
                 self._st.segment(seg, self.line_no)
                 out.append(seg)
-            if end == nl:
+            if sep.group() == "\n":
                 self.line_no += 1
         self._pending = buf[start:]
         return out
