@@ -117,7 +117,8 @@ DEFINITIONS = {
 
 class EpochCostsProbe(Probe):
     name = "epoch_costs"
-    headline = ("worker_startup_s", "val_step_s", "checkpoint_save_s", "checkpoint_bytes")
+    headline = ("worker_startup_s", "val_step_s", "checkpoint_save_s", "checkpoint_bytes", "periodic.histograms_s",
+                "periodic.collapse_s", "model_build_s")
     cost = "cheap"
     description = ("Per-epoch costs besides the steps: DataLoader worker start-up (fresh workers to the first "
                    "batch), one validation forward, and a checkpoint save (bytes, fsynced)")
