@@ -15,7 +15,7 @@ import torch
 from hjepa_bench.plugin.api import Backend, MemoryReading
 from hjepa_bench.measure.env import cpu_model
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import grad_scaler_works
+from hjepa_bench.plugin.precision import grad_scaler_works, make_grad_scaler
 
 # RuntimeError messages of the CPU allocator (Linux/macOS, Windows, others).
 _CPU_OOM_MARKERS = (
@@ -140,7 +140,7 @@ class CPUBackend(Backend):
             return None
         if self._scaler_ok is None:
             self._scaler_ok = grad_scaler_works("cpu")
-        return torch.amp.GradScaler("cpu") if self._scaler_ok else None
+        return make_grad_scaler("cpu") if self._scaler_ok else None
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

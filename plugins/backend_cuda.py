@@ -14,7 +14,7 @@ import torch
 
 from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import probe_precision
+from hjepa_bench.plugin.precision import make_grad_scaler, probe_precision
 
 _CUDA_OOM_MARKERS = (
     "CUDA out of memory",
@@ -93,7 +93,7 @@ class CUDABackend(Backend):
     def grad_scaler(self, precision: str) -> Any | None:
         if precision != "fp16" or not self.availability().available:
             return None
-        return torch.amp.GradScaler("cuda")
+        return make_grad_scaler("cuda")  # torch.cuda.amp.GradScaler on torch 2.2
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

@@ -18,9 +18,12 @@ import torch
 from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent, WallClockEvent
 from hjepa_bench.measure.env import sysctl
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import grad_scaler_works, probe_precision
+from hjepa_bench.plugin.precision import grad_scaler_works, make_grad_scaler, probe_precision
 # First torch release whose MPS autocast accepts the dtype.
 _MIN_TORCH = {"fp16": (2, 5), "bf16": (2, 6)}
+# First torch release whose torch.amp.GradScaler("mps") works: fp16 trains with loss scaling
+# upstream, so before it fp16 on MPS would train unscaled (overflow reads "diverged").
+_MIN_TORCH_SCALER = (2, 8)
 
 _MPS_OOM_MARKERS = (
     "MPS backend out of memory",
@@ -155,18 +158,31 @@ class MPSBackend(Backend):
                 f"MPS autocast supports {precision} from torch {need[0]}.{need[1]}; "
                 f"this is torch {torch.__version__}."
             )
+        if precision == "fp16" and torch_v < _MIN_TORCH_SCALER:
+            return (
+                f"fp16 trains with a GradScaler upstream, and torch.amp.GradScaler('mps') works from torch "
+                f"{_MIN_TORCH_SCALER[0]}.{_MIN_TORCH_SCALER[1]}; this is torch {torch.__version__} (unscaled "
+                "fp16 is not the upstream step: use bf16 or fp32)."
+            )
         if precision == "bf16":
             mac = _macos_version()
             if mac and _version_tuple(mac) < (14,):
                 return f"bf16 on MPS needs macOS 14 or newer; this is macOS {mac}."
-        return probe_precision("mps", precision)
+        why = probe_precision("mps", precision)
+        if not why and precision == "fp16" and not self._scaler_works():
+            return (f"torch.amp.GradScaler('mps') did not run an fp16 step in torch {torch.__version__}; "
+                    "unscaled fp16 is not the upstream step (use bf16 or fp32).")
+        return why
+
+    def _scaler_works(self) -> bool:
+        if self._scaler_ok is None:
+            self._scaler_ok = grad_scaler_works("mps")
+        return self._scaler_ok
 
     def grad_scaler(self, precision: str) -> Any | None:
         if precision != "fp16" or not self.availability().available:
             return None
-        if self._scaler_ok is None:
-            self._scaler_ok = grad_scaler_works("mps")
-        return torch.amp.GradScaler("mps") if self._scaler_ok else None
+        return make_grad_scaler("mps") if self._scaler_works() else None
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:
