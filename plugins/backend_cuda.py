@@ -20,8 +20,14 @@ _CUDA_OOM_MARKERS = (
     "CUDA out of memory",
     "CUDA error: out of memory",
     "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",  # cuDNN could not allocate its workspace
+    # NCCL (data-parallel runs): torch raises DistBackendError naming NCCL's last error
+    "Cuda failure 'out of memory'",
+    "Failed to CUDA calloc",
     "HIP out of memory",  # ROCm builds
 )
+# What NCCL prints (NCCL_DEBUG=WARN or finer) when its own allocation fails, raised or not.
+_CUDA_PRINTED_OOM_MARKERS = ("NCCL WARN Cuda failure 'out of memory'", "NCCL WARN Failed to CUDA calloc")
 _OTHER_BACKEND_MARKERS = ("MPS backend", "CPUAllocator", "XPU out of memory")
 # torch.OutOfMemoryError (2.x) and its older alias torch.cuda.OutOfMemoryError
 _OOM_TYPES = tuple(
@@ -34,6 +40,7 @@ class CUDABackend(Backend):
     foreign_markers = _OTHER_BACKEND_MARKERS
     oom_types = _OOM_TYPES
     oom_markers = _CUDA_OOM_MARKERS
+    printed_oom_markers = _CUDA_PRINTED_OOM_MARKERS
 
     def __init__(self) -> None:
         self._total_bytes: int | None = None

@@ -31,6 +31,10 @@ _MPS_OOM_MARKERS = (
     # too big for this GPU just as with an OOM.
     "Invalid buffer size",
 )
+# A command buffer Metal aborted for lack of memory is PRINTED, not raised ("Error: command buffer
+# exited with error status. ... Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)"):
+# the run goes on with work that never ran, or dies later.
+_MPS_PRINTED_OOM_MARKERS = ("kIOGPUCommandBufferCallbackErrorOutOfMemory",)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -57,6 +61,7 @@ def _mps_event_class():
 class MPSBackend(Backend):
     name = "mps"
     oom_markers = _MPS_OOM_MARKERS
+    printed_oom_markers = _MPS_PRINTED_OOM_MARKERS
 
     def __init__(self) -> None:
         self._scaler_ok: bool | None = None

@@ -350,3 +350,25 @@ def test_mps_fp16_needs_a_working_grad_scaler(monkeypatch, version, scaler_runs,
     assert (why == "") is supported
     if not supported:
         assert "GradScaler" in why and version in why
+
+
+@pytest.mark.parametrize("message", [
+    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    ("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error (run with NCCL_DEBUG=INFO for details), "
+     "NCCL version 2.21.5\nncclUnhandledCudaError: Call to CUDA function failed.\nLast error:\n"
+     "Cuda failure 'out of memory'"),
+    "NCCL error: unhandled system error\nLast error:\nFailed to CUDA calloc async 4194304 bytes",
+], ids=["cudnn", "nccl-cuda-failure", "nccl-calloc"])
+def test_cuda_claims_cudnn_and_nccl_out_of_memory(cpu, cuda, mps, message):
+    exc = RuntimeError(message)  # torch.distributed.DistBackendError is a RuntimeError
+    assert cuda.is_oom(exc)
+    assert not cpu.is_oom(exc) and not mps.is_oom(exc)
+
+
+def test_mps_printed_command_buffer_oom_is_recognised(cuda, mps):
+    printed = ("Error: command buffer exited with error status.\n\tThe Metal Performance Shaders operations "
+               "encoded on it may not have completed.\n\tError: \n\t(null)\n\tInsufficient Memory "
+               "(00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)\n")
+    assert "kIOGPUCommandBufferCallbackErrorOutOfMemory" in mps.printed_oom("some warning\n" + printed)
+    assert mps.printed_oom("UserWarning: something else\n") is None
+    assert cuda.printed_oom(printed) is None

@@ -82,6 +82,9 @@ class Backend(Checked, abc.ABC):
     oom_types: tuple[type[BaseException], ...] = ()
     #: RuntimeError message fragments of this backend's OOM (unless another device is named)
     oom_markers: tuple[str, ...] = ()
+    #: text the device runtime PRINTS on stderr, without raising, when it runs out of memory (a Metal
+    #: command buffer that failed for lack of memory): a sweep reads its child's stderr for it
+    printed_oom_markers: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def device(self) -> torch.device: ...
@@ -138,6 +141,14 @@ class Backend(Checked, abc.ABC):
             if isinstance(e, RuntimeError) and any(m in msg for m in self.oom_markers):
                 return True
         return False
+
+    def printed_oom(self, stderr_text: str) -> str | None:
+        """The first line of ``stderr_text`` (what a run printed) that says this device ran out of memory
+        without raising (``printed_oom_markers``), or None."""
+        for line in stderr_text.splitlines():
+            if any(m in line for m in self.printed_oom_markers):
+                return line.strip()
+        return None
 
     def fingerprint(self) -> dict[str, Any]:
         """Device facts for the environment fingerprint (name, memory, ...)."""
