@@ -40,6 +40,7 @@ class CUDABackend(Backend):
     foreign_markers = _OTHER_BACKEND_MARKERS
     oom_types = _OOM_TYPES
     oom_markers = _CUDA_OOM_MARKERS
+    probes_hold_device = True  # a CUDA context and cached blocks stay in the process that probes
     printed_oom_markers = _CUDA_PRINTED_OOM_MARKERS
 
     def __init__(self) -> None:

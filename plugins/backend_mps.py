@@ -61,6 +61,7 @@ def _mps_event_class():
 class MPSBackend(Backend):
     name = "mps"
     oom_markers = _MPS_OOM_MARKERS
+    probes_hold_device = True  # the MPS allocator keeps what the probes allocated (unified memory)
     printed_oom_markers = _MPS_PRINTED_OOM_MARKERS
 
     def __init__(self) -> None:

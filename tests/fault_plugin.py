@@ -15,7 +15,9 @@ config whose batch size is listed in ``HJEPA_BENCH_TEST_FAULTS`` (JSON, e.g.
   it aborts a command buffer for lack of memory (MPS prints it, raises nothing), then dies by SIGABRT,
   or steps on as if nothing happened
 
-and the backend ``fakemps``: the CPU, with the MPS backend's printed out-of-memory markers.
+and the backends ``fakemps`` (the CPU, with the MPS backend's printed out-of-memory markers) and
+``fakecuda`` (the CPU, whose precision probe leaves memory behind in the process that runs it, as a
+CUDA context and cached blocks do: ``DEVICE_MEMORY_HELD`` lists what each probe kept).
 """
 from __future__ import annotations
 
@@ -86,6 +88,21 @@ class FakeMPS(CPUBackend):
     printed_oom_markers = MPSBackend.printed_oom_markers
 
 
+DEVICE_MEMORY_HELD: list[torch.Tensor] = []
+
+
+class FakeCUDA(CPUBackend):
+    """The CPU, whose precision probe keeps memory in the probing process for good, as CUDA's does."""
+
+    name = "fakecuda"
+    probes_hold_device = True
+
+    def precision_reason(self, precision):
+        DEVICE_MEMORY_HELD.append(torch.empty(2**20, dtype=torch.uint8))  # a context that stays
+        return "" if precision != "fp16" else "fp16 is not offered by this fake"
+
+
 @hookimpl
 def hjepa_bench_register_backends(register):
     register(FakeMPS())
+    register(FakeCUDA())

@@ -243,9 +243,27 @@ def check_grid(spec: SweepSpec, plugins: Plugins) -> None:
             resolve_model_name(m)  # an unknown model is a user error, not an unsupported point
 
 
-def device_facts(backend: Backend) -> DeviceFacts:
+def device_facts(backend: Backend, plugin_args: Sequence[str] = ()) -> DeviceFacts:
     """``backend`` as this process sees it: the environment fingerprint, the precisions that
-    train on it, or why it cannot run (an executor takes these where the configs will run)."""
+    train on it, or why it cannot run (an executor takes these where the configs will run).
+
+    A backend whose probes leave memory on the device in the process that asks
+    (``Backend.probes_hold_device``: a CUDA context and cached blocks) is asked in a spawned child
+    (plugins built from ``plugin_args``), so the children that measure have the device to themselves."""
+    if getattr(backend, "probes_hold_device", False) and backend.availability().available:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            return pool.submit(_device_facts_here, backend.name, list(plugin_args)).result()
+    return _facts(backend)
+
+
+def _device_facts_here(name: str, plugin_args: list[str]) -> DeviceFacts:
+    """(In a spawned child) the facts of the backend ``name``."""
+    return _facts(build_plugins(plugin_args).backends()[name])
+
+
+def _facts(backend: Backend) -> DeviceFacts:
     from .env import environment_fingerprint
 
     why = backend.availability()
@@ -428,7 +446,7 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int, stde
 @dataclass
 class ChildOutcome:
     record: dict[str, Any] | None
-    status: str  # "done", "timeout", "crashed"
+    status: str  # "done", "timeout", "crashed", "oom" (printed on the child's stderr: _printed_oom)
     detail: str = ""
 
 

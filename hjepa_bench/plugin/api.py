@@ -82,6 +82,9 @@ class Backend(Checked, abc.ABC):
     oom_types: tuple[type[BaseException], ...] = ()
     #: RuntimeError message fragments of this backend's OOM (unless another device is named)
     oom_markers: tuple[str, ...] = ()
+    #: True when asking this backend for its facts (the precision probes) leaves memory on the device in
+    #: the asking process (a CUDA context, cached blocks): a sweep then asks in a child process
+    probes_hold_device: bool = False
     #: text the device runtime PRINTS on stderr, without raising, when it runs out of memory (a Metal
     #: command buffer that failed for lack of memory): a sweep reads its child's stderr for it
     printed_oom_markers: tuple[str, ...] = ()
