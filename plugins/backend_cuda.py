@@ -70,16 +70,22 @@ class CUDABackend(Backend):
     def memory(self) -> MemoryReading:
         if not self.availability().available:
             return MemoryReading(None, None, None, None, source="unavailable: " + self.availability().reason)
-        if self._total_bytes is None:
-            self._total_bytes = int(torch.cuda.mem_get_info()[1])
+        free, total = (int(x) for x in torch.cuda.mem_get_info())
+        self._total_bytes = total
+        reserved = int(torch.cuda.memory_reserved())
         return MemoryReading(
             current_bytes=int(torch.cuda.memory_allocated()),
             peak_bytes=int(torch.cuda.max_memory_allocated()),
-            total_bytes=self._total_bytes,
-            reserved_bytes=int(torch.cuda.memory_reserved()),
+            total_bytes=total,
+            reserved_bytes=reserved,
+            peak_reserved_bytes=int(torch.cuda.max_memory_reserved()),
+            # in use on the device but not by the caching allocator: the CUDA context, cuBLAS/cuDNN/NCCL
+            # workspaces outside it, other processes
+            outside_allocator_bytes=max(0, total - free - reserved),
             source=(
                 "torch.cuda.memory_allocated / max_memory_allocated (since "
-                "reset_peak_memory_stats) / memory_reserved; total: torch.cuda.mem_get_info"
+                "reset_peak_memory_stats) / memory_reserved / max_memory_reserved; total and outside the "
+                "allocator (total - free - reserved): torch.cuda.mem_get_info"
             ),
         )
 

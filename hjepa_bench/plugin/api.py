@@ -39,6 +39,10 @@ class MemoryReading:
     total_bytes: int | None
     reserved_bytes: int | None = None  # allocator cache (CUDA reserved, MPS driver)
     source: str = ""  # which API the numbers came from
+    #: the most the allocator held at once (reserved: live blocks + cache) since the peak was reset
+    peak_reserved_bytes: int | None = None
+    #: device memory in use outside torch's allocator now (CUDA context, library workspaces, other processes)
+    outside_allocator_bytes: int | None = None
 
 
 class Checked:
