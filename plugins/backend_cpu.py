@@ -97,7 +97,9 @@ class CPUBackend(Backend):
         self._maxrss_at_reset = _ru_maxrss_bytes()
         self._sampled_peak = self._rss()
 
-    def sample_memory(self) -> None:
+    def sample_memory(self, where: str = "step end") -> None:
+        if where != "step end" and self._hwm_resettable:
+            return  # the kernel's high-water mark sees the peak: no reading inside the step
         rss = self._rss()
         if rss > self._sampled_peak:
             self._sampled_peak = rss

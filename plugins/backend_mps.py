@@ -67,6 +67,8 @@ class MPSBackend(Backend):
     def __init__(self) -> None:
         self._scaler_ok: bool | None = None
         self._sampled_peak: int = 0
+        self._sampled_reserved: int = 0
+        self._sampled_at: dict[str, None] = {}  # the points sample_memory was called at, in order
         self._accel_peak_ok: bool | None = None  # None: not yet known
 
     # ------------------------------------------------------------------ basics
@@ -115,6 +117,8 @@ class MPSBackend(Backend):
         if not self.availability().available:
             return
         self._sampled_peak = int(torch.mps.current_allocated_memory())
+        self._sampled_reserved = int(torch.mps.driver_allocated_memory())
+        self._sampled_at = {}
         if self._accel_peak_ok is not False and hasattr(getattr(torch, "accelerator", None), "reset_peak_memory_stats"):
             try:
                 torch.accelerator.reset_peak_memory_stats()
@@ -127,12 +131,18 @@ class MPSBackend(Backend):
             except Exception:  # noqa: BLE001
                 self._accel_peak_ok = False
 
-    def sample_memory(self) -> None:
+    def sample_memory(self, where: str = "step end") -> None:
+        """Live bytes now (no sync: MPS allocates when an op is encoded).  The H-JEPA step calls it at
+        the end of its forward pass, where the activations are live; after the step they are freed."""
         if not self.availability().available:
             return
+        self._sampled_at[where] = None
         current = int(torch.mps.current_allocated_memory())
         if current > self._sampled_peak:
             self._sampled_peak = current
+        reserved = int(torch.mps.driver_allocated_memory())
+        if reserved > self._sampled_reserved:
+            self._sampled_reserved = reserved
 
     def memory(self) -> MemoryReading:
         avail = self.availability()
@@ -152,8 +162,11 @@ class MPSBackend(Backend):
             source += "; peak: torch.accelerator.max_memory_allocated (works for mps in this torch)"
         else:
             peak = max(self._sampled_peak, current)
-            source += "; peak: max of current_allocated_memory sampled once per step (torch.mps has no peak API)"
-        return MemoryReading(current, peak, total, reserved, source=source)
+            where = ", ".join(self._sampled_at) or "no step yet"
+            source += (f"; peak: max of current_allocated_memory sampled at: {where} (torch.mps has no peak "
+                       "API; without a forward-end sample the activations are missed)")
+        return MemoryReading(current, peak, total, reserved, source=source,
+                             peak_reserved_bytes=max(self._sampled_reserved, reserved))
 
     # ------------------------------------------------------------------ precision
     def precision_reason(self, precision: str) -> str:

@@ -206,3 +206,64 @@ def test_max_batch_prediction_fits_the_footprint_not_the_allocated_peak():
     (fit,) = fit_memory(records, margin=0.1).values()
     # footprint = 0.5 GiB + 3/8 GiB per sample: (18 - 0.5) / 0.375 = 46 (the allocated peak alone says 72)
     assert fit["predicted_max_batch"] == 46
+
+
+# --------------------------------------------------------------------------- MPS: the activations
+class _LiveBytes:
+    """Device memory like MPS's ``current_allocated_memory``: the parameters and optimizer state, plus
+    every tensor the autograd graph holds for the backward, until the backward frees it."""
+
+    def __init__(self, base: int):
+        self.base, self.held, self.most_held = base, 0, 0
+
+    def pack(self, t):
+        return _Held(t, self)
+
+    def __call__(self):
+        return self.base + self.held
+
+
+class _Held:
+    def __init__(self, t, live):
+        self.t, self.n, self.live = t, t.nbytes, live
+        live.held += self.n
+        live.most_held = max(live.most_held, live.held)
+
+    def __del__(self):
+        self.live.held -= self.n
+
+
+def test_mps_peak_includes_the_activations_of_the_forward_pass(monkeypatch):
+    """torch.mps has no peak API: a peak sampled after the step sees parameters, gradients and Adam
+    state, the activations already freed.  The real H-JEPA step on a fake MPS whose live bytes include
+    what the autograd graph holds must report a peak with the activations in it, and say where it sampled."""
+    from hjepa_bench.plugin.api import Availability
+    from hjepa_bench.plugin.precision import probe_precision
+    from hjepa_bench.plugins import backend_mps
+    from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+
+    class MPSOnCPU(backend_mps.MPSBackend):
+        def device(self):
+            return torch.device("cpu")  # the arithmetic runs on the CPU; the memory counters are MPS's
+
+        def has_device_events(self):
+            return False
+
+        def precision_reason(self, precision):
+            return probe_precision("cpu", precision)
+
+    base = 50 * 2**20
+    live = _LiveBytes(base)
+    monkeypatch.setattr(backend_mps, "_check_availability", lambda: Availability(True))
+    monkeypatch.setattr(torch.mps, "current_allocated_memory", live)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 2 * base)
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 100 * base, raising=False)
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: None)
+    config = tiny_config()
+    with torch.autograd.graph.saved_tensors_hooks(live.pack, lambda h: h.t):
+        record = run_benchmark(config, MPSOnCPU(), HJEPAWorkload(), [], {"backend": "mps"})
+    assert record["status"] == "ok", record.get("error")
+    assert live.held == 0 and live.most_held > 0  # the graph was freed after every step
+    peak = record["metrics"]["peak_device_bytes"]
+    assert peak >= base + live.most_held * 0.9, (peak - base, live.most_held)
+    assert "forward end" in record["metrics"]["memory_source"]

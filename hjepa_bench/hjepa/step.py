@@ -176,6 +176,8 @@ class HJEPAStep:
         lr = self.set_lr()
         with self.autocast():
             loss, _ = self.train_loss(images, masks)
+        # the activations are live here and freed by the backward: a backend without a peak API samples now
+        self.backend.sample_memory("forward end")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

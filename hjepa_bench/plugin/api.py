@@ -112,8 +112,10 @@ class Backend(Checked, abc.ABC):
     def reset_peak_memory(self) -> None:
         """Start a new peak-memory window (before the measured steps)."""
 
-    def sample_memory(self) -> None:
-        """Called once per step; backends without a peak API track the peak here."""
+    def sample_memory(self, where: str = "step end") -> None:
+        """Called after every step (``where`` = "step end") and by a workload where its memory peaks
+        (the H-JEPA step: "forward end", when the activations are live); backends without a peak API
+        track the peak here and name the points they sampled in ``MemoryReading.source``."""
 
     def supported_precisions(self) -> dict[str, str]:
         """Map of precision name -> "" if it works, else why not (one sentence); tried once."""
