@@ -25,7 +25,7 @@ import torch
 
 from ..plugin.api import Backend, StepOutput
 from .loss import hierarchical_loss, vicreg
-from .masks import BatchMasks, MaskSpec, reference_masks
+from .masks import BatchMasks, MaskSpec, reference_masks, to_device
 from .model import HJEPA, gather_tokens
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -167,10 +167,10 @@ class HJEPAStep:
         t0 = time.perf_counter()
         if self.variant == "efficient":
             images, _labels, masks = batch
-            masks = masks.to(self.device, non_blocking=True)
-            images = images.to(self.device, non_blocking=True)
+            masks = masks.to(self.device, non_blocking=True)  # asynchronous only from pinned memory
+            images = to_device(images, self.device)
         else:
-            images = batch[0].to(self.device, non_blocking=True)
+            images = to_device(batch[0], self.device)
             masks = self.make_masks(images.shape[0])
         t1 = time.perf_counter()
         lr = self.set_lr()
