@@ -126,7 +126,7 @@ STEP_TIME = Obj({"n": COUNT, "median": num(above=0, null=True), "rel_ci95": NONN
 METRICS = Obj({
     "it_per_s": NONNEG_OR_NULL, "samples_per_s": NONNEG_OR_NULL, "step_time_s": STEP_TIME,
     "measured_steps": opt(COUNT), "measured_time_s": NONNEG_OR_NULL, "data_wait_frac": NONNEG_OR_NULL,
-    "host_frac": NONNEG_OR_NULL,
+    "host_frac": NONNEG_OR_NULL, "host_wait_frac": NONNEG_OR_NULL, "data_wait_overlap_frac": NONNEG_OR_NULL,
     "host_phases_s": Kind("an object of numbers >= 0", lambda v: isinstance(v, dict) and all(
         NONNEG_OR_NULL.test(x) for x in v.values())),
     "warmup": Obj({"steps": COUNT, "time_s": NONNEG_OR_NULL, "step_time_s": SERIES}),

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from typing import Any, Mapping
 
 import torch
 
-from ..plugin.api import Backend, StepOutput
+from ..plugin.api import Backend, PhaseClock, StepOutput
 from .loss import hierarchical_loss, vicreg
 from .masks import BatchMasks, MaskSpec, reference_masks, to_device
 from .model import HJEPA, gather_tokens
@@ -107,6 +106,8 @@ class HJEPAStep:
         self.normalize = bool(loss_cfg["normalize_embeddings"])
         self.ddp: torch.nn.Module | None = None  # the data-parallel objective (data_parallel())
         self.grad_sync = "sync"  # with ddp: sync | no_sync | local (GRAD_SYNC_MODES)
+        #: the runner's device event factory (PreparedWorkload.phase_events): phase boundaries on the stream too
+        self.phase_events: Any = None
 
     # ------------------------------------------------------------------ pieces
     def autocast(self):
@@ -164,7 +165,8 @@ class HJEPAStep:
 
     # ------------------------------------------------------------------ the step
     def __call__(self, batch: Any) -> StepOutput:
-        t0 = time.perf_counter()
+        clock = PhaseClock(self.phase_events)
+        clock.mark()
         if self.variant == "efficient":
             images, _labels, masks = batch
             masks = masks.to(self.device, non_blocking=True)  # asynchronous only from pinned memory
@@ -172,7 +174,7 @@ class HJEPAStep:
         else:
             images = to_device(batch[0], self.device)
             masks = self.make_masks(images.shape[0])
-        t1 = time.perf_counter()
+        clock.mark("inputs_masks")
         lr = self.set_lr()
         with self.autocast():
             loss, _ = self.train_loss(images, masks)
@@ -184,23 +186,23 @@ class HJEPAStep:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        t2 = time.perf_counter()
+        clock.mark("forward_backward")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, float(self.values["training"]["clip_grad"]))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
-        t3 = time.perf_counter()
+        clock.mark("optimizer")
         e = self.values["model"]["ema"]
         self.model.ema_update(ema_momentum_at(self.global_step, self.total_steps,
                                               float(e["momentum"]), float(e["momentum_end"])))
-        t4 = time.perf_counter()
+        clock.mark("ema")
         in_warmup = self.global_step < self.warmup_steps
         self.global_step += 1
         return StepOutput(
             loss=loss.detach(),
             grad_norm=grad_norm.detach(),
-            host_s={"inputs_masks": t1 - t0, "forward_backward": t2 - t1, "optimizer": t3 - t2, "ema": t4 - t3},
+            host_s=clock.host_s(), phases=clock,
             lr=lr, lr_in_warmup=in_warmup,
         )
