@@ -165,7 +165,7 @@ def test_a_gpu_backend_unavailable_here(request, name):
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")),
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]),
     pytest.param("mps", marks=pytest.mark.skipif(not HAS_MPS, reason="no MPS device")),
 ])
 def test_a_gpu_backend_on_its_device(request, name):

@@ -186,6 +186,26 @@ def device_lag_split(marks: Sequence[tuple[str, float, float]]) -> dict[str, dic
     return out
 
 
+def serialized_verdict(host_own_s: float | None, serialized_step_s: float | None) -> tuple[str | None, dict[str, Any]]:
+    """The host/device verdict from a run with the host and the device serialized (``CUDA_LAUNCH_BLOCKING=1``:
+    every launch returns when its kernel has finished, so a step takes the host's own time plus the device's
+    busy time), given the host's own time per step measured in the normal run (its host share x its median
+    step).  Device busy = serialized step - host own; host-bound when host own >= device busy.
+
+    A cross-check of the normal run's verdict: the device timeline counts only provable device time (a lower
+    bound), so a host-bound verdict that missed host waits shows here as a device busy time above the host's."""
+    host, serial = _num(host_own_s), _num(serialized_step_s)
+    if host is None or serial is None or serial <= 0:
+        return None, {"rule": "no serialized step time or host time: no verdict"}
+    device = max(0.0, serial - host)
+    evidence = {"serialized_step_s": serial, "host_own_s": host, "device_busy_s": device}
+    if host >= HOST_BOUND_RATIO * device:
+        evidence["rule"] = f"host own {host * 1e3:.2f} ms >= device busy {device * 1e3:.2f} ms (serialized step - host own)"
+        return "host-bound", evidence
+    evidence["rule"] = f"device busy {device * 1e3:.2f} ms (serialized step - host own) > host own {host * 1e3:.2f} ms"
+    return "device-bound", evidence
+
+
 def cpu_summary(per_core_samples: Sequence[Sequence[float]], fallback_per_core: Sequence[float] | None = None
                 ) -> dict[str, Any]:
     """System-wide load (every process on the machine): mean utilisation per core over samples
