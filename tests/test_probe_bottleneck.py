@@ -455,3 +455,18 @@ def test_a_host_bound_run_on_the_same_device_stays_host_bound():
     entry = _async_verdict(host_s=0.004, device_s=0.0003)
     assert entry["verdict"] == "host-bound", entry["evidence"]
     assert entry["host_wait_frac"] < 0.2
+
+
+def test_device_lag_split_counts_host_time_behind_a_busy_device_as_device_time():
+    from hjepa_bench.analysis.bottleneck import device_lag_split
+
+    # the device is 30 ms behind at the step start: the 20 ms of forward_backward on the host pass while it
+    # still works through that backlog; it catches up during the optimizer (lag 0 at its start)
+    marks = [("", 0.000, 0.030), ("forward_backward", 0.020, 0.050), ("optimizer", 0.030, 0.052)]
+    split = device_lag_split(marks)
+    assert split["forward_backward"] == pytest.approx({"host_s": 0.020, "device_s": 0.020, "wait_s": 0.020})
+    # at the optimizer's start the device lagged 30 ms (0.050 vs 0.020): its 10 ms of host time are covered
+    assert split["optimizer"] == pytest.approx({"host_s": 0.010, "device_s": 0.002, "wait_s": 0.010})
+    # a device that keeps up: no wait
+    caught_up = device_lag_split([("", 0.0, 0.0), ("forward_backward", 0.02, 0.0201)])
+    assert caught_up["forward_backward"]["wait_s"] == 0.0
