@@ -191,7 +191,6 @@ def test_headroom_counts_the_allocator_reserve_and_the_context(monkeypatch):
 
 
 def test_max_batch_prediction_fits_the_footprint_not_the_allocated_peak():
-    from hjepa_bench.analysis.memory import fit_memory
     from hjepa_bench.record import new_record
 
     gib = 2**30

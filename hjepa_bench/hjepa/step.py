@@ -8,7 +8,8 @@ context patch tokens plus the padded mask tokens with unfused attention.
 ``efficient``: the same masks (sampled in the DataLoader workers), targets and
 losses, but masked tokens are dropped by gather as I-JEPA does, attention is
 fused (SDPA), the AdamW update is the fused kernel (same update, one pass per
-tensor) and nothing syncs host and device.
+tensor) and nothing syncs host and device (the input copy too when ``data.pin_memory`` is on: from
+pageable memory it is a synchronous copy).
 
 Both: AdamW (betas from the config) over the trainable parameters, gradient
 clipping, linear warm-up + cosine LR, EMA target update with a linear momentum

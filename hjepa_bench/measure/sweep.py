@@ -38,6 +38,7 @@ from ..config import check_value, is_finite_number, resolve_config, resolve_mode
 from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
+from . import child_stderr
 from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
 from .results import ResultsFile, config_key
 from ..record import new_record, node_label, short_model_name
@@ -407,14 +408,11 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(3)
 
 
-def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int, stderr_path: str | None = None) -> None:
-    """Runs in the spawned child: measure one config, write its record to ``result_path``.  With
-    ``stderr_path``, the child's stderr (file descriptor 2: what the device runtime prints too) goes
-    there, for the parent to read and pass on."""
-    if stderr_path:
-        fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(fd, 2)
-        os.close(fd)
+def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> None:
+    """Runs in the spawned child: measure one config, write its record to ``result_path``; its stderr
+    (file descriptor 2: what the device runtime prints too) goes to ``payload["stderr_path"]`` if given."""
+    if payload.get("stderr_path"):
+        child_stderr.capture(payload["stderr_path"])
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     # A spawned child inherits "spawn" as its default start method; DataLoader workers
     # must start the way they do in a normal run on this platform (fork on Linux).
@@ -451,43 +449,25 @@ class ChildOutcome:
 
 
 def run_in_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
-    """Run one config in a spawned child with a wall-clock timeout.  The child's stderr is passed on
-    when it ends and read for an out-of-memory the device printed without raising (:func:`_printed_oom`)."""
-    with tempfile.TemporaryDirectory(prefix="hjepa-bench-") as tmp:
+    """Run one config in a spawned child with a wall-clock timeout (:func:`_run_child`).  The child's
+    stderr is passed on when it ends and read for an out-of-memory the device printed without raising."""
+    with tempfile.TemporaryDirectory(prefix="hjepa-bench-stderr-") as tmp:
         stderr_path = os.path.join(tmp, "stderr.txt")
         try:
-            outcome = _run_child(payload, timeout_s, tmp, stderr_path)
+            outcome = _run_child(dict(payload, stderr_path=stderr_path), timeout_s)
         except BaseException:
-            _pass_on(stderr_path)
+            child_stderr.pass_on(stderr_path)
             raise
-        return _printed_oom(payload, outcome, _pass_on(stderr_path))
-
-
-def _pass_on(stderr_path: str) -> str:
-    """The child's stderr, written to ours (the user sees what the child printed, once it ended)."""
-    import sys
-
-    try:
-        with open(stderr_path, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        return ""
-    if text:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-    return text
+        return _printed_oom(payload, outcome, child_stderr.pass_on(stderr_path))
 
 
 def _printed_oom(payload: Mapping[str, Any], outcome: ChildOutcome, text: str) -> ChildOutcome:
-    """When the child's stderr ``text`` holds the device's printed (not raised) out-of-memory
-    (``Backend.printed_oom``), the config ran out of memory: a child that died or hung then, or a record
-    measured on after it, is ``oom``, and the error says where that was seen (the record keeps its numbers)."""
-    if not text or (outcome.record is not None and outcome.record.get("status") == "oom"):
+    """When the child's stderr ``text`` holds the device's printed (not raised) out-of-memory, the config ran
+    out of memory: a child that died or hung then, or a record measured on after it, is ``oom``, and the
+    error says where that was seen (the record keeps its numbers)."""
+    if outcome.record is not None and outcome.record.get("status") == "oom":
         return outcome
-    try:
-        line = build_plugins(payload.get("plugins") or []).backends()[payload["device"]].printed_oom(text)
-    except Exception:  # noqa: BLE001 - the outcome stands as it was
-        return outcome
+    line = child_stderr.printed_oom(text, payload["device"], payload.get("plugins") or [])
     if line is None:
         return outcome
     why = f"out of memory on {payload['device']}, printed on the child's stderr, not raised ({line[:160]})"
@@ -501,31 +481,32 @@ def _printed_oom(payload: Mapping[str, Any], outcome: ChildOutcome, text: str) -
     return ChildOutcome(record, outcome.status, outcome.detail)
 
 
-def _run_child(payload: dict[str, Any], timeout_s: float, tmp: str, stderr_path: str) -> ChildOutcome:
+def _run_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
+    """Run one config in a spawned child with a wall-clock timeout."""
     ctx = mp.get_context("spawn")
-    result = os.path.join(tmp, "record.json")
-    proc = ctx.Process(target=_child_main, args=(payload, result, os.getpid(), stderr_path),
-                       name="hjepa-bench-config")
-    proc.start()
-    try:
-        proc.join(timeout_s)
-        if proc.is_alive():
-            _stop(proc)
-            return ChildOutcome(None, "timeout", f"no result after {timeout_s:.0f} s (wall clock); the child was killed")
-    except BaseException:
-        _stop(proc)  # Ctrl-C / SIGTERM: stop the child, record nothing
-        raise
-    code = proc.exitcode
-    if code == 0 and os.path.exists(result):
-        with open(result) as fh:
-            return ChildOutcome(json.load(fh), "done")
-    if code is not None and code < 0:
+    with tempfile.TemporaryDirectory(prefix="hjepa-bench-") as tmp:
+        result = os.path.join(tmp, "record.json")
+        proc = ctx.Process(target=_child_main, args=(payload, result, os.getpid()), name="hjepa-bench-config")
+        proc.start()
         try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return ChildOutcome(None, "crashed", f"the child died by {name}")
-    return ChildOutcome(None, "crashed", f"the child exited with code {code} without a result")
+            proc.join(timeout_s)
+            if proc.is_alive():
+                _stop(proc)
+                return ChildOutcome(None, "timeout", f"no result after {timeout_s:.0f} s (wall clock); the child was killed")
+        except BaseException:
+            _stop(proc)  # Ctrl-C / SIGTERM: stop the child, record nothing
+            raise
+        code = proc.exitcode
+        if code == 0 and os.path.exists(result):
+            with open(result) as fh:
+                return ChildOutcome(json.load(fh), "done")
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return ChildOutcome(None, "crashed", f"the child died by {name}")
+        return ChildOutcome(None, "crashed", f"the child exited with code {code} without a result")
 
 
 def run_job_here(job: Job) -> Outcome:
