@@ -15,7 +15,7 @@ import torch
 from hjepa_bench.plugin.api import Backend, MemoryReading
 from hjepa_bench.measure.env import cpu_model
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import grad_scaler_works
+from hjepa_bench.plugin.precision import grad_scaler_works, make_grad_scaler
 
 # RuntimeError messages of the CPU allocator (Linux/macOS, Windows, others).
 _CPU_OOM_MARKERS = (
@@ -97,7 +97,9 @@ class CPUBackend(Backend):
         self._maxrss_at_reset = _ru_maxrss_bytes()
         self._sampled_peak = self._rss()
 
-    def sample_memory(self) -> None:
+    def sample_memory(self, where: str = "step end") -> None:
+        if where != "step end" and self._hwm_resettable:
+            return  # the kernel's high-water mark sees the peak: no reading inside the step
         rss = self._rss()
         if rss > self._sampled_peak:
             self._sampled_peak = rss
@@ -140,7 +142,7 @@ class CPUBackend(Backend):
             return None
         if self._scaler_ok is None:
             self._scaler_ok = grad_scaler_works("cpu")
-        return torch.amp.GradScaler("cpu") if self._scaler_ok else None
+        return make_grad_scaler("cpu") if self._scaler_ok else None
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from ..hjepa.masks import to_device
 from ..hjepa.periodic import LoggingPlan, measure_periodic
 from ..hjepa.training import checkpoint_state, save_checkpoint
 
@@ -116,7 +117,7 @@ def measure_val_step(trainer: Any, backend: Any, batch: Any, variant: str,
             for i in range(1 + repeats):
                 backend.synchronize()
                 t0 = time.perf_counter()
-                images = images_host.to(device, non_blocking=True)
+                images = to_device(images_host, device)
                 if masks_host is None:
                     masks = trainer.make_masks(images.shape[0])
                 else:
