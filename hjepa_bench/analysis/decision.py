@@ -152,7 +152,8 @@ def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapp
         ov = proj.get("overhead_total_s")
         tr = (proj.get("train_s") or {}).get("mid")
         if ov and tr and ov / tr > 0.02:
-            out.append(f"per-epoch costs (worker start-up, validation, checkpoints) add {ov / tr:.0%} to option "
+            out.append(f"costs besides the steps (worker start-up, validation, checkpoints, the trainer's logging, one-time "
+                       f"costs) add {ov / tr:.0%} to option "
                        f"{row['option']}'s training steps")
     if f.bottleneck == "data-bound":
         out.append(f"the step is data-bound (data wait {f.data_wait_frac or 0:.0%})")

@@ -333,9 +333,12 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
             continue
         m = rec.get("metrics") or {}
         p = rec.get("probes") or {}
-        proj = project_record(rec, epochs=int(t["epochs"]), dataset_size=th.dataset_size, val_size=th.val_size,
+        proj = project_record(rec, epochs=int(t["epochs"]),
+                              dataset_size=option.dataset_size if option.dataset_size is not None else th.dataset_size,
+                              val_size=option.val_size if option.val_size is not None else th.val_size,
                               val_every_epochs=th.val_every_epochs,
-                              checkpoint_every_epochs=option.checkpoint_every_epochs(), confidence=th.confidence)
+                              checkpoint_every_epochs=option.checkpoint_every_epochs(), confidence=th.confidence,
+                              logging=values)
         stab, loss, feats, mem = (p.get(k) or {} for k in ("stability", "loss", "features", "memory"))
         cv = step_cv_pct(rec)
         collapsed, collapse_note = None, None

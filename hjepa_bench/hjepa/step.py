@@ -106,6 +106,11 @@ class HJEPAStep:
         self.weights = [float(w) for w in loss_cfg["hierarchy_weights"]]
         self.normalize = bool(loss_cfg["normalize_embeddings"])
         self.ddp: torch.nn.Module | None = None  # the data-parallel objective (data_parallel())
+        #: keep_features: ``loss`` keeps (context tokens, target tokens), detached, in ``last_features``
+        #: (what the upstream trainer's collapse metrics read from the model's outputs)
+        self.keep_features = False
+        self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_levels: list[torch.Tensor] = []  # each level's loss of the last step (keep_features)
         self.grad_sync = "sync"  # with ddp: sync | no_sync | local (GRAD_SYNC_MODES)
         #: the runner's device event factory (PreparedWorkload.phase_events): phase boundaries on the stream too
         self.phase_events: Any = None
@@ -136,6 +141,8 @@ class HJEPAStep:
             pred = m.predictor(context, target_pos, key_padding_mask=ignore, fused=True)
             w = masks.context_valid.unsqueeze(-1).to(context.dtype)
             ctx_pooled = (context * w).sum(1) / w.sum(1).clamp_min(1)
+        if self.keep_features:
+            self.last_features = (context.detach(), target_tokens.detach())
         total, levels = hierarchical_loss(pred, targets, masks.target_valid, m.hierarchy_projections,
                                           self.weights, self.loss_type, self.normalize)
         if self.vicreg_weight:
@@ -178,7 +185,9 @@ class HJEPAStep:
         clock.mark("inputs_masks")
         lr = self.set_lr()
         with self.autocast():
-            loss, _ = self.train_loss(images, masks)
+            loss, levels = self.train_loss(images, masks)
+        if self.keep_features:
+            self.last_levels = [x.detach() for x in levels]
         # the activations are live here and freed by the backward: a backend without a peak API samples now
         self.backend.sample_memory("forward end")
         self.optimizer.zero_grad(set_to_none=True)

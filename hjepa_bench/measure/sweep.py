@@ -67,6 +67,8 @@ class SweepSpec:
     data: str | None = None
     data_path: str | None = None
     limit_samples: int | None = None
+    dataset_size: int | None = None  # the projected full run's training images (bench.dataset_size)
+    val_size: int | None = None
     persistent_workers: bool | None = None
     warmup_steps: int | None = 2
     min_steps: int | None = 5
@@ -90,6 +92,7 @@ class SweepSpec:
     #: field -> the config key it overrides at every point (None: the base config's value)
     COMMON_KEYS = {"encoder_depth": "model.encoder_depth", "workload": "bench.workload", "data": "bench.data",
                    "data_path": "bench.data_path", "limit_samples": "bench.limit_samples",
+                   "dataset_size": "bench.dataset_size", "val_size": "bench.val_size",
                    "persistent_workers": "bench.persistent_workers", "warmup_steps": "bench.warmup_steps",
                    "min_steps": "bench.min_steps", "max_steps": "bench.max_steps", "max_time_s": "bench.max_time_s"}
     MAX_TIMEOUT_S = 1e7
@@ -198,7 +201,7 @@ class SweepSpec:
             if value is not None:
                 setattr(spec, name, value)
         for name in ("config", "workload", "data", "data_path", "limit_samples", "persistent_workers", "encoder_depth",
-                     "warmup_steps", "min_steps", "max_steps"):
+                     "warmup_steps", "min_steps", "max_steps", "dataset_size", "val_size"):
             if getattr(args, name, None) is not None:
                 setattr(spec, name, getattr(args, name))
         if args.max_time is not None:

@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from ..analysis.criteria import FAIL, NOT_MEASURED, PASS, Facts
 from ..analysis.decision import ReportSettings, build_analysis
-from ..analysis.projection import MIN_STEPS_BAND
+from ..analysis.projection import PERIODIC_COLUMNS, MIN_STEPS_BAND
 from ..analysis.verdicts import rejudge_records
 from ..format import fmt_finite
 from ..options import option_yaml
@@ -163,18 +163,27 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
                      f"{p['total_steps']:,}",
                      f"{sps['mid']:.3f}" + _band(sps.get("low"), sps.get("high"), ".3f", p.get("band_note")),
                      f"{p['train_s']['mid'] / 3600:.2f}", h(ov.get("worker_startup")), h(ov.get("validation")),
-                     h(ov.get("checkpoints")),
+                     h(ov.get("checkpoints")), *(h(ov.get(k)) for k in PERIODIC_COLUMNS), h(ov.get("one_time")),
                      f"**{p['hours']['mid']:.2f}**" + _band(p["hours"].get("low"), p["hours"].get("high"), ".2f",
                                                             p.get("band_note"))])
     if prow:
         parts += [_table(prow, ["option", "machine", "batch", "epochs", "steps/epoch", "steps", "s/step [95% band]",
-                                "steps h", "worker start-up h", "validation h", "checkpoints h", "total h [band]"]), ""]
+                                "steps h", "worker start-up h", "validation h", "checkpoints h", "read-backs h",
+                                "TB scalars h", "grad histograms h", "collapse SVD h", "empty_cache h", "once h",
+                                "total h [band]"]), ""]
         first = next(r["projection"] for r in analysis["matrix"] if r.get("projection") and r["projection"].get("hours"))
         parts += ["How: steps = epochs x (images // (processes x batch)); each step takes the measured 1 / it/s; the band is the "
                   f"{th['confidence']:.0%} Student t interval of the mean step time (measurement uncertainty only: "
                   f"drift over hours is in the stability section; no band from fewer than {MIN_STEPS_BAND} measured "
                   "steps). Per-epoch costs are measured by the `epoch_costs` "
-                  "probe of the same record. Assumptions: " + "; ".join(first["assumptions"]) + ".", ""]
+                  "probe of the same record, and so is the upstream trainer's periodic work, counted as each "
+                  "option's `logging` section asks (read-backs of the loss terms every step and the progress-bar "
+                  "postfix every log_frequency steps; TensorBoard scalars every 5 x log_frequency and gradient "
+                  "histograms of every parameter every 20 x log_frequency when a logger is on; the collapse "
+                  "metrics with their SVD every 10 x log_frequency; empty_cache every 50 steps on cuda/mps; the "
+                  "first batch of every epoch does all of them). Checkpoints: one write per epoch at most (a "
+                  "scheduled epoch, or a better validation loss: an upper bound). Once: the warm-up steps' "
+                  "excess over steady ones, and the model build. Assumptions: " + "; ".join(first["assumptions"]) + ".", ""]
         lb = [r["option"] for r in analysis["matrix"] if (r.get("projection") or {}).get("lower_bound")]
         if lb:
             parts += [f"Options {', '.join(lb)}: some per-epoch costs were not measured, so their totals are lower "

@@ -93,7 +93,40 @@ def validation_section(result: dict[str, Any]) -> str:
     if ck:
         parts.append("Checkpoints: " + "; ".join(f"{Path(c['path']).name} ({c['kind']}, epoch {c['epoch']}, "
                                                   f"{c['save_s']:.2f} s)" for c in ck[-4:]))
+    parts += ["", self_check_markdown((result.get("self_check") or {}).get("check"))]
     return "\n".join(parts)
+
+
+def self_check_markdown(check: Mapping[str, Any] | None) -> str:
+    """The validation run's projection self-check: projected vs measured per epoch and for the run."""
+    if not check:
+        return "Projection self-check: not made (no costs were measured before training, or no epoch completed)."
+    if not check.get("epochs"):
+        return f"Projection self-check: {check.get('note')}."
+    p = check["projection"]
+    rows = [[r["epoch"], f"{r['projected_s']:.1f}", f"{r['measured_s']:.1f}", fmt_finite(r["error_pct"], "+.1f"),
+             fmt_finite(r.get("loadavg_1m"), ".2f")] for r in check["epochs"]]
+    run = check.get("run")
+    if run:
+        rows.append(["whole run", f"{run['projected_s']:.1f}" + (
+            f" [{run['low_s']:.1f}-{run['high_s']:.1f}]" if run.get("low_s") is not None and run.get("high_s") is not None
+            else ""), f"{run['measured_s']:.1f}", fmt_finite(run["error_pct"], "+.1f"), "-"])
+    out = [f"Projection self-check: the projection made before the first epoch (the `epoch_costs` measurements on "
+           f"this run's trainer and loader) and from the first {check['first_steps']} measured steps "
+           f"({check['step_s'] * 1000:.0f} ms each), next to what each epoch and the whole run took (set-up and "
+           "feature quality left out, as the upstream trainer has neither):", "",
+           tabulate(rows, headers=["epoch", "projected s", "measured s", "error %", "load avg (1 min, at end)"],
+                    tablefmt="github", disable_numparse=True), "",
+           tabulate([[r["part"], f"{r['projected_s']:.1f}", f"{r['measured_s']:.1f}"] for r in check["parts"]],
+                    headers=["part of the run", "projected s", "measured s"], tablefmt="github",
+                    disable_numparse=True), ""]
+    if check.get("unforeseen"):
+        out.append(f"Above {check['unforeseen_pct']:g}% error: {check['unforeseen']['text']}.")
+    else:
+        out.append(f"Every error within {check['unforeseen_pct']:g}%.")
+    if p.get("missing"):
+        out.append("Not measured, so not projected: " + ", ".join(p["missing"]) + ".")
+    return "\n".join(out)
 
 
 def verdict_lines(analysis: dict[str, Any]) -> str:
