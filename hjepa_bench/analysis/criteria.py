@@ -20,6 +20,7 @@ from ..options import model_key
 from ..thresholds import Thresholds
 from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
 from ..record import device_name, label, machine, samples_per_s, world_size
+from .stability import drift_text
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
 CRASH_STATUSES = ("error", "crashed", "timeout")
@@ -404,8 +405,8 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     f.it_per_s = finite(m.get("it_per_s"))
     f.step_cv_pct = step_cv_pct(r)
     deg = (p.get("stability") or {}).get("degradation") or {}
-    if deg.get("degrading") and finite(deg.get("slope_pct_per_100_steps")) is not None:
-        f.step_drift = f"{deg['slope_pct_per_100_steps']:+.0f}%/100 steps" + (
+    if deg.get("degrading") and drift_text(deg) is not None:
+        f.step_drift = drift_text(deg) + (
             f" (p {deg['p_value']:.2g})" if finite(deg.get("p_value")) is not None else "")
     f.speed_method = (f"{(m.get('step_time_s') or {}).get('n')} measured steps, synced windows "
                       f"({m.get('timing_method')})")

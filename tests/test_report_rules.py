@@ -1,0 +1,78 @@
+"""The report's rules, checked on real records: the two example sweeps' results (a CPU sweep of the
+guide's configs, and a two-node loopback cluster of a tiny config), copied into tests/data when they
+were measured.  Each test names the rule (docs/verdicts-rules.md) it holds the report to."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+
+DATA = Path(__file__).parent / "data"
+CPU, CLUSTER = DATA / "example_cpu_results.jsonl", DATA / "example_cluster_results.jsonl"
+
+
+def _render(results: Path, out: Path) -> tuple[str, dict]:
+    res = run_cli("report", str(results), "--out", str(out / "report.md"), "--no-charts")
+    assert res.returncode == 0, res.stderr
+    return (out / "report.md").read_text(), json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cpu(tmp_path_factory):
+    return _render(CPU, tmp_path_factory.mktemp("cpu"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    return _render(CLUSTER, tmp_path_factory.mktemp("cluster"))
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _md_table(text: str, heading: str) -> list[dict[str, str]]:
+    """The first markdown table after ``heading``, as one dict per row (header -> cell)."""
+    block, started = [], False
+    for line in text[text.index(heading):].splitlines()[1:]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+            started = True
+        elif started:
+            break
+    return [dict(zip(block[0], cells)) for cells in block[2:]]
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    nxt = re.search(r"^#{2,3} ", text[start + len(heading):], re.M)
+    return text[start:start + len(heading) + (nxt.start() if nxt else len(text))]
+
+
+# --------------------------------------------------------------------------- one CV per record
+@pytest.mark.parametrize("which", ["cpu", "cluster"])
+def test_one_cv_per_record_in_every_table(which, cpu, cluster):
+    """The measured-speed table, the stability table and criterion 2 show one CV of one set of steps."""
+    text, analysis = cpu if which == "cpu" else cluster
+    speed = _md_table(text, "### Measured step speed")
+    stab = _md_table(text, "### Step-time stability")
+    assert len(speed) == len(stab) >= 4
+    for a, b in zip(speed, stab):
+        assert float(a["CV %"]) == pytest.approx(float(b["CV %"]), abs=0.051), (a, b)
+        assert int(a["steps"]) == int(b["steps"])
+        assert float(a["median step (ms)"]) == pytest.approx(float(b["median (ms)"]), abs=0.011)
+    cv = analysis["facts"]["step_cv_pct"]
+    assert f"CV {cv:.1f}%" in next(c["evidence"] for c in analysis["criteria"] if c["id"] == "performance")
+    assert any(abs(float(a["CV %"]) - cv) < 0.051 for a in speed)
+
+
+def test_drift_is_stated_over_the_measured_span_never_per_100_steps(cpu, cluster):
+    for text, _ in (cpu, cluster):
+        assert "/100 steps" not in text
+        for row in _md_table(text, "### Step-time stability"):
+            drift = row["drift (fitted change over the measured steps)"]
+            assert drift == "-" or drift.endswith(f"over {row['steps']} measured steps"), row
