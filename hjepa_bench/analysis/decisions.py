@@ -44,7 +44,7 @@ from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, m
 from ..record import workers as workers_of
 from .bottleneck import is_data_bound
 from .memory import fit_memory
-from .projection import project_record
+from .projection import project_record, seconds_per_step
 from .stability import MIN_STEPS_SPREAD
 
 NOT_MEASURED = "not measured"
@@ -80,9 +80,40 @@ def step_cv_pct(r: Mapping[str, Any]) -> float | None:
 
 
 # --------------------------------------------------------------------------- batch and workers
-def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds) -> dict[str, Any]:
-    """Largest measured batch that fits with the margin and still gains >= batch_min_gain_pct
-    samples/s over the next smaller one.  ``records``: one model config on one machine."""
+def speed_band_pct(r: Mapping[str, Any], confidence: float = 0.95) -> float | None:
+    """Half-width of the record's measured speed band, in % of its speed: the Student t interval of
+    the mean step time (:func:`~hjepa_bench.analysis.projection.seconds_per_step`, the band the
+    projections show).  None when there is no band (fewer than 5 measured steps)."""
+    sec = seconds_per_step(r, confidence)
+    mid, lo, hi = sec.get("mid"), sec.get("low"), sec.get("high")
+    if not mid or lo is None or hi is None:
+        return None
+    return (hi - lo) / 2 / mid * 100
+
+
+def compare_speed(a: Mapping[str, Any], b: Mapping[str, Any], confidence: float = 0.95) -> dict[str, Any]:
+    """samples/s of ``a`` against ``b``: ``gain_pct`` and whether it is a measurable difference (the
+    gain is larger than the two measured bands together; a record without a band never differs
+    measurably).  The one rule every batch and worker choice uses."""
+    sa, sb = _sps(a), _sps(b)
+    gain = (sa / sb - 1) * 100 if sb else 0.0
+    ba, bb = speed_band_pct(a, confidence), speed_band_pct(b, confidence)
+    measurable = ba is not None and bb is not None and abs(gain) > ba + bb
+    return {"gain_pct": gain, "bands_pct": (ba, bb), "measurable": measurable}
+
+
+def _bands(cmp: Mapping[str, Any]) -> str:
+    ba, bb = cmp["bands_pct"]
+    return "bands " + ", ".join("none (< 5 steps)" if x is None else f"+-{x:.1f}%" for x in (ba, bb))
+
+
+def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds,
+                    default_batch: int | None = 32) -> dict[str, Any]:
+    """The batch for one model config on one machine: among the measured batches that fit with the
+    margin, a larger batch wins only when its samples/s gain is measurable (beyond both measured
+    bands, :func:`compare_speed`) and at least ``batch_min_gain_pct``; a difference inside the bands
+    is "no measurable difference", and then the guide's default batch (32) wins when it is one of
+    the tied batches, else the smaller."""
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         return {"batch": None, "reason": NOT_MEASURED, "measured_counts": 0}
@@ -99,27 +130,42 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds) -> dic
         b = batches[0]
         return {"batch": b, "measured_counts": len(batches), "oom_batches": oom,
                 "reason": f"every measured batch is within {th.memory_margin_frac:.0%} of device memory; smallest is {b}"}
-    chosen = fits[0]
-    steps = []
+    chosen, tied, steps = fits[0], [fits[0]], []
     for b in fits[1:]:
-        gain = (_sps(best_by_batch[b]) / _sps(best_by_batch[chosen]) - 1) * 100 if _sps(best_by_batch[chosen]) else 0.0
-        steps.append(f"b{chosen}->b{b}: {gain:+.1f}% samples/s")
-        if gain >= th.batch_min_gain_pct:
-            chosen = b
-        else:
+        cmp = compare_speed(best_by_batch[b], best_by_batch[chosen], th.confidence)
+        if cmp["measurable"] and cmp["gain_pct"] >= th.batch_min_gain_pct:
+            steps.append(f"b{chosen}->b{b}: {cmp['gain_pct']:+.1f}% samples/s, beyond the {_bands(cmp)}")
+            chosen, tied = b, [b]
+        elif cmp["measurable"] and cmp["gain_pct"] < 0:
+            steps.append(f"b{chosen}->b{b}: {cmp['gain_pct']:+.1f}% samples/s ({_bands(cmp)}): slower")
             break
+        elif cmp["measurable"]:
+            steps.append(f"b{chosen}->b{b}: {cmp['gain_pct']:+.1f}% samples/s, < {th.batch_min_gain_pct:g}%")
+            break
+        else:
+            steps.append(f"b{chosen}->b{b}: {cmp['gain_pct']:+.1f}% samples/s, inside the {_bands(cmp)}: "
+                         "no measurable difference")
+            tied.append(b)
+    if len(tied) > 1:
+        chosen = default_batch if default_batch in tied else min(tied)
+        which = "the guide's default" if chosen == default_batch else "the smaller"
+        why = f"no measurable difference between batches {', '.join(map(str, tied))}: {which}, {chosen}"
+    else:
+        why = None
     fit = fit_memory(ok + [r for r in records if r.get("status") == "oom"], th.memory_margin_frac)
-    predicted = None
+    predicted, extrapolated = None, False
     for res in fit.values():
         if res.get("predicted_max_batch") is not None:
-            predicted = res["predicted_max_batch"]
+            predicted, extrapolated = res["predicted_max_batch"], bool(res.get("extrapolated"))
     if len(batches) == 1:
         reason = f"only batch {chosen} measured"
     else:
-        reason = (f"batch {chosen}: the largest measured batch that fits with a {th.memory_margin_frac:.0%} margin and "
-                  f"gains >= {th.batch_min_gain_pct:g}% samples/s ({'; '.join(steps) or 'no larger batch fits'})")
+        reason = (why or f"batch {chosen}: the largest measured batch that fits with a {th.memory_margin_frac:.0%} "
+                  f"margin and gains measurably and >= {th.batch_min_gain_pct:g}% samples/s") + \
+                 f" ({'; '.join(steps) or 'no larger batch fits'})"
     if predicted is not None:
-        reason += f"; memory fit predicts up to batch {predicted}"
+        reason += f"; memory fit predicts up to batch {predicted}" + (
+            f" (an extrapolation beyond 4x the largest measured batch {max(batches)})" if extrapolated else "")
         if predicted > max(batches) and chosen == max(batches):
             reason += " (throughput still rising at the largest measured batch: measure a larger one)"
     if oom:
@@ -128,31 +174,79 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds) -> dic
             "oom_batches": oom, "samples_per_s": {b: _sps(best_by_batch[b]) for b in batches}}
 
 
+def _cores(r: Mapping[str, Any]) -> int | None:
+    bott = probe(r, "bottleneck") or {}
+    n = bott.get("cores") or (r.get("env") or {}).get("cpu_count_logical")
+    try:
+        return int(n) if n else None
+    except (TypeError, ValueError):
+        return None
+
+
 def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, th: Thresholds) -> dict[str, Any]:
-    """The fewest workers within ``workers_within_pct`` of the best samples/s at ``batch``;
-    "more" when the best measured count is still data-bound."""
+    """The one worker advice of a model config on a machine (every section and the configs show
+    its ``reason``).  Among the worker counts measured at ``batch``, a count wins over fewer only
+    when its samples/s is measurably higher (beyond both bands, :func:`compare_speed`) and by more
+    than ``workers_within_pct``; otherwise there is no measurable difference and the fewest win.
+    The chosen run's bottleneck then decides once: still data-bound with the most workers measured
+    -> more workers (at most cores - 1 on a machine with fewer than 10 cores); our own processes
+    saturating the CPU with more than 2 workers and no fewer measured -> 2 (the guide's CPU-bound
+    advice); more workers than cores -> no more than the cores."""
     ok = [r for r in records if r.get("status") == "ok" and (batch is None or batch_requested(r) == batch)]
     if not ok:
         return {"workers": None, "reason": NOT_MEASURED, "measured_counts": 0}
     by_w = _fastest_by(ok, workers_of)
-    best = max(_sps(r) for r in by_w.values())
-    within = sorted(w for w, r in by_w.items() if best and _sps(r) >= best * (1 - th.workers_within_pct / 100))
-    chosen = within[0]
-    rates = ", ".join(f"w{w}: {_sps(by_w[w]):.1f}" for w in sorted(by_w))
-    if len(by_w) == 1:
-        reason = f"only {chosen} workers measured"
+    counts = sorted(by_w)
+    best = max(counts, key=lambda w: _sps(by_w[w]))
+    tied, notes = [], []
+    for w in counts:
+        cmp = compare_speed(by_w[best], by_w[w], th.confidence)
+        if w == best or not (cmp["measurable"] and cmp["gain_pct"] > th.workers_within_pct):
+            tied.append(w)
+            if w != best:
+                notes.append(f"w{best} vs w{w}: {cmp['gain_pct']:+.1f}% samples/s, "
+                             + (f"within {th.workers_within_pct:g}%" if cmp["measurable"] else f"inside the {_bands(cmp)}"))
+    chosen = min(tied)
+    rates = ", ".join(f"w{w}: {_sps(by_w[w]):.1f}" for w in counts)
+    if len(counts) == 1:
+        reason = f"{chosen} workers: the only count measured"
+    elif len(tied) > 1:
+        reason = (f"{chosen} workers: no measurable difference between {', '.join(map(str, tied))} workers at batch "
+                  f"{batch} ({rates} samples/s; {'; '.join(notes)}): the fewest")
     else:
-        reason = (f"{chosen} workers: the fewest within {th.workers_within_pct:g}% of the best samples/s "
-                  f"at batch {batch} ({rates})")
-    top = by_w[max(by_w)]
+        reason = f"{chosen} workers: measurably the fastest at batch {batch} ({rates} samples/s)"
+    measured_advice = chosen
+    top = by_w[max(counts)]
+    rec = by_w[chosen]
+    bott = probe(rec, "bottleneck") or {}
+    cores = _cores(rec)
     wait = finite((top.get("metrics") or {}).get("data_wait_frac"))
     more = False
-    if is_data_bound(wait, th.data_bound_share):
+    if is_data_bound(wait, th.data_bound_share) and chosen == max(counts):
         more = True
-        reason += (f"; still data-bound with {max(by_w)} workers (data wait {wait:.0%} > "
-                   f"{th.data_bound_share:.0%}): try more workers (the guide: 6-8 on an M1 Max)")
-    return {"workers": chosen, "reason": reason, "measured_counts": len(by_w), "more_needed": more,
-            "samples_per_s": {w: _sps(r) for w, r in sorted(by_w.items())}}
+        cap = None if cores is None or cores >= 10 else max(1, cores - 1)
+        target = 6 if cap is None else min(6, cap)
+        if target > chosen:
+            chosen = target
+            reason = (f"{chosen} workers (not measured): still data-bound with {max(counts)} workers (data wait "
+                      f"{wait:.0%} > {th.data_bound_share:.0%}); the guide's 6-8 is for a 10-core M1 Max"
+                      + (f", this machine has {cores} cores: at most {cap}" if cap is not None else "")
+                      + f"; measured: {rates} samples/s")
+        else:
+            more = False
+            reason += (f"; still data-bound (data wait {wait:.0%}), but {cores} cores leave no room for more "
+                       "workers")
+    elif bott.get("cpu_saturated") and chosen > 2 and min(counts) >= chosen:
+        own = finite(bott.get("own_cpu_pct_of_cores"))
+        reason = (f"2 workers (not measured): the benchmark's own processes saturate the CPU with {chosen} workers"
+                  + (f" ({own:.0f}% of the {cores} cores)" if own is not None and cores else "")
+                  + f" (the guide: 2 if CPU-bound); measured: {rates} samples/s")
+        chosen = 2
+    elif cores is not None and chosen > cores:
+        reason += f"; more workers than the {cores} cores: use at most {cores}"
+        chosen = cores
+    return {"workers": chosen, "reason": reason, "measured_counts": len(counts), "more_needed": more,
+            "measured_choice": measured_advice, "samples_per_s": {w: _sps(r) for w, r in sorted(by_w.items())}}
 
 
 # --------------------------------------------------------------------------- learning rate, warm-up
