@@ -76,3 +76,28 @@ def test_drift_is_stated_over_the_measured_span_never_per_100_steps(cpu, cluster
         for row in _md_table(text, "### Step-time stability"):
             drift = row["drift (fitted change over the measured steps)"]
             assert drift == "-" or drift.endswith(f"over {row['steps']} measured steps"), row
+
+
+# --------------------------------------------------------------------------- one run's terminal summary
+@pytest.mark.slow  # DataLoader workers on a shared 2-core machine
+def test_a_run_summary_and_its_probe_lines_agree_on_the_split_and_the_workers(tmp_path):
+    """One `run`: the time split line and the bottleneck probe's line report the same shares, and a run
+    that warns about more DataLoader workers than cores never advises keeping that many."""
+    import os
+
+    from helpers import TINY_FLAGS
+
+    cores = os.cpu_count() or 1
+    flags = [f for f in TINY_FLAGS]
+    flags[flags.index("--workers") + 1] = str(cores + 1)
+    res = run_cli("run", "--device", "cpu", *flags, "--probes", "bottleneck", "--json", str(tmp_path / "r.json"))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert f"{cores + 1} DataLoader workers on {cores} CPU cores" in out
+    assert f"keep num_workers at {cores + 1}" not in out
+    assert f"use at most {cores} num_workers" in out
+    split = re.search(r"time split: data wait ([\d.]+)%, host ([\d.]+)%, device ([\d.]+)%", out)
+    probe = re.search(r"probe bottleneck: [\w-]+ \(data_wait (\d+)%, host (\d+)%, device (\d+)%", out)
+    assert split and probe, out
+    for a, b in zip(split.groups(), probe.groups()):
+        assert abs(float(a) - float(b)) <= 0.5 + 1e-9, (split.groups(), probe.groups())

@@ -54,7 +54,8 @@ Slows Down"), first rule that holds:
 2. the CPU saturated *by the benchmark's own process tree* (the main process and
    its children, the DataLoader workers: their CPU time over the wall time, as a
    share of all cores, > ``CPU_SATURATED_PCT`` = 90%) -> "decrease num_workers to 2";
-3. keep.
+3. more workers than cores -> "use at most <cores>" (the run warns about the same fact);
+4. keep.
 
 System-wide load (``psutil.cpu_percent``, every process on the machine) is kept
 as context only ("other processes used X% of the CPU"): another job's load says
@@ -202,6 +203,9 @@ def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int,
                     f"> {CPU_SATURATED_PCT:.0f}%) and {workers} workers compete with the step{other}")
         return (f"the benchmark's own processes saturate the CPU ({own}, > {CPU_SATURATED_PCT:.0f}%) with {workers} "
                 f"workers; keep num_workers at most {WORKERS_DOWN}{other}")
+    if workers > cores:  # the same fact the run warns about: more workers than cores
+        return (f"use at most {cores} num_workers: {workers} workers on {cores} CPU cores compete with the step "
+                f"(data loading is not the bottleneck){other}")
     return f"keep num_workers at {workers}: data loading is not the bottleneck{other}"
 
 

@@ -524,17 +524,17 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
         f.bottleneck_advice = bott.get("worker_advice")
         f.cpu_saturated = bott.get("cpu_saturated")
     if workers_choice:
+        # one advice per fact: the report's worker advice (measured counts first, then this run's
+        # bottleneck) is the advice every line shows, the probe's rule of thumb included
         f.workers_more_needed = workers_choice.get("more_needed")
+        judged = finite((r.get("config") or {}).get("data", {}).get("num_workers"))
+        advised = finite(workers_choice.get("workers"))
+        if f.bottleneck_advice is not None and workers_choice.get("reason"):
+            f.bottleneck_advice = f"num_workers {workers_choice.get('workers')}: {workers_choice.get('reason')}"
+        if f.cpu_saturated and judged is not None and advised is not None and advised >= judged:
+            f.cpu_saturated = False  # measured: fewer workers are no faster
     if workers_choice and workers_choice.get("measured_counts", 0) >= 2:
         f.workers_tuned = {"value": workers_choice.get("workers"), "evidence": workers_choice.get("reason")}
-        judged = finite((r.get("config") or {}).get("data", {}).get("num_workers"))
-        best = finite(workers_choice.get("workers"))
-        if f.cpu_saturated and judged is not None and best is not None and best >= judged:
-            # the probe's rule of thumb (fewer workers when our processes saturate the CPU) against a
-            # measurement of fewer workers in the same sweep: the measurement wins
-            f.cpu_saturated = False
-            f.bottleneck_advice = (f"the probe's advice ({f.bottleneck_advice}) is overruled by the sweep, which "
-                                   f"measured fewer workers as no faster: {workers_choice.get('reason')}")
     if batch_choice and batch_choice.get("measured_counts", 0) >= 2:
         f.batch_tuned = {"value": batch_choice.get("batch"), "evidence": batch_choice.get("reason")}
     return f

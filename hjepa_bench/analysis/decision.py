@@ -35,13 +35,44 @@ class ReportSettings:
     skipped: list[str] = field(default_factory=list)
 
 
+def group_key(r: Mapping[str, Any]) -> tuple:
+    """The model config on a machine that one batch and one worker advice are about."""
+    c = r["config"]  # (a valid record: read_results checked it)
+    return (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"], world_size(r))
+
+
 def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in records:
-        c = r["config"]  # (a valid record: read_results checked it)
-        key = (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"], world_size(r))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(group_key(r), []).append(r)
     return groups
+
+
+def worker_advice_text(choice: Mapping[str, Any]) -> str | None:
+    """The one sentence of a group's worker advice, as every section and config shows it."""
+    if choice.get("workers") is None:
+        return None
+    return f"num_workers {choice['workers']}: {choice['reason']}"
+
+
+def apply_worker_advice(records: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Copies of ``records`` whose bottleneck entry's ``worker_advice`` is the report's one advice for
+    the record's model config on its machine (so the bottleneck section says what the
+    recommendations, the checklist and the configs say); the probe's own rule of thumb is kept as
+    ``probe_worker_advice``."""
+    by_key = analysis.get("_worker_advice") or {}
+    out = []
+    for r in records:
+        entry = ((r.get("probes") or {}).get("bottleneck") if isinstance(r, Mapping) else None)
+        try:
+            text = by_key.get(group_key(r))
+        except (KeyError, TypeError):
+            text = None
+        if isinstance(entry, Mapping) and entry.get("worker_advice") and text:
+            r = {**r, "probes": {**r["probes"], "bottleneck": {**entry, "worker_advice": text,
+                                                                "probe_worker_advice": entry["worker_advice"]}}}
+        out.append(r)
+    return out
 
 
 def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
@@ -88,6 +119,12 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
             row["warmup"] = recommend_warmup(float(t["warmup_epochs"]), int(t["epochs"]), facts.warmup_spikes)
             row["lr"] = recommend_lr(float(t["lr"]), facts.lr_advice_detail, facts.lr, facts.loss_preliminary)
             rows.append(row)
+    advice = {g["key"]: worker_advice_text(g["workers"]) for g in group_choices}
+    machine_advice = [f"{g['group']}: {worker_advice_text(g['workers'])}" for g in group_choices
+                      if worker_advice_text(g["workers"])]
+    for row in rows:
+        if not row.get("measured"):
+            row["machine_worker_advice"] = machine_advice
     _name_config_files(rows)
     decision = decide(rows)
     ratios = model_speed_ratios(recs)
@@ -105,6 +142,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
         "memory_fit": {f"{k[0]} {k[1]}": v for k, v in mem_fit.items()},
         "lessons": lessons_learned(facts, criteria, findings, recs_text),
         "validation_subject": facts.subject,
+        "_worker_advice": advice,  # group key -> advice (for the sections; not written to report.json)
     }
 
 
@@ -136,9 +174,14 @@ def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapp
                    f"({f.it_per_s / th.expected_it_per_s:.2f}x)")
     for r in ratios:
         if r["slowdown_vs_fastest"] > 1.0:
+            differs = r.get("differs") or []
+            what = ("the encoder alone differs (the guide guessed ~2x for ViT-Small, ~4x for ViT-Base)"
+                    if differs == ["encoder"] else
+                    f"a whole-config ratio ({', '.join(differs)} differ), not the guide's encoder-size guess"
+                    if "encoder" in differs else f"{', '.join(differs) or 'the config'} differ; the same encoder")
             out.append(f"{r['model']} takes {r['slowdown_vs_fastest']:.2f}x the time per sample of {r['fastest']} on "
-                       f"{r['machine']}, each at its best measured batch (the guide guessed ~2x for ViT-Small, "
-                       "~4x for ViT-Base)")
+                       f"{r['machine']}, each at its best measured batch: {what}"
+                       + (f" (warning: {r['warning']})" if r.get("warning") else ""))
     for s in savings:
         out.append(f"the efficient step variant runs {s['model']} b{s['batch']} in {s['time_ratio']:.2f}x the "
                    f"reference step time ({s['saving_frac']:.0%} saved) on {s['machine']}")

@@ -64,6 +64,33 @@ def _fastest_by(records: Sequence[Mapping[str, Any]], key: Any) -> dict[Any, Map
     return best
 
 
+#: a verdict that rests on fewer measured steps than this shows the record's warning beside it
+MIN_STEPS_VERDICT = 10
+
+
+def measured_steps(r: Mapping[str, Any]) -> int | None:
+    m = r.get("metrics") or {}
+    n = m.get("measured_steps")
+    if n is None:
+        n = (m.get("step_time_s") or {}).get("n")
+    try:
+        return None if n is None else int(n)
+    except (TypeError, ValueError):
+        return None
+
+
+def few_steps_warning(r: Mapping[str, Any]) -> str | None:
+    """The record's own warning about its few measured steps (its ``metrics.warnings`` line that says
+    so, else one in the same words) when fewer than ``MIN_STEPS_VERDICT`` steps were measured."""
+    n = measured_steps(r)
+    if n is None or n >= MIN_STEPS_VERDICT:
+        return None
+    for w in (r.get("metrics") or {}).get("warnings") or []:
+        if f"{n} steps" in str(w) or f"{n} measured steps" in str(w):
+            return str(w)
+    return f"only {n} steps measured; the statistics are rough"
+
+
 def step_cv_pct(r: Mapping[str, Any]) -> float | None:
     """Step-time CV (%) from the stability probe, else from the record's step times; None (not
     measured) when fewer than the stability probe's minimum of steps were measured (the CV of a
@@ -170,6 +197,9 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds,
             reason += " (throughput still rising at the largest measured batch: measure a larger one)"
     if oom:
         reason += f"; out of memory at batch {', '.join(map(str, oom))}"
+    warn = few_steps_warning(best_by_batch.get(chosen) or ok[0])
+    if warn:
+        reason += f" (warning: {warn})"
     return {"batch": chosen, "reason": reason, "measured_counts": len(batches), "predicted_max_batch": predicted,
             "oom_batches": oom, "samples_per_s": {b: _sps(best_by_batch[b]) for b in batches}}
 
@@ -245,6 +275,9 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
     elif cores is not None and chosen > cores:
         reason += f"; more workers than the {cores} cores: use at most {cores}"
         chosen = cores
+    warn = few_steps_warning(rec)
+    if warn:
+        reason += f" (warning: {warn})"
     return {"workers": chosen, "reason": reason, "measured_counts": len(counts), "more_needed": more,
             "measured_choice": measured_advice, "samples_per_s": {w: _sps(r) for w, r in sorted(by_w.items())}}
 
@@ -294,8 +327,14 @@ def recommend_lr(option_lr: float, lr_advice: Mapping[str, Any] | None, validati
     action = lr_advice["action"]
     suggested = finite(lr_advice.get("suggested_lr"))
     trigger = lr_advice.get("trigger", "")
+    if preliminary and "diverg" not in f"{action} {trigger}":
+        # no validation run: a benchmark's first steps (often still in LR warm-up) judge no LR
+        return {"lr": option_lr, "reason": f"the option's {option_lr:.1e}: no validation run to judge the LR "
+                                           "(a benchmark's first steps do not; hjepa-bench validate does)"}
     if action == "keep" or suggested is None:
-        return {"lr": option_lr, "reason": f"validation loss: {trigger}: keep the option's {option_lr:.1e}"}
+        what = "keep" if action == "keep" else "no LR advice"
+        return {"lr": option_lr, "reason": f"the option's {option_lr:.1e}: the validation run's loss gives {what}"
+                + (f" ({lr_advice.get('text') or trigger})" if action != "keep" else "")}
     if preliminary and "diverg" not in f"{action} {trigger}":
         return {"lr": option_lr, "reason": f"kept the option's {option_lr:.1e}: the benchmark's loss says {action} "
                                            f"({trigger}), but from the first steps of training only (preliminary); "
@@ -330,10 +369,17 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
             continue
         base_label = max(models, key=lambda k: _sps(models[k]))
         base = _sps(models[base_label])
+        bm = models[base_label]["config"]["model"]
         for label, r in sorted(models.items(), key=lambda kv: -_sps(kv[1])):
+            m = r["config"]["model"]
+            differs = [name for name, a, b in (("encoder", m["encoder_type"], bm["encoder_type"]),
+                                                ("encoder blocks", m.get("encoder_depth", 12), bm.get("encoder_depth", 12)),
+                                                ("levels", m["num_hierarchies"], bm["num_hierarchies"]),
+                                                ("predictor depth", m["predictor"]["depth"], bm["predictor"]["depth"]))
+                       if a != b]
             out.append({"machine": machine_name(r), "batch": batch_requested(r), "workers": workers_of(r), "model": label,
                         "world_size": g[4], "samples_per_s": _sps(r), "slowdown_vs_fastest": base / _sps(r),
-                        "fastest": base_label})
+                        "fastest": base_label, "differs": differs, "warning": few_steps_warning(r)})
     return out
 
 
@@ -355,6 +401,9 @@ def machine_comparison(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         speeds[config][machine(r)] = ips  # the latest record of a config on a machine
     if len(names) < 2:
         return {"machines": [], "rows": []}
+    refused = one_host_overlaps(records)
+    if refused:
+        return {"machines": [], "rows": [], "refused": refused}
     shown = {m: n if list(names.values()).count(n) == 1 else f"{n} [{m[:6]}]" for m, n in names.items()}
     rows = []
     for config, per in sorted(speeds.items()):
@@ -362,6 +411,46 @@ def machine_comparison(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         rows.append({"config": config, "it_per_s": {shown[m]: v for m, v in per.items()}, "fastest": shown[fastest],
                      "fastest_vs_slowest": per[fastest] / min(per.values()) if len(per) > 1 else None})
     return {"machines": [shown[m] for m in names], "rows": rows}
+
+
+def _interval(r: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(start, end) of the record's run in seconds since the epoch (``started_at`` + ``duration_s``)."""
+    import datetime as _dt
+
+    try:
+        start = _dt.datetime.fromisoformat(str(r["started_at"])).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+    dur = finite(r.get("duration_s"))
+    return None if dur is None else (start, start + dur)
+
+
+def one_host_overlaps(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why no machine comparison can be made: two "machines" (cluster nodes) that are one host (the same
+    ``hostname_hash``) whose runs overlapped in time shared that host's cores, so their speeds measure
+    the competition, not the machines.  None when no such pair exists."""
+    by_host: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        host = (r.get("env") or {}).get("hostname_hash")
+        iv = _interval(r)
+        if r.get("status") == "ok" and host and iv is not None:
+            by_host[str(host)][node_label(r) or machine(r)].append(iv)
+    said = []
+    for host, nodes in by_host.items():
+        if len(nodes) < 2:
+            continue
+        names = sorted(nodes)
+        pairs = 0
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                pairs += sum(1 for x in nodes[a] for y in nodes[b] if x[0] < y[1] and y[0] < x[1])
+        if pairs:
+            said.append(f"nodes {', '.join(names)} are one host (hostname hash {host[:12]}) and {pairs} pair(s) of "
+                        "their runs overlapped in time, so they shared its cores: their speeds measure two runs "
+                        "competing, not two machines")
+    if not said:
+        return None
+    return ("; ".join(said) + ". Run one node per real host (or one node at a time) to compare machines.")
 
 
 def efficient_savings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -441,15 +530,34 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
         row.update(
             status="ok", record_label=(rec.get("sweep") or {}).get("label"), batch=batch_requested(rec), workers=workers_of(rec),
             it_per_s=finite(m.get("it_per_s")), samples_per_s=_sps(rec), step_cv_pct=cv,
-            steps_measured=(m.get("step_time_s") or {}).get("n"),
+            steps_measured=(m.get("step_time_s") or {}).get("n"), few_steps=few_steps_warning(rec),
+            loss_note=_loss_note(loss),
             loss_decrease_pct=finite(loss.get("decrease_pct")) if loss.get("status") == "ok" else None,
             diverged=bool(loss.get("diverged")) if loss.get("status") == "ok" else None,
+            loss_preliminary=bool(loss.get("preliminary", True)) if loss.get("status") == "ok" else None,
             collapsed=collapsed, collapse_note=collapse_note, headroom_frac=finite(mem.get("headroom_frac")) if mem.get("status") == "ok" else None,
             projection=proj, hours=(proj.get("hours") or {}).get("mid"),
             hours_low=(proj.get("hours") or {}).get("low"), hours_high=(proj.get("hours") or {}).get("high"),
         )
         rows.append(row)
     return rows
+
+
+def _loss_note(loss: Mapping[str, Any]) -> str | None:
+    """"preliminary, at lr 4.1e-07 (0.3% of the configured 1.5e-04, in LR warm-up)": what a benchmark's
+    loss decrease was measured at."""
+    if loss.get("status") != "ok" or finite(loss.get("decrease_pct")) is None:
+        return None
+    parts = ["preliminary"] if loss.get("preliminary", True) else []
+    lr, cfg = finite(loss.get("lr_applied")), finite(loss.get("lr"))
+    if lr is None:
+        lr, cfg = cfg, None
+    if lr is not None:
+        at = f"at lr {lr:.1e}"
+        if cfg:
+            at += f" ({lr / cfg:.1%} of the configured {cfg:.1e}" + (", in LR warm-up)" if loss.get("lr_in_warmup") else ")")
+        parts.append(at)
+    return ", ".join(parts) or None
 
 
 def judge(row: dict[str, Any], th: Thresholds, validation: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -498,6 +606,8 @@ def judge(row: dict[str, Any], th: Thresholds, validation: Mapping[str, Any] | N
     if ips is not None:
         reasons.append(f"{ips:.2f} it/s ({'>=' if ips >= th.min_it_per_s else '<'} the {th.min_it_per_s:g} minimum, "
                        f"{'>=' if ips >= th.expected_it_per_s else '<'} the ~{th.expected_it_per_s:g} expected)")
+    if row.get("few_steps"):
+        reasons.append(f"warning: {row['few_steps']}")
     row["eligible"] = not blockers
     row["fits"] = fits
     row["blockers"] = blockers
