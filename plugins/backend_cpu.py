@@ -11,6 +11,7 @@ workers' part of the peak is the largest sum seen at a reading (``memory()``).
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import torch
@@ -30,6 +31,8 @@ _CPU_OOM_MARKERS = (
 )
 # Messages that belong to another backend even when they also say "allocate".
 _OTHER_DEVICE_MARKERS = ("CUDA", "MPS", "HIP", "XPU", "cuDNN", "CUBLAS")
+#: how often the list of child processes (DataLoader workers) is looked up again, seconds
+CHILDREN_REFRESH_S = 1.0
 
 
 def _ru_maxrss_bytes() -> int | None:
@@ -80,6 +83,8 @@ class CPUBackend(Backend):
         self._maxrss_at_reset: int | None = None
         self._scaler_ok: bool | None = None
         self._children_peak: int = 0
+        self._children: list | None = None  # psutil.Process of the children, refreshed now and then
+        self._children_at = 0.0
 
     # ------------------------------------------------------------------ basics
     def device(self) -> torch.device:
@@ -101,12 +106,15 @@ class CPUBackend(Backend):
         so pages a forked worker still shares with the main process are not counted twice."""
         if self._process is None:
             self._rss()
+        now = time.monotonic()
+        if self._children is None or now - self._children_at > CHILDREN_REFRESH_S:
+            try:  # finding the children scans the process table: at most every CHILDREN_REFRESH_S
+                self._children = self._process.children(recursive=True)
+            except Exception:  # noqa: BLE001 - no children to read
+                self._children = []
+            self._children_at = now
         total = 0
-        try:
-            children = self._process.children(recursive=True)
-        except Exception:  # noqa: BLE001 - no children to read
-            return 0
-        for child in children:
+        for child in self._children:
             try:
                 mi = child.memory_info()
                 total += max(0, int(mi.rss) - int(getattr(mi, "shared", 0) or 0))
@@ -119,6 +127,7 @@ class CPUBackend(Backend):
         self._maxrss_at_reset = _ru_maxrss_bytes()
         self._sampled_peak = self._rss()
         self._children_peak = 0
+        self._children = None  # the workers of the window to come
 
     def sample_memory(self) -> None:
         rss = self._rss()

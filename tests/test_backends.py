@@ -339,6 +339,7 @@ def test_cpu_memory_counts_the_workers_of_the_process_tree(cpu):
     child.start()
     try:
         assert ready.wait(30)
+        time.sleep(load_plugin("backend_cpu").CHILDREN_REFRESH_S + 0.2)  # the backend looks for new children
         during = cpu.memory()
     finally:
         done.set()

@@ -101,3 +101,31 @@ def test_a_run_summary_and_its_probe_lines_agree_on_the_split_and_the_workers(tm
     assert split and probe, out
     for a, b in zip(split.groups(), probe.groups()):
         assert abs(float(a) - float(b)) <= 0.5 + 1e-9, (split.groups(), probe.groups())
+
+
+# --------------------------------------------------------------------------- analyze: the log's own run
+def test_analyze_projects_the_logs_own_run_and_judges_no_loss_from_two_values(tmp_path):
+    """A log that says "Validation dataset size: 256" is projected with 256 validation images (not
+    CIFAR-10's 10,000); a log with two loss values judges neither the loss nor the warm-up from them."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
+    from generators import build_log
+
+    text = build_log(epochs=2, spe=10, log_freq=10)  # one loss value per epoch
+    marker = "Training batches per epoch: 10\n"
+    text = text.replace(marker, marker + "2026-01-01 00:00:00 - __main__ - INFO - Validation dataset size: 256\n", 1)
+    log = tmp_path / "train.log"
+    log.write_text(text)
+    res = run_cli("analyze", "--log", str(log), "--out", str(tmp_path / "an"))
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    row = next(r for r in data["matrix"] if r["option"] == "L")
+    proj = row["projection"]
+    assert proj["overhead_counts"]["validation_steps_per_pass"] == 256 // 32  # ceil(256 / 32)
+    assert any("over 256 images" in a for a in proj["assumptions"])
+    items = {i["fact"]: i for s in data["checklist"] for i in s["items"]}
+    assert data["loss"]["n"] == 2
+    assert items["loss_drop"]["status"] == "not measured" and "2 loss value(s)" in items["loss_drop"]["evidence"]
+    assert items["warmup"]["status"] == "not measured", items["warmup"]
+    assert items["loss_steady"]["status"] == "not measured"

@@ -59,6 +59,7 @@ class Facts:
     diverged: bool | None = None
     warmup_spikes: int | None = None
     loss_points: int | None = None
+    loss_epoch_values: list[float] | None = None  # per-epoch losses a log's summaries print (shown, not judged)
     loss_preliminary: bool = False
     lr: float | None = None
     lr_advice: str | None = None
@@ -183,8 +184,14 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
         put("variance", PASS if steady else FAIL,
             f"CV {f.step_cv_pct:.1f}% ({'<' if steady else '>='} {th.max_step_cv_pct:g}%){drift}", f.step_cv_pct)
     # loss ------------------------------------------------------------------------------
+    too_few = (f"{f.loss_points} loss value(s)" if f.loss_points is not None else "no loss series")
+    too_few += ": too few for the smoothed start and end windows"
+    if f.loss_epoch_values:
+        vals = f.loss_epoch_values
+        too_few += (f" (the epoch summaries' losses {' -> '.join(f'{v:.4g}' for v in vals)}, {len(vals)} value(s), "
+                    "are shown, not judged)")
     if f.loss_decrease_pct is None:
-        put("loss_drop", NOT_MEASURED, "no loss series long enough")
+        put("loss_drop", NOT_MEASURED, too_few)
     else:
         down = f"down {fmt_or_dash(f.loss_decrease_pct, suffix='%')}"
         numbers = (f"{f.loss_start:.4g} -> {f.loss_end:.4g}, {down} over {f.loss_points} points"
@@ -204,6 +211,9 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
             PRELIMINARY if f.loss_preliminary else "no divergence", False)
     if f.warmup_spikes is None:
         put("warmup", NOT_MEASURED, "warm-up spikes not measured")
+    elif f.loss_decrease_pct is None and not f.loss_preliminary:
+        # the same loss series the learning criterion needs: a warm-up is not judged from fewer values
+        put("warmup", NOT_MEASURED, f"{f.warmup_spikes} loss spike(s) during warm-up; {too_few}", f.warmup_spikes)
     elif f.loss_preliminary:
         put("warmup", NOT_MEASURED, f"{f.warmup_spikes} loss spike(s) during warm-up; {PRELIMINARY}", f.warmup_spikes)
     else:

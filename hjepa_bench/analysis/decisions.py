@@ -272,8 +272,9 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
                   + (f" ({own:.0f}% of the {cores} cores)" if own is not None and cores else "")
                   + f" (the guide: 2 if CPU-bound); measured: {rates} samples/s")
         chosen = 2
-    elif cores is not None and chosen > cores:
-        reason += f"; more workers than the {cores} cores: use at most {cores}"
+    elif cores is not None and chosen > cores and min(counts) >= chosen:
+        reason = (f"{cores} workers (not measured): {chosen} workers on {cores} CPU cores compete with the step; "
+                  f"measured: {rates} samples/s")
         chosen = cores
     warn = few_steps_warning(rec)
     if warn:
