@@ -179,6 +179,8 @@ def render_eval_markdown(result: Mapping[str, Any]) -> str:
         f"{dat['num_classes']} classes (chance {fmt_pct(dat['chance_top1'], dash='-')}).",
         "",
     ]
+    if result.get("caveats"):
+        lines += ["**The comparison below may say nothing:**", ""] + [f"- {c}" for c in result["caveats"]] + [""]
     for entry in result["levels"]:
         tr, rn, gain = entry["trained"], entry["random_init"], entry["gain"]
         rows = []
