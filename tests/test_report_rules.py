@@ -129,3 +129,24 @@ def test_analyze_projects_the_logs_own_run_and_judges_no_loss_from_two_values(tm
     assert items["loss_drop"]["status"] == "not measured" and "2 loss value(s)" in items["loss_drop"]["evidence"]
     assert items["warmup"]["status"] == "not measured", items["warmup"]
     assert items["loss_steady"]["status"] == "not measured"
+    # the logged run's own row has no time window: said in words, never "inf"
+    matrix = _md_table((tmp_path / "an" / "report.md").read_text(), "## Decision matrix")
+    assert next(r for r in matrix if r["option"] == "L")["limit h"] == "none (projection only)"
+    assert "inf" not in json.dumps(row["reasons"])
+
+
+# --------------------------------------------------------------------------- labels
+def test_step_charts_have_whole_step_ticks_and_explain_their_codes(tmp_path):
+    from matplotlib.ticker import MaxNLocator
+
+    from hjepa_bench.report.charts import _figure, _step_axes, loss_curve, step_time_over_run
+
+    recs = _records(CPU)
+    for chart in (step_time_over_run(recs, tmp_path), loss_curve(recs, tmp_path)):
+        assert "L<n> = hierarchy levels" in chart.caption and "P<n> = predictor depth" in chart.caption, chart.caption
+    fig, ax = _figure("t")
+    ax.plot([0, 1, 2], [1.0, 2.0, 3.0], label="vit_tiny L2 P4")
+    _step_axes(fig, ax, [1], "ms")
+    loc = ax.xaxis.get_major_locator()
+    assert isinstance(loc, MaxNLocator) and all(float(t).is_integer() for t in loc.tick_values(0, 3))
+    assert ax.get_legend().get_title().get_text() == "L<n> = hierarchy levels, P<n> = predictor depth"

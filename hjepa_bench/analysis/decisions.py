@@ -488,7 +488,12 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
     for r in matched:
         by_machine[(machine(r), world_size(r))].append(r)
     limit = budget_hours if budget_hours is not None else option.hours[1]
-    limit_src = f"budget {budget_hours:g} h" if budget_hours is not None else f"the option's window {option.hours[0]:g}-{option.hours[1]:g} h"
+    if budget_hours is not None:
+        limit_src = f"budget {budget_hours:g} h"
+    elif math.isinf(option.hours[1]):
+        limit_src = "no time limit (the measured run's own config: projected, never recommended)"
+    else:
+        limit_src = f"the option's window {option.hours[0]:g}-{option.hours[1]:g} h"
     base = {"option": option.name, "title": option.title, "describe": option.describe(), "epochs": int(t["epochs"]),
             "priority": option.priority, "hours_window": list(option.hours), "candidate": option.candidate, "limit_hours": limit,
             "limit_source": limit_src, "expected": option.expected, "choose_if": option.choose_if}

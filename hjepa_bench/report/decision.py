@@ -53,6 +53,15 @@ def _band(low: Any, high: Any, spec: str, note: str | None) -> str:
     return f" [{note or '-'}]"
 
 
+def _limit(row: Mapping[str, Any]) -> str:
+    """The matrix's "limit h": the budget or the option's window; "none (projection only)" for the measured
+    run's own config, which has no window (never "inf")."""
+    limit = row.get("limit_hours")
+    if limit is None or limit == float("inf"):
+        return "none (projection only)"
+    return f"{limit:g}"
+
+
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
@@ -124,7 +133,7 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
             f"{'>=' if ips and ips >= th['expected_it_per_s'] else '<'} ~{th['expected_it_per_s']:g})",
             _f(r.get("step_cv_pct"), ".1f"), loss, diverged, collapse,
             "-" if r.get("headroom_frac") is None else f"{r['headroom_frac']:.0%}",
-            f"{_f(r.get('hours'), '.1f')}{band}", f"{r['limit_hours']:g}", str(r.get("steps_measured") or "-"), verdict])
+            f"{_f(r.get('hours'), '.1f')}{band}", _limit(r), str(r.get("steps_measured") or "-"), verdict])
     parts += [_table(mrows, ["option", "config", "measured on", "processes", "it/s (min; expected)", "CV %",
                              "loss down %",
                              "diverged", "collapse", "mem headroom", "projected h [band]", "limit h",
