@@ -150,3 +150,125 @@ def test_step_charts_have_whole_step_ticks_and_explain_their_codes(tmp_path):
     loc = ax.xaxis.get_major_locator()
     assert isinstance(loc, MaxNLocator) and all(float(t).is_integer() for t in loc.tick_values(0, 3))
     assert ax.get_legend().get_title().get_text() == "L<n> = hierarchy levels, P<n> = predictor depth"
+
+
+# --------------------------------------------------------------------------- 1. the guide's run
+def test_a_toy_run_does_not_pass_the_guides_speed_criterion(cluster):
+    text, analysis = cluster
+    crit = {c["id"]: c for c in analysis["criteria"]}
+    assert crit["performance"]["status"] == "not measured"
+    assert "not the guide's quick_val" in crit["performance"]["evidence"]
+    judged = text[text.index("Judged on:"):].splitlines()[0]
+    for diff in ("2 encoder blocks (quick_val: 12 encoder blocks)", "predictor depth 1 (quick_val: predictor depth 2)",
+                 "64 px (quick_val: 224 px)", "batch 4 (quick_val: batch 32)", "0 workers (quick_val: 4 workers)"):
+        assert diff in judged
+    assert "the guide expects" not in " ".join(analysis["lessons"]["Unexpected Findings"])
+    items = {i["fact"]: i for s in analysis["checklist"] for i in s["items"]}
+    assert items["speed"]["status"] == items["memory"]["status"] == "not measured"
+
+
+def test_the_guides_own_run_is_judged(cpu):
+    _, analysis = cpu
+    assert analysis["facts"]["guide_differences"] == []
+    assert {c["id"]: c for c in analysis["criteria"]}["performance"]["status"] == "fail"
+
+
+# --------------------------------------------------------------------------- 2. machines
+def test_nodes_of_one_host_that_ran_at_the_same_time_are_not_compared(cluster):
+    text, analysis = cluster
+    assert analysis["machines"]["rows"] == [] and "overlapped in time" in analysis["machines"]["refused"]
+    section = _section(text, "## Machines compared")
+    assert "Not compared: nodes a, b are one host" in section and "fastest" not in section
+
+
+# --------------------------------------------------------------------------- 3, 4. one advice per fact
+def test_one_worker_advice_in_every_section_and_config(cpu, tmp_path_factory):
+    text, analysis = cpu
+    group = next(g for g in analysis["group_choices"] if "L2 P2" in g["group"])
+    w, reason = group["workers"]["workers"], group["workers"]["reason"]
+    assert "no measurable difference between 2, 4 workers" in reason and w == 2
+    advice = f"num_workers {w}: {reason}"
+    rows = [r for r in _md_table(text, "### Bottleneck: data, host or device") if r["model"] == "vit_tiny"]
+    quick = [r for r, rec in zip(rows, [x for x in _records(CPU) if x["config"]["model"]["predictor"]["depth"] == 2])]
+    assert quick and all(r["worker advice"] == advice for r in quick)
+    items = {i["fact"]: i for s in analysis["checklist"] for i in s["items"]}
+    assert advice in items["bottleneck"]["evidence"] and reason in items["workers"]["evidence"]
+    assert f"workers: {reason}" in analysis["lessons"]["Recommendations for Full Training"]
+    # the configs carry the advice of their own model config, value and words
+    out = Path(tmp_path_factory.getbasetemp())
+    for row in analysis["matrix"]:
+        cfg = next(out.glob(f"cpu*/{row['config_file']}")).read_text()
+        assert f"num_workers: {row['workers_choice']['workers']}" in cfg
+        assert row["workers_choice"]["reason"] in cfg
+
+
+def test_a_difference_inside_the_bands_is_no_measurable_difference(cpu):
+    _, analysis = cpu
+    group = next(g for g in analysis["group_choices"] if "L2 P2" in g["group"])
+    b = group["batch"]
+    assert b["batch"] == 32 and "no measurable difference between batches 16, 32: the guide's default" in b["reason"]
+    assert "inside the bands" in b["reason"]
+
+
+# --------------------------------------------------------------------------- 7. few steps
+def test_verdicts_on_few_steps_carry_the_records_warning(cpu):
+    text, analysis = cpu
+    warning = "only 5 steps measured before the time cap; the statistics are rough"
+    b = next(r for r in _md_table(text, "## Decision matrix") if r["option"] == "B")
+    assert warning in b["verdict"]
+    assert any(warning in line for line in _section(text, "## Recommendation").splitlines() if line.startswith("- B:"))
+    assert any(warning in line for line in _section(text, "## Time-to-train projections").splitlines()
+               if line.startswith("- B"))
+    small = next(r for r in _md_table(text, "### Model size") if r["model"].startswith("vit_small"))
+    assert warning in small["note"] and "encoder, levels, predictor depth" in small["note"]
+    vs = next(g for g in analysis["group_choices"] if "vit_small" in g["group"])
+    assert warning in vs["batch"]["reason"] and warning in vs["workers"]["reason"]
+
+
+# --------------------------------------------------------------------------- 8. projection footnote
+def test_each_projection_states_its_own_assumptions(cpu):
+    text, _ = cpu
+    section = _section(text, "## Time-to-train projections")
+    b = next(line for line in section.splitlines() if line.startswith("- B"))
+    assert "batch 24 per step (steps/epoch = 2,083)" in b and "(10 writes)" in b
+    a = next(line for line in section.splitlines() if line.startswith("- A"))
+    assert "batch 32 per step (steps/epoch = 1,562)" in a and "(4 writes)" in a
+
+
+# --------------------------------------------------------------------------- 9. criteria vs checklist vs matrix
+def test_criteria_checklist_and_matrix_agree(cpu):
+    text, analysis = cpu
+    crit = {c["id"]: c for c in analysis["criteria"]}
+    items = {i["fact"]: i for s in analysis["checklist"] for i in s["items"]}
+    # a benchmark runs no epochs: criterion 1 cannot pass
+    assert crit["stability"]["status"] == "not measured" and "all epochs: not measured" in crit["stability"]["evidence"]
+    # criterion 5 lists the CPU fallbacks: not measured without them
+    assert crit["compatibility"]["status"] == "not measured" and items["mps"]["status"] == "not measured"
+    # the matrix's "diverged" says what the checklist's "No divergence observed" says
+    assert items["divergence"]["status"] == "not measured"
+    for row in _md_table(text, "## Decision matrix"):
+        assert row["diverged"] in ("not measured (preliminary)", "-"), row
+
+
+# --------------------------------------------------------------------------- 10. memory
+def test_a_memory_prediction_far_beyond_the_measured_batches_is_an_extrapolation(cpu):
+    text, analysis = cpu
+    fit = next(v for k, v in analysis["memory_fit"].items() if "2 2]" in k)
+    assert fit["predicted_max_batch"] > 4 * max(fit["ok_batches"]) and fit["extrapolated"] is True
+    group = next(g for g in analysis["group_choices"] if "L2 P2" in g["group"])
+    assert f"up to batch {fit['predicted_max_batch']} (an extrapolation" in group["batch"]["reason"]
+
+
+# --------------------------------------------------------------------------- 11. labels
+def test_labels_say_which_steps_and_what_the_loss_was_measured_at(cpu):
+    text, _ = cpu
+    matrix = _md_table(text, "## Decision matrix")
+    assert "measured steps" in matrix[0] and "steps" not in matrix[0]
+    assert "training steps" in _md_table(text, "## Time-to-train projections")[0]
+    a = next(r for r in matrix if r["option"] == "A")
+    assert a["loss down %"].startswith("1.4 (preliminary, at lr 4.1e-07 (0.3% of the configured 1.5e-04")
+    # no validation run: the LR line names the option's one base LR and says why it is not adjusted
+    lr_rows = [line for line in _section(text, "### Learning rate and warm-up").splitlines()
+               if line.startswith("| A ") or line.startswith("| B ") or line.startswith("| C ")]
+    assert len(lr_rows) == 3
+    assert all("no validation run" in r and "1.0e-04" not in r for r in lr_rows)
