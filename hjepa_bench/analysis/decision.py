@@ -178,7 +178,8 @@ def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapp
             what = ("the encoder alone differs (the guide guessed ~2x for ViT-Small, ~4x for ViT-Base)"
                     if differs == ["encoder"] else
                     f"a whole-config ratio ({', '.join(differs)} differ), not the guide's encoder-size guess"
-                    if "encoder" in differs else f"{', '.join(differs) or 'the config'} differ; the same encoder")
+                    if "encoder" in differs else f"the same encoder; {' and '.join(differs) or 'the config'} "
+                    + ("differs" if len(differs) == 1 else "differ"))
             out.append(f"{r['model']} takes {r['slowdown_vs_fastest']:.2f}x the time per sample of {r['fastest']} on "
                        f"{r['machine']}, each at its best measured batch: {what}"
                        + (f" (warning: {r['warning']})" if r.get("warning") else ""))
@@ -223,7 +224,11 @@ def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[st
             out.append(f"batch size: {vchoice['batch']['reason']}")
         if vchoice["workers"].get("workers") is not None:
             out.append(f"workers: {vchoice['workers']['reason']}")
-    if f.lr_advice:
+    if f.lr_advice and f.loss_preliminary and not f.diverged:
+        # the LR table's rule: no validation run, no LR judgement (each option keeps its own base LR)
+        out.append("learning rate: each option's own (no validation run to judge the LR: a benchmark's first steps "
+                   "do not; hjepa-bench validate does)")
+    elif f.lr_advice:
         out.append(f"learning rate: {f.lr_advice}" + (" (preliminary, from the first steps of training: not applied "
                                                       "to the configs; confirm with hjepa-bench validate)"
                                                       if f.loss_preliminary else ""))

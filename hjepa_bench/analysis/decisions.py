@@ -193,7 +193,7 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds,
     if predicted is not None:
         reason += f"; memory fit predicts up to batch {predicted}" + (
             f" (an extrapolation beyond 4x the largest measured batch {max(batches)})" if extrapolated else "")
-        if predicted > max(batches) and chosen == max(batches):
+        if predicted > max(batches) and chosen == max(batches) and len(tied) == 1 and len(batches) > 1:
             reason += " (throughput still rising at the largest measured batch: measure a larger one)"
     if oom:
         reason += f"; out of memory at batch {', '.join(map(str, oom))}"

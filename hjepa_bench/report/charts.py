@@ -543,7 +543,7 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
     if no_fit:
         caption += f"; no fit (fewer than 2 batch sizes) for {', '.join(no_fit)}"
     if rss:
-        caption += "; on CPU the peak is the process RSS"
+        caption += "; on CPU the peak is the RSS of the process tree (DataLoader workers included)"
     return Chart(name, title, path, caption + ".",
                  {"predicted_max_batch": predicted, "fits": {f"{d} {m}": fits[(d, m)] for d, m in keys},
                   "records": n_points})
