@@ -249,7 +249,8 @@ def test_user_options_file(tmp_path):
 def test_preliminary_lr_advice_is_reported_but_not_applied():
     advice = {"action": "increase", "suggested_lr": 1.5e-4, "trigger": "decrease 1.5% < 20%"}
     r = recommend_lr(1.5e-4, advice, 1e-4, preliminary=True)
-    assert r["lr"] == 1.5e-4 and "preliminary" in r["reason"]
+    # no validation run: the option's own LR, one base LR named
+    assert r["lr"] == 1.5e-4 and "no validation run" in r["reason"] and "1.0e-04" not in r["reason"]
     assert recommend_lr(1.5e-4, advice, 1e-4, preliminary=False)["lr"] == pytest.approx(2.25e-4)
     diverging = {"action": "decrease", "suggested_lr": 1e-5, "trigger": "diverged"}
     assert recommend_lr(1.5e-4, diverging, 1e-4, preliminary=True)["lr"] == pytest.approx(1.5e-5)

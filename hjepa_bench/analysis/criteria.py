@@ -279,8 +279,8 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
                     if flag]
         ev = (f"{f.bottleneck}" + (f", data wait {f.data_wait_frac:.0%}" if f.data_wait_frac is not None else "")
               + (f"; {f.bottleneck_advice}" if f.bottleneck_advice else ""))
-        put("bottleneck", FAIL if problems else NOT_MEASURED if other_run else PASS,
-            (f"{', '.join(problems)}: " if problems else "") + ev + (f"; {not_guide}" if other_run and not problems else ""),
+        put("bottleneck", NOT_MEASURED if other_run else FAIL if problems else PASS,
+            (f"{', '.join(problems)}: " if problems else "") + ev + (f"; {not_guide}" if other_run else ""),
             f.bottleneck)
     # system optimisation ----------------------------------------------------------------
     if not f.workers_tuned:
@@ -315,6 +315,11 @@ def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
     speed, var = v["speed"], v["variance"]
     if speed["value"] is None:
         out.append(verdict("performance", name, combine([speed["status"], var["status"]]), None, speed["evidence"]))
+    elif f.guide_differences:  # both facts not judged for the same reason: said once
+        cv = "-" if f.step_cv_pct is None else f"{f.step_cv_pct:.1f}%"
+        out.append(verdict("performance", name, NOT_MEASURED, speed["value"],
+                           f"{f.it_per_s:.2f} it/s, CV {cv}: " + speed["evidence"].split(", ", 1)[1]
+                           + (f"; {f.speed_method}" if f.speed_method else "")))
     else:
         ev = f"{speed['evidence']}, {var['evidence']}" + (f"; {f.speed_method}" if f.speed_method else "")
         if var["status"] == NOT_MEASURED and speed["status"] == PASS:

@@ -214,8 +214,9 @@ def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[st
             row = next(r for r in rows if r["option"] == d["recommended"] and r.get("machine") == d["machine"]
                        and (r.get("world_size") or 1) == (d.get("world_size") or 1))
             per = " per process" if (row.get("world_size") or 1) > 1 else ""
+            workers = (row.get("workers_choice") or {}).get("workers", row["workers"])  # the one worker advice
             out.append(f"run option {run_name(row)} ({row['title']}) on {d['machine']}: batch {row['batch']}{per}, "
-                       f"{row['workers']} workers, lr {row['lr']['lr']:.2e}, warm-up {row['warmup']['warmup_epochs']:g} "
+                       f"{workers} workers, lr {row['lr']['lr']:.2e}, warm-up {row['warmup']['warmup_epochs']:g} "
                        f"epochs, projected {row['hours']:.1f} h ({row['config_file']})")
         else:
             out.append(f"on {d['machine']} no option fits: {d['reasons'][0] if d['reasons'] else ''}")

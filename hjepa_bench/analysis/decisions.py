@@ -239,7 +239,7 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
     chosen = min(tied)
     rates = ", ".join(f"w{w}: {_sps(by_w[w]):.1f}" for w in counts)
     if len(counts) == 1:
-        reason = f"{chosen} workers: the only count measured"
+        reason = f"{chosen} worker{'s' if chosen != 1 else ''}: the only count measured"
     elif len(tied) > 1:
         reason = (f"{chosen} workers: no measurable difference between {', '.join(map(str, tied))} workers at batch "
                   f"{batch} ({rates} samples/s; {'; '.join(notes)}): the fewest")
@@ -258,7 +258,7 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
         target = 6 if cap is None else min(6, cap)
         if target > chosen:
             chosen = target
-            reason = (f"{chosen} workers (not measured): still data-bound with {max(counts)} workers (data wait "
+            reason = (f"{chosen} worker{'s' if chosen != 1 else ''} (not measured): still data-bound with {max(counts)} workers (data wait "
                       f"{wait:.0%} > {th.data_bound_share:.0%}); the guide's 6-8 is for a 10-core M1 Max"
                       + (f", this machine has {cores} cores: at most {cap}" if cap is not None else "")
                       + f"; measured: {rates} samples/s")
