@@ -338,3 +338,38 @@ def test_more_workers_than_cores_is_never_kept():
     e = analyze_bottleneck(_metrics(0.02, 0.3), "cpu", workers=4, cores=2, process_cpu=_tree(120.0))
     assert e["cpu_saturated"] is False and e["verdict"] != "data-bound"
     assert e["worker_advice"].startswith("use at most 2 num_workers: 4 workers on 2 CPU cores compete with the step")
+
+
+def _rank(q, spin: bool) -> None:
+    """One local rank of a fake job: rank 0 samples its own CPU share, rank 1 spins."""
+    from hjepa_bench.plugins.probe_bottleneck import _CPUSampler
+
+    if spin:
+        end = time.perf_counter() + 3.0
+        while time.perf_counter() < end:
+            pass
+        return
+    time.sleep(0.3)  # the sibling is running
+    sampler = _CPUSampler()
+    sampler.start()
+    time.sleep(2.0)
+    sampler.stop_event.set()
+    sampler.join(5)
+    q.put({**sampler.process_cpu(), "pids": sorted(sampler.child_base)})
+
+
+def test_the_other_ranks_of_a_job_are_its_own_processes(monkeypatch):
+    """Rank 0's "own CPU" counts rank 1 (a sibling started by the same launcher), not "other processes"."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # what torchrun sets in each rank
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    ranks = [ctx.Process(target=_rank, args=(q, spin)) for spin in (True, False)]
+    for p in ranks:
+        p.start()
+    cpu = q.get(timeout=30)
+    for p in ranks:
+        p.join(30)
+    assert ranks[0].pid in cpu["pids"]  # the spinning sibling rank is counted as the job's own ...
+    assert cpu["children_cpu_pct"] > 0, cpu  # ... with the CPU time it spent (its share depends on the load)
