@@ -188,9 +188,11 @@ def test_one_worker_advice_in_every_section_and_config(cpu, tmp_path_factory):
     w, reason = group["workers"]["workers"], group["workers"]["reason"]
     assert "no measurable difference between 2, 4 workers" in reason and w == 2
     advice = f"num_workers {w}: {reason}"
-    rows = [r for r in _md_table(text, "### Bottleneck: data, host or device") if r["model"] == "vit_tiny"]
-    quick = [r for r, rec in zip(rows, [x for x in _records(CPU) if x["config"]["model"]["predictor"]["depth"] == 2])]
-    assert quick and all(r["worker advice"] == advice for r in quick)
+    rows = _md_table(text, "### Bottleneck: data, host or device")  # one row per record, in the file's order
+    recs = _records(CPU)
+    assert len(rows) == len(recs)
+    quick = [row for row, rec in zip(rows, recs) if rec["config"]["model"]["predictor"]["depth"] == 2]
+    assert len(quick) == 4 and all(r["worker advice"] == advice for r in quick)
     items = {i["fact"]: i for s in analysis["checklist"] for i in s["items"]}
     assert advice in items["bottleneck"]["evidence"] and reason in items["workers"]["evidence"]
     assert f"workers: {reason}" in analysis["lessons"]["Recommendations for Full Training"]
