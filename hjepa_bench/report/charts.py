@@ -467,6 +467,7 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
     x_max = max([max_b] + reach) * 1.08
     y_top = 0.0
     predicted: dict[str, int | None] = {}
+    extrapolated: set[str] = set()
     for i, (key, label, color) in enumerate(zip(keys, labels, _colors(len(keys)))):
         res = fits[key]
         pts = sorted(points[key])
@@ -477,6 +478,8 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
         fit = res.get("fit")
         pred = res.get("predicted_max_batch")
         predicted[label] = pred
+        if res.get("extrapolated"):
+            extrapolated.add(label)
         if not fit:
             continue
         a, slope = fit["intercept_bytes"], fit["bytes_per_sample"]
@@ -535,7 +538,9 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
     caption = (f"Peak memory (GiB) against batch size for {_plural(n_points, 'ok record')} in "
                f"{_plural(len(keys), 'group')}{_not_ok_note(records)}"
                + (", with fit_memory's least-squares line" if any(fits[k].get("fit") for k in keys) else ""))
-    with_pred = [f"{label} {pred}" for label, pred in predicted.items() if pred is not None]
+    with_pred = [f"{label} {pred}" + (" (an extrapolation beyond 4x the largest measured batch)"
+                                      if label in extrapolated else "")
+                 for label, pred in predicted.items() if pred is not None]
     if with_pred:
         caption += (f"; predicted largest batch within {1 - margin:.0%} of device memory: "
                     + ", ".join(with_pred))

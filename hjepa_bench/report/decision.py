@@ -216,7 +216,9 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
         grow_s = "not measured" if grow is None else ("yes" if grow else "no")
         pred = v.get("predicted_max_batch")
         room.append(f"- {k}: can the batch grow? {grow_s}"
-                    + (f" (predicted to fit up to batch {pred} with a {v.get('margin', 0):.0%} margin)" if pred else "")
+                    + (f" (predicted to fit up to batch {pred} with a {v.get('margin', 0):.0%} margin"
+                       + (", an extrapolation beyond 4x the largest measured batch" if v.get("extrapolated") else "")
+                       + ")" if pred else "")
                     + f"; room for a larger model? {(v.get('room_for_larger_model') or {}).get('answer', 'not measured')}"
                     + (f" ({v['note']})" if v.get("note") else ""))
     if room:
