@@ -19,7 +19,7 @@ import torch
 from hjepa_bench.plugin.api import Backend, MemoryReading
 from hjepa_bench.measure.env import cpu_model
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import grad_scaler_works
+from hjepa_bench.plugin.precision import grad_scaler_works, make_grad_scaler
 
 # RuntimeError messages of the CPU allocator (Linux/macOS, Windows, others).
 _CPU_OOM_MARKERS = (
@@ -129,7 +129,9 @@ class CPUBackend(Backend):
         self._children_peak = 0
         self._children = None  # the workers of the window to come
 
-    def sample_memory(self) -> None:
+    def sample_memory(self, where: str = "step end") -> None:
+        if where != "step end" and self._hwm_resettable:
+            return  # the kernel's high-water mark sees the peak: no reading inside the step
         rss = self._rss()
         if rss > self._sampled_peak:
             self._sampled_peak = rss
@@ -176,7 +178,7 @@ class CPUBackend(Backend):
             return None
         if self._scaler_ok is None:
             self._scaler_ok = grad_scaler_works("cpu")
-        return torch.amp.GradScaler("cpu") if self._scaler_ok else None
+        return make_grad_scaler("cpu") if self._scaler_ok else None
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

@@ -188,7 +188,10 @@ class BottleneckSection(ProbeTable):
             f"benchmark's own processes (main + DataLoader workers) use > {CPU_SATURATED_PCT:.0f}% of all cores; "
             "the whole machine's load (other jobs included) is shown as context only. On CPU forward/backward is "
             "device compute; on CUDA/MPS host time is dispatch and device is the time the host waited (the "
-            "reference step's wait for the device before its masks included). Worker advice follows the "
+            "reference step's wait for the device before its masks included); device events at the step's "
+            "phase boundaries tell how far the device lagged, and host time (or data wait) while it was still "
+            "busy with queued work counts as device time, so a host blocked on a full launch queue is not "
+            "read as host-bound. Worker advice follows the "
             "validation guide, data-bound first (6-8 if data-bound, else 2 if our own processes saturate the CPU).")
 
     def label(self, r: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ import torch
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
+from hjepa_bench.hjepa.masks import to_device
 from hjepa_bench.hjepa.training import checkpoint_state, save_checkpoint
 from hjepa_bench.report.sections import ProbeTable
 
@@ -180,7 +181,7 @@ def measure_val_step(trainer: Any, backend: Any, batch: Any, variant: str,
             for i in range(1 + repeats):
                 backend.synchronize()
                 t0 = time.perf_counter()
-                images = images_host.to(device, non_blocking=True)
+                images = to_device(images_host, device)
                 if masks_host is None:
                     masks = trainer.make_masks(images.shape[0])
                 else:

@@ -105,7 +105,9 @@ class MemorySection(ProbeTable):
     order = 50
     failed = None
     note = ("Device memory on CUDA/MPS, on CPU the RSS of the process tree, the DataLoader workers' private "
-            "memory included (total = system RAM). Pressure: peak > "
+            "memory included (total = system RAM). Headroom: total minus the peak footprint (on CUDA the "
+            "allocator's peak reserve, cache included, plus the context and other memory outside the allocator; "
+            "else the peak). Pressure: peak > "
             "{pressure:.0%} of total (torch-tb-profiler's rule). Leak slope/step: least squares over the samples "
             f"after warm-up; leak? {LEAK_RULE}.")
 
@@ -157,7 +159,9 @@ class MemorySection(ProbeTable):
                 "note": "; ".join(x for x in [f["note"], *room.get("evidence", [])] if x),
             })
         if fit_rows:
-            parts += ["Peak memory vs batch size (least squares over ok records; limit = total x "
+            parts += ["Peak footprint vs batch size (the allocator's peak reserve plus the device memory in use "
+                      "outside it where the backend reports them (CUDA), else the peak allocated; least squares "
+                      "over ok records; limit = total x "
                       f"(1 - {margin:.0%}); a batch that ran out of memory caps the prediction):",
                       pd.DataFrame(fit_rows).to_markdown(index=False)]
         return "\n\n".join(parts)

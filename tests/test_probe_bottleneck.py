@@ -373,3 +373,148 @@ def test_the_other_ranks_of_a_job_are_its_own_processes(monkeypatch):
         p.join(30)
     assert ranks[0].pid in cpu["pids"]  # the spinning sibling rank is counted as the job's own ...
     assert cpu["children_cpu_pct"] > 0, cpu  # ... with the CPU time it spent (its share depends on the load)
+
+
+# --------------------------------------------------------------------------- an asynchronous device
+class _QueuedDevice:
+    """A device like CUDA in the respects the timeline depends on: work runs in order on its own
+    timeline (a thread); launching is asynchronous until ``depth`` launches are pending, then the host
+    blocks until one finishes (a full launch queue); events recorded on the stream take the device's time
+    when the device reaches them; ``synchronize`` waits for everything queued."""
+
+    def __init__(self, depth: int):
+        import queue
+        import threading
+
+        self.queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            kind, arg = self.queue.get()
+            if kind == "kernel":
+                time.sleep(arg)
+            else:
+                arg.t = time.perf_counter()
+                arg.done.set()
+            self.queue.task_done()
+
+    def launch(self, seconds: float) -> None:
+        self.queue.put(("kernel", seconds))  # blocks while the queue is full
+
+    def synchronize(self) -> None:
+        self.queue.join()
+
+
+class _QueuedEvent:
+    def __init__(self, device: _QueuedDevice):
+        import threading
+
+        self.device, self.t, self.done = device, None, threading.Event()
+
+    def record(self) -> None:
+        self.device.queue.put(("event", self))
+
+    def elapsed_s(self, end: "_QueuedEvent") -> float:
+        end.done.wait(30)
+        self.done.wait(30)
+        return end.t - self.t
+
+
+class _QueuedBackend(CPUBackend):
+    """The backend of that device (named cuda: the analysis treats it as the asynchronous GPU it fakes)."""
+
+    name = "cuda"
+
+    def __init__(self, depth: int):
+        super().__init__()
+        self.gpu = _QueuedDevice(depth)
+
+    def synchronize(self) -> None:
+        self.gpu.synchronize()
+
+    def has_device_events(self) -> bool:
+        return True
+
+    def event(self):
+        return _QueuedEvent(self.gpu)
+
+
+class _Kernels(PreparedWorkload):
+    """Two phases of ``n`` kernels each: per kernel, ``host_s`` of host work, then a launch of ``device_s``."""
+
+    batch_size = 1
+
+    def __init__(self, backend: _QueuedBackend, n: int, host_s: float, device_s: float):
+        self.backend, self.n, self.host_cost, self.device_cost = backend, n, host_s, device_s
+
+    def batches(self):
+        while True:
+            yield torch.zeros(1)
+
+    def step(self, batch):
+        from hjepa_bench.plugin.api import PhaseClock
+
+        clock = PhaseClock(self.phase_events)
+        clock.mark()
+        for phase in ("forward_backward", "optimizer"):
+            for _ in range(self.n):
+                time.sleep(self.host_cost)
+                self.backend.gpu.launch(self.device_cost)
+            clock.mark(phase)
+        return StepOutput(loss=torch.tensor(1.0), host_s=clock.host_s(), phases=clock)
+
+
+class _KernelsWorkload(Workload):
+    name = "kernels"
+
+    def __init__(self, **kw):
+        self.kw = kw
+
+    def prepare(self, config, backend):
+        return _Kernels(backend, **self.kw)
+
+
+def _async_verdict(host_s: float, device_s: float) -> dict:
+    from helpers import tiny_config
+
+    config = tiny_config(**{"bench.warmup_steps": 2, "bench.min_steps": 6, "bench.max_steps": 6})
+    backend = _QueuedBackend(depth=8)
+    record = run_benchmark(config, backend, _KernelsWorkload(n=6, host_s=host_s, device_s=device_s), [], {})
+    assert record["status"] == "ok", record.get("error")
+    entry = analyze_bottleneck(record["metrics"], "cuda", 0, 2)
+    # what the same run read before the timeline: all of step()'s wall time as host dispatch
+    untimed = {k: v for k, v in record["metrics"].items() if k not in ("host_wait_frac", "data_wait_overlap_frac")}
+    entry["untimed_verdict"] = analyze_bottleneck(untimed, "cuda", 0, 2)["verdict"]
+    return entry
+
+
+def test_a_device_bound_run_whose_host_blocks_on_a_full_launch_queue_reads_device_bound():
+    """Each kernel takes the device 4 ms and the host 0.3 ms: the queue fills and the host blocks inside
+    step(), so step()'s wall time is nearly all waiting.  Read as dispatch it said host-bound."""
+    entry = _async_verdict(host_s=0.0003, device_s=0.004)
+    assert entry["verdict"] == "device-bound", entry["evidence"]
+    assert entry["untimed_verdict"] == "host-bound"  # the defect: the blocked host read as dispatch
+    assert entry["host_wait_frac"] > 0.5  # the host's time in step() was mostly waiting
+    assert entry["device_phases_s"]["forward_backward"] >= 6 * 0.004 * 0.9
+
+
+def test_a_host_bound_run_on_the_same_device_stays_host_bound():
+    entry = _async_verdict(host_s=0.004, device_s=0.0003)
+    assert entry["verdict"] == "host-bound", entry["evidence"]
+    assert entry["host_wait_frac"] < 0.2
+
+
+def test_device_lag_split_counts_host_time_behind_a_busy_device_as_device_time():
+    from hjepa_bench.analysis.bottleneck import device_lag_split
+
+    # the device is 30 ms behind at the step start: the 20 ms of forward_backward on the host pass while it
+    # still works through that backlog; it catches up during the optimizer (lag 0 at its start)
+    marks = [("", 0.000, 0.030), ("forward_backward", 0.020, 0.050), ("optimizer", 0.030, 0.052)]
+    split = device_lag_split(marks)
+    assert split["forward_backward"] == pytest.approx({"host_s": 0.020, "device_s": 0.020, "wait_s": 0.020})
+    # at the optimizer's start the device lagged 30 ms (0.050 vs 0.020): its 10 ms of host time are covered
+    assert split["optimizer"] == pytest.approx({"host_s": 0.010, "device_s": 0.002, "wait_s": 0.010})
+    # a device that keeps up: no wait
+    caught_up = device_lag_split([("", 0.0, 0.0), ("forward_backward", 0.02, 0.0201)])
+    assert caught_up["forward_backward"]["wait_s"] == 0.0

@@ -57,7 +57,7 @@ from ..analysis.features import feature_quality, judge_features
 from ..config import to_yaml
 from ..errors import UserError
 from ..hjepa.data import build_dataset, build_eval_transform, build_loader
-from ..hjepa.masks import masks_from_union, sample_batch_union
+from ..hjepa.masks import masks_from_union, sample_batch_union, to_device
 from ..hjepa.step import HJEPAStep
 from ..hjepa.training import build_training, checkpoint_state, extract_features, save_checkpoint
 from ..record import new_record, write_json
@@ -217,7 +217,7 @@ class _ValidationRun:
         train_set, self.loader = training.dataset, training.loader
         batch_size, workers = int(data["batch_size"]), int(data["num_workers"])
         persistent = bool(bench["persistent_workers"])
-        pin = bool(data["pin_memory"]) and backend.name == "cuda"
+        pin = bool(data["pin_memory"]) and backend.device().type != "cpu"  # as the training loader
         full = len(self.loader)
         if full == 0:
             raise UserError("The data loader yields no batches; use a smaller batch or more data.")
@@ -310,7 +310,7 @@ class _ValidationRun:
         try:
             it = _iter(self.val_loader)
             for _ in range(self.val_batches):
-                images = next(it)[0].to(device, non_blocking=True)
+                images = to_device(next(it)[0], device)
                 masks = masks_from_union(sample_batch_union(rng, trainer.spec, images.shape[0])).to(device)
                 with trainer.autocast():
                     loss, _ = trainer.loss(images, masks)
