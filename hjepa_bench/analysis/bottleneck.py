@@ -334,16 +334,22 @@ def judge_bottleneck(entry: dict[str, Any], data_bound_share: float = DATA_BOUND
     return entry
 
 
+def metrics_shares(metrics: Mapping[str, Any], backend: str) -> dict[str, Any] | None:
+    """:func:`step_shares` of a record's metrics: the one split the bottleneck probe and a run's summary
+    both show."""
+    return step_shares(metrics.get("data_wait_frac"), metrics.get("host_frac"),
+                       metrics.get("host_phases_s"), backend, host_wait_frac=metrics.get("host_wait_frac"),
+                       data_wait_overlap_frac=metrics.get("data_wait_overlap_frac"),
+                       host_phase_waits_s=metrics.get("host_phase_waits_s"))
+
+
 def analyze_bottleneck(metrics: Mapping[str, Any], backend: str, workers: int, cores: int,
                        cpu_samples: Sequence[Sequence[float]] = (),
                        cpu_fallback_per_core: Sequence[float] | None = None,
                        process_cpu: Mapping[str, Any] | None = None,
                        data_bound_share: float = DATA_BOUND_SHARE) -> dict[str, Any]:
     """The bottleneck entry from a record's metrics and CPU samples (verdict: :func:`judge_bottleneck`)."""
-    shares = step_shares(metrics.get("data_wait_frac"), metrics.get("host_frac"),
-                         metrics.get("host_phases_s"), backend, host_wait_frac=metrics.get("host_wait_frac"),
-                         data_wait_overlap_frac=metrics.get("data_wait_overlap_frac"),
-                         host_phase_waits_s=metrics.get("host_phase_waits_s"))
+    shares = metrics_shares(metrics, backend)
     cpu = cpu_summary(cpu_samples, cpu_fallback_per_core)
     own = own_cpu(process_cpu, int(cores), cpu["cpu_util_mean_pct"])
     entry: dict[str, Any] = {

@@ -52,14 +52,14 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
 
 
 def time_split_line(record: Mapping[str, Any]) -> str:
-    """The run's time split in the bottleneck probe's terms (:func:`~hjepa_bench.analysis.bottleneck.step_shares`,
+    """The run's time split in the bottleneck probe's terms (:func:`~hjepa_bench.analysis.bottleneck.metrics_shares`,
     the one definition: on CPU the forward/backward compute is device time), so this line and the probe's
     line under it never disagree about the same split."""
-    from ..analysis.bottleneck import step_shares
+    from ..analysis.bottleneck import metrics_shares
 
     m = record.get("metrics") or {}
     backend = str((record.get("env") or {}).get("backend") or "")
-    sh = step_shares(m.get("data_wait_frac"), m.get("host_frac"), m.get("host_phases_s"), backend)
+    sh = metrics_shares(m, backend)
     if not sh:
         return "time split: not measured"
     if sh.get("host") is None:
