@@ -312,8 +312,9 @@ def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, A
         v["model"].pop("encoder_depth", None)
     if row.get("batch") is not None:
         v["data"]["batch_size"] = int(row["batch"])
-    if row.get("workers") is not None:
-        v["data"]["num_workers"] = int(row["workers"])
+    advised = (row.get("workers_choice") or {}).get("workers")  # the report's one worker advice
+    if advised is not None or row.get("workers") is not None:
+        v["data"]["num_workers"] = int(advised if advised is not None else row["workers"])
     v["training"]["warmup_epochs"] = row["warmup"]["warmup_epochs"]
     v["training"]["lr"] = float(row["lr"]["lr"])
     backend = (row.get("machine") or "").split(" ")[0] or None
@@ -335,11 +336,14 @@ def config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
                      f"({ranks} x {row.get('batch')} images per step); launch with torchrun --nproc-per-node {ranks}")
     if row.get("measured") and row.get("status") == "ok":
         lines += [f"# batch_size {row['batch']}: {row['batch_choice']['reason']}",
-                  f"# num_workers {row['workers']}: {row['workers_choice']['reason']}",
+                  f"# num_workers {row['workers_choice'].get('workers', row['workers'])}: "
+                  f"{row['workers_choice']['reason']}",
                   f"# projected {row['hours']:.1f} h for {row['epochs']} epochs" if row.get("hours") is not None
                   else "# no projection"]
     else:
         lines.append("# batch_size/num_workers: the option's own values (this option was not measured)")
+        for advice in row.get("machine_worker_advice") or []:
+            lines.append(f"# measured on this machine for another model config: {advice}")
     lines += [f"# lr: {row['lr']['reason']}", f"# warmup_epochs: {row['warmup']['reason']}"]
     return "\n".join("# " + l[2:].replace("\n", " ") if l.startswith("# ") else l for l in lines) + "\n"
 

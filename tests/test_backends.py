@@ -318,6 +318,37 @@ def test_mps_uses_torch_accelerator_peak_when_it_works_for_mps(monkeypatch):
     assert "torch.accelerator" in reading.source
 
 
+def _hold_memory(n_bytes: int, ready, done) -> None:
+    block = bytearray(n_bytes)  # written: resident, private to this worker
+    for i in range(0, n_bytes, 4096):
+        block[i] = 1
+    ready.set()
+    done.wait(30)
+
+
+def test_cpu_memory_counts_the_workers_of_the_process_tree(cpu):
+    """On CPU the DataLoader workers use the same RAM as the step: a child process holding 64 MiB of
+    its own memory shows in the reading (a main-process RSS alone did not count it)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    cpu.reset_peak_memory()
+    before = cpu.memory()
+    ready, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold_memory, args=(64 * 2**20, ready, done))
+    child.start()
+    try:
+        assert ready.wait(30)
+        time.sleep(load_plugin("backend_cpu").CHILDREN_REFRESH_S + 0.2)  # the backend looks for new children
+        during = cpu.memory()
+    finally:
+        done.set()
+        child.join(30)
+    assert during.current_bytes - before.current_bytes >= 48 * 2**20
+    assert during.peak_bytes - before.peak_bytes >= 48 * 2**20
+    assert "DataLoader workers" in during.source
+
+
 # --------------------------------------------------------------------------- older torch / MPS fp16
 def test_cuda_fp16_scaler_on_torch_2_2(monkeypatch, cuda):
     """torch 2.2 has no torch.amp.GradScaler (it came in 2.3); its scaler is torch.cuda.amp.GradScaler.

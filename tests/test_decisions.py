@@ -199,7 +199,9 @@ def test_workers_are_the_fewest_within_a_few_percent_of_the_best():
     assert w["workers"] == 4 and w["more_needed"] is False
     starving = [_at(32, 2, 50, wait=0.5), _at(32, 4, 80, wait=0.3)]
     w2 = recommend_workers(starving, 32, DEFAULTS)
-    assert w2["workers"] == 4 and w2["more_needed"] is True and "more workers" in w2["reason"]
+    # still data-bound at the most workers measured: the one advice is more workers (the guide's 6-8)
+    assert w2["measured_choice"] == 4 and w2["workers"] == 6 and w2["more_needed"] is True
+    assert "still data-bound with 4 workers" in w2["reason"] and "(not measured)" in w2["reason"]
 
 
 def test_warmup_and_lr_follow_the_guide_rules():
@@ -269,7 +271,8 @@ def test_user_options_file(tmp_path):
 def test_preliminary_lr_advice_is_reported_but_not_applied():
     advice = {"action": "increase", "suggested_lr": 1.5e-4, "trigger": "decrease 1.5% < 20%"}
     r = recommend_lr(1.5e-4, advice, 1e-4, preliminary=True)
-    assert r["lr"] == 1.5e-4 and "preliminary" in r["reason"]
+    # no validation run: the option's own LR, one base LR named
+    assert r["lr"] == 1.5e-4 and "no validation run" in r["reason"] and "1.0e-04" not in r["reason"]
     assert recommend_lr(1.5e-4, advice, 1e-4, preliminary=False)["lr"] == pytest.approx(2.25e-4)
     diverging = {"action": "decrease", "suggested_lr": 1e-5, "trigger": "diverged"}
     assert recommend_lr(1.5e-4, diverging, 1e-4, preliminary=True)["lr"] == pytest.approx(1.5e-5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -104,7 +105,9 @@ def test_foreign_load_is_context_not_saturation():
     hot = [[99.0, 97.0, 95.0, 96.0]] * 4
     e = analyze_bottleneck(_metrics(0.02, 0.3), "cuda", workers=8, cores=4, cpu_samples=hot, process_cpu=_tree(80.0))
     assert e["cpu_util_mean_pct"] > CPU_SATURATED_PCT and e["cpu_saturated"] is False
-    assert e["worker_advice"].startswith("keep num_workers at 8")
+    # not "decrease to 2" (the load is not ours); 8 workers on 4 cores is its own fact, said as the run warns it
+    assert e["worker_advice"].startswith("use at most 4 num_workers: 8 workers on 4 CPU cores")
+    assert "decrease" not in e["worker_advice"]
     assert "other processes used 77% of the CPU" in e["worker_advice"]
 
 
@@ -223,7 +226,10 @@ def test_real_run_under_foreign_load_does_not_blame_the_workers(tiny):
     assert e["own_cpu_pct_of_cores"] < 50 and e["cpu_saturated"] is False
     assert e["other_cpu_pct_of_cores"] > 40
     assert "decrease" not in e["worker_advice"] and "saturat" not in e["worker_advice"]
-    assert e["worker_advice"].startswith("keep num_workers at 4") and "other processes used" in e["worker_advice"]
+    # 4 workers: kept where there are 4 cores, else the advice says what the run warns (more workers than cores)
+    cores = os.cpu_count() or 1
+    want = "keep num_workers at 4" if cores >= 4 else f"use at most {cores} num_workers: 4 workers on {cores} CPU cores"
+    assert e["worker_advice"].startswith(want) and "other processes used" in e["worker_advice"]
 
 
 class _AsyncDevice:
@@ -325,6 +331,48 @@ def test_registers_through_the_hooks():
     plugins = build_plugins(objects=[("probe_bottleneck", probe_bottleneck)])
     assert plugins.probes()["bottleneck"].cost == "cheap"
     assert "bottleneck" in [s.name for s in plugins.report_sections()]
+
+
+def test_more_workers_than_cores_is_never_kept():
+    """The run warns "N workers on C cores: the workers compete with the step"; its advice says the same."""
+    e = analyze_bottleneck(_metrics(0.02, 0.3), "cpu", workers=4, cores=2, process_cpu=_tree(120.0))
+    assert e["cpu_saturated"] is False and e["verdict"] != "data-bound"
+    assert e["worker_advice"].startswith("use at most 2 num_workers: 4 workers on 2 CPU cores compete with the step")
+
+
+def _rank(q, spin: bool) -> None:
+    """One local rank of a fake job: rank 0 samples its own CPU share, rank 1 spins."""
+    from hjepa_bench.plugins.probe_bottleneck import _CPUSampler
+
+    if spin:
+        end = time.perf_counter() + 3.0
+        while time.perf_counter() < end:
+            pass
+        return
+    time.sleep(0.3)  # the sibling is running
+    sampler = _CPUSampler()
+    sampler.start()
+    time.sleep(2.0)
+    sampler.stop_event.set()
+    sampler.join(5)
+    q.put({**sampler.process_cpu(), "pids": sorted(sampler.child_base)})
+
+
+def test_the_other_ranks_of_a_job_are_its_own_processes(monkeypatch):
+    """Rank 0's "own CPU" counts rank 1 (a sibling started by the same launcher), not "other processes"."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # what torchrun sets in each rank
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    ranks = [ctx.Process(target=_rank, args=(q, spin)) for spin in (True, False)]
+    for p in ranks:
+        p.start()
+    cpu = q.get(timeout=30)
+    for p in ranks:
+        p.join(30)
+    assert ranks[0].pid in cpu["pids"]  # the spinning sibling rank is counted as the job's own ...
+    assert cpu["children_cpu_pct"] > 0, cpu  # ... with the CPU time it spent (its share depends on the load)
 
 
 # --------------------------------------------------------------------------- an asynchronous device

@@ -138,7 +138,7 @@ def test_real_run_has_a_memory_entry(tiny):
     assert e["peak_device_bytes"] >= r["metrics"]["peak_device_bytes"]
     assert e["device_total_bytes"] > e["headroom_bytes"] > 0
     assert e["samples"] >= 2 and e["sampling"]["reading_cost_us"] > 0
-    assert e["leak"]["n_samples"] >= 1 and "rss" in e["memory_source"]
+    assert e["leak"]["n_samples"] >= 1 and "RSS" in e["memory_source"]
     json.dumps(e, allow_nan=False)
     # the section renders the entry, and a fit table once there are two batch sizes
     r2 = json.loads(json.dumps(r))

@@ -54,7 +54,8 @@ Slows Down"), first rule that holds:
 2. the CPU saturated *by the benchmark's own process tree* (the main process and
    its children, the DataLoader workers: their CPU time over the wall time, as a
    share of all cores, > ``CPU_SATURATED_PCT`` = 90%) -> "decrease num_workers to 2";
-3. keep.
+3. more workers than cores -> "use at most <cores>" (the run warns about the same fact);
+4. keep.
 
 System-wide load (``psutil.cpu_percent``, every process on the machine) is kept
 as context only ("other processes used X% of the CPU"): another job's load says
@@ -268,6 +269,9 @@ def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int,
                     f"> {CPU_SATURATED_PCT:.0f}%) and {workers} workers compete with the step{other}")
         return (f"the benchmark's own processes saturate the CPU ({own}, > {CPU_SATURATED_PCT:.0f}%) with {workers} "
                 f"workers; keep num_workers at most {WORKERS_DOWN}{other}")
+    if workers > cores:  # the same fact the run warns about: more workers than cores
+        return (f"use at most {cores} num_workers: {workers} workers on {cores} CPU cores compete with the step "
+                f"(data loading is not the bottleneck){other}")
     return f"keep num_workers at {workers}: data loading is not the bottleneck{other}"
 
 
@@ -330,16 +334,22 @@ def judge_bottleneck(entry: dict[str, Any], data_bound_share: float = DATA_BOUND
     return entry
 
 
+def metrics_shares(metrics: Mapping[str, Any], backend: str) -> dict[str, Any] | None:
+    """:func:`step_shares` of a record's metrics: the one split the bottleneck probe and a run's summary
+    both show."""
+    return step_shares(metrics.get("data_wait_frac"), metrics.get("host_frac"),
+                       metrics.get("host_phases_s"), backend, host_wait_frac=metrics.get("host_wait_frac"),
+                       data_wait_overlap_frac=metrics.get("data_wait_overlap_frac"),
+                       host_phase_waits_s=metrics.get("host_phase_waits_s"))
+
+
 def analyze_bottleneck(metrics: Mapping[str, Any], backend: str, workers: int, cores: int,
                        cpu_samples: Sequence[Sequence[float]] = (),
                        cpu_fallback_per_core: Sequence[float] | None = None,
                        process_cpu: Mapping[str, Any] | None = None,
                        data_bound_share: float = DATA_BOUND_SHARE) -> dict[str, Any]:
     """The bottleneck entry from a record's metrics and CPU samples (verdict: :func:`judge_bottleneck`)."""
-    shares = step_shares(metrics.get("data_wait_frac"), metrics.get("host_frac"),
-                         metrics.get("host_phases_s"), backend, host_wait_frac=metrics.get("host_wait_frac"),
-                         data_wait_overlap_frac=metrics.get("data_wait_overlap_frac"),
-                         host_phase_waits_s=metrics.get("host_phase_waits_s"))
+    shares = metrics_shares(metrics, backend)
     cpu = cpu_summary(cpu_samples, cpu_fallback_per_core)
     own = own_cpu(process_cpu, int(cores), cpu["cpu_util_mean_pct"])
     entry: dict[str, Any] = {

@@ -84,6 +84,9 @@ LEAK_RULE = (f"judged on the last third of the samples after warm-up, once start
              "the first third's rate: leak suspected; otherwise not judged")
 
 
+#: a predicted batch beyond this many times the largest measured one is labelled an extrapolation
+EXTRAPOLATION_FACTOR = 4.0
+
 def _slope_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(least-squares slope, slope / stderr) of y against x; t is inf for an exactly linear rise, 0 when flat."""
     xm, ym = x.mean(), y.mean()
@@ -336,7 +339,7 @@ def _fit_group(key: tuple[str, str], rs: Sequence[Mapping[str, Any]], margin: fl
         "limit_bytes": None if total is None else int(total * (1.0 - margin)),
         "fit": None, "predicted_max_batch": None, "predicted_max_batch_uncapped": None,
         "oom_cap_batch": oom_cap, "largest_ok_batch": largest_ok,
-        "can_increase_batch": None, "note": "",
+        "can_increase_batch": None, "extrapolated": False, "note": "",
     }
     notes = []
     if len(ok_batches) < 2:
@@ -366,6 +369,10 @@ def _fit_group(key: tuple[str, str], rs: Sequence[Mapping[str, Any]], margin: fl
         if oom_cap is not None and oom_cap < uncapped:
             notes.append(f"capped below batch {oom_batches[0]}, which ran out of memory")
         res["predicted_max_batch"] = pred
+        if largest_ok is not None and pred > EXTRAPOLATION_FACTOR * largest_ok:
+            res["extrapolated"] = True
+            notes.append(f"batch {pred} is an extrapolation: more than {EXTRAPOLATION_FACTOR:g}x the largest measured "
+                         f"batch ({largest_ok}); measure a larger batch before relying on it")
         if pred < 1:
             notes.append("even batch 1 is predicted not to fit within the margin")
     if oom_cap is not None and largest_ok is not None and oom_cap < largest_ok:

@@ -28,8 +28,7 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
         cv = fmt_or_dash(None if st.get("cv") is None else st["cv"] * 100, ".1f", suffix="%")
         lines.append(f"step time: median {fmt_ms(st['median'])}, IQR {fmt_ms(st['iqr'])}, CV {cv}, "
                      f"p10 {fmt_ms(st['p10'])}, p90 {fmt_ms(st['p90'])} ({m['timing_method']})")
-        compute = "host work (includes the compute on cpu)" if record["env"].get("backend") == "cpu" else "host work"
-        lines.append(f"time split: data wait {fmt_pct(m['data_wait_frac'])}, {compute} {fmt_pct(m['host_frac'])}")
+        lines.append(time_split_line(record))
         source = (m.get("memory_source") or "").split(";")[0]
         lines.append(f"memory: peak {fmt_bytes(m['peak_device_bytes'])} ({source}), "
                      f"device total {fmt_bytes(m['device_total_bytes'])}")
@@ -50,6 +49,24 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
             text = text or "ok (details in the JSON record)"
         lines.append(f"probe {name}: {text}")
     return "\n".join(lines)
+
+
+def time_split_line(record: Mapping[str, Any]) -> str:
+    """The run's time split in the bottleneck probe's terms (:func:`~hjepa_bench.analysis.bottleneck.metrics_shares`,
+    the one definition: on CPU the forward/backward compute is device time), so this line and the probe's
+    line under it never disagree about the same split."""
+    from ..analysis.bottleneck import metrics_shares
+
+    m = record.get("metrics") or {}
+    backend = str((record.get("env") or {}).get("backend") or "")
+    sh = metrics_shares(m, backend)
+    if not sh:
+        return "time split: not measured"
+    if sh.get("host") is None:
+        return f"time split: data wait {fmt_pct(sh['data_wait'])} (host/device not measured)"
+    return (f"time split: data wait {fmt_pct(sh['data_wait'])}, host {fmt_pct(sh['host'])}, device "
+            f"{fmt_pct(sh['device'])}" + (" (on cpu the forward/backward compute is device time)"
+                                          if backend not in ("cuda", "mps") else ""))
 
 
 def distributed_lines(record: Mapping[str, Any]) -> list[str]:
@@ -195,6 +212,8 @@ def render_eval_markdown(result: Mapping[str, Any]) -> str:
         f"{dat['num_classes']} classes (chance {fmt_pct(dat['chance_top1'], dash='-')}).",
         "",
     ]
+    if result.get("caveats"):
+        lines += ["**The comparison below may say nothing:**", ""] + [f"- {c}" for c in result["caveats"]] + [""]
     for entry in result["levels"]:
         tr, rn, gain = entry["trained"], entry["random_init"], entry["gain"]
         rows = []
