@@ -232,9 +232,9 @@ def test_each_projection_states_its_own_assumptions(cpu):
     text, _ = cpu
     section = _section(text, "## Time-to-train projections")
     b = next(line for line in section.splitlines() if line.startswith("- B"))
-    assert "batch 24 per step (steps/epoch = 2,083)" in b and "(10 writes)" in b
+    assert "batch 24 per step (steps/epoch = 2,083)" in b and "(100 writes" in b  # 100 epochs
     a = next(line for line in section.splitlines() if line.startswith("- A"))
-    assert "batch 32 per step (steps/epoch = 1,562)" in a and "(4 writes)" in a
+    assert "batch 32 per step (steps/epoch = 1,562)" in a and "(20 writes" in a  # 20 epochs
 
 
 # --------------------------------------------------------------------------- 9. criteria vs checklist vs matrix
