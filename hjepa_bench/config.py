@@ -28,6 +28,9 @@ MODELS: dict[str, dict[str, int]] = {
 SHORT_NAMES = {name.split("_patch")[0]: name for name in MODELS}  # vit_tiny -> vit_tiny_patch16_224
 PATCH_SIZE = 16
 VARIANTS = ("reference", "efficient")
+#: where ``hjepa-bench sweep`` writes when --out is not given
+DEFAULT_SWEEP_OUT = "hjepa-bench-sweep"
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 LOSS_TYPES = ("mse", "smooth_l1", "combined")
 DATA_KINDS = ("synthetic", "cifar10")

@@ -47,7 +47,6 @@ import torch
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
-from hjepa_bench.hjepa.training import checkpoint_state, save_checkpoint
 from hjepa_bench.report.sections import ProbeTable
 
 STARTUP_REPEATS = 2
@@ -223,6 +222,8 @@ def _make_parent(path: str) -> list[str]:
 
 
 def measure_checkpoint(trainer: Any, parent: str | None, repeats: int = CHECKPOINT_REPEATS) -> dict[str, Any]:
+    from hjepa_bench.hjepa.training import checkpoint_state, save_checkpoint  # (training only)
+
     created = _make_parent(parent) if parent else []
     try:
         runs, sizes = [], []

@@ -5,18 +5,13 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..analysis.decision import build_analysis
 from ..errors import output_path
-from ..measure.loganalysis import analyze_log_file
-from ..options import config_option
-from ..plugin.manager import Plugins
-from ..record import write_json
-from ..report.charts import log_charts
-from ..report.decision import write_report
-from ..report.summary import log_section, verdict_lines
 from .common import CONFIG_FLAGS, add_decision_args, config_flag, config_overrides, int_flag, report_settings
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -40,6 +35,14 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..analysis.decision import build_analysis
+    from ..measure.loganalysis import analyze_log_file
+    from ..options import config_option
+    from ..record import write_json
+    from ..report.charts import log_charts
+    from ..report.decision import write_report
+    from ..report.summary import log_section, verdict_lines
+
     if args.out:
         output_path(args.out, "--out", folder=True)
     log = analyze_log_file(args.log, args.config, config_overrides(args), args.dataset_size)

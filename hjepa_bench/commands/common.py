@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..analysis.decision import ReportSettings
 from ..config import PRECISIONS, VARIANTS, ResolvedConfig, check_value, is_finite_number, resolve_config
 from ..errors import UserError
-from ..options import load_options
-from ..record import dumps
-from ..thresholds import load_thresholds
+
+if TYPE_CHECKING:
+    from ..analysis.decision import ReportSettings
+
+# Only light modules are imported at the top of a command module: the parser of every command is
+# built on each start, so ``hjepa-bench --help`` must not import torch, timm, pandas or matplotlib
+# (a command imports what it needs when it runs; tests/test_startup.py checks it).
 
 #: flag (its argparse dest) -> the dotted config key it overrides; every command that takes one
 #: of these flags overrides the same key with it
@@ -182,12 +185,18 @@ def load_config(args: argparse.Namespace, *, quiet: bool = False, flags: Iterabl
 def report_settings(args: argparse.Namespace, *, options_file: str | None = None,
                     title: str = "hjepa-bench report") -> ReportSettings:
     """Thresholds, options and budget for a decision report, from the common flags."""
+    from ..analysis.decision import ReportSettings
+    from ..options import load_options
+    from ..thresholds import load_thresholds
+
     return ReportSettings(thresholds=load_thresholds(getattr(args, "thresholds", None)),
                           options=load_options(options_file or getattr(args, "options_file", None)),
                           budget_hours=getattr(args, "budget_hours", None), title=title)
 
 
 def print_json(data: Any) -> None:
+    from ..record import dumps
+
     print(dumps(data))
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, output_path
-from ..measure.results import load_results
-from ..plugin.manager import Plugins
-from ..report.decision import write_report
 from .common import add_decision_args, report_settings
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -27,6 +27,9 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..measure.results import load_results
+    from ..report.decision import write_report
+
     dirs = [Path(d) for d in args.dirs]
     for d in dirs:
         if not d.exists():

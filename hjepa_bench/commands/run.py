@@ -4,20 +4,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import resolve_precision
 from ..errors import UserError, output_path
 from ..format import fmt_ms
-from ..measure.ddp import Launch, check_launch, ddp_unsupported, default_timeout, run_job
-from ..measure.env import environment_fingerprint
-from ..measure.runner import run_benchmark
-from ..plugin.manager import Plugins, probe_names, select_backend
-from ..record import write_json
-from ..report.sections import render_report
-from ..report.summary import summary_text
 from .common import (add_config_args, add_data_args, add_probe_args, config_flag, config_label, int_flag, load_config,
                      positive_number)
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -56,6 +52,14 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..measure.ddp import Launch, check_launch, ddp_unsupported, default_timeout, run_job
+    from ..measure.env import environment_fingerprint
+    from ..measure.runner import run_benchmark
+    from ..plugin.manager import probe_names, select_backend
+    from ..record import write_json
+    from ..report.sections import render_report
+    from ..report.summary import summary_text
+
     for path, what in ((args.json, "--json"), (args.report, "--report")):
         if path:
             output_path(path, what)

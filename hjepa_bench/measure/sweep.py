@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..config import check_value, is_finite_number, resolve_config, resolve_model_name, resolve_precision
+from ..config import DEFAULT_SWEEP_OUT, check_value, is_finite_number, resolve_config, resolve_model_name, resolve_precision
 from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
@@ -42,7 +42,7 @@ from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_j
 from .results import ResultsFile, config_key
 from ..record import new_record, node_label, short_model_name
 
-DEFAULT_OUT = "hjepa-bench-sweep"
+DEFAULT_OUT = DEFAULT_SWEEP_OUT
 
 
 @dataclass
