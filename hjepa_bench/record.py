@@ -138,6 +138,7 @@ METRICS = Obj({
                                    "peak_rss_bytes")},
     "device_total_bytes": num(above=0, null=True),
     "memory_source": opt(STR), "timing_method": opt(STR), "stop_reason": opt(STR),
+    "min_steps": num(1, integer=True, null=True), "time_cap_s": NONNEG_OR_NULL,
     "loss_first": NUM_OR_NULL, "loss_last": NUM_OR_NULL, "warnings": list_of(STR, "strings"),
 }, required=True)
 #: what an ``ok`` record must have measured (at least one step: a speed above zero)

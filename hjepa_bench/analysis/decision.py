@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..options import TrainingOption, guide_options, model_key
+from ..measure.policy import shortfall
 from ..record import machine, node_label, short_model_name, world_size
 from ..thresholds import DEFAULTS, Thresholds
 from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pick_validation_record, status_counts,
@@ -61,9 +62,11 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     built from records judged with the same thresholds)."""
     th = settings.thresholds
     recs = rejudge_records(list(records), th)
+    # what measured fewer steps than its minimum feeds no finding, choice or fit (measure/policy.py)
+    judged = [r for r in recs if shortfall(r) is None]
     # batch / workers per model group
     group_choices = []
-    for key, rs in _model_groups(recs).items():
+    for key, rs in _model_groups(judged).items():
         b = recommend_batch(rs, th)
         w = recommend_workers(rs, b.get("batch"), th)
         group_choices.append({"group": _group_label(key, rs), "key": key, "batch": b, "workers": w})
@@ -90,9 +93,9 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
             rows.append(row)
     _name_config_files(rows)
     decision = decide(rows)
-    ratios = model_speed_ratios(recs)
-    savings = efficient_savings(recs)
-    mem_fit = fit_memory([r for r in recs if r.get("status") in ("ok", "oom")], th.memory_margin_frac)
+    ratios = model_speed_ratios(judged)
+    savings = efficient_savings(judged)
+    mem_fit = fit_memory([r for r in judged if r.get("status") in ("ok", "oom")], th.memory_margin_frac)
     findings = _findings(facts, rows, ratios, savings, th)
     recs_text = _recommendation_lines(decision, rows, vchoice, facts, savings)
     return {

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from ..format import finite
+from ..measure.policy import shortfall
 from ..record import batch_achieved, batch_requested, probe
 from ..record import world_size as record_world_size
 
@@ -178,7 +179,14 @@ def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int 
                    confidence: float = 0.95) -> dict[str, Any]:
     """``project`` with the step time, per-epoch costs and world size measured in ``record``."""
     batch = batch_achieved(record) or batch_requested(record)  # (achieved is a list when the batch varied)
-    return project(sec_per_step=seconds_per_step(record, confidence), batch_size=batch, epochs=epochs,
-                   dataset_size=dataset_size, costs=epoch_costs(record), val_size=val_size,
-                   val_every_epochs=val_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
-                   world_size=record_world_size(record))
+    sps = seconds_per_step(record, confidence)
+    short = shortfall(record)  # fewer steps than its minimum: no hours at all, the reason instead
+    if short is not None:
+        sps = {**sps, "mid": None, "low": None, "high": None, "source": short["text"], "band_note": short["text"]}
+    out = project(sec_per_step=sps, batch_size=batch, epochs=epochs,
+                  dataset_size=dataset_size, costs=epoch_costs(record), val_size=val_size,
+                  val_every_epochs=val_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
+                  world_size=record_world_size(record))
+    if short is not None:
+        out["not_measured"] = short["text"]
+    return out

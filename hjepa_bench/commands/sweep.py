@@ -166,8 +166,10 @@ class SweepProgress:
             self.bar.write(f"  {what} ({event['why']}); a resume runs them")
         elif kind == "done" and self.bar is not None:
             speed = "" if event["it_per_s"] is None else f" {event['it_per_s']:.2f} it/s"
-            self.bar.write(f"  [{event['k']}/{event['n']}] {event['label']}: {event['status']}{speed}"
-                           + (f" ({event['error']})" if event["error"] else ""))
+            said = event["status"] if event["status"] != "timeout" else "timed out (benchmark)"
+            error = str(event["error"] or "").removeprefix("timed out (benchmark): ")
+            self.bar.write(f"  [{event['k']}/{event['n']}] {event['label']}: {said}{speed}"
+                           + (f" ({error})" if error else ""))
             self.bar.update(1)
 
     def close(self) -> None:

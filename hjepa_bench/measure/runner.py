@@ -14,7 +14,9 @@ Timing follows MEASURING.md:
   and counts that wait for the previous step's queued work as device time
   (``device_wait_s``), not as the host phase that would otherwise absorb it;
 * measuring stops when the median step time is known to the target relative
-  precision (95% CI), or at the step or time cap;
+  precision (95% CI), or at the step cap, or at the time target once ``min_steps`` are
+  measured; below ``min_steps`` it goes on past the time target up to a hard cap that scales
+  with the warm-up's step time (:mod:`hjepa_bench.measure.policy`);
 * a non-finite loss (or gradient norm, without a GradScaler) -> ``diverged``;
   the backend's out-of-memory error -> ``oom``; anything else -> ``error``.
 """
@@ -29,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import psutil
 import torch
 
-from . import stats
+from . import policy, stats
 from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
 from ..errors import UserError
 from ..record import dumps, new_record, validate_probe_entry
@@ -51,6 +53,10 @@ class RunHooks:
 
     def after_loop(self, ctx: RunContext, record: dict[str, Any]) -> None:
         """After the measured loop ended well, with the metrics filled, before the workload is closed."""
+
+    def warmed_up(self, step_times_s: list[float], cap_s: float) -> None:
+        """Right after the warm-up: its step times and the measured loop's hard cap (a sweep's child
+        tells its parent, which sets its deadline from them)."""
 
 
 class Diverged(Exception):
@@ -74,6 +80,7 @@ class _Loop:
         self.batch_sizes: list[int] = []
         self.window_times: list[float] = []  # measured windows only
         self.warmup_time_s = 0.0
+        self.cap_s: float | None = None  # the measured loop's hard cap (set after the warm-up)
         self.events = self.backend.has_device_events()
         self.scaled = getattr(self.work, "uses_grad_scaler", False)
         self.sync_before_step = bool(getattr(self.work, "syncs_in_step", False))
@@ -148,13 +155,21 @@ class _Loop:
         # the step-time estimate: measured steps, else the warm-up steps
         estimate = times or [s.step_time_s for s in self.samples if s.step_time_s is not None]
         median = float(sorted(estimate)[len(estimate) // 2]) if estimate else 0.0
-        if done > 0 and elapsed + median > b["max_time_s"]:  # the next step would end past the cap
-            return "max_time", 0
-        if done >= b["min_steps"] and stats.relative_precision(times) <= b["target_rel_precision"]:
+        if self.cap_s is None:  # no warm-up: the cap scales with the first measured step
+            self.cap_s = policy.time_cap_s(b["max_time_s"], b["min_steps"], median or None) if median else None
+        short = done < b["min_steps"]  # the minimum is met past the time target, up to the hard cap
+        deadline = max(b["max_time_s"], self.cap_s or 0.0) if short else b["max_time_s"]
+        if done > 0 and elapsed + median > deadline:  # the next step would end past the deadline
+            return ("time_cap" if short else "max_time"), 0
+        if not short and stats.relative_precision(times) <= b["target_rel_precision"]:
             return "precision", 0
         n = min(int(b["window_steps"]), int(b["max_steps"]) - done)
-        if median > 0:  # do not run past the time cap
-            n = max(1, min(n, math.floor((b["max_time_s"] - elapsed) / max(1e-9, median))))
+        if median > 0:  # do not run past the time target (nor, for the minimum, past the cap)
+            room = math.floor((b["max_time_s"] - elapsed) / max(1e-9, median))
+            if short:
+                room = min(max(room, int(b["min_steps"]) - done),
+                           math.floor((deadline - elapsed) / max(1e-9, median)))
+            n = max(1, min(n, room))
         return None, n
 
     def extra(self) -> dict[str, Any] | None:
@@ -199,6 +214,9 @@ class _Loop:
     def run(self, b: Mapping[str, Any]) -> str:
         if b["warmup_steps"] > 0:
             self.warmup_time_s = self.window(int(b["warmup_steps"]), warmup=True)
+            warm = [s.step_time_s for s in self.samples if s.warmup]
+            self.cap_s = policy.time_cap_s(b["max_time_s"], b["min_steps"], policy.median(warm))
+            self.hooks.warmed_up(warm, self.cap_s)
         self.backend.reset_peak_memory()
         t_start = time.perf_counter()
         while True:
@@ -255,6 +273,11 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         warnings.append(f"{workers} DataLoader workers on {cores} CPU cores: the workers compete with the step")
     if stop_reason == "max_time" and n < 10:
         warnings.append(f"only {n} steps measured before the time cap; the statistics are rough")
+    bench = loop.ctx.config.get("bench", {})
+    if stop_reason == "time_cap":
+        warnings.append(f"only {n} of the {bench.get('min_steps')} minimum steps measured: the steps ran slower "
+                        f"than the warm-up's and reached the hard cap of {loop.cap_s:.0f} s; nothing is projected "
+                        "or judged from this config")
     return {
         "it_per_s": it_per_s,
         "samples_per_s": it_per_s * batch_size if it_per_s is not None else None,
@@ -277,6 +300,8 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
         "stop_reason": stop_reason,
+        "min_steps": bench.get("min_steps"),
+        "time_cap_s": loop.cap_s,
         "timing_method": "device-events" if loop.events else "synced-wall-clock",
         "warnings": warnings,
     }

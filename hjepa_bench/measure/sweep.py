@@ -9,8 +9,11 @@
   job, which its child launches through torchrun (:mod:`hjepa_bench.measure.ddp`); a point the
   device cannot run that way (mps, more ranks than GPUs) is ``unsupported``.
 * Every config runs in a fresh child process (multiprocessing's ``spawn``, as on
-  macOS) with a wall-clock timeout: ``ok | oom | diverged | error`` come from the
-  child; ``timeout`` and ``crashed`` (exit code or signal) from the parent.
+  macOS) with a wall-clock deadline: ``ok | oom | diverged | error`` come from the
+  child; ``timeout`` ("timed out (benchmark)") and ``crashed`` (exit code or signal) from
+  the parent.  Without ``--timeout`` the deadline is the start-up allowance until the child
+  reports its warm-up, then what its measured step time and ``min_steps`` need
+  (:mod:`hjepa_bench.measure.policy`); ``--timeout`` is a fixed wall-clock limit.
   After an OOM, larger batches of the same model are ``skipped`` (switchable).
 * Records are appended to ``DIR/results.jsonl`` as each config finishes; running
   again with the same ``--out`` (or ``--resume``) skips configs already recorded,
@@ -38,6 +41,8 @@ from ..config import DEFAULT_SWEEP_OUT, check_value, is_finite_number, resolve_c
 from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
+from .runner import RunHooks
+from . import policy
 from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
 from .results import ResultsFile, config_key
 from ..record import new_record, node_label, short_model_name
@@ -401,6 +406,7 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
 
     values, env = payload["values"], payload["env"]
     nproc = int(values["bench"].get("nproc_per_node", 1))
+    t_start = time.monotonic()
     try:
         if nproc > 1:  # a data-parallel job: torchrun, started from this child, runs the ranks
             record = run_job(values, env, device=payload["device"], plugin_args=payload["plugins"],
@@ -411,12 +417,34 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
             plugins = build_plugins(payload["plugins"])
             backend = plugins.backends()[payload["device"]]
             workload = plugins.workload(values["bench"]["workload"])
-            record = run_benchmark(values, backend, workload, plugins.select_probes(payload["probes"]), env,
-                                   warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"])
+            probes = plugins.select_probes(payload["probes"])
+            extra = max((int(getattr(p, "extra_steps", 0) or 0) for p in probes), default=0)
+            record = run_benchmark(values, backend, workload, probes, env,
+                                   warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"],
+                                   hooks=_WarmupReport(result_path + WARM_SUFFIX, t_start, extra))
     except UserError as exc:
         record = new_record(values, env, payload["warnings"])
         record["error"] = str(exc)
     write_json(record, result_path)
+
+
+#: the child writes its warm-up report next to its result file, under this suffix
+WARM_SUFFIX = ".warm"
+
+
+class _WarmupReport(RunHooks):
+    """In the child: after the warm-up, tell the parent the warm-up's step times and the measured
+    loop's hard cap (written atomically), so that the parent's deadline follows the config."""
+
+    def __init__(self, path: str, t_start: float, extra_steps: int):
+        self.path, self.t_start, self.extra_steps = path, t_start, extra_steps
+
+    def warmed_up(self, step_times_s: list[float], cap_s: float) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"warmup_step_s": step_times_s, "cap_s": cap_s, "extra_steps": self.extra_steps,
+                       "child_s": time.monotonic() - self.t_start}, fh)
+        os.replace(tmp, self.path)
 
 
 @dataclass
@@ -427,17 +455,38 @@ class ChildOutcome:
 
 
 def run_in_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
-    """Run one config in a spawned child with a wall-clock timeout."""
+    """Run one config in a spawned child with a wall-clock deadline: ``timeout_s`` when the payload
+    says ``fixed_timeout`` (``--timeout``), else ``timeout_s`` until the child reports its warm-up,
+    then what the warm-up's step time needs (:func:`hjepa_bench.measure.policy.child_deadline_s`)."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="hjepa-bench-") as tmp:
         result = os.path.join(tmp, "record.json")
         proc = ctx.Process(target=_child_main, args=(payload, result, os.getpid()), name="hjepa-bench-config")
+        t0 = time.monotonic()
         proc.start()
+        deadline, why = float(timeout_s), "its fixed --timeout" if payload.get("fixed_timeout", True) else \
+            "the start-up allowance (no warm-up step reported)"
+        follow = not payload.get("fixed_timeout", True)
         try:
-            proc.join(timeout_s)
-            if proc.is_alive():
-                _stop(proc)
-                return ChildOutcome(None, "timeout", f"no result after {timeout_s:.0f} s (wall clock); the child was killed")
+            while proc.is_alive():
+                now = time.monotonic() - t0
+                if follow and os.path.exists(result + WARM_SUFFIX):
+                    follow = False
+                    try:
+                        with open(result + WARM_SUFFIX) as fh:
+                            warm = json.load(fh)
+                        step = policy.median(warm.get("warmup_step_s") or [])
+                        deadline = policy.child_deadline_s(warmed_at_s=now, startup_s=now, cap_s=float(warm["cap_s"]),
+                                                           step_s=step, extra_steps=int(warm.get("extra_steps") or 0))
+                        why = (f"the deadline its warm-up set: {now:.0f} s to warm up, steps of "
+                               f"{step or 0:.2f} s, a measuring cap of {float(warm['cap_s']):.0f} s")
+                    except (OSError, ValueError, KeyError, TypeError):
+                        pass  # keep the start-up allowance
+                if now >= deadline:
+                    _stop(proc)
+                    return ChildOutcome(None, "timeout", f"timed out (benchmark): no result after {deadline:.0f} s "
+                                                         f"({why}); the child was killed")
+                proc.join(min(0.5, max(0.01, deadline - now)))
         except BaseException:
             _stop(proc)  # Ctrl-C / SIGTERM: stop the child, record nothing
             raise
@@ -563,7 +612,9 @@ class _Sweep(JobQueue):
                            "device": point.device, "plugins": self.plugin_args, "probes": self.spec.probes,
                            "artifacts_dir": str(self.store.dir / "traces" / point.key),
                            # a data-parallel job stops its torchrun itself a little before the child is killed
-                           "timeout_s": self.spec.timeout() - min(15.0, self.spec.timeout() / 4)}
+                           "timeout_s": self.spec.timeout() - min(15.0, self.spec.timeout() / 4),
+                           # without --timeout the deadline follows the child's warm-up (measure/policy.py)
+                           "fixed_timeout": self.spec.timeout_s is not None}
                 self.jobs[point.key] = point
                 return Job(key=point.key, label=point.label, place=place, device=point.device, payload=payload,
                            timeout_s=self.spec.timeout())

@@ -75,6 +75,11 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     # verdict
     parts += ["## Recommendation", ""]
     decision = analysis["decision"]
+    short = [r for r in analysis["matrix"] if r.get("not_measured")]
+    if short:  # before any hours: what was measured too briefly to project or judge
+        parts += ["**Measured too briefly to project:** " + "; ".join(
+            f"option {r['option']} on {r['machine']}: {r['not_measured']}" for r in short)
+            + ". No hours are shown for it and no verdict uses it.", ""]
     if not decision["per_machine"]:
         parts += ["**No option can be judged:** none of the options' model configs was measured"
                   + (" (not measured: " + ", ".join(decision["unmeasured"]) + ")" if decision["unmeasured"] else "")
