@@ -28,6 +28,22 @@ MODELS: dict[str, dict[str, int]] = {
 SHORT_NAMES = {name.split("_patch")[0]: name for name in MODELS}  # vit_tiny -> vit_tiny_patch16_224
 PATCH_SIZE = 16
 VARIANTS = ("reference", "efficient")
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(workers: int) -> int:
+    """A default DataLoader worker count on this machine: never more than the cores available
+    (more workers than cores only compete with the step; a value the user gives is kept)."""
+    return min(int(workers), available_cores())
+
+
 #: where ``hjepa-bench sweep`` writes when --out is not given
 DEFAULT_SWEEP_OUT = "hjepa-bench-sweep"
 

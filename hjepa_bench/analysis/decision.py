@@ -34,6 +34,13 @@ class ReportSettings:
     sources: list[str] = field(default_factory=list)
     #: lines of the results files left out because they are not valid records ("PATH line N: why; skipped")
     skipped: list[str] = field(default_factory=list)
+    #: the command line that rendered the report (named when a later report replaces it)
+    command: str | None = None
+
+    def rendered_with(self) -> dict[str, Any]:
+        """What a report's verdicts depend on besides the records (compared before a report is replaced)."""
+        return {"budget_hours": self.budget_hours, "thresholds": self.thresholds.as_dict(),
+                "options": [[o.name, o.source] for o in self.options], "title": self.title}
 
 
 def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:

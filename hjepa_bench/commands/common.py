@@ -7,7 +7,7 @@ import functools
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..config import PRECISIONS, VARIANTS, ResolvedConfig, check_value, is_finite_number, resolve_config
+from ..config import DEFAULTS, PRECISIONS, VARIANTS, default_workers, ResolvedConfig, check_value, is_finite_number, resolve_config
 from ..errors import UserError
 
 if TYPE_CHECKING:
@@ -159,6 +159,22 @@ def add_data_args(p: argparse.ArgumentParser, *, training_loader: bool = True) -
                     help="restart workers every epoch, as upstream does (default)")
 
 
+def add_measuring_args(g: Any) -> None:
+    """--warmup-steps, --min-steps, --max-steps, --max-time: one meaning and one default (the
+    config's bench section) on every command that measures a config (run, sweep)."""
+    b = DEFAULTS["bench"]
+    g.add_argument("--warmup-steps", type=config_flag("bench.warmup_steps"), metavar="N",
+                   help=f"steps run before measuring, not timed (default {b['warmup_steps']})")
+    g.add_argument("--min-steps", type=config_flag("bench.min_steps"), metavar="N",
+                   help=f"measured steps every config gets, even past --max-time (up to a hard cap of twice the "
+                        f"time the warm-up's steps predict; default {b['min_steps']})")
+    g.add_argument("--max-steps", type=config_flag("bench.max_steps"), metavar="N",
+                   help=f"most measured steps (default {b['max_steps']})")
+    g.add_argument("--max-time", type=config_flag("bench.max_time_s"), metavar="SECONDS",
+                   help=f"time target of the measured loop per config; it stops earlier once the median step "
+                        f"time is known to +-{b['target_rel_precision'] * 100:g}%% (default {b['max_time_s']:g})")
+
+
 def add_probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probes", metavar="NAME,...",
                    help="probes to run: names and the groups cheap, all, none (default: cheap; see hjepa-bench plugins)")
@@ -174,8 +190,12 @@ def add_decision_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace, *, quiet: bool = False, flags: Iterable[str] | None = None) -> ResolvedConfig:
-    """The config of ``--config`` with the flags on top (``flags``: only these); warnings on stderr."""
-    rc = resolve_config(args.config, config_overrides(args, flags))
+    """The config of ``--config`` with the flags on top (``flags``: only these); warnings on stderr.
+    Without --config and --workers, the built-in worker count is capped at the cores available."""
+    overrides = config_overrides(args, flags)
+    if args.config is None and overrides.get("data.num_workers", 0) is None:
+        overrides["data.num_workers"] = default_workers(DEFAULTS["data"]["num_workers"])
+    rc = resolve_config(args.config, overrides)
     if not quiet:
         for line in rc.warnings():
             print(f"warning: {line}", file=sys.stderr)

@@ -50,7 +50,10 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     settings.sources = [str(d) for d in dirs]
     settings.skipped = [str(x) for x in results.skipped]
     settings.charts = not args.no_charts
+    settings.command = "hjepa-bench " + " ".join(args.argv)
     analysis = write_report(records, out, settings, sections=plugins.report_sections())
+    if analysis.get("replaced"):
+        print(f"note: {analysis['replaced']}", file=sys.stderr)
     rec = [f"option {d['recommended']} on {d['machine']}" if d["recommended"] else f"no option on {d['machine']}"
            for d in analysis["decision"]["per_machine"]] or ["no option measured"]
     print(f"report: {out} ({len(records)} records; recommended: {'; '.join(rec)}; "

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import resolve_precision
 from ..errors import UserError, output_path
 from ..format import fmt_ms
-from .common import (add_config_args, add_data_args, add_probe_args, config_flag, config_label, int_flag, load_config,
+from .common import (add_config_args, add_data_args, add_measuring_args, add_probe_args, config_flag, config_label, int_flag, load_config,
                      positive_number)
 
 if TYPE_CHECKING:
@@ -24,11 +24,7 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--workload", help="registered workload to time (default hjepa)")
     add_data_args(run)
     s = run.add_argument_group("measurement")
-    s.add_argument("--warmup-steps", type=config_flag("bench.warmup_steps"))
-    s.add_argument("--min-steps", type=config_flag("bench.min_steps"))
-    s.add_argument("--max-steps", type=config_flag("bench.max_steps"))
-    s.add_argument("--max-time", type=config_flag("bench.max_time_s"), metavar="SECONDS",
-                   help="time cap for the measured loop")
+    add_measuring_args(s)
     s.add_argument("--target-precision", type=config_flag("bench.target_rel_precision"), metavar="FRAC",
                    help="stop when the median step time is known to +-FRAC (95%% CI), default 0.02")
     add_probe_args(run)

@@ -83,3 +83,16 @@ def expected_config_s(*, step_s: float, startup_s: float, warmup_steps: int, min
     or the minimum steps when they take longer; no more than the step cap)."""
     loop = min(max(float(max_time_s), int(min_steps) * step_s), int(max_steps) * step_s)
     return startup_s + int(warmup_steps) * step_s + loop
+
+
+def step_cost(values: Mapping[str, Any]) -> float:
+    """A relative cost of one training step of a resolved config, for estimating how long configs
+    not yet run will take from one that ran (not a FLOP count: only ratios of it are used).  Per
+    ViT block: tokens x 12 D^2 (projections and MLP) + 2 tokens^2 D (attention); context encoder
+    forward and backward (x3), target encoder forward (x1), the predictor's blocks (x3)."""
+    m, d = values["model"], values["data"]
+    dim = float(m["embed_dim"])
+    tokens = (float(d["image_size"]) / 16.0) ** 2
+    block = tokens * 12 * dim ** 2 + 2 * tokens ** 2 * dim
+    blocks = 4 * int(m["encoder_depth"]) + 3 * int(m["predictor"]["depth"])
+    return float(d["batch_size"]) * block * blocks

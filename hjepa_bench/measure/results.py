@@ -129,6 +129,20 @@ class ResultsFile:
             os.replace(tmp, self.path)
         return report
 
+    def replace(self, key: str, record: Mapping[str, Any]) -> None:
+        """Put ``record`` in place of every record of ``key`` (a config run again with ``--retry``):
+        the file is rewritten atomically (temp file, fsync, rename), so a kill leaves the old file
+        or the new one."""
+        line = dumps(record, indent=None) + "\n"
+        validate_record(json.loads(line))
+        kept = [r for r in read_results(self.path, strict=True).records if (r.get("sweep") or {}).get("key") != key]
+        tmp = self.path.with_name(RESULTS_NAME + ".tmp")
+        with open(tmp, "w") as fh:
+            fh.write("".join(dumps(r, indent=None) + "\n" for r in kept) + line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
     def append(self, record: Mapping[str, Any]) -> None:
         line = dumps(record, indent=None) + "\n"
         validate_record(json.loads(line))  # what is read back later

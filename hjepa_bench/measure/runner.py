@@ -164,12 +164,11 @@ class _Loop:
         if not short and stats.relative_precision(times) <= b["target_rel_precision"]:
             return "precision", 0
         n = min(int(b["window_steps"]), int(b["max_steps"]) - done)
-        if median > 0:  # do not run past the time target (nor, for the minimum, past the cap)
+        if median > 0:  # do not run past the time target
             room = math.floor((b["max_time_s"] - elapsed) / max(1e-9, median))
-            if short:
-                room = min(max(room, int(b["min_steps"]) - done),
-                           math.floor((deadline - elapsed) / max(1e-9, median)))
-            n = max(1, min(n, room))
+            # past it, measuring on to the minimum: one step per window, so that the hard cap holds
+            # even when the steps turn out slower than the estimate
+            n = 1 if short and room < 1 else max(1, min(n, room))
         return None, n
 
     def extra(self) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..config import DEFAULT_SWEEP_OUT, check_value, is_finite_number, resolve_config, resolve_model_name, resolve_precision
+from ..config import DEFAULT_SWEEP_OUT, DEFAULTS, default_workers, check_value, is_finite_number, resolve_config, resolve_model_name, resolve_precision
 from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
@@ -58,7 +58,8 @@ class SweepSpec:
     devices: list[str] = field(default_factory=lambda: ["auto"])
     models: list[str | None] = field(default_factory=lambda: ["vit_tiny"])
     batch_sizes: list[int | None] = field(default_factory=lambda: [16, 32])
-    workers: list[int | None] = field(default_factory=lambda: [2, 4])
+    # default worker counts: 2 and 4, never above the cores available (a value given is kept)
+    workers: list[int | None] = field(default_factory=lambda: sorted({default_workers(w) for w in (2, 4)}))
     hierarchies: list[int | None] = field(default_factory=lambda: [None])
     predictor_depths: list[int | None] = field(default_factory=lambda: [None])
     variants: list[str | None] = field(default_factory=lambda: ["reference"])
@@ -72,17 +73,21 @@ class SweepSpec:
     data_path: str | None = None
     limit_samples: int | None = None
     persistent_workers: bool | None = None
-    warmup_steps: int | None = 2
-    min_steps: int | None = 5
-    max_steps: int | None = 30
-    max_time_s: float | None = 15.0
-    timeout_s: float | None = None  # per config wall clock; default from max_time_s
+    # the measuring budgets: None is the config's default, as on ``hjepa-bench run`` (the same flag
+    # means the same on both commands): bench.warmup_steps, min_steps, max_steps, max_time_s
+    warmup_steps: int | None = None
+    min_steps: int | None = None
+    max_steps: int | None = None
+    max_time_s: float | None = None
+    timeout_s: float | None = None  # fixed per config wall clock; default: follows the warm-up (policy.py)
     skip_after_oom: bool = True
     probes: list[str] | None = None  # None: the cheap probes
     # decision-matrix options whose model config is measured too (each at its own batch and
     # workers, 224 px, reference step): names, or ["all"] / ["none"]; options_file adds user options
     options: list[str] = field(default_factory=lambda: ["all"])
     options_file: str | None = None
+    #: statuses whose recorded configs run again in place (``--retry``): see RETRY
+    retry: list[str] = field(default_factory=list)
 
     GRID = ("devices", "models", "batch_sizes", "workers", "hierarchies", "predictor_depths", "variants",
             "precisions", "img_sizes", "nproc_per_node")
@@ -97,11 +102,14 @@ class SweepSpec:
                    "persistent_workers": "bench.persistent_workers", "warmup_steps": "bench.warmup_steps",
                    "min_steps": "bench.min_steps", "max_steps": "bench.max_steps", "max_time_s": "bench.max_time_s"}
     MAX_TIMEOUT_S = 1e7
+    #: what ``--retry`` takes: a record status, or ``short`` (ok, but fewer steps than its minimum)
+    RETRY = ("timeout", "error", "oom", "crashed", "diverged", "skipped", "unsupported", "short")
 
     def timeout(self) -> float:
+        """``--timeout``, else the start-up allowance a child has until it reports its warm-up."""
         if self.timeout_s is not None:
             return float(self.timeout_s)
-        return default_timeout(self.max_time_s)
+        return default_timeout(self.max_time_s if self.max_time_s is not None else DEFAULTS["bench"]["max_time_s"])
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SweepSpec":
@@ -179,6 +187,10 @@ class SweepSpec:
         if self.probes is not None:
             text_list("probes", self.probes, empty=True)
         text_list("options", self.options)
+        text_list("retry", self.retry, empty=True)
+        bad = [r for r in self.retry if r not in self.RETRY]
+        if bad:
+            fail("retry", f"takes {', '.join(self.RETRY)}, not {', '.join(bad)}")
 
     @staticmethod
     def _check(where: str, name: str, key: str, value: Any) -> None:
@@ -217,6 +229,8 @@ class SweepSpec:
             spec.options = args.options
         if args.options_file is not None:
             spec.options_file = args.options_file
+        if getattr(args, "retry", None) is not None:
+            spec.retry = args.retry
         spec.validate(f"sweep (grid file {args.grid} and flags)" if args.grid else "sweep")
         return spec
 
@@ -235,6 +249,7 @@ class Point:
     key: str = ""
     unsupported: str | None = None  # why it cannot run here
     place: str | None = None  # the executor's place (a node label), None on this machine
+    decides: bool = False  # it measures a decision-matrix option's own config: it runs first
 
 
 def check_grid(spec: SweepSpec, plugins: Plugins) -> None:
@@ -303,7 +318,10 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
         for opt in selected_options(spec):
             for nproc in spec.nproc_per_node:
                 point = _option_point(opt, device, {**common, "bench.nproc_per_node": nproc}, place, len(points))
-                if not any(_same_measurement(p, point) for p in points):
+                same = [p for p in points if _same_measurement(p, point)]
+                for p in same or [point]:
+                    p.decides = True  # what decides the recommendation is measured first
+                if not same:
                     points.append(point)
     return points
 
@@ -325,10 +343,28 @@ def _unsupported_here(facts: DeviceFacts, values: Mapping[str, Any]) -> str | No
 def _place_point(point: Point, place: Place, identity: dict[str, Any]) -> None:
     """The point's environment and key at ``place``; a node's label joins the key and the label."""
     point.env = place.devices[point.device].env
-    point.key = config_key(identity, point.env, node=place.label)
+    point.key = config_key(_measured_identity(identity), point.env, node=place.label)
     point.place = place.label
     if place.label is not None:
         point.label += f" on {place.label}"
+
+
+#: how long a config is measured, not what is measured: left out of its key, so that a config run
+#: again with other limits (--retry ... --max-time 120) replaces its earlier record
+BUDGET_KEYS = ("warmup_steps", "min_steps", "max_steps", "max_time_s", "target_rel_precision")
+
+
+def _measured_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(identity, default=str))
+    for key in BUDGET_KEYS:
+        ((out.get("values") or {}).get("bench") or {}).pop(key, None)
+        (out.get("overrides") or {}).pop(f"bench.{key}", None)
+    return out
+
+
+def retry_matches(record: Mapping[str, Any], retry: Sequence[str]) -> bool:
+    """Whether ``--retry`` names what happened to ``record`` (its status, or ``short``)."""
+    return record.get("status") in retry or ("short" in retry and policy.shortfall(record) is not None)
 
 
 def _same_measurement(a: Point, b: Point) -> bool:
@@ -368,6 +404,8 @@ def _option_point(opt: Any, device: str, common: dict[str, Any], place: Place, i
 
     base = opt.values()
     overrides = {**{k: v for k, v in common.items() if k != "model.encoder_depth"}, **option_overrides(opt)}
+    if opt.source == "validation guide":  # the guide's worker count is a default: not above the cores here
+        overrides["data.num_workers"] = default_workers(overrides["data.num_workers"])
     rc = resolve_config(None, overrides, base=base)
     values = rc.values
     values["bench"]["precision"] = resolve_precision(values, device)
@@ -551,6 +589,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
         loaded = store.load()  # every point resolved before the results file is touched
         sweep = _Sweep(spec, store, places, planned, loaded.records, list(plugin_args), emit)
         emit({"event": "plan", "total": sweep.total, "recorded": sweep.total - sweep.n, "to_run": sweep.n,
+              "retry": len(sweep.retried), "first": sum(p.decides for todo in sweep.todo.values() for p in todo),
               "out": str(store.dir), "truncated_tail": loaded.truncated_tail is not None,
               **({"nodes": [p.label for p in places]} if any(p.label is not None for p in places) else {})})
         engine.run(places, sweep)
@@ -558,6 +597,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
         engine.close()
     ran = sum(sweep.counts.values())
     return {"total": sweep.total, "ran": ran, "recorded_before": sweep.total - sweep.n, "counts": sweep.counts,
+            "retried": len(sweep.retried),
             "not_run": sweep.n - ran, "elapsed_s": time.time() - sweep.t_start, "out": str(store.dir),
             "truncated_tail": loaded.truncated_tail}
 
@@ -571,14 +611,19 @@ class _Sweep(JobQueue):
                  planned: Mapping[str | None, list[Point]], recorded: Sequence[Mapping[str, Any]],
                  plugin_args: list[str], emit: Event):
         self.spec, self.store, self.plugin_args, self.emit = spec, store, plugin_args, emit
-        done = {(r.get("sweep") or {}).get("key") for r in recorded}
+        again = [r for r in recorded if retry_matches(r, spec.retry)]
+        #: keys run again in place (--retry): their new record replaces the old one
+        self.retried = {(r.get("sweep") or {}).get("key") for r in again}
+        recorded = [r for r in recorded if not retry_matches(r, spec.retry)]
+        done = {(r.get("sweep") or {}).get("key") for r in recorded} - self.retried
         self.info = {p.label: p.info for p in places}
         self.todo: dict[str | None, list[Point]] = {}
         self.total = 0
         for place in places:
             points = planned[place.label]
             self.total += len(points)
-            self.todo[place.label] = [p for p in points if p.key not in done]
+            # the options' own configs first (they decide the answer), then the grid in plan order
+            self.todo[place.label] = sorted((p for p in points if p.key not in done), key=lambda p: not p.decides)
         self.n = sum(len(v) for v in self.todo.values())
         self.parallel = max(1, len(places))
         self.oom_at: dict[tuple, int] = {}
@@ -590,6 +635,9 @@ class _Sweep(JobQueue):
         self.k: dict[str, int] = {}
         self.t0: dict[str, float] = {}
         self.durations: list[float] = []
+        #: (step cost, step seconds, start-up seconds) of the first config measured: what the
+        #: estimates of the others are scaled from (policy.step_cost)
+        self.reference: tuple[float, float, float] | None = None
         self.counts: dict[str, int] = {}
         self.t_start = time.time()
 
@@ -634,8 +682,19 @@ class _Sweep(JobQueue):
             record = outcome.record
         else:
             record = _record_for(point, outcome.status, outcome.detail)
-        self.durations.append(time.time() - self.t0.pop(point.key))
+        took = time.time() - self.t0.pop(point.key)
+        self.durations.append(took)
         self._record(point, record)
+        m = record.get("metrics") or {}
+        step = (m.get("step_time_s") or {}).get("median")
+        if self.reference is None and record.get("status") == "ok" and step and point.values:
+            measured = float(m.get("measured_time_s") or 0) + float((m.get("warmup") or {}).get("time_s") or 0)
+            self.reference = (policy.step_cost(point.values), float(step), max(0.0, took - measured))
+            left = [p for todo in self.todo.values() for p in todo] + \
+                [p for p in self.jobs.values()]
+            self.emit({"event": "estimate", "configs_left": len(left), "step_s": float(step),
+                       "startup_s": self.reference[2], "expected_s": (self.expected_s(left) or 0.0) / self.parallel,
+                       "from": point.label})
 
     def lost(self, place: str | None, why: str) -> None:
         left = self.todo.pop(place, [])
@@ -646,9 +705,29 @@ class _Sweep(JobQueue):
         k = self.k[point.key] = len(self.k) + 1
         self.t0[point.key] = time.time()
         left = self.n - k + 1
-        eta = (sum(self.durations) / len(self.durations)) * left / self.parallel if self.durations else None
+        eta = self.expected_s([point, *(p for todo in self.todo.values() for p in todo)])
+        if eta is None and self.durations:
+            eta = (sum(self.durations) / len(self.durations)) * left
+        if eta is not None:
+            eta /= self.parallel
         self.emit({"event": "start", "k": k, "n": self.n, "label": point.label,
                    "elapsed_s": time.time() - self.t_start, "eta_s": eta, **self._node(point)})
+
+    def expected_s(self, points: Sequence[Point]) -> float | None:
+        """Expected seconds to measure ``points``, scaled from the first config measured (None before)."""
+        if self.reference is None:
+            return None
+        cost0, step0, startup = self.reference
+        total = 0.0
+        for p in points:
+            if p.unsupported or not p.values:
+                continue
+            b = p.values["bench"]
+            step = step0 * policy.step_cost(p.values) / cost0
+            total += policy.expected_config_s(step_s=step, startup_s=startup, warmup_steps=b["warmup_steps"],
+                                              min_steps=b["min_steps"], max_steps=b["max_steps"],
+                                              max_time_s=b["max_time_s"])
+        return total
 
     def _record(self, point: Point, record: dict[str, Any]) -> None:
         group = _group(point)
@@ -657,7 +736,10 @@ class _Sweep(JobQueue):
                            "overrides": {k2: v for k2, v in point.overrides.items() if v is not None}}
         if self.info.get(point.place) is not None:
             record["node"] = dict(self.info[point.place])
-        self.store.append(record)
+        if point.key in self.retried:
+            self.store.replace(point.key, record)
+        else:
+            self.store.append(record)
         if record["status"] == "oom":
             self._oom(point.place, group, point.batch_size)
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
