@@ -137,6 +137,7 @@ def test_a_benchmark_timeout_is_named_and_is_no_crash_of_a_validation_run():
     assert "not crashes of a validation run" in crash["evidence"]
 
 
+@pytest.mark.slow
 def test_a_sweep_childs_deadline_follows_its_warmup_not_the_allowance(monkeypatch):
     """A child that hangs after its warm-up is stopped at the deadline its warm-up set, long before
     the start-up allowance; with --timeout (fixed) the allowance is the limit."""
