@@ -218,6 +218,14 @@ def resolve_config(path: str | Path | None = None, overrides: Mapping[str, Any] 
         if key in present or any(k.startswith(key + ".") for k in present):
             rc.no_effect[key] = why
     if overrides:
+        for dotted, value in overrides.items():  # a file's bad value stays an error when a flag replaces it
+            if value is not None and dotted in present and dotted in SCHEMA:
+                try:
+                    check_value(dotted, _lookup(values, dotted))
+                except UserError as exc:
+                    where = f"config file {path}" if path else "the config"
+                    raise UserError(f"{where}: {str(exc).rstrip('.')} (a flag overrides it, but the file is still "
+                                    "wrong: fix it there).") from None
         apply_overrides(rc, overrides)
     _validate(rc, present)
     return rc

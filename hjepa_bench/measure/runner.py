@@ -33,7 +33,7 @@ import torch
 
 from . import policy, stats
 from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
-from ..errors import UserError
+from ..errors import PLUGIN_FAILURES, UserError
 from ..record import dumps, new_record, validate_probe_entry
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -120,7 +120,7 @@ class _Loop:
                 if probe.name not in self.failed:
                     try:
                         probe.after_step(self.ctx, sample)
-                    except Exception as exc:  # noqa: BLE001 - a broken probe never breaks the run
+                    except PLUGIN_FAILURES as exc:  # a broken probe never breaks the run
                         self.failed[probe.name] = _failure(exc)
         if self.events:
             end = backend.event()
@@ -181,7 +181,7 @@ class _Loop:
         for probe in wanted:
             try:
                 probe.before_extra_steps(self.ctx)
-            except Exception as exc:  # noqa: BLE001
+            except PLUGIN_FAILURES as exc:
                 self.failed[probe.name] = _failure(exc)
         wanted = [p for p in wanted if p.name not in self.failed]
         n = max((int(p.extra_steps) for p in wanted), default=0)
@@ -198,10 +198,10 @@ class _Loop:
                     if probe.name not in self.failed and k < int(probe.extra_steps):
                         try:
                             probe.after_extra_step(self.ctx, sample)
-                        except Exception as exc:  # noqa: BLE001
+                        except PLUGIN_FAILURES as exc:
                             self.failed[probe.name] = _failure(exc)
             self.backend.synchronize()
-        except Exception as exc:  # noqa: BLE001 - the measurement is done: it stays as it is
+        except PLUGIN_FAILURES as exc:  # the measurement is done: it stays as it is
             error = _failure(exc)["error"]
         return {"steps": done, "requested": n, "first_index": first, "time_s": time.perf_counter() - t0,
                 "for": [p.name for p in wanted], "error": error,
@@ -360,7 +360,7 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
         for probe in probes:
             try:
                 probe.start(ctx)
-            except Exception as exc:  # noqa: BLE001
+            except PLUGIN_FAILURES as exc:
                 failed[probe.name] = _failure(exc)
         loop = _Loop(ctx, probes, progress, hooks)
         loop.failed.update(failed)
@@ -373,7 +373,7 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
         raise
     except Diverged as exc:
         record["status"], record["error"] = "diverged", str(exc)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+    except PLUGIN_FAILURES as exc:  # every failure becomes a status (a plugin's sys.exit too)
         record["status"] = "oom" if backend.is_oom(exc) else "error"
         record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     finally:
@@ -397,7 +397,7 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
                 continue
             try:
                 entry = probe.finish(ctx, record)
-            except Exception as exc:  # noqa: BLE001 - a broken probe must not lose the measurement
+            except PLUGIN_FAILURES as exc:  # a broken probe must not lose the measurement
                 entry = _failure(exc)
             if entry is not None:
                 record["probes"][probe.name] = _entry(probe.name, entry)

@@ -263,6 +263,20 @@ def check_grid(spec: SweepSpec, plugins: Plugins) -> None:
             resolve_model_name(m)  # an unknown model is a user error, not an unsupported point
 
 
+def check_data(points_values: Any) -> None:
+    """A data set the configs read is checked before the first child starts (a missing CIFAR-10
+    folder is a usage error, as on ``run``, not an error recorded for every config)."""
+    paths = {(v["bench"].get("data_path") or v["data"].get("data_path")) for v in points_values
+             if v["bench"].get("data") == "cifar10"}
+    if paths:
+        from ..hjepa.data import cifar_folder
+
+        for path in sorted(paths, key=str):
+            if not path:
+                raise UserError("--data cifar10 needs --data-path DIR (the unpacked python version of CIFAR-10).")
+            cifar_folder(path, train=True)
+
+
 def device_facts(backend: Backend) -> DeviceFacts:
     """``backend`` as this process sees it: the environment fingerprint, the precisions that
     train on it, or why it cannot run (an executor takes these where the configs will run)."""
@@ -282,6 +296,7 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
     devices = list(place.devices)
     common = spec.common_overrides()
     points: list[Point] = []
+    seen: set[str] = set()  # resolved configs already planned
     dims = [devices, spec.models, spec.hierarchies, spec.predictor_depths, spec.variants, spec.precisions,
             spec.img_sizes, spec.nproc_per_node, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None, b or 0))]
     for device, model, levels, pdepth, variant, precision, img, nproc, workers, batch in itertools.product(*dims):
@@ -299,6 +314,10 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
         values = rc.values
         values["bench"]["precision"] = resolve_precision(values, device)
         values["bench"]["device"] = device
+        same = json.dumps(values, sort_keys=True, default=str)
+        if same in seen:  # null (the config's value) next to that value, or a model's alias: measured once
+            continue
+        seen.add(same)
         # the one reason a valid point is recorded unsupported: this device cannot run it (here)
         point.unsupported = _unsupported_here(place.devices[device], values)
         point.values, point.warnings = values, rc.warnings()
@@ -586,6 +605,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
         planned = {place.label: plan(spec, place) for place in places}
         for name in dict.fromkeys(p.values["bench"]["workload"] for points in planned.values() for p in points):
             plugins.workload(name)  # an unknown workload is a usage error here, not a failure in every child
+        check_data(p.values for points in planned.values() for p in points)
         loaded = store.load()  # every point resolved before the results file is touched
         sweep = _Sweep(spec, store, places, planned, loaded.records, list(plugin_args), emit)
         emit({"event": "plan", "total": sweep.total, "recorded": sweep.total - sweep.n, "to_run": sweep.n,

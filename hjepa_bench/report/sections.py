@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from ..errors import PLUGIN_FAILURES
 from ..plugin.api import ReportSection
 from ..record import probe, record_label
 
@@ -21,7 +22,7 @@ def render_report(records: Sequence[Mapping[str, Any]], sections: Sequence[Repor
             body = section.render(records)
             if body is not None and not isinstance(body, str):
                 raise TypeError(f"render() returned a {type(body).__name__}, not markdown text")
-        except Exception as exc:  # noqa: BLE001 - a plugin's section must not break the report
+        except PLUGIN_FAILURES as exc:  # a plugin's section must not break the report
             body = f"section {section.name} failed: {type(exc).__name__}: {_one_line(exc)}"
             print(f"warning: report {body}; the rest of the report is complete", file=sys.stderr)
         if body:
