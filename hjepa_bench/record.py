@@ -21,12 +21,13 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import JSON_MAX_BYTES, read_text
 from .format import finite, finite_int
+
+if TYPE_CHECKING:  # pandas is imported where a table is built
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "error", "unsupported", "skipped")
@@ -542,4 +543,6 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "peak_mem_mib": None if m.get("peak_device_bytes") is None else m["peak_device_bytes"] / 2**20,
             "steps": st.get("n"),
         })
+    import pandas as pd
+
     return pd.DataFrame(rows)

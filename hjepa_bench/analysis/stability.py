@@ -42,7 +42,6 @@ from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats as sps
 from ..format import finite
 
 # --------------------------------------------------------------------------- thresholds
@@ -271,6 +270,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
         deg.update(slope_s_per_step=0.0, slope_pct_per_100_steps=0.0, change_pct=0.0, significant=False)
         notes.append("all analysed step times are identical: slope 0, no p-value")
     else:
+        from scipy import stats as sps  # imported at use: loading the probe plugins stays light
         fit = sps.linregress(np.asarray(idx, dtype=float), x)
         span = float(idx[-1] - idx[0])
         slope = float(fit.slope)

@@ -18,12 +18,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..errors import RESULTS_MAX_BYTES, UserError, read_bytes
 from ..record import RecordError, dumps, loads, records_frame, validate_record
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULTS_NAME = "results.jsonl"
 #: a report skips at most this many bad lines of one file; beyond, it is not a results file

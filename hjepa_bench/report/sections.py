@@ -3,13 +3,14 @@ and ``probe_table``, the table a probe's section is made of."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import PLUGIN_FAILURES
 from ..plugin.api import ReportSection
 from ..record import probe, record_label
+
+if TYPE_CHECKING:  # pandas is imported where a table is built
+    import pandas as pd
 
 
 def render_report(records: Sequence[Mapping[str, Any]], sections: Sequence[ReportSection],
@@ -70,6 +71,8 @@ def probe_table(records: Iterable[Mapping[str, Any]], name: str,
         rows.append(row)
     if not rows:
         return None
+    import pandas as pd
+
     frame = pd.DataFrame(rows)
     if fill is not None:
         frame = frame.astype(object).fillna(fill)
