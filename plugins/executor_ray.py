@@ -332,8 +332,10 @@ class RayExecutor(Executor):
                         running.pop(gen)
                         release(st.place, item, st, False)
                 now = time.time()
-                for gen, st in running.items():  # backstop: the worker itself hangs
-                    if st.started and not st.cancelled and now - st.started > st.job.timeout_s + GRACE_S:
+                for gen, st in running.items():  # backstop: the worker itself hangs (a fixed --timeout only:
+                    # otherwise the deadline follows the config's warm-up, in the worker's run_in_child)
+                    if st.started and not st.cancelled and st.job.payload.get("fixed_timeout", True) \
+                            and now - st.started > st.job.timeout_s + GRACE_S:
                         ray.cancel(gen, force=True)
                         st.cancelled = True
                 if now - last_check > NODE_CHECK_S and any(st.started is None for st in running.values()):
