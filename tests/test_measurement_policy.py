@@ -166,3 +166,13 @@ def test_run_and_sweep_share_their_measuring_defaults_and_no_default_exceeds_the
     sweep_help = run_cli("sweep", "--help").stdout
     for flag_text in (f"default {b['min_steps']})", f"(default {b['max_time_s']:g})"):
         assert flag_text in " ".join(run_help.split()) and flag_text in " ".join(sweep_help.split())
+
+
+def test_the_sweep_says_how_much_more_time_a_short_config_needs_and_how_to_retry_it(short_record):
+    from hjepa_bench.commands.sweep import more_time_lines
+
+    s = policy.shortfall(short_record)
+    lines = more_time_lines([short_record], ["sweep", "--max-time", "5", "--out", "o", "--resume"])
+    assert len(lines) == 1
+    assert s["text"] in lines[0] and "more minute(s) here" in lines[0]
+    assert lines[0].endswith(f"hjepa-bench sweep --out o --retry short --max-time {s['max_time_s']}")
