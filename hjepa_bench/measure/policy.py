@@ -48,6 +48,16 @@ def child_deadline_s(*, warmed_at_s: float, startup_s: float, cap_s: float, step
     return warmed_at_s + cap_s + startup_s + int(extra_steps) * (step_s or 0.0)
 
 
+def deadline_after_first_step_s(*, first_at_s: float, step_s: float, warmup_steps: int, max_time_s: float,
+                                min_steps: int, extra_steps: int = 0) -> float:
+    """Seconds after the child's start at which the parent stops it, once its first warm-up step
+    is known: the rest of the warm-up at CAP_FACTOR times that step, then as
+    :func:`child_deadline_s` with the cap that step predicts."""
+    rest = CAP_FACTOR * max(0, int(warmup_steps) - 1) * step_s
+    return child_deadline_s(warmed_at_s=first_at_s + rest, startup_s=first_at_s,
+                            cap_s=time_cap_s(max_time_s, min_steps, step_s), step_s=step_s, extra_steps=extra_steps)
+
+
 def rerun_max_time_s(min_steps: int, step_s: float) -> int:
     """The ``--max-time`` that measures ``min_steps`` steps of ``step_s`` (plus RERUN_MARGIN),
     rounded up to ten seconds."""

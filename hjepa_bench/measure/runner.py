@@ -54,6 +54,10 @@ class RunHooks:
     def after_loop(self, ctx: RunContext, record: dict[str, Any]) -> None:
         """After the measured loop ended well, with the metrics filled, before the workload is closed."""
 
+    def first_step(self, step_s: float) -> None:
+        """Right after the first warm-up step (a sweep's child tells its parent: the rest of the
+        warm-up is then budgeted from it, not from a constant)."""
+
     def warmed_up(self, step_times_s: list[float], cap_s: float) -> None:
         """Right after the warm-up: its step times and the measured loop's hard cap (a sweep's child
         tells its parent, which sets its deadline from them)."""
@@ -211,8 +215,11 @@ class _Loop:
         return [s for s in self.samples if not s.warmup and s.step_time_s is not None]
 
     def run(self, b: Mapping[str, Any]) -> str:
-        if b["warmup_steps"] > 0:
-            self.warmup_time_s = self.window(int(b["warmup_steps"]), warmup=True)
+        if b["warmup_steps"] > 0:  # the first step alone, so that its time is known at once
+            self.warmup_time_s = self.window(1, warmup=True)
+            self.hooks.first_step(float(self.samples[-1].step_time_s))
+            if b["warmup_steps"] > 1:
+                self.warmup_time_s += self.window(int(b["warmup_steps"]) - 1, warmup=True)
             warm = [s.step_time_s for s in self.samples if s.warmup]
             self.cap_s = policy.time_cap_s(b["max_time_s"], b["min_steps"], policy.median(warm))
             self.hooks.warmed_up(warm, self.cap_s)

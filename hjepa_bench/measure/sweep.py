@@ -487,6 +487,8 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
 
 #: the child writes its warm-up report next to its result file, under this suffix
 WARM_SUFFIX = ".warm"
+#: ... and, before that, its first warm-up step's time under this one
+FIRST_SUFFIX = ".first"
 
 
 class _WarmupReport(RunHooks):
@@ -496,12 +498,16 @@ class _WarmupReport(RunHooks):
     def __init__(self, path: str, t_start: float, extra_steps: int):
         self.path, self.t_start, self.extra_steps = path, t_start, extra_steps
 
+    def _write(self, path: str, data: dict[str, Any]) -> None:
+        with open(path + ".tmp", "w") as fh:
+            json.dump({**data, "extra_steps": self.extra_steps, "child_s": time.monotonic() - self.t_start}, fh)
+        os.replace(path + ".tmp", path)
+
+    def first_step(self, step_s: float) -> None:
+        self._write(self.path + FIRST_SUFFIX, {"step_s": step_s})
+
     def warmed_up(self, step_times_s: list[float], cap_s: float) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump({"warmup_step_s": step_times_s, "cap_s": cap_s, "extra_steps": self.extra_steps,
-                       "child_s": time.monotonic() - self.t_start}, fh)
-        os.replace(tmp, self.path)
+        self._write(self.path, {"warmup_step_s": step_times_s, "cap_s": cap_s})
 
 
 @dataclass
@@ -524,17 +530,34 @@ def run_in_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
         deadline, why = float(timeout_s), "its fixed --timeout" if payload.get("fixed_timeout", True) else \
             "the start-up allowance (no warm-up step reported)"
         follow = not payload.get("fixed_timeout", True)
+        first = follow
+        derived: float | None = None  # the deadline the first step set (it replaces the allowance)
+        bench = payload["values"]["bench"]
         try:
             while proc.is_alive():
                 now = time.monotonic() - t0
+                if first and os.path.exists(result + WARM_SUFFIX + FIRST_SUFFIX):
+                    first = False
+                    try:
+                        with open(result + WARM_SUFFIX + FIRST_SUFFIX) as fh:
+                            got = json.load(fh)
+                        step = float(got["step_s"])
+                        deadline = derived = (policy.deadline_after_first_step_s(
+                            first_at_s=now, step_s=step, warmup_steps=int(bench["warmup_steps"]),
+                            max_time_s=float(bench["max_time_s"]), min_steps=int(bench["min_steps"]),
+                            extra_steps=int(got.get("extra_steps") or 0)))
+                        why = f"the deadline its first step set: {now:.0f} s to its first step of {step:.1f} s"
+                    except (OSError, ValueError, KeyError, TypeError):
+                        pass
                 if follow and os.path.exists(result + WARM_SUFFIX):
                     follow = False
                     try:
                         with open(result + WARM_SUFFIX) as fh:
                             warm = json.load(fh)
                         step = policy.median(warm.get("warmup_step_s") or [])
-                        deadline = policy.child_deadline_s(warmed_at_s=now, startup_s=now, cap_s=float(warm["cap_s"]),
-                                                           step_s=step, extra_steps=int(warm.get("extra_steps") or 0))
+                        deadline = max(derived or 0.0, policy.child_deadline_s(
+                            warmed_at_s=now, startup_s=now, cap_s=float(warm["cap_s"]), step_s=step,
+                            extra_steps=int(warm.get("extra_steps") or 0)))
                         why = (f"the deadline its warm-up set: {now:.0f} s to warm up, steps of "
                                f"{step or 0:.2f} s, a measuring cap of {float(warm['cap_s']):.0f} s")
                     except (OSError, ValueError, KeyError, TypeError):
