@@ -16,7 +16,7 @@ from hjepa_bench.analysis.criteria import NOT_MEASURED, facts_from_records, fact
 from hjepa_bench.analysis.decision import ReportSettings, build_analysis
 from hjepa_bench.analysis.projection import project_record
 from hjepa_bench.config import DEFAULTS, available_cores
-from hjepa_bench.measure import policy
+from hjepa_bench.analysis import policy
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.runner import run_benchmark
 from hjepa_bench.measure.sweep import Point, SweepSpec, _record_for, run_in_child

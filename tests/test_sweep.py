@@ -140,7 +140,7 @@ def test_fault_injection_statuses(tmp_path):
     assert ok["status"] == "ok"
     assert oom["status"] == "oom" and "allocat" in oom["error"]
     assert crash["status"] == "crashed" and "SIGSEGV" in crash["error"]
-    # no --timeout: the hang is stopped at the deadline its warm-up set (measure/policy.py), and a
+    # no --timeout: the hang is stopped at the deadline its warm-up set (analysis/policy.py), and a
     # slow start-up under load is not cut short by a fixed limit
     assert hang["status"] == "timeout" and hang["error"].startswith("timed out (benchmark): no result after")
     assert "the deadline its warm-up set" in hang["error"]

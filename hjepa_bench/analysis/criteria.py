@@ -19,7 +19,7 @@ from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
 from ..thresholds import Thresholds
 from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
-from ..measure.policy import shortfall
+from .policy import shortfall
 from ..record import device_name, label, machine, samples_per_s, world_size
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..options import TrainingOption, guide_options, model_key
-from ..measure.policy import shortfall
+from .policy import shortfall
 from ..record import machine, node_label, short_model_name, world_size
 from ..thresholds import DEFAULTS, Thresholds
 from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pick_validation_record, status_counts,
@@ -69,7 +69,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     built from records judged with the same thresholds)."""
     th = settings.thresholds
     recs = rejudge_records(list(records), th)
-    # what measured fewer steps than its minimum feeds no finding, choice or fit (measure/policy.py)
+    # what measured fewer steps than its minimum feeds no finding, choice or fit (analysis/policy.py)
     judged = [r for r in recs if shortfall(r) is None]
     # batch / workers per model group
     group_choices = []

@@ -44,7 +44,7 @@ from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, m
 from ..record import workers as workers_of
 from .bottleneck import is_data_bound
 from .memory import fit_memory
-from ..measure.policy import shortfall
+from .policy import shortfall
 from .projection import project_record
 from .stability import MIN_STEPS_SPREAD
 
@@ -317,7 +317,7 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
                              if oks else "nothing ran"]}]
     rows = []
     for (mach, ranks), all_rs in by_machine.items():
-        # a record below its minimum steps feeds no verdict: it only says so (measure/policy.py)
+        # a record below its minimum steps feeds no verdict: it only says so (analysis/policy.py)
         short = [r for r in all_rs if shortfall(r) is not None]
         rs = [r for r in all_rs if shortfall(r) is None]
         if short and not any(r.get("status") == "ok" for r in rs):

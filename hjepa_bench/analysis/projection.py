@@ -36,7 +36,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from ..format import finite
-from ..measure.policy import shortfall
+from .policy import shortfall
 from ..record import batch_achieved, batch_requested, probe
 from ..record import world_size as record_world_size
 

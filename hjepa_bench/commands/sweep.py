@@ -169,7 +169,7 @@ def more_time_lines(records: list[dict[str, Any]], argv: list[str]) -> list[str]
     measuring them takes here (from their own step and start-up times), and the timed-out ones."""
     import re
 
-    from ..measure.policy import shortfall
+    from ..analysis.policy import shortfall
 
     lines = []
     short = [(r, shortfall(r)) for r in records]

@@ -16,7 +16,7 @@ Timing follows MEASURING.md:
 * measuring stops when the median step time is known to the target relative
   precision (95% CI), or at the step cap, or at the time target once ``min_steps`` are
   measured; below ``min_steps`` it goes on past the time target up to a hard cap that scales
-  with the warm-up's step time (:mod:`hjepa_bench.measure.policy`);
+  with the warm-up's step time (:mod:`hjepa_bench.analysis.policy`);
 * a non-finite loss (or gradient norm, without a GradScaler) -> ``diverged``;
   the backend's out-of-memory error -> ``oom``; anything else -> ``error``.
 """
@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import psutil
 import torch
 
-from . import policy, stats
+from . import stats
+from ..analysis import policy
 from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
 from ..errors import PLUGIN_FAILURES, UserError
 from ..record import dumps, new_record, validate_probe_entry

@@ -13,7 +13,7 @@
   child; ``timeout`` ("timed out (benchmark)") and ``crashed`` (exit code or signal) from
   the parent.  Without ``--timeout`` the deadline is the start-up allowance until the child
   reports its warm-up, then what its measured step time and ``min_steps`` need
-  (:mod:`hjepa_bench.measure.policy`); ``--timeout`` is a fixed wall-clock limit.
+  (:mod:`hjepa_bench.analysis.policy`); ``--timeout`` is a fixed wall-clock limit.
   After an OOM, larger batches of the same model are ``skipped`` (switchable).
 * Records are appended to ``DIR/results.jsonl`` as each config finishes; running
   again with the same ``--out`` (or ``--resume``) skips configs already recorded,
@@ -42,7 +42,7 @@ from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
 from .runner import RunHooks
-from . import policy
+from ..analysis import policy
 from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
 from .results import ResultsFile, config_key
 from ..record import new_record, node_label, short_model_name
@@ -520,7 +520,7 @@ class ChildOutcome:
 def run_in_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
     """Run one config in a spawned child with a wall-clock deadline: ``timeout_s`` when the payload
     says ``fixed_timeout`` (``--timeout``), else ``timeout_s`` until the child reports its warm-up,
-    then what the warm-up's step time needs (:func:`hjepa_bench.measure.policy.child_deadline_s`)."""
+    then what the warm-up's step time needs (:func:`hjepa_bench.analysis.policy.child_deadline_s`)."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="hjepa-bench-") as tmp:
         result = os.path.join(tmp, "record.json")
@@ -704,7 +704,7 @@ class _Sweep(JobQueue):
                            "artifacts_dir": str(self.store.dir / "traces" / point.key),
                            # a data-parallel job stops its torchrun itself a little before the child is killed
                            "timeout_s": self.spec.timeout() - min(15.0, self.spec.timeout() / 4),
-                           # without --timeout the deadline follows the child's warm-up (measure/policy.py)
+                           # without --timeout the deadline follows the child's warm-up (analysis/policy.py)
                            "fixed_timeout": self.spec.timeout_s is not None}
                 self.jobs[point.key] = point
                 return Job(key=point.key, label=point.label, place=place, device=point.device, payload=payload,
