@@ -37,7 +37,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..config import DEFAULT_SWEEP_OUT, DEFAULTS, default_workers, check_value, is_finite_number, resolve_config, resolve_model_name, resolve_precision
+from ..config import (DEFAULT_SWEEP_OUT, DEFAULTS, check_value, default_workers, is_finite_number, resolve_config,
+                      resolve_model_name, resolve_precision)
 from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
