@@ -127,7 +127,7 @@ STEP_TIME = Obj({"n": COUNT, "median": num(above=0, null=True), "rel_ci95": NONN
 METRICS = Obj({
     "it_per_s": NONNEG_OR_NULL, "samples_per_s": NONNEG_OR_NULL, "step_time_s": STEP_TIME,
     "measured_steps": opt(COUNT), "measured_time_s": NONNEG_OR_NULL, "data_wait_frac": NONNEG_OR_NULL,
-    "host_frac": NONNEG_OR_NULL,
+    "host_frac": NONNEG_OR_NULL, "host_wait_frac": NONNEG_OR_NULL, "data_wait_overlap_frac": NONNEG_OR_NULL,
     "host_phases_s": Kind("an object of numbers >= 0", lambda v: isinstance(v, dict) and all(
         NONNEG_OR_NULL.test(x) for x in v.values())),
     "warmup": Obj({"steps": COUNT, "time_s": NONNEG_OR_NULL, "step_time_s": SERIES}),
@@ -136,6 +136,7 @@ METRICS = Obj({
                                         lambda v: v is None or POSITIVE_INT.test(v)
                                         or (isinstance(v, list) and all(POSITIVE_INT.test(x) for x in v)))}),
     **{k: NONNEG_OR_NULL for k in ("peak_device_bytes", "current_device_bytes", "reserved_device_bytes",
+                                   "peak_reserved_device_bytes", "device_outside_allocator_bytes",
                                    "peak_rss_bytes")},
     "device_total_bytes": num(above=0, null=True),
     "memory_source": opt(STR), "timing_method": opt(STR), "stop_reason": opt(STR),
@@ -333,13 +334,34 @@ def dumps(record: Mapping[str, Any], indent: int | None = 2) -> str:
     return json.dumps(_clean(record), indent=indent, allow_nan=False)
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc says it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the umask (0o644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
 def write_json(record: Mapping[str, Any], path: str | Path) -> Path:
-    """Write atomically (temp file + fsync + rename): a crash leaves old or new, never half."""
+    """Write atomically (temp file + fsync + rename): a crash leaves old or new, never half.  The
+    file gets the mode every other output gets (:func:`default_file_mode`), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = dumps(record)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w") as fh:
             fh.write(text + "\n")
             fh.flush()
@@ -479,6 +501,21 @@ def peak_bytes(record: Mapping[str, Any]) -> int | None:
     if isinstance(entry, Mapping) and entry.get("peak_device_bytes") is not None:
         return finite_int(entry["peak_device_bytes"])
     return finite_int(lookup(record, "metrics", "peak_device_bytes"))
+
+
+def footprint_bytes(record: Mapping[str, Any]) -> int | None:
+    """The device memory a run needed at its peak, what must fit in the total: the memory probe's
+    ``peak_footprint_bytes`` (allocated peak, or the allocator's peak reserve plus the memory in use
+    outside it, whichever is larger) when it ran, else the same from the metrics, else :func:`peak_bytes`."""
+    entry = lookup(record, "probes", "memory")
+    if isinstance(entry, Mapping) and entry.get("peak_footprint_bytes") is not None:
+        return finite_int(entry["peak_footprint_bytes"])
+    m = record.get("metrics") or {}
+    peak = peak_bytes(record)
+    reserved = finite_int(m.get("peak_reserved_device_bytes"))
+    if reserved is None:
+        return peak
+    return max(peak or 0, reserved + (finite_int(m.get("device_outside_allocator_bytes")) or 0))
 
 
 def backend_peak_bytes(record: Mapping[str, Any]) -> float | None:

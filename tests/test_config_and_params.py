@@ -43,11 +43,14 @@ def test_state_dict_layout_matches_upstream(name):
 
 def test_no_effect_and_unknown_keys_are_listed(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model:\n  encoder_type: vit_small\n  frobnicate: 3\nlogging:\n  log_frequency: 10\nloss:\n  vicreg_weight: 0.2\n")
+    cfg.write_text("model:\n  encoder_type: vit_small\n  frobnicate: 3\nlogging:\n  log_frequency: 10\n"
+                   "  experiment_name: x\nloss:\n  vicreg_weight: 0.2\n")
     rc = resolve_config(cfg)
     assert rc.unknown_keys == ["model.frobnicate"]
     text = " ".join(rc.warnings())
-    assert "model.frobnicate" in text and "logging" in text and "loss.vicreg_weight" in text
+    assert "model.frobnicate" in text and "logging.experiment_name" in text and "loss.vicreg_weight" in text
+    # log_frequency sets the trainer's periodic work in the projections: used, not listed
+    assert "log_frequency" not in text and rc.values["logging"]["log_frequency"] == 10
     assert rc.values["model"]["encoder_type"] == "vit_small_patch16_224"
     assert rc.values["model"]["embed_dim"] == 384
 

@@ -28,6 +28,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..measure.results import load_results
+    from ..options import own_config_options
     from ..report.decision import write_report
 
     dirs = [Path(d) for d in args.dirs]
@@ -47,6 +48,7 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
         raise UserError(f"no valid result records in {', '.join(map(str, dirs))}"
                         + (f" ({len(results.skipped)} line(s) skipped, see the warnings)." if results.skipped else "."))
     settings = report_settings(args, title=args.title or "hjepa-bench report")
+    settings.options = own_config_options(records) + settings.options
     settings.sources = [str(d) for d in dirs]
     settings.skipped = [str(x) for x in results.skipped]
     settings.charts = not args.no_charts

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from ..config import resolve_precision
 from ..errors import UserError, output_path
 from ..format import fmt_ms
-from .common import (add_config_args, add_data_args, add_measuring_args, add_probe_args, config_flag, config_label, int_flag, load_config,
-                     positive_number)
+from ..thresholds import DEFAULTS as THRESHOLDS
+from .common import (add_config_args, add_data_args, add_measuring_args, add_probe_args, config_flag, config_label,
+                     fill_dataset_sizes, int_flag, load_config, positive_number)
 
 if TYPE_CHECKING:
     from ..plugin.manager import Plugins
@@ -44,6 +45,9 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--json", metavar="PATH", help="write the result record (JSON) here")
     run.add_argument("--report", metavar="PATH", help="write a markdown report here")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="show the output third-party libraries write while probes run (e.g. the profiler's "
+                          "kineto lines) in full, instead of a one-line count")
     run.set_defaults(func=cmd_run)
 
 
@@ -55,6 +59,8 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..record import write_json
     from ..report.sections import render_report
     from ..report.summary import summary_text
+    from ..measure.quiet import report_library_output
+    from ..analysis.projection import own_config_line, own_config_projection
 
     for path, what in ((args.json, "--json"), (args.report, "--report")):
         if path:
@@ -62,6 +68,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     backend = select_backend(plugins, args.device)
     rc = load_config(args, quiet=True)  # warnings are printed once the run has started
     values = rc.values
+    fill_dataset_sizes(values)
     workload = plugins.workload(values["bench"]["workload"])
     values["bench"]["precision"] = resolve_precision(values, backend.name)
     values["bench"]["device"] = backend.name
@@ -114,10 +121,18 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(render_report([record], plugins.report_sections()))
+    if args.verbose or not args.quiet:
+        report_library_output(record.get("probes") or {}, verbose=args.verbose)
     if not args.quiet:
         print(summary_text(record, plugins.probes()))
+        if record["status"] == "ok":
+            print(own_config_line(own_config_projection(
+                record, default_train=THRESHOLDS.dataset_size, default_val=THRESHOLDS.val_size,
+                val_every_epochs=THRESHOLDS.val_every_epochs, confidence=THRESHOLDS.confidence)))
         if args.json:
             print(f"record written to {args.json}")
+        if args.report:
+            print(f"report written to {args.report}")
     if record["status"] != "ok":  # on stderr even with -q: exit 1 never goes without a word
         print(f"hjepa-bench run: status {record['status']}: {record.get('error') or 'no error message'}",
               file=sys.stderr)

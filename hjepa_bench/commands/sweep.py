@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_SWEEP_OUT
 from ..errors import UserError, output_path
-from .common import (add_data_args, add_decision_args, add_measuring_args, add_probe_args, config_flag, list_flag, positive_number,
-                     report_settings)
+from .common import (add_data_args, add_decision_args, add_measuring_args, add_probe_args, config_flag,
+                     fill_dataset_sizes, list_flag, positive_number, report_settings)
 
 if TYPE_CHECKING:
     from ..plugin.manager import Plugins
@@ -81,6 +81,8 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
                                  selected_options)
     from ..report.decision import write_report
     from ..report.summary import sweep_table, verdict_lines
+    from ..analysis.projection import own_config_line
+    from ..options import own_config_options
 
     out = Path(args.out or DEFAULT_SWEEP_OUT)
     output_path(out, "--out", folder=True)
@@ -93,6 +95,11 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
             raise UserError(f"{EXECUTOR_FLAGS[option]} is not an option of the {executor.name} executor "
                             f"(it takes: {', '.join(EXECUTOR_FLAGS[o] for o in executor.options if o in EXECUTOR_FLAGS) or 'none'}).")
     settings = report_settings(args, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
+    if spec.data == "cifar10" and spec.data_path and spec.dataset_size is None:
+        sizes = {"data": {}, "bench": {"data": "cifar10", "data_path": spec.data_path, "dataset_size": None,
+                                       "val_size": spec.val_size}}
+        fill_dataset_sizes(sizes)  # the projected run trains on the folder's images
+        spec.dataset_size, spec.val_size = sizes["bench"]["dataset_size"], sizes["bench"]["val_size"]
     selected_options(spec)
     if args.resume and not (out / "results.jsonl").exists():
         print(f"note: nothing to resume in {out}; starting a new sweep there", file=sys.stderr)
@@ -113,6 +120,9 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     report = out / "report.md"
     settings.sources = [str(out)]
     settings.skipped = [str(x) for x in results.skipped]
+    own_options = own_config_options(records)
+    own = {o.name for o in own_options}
+    settings.options = own_options + settings.options
     settings.command = "hjepa-bench " + " ".join(args.argv)
     # a run that measured nothing new (everything recorded, or a retry that failed again) leaves the
     # report as it is: it may be one the user rendered with other settings
@@ -140,6 +150,9 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
         if spec.retry and not summary["retried"]:
             print(f"nothing to retry: no config in {out} is recorded as {' or '.join(spec.retry)}")
         print(verdict_lines(analysis))
+        for row in analysis["matrix"]:
+            if row["option"] in own and row.get("projection"):
+                print(f"{row['machine']} b{row['batch']} w{row['workers']}: {own_config_line(row['projection'])}")
         for line in more_time_lines(records, args.argv):
             print(line)
         print(f"results: {out / 'results.jsonl'}\nreport:  {report}"
