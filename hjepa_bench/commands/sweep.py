@@ -201,7 +201,8 @@ def more_time_lines(records: list[dict[str, Any]], argv: list[str]) -> list[str]
                      f"  {with_flags(argv, {'--retry': 'short', '--max-time': str(x)})}")
     timed_out = [r for r in records if r.get("status") == "timeout"]
     if timed_out:
-        limits = [float(m.group(1)) for r in timed_out for m in [re.search(r"after (\d+) s", str(r.get("error")))] if m]
+        limits = [float(m.group(1)) for r in timed_out for m in [re.search(r"after (\d+) s", str(r.get("error")))]
+                  if m and "fixed --timeout" in str(r.get("error"))]  # (else the deadline follows the config)
         flags = {"--retry": "timeout"}
         if limits:
             flags["--timeout"] = str(int(2 * max(limits)))
