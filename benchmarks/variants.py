@@ -38,7 +38,7 @@ from hjepa_bench.hjepa.inspection import count_step_flops
 from hjepa_bench.hjepa.masks import MaskCollator, MaskSpec
 from hjepa_bench.hjepa.model import HJEPA
 from hjepa_bench.hjepa.step import HJEPAStep
-from hjepa_bench.measure import stats
+from hjepa_bench import stats
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.plugin.manager import build_plugins, select_backend
 

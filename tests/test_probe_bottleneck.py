@@ -199,7 +199,6 @@ class _SleepyWorkload(Workload):
 def test_real_run_under_foreign_load_does_not_blame_the_workers(tiny):
     """Busy-loop processes (not the benchmark's) fill every core while a run that barely uses the CPU
     is measured with 4 workers configured: the advice must not be "CPU saturated, decrease workers"."""
-    import os
     import subprocess
     import sys
 

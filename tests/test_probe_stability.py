@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from hjepa_bench.measure.stats import summarize
+from hjepa_bench.stats import summarize
 from hjepa_bench.analysis.stability import (SPIKE_K, drift_text, THRESHOLD_CV_PCT, analyze_stability, spike_events,
                                             spike_period)
 from hjepa_bench.plugins import probe_stability

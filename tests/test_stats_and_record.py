@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from hjepa_bench.measure import stats
+from hjepa_bench import stats
 from hjepa_bench.record import RecordError, validate_record, write_json
 
 

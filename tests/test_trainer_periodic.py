@@ -13,7 +13,8 @@ import torch
 from helpers import TINY_FLAGS, run_cli, tiny_config
 from hjepa_bench.analysis.projection import own_config_projection, project_record
 from hjepa_bench.analysis.selfcheck import self_check
-from hjepa_bench.hjepa.periodic import LoggingPlan, collapse_metrics, periodic_counts
+from hjepa_bench.analysis.periodic import LoggingPlan, periodic_counts
+from hjepa_bench.hjepa.periodic import collapse_metrics
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.validate import WARMUP_STEPS, ValidationSettings, run_validation, validation_record
 from hjepa_bench.options import config_option

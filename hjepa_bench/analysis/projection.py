@@ -45,7 +45,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from ..format import finite
-from ..hjepa.periodic import LoggingPlan, has_empty_cache, periodic_counts, periodic_seconds
+from .periodic import LoggingPlan, has_empty_cache, periodic_counts, periodic_seconds
 from .policy import shortfall
 from ..record import batch_achieved, batch_requested, probe
 from ..record import world_size as record_world_size
@@ -230,6 +230,18 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
     return out
 
 
+def warmup_excess(record: Mapping[str, Any]) -> float | None:
+    """What the run's warm-up steps cost beyond as many steady steps (s, >= 0): allocator and
+    thread-pool warm-up, first-call work; a real run pays it once.  None without both."""
+    series = record.get("series") or {}
+    warm = int(series.get("warmup_steps") or 0)
+    times = [float(t) for t in (series.get("step_time_s") or []) if t is not None and math.isfinite(float(t))]
+    if warm < 1 or len(times) <= warm:
+        return None
+    steady = float(np.median(times[warm:]))
+    return max(0.0, sum(times[:warm]) - warm * steady)
+
+
 def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int = 50_000, val_size: int = 10_000,
                    val_every_epochs: int = 1, checkpoint_every_epochs: int = 1,
                    confidence: float = 0.95, logging: Mapping[str, Any] | None = None,
@@ -237,8 +249,6 @@ def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int 
     """``project`` with the step time, per-epoch costs and world size measured in ``record``; the
     trainer's periodic work as ``logging`` (a config with a ``logging`` section: the projected
     run's) asks, else as the record's own config does."""
-    from ..measure.epoch_costs import warmup_excess
-
     batch = batch_achieved(record) or batch_requested(record)  # (achieved is a list when the batch varied)
     config = record.get("config") or {}
     plan = LoggingPlan.from_config(logging if logging is not None else config)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Mapping
 
-from ..hjepa.periodic import LoggingPlan
+from .periodic import LoggingPlan
 from .projection import PERIODIC_COLUMNS, epoch_costs, mean_band, no_band_note, project
 
 #: measured steps of epoch 1 (after warm-up) the projection is made from

@@ -20,7 +20,7 @@ entry under ``thresholds``):
   detected warm-up longer than the reported one is *said* (``settled_late``, a
   reason and a note: measure with a longer ``--warmup-steps``), never dropped, so
   every section shows one CV and one median of one set of steps.
-* ``cv_pct`` and ``median_s`` are :func:`hjepa_bench.measure.stats.summarize`'s
+* ``cv_pct`` and ``median_s`` are :func:`hjepa_bench.stats.summarize`'s
   ``cv`` (x 100) and ``median`` of those steps (the one definition);
   ``variance_pct`` = (p90 - p10) / median * 100.  The verdict uses the CV (the
   guide's "< 20%").
@@ -50,7 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from ..format import finite
-from ..measure.stats import summarize
+from ..stats import summarize
 
 # --------------------------------------------------------------------------- thresholds
 THRESHOLD_CV_PCT = _TH.max_step_cv_pct  # the validation guide: "Speed variance < 20%"

@@ -30,7 +30,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ..hjepa.masks import to_device
-from ..hjepa.periodic import LoggingPlan, measure_periodic
+from ..analysis.periodic import LoggingPlan
+from ..hjepa.periodic import measure_periodic
 
 STARTUP_REPEATS = 2
 VAL_REPEATS = 3
@@ -213,18 +214,6 @@ def measure_model_build(config: Mapping[str, Any], device: Any) -> float:
     elapsed = time.perf_counter() - t0
     del model
     return elapsed
-
-
-def warmup_excess(record: Mapping[str, Any]) -> float | None:
-    """What the run's warm-up steps cost beyond as many steady steps (s, >= 0): allocator and
-    thread-pool warm-up, first-call work; a real run pays it once.  None without both."""
-    series = record.get("series") or {}
-    warm = int(series.get("warmup_steps") or 0)
-    times = [float(t) for t in (series.get("step_time_s") or []) if t is not None and math.isfinite(float(t))]
-    if warm < 1 or len(times) <= warm:
-        return None
-    steady = statistics.median(times[warm:])
-    return max(0.0, sum(times[:warm]) - warm * steady)
 
 
 def measure_epoch_costs(trainer: Any, loader: Any, backend: Any, config: Mapping[str, Any], *,

@@ -28,7 +28,7 @@ from ..analysis.logspeed import analyze_log, steady_interval_rates
 from ..config import resolve_config, resolve_model_name, resolve_precision
 from ..errors import LOG_MAX_BYTES, UserError, read_bytes
 from ..record import new_record
-from .stats import summarize
+from ..stats import summarize
 
 
 def read_log(path: str | Path) -> tuple[str, dict[str, Any]]:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import psutil
 import torch
 
-from . import stats
+from .. import stats
 from ..analysis import policy
 from ..analysis.bottleneck import device_lag_split
 from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload

@@ -70,7 +70,8 @@ from ..config import to_yaml
 from ..errors import UserError
 from ..hjepa.data import build_dataset, build_eval_transform, build_loader
 from ..hjepa.masks import masks_from_union, sample_batch_union, to_device
-from ..hjepa.periodic import LoggingPlan, TrainerLogger
+from ..analysis.periodic import LoggingPlan
+from ..hjepa.periodic import TrainerLogger
 from ..hjepa.step import HJEPAStep, ema_momentum_at
 from ..hjepa.training import build_training, checkpoint_state, extract_features, save_checkpoint
 from ..record import new_record, write_json
@@ -662,7 +663,7 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
     like from a sweep record."""
     from ..analysis.loss_curve import analyze_loss, applied_lr_at_end
     from ..analysis.stability import analyze_stability
-    from .stats import summarize
+    from ..stats import summarize
 
     steps = result.get("steps") or {}
     wait = [w or 0.0 for w in steps.get("data_wait_s") or []]

@@ -138,9 +138,8 @@ def write_frame(df: pd.DataFrame, path: str | Path, fmt: str) -> Path:
 
 def parquet_missing() -> str | None:
     """Why parquet cannot be written here (pyarrow is missing), or None."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("pyarrow") is None:
         return ("writing parquet needs pyarrow, which is not installed; run `pip install pyarrow` "
                 "(or `pip install hjepa-bench[export]`), or use --format csv or json.")
     return None
