@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
                                     "carriage returns, it/s or s/it, logging lines) and judge it like a sweep.")
     an.add_argument("--log", required=True, metavar="FILE", help="the training log")
     an.add_argument("--out", metavar="DIR", help="write report.md and analysis.json here")
-    an.add_argument("--config", metavar="YAML", help="the run's config, for what the log does not print")
+    an.add_argument("--config", metavar="YAML|PRESET", help="the run's config (file or preset), for what the log does not print")
     an.add_argument("--model", help="encoder, if the log does not print it")
     an.add_argument("--batch-size", type=config_flag("data.batch_size"))
     an.add_argument("--workers", type=config_flag("data.num_workers"))

@@ -1,4 +1,4 @@
-"""One H-JEPA training step, in two variants (HJEPA_STEP.md).
+"""One H-JEPA training step, in two variants (docs/step.md).
 
 ``reference``: the cost of the upstream step.  Masks come from a per-sample
 host loop with a host-device sync per sample; masked patch tokens are zeroed
