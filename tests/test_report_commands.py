@@ -46,6 +46,7 @@ def _images(report: Path) -> list[Path]:
     return [report.parent / r for r in rels]
 
 
+@pytest.mark.slow
 def test_sweep_report_has_matrix_projection_criteria_and_charts(swept):
     root, out = swept
     report = out / "report.md"
@@ -74,6 +75,7 @@ def test_sweep_report_has_matrix_projection_criteria_and_charts(swept):
     assert t_row["hours"] == pytest.approx(proj["total_s"]["mid"] / 3600)
 
 
+@pytest.mark.slow
 def test_option_configs_are_ready_to_run_upstream_yaml(swept):
     _, out = swept
     cfg = out / "configs" / "option_T.yaml"
@@ -86,6 +88,7 @@ def test_option_configs_are_ready_to_run_upstream_yaml(swept):
     assert b["model"]["encoder_type"] == "vit_small_patch16_224" and b["training"]["warmup_epochs"] == 10
 
 
+@pytest.mark.slow
 def test_report_command_merges_dirs_and_applies_the_budget(swept, tmp_path):
     root, out = swept
     dest = tmp_path / "r" / "report.md"
@@ -168,6 +171,7 @@ def validated(tmp_path_factory):
     return out, res
 
 
+@pytest.mark.slow
 def test_validate_writes_checkpoints_and_a_report_with_criteria(validated):
     out, res = validated
     result = json.loads((out / "validation.json").read_text())
@@ -188,6 +192,7 @@ def test_validate_writes_checkpoints_and_a_report_with_criteria(validated):
     assert "## Validation run" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_eval_on_a_validate_checkpoint_against_random_init(validated, tmp_path):
     out, _ = validated
     res = run_cli("eval", "--checkpoint", str(out / "checkpoints" / "checkpoint_latest.pth"), "--device", "cpu",
@@ -202,6 +207,7 @@ def test_eval_on_a_validate_checkpoint_against_random_init(validated, tmp_path):
     assert "kNN" in res.stdout
 
 
+@pytest.mark.slow
 def test_eval_limit_samples_selects_the_first_training_images(validated, tmp_path):
     """--limit-samples means on eval what it means on run and validate: only the first N images of the
     training split; --n-train then takes at most N of them, and the test split is not cut."""
@@ -216,6 +222,7 @@ def test_eval_limit_samples_selects_the_first_training_images(validated, tmp_pat
     assert any("--limit-samples 40" in n and "asked for 60" in n for n in result["notes"])
 
 
+@pytest.mark.slow
 def test_eval_names_the_first_mismatching_keys(validated, tmp_path):
     out, _ = validated
     ck = torch.load(out / "checkpoints" / "checkpoint_latest.pth", weights_only=False)
@@ -228,6 +235,7 @@ def test_eval_names_the_first_mismatching_keys(validated, tmp_path):
     assert "predictor.head.weight" in res.stderr and "predictor.extra_weight" in res.stderr
 
 
+@pytest.mark.slow
 def test_validate_ctrl_c_keeps_checkpoint_and_writes_the_report(tmp_path):
     import os
     import signal
