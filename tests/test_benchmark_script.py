@@ -1,4 +1,4 @@
-"""benchmarks/variants.py stays runnable (tiny sizes; the real numbers are in README.md)."""
+"""benchmarks/variants.py stays runnable (tiny sizes; the real numbers are in docs/step.md)."""
 from __future__ import annotations
 
 import json

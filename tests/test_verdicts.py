@@ -406,11 +406,11 @@ def test_one_measured_step_reads_dash_in_the_tables(runs, tiny_option, tmp_path)
     assert "nan" not in cells and "None" not in cells and not re.search(r"\bnan\b", text)
 
 
-def test_readme_says_how_each_verdict_is_judged():
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_say_how_each_verdict_is_judged():
+    docs = (REPO / "docs" / "verdicts.md").read_text() + (REPO / "docs" / "report.md").read_text()
     for needle in ("measure longer (--max-time)", "Student t", "no band (n < 5)", "not enough settled steps to judge",
                    "untrained: N steps, not judged", "--thresholds", "this tool's interpolation"):
-        assert needle in readme, needle
+        assert needle in docs, needle
 
 
 # --------------------------------------------------------------------------- the raw numbers a report judges again
