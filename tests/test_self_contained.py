@@ -44,8 +44,8 @@ def read(path: Path) -> str:
 
 
 def test_nothing_names_a_path_outside_the_repository():
-    """Was: tests/helpers.py read ../shared/reference, the README's examples passed
-    --config ../shared/..., and docstrings cited design notes that are not in the repository."""
+    """Was: tests/helpers.py read a folder beside the checkout, the README's examples passed
+    --config files from there, and docstrings cited design notes that are not in the repository."""
     files = [p for p in tracked_files() if p.suffix in TEXT_SUFFIXES and p.is_file()]
     assert any(p.name == "README.md" for p in files) and any(p.name == "helpers.py" for p in files)
     found = [hit for p in files for hit in outside_references(str(p.relative_to(REPO)), read(p))]
@@ -57,3 +57,59 @@ def test_the_scan_catches_each_kind_of_outside_reference():
                       "(" + "shared" + "/design/notes.md)", '"""Masks (' + "HJEPA_STEP" + '.md)."""'])
     hits = outside_references("f.py", text)
     assert [h.split(":")[1] for h in hits] == ["3", "4", "5"]
+
+
+def markdown_files() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    broken = []
+    for md in markdown_files():
+        text = re.sub(r"```.*?```", "", md.read_text(encoding="utf-8"), flags=re.S)  # links in code are code
+        for target in LINK.findall(text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL, or an anchor in the same file
+            path = target.split("#", 1)[0]
+            if not (md.parent / path).exists():
+                broken.append(f"{md.relative_to(REPO)}: {target}")
+    assert len(markdown_files()) > 5
+    assert broken == [], broken
+
+
+def test_the_readme_is_a_front_page_that_links_the_docs():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 300
+    linked = set(re.findall(r"\(docs/([\w.-]+\.md)", text))
+    assert {"commands.md", "measuring.md", "step.md", "verdicts.md"} <= linked
+
+
+def quickstart_commands() -> list[str]:
+    """The lines of the README's Quickstart code block: the main job, then the test command."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Quickstart\s+```bash\n(.*?)```", text, flags=re.S)
+    assert block, "the README has no Quickstart code block"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_the_quickstart_is_the_main_job_and_the_whole_test_suite():
+    sweep, tests = quickstart_commands()
+    assert sweep == "pip install -e . && hjepa-bench sweep"
+    # the whole suite, slow tests included (no -m/-k selection)
+    assert tests == 'pip install -e ".[test]" && python -m pytest tests benchmarks --benchmark-disable'
+
+
+def test_ci_runs_the_readme_test_command_in_a_fresh_clone():
+    """.ci/run clones the commit into a fresh temporary folder (nothing beside it), makes a venv
+    there, and runs exactly the README's test command."""
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    tests = quickstart_commands()[1]
+    assert [line.strip() for line in ci.splitlines() if "pytest" in line and not line.lstrip().startswith("#")] \
+        == [tests]
+    assert "mktemp -d" in ci and "git clone" in ci and "-m venv" in ci
+
+
+def test_the_test_tiers_are_registered():
+    import tomllib
+    ini = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert any(m.startswith("slow:") for m in ini["markers"]) and ini["timeout"] > 0
