@@ -12,6 +12,7 @@ from hjepa_bench.record import validate_record
 from helpers import QUICK_VAL, TINY_FLAGS
 
 
+@pytest.mark.slow
 def test_run_writes_a_valid_ok_record(cli, tmp_path):
     out, report = tmp_path / "out.json", tmp_path / "report.md"
     res = cli("run", "--device", "cpu", "--config", str(QUICK_VAL), *TINY_FLAGS, "--workers", "2",
@@ -34,6 +35,7 @@ def test_run_writes_a_valid_ok_record(cli, tmp_path):
     assert "## Measured step speed" in text and "| ok " in text
 
 
+@pytest.mark.slow
 def test_run_efficient_variant(cli, tmp_path):
     out = tmp_path / "e.json"
     res = cli("run", "--device", "cpu", "--variant", "efficient", *TINY_FLAGS, "--json", str(out), "-q")
@@ -75,6 +77,7 @@ def test_bad_input_gets_one_sentence_and_exit_2(capsys, args, fragment):
     assert fragment in _one_sentence(res)
 
 
+@pytest.mark.slow
 def test_unavailable_device_names_the_available_ones(cli):
     res = cli("run", "--device", "mps")  # the real console entry, in a child process
     assert res.returncode == 2
@@ -88,6 +91,7 @@ def test_broken_yaml_is_one_sentence(capsys, tmp_path):
     assert res.returncode == 2 and "not valid YAML" in _one_sentence(res)
 
 
+@pytest.mark.slow
 def test_inspect_reports_exact_counts_and_flops(cli):
     res = cli("inspect", "--config", str(QUICK_VAL), "--json")
     assert res.returncode == 0, res.stderr
@@ -100,6 +104,7 @@ def test_inspect_reports_exact_counts_and_flops(cli):
     assert info["tokens_per_sample"]["reference"]["context_encoder"] == 197
 
 
+@pytest.mark.slow
 def test_run_a_preset_by_name_from_any_folder(cli, tmp_path):
     """Was: the README's example named an upstream file beside the checkout; now --config takes the
     name of a built-in preset, wherever the command runs."""
@@ -111,6 +116,7 @@ def test_run_a_preset_by_name_from_any_folder(cli, tmp_path):
     assert r["config"]["data"]["image_size"] == 64 and r["config"]["data"]["batch_size"] == 4
 
 
+@pytest.mark.slow
 def test_presets_lists_the_built_in_configs_with_counted_parameters(capsys):
     res = _in_process(capsys, "presets", "--json")
     assert res.returncode == 0, res.stderr

@@ -108,6 +108,7 @@ def test_report_command_merges_dirs_and_applies_the_budget(swept, tmp_path):
     assert "**No option is recommended**" in (tmp_path / "t" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_command_bad_input_is_one_sentence(tmp_path):
     res = run_cli("report", str(tmp_path / "missing"))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "does not exist" in res.stderr
@@ -125,6 +126,7 @@ def test_report_command_bad_input_is_one_sentence(tmp_path):
 
 
 # --------------------------------------------------------------------------- analyze
+@pytest.mark.slow
 def test_analyze_upstream_log(tmp_path):
     log = tmp_path / "training_run.log"
     log.write_text(build_log())
@@ -153,6 +155,7 @@ def test_analyze_upstream_log(tmp_path):
     (b"\x00\x01\x02binary\x00" * 50, "binary"),
     (b"# My project\n\nSome README text.\n", "does not look like"),
 ])
+@pytest.mark.slow
 def test_analyze_bad_files_exit_2(tmp_path, content, needle):
     log = tmp_path / "x.log"
     log.write_bytes(content)
