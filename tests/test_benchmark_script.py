@@ -1,11 +1,11 @@
 """benchmarks/variants.py stays runnable (tiny sizes; the real numbers are in docs/step.md)."""
 from __future__ import annotations
 
-import pytest
-
 import json
 import subprocess
 import sys
+
+import pytest
 
 from helpers import REPO
 

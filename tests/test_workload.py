@@ -1,12 +1,11 @@
 """The hjepa workload's data path: spawn workers (macOS's start method) and CIFAR-10 from disk."""
 from __future__ import annotations
 
-import pytest
-
 import json
 import pickle
 
 import numpy as np
+import pytest
 
 from hjepa_bench.hjepa.data import EndlessBatches, build_dataset, build_loader, build_transform
 from hjepa_bench.hjepa.masks import BatchMasks, MaskCollator, MaskSpec
