@@ -5,8 +5,9 @@ The commands (one module each in :mod:`hjepa_bench.commands`):
 * ``run``: measure one configuration and print a summary;
 * ``sweep``: measure a grid of configs, each in its own process (resumable), then the decision report;
 * ``report``: the decision report (markdown, charts, configs) from result directories;
+* ``export``: result records as one flat table (csv, parquet, json), a row per record;
 * ``validate``: the validation run (a short real training), then the criteria and the decision report;
-* ``analyze``: judge a log of the upstream trainer like a sweep;
+* ``analyze``: judge a log of the upstream trainer like a sweep (``--follow``: while the trainer writes it);
 * ``eval``: quick evaluation of a checkpoint (feature quality, kNN, linear probe) against random init;
 * ``benchmark-report``: pytest-benchmark JSON as a markdown table against a baseline;
 * ``inspect``: parameters, tokens and FLOPs of a config, without training;
@@ -28,6 +29,7 @@ from . import __version__
 from .commands import COMMANDS
 from .errors import UserError
 from .plugin.manager import build_plugins
+from .measure.quiet import restore_all
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hjepa-bench: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        restore_all()  # a run interrupted while a library's output was captured
         print("\nhjepa-bench: interrupted; nothing was written.", file=sys.stderr)
         return 130
     except BrokenPipeError:

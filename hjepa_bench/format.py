@@ -85,3 +85,14 @@ def fmt_flops(x: float | None, per_s: bool = False) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.3g} {prefix}{unit}"
     return f"{x:.3g} {unit}"
+
+
+def fmt_duration(seconds: Any, dash: str = "-") -> str:
+    """``H:MM:SS`` (``Nd H:MM:SS`` from a day on) of a number of seconds, rounded to the second."""
+    s = finite(seconds)
+    if s is None or s < 0:
+        return dash
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return (f"{d}d " if d else "") + f"{h}:{m:02d}:{sec:02d}"

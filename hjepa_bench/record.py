@@ -331,13 +331,34 @@ def dumps(record: Mapping[str, Any], indent: int | None = 2) -> str:
     return json.dumps(_clean(record), indent=indent, allow_nan=False)
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc says it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the umask (0o644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
 def write_json(record: Mapping[str, Any], path: str | Path) -> Path:
-    """Write atomically (temp file + fsync + rename): a crash leaves old or new, never half."""
+    """Write atomically (temp file + fsync + rename): a crash leaves old or new, never half.  The
+    file gets the mode every other output gets (:func:`default_file_mode`), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = dumps(record)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w") as fh:
             fh.write(text + "\n")
             fh.flush()

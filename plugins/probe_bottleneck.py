@@ -111,6 +111,7 @@ class _CPUSampler(threading.Thread):
 
 class BottleneckProbe(Probe):
     name = "bottleneck"
+    headline = ("verdict", "shares.data_wait", "shares.host", "shares.device", "cpu_saturated", "cpu_util_mean_pct")
     cost = "cheap"
     description = ("Splits measured step time into data wait, host phases and device; samples CPU load in a "
                    "background thread; verdict data-/host-/device-bound with num_workers advice.")

@@ -258,6 +258,7 @@ _FIELDS = {
 
 class EpochCostsProbe(Probe):
     name = "epoch_costs"
+    headline = ("worker_startup_s", "val_step_s", "checkpoint_save_s", "checkpoint_bytes")
     cost = "cheap"
     description = ("Per-epoch costs besides the steps: DataLoader worker start-up (fresh workers to the first "
                    "batch), one validation forward, and a checkpoint save (bytes, fsynced)")

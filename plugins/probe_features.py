@@ -56,6 +56,7 @@ def _steps_trained(record: Mapping[str, Any]) -> int | None:
 
 class FeaturesProbe(Probe):
     name = "features"
+    headline = ("effective_rank", "rankme_ratio", "mean_cosine", "collapse.collapsed", "quality_judged")
     cost = "costly"
     description = "collapse metrics (RankMe, std, cosine, uniformity) of the target encoder's pooled features"
 

@@ -133,6 +133,7 @@ def _median_step_s(record: Mapping[str, Any]) -> float | None:
 
 class FlopsProbe(Probe):
     name = "flops"
+    headline = ("flops_per_step", "achieved_flops_per_s", "peak_flops_per_s", "mfu")
     cost = "cheap"
     description = ("FLOPs per step (flop_counter, hjepa workload), the device's matmul peak measured in the "
                    "run (fp32 + the run's precision) and MFU = achieved / peak")

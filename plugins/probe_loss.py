@@ -21,6 +21,8 @@ from hjepa_bench.report.sections import ProbeTable
 
 class LossProbe(Probe):
     name = "loss"
+    headline = ("start_loss", "end_loss", "decrease_pct", "noise_pct",
+                "trend", "diverged", "non_finite_count", "lr_applied", "lr_advice.action")
     description = ("loss curve of the run: smoothed start/end, decrease, noise, warm-up spikes, divergence, "
                    "plateau and the validation guide's learning-rate advice (preliminary)")
 

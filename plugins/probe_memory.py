@@ -42,6 +42,7 @@ def leak_word(leak: Mapping[str, Any] | None) -> str:
 
 class MemoryProbe(Probe):
     name = "memory"
+    headline = ("peak_device_bytes", "headroom_frac", "memory_pressure", "leak.suspected")
     cost = "cheap"
     description = ("Device memory per step (RSS on CPU): peak, mean after warm-up, headroom, leak slope; "
                    "report fits memory vs batch size over a sweep.")

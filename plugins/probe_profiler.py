@@ -30,7 +30,10 @@ Entry: ``trace_dir``, ``trace_files``, ``profiled_steps``, ``profiled_step_indic
 ``top_ops_by_self_time``
 (top 15 operators by self CPU time: name, calls, self CPU ms, total CPU ms, and
 self device ms on CUDA), on CUDA also ``top_ops_by_self_device_time``, and
-``tensorboard_command``.
+``tensorboard_command``.  What kineto writes to the process's stderr from C++ while the profiler
+runs ("USDT ... profiler_start", "gpuGetDeviceCount failed" on a machine without a GPU, CPUAllocator
+warnings) is captured (:mod:`hjepa_bench.measure.quiet`) into ``library_output`` (``lines``, ``count``); the
+CLI summarises it in one line, or prints it with ``-v``.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
+from hjepa_bench.measure.quiet import NativeOutput, entry_output
 from hjepa_bench.record import device_name, probe
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
@@ -93,6 +97,7 @@ def _trace_files(d: str) -> set[str]:
 
 class ProfilerProbe(Probe):
     name = "profiler"
+    headline = ("profiled_steps", "trace_empty", "trace_dir")
     cost = "costly"
     description = ("torch.profiler trace of 3 extra steps after the measured window (schedule warmup=1, "
                    "active=3; never in a timing figure) for TensorBoard (torch-tb-profiler) / Perfetto, plus the "
@@ -103,6 +108,10 @@ class ProfilerProbe(Probe):
         self._reset()
 
     def _reset(self) -> None:
+        capture = getattr(self, "_capture", None)
+        if capture is not None:
+            capture.stop()
+        self._capture: NativeOutput | None = None
         self._prof: Any = None
         self._stopped = True
         self._ready = False
@@ -117,26 +126,33 @@ class ProfilerProbe(Probe):
         self._reset()
 
     def before_extra_steps(self, ctx: RunContext) -> None:
-        notes = self._notes
-        if ctx.artifacts_dir:
-            self._dir = os.path.abspath(ctx.artifacts_dir)
-        else:
-            self._dir = tempfile.mkdtemp(prefix="hjepa-bench-trace-")
-            notes.append("the run keeps no artifacts folder: the trace went to a temporary folder")
-        activities = [ProfilerActivity.CPU]
-        backend = ctx.backend.name
-        if backend == "cuda":
-            activities.append(ProfilerActivity.CUDA)
-            self._device = True
-        elif backend == "mps":
-            notes.append("torch.profiler has no MPS activity: the trace shows the CPU side of the ops only")
-        self._activities = [a.name for a in activities]
-        self._handler = tensorboard_trace_handler(self._dir)
-        self._prof = profile(activities=activities, schedule=schedule(**SCHEDULE),
-                             on_trace_ready=self._on_trace_ready, record_shapes=True,
-                             profile_memory=True, with_stack=False)
-        self._prof.start()
-        self._stopped = False
+        # kineto writes to file descriptor 2 from C++ (profiler_start/stop, "gpuGetDeviceCount failed" on a
+        # machine without a GPU, CPUAllocator warnings): captured until finish, kept in the entry
+        self._capture = NativeOutput().start()
+        try:
+            notes = self._notes
+            if ctx.artifacts_dir:
+                self._dir = os.path.abspath(ctx.artifacts_dir)
+            else:
+                self._dir = tempfile.mkdtemp(prefix="hjepa-bench-trace-")
+                notes.append("the run keeps no artifacts folder: the trace went to a temporary folder")
+            activities = [ProfilerActivity.CPU]
+            backend = ctx.backend.name
+            if backend == "cuda":
+                activities.append(ProfilerActivity.CUDA)
+                self._device = True
+            elif backend == "mps":
+                notes.append("torch.profiler has no MPS activity: the trace shows the CPU side of the ops only")
+            self._activities = [a.name for a in activities]
+            self._handler = tensorboard_trace_handler(self._dir)
+            self._prof = profile(activities=activities, schedule=schedule(**SCHEDULE),
+                                 on_trace_ready=self._on_trace_ready, record_shapes=True,
+                                 profile_memory=True, with_stack=False)
+            self._prof.start()
+            self._stopped = False
+        except BaseException:  # the runner calls no finish for a probe that failed here
+            self._capture.stop()
+            raise
 
     def _on_trace_ready(self, prof: Any) -> None:
         # called inside the timed loop: only remember it; the JSON is written in finish()
@@ -162,6 +178,17 @@ class ProfilerProbe(Probe):
         self._prof.__exit__(None, None, None)  # stop() plus the step-tracker cleanup
 
     def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        capture, self._capture = self._capture, None
+        try:
+            entry = self._finish(record)
+        finally:
+            if capture is not None:
+                capture.stop()
+        if entry is not None and capture is not None and capture.count:
+            entry["library_output"] = entry_output(capture.lines, capture.count)
+        return entry
+
+    def _finish(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
         if self._prof is None:
             if record.get("status") != "ok":
                 return {"steps_seen": 0, "profiled_steps": 0, "trace_files": [], "trace_empty": True,

@@ -10,6 +10,8 @@ from hjepa_bench.report.sections import ProbeTable, judged_threshold
 
 class StabilityProbe(Probe):
     name = "stability"
+    headline = ("cv_pct", "variance_pct", "verdict", "spike_count",
+                "spike_period_steps", "degradation.change_pct", "degradation.degrading")
     description = ("step-time stability after warm-up: detected warm-up, CV and p10-p90 spread, "
                    "spikes and their period, slow-down over the run")
 

@@ -145,6 +145,7 @@ def _upload_s(a: torch.Tensor, device: torch.device, sync: Callable[[], None]) -
 
 class SVDProbe(Probe):
     name = "svd"
+    headline = ("feature_eval_cost_s.cpu_float64", "feature_eval_cost_s.device_svd_estimate")
     cost = "costly"
     description = "torch.linalg.svd on the device vs the CPU (MPS fallback detection) and feature-metric cost"
 

@@ -84,6 +84,15 @@ def test_the_readme_is_a_front_page_that_links_the_docs():
     assert {"commands.md", "measuring.md", "step.md", "verdicts.md"} <= linked
 
 
+def test_the_readme_has_an_example_of_every_command():
+    from hjepa_bench.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in sub.choices if not re.search(rf"^hjepa-bench {re.escape(name)}\b", text, flags=re.M)]
+    assert len(sub.choices) >= 10 and missing == []
+
+
 def quickstart_commands() -> list[str]:
     """The lines of the README's Quickstart code block: the main job, then the test command."""
     text = (REPO / "README.md").read_text(encoding="utf-8")

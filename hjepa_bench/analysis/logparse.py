@@ -85,6 +85,17 @@ _KNOWN_MSG = re.compile(r"HJEPATrainer|H-JEPA|Starting training|Training complet
                         r"Training batches per epoch|Building (?:datasets|H-JEPA model|masking|loss|optimizer|trainer)",
                         re.I)
 
+#: the trainer's last word (``analyze --follow`` ends there): a logging line saying training completed
+COMPLETION = re.compile(r"\bTraining (?:is )?(?:completed|complete|finished|done)\b", re.I)
+
+
+def is_completion(segment: str) -> bool:
+    """Whether one line of the log is a logging line saying training completed."""
+    m = _LOGLINE.match(_strip_ansi(segment))
+    return bool(m and COMPLETION.search(m.group("msg")))
+
+
+_SEPARATOR = re.compile(r"[\r\n]")
 _INT = r"(\d[\d,_]*)"
 _FACTS: list[tuple[str, re.Pattern, str]] = [
     ("total_params", re.compile(r"\bTotal param(?:eter)?s\s*[:=]\s*" + _INT, re.I), "int"),
@@ -305,6 +316,58 @@ class _State:
             self.bad_bar_first = line_no
 
 
+    # -- one complete segment of a line (a bar refresh, a logging line, printed text)
+    def segment(self, seg: str, line_no: int) -> None:
+        m = _BAR.match(seg)
+        if m:
+            self.bar(m, line_no)
+            return
+        lm = _LOGLINE.match(seg)
+        if lm:
+            self.logging_lines += 1
+            self.summary = None
+            if self.text_line(lm.group("msg"), line_no):
+                self.trainer_logging_lines += 1
+            return
+        if _BARLIKE.search(seg) and _BAR_EVIDENCE.search(seg):
+            self._bad_bar(line_no)
+            return
+        self.text_line(seg, line_no)
+
+    def parsed(self, lines_total: int, stopped_at: str | None) -> ParsedLog:
+        """What was read (this state is not changed: reading may go on)."""
+        if not self.recognised:
+            raise LogParseError(
+                f"This does not look like an H-JEPA training log: none of its {lines_total} line(s) holds a "
+                f"training progress bar ('Epoch N/M: ..%|..| n/total [MM:SS<..]') or a trainer logging line "
+                f"('YYYY-MM-DD HH:MM:SS - name - INFO - ...' with parameters, device, epochs or an epoch summary).")
+        warnings = list(self.warnings)
+        if self.bad_bars:
+            warnings.append(f"{self.bad_bars} progress-bar fragment(s) could not be read (first at line "
+                            f"{self.bad_bar_first}); they were skipped")
+        if self.other_bars:
+            warnings.append(f"{self.other_bars} refresh(es) of progress bars that are neither training nor "
+                            f"validation bars were ignored")
+        info = dict(self.info)
+        logged_spe = info.pop("logged_steps_per_epoch", None)
+        totals = Counter(p.total for p in self.train if p.total is not None)
+        if totals:
+            spe, _ = totals.most_common(1)[0]
+            info["steps_per_epoch"] = spe
+            if len(totals) > 1:
+                warnings.append(f"training bars show different totals {sorted(totals)}; steps_per_epoch = {spe} "
+                                f"(the most common)")
+            if logged_spe is not None and logged_spe != spe:
+                warnings.append(f"the log says {logged_spe} steps per epoch but the training bars count {spe}; "
+                                f"the bars are used")
+        elif logged_spe is not None:
+            info["steps_per_epoch"] = logged_spe
+        return ParsedLog(train=list(self.train), val=list(self.val), info=info,
+                         epoch_summaries=[dict(s) for s in self.summaries], logging_lines=self.logging_lines,
+                         bar_refreshes=self.bar_refreshes, lines_total=lines_total, stopped_at=stopped_at,
+                         warnings=warnings)
+
+
 def _strip_ansi(s: str) -> str:
     return _ANSI.sub("", s) if "\x1b" in s else s
 
@@ -338,11 +401,7 @@ def parse_log(text: str) -> ParsedLog:
             if not seg.strip():
                 continue
             final = last_line and j == len(segments) - 1
-            m = _BAR.match(seg)
-            if m:
-                st.bar(m, line_no)
-                continue
-            if final:
+            if final and not _BAR.match(seg):
                 if _LOG_PREFIX.match(seg):
                     stopped_at = (f"line {line_no}: the last logging line is cut off (no line end: truncated "
                                   f"file); it was ignored")
@@ -353,46 +412,62 @@ def parse_log(text: str) -> ParsedLog:
                     stopped_at = (f"line {line_no}: the last line has no line end (truncated file); "
                                   f"it was ignored")
                 continue
-            lm = _LOGLINE.match(seg)
-            if lm:
-                st.logging_lines += 1
-                st.summary = None
-                if st.text_line(lm.group("msg"), line_no):
-                    st.trainer_logging_lines += 1
-                continue
-            if _BARLIKE.search(seg) and _BAR_EVIDENCE.search(seg):
-                st._bad_bar(line_no)
-                continue
-            st.text_line(seg, line_no)
+            st.segment(seg, line_no)
+    return st.parsed(lines_total, stopped_at)
 
-    if not st.recognised:
-        raise LogParseError(
-            f"This does not look like an H-JEPA training log: none of its {lines_total} line(s) holds a training "
-            f"progress bar ('Epoch N/M: ..%|..| n/total [MM:SS<..]') or a trainer logging line "
-            f"('YYYY-MM-DD HH:MM:SS - name - INFO - ...' with parameters, device, epochs or an epoch summary).")
 
-    if st.bad_bars:
-        st.warnings.append(f"{st.bad_bars} progress-bar fragment(s) could not be read (first at line "
-                           f"{st.bad_bar_first}); they were skipped")
-    if st.other_bars:
-        st.warnings.append(f"{st.other_bars} refresh(es) of progress bars that are neither training nor "
-                           f"validation bars were ignored")
+class LogStream:
+    """A log being written, parsed as it grows: :meth:`feed` takes text as it arrives; each
+    segment ended by a carriage return or a line end (one bar refresh, one line) is read once, the
+    unfinished rest is held until its end arrives.  :meth:`snapshot` is what :func:`parse_log`
+    returns for the text read so far (segments are checked for binary content one by one)."""
 
-    info = dict(st.info)
-    logged_spe = info.pop("logged_steps_per_epoch", None)
-    totals = Counter(p.total for p in st.train if p.total is not None)
-    if totals:
-        spe, _ = totals.most_common(1)[0]
-        info["steps_per_epoch"] = spe
-        if len(totals) > 1:
-            st.warnings.append(f"training bars show different totals {sorted(totals)}; steps_per_epoch = {spe} "
-                               f"(the most common)")
-        if logged_spe is not None and logged_spe != spe:
-            st.warnings.append(f"the log says {logged_spe} steps per epoch but the training bars count {spe}; "
-                               f"the bars are used")
-    elif logged_spe is not None:
-        info["steps_per_epoch"] = logged_spe
+    def __init__(self) -> None:
+        self._st = _State()
+        self._pending = ""
+        self.line_no = 1  # the physical line the pending text belongs to
+        self.stopped_at: str | None = None
 
-    return ParsedLog(train=st.train, val=st.val, info=info, epoch_summaries=st.summaries,
-                     logging_lines=st.logging_lines, bar_refreshes=st.bar_refreshes, lines_total=lines_total,
-                     stopped_at=stopped_at, warnings=st.warnings)
+    @property
+    def pending(self) -> str:
+        """The text held back: the unfinished segment at the end of what was fed."""
+        return self._pending
+
+    def feed(self, text: str) -> list[str]:
+        """Read the complete segments of ``text`` (after what was held); returns them (ANSI removed)."""
+        if self.stopped_at is not None:
+            return []
+        self._pending += text
+        out: list[str] = []
+        start = 0
+        buf = self._pending
+        for sep in _SEPARATOR.finditer(buf):  # (one pass: a bar line holds thousands of refreshes)
+            end = sep.start()
+            seg = _strip_ansi(buf[start:end])
+            start = end + 1
+            why = _is_binary(seg)
+            if why:
+                if not self._st.recognised:
+                    raise LogParseError(f"This is not a text training log: line {self.line_no} holds binary "
+                                        f"content ({why}).")
+                self.stopped_at = (f"line {self.line_no}: binary content ({why}) after the valid log; parsing "
+                                   "stopped there")
+                self._pending = ""
+                return out
+            if seg.strip():
+                self._st.segment(seg, self.line_no)
+                out.append(seg)
+            if sep.group() == "\n":
+                self.line_no += 1
+        self._pending = buf[start:]
+        return out
+
+    def break_line(self) -> None:
+        """Drop the unfinished segment and start a new line (the file was replaced or truncated)."""
+        if self._pending:
+            self._pending = ""
+            self.line_no += 1
+
+    def snapshot(self) -> ParsedLog:
+        """The log read so far (LogParseError while nothing in it is recognised)."""
+        return self._st.parsed(self.line_no - 1, self.stopped_at)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -355,3 +355,17 @@ def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[
         "bar_refreshes": parsed.bar_refreshes,
         "rules": RULES,
     }
+
+
+def steady_interval_rates(result: Mapping[str, Any]) -> list[float]:
+    """it/s of every steady interval of an :func:`analyze_log` result, in order (one value per epoch,
+    its steady or wall rate, when no epoch has classified intervals)."""
+    rates = []
+    for e in result["epochs"]:
+        for iv in e.get("steady_intervals") or []:
+            if finite(iv.get("it_per_s")):
+                rates.append(float(iv["it_per_s"]))
+    if not rates:  # fall back to one value per epoch
+        rates = [float(e["steady_it_per_s"] or e["it_per_s"]) for e in result["epochs"]
+                 if finite(e.get("steady_it_per_s") or e.get("it_per_s"))]
+    return rates

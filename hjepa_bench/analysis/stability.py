@@ -134,6 +134,25 @@ def regular_period(gaps: Sequence[float]) -> int | None:
     return int(round(period)) if agree >= PERIOD_AGREE_FRAC else None
 
 
+def degradation_fit(steps: Sequence[float], times: Sequence[float], median: float) -> dict[str, Any]:
+    """Drift of the step time (the ``degradation`` rule): least-squares slope of ``times`` (seconds
+    per step) against ``steps`` (their step indices), its fitted change over the span as a % of
+    ``median``, its p-value, ``significant`` (p < DEGRADATION_P and |change| > DEGRADATION_MIN_CHANGE_PCT)
+    and ``degrading`` (significant and rising).  Needs at least 2 distinct steps and varying times."""
+    x = np.asarray(times, dtype=float)
+    fit = sps.linregress(np.asarray(steps, dtype=float), x)
+    span = float(steps[-1] - steps[0])
+    slope = float(fit.slope)
+    change = slope * span / median * 100 if median > 0 else None
+    p = _num(fit.pvalue)
+    significant = bool(p is not None and change is not None and p < DEGRADATION_P
+                       and abs(change) > DEGRADATION_MIN_CHANGE_PCT)
+    return {"slope_s_per_step": _num(slope),
+            "slope_pct_per_100_steps": _num(slope * 100 / median * 100) if median > 0 else None,
+            "change_pct": _num(change), "p_value": p, "significant": significant,
+            "degrading": bool(significant and change is not None and change > 0)}
+
+
 def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT) -> dict[str, Any]:
     """The verdict of an :func:`analyze_stability` entry against ``max_cv_pct`` (in place, and
     returned): ``criterion_cv_lt_20pct``, ``verdict``, ``reasons`` and ``thresholds.cv_pct``.
@@ -271,17 +290,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
         deg.update(slope_s_per_step=0.0, slope_pct_per_100_steps=0.0, change_pct=0.0, significant=False)
         notes.append("all analysed step times are identical: slope 0, no p-value")
     else:
-        fit = sps.linregress(np.asarray(idx, dtype=float), x)
-        span = float(idx[-1] - idx[0])
-        slope = float(fit.slope)
-        change = slope * span / median * 100 if median > 0 else None
-        p = _num(fit.pvalue)
-        deg.update(slope_s_per_step=_num(slope),
-                   slope_pct_per_100_steps=_num(slope * 100 / median * 100) if median > 0 else None,
-                   change_pct=_num(change), p_value=p,
-                   significant=bool(p is not None and change is not None and p < DEGRADATION_P
-                                    and abs(change) > DEGRADATION_MIN_CHANGE_PCT))
-        deg["degrading"] = bool(deg["significant"] and change is not None and change > 0)
+        deg.update(degradation_fit(idx, x, median))
 
     judge_stability(entry, max_cv_pct)
     if detected is not None and detected > reported:

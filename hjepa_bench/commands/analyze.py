@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.decision import build_analysis
-from ..errors import output_path
+from ..errors import LOG_MAX_BYTES, UserError, input_file, output_path
 from ..measure.loganalysis import analyze_log_file
 from ..options import config_option
 from ..plugin.manager import Plugins
@@ -16,14 +16,27 @@ from ..record import write_json
 from ..report.charts import log_charts
 from ..report.decision import write_report
 from ..report.summary import log_section, verdict_lines
-from .common import CONFIG_FLAGS, add_decision_args, config_flag, config_overrides, int_flag, report_settings
+from .common import (CONFIG_FLAGS, add_decision_args, config_flag, config_overrides, int_flag, positive_number,
+                     report_settings)
 
 
 def add_parser(sub: Any) -> None:
     an = sub.add_parser("analyze", help="analyse a log of the upstream H-JEPA trainer: speed, loss, criteria, projections",
                         description="Parse a training log written by the upstream trainer (tqdm bars joined by "
                                     "carriage returns, it/s or s/it, logging lines) and judge it like a sweep.")
-    an.add_argument("--log", required=True, metavar="FILE", help="the training log")
+    src = an.add_mutually_exclusive_group(required=True)
+    src.add_argument("--log", metavar="FILE", help="the training log")
+    src.add_argument("--follow", metavar="FILE",
+                     help="follow a log the trainer is still writing: progress, ETA with its band, stalls, drift and "
+                          "loss, updated at most every --interval seconds, with a one-line warning when the guide "
+                          "flags something; at the trainer's completion line, --stop-after-idle or Ctrl-C, the same "
+                          "report as --log")
+    f = an.add_argument_group("following a log (--follow)")
+    f.add_argument("--interval", type=positive_number(3600), default=5.0, metavar="SECONDS",
+                   help="update the status at most this often (default 5)")
+    f.add_argument("--stop-after-idle", type=positive_number(), metavar="SECONDS",
+                   help="end when the log has not grown for this long (default: wait for the trainer's completion "
+                        "line or Ctrl-C)")
     an.add_argument("--out", metavar="DIR", help="write report.md and analysis.json here")
     an.add_argument("--config", metavar="YAML|PRESET", help="the run's config (file or preset), for what the log does not print")
     an.add_argument("--model", help="encoder, if the log does not print it")
@@ -42,6 +55,31 @@ def add_parser(sub: Any) -> None:
 def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
     if args.out:
         output_path(args.out, "--out", folder=True)
+    if args.follow:
+        return _follow(args)
+    return _analyze(args)
+
+
+def _follow(args: argparse.Namespace) -> int:
+    """Follow the log until it ends, then write what ``analyze --log`` writes for it."""
+    from ..analysis.logparse import LogParseError
+    from ..measure.logfollow import follow
+
+    input_file(args.follow, "log file", LOG_MAX_BYTES)
+    try:
+        end = follow(args.follow, interval=args.interval, stop_after_idle=args.stop_after_idle,
+                     budget_hours=args.budget_hours)
+    except LogParseError as exc:
+        raise UserError(f"{args.follow}: {exc}") from None
+    print(f"follow: stopped: {end.reason}; the report of {args.follow} as it is now:")
+    if end.rotated:
+        print(f"note: the log was {' then '.join(end.rotated)} while it was followed; the report covers the file "
+              f"{args.follow} holds now", file=sys.stderr)
+    args.log = args.follow
+    return _analyze(args)
+
+
+def _analyze(args: argparse.Namespace) -> int:
     log = analyze_log_file(args.log, args.config, config_overrides(args), args.dataset_size)
     flag_of = {key: "--" + dest.replace("_", "-") for dest, key in CONFIG_FLAGS.items()}
     for key, (given, logged) in log.overridden.items():

@@ -13,6 +13,7 @@ from ..measure.ddp import Launch, check_launch, ddp_unsupported, default_timeout
 from ..measure.env import environment_fingerprint
 from ..measure.runner import run_benchmark
 from ..plugin.manager import Plugins, probe_names, select_backend
+from ..measure.quiet import report_library_output
 from ..record import write_json
 from ..report.sections import render_report
 from ..report.summary import summary_text
@@ -52,6 +53,9 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--json", metavar="PATH", help="write the result record (JSON) here")
     run.add_argument("--report", metavar="PATH", help="write a markdown report here")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="show the output third-party libraries write while probes run (e.g. the profiler's "
+                          "kineto lines) in full, instead of a one-line count")
     run.set_defaults(func=cmd_run)
 
 
@@ -114,10 +118,14 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(render_report([record], plugins.report_sections()))
+    if args.verbose or not args.quiet:
+        report_library_output(record.get("probes") or {}, verbose=args.verbose)
     if not args.quiet:
         print(summary_text(record, plugins.probes()))
         if args.json:
             print(f"record written to {args.json}")
+        if args.report:
+            print(f"report written to {args.report}")
     if record["status"] != "ok":  # on stderr even with -q: exit 1 never goes without a word
         print(f"hjepa-bench run: status {record['status']}: {record.get('error') or 'no error message'}",
               file=sys.stderr)

@@ -24,7 +24,7 @@ from ..format import finite
 from ..analysis.criteria import Facts
 from ..analysis.logfacts import log_facts
 from ..analysis.logparse import LogParseError, parse_log
-from ..analysis.logspeed import analyze_log
+from ..analysis.logspeed import analyze_log, steady_interval_rates
 from ..config import resolve_config, resolve_model_name, resolve_precision
 from ..errors import LOG_MAX_BYTES, UserError, read_bytes
 from ..record import new_record
@@ -93,7 +93,7 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
     overall = result["overall"]
     ips = finite(overall.get("it_per_s"))  # wall clock: epoch start-up and stalls included
     batch = int(values["data"]["batch_size"])
-    per_step = [1.0 / r for r in _steady_interval_rates(result) if r > 0]
+    per_step = [1.0 / r for r in steady_interval_rates(result) if r > 0]
     epochs = [e for e in result["epochs"] if e.get("steady_it_per_s")]
     startup = []
     for e in epochs:
@@ -138,18 +138,6 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
         "sweep": {"label": f"log {Path(source).name}"},
     })
     return record
-
-
-def _steady_interval_rates(result: Mapping[str, Any]) -> list[float]:
-    rates = []
-    for e in result["epochs"]:
-        for iv in e.get("steady_intervals") or []:
-            if finite(iv.get("it_per_s")):
-                rates.append(float(iv["it_per_s"]))
-    if not rates:  # fall back to one value per epoch
-        rates = [float(e["steady_it_per_s"] or e["it_per_s"]) for e in result["epochs"]
-                 if finite(e.get("steady_it_per_s") or e.get("it_per_s"))]
-    return rates
 
 
 @dataclass

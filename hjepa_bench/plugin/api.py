@@ -317,6 +317,10 @@ class Probe:
     ``cost``: "cheap" probes run by default; "costly" ones only when chosen
     with ``--probes NAME,...`` or ``--probes all``.
 
+    ``headline``: the entry's headline figures, dotted paths into it (``"degradation.change_pct"``):
+    the columns ``hjepa-bench export`` gives the probe besides its status and summary; empty: every
+    top-level number and true/false of the entry.
+
     ``extra_steps``: a probe that slows the steps it watches (the profiler) asks for
     steps of its own.  After the measured window closes (metrics and series are
     final), the runner calls ``before_extra_steps`` once, runs the largest request
@@ -330,6 +334,7 @@ class Probe:
     cost: str = "cheap"
     description: str = ""
     extra_steps: int = 0
+    headline: tuple[str, ...] = ()
 
     def start(self, ctx: RunContext) -> None:
         pass

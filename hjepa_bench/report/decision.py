@@ -26,6 +26,7 @@ from ..plugin.api import ReportSection
 from ..record import dumps
 from ..thresholds import MEANINGS
 from .charts import render_charts
+from .export import export_note
 from .sections import render_report
 
 #: The validation guide's reference table, with what each number is.
@@ -294,8 +295,9 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
         (out_dir / name).write_text(option_yaml(row, opt))
         config_files.setdefault(row["option"], name)
         row["recommended"] = (row.get("machine"), row["option"], row.get("world_size")) in recommended
+    note = export_note(settings.sources, out_dir)
     md = render_markdown(analysis, records, title=settings.title, sections=sections, charts=charts,
-                         config_files=config_files, intro=intro, extra=extra)
+                         config_files=config_files, intro=[*intro, note] if note else intro, extra=extra)
     out_path.write_text(md)
     analysis["charts"] = [c.rel for c in charts]
     analysis["report"] = out_path.name
