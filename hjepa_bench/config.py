@@ -80,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
         "vicreg_weight": 0.1,
     },
     "seed": 42,
+    # the upstream trainer's periodic work (projections count it: hjepa_bench.hjepa.periodic)
+    "logging": {"log_frequency": 50, "tensorboard": {"enabled": True}, "wandb": {"enabled": False}},
     "bench": {
         "workload": "hjepa",
         "variant": "reference",  # reference | efficient
@@ -96,6 +98,8 @@ DEFAULTS: dict[str, Any] = {
         "target_rel_precision": 0.02,  # stop when the median is known to +-2% (95% CI)
         "window_steps": 10,  # steps between device syncs
         "nproc_per_node": 1,  # >1: a data-parallel job of that many processes (torchrun + DDP)
+        "dataset_size": None,  # training images of the full run projected for this config (None: 50,000)
+        "val_size": None,  # validation images per pass of that run (None: 10,000, or dataset_size / 5)
     },
 }
 
@@ -105,7 +109,11 @@ NO_EFFECT: dict[str, str] = {
     "masking.num_context_masks": "the context is the complement of the target blocks, as upstream",
     "masking.context_scale": "the context is the complement of the target blocks, as upstream",
     "checkpoint": "benchmarks write no checkpoints",
-    "logging": "benchmarks keep no training logs",
+    "logging.experiment_name": "benchmarks keep no training logs",
+    "logging.log_dir": "benchmarks keep no training logs",
+    "logging.wandb.project": "benchmarks keep no training logs",
+    "logging.wandb.entity": "benchmarks keep no training logs",
+    "logging.wandb.tags": "benchmarks keep no training logs",
     "distributed": "the processes come from --nproc-per-node (bench.nproc_per_node) and the backend from the "
                    "device (gloo on cpu, nccl on cuda)",
     "evaluation": "no evaluation during a benchmark",
@@ -433,6 +441,11 @@ SCHEMA: dict[str, Check] = {
     "bench.target_rel_precision": _num(0, 1, lo_open=True),
     "bench.window_steps": _int(1, 10**6),
     "bench.nproc_per_node": _int(1, 4096),
+    "bench.dataset_size": _optional(_int(1, 10**9)),
+    "bench.val_size": _optional(_int(0, 10**9)),
+    "logging.log_frequency": _int(1, 10**7),
+    "logging.tensorboard.enabled": _bool,
+    "logging.wandb.enabled": _bool,
 }
 
 

@@ -50,6 +50,9 @@ class TrainingOption:
     config: str | None = None
     source: str = "validation guide"
     candidate: bool = True  # False: projected for information, never recommended (a measured run's own config)
+    #: the full run's training / validation images (None: the thresholds' dataset_size / val_size)
+    dataset_size: int | None = None
+    val_size: int | None = None
     _resolved: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def values(self) -> dict[str, Any]:
@@ -248,14 +251,43 @@ def option_overrides(option: TrainingOption) -> dict[str, Any]:
             "bench.variant": "reference"}
 
 
-def config_option(values: Mapping[str, Any], name: str, title: str, hours: tuple[float, float] | None = None
-                  ) -> TrainingOption:
-    """An option that is exactly ``values`` (the config of a logged run or a validation run),
-    projected for its own epoch count."""
+def config_option(values: Mapping[str, Any], name: str, title: str, hours: tuple[float, float] | None = None,
+                  *, dataset_size: int | None = None, val_size: int | None = None) -> TrainingOption:
+    """An option that is exactly ``values`` (the config of a logged run, a validation run or a
+    measured config), projected for its own epoch count and, when given, its own data sizes."""
     sections = {k: copy.deepcopy(v) for k, v in values.items() if k not in ("bench",)}
     return TrainingOption(name=name, title=title, sections=sections, hours=hours or (0.0, float("inf")),
                           priority=0, expected="", choose_if=["this is the measured run's own config"],
-                          source="measured run", candidate=False)
+                          source="measured run", candidate=False, dataset_size=dataset_size, val_size=val_size)
+
+
+#: at most this many own configs get a row of their own (a sweep over many models: the first ones)
+MAX_OWN_CONFIGS = 4
+
+
+def own_config_options(records: Any) -> list[TrainingOption]:
+    """One projection-only option per distinct measured config (model config, epochs, data sizes)
+    among the ok records of the reference step: the full run of the config being measured, named
+    ``this`` (``this1``, ``this2``... when there are several)."""
+    seen: dict[tuple, Mapping[str, Any]] = {}
+    for r in records:
+        c = r.get("config") or {}
+        if r.get("status") != "ok" or (c.get("bench") or {}).get("variant") != "reference":
+            continue
+        b = c["bench"]
+        key = (model_key(c), int(c["training"]["epochs"]), b.get("dataset_size"), b.get("val_size"))
+        seen.setdefault(key, c)
+    items = list(seen.items())[:MAX_OWN_CONFIGS]
+    out = []
+    for i, ((_, epochs, train, val), c) in enumerate(items):
+        name = "this" if len(items) == 1 else f"this{i + 1}"
+        values = copy.deepcopy(dict(c))
+        if train is not None and val is None:
+            val = int(round(0.2 * int(train)))
+        out.append(config_option(values, name, f"this config for {epochs} epochs"
+                                 + (f" on {train:,} images" if train is not None else ""),
+                                 dataset_size=train, val_size=val))
+    return out
 
 
 # --------------------------------------------------------------------------- ready-to-run YAML
@@ -267,8 +299,9 @@ def option_config(row: Mapping[str, Any], option: TrainingOption) -> dict[str, A
         v["model"].pop("encoder_depth", None)
     if row.get("batch") is not None:
         v["data"]["batch_size"] = int(row["batch"])
-    if row.get("workers") is not None:
-        v["data"]["num_workers"] = int(row["workers"])
+    advised = (row.get("workers_choice") or {}).get("workers")  # the report's one worker advice
+    if advised is not None or row.get("workers") is not None:
+        v["data"]["num_workers"] = int(advised if advised is not None else row["workers"])
     v["training"]["warmup_epochs"] = row["warmup"]["warmup_epochs"]
     v["training"]["lr"] = float(row["lr"]["lr"])
     backend = (row.get("machine") or "").split(" ")[0] or None
@@ -290,11 +323,14 @@ def config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
                      f"({ranks} x {row.get('batch')} images per step); launch with torchrun --nproc-per-node {ranks}")
     if row.get("measured") and row.get("status") == "ok":
         lines += [f"# batch_size {row['batch']}: {row['batch_choice']['reason']}",
-                  f"# num_workers {row['workers']}: {row['workers_choice']['reason']}",
+                  f"# num_workers {row['workers_choice'].get('workers', row['workers'])}: "
+                  f"{row['workers_choice']['reason']}",
                   f"# projected {row['hours']:.1f} h for {row['epochs']} epochs" if row.get("hours") is not None
                   else "# no projection"]
     else:
         lines.append("# batch_size/num_workers: the option's own values (this option was not measured)")
+        for advice in row.get("machine_worker_advice") or []:
+            lines.append(f"# measured on this machine for another model config: {advice}")
     lines += [f"# lr: {row['lr']['reason']}", f"# warmup_epochs: {row['warmup']['reason']}"]
     return "\n".join("# " + l[2:].replace("\n", " ") if l.startswith("# ") else l for l in lines) + "\n"
 

@@ -126,7 +126,7 @@ STEP_TIME = Obj({"n": COUNT, "median": num(above=0, null=True), "rel_ci95": NONN
 METRICS = Obj({
     "it_per_s": NONNEG_OR_NULL, "samples_per_s": NONNEG_OR_NULL, "step_time_s": STEP_TIME,
     "measured_steps": opt(COUNT), "measured_time_s": NONNEG_OR_NULL, "data_wait_frac": NONNEG_OR_NULL,
-    "host_frac": NONNEG_OR_NULL,
+    "host_frac": NONNEG_OR_NULL, "host_wait_frac": NONNEG_OR_NULL, "data_wait_overlap_frac": NONNEG_OR_NULL,
     "host_phases_s": Kind("an object of numbers >= 0", lambda v: isinstance(v, dict) and all(
         NONNEG_OR_NULL.test(x) for x in v.values())),
     "warmup": Obj({"steps": COUNT, "time_s": NONNEG_OR_NULL, "step_time_s": SERIES}),
@@ -135,6 +135,7 @@ METRICS = Obj({
                                         lambda v: v is None or POSITIVE_INT.test(v)
                                         or (isinstance(v, list) and all(POSITIVE_INT.test(x) for x in v)))}),
     **{k: NONNEG_OR_NULL for k in ("peak_device_bytes", "current_device_bytes", "reserved_device_bytes",
+                                   "peak_reserved_device_bytes", "device_outside_allocator_bytes",
                                    "peak_rss_bytes")},
     "device_total_bytes": num(above=0, null=True),
     "memory_source": opt(STR), "timing_method": opt(STR), "stop_reason": opt(STR),
@@ -498,6 +499,21 @@ def peak_bytes(record: Mapping[str, Any]) -> int | None:
     if isinstance(entry, Mapping) and entry.get("peak_device_bytes") is not None:
         return finite_int(entry["peak_device_bytes"])
     return finite_int(lookup(record, "metrics", "peak_device_bytes"))
+
+
+def footprint_bytes(record: Mapping[str, Any]) -> int | None:
+    """The device memory a run needed at its peak, what must fit in the total: the memory probe's
+    ``peak_footprint_bytes`` (allocated peak, or the allocator's peak reserve plus the memory in use
+    outside it, whichever is larger) when it ran, else the same from the metrics, else :func:`peak_bytes`."""
+    entry = lookup(record, "probes", "memory")
+    if isinstance(entry, Mapping) and entry.get("peak_footprint_bytes") is not None:
+        return finite_int(entry["peak_footprint_bytes"])
+    m = record.get("metrics") or {}
+    peak = peak_bytes(record)
+    reserved = finite_int(m.get("peak_reserved_device_bytes"))
+    if reserved is None:
+        return peak
+    return max(peak or 0, reserved + (finite_int(m.get("device_outside_allocator_bytes")) or 0))
 
 
 def backend_peak_bytes(record: Mapping[str, Any]) -> float | None:

@@ -1,13 +1,17 @@
 """The CPU backend: always available, timed with synced wall clock.
 
-Memory is the whole process's resident set (psutil), the only figure a CPU run
-has.  The peak is the kernel's own high-water mark where it can be reset
-(Linux: ``/proc/self/clear_refs`` + ``VmHWM``), else ``getrusage`` ru_maxrss when
-it grew inside the window, else the maximum RSS sampled once per step.
+Memory is the whole process tree's resident set (psutil), the only figure a CPU run
+has: the main process's RSS plus the private resident memory (RSS minus shared pages)
+of its child processes, the DataLoader workers, which on CPU use the same RAM as the
+step.  The main process's peak is the kernel's own high-water mark where it can be
+reset (Linux: ``/proc/self/clear_refs`` + ``VmHWM``), else ``getrusage`` ru_maxrss
+when it grew inside the window, else the maximum RSS sampled once per step; the
+workers' part of the peak is the largest sum seen at a reading (``memory()``).
 """
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import torch
@@ -15,7 +19,7 @@ import torch
 from hjepa_bench.plugin.api import Backend, MemoryReading
 from hjepa_bench.measure.env import cpu_model
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import grad_scaler_works
+from hjepa_bench.plugin.precision import grad_scaler_works, make_grad_scaler
 
 # RuntimeError messages of the CPU allocator (Linux/macOS, Windows, others).
 _CPU_OOM_MARKERS = (
@@ -27,6 +31,8 @@ _CPU_OOM_MARKERS = (
 )
 # Messages that belong to another backend even when they also say "allocate".
 _OTHER_DEVICE_MARKERS = ("CUDA", "MPS", "HIP", "XPU", "cuDNN", "CUBLAS")
+#: how often the list of child processes (DataLoader workers) is looked up again, seconds
+CHILDREN_REFRESH_S = 1.0
 
 
 def _ru_maxrss_bytes() -> int | None:
@@ -76,6 +82,9 @@ class CPUBackend(Backend):
         self._hwm_resettable: bool | None = None  # known after the first reset
         self._maxrss_at_reset: int | None = None
         self._scaler_ok: bool | None = None
+        self._children_peak: int = 0
+        self._children: list | None = None  # psutil.Process of the children, refreshed now and then
+        self._children_at = 0.0
 
     # ------------------------------------------------------------------ basics
     def device(self) -> torch.device:
@@ -92,12 +101,37 @@ class CPUBackend(Backend):
             self._process = psutil.Process()
         return int(self._process.memory_info().rss)
 
+    def _children_private(self) -> int:
+        """Private resident bytes of the child processes (DataLoader workers): RSS minus shared pages,
+        so pages a forked worker still shares with the main process are not counted twice."""
+        if self._process is None:
+            self._rss()
+        now = time.monotonic()
+        if self._children is None or now - self._children_at > CHILDREN_REFRESH_S:
+            try:  # finding the children scans the process table: at most every CHILDREN_REFRESH_S
+                self._children = self._process.children(recursive=True)
+            except Exception:  # noqa: BLE001 - no children to read
+                self._children = []
+            self._children_at = now
+        total = 0
+        for child in self._children:
+            try:
+                mi = child.memory_info()
+                total += max(0, int(mi.rss) - int(getattr(mi, "shared", 0) or 0))
+            except Exception:  # noqa: BLE001 - a worker that exited meanwhile
+                continue
+        return total
+
     def reset_peak_memory(self) -> None:
         self._hwm_resettable = _reset_vm_hwm()
         self._maxrss_at_reset = _ru_maxrss_bytes()
         self._sampled_peak = self._rss()
+        self._children_peak = 0
+        self._children = None  # the workers of the window to come
 
-    def sample_memory(self) -> None:
+    def sample_memory(self, where: str = "step end") -> None:
+        if where != "step end" and self._hwm_resettable:
+            return  # the kernel's high-water mark sees the peak: no reading inside the step
         rss = self._rss()
         if rss > self._sampled_peak:
             self._sampled_peak = rss
@@ -106,8 +140,11 @@ class CPUBackend(Backend):
         import psutil
 
         current = self._rss()
+        children = self._children_private()
+        self._children_peak = max(self._children_peak, children)
         peak = max(self._sampled_peak, current)
-        source = "psutil.Process().memory_info().rss (whole process)"
+        source = ("psutil: the process tree (main process RSS + the DataLoader workers' private RSS, i.e. RSS "
+                  "minus shared pages)")
         if self._hwm_resettable:
             hwm = _vm_hwm_bytes()
             if hwm is not None:
@@ -126,9 +163,10 @@ class CPUBackend(Backend):
                 source += "; peak: resource.getrusage ru_maxrss (grew in window)"
             else:
                 source += "; peak: max RSS sampled once per step"
+        source += "; workers' part of the peak: the largest sum seen at a reading"
         return MemoryReading(
-            current_bytes=current,
-            peak_bytes=peak,
+            current_bytes=current + children,
+            peak_bytes=peak + self._children_peak,
             total_bytes=int(psutil.virtual_memory().total),
             reserved_bytes=None,
             source=source,
@@ -140,7 +178,7 @@ class CPUBackend(Backend):
             return None
         if self._scaler_ok is None:
             self._scaler_ok = grad_scaler_works("cpu")
-        return torch.amp.GradScaler("cpu") if self._scaler_ok else None
+        return make_grad_scaler("cpu") if self._scaler_ok else None
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

@@ -14,14 +14,20 @@ import torch
 
 from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import probe_precision
+from hjepa_bench.plugin.precision import make_grad_scaler, probe_precision
 
 _CUDA_OOM_MARKERS = (
     "CUDA out of memory",
     "CUDA error: out of memory",
     "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",  # cuDNN could not allocate its workspace
+    # NCCL (data-parallel runs): torch raises DistBackendError naming NCCL's last error
+    "Cuda failure 'out of memory'",
+    "Failed to CUDA calloc",
     "HIP out of memory",  # ROCm builds
 )
+# What NCCL prints (NCCL_DEBUG=WARN or finer) when its own allocation fails, raised or not.
+_CUDA_PRINTED_OOM_MARKERS = ("NCCL WARN Cuda failure 'out of memory'", "NCCL WARN Failed to CUDA calloc")
 _OTHER_BACKEND_MARKERS = ("MPS backend", "CPUAllocator", "XPU out of memory")
 # torch.OutOfMemoryError (2.x) and its older alias torch.cuda.OutOfMemoryError
 _OOM_TYPES = tuple(
@@ -34,6 +40,8 @@ class CUDABackend(Backend):
     foreign_markers = _OTHER_BACKEND_MARKERS
     oom_types = _OOM_TYPES
     oom_markers = _CUDA_OOM_MARKERS
+    probes_hold_device = True  # a CUDA context and cached blocks stay in the process that probes
+    printed_oom_markers = _CUDA_PRINTED_OOM_MARKERS
 
     def __init__(self) -> None:
         self._total_bytes: int | None = None
@@ -62,16 +70,22 @@ class CUDABackend(Backend):
     def memory(self) -> MemoryReading:
         if not self.availability().available:
             return MemoryReading(None, None, None, None, source="unavailable: " + self.availability().reason)
-        if self._total_bytes is None:
-            self._total_bytes = int(torch.cuda.mem_get_info()[1])
+        free, total = (int(x) for x in torch.cuda.mem_get_info())
+        self._total_bytes = total
+        reserved = int(torch.cuda.memory_reserved())
         return MemoryReading(
             current_bytes=int(torch.cuda.memory_allocated()),
             peak_bytes=int(torch.cuda.max_memory_allocated()),
-            total_bytes=self._total_bytes,
-            reserved_bytes=int(torch.cuda.memory_reserved()),
+            total_bytes=total,
+            reserved_bytes=reserved,
+            peak_reserved_bytes=int(torch.cuda.max_memory_reserved()),
+            # in use on the device but not by the caching allocator: the CUDA context, cuBLAS/cuDNN/NCCL
+            # workspaces outside it, other processes
+            outside_allocator_bytes=max(0, total - free - reserved),
             source=(
                 "torch.cuda.memory_allocated / max_memory_allocated (since "
-                "reset_peak_memory_stats) / memory_reserved; total: torch.cuda.mem_get_info"
+                "reset_peak_memory_stats) / memory_reserved / max_memory_reserved; total and outside the "
+                "allocator (total - free - reserved): torch.cuda.mem_get_info"
             ),
         )
 
@@ -93,7 +107,7 @@ class CUDABackend(Backend):
     def grad_scaler(self, precision: str) -> Any | None:
         if precision != "fp16" or not self.availability().available:
             return None
-        return torch.amp.GradScaler("cuda")
+        return make_grad_scaler("cuda")  # torch.cuda.amp.GradScaler on torch 2.2
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

@@ -18,9 +18,12 @@ import torch
 from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent, WallClockEvent
 from hjepa_bench.measure.env import sysctl
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.plugin.precision import grad_scaler_works, probe_precision
+from hjepa_bench.plugin.precision import grad_scaler_works, make_grad_scaler, probe_precision
 # First torch release whose MPS autocast accepts the dtype.
 _MIN_TORCH = {"fp16": (2, 5), "bf16": (2, 6)}
+# First torch release whose torch.amp.GradScaler("mps") works: fp16 trains with loss scaling
+# upstream, so before it fp16 on MPS would train unscaled (overflow reads "diverged").
+_MIN_TORCH_SCALER = (2, 8)
 
 _MPS_OOM_MARKERS = (
     "MPS backend out of memory",
@@ -28,6 +31,10 @@ _MPS_OOM_MARKERS = (
     # too big for this GPU just as with an OOM.
     "Invalid buffer size",
 )
+# A command buffer Metal aborted for lack of memory is PRINTED, not raised ("Error: command buffer
+# exited with error status. ... Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)"):
+# the run goes on with work that never ran, or dies later.
+_MPS_PRINTED_OOM_MARKERS = ("kIOGPUCommandBufferCallbackErrorOutOfMemory",)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -54,10 +61,14 @@ def _mps_event_class():
 class MPSBackend(Backend):
     name = "mps"
     oom_markers = _MPS_OOM_MARKERS
+    probes_hold_device = True  # the MPS allocator keeps what the probes allocated (unified memory)
+    printed_oom_markers = _MPS_PRINTED_OOM_MARKERS
 
     def __init__(self) -> None:
         self._scaler_ok: bool | None = None
         self._sampled_peak: int = 0
+        self._sampled_reserved: int = 0
+        self._sampled_at: dict[str, None] = {}  # the points sample_memory was called at, in order
         self._accel_peak_ok: bool | None = None  # None: not yet known
 
     # ------------------------------------------------------------------ basics
@@ -106,6 +117,8 @@ class MPSBackend(Backend):
         if not self.availability().available:
             return
         self._sampled_peak = int(torch.mps.current_allocated_memory())
+        self._sampled_reserved = int(torch.mps.driver_allocated_memory())
+        self._sampled_at = {}
         if self._accel_peak_ok is not False and hasattr(getattr(torch, "accelerator", None), "reset_peak_memory_stats"):
             try:
                 torch.accelerator.reset_peak_memory_stats()
@@ -118,12 +131,18 @@ class MPSBackend(Backend):
             except Exception:  # noqa: BLE001
                 self._accel_peak_ok = False
 
-    def sample_memory(self) -> None:
+    def sample_memory(self, where: str = "step end") -> None:
+        """Live bytes now (no sync: MPS allocates when an op is encoded).  The H-JEPA step calls it at
+        the end of its forward pass, where the activations are live; after the step they are freed."""
         if not self.availability().available:
             return
+        self._sampled_at[where] = None
         current = int(torch.mps.current_allocated_memory())
         if current > self._sampled_peak:
             self._sampled_peak = current
+        reserved = int(torch.mps.driver_allocated_memory())
+        if reserved > self._sampled_reserved:
+            self._sampled_reserved = reserved
 
     def memory(self) -> MemoryReading:
         avail = self.availability()
@@ -143,8 +162,11 @@ class MPSBackend(Backend):
             source += "; peak: torch.accelerator.max_memory_allocated (works for mps in this torch)"
         else:
             peak = max(self._sampled_peak, current)
-            source += "; peak: max of current_allocated_memory sampled once per step (torch.mps has no peak API)"
-        return MemoryReading(current, peak, total, reserved, source=source)
+            where = ", ".join(self._sampled_at) or "no step yet"
+            source += (f"; peak: max of current_allocated_memory sampled at: {where} (torch.mps has no peak "
+                       "API; without a forward-end sample the activations are missed)")
+        return MemoryReading(current, peak, total, reserved, source=source,
+                             peak_reserved_bytes=max(self._sampled_reserved, reserved))
 
     # ------------------------------------------------------------------ precision
     def precision_reason(self, precision: str) -> str:
@@ -155,18 +177,31 @@ class MPSBackend(Backend):
                 f"MPS autocast supports {precision} from torch {need[0]}.{need[1]}; "
                 f"this is torch {torch.__version__}."
             )
+        if precision == "fp16" and torch_v < _MIN_TORCH_SCALER:
+            return (
+                f"fp16 trains with a GradScaler upstream, and torch.amp.GradScaler('mps') works from torch "
+                f"{_MIN_TORCH_SCALER[0]}.{_MIN_TORCH_SCALER[1]}; this is torch {torch.__version__} (unscaled "
+                "fp16 is not the upstream step: use bf16 or fp32)."
+            )
         if precision == "bf16":
             mac = _macos_version()
             if mac and _version_tuple(mac) < (14,):
                 return f"bf16 on MPS needs macOS 14 or newer; this is macOS {mac}."
-        return probe_precision("mps", precision)
+        why = probe_precision("mps", precision)
+        if not why and precision == "fp16" and not self._scaler_works():
+            return (f"torch.amp.GradScaler('mps') did not run an fp16 step in torch {torch.__version__}; "
+                    "unscaled fp16 is not the upstream step (use bf16 or fp32).")
+        return why
+
+    def _scaler_works(self) -> bool:
+        if self._scaler_ok is None:
+            self._scaler_ok = grad_scaler_works("mps")
+        return self._scaler_ok
 
     def grad_scaler(self, precision: str) -> Any | None:
         if precision != "fp16" or not self.availability().available:
             return None
-        if self._scaler_ok is None:
-            self._scaler_ok = grad_scaler_works("mps")
-        return torch.amp.GradScaler("mps") if self._scaler_ok else None
+        return make_grad_scaler("mps") if self._scaler_works() else None
 
     # ------------------------------------------------------------------ facts
     def fingerprint(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ class LocalExecutor(Executor):
         for name in devices:
             backend = select_backend(backends, name)
             resolved.setdefault(backend.name, backend)
-        return [Place(label=None, devices={n: sweep.device_facts(b) for n, b in resolved.items()})]
+        return [Place(label=None, devices={n: sweep.device_facts(b, plugin_args) for n, b in resolved.items()})]
 
     def run(self, places: Sequence[Place], queue: JobQueue) -> None:
         for place in places:

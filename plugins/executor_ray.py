@@ -111,7 +111,7 @@ def _node_facts(device: str, plugin_args: list[str], environ: dict[str, str]) ->
     backend = build_plugins(plugin_args).backends().get(device)
     if backend is None:
         return DeviceFacts(device, env={}, precisions={}, unavailable=f"no backend {device!r} is registered there")
-    return device_facts(backend)
+    return device_facts(backend, plugin_args)
 
 
 def _config_task(job: Job, environ: dict[str, str]):

@@ -5,8 +5,9 @@ for the shares, the verdict rules and their thresholds).  CPU load comes from a
 daemon thread started in ``start``: ``psutil.cpu_percent(percpu=True,
 interval=0.25)`` in a loop (the thread sleeps inside psutil, so the timed loop
 pays nothing), plus the CPU time of the process tree (this process and its
-children, i.e. the DataLoader workers; the children list is refreshed every
-~2 s because listing them costs milliseconds).  ``after_step`` does nothing.
+children, i.e. the DataLoader workers, and in a data-parallel job the other local
+ranks with theirs; the list is refreshed every ~2 s because listing them costs
+milliseconds).  ``after_step`` does nothing.
 """
 from __future__ import annotations
 
@@ -37,6 +38,25 @@ def _busy_s(proc: psutil.Process) -> float | None:
         return None
 
 
+def job_siblings(me: psutil.Process) -> list[psutil.Process]:
+    """The other local ranks of this data-parallel job (and their DataLoader workers): on one machine
+    torchrun starts the ranks as siblings (``LOCAL_WORLD_SIZE`` > 1), so they are the job's own
+    processes, not "other processes"; none for a one-process run."""
+    try:
+        if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+            return []
+        parent = me.parent()
+        if parent is None:
+            return []
+        out = []
+        for sib in parent.children():
+            if sib.pid != me.pid:
+                out += [sib, *sib.children(recursive=True)]
+        return out
+    except (psutil.Error, OSError, ValueError):
+        return []
+
+
 class _CPUSampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="hjepa-bench-bottleneck-cpu", daemon=True)
@@ -55,7 +75,7 @@ class _CPUSampler(threading.Thread):
 
     def _refresh_children(self, initial: bool = False) -> None:
         try:
-            kids = self.me.children(recursive=True)
+            kids = self.me.children(recursive=True) + job_siblings(self.me)
         except (psutil.Error, OSError):
             return
         for k in kids:
@@ -168,7 +188,10 @@ class BottleneckSection(ProbeTable):
             f"benchmark's own processes (main + DataLoader workers) use > {CPU_SATURATED_PCT:.0f}% of all cores; "
             "the whole machine's load (other jobs included) is shown as context only. On CPU forward/backward is "
             "device compute; on CUDA/MPS host time is dispatch and device is the time the host waited (the "
-            "reference step's wait for the device before its masks included). Worker advice follows the "
+            "reference step's wait for the device before its masks included); device events at the step's "
+            "phase boundaries tell how far the device lagged, and host time (or data wait) while it was still "
+            "busy with queued work counts as device time, so a host blocked on a full launch queue is not "
+            "read as host-bound. Worker advice follows the "
             "validation guide, data-bound first (6-8 if data-bound, else 2 if our own processes saturate the CPU).")
 
     def label(self, r: Mapping[str, Any]) -> dict[str, Any]:

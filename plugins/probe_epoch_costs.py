@@ -28,33 +28,32 @@ the built-in ``hjepa`` workload (any workload whose prepared object has the opti
    ``CHECKPOINT_REPEATS`` saves, median; the files (and any folder the probe
    had to create) are removed.
 
-A measurement that fails leaves its fields ``None`` and its error, one line,
+4. **The trainer's periodic work** (``periodic``): the upstream trainer's read-backs, progress-bar
+   postfix, TensorBoard scalars and gradient histograms (a real ``SummaryWriter`` in a temporary
+   folder), collapse metrics with their SVD and ``empty_cache``, each timed once
+   (:mod:`hjepa_bench.hjepa.periodic` says what each is and how often the trainer does it).
+5. **Model build** (``model_build_s``): the model built from the config and moved to the device.
+
+The measurements live in :mod:`hjepa_bench.measure.epoch_costs` (the validation run's self-check
+makes the same ones).  A measurement that fails leaves its fields ``None`` and its error, one line,
 under ``errors[<its main field>]``; the other measurements still come back.
 """
 from __future__ import annotations
 
-import math
-import multiprocessing as mp
-import os
-import statistics
-import tempfile
 import time
-import warnings
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import torch
-
+from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
+from hjepa_bench.measure.epoch_costs import (CHECKPOINT_REPEATS, STARTUP_REPEATS, VAL_REPEATS, _steady_wait,
+                                             first_batch, measure_checkpoint, measure_epoch_costs,
+                                             measure_val_step)
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
-from hjepa_bench.hjepa.training import checkpoint_state, save_checkpoint
 from hjepa_bench.report.sections import ProbeTable
 
-STARTUP_REPEATS = 2
-VAL_REPEATS = 3
-CHECKPOINT_REPEATS = 2
-#: a DataLoader timeout for the probe's own iterators, so a dead worker cannot hang the run
-LOADER_TIMEOUT_S = 120.0
+__all__ = ["EpochCostsProbe", "EpochCostsSection", "DEFINITIONS", "first_batch", "measure_val_step",
+           "measure_checkpoint"]
+
 
 DEFINITIONS = {
     "measured": "True when the workload exposes a DataLoader (.loader) and an H-JEPA trainer (.trainer)",
@@ -95,170 +94,31 @@ DEFINITIONS = {
                          "model_state_dict, optimizer_state_dict, scaler_state_dict), torch.save into a file, "
                          "flush and os.fsync (s)",
     "checkpoint_runs_s": "checkpoint_save_s of each repeat (s)",
+    "checkpoint_copy_s": "median time of one shutil.copy of the saved file (the upstream CheckpointManager copies "
+                         "it to checkpoint_latest.pth, and to checkpoint_best.pth when the loss improved) (s)",
+    "checkpoint_write_s": "checkpoint_save_s + 2 x checkpoint_copy_s: one upstream checkpoint write of a best "
+                          "epoch (s)",
     "checkpoint_bytes": "size of the saved checkpoint file (bytes)",
     "checkpoint_dir_parent": "the folder the temporary checkpoint folder was made in (ctx.artifacts_dir, or "
                              "the system temp folder); its file system sets the fsync cost",
+    "periodic": "the upstream trainer's periodic work, each kind timed on the run's model and device: "
+                "readback_s (every step: .item() of each loss term and the LR set in every group), postfix_s "
+                "(progress-bar postfix), scalar_s (one SummaryWriter.add_scalar), memory_read_s (one memory "
+                "reading), histograms_s (add_histogram of every parameter's gradient), collapse_s (the "
+                "collapse metrics with two SVDs), empty_cache_s (None on a device without an allocator cache); "
+                "*_runs_s: each timed repeat (s); plan: the config's log_frequency and loggers",
+    "model_build_s": "seconds to build the model from the config and move it to the device (paid once per run)",
     "errors": "measurement -> one-line error for each measurement that failed (its fields are then None)",
     "probe_time_s": "wall time of the whole probe (s)",
 }
 
 
-def _error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ").rstrip()
-
-
-def _median(xs: Iterable[float]) -> float | None:
-    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
-    return statistics.median(xs) if xs else None
-
-
-def _start_method(loader: Any) -> tuple[str | None, str]:
-    if int(getattr(loader, "num_workers", 0) or 0) == 0:
-        return None, "no workers"
-    ctx = getattr(loader, "multiprocessing_context", None)
-    if ctx is not None:
-        return (ctx.get_start_method() if hasattr(ctx, "get_start_method") else str(ctx)), "loader"
-    # get_all_start_methods()[0] is the platform default; get_start_method() would fix it as a side effect
-    return mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0], "platform default"
-
-
-def _steady_wait(record: Mapping[str, Any]) -> float | None:
-    series = record.get("series") or {}
-    warm = int(series.get("warmup_steps") or 0)
-    return _median((series.get("data_wait_s") or [])[warm:])
-
-
-def first_batch(loader: Any) -> tuple[Any, dict[str, float]]:
-    """One epoch start: fresh iterator, first batch, workers shut down.  Returns (batch, timings)."""
-    persistent_slot = hasattr(loader, "_iterator")
-    saved = loader._iterator if persistent_slot else None
-    old_timeout = getattr(loader, "timeout", 0)
-    if int(getattr(loader, "num_workers", 0) or 0) > 0:
-        loader.timeout = LOADER_TIMEOUT_S
-    it = None
-    try:
-        if persistent_slot:
-            loader._iterator = None  # a persistent loader would reuse (reset) a live iterator: start fresh
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="This DataLoader will create")
-            t0 = time.perf_counter()
-            it = iter(loader)
-            t1 = time.perf_counter()
-            batch = next(it)
-            t2 = time.perf_counter()
-    finally:
-        t3 = time.perf_counter()
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-        t4 = time.perf_counter()
-        if persistent_slot:
-            loader._iterator = saved
-        loader.timeout = old_timeout
-    return batch, {"start_workers_s": t1 - t0, "first_batch_wait_s": t2 - t1, "total_s": t2 - t0,
-                   "shutdown_s": t4 - t3}
-
-
-def _split_batch(batch: Any, variant: str) -> tuple[torch.Tensor, Any]:
-    if variant == "efficient":
-        images, _labels, masks = batch
-        return images, masks
-    return batch[0], None
-
-
-def measure_val_step(trainer: Any, backend: Any, batch: Any, variant: str,
-                     repeats: int = VAL_REPEATS) -> dict[str, Any]:
-    images_host, masks_host = _split_batch(batch, variant)
-    device = getattr(trainer, "device", None) or backend.device()
-    model = trainer.model
-    was_training = model.training
-    inputs, forwards, loss = [], [], None
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i in range(1 + repeats):
-                backend.synchronize()
-                t0 = time.perf_counter()
-                images = images_host.to(device, non_blocking=True)
-                if masks_host is None:
-                    masks = trainer.make_masks(images.shape[0])
-                else:
-                    masks = masks_host.to(device, non_blocking=True)
-                backend.synchronize()
-                t1 = time.perf_counter()
-                with trainer.autocast():
-                    loss, _ = trainer.loss(images, masks)
-                backend.synchronize()
-                t2 = time.perf_counter()
-                if i:  # the first run is untimed
-                    inputs.append(t1 - t0)
-                    forwards.append(t2 - t1)
-    finally:
-        model.train(was_training)
-    runs = [a + b for a, b in zip(inputs, forwards)]
-    value = float(loss.detach().float().cpu()) if loss is not None else None
-    return {
-        "val_step_s": _median(runs),
-        "val_inputs_s": _median(inputs),
-        "val_forward_s": _median(forwards),
-        "val_step_runs_s": runs,
-        "val_batch_size": int(images_host.shape[0]),
-        "val_loss": value if value is not None and math.isfinite(value) else None,
-        "val_precision": getattr(trainer, "precision", None),
-    }
-
-
-def _make_parent(path: str) -> list[str]:
-    """Create ``path`` if missing; return the folders created, deepest first."""
-    created, p = [], os.path.abspath(path)
-    while not os.path.exists(p):
-        created.append(p)
-        parent = os.path.dirname(p)
-        if parent == p:
-            break
-        p = parent
-    os.makedirs(path, exist_ok=True)
-    return created
-
-
-def measure_checkpoint(trainer: Any, parent: str | None, repeats: int = CHECKPOINT_REPEATS) -> dict[str, Any]:
-    created = _make_parent(parent) if parent else []
-    try:
-        runs, sizes = [], []
-        with tempfile.TemporaryDirectory(prefix="hjepa-bench-ckpt-", dir=parent or None) as tmp:
-            for i in range(repeats):
-                path = os.path.join(tmp, f"checkpoint_{i}.pth")
-                t0 = time.perf_counter()
-                state = checkpoint_state(trainer, 0)
-                save_checkpoint(state, path, atomic=False)
-                runs.append(time.perf_counter() - t0)
-                del state
-                sizes.append(os.path.getsize(path))
-                os.remove(path)
-            dir_parent = os.path.dirname(tmp)
-    finally:
-        for d in created:  # only folders this probe made, and only while empty
-            try:
-                os.rmdir(d)
-            except OSError:
-                break
-    return {"checkpoint_save_s": _median(runs), "checkpoint_runs_s": runs,
-            "checkpoint_bytes": int(statistics.median(sizes)), "checkpoint_dir_parent": dir_parent}
-
-
-_FIELDS = {
-    "worker_startup_s": ("worker_startup_s", "worker_startup_runs_s", "first_batch_s", "worker_shutdown_s",
-                         "startup_extra_s"),
-    "val_step_s": ("val_step_s", "val_inputs_s", "val_forward_s", "val_step_runs_s", "val_batch_size",
-                   "val_loss", "val_precision"),
-    "checkpoint_save_s": ("checkpoint_save_s", "checkpoint_runs_s", "checkpoint_bytes", "checkpoint_dir_parent"),
-}
 
 
 class EpochCostsProbe(Probe):
     name = "epoch_costs"
-    headline = ("worker_startup_s", "val_step_s", "checkpoint_save_s", "checkpoint_bytes")
+    headline = ("worker_startup_s", "val_step_s", "checkpoint_save_s", "checkpoint_bytes", "periodic.histograms_s",
+                "periodic.collapse_s", "model_build_s")
     cost = "cheap"
     description = ("Per-epoch costs besides the steps: DataLoader worker start-up (fresh workers to the first "
                    "batch), one validation forward, and a checkpoint save (bytes, fsynced)")
@@ -275,65 +135,8 @@ class EpochCostsProbe(Probe):
                                "epoch costs on"),
                     "definitions": {"measured": DEFINITIONS["measured"],
                                     "reason": "why the probe could not measure this workload"}}
-        bench = ctx.config.get("bench") or {}
-        variant = getattr(trainer, "variant", None) or bench.get("variant", "reference")
-        workers = int(getattr(loader, "num_workers", 0) or 0)
-        persistent = bool(bench.get("persistent_workers", False))
-        effective = bool(getattr(loader, "persistent_workers", False)) and workers > 0
-        method, method_source = _start_method(loader)
-        steady = _steady_wait(record)
-        entry: dict[str, Any] = {
-            "measured": True,
-            "variant": variant,
-            "steps_per_epoch": len(loader) if hasattr(loader, "__len__") else None,
-            "num_workers": workers,
-            "persistent_workers": persistent,
-            "persistent_workers_effective": effective,
-            "multiprocessing_context": method,
-            "multiprocessing_context_source": method_source,
-            "paid_every_epoch": workers > 0 and not effective,
-            "steady_batch_wait_s": steady,
-        }
-        for fields in _FIELDS.values():
-            entry.update(dict.fromkeys(fields))
-        errors: dict[str, str] = {}
-
-        # 1. worker start-up
-        batch = None
-        try:
-            runs = []
-            for _ in range(STARTUP_REPEATS):
-                b, t = first_batch(loader)
-                batch = b if batch is None else batch
-                runs.append(t)
-            startup = _median(r["total_s"] for r in runs)
-            entry.update({
-                "worker_startup_s": startup,
-                "worker_startup_runs_s": [r["total_s"] for r in runs],
-                "first_batch_s": {"start_workers_s": _median(r["start_workers_s"] for r in runs),
-                                  "first_batch_wait_s": _median(r["first_batch_wait_s"] for r in runs)},
-                "worker_shutdown_s": _median(r["shutdown_s"] for r in runs),
-                "startup_extra_s": None if steady is None else max(0.0, startup - steady),
-            })
-        except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
-            errors["worker_startup_s"] = _error(exc)
-
-        # 2. validation forward
-        try:
-            if batch is None:
-                batch, _ = first_batch(loader)
-            entry.update(measure_val_step(trainer, ctx.backend, batch, variant))
-        except Exception as exc:  # noqa: BLE001
-            errors["val_step_s"] = _error(exc)
-        batch = None
-
-        # 3. checkpoint
-        try:
-            entry.update(measure_checkpoint(trainer, ctx.artifacts_dir))
-        except Exception as exc:  # noqa: BLE001
-            errors["checkpoint_save_s"] = _error(exc)
-
-        entry["errors"] = errors
+        entry = measure_epoch_costs(trainer, loader, ctx.backend, ctx.config, artifacts_dir=ctx.artifacts_dir,
+                                    steady_wait=_steady_wait(record))
         entry["definitions"] = dict(DEFINITIONS)
         entry["probe_time_s"] = time.perf_counter() - t_start
         return entry
@@ -363,12 +166,19 @@ class EpochCostsProbe(Probe):
             size = entry.get("checkpoint_bytes")
             size_txt = "n/a" if size is None else f"{size / 2**20:.0f} MiB"
             parts.append(f"checkpoint {ckpt:.2f} s ({size_txt})")
+        per = entry.get("periodic") or {}
+        if per:
+            parts.append(f"trainer logging: grad histograms {fmt_ms(per.get('histograms_s'))}, collapse SVD "
+                         f"{fmt_ms(per.get('collapse_s'))}, scalar {fmt_ms(per.get('scalar_s'))}, read-back "
+                         f"{fmt_ms(per.get('readback_s'))}")
+        elif "periodic" in errors:
+            parts.append("trainer logging failed")
         return ", ".join(parts)
 
 
 class EpochCostsSection(ProbeTable):
     name = "epoch_costs"
-    title = "Per-epoch costs: worker start-up, validation step, checkpoint"
+    title = "Per-epoch costs: worker start-up, validation step, checkpoint, trainer logging"
     order = 55
     failed = None  # only measured entries
     note = ("Worker start-up: iter(loader) to the first batch with fresh DataLoader workers (median of "
@@ -376,7 +186,10 @@ class EpochCostsSection(ProbeTable):
             "non-persistent loader pays it at every epoch start. Val step: one forward of the H-JEPA loss in "
             f"eval mode without gradients, inputs moved to the device (median of {VAL_REPEATS}). Checkpoint: "
             "torch.save of model, optimizer and scaler state, flushed and fsynced (median of "
-            f"{CHECKPOINT_REPEATS}); the folder's file system matters.")
+            f"{CHECKPOINT_REPEATS}); the folder's file system matters. The trainer's periodic work (gradient "
+            "histograms of every parameter, the collapse metrics with their SVD, one TensorBoard scalar, the "
+            "per-step read-back of the loss terms) is timed on the run's model; the projection counts it as "
+            "the config's logging section asks.")
 
     def row(self, e: Mapping[str, Any]) -> dict[str, Any] | None:
         if not e.get("measured"):
@@ -396,6 +209,11 @@ class EpochCostsSection(ProbeTable):
             "val batch": fmt_or_dash(e.get("val_batch_size"), "d"),
             "checkpoint (s)": fmt_or_dash(e.get("checkpoint_save_s"), ".3f"),
             "checkpoint size": fmt_bytes(e.get("checkpoint_bytes")),
+            "grad histograms": fmt_ms((e.get("periodic") or {}).get("histograms_s")),
+            "collapse SVD": fmt_ms((e.get("periodic") or {}).get("collapse_s")),
+            "TB scalar": fmt_ms((e.get("periodic") or {}).get("scalar_s")),
+            "read-back/step": fmt_ms((e.get("periodic") or {}).get("readback_s")),
+            "model build (s)": fmt_or_dash(e.get("model_build_s"), ".2f"),
             "errors": "; ".join(f"{k}: {v}" for k, v in errors.items()) or "-",
         }
 

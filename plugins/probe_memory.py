@@ -2,7 +2,7 @@
 
 Writes ``record["probes"]["memory"]`` (fields and thresholds in
 :mod:`hjepa_bench.analysis.memory`).  ``after_step`` reads
-``ctx.backend.memory().current_bytes``: live tensors on CUDA/MPS, the process RSS
+``ctx.backend.memory().current_bytes``: live tensors on CUDA/MPS, the process tree's RSS (DataLoader workers included)
 on CPU.  A reading is not free (on CPU about 0.1 ms: psutil RSS, total RAM and
 ``/proc/self/status``), so the probe keeps to a budget: every step earns
 ``max(SAMPLE_BUDGET_S, SAMPLE_BUDGET_FRAC * (data wait + host time))`` of credit
@@ -104,7 +104,10 @@ class MemorySection(ProbeTable):
     title = "Memory: peak, headroom, leaks and batch-size fit"
     order = 50
     failed = None
-    note = ("Device memory on CUDA/MPS, process RSS on CPU (total = system RAM). Pressure: peak > "
+    note = ("Device memory on CUDA/MPS, on CPU the RSS of the process tree, the DataLoader workers' private "
+            "memory included (total = system RAM). Headroom: total minus the peak footprint (on CUDA the "
+            "allocator's peak reserve, cache included, plus the context and other memory outside the allocator; "
+            "else the peak). Pressure: peak > "
             "{pressure:.0%} of total (torch-tb-profiler's rule). Leak slope/step: least squares over the samples "
             f"after warm-up; leak? {LEAK_RULE}.")
 
@@ -156,7 +159,9 @@ class MemorySection(ProbeTable):
                 "note": "; ".join(x for x in [f["note"], *room.get("evidence", [])] if x),
             })
         if fit_rows:
-            parts += ["Peak memory vs batch size (least squares over ok records; limit = total x "
+            parts += ["Peak footprint vs batch size (the allocator's peak reserve plus the device memory in use "
+                      "outside it where the backend reports them (CUDA), else the peak allocated; least squares "
+                      "over ok records; limit = total x "
                       f"(1 - {margin:.0%}); a batch that ran out of memory caps the prediction):",
                       pd.DataFrame(fit_rows).to_markdown(index=False)]
         return "\n\n".join(parts)

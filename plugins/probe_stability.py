@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hjepa_bench import Probe, hookimpl
-from hjepa_bench.analysis.stability import MIN_STEPS_SPREAD, THRESHOLD_CV_PCT, analyze_stability
+from hjepa_bench.analysis.stability import MIN_STEPS_SPREAD, THRESHOLD_CV_PCT, analyze_stability, drift_text
 from hjepa_bench.format import fmt_or_dash as _fmt
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 
@@ -34,9 +34,12 @@ class StabilitySection(ProbeTable):
     name, title, order, failed = "stability", "Step-time stability", 40, "verdict"
     note = ("Measured per-step times of each run. Verdict: unstable when CV >= {limit} (the validation guide's "
             "speed-variance limit, or --thresholds max_step_cv_pct) or the step time drifts significantly (p < 0.01 "
-            "and > 5% over the run). Spikes: median + 5 x scaled MAD. Detected warm-up: first step whose time and the "
-            "next 5 five-step rolling medians are at most 20% above the post-warm-up median; the statistics use the "
-            "later of the reported and detected warm-up.")
+            "and > 5% over the run). Spikes: median + 5 x scaled MAD. Steps, median and CV are the record's measured steps "
+            "(after the reported warm-up), the same steps and numbers as the measured step speed table and the "
+            "criteria. Drift: the least-squares change over those steps, never extrapolated past them. Detected "
+            "warm-up: first step whose time and the next 5 five-step rolling medians are at most 20% above the "
+            "post-warm-up median; when it is later than the reported one the run says so (measure with a longer "
+            "--warmup-steps); those steps are not dropped.")
 
     def note_for(self, records):
         return self.note.format(limit=f"{judged_threshold(records, self.name, 'cv_pct', THRESHOLD_CV_PCT):g}%")
@@ -48,7 +51,8 @@ class StabilitySection(ProbeTable):
                 "median (ms)": _fmt(None if med is None else med * 1000, ".2f"), "CV %": _fmt(e.get("cv_pct")),
                 "p90-p10 %": _fmt(e.get("variance_pct")), "spikes": _fmt(e.get("spike_count"), "d"),
                 "spike period (steps)": _fmt(e.get("spike_period_steps"), "d"),
-                "drift %/100 steps": _fmt(deg.get("slope_pct_per_100_steps"), "+.2f"), "drift p": _fmt(deg.get("p_value"), ".2g")}
+                "drift (fitted change over the measured steps)": drift_text(deg) or "-",
+                "drift p": _fmt(deg.get("p_value"), ".2g")}
 
 
 @hookimpl

@@ -1,9 +1,10 @@
 """Probe ``svd`` (costly): where ``torch.linalg.svd`` runs, and what it costs.
 
 Rank metrics need the SVD of an embedding matrix.  On MPS ``torch.linalg.svd``
-falls back to the CPU (a UserWarning, with ``PYTORCH_ENABLE_MPS_FALLBACK=1``) or
-raises NotImplementedError, depending on the torch version, the size and the
-dtype, and MPS has no float64 (docs/measuring.md, "Operations that fall back to the
+falls back to the CPU (a UserWarning, with ``PYTORCH_ENABLE_MPS_FALLBACK=1``),
+raises NotImplementedError, or fails (torch 2.14: ``RuntimeError: Failed to created
+pipeline state object`` above 8,192 elements), depending on the torch version, the
+size and the dtype, and MPS has no float64 (docs/measuring.md, "Operations that fall back to the
 CPU on MPS").  So, after the timed loop (in ``finish``), this probe times
 ``torch.linalg.svd(A, full_matrices=False)`` on a seeded random matrix of
 ``bench.svd_rows`` (default 25,600) rows by the model's embedding width D:
@@ -116,8 +117,9 @@ def time_calls(fn: Callable[[], Any], sync: Callable[[], None], repeats: int = R
 
 
 def time_svd_path(a: torch.Tensor, device_type: str, sync: Callable[[], None]) -> dict[str, Any]:
-    """Time the SVD of ``a`` (already on its device), capturing warnings and a
-    NotImplementedError, and classify the path it took."""
+    """Time the SVD of ``a`` (already on its device), capturing warnings and any error the device
+    raises (NotImplementedError, or a RuntimeError such as torch 2.14's MPS "Failed to created
+    pipeline state object"), and classify the path it took."""
     def svd() -> Any:
         return torch.linalg.svd(a, full_matrices=False)
 
@@ -132,7 +134,9 @@ def time_svd_path(a: torch.Tensor, device_type: str, sync: Callable[[], None]) -
             warnings.simplefilter("always")
             try:
                 timing = time_calls(svd, sync)
-            except NotImplementedError as exc:
+            except Exception as exc:  # noqa: BLE001 - the device path failing is a finding, not a crash
+                # NotImplementedError (no kernel), or a RuntimeError such as torch 2.14's MPS
+                # "Failed to created pipeline state object" above 8,192 elements: the CPU rows still count
                 error = exc
     finally:
         torch.set_warn_always(previous)
@@ -253,7 +257,7 @@ class SVDSection(ReportSection):
             parts.append(f"torch.linalg.svd(A, full_matrices=False) on a seeded random matrix: one warm-up "
                          f"call, then the median of {REPEATS} synced calls. Paths: device (ran on the device), "
                          "cpu-fallback (torch warned it fell back to the CPU), not-implemented (raised "
-                         "NotImplementedError), cpu (the CPU path), unsupported (dtype not on the device).")
+                         "NotImplementedError), error (the device raised another error, in detail), cpu (the CPU path), unsupported (dtype not on the device).")
         parts.append(pd.DataFrame(cost_rows).astype(object).fillna("").to_markdown(index=False))
         parts.append(FEATURE_COST_NOTE)
         return "\n\n".join(parts)

@@ -29,7 +29,8 @@ class SummarySection(ReportSection):
             cols = dict(items)
         table = df[list(cols)].rename(columns=cols)
         note = ("Measured in this run: median of per-step times after warm-up; it/s from synced "
-                "windows of steps. Peak memory is device memory on CUDA/MPS and process RSS on CPU.")
+                "windows of steps. Peak memory is device memory on CUDA/MPS and on CPU the RSS of the process "
+                "tree (main process + DataLoader workers).")
         if "ranks" in cols:
             note += (" For a data-parallel job (processes above 1): it/s and samples/s are the job's (its slowest "
                      "rank's steps/s; samples summed over the ranks), the step times and memory are rank 0's.")

@@ -29,6 +29,14 @@ class PreparedHJEPA(PreparedWorkload):
         # the reference masks read back per sample (nonzero): the step waits for the device there
         self.syncs_in_step = self.trainer.variant == "reference"
 
+    @property
+    def phase_events(self) -> Any:
+        return self.trainer.phase_events
+
+    @phase_events.setter
+    def phase_events(self, factory: Any) -> None:  # the runner's: the step marks its phases on the stream
+        self.trainer.phase_events = factory
+
     def batches(self) -> Iterator[Any]:
         return iter(self.endless)
 

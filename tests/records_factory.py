@@ -71,3 +71,8 @@ GOOD_LOSS = {"start_loss": 1.0, "end_loss": 0.7, "decrease_pct": 30.0, "trend": 
              "lr_advice": {"action": "keep", "suggested_lr": 1e-4, "trigger": "decrease 30% >= 20%", "text": "keep 1.0e-04"}}
 COSTS = {"worker_startup_s": 2.0, "paid_every_epoch": True, "val_step_s": 0.1, "val_batch_size": 32,
          "checkpoint_save_s": 0.5, "checkpoint_bytes": 100 * 2**20}
+#: the trainer's periodic work as the epoch_costs probe records it (test inputs, seconds)
+PERIODIC = {"readback_s": 0.001, "postfix_s": 0.002, "scalar_s": 0.0001, "memory_read_s": 0.001,
+            "histograms_s": 1.0, "collapse_s": 0.2, "empty_cache_s": None}
+#: every cost a record of today's probe holds
+FULL_COSTS = {**COSTS, "checkpoint_write_s": 0.6, "periodic": PERIODIC, "model_build_s": 2.0}

@@ -165,7 +165,7 @@ def test_a_gpu_backend_unavailable_here(request, name):
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")),
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]),
     pytest.param("mps", marks=pytest.mark.skipif(not HAS_MPS, reason="no MPS device")),
 ])
 def test_a_gpu_backend_on_its_device(request, name):
@@ -316,3 +316,90 @@ def test_mps_uses_torch_accelerator_peak_when_it_works_for_mps(monkeypatch):
     reading = backend.memory()
     assert reading.peak_bytes == 2500 and reading.current_bytes == 200
     assert "torch.accelerator" in reading.source
+
+
+def _hold_memory(n_bytes: int, ready, done) -> None:
+    block = bytearray(n_bytes)  # written: resident, private to this worker
+    for i in range(0, n_bytes, 4096):
+        block[i] = 1
+    ready.set()
+    done.wait(30)
+
+
+def test_cpu_memory_counts_the_workers_of_the_process_tree(cpu):
+    """On CPU the DataLoader workers use the same RAM as the step: a child process holding 64 MiB of
+    its own memory shows in the reading (a main-process RSS alone did not count it)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    cpu.reset_peak_memory()
+    before = cpu.memory()
+    ready, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold_memory, args=(64 * 2**20, ready, done))
+    child.start()
+    try:
+        assert ready.wait(30)
+        time.sleep(load_plugin("backend_cpu").CHILDREN_REFRESH_S + 0.2)  # the backend looks for new children
+        during = cpu.memory()
+    finally:
+        done.set()
+        child.join(30)
+    assert during.current_bytes - before.current_bytes >= 48 * 2**20
+    assert during.peak_bytes - before.peak_bytes >= 48 * 2**20
+    assert "DataLoader workers" in during.source
+
+
+# --------------------------------------------------------------------------- older torch / MPS fp16
+def test_cuda_fp16_scaler_on_torch_2_2(monkeypatch, cuda):
+    """torch 2.2 has no torch.amp.GradScaler (it came in 2.3); its scaler is torch.cuda.amp.GradScaler.
+    The backend must hand that one out rather than fail every fp16 run with AttributeError."""
+    mod = load_plugin("backend_cuda")
+    backend = mod.CUDABackend()
+    monkeypatch.setattr(mod, "_check_availability", lambda: Availability(True))
+    monkeypatch.delattr(torch.amp, "GradScaler")
+    with pytest.warns(UserWarning):  # torch.cuda.amp.GradScaler without CUDA here: disabled, and says so
+        scaler = backend.grad_scaler("fp16")
+    assert isinstance(scaler, torch.cuda.amp.GradScaler)
+    assert backend.grad_scaler("bf16") is None
+
+
+@pytest.mark.parametrize("version, scaler_runs, supported", [
+    ("2.6.0", True, False),  # autocast fp16 works (>= 2.5) but GradScaler("mps") does not exist yet
+    ("2.8.0", False, False),  # the scaler is there but failed its fp16 step here
+    ("2.8.0", True, True),
+])
+def test_mps_fp16_needs_a_working_grad_scaler(monkeypatch, version, scaler_runs, supported):
+    """On MPS fp16 autocast works from torch 2.5 but GradScaler('mps') only from 2.8: fp16 without loss
+    scaling is not the upstream step, so it is unsupported, with the reason, until the scaler works."""
+    mod = load_plugin("backend_mps")
+    backend = mod.MPSBackend()
+    monkeypatch.setattr(mod, "_check_availability", lambda: Availability(True))
+    monkeypatch.setattr(torch, "__version__", version)
+    monkeypatch.setattr(mod, "probe_precision", lambda device, precision: "")  # autocast fp16 works
+    monkeypatch.setattr(mod, "grad_scaler_works", lambda device: scaler_runs)
+    why = backend.supported_precisions()["fp16"]
+    assert (why == "") is supported
+    if not supported:
+        assert "GradScaler" in why and version in why
+
+
+@pytest.mark.parametrize("message", [
+    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    ("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error (run with NCCL_DEBUG=INFO for details), "
+     "NCCL version 2.21.5\nncclUnhandledCudaError: Call to CUDA function failed.\nLast error:\n"
+     "Cuda failure 'out of memory'"),
+    "NCCL error: unhandled system error\nLast error:\nFailed to CUDA calloc async 4194304 bytes",
+], ids=["cudnn", "nccl-cuda-failure", "nccl-calloc"])
+def test_cuda_claims_cudnn_and_nccl_out_of_memory(cpu, cuda, mps, message):
+    exc = RuntimeError(message)  # torch.distributed.DistBackendError is a RuntimeError
+    assert cuda.is_oom(exc)
+    assert not cpu.is_oom(exc) and not mps.is_oom(exc)
+
+
+def test_mps_printed_command_buffer_oom_is_recognised(cuda, mps):
+    printed = ("Error: command buffer exited with error status.\n\tThe Metal Performance Shaders operations "
+               "encoded on it may not have completed.\n\tError: \n\t(null)\n\tInsufficient Memory "
+               "(00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)\n")
+    assert "kIOGPUCommandBufferCallbackErrorOutOfMemory" in mps.printed_oom("some warning\n" + printed)
+    assert mps.printed_oom("UserWarning: something else\n") is None
+    assert cuda.printed_oom(printed) is None

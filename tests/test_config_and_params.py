@@ -30,8 +30,15 @@ def test_the_presets_are_the_upstream_files():
 
 
 def test_quick_val_is_the_default_config():
+    """Every default value is the quick_val preset's (the preset also holds keys without a default)."""
     values = resolve_config("quick_val").values
-    assert {k: values[k] for k in DEFAULTS} == DEFAULTS
+
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+    flat = dict(leaves(values))
+    assert {k: flat[k] for k, _ in leaves(DEFAULTS)} == dict(leaves(DEFAULTS))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -61,11 +68,14 @@ def test_state_dict_layout_matches_upstream(name):
 
 def test_no_effect_and_unknown_keys_are_listed(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model:\n  encoder_type: vit_small\n  frobnicate: 3\nlogging:\n  log_frequency: 10\nloss:\n  vicreg_weight: 0.2\n")
+    cfg.write_text("model:\n  encoder_type: vit_small\n  frobnicate: 3\nlogging:\n  log_frequency: 10\n"
+                   "  experiment_name: x\nloss:\n  vicreg_weight: 0.2\n")
     rc = resolve_config(cfg)
     assert rc.unknown_keys == ["model.frobnicate"]
     text = " ".join(rc.warnings())
-    assert "model.frobnicate" in text and "logging" in text and "loss.vicreg_weight" in text
+    assert "model.frobnicate" in text and "logging.experiment_name" in text and "loss.vicreg_weight" in text
+    # log_frequency sets the trainer's periodic work in the projections: used, not listed
+    assert "log_frequency" not in text and rc.values["logging"]["log_frequency"] == 10
     assert rc.values["model"]["encoder_type"] == "vit_small_patch16_224"
     assert rc.values["model"]["embed_dim"] == 384
 

@@ -280,6 +280,7 @@ def test_two_nodes_on_loopback_run_one_job(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device (NCCL)")
 def test_cuda_job_binds_the_gpu_and_uses_nccl(tmp_path):
     """One NCCL rank per visible GPU (at least one): set_device, device_ids, the NCCL collectives of

@@ -11,24 +11,39 @@ from hjepa_bench.options import guide_options, load_options
 from hjepa_bench.thresholds import DEFAULTS, load_thresholds
 from hjepa_bench.errors import UserError
 
-from records_factory import COSTS, GIB, GOOD_LOSS, make_record, option_values, quick_val_values
+from records_factory import COSTS, FULL_COSTS, GIB, GOOD_LOSS, make_record, option_values, quick_val_values
 
 OPTS = {o.name: o for o in guide_options()}
 
 
 # --------------------------------------------------------------------------- projections
 def test_projection_arithmetic_counts_steps_and_per_epoch_costs():
-    rec = make_record(option_values("A"), it_per_s=2.0, epoch_costs=COSTS)
+    rec = make_record(option_values("A"), it_per_s=2.0, epoch_costs=FULL_COSTS)
     p = project_record(rec, epochs=20, dataset_size=50_000, val_size=10_000, checkpoint_every_epochs=5)
     assert p["steps_per_epoch"] == 1562 and p["total_steps"] == 31_240
     assert p["train_s"]["mid"] == pytest.approx(31_240 / 2.0)
+    ov = p["overheads_s"]
     # 20 train-loader starts + 20 validation-loader starts, 2 s each
-    assert p["overheads_s"]["worker_startup"] == pytest.approx(40 * 2.0)
+    assert ov["worker_startup"] == pytest.approx(40 * 2.0)
     # 20 passes x ceil(10000 / 32) = 313 steps x 0.1 s
-    assert p["overheads_s"]["validation"] == pytest.approx(20 * 313 * 0.1)
-    assert p["overheads_s"]["checkpoints"] == pytest.approx(4 * 0.5)
-    assert p["total_s"]["mid"] == pytest.approx(15_620 + 80 + 626 + 2)
-    assert p["hours"]["mid"] == pytest.approx((15_620 + 80 + 626 + 2) / 3600)
+    assert ov["validation"] == pytest.approx(20 * 313 * 0.1)
+    # upper bound: the validation loss improves every epoch, so every epoch writes (save + 2 copies)
+    assert ov["checkpoints"] == pytest.approx(20 * 0.6)
+    assert p["overhead_counts"]["checkpoint_writes_scheduled"] == 4
+    # option A logs every 50 steps with TensorBoard on, 2 levels, on a CPU (no empty_cache):
+    # read-backs every step + postfix at batch_idx 0, 50, ..., 1550 (32 per epoch)
+    assert ov["readbacks"] == pytest.approx(31_240 * 0.001 + 20 * 32 * 0.002)
+    # scalars at batch_idx 0, 250, ..., 1500 (7 per epoch), 2 + 3 + 4 values each, the 6 collapse
+    # metrics at batch_idx 0, 500, 1000, 1500, 5 more per epoch end
+    assert ov["scalars"] == pytest.approx((140 * 9 + 80 * 6 + 20 * 5) * 0.0001 + 140 * 0.001)
+    assert ov["histograms"] == pytest.approx(20 * 2 * 1.0)  # batch_idx 0 and 1000
+    assert ov["collapse"] == pytest.approx(20 * 4 * 0.2)  # batch_idx 0, 500, 1000, 1500
+    assert ov["empty_cache"] == 0.0
+    # warm-up excess (3 + 2 steps of 0.5 s against 2 steady ones: 1.5 s) + model build 2 s
+    assert ov["one_time"] == pytest.approx(1.5 + 2.0)
+    fixed = 80 + 626 + 12 + 31.24 + 1.28 + 0.324 + 40 + 16 + 3.5
+    assert p["total_s"]["mid"] == pytest.approx(15_620 + fixed)
+    assert p["hours"]["mid"] == pytest.approx((15_620 + fixed) / 3600)
     assert p["lower_bound"] is False and p["missing"] == []
     assert p["hours"]["low"] < p["hours"]["mid"] < p["hours"]["high"]
 
@@ -37,9 +52,10 @@ def test_projection_without_epoch_costs_is_a_named_lower_bound():
     rec = make_record(option_values("A"), it_per_s=4.0)
     p = project_record(rec, epochs=10, dataset_size=1000)
     assert p["steps_per_epoch"] == 31 and p["total_steps"] == 310
-    assert p["total_s"]["mid"] == pytest.approx(310 / 4.0)
+    assert p["total_s"]["mid"] == pytest.approx(310 / 4.0 + 1.5 / 2)  # + the warm-up excess, measured
     assert p["lower_bound"] is True
-    assert set(p["missing"]) == {"worker start-up", "validation pass", "checkpoint writes"}
+    assert set(p["missing"]) == {"worker start-up", "validation pass", "checkpoint writes",
+                                 "trainer's periodic work (read-backs, TensorBoard, collapse metrics)"}
 
 
 def test_persistent_workers_pay_startup_once_and_checkpoint_count_rounds_up():
@@ -47,8 +63,14 @@ def test_persistent_workers_pay_startup_once_and_checkpoint_count_rounds_up():
                 costs={**COSTS, "paid_every_epoch": False, "worker_startup_every_epoch": False, "val_batch_size": 10},
                 val_size=20, val_every_epochs=1, checkpoint_every_epochs=5)
     assert p["overhead_counts"]["worker_startups"] == 1 + 7
-    assert p["overhead_counts"]["checkpoint_writes"] == 2  # epoch 5 and the end
+    # every epoch may improve the validation loss: 7 writes (epoch 5 is also scheduled)
+    assert p["overhead_counts"]["checkpoint_writes"] == 7
+    assert p["overhead_counts"]["checkpoint_writes_scheduled"] == 1
     assert p["overheads_s"]["validation"] == pytest.approx(7 * 2 * 0.1)
+    # without validation there is no best checkpoint: only the scheduled write
+    q = project(sec_per_step={"mid": 1.0, "low": None, "high": None}, batch_size=10, epochs=7, dataset_size=100,
+                costs=COSTS, val_size=0, checkpoint_every_epochs=5)
+    assert q["overhead_counts"]["checkpoint_writes"] == 1
 
 
 def test_band_is_the_bootstrap_interval_of_the_mean():
@@ -177,7 +199,9 @@ def test_workers_are_the_fewest_within_a_few_percent_of_the_best():
     assert w["workers"] == 4 and w["more_needed"] is False
     starving = [_at(32, 2, 50, wait=0.5), _at(32, 4, 80, wait=0.3)]
     w2 = recommend_workers(starving, 32, DEFAULTS)
-    assert w2["workers"] == 4 and w2["more_needed"] is True and "more workers" in w2["reason"]
+    # still data-bound at the most workers measured: the one advice is more workers (the guide's 6-8)
+    assert w2["measured_choice"] == 4 and w2["workers"] == 6 and w2["more_needed"] is True
+    assert "still data-bound with 4 workers" in w2["reason"] and "(not measured)" in w2["reason"]
 
 
 def test_warmup_and_lr_follow_the_guide_rules():
@@ -247,7 +271,8 @@ def test_user_options_file(tmp_path):
 def test_preliminary_lr_advice_is_reported_but_not_applied():
     advice = {"action": "increase", "suggested_lr": 1.5e-4, "trigger": "decrease 1.5% < 20%"}
     r = recommend_lr(1.5e-4, advice, 1e-4, preliminary=True)
-    assert r["lr"] == 1.5e-4 and "preliminary" in r["reason"]
+    # no validation run: the option's own LR, one base LR named
+    assert r["lr"] == 1.5e-4 and "no validation run" in r["reason"] and "1.0e-04" not in r["reason"]
     assert recommend_lr(1.5e-4, advice, 1e-4, preliminary=False)["lr"] == pytest.approx(2.25e-4)
     diverging = {"action": "decrease", "suggested_lr": 1e-5, "trigger": "diverged"}
     assert recommend_lr(1.5e-4, diverging, 1e-4, preliminary=True)["lr"] == pytest.approx(1.5e-5)

@@ -436,3 +436,35 @@ def test_render_eval_markdown(tiny_result):
     assert f"{100 * lvl0['gain']['linear_top1']:+.1f} pp" in md
     assert "- kNN: k=20, T=0.07" in md and "- Linear: scikit-learn LogisticRegression" in md
     assert "200 train / 100 test images at 64 px" in md
+
+
+def test_a_comparison_that_says_nothing_says_so(tiny_result, tiny_ckpt, tmp_path):
+    """Synthetic data, a CIFAR-10 folder that is not the standard 50,000 / 10,000 split, and a random-init
+    baseline at the ceiling or at the trained model's accuracy are each named before the numbers."""
+    import pickle
+
+    from hjepa_bench.analysis.evaluation import BASELINE_CEILING_TOP1
+
+    result, _ = tiny_result
+    caveats = result["caveats"]
+    assert any(c.startswith("synthetic images, not CIFAR-10") for c in caveats)
+    for entry in result["levels"]:
+        for key, name in (("knn_top1", "kNN"), ("linear_top1", "linear")):
+            r, t = entry["random_init"][key], entry["trained"][key]
+            said = any(c.startswith(f"level {entry['level']}: the random-init baseline scores {name}") for c in caveats)
+            assert said == (r >= BASELINE_CEILING_TOP1 or r >= t), (entry["level"], name, r, t)
+    assert "**The comparison below may say nothing:**" in render_eval_markdown(result)
+    # a CIFAR-10 look-alike folder of 40 train / 10 test images
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{k}", 8) for k in range(1, 6)] + [("test_batch", 10)]:
+        images = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"labels": rng.integers(0, 10, size=n).tolist(), b"data": images}, f)
+    _values, _model, path = tiny_ckpt
+    looks = evaluate_checkpoint(path, overrides={"data.image_size": 64, "model.encoder_depth": 2,
+                                                 "model.predictor.depth": 1, "model.num_hierarchies": 3},
+                                data="cifar10", data_path=folder, n_train=30, n_test=10, batch_size=10)
+    assert looks["data"]["train_split_size"] == 40 and looks["data"]["test_split_size"] == 10
+    assert any("40 train / 10 test images, not CIFAR-10's standard 50,000 / 10,000" in c for c in looks["caveats"])

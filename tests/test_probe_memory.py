@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hjepa_bench.analysis.memory import LEAK_GROWTH_FRAC, fit_memory, leak_check, memory_entry
 from hjepa_bench.plugin.manager import build_plugins
@@ -12,6 +13,7 @@ from hjepa_bench.plugins.backend_cpu import CPUBackend
 from hjepa_bench.report.sections import render_report
 from hjepa_bench.measure.runner import run_benchmark
 from test_runner import ToyWorkload
+from helpers import tiny_config
 
 GiB = 2**30
 MiB = 2**20
@@ -136,7 +138,7 @@ def test_real_run_has_a_memory_entry(tiny):
     assert e["peak_device_bytes"] >= r["metrics"]["peak_device_bytes"]
     assert e["device_total_bytes"] > e["headroom_bytes"] > 0
     assert e["samples"] >= 2 and e["sampling"]["reading_cost_us"] > 0
-    assert e["leak"]["n_samples"] >= 1 and "rss" in e["memory_source"]
+    assert e["leak"]["n_samples"] >= 1 and "RSS" in e["memory_source"]
     json.dumps(e, allow_nan=False)
     # the section renders the entry, and a fit table once there are two batch sizes
     r2 = json.loads(json.dumps(r))
@@ -153,3 +155,114 @@ def test_registers_through_the_hooks():
     plugins = build_plugins(objects=[("probe_memory", probe_memory)])
     assert plugins.probes()["memory"].cost == "cheap"
     assert "memory" in [s.name for s in plugins.report_sections()]
+
+
+# --------------------------------------------------------------------------- reserved memory (CUDA)
+def _fake_cuda_memory(monkeypatch, *, allocated, peak, reserved, peak_reserved, free, total):
+    """torch.cuda's memory counters as a real GPU reports them: the caching allocator reserves more
+    than its live tensors, and mem_get_info's used memory also holds the CUDA context."""
+    from hjepa_bench.plugin.api import Availability
+    from hjepa_bench.plugins import backend_cuda
+
+    monkeypatch.setattr(backend_cuda, "_check_availability", lambda: Availability(True))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: allocated)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: peak)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: reserved)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: peak_reserved)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free, total))
+    return backend_cuda.CUDABackend()
+
+
+def test_headroom_counts_the_allocator_reserve_and_the_context(monkeypatch):
+    gib = 2**30
+    # 10 GiB allocated at the peak, 14 GiB reserved at the peak; now 12 GiB reserved and 0.5 GiB of
+    # context outside the allocator (80 - 67.5 - 12); 80 GiB in total
+    backend = _fake_cuda_memory(monkeypatch, allocated=8 * gib, peak=10 * gib, reserved=12 * gib,
+                                peak_reserved=14 * gib, free=int(67.5 * gib), total=80 * gib)
+    reading = backend.memory()
+    assert reading.peak_reserved_bytes == 14 * gib and reading.outside_allocator_bytes == gib // 2
+    metrics = {"peak_device_bytes": reading.peak_bytes, "device_total_bytes": reading.total_bytes,
+               "peak_reserved_device_bytes": reading.peak_reserved_bytes,
+               "device_outside_allocator_bytes": reading.outside_allocator_bytes}
+    entry = memory_entry([(0, 8 * gib)], 0, metrics)
+    assert entry["peak_footprint_bytes"] == int(14.5 * gib)
+    assert entry["headroom_bytes"] == 80 * gib - int(14.5 * gib)  # not 80 - 10
+    assert "reserve" in entry["headroom_basis"]
+
+
+def test_max_batch_prediction_fits_the_footprint_not_the_allocated_peak():
+    from hjepa_bench.record import new_record
+
+    gib = 2**30
+    records = []
+    for batch, allocated, reserved in ((8, 2 * gib, 3 * gib), (16, 4 * gib, 6 * gib)):
+        r = new_record(tiny_config(**{"data.batch_size": batch}), {"backend": "cuda", "device_name": "fake GPU"})
+        r["status"] = "ok"
+        r["metrics"] = {"peak_device_bytes": allocated, "device_total_bytes": 20 * gib,
+                        "peak_reserved_device_bytes": reserved, "device_outside_allocator_bytes": gib // 2,
+                        "batch_size": {"requested": batch, "achieved": batch}}
+        records.append(r)
+    (fit,) = fit_memory(records, margin=0.1).values()
+    # footprint = 0.5 GiB + 3/8 GiB per sample: (18 - 0.5) / 0.375 = 46 (the allocated peak alone says 72)
+    assert fit["predicted_max_batch"] == 46
+
+
+# --------------------------------------------------------------------------- MPS: the activations
+class _LiveBytes:
+    """Device memory like MPS's ``current_allocated_memory``: the parameters and optimizer state, plus
+    every tensor the autograd graph holds for the backward, until the backward frees it."""
+
+    def __init__(self, base: int):
+        self.base, self.held, self.most_held = base, 0, 0
+
+    def pack(self, t):
+        return _Held(t, self)
+
+    def __call__(self):
+        return self.base + self.held
+
+
+class _Held:
+    def __init__(self, t, live):
+        self.t, self.n, self.live = t, t.nbytes, live
+        live.held += self.n
+        live.most_held = max(live.most_held, live.held)
+
+    def __del__(self):
+        self.live.held -= self.n
+
+
+def test_mps_peak_includes_the_activations_of_the_forward_pass(monkeypatch):
+    """torch.mps has no peak API: a peak sampled after the step sees parameters, gradients and Adam
+    state, the activations already freed.  The real H-JEPA step on a fake MPS whose live bytes include
+    what the autograd graph holds must report a peak with the activations in it, and say where it sampled."""
+    from hjepa_bench.plugin.api import Availability
+    from hjepa_bench.plugin.precision import probe_precision
+    from hjepa_bench.plugins import backend_mps
+    from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+
+    class MPSOnCPU(backend_mps.MPSBackend):
+        def device(self):
+            return torch.device("cpu")  # the arithmetic runs on the CPU; the memory counters are MPS's
+
+        def has_device_events(self):
+            return False
+
+        def precision_reason(self, precision):
+            return probe_precision("cpu", precision)
+
+    base = 50 * 2**20
+    live = _LiveBytes(base)
+    monkeypatch.setattr(backend_mps, "_check_availability", lambda: Availability(True))
+    monkeypatch.setattr(torch.mps, "current_allocated_memory", live)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 2 * base)
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 100 * base, raising=False)
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: None)
+    config = tiny_config()
+    with torch.autograd.graph.saved_tensors_hooks(live.pack, lambda h: h.t):
+        record = run_benchmark(config, MPSOnCPU(), HJEPAWorkload(), [], {"backend": "mps"})
+    assert record["status"] == "ok", record.get("error")
+    assert live.held == 0 and live.most_held > 0  # the graph was freed after every step
+    peak = record["metrics"]["peak_device_bytes"]
+    assert peak >= base + live.most_held * 0.9, (peak - base, live.most_held)
+    assert "forward end" in record["metrics"]["memory_source"]

@@ -138,3 +138,43 @@ def test_report_section(cpu_entry):
     failed["probes"]["svd"] = {"status": "failed", "error": "RuntimeError: boom"}
     text = section.render([record, failed])
     assert "test cpu" in text and "2048x192" in text and "float64" in text and "boom" in text
+
+
+# --------------------------------------------------------------------------- torch 2.14 on MPS
+MPS_214_ERROR = "Failed to created pipeline state object"
+
+
+class _FakeGPU(CPUBackend):
+    """A device that is not the CPU (torch's meta device holds the tensors: shapes, no data)."""
+
+    name = "fakegpu"
+
+    def device(self):
+        return torch.device("meta")
+
+
+def test_a_device_svd_that_raises_the_mps_214_error_keeps_the_cpu_rows(monkeypatch):
+    """torch 2.14 on MPS: ``linalg.svd`` of more than 8,192 elements raises RuntimeError (pytorch
+    issue 195937).  The fake SVD raises it on the device for exactly those inputs; the probe must
+    record the device path as an error and still time the CPU rows."""
+    real_svd = torch.linalg.svd
+
+    def mps_214_svd(a, full_matrices=True):
+        if a.device.type != "cpu" and a.numel() > 8192:
+            raise RuntimeError(MPS_214_ERROR)
+        return real_svd(a, full_matrices=full_matrices)
+
+    monkeypatch.setattr(torch.linalg, "svd", mps_214_svd)
+    config = tiny_config(**{"bench.svd_rows": 512})
+    ctx = RunContext(config=config, backend=_FakeGPU(), workload=_Workload(torch.nn.Linear(4, 4)),
+                     env={"backend": "fakegpu"})
+    entry = probe_svd.SVDProbe().finish(ctx, new_record(config, ctx.env))
+    device_rows = [t for t in entry["timings"] if t["device"] == "meta"]
+    cpu_rows = [t for t in entry["timings"] if t["device"] == "cpu"]
+    assert [t["path"] for t in device_rows] == ["error", "error"]
+    assert all(MPS_214_ERROR in t["detail"] and t["median_s"] is None for t in device_rows)
+    assert [(t["dtype"], t["path"]) for t in cpu_rows] == [("float32", "cpu"), ("float64", "cpu")]
+    assert all(t["median_s"] > 0 for t in cpu_rows)
+    assert entry["feature_eval_cost_s"]["cpu_float64"] > 0
+    assert entry["feature_eval_cost_s"]["device_svd_estimate"] is None
+    json.dumps(entry, allow_nan=False)

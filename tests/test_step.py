@@ -110,3 +110,44 @@ def test_autocast_precisions_on_cpu(tiny, precision):
     out = step(_batch(values, "reference"))
     assert torch.isfinite(out.loss)
     assert (step.scaler is not None) == (precision == "fp16")
+
+
+# --------------------------------------------------------------------------- pinned memory
+def _spy_copies(monkeypatch):
+    """Record the ``non_blocking`` of every ``Tensor.to``."""
+    calls = []
+    real = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        calls.append(bool(kwargs.get("non_blocking", False)))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    return calls
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_host_to_device_copies_are_asynchronous_only_from_pinned_memory(monkeypatch, tiny, pinned):
+    """From pageable memory a non_blocking copy makes the host wait anyway (CUDA stages it); the step
+    copies asynchronously only what the DataLoader pinned (data.pin_memory).  The meta device stands in
+    for the accelerator; pinning is faked (this machine has no pinned memory)."""
+    from hjepa_bench.hjepa.masks import to_device
+
+    values = tiny(**{"bench.variant": "efficient"})
+    masks = masks_from_union(sample_batch_union(random.Random(0), MaskSpec.from_config(values), 4))
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *a: pinned)
+    calls = _spy_copies(monkeypatch)
+    masks.to(torch.device("meta"), non_blocking=True)
+    to_device(torch.zeros(4, 3, 8, 8), torch.device("meta"))
+    assert calls and all(c is pinned for c in calls)
+
+
+def test_the_loader_pins_as_the_config_says_for_an_accelerator(tiny):
+    from hjepa_bench.hjepa.training import train_loader
+    from hjepa_bench.plugins.backend_mps import MPSBackend
+
+    for pin in (True, False):
+        _, loader = train_loader(tiny(**{"data.pin_memory": pin}), MPSBackend())
+        assert loader.pin_memory is pin  # as upstream: the DataLoader then pins for the accelerator (or says why not)
+    _, loader = train_loader(tiny(**{"data.pin_memory": True}), CPUBackend())
+    assert loader.pin_memory is False  # a CPU run copies nothing to a device

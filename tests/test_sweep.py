@@ -216,3 +216,39 @@ def test_grid_file(tmp_path):
     grid.write_text("batch_size: [24]\n")
     with pytest.raises(UserError, match="unknown keys: batch_size"):
         SweepSpec.from_yaml(grid)
+
+
+def test_an_out_of_memory_the_device_prints_but_does_not_raise_is_oom(tmp_path):
+    """MPS prints a command buffer that Metal aborted for lack of memory and raises nothing: the child
+    then dies (read "crashed" before) or measures on.  The sweep reads the child's stderr and says so."""
+    out = tmp_path / "printed"
+    faults = json.dumps({"3": "printed_oom_crash", "4": "printed_oom_continue"})
+    res = sweep("-p", "fault_plugin", "sweep", *TINY_SWEEP, "--device", "fakemps", "--workload", "hjepa_faults",
+                "--batch-sizes", "2,3,4", "--workers", "0", "--no-skip-after-oom", "--out", str(out),
+                env={"HJEPA_BENCH_TEST_FAULTS": faults})
+    assert res.returncode == 0, res.stderr
+    by = {r["sweep"]["batch_size"]: r for r in records(out)}
+    assert by[2]["status"] == "ok"
+    crashed, went_on = by[3], by[4]
+    assert crashed["status"] == "oom" and "printed on the child's stderr" in crashed["error"]
+    assert "kIOGPUCommandBufferCallbackErrorOutOfMemory" in crashed["error"] and "SIGABRT" in crashed["error"]
+    assert went_on["status"] == "oom" and "went on as 'ok'" in went_on["error"]
+    assert went_on["metrics"]["measured_steps"] > 0  # what it measured is kept
+    assert "kIOGPUCommandBufferCallbackErrorOutOfMemory" in res.stderr  # the child's stderr is passed on
+
+
+def test_the_sweep_parent_probes_a_gpu_in_a_child(monkeypatch):
+    """The precision probe on CUDA leaves a context and cached blocks in the process that runs it; in the
+    sweep parent they would sit on the GPU every child measures.  The parent asks a child instead."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    import fault_plugin
+    from hjepa_bench.plugin.manager import build_plugins
+    from hjepa_bench.plugins.executor_local import LocalExecutor
+
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the spawned child finds the plugin module too
+    plugins = build_plugins(["fault_plugin"])
+    places = LocalExecutor().places(["fakecuda"], plugins.backends(), ["fault_plugin"], {})
+    facts = places[0].devices["fakecuda"]
+    assert facts.precisions == {"fp32": "", "fp16": "fp16 is not offered by this fake", "bf16": ""}
+    assert facts.env["backend"] == "fakecuda"
+    assert fault_plugin.DEVICE_MEMORY_HELD == []  # nothing was probed (and kept) in this process

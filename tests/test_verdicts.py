@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from hjepa_bench.analysis.criteria import (FAIL, NOT_MEASURED, PASS, checklist, facts_from_records, is_backend_error,
+from hjepa_bench.analysis.criteria import (FAIL, NOT_MEASURED, PASS, checklist, fact_verdicts, facts_from_records, is_backend_error,
                                            success_criteria)
 from hjepa_bench.analysis.decision import ReportSettings, build_analysis
 from hjepa_bench.analysis.decisions import decide, evaluate_option, judge, recommend_warmup, recommend_workers
@@ -167,8 +167,9 @@ def test_the_band_is_the_student_t_interval_of_the_mean(runs):
 def _assert_consistent(f, th=DEFAULTS):
     """Each checklist item agrees with the criterion that covers its fact; returns both, by id."""
     crit = {c["id"]: c for c in success_criteria(f, th)}
-    items = {i["fact"]: i for s in checklist(f, th) for i in s["items"]}
-    covers = {"stability": ["crash"], "performance": ["speed", "variance"],
+    # criterion 1 also covers "all epochs", which the checklist has no line for: its fact verdict
+    items = {**fact_verdicts(f, th), **{i["fact"]: i for s in checklist(f, th) for i in s["items"]}}
+    covers = {"stability": ["crash", "epochs"], "performance": ["speed", "variance"],
               "learning": ["loss_drop", "divergence", "warmup"],
               "compatibility": ["mps"] if f.backend == "mps" else []}
     for cid, facts in covers.items():
@@ -206,6 +207,7 @@ def test_checklist_and_criteria_agree_over_many_fact_sets(runs):
                             f.bottleneck_advice = (None if bottleneck is None else "increase num_workers" if more else
                                                    "decrease num_workers to 2" if saturated else "keep num_workers at 0")
                             f.leak, f.backend, f.backend_errors = leak, backend, errors
+                            f.guide_differences = []  # judged as quick_val's own run
                             crit, items = _assert_consistent(f)
                             seen.add((crit["learning"]["status"], items["bottleneck"]["status"]))
     assert len(seen) >= 6  # the fact sets really differ
@@ -225,7 +227,9 @@ def test_a_crash_is_a_stability_failure_not_a_compatibility_one(runs):
     crit, items = _assert_consistent(f)
     assert crit["stability"]["status"] == FAIL and "shapes do not line up" in crit["stability"]["evidence"]
     assert items["crash"]["status"] == FAIL
-    assert crit["compatibility"]["status"] == PASS and "no backend errors" in crit["compatibility"]["evidence"]
+    # no backend error, but the criterion also lists the CPU fallbacks, which this run did not measure
+    assert crit["compatibility"]["status"] == NOT_MEASURED and "no backend errors" in crit["compatibility"]["evidence"]
+    assert "CPU fallbacks not measured" in crit["compatibility"]["evidence"]
     assert is_backend_error("NotImplementedError: The operator 'aten::x' is not currently implemented for the MPS device")
     assert not is_backend_error("ValueError: shapes do not line up")
 
@@ -239,8 +243,15 @@ def test_no_major_bottlenecks_fails_when_the_report_advises_a_worker_change(runs
     assert bott["verdict"] == "data-bound" and not bott["worker_advice"].startswith("keep num_workers at")
     analysis = build_analysis([rec], ReportSettings(thresholds=th))
     items = {i["fact"]: i for s in analysis["checklist"] for i in s["items"]}
-    assert items["bottleneck"]["status"] == FAIL and "data-bound" in items["bottleneck"]["evidence"]
-    assert bott["worker_advice"] in items["bottleneck"]["evidence"]
+    # a tiny config is not the guide's run: the line shows the problem and the advice, judged "not measured" ...
+    assert items["bottleneck"]["status"] == NOT_MEASURED and "data-bound" in items["bottleneck"]["evidence"]
+    # ... and as quick_val's own run it fails
+    f = facts_from_records(rejudge_records([rec], th), workers_choice=analysis["group_choices"][0]["workers"])
+    f.guide_differences = []
+    assert {i["fact"]: i for s in checklist(f, th) for i in s["items"]}["bottleneck"]["status"] == FAIL
+    # one advice per fact: the checklist shows the report's worker advice, the one the recommendations show
+    group = analysis["group_choices"][0]["workers"]
+    assert group["reason"] in items["bottleneck"]["evidence"] and group["more_needed"]
     # with the default threshold the same record passes only if no change of workers is advised
     facts = facts_from_records(rejudge_records([rec], DEFAULTS))
     _assert_consistent(facts)
@@ -263,6 +274,8 @@ def test_validate_judges_its_bottleneck_from_its_data_wait(validated):
     for th in (DEFAULTS, replace(DEFAULTS, data_bound_share=0.0)):
         rec = rejudge_record(record, th)
         f = validation_facts(result, rec)
+        assert f.guide_differences  # a tiny config: the checklist's bottleneck line names it ...
+        f.guide_differences = []  # ... and judges it like quick_val's own run here
         items = {i["fact"]: i for s in checklist(f, th) for i in s["items"]}
         more = recommend_workers([rec], None, th)["more_needed"]
         assert items["bottleneck"]["status"] != NOT_MEASURED
@@ -303,7 +316,10 @@ def test_a_plateau_is_no_memory_failure_in_the_report(runs):
     rec["probes"]["memory"]["trace"] = {k: trace[k] for k in ("steps", "bytes", "warmup_steps")}
     f = facts_from_records(rejudge_records([rec], DEFAULTS))
     items = {i["fact"]: i for s in checklist(f, DEFAULTS) for i in s["items"]}
-    assert f.leak is False and items["memory"]["status"] == PASS
+    assert f.leak is False and items["memory"]["status"] == NOT_MEASURED  # a tiny config: not the guide's run
+    f.guide_differences = []  # judged as if it were quick_val itself: the plateau is no leak
+    items = {i["fact"]: i for s in checklist(f, DEFAULTS) for i in s["items"]}
+    assert items["memory"]["status"] == PASS
     # the 14-step run's own trace is too short to judge a leak: the item says so, it does not fail
     own = facts_from_records(rejudge_records([runs["long"]], DEFAULTS))
     own_items = {i["fact"]: i for s in checklist(own, DEFAULTS) for i in s["items"]}
@@ -373,8 +389,15 @@ def test_thresholds_rejudge_every_verdict_of_the_report(runs, tiny_option, tmp_p
         else:
             assert row["eligible"] and rec_on == "T"
         # the criteria and the checklist
-        crit = {c["id"]: c for c in data["criteria"]}
+        # the criteria and the checklist: the tiny run is not the guide's quick_val, so they say so ...
         items = {i["fact"]: i for s in data["checklist"] for i in s["items"]}
+        assert items["variance"]["status"] == NOT_MEASURED and f"CV {cv:.1f}%" in items["variance"]["evidence"]
+        # ... and judge it with the report's threshold as the guide's run
+        from hjepa_bench.thresholds import load_thresholds
+        f = facts_from_records(rejudge_records([rec], load_thresholds(th)))
+        f.guide_differences = []
+        crit = {c["id"]: c for c in success_criteria(f, load_thresholds(th))}
+        items = {i["fact"]: i for s in checklist(f, load_thresholds(th)) for i in s["items"]}
         want = FAIL if verdict == "unstable" else PASS
         assert items["variance"]["status"] == want and f"{'>=' if want == FAIL else '<'} {limit:g}%" in items["variance"]["evidence"]
         assert (crit["performance"]["status"] == FAIL) if want == FAIL else f"< {limit:g}%" in crit["performance"]["evidence"]
@@ -476,9 +499,9 @@ def test_measured_worker_counts_overrule_the_probes_cpu_saturation_advice():
     assert "decrease num_workers" in recs[1]["probes"]["bottleneck"]["worker_advice"]  # the probe's own advice
     analysis = build_analysis(recs, ReportSettings(thresholds=th))
     items = {i["fact"]: i for s in analysis["checklist"] for i in s["items"]}
-    assert items["workers"]["status"] == PASS and "4 workers" in items["workers"]["evidence"]
+    assert items["workers"]["status"] == PASS and "4 workers: measurably the fastest" in items["workers"]["evidence"]
     assert items["bottleneck"]["status"] == PASS, items["bottleneck"]
-    assert "overruled by the sweep" in items["bottleneck"]["evidence"]
+    assert "num_workers 4: 4 workers: measurably the fastest" in items["bottleneck"]["evidence"]
     # with one worker count measured, the probe's advice stands
     single = build_analysis(recs[1:], ReportSettings(thresholds=th))
     items = {i["fact"]: i for s in single["checklist"] for i in s["items"]}

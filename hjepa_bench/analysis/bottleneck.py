@@ -54,7 +54,8 @@ Slows Down"; docs/verdicts.md), first rule that holds:
 2. the CPU saturated *by the benchmark's own process tree* (the main process and
    its children, the DataLoader workers: their CPU time over the wall time, as a
    share of all cores, > ``CPU_SATURATED_PCT`` = 90%) -> "decrease num_workers to 2";
-3. keep.
+3. more workers than cores -> "use at most <cores>" (the run warns about the same fact);
+4. keep.
 
 System-wide load (``psutil.cpu_percent``, every process on the machine) is kept
 as context only ("other processes used X% of the CPU"): another job's load says
@@ -92,19 +93,35 @@ def _clip01(x: float) -> float:
 
 
 def step_shares(data_wait_frac: float | None, host_frac: float | None,
-                host_phases_s: Mapping[str, float] | None, backend: str) -> dict[str, Any] | None:
+                host_phases_s: Mapping[str, float] | None, backend: str, *,
+                host_wait_frac: float | None = None, data_wait_overlap_frac: float | None = None,
+                host_phase_waits_s: Mapping[str, float] | None = None) -> dict[str, Any] | None:
     """Split the measured time into data wait, named host phases and device.
 
     ``host_frac`` is the share of time from batch-in-hand to ``step()`` returning;
     it is split over ``host_phases_s`` (per-phase medians, seconds) in proportion.
     Returns None when the run measured no time; ``host`` and ``device`` are None when
     only the data wait was measured (``host_frac`` None).
+
+    With a device timeline (an asynchronous device with events at the phase boundaries:
+    :func:`device_lag_split`), ``host_wait_frac`` of the host time and ``data_wait_overlap_frac``
+    of the data wait passed while the device was still busy with queued work: they count as
+    device time, and each phase keeps only its own host time (``host_phase_waits_s`` subtracted).
+    A device-bound run whose host blocks on a full launch queue then reads device-bound.
     """
     data = _num(data_wait_frac)
     step_host = _num(host_frac)
     if data is None:
         return None
     data = _clip01(data)
+    waited, overlap = _num(host_wait_frac), _num(data_wait_overlap_frac)
+    timeline = waited is not None and step_host is not None and backend in ACCELERATORS
+    if timeline:
+        data = max(0.0, data - _clip01(overlap or 0.0))
+        step_host = max(0.0, step_host - waited)
+        waits = host_phase_waits_s or {}
+        host_phases_s = {k: max(0.0, (_num(v) or 0.0) - (_num(waits.get(k)) or 0.0))
+                         for k, v in (host_phases_s or {}).items()}
     if step_host is None:  # only the data wait was measured (a validation run)
         return {"data_wait": float(data), "host": None, "host_phases": {}, "device": None,
                 "treatment": "data wait only: the host/device split of the step was not measured"}
@@ -131,6 +148,12 @@ def step_shares(data_wait_frac: float | None, host_frac: float | None,
         treatment = (f"{backend}: asynchronous device; all host time in step() (forward_backward = kernel "
                      "dispatch) is host, device is the time the host waited for the device (including the "
                      "sync before a step that reads back from the device: device_wait_frac)")
+        if timeline:
+            treatment = (f"{backend}: asynchronous device, timed by device events at the phase boundaries; host is "
+                         "the host's own time in step() (the device had caught up and waited for it), device is "
+                         "the rest: host time while the device was still busy with queued work (a full launch "
+                         "queue, .item(), a pageable copy: host_wait_share), the data wait it overlapped "
+                         "(data_wait_overlap_share) and the syncs")
     return {
         "data_wait": float(data),
         "host": float(host),
@@ -138,6 +161,50 @@ def step_shares(data_wait_frac: float | None, host_frac: float | None,
         "device": float(device),
         "treatment": treatment,
     }
+
+
+def device_lag_split(marks: Sequence[tuple[str, float, float]]) -> dict[str, dict[str, float]]:
+    """Host and device time per phase of one step, from its phase boundaries on one clock.
+
+    ``marks``: (the phase that ends at the boundary, "" for the opening one; host time the host passed
+    it; device time the device passed it, i.e. its event on the stream).  The device passes a boundary
+    no earlier than the host queued it; the difference is the device's lag, its backlog of queued work.
+    Per phase: ``host_s`` (host time), ``device_s`` (device time between its boundaries) and ``wait_s``,
+    the part of the host time during which the device was provably still busy with work queued before
+    the phase began: ``min(host_s, lag at the phase start)``.  In that time the host either waited for
+    the device (a full launch queue, ``.item()``, a copy from pageable memory) or worked alongside it;
+    either way the device, not the host, set the pace, so it is device time.  The rest of the host
+    time is the host's own (the device had caught up and waited for it).  A lower bound on the device's
+    share: when the device falls behind inside a phase, only the next phase counts its backlog."""
+    out: dict[str, dict[str, float]] = {}
+    for (_, h0, d0), (name, h1, d1) in zip(marks, marks[1:]):
+        host = max(0.0, h1 - h0)
+        lag = max(0.0, d0 - h0)
+        row = out.setdefault(name, {"host_s": 0.0, "device_s": 0.0, "wait_s": 0.0})
+        row["host_s"] += host
+        row["device_s"] += max(0.0, d1 - d0)
+        row["wait_s"] += min(host, lag)
+    return out
+
+
+def serialized_verdict(host_own_s: float | None, serialized_step_s: float | None) -> tuple[str | None, dict[str, Any]]:
+    """The host/device verdict from a run with the host and the device serialized (``CUDA_LAUNCH_BLOCKING=1``:
+    every launch returns when its kernel has finished, so a step takes the host's own time plus the device's
+    busy time), given the host's own time per step measured in the normal run (its host share x its median
+    step).  Device busy = serialized step - host own; host-bound when host own >= device busy.
+
+    A cross-check of the normal run's verdict: the device timeline counts only provable device time (a lower
+    bound), so a host-bound verdict that missed host waits shows here as a device busy time above the host's."""
+    host, serial = _num(host_own_s), _num(serialized_step_s)
+    if host is None or serial is None or serial <= 0:
+        return None, {"rule": "no serialized step time or host time: no verdict"}
+    device = max(0.0, serial - host)
+    evidence = {"serialized_step_s": serial, "host_own_s": host, "device_busy_s": device}
+    if host >= HOST_BOUND_RATIO * device:
+        evidence["rule"] = f"host own {host * 1e3:.2f} ms >= device busy {device * 1e3:.2f} ms (serialized step - host own)"
+        return "host-bound", evidence
+    evidence["rule"] = f"device busy {device * 1e3:.2f} ms (serialized step - host own) > host own {host * 1e3:.2f} ms"
+    return "device-bound", evidence
 
 
 def cpu_summary(per_core_samples: Sequence[Sequence[float]], fallback_per_core: Sequence[float] | None = None
@@ -202,6 +269,9 @@ def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int,
                     f"> {CPU_SATURATED_PCT:.0f}%) and {workers} workers compete with the step{other}")
         return (f"the benchmark's own processes saturate the CPU ({own}, > {CPU_SATURATED_PCT:.0f}%) with {workers} "
                 f"workers; keep num_workers at most {WORKERS_DOWN}{other}")
+    if workers > cores:  # the same fact the run warns about: more workers than cores
+        return (f"use at most {cores} num_workers: {workers} workers on {cores} CPU cores compete with the step "
+                f"(data loading is not the bottleneck){other}")
     return f"keep num_workers at {workers}: data loading is not the bottleneck{other}"
 
 
@@ -249,6 +319,9 @@ def judge_bottleneck(entry: dict[str, Any], data_bound_share: float = DATA_BOUND
     verdict, evidence = bottleneck_verdict(entry.get("shares"), data_bound_share)
     if _num(entry.get("device_wait_frac")) is not None:
         evidence["device_wait_share"] = float(entry["device_wait_frac"])  # inside the device share
+    for key, name in (("host_wait_frac", "host_wait_share"), ("data_wait_overlap_frac", "data_wait_overlap_share")):
+        if _num(entry.get(key)) is not None:
+            evidence[name] = float(entry[key])  # inside the device share
     for key in ("cpu_util_mean_pct", "own_cpu_pct_of_cores"):
         if entry.get(key) is not None:
             evidence[key] = entry[key]
@@ -261,14 +334,22 @@ def judge_bottleneck(entry: dict[str, Any], data_bound_share: float = DATA_BOUND
     return entry
 
 
+def metrics_shares(metrics: Mapping[str, Any], backend: str) -> dict[str, Any] | None:
+    """:func:`step_shares` of a record's metrics: the one split the bottleneck probe and a run's summary
+    both show."""
+    return step_shares(metrics.get("data_wait_frac"), metrics.get("host_frac"),
+                       metrics.get("host_phases_s"), backend, host_wait_frac=metrics.get("host_wait_frac"),
+                       data_wait_overlap_frac=metrics.get("data_wait_overlap_frac"),
+                       host_phase_waits_s=metrics.get("host_phase_waits_s"))
+
+
 def analyze_bottleneck(metrics: Mapping[str, Any], backend: str, workers: int, cores: int,
                        cpu_samples: Sequence[Sequence[float]] = (),
                        cpu_fallback_per_core: Sequence[float] | None = None,
                        process_cpu: Mapping[str, Any] | None = None,
                        data_bound_share: float = DATA_BOUND_SHARE) -> dict[str, Any]:
     """The bottleneck entry from a record's metrics and CPU samples (verdict: :func:`judge_bottleneck`)."""
-    shares = step_shares(metrics.get("data_wait_frac"), metrics.get("host_frac"),
-                         metrics.get("host_phases_s"), backend)
+    shares = metrics_shares(metrics, backend)
     cpu = cpu_summary(cpu_samples, cpu_fallback_per_core)
     own = own_cpu(process_cpu, int(cores), cpu["cpu_util_mean_pct"])
     entry: dict[str, Any] = {
@@ -285,6 +366,10 @@ def analyze_bottleneck(metrics: Mapping[str, Any], backend: str, workers: int, c
     }
     if _num(metrics.get("device_wait_frac")) is not None:
         entry["device_wait_frac"] = float(metrics["device_wait_frac"])
+    if _num(metrics.get("host_wait_frac")) is not None:  # the device timeline (asynchronous device)
+        entry["host_wait_frac"] = float(metrics["host_wait_frac"])
+        entry["data_wait_overlap_frac"] = _num(metrics.get("data_wait_overlap_frac"))
+        entry["device_phases_s"] = dict(metrics.get("device_phases_s") or {})
     if process_cpu:
         entry["process_cpu"] = dict(process_cpu)
     return judge_bottleneck(entry, data_bound_share)

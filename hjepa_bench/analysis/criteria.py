@@ -19,7 +19,8 @@ from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
 from ..thresholds import Thresholds
 from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
-from ..record import device_name, label, machine, samples_per_s, world_size
+from ..record import device_name, label, machine, samples_per_s, short_model_name, world_size
+from .stability import drift_text
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
 CRASH_STATUSES = ("error", "crashed", "timeout")
@@ -31,6 +32,9 @@ class Facts:
 
     source: str  # sweep | log | validate
     subject: str  # what was judged, in words
+    #: every way the judged run differs from the guide's validation run (quick_val); criteria about
+    #: that run's speed, variance, memory and bottleneck are "not measured" unless it is empty
+    guide_differences: list[str] | None = None
     device: str | None = None
     backend: str | None = None
     # stability
@@ -55,6 +59,7 @@ class Facts:
     diverged: bool | None = None
     warmup_spikes: int | None = None
     loss_points: int | None = None
+    loss_epoch_values: list[float] | None = None  # per-epoch losses a log's summaries print (shown, not judged)
     loss_preliminary: bool = False
     lr: float | None = None
     lr_advice: str | None = None
@@ -148,26 +153,45 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
         if f.epochs_planned is not None and f.epochs_completed is not None and f.epochs_completed < f.epochs_planned:
             problems.append(f"{f.epochs_completed} of {f.epochs_planned} epochs completed")
         epochs = (f"{f.epochs_completed}/{f.epochs_planned} epochs" if f.epochs_planned is not None
-                  else "epochs: not applicable (a benchmark runs steps)")
+                  else "all epochs: not measured (a benchmark runs steps; hjepa-bench validate runs the epochs)")
         put("crash", FAIL if problems else PASS,
             "; ".join(problems) if problems else f"no crash, losses and gradients finite; {epochs}", f.epochs_completed)
+    if f.epochs_planned is None or f.epochs_completed is None:
+        put("epochs", NOT_MEASURED, "all epochs: not measured (a benchmark runs steps; hjepa-bench validate runs "
+                                    "the epochs)")
+    else:
+        put("epochs", PASS if f.epochs_completed >= f.epochs_planned else FAIL,
+            f"{f.epochs_completed}/{f.epochs_planned} epochs", f.epochs_completed)
     # speed and variance --------------------------------------------------------------
+    other_run = bool(f.guide_differences)
+    not_guide = ("not judged: the judged run is not the guide's quick_val (it differs in "
+                 f"{', '.join(d.split(' (')[0] for d in f.guide_differences or [])}; see 'Judged on')")
     if f.it_per_s is None:
         put("speed", NOT_MEASURED, "no speed measured")
+    elif other_run:
+        put("speed", NOT_MEASURED, f"{f.it_per_s:.2f} it/s, {not_guide}", round(f.it_per_s, 3))
     else:
         fast = f.it_per_s >= th.min_it_per_s
         put("speed", PASS if fast else FAIL, f"{f.it_per_s:.2f} it/s ({'>=' if fast else '<'} {th.min_it_per_s:g}; "
             f"the guide expects ~{th.expected_it_per_s:g})", round(f.it_per_s, 3))
     if f.step_cv_pct is None:
         put("variance", NOT_MEASURED, "CV -: not measured (too few measured steps; measure longer)")
+    elif other_run:
+        put("variance", NOT_MEASURED, f"CV {f.step_cv_pct:.1f}%, {not_guide}", f.step_cv_pct)
     else:
         steady = f.step_cv_pct < th.max_step_cv_pct
         drift = f"; the step time also slows down {f.step_drift} (see the stability section)" if f.step_drift else ""
         put("variance", PASS if steady else FAIL,
             f"CV {f.step_cv_pct:.1f}% ({'<' if steady else '>='} {th.max_step_cv_pct:g}%){drift}", f.step_cv_pct)
     # loss ------------------------------------------------------------------------------
+    too_few = (f"{f.loss_points} loss value(s)" if f.loss_points is not None else "no loss series")
+    too_few += ": too few for the smoothed start and end windows"
+    if f.loss_epoch_values:
+        vals = f.loss_epoch_values
+        too_few += (f" (the epoch summaries' losses {' -> '.join(f'{v:.4g}' for v in vals)}, {len(vals)} value(s), "
+                    "are shown, not judged)")
     if f.loss_decrease_pct is None:
-        put("loss_drop", NOT_MEASURED, "no loss series long enough")
+        put("loss_drop", NOT_MEASURED, too_few)
     else:
         down = f"down {fmt_or_dash(f.loss_decrease_pct, suffix='%')}"
         numbers = (f"{f.loss_start:.4g} -> {f.loss_end:.4g}, {down} over {f.loss_points} points"
@@ -187,6 +211,9 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
             PRELIMINARY if f.loss_preliminary else "no divergence", False)
     if f.warmup_spikes is None:
         put("warmup", NOT_MEASURED, "warm-up spikes not measured")
+    elif f.loss_decrease_pct is None and not f.loss_preliminary:
+        # the same loss series the learning criterion needs: a warm-up is not judged from fewer values
+        put("warmup", NOT_MEASURED, f"{f.warmup_spikes} loss spike(s) during warm-up; {too_few}", f.warmup_spikes)
     elif f.loss_preliminary:
         put("warmup", NOT_MEASURED, f"{f.warmup_spikes} loss spike(s) during warm-up; {PRELIMINARY}", f.warmup_spikes)
     else:
@@ -219,7 +246,7 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
     else:
         fb = ("CPU fallbacks: " + "; ".join(f.fallbacks)) if f.fallbacks else (
             "no CPU fallback seen" if f.fallbacks is not None else "CPU fallbacks not measured (--probes svd)")
-        put("compatibility", FAIL if f.backend_errors else PASS,
+        put("compatibility", FAIL if f.backend_errors else PASS if f.fallbacks is not None else NOT_MEASURED,
             ("backend errors: " + "; ".join(f.backend_errors) + "; " if f.backend_errors else "no backend errors; ") + fb,
             len(f.backend_errors))
     comp = out["compatibility"]
@@ -236,6 +263,8 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
         peak = f"peak {fmt_gib(f.peak_bytes)}" + (f", headroom {f.headroom_frac:.0%}" if f.headroom_frac is not None else "")
         if bad:
             put("memory", FAIL, "; ".join(bad) + (f" ({f.leak_detail})" if f.leak and f.leak_detail else ""))
+        elif other_run:
+            put("memory", NOT_MEASURED, f"no OOM, {peak}; {not_guide}")
         elif f.leak is None:
             put("memory", NOT_MEASURED, f"no OOM, {peak}; leak not judged: "
                 + (f.leak_detail or "memory probe not run"))
@@ -250,7 +279,9 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
                     if flag]
         ev = (f"{f.bottleneck}" + (f", data wait {f.data_wait_frac:.0%}" if f.data_wait_frac is not None else "")
               + (f"; {f.bottleneck_advice}" if f.bottleneck_advice else ""))
-        put("bottleneck", FAIL if problems else PASS, (f"{', '.join(problems)}: " if problems else "") + ev, f.bottleneck)
+        put("bottleneck", NOT_MEASURED if other_run else FAIL if problems else PASS,
+            (f"{', '.join(problems)}: " if problems else "") + ev + (f"; {not_guide}" if other_run else ""),
+            f.bottleneck)
     # system optimisation ----------------------------------------------------------------
     if not f.workers_tuned:
         put("workers", NOT_MEASURED, "only one worker count measured; sweep --workers 2,4,6,8")
@@ -276,12 +307,19 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
 def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
     """The guide's five criteria, each the combination (:func:`combine`) of its facts' verdicts."""
     v = fact_verdicts(f, th)
-    out = [verdict("stability", "Stability: no crash, all epochs, no NaN/Inf", v["crash"]["status"],
-                   v["crash"]["value"], v["crash"]["evidence"])]
+    crash, epochs = v["crash"], v["epochs"]
+    out = [verdict("stability", "Stability: no crash, all epochs, no NaN/Inf",
+                   FAIL if crash["status"] == FAIL else combine([crash["status"], epochs["status"]]),
+                   crash["value"], crash["evidence"])]
     name = f"Performance: >= {th.min_it_per_s:g} it/s, step-time CV < {th.max_step_cv_pct:g}%"
     speed, var = v["speed"], v["variance"]
     if speed["value"] is None:
         out.append(verdict("performance", name, combine([speed["status"], var["status"]]), None, speed["evidence"]))
+    elif f.guide_differences:  # both facts not judged for the same reason: said once
+        cv = "-" if f.step_cv_pct is None else f"{f.step_cv_pct:.1f}%"
+        out.append(verdict("performance", name, NOT_MEASURED, speed["value"],
+                           f"{f.it_per_s:.2f} it/s, CV {cv}: " + speed["evidence"].split(", ", 1)[1]
+                           + (f"; {f.speed_method}" if f.speed_method else "")))
     else:
         ev = f"{speed['evidence']}, {var['evidence']}" + (f"; {f.speed_method}" if f.speed_method else "")
         if var["status"] == NOT_MEASURED and speed["status"] == PASS:
@@ -347,6 +385,45 @@ def validation_model_key() -> tuple:
     return model_key(CONFIG_DEFAULTS)
 
 
+def guide_differences(record: Mapping[str, Any]) -> list[str]:
+    """Every way ``record``'s run differs from the validation run the guide's criteria are about
+    (quick_val: the config defaults, one process, the reference step), e.g. ``"2 encoder blocks
+    (quick_val: 12)"``; empty when it is that run."""
+    c, q = record.get("config") or {}, CONFIG_DEFAULTS
+    m, qm = c.get("model") or {}, q["model"]
+    p, qp = m.get("predictor") or {}, qm["predictor"]
+    d, qd = c.get("data") or {}, q["data"]
+    checks = (
+        ("encoder", short_model_name(m.get("encoder_type")), short_model_name(qm["encoder_type"]), "{}"),
+        ("encoder blocks", m.get("encoder_depth", 12), qm["encoder_depth"], "{} encoder blocks"),
+        ("levels", m.get("num_hierarchies"), qm["num_hierarchies"], "{} levels"),
+        ("predictor depth", p.get("depth"), qp["depth"], "predictor depth {}"),
+        ("predictor heads", p.get("num_heads"), qp["num_heads"], "{} predictor heads"),
+        ("predictor mlp ratio", p.get("mlp_ratio"), qp["mlp_ratio"], "predictor mlp ratio {}"),
+        ("image size", d.get("image_size"), qd["image_size"], "{} px"),
+        ("batch", d.get("batch_size"), qd["batch_size"], "batch {}"),
+        ("workers", d.get("num_workers"), qd["num_workers"], "{} workers"),
+        ("processes", world_size(record), 1, "{} processes"),
+        ("step", (c.get("bench") or {}).get("variant", "reference"), "reference", "the {} step"),
+    )
+    out = []
+    for _, got, want, fmt in checks:
+        if got is not None and str(got) != str(want) and not (_num_eq(got, want)):
+            out.append(f"{fmt.format(got)} (quick_val: {fmt.format(want)})")
+    return out
+
+
+def _num_eq(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+GUIDE_RUN = ("a run of quick_val itself (ViT-Tiny, 12 blocks, 2 levels, predictor depth 2, 224 px, batch 32, "
+             "4 workers, one process; `hjepa-bench sweep` measures it, or `hjepa-bench validate`)")
+
+
 def pick_validation_record(records: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | None, str]:
     """The record the criteria judge: the validation run's config (quick_val: ViT-Tiny,
     2 levels, predictor depth 2, 224 px, batch 32, 4 workers, reference step) when
@@ -392,8 +469,14 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     env = r.get("env") or {}
     m = r.get("metrics") or {}
     p = r.get("probes") or {}
-    f = Facts(source="sweep", subject=f"{label(r)}: {why}", device=device_name(r),
-              backend=env.get("backend"))
+    diffs = guide_differences(r)
+    subject = f"{label(r)}: {why}"
+    if diffs:
+        subject += ("; it differs from the guide's validation run (quick_val) in " + "; ".join(diffs)
+                    + ", so the criteria about that run's speed, variance, memory and bottleneck are not measured "
+                    f"here (they need {GUIDE_RUN})")
+    f = Facts(source="sweep", subject=subject, device=device_name(r), backend=env.get("backend"),
+              guide_differences=diffs)
     f.notes.append(why)
     same_device = [x for x in records if machine(x) == machine(r)]  # a cluster node is its own machine
     crashes = [x for x in same_device if x.get("status") in CRASH_STATUSES]
@@ -404,8 +487,8 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     f.it_per_s = finite(m.get("it_per_s"))
     f.step_cv_pct = step_cv_pct(r)
     deg = (p.get("stability") or {}).get("degradation") or {}
-    if deg.get("degrading") and finite(deg.get("slope_pct_per_100_steps")) is not None:
-        f.step_drift = f"{deg['slope_pct_per_100_steps']:+.0f}%/100 steps" + (
+    if deg.get("degrading") and drift_text(deg) is not None:
+        f.step_drift = drift_text(deg) + (
             f" (p {deg['p_value']:.2g})" if finite(deg.get("p_value")) is not None else "")
     f.speed_method = (f"{(m.get('step_time_s') or {}).get('n')} measured steps, synced windows "
                       f"({m.get('timing_method')})")
@@ -456,17 +539,17 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
         f.bottleneck_advice = bott.get("worker_advice")
         f.cpu_saturated = bott.get("cpu_saturated")
     if workers_choice:
+        # one advice per fact: the report's worker advice (measured counts first, then this run's
+        # bottleneck) is the advice every line shows, the probe's rule of thumb included
         f.workers_more_needed = workers_choice.get("more_needed")
+        judged = finite((r.get("config") or {}).get("data", {}).get("num_workers"))
+        advised = finite(workers_choice.get("workers"))
+        if f.bottleneck_advice is not None and workers_choice.get("reason"):
+            f.bottleneck_advice = f"num_workers {workers_choice.get('workers')}: {workers_choice.get('reason')}"
+        if f.cpu_saturated and judged is not None and advised is not None and advised >= judged:
+            f.cpu_saturated = False  # measured: fewer workers are no faster
     if workers_choice and workers_choice.get("measured_counts", 0) >= 2:
         f.workers_tuned = {"value": workers_choice.get("workers"), "evidence": workers_choice.get("reason")}
-        judged = finite((r.get("config") or {}).get("data", {}).get("num_workers"))
-        best = finite(workers_choice.get("workers"))
-        if f.cpu_saturated and judged is not None and best is not None and best >= judged:
-            # the probe's rule of thumb (fewer workers when our processes saturate the CPU) against a
-            # measurement of fewer workers in the same sweep: the measurement wins
-            f.cpu_saturated = False
-            f.bottleneck_advice = (f"the probe's advice ({f.bottleneck_advice}) is overruled by the sweep, which "
-                                   f"measured fewer workers as no faster: {workers_choice.get('reason')}")
     if batch_choice and batch_choice.get("measured_counts", 0) >= 2:
         f.batch_tuned = {"value": batch_choice.get("batch"), "evidence": batch_choice.get("reason")}
     return f

@@ -35,13 +35,44 @@ class ReportSettings:
     skipped: list[str] = field(default_factory=list)
 
 
+def group_key(r: Mapping[str, Any]) -> tuple:
+    """The model config on a machine that one batch and one worker advice are about."""
+    c = r["config"]  # (a valid record: read_results checked it)
+    return (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"], world_size(r))
+
+
 def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in records:
-        c = r["config"]  # (a valid record: read_results checked it)
-        key = (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"], world_size(r))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(group_key(r), []).append(r)
     return groups
+
+
+def worker_advice_text(choice: Mapping[str, Any]) -> str | None:
+    """The one sentence of a group's worker advice, as every section and config shows it."""
+    if choice.get("workers") is None:
+        return None
+    return f"num_workers {choice['workers']}: {choice['reason']}"
+
+
+def apply_worker_advice(records: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Copies of ``records`` whose bottleneck entry's ``worker_advice`` is the report's one advice for
+    the record's model config on its machine (so the bottleneck section says what the
+    recommendations, the checklist and the configs say); the probe's own rule of thumb is kept as
+    ``probe_worker_advice``."""
+    by_key = analysis.get("_worker_advice") or {}
+    out = []
+    for r in records:
+        entry = ((r.get("probes") or {}).get("bottleneck") if isinstance(r, Mapping) else None)
+        try:
+            text = by_key.get(group_key(r))
+        except (KeyError, TypeError):
+            text = None
+        if isinstance(entry, Mapping) and entry.get("worker_advice") and text:
+            r = {**r, "probes": {**r["probes"], "bottleneck": {**entry, "worker_advice": text,
+                                                                "probe_worker_advice": entry["worker_advice"]}}}
+        out.append(r)
+    return out
 
 
 def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
@@ -88,6 +119,12 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
             row["warmup"] = recommend_warmup(float(t["warmup_epochs"]), int(t["epochs"]), facts.warmup_spikes)
             row["lr"] = recommend_lr(float(t["lr"]), facts.lr_advice_detail, facts.lr, facts.loss_preliminary)
             rows.append(row)
+    advice = {g["key"]: worker_advice_text(g["workers"]) for g in group_choices}
+    machine_advice = [f"{g['group']}: {worker_advice_text(g['workers'])}" for g in group_choices
+                      if worker_advice_text(g["workers"])]
+    for row in rows:
+        if not row.get("measured"):
+            row["machine_worker_advice"] = machine_advice
     _name_config_files(rows)
     decision = decide(rows)
     ratios = model_speed_ratios(recs)
@@ -105,6 +142,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
         "memory_fit": {f"{k[0]} {k[1]}": v for k, v in mem_fit.items()},
         "lessons": lessons_learned(facts, criteria, findings, recs_text),
         "validation_subject": facts.subject,
+        "_worker_advice": advice,  # group key -> advice (for the sections; not written to report.json)
     }
 
 
@@ -131,14 +169,20 @@ def _name_config_files(rows: Sequence[dict[str, Any]]) -> None:
 def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapping[str, Any]],
               savings: Sequence[Mapping[str, Any]], th: Thresholds) -> list[str]:
     out = []
-    if f.it_per_s is not None:
+    if f.it_per_s is not None and not f.guide_differences:  # the guide's ~3.2 is for quick_val itself
         out.append(f"measured {f.it_per_s:.2f} it/s against the ~{th.expected_it_per_s:g} it/s the guide expects "
                    f"({f.it_per_s / th.expected_it_per_s:.2f}x)")
     for r in ratios:
         if r["slowdown_vs_fastest"] > 1.0:
+            differs = r.get("differs") or []
+            what = ("the encoder alone differs (the guide guessed ~2x for ViT-Small, ~4x for ViT-Base)"
+                    if differs == ["encoder"] else
+                    f"a whole-config ratio ({', '.join(differs)} differ), not the guide's encoder-size guess"
+                    if "encoder" in differs else f"the same encoder; {' and '.join(differs) or 'the config'} "
+                    + ("differs" if len(differs) == 1 else "differ"))
             out.append(f"{r['model']} takes {r['slowdown_vs_fastest']:.2f}x the time per sample of {r['fastest']} on "
-                       f"{r['machine']}, each at its best measured batch (the guide guessed ~2x for ViT-Small, "
-                       "~4x for ViT-Base)")
+                       f"{r['machine']}, each at its best measured batch: {what}"
+                       + (f" (warning: {r['warning']})" if r.get("warning") else ""))
     for s in savings:
         out.append(f"the efficient step variant runs {s['model']} b{s['batch']} in {s['time_ratio']:.2f}x the "
                    f"reference step time ({s['saving_frac']:.0%} saved) on {s['machine']}")
@@ -152,7 +196,8 @@ def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapp
         ov = proj.get("overhead_total_s")
         tr = (proj.get("train_s") or {}).get("mid")
         if ov and tr and ov / tr > 0.02:
-            out.append(f"per-epoch costs (worker start-up, validation, checkpoints) add {ov / tr:.0%} to option "
+            out.append(f"costs besides the steps (worker start-up, validation, checkpoints, the trainer's logging, one-time "
+                       f"costs) add {ov / tr:.0%} to option "
                        f"{row['option']}'s training steps")
     if f.bottleneck == "data-bound":
         out.append(f"the step is data-bound (data wait {f.data_wait_frac or 0:.0%})")
@@ -170,8 +215,9 @@ def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[st
             row = next(r for r in rows if r["option"] == d["recommended"] and r.get("machine") == d["machine"]
                        and (r.get("world_size") or 1) == (d.get("world_size") or 1))
             per = " per process" if (row.get("world_size") or 1) > 1 else ""
+            workers = (row.get("workers_choice") or {}).get("workers", row["workers"])  # the one worker advice
             out.append(f"run option {run_name(row)} ({row['title']}) on {d['machine']}: batch {row['batch']}{per}, "
-                       f"{row['workers']} workers, lr {row['lr']['lr']:.2e}, warm-up {row['warmup']['warmup_epochs']:g} "
+                       f"{workers} workers, lr {row['lr']['lr']:.2e}, warm-up {row['warmup']['warmup_epochs']:g} "
                        f"epochs, projected {row['hours']:.1f} h ({row['config_file']})")
         else:
             out.append(f"on {d['machine']} no option fits: {d['reasons'][0] if d['reasons'] else ''}")
@@ -180,7 +226,11 @@ def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[st
             out.append(f"batch size: {vchoice['batch']['reason']}")
         if vchoice["workers"].get("workers") is not None:
             out.append(f"workers: {vchoice['workers']['reason']}")
-    if f.lr_advice:
+    if f.lr_advice and f.loss_preliminary and not f.diverged:
+        # the LR table's rule: no validation run, no LR judgement (each option keeps its own base LR)
+        out.append("learning rate: each option's own (no validation run to judge the LR: a benchmark's first steps "
+                   "do not; hjepa-bench validate does)")
+    elif f.lr_advice:
         out.append(f"learning rate: {f.lr_advice}" + (" (preliminary, from the first steps of training: not applied "
                                                       "to the configs; confirm with hjepa-bench validate)"
                                                       if f.loss_preliminary else ""))

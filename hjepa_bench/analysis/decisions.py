@@ -44,7 +44,7 @@ from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, m
 from ..record import workers as workers_of
 from .bottleneck import is_data_bound
 from .memory import fit_memory
-from .projection import project_record
+from .projection import project_record, seconds_per_step
 from .stability import MIN_STEPS_SPREAD
 
 NOT_MEASURED = "not measured"
@@ -64,6 +64,33 @@ def _fastest_by(records: Sequence[Mapping[str, Any]], key: Any) -> dict[Any, Map
     return best
 
 
+#: a verdict that rests on fewer measured steps than this shows the record's warning beside it
+MIN_STEPS_VERDICT = 10
+
+
+def measured_steps(r: Mapping[str, Any]) -> int | None:
+    m = r.get("metrics") or {}
+    n = m.get("measured_steps")
+    if n is None:
+        n = (m.get("step_time_s") or {}).get("n")
+    try:
+        return None if n is None else int(n)
+    except (TypeError, ValueError):
+        return None
+
+
+def few_steps_warning(r: Mapping[str, Any]) -> str | None:
+    """The record's own warning about its few measured steps (its ``metrics.warnings`` line that says
+    so, else one in the same words) when fewer than ``MIN_STEPS_VERDICT`` steps were measured."""
+    n = measured_steps(r)
+    if n is None or n >= MIN_STEPS_VERDICT:
+        return None
+    for w in (r.get("metrics") or {}).get("warnings") or []:
+        if f"{n} steps" in str(w) or f"{n} measured steps" in str(w):
+            return str(w)
+    return f"only {n} steps measured; the statistics are rough"
+
+
 def step_cv_pct(r: Mapping[str, Any]) -> float | None:
     """Step-time CV (%) from the stability probe, else from the record's step times; None (not
     measured) when fewer than the stability probe's minimum of steps were measured (the CV of a
@@ -80,9 +107,40 @@ def step_cv_pct(r: Mapping[str, Any]) -> float | None:
 
 
 # --------------------------------------------------------------------------- batch and workers
-def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds) -> dict[str, Any]:
-    """Largest measured batch that fits with the margin and still gains >= batch_min_gain_pct
-    samples/s over the next smaller one.  ``records``: one model config on one machine."""
+def speed_band_pct(r: Mapping[str, Any], confidence: float = 0.95) -> float | None:
+    """Half-width of the record's measured speed band, in % of its speed: the Student t interval of
+    the mean step time (:func:`~hjepa_bench.analysis.projection.seconds_per_step`, the band the
+    projections show).  None when there is no band (fewer than 5 measured steps)."""
+    sec = seconds_per_step(r, confidence)
+    mid, lo, hi = sec.get("mid"), sec.get("low"), sec.get("high")
+    if not mid or lo is None or hi is None:
+        return None
+    return (hi - lo) / 2 / mid * 100
+
+
+def compare_speed(a: Mapping[str, Any], b: Mapping[str, Any], confidence: float = 0.95) -> dict[str, Any]:
+    """samples/s of ``a`` against ``b``: ``gain_pct`` and whether it is a measurable difference (the
+    gain is larger than the two measured bands together; a record without a band never differs
+    measurably).  The one rule every batch and worker choice uses."""
+    sa, sb = _sps(a), _sps(b)
+    gain = (sa / sb - 1) * 100 if sb else 0.0
+    ba, bb = speed_band_pct(a, confidence), speed_band_pct(b, confidence)
+    measurable = ba is not None and bb is not None and abs(gain) > ba + bb
+    return {"gain_pct": gain, "bands_pct": (ba, bb), "measurable": measurable}
+
+
+def _bands(cmp: Mapping[str, Any]) -> str:
+    ba, bb = cmp["bands_pct"]
+    return "bands " + ", ".join("none (< 5 steps)" if x is None else f"+-{x:.1f}%" for x in (ba, bb))
+
+
+def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds,
+                    default_batch: int | None = 32) -> dict[str, Any]:
+    """The batch for one model config on one machine: among the measured batches that fit with the
+    margin, a larger batch wins only when its samples/s gain is measurable (beyond both measured
+    bands, :func:`compare_speed`) and at least ``batch_min_gain_pct``; a difference inside the bands
+    is "no measurable difference", and then the guide's default batch (32) wins when it is one of
+    the tied batches, else the smaller."""
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         return {"batch": None, "reason": NOT_MEASURED, "measured_counts": 0}
@@ -99,60 +157,130 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds) -> dic
         b = batches[0]
         return {"batch": b, "measured_counts": len(batches), "oom_batches": oom,
                 "reason": f"every measured batch is within {th.memory_margin_frac:.0%} of device memory; smallest is {b}"}
-    chosen = fits[0]
-    steps = []
+    chosen, tied, steps = fits[0], [fits[0]], []
     for b in fits[1:]:
-        gain = (_sps(best_by_batch[b]) / _sps(best_by_batch[chosen]) - 1) * 100 if _sps(best_by_batch[chosen]) else 0.0
-        steps.append(f"b{chosen}->b{b}: {gain:+.1f}% samples/s")
-        if gain >= th.batch_min_gain_pct:
-            chosen = b
-        else:
+        cmp = compare_speed(best_by_batch[b], best_by_batch[chosen], th.confidence)
+        if cmp["measurable"] and cmp["gain_pct"] >= th.batch_min_gain_pct:
+            steps.append(f"b{chosen}->b{b}: {cmp['gain_pct']:+.1f}% samples/s, beyond the {_bands(cmp)}")
+            chosen, tied = b, [b]
+        elif cmp["measurable"] and cmp["gain_pct"] < 0:
+            steps.append(f"b{chosen}->b{b}: {cmp['gain_pct']:+.1f}% samples/s ({_bands(cmp)}): slower")
             break
+        elif cmp["measurable"]:
+            steps.append(f"b{chosen}->b{b}: {cmp['gain_pct']:+.1f}% samples/s, < {th.batch_min_gain_pct:g}%")
+            break
+        else:
+            steps.append(f"b{chosen}->b{b}: {cmp['gain_pct']:+.1f}% samples/s, inside the {_bands(cmp)}: "
+                         "no measurable difference")
+            tied.append(b)
+    if len(tied) > 1:
+        chosen = default_batch if default_batch in tied else min(tied)
+        which = "the guide's default" if chosen == default_batch else "the smaller"
+        why = f"no measurable difference between batches {', '.join(map(str, tied))}: {which}, {chosen}"
+    else:
+        why = None
     fit = fit_memory(ok + [r for r in records if r.get("status") == "oom"], th.memory_margin_frac)
-    predicted = None
+    predicted, extrapolated = None, False
     for res in fit.values():
         if res.get("predicted_max_batch") is not None:
-            predicted = res["predicted_max_batch"]
+            predicted, extrapolated = res["predicted_max_batch"], bool(res.get("extrapolated"))
     if len(batches) == 1:
         reason = f"only batch {chosen} measured"
     else:
-        reason = (f"batch {chosen}: the largest measured batch that fits with a {th.memory_margin_frac:.0%} margin and "
-                  f"gains >= {th.batch_min_gain_pct:g}% samples/s ({'; '.join(steps) or 'no larger batch fits'})")
+        reason = (why or f"batch {chosen}: the largest measured batch that fits with a {th.memory_margin_frac:.0%} "
+                  f"margin and gains measurably and >= {th.batch_min_gain_pct:g}% samples/s") + \
+                 f" ({'; '.join(steps) or 'no larger batch fits'})"
     if predicted is not None:
-        reason += f"; memory fit predicts up to batch {predicted}"
-        if predicted > max(batches) and chosen == max(batches):
+        reason += f"; memory fit predicts up to batch {predicted}" + (
+            f" (an extrapolation beyond 4x the largest measured batch {max(batches)})" if extrapolated else "")
+        if predicted > max(batches) and chosen == max(batches) and len(tied) == 1 and len(batches) > 1:
             reason += " (throughput still rising at the largest measured batch: measure a larger one)"
     if oom:
         reason += f"; out of memory at batch {', '.join(map(str, oom))}"
+    warn = few_steps_warning(best_by_batch.get(chosen) or ok[0])
+    if warn:
+        reason += f" (warning: {warn})"
     return {"batch": chosen, "reason": reason, "measured_counts": len(batches), "predicted_max_batch": predicted,
             "oom_batches": oom, "samples_per_s": {b: _sps(best_by_batch[b]) for b in batches}}
 
 
+def _cores(r: Mapping[str, Any]) -> int | None:
+    bott = probe(r, "bottleneck") or {}
+    n = bott.get("cores") or (r.get("env") or {}).get("cpu_count_logical")
+    try:
+        return int(n) if n else None
+    except (TypeError, ValueError):
+        return None
+
+
 def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, th: Thresholds) -> dict[str, Any]:
-    """The fewest workers within ``workers_within_pct`` of the best samples/s at ``batch``;
-    "more" when the best measured count is still data-bound."""
+    """The one worker advice of a model config on a machine (every section and the configs show
+    its ``reason``).  Among the worker counts measured at ``batch``, a count wins over fewer only
+    when its samples/s is measurably higher (beyond both bands, :func:`compare_speed`) and by more
+    than ``workers_within_pct``; otherwise there is no measurable difference and the fewest win.
+    The chosen run's bottleneck then decides once: still data-bound with the most workers measured
+    -> more workers (at most cores - 1 on a machine with fewer than 10 cores); our own processes
+    saturating the CPU with more than 2 workers and no fewer measured -> 2 (the guide's CPU-bound
+    advice); more workers than cores -> no more than the cores."""
     ok = [r for r in records if r.get("status") == "ok" and (batch is None or batch_requested(r) == batch)]
     if not ok:
         return {"workers": None, "reason": NOT_MEASURED, "measured_counts": 0}
     by_w = _fastest_by(ok, workers_of)
-    best = max(_sps(r) for r in by_w.values())
-    within = sorted(w for w, r in by_w.items() if best and _sps(r) >= best * (1 - th.workers_within_pct / 100))
-    chosen = within[0]
-    rates = ", ".join(f"w{w}: {_sps(by_w[w]):.1f}" for w in sorted(by_w))
-    if len(by_w) == 1:
-        reason = f"only {chosen} workers measured"
+    counts = sorted(by_w)
+    best = max(counts, key=lambda w: _sps(by_w[w]))
+    tied, notes = [], []
+    for w in counts:
+        cmp = compare_speed(by_w[best], by_w[w], th.confidence)
+        if w == best or not (cmp["measurable"] and cmp["gain_pct"] > th.workers_within_pct):
+            tied.append(w)
+            if w != best:
+                notes.append(f"w{best} vs w{w}: {cmp['gain_pct']:+.1f}% samples/s, "
+                             + (f"within {th.workers_within_pct:g}%" if cmp["measurable"] else f"inside the {_bands(cmp)}"))
+    chosen = min(tied)
+    rates = ", ".join(f"w{w}: {_sps(by_w[w]):.1f}" for w in counts)
+    if len(counts) == 1:
+        reason = f"{chosen} worker{'s' if chosen != 1 else ''}: the only count measured"
+    elif len(tied) > 1:
+        reason = (f"{chosen} workers: no measurable difference between {', '.join(map(str, tied))} workers at batch "
+                  f"{batch} ({rates} samples/s; {'; '.join(notes)}): the fewest")
     else:
-        reason = (f"{chosen} workers: the fewest within {th.workers_within_pct:g}% of the best samples/s "
-                  f"at batch {batch} ({rates})")
-    top = by_w[max(by_w)]
+        reason = f"{chosen} workers: measurably the fastest at batch {batch} ({rates} samples/s)"
+    measured_advice = chosen
+    top = by_w[max(counts)]
+    rec = by_w[chosen]
+    bott = probe(rec, "bottleneck") or {}
+    cores = _cores(rec)
     wait = finite((top.get("metrics") or {}).get("data_wait_frac"))
     more = False
-    if is_data_bound(wait, th.data_bound_share):
+    if is_data_bound(wait, th.data_bound_share) and chosen == max(counts):
         more = True
-        reason += (f"; still data-bound with {max(by_w)} workers (data wait {wait:.0%} > "
-                   f"{th.data_bound_share:.0%}): try more workers (the guide: 6-8 on an M1 Max)")
-    return {"workers": chosen, "reason": reason, "measured_counts": len(by_w), "more_needed": more,
-            "samples_per_s": {w: _sps(r) for w, r in sorted(by_w.items())}}
+        cap = None if cores is None or cores >= 10 else max(1, cores - 1)
+        target = 6 if cap is None else min(6, cap)
+        if target > chosen:
+            chosen = target
+            reason = (f"{chosen} worker{'s' if chosen != 1 else ''} (not measured): still data-bound with {max(counts)} workers (data wait "
+                      f"{wait:.0%} > {th.data_bound_share:.0%}); the guide's 6-8 is for a 10-core M1 Max"
+                      + (f", this machine has {cores} cores: at most {cap}" if cap is not None else "")
+                      + f"; measured: {rates} samples/s")
+        else:
+            more = False
+            reason += (f"; still data-bound (data wait {wait:.0%}), but {cores} cores leave no room for more "
+                       "workers")
+    elif bott.get("cpu_saturated") and chosen > 2 and min(counts) >= chosen:
+        own = finite(bott.get("own_cpu_pct_of_cores"))
+        reason = (f"2 workers (not measured): the benchmark's own processes saturate the CPU with {chosen} workers"
+                  + (f" ({own:.0f}% of the {cores} cores)" if own is not None and cores else "")
+                  + f" (the guide: 2 if CPU-bound); measured: {rates} samples/s")
+        chosen = 2
+    elif cores is not None and chosen > cores and min(counts) >= chosen:
+        reason = (f"{cores} workers (not measured): {chosen} workers on {cores} CPU cores compete with the step; "
+                  f"measured: {rates} samples/s")
+        chosen = cores
+    warn = few_steps_warning(rec)
+    if warn:
+        reason += f" (warning: {warn})"
+    return {"workers": chosen, "reason": reason, "measured_counts": len(counts), "more_needed": more,
+            "measured_choice": measured_advice, "samples_per_s": {w: _sps(r) for w, r in sorted(by_w.items())}}
 
 
 # --------------------------------------------------------------------------- learning rate, warm-up
@@ -200,8 +328,14 @@ def recommend_lr(option_lr: float, lr_advice: Mapping[str, Any] | None, validati
     action = lr_advice["action"]
     suggested = finite(lr_advice.get("suggested_lr"))
     trigger = lr_advice.get("trigger", "")
+    if preliminary and "diverg" not in f"{action} {trigger}":
+        # no validation run: a benchmark's first steps (often still in LR warm-up) judge no LR
+        return {"lr": option_lr, "reason": f"the option's {option_lr:.1e}: no validation run to judge the LR "
+                                           "(a benchmark's first steps do not; hjepa-bench validate does)"}
     if action == "keep" or suggested is None:
-        return {"lr": option_lr, "reason": f"validation loss: {trigger}: keep the option's {option_lr:.1e}"}
+        what = "keep" if action == "keep" else "no LR advice"
+        return {"lr": option_lr, "reason": f"the option's {option_lr:.1e}: the validation run's loss gives {what}"
+                + (f" ({lr_advice.get('text') or trigger})" if action != "keep" else "")}
     if preliminary and "diverg" not in f"{action} {trigger}":
         return {"lr": option_lr, "reason": f"kept the option's {option_lr:.1e}: the benchmark's loss says {action} "
                                            f"({trigger}), but from the first steps of training only (preliminary); "
@@ -236,10 +370,17 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
             continue
         base_label = max(models, key=lambda k: _sps(models[k]))
         base = _sps(models[base_label])
+        bm = models[base_label]["config"]["model"]
         for label, r in sorted(models.items(), key=lambda kv: -_sps(kv[1])):
+            m = r["config"]["model"]
+            differs = [name for name, a, b in (("encoder", m["encoder_type"], bm["encoder_type"]),
+                                                ("encoder blocks", m.get("encoder_depth", 12), bm.get("encoder_depth", 12)),
+                                                ("levels", m["num_hierarchies"], bm["num_hierarchies"]),
+                                                ("predictor depth", m["predictor"]["depth"], bm["predictor"]["depth"]))
+                       if a != b]
             out.append({"machine": machine_name(r), "batch": batch_requested(r), "workers": workers_of(r), "model": label,
                         "world_size": g[4], "samples_per_s": _sps(r), "slowdown_vs_fastest": base / _sps(r),
-                        "fastest": base_label})
+                        "fastest": base_label, "differs": differs, "warning": few_steps_warning(r)})
     return out
 
 
@@ -261,6 +402,9 @@ def machine_comparison(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         speeds[config][machine(r)] = ips  # the latest record of a config on a machine
     if len(names) < 2:
         return {"machines": [], "rows": []}
+    refused = one_host_overlaps(records)
+    if refused:
+        return {"machines": [], "rows": [], "refused": refused}
     shown = {m: n if list(names.values()).count(n) == 1 else f"{n} [{m[:6]}]" for m, n in names.items()}
     rows = []
     for config, per in sorted(speeds.items()):
@@ -268,6 +412,46 @@ def machine_comparison(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         rows.append({"config": config, "it_per_s": {shown[m]: v for m, v in per.items()}, "fastest": shown[fastest],
                      "fastest_vs_slowest": per[fastest] / min(per.values()) if len(per) > 1 else None})
     return {"machines": [shown[m] for m in names], "rows": rows}
+
+
+def _interval(r: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(start, end) of the record's run in seconds since the epoch (``started_at`` + ``duration_s``)."""
+    import datetime as _dt
+
+    try:
+        start = _dt.datetime.fromisoformat(str(r["started_at"])).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+    dur = finite(r.get("duration_s"))
+    return None if dur is None else (start, start + dur)
+
+
+def one_host_overlaps(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why no machine comparison can be made: two "machines" (cluster nodes) that are one host (the same
+    ``hostname_hash``) whose runs overlapped in time shared that host's cores, so their speeds measure
+    the competition, not the machines.  None when no such pair exists."""
+    by_host: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        host = (r.get("env") or {}).get("hostname_hash")
+        iv = _interval(r)
+        if r.get("status") == "ok" and host and iv is not None:
+            by_host[str(host)][node_label(r) or machine(r)].append(iv)
+    said = []
+    for host, nodes in by_host.items():
+        if len(nodes) < 2:
+            continue
+        names = sorted(nodes)
+        pairs = 0
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                pairs += sum(1 for x in nodes[a] for y in nodes[b] if x[0] < y[1] and y[0] < x[1])
+        if pairs:
+            said.append(f"nodes {', '.join(names)} are one host (hostname hash {host[:12]}) and {pairs} pair(s) of "
+                        "their runs overlapped in time, so they shared its cores: their speeds measure two runs "
+                        "competing, not two machines")
+    if not said:
+        return None
+    return ("; ".join(said) + ". Run one node per real host (or one node at a time) to compare machines.")
 
 
 def efficient_savings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -304,7 +488,12 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
     for r in matched:
         by_machine[(machine(r), world_size(r))].append(r)
     limit = budget_hours if budget_hours is not None else option.hours[1]
-    limit_src = f"budget {budget_hours:g} h" if budget_hours is not None else f"the option's window {option.hours[0]:g}-{option.hours[1]:g} h"
+    if budget_hours is not None:
+        limit_src = f"budget {budget_hours:g} h"
+    elif math.isinf(option.hours[1]):
+        limit_src = "no time limit (the measured run's own config: projected, never recommended)"
+    else:
+        limit_src = f"the option's window {option.hours[0]:g}-{option.hours[1]:g} h"
     base = {"option": option.name, "title": option.title, "describe": option.describe(), "epochs": int(t["epochs"]),
             "priority": option.priority, "hours_window": list(option.hours), "candidate": option.candidate, "limit_hours": limit,
             "limit_source": limit_src, "expected": option.expected, "choose_if": option.choose_if}
@@ -333,9 +522,12 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
             continue
         m = rec.get("metrics") or {}
         p = rec.get("probes") or {}
-        proj = project_record(rec, epochs=int(t["epochs"]), dataset_size=th.dataset_size, val_size=th.val_size,
+        proj = project_record(rec, epochs=int(t["epochs"]),
+                              dataset_size=option.dataset_size if option.dataset_size is not None else th.dataset_size,
+                              val_size=option.val_size if option.val_size is not None else th.val_size,
                               val_every_epochs=th.val_every_epochs,
-                              checkpoint_every_epochs=option.checkpoint_every_epochs(), confidence=th.confidence)
+                              checkpoint_every_epochs=option.checkpoint_every_epochs(), confidence=th.confidence,
+                              logging=values)
         stab, loss, feats, mem = (p.get(k) or {} for k in ("stability", "loss", "features", "memory"))
         cv = step_cv_pct(rec)
         collapsed, collapse_note = None, None
@@ -347,15 +539,34 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
         row.update(
             status="ok", record_label=(rec.get("sweep") or {}).get("label"), batch=batch_requested(rec), workers=workers_of(rec),
             it_per_s=finite(m.get("it_per_s")), samples_per_s=_sps(rec), step_cv_pct=cv,
-            steps_measured=(m.get("step_time_s") or {}).get("n"),
+            steps_measured=(m.get("step_time_s") or {}).get("n"), few_steps=few_steps_warning(rec),
+            loss_note=_loss_note(loss),
             loss_decrease_pct=finite(loss.get("decrease_pct")) if loss.get("status") == "ok" else None,
             diverged=bool(loss.get("diverged")) if loss.get("status") == "ok" else None,
+            loss_preliminary=bool(loss.get("preliminary", True)) if loss.get("status") == "ok" else None,
             collapsed=collapsed, collapse_note=collapse_note, headroom_frac=finite(mem.get("headroom_frac")) if mem.get("status") == "ok" else None,
             projection=proj, hours=(proj.get("hours") or {}).get("mid"),
             hours_low=(proj.get("hours") or {}).get("low"), hours_high=(proj.get("hours") or {}).get("high"),
         )
         rows.append(row)
     return rows
+
+
+def _loss_note(loss: Mapping[str, Any]) -> str | None:
+    """"preliminary, at lr 4.1e-07 (0.3% of the configured 1.5e-04, in LR warm-up)": what a benchmark's
+    loss decrease was measured at."""
+    if loss.get("status") != "ok" or finite(loss.get("decrease_pct")) is None:
+        return None
+    parts = ["preliminary"] if loss.get("preliminary", True) else []
+    lr, cfg = finite(loss.get("lr_applied")), finite(loss.get("lr"))
+    if lr is None:
+        lr, cfg = cfg, None
+    if lr is not None:
+        at = f"at lr {lr:.1e}"
+        if cfg:
+            at += f" ({lr / cfg:.1%} of the configured {cfg:.1e}" + (", in LR warm-up)" if loss.get("lr_in_warmup") else ")")
+        parts.append(at)
+    return ", ".join(parts) or None
 
 
 def judge(row: dict[str, Any], th: Thresholds, validation: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -404,6 +615,8 @@ def judge(row: dict[str, Any], th: Thresholds, validation: Mapping[str, Any] | N
     if ips is not None:
         reasons.append(f"{ips:.2f} it/s ({'>=' if ips >= th.min_it_per_s else '<'} the {th.min_it_per_s:g} minimum, "
                        f"{'>=' if ips >= th.expected_it_per_s else '<'} the ~{th.expected_it_per_s:g} expected)")
+    if row.get("few_steps"):
+        reasons.append(f"warning: {row['few_steps']}")
     row["eligible"] = not blockers
     row["fits"] = fits
     row["blockers"] = blockers

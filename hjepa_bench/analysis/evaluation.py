@@ -111,3 +111,42 @@ def linear_probe_accuracy(train_z: Any, train_y: Any, test_z: Any, test_y: Any, 
     max_iter 5000, one thread) on frozen features standardised with a ``StandardScaler``
     fitted on the train split."""
     return linear_probe(train_z, train_y, test_z, test_y, seed)["top1"]
+
+
+# --------------------------------------------------------------------------- when a comparison says nothing
+#: a random-init baseline at or above this top-1 is at the ceiling: the test cannot tell encoders apart
+BASELINE_CEILING_TOP1 = 0.90
+#: the standard CIFAR-10 splits (train, test)
+CIFAR10_SPLITS = (50_000, 10_000)
+
+
+def comparison_caveats(result: dict[str, Any]) -> list[str]:
+    """Why an evaluation's trained-vs-random comparison may say nothing, each in one sentence: data that
+    are not the data set's standard splits (synthetic images, a CIFAR-10 folder of another size), and a
+    random-init baseline at the ceiling (>= ``BASELINE_CEILING_TOP1``) or at or above the trained model."""
+    out = []
+    data = result.get("data") or {}
+    if data.get("kind") == "synthetic":
+        out.append("synthetic images, not CIFAR-10: the accuracies are not comparable with CIFAR-10 figures")
+    elif data.get("kind") == "cifar10":
+        sizes = (data.get("train_split_size"), data.get("test_split_size"))
+        if None not in sizes and tuple(sizes) != CIFAR10_SPLITS:
+            out.append(f"the data folder's splits hold {sizes[0]:,} train / {sizes[1]:,} test images, not CIFAR-10's "
+                       f"standard {CIFAR10_SPLITS[0]:,} / {CIFAR10_SPLITS[1]:,}: not the standard data set, so the "
+                       "accuracies are not comparable with published CIFAR-10 figures")
+    for entry in result.get("levels") or []:
+        tr, rn = entry.get("trained") or {}, entry.get("random_init") or {}
+        for key, name in (("knn_top1", "kNN"), ("linear_top1", "linear")):
+            r, t = rn.get(key), tr.get(key)
+            if r is None or t is None:
+                continue
+            why = []
+            if r >= BASELINE_CEILING_TOP1:
+                why.append(f"at the ceiling (>= {BASELINE_CEILING_TOP1:.0%})")
+            if r >= t:
+                why.append("at or above the trained model's " + f"{t:.1%}")
+            if why:
+                out.append(f"level {entry.get('level')}: the random-init baseline scores {name} {r:.1%}, "
+                           + " and ".join(why) + ": this test cannot tell a trained encoder from an untrained one, "
+                           "so its gain says nothing about the training")
+    return out

@@ -47,6 +47,8 @@ def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
                     else bool(loss["noise_pct"] > (result.get("rules") or {}).get("loss_noise_threshold_pct", 10.0)))
     f.diverged = loss.get("diverged")
     f.loss_points = loss.get("n")
+    epoch_losses = [finite(e.get("train_loss")) for e in result.get("epoch_summaries") or []]
+    f.loss_epoch_values = [v for v in epoch_losses if v is not None] or None
     f.loss_preliminary = False
     f.warmup_spikes = _warmup_spikes(result)
     stall_s = finite(overall.get("stall_time_s")) or 0.0

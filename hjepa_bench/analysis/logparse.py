@@ -113,6 +113,7 @@ _FACTS: list[tuple[str, re.Pattern, str]] = [
     ("lr", re.compile(r"^\s*Optimizer:.*\(lr=(" + _FLOAT + r")\)", re.I), "float"),
     ("warmup_epochs", re.compile(r"^\s*(?:Override:\s*)?warmup[\s_]epochs\s*[:=]\s*(\d+)\s*$", re.I), "int"),
     ("dataset_size", re.compile(r"^\s*Train(?:ing)? dataset size\s*[:=]\s*" + _INT, re.I), "int"),
+    ("val_dataset_size", re.compile(r"^\s*Val(?:idation)? dataset size\s*[:=]\s*" + _INT, re.I), "int"),
     ("image_size", re.compile(r"^\s*Image[\s_]size\s*[:=]\s*(\d+)\s*$", re.I), "int"),
     ("logged_steps_per_epoch", re.compile(r"^\s*(?:Steps per epoch|Training batches per epoch)\s*[:=]\s*" + _INT,
                                           re.I), "int"),

@@ -34,8 +34,11 @@ Thresholds:
   rule decided.
 * ``PRESSURE_PEAK_FRAC`` (90%): torch-tb-profiler's rule "peak memory > 90% ->
   checkpointing/AMP" (docs/measuring.md): ``memory_pressure`` when peak / total > 90%.
-* ``fit_memory(margin=0.10)``: the largest batch whose predicted peak stays below
-  ``device_total * (1 - margin)``.
+* ``fit_memory(margin=0.10)``: the largest batch whose predicted peak footprint stays below
+  ``device_total * (1 - margin)``.  The footprint (:func:`hjepa_bench.record.footprint_bytes`) is what
+  must fit: where the backend reports them (CUDA), the allocator's peak reserve (its cache and rounded
+  blocks) plus the device memory in use outside it (the CUDA context, library workspaces), else the
+  peak allocated.  Headroom is the total minus the same footprint.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from ..format import finite, finite_int
-from ..record import batch_achieved, device_name, lookup, model_short, node_label, peak_bytes
+from ..record import batch_achieved, device_name, footprint_bytes, lookup, model_short, node_label
 
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0
@@ -80,6 +83,9 @@ LEAK_RULE = (f"judged on the last third of the samples after warm-up, once start
              f"a last third that still grows over >= {LEAK_MIN_SUSTAINED} samples at >= {LEAK_SUSTAINED_RATIO:g} x "
              "the first third's rate: leak suspected; otherwise not judged")
 
+
+#: a predicted batch beyond this many times the largest measured one is labelled an extrapolation
+EXTRAPOLATION_FACTOR = 4.0
 
 def _slope_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(least-squares slope, slope / stderr) of y against x; t is inf for an exactly linear rise, 0 when flat."""
@@ -197,7 +203,18 @@ def memory_entry(samples: Sequence[tuple[int, int]], warmup_steps: int, metrics:
     peak = max(peaks) if peaks else None
     mean = float(np.mean([b for _, b in use])) if use else None
     total = finite_int(metrics.get("device_total_bytes"))
-    headroom = total - peak if total is not None and peak is not None else None
+    # What must fit in the total: the allocator reserves more than its live tensors (its cache, rounded
+    # blocks) and the device holds more than the allocator (the CUDA context, library workspaces).
+    peak_reserved = finite_int(metrics.get("peak_reserved_device_bytes"))
+    outside = finite_int(metrics.get("device_outside_allocator_bytes"))
+    footprint = peak
+    basis = "peak allocated (the backend reports no allocator reserve)"
+    if peak is not None and peak_reserved is not None:
+        footprint = max(peak, peak_reserved + (outside or 0))
+        basis = ("the larger of the peak allocated and the allocator's peak reserve (cache included)"
+                 + (" plus the device memory in use outside the allocator (context, workspaces, other "
+                    "processes)" if outside is not None else ""))
+    headroom = total - footprint if total is not None and footprint is not None else None
     headroom_frac = headroom / total if headroom is not None and total else None
     entry: dict[str, Any] = {
         "peak_device_bytes": peak,
@@ -209,6 +226,10 @@ def memory_entry(samples: Sequence[tuple[int, int]], warmup_steps: int, metrics:
                                                                     if use else None),
         "peak_rss_bytes": finite_int(metrics.get("peak_rss_bytes")),
         "device_total_bytes": total,
+        "peak_reserved_bytes": peak_reserved,
+        "outside_allocator_bytes": outside,
+        "peak_footprint_bytes": footprint,
+        "headroom_basis": basis,
         "headroom_bytes": headroom,
         "headroom_frac": headroom_frac,
         "memory_pressure": None,
@@ -247,7 +268,7 @@ def _larger(model: str, params: int | None, other: str, other_params: int | None
 
 def fit_memory(records: Iterable[Mapping[str, Any]], margin: float = DEFAULT_MARGIN
                ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (device, model): linear fit ``peak_device_bytes ~ a + b * batch`` over the
+    """Per (device, model): linear fit ``peak footprint ~ a + b * batch`` (``footprint_bytes``) over the
     ok records, the largest batch predicted to fit in ``device_total * (1 - margin)``
     (capped below the smallest batch that ran out of memory), and the answers
     ``can_increase_batch`` and ``room_for_larger_model``.
@@ -303,7 +324,7 @@ def fit_memory(records: Iterable[Mapping[str, Any]], margin: float = DEFAULT_MAR
 
 
 def _fit_group(key: tuple[str, str], rs: Sequence[Mapping[str, Any]], margin: float) -> dict[str, Any]:
-    ok_pts = [(b, p) for r in rs if r.get("status") == "ok" for b, p in [(batch_achieved(r), peak_bytes(r))]
+    ok_pts = [(b, p) for r in rs if r.get("status") == "ok" for b, p in [(batch_achieved(r), footprint_bytes(r))]
               if b and p is not None]
     oom_batches = sorted({b for r in rs if r.get("status") == "oom" for b in [batch_achieved(r)] if b})
     totals = [t for r in rs for t in [finite_int(lookup(r, "metrics", "device_total_bytes"))] if t]
@@ -318,7 +339,7 @@ def _fit_group(key: tuple[str, str], rs: Sequence[Mapping[str, Any]], margin: fl
         "limit_bytes": None if total is None else int(total * (1.0 - margin)),
         "fit": None, "predicted_max_batch": None, "predicted_max_batch_uncapped": None,
         "oom_cap_batch": oom_cap, "largest_ok_batch": largest_ok,
-        "can_increase_batch": None, "note": "",
+        "can_increase_batch": None, "extrapolated": False, "note": "",
     }
     notes = []
     if len(ok_batches) < 2:
@@ -348,6 +369,10 @@ def _fit_group(key: tuple[str, str], rs: Sequence[Mapping[str, Any]], margin: fl
         if oom_cap is not None and oom_cap < uncapped:
             notes.append(f"capped below batch {oom_batches[0]}, which ran out of memory")
         res["predicted_max_batch"] = pred
+        if largest_ok is not None and pred > EXTRAPOLATION_FACTOR * largest_ok:
+            res["extrapolated"] = True
+            notes.append(f"batch {pred} is an extrapolation: more than {EXTRAPOLATION_FACTOR:g}x the largest measured "
+                         f"batch ({largest_ok}); measure a larger batch before relying on it")
         if pred < 1:
             notes.append("even batch 1 is predicted not to fit within the margin")
     if oom_cap is not None and largest_ok is not None and oom_cap < largest_ok:

@@ -8,12 +8,21 @@ A full run of ``epochs`` epochs over ``dataset_size`` images at batch ``b`` per 
                      ranks dataset_size // world_size images, so each step takes world_size x b)
     training time  = steps x measured time per step
     + per epoch    = DataLoader worker start-up (train loader, when workers are not
-                     persistent; also the validation loader)
+                     persistent: its excess over a steady batch wait when measured; also the
+                     validation loader, whole)
                    + a validation pass every ``val_every_epochs`` epochs
                      (ceil(val_size / (world_size x b)) forward-only steps, measured: the
                      validation images are sharded over the ranks like the training images)
-    + checkpoints  = one write every ``checkpoint_every_epochs`` epochs and one at
-                     the end (measured ``torch.save`` of model + optimizer)
+    + checkpoints  = one write at each epoch that is a ``checkpoint_every_epochs`` multiple or
+                     whose validation loss improved (the upstream trainer's rule; an upper
+                     bound of one per epoch unless the caller knows how many improved): a
+                     measured ``torch.save`` of model + optimizer and the copies to
+                     ``checkpoint_latest.pth`` / ``checkpoint_best.pth``
+    + trainer's periodic work (:mod:`hjepa_bench.hjepa.periodic`): count x measured cost of the
+                     per-step read-backs, TensorBoard scalars, gradient histograms, collapse
+                     metrics and ``empty_cache``, the counts from the config's ``logging`` section
+                     (a disabled logger costs nothing)
+    + once         = the warm-up steps' excess over as many steady steps, and the model build
 
 The time per step is ``1 / it_per_s`` of the record (steps / summed window time,
 the run's own throughput; for a DDP job, the job's steps per second, i.e. its slowest rank's).  Its band is the Student t confidence interval of the
@@ -36,6 +45,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from ..format import finite
+from ..hjepa.periodic import LoggingPlan, has_empty_cache, periodic_counts, periodic_seconds
 from ..record import batch_achieved, batch_requested, probe
 from ..record import world_size as record_world_size
 
@@ -97,18 +107,32 @@ def epoch_costs(record: Mapping[str, Any]) -> dict[str, Any]:
     get = (lambda k: finite(entry.get(k))) if ok else (lambda k: None)
     return {
         "worker_startup_s": get("worker_startup_s"),
+        "startup_extra_s": get("startup_extra_s"),
         "worker_startup_every_epoch": bool(entry.get("paid_every_epoch", True)),
         "val_step_s": get("val_step_s"),
         "val_batch_size": entry.get("val_batch_size") if ok else None,
         "checkpoint_save_s": get("checkpoint_save_s"),
+        "checkpoint_write_s": get("checkpoint_write_s"),
         "checkpoint_bytes": entry.get("checkpoint_bytes") if ok else None,
+        "periodic": (entry.get("periodic") or None) if ok else None,
+        "model_build_s": get("model_build_s"),
     }
+
+
+#: the periodic-work columns of a projection, in table order
+PERIODIC_COLUMNS = ("readbacks", "scalars", "histograms", "collapse", "empty_cache")
+LOGGING_MISSING = "trainer's periodic work (read-backs, TensorBoard, collapse metrics)"
 
 
 def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, dataset_size: int,
             costs: Mapping[str, Any] | None, val_size: int = 10_000, val_every_epochs: int = 1,
-            checkpoint_every_epochs: int = 1, world_size: int = 1) -> dict[str, Any]:
-    """Project a full run.  See the module docstring for the arithmetic."""
+            checkpoint_every_epochs: int = 1, world_size: int = 1, plan: LoggingPlan | None = None,
+            levels: int = 1, device_type: str = "cpu", checkpoint_writes: int | None = None,
+            warmup_excess_s: float | None = None) -> dict[str, Any]:
+    """Project a full run.  See the module docstring for the arithmetic.  ``plan``: the config's
+    logging (None: the trainer's periodic work is left out, and named in ``missing``);
+    ``checkpoint_writes``: how many epochs wrote a checkpoint, when known (else the upper bound);
+    ``warmup_excess_s``: the one-time cost of the first steps."""
     if batch_size < 1 or epochs < 1 or dataset_size < 1 or world_size < 1:
         raise ValueError("batch_size, epochs, dataset_size and world_size must be positive")
     spe = dataset_size // (batch_size * world_size)
@@ -136,9 +160,12 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
         overheads["worker_startup"] = None
         out["missing"].append("worker start-up")
     else:
-        starts = (epochs if costs.get("worker_startup_every_epoch", True) else 1) + val_passes
-        counts["worker_startups"] = starts
-        overheads["worker_startup"] = starts * ws
+        train_starts = epochs if costs.get("worker_startup_every_epoch", True) else 1
+        counts["worker_startups"] = train_starts + val_passes
+        # an epoch's first training batch is also one of its steps: only its excess over a steady
+        # batch wait is extra (startup_extra_s, when measured); a validation pass pays it whole
+        extra = finite(costs.get("startup_extra_s"))
+        overheads["worker_startup"] = train_starts * (ws if extra is None else extra) + val_passes * ws
     vs = finite(costs.get("val_step_s"))
     val_batch = int(costs.get("val_batch_size") or batch_size)
     if vs is None:
@@ -149,15 +176,40 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
         counts["validation_passes"] = val_passes
         counts["validation_steps_per_pass"] = val_steps
         overheads["validation"] = val_passes * val_steps * vs
-    ck = finite(costs.get("checkpoint_save_s"))
+    ck = finite(costs.get("checkpoint_write_s"))
+    ck = finite(costs.get("checkpoint_save_s")) if ck is None else ck
     every = max(1, checkpoint_every_epochs)
-    writes = epochs // every + (1 if epochs % every else 0)
+    scheduled = epochs // every
+    if checkpoint_writes is not None:
+        writes, how = int(checkpoint_writes), "as counted"
+    elif val_size > 0 and val_passes > 0:
+        writes, how = epochs, "upper bound: the validation loss improves every epoch"
+    else:
+        writes, how = scheduled, "no validation loss, no best checkpoint"
     if ck is None:
         overheads["checkpoints"] = None
         out["missing"].append("checkpoint writes")
     else:
         counts["checkpoint_writes"] = writes
+        counts["checkpoint_writes_scheduled"] = scheduled
         overheads["checkpoints"] = writes * ck
+    periodic = costs.get("periodic")
+    if plan is None:
+        out["missing"].append(LOGGING_MISSING)
+        overheads.update(dict.fromkeys(PERIODIC_COLUMNS))
+    else:
+        pc = periodic_counts(plan, spe, epochs, levels=levels, empty_cache=has_empty_cache(device_type))
+        counts.update({f"periodic_{k}": v for k, v in pc.items()})
+        secs = periodic_seconds(pc, periodic or {}, plan)
+        overheads.update(secs)
+        unmeasured = [k for k, v in secs.items() if v is None]
+        if unmeasured:
+            out["missing"].append(LOGGING_MISSING if not plan.wandb else
+                                  "Weights & Biases logging (not measurable here)")
+    once = [x for x in (finite(warmup_excess_s), finite(costs.get("model_build_s"))) if x is not None]
+    overheads["one_time"] = sum(once) if once else None
+    if not once:
+        out["missing"].append("one-time costs (warm-up, model build)")
     fixed = sum(v for v in overheads.values() if v is not None)
     total = {k: (None if v is None else v + fixed) for k, v in train.items()}
     out.update(train_s=train, overheads_s=overheads, overhead_counts=counts, overhead_total_s=fixed, total_s=total,
@@ -166,7 +218,11 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
     out["assumptions"] += [
         f"validation pass every {val_every_epochs} epoch(s) over {val_size:,} images at batch {val_batch}"
         + (f", sharded over the {world_size} processes" if world_size > 1 else ""),
-        f"checkpoint every {every} epoch(s) and at the end ({writes} writes)",
+        f"a checkpoint every {every} epoch(s) and whenever the validation loss improves ({writes} writes: {how})",
+        ("trainer logging: log_frequency " + str(plan.log_frequency) + ", TensorBoard "
+         + ("on" if plan.tensorboard else "off") + ", W&B " + ("on" if plan.wandb else "off")
+         + "; visualizations and embeddings every 5 epochs not modelled") if plan is not None
+        else "trainer logging not modelled",
         "DataLoader workers restarted every epoch (upstream)" if costs.get("worker_startup_every_epoch", True)
         else "persistent DataLoader workers: start-up paid once",
     ]
@@ -175,10 +231,79 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
 
 def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int = 50_000, val_size: int = 10_000,
                    val_every_epochs: int = 1, checkpoint_every_epochs: int = 1,
-                   confidence: float = 0.95) -> dict[str, Any]:
-    """``project`` with the step time, per-epoch costs and world size measured in ``record``."""
+                   confidence: float = 0.95, logging: Mapping[str, Any] | None = None,
+                   checkpoint_writes: int | None = None) -> dict[str, Any]:
+    """``project`` with the step time, per-epoch costs and world size measured in ``record``; the
+    trainer's periodic work as ``logging`` (a config with a ``logging`` section: the projected
+    run's) asks, else as the record's own config does."""
+    from ..measure.epoch_costs import warmup_excess
+
     batch = batch_achieved(record) or batch_requested(record)  # (achieved is a list when the batch varied)
+    config = record.get("config") or {}
+    plan = LoggingPlan.from_config(logging if logging is not None else config)
+    backend = str((record.get("env") or {}).get("backend") or (config.get("bench") or {}).get("device") or "cpu")
     return project(sec_per_step=seconds_per_step(record, confidence), batch_size=batch, epochs=epochs,
                    dataset_size=dataset_size, costs=epoch_costs(record), val_size=val_size,
                    val_every_epochs=val_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
-                   world_size=record_world_size(record))
+                   world_size=record_world_size(record), plan=plan,
+                   levels=int((config.get("model") or {}).get("num_hierarchies") or 1), device_type=backend,
+                   checkpoint_writes=checkpoint_writes, warmup_excess_s=warmup_excess(record))
+
+
+def projection_sizes(config: Mapping[str, Any], default_train: int = 50_000,
+                     default_val: int = 10_000) -> tuple[int, int, str]:
+    """(training images, validation images, where they come from) of the full run of ``config``:
+    ``bench.dataset_size`` / ``bench.val_size`` (set by ``--dataset-size`` / ``--val-size``, or from
+    the ``--data-path`` folder), else the defaults (CIFAR-10: 50,000 and 10,000).  A dataset size
+    without a validation size gets a fifth of it (CIFAR-10's ratio)."""
+    bench = config.get("bench") or {}
+    train, val = bench.get("dataset_size"), bench.get("val_size")
+    if train is None:
+        return default_train, (default_val if val is None else int(val)), (
+            "CIFAR-10's sizes (default)" if val is None else "default training size, the config's validation size")
+    return int(train), (int(round(0.2 * int(train))) if val is None else int(val)), "the config's data"
+
+
+def own_config_projection(record: Mapping[str, Any], *, default_train: int = 50_000, default_val: int = 10_000,
+                          val_every_epochs: int = 1, confidence: float = 0.95) -> dict[str, Any]:
+    """The full run of the record's own config: its ``training.epochs``, its data sizes
+    (:func:`projection_sizes`), its ``checkpoint.save_frequency`` and ``logging``."""
+    config = record.get("config") or {}
+    train, val, source = projection_sizes(config, default_train, default_val)
+    ck = config.get("checkpoint") if isinstance(config.get("checkpoint"), Mapping) else {}
+    p = project_record(record, epochs=int(config["training"]["epochs"]), dataset_size=train, val_size=val,
+                       val_every_epochs=val_every_epochs, checkpoint_every_epochs=int(ck.get("save_frequency") or 1),
+                       confidence=confidence)
+    p["sizes_source"] = source
+    p["val_size"] = val
+    return p
+
+
+def logging_seconds(p: Mapping[str, Any]) -> float | None:
+    """The trainer's periodic work in a projection (s); None when any part was not measured."""
+    ov = p.get("overheads_s") or {}
+    parts = [ov.get(k) for k in PERIODIC_COLUMNS]
+    return None if any(x is None for x in parts) else float(sum(parts))
+
+
+def own_config_line(p: Mapping[str, Any]) -> str:
+    """``this config: 20 epochs x 1,562 steps -> 5.2 h [4.9-5.5], of which logging 0.1 h, validation 0.4 h``."""
+    head = f"this config: {p['epochs']} epochs x {p['steps_per_epoch']:,} steps"
+    hours = p.get("hours")
+    if not hours or hours.get("mid") is None:
+        return head + " -> not projected (" + ", ".join(p.get("missing") or ["step time"]) + " not measured)"
+    digits = 1 if hours["mid"] >= 1 else 2
+
+    def n(x: float) -> str:
+        return f"{x:.{digits}f}"
+    band = (f" [{n(hours['low'])}-{n(hours['high'])}]" if hours.get("low") is not None and hours.get("high") is not None
+            else f" ({p.get('band_note') or 'no band'})")
+    ov = p.get("overheads_s") or {}
+
+    def h(x: float | None) -> str:
+        return "not measured" if x is None else f"{x / 3600:.{digits}f} h"
+    text = (f"{head} -> {n(hours['mid'])} h{band}, of which logging {h(logging_seconds(p))}, validation "
+            f"{h(ov.get('validation'))}, checkpoints {h(ov.get('checkpoints'))}")
+    if p.get("missing"):
+        text += "; a lower bound: " + ", ".join(p["missing"]) + " not measured"
+    return text

@@ -15,9 +15,15 @@ entry under ``thresholds``):
   all at most ``(1 + WARMUP_BAND) * ref`` too.  The detected warm-up is the
   first settled index.  Only the slow side counts: warm-up means slower first
   steps, and a run that speeds up (or drifts) is not in warm-up.
-* **Analysed steps** start after ``max(reported, detected)`` warm-up steps.
-* ``cv_pct`` = sample std (ddof=1) / mean * 100; ``variance_pct`` =
-  (p90 - p10) / median * 100.  The verdict uses the CV (the guide's "< 20%").
+* **Analysed steps** are the record's measured steps: those after the reported
+  warm-up, exactly the steps behind ``metrics.step_time_s`` and the it/s.  A
+  detected warm-up longer than the reported one is *said* (``settled_late``, a
+  reason and a note: measure with a longer ``--warmup-steps``), never dropped, so
+  every section shows one CV and one median of one set of steps.
+* ``cv_pct`` and ``median_s`` are :func:`hjepa_bench.measure.stats.summarize`'s
+  ``cv`` (x 100) and ``median`` of those steps (the one definition);
+  ``variance_pct`` = (p90 - p10) / median * 100.  The verdict uses the CV (the
+  guide's "< 20%").
 * **Spikes**: step time > median + ``SPIKE_K`` * MAD * 1.4826 (MAD floored at
   ``MAD_FLOOR_FRAC`` of the median, so a perfectly even series does not flag
   nanosecond jitter).  Adjacent spike steps form one spike event.
@@ -26,8 +32,9 @@ entry under ``thresholds``):
   least ``PERIOD_AGREE_FRAC`` of the gaps lie within ``max(1,
   PERIOD_TOL_FRAC * period)`` steps of it.
 * **Degradation**: least-squares slope of step time against step index;
-  ``significant`` when p < ``DEGRADATION_P`` and the fitted change over the
-  analysed steps exceeds ``DEGRADATION_MIN_CHANGE_PCT`` of the median.
+  ``change_pct`` is the fitted change over the analysed span (``span_steps``,
+  never extrapolated beyond it); ``significant`` when p < ``DEGRADATION_P`` and
+  ``|change_pct|`` exceeds ``DEGRADATION_MIN_CHANGE_PCT`` of the median.
 * **Verdict**: "unstable" when CV >= ``THRESHOLD_CV_PCT`` or the step time
   significantly *rises* (``degrading``; a significant speed-up is reported but
   only means warm-up lasted longer), else "stable"; None when too few steps.
@@ -44,6 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats as sps
 from ..format import finite
+from ..measure.stats import summarize
 
 # --------------------------------------------------------------------------- thresholds
 THRESHOLD_CV_PCT = _TH.max_step_cv_pct  # the validation guide: "Speed variance < 20%"
@@ -67,14 +75,15 @@ DEFINITIONS = {
     "detected_warmup_steps": (f"first step index i whose time and the forward rolling medians "
                               f"(window {WARMUP_WINDOW}) starting at i..i+{WARMUP_WINDOW - 1} are all "
                               f"<= (1 + {WARMUP_BAND}) * median of the steps after the reported warm-up"),
-    "n": "steps analysed: those after max(reported, detected) warm-up with a finite time",
+    "n": "steps analysed: the record's measured steps (after the reported warm-up) with a finite time",
     "spike": (f"step time > median + {SPIKE_K} * MAD * {MAD_SCALE} (MAD floored at "
               f"{MAD_FLOOR_FRAC:.0%} of the median); adjacent spike steps are one event"),
     "spike_period_steps": (f"median gap between spike events when >= {MIN_SPIKES_FOR_PERIOD} events and "
                            f">= {PERIOD_AGREE_FRAC:.0%} of the gaps lie within max(1, "
                            f"{PERIOD_TOL_FRAC:.0%}) of it"),
-    "degradation": ("least-squares slope of step time vs step index; significant when "
-                    f"p < {DEGRADATION_P} and |slope * span| / median * 100 > {DEGRADATION_MIN_CHANGE_PCT}"),
+    "degradation": ("least-squares slope of step time vs step index; change_pct = slope * span / median * 100 "
+                    "over the analysed span (span_steps), never extrapolated; significant when "
+                    f"p < {DEGRADATION_P} and |change_pct| > {DEGRADATION_MIN_CHANGE_PCT}"),
     "verdict": (f"unstable when cv_pct >= {THRESHOLD_CV_PCT} or the step time rises significantly "
                 "(degradation.degrading), else stable"),
 }
@@ -134,11 +143,27 @@ def regular_period(gaps: Sequence[float]) -> int | None:
     return int(round(period)) if agree >= PERIOD_AGREE_FRAC else None
 
 
+def drift_span(deg: dict[str, Any]) -> str:
+    """"N measured steps" the drift was fitted over (or "measured steps")."""
+    span = deg.get("span_steps")
+    return f"{int(span) + 1} measured steps" if isinstance(span, (int, float)) else "measured steps"
+
+
+def drift_text(deg: dict[str, Any]) -> str | None:
+    """The fitted change over the measured span, e.g. "+23% over 20 measured steps" (None: not fitted).
+    Never a rate per some number of steps: nothing is said beyond the steps that were measured."""
+    change = _num(deg.get("change_pct"))
+    if change is None:
+        return None
+    return f"{change:+.0f}% over {drift_span(deg)}"
+
+
 def degradation_fit(steps: Sequence[float], times: Sequence[float], median: float) -> dict[str, Any]:
     """Drift of the step time (the ``degradation`` rule): least-squares slope of ``times`` (seconds
     per step) against ``steps`` (their step indices), its fitted change over the span as a % of
-    ``median``, its p-value, ``significant`` (p < DEGRADATION_P and |change| > DEGRADATION_MIN_CHANGE_PCT)
-    and ``degrading`` (significant and rising).  Needs at least 2 distinct steps and varying times."""
+    ``median`` (never extrapolated past the span, ``span_steps``), its p-value, ``significant``
+    (p < DEGRADATION_P and |change| > DEGRADATION_MIN_CHANGE_PCT) and ``degrading`` (significant and
+    rising).  Needs at least 2 distinct steps and varying times."""
     x = np.asarray(times, dtype=float)
     fit = sps.linregress(np.asarray(steps, dtype=float), x)
     span = float(steps[-1] - steps[0])
@@ -147,8 +172,7 @@ def degradation_fit(steps: Sequence[float], times: Sequence[float], median: floa
     p = _num(fit.pvalue)
     significant = bool(p is not None and change is not None and p < DEGRADATION_P
                        and abs(change) > DEGRADATION_MIN_CHANGE_PCT)
-    return {"slope_s_per_step": _num(slope),
-            "slope_pct_per_100_steps": _num(slope * 100 / median * 100) if median > 0 else None,
+    return {"slope_s_per_step": _num(slope), "span_steps": span,
             "change_pct": _num(change), "p_value": p, "significant": significant,
             "degrading": bool(significant and change is not None and change > 0)}
 
@@ -180,8 +204,11 @@ def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT)
         direction = "slows down" if deg.get("degrading") else "speeds up (warm-up may be longer than measured)"
         change, p = _num(deg.get("change_pct")), _num(deg.get("p_value"))
         reasons.append(f"step time {direction}" + ("" if change is None else f" by {abs(change):.1f}%")
-                       + " over the run (" + ("" if p is None else f"p={p:.2g}; ")
-                       + f"limit {DEGRADATION_MIN_CHANGE_PCT:.0f}%)")
+                       + f" over the {drift_span(deg)} ("
+                       + ("" if p is None else f"p={p:.2g}; ") + f"limit {DEGRADATION_MIN_CHANGE_PCT:.0f}%)")
+    if entry.get("settled_late"):
+        reasons.append(f"step times settled only after {entry.get('detected_warmup_steps')} steps (reported warm-up "
+                       f"{entry.get('warmup_steps_reported')}): the slower first steps are in the CV")
     if entry.get("spike_count"):
         period, above = entry.get("spike_period_steps"), _num(entry.get("spike_threshold_s"))
         reasons.append(f"{entry['spike_count']} spike step(s)" + ("" if above is None else f" above {above * 1000:.3g} ms")
@@ -219,20 +246,22 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
             notes.append("step times never settled within the warm-up band; using the reported warm-up")
         else:
             detected = idx_all[pos]
-    start = max(reported, detected or 0)
+    start = reported  # the record's measured steps: one step set for every statistic of the record
     idx = [i for i in idx_all if i >= start]
     x = np.asarray([t for i, t in zip(idx_all, val_all) if i >= start], dtype=float)
     n = int(x.size)
+    summary = summarize(x)
 
     entry: dict[str, Any] = {
         "warmup_steps_reported": reported,
         "detected_warmup_steps": detected,
         "first_analysed_step": start,
+        "settled_late": bool(detected is not None and detected > reported),
         "n": n,
         "median_s": None, "cv_pct": None, "variance_pct": None,
         "spike_threshold_s": None, "spike_indices": [], "spike_count": None, "spike_events": None,
         "spike_period_steps": None,
-        "degradation": {"slope_s_per_step": None, "slope_pct_per_100_steps": None, "change_pct": None,
+        "degradation": {"slope_s_per_step": None, "change_pct": None, "span_steps": None,
                         "p_value": None, "significant": None, "degrading": None},
         "criterion_cv_lt_20pct": "not-measured",
         "verdict": None,
@@ -252,18 +281,16 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
     if n == 0:
         notes.append("no timed steps after warm-up: nothing to analyse")
         return entry
-    median = float(np.median(x))
+    median = float(summary["median"])
     entry["median_s"] = _num(median)
 
     # spread and verdict -----------------------------------------------------------
     if n < MIN_STEPS_SPREAD:
         notes.append(f"CV, variance and verdict need >= {MIN_STEPS_SPREAD} analysed steps, got {n}")
     else:
-        mean = float(x.mean())
-        cv = float(x.std(ddof=1)) / mean * 100 if mean > 0 else None
-        p10, p90 = np.percentile(x, [10, 90])
-        entry["cv_pct"] = _num(cv)
-        entry["variance_pct"] = _num((p90 - p10) / median * 100) if median > 0 else None
+        cv = summary["cv"]
+        entry["cv_pct"] = None if cv is None else _num(cv * 100)
+        entry["variance_pct"] = _num((summary["p90"] - summary["p10"]) / median * 100) if median > 0 else None
 
     # spikes --------------------------------------------------------------------------
     if n < MIN_STEPS_SPIKES:
@@ -287,13 +314,14 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
     if n < MIN_STEPS_TREND:
         notes.append(f"degradation fit needs >= {MIN_STEPS_TREND} analysed steps, got {n}")
     elif float(np.ptp(x)) == 0.0:
-        deg.update(slope_s_per_step=0.0, slope_pct_per_100_steps=0.0, change_pct=0.0, significant=False)
+        deg.update(slope_s_per_step=0.0, change_pct=0.0, span_steps=int(idx[-1] - idx[0]), significant=False)
         notes.append("all analysed step times are identical: slope 0, no p-value")
     else:
         deg.update(degradation_fit(idx, x, median))
 
-    judge_stability(entry, max_cv_pct)
     if detected is not None and detected > reported:
-        notes.append(f"step times settled only after {detected} steps (reported warm-up: {reported}); "
-                     f"the first {detected} steps were left out")
+        notes.append(f"step times settled only after {detected} steps (reported warm-up: {reported}); the "
+                     f"{detected - reported} slower measured step(s) count in every statistic (measure with "
+                     f"--warmup-steps {detected})")
+    judge_stability(entry, max_cv_pct)
     return entry

@@ -22,7 +22,7 @@ from .bottleneck import judge_bottleneck
 from .features import judge_features
 from .loss_curve import judge_loss
 from .memory import judge_memory
-from .stability import judge_stability
+from .stability import analyze_stability, judge_stability
 
 Judge = Callable[[dict[str, Any], Thresholds], dict[str, Any]]
 
@@ -47,6 +47,15 @@ def rejudge_record(record: Mapping[str, Any], th: Thresholds) -> dict[str, Any]:
         entry = probes.get(name)
         if isinstance(entry, Mapping) and entry.get("status", "ok") == "ok" and needs in entry:
             judged[name] = judge(copy.deepcopy(dict(entry)), th)
+    stab = probes.get("stability")
+    series = record.get("series") if isinstance(record.get("series"), Mapping) else {}
+    if isinstance(stab, Mapping) and stab.get("status", "ok") == "ok" and "verdict" in stab \
+            and series.get("step_time_s"):
+        # the one definition of the step statistics, from the record's own measured steps (a record
+        # written by an older rule gets the CV, median and drift every other section reads)
+        judged["stability"] = {"status": "ok", **analyze_stability(list(series["step_time_s"]),
+                                                                   int(series.get("warmup_steps") or 0),
+                                                                   th.max_step_cv_pct)}
     out["probes"] = judged
     return out
 

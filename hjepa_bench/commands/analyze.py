@@ -88,6 +88,9 @@ def _analyze(args: argparse.Namespace) -> int:
     settings = report_settings(args, title=f"hjepa-bench analysis of {Path(args.log).name}")
     if log.dataset_size:
         settings.thresholds = replace(settings.thresholds, dataset_size=log.dataset_size)
+    val_size = (log.result.get("info") or {}).get("val_dataset_size")
+    if val_size:  # the run the log shows: its own validation set, not CIFAR-10's 10,000
+        settings.thresholds = replace(settings.thresholds, val_size=int(val_size))
     settings.options = [config_option(log.values, "L", f"the logged config for {log.values['training']['epochs']} "
                                                        "epochs")] + settings.options
     settings.sources = [str(args.log)]

@@ -39,6 +39,8 @@ CONFIG_FLAGS: dict[str, str] = {
     "max_time": "bench.max_time_s",
     "target_precision": "bench.target_rel_precision",
     "nproc_per_node": "bench.nproc_per_node",
+    "dataset_size": "bench.dataset_size",
+    "val_size": "bench.val_size",
 }
 
 
@@ -139,7 +141,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=config_flag("seed"), help="0 to 2**32-1")
 
 
-def add_data_args(p: argparse.ArgumentParser, *, training_loader: bool = True) -> None:
+def add_data_args(p: argparse.ArgumentParser, *, training_loader: bool = True, projection: bool = True) -> None:
     """The flags that choose the data, the same names and meanings on every command that reads a
     data set: --data, --data-path, --limit-samples (the first N images of the training split) and,
     for commands that train through a DataLoader restarted every epoch (``training_loader``),
@@ -150,6 +152,13 @@ def add_data_args(p: argparse.ArgumentParser, *, training_loader: bool = True) -
                    help="use only the first N training samples")
     if not training_loader:
         return
+    if projection:
+        p.add_argument("--dataset-size", type=config_flag("bench.dataset_size"), metavar="N",
+                       help="training images of the full run projected for this config (default: the --data-path "
+                            "folder's, else CIFAR-10's 50,000)")
+        p.add_argument("--val-size", type=config_flag("bench.val_size"), metavar="N",
+                       help="validation images per epoch of that run (default: the --data-path folder's test "
+                            "split, else 10,000, or a fifth of --dataset-size)")
     pw = p.add_mutually_exclusive_group()
     pw.add_argument("--persistent-workers", dest="persistent_workers", action="store_true", default=None,
                     help="keep DataLoader workers between epochs")
@@ -178,6 +187,22 @@ def load_config(args: argparse.Namespace, *, quiet: bool = False, flags: Iterabl
         for line in rc.warnings():
             print(f"warning: {line}", file=sys.stderr)
     return rc
+
+
+def fill_dataset_sizes(values: dict[str, Any]) -> None:
+    """``bench.dataset_size`` / ``bench.val_size`` from the CIFAR-10-format folder the config reads
+    (its training and test splits), when the config does not set them: the full run projected for
+    this config trains on that folder."""
+    bench = values["bench"]
+    if bench.get("data") != "cifar10" or bench.get("dataset_size") is not None:
+        return
+    path = bench.get("data_path") or values["data"].get("data_path")
+    if not path:
+        return
+    from ..hjepa.data import CIFAR10Folder
+    bench["dataset_size"] = len(CIFAR10Folder(path, train=True))
+    if bench.get("val_size") is None:
+        bench["val_size"] = len(CIFAR10Folder(path, train=False))
 
 
 def report_settings(args: argparse.Namespace, *, options_file: str | None = None,

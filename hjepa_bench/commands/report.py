@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import UserError, output_path
 from ..measure.results import load_results
+from ..options import own_config_options
 from ..plugin.manager import Plugins
 from ..report.decision import write_report
 from .common import add_decision_args, report_settings
@@ -44,6 +45,7 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
         raise UserError(f"no valid result records in {', '.join(map(str, dirs))}"
                         + (f" ({len(results.skipped)} line(s) skipped, see the warnings)." if results.skipped else "."))
     settings = report_settings(args, title=args.title or "hjepa-bench report")
+    settings.options = own_config_options(records) + settings.options
     settings.sources = [str(d) for d in dirs]
     settings.skipped = [str(x) for x in results.skipped]
     settings.charts = not args.no_charts

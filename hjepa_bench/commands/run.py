@@ -17,8 +17,10 @@ from ..measure.quiet import report_library_output
 from ..record import write_json
 from ..report.sections import render_report
 from ..report.summary import summary_text
-from .common import (add_config_args, add_data_args, add_probe_args, config_flag, config_label, int_flag, load_config,
-                     positive_number)
+from ..analysis.projection import own_config_line, own_config_projection
+from ..thresholds import DEFAULTS as THRESHOLDS
+from .common import (add_config_args, add_data_args, add_probe_args, config_flag, config_label, fill_dataset_sizes,
+                     int_flag, load_config, positive_number)
 
 
 def add_parser(sub: Any) -> None:
@@ -66,6 +68,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     backend = select_backend(plugins, args.device)
     rc = load_config(args, quiet=True)  # warnings are printed once the run has started
     values = rc.values
+    fill_dataset_sizes(values)
     workload = plugins.workload(values["bench"]["workload"])
     values["bench"]["precision"] = resolve_precision(values, backend.name)
     values["bench"]["device"] = backend.name
@@ -122,6 +125,10 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
         report_library_output(record.get("probes") or {}, verbose=args.verbose)
     if not args.quiet:
         print(summary_text(record, plugins.probes()))
+        if record["status"] == "ok":
+            print(own_config_line(own_config_projection(
+                record, default_train=THRESHOLDS.dataset_size, default_val=THRESHOLDS.val_size,
+                val_every_epochs=THRESHOLDS.val_every_epochs, confidence=THRESHOLDS.confidence)))
         if args.json:
             print(f"record written to {args.json}")
         if args.report:

@@ -13,10 +13,12 @@ from ..errors import UserError
 from ..measure.sweep import (DEFAULT_OUT, SweepSpec, install_sigterm_handler, resume_command, run_sweep,
                              selected_options)
 from ..plugin.manager import Plugins
+from ..analysis.projection import own_config_line
+from ..options import own_config_options
 from ..report.decision import write_report
 from ..report.summary import sweep_table, verdict_lines
-from .common import (add_data_args, add_decision_args, add_probe_args, config_flag, list_flag, positive_number,
-                     report_settings)
+from .common import (add_data_args, add_decision_args, add_probe_args, config_flag, fill_dataset_sizes, list_flag,
+                     positive_number, report_settings)
 
 
 #: executor option -> the sweep flag that sets it
@@ -89,6 +91,11 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
             raise UserError(f"{EXECUTOR_FLAGS[option]} is not an option of the {executor.name} executor "
                             f"(it takes: {', '.join(EXECUTOR_FLAGS[o] for o in executor.options if o in EXECUTOR_FLAGS) or 'none'}).")
     settings = report_settings(args, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
+    if spec.data == "cifar10" and spec.data_path and spec.dataset_size is None:
+        sizes = {"data": {}, "bench": {"data": "cifar10", "data_path": spec.data_path, "dataset_size": None,
+                                       "val_size": spec.val_size}}
+        fill_dataset_sizes(sizes)  # the projected run trains on the folder's images
+        spec.dataset_size, spec.val_size = sizes["bench"]["dataset_size"], sizes["bench"]["val_size"]
     selected_options(spec)
     if args.resume and not (out / "results.jsonl").exists():
         print(f"note: nothing to resume in {out}; starting a new sweep there", file=sys.stderr)
@@ -109,6 +116,9 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     report = out / "report.md"
     settings.sources = [str(out)]
     settings.skipped = [str(x) for x in results.skipped]
+    own_options = own_config_options(records)
+    own = {o.name for o in own_options}
+    settings.options = own_options + settings.options
     analysis = write_report(records, report, settings, sections=plugins.report_sections())
     if mode == "jsonl":
         print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},
@@ -122,6 +132,9 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
             print(f"{summary['not_run']} configs were not run (their node left the cluster); resume with:\n"
                   f"  {resume_command(args.argv)}")
         print(verdict_lines(analysis))
+        for row in analysis["matrix"]:
+            if row["option"] in own and row.get("projection"):
+                print(f"{row['machine']} b{row['batch']} w{row['workers']}: {own_config_line(row['projection'])}")
         print(f"results: {out / 'results.jsonl'}\nreport:  {report}")
     return 0
 

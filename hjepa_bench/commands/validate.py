@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..analysis.selfcheck import self_check_lines
 from ..analysis.verdicts import rejudge_record
 from ..errors import output_path
 from ..measure.env import environment_fingerprint
@@ -32,7 +33,7 @@ def add_parser(sub: Any) -> None:
     va.add_argument("--epochs", type=int_flag(1, MAX_EPOCHS),
                     help=f"epochs, 1 to {MAX_EPOCHS} (default: the config's, 5 for quick_val)")
     va.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
-    add_data_args(va)
+    add_data_args(va, projection=False)  # it projects the run it ran, with its own data sizes
     va.add_argument("--out", metavar="DIR", default="hjepa-bench-validate",
                     help="checkpoints, validation.json and report.md (default ./hjepa-bench-validate)")
     va.add_argument("--feature-every", type=int_flag(0, MAX_EPOCHS), default=1, metavar="EPOCHS",
@@ -65,7 +66,11 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     record = rejudge_record(validation_record(result, env), settings.thresholds)
     facts = validation_facts(result, record)
     v = dict(result["config"])
-    settings.options = [config_option(v, "V", f"this validation config for {v['training']['epochs']} epochs")] + settings.options
+    # V is this run as it ran: its epochs, its own training and validation images (not CIFAR-10's)
+    settings.options = [config_option(v, "V", f"this validation run: {v['training']['epochs']} epochs of "
+                                              f"{result.get('train_size') or 0:,} images",
+                                      dataset_size=result.get("train_size") or None,
+                                      val_size=result.get("val_size"))] + settings.options
     settings.sources = [str(out / "validation.json")]
     status = result["status"]
     intro = [f"A real training run of {result['epochs_completed']} of {result['epochs_planned']} epoch(s) "
@@ -75,5 +80,6 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     analysis = write_report([record], out / "report.md", settings, sections=plugins.report_sections(),
                             facts=facts, intro=intro, extra=[("Validation run", validation_section(result))])
     print(verdict_lines(analysis))
+    print("\n".join(self_check_lines((result.get("self_check") or {}).get("check"))))
     print(f"report: {out / 'report.md'}\ncheckpoints: {out / 'checkpoints'}")
     return {"ok": 0, "interrupted": 130}.get(status, 1)

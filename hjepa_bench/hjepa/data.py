@@ -215,6 +215,7 @@ class _Limited(Subset):
         super().__init__(dataset, range(n))
         self.labels = np.asarray(dataset.labels)[:n]
         self.classes = dataset.classes
+        self.full_size = len(dataset)  # the split's own size, before the limit
 
 
 def build_dataset(kind: str, *, path: str | None = None, train: bool = True, size: int | None = None,

@@ -36,6 +36,20 @@ MAX_TRIES = 10
 LEVEL0_ASPECT = (0.85, 1.15)
 
 
+def to_device(t: torch.Tensor, device: torch.device | str, non_blocking: bool = True) -> torch.Tensor:
+    """``t`` on ``device``, copied asynchronously (``non_blocking``) only from pinned memory: from pageable
+    memory the host waits for the copy anyway (CUDA stages it), so the copy is made synchronous, where
+    it shows as the wait it is.  Pinned memory comes from ``data.pin_memory`` (the DataLoader pins)."""
+    device = torch.device(device)
+    if device.type == "cpu" or t.device.type != "cpu":  # not a host-to-device copy
+        return t.to(device)
+    try:
+        pinned = bool(t.is_pinned())
+    except Exception:  # noqa: BLE001 - no pinned memory on this machine
+        pinned = False
+    return t.to(device, non_blocking=non_blocking and pinned)
+
+
 @dataclass(frozen=True)
 class MaskSpec:
     grid: int
@@ -125,7 +139,8 @@ class BatchMasks:
     target_mask: torch.Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "BatchMasks":
-        return BatchMasks(**{k: getattr(self, k).to(device, non_blocking=non_blocking) for k in self.__dataclass_fields__})
+        """On ``device``; ``non_blocking`` only where a tensor is in pinned memory (:func:`to_device`)."""
+        return BatchMasks(**{k: to_device(getattr(self, k), device, non_blocking) for k in self.__dataclass_fields__})
 
     def pin_memory(self) -> "BatchMasks":  # called by DataLoader(pin_memory=True)
         return BatchMasks(**{k: getattr(self, k).pin_memory() for k in self.__dataclass_fields__})

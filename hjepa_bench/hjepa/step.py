@@ -8,7 +8,8 @@ context patch tokens plus the padded mask tokens with unfused attention.
 ``efficient``: the same masks (sampled in the DataLoader workers), targets and
 losses, but masked tokens are dropped by gather as I-JEPA does, attention is
 fused (SDPA), the AdamW update is the fused kernel (same update, one pass per
-tensor) and nothing syncs host and device.
+tensor) and nothing syncs host and device (the input copy too when ``data.pin_memory`` is on: from
+pageable memory it is a synchronous copy).
 
 Both: AdamW (betas from the config) over the trainable parameters, gradient
 clipping, linear warm-up + cosine LR, EMA target update with a linear momentum
@@ -18,14 +19,13 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from typing import Any, Mapping
 
 import torch
 
-from ..plugin.api import Backend, StepOutput
+from ..plugin.api import Backend, PhaseClock, StepOutput
 from .loss import hierarchical_loss, vicreg
-from .masks import BatchMasks, MaskSpec, reference_masks
+from .masks import BatchMasks, MaskSpec, reference_masks, to_device
 from .model import HJEPA, gather_tokens
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -106,7 +106,14 @@ class HJEPAStep:
         self.weights = [float(w) for w in loss_cfg["hierarchy_weights"]]
         self.normalize = bool(loss_cfg["normalize_embeddings"])
         self.ddp: torch.nn.Module | None = None  # the data-parallel objective (data_parallel())
+        #: keep_features: ``loss`` keeps (context tokens, target tokens), detached, in ``last_features``
+        #: (what the upstream trainer's collapse metrics read from the model's outputs)
+        self.keep_features = False
+        self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_levels: list[torch.Tensor] = []  # each level's loss of the last step (keep_features)
         self.grad_sync = "sync"  # with ddp: sync | no_sync | local (GRAD_SYNC_MODES)
+        #: the runner's device event factory (PreparedWorkload.phase_events): phase boundaries on the stream too
+        self.phase_events: Any = None
 
     # ------------------------------------------------------------------ pieces
     def autocast(self):
@@ -134,6 +141,8 @@ class HJEPAStep:
             pred = m.predictor(context, target_pos, key_padding_mask=ignore, fused=True)
             w = masks.context_valid.unsqueeze(-1).to(context.dtype)
             ctx_pooled = (context * w).sum(1) / w.sum(1).clamp_min(1)
+        if self.keep_features:
+            self.last_features = (context.detach(), target_tokens.detach())
         total, levels = hierarchical_loss(pred, targets, masks.target_valid, m.hierarchy_projections,
                                           self.weights, self.loss_type, self.normalize)
         if self.vicreg_weight:
@@ -164,41 +173,46 @@ class HJEPAStep:
 
     # ------------------------------------------------------------------ the step
     def __call__(self, batch: Any) -> StepOutput:
-        t0 = time.perf_counter()
+        clock = PhaseClock(self.phase_events)
+        clock.mark()
         if self.variant == "efficient":
             images, _labels, masks = batch
-            masks = masks.to(self.device, non_blocking=True)
-            images = images.to(self.device, non_blocking=True)
+            masks = masks.to(self.device, non_blocking=True)  # asynchronous only from pinned memory
+            images = to_device(images, self.device)
         else:
-            images = batch[0].to(self.device, non_blocking=True)
+            images = to_device(batch[0], self.device)
             masks = self.make_masks(images.shape[0])
-        t1 = time.perf_counter()
+        clock.mark("inputs_masks")
         lr = self.set_lr()
         with self.autocast():
-            loss, _ = self.train_loss(images, masks)
+            loss, levels = self.train_loss(images, masks)
+        if self.keep_features:
+            self.last_levels = [x.detach() for x in levels]
+        # the activations are live here and freed by the backward: a backend without a peak API samples now
+        self.backend.sample_memory("forward end")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        t2 = time.perf_counter()
+        clock.mark("forward_backward")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, float(self.values["training"]["clip_grad"]))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
-        t3 = time.perf_counter()
+        clock.mark("optimizer")
         e = self.values["model"]["ema"]
         self.model.ema_update(ema_momentum_at(self.global_step, self.total_steps,
                                               float(e["momentum"]), float(e["momentum_end"])))
-        t4 = time.perf_counter()
+        clock.mark("ema")
         in_warmup = self.global_step < self.warmup_steps
         self.global_step += 1
         return StepOutput(
             loss=loss.detach(),
             grad_norm=grad_norm.detach(),
-            host_s={"inputs_masks": t1 - t0, "forward_backward": t2 - t1, "optimizer": t3 - t2, "ema": t4 - t3},
+            host_s=clock.host_s(), phases=clock,
             lr=lr, lr_in_warmup=in_warmup,
         )

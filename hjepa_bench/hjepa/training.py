@@ -54,7 +54,9 @@ def train_loader(config: Mapping[str, Any], backend: Backend) -> tuple[Dataset, 
                             seed=int(config["seed"]), transform=transform, limit=bench.get("limit_samples"))
     collate = MaskCollator(MaskSpec.from_config(config)) if bench["variant"] == "efficient" else None
     loader = build_loader(dataset, batch_size=int(data["batch_size"]), num_workers=int(data["num_workers"]),
-                          pin_memory=bool(data["pin_memory"]) and backend.name == "cuda",
+                          # as upstream: the DataLoader pins for the accelerator (and itself turns it off on MPS,
+                          # with a warning); a CPU run has nothing to copy to
+                          pin_memory=bool(data["pin_memory"]) and backend.device().type != "cpu",
                           persistent_workers=bool(bench["persistent_workers"]), seed=int(config["seed"]),
                           collate_fn=collate, shard=data_shard())
     return dataset, loader

@@ -57,8 +57,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..analysis.evaluation import (KNN_K, KNN_PROTOCOL, KNN_TEMPERATURE, LINEAR_MAX_ITER, LINEAR_PROTOCOL, knn_accuracy,
-                                   linear_probe)
+from ..analysis.evaluation import (KNN_K, KNN_PROTOCOL, KNN_TEMPERATURE, LINEAR_MAX_ITER, LINEAR_PROTOCOL,
+                                   comparison_caveats, knn_accuracy, linear_probe)
 from ..analysis.features import feature_quality
 from ..config import MODELS, PATCH_SIZE, resolve_config
 from ..hjepa.data import build_dataset, build_eval_transform
@@ -529,7 +529,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     timings["total_s"] = time.perf_counter() - t_start
 
     m = values["model"]
-    return {
+    out = {
         "checkpoint": str(checkpoint),
         "checkpoint_format": meta["format"],
         "epoch": meta.get("epoch"),
@@ -542,6 +542,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
         },
         "data": {
             "kind": data, "path": path, "n_train": int(len(train_y)), "n_test": int(len(test_y)),
+            "train_split_size": int(getattr(train_ds, "full_size", len(train_ds))),
+            "test_split_size": int(getattr(test_ds, "full_size", len(test_ds))),
             "limit_samples": None if limit_samples is None else int(limit_samples),
             "image_size": image_size, "num_classes": int(num_classes), "chance_top1": 1.0 / int(num_classes),
             "synthetic_seed": data_seed if data == "synthetic" else None,
@@ -554,6 +556,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
         "timings_s": timings,
         "notes": notes,
     }
+    out["caveats"] = comparison_caveats(out)
+    return out
 
 
 __all__ = ["load_state_dict", "load_model", "config_from_checkpoint", "infer_architecture",

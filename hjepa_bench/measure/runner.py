@@ -30,6 +30,7 @@ import psutil
 import torch
 
 from . import stats
+from ..analysis.bottleneck import device_lag_split
 from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
 from ..errors import UserError
 from ..record import dumps, new_record, validate_probe_entry
@@ -77,12 +78,18 @@ class _Loop:
         self.events = self.backend.has_device_events()
         self.scaled = getattr(self.work, "uses_grad_scaler", False)
         self.sync_before_step = bool(getattr(self.work, "syncs_in_step", False))
+        self.timeline: list[dict[str, dict[str, float]]] = []  # per step with device phase events
+        if self.events:
+            try:
+                self.work.phase_events = self.backend.event  # the step records its boundaries on the stream
+            except AttributeError:  # a workload that does not take them
+                pass
         self.batches: Iterator[Any] = iter(self.work.batches())
         self.failed: dict[str, dict[str, Any]] = {}  # probe name -> failure entry
 
     def window(self, n: int, warmup: bool) -> float:
         backend = self.backend
-        losses, norms, marks, fresh = [], [], [], []
+        losses, norms, marks, fresh, clocks = [], [], [], [], []
         backend.synchronize()
         w0 = time.perf_counter()
         for _ in range(n):
@@ -103,6 +110,7 @@ class _Loop:
             backend.sample_memory()
             sample = StepSample(index=len(self.samples), warmup=warmup, data_wait_s=t1 - t0, host_s=t2 - t1s,
                                 device_wait_s=t1s - t1, lr=out.lr, lr_in_warmup=out.lr_in_warmup)
+            clocks.append((t0, out.phases))
             self.samples.append(sample)
             fresh.append(sample)
             losses.append(out.loss)
@@ -123,6 +131,7 @@ class _Loop:
         w1 = time.perf_counter()
         if self.events:
             times = [marks[i].elapsed_s(marks[i + 1]) for i in range(n)]
+            self._attribute(marks, clocks, fresh)
         else:
             marks.append(w1)
             times = [marks[i + 1] - marks[i] for i in range(n)]
@@ -137,6 +146,28 @@ class _Loop:
             if norms[0] is not None and not math.isfinite(norm) and not self.scaled:
                 raise Diverged(sample.index, "gradient norm")
         return w1 - w0
+
+    def _attribute(self, marks: list[Any], clocks: list[tuple[float, Any]], fresh: list[StepSample]) -> None:
+        """Put the window's device events on the host clock and split each step's host time into the host's
+        own and the part the device set the pace (``analysis.bottleneck.device_lag_split``).  The first event
+        was recorded right after the window's sync, with the device idle, so it ran when the host recorded it:
+        a device time is that host time plus the event's elapsed time from it."""
+        origin_h, origin = clocks[0][0], marks[0]
+
+        def on_host(event: Any) -> float:
+            return origin_h + origin.elapsed_s(event)
+
+        for i, ((t0, clock), sample) in enumerate(zip(clocks, fresh)):
+            lag = max(0.0, on_host(marks[i]) - t0)  # the device's backlog when the host began this step
+            sample.data_overlap_s = min(sample.data_wait_s, lag)
+            pts = [] if clock is None else [(name, h, e) for name, h, e in clock.marks]
+            if len(pts) < 2 or any(e is None for _, _, e in pts):
+                continue
+            split = device_lag_split([(name, h, on_host(e)) for name, h, e in pts])
+            sample.host_wait_s = min(sample.host_s, sum(r["wait_s"] for r in split.values()))
+            while len(self.timeline) < sample.index:
+                self.timeline.append({})
+            self.timeline.append(split)
 
     def next_window(self, b: Mapping[str, Any], t_start: float) -> tuple[str | None, int]:
         """Stop (the reason) or the size of the next measured window."""
@@ -264,6 +295,7 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         "data_wait_frac": sum(s.data_wait_s for s in measured) / total if total > 0 else None,
         "host_frac": sum(s.host_s for s in measured) / total if total > 0 else None,
         "device_wait_frac": sum(s.device_wait_s for s in measured) / total if total > 0 else None,
+        **_timeline_metrics(loop, measured, total),
         "host_phases_s": {k: stats.summarize([p.get(k, 0.0) for p in measured_phases])["median"] for k in phase_names},
         "warmup": {"steps": len(warm), "time_s": loop.warmup_time_s,
                    "step_time_s": [s.step_time_s for s in warm]},
@@ -271,6 +303,8 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         "peak_device_bytes": mem.peak_bytes,
         "current_device_bytes": mem.current_bytes,
         "reserved_device_bytes": mem.reserved_bytes,
+        "peak_reserved_device_bytes": mem.peak_reserved_bytes,
+        "device_outside_allocator_bytes": mem.outside_allocator_bytes,
         "device_total_bytes": mem.total_bytes,
         "memory_source": mem.source,
         "peak_rss_bytes": _peak_rss(),
@@ -279,6 +313,31 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         "stop_reason": stop_reason,
         "timing_method": "device-events" if loop.events else "synced-wall-clock",
         "warnings": warnings,
+    }
+
+
+def _timeline_metrics(loop: _Loop, measured: list[StepSample], total: float) -> dict[str, Any]:
+    """With device phase events (an asynchronous device): how much of the data wait and of the host time
+    in ``step()`` the device was still busy with queued work (``analysis.bottleneck.device_lag_split``),
+    and the device time per phase.  Empty without them."""
+    timed = [s for s in measured if s.host_wait_s is not None and s.index < len(loop.timeline)
+             and loop.timeline[s.index]]
+    if total <= 0 or not timed or len(timed) < len(measured):
+        return {}
+    rows = [loop.timeline[s.index] for s in timed]
+    names = sorted({k for r in rows for k in r})
+
+    def median(key: str, name: str) -> float:
+        return stats.summarize([r.get(name, {}).get(key, 0.0) for r in rows])["median"]
+
+    return {
+        "host_wait_frac": sum(s.host_wait_s for s in timed) / total,
+        "data_wait_overlap_frac": sum(s.data_overlap_s or 0.0 for s in timed) / total,
+        "host_phase_waits_s": {k: median("wait_s", k) for k in names},
+        "device_phases_s": {k: median("device_s", k) for k in names},
+        "timeline": ("device events recorded on the stream at each phase boundary, put on the host clock at the "
+                     "window's opening sync; wait = host time while the device was still busy with work queued "
+                     "before the phase (or, for the data wait, before the step)"),
     }
 
 

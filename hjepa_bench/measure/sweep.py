@@ -38,6 +38,7 @@ from ..config import check_value, is_finite_number, resolve_config, resolve_mode
 from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
+from . import child_stderr
 from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
 from .results import ResultsFile, config_key
 from ..record import new_record, node_label, short_model_name
@@ -66,6 +67,8 @@ class SweepSpec:
     data: str | None = None
     data_path: str | None = None
     limit_samples: int | None = None
+    dataset_size: int | None = None  # the projected full run's training images (bench.dataset_size)
+    val_size: int | None = None
     persistent_workers: bool | None = None
     warmup_steps: int | None = 2
     min_steps: int | None = 5
@@ -89,6 +92,7 @@ class SweepSpec:
     #: field -> the config key it overrides at every point (None: the base config's value)
     COMMON_KEYS = {"encoder_depth": "model.encoder_depth", "workload": "bench.workload", "data": "bench.data",
                    "data_path": "bench.data_path", "limit_samples": "bench.limit_samples",
+                   "dataset_size": "bench.dataset_size", "val_size": "bench.val_size",
                    "persistent_workers": "bench.persistent_workers", "warmup_steps": "bench.warmup_steps",
                    "min_steps": "bench.min_steps", "max_steps": "bench.max_steps", "max_time_s": "bench.max_time_s"}
     MAX_TIMEOUT_S = 1e7
@@ -197,7 +201,7 @@ class SweepSpec:
             if value is not None:
                 setattr(spec, name, value)
         for name in ("config", "workload", "data", "data_path", "limit_samples", "persistent_workers", "encoder_depth",
-                     "warmup_steps", "min_steps", "max_steps"):
+                     "warmup_steps", "min_steps", "max_steps", "dataset_size", "val_size"):
             if getattr(args, name, None) is not None:
                 setattr(spec, name, getattr(args, name))
         if args.max_time is not None:
@@ -243,9 +247,27 @@ def check_grid(spec: SweepSpec, plugins: Plugins) -> None:
             resolve_model_name(m)  # an unknown model is a user error, not an unsupported point
 
 
-def device_facts(backend: Backend) -> DeviceFacts:
+def device_facts(backend: Backend, plugin_args: Sequence[str] = ()) -> DeviceFacts:
     """``backend`` as this process sees it: the environment fingerprint, the precisions that
-    train on it, or why it cannot run (an executor takes these where the configs will run)."""
+    train on it, or why it cannot run (an executor takes these where the configs will run).
+
+    A backend whose probes leave memory on the device in the process that asks
+    (``Backend.probes_hold_device``: a CUDA context and cached blocks) is asked in a spawned child
+    (plugins built from ``plugin_args``), so the children that measure have the device to themselves."""
+    if getattr(backend, "probes_hold_device", False) and backend.availability().available:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            return pool.submit(_device_facts_here, backend.name, list(plugin_args)).result()
+    return _facts(backend)
+
+
+def _device_facts_here(name: str, plugin_args: list[str]) -> DeviceFacts:
+    """(In a spawned child) the facts of the backend ``name``."""
+    return _facts(build_plugins(plugin_args).backends()[name])
+
+
+def _facts(backend: Backend) -> DeviceFacts:
     from .env import environment_fingerprint
 
     why = backend.availability()
@@ -390,7 +412,10 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> None:
-    """Runs in the spawned child: measure one config, write its record to ``result_path``."""
+    """Runs in the spawned child: measure one config, write its record to ``result_path``; its stderr
+    (file descriptor 2: what the device runtime prints too) goes to ``payload["stderr_path"]`` if given."""
+    if payload.get("stderr_path"):
+        child_stderr.capture(payload["stderr_path"])
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     # A spawned child inherits "spawn" as its default start method; DataLoader workers
     # must start the way they do in a normal run on this platform (fork on Linux).
@@ -422,11 +447,44 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
 @dataclass
 class ChildOutcome:
     record: dict[str, Any] | None
-    status: str  # "done", "timeout", "crashed"
+    status: str  # "done", "timeout", "crashed", "oom" (printed on the child's stderr: _printed_oom)
     detail: str = ""
 
 
 def run_in_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
+    """Run one config in a spawned child with a wall-clock timeout (:func:`_run_child`).  The child's
+    stderr is passed on when it ends and read for an out-of-memory the device printed without raising."""
+    with tempfile.TemporaryDirectory(prefix="hjepa-bench-stderr-") as tmp:
+        stderr_path = os.path.join(tmp, "stderr.txt")
+        try:
+            outcome = _run_child(dict(payload, stderr_path=stderr_path), timeout_s)
+        except BaseException:
+            child_stderr.pass_on(stderr_path)
+            raise
+        return _printed_oom(payload, outcome, child_stderr.pass_on(stderr_path))
+
+
+def _printed_oom(payload: Mapping[str, Any], outcome: ChildOutcome, text: str) -> ChildOutcome:
+    """When the child's stderr ``text`` holds the device's printed (not raised) out-of-memory, the config ran
+    out of memory: a child that died or hung then, or a record measured on after it, is ``oom``, and the
+    error says where that was seen (the record keeps its numbers)."""
+    if outcome.record is not None and outcome.record.get("status") == "oom":
+        return outcome
+    line = child_stderr.printed_oom(text, payload["device"], payload.get("plugins") or [])
+    if line is None:
+        return outcome
+    why = f"out of memory on {payload['device']}, printed on the child's stderr, not raised ({line[:160]})"
+    if outcome.record is None:
+        return ChildOutcome(None, "oom", f"{why}; then {outcome.status}: {outcome.detail}")
+    record = dict(outcome.record)
+    record["error"] = (f"{why}; the run went on as {record.get('status')!r}"
+                       + (f" ({record['error']})" if record.get("error") else "")
+                       + ", so its numbers include device work that never ran")
+    record["status"] = "oom"
+    return ChildOutcome(record, outcome.status, outcome.detail)
+
+
+def _run_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
     """Run one config in a spawned child with a wall-clock timeout."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="hjepa-bench-") as tmp:

@@ -18,8 +18,19 @@ with the real step (:class:`hjepa_bench.hjepa.step.HJEPAStep`) on the real data 
   ``feature_every_epochs`` epochs, at the end and (``features_at_start``) before
   training, as a baseline;
 * checkpoints in the upstream layout (``checkpoints/checkpoint_epoch_{E}.pth``,
-  ``checkpoint_latest.pth``, ``checkpoint_best.pth``), written to a temp file and
-  renamed, with their write time and size.
+  ``checkpoint_latest.pth``, ``checkpoint_best.pth``): one ``torch.save`` per epoch
+  (to a temp file renamed into place) and copies for the other names, as the
+  upstream ``CheckpointManager`` does, with their write time and size;
+* the upstream trainer's periodic work, as the config's ``logging`` section asks
+  (:mod:`hjepa_bench.hjepa.periodic`): the loss terms read back every step,
+  TensorBoard scalars and gradient histograms into ``out_dir/tensorboard`` with the
+  real ``SummaryWriter``, the collapse metrics with their SVD, ``empty_cache``, so
+  that its epochs cost what the trainer's do;
+* a **self-check of the projection**: before the first epoch the run measures what
+  the ``epoch_costs`` probe measures (worker start-up, a validation step, a
+  checkpoint write, the periodic work); with its first measured steps that makes
+  the projection of every epoch and of the whole run, which :func:`self_check`
+  puts next to what they then took.
 
 ``out_dir/validation.json`` (the result) is rewritten atomically at every epoch
 end and at the end, so a killed run leaves its measurements so far.  Ctrl-C
@@ -40,6 +51,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -57,8 +69,9 @@ from ..analysis.features import feature_quality, judge_features
 from ..config import to_yaml
 from ..errors import UserError
 from ..hjepa.data import build_dataset, build_eval_transform, build_loader
-from ..hjepa.masks import masks_from_union, sample_batch_union
-from ..hjepa.step import HJEPAStep
+from ..hjepa.masks import masks_from_union, sample_batch_union, to_device
+from ..hjepa.periodic import LoggingPlan, TrainerLogger
+from ..hjepa.step import HJEPAStep, ema_momentum_at
 from ..hjepa.training import build_training, checkpoint_state, extract_features, save_checkpoint
 from ..record import new_record, write_json
 
@@ -100,6 +113,14 @@ class ValidationSettings:
 
 
 # --------------------------------------------------------------------------- helpers
+def _loadavg() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
 def _finite(x: float | None) -> float | None:
     """A float, or None for NaN/Inf (JSON has neither)."""
     if x is None:
@@ -174,6 +195,7 @@ class _ValidationRun:
         self.train_it: Any = None
         self.best_metric: float | None = None
         self.saved_at_step: int | None = None
+        self.logger: TrainerLogger | None = None
         self.partial: dict[str, Any] | None = None  # the epoch in progress
         self.result: dict[str, Any] = {
             "status": "ok",
@@ -198,10 +220,23 @@ class _ValidationRun:
             "memory_source": None,
             "fallback_warnings": [],
             "notes": [],
+            "train_size": None,
+            "val_size": None,
+            "setup_s": None,
+            "train_wall_s": None,
+            "self_check": None,
+            "periodic_counts": None,
         }
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._setup()
+        finally:
+            self.result["setup_s"] = time.perf_counter() - t0
+
+    def _setup(self) -> None:
         v, backend, s = self.values, self.backend, self.settings
         bench, data = v["bench"], v["data"]
         training = build_training(v, backend, max_steps_per_epoch=s.max_steps_per_epoch)
@@ -217,7 +252,7 @@ class _ValidationRun:
         train_set, self.loader = training.dataset, training.loader
         batch_size, workers = int(data["batch_size"]), int(data["num_workers"])
         persistent = bool(bench["persistent_workers"])
-        pin = bool(data["pin_memory"]) and backend.name == "cuda"
+        pin = bool(data["pin_memory"]) and backend.device().type != "cpu"  # as the training loader
         full = len(self.loader)
         if full == 0:
             raise UserError("The data loader yields no batches; use a smaller batch or more data.")
@@ -271,6 +306,15 @@ class _ValidationRun:
             self.ckpt_every = int(freq) if freq else 1
         if self.ckpt_every < 1:
             raise UserError(f"Checkpoints must be written every 1 or more epochs, got {self.ckpt_every}.")
+        self.result["train_size"] = spe * batch_size if spe < full else n_train
+        self.result["val_size"] = self.val_batches * batch_size
+        self.plan = LoggingPlan.from_config(v)
+        self.trainer.keep_features = True  # the collapse metrics read the step's embeddings, as upstream
+        self.logger = TrainerLogger(self.plan, str(self.out_dir / "tensorboard") if self.plan.tensorboard else None,
+                                    backend)
+        notes.append(f"the trainer's periodic work as the config asks: log_frequency {self.plan.log_frequency}, "
+                     f"TensorBoard {'on (' + str(self.out_dir / 'tensorboard') + ')' if self.plan.tensorboard else 'off'}"
+                     + (", Weights & Biases asked for but not run (no server here)" if self.plan.wandb else ""))
         mem = backend.memory()
         self.result["memory_source"] = mem.source
 
@@ -279,17 +323,25 @@ class _ValidationRun:
         self.result["elapsed_s"] = time.perf_counter() - self.t_start
         write_json(self.result, self.out_dir / RESULT_FILE)
 
-    def save_checkpoint(self, kind: str, epoch: int, name: str) -> dict[str, Any]:
+    def save_checkpoint(self, kind: str, epoch: int, name: str, copy_of: Path | None = None) -> dict[str, Any]:
+        """Save the checkpoint as ``name`` (``copy_of``: copy that file, as the upstream manager copies
+        its epoch file to ``checkpoint_latest.pth`` and ``checkpoint_best.pth``)."""
         trainer = self.trainer
         assert trainer is not None
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / name
         t0 = time.perf_counter()
-        state = checkpoint_state(trainer, epoch, best_val_loss=self.best_metric, config=dict(self.values),
-                                 global_step=trainer.global_step)
-        save_checkpoint(state, path)
+        if copy_of is not None:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            shutil.copy(copy_of, tmp)
+            os.replace(tmp, path)
+        else:
+            state = checkpoint_state(trainer, epoch, best_val_loss=self.best_metric, config=dict(self.values),
+                                     global_step=trainer.global_step)
+            save_checkpoint(state, path)
         entry = {"path": str(path), "epoch": epoch, "kind": kind, "global_step": trainer.global_step,
-                 "save_s": time.perf_counter() - t0, "bytes": path.stat().st_size}
+                 "save_s": time.perf_counter() - t0, "bytes": path.stat().st_size,
+                 "copy_of": None if copy_of is None else copy_of.name}
         self.result["checkpoints"].append(entry)
         if kind == "latest":
             self.saved_at_step = trainer.global_step
@@ -310,7 +362,7 @@ class _ValidationRun:
         try:
             it = _iter(self.val_loader)
             for _ in range(self.val_batches):
-                images = next(it)[0].to(device, non_blocking=True)
+                images = to_device(next(it)[0], device)
                 masks = masks_from_union(sample_batch_union(rng, trainer.spec, images.shape[0])).to(device)
                 with trainer.autocast():
                     loss, _ = trainer.loss(images, masks)
@@ -341,6 +393,27 @@ class _ValidationRun:
         return {"epoch": epoch, "global_step": trainer.global_step, "n_images": self.feature_n,
                 "encoder": "target_encoder (EMA), eval mode, no_grad, float32, mean of patch tokens",
                 "extract_s": extract_s, "metrics_s": time.perf_counter() - t0 - extract_s, **quality}
+
+    # ------------------------------------------------------------------ the self-check's measurements
+    def measure_costs(self) -> None:
+        """What the ``epoch_costs`` probe measures, on this run's trainer and loader, before the first
+        epoch (the RNG states are put back, so the run trains as it would without them)."""
+        trainer, loader = self.trainer, self.loader
+        assert trainer is not None and loader is not None
+        from .epoch_costs import measure_epoch_costs
+
+        rng, torch_rng = trainer.rng.getstate(), torch.get_rng_state()
+        t0 = time.perf_counter()
+        try:
+            costs = measure_epoch_costs(trainer, loader, self.backend, self.values,
+                                        artifacts_dir=str(self.out_dir), steady_wait=None, build_model=False)
+        finally:
+            trainer.rng.setstate(rng)
+            torch.set_rng_state(torch_rng)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        costs["model_build_s"] = self.result["setup_s"]  # this run's own set-up: data, model, optimizer
+        self.result["self_check"] = {"costs": costs, "measure_s": time.perf_counter() - t0,
+                                     "loadavg_1m": _loadavg(), "plan": self.plan.as_dict()}
 
     # ------------------------------------------------------------------ training
     def _epoch_summary(self, acc: dict[str, Any], complete: bool) -> dict[str, Any]:
@@ -381,11 +454,13 @@ class _ValidationRun:
         steps = self.result["steps"]
         if s.features_at_start:
             self.result["features"].append(self.features(0))
+        self.measure_costs()
         t_train0 = time.perf_counter()
+        features_s = 0.0
         for epoch in range(1, epochs + 1):
             backend.reset_peak_memory()
             acc: dict[str, Any] = {"epoch": epoch, "steps": 0, "elapsed_s": 0.0, "losses": [], "lr_end": None,
-                                   "data_wait_s": 0.0, "loader_start_s": 0.0}
+                                   "data_wait_s": 0.0, "loader_start_s": 0.0, "periodic_s": {}, "terms": {}}
             self.partial = acc
             bar = tqdm(total=spe, desc=f"epoch {epoch}/{epochs}", unit="it", file=sys.stderr,
                        disable=not self.progress, dynamic_ncols=True, leave=True)
@@ -403,6 +478,21 @@ class _ValidationRun:
                     backend.synchronize()
                     t_end = time.perf_counter()
                     backend.sample_memory()
+                    if self.logger is not None:
+                        before = dict(self.logger.seconds)
+                        terms = self.logger.readback(out.loss, trainer.last_levels, trainer.optimizer,
+                                                     trainer.optimizer.param_groups[0]["lr"])
+                        for k, x in terms.items():
+                            acc["terms"].setdefault(k, []).append(x)
+                        e = self.values["model"]["ema"]
+                        self.logger.after_step(
+                            batch_idx=i, global_step=trainer.global_step - 1, model=trainer.model, terms=terms,
+                            lr=float(out.lr or 0.0), ema=ema_momentum_at(trainer.global_step - 1, trainer.total_steps,
+                                                                         float(e["momentum"]), float(e["momentum_end"])),
+                            features=trainer.last_features)
+                        for k, x in self.logger.seconds.items():
+                            if x != before.get(k):
+                                acc["periodic_s"][k] = acc["periodic_s"].get(k, 0.0) + x - before.get(k, 0.0)
                     loss = _finite(out.loss.float().item())
                     grad = _finite(out.grad_norm.float().item()) if out.grad_norm is not None else None
                     lr = float(out.lr if out.lr is not None else trainer.optimizer.param_groups[0]["lr"])
@@ -449,21 +539,32 @@ class _ValidationRun:
                 t0 = time.perf_counter()
                 self.result["features"].append(self.features(epoch))
                 acc["features_s"] = time.perf_counter() - t0
+                features_s += acc["features_s"]
             summary = self._epoch_summary(acc, complete=True)
             metric = val_loss if val_loss is not None else summary["train_loss_mean"]
             improved = metric is not None and (self.best_metric is None or metric < self.best_metric)
             if improved:
                 self.best_metric = metric
             t0 = time.perf_counter()
-            self.save_checkpoint("latest", epoch, "checkpoint_latest.pth")
+            latest = Path(self.save_checkpoint("latest", epoch, "checkpoint_latest.pth")["path"])
             if improved:
-                self.save_checkpoint("best", epoch, "checkpoint_best.pth")
+                self.save_checkpoint("best", epoch, "checkpoint_best.pth", copy_of=latest)
             if epoch % self.ckpt_every == 0:
-                self.save_checkpoint("epoch", epoch, f"checkpoint_epoch_{epoch}.pth")
+                self.save_checkpoint("epoch", epoch, f"checkpoint_epoch_{epoch}.pth", copy_of=latest)
             summary["checkpoint_s"] = time.perf_counter() - t0
+            summary["best"] = improved
+            t0 = time.perf_counter()
+            if self.logger is not None:
+                self.logger.epoch_end({k: sum(x) / len(x) for k, x in acc["terms"].items() if x},
+                                      summary["train_loss_mean"], val_loss, trainer.global_step)
+            acc["periodic_s"]["epoch_scalars"] = acc["periodic_s"].get("epoch_scalars", 0.0) + time.perf_counter() - t0
+            summary["periodic_s"] = dict(acc["periodic_s"])
+            summary["wall_s"] = time.perf_counter() - t_epoch0 - summary.get("features_s", 0.0)
+            summary["loadavg_1m"] = _loadavg()
             self._note_peak(summary["peak_memory_bytes"])
             self.result["epochs"].append(summary)
             self.result["epochs_completed"] = epoch
+            self.result["train_wall_s"] = time.perf_counter() - t_train0 - features_s
             self.partial = None
             self.write()
             if self.on_epoch is not None:
@@ -491,6 +592,9 @@ class _ValidationRun:
             self.result["notes"].append("interrupted again while saving checkpoint_latest.pth; not saved")
 
     def close(self) -> None:
+        if self.logger is not None:
+            self.result["periodic_counts"] = dict(self.logger.counts)  # what the run did, per kind
+            self.logger.close()
         _release(self.loader, self.train_it, final=True)
         self.train_it = None
         for loader in (self.loader, self.val_loader):
@@ -521,6 +625,9 @@ class _ValidationRun:
                     self.close()
         finally:
             self.result["fallback_warnings"] = list(catcher.messages)
+        if self.result.get("self_check"):
+            from ..analysis.selfcheck import self_check
+            self.result["self_check"]["check"] = self_check(self.result, WARMUP_STEPS)
         self.write()
         return self.result
 
@@ -581,13 +688,19 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
     status = {"ok": "ok", "interrupted": "ok", "diverged": "diverged", "oom": "oom"}.get(result.get("status"), "error")
     if status == "ok" and not ok:
         status = "error"
+    before = ((result.get("self_check") or {}).get("costs") or {})
+    writes = [e["checkpoint_s"] for e in epochs if e.get("checkpoint_s")]
     probes: dict[str, Any] = {
         "loss": {"status": "ok", **loss},
         "epoch_costs": {"status": "ok", "measured": True, "paid_every_epoch": not values["bench"].get("persistent_workers"),
                         "worker_startup_s": _median(starts), "val_step_s": _median(val_steps),
                         "val_batch_size": batch, "checkpoint_save_s": _median(saves),
+                        "checkpoint_write_s": _median(writes),
                         "checkpoint_bytes": max((c.get("bytes") or 0 for c in result.get("checkpoints") or []), default=None),
-                        "source": "the validation run's epoch ends"},
+                        "periodic": before.get("periodic"), "model_build_s": result.get("setup_s"),
+                        "source": "the validation run's epoch ends (worker start-up, validation step, checkpoint "
+                                  "writes); the trainer's periodic work as measured before its first epoch; "
+                                  "model build: its set-up"},
     }
     if ok:  # the full stability analysis of the run's per-step times (spikes, period, drift), as a probe does
         probes["stability"] = {"status": "ok", **analyze_stability(whole, warm)}

@@ -39,6 +39,10 @@ class MemoryReading:
     total_bytes: int | None
     reserved_bytes: int | None = None  # allocator cache (CUDA reserved, MPS driver)
     source: str = ""  # which API the numbers came from
+    #: the most the allocator held at once (reserved: live blocks + cache) since the peak was reset
+    peak_reserved_bytes: int | None = None
+    #: device memory in use outside torch's allocator now (CUDA context, library workspaces, other processes)
+    outside_allocator_bytes: int | None = None
 
 
 class Checked:
@@ -82,6 +86,12 @@ class Backend(Checked, abc.ABC):
     oom_types: tuple[type[BaseException], ...] = ()
     #: RuntimeError message fragments of this backend's OOM (unless another device is named)
     oom_markers: tuple[str, ...] = ()
+    #: True when asking this backend for its facts (the precision probes) leaves memory on the device in
+    #: the asking process (a CUDA context, cached blocks): a sweep then asks in a child process
+    probes_hold_device: bool = False
+    #: text the device runtime PRINTS on stderr, without raising, when it runs out of memory (a Metal
+    #: command buffer that failed for lack of memory): a sweep reads its child's stderr for it
+    printed_oom_markers: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def device(self) -> torch.device: ...
@@ -102,8 +112,10 @@ class Backend(Checked, abc.ABC):
     def reset_peak_memory(self) -> None:
         """Start a new peak-memory window (before the measured steps)."""
 
-    def sample_memory(self) -> None:
-        """Called once per step; backends without a peak API track the peak here."""
+    def sample_memory(self, where: str = "step end") -> None:
+        """Called after every step (``where`` = "step end") and by a workload where its memory peaks
+        (the H-JEPA step: "forward end", when the activations are live); backends without a peak API
+        track the peak here and name the points they sampled in ``MemoryReading.source``."""
 
     def supported_precisions(self) -> dict[str, str]:
         """Map of precision name -> "" if it works, else why not (one sentence); tried once."""
@@ -138,6 +150,14 @@ class Backend(Checked, abc.ABC):
             if isinstance(e, RuntimeError) and any(m in msg for m in self.oom_markers):
                 return True
         return False
+
+    def printed_oom(self, stderr_text: str) -> str | None:
+        """The first line of ``stderr_text`` (what a run printed) that says this device ran out of memory
+        without raising (``printed_oom_markers``), or None."""
+        for line in stderr_text.splitlines():
+            if any(m in line for m in self.printed_oom_markers):
+                return line.strip()
+        return None
 
     def fingerprint(self) -> dict[str, Any]:
         """Device facts for the environment fingerprint (name, memory, ...)."""
@@ -197,6 +217,31 @@ class WallClockEvent(TimingEvent):
 
 
 # --------------------------------------------------------------------------- workloads
+class PhaseClock:
+    """The phase boundaries of one step: each on the host clock (``time.perf_counter``) and, when the
+    runner hands the workload an event factory (``PreparedWorkload.phase_events``: a backend with device
+    events), as a device event recorded on the stream at the same point, so the runner can tell how far
+    the device lagged behind the host at each boundary.  ``mark()`` opens the step, ``mark(name)`` ends
+    the phase ``name``; ``host_s()`` is the host time of each phase."""
+
+    def __init__(self, events: "Callable[[], TimingEvent] | None" = None):
+        self._events = events
+        #: (the phase that ends here, "" at the start; host time; the device event or None)
+        self.marks: list[tuple[str, float, TimingEvent | None]] = []
+
+    def mark(self, phase: str = "") -> None:
+        import time
+
+        event = None
+        if self._events is not None:
+            event = self._events()
+            event.record()
+        self.marks.append((phase, time.perf_counter(), event))
+
+    def host_s(self) -> dict[str, float]:
+        return {m[0]: m[1] - p[1] for p, m in zip(self.marks, self.marks[1:])}
+
+
 @dataclass
 class StepOutput:
     """What one training step hands back, without forcing a device sync."""
@@ -204,6 +249,8 @@ class StepOutput:
     loss: torch.Tensor  # 0-dim, detached, on the device
     grad_norm: torch.Tensor | None = None  # 0-dim, on the device (pre-clipping)
     host_s: dict[str, float] = field(default_factory=dict)  # named host phases, seconds
+    #: the step's phase boundaries (host times and, when asked for, device events): the runner's timeline
+    phases: PhaseClock | None = None
     lr: float | None = None  # the learning rate this step applied (None: the workload does not say)
     lr_in_warmup: bool | None = None  # True while the LR schedule is still in its warm-up
 
@@ -222,6 +269,9 @@ class PreparedWorkload(abc.ABC):
     #: ``step()`` and counts that wait as device time (``StepSample.device_wait_s``).  Such a step
     #: syncs anyway, so this costs no overlap; a step that never syncs keeps False.
     syncs_in_step: bool = False
+    #: set by the runner when the backend has device events: the factory a step hands to its
+    #: :class:`PhaseClock`, so its phase boundaries are also recorded on the device's stream
+    phase_events: Callable[[], "TimingEvent"] | None = None
 
     # Optional capabilities, None when the workload has none.  Probes use them (``epoch_costs``
     # measures worker start-up on the loader, a validation forward and a checkpoint on the trainer).
@@ -297,6 +347,11 @@ class StepSample:
     data_wait_s: float
     host_s: float  # wall time from calling step() to its return (dispatch + host work)
     device_wait_s: float = 0.0  # waiting for the previous step's device work before step() (syncs_in_step)
+    #: with a device timeline (``StepOutput.phases`` with events): the part of ``host_s`` during which the
+    #: device was still busy with work queued before the phase began (the host waited, or overlapped it),
+    #: and the part of ``data_wait_s`` during which the device was still busy with earlier steps
+    host_wait_s: float | None = None
+    data_overlap_s: float | None = None
     step_time_s: float | None = None
     loss: float | None = None
     lr: float | None = None  # the learning rate the step applied (StepOutput.lr)

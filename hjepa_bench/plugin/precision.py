@@ -46,12 +46,26 @@ def probe_precision(device_type: str, precision: str) -> str:
     return ""
 
 
+def make_grad_scaler(device_type: str) -> "torch.amp.GradScaler | None":
+    """A GradScaler for ``device_type``: ``torch.amp.GradScaler(device_type)`` (torch >= 2.3); on an
+    older torch, whose only scaler is ``torch.cuda.amp.GradScaler``, that one for ``cuda`` and None
+    for any other device (it has no scaler there)."""
+    amp_scaler = getattr(torch.amp, "GradScaler", None)
+    if amp_scaler is not None:
+        return amp_scaler(device_type)
+    if device_type == "cuda":
+        return torch.cuda.amp.GradScaler()
+    return None
+
+
 def grad_scaler_works(device_type: str) -> bool:
-    """Whether ``torch.amp.GradScaler(device_type)`` constructs and runs one fp16 step."""
+    """Whether :func:`make_grad_scaler` gives a scaler for ``device_type`` that runs one fp16 step."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            scaler = torch.amp.GradScaler(device_type)
+            scaler = make_grad_scaler(device_type)
+            if scaler is None:
+                return False
             if not scaler.is_enabled():
                 return False
             w = torch.nn.Parameter(torch.randn(4, 4, device=device_type))

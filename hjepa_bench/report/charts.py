@@ -34,11 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import re
+
 import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..format import finite
 from ..analysis.memory import DEFAULT_MARGIN, MODEL_ORDER, device_key, fit_memory, setup_key
@@ -229,17 +232,35 @@ def _figure(title: str, subtitle: str = "") -> tuple[Figure, Any]:
     return fig, ax
 
 
+_CODE_RE = re.compile(r"\b[LP]\d+\b")
+
+
+def legend_key(labels: Iterable[str]) -> str | None:
+    """What the short codes in legend labels mean ("L2 P4": hierarchy levels, predictor depth), or None
+    when no label uses them; charts show it as the legend's title and in the caption."""
+    text = " ".join(labels)
+    parts = [what for code, what in (("L", "L<n> = hierarchy levels"), ("P", "P<n> = predictor depth"))
+             if re.search(rf"\b{code}\d+\b", text)]
+    return ", ".join(parts) or None
+
+
 def _legend(fig: Figure, ax: Any) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return
+    key = legend_key(labels)
     longest = max(len(s) for s in labels)
     if len(handles) <= 5 and longest <= 40:
-        ax.legend(fontsize="small", loc="best", framealpha=0.8)
+        ax.legend(fontsize="small", loc="best", framealpha=0.8, title=key, title_fontsize="x-small")
     else:
         ncols = 1 if longest > 45 else 2 if longest > 25 else 3
         fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="x-small",
-                   frameon=False)
+                   frameon=False, title=key, title_fontsize="x-small")
+
+
+def _key_note(labels: Iterable[str]) -> str:
+    key = legend_key(labels)
+    return f"; in the legend, {key}" if key else ""
 
 
 def _batch_axis(ax: Any, values: Iterable[float]) -> None:
@@ -307,6 +328,7 @@ def throughput_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path) -> 
                     f"and the best is plotted (labelled w<N>)")
     if repeats:
         caption += "; repeated runs of one config are averaged"
+    caption += _key_note(list(labels) + [common or ""])
     return Chart(name, title, path, caption + ".", {"series": series, "records": len(df)})
 
 
@@ -343,6 +365,7 @@ def _step_axes(fig: Figure, ax: Any, warmups: Sequence[int], ylabel: str) -> Non
     ax.set_xlabel("step index (0 = first step, warm-up included)")
     ax.set_ylabel(ylabel)
     ax.set_xlim(left=-0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     _legend(fig, ax)
 
 
@@ -375,7 +398,7 @@ def step_time_over_run(records: Sequence[Mapping[str, Any]], out_dir: Path) -> C
     caption = (f"Time per training step (ms) against step index for {_count_note(len(items), total, 'step times')}"
                f"{_not_ok_note(records)}; warm-up steps are shaded and drawn hollow and dotted"
                + ("; the y axis is logarithmic because step times span more than a factor of "
-                  f"{LOG_Y_RATIO:g}" if log_y else "") + ".")
+                  f"{LOG_Y_RATIO:g}" if log_y else "") + _key_note(labels) + ".")
     return Chart(name, title, path, caption,
                  {"labels": labels, "warmup_steps": warmups, "log_y": log_y, "records": len(items),
                   "records_with_series": total})
@@ -403,7 +426,7 @@ def loss_curve(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | N
     path = _save(fig, out_dir, name)
     caption = (f"Training loss per step (thin) and its centred rolling mean (bold, window in the legend) for "
                f"{_count_note(len(items), total, 'a loss series')}{_not_ok_note(records)}; warm-up steps are "
-               f"shaded and drawn as hollow markers.")
+               f"shaded and drawn as hollow markers{_key_note(labels)}.")
     return Chart(name, title, path, caption,
                  {"labels": labels, "warmup_steps": warmups, "windows": windows, "records": len(items),
                   "records_with_series": total})
@@ -444,6 +467,7 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
     x_max = max([max_b] + reach) * 1.08
     y_top = 0.0
     predicted: dict[str, int | None] = {}
+    extrapolated: set[str] = set()
     for i, (key, label, color) in enumerate(zip(keys, labels, _colors(len(keys)))):
         res = fits[key]
         pts = sorted(points[key])
@@ -454,6 +478,8 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
         fit = res.get("fit")
         pred = res.get("predicted_max_batch")
         predicted[label] = pred
+        if res.get("extrapolated"):
+            extrapolated.add(label)
         if not fit:
             continue
         a, slope = fit["intercept_bytes"], fit["bytes_per_sample"]
@@ -512,7 +538,9 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
     caption = (f"Peak memory (GiB) against batch size for {_plural(n_points, 'ok record')} in "
                f"{_plural(len(keys), 'group')}{_not_ok_note(records)}"
                + (", with fit_memory's least-squares line" if any(fits[k].get("fit") for k in keys) else ""))
-    with_pred = [f"{label} {pred}" for label, pred in predicted.items() if pred is not None]
+    with_pred = [f"{label} {pred}" + (" (an extrapolation beyond 4x the largest measured batch)"
+                                      if label in extrapolated else "")
+                 for label, pred in predicted.items() if pred is not None]
     if with_pred:
         caption += (f"; predicted largest batch within {1 - margin:.0%} of device memory: "
                     + ", ".join(with_pred))
@@ -520,7 +548,7 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
     if no_fit:
         caption += f"; no fit (fewer than 2 batch sizes) for {', '.join(no_fit)}"
     if rss:
-        caption += "; on CPU the peak is the process RSS"
+        caption += "; on CPU the peak is the RSS of the process tree (DataLoader workers included)"
     return Chart(name, title, path, caption + ".",
                  {"predicted_max_batch": predicted, "fits": {f"{d} {m}": fits[(d, m)] for d, m in keys},
                   "records": n_points})
@@ -568,6 +596,7 @@ def worker_effect(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart 
         caption += f"; {_plural(skipped, 'group')} with a single worker count not shown"
     if repeats:
         caption += "; repeated runs of one config are averaged"
+    caption += _key_note(list(labels) + [common or ""])
     return Chart(name, title, path, caption + ".", {"series": series, "records": n})
 
 
@@ -613,6 +642,7 @@ def log_charts(result: Mapping[str, Any], out_dir: Path) -> list[Chart]:
             ax.plot([s for s, _ in sm], [v for _, v in sm], lw=1.8, label=f"smoothed (window {loss.get('window')})")
         ax.set_xlabel("global step")
         ax.set_ylabel("training loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _legend(fig, ax)
         path = _save(fig, out_dir, "log_loss")
         charts.append(Chart("log_loss", "Loss in the training log", path,

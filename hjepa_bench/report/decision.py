@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 from tabulate import tabulate
 
 from ..analysis.criteria import FAIL, NOT_MEASURED, PASS, Facts
-from ..analysis.decision import ReportSettings, build_analysis
-from ..analysis.projection import MIN_STEPS_BAND
+from ..analysis.decision import ReportSettings, apply_worker_advice, build_analysis
+from ..analysis.projection import PERIODIC_COLUMNS, MIN_STEPS_BAND
 from ..analysis.verdicts import rejudge_records
 from ..format import fmt_finite
 from ..options import option_yaml
@@ -52,6 +52,15 @@ def _band(low: Any, high: Any, spec: str, note: str | None) -> str:
     if low is not None and high is not None:
         return f" [{_f(low, spec)}-{_f(high, spec)}]"
     return f" [{note or '-'}]"
+
+
+def _limit(row: Mapping[str, Any]) -> str:
+    """The matrix's "limit h": the budget or the option's window; "none (projection only)" for the measured
+    run's own config, which has no window (never "inf")."""
+    limit = row.get("limit_hours")
+    if limit is None or limit == float("inf"):
+        return "none (projection only)"
+    return f"{limit:g}"
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -112,18 +121,24 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
                                             for d in decision["per_machine"]) else
                    "fits" if r["eligible"] and r["fits"] else "does not fit" if r["eligible"] else "not eligible")
         ips = r.get("it_per_s")
+        if r.get("few_steps"):
+            verdict += f" (warning: {r['few_steps']})"
+        loss = _f(r.get("loss_decrease_pct"), ".1f")
+        if r.get("loss_note") and loss != "-":
+            loss += f" ({r['loss_note']})"
+        diverged = ("yes" if r.get("diverged") else "-" if r.get("diverged") is None else
+                    "not measured (preliminary)" if r.get("loss_preliminary") else "no")
         mrows.append([
             r["option"], r["describe"], f"{r['machine']} b{r['batch']} w{r['workers']}", r.get("world_size") or 1,
             f"{_f(ips)} ({'>=' if ips and ips >= th['min_it_per_s'] else '<'} {th['min_it_per_s']:g}; "
             f"{'>=' if ips and ips >= th['expected_it_per_s'] else '<'} ~{th['expected_it_per_s']:g})",
-            _f(r.get("step_cv_pct"), ".1f"), _f(r.get("loss_decrease_pct"), ".1f"),
-            "yes" if r.get("diverged") else ("no" if r.get("diverged") is False else "-"), collapse,
+            _f(r.get("step_cv_pct"), ".1f"), loss, diverged, collapse,
             "-" if r.get("headroom_frac") is None else f"{r['headroom_frac']:.0%}",
-            f"{_f(r.get('hours'), '.1f')}{band}", f"{r['limit_hours']:g}", str(r.get("steps_measured") or "-"), verdict])
+            f"{_f(r.get('hours'), '.1f')}{band}", _limit(r), str(r.get("steps_measured") or "-"), verdict])
     parts += [_table(mrows, ["option", "config", "measured on", "processes", "it/s (min; expected)", "CV %",
                              "loss down %",
-                             "diverged", "collapse", "mem headroom", "projected h [band]", "limit h", "steps",
-                             "verdict"]), ""]
+                             "diverged", "collapse", "mem headroom", "projected h [band]", "limit h",
+                             "measured steps", "verdict"]), ""]
     parts += ["Options (the validation guide's conditions and expectations, not measurements):", ""]
     seen = set()
     for r in analysis["matrix"]:
@@ -136,6 +151,8 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     parts.append("")
     # machines
     machines = analysis.get("machines") or {}
+    if machines.get("refused"):
+        parts += ["## Machines compared", "", f"Not compared: {machines['refused']}", ""]
     if machines.get("machines"):
         names = machines["machines"]
         parts += ["## Machines compared", "",
@@ -163,18 +180,30 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
                      f"{p['total_steps']:,}",
                      f"{sps['mid']:.3f}" + _band(sps.get("low"), sps.get("high"), ".3f", p.get("band_note")),
                      f"{p['train_s']['mid'] / 3600:.2f}", h(ov.get("worker_startup")), h(ov.get("validation")),
-                     h(ov.get("checkpoints")),
+                     h(ov.get("checkpoints")), *(h(ov.get(k)) for k in PERIODIC_COLUMNS), h(ov.get("one_time")),
                      f"**{p['hours']['mid']:.2f}**" + _band(p["hours"].get("low"), p["hours"].get("high"), ".2f",
                                                             p.get("band_note"))])
     if prow:
-        parts += [_table(prow, ["option", "machine", "batch", "epochs", "steps/epoch", "steps", "s/step [95% band]",
-                                "steps h", "worker start-up h", "validation h", "checkpoints h", "total h [band]"]), ""]
-        first = next(r["projection"] for r in analysis["matrix"] if r.get("projection") and r["projection"].get("hours"))
-        parts += ["How: steps = epochs x (images // (processes x batch)); each step takes the measured 1 / it/s; the band is the "
+        parts += [_table(prow, ["option", "machine", "batch", "epochs", "steps/epoch", "training steps",
+                                "s/step [95% band]", "steps h", "worker start-up h", "validation h", "checkpoints h",
+                                "read-backs h", "TB scalars h", "grad histograms h", "collapse SVD h", "empty_cache h",
+                                "once h", "total h [band]"]), ""]
+        projected = [r for r in analysis["matrix"] if r.get("projection") and r["projection"].get("hours") is not None]
+        parts += ["How: training steps = epochs x (images // (processes x batch)); each step takes the measured "
+                  "1 / it/s; the band is the "
                   f"{th['confidence']:.0%} Student t interval of the mean step time (measurement uncertainty only: "
                   f"drift over hours is in the stability section; no band from fewer than {MIN_STEPS_BAND} measured "
                   "steps). Per-epoch costs are measured by the `epoch_costs` "
-                  "probe of the same record. Assumptions: " + "; ".join(first["assumptions"]) + ".", ""]
+                  "probe of the same record, and so is the upstream trainer's periodic work, counted as each "
+                  "option's `logging` section asks (read-backs of the loss terms every step and the progress-bar "
+                  "postfix every log_frequency steps; TensorBoard scalars every 5 x log_frequency and gradient "
+                  "histograms of every parameter every 20 x log_frequency when a logger is on; the collapse "
+                  "metrics with their SVD every 10 x log_frequency; empty_cache every 50 steps on cuda/mps; the "
+                  "first batch of every epoch does all of them). Checkpoints: one write per epoch at most (a "
+                  "scheduled epoch, or a better validation loss: an upper bound). Once: the warm-up steps' "
+                  "excess over steady ones, and the model build. Assumptions of each option's row:", ""]
+        parts += [f"- {r['option']} ({r['machine']}): " + "; ".join(r["projection"]["assumptions"]) + "."
+                  + (f" Warning: {r['few_steps']}." if r.get("few_steps") else "") for r in projected] + [""]
         lb = [r["option"] for r in analysis["matrix"] if (r.get("projection") or {}).get("lower_bound")]
         if lb:
             parts += [f"Options {', '.join(lb)}: some per-epoch costs were not measured, so their totals are lower "
@@ -196,7 +225,9 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
         grow_s = "not measured" if grow is None else ("yes" if grow else "no")
         pred = v.get("predicted_max_batch")
         room.append(f"- {k}: can the batch grow? {grow_s}"
-                    + (f" (predicted to fit up to batch {pred} with a {v.get('margin', 0):.0%} margin)" if pred else "")
+                    + (f" (predicted to fit up to batch {pred} with a {v.get('margin', 0):.0%} margin"
+                       + (", an extrapolation beyond 4x the largest measured batch" if v.get("extrapolated") else "")
+                       + ")" if pred else "")
                     + f"; room for a larger model? {(v.get('room_for_larger_model') or {}).get('answer', 'not measured')}"
                     + (f" ({v['note']})" if v.get("note") else ""))
     if room:
@@ -210,11 +241,16 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     parts += ["### Model size", ""]
     if analysis["model_speed_ratios"]:
         parts += [_table([[x["machine"], f"b{x['batch']} w{x['workers']}", x["model"], _f(x["samples_per_s"], ".1f"),
-                           f"{x['slowdown_vs_fastest']:.2f}x"] for x in analysis["model_speed_ratios"]],
-                         ["machine", "best at", "model", "samples/s", "time per sample vs fastest"]),
+                           f"{x['slowdown_vs_fastest']:.2f}x",
+                           ("; ".join(filter(None, [("differs from " + x["fastest"] + " in " + ", ".join(x["differs"]))
+                                                    if x.get("differs") else "",
+                                                    f"warning: {x['warning']}" if x.get("warning") else ""])) or "-")]
+                          for x in analysis["model_speed_ratios"]],
+                         ["machine", "best at", "model", "samples/s", "time per sample vs fastest", "note"]),
                   "", "Each model config at its best measured batch and workers; time per sample sets the length "
-                  "of an epoch. The guide guessed ViT-Small ~2x and ViT-Base ~4x slower than ViT-Tiny; these are "
-                  "measured.", ""]
+                  "of an epoch. The guide guessed ViT-Small ~2x and ViT-Base ~4x slower than ViT-Tiny (the encoder "
+                  "alone); a row that differs in more than the encoder is a whole-config ratio, not that one. "
+                  "Measured.", ""]
     else:
         parts += ["Not measured: only one model config was measured (sweep `--models vit_tiny,vit_small,vit_base`).", ""]
     parts += ["### The efficient step variant", ""]
@@ -295,6 +331,8 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
         (out_dir / name).write_text(option_yaml(row, opt))
         config_files.setdefault(row["option"], name)
         row["recommended"] = (row.get("machine"), row["option"], row.get("world_size")) in recommended
+    records = apply_worker_advice(records, analysis)
+    analysis.pop("_worker_advice", None)
     note = export_note(settings.sources, out_dir)
     md = render_markdown(analysis, records, title=settings.title, sections=sections, charts=charts,
                          config_files=config_files, intro=[*intro, note] if note else intro, extra=extra)

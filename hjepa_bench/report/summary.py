@@ -28,8 +28,7 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
         cv = fmt_or_dash(None if st.get("cv") is None else st["cv"] * 100, ".1f", suffix="%")
         lines.append(f"step time: median {fmt_ms(st['median'])}, IQR {fmt_ms(st['iqr'])}, CV {cv}, "
                      f"p10 {fmt_ms(st['p10'])}, p90 {fmt_ms(st['p90'])} ({m['timing_method']})")
-        compute = "host work (includes the compute on cpu)" if record["env"].get("backend") == "cpu" else "host work"
-        lines.append(f"time split: data wait {fmt_pct(m['data_wait_frac'])}, {compute} {fmt_pct(m['host_frac'])}")
+        lines.append(time_split_line(record))
         source = (m.get("memory_source") or "").split(";")[0]
         lines.append(f"memory: peak {fmt_bytes(m['peak_device_bytes'])} ({source}), "
                      f"device total {fmt_bytes(m['device_total_bytes'])}")
@@ -50,6 +49,24 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
             text = text or "ok (details in the JSON record)"
         lines.append(f"probe {name}: {text}")
     return "\n".join(lines)
+
+
+def time_split_line(record: Mapping[str, Any]) -> str:
+    """The run's time split in the bottleneck probe's terms (:func:`~hjepa_bench.analysis.bottleneck.metrics_shares`,
+    the one definition: on CPU the forward/backward compute is device time), so this line and the probe's
+    line under it never disagree about the same split."""
+    from ..analysis.bottleneck import metrics_shares
+
+    m = record.get("metrics") or {}
+    backend = str((record.get("env") or {}).get("backend") or "")
+    sh = metrics_shares(m, backend)
+    if not sh:
+        return "time split: not measured"
+    if sh.get("host") is None:
+        return f"time split: data wait {fmt_pct(sh['data_wait'])} (host/device not measured)"
+    return (f"time split: data wait {fmt_pct(sh['data_wait'])}, host {fmt_pct(sh['host'])}, device "
+            f"{fmt_pct(sh['device'])}" + (" (on cpu the forward/backward compute is device time)"
+                                          if backend not in ("cuda", "mps") else ""))
 
 
 def distributed_lines(record: Mapping[str, Any]) -> list[str]:
@@ -93,7 +110,40 @@ def validation_section(result: dict[str, Any]) -> str:
     if ck:
         parts.append("Checkpoints: " + "; ".join(f"{Path(c['path']).name} ({c['kind']}, epoch {c['epoch']}, "
                                                   f"{c['save_s']:.2f} s)" for c in ck[-4:]))
+    parts += ["", self_check_markdown((result.get("self_check") or {}).get("check"))]
     return "\n".join(parts)
+
+
+def self_check_markdown(check: Mapping[str, Any] | None) -> str:
+    """The validation run's projection self-check: projected vs measured per epoch and for the run."""
+    if not check:
+        return "Projection self-check: not made (no costs were measured before training, or no epoch completed)."
+    if not check.get("epochs"):
+        return f"Projection self-check: {check.get('note')}."
+    p = check["projection"]
+    rows = [[r["epoch"], f"{r['projected_s']:.1f}", f"{r['measured_s']:.1f}", fmt_finite(r["error_pct"], "+.1f"),
+             fmt_finite(r.get("loadavg_1m"), ".2f")] for r in check["epochs"]]
+    run = check.get("run")
+    if run:
+        rows.append(["whole run", f"{run['projected_s']:.1f}" + (
+            f" [{run['low_s']:.1f}-{run['high_s']:.1f}]" if run.get("low_s") is not None and run.get("high_s") is not None
+            else ""), f"{run['measured_s']:.1f}", fmt_finite(run["error_pct"], "+.1f"), "-"])
+    out = [f"Projection self-check: the projection made before the first epoch (the `epoch_costs` measurements on "
+           f"this run's trainer and loader) and from the first {check['first_steps']} measured steps "
+           f"({check['step_s'] * 1000:.0f} ms each), next to what each epoch and the whole run took (set-up and "
+           "feature quality left out, as the upstream trainer has neither):", "",
+           tabulate(rows, headers=["epoch", "projected s", "measured s", "error %", "load avg (1 min, at end)"],
+                    tablefmt="github", disable_numparse=True), "",
+           tabulate([[r["part"], f"{r['projected_s']:.1f}", f"{r['measured_s']:.1f}"] for r in check["parts"]],
+                    headers=["part of the run", "projected s", "measured s"], tablefmt="github",
+                    disable_numparse=True), ""]
+    if check.get("unforeseen"):
+        out.append(f"Above {check['unforeseen_pct']:g}% error: {check['unforeseen']['text']}.")
+    else:
+        out.append(f"Every error within {check['unforeseen_pct']:g}%.")
+    if p.get("missing"):
+        out.append("Not measured, so not projected: " + ", ".join(p["missing"]) + ".")
+    return "\n".join(out)
 
 
 def verdict_lines(analysis: dict[str, Any]) -> str:
@@ -162,6 +212,8 @@ def render_eval_markdown(result: Mapping[str, Any]) -> str:
         f"{dat['num_classes']} classes (chance {fmt_pct(dat['chance_top1'], dash='-')}).",
         "",
     ]
+    if result.get("caveats"):
+        lines += ["**The comparison below may say nothing:**", ""] + [f"- {c}" for c in result["caveats"]] + [""]
     for entry in result["levels"]:
         tr, rn, gain = entry["trained"], entry["random_init"], entry["gain"]
         rows = []
