@@ -30,6 +30,25 @@ MODELS: dict[str, dict[str, int]] = {
 SHORT_NAMES = {name.split("_patch")[0]: name for name in MODELS}  # vit_tiny -> vit_tiny_patch16_224
 PATCH_SIZE = 16
 VARIANTS = ("reference", "efficient")
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(workers: int) -> int:
+    """A default DataLoader worker count on this machine: never more than the cores available
+    (more workers than cores only compete with the step; a value the user gives is kept)."""
+    return min(int(workers), available_cores())
+
+
+#: where ``hjepa-bench sweep`` writes when --out is not given
+DEFAULT_SWEEP_OUT = "hjepa-bench-sweep"
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 LOSS_TYPES = ("mse", "smooth_l1", "combined")
 DATA_KINDS = ("synthetic", "cifar10")
@@ -246,6 +265,14 @@ def resolve_config(path: str | Path | None = None, overrides: Mapping[str, Any] 
         if key in present or any(k.startswith(key + ".") for k in present):
             rc.no_effect[key] = why
     if overrides:
+        for dotted, value in overrides.items():  # a file's bad value stays an error when a flag replaces it
+            if value is not None and dotted in present and dotted in SCHEMA:
+                try:
+                    check_value(dotted, _lookup(values, dotted))
+                except UserError as exc:
+                    where = f"config file {path}" if path else "the config"
+                    raise UserError(f"{where}: {str(exc).rstrip('.')} (a flag overrides it, but the file is still "
+                                    "wrong: fix it there).") from None
         apply_overrides(rc, overrides)
     _validate(rc, present)
     return rc

@@ -20,6 +20,11 @@ from typing import Any
 
 from .format import fmt_bytes
 
+#: what a plugin's code may raise that is caught and isolated like any error of that plugin:
+#: every exception, and SystemExit (a plugin calling sys.exit must not end the command silently);
+#: KeyboardInterrupt keeps its meaning (Ctrl-C stops the command)
+PLUGIN_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
 #: size limits of the readers (a bigger file is refused with one sentence)
 YAML_MAX_BYTES = 2**20  # config, grid, options and thresholds files are a few kB
 JSON_MAX_BYTES = 64 * 2**20  # pytest-benchmark JSON (with --benchmark-save-data: a few MB)
@@ -228,6 +233,9 @@ def output_path(path: str | Path, what: str, *, folder: bool = False) -> Path:
             raise UserError(f"{what} {p} is not a regular file (a FIFO, socket or device); give a file path.")
         if not os.access(p, os.W_OK | (os.X_OK if folder else 0)):
             raise UserError(f"{what} {p} is not writable (permission denied).")
+        why = _try_write(p if folder else p.parent, p if not folder else None)
+        if why:
+            raise UserError(f"{what} {p} is not writable ({why}).")
         return p
     ancestor = p.absolute().parent
     while True:
@@ -244,4 +252,27 @@ def output_path(path: str | Path, what: str, *, folder: bool = False) -> Path:
         raise UserError(f"{what} {p} cannot be created: {ancestor} is a file, not a folder.")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UserError(f"{what} {p} cannot be created: the folder {ancestor} is not writable.")
+    why = _try_write(ancestor)
+    if why:
+        raise UserError(f"{what} {p} cannot be created: nothing can be written in {ancestor} ({why}).")
     return p
+
+
+def _try_write(folder: Path, existing: Path | None = None) -> str | None:
+    """Check by trying, not by asking (``os.access`` says yes to root in /proc): open ``existing``
+    for appending (nothing is written), and create and remove a file and a folder in ``folder``
+    (what a command writes there: its files and folders such as a report's configs/).  None when
+    that worked, else why not."""
+    import tempfile
+
+    try:
+        if existing is not None:
+            with open(existing, "ab"):
+                pass
+        fd, name = tempfile.mkstemp(prefix=".hjepa-bench-check-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+        os.rmdir(tempfile.mkdtemp(prefix=".hjepa-bench-check-", dir=folder))
+    except OSError as exc:
+        return _reason(exc)
+    return None

@@ -21,12 +21,13 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import JSON_MAX_BYTES, read_text
 from .format import finite, finite_int
+
+if TYPE_CHECKING:  # pandas is imported where a table is built
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "error", "unsupported", "skipped")
@@ -139,6 +140,7 @@ METRICS = Obj({
                                    "peak_rss_bytes")},
     "device_total_bytes": num(above=0, null=True),
     "memory_source": opt(STR), "timing_method": opt(STR), "stop_reason": opt(STR),
+    "min_steps": num(1, integer=True, null=True), "time_cap_s": NONNEG_OR_NULL,
     "loss_first": NUM_OR_NULL, "loss_last": NUM_OR_NULL, "warnings": list_of(STR, "strings"),
 }, required=True)
 #: what an ``ok`` record must have measured (at least one step: a speed above zero)
@@ -578,4 +580,6 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "peak_mem_mib": None if m.get("peak_device_bytes") is None else m["peak_device_bytes"] / 2**20,
             "steps": st.get("n"),
         })
+    import pandas as pd
+
     return pd.DataFrame(rows)

@@ -161,7 +161,8 @@ class RayExecutor(Executor):
     # ----------------------------------------------------------------- places
     def places(self, devices: Sequence[str], backends: Mapping[str, Backend], plugin_args: Sequence[str],
                options: Mapping[str, Any]) -> list[Place]:
-        self._connect(options.get("address") or os.environ.get("RAY_ADDRESS"))
+        given = options.get("address")
+        self._connect(given if given is not None else os.environ.get("RAY_ADDRESS"))
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -201,6 +202,9 @@ class RayExecutor(Executor):
 
     def _connect(self, address: str | None) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if address is not None and not address.strip():
+            raise UserError("--address is empty: give the Ray head as HOST:PORT, or leave --address out for a new "
+                            "local cluster.")
         if address and ":" in address and "://" not in address:
             _check_listening(address)
         import ray
@@ -328,8 +332,10 @@ class RayExecutor(Executor):
                         running.pop(gen)
                         release(st.place, item, st, False)
                 now = time.time()
-                for gen, st in running.items():  # backstop: the worker itself hangs
-                    if st.started and not st.cancelled and now - st.started > st.job.timeout_s + GRACE_S:
+                for gen, st in running.items():  # backstop: the worker itself hangs (a fixed --timeout only:
+                    # otherwise the deadline follows the config's warm-up, in the worker's run_in_child)
+                    if st.started and not st.cancelled and st.job.payload.get("fixed_timeout", True) \
+                            and now - st.started > st.job.timeout_s + GRACE_S:
                         ray.cancel(gen, force=True)
                         st.cancelled = True
                 if now - last_check > NODE_CHECK_S and any(st.started is None for st in running.values()):
@@ -364,17 +370,39 @@ class RayExecutor(Executor):
             self._temp_dir = None
 
 
+#: seconds a Ray head has to answer the connection check (ray.init itself has no deadline)
+CONNECT_DEADLINE_S = 5.0
+#: the HTTP/2 connection preface and an empty SETTINGS frame: what a gRPC client (Ray's driver) sends first
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _check_listening(address: str) -> None:
-    """Fail in seconds, not minutes (ray.init retries for long), when nothing listens at HOST:PORT."""
+    """Fail in seconds, not minutes, unless a gRPC server (a Ray head's GCS) answers at HOST:PORT:
+    ray.init retries for ever once a TCP connection opens, so the check tries what it will do, with
+    a deadline: open the connection, speak HTTP/2 and wait for the server's SETTINGS frame."""
     host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:PORT
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
-            return
+        port_n = int(port)
     except ValueError:
         raise UserError(f"--address {address!r} is not HOST:PORT.") from None
+    if not 0 < port_n < 65536:
+        raise UserError(f"--address {address!r}: the port must be 1 to 65535.")
+    try:
+        with socket.create_connection((host or "127.0.0.1", port_n), timeout=CONNECT_DEADLINE_S) as sock:
+            sock.settimeout(CONNECT_DEADLINE_S)
+            sock.sendall(_H2_PREFACE)
+            head = sock.recv(9)
     except OSError as exc:
-        raise UserError(f"nothing answers at {address} ({exc.strerror or type(exc).__name__}); start the head "
-                        "with `ray start --head --port PORT` and pass --address HEAD:PORT.") from None
+        if isinstance(exc, socket.timeout):
+            head = b""
+        else:
+            raise UserError(f"nothing answers at {address} ({exc.strerror or type(exc).__name__}); start the head "
+                            "with `ray start --head --port PORT` and pass --address HEAD:PORT.") from None
+    if len(head) < 4 or head[3] != 0x04:  # an HTTP/2 server's first frame is SETTINGS (type 4)
+        raise UserError(f"something listens at {address} but it is not a Ray head (no gRPC answer within "
+                        f"{CONNECT_DEADLINE_S:g} s); pass the address of `ray start --head` (its GCS port, 6379 by "
+                        "default).")
 
 
 #: Kills what the driver started if the driver dies (SIGKILL): Ray's agents would run on; then removes

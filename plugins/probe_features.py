@@ -25,9 +25,7 @@ import torch
 from hjepa_bench.analysis.features import feature_quality, judge_features
 from hjepa_bench.format import fmt_or_dash
 from hjepa_bench.plugin.api import Probe, RunContext
-from hjepa_bench.hjepa.data import build_dataset, build_eval_transform
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.hjepa.training import extract_features
 from hjepa_bench.record import device_name, lookup, model_short, probe
 from hjepa_bench.report.sections import ProbeTable, probe_table
 
@@ -61,6 +59,9 @@ class FeaturesProbe(Probe):
     description = "collapse metrics (RankMe, std, cosine, uniformity) of the target encoder's pooled features"
 
     def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        from hjepa_bench.hjepa.data import build_dataset, build_eval_transform  # (training only)
+        from hjepa_bench.hjepa.training import extract_features
+
         model = ctx.workload.model()
         if model is None:
             return {"measured": False, "reason": "the workload has no model (PreparedWorkload.model() is None)"}

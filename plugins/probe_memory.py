@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
-import pandas as pd
 
 from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
 from hjepa_bench.format import fmt_bytes, fmt_pct
@@ -133,6 +132,8 @@ class MemorySection(ProbeTable):
         return self.note.format(pressure=judged_threshold(records, self.name, "pressure_peak_frac", PRESSURE_PEAK_FRAC))
 
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        import pandas as pd  # imported when a report is rendered, not when the plugin loads
+
         records = list(records)
         margin = judged_threshold(records, self.name, "fit_margin_frac", DEFAULT_MARGIN)
         table = super().render(records)

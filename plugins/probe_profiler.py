@@ -43,7 +43,6 @@ import shlex
 import tempfile
 from typing import Any, Iterable, Mapping
 
-import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
@@ -263,6 +262,8 @@ class ProfilerSection(ReportSection):
     order = 80
 
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        import pandas as pd  # imported when a report is rendered, not when the plugin loads
+
         parts = []
         for r in records:
             e = probe(r, "profiler")

@@ -34,7 +34,6 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import pandas as pd
 import torch
 
 from hjepa_bench.analysis.features import feature_quality
@@ -223,6 +222,8 @@ class SVDSection(ReportSection):
     order = 61
 
     def render(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        import pandas as pd  # imported when a report is rendered, not when the plugin loads
+
         timing_rows, cost_rows = [], []
         for r in records:
             entry = probe(r, "svd")

@@ -13,12 +13,14 @@ import torch
 
 from hjepa_bench import Backend, PreparedWorkload, StepOutput, Workload, hookimpl
 from hjepa_bench.plugin.api import GRAD_SYNC_MODES
-from hjepa_bench.hjepa.data import EndlessBatches
-from hjepa_bench.hjepa.training import build_training
 
 
 class PreparedHJEPA(PreparedWorkload):
     def __init__(self, config: Mapping[str, Any], backend: Backend):
+        # imported here: a command that trains nothing (devices, plugins) never loads timm or torchvision
+        from hjepa_bench.hjepa.data import EndlessBatches
+        from hjepa_bench.hjepa.training import build_training
+
         training = build_training(config, backend)
         self.loader = training.loader
         self.trainer = training.trainer

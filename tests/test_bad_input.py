@@ -68,12 +68,14 @@ def no_work(monkeypatch):
     def forbidden(*a, **k):  # noqa: ARG001
         raise AssertionError("the work started although the input is bad")
 
-    for module, name in (("hjepa_bench.commands.run", "run_benchmark"), ("hjepa_bench.commands.eval", "evaluate_checkpoint"),
-                         ("hjepa_bench.commands.validate", "run_validation"),
-                         ("hjepa_bench.commands.analyze", "analyze_log_file"),
+    # (a command imports its work when it runs, so the work is replaced where it is defined)
+    for module, name in (("hjepa_bench.measure.runner", "run_benchmark"),
+                         ("hjepa_bench.measure.evaluate", "evaluate_checkpoint"),
+                         ("hjepa_bench.measure.validate", "run_validation"),
+                         ("hjepa_bench.measure.loganalysis", "analyze_log_file"),
                          ("hjepa_bench.measure.sweep", "run_in_child"),
-                         ("hjepa_bench.commands.benchmark_report", "load_benchmark_json"),
-                         ("hjepa_bench.commands.report", "load_results")):
+                         ("hjepa_bench.report.benchmarks", "load_benchmark_json"),
+                         ("hjepa_bench.measure.results", "load_results")):
         monkeypatch.setattr(f"{module}.{name}", forbidden)
 
 

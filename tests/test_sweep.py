@@ -136,7 +136,7 @@ def test_fault_injection_statuses(tmp_path):
     out = tmp_path / "faults"
     faults = json.dumps({"3": "oom", "4": "crash", "5": "hang", "6": "nan"})
     res = sweep("-p", "fault_plugin", "sweep", *TINY_SWEEP, "--workload", "hjepa_faults",
-                "--batch-sizes", "2,3,4,5,6", "--workers", "0", "--timeout", "20",
+                "--batch-sizes", "2,3,4,5,6", "--workers", "0",
                 "--no-skip-after-oom", "--out", str(out), env={"HJEPA_BENCH_TEST_FAULTS": faults})
     assert res.returncode == 0, res.stderr
     recs = records(out)
@@ -146,7 +146,10 @@ def test_fault_injection_statuses(tmp_path):
     assert ok["status"] == "ok"
     assert oom["status"] == "oom" and "allocat" in oom["error"]
     assert crash["status"] == "crashed" and "SIGSEGV" in crash["error"]
-    assert hang["status"] == "timeout" and "20 s" in hang["error"]
+    # no --timeout: the hang is stopped at the deadline its warm-up set (analysis/policy.py), and a
+    # slow start-up under load is not cut short by a fixed limit
+    assert hang["status"] == "timeout" and hang["error"].startswith("timed out (benchmark): no result after")
+    assert "the deadline its warm-up set" in hang["error"]
     assert nan["status"] == "diverged" and "non-finite loss" in nan["error"]
     # (an invalid grid value such as 7 hierarchy levels is a usage error before anything runs:
     # tests/test_bad_input.py)

@@ -19,6 +19,7 @@ from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
 from ..thresholds import Thresholds
 from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
+from .policy import shortfall
 from ..record import device_name, label, machine, samples_per_s, short_model_name, world_size
 from .stability import drift_text
 
@@ -38,8 +39,11 @@ class Facts:
     device: str | None = None
     backend: str | None = None
     # stability
-    crashed: bool | None = None
+    crashed: bool | None = None  # a validation run (or a logged training run) crashed
     crash_detail: str | None = None
+    #: configs of a sweep that failed (timed out, crashed, errored): benchmark runs, not the validation
+    #: run, so they are listed and never fail the guide's "no crashes" criterion
+    benchmark_failures: list[str] = field(default_factory=list)
     epochs_planned: int | None = None
     epochs_completed: int | None = None
     non_finite: bool | None = None
@@ -142,8 +146,12 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
         out[fact] = {"status": status, "evidence": evidence, "value": value}
 
     # crash ---------------------------------------------------------------------------
+    failed = ("benchmark failures, not crashes of a validation run (hjepa-bench validate runs one): "
+              + "; ".join(f.benchmark_failures)) if f.benchmark_failures else ""
     if f.crashed is None and f.non_finite is None:
-        put("crash", NOT_MEASURED, "nothing ran")
+        put("crash", NOT_MEASURED, failed or "nothing ran")
+    elif f.benchmark_failures and not f.crashed and not f.non_finite:
+        put("crash", NOT_MEASURED, failed)
     else:
         problems = []
         if f.crashed:
@@ -155,7 +163,8 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
         epochs = (f"{f.epochs_completed}/{f.epochs_planned} epochs" if f.epochs_planned is not None
                   else "all epochs: not measured (a benchmark runs steps; hjepa-bench validate runs the epochs)")
         put("crash", FAIL if problems else PASS,
-            "; ".join(problems) if problems else f"no crash, losses and gradients finite; {epochs}", f.epochs_completed)
+            "; ".join(problems + ([failed] if failed else [])) if problems else
+            f"no crash, losses and gradients finite; {epochs}", f.epochs_completed)
     if f.epochs_planned is None or f.epochs_completed is None:
         put("epochs", NOT_MEASURED, "all epochs: not measured (a benchmark runs steps; hjepa-bench validate runs "
                                     "the epochs)")
@@ -430,6 +439,10 @@ def pick_validation_record(records: Sequence[Mapping[str, Any]]) -> tuple[Mappin
     measured, else the closest measured one (said in the note)."""
     ok = [r for r in records if r.get("status") == "ok" and (r.get("config") or {}).get("bench", {}).get("variant") == "reference"]
     ok = ok or [r for r in records if r.get("status") == "ok"]
+    short = [r for r in ok if shortfall(r) is not None]
+    ok = [r for r in ok if shortfall(r) is None]  # nothing is judged from fewer than the minimum steps
+    if not ok and short:
+        return None, f"no configuration measured its minimum steps ({label(short[0])}: {shortfall(short[0])['text']})"
     if not ok:
         return None, "no configuration ran to completion"
     vkey = validation_model_key()
@@ -462,9 +475,7 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     r, why = pick_validation_record(records)
     if r is None:
         f = Facts(source="sweep", subject=why)
-        crashes = [x for x in records if x.get("status") in CRASH_STATUSES]
-        f.crashed = bool(crashes) or None
-        _crash_facts(f, crashes)
+        _benchmark_failures(f, [x for x in records if x.get("status") in CRASH_STATUSES])
         return f
     env = r.get("env") or {}
     m = r.get("metrics") or {}
@@ -479,9 +490,8 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
               guide_differences=diffs)
     f.notes.append(why)
     same_device = [x for x in records if machine(x) == machine(r)]  # a cluster node is its own machine
-    crashes = [x for x in same_device if x.get("status") in CRASH_STATUSES]
-    f.crashed = bool(crashes)
-    _crash_facts(f, crashes)
+    f.crashed = False  # a sweep runs benchmarks: no validation run to crash
+    _benchmark_failures(f, [x for x in same_device if x.get("status") in CRASH_STATUSES])
     from .decisions import step_cv_pct
 
     f.it_per_s = finite(m.get("it_per_s"))
@@ -555,12 +565,20 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     return f
 
 
-def _crash_facts(f: Facts, crashes: Sequence[Mapping[str, Any]]) -> None:
-    """Crashed records: each is a stability failure (``crash_detail``); those whose error comes
-    from the device backend are also compatibility failures (``backend_errors``)."""
-    said = [f"{label(x)}: {x.get('status')}" + (f" ({x['error']})" if x.get("error") else "") for x in crashes]
-    f.crash_detail = "; ".join(said) or None
-    f.backend_errors = [f"{label(x)}: {x['error']}" for x in crashes if is_backend_error(x.get("error"))]
+def failure_words(record: Mapping[str, Any]) -> str:
+    """What happened to a failed benchmark config, in words: a timeout is "timed out (benchmark)"."""
+    status, error = record.get("status"), str(record.get("error") or "")
+    if status == "timeout":
+        detail = error.removeprefix("timed out (benchmark): ").strip()
+        return "timed out (benchmark)" + (f": {detail}" if detail else "")
+    return f"{status}" + (f" ({error})" if error else "")
+
+
+def _benchmark_failures(f: Facts, failed: Sequence[Mapping[str, Any]]) -> None:
+    """Sweep configs that failed: listed by what happened; those whose error comes from the device
+    backend are compatibility failures (``backend_errors``)."""
+    f.benchmark_failures = [f"{label(x)}: {failure_words(x)}" for x in failed]
+    f.backend_errors = [f"{label(x)}: {x['error']}" for x in failed if is_backend_error(x.get("error"))]
 
 
 def _same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..options import TrainingOption, guide_options, model_key
+from .policy import shortfall
 from ..record import machine, node_label, short_model_name, world_size
 from ..thresholds import DEFAULTS, Thresholds
 from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pick_validation_record, status_counts,
@@ -33,6 +34,13 @@ class ReportSettings:
     sources: list[str] = field(default_factory=list)
     #: lines of the results files left out because they are not valid records ("PATH line N: why; skipped")
     skipped: list[str] = field(default_factory=list)
+    #: the command line that rendered the report (named when a later report replaces it)
+    command: str | None = None
+
+    def rendered_with(self) -> dict[str, Any]:
+        """What a report's verdicts depend on besides the records (compared before a report is replaced)."""
+        return {"budget_hours": self.budget_hours, "thresholds": self.thresholds.as_dict(),
+                "options": [[o.name, o.source] for o in self.options], "title": self.title}
 
 
 def group_key(r: Mapping[str, Any]) -> tuple:
@@ -92,9 +100,11 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     built from records judged with the same thresholds)."""
     th = settings.thresholds
     recs = rejudge_records(list(records), th)
+    # what measured fewer steps than its minimum feeds no finding, choice or fit (analysis/policy.py)
+    judged = [r for r in recs if shortfall(r) is None]
     # batch / workers per model group
     group_choices = []
-    for key, rs in _model_groups(recs).items():
+    for key, rs in _model_groups(judged).items():
         b = recommend_batch(rs, th)
         w = recommend_workers(rs, b.get("batch"), th)
         group_choices.append({"group": _group_label(key, rs), "key": key, "batch": b, "workers": w})
@@ -127,9 +137,9 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
             row["machine_worker_advice"] = machine_advice
     _name_config_files(rows)
     decision = decide(rows)
-    ratios = model_speed_ratios(recs)
-    savings = efficient_savings(recs)
-    mem_fit = fit_memory([r for r in recs if r.get("status") in ("ok", "oom")], th.memory_margin_frac)
+    ratios = model_speed_ratios(judged)
+    savings = efficient_savings(judged)
+    mem_fit = fit_memory([r for r in judged if r.get("status") in ("ok", "oom")], th.memory_margin_frac)
     findings = _findings(facts, rows, ratios, savings, th)
     recs_text = _recommendation_lines(decision, rows, vchoice, facts, savings)
     return {

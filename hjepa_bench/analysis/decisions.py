@@ -44,6 +44,7 @@ from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, m
 from ..record import workers as workers_of
 from .bottleneck import is_data_bound
 from .memory import fit_memory
+from .policy import shortfall
 from .projection import project_record, seconds_per_step
 from .stability import MIN_STEPS_SPREAD
 
@@ -504,7 +505,17 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
                              "(reference step) — the sweep measures it unless run with --options none"
                              if oks else "nothing ran"]}]
     rows = []
-    for (mach, ranks), rs in by_machine.items():
+    for (mach, ranks), all_rs in by_machine.items():
+        # a record below its minimum steps feeds no verdict: it only says so (analysis/policy.py)
+        short = [r for r in all_rs if shortfall(r) is not None]
+        rs = [r for r in all_rs if shortfall(r) is None]
+        if short and not any(r.get("status") == "ok" for r in rs):
+            text = shortfall(short[0])["text"]
+            rows.append({**base, "measured": True, "machine": machine_name(short[0]), "machine_id": mach,
+                         "node": node_label(short[0]), "world_size": ranks, "status": "not measured",
+                         "not_measured": text, "eligible": False, "fits": False,
+                         "reasons": [f"{(short[0].get('sweep') or {}).get('label') or option.describe()}: {text}"]})
+            continue
         batch = recommend_batch(rs, th)
         workers = recommend_workers(rs, batch["batch"], th)
         ok = [r for r in rs if r.get("status") == "ok"]

@@ -47,7 +47,6 @@ from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import stats as sps
 from ..format import finite, fmt_lr
 
 # --------------------------------------------------------------------------- thresholds
@@ -97,6 +96,7 @@ def rolling_median(x: Sequence[float], window: int) -> list[float]:
 def _slope(y: np.ndarray) -> float:
     if len(y) < 2 or float(np.ptp(y)) == 0.0:
         return 0.0
+    from scipy import stats as sps  # imported at use: loading the probe plugins stays light
     return float(sps.linregress(np.arange(len(y), dtype=float), y).slope)
 
 

@@ -46,6 +46,7 @@ from scipy import stats as sstats
 
 from ..format import finite
 from ..hjepa.periodic import LoggingPlan, has_empty_cache, periodic_counts, periodic_seconds
+from .policy import shortfall
 from ..record import batch_achieved, batch_requested, probe
 from ..record import world_size as record_world_size
 
@@ -242,12 +243,19 @@ def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int 
     config = record.get("config") or {}
     plan = LoggingPlan.from_config(logging if logging is not None else config)
     backend = str((record.get("env") or {}).get("backend") or (config.get("bench") or {}).get("device") or "cpu")
-    return project(sec_per_step=seconds_per_step(record, confidence), batch_size=batch, epochs=epochs,
+    sps = seconds_per_step(record, confidence)
+    short = shortfall(record)  # fewer steps than its minimum: no hours at all, the reason instead
+    if short is not None:
+        sps = {**sps, "mid": None, "low": None, "high": None, "source": short["text"], "band_note": short["text"]}
+    out = project(sec_per_step=sps, batch_size=batch, epochs=epochs,
                    dataset_size=dataset_size, costs=epoch_costs(record), val_size=val_size,
                    val_every_epochs=val_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
                    world_size=record_world_size(record), plan=plan,
                    levels=int((config.get("model") or {}).get("num_hierarchies") or 1), device_type=backend,
                    checkpoint_writes=checkpoint_writes, warmup_excess_s=warmup_excess(record))
+    if short is not None:
+        out["not_measured"] = short["text"]
+    return out
 
 
 def projection_sizes(config: Mapping[str, Any], default_train: int = 50_000,

@@ -49,7 +49,6 @@ from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats as sps
 from ..format import finite
 from ..measure.stats import summarize
 
@@ -164,6 +163,8 @@ def degradation_fit(steps: Sequence[float], times: Sequence[float], median: floa
     ``median`` (never extrapolated past the span, ``span_steps``), its p-value, ``significant``
     (p < DEGRADATION_P and |change| > DEGRADATION_MIN_CHANGE_PCT) and ``degrading`` (significant and
     rising).  Needs at least 2 distinct steps and varying times."""
+    from scipy import stats as sps  # imported at use: loading the probe plugins stays light
+
     x = np.asarray(times, dtype=float)
     fit = sps.linregress(np.asarray(steps, dtype=float), x)
     span = float(steps[-1] - steps[0])

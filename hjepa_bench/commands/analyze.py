@@ -5,19 +5,14 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..analysis.decision import build_analysis
 from ..errors import LOG_MAX_BYTES, UserError, input_file, output_path
-from ..measure.loganalysis import analyze_log_file
-from ..options import config_option
-from ..plugin.manager import Plugins
-from ..record import write_json
-from ..report.charts import log_charts
-from ..report.decision import write_report
-from ..report.summary import log_section, verdict_lines
 from .common import (CONFIG_FLAGS, add_decision_args, config_flag, config_overrides, int_flag, positive_number,
                      report_settings)
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -80,6 +75,14 @@ def _follow(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from ..analysis.decision import build_analysis
+    from ..measure.loganalysis import analyze_log_file
+    from ..options import config_option
+    from ..record import write_json
+    from ..report.charts import log_charts
+    from ..report.decision import write_report
+    from ..report.summary import log_section, verdict_lines
+
     log = analyze_log_file(args.log, args.config, config_overrides(args), args.dataset_size)
     flag_of = {key: "--" + dest.replace("_", "-") for dest, key in CONFIG_FLAGS.items()}
     for key, (given, logged) in log.overridden.items():

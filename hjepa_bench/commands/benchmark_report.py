@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, output_path
-from ..plugin.manager import Plugins
-from ..report.benchmarks import benchmark_table, identity_differences, load_benchmark_json
 from .common import positive_number
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -24,6 +25,8 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_benchmark_report(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..report.benchmarks import benchmark_table, identity_differences, load_benchmark_json
+
     if args.out:
         output_path(args.out, "--out")
     current = load_benchmark_json(args.current)

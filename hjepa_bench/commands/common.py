@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..analysis.decision import ReportSettings
-from ..config import PRECISIONS, VARIANTS, ResolvedConfig, check_value, is_finite_number, resolve_config
+from ..config import DEFAULTS, PRECISIONS, VARIANTS, default_workers, ResolvedConfig, check_value, is_finite_number, resolve_config
 from ..errors import UserError
-from ..options import load_options
-from ..record import dumps
-from ..thresholds import load_thresholds
+
+if TYPE_CHECKING:
+    from ..analysis.decision import ReportSettings
+
+# Only light modules are imported at the top of a command module: the parser of every command is
+# built on each start, so ``hjepa-bench --help`` must not import torch, timm, pandas or matplotlib
+# (a command imports what it needs when it runs; tests/test_startup.py checks it).
 
 #: flag (its argparse dest) -> the dotted config key it overrides; every command that takes one
 #: of these flags overrides the same key with it
@@ -166,6 +169,22 @@ def add_data_args(p: argparse.ArgumentParser, *, training_loader: bool = True, p
                     help="restart workers every epoch, as upstream does (default)")
 
 
+def add_measuring_args(g: Any) -> None:
+    """--warmup-steps, --min-steps, --max-steps, --max-time: one meaning and one default (the
+    config's bench section) on every command that measures a config (run, sweep)."""
+    b = DEFAULTS["bench"]
+    g.add_argument("--warmup-steps", type=config_flag("bench.warmup_steps"), metavar="N",
+                   help=f"steps run before measuring, not timed (default {b['warmup_steps']})")
+    g.add_argument("--min-steps", type=config_flag("bench.min_steps"), metavar="N",
+                   help=f"measured steps every config gets, even past --max-time (up to a hard cap of twice the "
+                        f"time the warm-up's steps predict; default {b['min_steps']})")
+    g.add_argument("--max-steps", type=config_flag("bench.max_steps"), metavar="N",
+                   help=f"most measured steps (default {b['max_steps']})")
+    g.add_argument("--max-time", type=config_flag("bench.max_time_s"), metavar="SECONDS",
+                   help=f"time target of the measured loop per config; it stops earlier once the median step "
+                        f"time is known to +-{b['target_rel_precision'] * 100:g}%% (default {b['max_time_s']:g})")
+
+
 def add_probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probes", metavar="NAME,...",
                    help="probes to run: names and the groups cheap, all, none (default: cheap; see hjepa-bench plugins)")
@@ -181,8 +200,12 @@ def add_decision_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace, *, quiet: bool = False, flags: Iterable[str] | None = None) -> ResolvedConfig:
-    """The config of ``--config`` with the flags on top (``flags``: only these); warnings on stderr."""
-    rc = resolve_config(args.config, config_overrides(args, flags))
+    """The config of ``--config`` with the flags on top (``flags``: only these); warnings on stderr.
+    Without --config and --workers, the built-in worker count is capped at the cores available."""
+    overrides = config_overrides(args, flags)
+    if args.config is None and overrides.get("data.num_workers", 0) is None:
+        overrides["data.num_workers"] = default_workers(DEFAULTS["data"]["num_workers"])
+    rc = resolve_config(args.config, overrides)
     if not quiet:
         for line in rc.warnings():
             print(f"warning: {line}", file=sys.stderr)
@@ -208,12 +231,18 @@ def fill_dataset_sizes(values: dict[str, Any]) -> None:
 def report_settings(args: argparse.Namespace, *, options_file: str | None = None,
                     title: str = "hjepa-bench report") -> ReportSettings:
     """Thresholds, options and budget for a decision report, from the common flags."""
+    from ..analysis.decision import ReportSettings
+    from ..options import load_options
+    from ..thresholds import load_thresholds
+
     return ReportSettings(thresholds=load_thresholds(getattr(args, "thresholds", None)),
                           options=load_options(options_file or getattr(args, "options_file", None)),
                           budget_hours=getattr(args, "budget_hours", None), title=title)
 
 
 def print_json(data: Any) -> None:
+    from ..record import dumps
+
     print(dumps(data))
 
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tabulate import tabulate
 
 from ..format import fmt_bytes
-from ..plugin.manager import Plugins, auto_order
 from .common import print_json
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -18,6 +19,9 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_devices(args: argparse.Namespace, plugins: Plugins) -> int:
+    from tabulate import tabulate
+    from ..plugin.manager import auto_order
+
     rows = []
     for name, backend in sorted(plugins.backends().items()):
         av = backend.availability()

@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import output_path
-from ..measure.evaluate import evaluate_checkpoint
-from ..plugin.manager import Plugins, select_backend
-from ..record import write_json
-from ..report.summary import render_eval_markdown
 from .common import add_data_args, config_flag, config_overrides, int_flag
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 #: images per split at most (synthetic images are made at the size asked for)
 MAX_IMAGES = 10**6
@@ -42,6 +41,11 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..measure.evaluate import evaluate_checkpoint
+    from ..plugin.manager import select_backend
+    from ..record import write_json
+    from ..report.summary import render_eval_markdown
+
     if args.out:
         output_path(args.out, "--out", folder=True)
     device = select_backend(plugins, args.device).name

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tabulate import tabulate
 
-from ..hjepa.inspection import inspect_config
-from ..plugin.manager import Plugins
 from .common import add_config_args, load_config, print_json
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -19,6 +19,9 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace, plugins: Plugins) -> int:
+    from tabulate import tabulate
+    from ..hjepa.inspection import inspect_config
+
     rc = load_config(args, quiet=args.json)
     info = inspect_config(rc.values, batch_size=args.batch_size)
     if args.json:

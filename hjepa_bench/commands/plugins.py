@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tabulate import tabulate
 
-from ..plugin.manager import Plugins
 from .common import print_json
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -17,6 +18,8 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
+    from tabulate import tabulate
+
     infos = plugins.describe()
     if args.json:
         print_json([vars(i) for i in infos])

@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, output_path
-from ..measure.results import load_results
-from ..options import own_config_options
-from ..plugin.manager import Plugins
-from ..report.decision import write_report
 from .common import add_decision_args, report_settings
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -28,6 +27,10 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..measure.results import load_results
+    from ..options import own_config_options
+    from ..report.decision import write_report
+
     dirs = [Path(d) for d in args.dirs]
     for d in dirs:
         if not d.exists():
@@ -49,7 +52,10 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     settings.sources = [str(d) for d in dirs]
     settings.skipped = [str(x) for x in results.skipped]
     settings.charts = not args.no_charts
+    settings.command = "hjepa-bench " + " ".join(args.argv)
     analysis = write_report(records, out, settings, sections=plugins.report_sections())
+    if analysis.get("replaced"):
+        print(f"note: {analysis['replaced']}", file=sys.stderr)
     rec = [f"option {d['recommended']} on {d['machine']}" if d["recommended"] else f"no option on {d['machine']}"
            for d in analysis["decision"]["per_machine"]] or ["no option measured"]
     print(f"report: {out} ({len(records)} records; recommended: {'; '.join(rec)}; "

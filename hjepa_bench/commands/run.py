@@ -4,23 +4,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import resolve_precision
 from ..errors import UserError, output_path
 from ..format import fmt_ms
-from ..measure.ddp import Launch, check_launch, ddp_unsupported, default_timeout, run_job
-from ..measure.env import environment_fingerprint
-from ..measure.runner import run_benchmark
-from ..plugin.manager import Plugins, probe_names, select_backend
-from ..measure.quiet import report_library_output
-from ..record import write_json
-from ..report.sections import render_report
-from ..report.summary import summary_text
-from ..analysis.projection import own_config_line, own_config_projection
 from ..thresholds import DEFAULTS as THRESHOLDS
-from .common import (add_config_args, add_data_args, add_probe_args, config_flag, config_label, fill_dataset_sizes,
-                     int_flag, load_config, positive_number)
+from .common import (add_config_args, add_data_args, add_measuring_args, add_probe_args, config_flag, config_label,
+                     fill_dataset_sizes, int_flag, load_config, positive_number)
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 def add_parser(sub: Any) -> None:
@@ -31,11 +25,7 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--workload", help="registered workload to time (default hjepa)")
     add_data_args(run)
     s = run.add_argument_group("measurement")
-    s.add_argument("--warmup-steps", type=config_flag("bench.warmup_steps"))
-    s.add_argument("--min-steps", type=config_flag("bench.min_steps"))
-    s.add_argument("--max-steps", type=config_flag("bench.max_steps"))
-    s.add_argument("--max-time", type=config_flag("bench.max_time_s"), metavar="SECONDS",
-                   help="time cap for the measured loop")
+    add_measuring_args(s)
     s.add_argument("--target-precision", type=config_flag("bench.target_rel_precision"), metavar="FRAC",
                    help="stop when the median step time is known to +-FRAC (95%% CI), default 0.02")
     add_probe_args(run)
@@ -62,6 +52,16 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..measure.ddp import Launch, check_launch, ddp_unsupported, default_timeout, run_job
+    from ..measure.env import environment_fingerprint
+    from ..measure.runner import run_benchmark
+    from ..plugin.manager import probe_names, select_backend
+    from ..record import write_json
+    from ..report.sections import render_report
+    from ..report.summary import summary_text
+    from ..measure.quiet import report_library_output
+    from ..analysis.projection import own_config_line, own_config_projection
+
     for path, what in ((args.json, "--json"), (args.report, "--report")):
         if path:
             output_path(path, what)

@@ -5,20 +5,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import output_path
-from ..measure.results import load_results
-from ..errors import UserError
-from ..measure.sweep import (DEFAULT_OUT, SweepSpec, install_sigterm_handler, resume_command, run_sweep,
-                             selected_options)
-from ..plugin.manager import Plugins
-from ..analysis.projection import own_config_line
-from ..options import own_config_options
-from ..report.decision import write_report
-from ..report.summary import sweep_table, verdict_lines
-from .common import (add_data_args, add_decision_args, add_probe_args, config_flag, fill_dataset_sizes, list_flag,
-                     positive_number, report_settings)
+from ..config import DEFAULT_SWEEP_OUT
+from ..errors import UserError, output_path
+from .common import (add_data_args, add_decision_args, add_measuring_args, add_probe_args, config_flag,
+                     fill_dataset_sizes, list_flag, positive_number, report_settings)
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 
 #: executor option -> the sweep flag that sets it
@@ -33,7 +28,7 @@ def add_parser(sub: Any) -> None:
     sw.add_argument("--device", type=list_flag(), help="device or list: cpu,mps,cuda,auto (default auto)")
     sw.add_argument("--models", type=list_flag(), help="e.g. vit_tiny,vit_small,vit_base (default vit_tiny)")
     sw.add_argument("--batch-sizes", type=list_flag(int), help="e.g. 24,32,48,64 (default 16,32)")
-    sw.add_argument("--workers", type=list_flag(int), help="DataLoader workers, e.g. 2,4,6,8 (default 2,4)")
+    sw.add_argument("--workers", type=list_flag(int), help="DataLoader workers, e.g. 2,4,6,8 (default 2,4, none above the cores available)")
     sw.add_argument("--hierarchies", type=list_flag(int), help="hierarchy levels, e.g. 2,3")
     sw.add_argument("--predictor-depths", type=list_flag(int), help="e.g. 2,4,6")
     sw.add_argument("--variants", type=list_flag(), help="reference,efficient (default reference)")
@@ -45,18 +40,19 @@ def add_parser(sub: Any) -> None:
     sw.add_argument("--encoder-depth", type=config_flag("model.encoder_depth"), help="ViT blocks (default 12)")
     sw.add_argument("--config", metavar="YAML|PRESET", help="upstream YAML file or preset name: the base of every point")
     sw.add_argument("--grid", metavar="YAML", help="grid file (keys as SweepSpec: devices, batch_sizes, ...); flags override it")
-    sw.add_argument("--out", metavar="DIR", help=f"results directory (default ./{DEFAULT_OUT})")
+    sw.add_argument("--out", metavar="DIR", help=f"results directory (default ./{DEFAULT_SWEEP_OUT})")
     sw.add_argument("--resume", action="store_true", help="continue the sweep in --out (the same --out does too)")
+    sw.add_argument("--retry", type=list_flag(), metavar="STATUSES",
+                    help="run the configs recorded in --out with these outcomes again, in place, with the limits "
+                         "given now: timeout, error, oom, crashed, diverged, skipped, unsupported, or short (measured "
+                         "fewer steps than its minimum), e.g. --retry timeout,short --max-time 120")
     sw.add_argument("--workload", help="registered workload to time (default hjepa)")
     add_data_args(sw)
     b = sw.add_argument_group("per-config budgets")
-    b.add_argument("--warmup-steps", type=config_flag("bench.warmup_steps"), help="default 2")
-    b.add_argument("--min-steps", type=config_flag("bench.min_steps"), help="default 5")
-    b.add_argument("--max-steps", type=config_flag("bench.max_steps"), help="default 30")
-    b.add_argument("--max-time", type=config_flag("bench.max_time_s"), metavar="SECONDS",
-                   help="measuring time per config (default 15)")
-    b.add_argument("--timeout", type=positive_number(SweepSpec.MAX_TIMEOUT_S), metavar="SECONDS",
-                   help="wall-clock limit per config, start-up included (default 120 + 6 x max-time)")
+    add_measuring_args(b)
+    b.add_argument("--timeout", type=positive_number(), metavar="SECONDS",
+                   help="a fixed wall-clock limit per config, start-up included (default: none fixed; a config "
+                        "has 120 + 6 x max-time seconds to warm up, then what its step time and --min-steps need)")
     b.add_argument("--no-skip-after-oom", action="store_true",
                    help="also run larger batches of a model after it ran out of memory")
     add_probe_args(sw)
@@ -80,7 +76,15 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
-    out = Path(args.out or DEFAULT_OUT)
+    from ..measure.results import load_results
+    from ..measure.sweep import (SweepSpec, install_sigterm_handler, resume_command, run_sweep,
+                                 selected_options)
+    from ..report.decision import write_report
+    from ..report.summary import sweep_table, verdict_lines
+    from ..analysis.projection import own_config_line
+    from ..options import own_config_options
+
+    out = Path(args.out or DEFAULT_SWEEP_OUT)
     output_path(out, "--out", folder=True)
     spec = SweepSpec.from_flags(args)
     plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
@@ -119,7 +123,19 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     own_options = own_config_options(records)
     own = {o.name for o in own_options}
     settings.options = own_options + settings.options
-    analysis = write_report(records, report, settings, sections=plugins.report_sections())
+    settings.command = "hjepa-bench " + " ".join(args.argv)
+    # a run that measured nothing new (everything recorded, or a retry that failed again) leaves the
+    # report as it is: it may be one the user rendered with other settings
+    measured_new = summary["ran"] > 0 and (not spec.retry or summary["counts"].get("ok", 0) > 0)
+    kept = report.exists() and not measured_new
+    if kept:
+        from ..analysis.decision import build_analysis
+
+        analysis = build_analysis(records, settings)
+    else:
+        analysis = write_report(records, report, settings, sections=plugins.report_sections())
+        if analysis.get("replaced"):
+            print(f"note: {analysis['replaced']}", file=sys.stderr)
     if mode == "jsonl":
         print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},
                           "report": str(report)}), flush=True)
@@ -131,12 +147,68 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
         if summary["not_run"]:
             print(f"{summary['not_run']} configs were not run (their node left the cluster); resume with:\n"
                   f"  {resume_command(args.argv)}")
+        if spec.retry and not summary["retried"]:
+            print(f"nothing to retry: no config in {out} is recorded as {' or '.join(spec.retry)}")
         print(verdict_lines(analysis))
         for row in analysis["matrix"]:
             if row["option"] in own and row.get("projection"):
                 print(f"{row['machine']} b{row['batch']} w{row['workers']}: {own_config_line(row['projection'])}")
-        print(f"results: {out / 'results.jsonl'}\nreport:  {report}")
+        for line in more_time_lines(records, args.argv):
+            print(line)
+        print(f"results: {out / 'results.jsonl'}\nreport:  {report}"
+              + (" (left as it was: nothing new was measured)" if kept else ""))
     return 0
+
+
+def with_flags(argv: list[str], flags: dict[str, str]) -> str:
+    """``argv`` as a command line with ``flags`` set (an earlier value of each is dropped)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in flags or name == "--resume":
+            skip = "=" not in a and name != "--resume"
+            continue
+        out.append(a)
+    for name, value in flags.items():
+        out += [name, value]
+    return "hjepa-bench " + " ".join(out)
+
+
+def more_time_lines(records: list[dict[str, Any]], argv: list[str]) -> list[str]:
+    """What the sweep still needs, plainly: the configs below their minimum steps and the time
+    measuring them takes here (from their own step and start-up times), and the timed-out ones."""
+    import re
+
+    from ..analysis.policy import shortfall
+
+    lines = []
+    short = [(r, shortfall(r)) for r in records]
+    short = [(r, s) for r, s in short if s is not None and s["max_time_s"]]
+    if short:
+        x = max(s["max_time_s"] for _, s in short)
+        need = 0.0
+        for r, s in short:
+            m = r.get("metrics") or {}
+            startup = max(0.0, float(r.get("duration_s") or 0) - float(m.get("measured_time_s") or 0)
+                          - float((m.get("warmup") or {}).get("time_s") or 0))
+            need += startup + float((m.get("warmup") or {}).get("time_s") or 0) + x
+        lines.append(f"{len(short)} config(s) measured fewer steps than their minimum, so nothing is projected or "
+                     f"judged from them ({'; '.join(str((r.get('sweep') or {}).get('label')) + ': ' + s['text'] for r, s in short)}). "
+                     f"Measuring them needs about {need / 60:.0f} more minute(s) here:\n"
+                     f"  {with_flags(argv, {'--retry': 'short', '--max-time': str(x)})}")
+    timed_out = [r for r in records if r.get("status") == "timeout"]
+    if timed_out:
+        limits = [float(m.group(1)) for r in timed_out for m in [re.search(r"after (\d+) s", str(r.get("error")))]
+                  if m and "fixed --timeout" in str(r.get("error"))]  # (else the deadline follows the config)
+        flags = {"--retry": "timeout"}
+        if limits:
+            flags["--timeout"] = str(int(2 * max(limits)))
+        lines.append(f"{len(timed_out)} config(s) timed out (benchmark); run them again in place with:\n"
+                     f"  {with_flags(argv, flags)}")
+    return lines
 
 
 class SweepProgress:
@@ -160,7 +232,9 @@ class SweepProgress:
                       file=sys.stderr)
             where = f" on Ray nodes {', '.join(event['nodes'])}" if event.get("nodes") else ""
             print(f"sweep: {event['total']} configs{where}, {event['recorded']} already recorded in {event['out']}, "
-                  f"{event['to_run']} to run", file=sys.stderr)
+                  f"{event['to_run']} to run" + (f" ({event['retry']} again, --retry)" if event.get("retry") else "")
+                  + (f"; the {event['first']} that measure the options' own configs first" if event.get("first") else "")
+                  + "; the expected duration is printed once the first config is measured", file=sys.stderr)
             from tqdm import tqdm
 
             self.bar = tqdm(total=event["to_run"], file=sys.stderr, unit="config", dynamic_ncols=True,
@@ -170,14 +244,23 @@ class SweepProgress:
             eta = "ETA after the first config" if event["eta_s"] is None else f"ETA {event['eta_s'] / 60:.1f} min"
             self.bar.set_description_str(f"config {event['k']}/{event['n']}")
             self.bar.set_postfix_str(f"({eta}) now: {event['label']}")
+        elif kind == "estimate" and self.bar is not None:
+            import datetime as dt
+
+            end = dt.datetime.now() + dt.timedelta(seconds=event["expected_s"])
+            self.bar.write(f"  expected: about {event['expected_s'] / 60:.1f} min more for the {event['configs_left']} "
+                           f"config(s) left (ETA {end:%H:%M}), scaled from {event['from']} (steps of "
+                           f"{event['step_s']:.2f} s, start-up {event['startup_s']:.0f} s)")
         elif kind in ("dropped", "lost") and self.bar is not None:
             what = f"{event['label']}: not run" if kind == "dropped" else \
                 f"node {event['node']} left: {event['not_run']} of its configs not run"
             self.bar.write(f"  {what} ({event['why']}); a resume runs them")
         elif kind == "done" and self.bar is not None:
             speed = "" if event["it_per_s"] is None else f" {event['it_per_s']:.2f} it/s"
-            self.bar.write(f"  [{event['k']}/{event['n']}] {event['label']}: {event['status']}{speed}"
-                           + (f" ({event['error']})" if event["error"] else ""))
+            said = event["status"] if event["status"] != "timeout" else "timed out (benchmark)"
+            error = str(event["error"] or "").removeprefix("timed out (benchmark): ")
+            self.bar.write(f"  [{event['k']}/{event['n']}] {event['label']}: {said}{speed}"
+                           + (f" ({error})" if error else ""))
             self.bar.update(1)
 
     def close(self) -> None:

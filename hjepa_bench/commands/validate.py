@@ -4,19 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..analysis.selfcheck import self_check_lines
-from ..analysis.verdicts import rejudge_record
 from ..errors import output_path
-from ..measure.env import environment_fingerprint
-from ..measure.validate import ValidationSettings, run_validation, validation_facts, validation_record
-from ..options import config_option
-from ..plugin.manager import Plugins, select_backend
-from ..report.decision import write_report
-from ..report.summary import validation_section, verdict_lines
 from .common import (CONFIG_FLAGS, add_config_args, add_data_args, add_decision_args, config_label, load_config,
                      int_flag, report_settings)
+
+if TYPE_CHECKING:
+    from ..plugin.manager import Plugins
 
 #: ``--epochs`` is the run's length (default: the config's), not an override of training.epochs
 FLAGS = [f for f in CONFIG_FLAGS if f != "epochs"]
@@ -48,6 +43,15 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..analysis.selfcheck import self_check_lines
+    from ..analysis.verdicts import rejudge_record
+    from ..measure.env import environment_fingerprint
+    from ..measure.validate import ValidationSettings, run_validation, validation_facts, validation_record
+    from ..options import config_option
+    from ..plugin.manager import select_backend
+    from ..report.decision import write_report
+    from ..report.summary import validation_section, verdict_lines
+
     output_path(args.out, "--out", folder=True)
     rc = load_config(args, flags=FLAGS)
     backend = select_backend(plugins, args.device)

@@ -169,24 +169,31 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
+def cifar_folder(root: str | Path, train: bool = True) -> tuple[Path, list[str]]:
+    """The ``cifar-10-batches-py`` folder at or under ``root`` and the batch files of the split, or
+    a UserError saying what is missing (paths only: cheap enough to check before any work)."""
+    root = Path(root).expanduser()
+    inside = root.name == CIFAR_FOLDER or any((root / n).exists() for n in ("batches.meta", "test_batch"))
+    folder = root if inside else root / CIFAR_FOLDER
+    if not root.exists():
+        raise UserError(f"CIFAR-10 data not found: {root} does not exist (hjepa-bench never downloads; "
+                        "unpack the python version of CIFAR-10 there).")
+    if not folder.is_dir():
+        raise UserError(f"CIFAR-10 data not found: {root} has no {CIFAR_FOLDER} folder (hjepa-bench "
+                        "never downloads; unpack the python version of CIFAR-10 there).")
+    names = [f"data_batch_{k}" for k in range(1, 6)] if train else ["test_batch"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise UserError(f"CIFAR-10 data incomplete: {folder} lacks {', '.join(missing)} "
+                        "(unpack the full python version of CIFAR-10 there).")
+    return folder, names
+
+
 class CIFAR10Folder(Dataset):
     """CIFAR-10 from an unpacked ``cifar-10-batches-py`` folder (never downloads)."""
 
     def __init__(self, root: str | Path, train: bool = True, transform: Transform | None = None) -> None:
-        root = Path(root).expanduser()
-        inside = root.name == CIFAR_FOLDER or any((root / n).exists() for n in ("batches.meta", "test_batch"))
-        folder = root if inside else root / CIFAR_FOLDER
-        if not root.exists():
-            raise UserError(f"CIFAR-10 data not found: {root} does not exist (hjepa-bench never downloads; "
-                            "unpack the python version of CIFAR-10 there).")
-        if not folder.is_dir():
-            raise UserError(f"CIFAR-10 data not found: {root} has no {CIFAR_FOLDER} folder (hjepa-bench "
-                            "never downloads; unpack the python version of CIFAR-10 there).")
-        names = [f"data_batch_{k}" for k in range(1, 6)] if train else ["test_batch"]
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise UserError(f"CIFAR-10 data incomplete: {folder} lacks {', '.join(missing)} "
-                            "(unpack the full python version of CIFAR-10 there).")
+        folder, names = cifar_folder(root, train)
         parts = [_load_batch(folder / n) for n in names]
         self.root, self.train, self.transform = folder, train, transform
         self.data = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))

@@ -78,6 +78,9 @@ def check_launch(launch: Launch) -> None:
         if not launch.rdzv_endpoint or not re.fullmatch(r"[^\s:]+:\d{1,5}", launch.rdzv_endpoint):
             raise UserError("a job over several nodes needs --rdzv-endpoint HOST:PORT (the address of node 0, "
                             "where rank 0 runs).")
+        port = int(launch.rdzv_endpoint.rpartition(":")[2])
+        if not 0 < port < 65536:
+            raise UserError(f"--rdzv-endpoint {launch.rdzv_endpoint}: the port must be 1 to 65535.")
         if not 0 <= launch.node_rank < launch.nnodes:
             raise UserError(f"--node-rank {launch.node_rank} must be between 0 and {launch.nnodes - 1} "
                             f"for --nnodes {launch.nnodes}.")
@@ -86,15 +89,18 @@ def check_launch(launch: Launch) -> None:
 
 
 def ddp_capacity(backend: Backend) -> tuple[int | None, str]:
-    """How many data-parallel ranks ``backend`` can run on this node: (None: no limit, "") on cpu
-    with gloo, (visible GPUs, "") on cuda with nccl (one rank per GPU), or (0, why not)."""
+    """How many data-parallel ranks ``backend`` can run on this node: (the CPU cores available, "")
+    on cpu with gloo (a rank per core), (visible GPUs, "") on cuda with nccl (one rank per GPU), or
+    (0, why not)."""
     import torch.distributed as dist
 
     if not dist.is_available():
         return 0, "this torch build has no torch.distributed"
     if backend.name == "cpu":
-        return (None, "") if dist.is_gloo_available() else (0, "this torch build has no gloo backend for "
-                                                                 "torch.distributed")
+        from ..config import available_cores
+
+        return (available_cores(), "") if dist.is_gloo_available() else (0, "this torch build has no gloo backend "
+                                                                           "for torch.distributed")
     if backend.name == "cuda":
         if not dist.is_nccl_available():
             return 0, "this torch build has no nccl backend for torch.distributed"
@@ -111,6 +117,9 @@ def ranks_unsupported(device: str, nproc_per_node: int, capacity: int | None, wh
     if why_not:
         return why_not
     if capacity is not None and nproc_per_node > capacity:
+        if device == "cpu":
+            return (f"{nproc_per_node} processes need a CPU core each and {capacity} are available here (more "
+                    "ranks than cores share the cores: that measures contention, not scaling)")
         return (f"{nproc_per_node} processes need {nproc_per_node} visible CUDA devices, one each (NCCL refuses "
                 f"two ranks on one GPU); {capacity} visible")
     return ""

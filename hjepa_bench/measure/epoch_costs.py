@@ -31,7 +31,6 @@ import torch
 
 from ..hjepa.masks import to_device
 from ..hjepa.periodic import LoggingPlan, measure_periodic
-from ..hjepa.training import checkpoint_state, save_checkpoint
 
 STARTUP_REPEATS = 2
 VAL_REPEATS = 3
@@ -160,6 +159,8 @@ def _make_parent(path: str) -> list[str]:
 
 
 def measure_checkpoint(trainer: Any, parent: str | None, repeats: int = CHECKPOINT_REPEATS) -> dict[str, Any]:
+    from ..hjepa.training import checkpoint_state, save_checkpoint  # (training only: timm, torchvision)
+
     created = _make_parent(parent) if parent else []
     try:
         runs, sizes, copies = [], [], []

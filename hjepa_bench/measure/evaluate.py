@@ -49,6 +49,7 @@ import contextlib
 import copy
 import math
 import re
+import warnings
 import time
 from collections.abc import Mapping as MappingABC
 from pathlib import Path
@@ -140,7 +141,11 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     weights_only = True
     try:
         safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before, no extras
-        with safe(_numpy_scalar_globals()) if safe is not None else contextlib.nullcontext():
+        # torch's own warnings (a pickle protocol it did not write) and its advice to retry with
+        # weights_only=False are not ours to pass on: a failure below is one sentence of ours
+        with warnings.catch_warnings(), \
+                (safe(_numpy_scalar_globals()) if safe is not None else contextlib.nullcontext()):
+            warnings.simplefilter("ignore")
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one sentence
         blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
@@ -150,6 +155,11 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                             "could run code from the file; hjepa-bench loads only tensors, plain containers and "
                             "numpy scalars, so re-save it with only those (e.g. torch.save({'model_state_dict': "
                             "model.state_dict(), 'epoch': epoch}, path) in the environment that wrote it).") from None
+        if "Weights only load failed" in str(exc):  # a pickle torch's safe loader cannot read
+            raise UserError(f"checkpoint {p} is a pickle file that the safe loader cannot read (not a torch.save "
+                            "file of tensors); hjepa-bench never unpickles arbitrary objects, since that could run "
+                            "code from the file, so re-save it with torch.save({'model_state_dict': "
+                            "model.state_dict()}, path).") from None
         raise UserError(f"cannot read checkpoint {p} ({type(exc).__name__}: {_first_line(exc)}); "
                         "the file is corrupt or not a PyTorch checkpoint.") from None
 

@@ -18,12 +18,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..errors import RESULTS_MAX_BYTES, UserError, read_bytes
 from ..record import RecordError, dumps, loads, records_frame, validate_record
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULTS_NAME = "results.jsonl"
 #: a report skips at most this many bad lines of one file; beyond, it is not a results file
@@ -128,6 +129,20 @@ class ResultsFile:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
         return report
+
+    def replace(self, key: str, record: Mapping[str, Any]) -> None:
+        """Put ``record`` in place of every record of ``key`` (a config run again with ``--retry``):
+        the file is rewritten atomically (temp file, fsync, rename), so a kill leaves the old file
+        or the new one."""
+        line = dumps(record, indent=None) + "\n"
+        validate_record(json.loads(line))
+        kept = [r for r in read_results(self.path, strict=True).records if (r.get("sweep") or {}).get("key") != key]
+        tmp = self.path.with_name(RESULTS_NAME + ".tmp")
+        with open(tmp, "w") as fh:
+            fh.write("".join(dumps(r, indent=None) + "\n" for r in kept) + line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
 
     def append(self, record: Mapping[str, Any]) -> None:
         line = dumps(record, indent=None) + "\n"

@@ -14,7 +14,9 @@ Timing (docs/measuring.md):
   and counts that wait for the previous step's queued work as device time
   (``device_wait_s``), not as the host phase that would otherwise absorb it;
 * measuring stops when the median step time is known to the target relative
-  precision (95% CI), or at the step or time cap;
+  precision (95% CI), or at the step cap, or at the time target once ``min_steps`` are
+  measured; below ``min_steps`` it goes on past the time target up to a hard cap that scales
+  with the warm-up's step time (:mod:`hjepa_bench.analysis.policy`);
 * a non-finite loss (or gradient norm, without a GradScaler) -> ``diverged``;
   the backend's out-of-memory error -> ``oom``; anything else -> ``error``.
 """
@@ -30,9 +32,10 @@ import psutil
 import torch
 
 from . import stats
+from ..analysis import policy
 from ..analysis.bottleneck import device_lag_split
 from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
-from ..errors import UserError
+from ..errors import PLUGIN_FAILURES, UserError
 from ..record import dumps, new_record, validate_probe_entry
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -52,6 +55,14 @@ class RunHooks:
 
     def after_loop(self, ctx: RunContext, record: dict[str, Any]) -> None:
         """After the measured loop ended well, with the metrics filled, before the workload is closed."""
+
+    def first_step(self, step_s: float) -> None:
+        """Right after the first warm-up step (a sweep's child tells its parent: the rest of the
+        warm-up is then budgeted from it, not from a constant)."""
+
+    def warmed_up(self, step_times_s: list[float], cap_s: float) -> None:
+        """Right after the warm-up: its step times and the measured loop's hard cap (a sweep's child
+        tells its parent, which sets its deadline from them)."""
 
 
 class Diverged(Exception):
@@ -75,6 +86,7 @@ class _Loop:
         self.batch_sizes: list[int] = []
         self.window_times: list[float] = []  # measured windows only
         self.warmup_time_s = 0.0
+        self.cap_s: float | None = None  # the measured loop's hard cap (set after the warm-up)
         self.events = self.backend.has_device_events()
         self.scaled = getattr(self.work, "uses_grad_scaler", False)
         self.sync_before_step = bool(getattr(self.work, "syncs_in_step", False))
@@ -121,7 +133,7 @@ class _Loop:
                 if probe.name not in self.failed:
                     try:
                         probe.after_step(self.ctx, sample)
-                    except Exception as exc:  # noqa: BLE001 - a broken probe never breaks the run
+                    except PLUGIN_FAILURES as exc:  # a broken probe never breaks the run
                         self.failed[probe.name] = _failure(exc)
         if self.events:
             end = backend.event()
@@ -179,13 +191,20 @@ class _Loop:
         # the step-time estimate: measured steps, else the warm-up steps
         estimate = times or [s.step_time_s for s in self.samples if s.step_time_s is not None]
         median = float(sorted(estimate)[len(estimate) // 2]) if estimate else 0.0
-        if done > 0 and elapsed + median > b["max_time_s"]:  # the next step would end past the cap
-            return "max_time", 0
-        if done >= b["min_steps"] and stats.relative_precision(times) <= b["target_rel_precision"]:
+        if self.cap_s is None:  # no warm-up: the cap scales with the first measured step
+            self.cap_s = policy.time_cap_s(b["max_time_s"], b["min_steps"], median or None) if median else None
+        short = done < b["min_steps"]  # the minimum is met past the time target, up to the hard cap
+        deadline = max(b["max_time_s"], self.cap_s or 0.0) if short else b["max_time_s"]
+        if done > 0 and elapsed + median > deadline:  # the next step would end past the deadline
+            return ("time_cap" if short else "max_time"), 0
+        if not short and stats.relative_precision(times) <= b["target_rel_precision"]:
             return "precision", 0
         n = min(int(b["window_steps"]), int(b["max_steps"]) - done)
-        if median > 0:  # do not run past the time cap
-            n = max(1, min(n, math.floor((b["max_time_s"] - elapsed) / max(1e-9, median))))
+        if median > 0:  # do not run past the time target
+            room = math.floor((b["max_time_s"] - elapsed) / max(1e-9, median))
+            # past it, measuring on to the minimum: one step per window, so that the hard cap holds
+            # even when the steps turn out slower than the estimate
+            n = 1 if short and room < 1 else max(1, min(n, room))
         return None, n
 
     def extra(self) -> dict[str, Any] | None:
@@ -198,7 +217,7 @@ class _Loop:
         for probe in wanted:
             try:
                 probe.before_extra_steps(self.ctx)
-            except Exception as exc:  # noqa: BLE001
+            except PLUGIN_FAILURES as exc:
                 self.failed[probe.name] = _failure(exc)
         wanted = [p for p in wanted if p.name not in self.failed]
         n = max((int(p.extra_steps) for p in wanted), default=0)
@@ -215,10 +234,10 @@ class _Loop:
                     if probe.name not in self.failed and k < int(probe.extra_steps):
                         try:
                             probe.after_extra_step(self.ctx, sample)
-                        except Exception as exc:  # noqa: BLE001
+                        except PLUGIN_FAILURES as exc:
                             self.failed[probe.name] = _failure(exc)
             self.backend.synchronize()
-        except Exception as exc:  # noqa: BLE001 - the measurement is done: it stays as it is
+        except PLUGIN_FAILURES as exc:  # the measurement is done: it stays as it is
             error = _failure(exc)["error"]
         return {"steps": done, "requested": n, "first_index": first, "time_s": time.perf_counter() - t0,
                 "for": [p.name for p in wanted], "error": error,
@@ -228,8 +247,14 @@ class _Loop:
         return [s for s in self.samples if not s.warmup and s.step_time_s is not None]
 
     def run(self, b: Mapping[str, Any]) -> str:
-        if b["warmup_steps"] > 0:
-            self.warmup_time_s = self.window(int(b["warmup_steps"]), warmup=True)
+        if b["warmup_steps"] > 0:  # the first step alone, so that its time is known at once
+            self.warmup_time_s = self.window(1, warmup=True)
+            self.hooks.first_step(float(self.samples[-1].step_time_s))
+            if b["warmup_steps"] > 1:
+                self.warmup_time_s += self.window(int(b["warmup_steps"]) - 1, warmup=True)
+            warm = [s.step_time_s for s in self.samples if s.warmup]
+            self.cap_s = policy.time_cap_s(b["max_time_s"], b["min_steps"], policy.median(warm))
+            self.hooks.warmed_up(warm, self.cap_s)
         self.backend.reset_peak_memory()
         t_start = time.perf_counter()
         while True:
@@ -286,6 +311,11 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         warnings.append(f"{workers} DataLoader workers on {cores} CPU cores: the workers compete with the step")
     if stop_reason == "max_time" and n < 10:
         warnings.append(f"only {n} steps measured before the time cap; the statistics are rough")
+    bench = loop.ctx.config.get("bench", {})
+    if stop_reason == "time_cap":
+        warnings.append(f"only {n} of the {bench.get('min_steps')} minimum steps measured: the steps ran slower "
+                        f"than the warm-up's and reached the hard cap of {loop.cap_s:.0f} s; nothing is projected "
+                        "or judged from this config")
     return {
         "it_per_s": it_per_s,
         "samples_per_s": it_per_s * batch_size if it_per_s is not None else None,
@@ -311,6 +341,8 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
         "stop_reason": stop_reason,
+        "min_steps": bench.get("min_steps"),
+        "time_cap_s": loop.cap_s,
         "timing_method": "device-events" if loop.events else "synced-wall-clock",
         "warnings": warnings,
     }
@@ -395,7 +427,7 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
         for probe in probes:
             try:
                 probe.start(ctx)
-            except Exception as exc:  # noqa: BLE001
+            except PLUGIN_FAILURES as exc:
                 failed[probe.name] = _failure(exc)
         loop = _Loop(ctx, probes, progress, hooks)
         loop.failed.update(failed)
@@ -408,7 +440,7 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
         raise
     except Diverged as exc:
         record["status"], record["error"] = "diverged", str(exc)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+    except PLUGIN_FAILURES as exc:  # every failure becomes a status (a plugin's sys.exit too)
         record["status"] = "oom" if backend.is_oom(exc) else "error"
         record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     finally:
@@ -432,7 +464,7 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
                 continue
             try:
                 entry = probe.finish(ctx, record)
-            except Exception as exc:  # noqa: BLE001 - a broken probe must not lose the measurement
+            except PLUGIN_FAILURES as exc:  # a broken probe must not lose the measurement
                 entry = _failure(exc)
             if entry is not None:
                 record["probes"][probe.name] = _entry(probe.name, entry)

@@ -9,8 +9,11 @@
   job, which its child launches through torchrun (:mod:`hjepa_bench.measure.ddp`); a point the
   device cannot run that way (mps, more ranks than GPUs) is ``unsupported``.
 * Every config runs in a fresh child process (multiprocessing's ``spawn``, as on
-  macOS) with a wall-clock timeout: ``ok | oom | diverged | error`` come from the
-  child; ``timeout`` and ``crashed`` (exit code or signal) from the parent.
+  macOS) with a wall-clock deadline: ``ok | oom | diverged | error`` come from the
+  child; ``timeout`` ("timed out (benchmark)") and ``crashed`` (exit code or signal) from
+  the parent.  Without ``--timeout`` the deadline is the start-up allowance until the child
+  reports its warm-up, then what its measured step time and ``min_steps`` need
+  (:mod:`hjepa_bench.analysis.policy`); ``--timeout`` is a fixed wall-clock limit.
   After an OOM, larger batches of the same model are ``skipped`` (switchable).
 * Records are appended to ``DIR/results.jsonl`` as each config finishes; running
   again with the same ``--out`` (or ``--resume``) skips configs already recorded,
@@ -34,16 +37,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..config import check_value, is_finite_number, resolve_config, resolve_model_name, resolve_precision
+from ..config import (DEFAULT_SWEEP_OUT, DEFAULTS, check_value, default_workers, is_finite_number, resolve_config,
+                      resolve_model_name, resolve_precision)
 from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
 from . import child_stderr
+from ..analysis import policy
+from .runner import RunHooks
 from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
 from .results import ResultsFile, config_key
 from ..record import new_record, node_label, short_model_name
 
-DEFAULT_OUT = "hjepa-bench-sweep"
+DEFAULT_OUT = DEFAULT_SWEEP_OUT
 
 
 @dataclass
@@ -54,7 +60,8 @@ class SweepSpec:
     devices: list[str] = field(default_factory=lambda: ["auto"])
     models: list[str | None] = field(default_factory=lambda: ["vit_tiny"])
     batch_sizes: list[int | None] = field(default_factory=lambda: [16, 32])
-    workers: list[int | None] = field(default_factory=lambda: [2, 4])
+    # default worker counts: 2 and 4, never above the cores available (a value given is kept)
+    workers: list[int | None] = field(default_factory=lambda: sorted({default_workers(w) for w in (2, 4)}))
     hierarchies: list[int | None] = field(default_factory=lambda: [None])
     predictor_depths: list[int | None] = field(default_factory=lambda: [None])
     variants: list[str | None] = field(default_factory=lambda: ["reference"])
@@ -70,17 +77,21 @@ class SweepSpec:
     dataset_size: int | None = None  # the projected full run's training images (bench.dataset_size)
     val_size: int | None = None
     persistent_workers: bool | None = None
-    warmup_steps: int | None = 2
-    min_steps: int | None = 5
-    max_steps: int | None = 30
-    max_time_s: float | None = 15.0
-    timeout_s: float | None = None  # per config wall clock; default from max_time_s
+    # the measuring budgets: None is the config's default, as on ``hjepa-bench run`` (the same flag
+    # means the same on both commands): bench.warmup_steps, min_steps, max_steps, max_time_s
+    warmup_steps: int | None = None
+    min_steps: int | None = None
+    max_steps: int | None = None
+    max_time_s: float | None = None
+    timeout_s: float | None = None  # fixed per config wall clock; default: follows the warm-up (policy.py)
     skip_after_oom: bool = True
     probes: list[str] | None = None  # None: the cheap probes
     # decision-matrix options whose model config is measured too (each at its own batch and
     # workers, 224 px, reference step): names, or ["all"] / ["none"]; options_file adds user options
     options: list[str] = field(default_factory=lambda: ["all"])
     options_file: str | None = None
+    #: statuses whose recorded configs run again in place (``--retry``): see RETRY
+    retry: list[str] = field(default_factory=list)
 
     GRID = ("devices", "models", "batch_sizes", "workers", "hierarchies", "predictor_depths", "variants",
             "precisions", "img_sizes", "nproc_per_node")
@@ -96,11 +107,14 @@ class SweepSpec:
                    "persistent_workers": "bench.persistent_workers", "warmup_steps": "bench.warmup_steps",
                    "min_steps": "bench.min_steps", "max_steps": "bench.max_steps", "max_time_s": "bench.max_time_s"}
     MAX_TIMEOUT_S = 1e7
+    #: what ``--retry`` takes: a record status, or ``short`` (ok, but fewer steps than its minimum)
+    RETRY = ("timeout", "error", "oom", "crashed", "diverged", "skipped", "unsupported", "short")
 
     def timeout(self) -> float:
+        """``--timeout``, else the start-up allowance a child has until it reports its warm-up."""
         if self.timeout_s is not None:
             return float(self.timeout_s)
-        return default_timeout(self.max_time_s)
+        return default_timeout(self.max_time_s if self.max_time_s is not None else DEFAULTS["bench"]["max_time_s"])
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SweepSpec":
@@ -178,6 +192,10 @@ class SweepSpec:
         if self.probes is not None:
             text_list("probes", self.probes, empty=True)
         text_list("options", self.options)
+        text_list("retry", self.retry, empty=True)
+        bad = [r for r in self.retry if r not in self.RETRY]
+        if bad:
+            fail("retry", f"takes {', '.join(self.RETRY)}, not {', '.join(bad)}")
 
     @staticmethod
     def _check(where: str, name: str, key: str, value: Any) -> None:
@@ -216,6 +234,8 @@ class SweepSpec:
             spec.options = args.options
         if args.options_file is not None:
             spec.options_file = args.options_file
+        if getattr(args, "retry", None) is not None:
+            spec.retry = args.retry
         spec.validate(f"sweep (grid file {args.grid} and flags)" if args.grid else "sweep")
         return spec
 
@@ -234,6 +254,7 @@ class Point:
     key: str = ""
     unsupported: str | None = None  # why it cannot run here
     place: str | None = None  # the executor's place (a node label), None on this machine
+    decides: bool = False  # it measures a decision-matrix option's own config: it runs first
 
 
 def check_grid(spec: SweepSpec, plugins: Plugins) -> None:
@@ -245,6 +266,20 @@ def check_grid(spec: SweepSpec, plugins: Plugins) -> None:
     for m in spec.models:
         if m is not None:
             resolve_model_name(m)  # an unknown model is a user error, not an unsupported point
+
+
+def check_data(points_values: Any) -> None:
+    """A data set the configs read is checked before the first child starts (a missing CIFAR-10
+    folder is a usage error, as on ``run``, not an error recorded for every config)."""
+    paths = {(v["bench"].get("data_path") or v["data"].get("data_path")) for v in points_values
+             if v["bench"].get("data") == "cifar10"}
+    if paths:
+        from ..hjepa.data import cifar_folder
+
+        for path in sorted(paths, key=str):
+            if not path:
+                raise UserError("--data cifar10 needs --data-path DIR (the unpacked python version of CIFAR-10).")
+            cifar_folder(path, train=True)
 
 
 def device_facts(backend: Backend, plugin_args: Sequence[str] = ()) -> DeviceFacts:
@@ -284,6 +319,7 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
     devices = list(place.devices)
     common = spec.common_overrides()
     points: list[Point] = []
+    seen: set[str] = set()  # resolved configs already planned
     dims = [devices, spec.models, spec.hierarchies, spec.predictor_depths, spec.variants, spec.precisions,
             spec.img_sizes, spec.nproc_per_node, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None, b or 0))]
     for device, model, levels, pdepth, variant, precision, img, nproc, workers, batch in itertools.product(*dims):
@@ -301,6 +337,10 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
         values = rc.values
         values["bench"]["precision"] = resolve_precision(values, device)
         values["bench"]["device"] = device
+        same = json.dumps(values, sort_keys=True, default=str)
+        if same in seen:  # null (the config's value) next to that value, or a model's alias: measured once
+            continue
+        seen.add(same)
         # the one reason a valid point is recorded unsupported: this device cannot run it (here)
         point.unsupported = _unsupported_here(place.devices[device], values)
         point.values, point.warnings = values, rc.warnings()
@@ -320,7 +360,10 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
         for opt in selected_options(spec):
             for nproc in spec.nproc_per_node:
                 point = _option_point(opt, device, {**common, "bench.nproc_per_node": nproc}, place, len(points))
-                if not any(_same_measurement(p, point) for p in points):
+                same = [p for p in points if _same_measurement(p, point)]
+                for p in same or [point]:
+                    p.decides = True  # what decides the recommendation is measured first
+                if not same:
                     points.append(point)
     return points
 
@@ -342,10 +385,28 @@ def _unsupported_here(facts: DeviceFacts, values: Mapping[str, Any]) -> str | No
 def _place_point(point: Point, place: Place, identity: dict[str, Any]) -> None:
     """The point's environment and key at ``place``; a node's label joins the key and the label."""
     point.env = place.devices[point.device].env
-    point.key = config_key(identity, point.env, node=place.label)
+    point.key = config_key(_measured_identity(identity), point.env, node=place.label)
     point.place = place.label
     if place.label is not None:
         point.label += f" on {place.label}"
+
+
+#: how long a config is measured, not what is measured: left out of its key, so that a config run
+#: again with other limits (--retry ... --max-time 120) replaces its earlier record
+BUDGET_KEYS = ("warmup_steps", "min_steps", "max_steps", "max_time_s", "target_rel_precision")
+
+
+def _measured_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(identity, default=str))
+    for key in BUDGET_KEYS:
+        ((out.get("values") or {}).get("bench") or {}).pop(key, None)
+        (out.get("overrides") or {}).pop(f"bench.{key}", None)
+    return out
+
+
+def retry_matches(record: Mapping[str, Any], retry: Sequence[str]) -> bool:
+    """Whether ``--retry`` names what happened to ``record`` (its status, or ``short``)."""
+    return record.get("status") in retry or ("short" in retry and policy.shortfall(record) is not None)
 
 
 def _same_measurement(a: Point, b: Point) -> bool:
@@ -385,6 +446,8 @@ def _option_point(opt: Any, device: str, common: dict[str, Any], place: Place, i
 
     base = opt.values()
     overrides = {**{k: v for k, v in common.items() if k != "model.encoder_depth"}, **option_overrides(opt)}
+    if opt.source == "validation guide":  # the guide's worker count is a default: not above the cores here
+        overrides["data.num_workers"] = default_workers(overrides["data.num_workers"])
     rc = resolve_config(None, overrides, base=base)
     values = rc.values
     values["bench"]["precision"] = resolve_precision(values, device)
@@ -426,6 +489,7 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
 
     values, env = payload["values"], payload["env"]
     nproc = int(values["bench"].get("nproc_per_node", 1))
+    t_start = time.monotonic()
     try:
         if nproc > 1:  # a data-parallel job: torchrun, started from this child, runs the ranks
             record = run_job(values, env, device=payload["device"], plugin_args=payload["plugins"],
@@ -436,12 +500,40 @@ def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> N
             plugins = build_plugins(payload["plugins"])
             backend = plugins.backends()[payload["device"]]
             workload = plugins.workload(values["bench"]["workload"])
-            record = run_benchmark(values, backend, workload, plugins.select_probes(payload["probes"]), env,
-                                   warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"])
+            probes = plugins.select_probes(payload["probes"])
+            extra = max((int(getattr(p, "extra_steps", 0) or 0) for p in probes), default=0)
+            record = run_benchmark(values, backend, workload, probes, env,
+                                   warnings=payload["warnings"], artifacts_dir=payload["artifacts_dir"],
+                                   hooks=_WarmupReport(result_path + WARM_SUFFIX, t_start, extra))
     except UserError as exc:
         record = new_record(values, env, payload["warnings"])
         record["error"] = str(exc)
     write_json(record, result_path)
+
+
+#: the child writes its warm-up report next to its result file, under this suffix
+WARM_SUFFIX = ".warm"
+#: ... and, before that, its first warm-up step's time under this one
+FIRST_SUFFIX = ".first"
+
+
+class _WarmupReport(RunHooks):
+    """In the child: after the warm-up, tell the parent the warm-up's step times and the measured
+    loop's hard cap (written atomically), so that the parent's deadline follows the config."""
+
+    def __init__(self, path: str, t_start: float, extra_steps: int):
+        self.path, self.t_start, self.extra_steps = path, t_start, extra_steps
+
+    def _write(self, path: str, data: dict[str, Any]) -> None:
+        with open(path + ".tmp", "w") as fh:
+            json.dump({**data, "extra_steps": self.extra_steps, "child_s": time.monotonic() - self.t_start}, fh)
+        os.replace(path + ".tmp", path)
+
+    def first_step(self, step_s: float) -> None:
+        self._write(self.path + FIRST_SUFFIX, {"step_s": step_s})
+
+    def warmed_up(self, step_times_s: list[float], cap_s: float) -> None:
+        self._write(self.path, {"warmup_step_s": step_times_s, "cap_s": cap_s})
 
 
 @dataclass
@@ -485,17 +577,55 @@ def _printed_oom(payload: Mapping[str, Any], outcome: ChildOutcome, text: str) -
 
 
 def _run_child(payload: dict[str, Any], timeout_s: float) -> ChildOutcome:
-    """Run one config in a spawned child with a wall-clock timeout."""
+    """Run one config in a spawned child with a wall-clock deadline: ``timeout_s`` when the payload
+    says ``fixed_timeout`` (``--timeout``), else ``timeout_s`` until the child reports its first
+    warm-up step, then what its step time needs (:func:`hjepa_bench.analysis.policy.child_deadline_s`)."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="hjepa-bench-") as tmp:
         result = os.path.join(tmp, "record.json")
         proc = ctx.Process(target=_child_main, args=(payload, result, os.getpid()), name="hjepa-bench-config")
+        t0 = time.monotonic()
         proc.start()
+        deadline, why = float(timeout_s), "its fixed --timeout" if payload.get("fixed_timeout", True) else \
+            "the start-up allowance (no warm-up step reported)"
+        follow = not payload.get("fixed_timeout", True)
+        first = follow
+        derived: float | None = None  # the deadline the first step set (it replaces the allowance)
+        bench = payload["values"]["bench"]
         try:
-            proc.join(timeout_s)
-            if proc.is_alive():
-                _stop(proc)
-                return ChildOutcome(None, "timeout", f"no result after {timeout_s:.0f} s (wall clock); the child was killed")
+            while proc.is_alive():
+                now = time.monotonic() - t0
+                if first and os.path.exists(result + WARM_SUFFIX + FIRST_SUFFIX):
+                    first = False
+                    try:
+                        with open(result + WARM_SUFFIX + FIRST_SUFFIX) as fh:
+                            got = json.load(fh)
+                        step = float(got["step_s"])
+                        deadline = derived = (policy.deadline_after_first_step_s(
+                            first_at_s=now, step_s=step, warmup_steps=int(bench["warmup_steps"]),
+                            max_time_s=float(bench["max_time_s"]), min_steps=int(bench["min_steps"]),
+                            extra_steps=int(got.get("extra_steps") or 0)))
+                        why = f"the deadline its first step set: {now:.0f} s to its first step of {step:.1f} s"
+                    except (OSError, ValueError, KeyError, TypeError):
+                        pass
+                if follow and os.path.exists(result + WARM_SUFFIX):
+                    follow = False
+                    try:
+                        with open(result + WARM_SUFFIX) as fh:
+                            warm = json.load(fh)
+                        step = policy.median(warm.get("warmup_step_s") or [])
+                        deadline = max(derived or 0.0, policy.child_deadline_s(
+                            warmed_at_s=now, startup_s=now, cap_s=float(warm["cap_s"]), step_s=step,
+                            extra_steps=int(warm.get("extra_steps") or 0)))
+                        why = (f"the deadline its warm-up set: {now:.0f} s to warm up, steps of "
+                               f"{step or 0:.2f} s, a measuring cap of {float(warm['cap_s']):.0f} s")
+                    except (OSError, ValueError, KeyError, TypeError):
+                        pass  # keep the start-up allowance
+                if now >= deadline:
+                    _stop(proc)
+                    return ChildOutcome(None, "timeout", f"timed out (benchmark): no result after {deadline:.0f} s "
+                                                         f"({why}); the child was killed")
+                proc.join(min(0.5, max(0.01, deadline - now)))
         except BaseException:
             _stop(proc)  # Ctrl-C / SIGTERM: stop the child, record nothing
             raise
@@ -557,9 +687,11 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
         planned = {place.label: plan(spec, place) for place in places}
         for name in dict.fromkeys(p.values["bench"]["workload"] for points in planned.values() for p in points):
             plugins.workload(name)  # an unknown workload is a usage error here, not a failure in every child
+        check_data(p.values for points in planned.values() for p in points)
         loaded = store.load()  # every point resolved before the results file is touched
         sweep = _Sweep(spec, store, places, planned, loaded.records, list(plugin_args), emit)
         emit({"event": "plan", "total": sweep.total, "recorded": sweep.total - sweep.n, "to_run": sweep.n,
+              "retry": len(sweep.retried), "first": sum(p.decides for todo in sweep.todo.values() for p in todo),
               "out": str(store.dir), "truncated_tail": loaded.truncated_tail is not None,
               **({"nodes": [p.label for p in places]} if any(p.label is not None for p in places) else {})})
         engine.run(places, sweep)
@@ -567,6 +699,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
         engine.close()
     ran = sum(sweep.counts.values())
     return {"total": sweep.total, "ran": ran, "recorded_before": sweep.total - sweep.n, "counts": sweep.counts,
+            "retried": len(sweep.retried),
             "not_run": sweep.n - ran, "elapsed_s": time.time() - sweep.t_start, "out": str(store.dir),
             "truncated_tail": loaded.truncated_tail}
 
@@ -580,14 +713,19 @@ class _Sweep(JobQueue):
                  planned: Mapping[str | None, list[Point]], recorded: Sequence[Mapping[str, Any]],
                  plugin_args: list[str], emit: Event):
         self.spec, self.store, self.plugin_args, self.emit = spec, store, plugin_args, emit
-        done = {(r.get("sweep") or {}).get("key") for r in recorded}
+        again = [r for r in recorded if retry_matches(r, spec.retry)]
+        #: keys run again in place (--retry): their new record replaces the old one
+        self.retried = {(r.get("sweep") or {}).get("key") for r in again}
+        recorded = [r for r in recorded if not retry_matches(r, spec.retry)]
+        done = {(r.get("sweep") or {}).get("key") for r in recorded} - self.retried
         self.info = {p.label: p.info for p in places}
         self.todo: dict[str | None, list[Point]] = {}
         self.total = 0
         for place in places:
             points = planned[place.label]
             self.total += len(points)
-            self.todo[place.label] = [p for p in points if p.key not in done]
+            # the options' own configs first (they decide the answer), then the grid in plan order
+            self.todo[place.label] = sorted((p for p in points if p.key not in done), key=lambda p: not p.decides)
         self.n = sum(len(v) for v in self.todo.values())
         self.parallel = max(1, len(places))
         self.oom_at: dict[tuple, int] = {}
@@ -599,6 +737,9 @@ class _Sweep(JobQueue):
         self.k: dict[str, int] = {}
         self.t0: dict[str, float] = {}
         self.durations: list[float] = []
+        #: (step cost, step seconds, start-up seconds) of the first config measured: what the
+        #: estimates of the others are scaled from (policy.step_cost)
+        self.reference: tuple[float, float, float] | None = None
         self.counts: dict[str, int] = {}
         self.t_start = time.time()
 
@@ -621,7 +762,9 @@ class _Sweep(JobQueue):
                            "device": point.device, "plugins": self.plugin_args, "probes": self.spec.probes,
                            "artifacts_dir": str(self.store.dir / "traces" / point.key),
                            # a data-parallel job stops its torchrun itself a little before the child is killed
-                           "timeout_s": self.spec.timeout() - min(15.0, self.spec.timeout() / 4)}
+                           "timeout_s": self.spec.timeout() - min(15.0, self.spec.timeout() / 4),
+                           # without --timeout the deadline follows the child's warm-up (analysis/policy.py)
+                           "fixed_timeout": self.spec.timeout_s is not None}
                 self.jobs[point.key] = point
                 return Job(key=point.key, label=point.label, place=place, device=point.device, payload=payload,
                            timeout_s=self.spec.timeout())
@@ -641,8 +784,19 @@ class _Sweep(JobQueue):
             record = outcome.record
         else:
             record = _record_for(point, outcome.status, outcome.detail)
-        self.durations.append(time.time() - self.t0.pop(point.key))
+        took = time.time() - self.t0.pop(point.key)
+        self.durations.append(took)
         self._record(point, record)
+        m = record.get("metrics") or {}
+        step = (m.get("step_time_s") or {}).get("median")
+        if self.reference is None and record.get("status") == "ok" and step and point.values:
+            measured = float(m.get("measured_time_s") or 0) + float((m.get("warmup") or {}).get("time_s") or 0)
+            self.reference = (policy.step_cost(point.values), float(step), max(0.0, took - measured))
+            left = [p for todo in self.todo.values() for p in todo] + \
+                [p for p in self.jobs.values()]
+            self.emit({"event": "estimate", "configs_left": len(left), "step_s": float(step),
+                       "startup_s": self.reference[2], "expected_s": (self.expected_s(left) or 0.0) / self.parallel,
+                       "from": point.label})
 
     def lost(self, place: str | None, why: str) -> None:
         left = self.todo.pop(place, [])
@@ -653,9 +807,29 @@ class _Sweep(JobQueue):
         k = self.k[point.key] = len(self.k) + 1
         self.t0[point.key] = time.time()
         left = self.n - k + 1
-        eta = (sum(self.durations) / len(self.durations)) * left / self.parallel if self.durations else None
+        eta = self.expected_s([point, *(p for todo in self.todo.values() for p in todo)])
+        if eta is None and self.durations:
+            eta = (sum(self.durations) / len(self.durations)) * left
+        if eta is not None:
+            eta /= self.parallel
         self.emit({"event": "start", "k": k, "n": self.n, "label": point.label,
                    "elapsed_s": time.time() - self.t_start, "eta_s": eta, **self._node(point)})
+
+    def expected_s(self, points: Sequence[Point]) -> float | None:
+        """Expected seconds to measure ``points``, scaled from the first config measured (None before)."""
+        if self.reference is None:
+            return None
+        cost0, step0, startup = self.reference
+        total = 0.0
+        for p in points:
+            if p.unsupported or not p.values:
+                continue
+            b = p.values["bench"]
+            step = step0 * policy.step_cost(p.values) / cost0
+            total += policy.expected_config_s(step_s=step, startup_s=startup, warmup_steps=b["warmup_steps"],
+                                              min_steps=b["min_steps"], max_steps=b["max_steps"],
+                                              max_time_s=b["max_time_s"])
+        return total
 
     def _record(self, point: Point, record: dict[str, Any]) -> None:
         group = _group(point)
@@ -664,7 +838,10 @@ class _Sweep(JobQueue):
                            "overrides": {k2: v for k2, v in point.overrides.items() if v is not None}}
         if self.info.get(point.place) is not None:
             record["node"] = dict(self.info[point.place])
-        self.store.append(record)
+        if point.key in self.retried:
+            self.store.replace(point.key, record)
+        else:
+            self.store.append(record)
         if record["status"] == "oom":
             self._oom(point.place, group, point.batch_size)
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1

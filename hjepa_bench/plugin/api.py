@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import UserError
-from .precision import probe_precision
+
+if TYPE_CHECKING:  # torch is imported where a device is used, not by a command that only reads files
+    import torch
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: how the steps of a data-parallel rank treat gradients (``PreparedWorkload.set_grad_sync``)
@@ -129,6 +129,8 @@ class Backend(Checked, abc.ABC):
 
     def precision_reason(self, precision: str) -> str:
         """"" if ``precision`` trains on this device, else why not: by default, tried on the device."""
+        from .precision import probe_precision
+
         return probe_precision(self.device().type, precision)
 
     def grad_scaler(self, precision: str) -> Any | None:

@@ -27,7 +27,7 @@ import pluggy
 
 from . import hookspecs
 from .api import Backend, Executor, Probe, ReportSection, Workload
-from ..errors import UserError
+from ..errors import PLUGIN_FAILURES, UserError
 
 ENTRY_POINT_GROUP = "hjepa_bench"
 DIST_NAME = "hjepa-bench"
@@ -99,7 +99,7 @@ class Plugins:
                             raise TypeError(f"it registered {obj!r:.60}, which is not a {kind.__name__}")
                         if not isinstance(getattr(obj, "name", None), str) or not obj.name:
                             raise TypeError(f"it registered a {kind.__name__} without a name")
-                except Exception as exc:  # noqa: BLE001 - one broken plugin must not break every command
+                except PLUGIN_FAILURES as exc:  # one broken plugin must not break every command
                     failed.setdefault(impl.plugin_name, f"{hook_name.removeprefix('hjepa_bench_')}: "
                                                         f"{type(exc).__name__}: {_first_line(exc)}")
                     continue
@@ -254,7 +254,7 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
     def load(module: str, what: str) -> Any:
         try:
             return importlib.import_module(module)
-        except Exception as exc:
+        except PLUGIN_FAILURES as exc:
             raise UserError(f"cannot load plugin module {module} ({what}): {type(exc).__name__}: {exc}.") from None
 
     for ep, dist, version in _entry_points():
@@ -266,7 +266,7 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
         origin = "builtin" if own else f"entry point of {dist} {version}"
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except PLUGIN_FAILURES as exc:
             raise UserError(f"cannot load plugin {ep.name} ({ep.value}, from {dist}): {type(exc).__name__}: {exc}.") from None
         register(plugin, ep.name, ep.value, origin)
     for module in modules:

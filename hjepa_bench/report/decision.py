@@ -85,6 +85,11 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     # verdict
     parts += ["## Recommendation", ""]
     decision = analysis["decision"]
+    short = [r for r in analysis["matrix"] if r.get("not_measured")]
+    if short:  # before any hours: what was measured too briefly to project or judge
+        parts += ["**Measured too briefly to project:** " + "; ".join(
+            f"option {r['option']} on {r['machine']}: {r['not_measured']}" for r in short)
+            + ". No hours are shown for it and no verdict uses it.", ""]
     if not decision["per_machine"]:
         parts += ["**No option can be judged:** none of the options' model configs was measured"
                   + (" (not measured: " + ", ".join(decision["unmeasured"]) + ")" if decision["unmeasured"] else "")
@@ -311,6 +316,7 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
     out_path = Path(out_path)
     out_dir = out_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    replaced = replaced_report(out_path, settings)
     records = rejudge_records(records, settings.thresholds)  # the sections show the report's verdicts
     if chart_records is not None:
         chart_records = rejudge_records(chart_records, settings.thresholds)
@@ -339,5 +345,30 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
     out_path.write_text(md)
     analysis["charts"] = [c.rel for c in charts]
     analysis["report"] = out_path.name
+    analysis["rendered_with"] = {**settings.rendered_with(), "command": settings.command}
     (out_dir / "report.json").write_text(dumps(analysis) + "\n")
+    analysis["replaced"] = replaced
     return analysis
+
+
+def replaced_report(out_path: Path, settings: ReportSettings) -> str | None:
+    """A sentence when ``out_path`` holds a report rendered with other settings (budget, thresholds,
+    options, title) than ``settings``, which writing would replace; None otherwise."""
+    import json
+
+    meta = out_path.parent / "report.json"
+    if not out_path.exists() or not meta.exists():
+        return None
+    try:
+        before = json.loads(meta.read_text()).get("rendered_with")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(before, dict):
+        return None
+    now = settings.rendered_with()
+    changed = [k for k in now if before.get(k) != now[k]]
+    if not changed:
+        return None
+    how = f"`{before['command']}`" if before.get("command") else "other settings"
+    return (f"replaced {out_path}, which was rendered by {how} (different {', '.join(k.replace('_', ' ') for k in changed)}); "
+            "run that command again to get it back")

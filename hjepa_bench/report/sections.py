@@ -3,12 +3,14 @@ and ``probe_table``, the table a probe's section is made of."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-import pandas as pd
-
+from ..errors import PLUGIN_FAILURES
 from ..plugin.api import ReportSection
 from ..record import probe, record_label
+
+if TYPE_CHECKING:  # pandas is imported where a table is built
+    import pandas as pd
 
 
 def render_report(records: Sequence[Mapping[str, Any]], sections: Sequence[ReportSection],
@@ -21,7 +23,7 @@ def render_report(records: Sequence[Mapping[str, Any]], sections: Sequence[Repor
             body = section.render(records)
             if body is not None and not isinstance(body, str):
                 raise TypeError(f"render() returned a {type(body).__name__}, not markdown text")
-        except Exception as exc:  # noqa: BLE001 - a plugin's section must not break the report
+        except PLUGIN_FAILURES as exc:  # a plugin's section must not break the report
             body = f"section {section.name} failed: {type(exc).__name__}: {_one_line(exc)}"
             print(f"warning: report {body}; the rest of the report is complete", file=sys.stderr)
         if body:
@@ -69,6 +71,8 @@ def probe_table(records: Iterable[Mapping[str, Any]], name: str,
         rows.append(row)
     if not rows:
         return None
+    import pandas as pd
+
     frame = pd.DataFrame(rows)
     if fill is not None:
         frame = frame.astype(object).fillna(fill)

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from tabulate import tabulate
 
+from ..errors import PLUGIN_FAILURES
 from ..format import finite, fmt_bytes, fmt_finite, fmt_ms, fmt_or_dash, fmt_pct
 from ..record import records_frame
 from .sections import frame_markdown
@@ -44,7 +45,7 @@ def summary_text(record: dict[str, Any], probes: dict[str, Any] | None = None) -
         else:
             try:
                 text = probe.summarize(entry) if probe is not None else None
-            except Exception:  # noqa: BLE001 - a summary line never hides the record
+            except PLUGIN_FAILURES:  # a summary line never hides the record
                 text = None
             text = text or "ok (details in the JSON record)"
         lines.append(f"probe {name}: {text}")
