@@ -20,7 +20,7 @@ includes ``next(batches)``.  Rounds interleave the variants as above.
     python benchmarks/variants.py --device cpu --loader-workers 0,2,4
     python benchmarks/variants.py --device cuda --rounds 30 --json variants.json
 
-Prints markdown tables (the ones recorded in README.md).
+Prints markdown tables (the ones recorded in docs/step.md).
 """
 from __future__ import annotations
 

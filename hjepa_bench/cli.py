@@ -11,6 +11,7 @@ The commands (one module each in :mod:`hjepa_bench.commands`):
 * ``eval``: quick evaluation of a checkpoint (feature quality, kNN, linear probe) against random init;
 * ``benchmark-report``: pytest-benchmark JSON as a markdown table against a baseline;
 * ``inspect``: parameters, tokens and FLOPs of a config, without training;
+* ``presets``: the built-in configs (``--config NAME``) and their parameter counts;
 * ``devices``: which backends are available here, and why not;
 * ``plugins``: loaded plugins, where they came from, and their hooks.
 

@@ -1,6 +1,8 @@
 """Configuration: the upstream H-JEPA YAML format, plus a ``bench`` section.
 
-The three upstream files in ``shared/reference/hjepa-configs`` load unchanged.
+Upstream's config files load unchanged.  Three of them ship with hjepa-bench as
+built-in presets (``hjepa_bench/presets/*.yaml``: quick_val, full_20epoch,
+full_100epoch); ``--config`` takes a preset name or a file path (:func:`config_file`).
 Every key is classified: *used* (it changes what is run), *no effect* (known,
 but it does not change a benchmark, with the reason), or *unknown*.  Keys that
 are unknown or have no effect are listed in warnings, never silently ignored.
@@ -178,9 +180,46 @@ def resolve_model_name(name: str) -> str:
     raise UserError(f"unknown model {name!r}; known models: {known}.")
 
 
+#: the built-in presets: upstream H-JEPA's configs, shipped as package data
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """The names of the built-in presets (the file names in :data:`PRESETS_DIR` without ``.yaml``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The file of the built-in preset ``name``; an unknown name is a UserError listing the presets."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if name not in preset_names():
+        raise UserError(f"unknown preset {name!r}; the presets are {', '.join(preset_names())} "
+                        "(or give the path of a YAML file).")
+    return path
+
+
+def config_file(spec: str | Path) -> Path:
+    """What ``--config`` names: an existing file, else a built-in preset by name (``quick_val``).
+    A bare word that is neither is an unknown preset; anything else is a file path (a missing one
+    is reported when it is read)."""
+    p = Path(spec)
+    try:
+        if p.exists():
+            return p
+    except OSError:  # a name too long, say: reading it says why
+        return p
+    text = str(spec)
+    if text in preset_names():
+        return preset_path(text)
+    if p.suffix == "" and len(p.parts) == 1 and not text.startswith("."):
+        preset_path(text)  # raises: unknown preset
+    return p
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """The sections of a config file (read by :func:`~hjepa_bench.errors.read_yaml`, like every YAML input)."""
-    p = Path(path)
+    """The sections of a config file or preset (read by :func:`~hjepa_bench.errors.read_yaml`, like
+    every YAML input)."""
+    p = config_file(path)
     data = read_yaml(p, "config file")
     if data is None:
         data = {}

@@ -6,13 +6,14 @@ is meant for, the guide's "choose if" conditions and expected result, and a
 priority (higher = more ambitious; the recommendation picks the most ambitious
 option that passes and fits).
 
-The guide's options use the values of the upstream configs it was written with:
-A is ``m1_max_full_20epoch.yaml``, B is ``m1_max_full_100epoch.yaml`` and C is A
-with 50 epochs and 5 warm-up epochs (VALIDATION_LEARNINGS.md, "Decision Matrix").
+The guide's options are the upstream configs it was written with, shipped as
+presets: A is ``full_20epoch``, B is ``full_100epoch`` and C is A with 50 epochs
+and 5 warm-up epochs (the H-JEPA validation guide's decision matrix; see
+docs/verdicts.md).
 
 A user file holds ``options:``, a list of mappings with ``name`` and optional
 ``title``, ``hours: [low, high]``, ``priority``, ``expected``, ``choose_if``,
-``config`` (an upstream YAML file the option starts from, relative to the file)
+``config`` (an upstream YAML file the option starts from, relative to the file, or a preset name)
 and upstream sections (``model:``, ``data:``, ``training:``, ``checkpoint:``...)
 that override it.
 """
@@ -28,7 +29,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .config import resolve_config, resolve_precision
+from .config import preset_names, preset_path, resolve_config, resolve_precision
 from .errors import UserError, read_yaml
 from .record import short_model_name
 
@@ -110,41 +111,24 @@ def record_matches(option_values: Mapping[str, Any], record: Mapping[str, Any]) 
     return bench.get("precision") == resolve_precision(option_values, str(backend))
 
 
-_A_SECTIONS: dict[str, Any] = {
-    "model": {"encoder_type": "vit_tiny_patch16_224", "embed_dim": 192, "num_hierarchies": 2,
-              "predictor": {"depth": 4, "num_heads": 6, "mlp_ratio": 4.0},
-              "ema": {"momentum_warmup_epochs": 10}},
-    "data": {"batch_size": 32, "num_workers": 4, "augmentation": {"color_jitter": 0.4}},
-    "training": {"epochs": 20, "warmup_epochs": 4, "lr": 1.5e-4, "weight_decay": 0.04},
-    "loss": {"hierarchy_weights": [1.0, 0.5]},
-    "checkpoint": {"save_frequency": 5, "keep_best_n": 3},
-    "evaluation": {"eval_frequency": 5},
-}
-_B_SECTIONS: dict[str, Any] = {
-    "model": {"encoder_type": "vit_small_patch16_224", "embed_dim": 384, "num_hierarchies": 3,
-              "predictor": {"depth": 6, "num_heads": 12, "mlp_ratio": 4.0},
-              "ema": {"momentum_warmup_epochs": 30}},
-    "data": {"batch_size": 24, "num_workers": 4, "augmentation": {"color_jitter": 0.4}},
-    "training": {"epochs": 100, "warmup_epochs": 10, "lr": 1.5e-4, "weight_decay": 0.05},
-    "loss": {"hierarchy_weights": [1.0, 0.5, 0.25]},
-    "checkpoint": {"save_frequency": 10, "keep_best_n": 3},
-    "evaluation": {"eval_frequency": 10},
-}
-_C_SECTIONS = copy.deepcopy(_A_SECTIONS)
-_C_SECTIONS["training"].update({"epochs": 50, "warmup_epochs": 5})
+#: option C: the full_20epoch preset (option A) run for 50 epochs with 5 warm-up epochs
+_C_SECTIONS: dict[str, Any] = {"training": {"epochs": 50, "warmup_epochs": 5}}
 
 GUIDE_OPTIONS: tuple[TrainingOption, ...] = (
     TrainingOption(
-        name="A", title="Quick baseline (20 epochs)", sections=_A_SECTIONS, hours=(2.0, 3.0), priority=1,
+        name="A", title="Quick baseline (20 epochs)", sections={}, config=str(preset_path("full_20epoch")),
+        hours=(2.0, 3.0), priority=1,
         expected="linear probe 70-78% (guide's expectation), ~2.5 h",
         choose_if=["validation loss converges well", "speed ~3.2 it/s or better", "results wanted within 2-3 hours"]),
     TrainingOption(
-        name="B", title="Competitive results (100 epochs)", sections=_B_SECTIONS, hours=(12.0, 14.0), priority=3,
+        name="B", title="Competitive results (100 epochs)", sections={},
+        config=str(preset_path("full_100epoch")), hours=(12.0, 14.0), priority=3,
         expected="linear probe 80-85% (guide's expectation), ~12-14 h",
         choose_if=["validation shows stable training", "an overnight run (~12-14 hours) is fine",
                    "publication-quality results wanted"]),
     TrainingOption(
-        name="C", title="Extended baseline (50 epochs)", sections=_C_SECTIONS, hours=(6.0, 7.0), priority=2,
+        name="C", title="Extended baseline (50 epochs)", sections=_C_SECTIONS,
+        config=str(preset_path("full_20epoch")), hours=(6.0, 7.0), priority=2,
         expected="linear probe 75-80% (guide's expectation), ~6-7 h",
         choose_if=["better than the quick baseline wanted", "no time for 100 epochs",
                    "validation shows good convergence"]),
@@ -212,8 +196,11 @@ def _option_fields(item: Mapping[str, Any], name: str, where: str, folder: Path)
         if not isinstance(config, str) or not config.strip():
             raise bad(f"config must be the path of an upstream YAML file, not {config!r:.60}")
         path = Path(config) if Path(config).is_absolute() else (folder / config).resolve()
+        if not path.is_file() and config in preset_names():
+            path = preset_path(config)
         if not path.is_file():
-            raise bad(f"config {config} is not a file (looked for {path})")
+            raise bad(f"config {config} is not a file (looked for {path}) and not a preset "
+                      f"({', '.join(preset_names())})")
         config = str(path)
     out["config"] = config
     return out

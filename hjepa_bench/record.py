@@ -1,7 +1,7 @@
 """The result record: one schema, written here, read everywhere.
 
 A record is a JSON object describing one measured configuration.  The fields
-are documented in README.md ("Result schema"); ``validate_record`` checks the
+are documented in docs/schema.md; ``validate_record`` checks the
 structure that every reader relies on.  Bump ``SCHEMA_VERSION`` whenever a
 field changes meaning or a required field is added.
 

@@ -1,6 +1,6 @@
 """Every threshold the success criteria, the checklist, the decision matrix and the
-recommendations use, in one place (QUALITY_AND_DECISIONS.md: "one set of
-thresholds, in one place, printed in every report").
+recommendations use, in one place: one set of thresholds, printed in every report
+(docs/verdicts.md).
 
 The defaults are the validation guide's numbers where it gives one, and ours
 (marked "ours") where it only says "noisy" or "a few percent".  Change them with

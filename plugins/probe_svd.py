@@ -4,7 +4,7 @@ Rank metrics need the SVD of an embedding matrix.  On MPS ``torch.linalg.svd``
 falls back to the CPU (a UserWarning, with ``PYTORCH_ENABLE_MPS_FALLBACK=1``),
 raises NotImplementedError, or fails (torch 2.14: ``RuntimeError: Failed to created
 pipeline state object`` above 8,192 elements), depending on the torch version, the
-size and the dtype, and MPS has no float64 (MEASURING.md, "Operations that fall back to the
+size and the dtype, and MPS has no float64 (docs/measuring.md, "Operations that fall back to the
 CPU on MPS").  So, after the timed loop (in ``finish``), this probe times
 ``torch.linalg.svd(A, full_matrices=False)`` on a seeded random matrix of
 ``bench.svd_rows`` (default 25,600) rows by the model's embedding width D:

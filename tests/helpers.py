@@ -6,12 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hjepa_bench.config import resolve_config
+from hjepa_bench.config import preset_path, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "reference"
-CONFIGS = SHARED / "hjepa-configs"
-QUICK_VAL = CONFIGS / "m1_max_quick_val.yaml"
+DATA = REPO / "tests" / "data"
+#: upstream H-JEPA's config files as upstream ships them (keys and values; what "loads unchanged" is tested on)
+UPSTREAM_CONFIGS = DATA / "upstream-configs"
+#: the state_dict layouts (key, shape, dtype) of upstream's model for two presets
+UPSTREAM_STATE_DICTS = {name: DATA / f"upstream-state-dict-{name}.tsv" for name in ("quick_val", "full_100epoch")}
+#: the built-in quick_val preset's file
+QUICK_VAL = preset_path("quick_val")
 
 TINY = {
     "data.image_size": 64,

@@ -235,6 +235,19 @@ def test_an_options_file_with_other_top_level_keys_is_refused(tmp_path, capsys):
     assert "holds option besides 'options:'" in _one_sentence(code, err)
 
 
+def test_an_option_may_start_from_a_preset_by_name(tmp_path):
+    import yaml
+
+    from hjepa_bench.options import load_options
+
+    opts = tmp_path / "opts.yaml"
+    opts.write_text(yaml.safe_dump({"options": [{"name": "S", "config": "full_100epoch", "training": {"epochs": 3}}]}))
+    s = next(o for o in load_options(opts) if o.name == "S")
+    assert s.values()["model"]["encoder_type"] == "vit_small_patch16_224" and s.epochs == 3
+    guide = {o.name: o for o in load_options(None)}
+    assert guide["B"].values()["model"] == {**s.values()["model"]}  # option B is that preset too
+
+
 def test_options_are_resolved_once_when_loaded(tmp_path, monkeypatch):
     """Issue 13's leftover: each option's config is resolved when the file is read, never again."""
     import yaml

@@ -1,11 +1,16 @@
-"""benchmarks/variants.py stays runnable (tiny sizes; the real numbers are in README.md)."""
+"""benchmarks/variants.py stays runnable (tiny sizes; the real numbers are in docs/step.md)."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO
+
+#: every test here runs real child processes for tens of seconds (docs/testing.md)
+pytestmark = pytest.mark.slow
 
 
 def test_variants_benchmark_runs_both_variants_side_by_side(tmp_path):

@@ -12,6 +12,7 @@ from hjepa_bench.record import validate_record
 from helpers import QUICK_VAL, TINY_FLAGS
 
 
+@pytest.mark.slow
 def test_run_writes_a_valid_ok_record(cli, tmp_path):
     out, report = tmp_path / "out.json", tmp_path / "report.md"
     res = cli("run", "--device", "cpu", "--config", str(QUICK_VAL), *TINY_FLAGS, "--workers", "2",
@@ -34,6 +35,7 @@ def test_run_writes_a_valid_ok_record(cli, tmp_path):
     assert "## Measured step speed" in text and "| ok " in text
 
 
+@pytest.mark.slow
 def test_run_efficient_variant(cli, tmp_path):
     out = tmp_path / "e.json"
     res = cli("run", "--device", "cpu", "--variant", "efficient", *TINY_FLAGS, "--json", str(out), "-q")
@@ -65,6 +67,8 @@ def _in_process(capsys, *args):
     (["run", "--device", "cpu", "--batch-size", "many"], "data.batch_size must be a whole number, not 'many'"),
     (["run", "--device", "cpu", "--data", "cifar10", "--data-path", "/nonexistent/cifar"], "/nonexistent/cifar"),
     (["inspect", "--config", "/nonexistent.yaml"], "config file not found"),
+    (["run", "--device", "cpu", "--config", "quick_vall"], "unknown preset 'quick_vall'; the presets are "),
+    (["sweep", "--config", "full_20"], "unknown preset 'full_20'"),
     (["run", "--device", "cpu", "--frobnicate"], "unrecognized arguments"),
 ])
 def test_bad_input_gets_one_sentence_and_exit_2(capsys, args, fragment):
@@ -73,6 +77,7 @@ def test_bad_input_gets_one_sentence_and_exit_2(capsys, args, fragment):
     assert fragment in _one_sentence(res)
 
 
+@pytest.mark.slow
 def test_unavailable_device_names_the_available_ones(cli):
     res = cli("run", "--device", "mps")  # the real console entry, in a child process
     assert res.returncode == 2
@@ -86,6 +91,7 @@ def test_broken_yaml_is_one_sentence(capsys, tmp_path):
     assert res.returncode == 2 and "not valid YAML" in _one_sentence(res)
 
 
+@pytest.mark.slow
 def test_inspect_reports_exact_counts_and_flops(cli):
     res = cli("inspect", "--config", str(QUICK_VAL), "--json")
     assert res.returncode == 0, res.stderr
@@ -96,6 +102,33 @@ def test_inspect_reports_exact_counts_and_flops(cli):
     assert info["flops_per_step"]["efficient"]["total"] < 0.8 * ref
     assert info["attention_counted"] is True
     assert info["tokens_per_sample"]["reference"]["context_encoder"] == 197
+
+
+@pytest.mark.slow
+def test_run_a_preset_by_name_from_any_folder(cli, tmp_path):
+    """Was: the README's example named an upstream file beside the checkout; now --config takes the
+    name of a built-in preset, wherever the command runs."""
+    out = tmp_path / "r.json"
+    res = cli("run", "--device", "cpu", "--config", "quick_val", *TINY_FLAGS, "--json", str(out), "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())
+    assert r["status"] == "ok" and r["config"]["training"]["epochs"] == 5  # quick_val's own value
+    assert r["config"]["data"]["image_size"] == 64 and r["config"]["data"]["batch_size"] == 4
+
+
+@pytest.mark.slow
+def test_presets_lists_the_built_in_configs_with_counted_parameters(capsys):
+    res = _in_process(capsys, "presets", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["quick_val"]["params"] == {"total": 12_051_264, "trainable": 6_526_848}
+    assert rows["full_20epoch"]["params"] == {"total": 12_940_992, "trainable": 7_416_576}
+    assert rows["full_100epoch"]["params"] == {"total": 54_573_312, "trainable": 32_907_648}
+    assert rows["full_100epoch"]["model"] == "vit_small_patch16_224" and rows["full_100epoch"]["epochs"] == 100
+    text = _in_process(capsys, "presets").stdout
+    assert "54,573,312" in text and "quick_val" in text
+    info = json.loads(_in_process(capsys, "inspect", "--config", "full_20epoch", "--json").stdout)
+    assert info["params"] == rows["full_20epoch"]["params"]
 
 
 def test_devices_and_plugins_listings(capsys):

@@ -1,38 +1,63 @@
-"""Upstream configs load unchanged, give the exact parameter counts and the upstream state-dict layout."""
+"""Upstream configs load unchanged, the presets are upstream's values, and they give the exact
+parameter counts and the upstream state-dict layout."""
 from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
-from hjepa_bench.config import resolve_config, resolve_model_name
+from hjepa_bench.config import DEFAULTS, preset_names, preset_path, resolve_config, resolve_model_name
 from hjepa_bench.errors import UserError
 from hjepa_bench.hjepa.model import HJEPA
 
-from helpers import CONFIGS, SHARED
+from helpers import UPSTREAM_CONFIGS, UPSTREAM_STATE_DICTS
 
+#: upstream H-JEPA's parameter counts (total with the EMA target encoder, trainable) per preset
 EXPECTED = {
-    "m1_max_quick_val": (12_051_264, 6_526_848),
-    "m1_max_full_20epoch": (12_940_992, 7_416_576),
-    "m1_max_full_100epoch": (54_573_312, 32_907_648),
+    "quick_val": (12_051_264, 6_526_848),
+    "full_20epoch": (12_940_992, 7_416_576),
+    "full_100epoch": (54_573_312, 32_907_648),
 }
+#: the upstream file each preset carries the values of
+UPSTREAM_FILE = {name: UPSTREAM_CONFIGS / f"m1_max_{name}.yaml" for name in EXPECTED}
+
+
+def test_the_presets_are_the_upstream_files():
+    """Each preset holds exactly the keys and values of the upstream file it is named after."""
+    assert preset_names() == sorted(EXPECTED)
+    for name, upstream in UPSTREAM_FILE.items():
+        assert yaml.safe_load(preset_path(name).read_text()) == yaml.safe_load(upstream.read_text()), name
+
+
+def test_quick_val_is_the_default_config():
+    """Every default value is the quick_val preset's (the preset also holds keys without a default)."""
+    values = resolve_config("quick_val").values
+
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+    flat = dict(leaves(values))
+    assert {k: flat[k] for k, _ in leaves(DEFAULTS)} == dict(leaves(DEFAULTS))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_upstream_configs_give_exact_parameter_counts(name):
-    rc = resolve_config(CONFIGS / f"{name}.yaml")
-    assert rc.unknown_keys == []
-    with torch.device("meta"):
-        counts = HJEPA.from_config(rc.values).param_counts()
-    assert (counts["total"], counts["trainable"]) == EXPECTED[name]
+    for spec in (UPSTREAM_FILE[name], name):  # the upstream file unchanged, and the preset by name
+        rc = resolve_config(spec)
+        assert rc.unknown_keys == []
+        with torch.device("meta"):
+            counts = HJEPA.from_config(rc.values).param_counts()
+        assert (counts["total"], counts["trainable"]) == EXPECTED[name]
 
 
-@pytest.mark.parametrize("name", ["m1_max_quick_val", "m1_max_full_100epoch"])
+@pytest.mark.parametrize("name", sorted(UPSTREAM_STATE_DICTS))
 def test_state_dict_layout_matches_upstream(name):
-    rc = resolve_config(CONFIGS / f"{name}.yaml")
+    rc = resolve_config(name)
     with torch.device("meta"):
         sd = HJEPA.from_config(rc.values).state_dict()
     upstream = {}
-    for line in (SHARED / f"upstream-state-dict-{name}.tsv").read_text().splitlines():
+    for line in UPSTREAM_STATE_DICTS[name].read_text().splitlines():
         if line.startswith("#") or not line.strip():
             continue
         key, shape, _ = line.split("\t")
@@ -56,7 +81,7 @@ def test_no_effect_and_unknown_keys_are_listed(tmp_path):
 
 
 def test_overrides_and_model_names():
-    rc = resolve_config(CONFIGS / "m1_max_quick_val.yaml",
+    rc = resolve_config("quick_val",
                         {"model.encoder_type": "vit_base", "model.num_hierarchies": 3, "data.batch_size": 24})
     v = rc.values
     assert v["model"]["encoder_type"] == "vit_base_patch16_224" and v["model"]["embed_dim"] == 768
@@ -87,3 +112,34 @@ def test_broken_configs_give_one_clear_sentence(tmp_path, text, fragment):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         resolve_config(tmp_path / "nope.yaml")
+
+
+def test_a_preset_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = resolve_config("full_100epoch")
+    assert rc.values["model"]["encoder_type"] == "vit_small_patch16_224" and rc.unknown_keys == []
+    (tmp_path / "quick_val").write_text("data:\n  batch_size: 8\n")  # an existing file of that name wins
+    assert resolve_config("quick_val").values["data"]["batch_size"] == 8
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("quick_vall", "unknown preset 'quick_vall'; the presets are full_100epoch, full_20epoch, quick_val"),
+    ("nope.yaml", "config file not found: nope.yaml"),
+    ("some/dir/quick_val", "config file not found: some/dir/quick_val"),
+])
+def test_an_unknown_preset_or_missing_file_is_one_sentence(tmp_path, monkeypatch, spec, fragment):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        resolve_config(spec)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_presets_ship_as_package_data(tmp_path):
+    """What setuptools installs (build_py, as a wheel build runs it) holds every preset."""
+    import subprocess
+    import sys
+    from helpers import REPO
+    code = "import sys; from setuptools import setup; sys.argv[1:] = ['-q', 'build_py', '--build-lib', sys.argv[1]]; setup()"
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, check=True, capture_output=True, timeout=120)
+    shipped = sorted(p.stem for p in (tmp_path / "hjepa_bench" / "presets").glob("*.yaml"))
+    assert shipped == preset_names() == sorted(EXPECTED)

@@ -68,6 +68,7 @@ def job(tmp_path_factory):
     return json.loads(out.read_text()), res
 
 
+@pytest.mark.slow
 def test_two_ranks_write_one_valid_job_record(job):
     record, res = job
     validate_record(record)
@@ -95,6 +96,7 @@ def test_two_ranks_write_one_valid_job_record(job):
     assert "data parallel: 2 ranks (gloo)" in res.stdout and "scaling efficiency" in res.stdout
 
 
+@pytest.mark.slow
 def test_projection_and_matrix_count_world_size_times_batch(job, tmp_path):
     """Pure: the real 2-rank record, and the same record as a one-process run."""
     record, _ = job
@@ -128,6 +130,7 @@ def test_projection_and_matrix_count_world_size_times_batch(job, tmp_path):
     assert pick_validation_record([record, slow])[0] is slow
 
 
+@pytest.mark.slow
 def test_killed_rank_is_a_clean_crashed_record(tmp_path):
     out = tmp_path / "killed.json"
     cmd = [sys.executable, "-m", "hjepa_bench", "run", "--device", "cpu", *TINY_FLAGS[:-4], "--min-steps", "100000",
@@ -158,6 +161,7 @@ def test_killed_rank_is_a_clean_crashed_record(tmp_path):
     assert _alive(ranks) == []  # rank 0 was stopped too
 
 
+@pytest.mark.slow
 def test_timeout_stops_torchrun_and_every_rank(tmp_path):
     out = tmp_path / "timeout.json"
     cmd = [sys.executable, "-m", "hjepa_bench", "run", "--device", "cpu", *TINY_FLAGS[:-4], "--min-steps", "100000",
@@ -177,6 +181,7 @@ def test_timeout_stops_torchrun_and_every_rank(tmp_path):
     assert _alive(list(seen.values())) == []
 
 
+@pytest.mark.slow
 def test_sweep_with_nproc_1_2_and_the_scaling_table(tmp_path):
     out = tmp_path / "sw"
     res = run_cli("sweep", "--device", "cpu", "--img-size", "64", "--encoder-depth", "2", "--predictor-depths", "1",
@@ -255,6 +260,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_on_loopback_run_one_job(tmp_path):
     endpoint = f"127.0.0.1:{_free_port()}"
     outs = [tmp_path / f"node{n}.json" for n in (0, 1)]
@@ -273,6 +279,7 @@ def test_two_nodes_on_loopback_run_one_job(tmp_path):
     assert not outs[1].exists() and "the job's record is written by node 0" in results[1][0]
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device (NCCL)")
 def test_cuda_job_binds_the_gpu_and_uses_nccl(tmp_path):

@@ -20,9 +20,9 @@ from hjepa_bench.measure.evaluate import (config_from_checkpoint, evaluate_check
 from hjepa_bench.report.summary import render_eval_markdown
 from hjepa_bench.hjepa.model import HJEPA
 
-from helpers import SHARED, tiny_config
+from helpers import UPSTREAM_STATE_DICTS, tiny_config
 
-UPSTREAM_TSV = SHARED / "upstream-state-dict-m1_max_quick_val.tsv"
+UPSTREAM_TSV = UPSTREAM_STATE_DICTS["quick_val"]
 N_TRAIN, N_TEST = 200, 100
 
 
@@ -241,8 +241,6 @@ def test_the_refusal_of_python_objects_says_how_to_re_save(tmp_path):
 
 
 def test_upstream_state_dict_layout_matches_reference_tsv():
-    if not UPSTREAM_TSV.is_file():
-        pytest.skip(f"{UPSTREAM_TSV} is absent")
     rows = [line.rstrip("\n").split("\t") for line in UPSTREAM_TSV.read_text().splitlines()
             if line.strip() and not line.startswith("#")]
     assert all(len(r) == 3 for r in rows)  # key, shape (AxB, scalar), dtype

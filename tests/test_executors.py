@@ -143,6 +143,7 @@ def test_the_builtin_executors_are_plugins_like_any_other():
     assert infos["ray"].provides == {"executors": ["ray"]} and infos["ray"].hooks == ["hjepa_bench_register_executors"]
 
 
+@pytest.mark.slow
 def test_ray_is_imported_only_when_the_ray_executor_runs():
     code = ("import sys; from hjepa_bench.plugin.manager import build_plugins; p = build_plugins([]); "
             "p.describe(); p.executor('ray') if 'ray' in p.executors() else None; print('ray' in sys.modules)")

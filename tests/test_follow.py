@@ -130,6 +130,7 @@ def _report_without_timestamp(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if not line.startswith("_Generated ")]
 
 
+@pytest.mark.slow
 def test_follow_a_log_written_line_by_line(tmp_path):
     """While the log grows, the child's status line shows a falling ETA with its band; the stall pattern,
     the NaN loss and the finish past --budget-hours each get one warning line when they appear; at the
@@ -179,6 +180,7 @@ def test_follow_a_log_written_line_by_line(tmp_path):
         tmp_path / "a" / "report.md")
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_the_report_of_the_log_so_far(tmp_path):
     """SIGINT in the middle of an epoch (the last piece ends mid-refresh) ends following with the report
     ``analyze --log`` writes for the file as it is."""
@@ -196,6 +198,7 @@ def test_ctrl_c_leaves_the_report_of_the_log_so_far(tmp_path):
         tmp_path / "a" / "report.md")
 
 
+@pytest.mark.slow
 def test_follow_bad_input_is_one_sentence(tmp_path):
     res = run_cli("analyze", "--follow", str(tmp_path / "missing.log"))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "not found" in res.stderr

@@ -1,5 +1,5 @@
 """The folders show the architecture: every import goes down the layer table, never up, and
-there is no import circle (README, "Layout").
+there is no import circle (docs/layout.md).
 
 The imports of every module of ``hjepa_bench/`` and ``plugins/`` are read with ``ast``
 (function-level imports included), so a lazy import cannot hide an upward arrow.

@@ -1,4 +1,4 @@
-"""Multi-block masks meet HJEPA_STEP.md's spec, in both ways of building them."""
+"""Multi-block masks meet the spec in docs/step.md ("Masks"), in both ways of building them."""
 from __future__ import annotations
 
 import math

@@ -87,6 +87,7 @@ def toy_site(tmp_path):
     return site
 
 
+@pytest.mark.slow
 def test_third_party_plugin_is_listed_and_used(cli, toy_site, tmp_path):
     env = {"PYTHONPATH": str(toy_site)}
     listing = cli("plugins", "--json", env=env)
@@ -111,6 +112,7 @@ def test_third_party_plugin_is_listed_and_used(cli, toy_site, tmp_path):
     assert "toy" not in names and {"cpu", "cuda", "mps", "hjepa"} <= names
 
 
+@pytest.mark.slow
 def test_probe_from_plugin_runs_inside_the_real_hjepa_step(cli, toy_site, tmp_path):
     out = tmp_path / "h.json"
     res = cli("run", "--device", "cpu", *TINY_FLAGS, "--json", str(out), "-q", env={"PYTHONPATH": str(toy_site)})
@@ -252,6 +254,7 @@ def _write_module(folder, name, source):
     return {"PYTHONPATH": str(folder)}
 
 
+@pytest.mark.slow
 def test_a_raising_register_hook_disables_that_plugin_and_every_command_still_works(cli, tmp_path):
     """Issue 12 (RC15): a register hook that raised broke every command (RuntimeError at the
     manager's collect); now the plugin is disabled with one warning line and listed as such."""
@@ -272,6 +275,7 @@ def test_a_raising_register_hook_disables_that_plugin_and_every_command_still_wo
     assert "disabled (register_backends: RuntimeError: boom)" in table.stdout
 
 
+@pytest.mark.slow
 def test_broken_probes_and_sections_never_lose_the_record_or_the_report(cli, tmp_path):
     """Issue 12 (RC15): a probe whose finish() returned a list or data JSON cannot hold lost the
     whole record (TypeError when it was built or written), and a report section whose render()

@@ -60,6 +60,7 @@ def test_probe_is_costly_and_chosen_by_name():
 
 
 # --------------------------------------------------------------------------- real runs
+@pytest.mark.slow
 def test_trace_written_and_top_ops(profiled):
     out, record = profiled
     assert record["status"] == "ok", record["error"]
@@ -98,6 +99,7 @@ def _get_json(url: str):
         return json.load(resp)
 
 
+@pytest.mark.slow
 def test_trace_loads_in_tensorboard_profiler_plugin(profiled, tmp_path):
     """Start a real ``tensorboard --logdir`` on 127.0.0.1 and ask torch-tb-profiler's HTTP API
     for the run, its views, workers, spans and the Overview (which parses the whole trace)."""
@@ -147,6 +149,7 @@ def test_trace_loads_in_tensorboard_profiler_plugin(profiled, tmp_path):
         log.close()
 
 
+@pytest.mark.slow
 def test_profiled_steps_are_outside_the_measured_window(profiled):
     """The traced steps run after the measured window: their indices follow the measured ones, they
     are in no series, and it/s is the measured steps over the measured windows' time only."""
@@ -164,6 +167,7 @@ def test_profiled_steps_are_outside_the_measured_window(profiled):
     assert sum(series["step_time_s"][warm:]) == pytest.approx(m["measured_time_s"], rel=0.05)
 
 
+@pytest.mark.slow
 def test_short_run_is_traced_after_it_in_a_temp_dir(tiny):
     # 1 warm-up + 1 measured step: the trace comes from the extra steps after them
     record = _run(tiny(**{"bench.warmup_steps": 1, "bench.min_steps": 1, "bench.max_steps": 1}), None)
@@ -230,6 +234,7 @@ def test_finish_twice_does_not_stop_twice(tiny, tmp_path):
     assert not _profiler_running()
 
 
+@pytest.mark.slow
 def test_cli_profile_writes_trace(cli, tmp_path):
     trace_dir, out = tmp_path / "traces", tmp_path / "out.json"
     r = cli("run", "--device", "cpu", *TINY_FLAGS, "--profile", "--trace-dir", str(trace_dir),

@@ -8,6 +8,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from helpers import TINY_FLAGS, run_cli
 from hjepa_bench.measure.quiet import NativeOutput, hidden_line, restore_all
 from hjepa_bench.record import default_file_mode, write_json
@@ -24,6 +26,7 @@ def _profiled_run(tmp_path, *extra):
     return res, json.loads((out / "r.json").read_text())
 
 
+@pytest.mark.slow
 def test_profiler_run_on_cpu_prints_nothing_from_kineto(tmp_path):
     """Without -v the child's stderr holds none of kineto's lines, only one line that counts them; the
     record keeps them; stdout says where the record and the report went."""
@@ -37,6 +40,7 @@ def test_profiler_run_on_cpu_prints_nothing_from_kineto(tmp_path):
     assert f"report written to {tmp_path / 'out' / 'r.md'}" in res.stdout
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_library_output_in_full(tmp_path):
     res, record = _profiled_run(tmp_path, "-v")
     for line in record["probes"]["profiler"]["library_output"]["lines"]:

@@ -24,7 +24,7 @@ from hjepa_bench.record import validate_record  # noqa: E402
 from helpers import REPO  # noqa: E402
 from raycluster import ENV, FAST_DEATH, Cluster, free_port  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 TINY = ["--device", "cpu", "--img-size", "64", "--encoder-depth", "2", "--predictor-depths", "1",
         "--variants", "reference", "--workers", "0", "--warmup-steps", "1", "--min-steps", "2", "--max-steps", "3",

@@ -46,6 +46,7 @@ def _images(report: Path) -> list[Path]:
     return [report.parent / r for r in rels]
 
 
+@pytest.mark.slow
 def test_sweep_report_has_matrix_projection_criteria_and_charts(swept):
     root, out = swept
     report = out / "report.md"
@@ -74,6 +75,7 @@ def test_sweep_report_has_matrix_projection_criteria_and_charts(swept):
     assert t_row["hours"] == pytest.approx(proj["total_s"]["mid"] / 3600)
 
 
+@pytest.mark.slow
 def test_option_configs_are_ready_to_run_upstream_yaml(swept):
     _, out = swept
     cfg = out / "configs" / "option_T.yaml"
@@ -91,6 +93,7 @@ def test_option_configs_are_ready_to_run_upstream_yaml(swept):
     assert b["model"]["encoder_type"] == "vit_small_patch16_224" and b["training"]["warmup_epochs"] == 10
 
 
+@pytest.mark.slow
 def test_report_command_merges_dirs_and_applies_the_budget(swept, tmp_path):
     root, out = swept
     dest = tmp_path / "r" / "report.md"
@@ -110,6 +113,7 @@ def test_report_command_merges_dirs_and_applies_the_budget(swept, tmp_path):
     assert "**No option is recommended**" in (tmp_path / "t" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_command_bad_input_is_one_sentence(tmp_path):
     res = run_cli("report", str(tmp_path / "missing"))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "does not exist" in res.stderr
@@ -127,6 +131,7 @@ def test_report_command_bad_input_is_one_sentence(tmp_path):
 
 
 # --------------------------------------------------------------------------- analyze
+@pytest.mark.slow
 def test_analyze_upstream_log(tmp_path):
     log = tmp_path / "training_run.log"
     log.write_text(build_log())
@@ -155,6 +160,7 @@ def test_analyze_upstream_log(tmp_path):
     (b"\x00\x01\x02binary\x00" * 50, "binary"),
     (b"# My project\n\nSome README text.\n", "does not look like"),
 ])
+@pytest.mark.slow
 def test_analyze_bad_files_exit_2(tmp_path, content, needle):
     log = tmp_path / "x.log"
     log.write_bytes(content)
@@ -173,6 +179,7 @@ def validated(tmp_path_factory):
     return out, res
 
 
+@pytest.mark.slow
 def test_validate_writes_checkpoints_and_a_report_with_criteria(validated):
     out, res = validated
     result = json.loads((out / "validation.json").read_text())
@@ -193,6 +200,7 @@ def test_validate_writes_checkpoints_and_a_report_with_criteria(validated):
     assert "## Validation run" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_eval_on_a_validate_checkpoint_against_random_init(validated, tmp_path):
     out, _ = validated
     res = run_cli("eval", "--checkpoint", str(out / "checkpoints" / "checkpoint_latest.pth"), "--device", "cpu",
@@ -207,6 +215,7 @@ def test_eval_on_a_validate_checkpoint_against_random_init(validated, tmp_path):
     assert "kNN" in res.stdout
 
 
+@pytest.mark.slow
 def test_eval_limit_samples_selects_the_first_training_images(validated, tmp_path):
     """--limit-samples means on eval what it means on run and validate: only the first N images of the
     training split; --n-train then takes at most N of them, and the test split is not cut."""
@@ -221,6 +230,7 @@ def test_eval_limit_samples_selects_the_first_training_images(validated, tmp_pat
     assert any("--limit-samples 40" in n and "asked for 60" in n for n in result["notes"])
 
 
+@pytest.mark.slow
 def test_eval_names_the_first_mismatching_keys(validated, tmp_path):
     out, _ = validated
     ck = torch.load(out / "checkpoints" / "checkpoint_latest.pth", weights_only=False)
@@ -233,6 +243,7 @@ def test_eval_names_the_first_mismatching_keys(validated, tmp_path):
     assert "predictor.head.weight" in res.stderr and "predictor.extra_weight" in res.stderr
 
 
+@pytest.mark.slow
 def test_validate_ctrl_c_keeps_checkpoint_and_writes_the_report(tmp_path):
     import os
     import signal

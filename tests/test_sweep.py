@@ -49,6 +49,7 @@ def swept(tmp_path_factory):
     return out, res
 
 
+@pytest.mark.slow
 def test_real_2x2_sweep(swept):
     out, res = swept
     recs = records(out)
@@ -66,6 +67,7 @@ def test_real_2x2_sweep(swept):
     assert ev[-1]["event"] == "end"
 
 
+@pytest.mark.slow
 def test_same_out_again_runs_nothing(swept, tmp_path):
     out, _ = swept
     copy = tmp_path / "again"
@@ -76,6 +78,7 @@ def test_same_out_again_runs_nothing(swept, tmp_path):
     assert len(records(copy)) == 4
 
 
+@pytest.mark.slow
 def test_truncated_last_line_is_reported_and_rerun(swept, tmp_path):
     out, _ = swept
     copy = tmp_path / "trunc"
@@ -93,6 +96,7 @@ def test_truncated_last_line_is_reported_and_rerun(swept, tmp_path):
     assert (copy / "results.jsonl.partial").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_line_in_the_middle_is_one_sentence_and_nothing_is_lost(swept, tmp_path, capsys):
     from hjepa_bench.cli import main
 
@@ -110,6 +114,7 @@ def test_corrupt_line_in_the_middle_is_one_sentence_and_nothing_is_lost(swept, t
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_merging_two_machines_keeps_two_rows(swept, tmp_path):
     out, _ = swept
     other = tmp_path / "m1max"
@@ -126,6 +131,7 @@ def test_merging_two_machines_keeps_two_rows(swept, tmp_path):
     assert set(df["device"]) >= {"Apple M1 Max"}
 
 
+@pytest.mark.slow
 def test_fault_injection_statuses(tmp_path):
     out = tmp_path / "faults"
     faults = json.dumps({"3": "oom", "4": "crash", "5": "hang", "6": "nan"})
@@ -149,6 +155,7 @@ def test_fault_injection_statuses(tmp_path):
     # tests/test_bad_input.py)
 
 
+@pytest.mark.slow
 def test_larger_batches_are_skipped_after_oom(tmp_path):
     out = tmp_path / "skip"
     res = sweep("-p", "fault_plugin", "sweep", *TINY_SWEEP, "--workload", "hjepa_faults",
@@ -169,6 +176,7 @@ def _wait_for_records(out: Path, n: int, proc, limit=180):
     raise AssertionError("no records appeared")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_records_every_config_once(tmp_path):
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "hjepa_bench", "sweep", *TINY_SWEEP, "--batch-sizes", "2,4,6", "--workers", "0",
@@ -187,6 +195,7 @@ def test_sigkill_then_resume_records_every_config_once(tmp_path):
     assert all(r["status"] == "ok" for r in recs)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_child_and_prints_the_resume_command(tmp_path):
     out = tmp_path / "interrupted"
     args = [sys.executable, "-m", "hjepa_bench", "sweep", *TINY_SWEEP, "--batch-sizes", "2,4,6", "--workers", "0",

@@ -135,6 +135,7 @@ def test_an_option_with_unmeasured_step_time_cv_is_not_recommended(runs, tiny_op
 
 
 # --------------------------------------------------------------------------- 2. the projection band
+@pytest.mark.slow
 def test_no_band_from_fewer_than_five_steps(runs, tiny_option, tmp_path):
     sps3 = seconds_per_step(runs["three"])
     assert sps3["n"] == 3 and sps3["mid"] is not None
@@ -364,6 +365,7 @@ def _report(tmp_path, records, *args):
     return d
 
 
+@pytest.mark.slow
 def test_thresholds_rejudge_every_verdict_of_the_report(runs, tiny_option, tmp_path):
     rec = runs["long"]
     cv = rec["probes"]["stability"]["cv_pct"]
@@ -422,6 +424,7 @@ def test_one_measured_step_has_no_cv_and_no_none_in_the_summary(runs):
     assert "None" not in text and "probe loss: not measured" in text
 
 
+@pytest.mark.slow
 def test_one_measured_step_reads_dash_in_the_tables(runs, tiny_option, tmp_path):
     opts, _ = tiny_option
     out = _report(tmp_path, [runs["one"]], "--options-file", str(opts))
@@ -432,11 +435,11 @@ def test_one_measured_step_reads_dash_in_the_tables(runs, tiny_option, tmp_path)
     assert "nan" not in cells and "None" not in cells and not re.search(r"\bnan\b", text)
 
 
-def test_readme_says_how_each_verdict_is_judged():
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_say_how_each_verdict_is_judged():
+    docs = (REPO / "docs" / "verdicts.md").read_text() + (REPO / "docs" / "report.md").read_text()
     for needle in ("measure longer (--max-time)", "Student t", "no band (n < 5)", "not enough settled steps to judge",
                    "untrained: N steps, not judged", "--thresholds", "this tool's interpolation"):
-        assert needle in readme, needle
+        assert needle in docs, needle
 
 
 # --------------------------------------------------------------------------- the raw numbers a report judges again
@@ -448,6 +451,7 @@ def test_readme_says_how_each_verdict_is_judged():
     ("stability", ["degradation", "change_pct"], "5%", "probes.stability.degradation.change_pct must be a number"),
     ("loss", ["thresholds"], [20], "probes.loss.thresholds must be an object"),
 ])
+@pytest.mark.slow
 def test_a_bad_raw_number_is_a_skipped_line_not_a_traceback(runs, tmp_path, probe_name, path, value, message):
     """A report judges the probes' stored numbers again, so the record schema types them: a bad
     one makes the line a named, skipped record, never a crash of the report."""

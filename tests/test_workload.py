@@ -5,6 +5,7 @@ import json
 import pickle
 
 import numpy as np
+import pytest
 
 from hjepa_bench.hjepa.data import EndlessBatches, build_dataset, build_loader, build_transform
 from hjepa_bench.hjepa.masks import BatchMasks, MaskCollator, MaskSpec
@@ -12,6 +13,7 @@ from hjepa_bench.hjepa.masks import BatchMasks, MaskCollator, MaskSpec
 from helpers import TINY_FLAGS
 
 
+@pytest.mark.slow
 def test_spawn_workers_build_masks_in_the_collator():
     ds = build_dataset("synthetic", size=16, transform=build_transform(64, 0.3))
     loader = build_loader(ds, batch_size=4, num_workers=2, collate_fn=MaskCollator(MaskSpec(grid=4)),
@@ -39,6 +41,7 @@ def _fake_cifar(root, n_per_batch=8):
     return root
 
 
+@pytest.mark.slow
 def test_run_reads_cifar10_from_disk(cli, tmp_path):
     root = _fake_cifar(tmp_path / "data")
     out = tmp_path / "c.json"

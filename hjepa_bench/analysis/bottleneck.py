@@ -32,7 +32,7 @@ Verdict (first rule that holds; :func:`judge_bottleneck`, which a report calls a
 with its own ``data_bound_share``):
 
 1. ``data-bound``: data wait share > ``DATA_BOUND_SHARE`` (10%, :func:`is_data_bound`).  torch-tb-profiler
-   advises "DataLoader > 5% of step -> raise num_workers" (MEASURING.md); we keep
+   advises "DataLoader > 5% of step -> raise num_workers" (docs/measuring.md); we keep
    5% as ``data_wait_notable`` but call the run data-bound only above 10%: taking
    a prefetched batch from a worker still costs ~0.1-1 ms (unpickling), a few %
    of a fast accelerator step, and removing a 10% wait is a >= 11% speed-up,
@@ -45,8 +45,8 @@ A run that measured only its data wait (a validation run: the step time there
 includes the device sync, so host and device cannot be told apart) is
 ``data-bound`` by rule 1 or else ``not data-bound``.
 
-Worker advice (VALIDATION_LEARNINGS.md, "Number of Workers" and "If Training
-Slows Down"), first rule that holds:
+Worker advice (the H-JEPA validation guide's "Number of Workers" and "If Training
+Slows Down"; docs/verdicts.md), first rule that holds:
 
 1. data-bound -> "increase num_workers to 6-8" (the data wait is the measured
    fact; when the benchmark's own processes already fill the cores the advice

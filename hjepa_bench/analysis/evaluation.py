@@ -1,4 +1,4 @@
-"""Classifiers on frozen features (QUALITY_AND_DECISIONS.md, "Quick evaluation of an encoder"): DINO's
+"""Classifiers on frozen features (docs/verdicts.md, "Quick evaluation of an encoder"): DINO's
 weighted kNN and a linear probe.  Pure: arrays in, accuracies out, on the CPU in float64."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Collapse and quality metrics of an embedding matrix (QUALITY_AND_DECISIONS.md,
+"""Collapse and quality metrics of an embedding matrix (docs/verdicts.md,
 "Collapse and quality metrics").  Pure functions: an (N, D) array in, a
 JSON-serialisable dict out; everything is computed on the CPU in float64
 (numpy, and torch's CPU LAPACK for the singular values).

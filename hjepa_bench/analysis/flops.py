@@ -4,7 +4,7 @@ The ``flops`` probe (``plugins/probe_flops.py``) drives the device; everything
 that only does arithmetic on what it measured lives here so it can be tested
 without a device.
 
-Definitions (MEASURING.md, "FLOPs and utilisation"):
+Definitions (docs/measuring.md, "FLOPs and utilisation"):
 
 * FLOPs of a step come from ``torch.utils.flop_counter`` (2 FLOPs per
   multiply-add, forward + backward);

@@ -2,7 +2,7 @@
 
 Pure functions: plain data in, JSON-safe dicts out (no torch, no files).
 
-Answers the validation guide's "Memory Usage" questions (VALIDATION_LEARNINGS.md):
+Answers the H-JEPA validation guide's "Memory Usage" questions (docs/verdicts.md):
 peak and average memory, stability (leaks), can the batch grow, is there room
 for a larger model, any memory pressure.
 
@@ -33,7 +33,7 @@ Thresholds:
   ``suspected`` is True, False or None (not judged), and ``reason`` says which
   rule decided.
 * ``PRESSURE_PEAK_FRAC`` (90%): torch-tb-profiler's rule "peak memory > 90% ->
-  checkpointing/AMP" (MEASURING.md): ``memory_pressure`` when peak / total > 90%.
+  checkpointing/AMP" (docs/measuring.md): ``memory_pressure`` when peak / total > 90%.
 * ``fit_memory(margin=0.10)``: the largest batch whose predicted peak footprint stays below
   ``device_total * (1 - margin)``.  The footprint (:func:`hjepa_bench.record.footprint_bytes`) is what
   must fit: where the backend reports them (CUDA), the allocator's peak reserve (its cache and rounded

@@ -1,6 +1,6 @@
 """Data-parallel scaling (pure: per-rank measurements in, job numbers out; records in, table rows out).
 
-A data-parallel job of N ranks (``run --nproc-per-node N``, README "Data parallel: the step under
+A data-parallel job of N ranks (``run --nproc-per-node N``, docs/distributed.md, "Data parallel: the step under
 DDP") steps in lockstep: every step all-reduces the gradients, so the job advances at the pace of its
 slowest rank.
 

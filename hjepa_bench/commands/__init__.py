@@ -2,7 +2,7 @@
 ``cmd_*(args, plugins)`` runs it (returns the exit code)."""
 from __future__ import annotations
 
-from . import analyze, benchmark_report, devices, eval, export, inspect, plugins, report, run, sweep, validate
+from . import analyze, benchmark_report, devices, eval, export, inspect, plugins, presets, report, run, sweep, validate
 
 #: in the order ``hjepa-bench --help`` lists them
-COMMANDS = (run, sweep, report, export, validate, analyze, eval, benchmark_report, inspect, devices, plugins)
+COMMANDS = (run, sweep, report, export, validate, analyze, eval, benchmark_report, inspect, presets, devices, plugins)

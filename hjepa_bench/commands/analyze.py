@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> None:
                    help="end when the log has not grown for this long (default: wait for the trainer's completion "
                         "line or Ctrl-C)")
     an.add_argument("--out", metavar="DIR", help="write report.md and analysis.json here")
-    an.add_argument("--config", metavar="YAML", help="the run's config, for what the log does not print")
+    an.add_argument("--config", metavar="YAML|PRESET", help="the run's config (file or preset), for what the log does not print")
     an.add_argument("--model", help="encoder, if the log does not print it")
     an.add_argument("--batch-size", type=config_flag("data.batch_size"))
     an.add_argument("--workers", type=config_flag("data.num_workers"))

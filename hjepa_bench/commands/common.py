@@ -129,7 +129,8 @@ def config_overrides(args: argparse.Namespace, flags: Iterable[str] | None = Non
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (flags override the YAML file)")
-    g.add_argument("--config", metavar="YAML", help="upstream H-JEPA YAML config (default: built-in quick_val)")
+    g.add_argument("--config", metavar="YAML|PRESET",
+                   help="upstream H-JEPA YAML file or a preset name (hjepa-bench presets; default: quick_val)")
     g.add_argument("--model", help="vit_tiny | vit_small | vit_base | vit_large (or full timm names)")
     g.add_argument("--batch-size", type=config_flag("data.batch_size"))
     g.add_argument("--workers", type=config_flag("data.num_workers"), help="DataLoader worker processes")

@@ -21,7 +21,8 @@ def add_parser(sub: Any) -> None:
                         description="Load an upstream-format checkpoint (model_state_dict) and measure its EMA target "
                                     "encoder per hierarchy level against the same encoder at random initialisation.")
     ev.add_argument("--checkpoint", required=True, metavar="PATH", help=".pth with model_state_dict")
-    ev.add_argument("--config", metavar="YAML", help="the model's config (upstream checkpoints carry none)")
+    ev.add_argument("--config", metavar="YAML|PRESET",
+                    help="the model's config, a file or preset (upstream checkpoints carry none)")
     add_data_args(ev, training_loader=False)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--img-size", type=config_flag("data.image_size"))

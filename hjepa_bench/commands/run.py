@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--target-precision", type=config_flag("bench.target_rel_precision"), metavar="FRAC",
                    help="stop when the median step time is known to +-FRAC (95%% CI), default 0.02")
     add_probe_args(run)
-    d = run.add_argument_group("data parallel (DDP through torchrun; README \"Data parallel\")")
+    d = run.add_argument_group("data parallel (DDP through torchrun; docs/distributed.md)")
     d.add_argument("--nproc-per-node", type=config_flag("bench.nproc_per_node"), metavar="N",
                    help="run the step as a data-parallel job of N processes on this node (default 1: one process, "
                         "no torchrun)")

@@ -38,7 +38,7 @@ def add_parser(sub: Any) -> None:
                     help="processes per config, e.g. 1,2: above 1 the config runs as a data-parallel job (DDP "
                          "through torchrun) and the report gets a scaling table (default 1)")
     sw.add_argument("--encoder-depth", type=config_flag("model.encoder_depth"), help="ViT blocks (default 12)")
-    sw.add_argument("--config", metavar="YAML", help="upstream YAML as the base of every point")
+    sw.add_argument("--config", metavar="YAML|PRESET", help="upstream YAML file or preset name: the base of every point")
     sw.add_argument("--grid", metavar="YAML", help="grid file (keys as SweepSpec: devices, batch_sizes, ...); flags override it")
     sw.add_argument("--out", metavar="DIR", help=f"results directory (default ./{DEFAULT_SWEEP_OUT})")
     sw.add_argument("--resume", action="store_true", help="continue the sweep in --out (the same --out does too)")

@@ -132,10 +132,16 @@ def token_counts(config: Mapping[str, Any], batch_size: int, seed: int = 0) -> d
     }
 
 
+def param_counts(config: Mapping[str, Any]) -> dict[str, int]:
+    """Total (with the EMA target encoder) and trainable parameters of the model ``config`` builds,
+    counted on the meta device."""
+    with torch.device("meta"):
+        return HJEPA.from_config(config).param_counts()
+
+
 def inspect_config(config: Mapping[str, Any], batch_size: int | None = None, seed: int = 0) -> dict[str, Any]:
     batch = int(batch_size or config["data"]["batch_size"])
-    with torch.device("meta"):
-        params = HJEPA.from_config(config).param_counts()
+    params = param_counts(config)
     flops = {v: count_step_flops(config, v, batch, seed) for v in VARIANTS}
     return {
         "model": config["model"]["encoder_type"],

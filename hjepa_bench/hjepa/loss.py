@@ -1,4 +1,4 @@
-"""Hierarchical JEPA loss (HJEPA_STEP.md, "Loss").
+"""Hierarchical JEPA loss (docs/step.md, "Loss").
 
 Per level l: the level's projection (Linear + LayerNorm) is applied to the
 predictions and the (detached) targets; for l > 0 both are average-pooled with

@@ -1,4 +1,4 @@
-"""Multi-block masks of the H-JEPA step (HJEPA_STEP.md, "Masks").
+"""Multi-block masks of the H-JEPA step (docs/step.md, "Masks").
 
 Per sample, ``num_masks`` non-overlapping target blocks are placed on the patch
 grid.  Block area fraction comes from ``mask_scale`` (level 0; doubled per

@@ -1,9 +1,9 @@
-"""The H-JEPA model (HJEPA_STEP.md, "Model"), with the upstream state-dict layout.
+"""The H-JEPA model (docs/step.md, "Model"), with the upstream state-dict layout.
 
 ``context_encoder.vit.*`` / ``target_encoder.vit.*`` are timm ViTs (head removed),
 ``predictor.*`` a full-width transformer over context tokens + mask tokens, and
 ``hierarchy_projections.{l}`` a Linear(D, D) + LayerNorm per hierarchy level.
-Keys and shapes match ``shared/reference/upstream-state-dict-*.tsv`` so an
+Keys and shapes match upstream's (``tests/data/upstream-state-dict-*.tsv``) so an
 upstream checkpoint's ``model_state_dict`` loads into it.
 """
 from __future__ import annotations

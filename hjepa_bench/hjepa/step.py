@@ -1,4 +1,4 @@
-"""One H-JEPA training step, in two variants (HJEPA_STEP.md).
+"""One H-JEPA training step, in two variants (docs/step.md).
 
 ``reference``: the cost of the upstream step.  Masks come from a per-sample
 host loop with a host-device sync per sample; masked patch tokens are zeroed
@@ -91,7 +91,7 @@ class HJEPAStep:
         self.params = self.model.trainable_parameters()
         # efficient: the same AdamW update as one fused kernel per tensor.  The default (foreach)
         # update makes ~8 passes per tensor, each a thread fork/join on a CPU, and on a loaded
-        # CPU every fork/join can wait a scheduler slice (README, "Efficient vs reference").
+        # CPU every fork/join can wait a scheduler slice (docs/step.md, "Efficient vs reference").
         fused = {"fused": True} if self.variant == "efficient" and fused_adamw_available(self.device) else {}
         self.optimizer = torch.optim.AdamW(self.params, lr=float(t["lr"]), betas=tuple(t["betas"]),
                                            weight_decay=float(t["weight_decay"]), **fused)

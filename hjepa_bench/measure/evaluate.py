@@ -1,8 +1,8 @@
-"""Quick evaluation of a trained H-JEPA encoder (QUALITY_AND_DECISIONS.md,
+"""Quick evaluation of a trained H-JEPA encoder (docs/verdicts.md,
 "Quick evaluation of an encoder" and "Collapse and quality metrics").
 
 ``hjepa-bench eval --checkpoint PATH`` loads an upstream-format checkpoint (a dict
-with ``model_state_dict`` in the layout of ``shared/reference/upstream-state-dict-*.tsv``,
+with ``model_state_dict`` in upstream's layout, ``tests/data/upstream-state-dict-*.tsv``,
 or a bare state dict) and measures the representation quality of its EMA target
 encoder against the same architecture at random initialisation.  Every number
 comes from this run.

@@ -1,6 +1,6 @@
 """The run loop: warm-up, timed windows, adaptive stopping, one result record.
 
-Timing follows MEASURING.md:
+Timing (docs/measuring.md):
 
 * warm-up steps run first and are reported separately;
 * steps run in windows with one device sync at each edge (no per-step sync, so

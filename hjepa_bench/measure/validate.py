@@ -1,6 +1,6 @@
 """The validation run: a real, short H-JEPA training run and its artifacts.
 
-The validation guide (``shared/reference/VALIDATION_LEARNINGS.md``) asks for a
+The H-JEPA validation guide (docs/verdicts.md) asks for a
 short training run (the upstream ``quick_val`` config, 5 epochs) before a long one,
 to check stability, speed, learning and collapse.  :func:`run_validation` runs it
 with the real step (:class:`hjepa_bench.hjepa.step.HJEPAStep`) on the real data path

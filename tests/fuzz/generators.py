@@ -1,7 +1,7 @@
 """Hypothesis strategies for the fuzz suite: each draws one :class:`harness.Case`, labelled
 valid or invalid *by construction*.
 
-The labels follow the documented contract (README "Configuration", "Commands") and the
+The labels follow the documented contract (docs/configuration.md, docs/commands.md) and the
 contract issue 12 asks for, not what the code does today: NaN and infinity are never a
 valid number, a value of the wrong type is never valid, a file that is not a regular
 text file is never a valid input file, an output path under a regular file is never
@@ -1007,7 +1007,7 @@ def results_cases(draw: Any, records: list[dict[str, Any]]) -> Case:
             lines[i] = rng.choice(["not json", "{", '{"a": 1}', "null", "5", '"x"', "\x00\x01"])
             label = f"line {i + 1}: {lines[i]!r}"
             if i == len(lines) - 1:
-                verdict = "tail"  # a complete last line that does not parse: moved aside on resume (README)
+                verdict = "tail"  # a complete last line that does not parse: moved aside on resume (docs/commands.md)
         elif kind == "line-truncated":
             i = len(lines) - 1
             lines[i] = lines[i][:rng.randrange(1, len(lines[i]))]
@@ -1530,7 +1530,7 @@ def special_input_cases() -> list[Case]:
                 files[rel] = Special("symlink", target="{d}/" + rel)
             valid = kind == "empty" and empty_ok or (kind == "missing" and slot.startswith("sweep --out"))
             if slot.startswith("sweep --out") and kind == "non-utf8":
-                valid = True  # one complete line that does not parse: moved aside like a cut-off tail (README)
+                valid = True  # one complete line that does not parse: moved aside like a cut-off tail (docs/commands.md)
             if kind == "missing" and slot == "report DIR/results.jsonl":
                 valid = False
             full = [a.replace("{F}", path) for a in argv]

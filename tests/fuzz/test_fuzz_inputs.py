@@ -52,11 +52,13 @@ def test_fuzz_bases_are_accepted(fuzz):
     target.assert_clean()
 
 
+@pytest.mark.slow
 def test_fuzz_config_values(fuzz):
     generated(fuzz, "config", gen.config_value_cases(), EXAMPLES["config"],
               gen.structural_config_cases()).assert_clean()
 
 
+@pytest.mark.slow
 def test_fuzz_cli_flags(fuzz):
     generated(fuzz, "flags", gen.flag_cases(fuzz.files), EXAMPLES["flags"],
               gen.global_flag_cases(fuzz.files)).assert_clean()
@@ -67,6 +69,7 @@ def test_fuzz_upstream_logs(fuzz):
     generated(fuzz, "logs", gen.log_cases(), EXAMPLES["logs"], extra).assert_clean()
 
 
+@pytest.mark.slow
 def test_fuzz_results_jsonl(fuzz):
     generated(fuzz, "results", gen.results_cases(fuzz.records), EXAMPLES["results"]).assert_clean()
 
