@@ -153,7 +153,7 @@ def test_killed_rank_is_a_clean_crashed_record(tmp_path):
     assert time.time() - t_kill < 60
     record = json.loads(out.read_text())
     validate_record(record)
-    assert record["status"] == "crashed"
+    assert record["status"] == "crashed", record.get("error")
     assert record["error"] == "rank 1 of 2 died by SIGKILL; torchrun stopped the other ranks"
     assert record["distributed"]["world_size"] == 2
     assert "Traceback" not in err
@@ -243,6 +243,17 @@ def test_failure_cause_reads_torchrun_root_cause():
     assert failure_cause(out, {1: rank1}, 2, 1) == ("oom", "rank 1 of 2: OutOfMemoryError: CUDA out of memory")
     assert failure_cause(out, {}, 2, 1) == ("crashed", "rank 1 of 2 exited with code 1 without a result")
     assert failure_cause("no summary\nlast words", {}, 2, 1) == ("crashed", "torchrun exited with code 1: last words")
+
+
+def test_a_rank_killed_by_a_signal_is_the_cause_not_the_peer_that_saw_it_go():
+    """torchrun may observe the surviving rank's "Connection reset by peer" first; the killed rank
+    (listed among the failures with a negative exit code) is still the cause."""
+    block = "[{i}]:\n  time      : 2026-01-01\n  host      : h\n  rank      : {r} (local_rank: {r})\n  exitcode  : {c} (pid: 4{r})\n"
+    out = ("Failures:\n" + block.format(i=1, r=1, c=-9) + "----\nRoot Cause (first observed failure):\n"
+           + block.format(i=0, r=0, c=1))
+    rank0 = {"status": "error", "error": "RuntimeError: Connection reset by peer", "rank": {"rank": 0}}
+    assert failure_cause(out, {0: rank0}, 2, 1) == ("crashed", "rank 1 of 2 died by SIGKILL; torchrun stopped the "
+                                                               "other ranks")
 
 
 def test_share_and_efficiency_arithmetic():

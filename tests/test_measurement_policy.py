@@ -176,3 +176,14 @@ def test_the_sweep_says_how_much_more_time_a_short_config_needs_and_how_to_retry
     assert len(lines) == 1
     assert s["text"] in lines[0] and "more minute(s) here" in lines[0]
     assert lines[0].endswith(f"hjepa-bench sweep --out o --retry short --max-time {s['max_time_s']}")
+
+
+def test_the_deadline_lets_one_stalled_step_finish():
+    """The measured loop checks its cap only between steps: a config of 0.1 s steps whose step in
+    flight at the cap stalls for 6 s must not be killed as a timeout."""
+    from hjepa_bench.analysis.policy import STALL_GRACE_S, child_deadline_s, time_cap_s
+
+    cap = time_cap_s(1.0, 2, 0.1)
+    deadline = child_deadline_s(warmed_at_s=2.0, startup_s=2.0, cap_s=cap, step_s=0.1)
+    assert deadline >= 2.0 + cap + 6.0
+    assert deadline == pytest.approx(2.0 + cap + 2.0 + STALL_GRACE_S)

@@ -22,6 +22,10 @@ from typing import Any, Mapping, Sequence
 CAP_FACTOR = 2.0
 #: margin on the --max-time a rerun is told to use (the step time it saw, plus this share)
 RERUN_MARGIN = 0.5
+#: seconds a child's deadline leaves for one stalled step (a data-loader hiccup, a swap-in, a
+#: periodic slowdown): the measured loop only checks its cap between steps, so the step in flight
+#: at the cap must be allowed to finish; a child that hangs is still stopped soon after
+STALL_GRACE_S = 30.0
 
 
 def median(values: Sequence[float]) -> float | None:
@@ -44,8 +48,8 @@ def child_deadline_s(*, warmed_at_s: float, startup_s: float, cap_s: float, step
                      extra_steps: int = 0) -> float:
     """Seconds after the child's start at which the parent stops it, once the warm-up is known:
     warm-up end + the measuring cap + the start-up time again (teardown, probes, the record) + the
-    extra steps probes asked for."""
-    return warmed_at_s + cap_s + startup_s + int(extra_steps) * (step_s or 0.0)
+    extra steps probes asked for + STALL_GRACE_S for the step in flight when the cap is reached."""
+    return warmed_at_s + cap_s + startup_s + int(extra_steps) * (step_s or 0.0) + STALL_GRACE_S
 
 
 def deadline_after_first_step_s(*, first_at_s: float, step_s: float, warmup_steps: int, max_time_s: float,

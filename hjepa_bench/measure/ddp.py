@@ -248,16 +248,21 @@ def _read_ranks(folder: Path, launch: Launch) -> dict[str, Any]:
 
 
 _ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+_FAILURE = re.compile(r"^\s*rank\s*:\s*(\d+).*?^\s*exitcode\s*:\s*(-?\d+)", re.S | re.M)
 
 
 def failure_cause(output: str, rank_records: Mapping[int, Mapping[str, Any]], world: int,
                   returncode: int | None) -> tuple[str, str]:
     """(status, one sentence) of a failed job: torchrun's root cause (the first rank that failed),
     explained by that rank's own record when it wrote one; else the earliest failure among the ranks'
-    records; else torchrun's exit code and last line."""
+    records; else torchrun's exit code and last line.  A rank that died by a signal is the cause
+    whatever torchrun observed first: its peers' errors ("Connection reset by peer") follow from it."""
     m = _ROOT_CAUSE.search(output or "")
     if m:
         rank, code = int(m.group(1)), int(m.group(2))
+        killed = [(int(r), int(c)) for r, c in _FAILURE.findall(output or "") if int(c) < 0]
+        if code >= 0 and killed:
+            rank, code = killed[0]
         rec = rank_records.get(rank)
         if code < 0:
             try:
