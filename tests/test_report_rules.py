@@ -167,6 +167,24 @@ def test_a_toy_run_does_not_pass_the_guides_speed_criterion(cluster):
     assert items["speed"]["status"] == items["memory"]["status"] == "not measured"
 
 
+def test_quick_val_at_the_workers_this_machine_has_is_quick_val():
+    """quick_val asks for 4 DataLoader workers; the default worker count is capped at the cores, so on
+    a 2-core machine quick_val's run is the one with 2 workers (a run with fewer still differs)."""
+    from hjepa_bench.analysis.criteria import guide_differences
+    from hjepa_bench.config import DEFAULTS
+
+    def rec(workers, cores):
+        config = json.loads(json.dumps(DEFAULTS))
+        config["data"]["num_workers"] = workers
+        return {"config": config, "env": {"cpu_count_logical": cores}}
+
+    assert guide_differences(rec(2, 2)) == []
+    assert guide_differences(rec(4, 8)) == []
+    assert guide_differences(rec(4, 2)) == []  # quick_val's own value is quick_val everywhere
+    assert guide_differences(rec(1, 2)) == ["1 workers (quick_val: 4 workers)"]
+    assert guide_differences(rec(2, 8)) == ["2 workers (quick_val: 4 workers)"]
+
+
 def test_the_guides_own_run_is_judged(cpu):
     _, analysis = cpu
     assert analysis["facts"]["guide_differences"] == []

@@ -402,6 +402,12 @@ def guide_differences(record: Mapping[str, Any]) -> list[str]:
     m, qm = c.get("model") or {}, q["model"]
     p, qp = m.get("predictor") or {}, qm["predictor"]
     d, qd = c.get("data") or {}, q["data"]
+    cores = (record.get("env") or {}).get("cpu_count_logical")
+    # quick_val's DataLoader workers, or as many as this machine has cores (the default worker
+    # count is capped there: more workers than cores only compete with the step)
+    q_workers = q["data"]["num_workers"]
+    if isinstance(cores, int) and 0 < cores < int(q_workers) and d.get("num_workers") == cores:
+        q_workers = cores
     checks = (
         ("encoder", short_model_name(m.get("encoder_type")), short_model_name(qm["encoder_type"]), "{}"),
         ("encoder blocks", m.get("encoder_depth", 12), qm["encoder_depth"], "{} encoder blocks"),
@@ -411,7 +417,7 @@ def guide_differences(record: Mapping[str, Any]) -> list[str]:
         ("predictor mlp ratio", p.get("mlp_ratio"), qp["mlp_ratio"], "predictor mlp ratio {}"),
         ("image size", d.get("image_size"), qd["image_size"], "{} px"),
         ("batch", d.get("batch_size"), qd["batch_size"], "batch {}"),
-        ("workers", d.get("num_workers"), qd["num_workers"], "{} workers"),
+        ("workers", d.get("num_workers"), q_workers, "{} workers"),
         ("processes", world_size(record), 1, "{} processes"),
         ("step", (c.get("bench") or {}).get("variant", "reference"), "reference", "the {} step"),
     )
