@@ -267,12 +267,16 @@ MAX_OWN_CONFIGS = 4
 
 def own_config_options(records: Any) -> list[TrainingOption]:
     """One projection-only option per distinct measured config (model config, epochs, data sizes)
-    among the ok records of the reference step: the full run of the config being measured, named
+    among the ok records of the reference step, except those a sweep measured for a training option
+    (that option's row projects them): the full run of the config being measured, named
     ``this`` (``this1``, ``this2``... when there are several)."""
     seen: dict[tuple, Mapping[str, Any]] = {}
     for r in records:
         c = r.get("config") or {}
         if r.get("status") != "ok" or (c.get("bench") or {}).get("variant") != "reference":
+            continue
+        group = (r.get("sweep") or {}).get("group") or []
+        if len(group) > 2 and group[1] == "option":  # an option's own config: projected as that option
             continue
         b = c["bench"]
         key = (model_key(c), int(c["training"]["epochs"]), b.get("dataset_size"), b.get("val_size"))

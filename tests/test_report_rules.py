@@ -292,3 +292,17 @@ def test_labels_say_which_steps_and_what_the_loss_was_measured_at(cpu):
                if line.startswith("| A ") or line.startswith("| B ") or line.startswith("| C ")]
     assert len(lr_rows) == 3
     assert all("no validation run" in r and "1.0e-04" not in r for r in lr_rows)
+
+
+def test_an_options_own_config_is_projected_once_as_that_option():
+    """A sweep measures each option's model config; those records are projected in the option's row,
+    and only the sweep's own base config gets a 'this' row (no duplicate of A or B)."""
+    from hjepa_bench.measure.results import read_results
+    from hjepa_bench.options import own_config_options
+
+    records = read_results(Path(__file__).parent.parent / "reports" / "example-cpu" / "results.jsonl").records
+    option_records = [r for r in records if (r.get("sweep") or {}).get("group", [None, None])[1] == "option"]
+    assert option_records and len(option_records) < len(records)
+    own = own_config_options(records)
+    assert [o.name for o in own] == ["this"]
+    assert own[0].values()["training"]["epochs"] == 5  # quick_val's own epochs, not option A's 20
