@@ -402,12 +402,7 @@ def guide_differences(record: Mapping[str, Any]) -> list[str]:
     m, qm = c.get("model") or {}, q["model"]
     p, qp = m.get("predictor") or {}, qm["predictor"]
     d, qd = c.get("data") or {}, q["data"]
-    cores = (record.get("env") or {}).get("cpu_count_logical")
-    # quick_val's DataLoader workers, or as many as this machine has cores (the default worker
-    # count is capped there: more workers than cores only compete with the step)
-    q_workers = q["data"]["num_workers"]
-    if isinstance(cores, int) and 0 < cores < int(q_workers) and d.get("num_workers") == cores:
-        q_workers = cores
+    q_workers = d.get("num_workers") if has_guide_workers(record) else q["data"]["num_workers"]
     checks = (
         ("encoder", short_model_name(m.get("encoder_type")), short_model_name(qm["encoder_type"]), "{}"),
         ("encoder blocks", m.get("encoder_depth", 12), qm["encoder_depth"], "{} encoder blocks"),
@@ -426,6 +421,16 @@ def guide_differences(record: Mapping[str, Any]) -> list[str]:
         if got is not None and str(got) != str(want) and not (_num_eq(got, want)):
             out.append(f"{fmt.format(got)} (quick_val: {fmt.format(want)})")
     return out
+
+
+def has_guide_workers(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` ran quick_val's DataLoader workers: its 4, or as many as the machine has
+    cores where that is fewer (the default worker count is capped there: more workers than cores
+    only compete with the step)."""
+    want = int(CONFIG_DEFAULTS["data"]["num_workers"])
+    got = ((record.get("config") or {}).get("data") or {}).get("num_workers")
+    cores = (record.get("env") or {}).get("cpu_count_logical")
+    return got == want or (isinstance(cores, int) and 0 < cores < want and got == cores)
 
 
 def _num_eq(a: Any, b: Any) -> bool:
@@ -460,14 +465,16 @@ def pick_validation_record(records: Sequence[Mapping[str, Any]]) -> tuple[Mappin
         except (KeyError, TypeError):
             same_model = False
         d = c.get("data", {})
-        return (same_model, d.get("batch_size") == 32, d.get("num_workers") == 4,
+        return (same_model, d.get("batch_size") == 32, has_guide_workers(r),
                 world_size(r) == 1,  # the validation run is one process: a data-parallel job only if nothing else
                 samples_per_s(r) or 0.0)
 
     best = max(ok, key=key)
     k = key(best)
     if k[0] and k[1] and k[2]:
-        return best, "the validation run's config (quick_val: ViT-Tiny, batch 32, 4 workers, 224 px)"
+        workers = best["config"]["data"]["num_workers"]
+        return best, ("the validation run's config (quick_val: ViT-Tiny, batch 32, 4 workers, 224 px)"
+                      + (f" with {workers} workers, one per core of this machine" if workers != 4 else ""))
     if k[0]:
         return best, ("the validation run's model (quick_val) at the closest measured batch/workers; "
                       "batch 32 with 4 workers was not measured")
