@@ -47,3 +47,27 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
     return subprocess.run([sys.executable, "-m", "hjepa_bench", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
 
+
+
+#: an option whose model config is the tiny test config (so tiny runs measure it), with a window it fits
+TINY_OPTION = """options:
+  - name: T
+    title: Tiny option
+    hours: [0, 100000]
+    priority: 7
+    model: {encoder_depth: 2, predictor: {depth: 1}}
+    data: {image_size: 64, batch_size: 4, num_workers: 0}
+    training: {epochs: 2, warmup_epochs: 1}
+"""
+
+
+def md_table(text: str, heading: str) -> list[dict[str, str]]:
+    """The first markdown table after ``heading``, as one dict per row (header -> cell)."""
+    block, started = [], False
+    for line in text[text.index(heading):].splitlines()[1:]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+            started = True
+        elif started:
+            break
+    return [dict(zip(block[0], cells)) for cells in block[2:]]

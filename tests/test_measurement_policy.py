@@ -26,17 +26,8 @@ from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload, PreparedHJEPA
 from hjepa_bench.report.decision import render_markdown
 from hjepa_bench.thresholds import DEFAULTS as TH
 
-from helpers import run_cli, tiny_config
+from helpers import TINY_OPTION, run_cli, tiny_config
 
-TINY_OPTION = """options:
-  - name: T
-    title: Tiny option
-    hours: [0, 100000]
-    priority: 7
-    model: {encoder_depth: 2, predictor: {depth: 1}}
-    data: {image_size: 64, batch_size: 4, num_workers: 0}
-    training: {epochs: 2, warmup_epochs: 1}
-"""
 
 
 class SlowAfterWarmup(PreparedHJEPA):

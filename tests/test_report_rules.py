@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import md_table, run_cli
 
 DATA = Path(__file__).parent / "data"
 CPU, CLUSTER = DATA / "example_cpu_results.jsonl", DATA / "example_cluster_results.jsonl"
@@ -35,16 +35,6 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _md_table(text: str, heading: str) -> list[dict[str, str]]:
-    """The first markdown table after ``heading``, as one dict per row (header -> cell)."""
-    block, started = [], False
-    for line in text[text.index(heading):].splitlines()[1:]:
-        if line.startswith("|"):
-            block.append([c.strip() for c in line.strip().strip("|").split("|")])
-            started = True
-        elif started:
-            break
-    return [dict(zip(block[0], cells)) for cells in block[2:]]
 
 
 def _section(text: str, heading: str) -> str:
@@ -58,8 +48,8 @@ def _section(text: str, heading: str) -> str:
 def test_one_cv_per_record_in_every_table(which, cpu, cluster):
     """The measured-speed table, the stability table and criterion 2 show one CV of one set of steps."""
     text, analysis = cpu if which == "cpu" else cluster
-    speed = _md_table(text, "### Measured step speed")
-    stab = _md_table(text, "### Step-time stability")
+    speed = md_table(text, "### Measured step speed")
+    stab = md_table(text, "### Step-time stability")
     assert len(speed) == len(stab) >= 4
     for a, b in zip(speed, stab):
         assert float(a["CV %"]) == pytest.approx(float(b["CV %"]), abs=0.051), (a, b)
@@ -73,7 +63,7 @@ def test_one_cv_per_record_in_every_table(which, cpu, cluster):
 def test_drift_is_stated_over_the_measured_span_never_per_100_steps(cpu, cluster):
     for text, _ in (cpu, cluster):
         assert "/100 steps" not in text
-        for row in _md_table(text, "### Step-time stability"):
+        for row in md_table(text, "### Step-time stability"):
             drift = row["drift (fitted change over the measured steps)"]
             assert drift == "-" or drift.endswith(f"over {row['steps']} measured steps"), row
 
@@ -130,7 +120,7 @@ def test_analyze_projects_the_logs_own_run_and_judges_no_loss_from_two_values(tm
     assert items["warmup"]["status"] == "not measured", items["warmup"]
     assert items["loss_steady"]["status"] == "not measured"
     # the logged run's own row has no time window: said in words, never "inf"
-    matrix = _md_table((tmp_path / "an" / "report.md").read_text(), "## Decision matrix")
+    matrix = md_table((tmp_path / "an" / "report.md").read_text(), "## Decision matrix")
     assert next(r for r in matrix if r["option"] == "L")["limit h"] == "none (projection only)"
     assert "inf" not in json.dumps(row["reasons"])
 
@@ -206,7 +196,7 @@ def test_one_worker_advice_in_every_section_and_config(cpu, tmp_path_factory):
     w, reason = group["workers"]["workers"], group["workers"]["reason"]
     assert "no measurable difference between 2, 4 workers" in reason and w == 2
     advice = f"num_workers {w}: {reason}"
-    rows = _md_table(text, "### Bottleneck: data, host or device")  # one row per record, in the file's order
+    rows = md_table(text, "### Bottleneck: data, host or device")  # one row per record, in the file's order
     recs = _records(CPU)
     assert len(rows) == len(recs)
     quick = [row for row, rec in zip(rows, recs) if rec["config"]["model"]["predictor"]["depth"] == 2]
@@ -234,12 +224,12 @@ def test_a_difference_inside_the_bands_is_no_measurable_difference(cpu):
 def test_verdicts_on_few_steps_carry_the_records_warning(cpu):
     text, analysis = cpu
     warning = "only 5 steps measured before the time cap; the statistics are rough"
-    b = next(r for r in _md_table(text, "## Decision matrix") if r["option"] == "B")
+    b = next(r for r in md_table(text, "## Decision matrix") if r["option"] == "B")
     assert warning in b["verdict"]
     assert any(warning in line for line in _section(text, "## Recommendation").splitlines() if line.startswith("- B:"))
     assert any(warning in line for line in _section(text, "## Time-to-train projections").splitlines()
                if line.startswith("- B"))
-    small = next(r for r in _md_table(text, "### Model size") if r["model"].startswith("vit_small"))
+    small = next(r for r in md_table(text, "### Model size") if r["model"].startswith("vit_small"))
     assert warning in small["note"] and "encoder, levels, predictor depth" in small["note"]
     vs = next(g for g in analysis["group_choices"] if "vit_small" in g["group"])
     assert warning in vs["batch"]["reason"] and warning in vs["workers"]["reason"]
@@ -266,7 +256,7 @@ def test_criteria_checklist_and_matrix_agree(cpu):
     assert crit["compatibility"]["status"] == "not measured" and items["mps"]["status"] == "not measured"
     # the matrix's "diverged" says what the checklist's "No divergence observed" says
     assert items["divergence"]["status"] == "not measured"
-    for row in _md_table(text, "## Decision matrix"):
+    for row in md_table(text, "## Decision matrix"):
         assert row["diverged"] in ("not measured (preliminary)", "-"), row
 
 
@@ -282,9 +272,9 @@ def test_a_memory_prediction_far_beyond_the_measured_batches_is_an_extrapolation
 # --------------------------------------------------------------------------- 11. labels
 def test_labels_say_which_steps_and_what_the_loss_was_measured_at(cpu):
     text, _ = cpu
-    matrix = _md_table(text, "## Decision matrix")
+    matrix = md_table(text, "## Decision matrix")
     assert "measured steps" in matrix[0] and "steps" not in matrix[0]
-    assert "training steps" in _md_table(text, "## Time-to-train projections")[0]
+    assert "training steps" in md_table(text, "## Time-to-train projections")[0]
     a = next(r for r in matrix if r["option"] == "A")
     assert a["loss down %"].startswith("1.4 (preliminary, at lr 4.1e-07 (0.3% of the configured 1.5e-04")
     # no validation run: the LR line names the option's one base LR and says why it is not adjusted

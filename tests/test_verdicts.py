@@ -40,21 +40,11 @@ from hjepa_bench.record import RecordError, dumps, validate_record
 from hjepa_bench.report.summary import summary_text
 from hjepa_bench.thresholds import DEFAULTS
 
-from helpers import REPO, run_cli, tiny_config
+from helpers import REPO, TINY_OPTION, md_table, run_cli, tiny_config
 from test_runner import ToyWorkload
 
 DATA = Path(__file__).parent / "data"
 MiB = 2**20
-#: an option whose model config is the tiny test config (so the tiny runs measure it), with a window it fits
-TINY_OPTION = """options:
-  - name: T
-    title: Tiny option
-    hours: [0, 100000]
-    priority: 7
-    model: {encoder_depth: 2, predictor: {depth: 1}}
-    data: {image_size: 64, batch_size: 4, num_workers: 0}
-    training: {epochs: 2, warmup_epochs: 1}
-"""
 
 
 class LeakyProbe(Probe):
@@ -103,16 +93,6 @@ def tiny_option(tmp_path_factory):
     return p, load_options(p, include_guide=False)[0]
 
 
-def _md_table(text: str, heading: str) -> list[dict[str, str]]:
-    """The first markdown table after ``heading``, as one dict per row (header -> cell)."""
-    block, started = [], False
-    for line in text[text.index(heading):].splitlines()[1:]:
-        if line.startswith("|"):
-            block.append([c.strip() for c in line.strip().strip("|").split("|")])
-            started = True
-        elif started:
-            break
-    return [dict(zip(block[0], cells)) for cells in block[2:]]
 
 
 def _row(option, records, th=DEFAULTS):
@@ -143,9 +123,9 @@ def test_no_band_from_fewer_than_five_steps(runs, tiny_option, tmp_path):
     opts, _ = tiny_option
     out = _report(tmp_path, [runs["three"]], "--options-file", str(opts))
     text = (out / "report.md").read_text()
-    row = next(r for r in _md_table(text, "## Decision matrix") if r["option"] == "T")
+    row = next(r for r in md_table(text, "## Decision matrix") if r["option"] == "T")
     assert row["projected h [band]"].endswith("[no band (n < 5)]")
-    proj = next(r for r in _md_table(text, "## Time-to-train projections") if r["option"] == "T")
+    proj = next(r for r in md_table(text, "## Time-to-train projections") if r["option"] == "T")
     assert proj["s/step [95% band]"].endswith("[no band (n < 5)]") and proj["total h [band]"].endswith("[no band (n < 5)]")
 
 
@@ -380,7 +360,7 @@ def test_thresholds_rejudge_every_verdict_of_the_report(runs, tiny_option, tmp_p
         # the probe section, its note included (a run that slowed down significantly on a loaded machine is
         # "unstable" whatever its CV: the drift, judged with the same default thresholds at either limit)
         drifted = bool((rec["probes"]["stability"].get("degradation") or {}).get("degrading"))
-        assert [r["verdict"] for r in _md_table(text, "### Step-time stability")] == ["unstable" if drifted else verdict]
+        assert [r["verdict"] for r in md_table(text, "### Step-time stability")] == ["unstable" if drifted else verdict]
         section = text[text.index("### Step-time stability"):]
         assert f"unstable when CV >= {limit:g}%" in section.split("###")[1]
         # the matrix and the recommendation
@@ -429,8 +409,8 @@ def test_one_measured_step_reads_dash_in_the_tables(runs, tiny_option, tmp_path)
     opts, _ = tiny_option
     out = _report(tmp_path, [runs["one"]], "--options-file", str(opts))
     text = (out / "report.md").read_text()
-    assert [r["CV %"] for r in _md_table(text, "### Measured step speed")] == ["-"]
-    assert next(r for r in _md_table(text, "## Decision matrix") if r["option"] == "T")["CV %"] == "-"
+    assert [r["CV %"] for r in md_table(text, "### Measured step speed")] == ["-"]
+    assert next(r for r in md_table(text, "## Decision matrix") if r["option"] == "T")["CV %"] == "-"
     cells = [c.strip() for line in text.splitlines() if line.startswith("|") for c in line.split("|")]
     assert "nan" not in cells and "None" not in cells and not re.search(r"\bnan\b", text)
 
