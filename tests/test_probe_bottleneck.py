@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -94,7 +95,7 @@ def test_data_bound_is_checked_before_cpu_saturation():
     """Data-bound wins: a run that waits for data is told so, even when its own processes fill the CPU;
     the saturation is named as the caveat, never turned into "decrease num_workers"."""
     hot = [[99.0, 97.0, 95.0, 96.0]] * 4
-    e = analyze_bottleneck(_metrics(0.3, 0.6), "cpu", workers=8, cores=4, cpu_samples=hot, process_cpu=_tree(380.0))
+    e = analyze_bottleneck(_metrics(0.3, 0.6), "cpu", workers=2, cores=4, cpu_samples=hot, process_cpu=_tree(380.0))
     assert e["verdict"] == "data-bound" and e["cpu_saturated"] is True
     assert e["worker_advice"].startswith("increase num_workers to 6-8")
     assert "already use 95% of the 4 cores" in e["worker_advice"] and "decrease" not in e["worker_advice"]
@@ -337,6 +338,24 @@ def test_more_workers_than_cores_is_never_kept():
     e = analyze_bottleneck(_metrics(0.02, 0.3), "cpu", workers=4, cores=2, process_cpu=_tree(120.0))
     assert e["cpu_saturated"] is False and e["verdict"] != "data-bound"
     assert e["worker_advice"].startswith("use at most 2 num_workers: 4 workers on 2 CPU cores compete with the step")
+
+
+@pytest.mark.parametrize("data_share, tree_pct", [(0.6, 120.0), (0.02, 195.0), (0.6, 195.0)])
+def test_more_workers_than_cores_is_advised_the_cores_whatever_the_verdict(data_share, tree_pct):
+    """A data-bound or CPU-saturated run with more workers than cores is told "use at most <cores>":
+    never "increase" (more cannot help), never a count above the cores."""
+    e = analyze_bottleneck(_metrics(data_share, 0.3), "cpu", workers=3, cores=2, process_cpu=_tree(tree_pct))
+    advised = re.match(r"(?:use at most|decrease num_workers to) (\d+)", e["worker_advice"])
+    assert advised and int(advised.group(1)) <= 2, e["worker_advice"]
+    assert "increase" not in e["worker_advice"] and "keep" not in e["worker_advice"]
+
+
+def test_a_data_bound_run_already_at_the_cores_room_is_not_told_to_increase():
+    """4 cores, 3 workers, data-bound: the cap below 10 cores is cores - 1 = 3, so "increase to 6-8
+    (use at most 3)" would contradict itself; the advice keeps 3 and asks for a side-by-side sweep."""
+    e = analyze_bottleneck(_metrics(0.4, 0.3), "cpu", workers=3, cores=4, process_cpu=_tree(150.0))
+    assert e["verdict"] == "data-bound"
+    assert e["worker_advice"].startswith("keep num_workers at 3: data wait dominates"), e["worker_advice"]
 
 
 def _rank(q, spin: bool) -> None:

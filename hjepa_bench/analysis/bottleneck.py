@@ -48,14 +48,19 @@ includes the device sync, so host and device cannot be told apart) is
 Worker advice (the H-JEPA validation guide's "Number of Workers" and "If Training
 Slows Down"; docs/verdicts.md), first rule that holds:
 
-1. data-bound -> "increase num_workers to 6-8" (the data wait is the measured
-   fact; when the benchmark's own processes already fill the cores the advice
-   says so, since more workers then compete with the step);
+1. data-bound with no more workers than cores -> "increase num_workers to 6-8"
+   (the data wait is the measured fact; when the benchmark's own processes
+   already fill the cores the advice says so, since more workers then compete
+   with the step; below 10 cores the cap is cores - 1, and a run already at it
+   is told to keep its count and compare counts side by side);
 2. the CPU saturated *by the benchmark's own process tree* (the main process and
    its children, the DataLoader workers: their CPU time over the wall time, as a
-   share of all cores, > ``CPU_SATURATED_PCT`` = 90%) -> "decrease num_workers to 2";
-3. more workers than cores -> "use at most <cores>" (the run warns about the same fact);
-4. keep.
+   share of all cores, > ``CPU_SATURATED_PCT`` = 90%) with more than 2 workers
+   -> "decrease num_workers to 2";
+3. more workers than cores -> "use at most <cores>" (the run warns about the same
+   fact), whatever the verdict: a run that already has too many is never told
+   to keep them or to add more;
+4. saturated with 2 or fewer -> "keep num_workers at most 2"; else keep.
 
 System-wide load (``psutil.cpu_percent``, every process on the machine) is kept
 as context only ("other processes used X% of the CPU"): another job's load says
@@ -252,7 +257,7 @@ def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int,
     own = "" if own_pct is None else f"{own_pct:.0f}% of the {cores} cores"
     other = (f"; other processes used {other_pct:.0f}% of the CPU on top"
              if other_pct is not None and other_pct >= 1 else "")
-    if verdict == "data-bound":
+    if verdict == "data-bound" and workers <= cores:
         if cpu_saturated:
             room = (f"data wait dominates, but the benchmark's own processes already use {own}, so extra workers "
                     f"compete with the step: compare worker counts side by side (sweep --workers)")
@@ -261,17 +266,22 @@ def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int,
                                             else f" and the benchmark's own processes use {own}")
         if cores >= 10:
             return f"increase num_workers to {WORKERS_UP}: {room}{other}"
+        if workers >= max(1, cores - 1):  # already at the room this machine has
+            return (f"keep num_workers at {workers}: data wait dominates, but {workers} workers already fill the "
+                    f"{cores} cores' room (one core is the step's); more would compete with the step: compare "
+                    f"worker counts side by side (sweep --workers){other}")
         return (f"increase num_workers to {WORKERS_UP} (the guide's figure for a 10-core M1 Max; with {cores} "
                 f"cores use at most {max(1, cores - 1)}): {room}{other}")
+    if cpu_saturated and cores >= WORKERS_DOWN < workers:
+        return (f"decrease num_workers to {WORKERS_DOWN}: the benchmark's own processes saturate the CPU ({own}, "
+                f"> {CPU_SATURATED_PCT:.0f}%) and {workers} workers compete with the step{other}")
+    if workers > cores:  # the same fact the run warns about: more workers than cores
+        why = ("data wait dominates, but workers beyond the cores only compete with the step"
+               if verdict == "data-bound" else "data loading is not the bottleneck")
+        return f"use at most {cores} num_workers: {workers} workers on {cores} CPU cores compete with the step ({why}){other}"
     if cpu_saturated:
-        if workers > WORKERS_DOWN:
-            return (f"decrease num_workers to {WORKERS_DOWN}: the benchmark's own processes saturate the CPU ({own}, "
-                    f"> {CPU_SATURATED_PCT:.0f}%) and {workers} workers compete with the step{other}")
         return (f"the benchmark's own processes saturate the CPU ({own}, > {CPU_SATURATED_PCT:.0f}%) with {workers} "
                 f"workers; keep num_workers at most {WORKERS_DOWN}{other}")
-    if workers > cores:  # the same fact the run warns about: more workers than cores
-        return (f"use at most {cores} num_workers: {workers} workers on {cores} CPU cores compete with the step "
-                f"(data loading is not the bottleneck){other}")
     return f"keep num_workers at {workers}: data loading is not the bottleneck{other}"
 
 
