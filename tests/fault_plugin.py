@@ -29,9 +29,9 @@ import time
 import torch
 
 from hjepa_bench import hookimpl
-from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.plugins.backend_mps import MPSBackend
-from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload, PreparedHJEPA
+from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.builtin.backend_mps import MPSBackend
+from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload, PreparedHJEPA
 
 # What torch's MPS backend leaves on stderr when Metal runs out of memory inside a command buffer.
 METAL_OOM_TEXT = (b"Error: command buffer exited with error status.\n\tThe Metal Performance Shaders operations "

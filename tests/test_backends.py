@@ -14,13 +14,13 @@ import torch
 from hjepa_bench.plugin.api import PRECISIONS, Availability, Backend, MemoryReading, WallClockEvent
 from hjepa_bench.measure.env import cpu_model, environment_fingerprint
 
-PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
+PLUGINS_DIR = Path(__file__).resolve().parents[1] / "hjepa_bench" / "builtin"
 
 
 def load_plugin(name: str):
-    """``hjepa_bench.plugins.NAME`` when installed, else the file in ./plugins."""
+    """``hjepa_bench.builtin.NAME`` when installed, else the file in ./plugins."""
     try:
-        return importlib.import_module(f"hjepa_bench.plugins.{name}")
+        return importlib.import_module(f"hjepa_bench.builtin.{name}")
     except ImportError:
         pass
     mod_name = f"_hjepa_bench_test_plugins.{name}"

@@ -71,8 +71,8 @@ def no_work(monkeypatch):
     # (a command imports its work when it runs, so the work is replaced where it is defined)
     for module, name in (("hjepa_bench.measure.runner", "run_benchmark"),
                          ("hjepa_bench.measure.evaluate", "evaluate_checkpoint"),
-                         ("hjepa_bench.measure.validate", "run_validation"),
-                         ("hjepa_bench.measure.loganalysis", "analyze_log_file"),
+                         ("hjepa_bench.measure.validation_run", "run_validation"),
+                         ("hjepa_bench.measure.log_record", "analyze_log_file"),
                          ("hjepa_bench.measure.sweep", "run_in_child"),
                          ("hjepa_bench.report.benchmarks", "load_benchmark_json"),
                          ("hjepa_bench.measure.results", "load_results")):

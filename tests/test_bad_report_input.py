@@ -171,8 +171,8 @@ def test_a_backend_name_from_a_record_cannot_write_outside_the_report(tmp_path, 
 
 def test_write_report_keeps_a_machine_name_inside_the_configs_folder(tmp_path):
     """The file name itself is made safe too (a training log's device, say, is not validated)."""
-    from hjepa_bench.analysis.decision import ReportSettings
-    from hjepa_bench.report.decision import write_report
+    from hjepa_bench.analysis.report_data import ReportSettings
+    from hjepa_bench.report.markdown import write_report
 
     mine = make_record(option_values("A"), it_per_s=3.0, fingerprint="m1")
     theirs = make_record(option_values("A"), it_per_s=3.0, fingerprint="m2", backend="x/../../../../F")

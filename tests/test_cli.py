@@ -138,7 +138,7 @@ def test_devices_and_plugins_listings(capsys):
     assert not rows["mps"]["available"] and rows["mps"]["reason"]
     assert "--device auto picks:" in _in_process(capsys, "devices").stdout
     plg = _in_process(capsys, "plugins")
-    assert plg.returncode == 0 and "hjepa_bench.plugins.backend_cpu" in plg.stdout
+    assert plg.returncode == 0 and "hjepa_bench.builtin.backend_cpu" in plg.stdout
 
 
 def _subparsers():

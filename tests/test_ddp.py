@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from hjepa_bench.analysis.criteria import pick_validation_record
-from hjepa_bench.analysis.decision import ReportSettings
+from hjepa_bench.analysis.report_data import ReportSettings
 from hjepa_bench.analysis.projection import project_record
 from hjepa_bench.analysis.scaling import allreduce_share, scaling_efficiency, scaling_rows
 from hjepa_bench.measure.ddp import failure_cause, ddp_unsupported
@@ -29,7 +29,7 @@ from hjepa_bench.measure.sweep import SweepSpec
 from hjepa_bench.options import config_option
 from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.record import label, validate_record, world_size
-from hjepa_bench.report.decision import write_report
+from hjepa_bench.report.markdown import write_report
 from hjepa_bench.thresholds import DEFAULTS
 
 from helpers import REPO, TINY_FLAGS, run_cli
@@ -321,7 +321,7 @@ def test_cuda_job_binds_the_gpu_and_uses_nccl(tmp_path):
 def test_machines_compared_keeps_one_and_two_process_runs_apart():
     """The cluster example showed a 2-rank job's it/s under the one-process config: the comparison
     keyed configs without their process count, so the later record overwrote the other."""
-    from hjepa_bench.analysis.decisions import machine_comparison
+    from hjepa_bench.analysis.decision_matrix import machine_comparison
     from hjepa_bench.analysis.scaling import config_text
     from records_factory import make_record, quick_val_values
 

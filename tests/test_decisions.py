@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hjepa_bench.analysis.criteria import Facts, FAIL, NOT_MEASURED, PASS, checklist, success_criteria
-from hjepa_bench.analysis.decisions import (decide, evaluate_option, judge, recommend_batch, recommend_lr,
+from hjepa_bench.analysis.decision_matrix import (decide, evaluate_option, judge, recommend_batch, recommend_lr,
                                             recommend_warmup, recommend_workers, warmup_range)
 from hjepa_bench.analysis.projection import mean_band, project, project_record
 from hjepa_bench.options import guide_options, load_options
@@ -279,7 +279,7 @@ def test_preliminary_lr_advice_is_reported_but_not_applied():
 
 
 def test_model_speed_ratios_compare_time_per_sample_across_batches():
-    from hjepa_bench.analysis.decisions import model_speed_ratios
+    from hjepa_bench.analysis.decision_matrix import model_speed_ratios
 
     tiny = make_record(option_values("A"), it_per_s=0.2)  # b32: 6.4 samples/s
     small = make_record(option_values("B"), it_per_s=0.1)  # b24: 2.4 samples/s
@@ -298,7 +298,7 @@ def test_a_benchmarks_preliminary_loss_is_shown_but_not_judged():
 
 
 def test_a_logs_own_values_win_and_flags_fill_the_gaps():
-    from hjepa_bench.measure.loganalysis import log_values
+    from hjepa_bench.measure.log_record import log_values
 
     v = log_values({"batch_size": 32, "encoder_type": "vit_small"}, None,
                    {"data.batch_size": 64, "training.epochs": 20})

@@ -15,7 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from hjepa_bench.hjepa.masks import MaskSpec, masks_from_union, sample_batch_union
-from hjepa_bench.plugins.backend_cpu import CPUBackend
+from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.hjepa.step import HJEPAStep
 
 

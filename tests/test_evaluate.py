@@ -17,7 +17,7 @@ from hjepa_bench.analysis.evaluation import knn_accuracy, knn_predict, linear_pr
 from hjepa_bench.hjepa.training import level_features
 from hjepa_bench.measure.evaluate import (config_from_checkpoint, evaluate_checkpoint, infer_architecture, load_model,
                                           load_state_dict)
-from hjepa_bench.report.summary import render_eval_markdown
+from hjepa_bench.report.run_text import render_eval_markdown
 from hjepa_bench.hjepa.model import HJEPA
 
 from helpers import UPSTREAM_STATE_DICTS, tiny_config

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from hjepa_bench import hookimpl
-from hjepa_bench.analysis.decision import ReportSettings, build_analysis
+from hjepa_bench.analysis.report_data import ReportSettings, build_analysis
 from hjepa_bench.cli import main
 from hjepa_bench.errors import UserError
 from hjepa_bench.measure.results import config_key, read_results
@@ -20,7 +20,7 @@ from hjepa_bench.measure.sweep import SweepSpec, device_facts, run_sweep
 from hjepa_bench.plugin.api import Executor, Outcome, Place
 from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.record import machine, machine_name, records_frame
-from hjepa_bench.report.decision import render_markdown
+from hjepa_bench.report.markdown import render_markdown
 
 from records_factory import make_record, quick_val_values
 

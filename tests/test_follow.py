@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, run_cli
-from hjepa_bench.analysis.logfollow import live_status, status_line
-from hjepa_bench.analysis.logparse import LogStream, parse_log
-from hjepa_bench.analysis.logspeed import analyze_log
-from hjepa_bench.measure.logfollow import LogTail
+from hjepa_bench.analysis.log_follow import live_status, status_line
+from hjepa_bench.analysis.log_parse import LogStream, parse_log
+from hjepa_bench.analysis.log_speed import analyze_log
+from hjepa_bench.measure.log_follow import LogTail
 from test_logparse import bar, build_log
 
 TS = "2025-11-16 13:41:02"
@@ -273,7 +273,7 @@ def test_follow_ends_after_idle_and_reads_every_piece(tmp_path):
     last status counts every step of the log, written in pieces that end mid-refresh."""
     import io
 
-    from hjepa_bench.measure.logfollow import follow
+    from hjepa_bench.measure.log_follow import follow
 
     log = tmp_path / "train.log"
     log.write_text("".join(log_pieces()[:-1]))

@@ -1,7 +1,7 @@
 """The folders show the architecture: every import goes down the layer table, never up, and
 there is no import circle (docs/layout.md).
 
-The imports of every module of ``hjepa_bench/`` and ``plugins/`` are read with ``ast``
+The imports of every module of ``hjepa_bench/`` are read with ``ast``
 (function-level imports included), so a lazy import cannot hide an upward arrow.
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "hjepa_bench"
-PLUGINS = REPO / "plugins"
 
 #: The layers, bottom first.  A module may import its own layer (no circle) and the layers below it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -25,7 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hjepa", ("hjepa_bench.hjepa",)),
     ("measure", ("hjepa_bench.measure",)),
     ("report", ("hjepa_bench.report",)),
-    ("builtin plugins", ("hjepa_bench.plugins",)),
+    ("builtin plugins", ("hjepa_bench.builtin",)),
     ("commands", ("hjepa_bench.commands",)),
     ("cli", ("hjepa_bench.cli", "hjepa_bench.__main__")),
 )
@@ -33,18 +32,12 @@ CLI_MAX_LINES = 450
 
 
 def module_name(path: Path) -> str:
-    if path.is_relative_to(PLUGINS):
-        parts = ["hjepa_bench", "plugins", *path.relative_to(PLUGINS).with_suffix("").parts]
-    else:
-        parts = ["hjepa_bench", *path.relative_to(PACKAGE).with_suffix("").parts]
+    parts = ["hjepa_bench", *path.relative_to(PACKAGE).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def modules() -> dict[str, Path]:
-    files = [*PACKAGE.rglob("*.py"), *PLUGINS.rglob("*.py")]
-    # (a checkout may link plugins/ into the package as hjepa_bench/plugins: it is read once, as plugins/)
-    return {module_name(p): p for p in sorted(files)
-            if "__pycache__" not in p.parts and not (p.is_relative_to(PACKAGE / "plugins"))}
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if "__pycache__" not in p.parts}
 
 
 def layer(module: str) -> int:
@@ -130,7 +123,7 @@ def test_the_cli_is_thin():
 def test_a_known_upward_import_is_caught(tmp_path):
     """The checker itself: a core module importing the report layer is flagged."""
     assert layer("hjepa_bench.measure.runner") < layer("hjepa_bench.report.sections")
-    assert layer("hjepa_bench.analysis.decision") < layer("hjepa_bench.commands.common")
+    assert layer("hjepa_bench.analysis.report_data") < layer("hjepa_bench.commands.common")
     path = tmp_path / "m.py"
     path.write_text("from ..report.sections import render_report\n")
     found = imports("hjepa_bench.measure.m", path, {"hjepa_bench.report.sections": path})

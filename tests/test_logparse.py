@@ -15,8 +15,8 @@ import math
 import numpy as np
 import pytest
 
-from hjepa_bench.analysis.logparse import LogParseError, parse_interval, parse_log, parse_rate
-from hjepa_bench.analysis.logspeed import MIN_INTERVAL_S, STALL_FRACTION, WARMUP_FRACTION, analyze_log
+from hjepa_bench.analysis.log_parse import LogParseError, parse_interval, parse_log, parse_rate
+from hjepa_bench.analysis.log_speed import MIN_INTERVAL_S, STALL_FRACTION, WARMUP_FRACTION, analyze_log
 
 SPE = 300  # steps per epoch (the bar total)
 LOG_FREQ = 50  # upstream sets the postfix when batch_idx % log_frequency == 0
@@ -431,7 +431,7 @@ def test_unrelated_text_raises():
 def test_a_log_record_is_a_valid_result_record(result):
     """The log's record is built by record.new_record and passes the schema (a log has no data wait:
     null), with the per-interval spread of seconds per step."""
-    from hjepa_bench.measure.loganalysis import log_record, log_values
+    from hjepa_bench.measure.log_record import log_record, log_values
     from hjepa_bench.record import validate_record
 
     record = log_record(result, log_values(result["info"], None, {}), "train.log")
@@ -483,7 +483,7 @@ def test_stalls_and_startup_are_in_the_speed_criterion_and_the_projection(tmp_pa
     band of the run's real time, the steady rate is shown beside it, and the stalls are 'every 500 steps'."""
     from hjepa_bench.analysis.criteria import checklist, success_criteria
     from hjepa_bench.analysis.projection import project_record
-    from hjepa_bench.measure.loganalysis import analyze_log_file
+    from hjepa_bench.measure.log_record import analyze_log_file
     from hjepa_bench.thresholds import DEFAULTS
 
     times = periodic_stall_times(per_epoch)
@@ -520,7 +520,7 @@ def test_stalls_and_startup_are_in_the_speed_criterion_and_the_projection(tmp_pa
 def test_log_lr_advice_uses_the_logged_lr_and_says_nothing_in_warmup():
     """The bars' postfix shows the LR the run applied: a log that ends inside its warm-up epoch (1 of 1
     warm-up epochs, lr 2.6e-05 at its last emission) gets no LR advice; past warm-up, the applied LR is named."""
-    from hjepa_bench.analysis.logfacts import log_facts
+    from hjepa_bench.analysis.log_facts import log_facts
 
     in_warmup = HEADER + "\r" + "\r".join(epoch_segments(1, SPE)) + "\n"
     f = log_facts(analyze_log(parse_log(in_warmup)), in_warmup, "warm.log")

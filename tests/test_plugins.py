@@ -143,7 +143,7 @@ def test_misspelled_hook_fails_loudly():
 
 
 def test_duplicate_names_and_wrong_types_are_errors():
-    from hjepa_bench.plugins.backend_cpu import CPUBackend
+    from hjepa_bench.builtin.backend_cpu import CPUBackend
 
     @hookimpl
     def hjepa_bench_register_backends(register):
@@ -161,7 +161,7 @@ def test_a_plugin_that_registers_the_wrong_type_is_disabled_alone(capsys):
     def hjepa_bench_register_probes(register):
         register("not a probe")
 
-    from hjepa_bench.plugins.backend_cpu import CPUBackend
+    from hjepa_bench.builtin.backend_cpu import CPUBackend
 
     @hookimpl
     def hjepa_bench_register_backends(register):

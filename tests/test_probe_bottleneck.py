@@ -13,8 +13,8 @@ from hjepa_bench.analysis.bottleneck import (CPU_SATURATED_PCT, DATA_BOUND_SHARE
                                              bottleneck_verdict, cpu_summary, cpu_times_util, step_shares)
 from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.plugins import probe_bottleneck
-from hjepa_bench.plugins.backend_cpu import CPUBackend
+from hjepa_bench.builtin import probe_bottleneck
+from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.report.sections import render_report
 from hjepa_bench.measure.runner import run_benchmark
 
@@ -268,7 +268,7 @@ class _DeviceBoundStep(PreparedWorkload):
     (waits for the queued work of the previous step), then "forward_backward" queues 40 ms of device
     work and returns at once.  Host work is ~1 ms: the run is device-bound."""
 
-    syncs_in_step = True  # like the reference H-JEPA step (plugins/workload_hjepa.py)
+    syncs_in_step = True  # like the reference H-JEPA step (hjepa_bench/builtin/workload_hjepa.py)
 
     def __init__(self, device):
         self.dev = device
@@ -317,7 +317,7 @@ def test_asynchronous_device_work_is_device_time_not_the_masks_host_phase(tiny):
 
 
 def test_the_reference_hjepa_step_asks_for_the_sync_and_the_efficient_one_does_not(tiny):
-    from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+    from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 
     for variant, syncs in (("reference", True), ("efficient", False)):
         prepared = HJEPAWorkload().prepare(tiny(**{"bench.variant": variant}), CPUBackend())
@@ -360,7 +360,7 @@ def test_a_data_bound_run_already_at_the_cores_room_is_not_told_to_increase():
 
 def _rank(q, spin: bool) -> None:
     """One local rank of a fake job: rank 0 samples its own CPU share, rank 1 spins."""
-    from hjepa_bench.plugins.probe_bottleneck import _CPUSampler
+    from hjepa_bench.builtin.probe_bottleneck import _CPUSampler
 
     if spin:
         end = time.perf_counter() + 3.0

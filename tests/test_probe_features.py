@@ -14,9 +14,9 @@ from hjepa_bench.analysis.features import feature_quality
 from hjepa_bench.plugin.api import RunContext
 from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.hjepa.model import HJEPA
-from hjepa_bench.plugins import probe_features
-from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+from hjepa_bench.builtin import probe_features
+from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 from hjepa_bench.record import validate_record
 from hjepa_bench.measure.runner import run_benchmark
 from hjepa_bench.record import new_record

@@ -13,9 +13,9 @@ from hjepa_bench.format import fmt_flops
 from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
 from hjepa_bench.hjepa.inspection import count_step_flops
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.plugins.probe_flops import FlopsProbe, FlopsSection, measure_matmul_peak
-from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.builtin.probe_flops import FlopsProbe, FlopsSection, measure_matmul_peak
+from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 from hjepa_bench.measure.runner import run_benchmark
 
 
@@ -102,7 +102,7 @@ def test_matmul_peak_is_time_boxed_and_plausible():
 
 # --------------------------------------------------------------------------- real runs
 def test_probe_is_cheap_and_registers():
-    plugins = build_plugins(["hjepa_bench.plugins.probe_flops"])
+    plugins = build_plugins(["hjepa_bench.builtin.probe_flops"])
     assert plugins.probes()["flops"].cost == "cheap"
     assert "flops" in [p.name for p in plugins.select_probes(None)]
     assert "flops" in [s.name for s in plugins.report_sections()]

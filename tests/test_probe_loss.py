@@ -9,10 +9,10 @@ import pytest
 
 from hjepa_bench.analysis.loss_curve import (CRITERION_DECREASE_PCT, LR_NOISY, LR_SLOW, NOISE_THRESHOLD_PCT,
                                              analyze_loss, rolling_median)
-from hjepa_bench.plugins import probe_loss
-from hjepa_bench.plugins.backend_cpu import CPUBackend
+from hjepa_bench.builtin import probe_loss
+from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.analysis.loss_curve import measured_losses
-from hjepa_bench.plugins.probe_loss import LossProbe, LossSection
+from hjepa_bench.builtin.probe_loss import LossProbe, LossSection
 from hjepa_bench.record import validate_record
 from hjepa_bench.measure.runner import run_benchmark
 
@@ -206,7 +206,7 @@ def test_real_hjepa_run_records_the_applied_lr(tiny, warmup_epochs):
     steps of the run are all in warm-up (LR = 1e-4 * (k + 1) / 16), so the probe gives no LR advice;
     without warm-up the cosine LR of the last step is the one judged."""
     from hjepa_bench.hjepa.step import lr_at
-    from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+    from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 
     values = tiny(**{"training.warmup_epochs": warmup_epochs, "bench.warmup_steps": 1, "bench.min_steps": 6,
                      "bench.max_steps": 6})

@@ -8,8 +8,8 @@ import torch
 
 from hjepa_bench.analysis.memory import LEAK_GROWTH_FRAC, fit_memory, leak_check, memory_entry
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.plugins import probe_memory
-from hjepa_bench.plugins.backend_cpu import CPUBackend
+from hjepa_bench.builtin import probe_memory
+from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.report.sections import render_report
 from hjepa_bench.measure.runner import run_benchmark
 from test_runner import ToyWorkload
@@ -162,7 +162,7 @@ def _fake_cuda_memory(monkeypatch, *, allocated, peak, reserved, peak_reserved, 
     """torch.cuda's memory counters as a real GPU reports them: the caching allocator reserves more
     than its live tensors, and mem_get_info's used memory also holds the CUDA context."""
     from hjepa_bench.plugin.api import Availability
-    from hjepa_bench.plugins import backend_cuda
+    from hjepa_bench.builtin import backend_cuda
 
     monkeypatch.setattr(backend_cuda, "_check_availability", lambda: Availability(True))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: allocated)
@@ -238,8 +238,8 @@ def test_mps_peak_includes_the_activations_of_the_forward_pass(monkeypatch):
     what the autograd graph holds must report a peak with the activations in it, and say where it sampled."""
     from hjepa_bench.plugin.api import Availability
     from hjepa_bench.plugin.precision import probe_precision
-    from hjepa_bench.plugins import backend_mps
-    from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+    from hjepa_bench.builtin import backend_mps
+    from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 
     class MPSOnCPU(backend_mps.MPSBackend):
         def device(self):

@@ -19,12 +19,12 @@ import torch
 
 from helpers import TINY_FLAGS
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.plugins.probe_profiler import ProfilerProbe, ProfilerSection, profiled_steps
-from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.builtin.probe_profiler import ProfilerProbe, ProfilerSection, profiled_steps
+from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 from hjepa_bench.measure.runner import run_benchmark
 
-PLUGIN = "hjepa_bench.plugins.probe_profiler"
+PLUGIN = "hjepa_bench.builtin.probe_profiler"
 
 
 def _profiler_running() -> bool:

@@ -9,9 +9,9 @@ import pytest
 from hjepa_bench.stats import summarize
 from hjepa_bench.analysis.stability import (SPIKE_K, drift_text, THRESHOLD_CV_PCT, analyze_stability, spike_events,
                                             spike_period)
-from hjepa_bench.plugins import probe_stability
-from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.plugins.probe_stability import StabilityProbe, StabilitySection
+from hjepa_bench.builtin import probe_stability
+from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.builtin.probe_stability import StabilityProbe, StabilitySection
 from hjepa_bench.record import validate_record
 from hjepa_bench.measure.runner import run_benchmark
 

@@ -10,8 +10,8 @@ import torch
 
 from hjepa_bench.plugin.api import RunContext
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.plugins import probe_svd
-from hjepa_bench.plugins.backend_cpu import CPUBackend
+from hjepa_bench.builtin import probe_svd
+from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.record import new_record
 
 from helpers import tiny_config

@@ -109,7 +109,7 @@ def test_two_nodes_measure_every_config_and_the_report_compares_them(cluster, tm
     assert len({r["node"]["ray_node_id"] for r in recs}) == 2
     text = (out / "report.md").read_text()
     compared = text.split("## Machines compared", 1)[1].split("\n## ", 1)[0]
-    from hjepa_bench.analysis.decisions import one_host_overlaps
+    from hjepa_bench.analysis.decision_matrix import one_host_overlaps
 
     if one_host_overlaps(recs):  # both nodes are this one host: runs that overlapped are no machine comparison
         assert "Not compared: nodes a, b are one host" in compared and "| config" not in compared

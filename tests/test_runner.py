@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hjepa_bench.plugin.api import PreparedWorkload, Probe, StepOutput, Workload
-from hjepa_bench.plugins.backend_cpu import CPUBackend
+from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.record import dumps, validate_record
 from hjepa_bench.measure.runner import run_benchmark
 

@@ -246,7 +246,7 @@ def test_the_sweep_parent_probes_a_gpu_in_a_child(monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
     import fault_plugin
     from hjepa_bench.plugin.manager import build_plugins
-    from hjepa_bench.plugins.executor_local import LocalExecutor
+    from hjepa_bench.builtin.executor_local import LocalExecutor
 
     monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the spawned child finds the plugin module too
     plugins = build_plugins(["fault_plugin"])

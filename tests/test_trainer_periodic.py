@@ -16,7 +16,7 @@ from hjepa_bench.analysis.selfcheck import self_check
 from hjepa_bench.analysis.periodic import LoggingPlan, periodic_counts
 from hjepa_bench.hjepa.periodic import collapse_metrics
 from hjepa_bench.measure.env import environment_fingerprint
-from hjepa_bench.measure.validate import WARMUP_STEPS, ValidationSettings, run_validation, validation_record
+from hjepa_bench.measure.validation_run import WARMUP_STEPS, ValidationSettings, run_validation, validation_record
 from hjepa_bench.options import config_option
 from hjepa_bench.plugin.manager import build_plugins
 
@@ -182,7 +182,7 @@ def test_validation_option_projects_the_run_it_ran(logged):
     rec = validation_record(result, environment_fingerprint(build_plugins().backends()["cpu"]))
     v = dict(result["config"])
     opt = config_option(v, "V", "this validation run", dataset_size=result["train_size"], val_size=result["val_size"])
-    from hjepa_bench.analysis.decisions import evaluate_option
+    from hjepa_bench.analysis.decision_matrix import evaluate_option
     from hjepa_bench.thresholds import DEFAULTS
     row = evaluate_option(opt, [rec], DEFAULTS)[0]
     assert result["train_size"] == SPE * 4 and result["val_size"] == 2 * 4

@@ -1,4 +1,4 @@
-"""The validation run (hjepa_bench.measure.validate): a real, tiny training run on the CPU and its artifacts."""
+"""The validation run (hjepa_bench.measure.validation_run): a real, tiny training run on the CPU and its artifacts."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from hjepa_bench.errors import UserError
 from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.hjepa.model import HJEPA
 from hjepa_bench.hjepa.step import HJEPAStep, lr_at
-from hjepa_bench.measure.validate import ValidationSettings, run_validation
+from hjepa_bench.measure.validation_run import ValidationSettings, run_validation
 
 SPE = 3  # steps per epoch (capped)
 
@@ -232,7 +232,7 @@ def test_user_error_propagates(tmp_path, cpu):
 
 
 def test_the_validation_record_is_a_valid_result_record(ok_run):
-    from hjepa_bench.measure.validate import validation_record
+    from hjepa_bench.measure.validation_run import validation_record
     from hjepa_bench.record import validate_record
 
     result = ok_run[0]
@@ -245,10 +245,10 @@ def test_the_validation_record_carries_the_full_stability_analysis(tmp_path, cpu
     """A real run of 2 x 8 steps: the record's stability entry is the stability probe's full analysis
     of its per-step times (spikes, their period, drift), which the report's stability section and the
     speed-variance criterion then read; not a bare CV."""
-    from hjepa_bench.analysis.decisions import step_cv_pct
+    from hjepa_bench.analysis.decision_matrix import step_cv_pct
     from hjepa_bench.analysis.stability import analyze_stability
-    from hjepa_bench.measure.validate import WARMUP_STEPS, validation_record
-    from hjepa_bench.plugins.probe_stability import StabilitySection
+    from hjepa_bench.measure.validation_run import WARMUP_STEPS, validation_record
+    from hjepa_bench.builtin.probe_stability import StabilitySection
     from hjepa_bench.record import validate_record
 
     result = run_validation(_values(), cpu, _settings(tmp_path, max_steps_per_epoch=8, feature_n=16,

@@ -19,25 +19,25 @@ from scipy import stats as sps
 
 from hjepa_bench.analysis.criteria import (FAIL, NOT_MEASURED, PASS, checklist, fact_verdicts, facts_from_records, is_backend_error,
                                            success_criteria)
-from hjepa_bench.analysis.decision import ReportSettings, build_analysis
-from hjepa_bench.analysis.decisions import decide, evaluate_option, judge, recommend_warmup, recommend_workers
+from hjepa_bench.analysis.report_data import ReportSettings, build_analysis
+from hjepa_bench.analysis.decision_matrix import decide, evaluate_option, judge, recommend_warmup, recommend_workers
 from hjepa_bench.analysis.memory import leak_check
 from hjepa_bench.analysis.projection import measured_step_times, seconds_per_step
 from hjepa_bench.analysis.verdicts import rejudge_record, rejudge_records
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.runner import run_benchmark
-from hjepa_bench.measure.validate import ValidationSettings, run_validation, validation_facts, validation_record
+from hjepa_bench.measure.validation_run import ValidationSettings, run_validation, validation_facts, validation_record
 from hjepa_bench.options import guide_options, load_options
 from hjepa_bench.plugin.api import Probe
-from hjepa_bench.plugins.backend_cpu import CPUBackend
-from hjepa_bench.plugins.probe_bottleneck import BottleneckProbe
-from hjepa_bench.plugins.probe_features import FeaturesProbe
-from hjepa_bench.plugins.probe_loss import LossProbe
-from hjepa_bench.plugins.probe_memory import MemoryProbe
-from hjepa_bench.plugins.probe_stability import StabilityProbe
-from hjepa_bench.plugins.workload_hjepa import HJEPAWorkload
+from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.builtin.probe_bottleneck import BottleneckProbe
+from hjepa_bench.builtin.probe_features import FeaturesProbe
+from hjepa_bench.builtin.probe_loss import LossProbe
+from hjepa_bench.builtin.probe_memory import MemoryProbe
+from hjepa_bench.builtin.probe_stability import StabilityProbe
+from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 from hjepa_bench.record import RecordError, dumps, validate_record
-from hjepa_bench.report.summary import summary_text
+from hjepa_bench.report.run_text import summary_text
 from hjepa_bench.thresholds import DEFAULTS
 
 from helpers import REPO, TINY_OPTION, md_table, run_cli, tiny_config
@@ -452,7 +452,7 @@ def test_a_bad_raw_number_is_a_skipped_line_not_a_traceback(runs, tmp_path, prob
 
 def test_validation_table_prints_a_dash_for_what_was_not_measured():
     """A validation epoch without a data-wait reading, or a feature row without RankMe, is "-", not 0."""
-    from hjepa_bench.report.summary import validation_section
+    from hjepa_bench.report.run_text import validation_section
 
     text = validation_section({
         "epochs": [{"epoch": 1, "steps": 3, "elapsed_s": 1.0, "it_per_s": 3.0, "lr_end": 1e-4, "data_wait_frac": None}],
@@ -493,7 +493,7 @@ def test_measured_worker_counts_overrule_the_probes_cpu_saturation_advice():
 
 def test_loss_table_does_not_repeat_the_lr_trigger_its_advice_already_says():
     from hjepa_bench.analysis.loss_curve import lr_advice
-    from hjepa_bench.plugins.probe_loss import LossSection
+    from hjepa_bench.builtin.probe_loss import LossSection
 
     warm = lr_advice(False, "decreasing", 0.5, 5.0, 1e-4, applied_lr=1e-6, in_warmup=True)
     cell = LossSection().row({"lr_advice": warm})["lr advice (preliminary)"]

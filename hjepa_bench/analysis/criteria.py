@@ -505,7 +505,7 @@ def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: 
     same_device = [x for x in records if machine(x) == machine(r)]  # a cluster node is its own machine
     f.crashed = False  # a sweep runs benchmarks: no validation run to crash
     _benchmark_failures(f, [x for x in same_device if x.get("status") in CRASH_STATUSES])
-    from .decisions import step_cv_pct
+    from .decision_matrix import step_cv_pct
 
     f.it_per_s = finite(m.get("it_per_s"))
     f.step_cv_pct = step_cv_pct(r)

@@ -1,6 +1,6 @@
 """FLOPs, measured matmul peak and MFU: pure functions (numbers in, dicts out).
 
-The ``flops`` probe (``plugins/probe_flops.py``) drives the device; everything
+The ``flops`` probe (``hjepa_bench/builtin/probe_flops.py``) drives the device; everything
 that only does arithmetic on what it measured lives here so it can be tested
 without a device.
 

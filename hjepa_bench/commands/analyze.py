@@ -57,8 +57,8 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
 
 def _follow(args: argparse.Namespace) -> int:
     """Follow the log until it ends, then write what ``analyze --log`` writes for it."""
-    from ..analysis.logparse import LogParseError
-    from ..measure.logfollow import follow
+    from ..analysis.log_parse import LogParseError
+    from ..measure.log_follow import follow
 
     input_file(args.follow, "log file", LOG_MAX_BYTES)
     try:
@@ -75,13 +75,13 @@ def _follow(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from ..analysis.decision import build_analysis
-    from ..measure.loganalysis import analyze_log_file
+    from ..analysis.report_data import build_analysis
+    from ..measure.log_record import analyze_log_file
     from ..options import config_option
     from ..record import write_json
     from ..report.charts import log_charts
-    from ..report.decision import write_report
-    from ..report.summary import log_section, verdict_lines
+    from ..report.markdown import write_report
+    from ..report.run_text import log_section, verdict_lines
 
     log = analyze_log_file(args.log, args.config, config_overrides(args), args.dataset_size)
     flag_of = {key: "--" + dest.replace("_", "-") for dest, key in CONFIG_FLAGS.items()}

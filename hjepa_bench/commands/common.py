@@ -11,7 +11,7 @@ from ..config import DEFAULTS, PRECISIONS, VARIANTS, default_workers, ResolvedCo
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..analysis.decision import ReportSettings
+    from ..analysis.report_data import ReportSettings
 
 # Only light modules are imported at the top of a command module: the parser of every command is
 # built on each start, so ``hjepa-bench --help`` must not import torch, timm, pandas or matplotlib
@@ -231,7 +231,7 @@ def fill_dataset_sizes(values: dict[str, Any]) -> None:
 def report_settings(args: argparse.Namespace, *, options_file: str | None = None,
                     title: str = "hjepa-bench report") -> ReportSettings:
     """Thresholds, options and budget for a decision report, from the common flags."""
-    from ..analysis.decision import ReportSettings
+    from ..analysis.report_data import ReportSettings
     from ..options import load_options
     from ..thresholds import load_thresholds
 

@@ -44,7 +44,7 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..measure.evaluate import evaluate_checkpoint
     from ..plugin.manager import select_backend
     from ..record import write_json
-    from ..report.summary import render_eval_markdown
+    from ..report.run_text import render_eval_markdown
 
     if args.out:
         output_path(args.out, "--out", folder=True)

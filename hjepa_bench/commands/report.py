@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
 def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..measure.results import load_results
     from ..options import own_config_options
-    from ..report.decision import write_report
+    from ..report.markdown import write_report
 
     dirs = [Path(d) for d in args.dirs]
     for d in dirs:

@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..plugin.manager import probe_names, select_backend
     from ..record import write_json
     from ..report.sections import render_report
-    from ..report.summary import summary_text
+    from ..report.run_text import summary_text
     from ..measure.quiet import report_library_output
     from ..analysis.projection import own_config_line, own_config_projection
 

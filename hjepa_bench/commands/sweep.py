@@ -79,8 +79,8 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..measure.results import load_results
     from ..measure.sweep import (SweepSpec, install_sigterm_handler, resume_command, run_sweep,
                                  selected_options)
-    from ..report.decision import write_report
-    from ..report.summary import sweep_table, verdict_lines
+    from ..report.markdown import write_report
+    from ..report.run_text import sweep_table, verdict_lines
     from ..analysis.projection import own_config_line
     from ..options import own_config_options
 
@@ -129,7 +129,7 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     measured_new = summary["ran"] > 0 and (not spec.retry or summary["counts"].get("ok", 0) > 0)
     kept = report.exists() and not measured_new
     if kept:
-        from ..analysis.decision import build_analysis
+        from ..analysis.report_data import build_analysis
 
         analysis = build_analysis(records, settings)
     else:

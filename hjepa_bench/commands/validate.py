@@ -46,11 +46,11 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..analysis.selfcheck import self_check_lines
     from ..analysis.verdicts import rejudge_record
     from ..measure.env import environment_fingerprint
-    from ..measure.validate import ValidationSettings, run_validation, validation_facts, validation_record
+    from ..measure.validation_run import ValidationSettings, run_validation, validation_facts, validation_record
     from ..options import config_option
     from ..plugin.manager import select_backend
-    from ..report.decision import write_report
-    from ..report.summary import validation_section, verdict_lines
+    from ..report.markdown import write_report
+    from ..report.run_text import validation_section, verdict_lines
 
     output_path(args.out, "--out", folder=True)
     rc = load_config(args, flags=FLAGS)

@@ -2,13 +2,13 @@
 
 Plugins come from, in order:
 
-1. the ``hjepa_bench`` entry-point group - the built-ins (installed as
-   ``hjepa_bench.plugins.*`` by this package; pyproject.toml's entry points are
-   the one list of them) and any third-party package;
-   ``HJEPA_BENCH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only this package's own;
-2. modules named in ``HJEPA_BENCH_PLUGINS`` (comma separated) or with
+1. the built-ins, :data:`BUILTIN_PLUGINS` (``hjepa_bench.builtin.*``: one list in
+   code, so an install can never lack one);
+2. the ``hjepa_bench`` entry-point group: third-party packages
+   (``HJEPA_BENCH_DISABLE_PLUGIN_AUTOLOAD=1`` skips them);
+3. modules named in ``HJEPA_BENCH_PLUGINS`` (comma separated) or with
    ``hjepa-bench -p MODULE``;
-3. ``HJEPA_BENCH_DISABLE_PLUGINS=name,...`` (or ``-p no:NAME``) blocks plugins by
+4. ``HJEPA_BENCH_DISABLE_PLUGINS=name,...`` (or ``-p no:NAME``) blocks plugins by
    entry-point or module name.
 
 After loading, ``check_pending`` makes a misspelled hook an error.  The rest of
@@ -36,6 +36,17 @@ ENV_PLUGINS = "HJEPA_BENCH_PLUGINS"
 ENV_DISABLE = "HJEPA_BENCH_DISABLE_PLUGINS"
 #: what ``--device auto`` tries, in order
 AUTO_ORDER = ("cuda", "mps", "cpu")
+
+#: the built-in plugins, (name, module), in the order they register
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = tuple((name, f"hjepa_bench.builtin.{module}") for name, module in (
+    ("cpu", "backend_cpu"), ("cuda", "backend_cuda"), ("mps", "backend_mps"),
+    ("hjepa", "workload_hjepa"),
+    ("summary", "section_summary"), ("scaling", "section_scaling"),
+    ("stability", "probe_stability"), ("loss", "probe_loss"), ("bottleneck", "probe_bottleneck"),
+    ("memory", "probe_memory"), ("features", "probe_features"), ("svd", "probe_svd"), ("flops", "probe_flops"),
+    ("profiler", "probe_profiler"), ("epoch_costs", "probe_epoch_costs"),
+    ("local", "executor_local"), ("ray", "executor_ray"),
+))
 
 T = TypeVar("T")
 
@@ -257,18 +268,17 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
         except PLUGIN_FAILURES as exc:
             raise UserError(f"cannot load plugin module {module} ({what}): {type(exc).__name__}: {exc}.") from None
 
+    for name, module in BUILTIN_PLUGINS:
+        if name not in blocked and module not in blocked:
+            register(load(module, "built-in"), name, module, "builtin")
     for ep, dist, version in _entry_points():
-        own = _normalise(dist) == DIST_NAME
-        if not own and not autoload:
-            continue
-        if ep.name in blocked:
-            continue
-        origin = "builtin" if own else f"entry point of {dist} {version}"
+        if _normalise(dist) == DIST_NAME or not autoload or ep.name in blocked:
+            continue  # (an older install of this package listed its built-ins as entry points)
         try:
             plugin = ep.load()
         except PLUGIN_FAILURES as exc:
             raise UserError(f"cannot load plugin {ep.name} ({ep.value}, from {dist}): {type(exc).__name__}: {exc}.") from None
-        register(plugin, ep.name, ep.value, origin)
+        register(plugin, ep.name, ep.value, f"entry point of {dist} {version}")
     for module in modules:
         register(load(module, "requested"), module, module, f"{ENV_PLUGINS} / -p")
     for name, plugin in objects:

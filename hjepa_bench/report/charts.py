@@ -626,7 +626,7 @@ def render_charts(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[C
 
 # --------------------------------------------------------------------------- training logs
 def log_charts(result: Mapping[str, Any], out_dir: Path) -> list[Chart]:
-    """Charts of an analysed upstream training log (``hjepa_bench.analysis.logspeed.analyze_log``):
+    """Charts of an analysed upstream training log (``hjepa_bench.analysis.log_speed.analyze_log``):
     the loss from the distinct postfix values with its smoothed line, and per-epoch speed
     from the bars' counters next to tqdm's smoothed rate."""
     out_dir = Path(out_dir)

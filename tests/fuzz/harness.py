@@ -63,11 +63,11 @@ ENGINE_ENTRY_POINTS: dict[str, tuple[str, str]] = {
     # sweep: after planning (every grid point resolved) and reading results.jsonl to resume
     "sweep": ("hjepa_bench.measure.sweep", "run_in_child"),
     # validate: after setup() built the data sets, loaders and model
-    "validate": ("hjepa_bench.measure.validate", "_ValidationRun.train"),
+    "validate": ("hjepa_bench.measure.validation_run", "_ValidationRun.train"),
     # eval: after the checkpoint, config and model are loaded and the data sets are built
     "eval": ("hjepa_bench.measure.evaluate", "_extract"),
 }
-REPO_MARKERS = ("hjepa_bench/", "plugins/")  # frames of the tool itself, for the crash site
+REPO_MARKERS = ("hjepa_bench/",)  # frames of the tool itself, for the crash site
 #: what a plugin module written by a case imports (the plugin API)
 PLUGIN_API_IMPORTS = "from hjepa_bench import Probe, ReportSection, hookimpl\n"
 

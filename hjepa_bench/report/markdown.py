@@ -1,7 +1,7 @@
 """The full report: decision matrix, projections, recommendations, success criteria,
 checklist, lessons learned, charts, reference baselines and the plugins' sections.
 
-``write_report`` takes the analysis (:func:`hjepa_bench.analysis.decision.build_analysis`) and
+``write_report`` takes the analysis (:func:`hjepa_bench.analysis.report_data.build_analysis`) and
 renders it to ``report.md`` with tabulate tables, writes the charts
 (:mod:`hjepa_bench.report.charts`) into ``charts/`` and one ready-to-run upstream-format
 YAML per option into ``configs/``, all next to the report and linked with
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 from tabulate import tabulate
 
 from ..analysis.criteria import FAIL, NOT_MEASURED, PASS, Facts
-from ..analysis.decision import ReportSettings, apply_worker_advice, build_analysis
+from ..analysis.report_data import ReportSettings, apply_worker_advice, build_analysis
 from ..analysis.projection import PERIODIC_COLUMNS, MIN_STEPS_BAND
 from ..analysis.verdicts import rejudge_records
 from ..format import fmt_finite

@@ -1,4 +1,4 @@
-"""Speed and loss of an upstream training log, from what :func:`hjepa_bench.analysis.logparse.parse_log`
+"""Speed and loss of an upstream training log, from what :func:`hjepa_bench.analysis.log_parse.parse_log`
 read (pure: a ParsedLog in, a JSON-ready dict out).  Every number in the result comes from the log; a fact
 the log does not hold is None, never guessed.  The rules (the constants below, copied into
 ``analyze_log(...)["rules"]``) are described in ``docs/logformat.md``, "Analysis rules".
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..format import finite
-from .logparse import BarPoint, ParsedLog
+from .log_parse import BarPoint, ParsedLog
 from .stability import PERIOD_AGREE_FRAC, PERIOD_TOL_FRAC, regular_period
 from .loss_curve import (DIVERGE_RISE_PCT, FLAT_BAND_PCT, MIN_POINTS_NOISE, MIN_WINDOW, NOISE_THRESHOLD_PCT,
                          rolling_median)

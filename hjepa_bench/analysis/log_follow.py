@@ -1,5 +1,5 @@
 """Where a training run stands while its log is still being written (pure: an
-:func:`~hjepa_bench.analysis.logspeed.analyze_log` result in, a JSON-ready dict out).
+:func:`~hjepa_bench.analysis.log_speed.analyze_log` result in, a JSON-ready dict out).
 
 ``hjepa-bench analyze --follow`` calls :func:`live_status` on what the log holds so far.  Every
 number comes from the log:
@@ -35,7 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..format import finite, fmt_duration, fmt_finite
-from .logspeed import steady_interval_rates
+from .log_speed import steady_interval_rates
 from .loss_curve import DIVERGE_RISE_PCT
 from .projection import seconds_per_step
 from .stability import DEGRADATION_MIN_CHANGE_PCT, DEGRADATION_P, MIN_STEPS_TREND, degradation_fit

@@ -4,12 +4,12 @@
 are decoded incrementally (a UTF-8 character split between two reads is kept whole), a file
 replaced at the same path (rotation: another inode) is read from its start once the old one is
 drained, and a file that got shorter (truncated in place) is read again from its start.
-:class:`~hjepa_bench.analysis.logparse.LogStream` parses the complete segments (a bar refresh
+:class:`~hjepa_bench.analysis.log_parse.LogStream` parses the complete segments (a bar refresh
 ended by a carriage return, a line ended by a line end) and holds the unfinished rest.
 
 :func:`follow` polls the file, and at most every ``interval`` seconds analyses what it holds
-(:func:`~hjepa_bench.analysis.logspeed.analyze_log`,
-:func:`~hjepa_bench.analysis.logfollow.live_status`): one status line (rewritten in place on a
+(:func:`~hjepa_bench.analysis.log_speed.analyze_log`,
+:func:`~hjepa_bench.analysis.log_follow.live_status`): one status line (rewritten in place on a
 terminal; printed when it changed otherwise) and a one-line warning the first time each of the
 guide's flags appears.  It ends at the trainer's completion line, after ``stop_after_idle``
 seconds without new output, or at Ctrl-C, and says why; the caller then writes the report
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from ..analysis.logfacts import ERROR_RE
-from ..analysis.logfollow import live_status, status_line
-from ..analysis.logparse import LogParseError, LogStream, is_completion
-from ..analysis.logspeed import analyze_log
+from ..analysis.log_facts import ERROR_RE
+from ..analysis.log_follow import live_status, status_line
+from ..analysis.log_parse import LogParseError, LogStream, is_completion
+from ..analysis.log_speed import analyze_log
 from ..errors import UserError
 
 #: bytes read from the file at most per poll (a huge backlog is read over several polls)

@@ -2,7 +2,7 @@
 
 ``build_analysis`` judges the records against the options (decision matrix, projections,
 recommendations), the success criteria, the checklist and the lessons learned;
-:mod:`hjepa_bench.report.decision` renders it.  ``hjepa-bench sweep``, ``report``,
+:mod:`hjepa_bench.report.markdown` renders it.  ``hjepa-bench sweep``, ``report``,
 ``analyze`` and ``validate`` all come through here.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..record import machine, node_label, short_model_name, world_size
 from ..thresholds import DEFAULTS, Thresholds
 from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pick_validation_record, status_counts,
                        success_criteria)
-from .decisions import (decide, efficient_savings, evaluate_option, judge, machine_comparison, model_speed_ratios,
+from .decision_matrix import (decide, efficient_savings, evaluate_option, judge, machine_comparison, model_speed_ratios,
                         recommend_batch, recommend_lr, recommend_warmup, recommend_workers, run_name)
 from .memory import fit_memory
 from .verdicts import rejudge_records

@@ -1,8 +1,8 @@
 """``hjepa-bench analyze``: an upstream training log -> the same criteria, projections and
 report as a sweep.
 
-:mod:`hjepa_bench.analysis.logparse` reads the log, :mod:`~hjepa_bench.analysis.logspeed`
-measures it and :mod:`~hjepa_bench.analysis.logfacts` turns it into the criteria's facts (all
+:mod:`hjepa_bench.analysis.log_parse` reads the log, :mod:`~hjepa_bench.analysis.log_speed`
+measures it and :mod:`~hjepa_bench.analysis.log_facts` turns it into the criteria's facts (all
 pure).  This module reads the file and builds
 
 * a *log record*: a result record whose config is the log's own (values it prints,
@@ -22,9 +22,9 @@ from typing import Any, Mapping
 
 from ..format import finite
 from ..analysis.criteria import Facts
-from ..analysis.logfacts import log_facts
-from ..analysis.logparse import LogParseError, parse_log
-from ..analysis.logspeed import analyze_log, steady_interval_rates
+from ..analysis.log_facts import log_facts
+from ..analysis.log_parse import LogParseError, parse_log
+from ..analysis.log_speed import analyze_log, steady_interval_rates
 from ..config import resolve_config, resolve_model_name, resolve_precision
 from ..errors import LOG_MAX_BYTES, UserError, read_bytes
 from ..record import new_record
@@ -143,7 +143,7 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
 @dataclass
 class LogAnalysis:
     """A training log read and judged (``hjepa-bench analyze``): its text, the parsed analysis
-    (:func:`~hjepa_bench.analysis.logspeed.analyze_log`), the run's config, its record and its facts."""
+    (:func:`~hjepa_bench.analysis.log_speed.analyze_log`), the run's config, its record and its facts."""
 
     path: str
     text: str

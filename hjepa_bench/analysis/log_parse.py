@@ -2,7 +2,7 @@
 
 ``parse_log`` reads the logging lines, the printed configuration, the tqdm bars (training and
 validation, joined by carriage returns) and the epoch summaries, and says where parsing stopped;
-:mod:`hjepa_bench.analysis.logspeed` computes speed and loss from what it read.  The accepted format,
+:mod:`hjepa_bench.analysis.log_speed` computes speed and loss from what it read.  The accepted format,
 where parsing stops and the errors are described in ``docs/logformat.md``.
 """
 from __future__ import annotations
