@@ -15,8 +15,8 @@ The commands (one module each in :mod:`hjepa_bench.commands`):
 * ``devices``: which backends are available here, and why not;
 * ``plugins``: loaded plugins, where they came from, and their hooks.
 
-Every command takes ``-p MODULE`` (``-p no:NAME`` disables a plugin).  Bad input ends with one
-sentence on stderr and exit code 2.
+Every command takes ``-p MODULE`` (``-p no:NAME`` disables a plugin); a plugin may add flags of its
+own (``hjepa_bench_add_options``).  Bad input ends with one sentence on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from typing import Sequence
 from . import __version__
 from .commands import COMMANDS
 from .errors import UserError
-from .plugin.manager import build_plugins
+from .commands.common import list_flag
+from .plugin.manager import add_plugin_options, build_plugins
 from .measure.quiet import restore_all
 
 
@@ -37,22 +38,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help).\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hjepa-bench", description="Measure the real H-JEPA training step on this machine.")
-    parser.add_argument("--version", action="version", version=f"hjepa-bench {__version__}")
+def _add_plugin_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="MODULE",
                         help="load a plugin module (repeatable); -p no:NAME disables a plugin")
+
+
+def plugin_args(argv: Sequence[str]) -> list[str]:
+    """The ``-p`` values of a command line (before its command), read before the parser is built:
+    the plugins they load may add flags."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_plugin_flag(pre)
+    return pre.parse_known_args(list(argv))[0].plugins
+
+
+def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Every command's parser, with the flags plugins add (``plugins``: the ``-p`` values)."""
+    parser = _Parser(prog="hjepa-bench", description="Measure the real H-JEPA training step on this machine.")
+    parser.add_argument("--version", action="version", version=f"hjepa-bench {__version__}")
+    _add_plugin_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         command.add_parser(sub)
+    add_plugin_options(sub.choices, plugins, list_flag)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the resume hint
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        args = build_parser(plugin_args(argv)).parse_args(argv)
+        args.argv = argv  # as typed, for the resume hint
         plugins = build_plugins(args.plugins)
         return int(args.func(args, plugins) or 0)
     except UserError as exc:

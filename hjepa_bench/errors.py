@@ -50,6 +50,20 @@ class UserError(Exception):
         self.exit_code = exit_code
 
 
+def first_line(exc: BaseException | str, limit: int | None = None) -> str:
+    """The first line of an exception's message (or of a text), stripped, cut to ``limit``
+    characters; "" when it says nothing."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    return text if limit is None else text[:limit]
+
+
+def error_line(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: first line`` of an exception (the line cut to ``limit`` characters; just ``Type``
+    when its message is empty): how a record or a report names a failure in one line."""
+    return f"{type(exc).__name__}: {first_line(exc, limit)}".rstrip(": ").rstrip()
+
+
 # --------------------------------------------------------------------------- reading
 def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -140,7 +141,64 @@ def test_executor_flags_are_checked_before_anything_runs(argv, message, tmp_path
 def test_the_builtin_executors_are_plugins_like_any_other():
     infos = {i.name: i for i in build_plugins([]).describe()}
     assert infos["local"].provides == {"executors": ["local"]} and infos["local"].origin == "builtin"
-    assert infos["ray"].provides == {"executors": ["ray"]} and infos["ray"].hooks == ["hjepa_bench_register_executors"]
+    assert infos["ray"].provides == {"executors": ["ray"]}
+    assert infos["ray"].hooks == ["hjepa_bench_add_options", "hjepa_bench_register_executors"]  # its own flags
+
+
+GREETER_PLUGIN = textwrap.dedent('''
+    """An executor plugin with a flag of its own: places() hands the value back through an error."""
+    from hjepa_bench import hookimpl
+    from hjepa_bench.errors import UserError
+    from hjepa_bench.plugin.api import EXECUTOR_GROUP, Executor
+
+
+    class Greeter(Executor):
+        name = "greeter"
+        options = ("greeting",)
+
+        def places(self, devices, backends, plugin_args, options):
+            raise UserError(f"greeter got {options!r}.")
+
+        def run(self, places, queue):
+            pass
+
+
+    @hookimpl
+    def hjepa_bench_register_executors(register):
+        register(Greeter())
+
+
+    @hookimpl
+    def hjepa_bench_add_options(parser):
+        if parser.command == "sweep":
+            parser.group(EXECUTOR_GROUP).add_argument("--greeting", type=parser.list_type(), help="greeter: words")
+''')
+
+
+@pytest.fixture
+def greeter(tmp_path, monkeypatch):
+    (tmp_path / "greeter_plugin.py").write_text(GREETER_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return ["sweep", "--device", "cpu", "--options", "none", "--out", str(tmp_path / "x")]
+
+
+def test_a_plugin_adds_its_own_flag_and_its_executor_receives_the_value(greeter, capsys):
+    assert main(["-p", "greeter_plugin", *greeter, "--executor", "greeter", "--greeting", "hi,there"]) == 2
+    assert capsys.readouterr().err.strip() == "hjepa-bench: error: greeter got {'greeting': ['hi', 'there']}."
+    # another executor refuses it, and the greeter refuses ray's flags
+    assert main(["-p", "greeter_plugin", *greeter, "--greeting", "hi"]) == 2
+    assert capsys.readouterr().err.strip() == ("hjepa-bench: error: --greeting is not an option of the local "
+                                               "executor (it takes: none).")
+    assert main(["-p", "greeter_plugin", *greeter, "--executor", "greeter", "--ray-nodes", "a"]) == 2
+    assert capsys.readouterr().err.strip() == ("hjepa-bench: error: --ray-nodes is not an option of the greeter "
+                                               "executor (it takes: --greeting).")
+    with pytest.raises(SystemExit):
+        main(["-p", "greeter_plugin", "sweep", "--help"])
+    shown = capsys.readouterr().out
+    assert "--greeting GREETING" in shown and "greeter: words" in shown
+    with pytest.raises(SystemExit):  # without the plugin the flag does not exist
+        main([*greeter, "--greeting", "hi"])
+    assert "unrecognized arguments: --greeting hi" in capsys.readouterr().err
 
 
 @pytest.mark.slow

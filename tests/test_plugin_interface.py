@@ -4,29 +4,47 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from hjepa_bench.plugin import hookspecs
-from hjepa_bench.plugin.manager import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, build_plugins
+from hjepa_bench.plugin.manager import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, OPTION_BUILTINS, build_plugins
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if n.startswith("hjepa_bench_") and inspect.isfunction(f))
 
 
 def test_the_hooks_are_found():
-    assert HOOKS == ["hjepa_bench_register_backends", "hjepa_bench_register_executors", "hjepa_bench_register_probes",
-                     "hjepa_bench_register_report_sections", "hjepa_bench_register_workloads"]
+    assert HOOKS == ["hjepa_bench_add_options", "hjepa_bench_register_backends", "hjepa_bench_register_executors",
+                     "hjepa_bench_register_probes", "hjepa_bench_register_report_sections",
+                     "hjepa_bench_register_workloads"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hook_is_documented(hook):
     doc = inspect.getdoc(getattr(hookspecs, hook)) or ""
     assert len(doc.split()) >= 5, f"{hook} has no docstring that says what it receives and returns"
-    assert list(inspect.signature(getattr(hookspecs, hook)).parameters) == ["register"]
+    params = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+    if hook.startswith("hjepa_bench_register_"):
+        assert params == ["register"]
     guide = (REPO / "docs" / "plugins.md").read_text()
-    assert f"`{hook}(register)`" in guide, f"the plugin guide (docs/plugins.md) does not list {hook}"
+    call = f"`{hook}({', '.join(params)})`"
+    assert call in guide, f"the plugin guide (docs/plugins.md) does not list {call}"
+
+
+def test_the_builtins_that_add_flags_are_listed_and_light():
+    """The parser loads only OPTION_BUILTINS: every built-in with hjepa_bench_add_options is one, and
+    none imports torch (every command's --help imports them)."""
+    plugins = build_plugins(env={"HJEPA_BENCH_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    with_flags = [i.name for i in plugins.describe() if "hjepa_bench_add_options" in i.hooks and i.origin == "builtin"]
+    assert with_flags == list(OPTION_BUILTINS)
+    modules = [m for n, m in BUILTIN_PLUGINS if n in OPTION_BUILTINS]
+    code = f"import sys; [__import__(m) for m in {modules!r}]; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          check=True).stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -142,6 +142,24 @@ def test_misspelled_hook_fails_loudly():
         build_plugins(objects=[("typo2", _module(hjepa_bench_register_probe=hjepa_bench_register_probe))])
 
 
+def test_a_probe_with_an_unknown_cost_is_refused_at_registration():
+    from hjepa_bench.plugin.api import Probe
+
+    class Pricey(Probe):
+        name = "pricey"
+        cost = "expensive"
+
+    @hookimpl
+    def hjepa_bench_register_probes(register):
+        register(Pricey())
+
+    plugins = build_plugins(objects=[("pricey_plugin", _module(hjepa_bench_register_probes=hjepa_bench_register_probes))])
+    with pytest.raises(UserError) as err:
+        plugins.probes()
+    assert str(err.value) == ("probe 'pricey' of plugin pricey_plugin has cost 'expensive'; a probe's cost is "
+                              "'cheap' or 'costly'.")
+
+
 def test_duplicate_names_and_wrong_types_are_errors():
     from hjepa_bench.builtin.backend_cpu import CPUBackend
 

@@ -38,8 +38,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from hjepa_bench.errors import UserError
-from hjepa_bench.plugin.api import Availability, Backend, DeviceFacts, Executor, Job, JobQueue, Outcome, Place
+from hjepa_bench.errors import UserError, error_line
+from hjepa_bench.plugin.api import (EXECUTOR_GROUP, Availability, Backend, DeviceFacts, Executor, Job, JobQueue, Outcome,
+                                    Place)
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.plugin.manager import auto_order
 
@@ -78,9 +79,7 @@ def _offers(resources: Mapping[str, float], device: str) -> bool:
 def _one_line(exc: BaseException) -> str:
     """``Type: first line`` of a Ray exception (a task's own exception when it raised one)."""
     cause = getattr(exc, "cause", None)
-    shown = cause if isinstance(cause, BaseException) else exc
-    text = next((line.strip() for line in str(shown).splitlines() if line.strip()), "")
-    return f"{type(shown).__name__}: {text}"[:300].rstrip(": ")
+    return error_line(cause if isinstance(cause, BaseException) else exc)[:300]
 
 
 def status_for(exc: BaseException, cancelled_by_driver: bool) -> tuple[str, bool]:
@@ -145,7 +144,7 @@ class _Running:
 class RayExecutor(Executor):
     name = "ray"
     description = "each config a Ray task in a fresh worker process, on every node of a Ray cluster"
-    options = ("address", "nodes")
+    options = ("address", "ray_nodes")  # the dests of the flags hjepa_bench_add_options adds
 
     def __init__(self) -> None:
         self._nodes: dict[str, _Node] = {}
@@ -166,7 +165,7 @@ class RayExecutor(Executor):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        nodes = self._list_nodes(options.get("nodes"))
+        nodes = self._list_nodes(options.get("ray_nodes"))
         wanted: dict[str, list[str]] = {n.label: [] for n in nodes}
         for name in devices:
             offered_by = 0
@@ -405,30 +404,42 @@ def _check_listening(address: str) -> None:
                         "default).")
 
 
-#: Kills what the driver started if the driver dies (SIGKILL): Ray's agents would run on; then removes
-#: the cluster's temporary folder.
-_WATCHDOG = """
-import os, shutil, sys, time
-import psutil
-driver, temp_dir, me, seen = int(sys.argv[1]), sys.argv[2], os.getpid(), {}
-while os.getppid() == driver:
-    try:
-        for p in psutil.Process(driver).children(recursive=True):
-            if p.pid != me:
-                seen[p.pid] = p.create_time()
-    except psutil.Error:
-        pass
-    time.sleep(1.0)
-for pid, created in seen.items():
-    try:
-        p = psutil.Process(pid)
-        if p.create_time() == created:
-            p.kill()
-    except psutil.Error:
-        pass
-time.sleep(1.0)
-shutil.rmtree(temp_dir, ignore_errors=True)
-"""
+def watchdog_main(driver: int, temp_dir: str) -> None:
+    """The clean-up process of a local cluster: while ``driver`` (the sweep) is its parent, note the
+    processes it started (Ray's agents); once the driver is gone (SIGKILLed), kill those still running
+    and remove the cluster's temporary folder.  Ray would leave its agents running otherwise."""
+    import shutil
+
+    import psutil
+
+    from hjepa_bench.measure.parent_watch import watch_parent
+
+    me, seen = os.getpid(), {}
+
+    def note_children() -> None:
+        try:
+            for p in psutil.Process(driver).children(recursive=True):
+                if p.pid != me:
+                    seen[p.pid] = p.create_time()
+        except psutil.Error:
+            pass
+
+    def clean_up() -> None:
+        for pid, created in seen.items():
+            try:
+                p = psutil.Process(pid)
+                if p.create_time() == created:
+                    p.kill()
+            except psutil.Error:
+                pass
+        time.sleep(1.0)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+    watch_parent(driver, clean_up, interval_s=1.0, while_alive=note_children)
+
+
+#: the watchdog process's program: it runs :func:`watchdog_main` (importing hjepa_bench, never torch)
+_WATCHDOG = "import sys; from hjepa_bench.builtin.executor_ray import watchdog_main; watchdog_main(int(sys.argv[1]), sys.argv[2])"
 
 
 def _start_watchdog(temp_dir: str) -> subprocess.Popen:
@@ -439,3 +450,16 @@ def _start_watchdog(temp_dir: str) -> subprocess.Popen:
 @hookimpl
 def hjepa_bench_register_executors(register):
     register(RayExecutor())
+
+
+@hookimpl
+def hjepa_bench_add_options(parser):
+    """``sweep --address`` and ``--ray-nodes``, beside ``--executor``."""
+    if parser.command != "sweep":
+        return
+    where = parser.group(EXECUTOR_GROUP)
+    where.add_argument("--address", metavar="HOST:PORT",
+                       help="ray: the head of the cluster (default $RAY_ADDRESS, else a new local one-node cluster)")
+    where.add_argument("--ray-nodes", metavar="LABELS", type=parser.list_type(),
+                       help="ray: only these nodes, by label (a node's hjepa_node:NAME resource, else its hostname; "
+                            "default every alive node)")

@@ -47,7 +47,7 @@ from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
 from hjepa_bench.measure.epoch_costs import (CHECKPOINT_REPEATS, STARTUP_REPEATS, VAL_REPEATS, _steady_wait,
                                              first_batch, measure_checkpoint, measure_epoch_costs,
                                              measure_val_step)
-from hjepa_bench.plugin.api import Probe, RunContext
+from hjepa_bench.plugin.api import Probe, RunContext, Trainer
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.report.sections import ProbeTable
 
@@ -127,8 +127,7 @@ class EpochCostsProbe(Probe):
         t_start = time.perf_counter()
         work = ctx.workload
         loader, trainer = work.loader, work.trainer
-        needed = ("model", "optimizer", "loss", "make_masks", "autocast")
-        if loader is None or trainer is None or not all(hasattr(trainer, a) for a in needed):
+        if loader is None or not isinstance(trainer, Trainer):
             return {"measured": False,
                     "reason": (f"the workload ({type(work).__name__}) exposes no DataLoader (.loader) and H-JEPA "
                                "trainer (.trainer with model, optimizer, loss, make_masks, autocast) to measure "

@@ -9,15 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_SWEEP_OUT
 from ..errors import UserError, output_path
+from ..plugin.api import EXECUTOR_GROUP
 from .common import (add_data_args, add_decision_args, add_measuring_args, add_probe_args, config_flag,
                      fill_dataset_sizes, list_flag, positive_number, report_settings)
 
 if TYPE_CHECKING:
+    from ..plugin.api import Executor
     from ..plugin.manager import Plugins
-
-
-#: executor option -> the sweep flag that sets it
-EXECUTOR_FLAGS = {"address": "--address", "nodes": "--ray-nodes"}
 
 
 def add_parser(sub: Any) -> None:
@@ -60,15 +58,10 @@ def add_parser(sub: Any) -> None:
                     help="decision-matrix options whose model config is also measured at 224 px: A,B,C, all "
                          "(default) or none")
     add_decision_args(sw)
-    ex = sw.add_argument_group("where the configs run")
+    ex = sw.add_argument_group(EXECUTOR_GROUP)  # an executor's plugin adds its own flags here
     ex.add_argument("--executor", default="local", metavar="NAME",
                     help="local (default: one config at a time in a child process on this machine), ray (each "
                          "config a Ray task, on every node of a Ray cluster), or one a plugin registers")
-    ex.add_argument("--address", metavar="HOST:PORT",
-                    help="ray: the head of the cluster (default $RAY_ADDRESS, else a new local one-node cluster)")
-    ex.add_argument("--ray-nodes", metavar="LABELS", type=list_flag(),
-                    help="ray: only these nodes, by label (a node's hjepa_node:NAME resource, else its hostname; "
-                         "default every alive node)")
     sw.add_argument("--progress", choices=["bar", "quiet", "jsonl"], default="bar",
                     help="bar (default), quiet, or jsonl (one JSON event per line on stdout)")
     sw.add_argument("-q", "--quiet", action="store_true", help="same as --progress quiet")
@@ -89,11 +82,7 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     spec = SweepSpec.from_flags(args)
     plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
     executor = plugins.executor(args.executor)
-    options = {"address": args.address, "nodes": args.ray_nodes}
-    for option, value in options.items():
-        if value is not None and option not in executor.options:
-            raise UserError(f"{EXECUTOR_FLAGS[option]} is not an option of the {executor.name} executor "
-                            f"(it takes: {', '.join(EXECUTOR_FLAGS[o] for o in executor.options if o in EXECUTOR_FLAGS) or 'none'}).")
+    options = executor_options(args, executor, plugins)
     settings = report_settings(args, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
     if spec.data == "cifar10" and spec.data_path and spec.dataset_size is None:
         sizes = {"data": {}, "bench": {"data": "cifar10", "data_path": spec.data_path, "dataset_size": None,
@@ -209,6 +198,18 @@ def more_time_lines(records: list[dict[str, Any]], argv: list[str]) -> list[str]
         lines.append(f"{len(timed_out)} config(s) timed out (benchmark); run them again in place with:\n"
                      f"  {with_flags(argv, flags)}")
     return lines
+
+
+def executor_options(args: argparse.Namespace, executor: Executor, plugins: Plugins) -> dict[str, Any]:
+    """The values of ``executor``'s own flags (``Executor.options``: dests of flags its plugin added);
+    a flag of another executor given is a UserError."""
+    flags: dict[str, str] = getattr(args, "plugin_flags", None) or {}
+    of_executors = {o for e in plugins.executors().values() for o in e.options if o in flags}
+    for dest in sorted(of_executors, key=list(flags).index):
+        if getattr(args, dest, None) is not None and dest not in executor.options:
+            takes = ", ".join(flags[o] for o in executor.options if o in flags) or "none"
+            raise UserError(f"{flags[dest]} is not an option of the {executor.name} executor (it takes: {takes}).")
+    return {dest: getattr(args, dest, None) for dest in executor.options}
 
 
 class SweepProgress:

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..plugin.api import Backend, Trainer
 from ..analysis.periodic import COLLAPSE_ROWS, KINDS, LoggingPlan, has_empty_cache
 
 #: timed repeats of each periodic measurement (median)
@@ -148,7 +149,7 @@ def _timed(fn: Any, sync: Any, repeats: int) -> list[float]:
     return out
 
 
-def measure_periodic(trainer: Any, backend: Any, images: torch.Tensor, masks: Any, plan: LoggingPlan,
+def measure_periodic(trainer: Trainer, backend: Backend, images: torch.Tensor, masks: Any, plan: LoggingPlan,
                      repeats: int = REPEATS) -> dict[str, Any]:
     """Time each kind of the trainer's periodic work once per call, on the run's model and device.
 

@@ -37,11 +37,12 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import error_line
+from .parent_watch import start_parent_watch
 from .runner import RunHooks
 
 JOB_ENV = "HJEPA_BENCH_DDP_JOB"
@@ -62,16 +63,7 @@ def rank_file(rank: int) -> str:
 
 def _watch_parent(expected_env: str, on_orphan: Any) -> None:
     given = os.environ.get(expected_env, "")
-    parent = int(given) if given.isdigit() else os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                on_orphan()
-                return
-
-    threading.Thread(target=watch, daemon=True, name="hjepa-bench-parent-watch").start()
+    start_parent_watch(int(given) if given.isdigit() else os.getppid(), on_orphan)
 
 
 # --------------------------------------------------------------------------- the agent
@@ -203,9 +195,7 @@ def _error_record(values: Mapping[str, Any], env: Mapping[str, Any], warnings: l
     from ..record import new_record
 
     record = new_record(values, env, warnings)
-    text = str(exc).strip()
-    record["error"] = text if isinstance(exc, UserError) else \
-        f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    record["error"] = str(exc).strip() if isinstance(exc, UserError) else error_line(exc)
     return record
 
 

@@ -29,6 +29,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from ..errors import error_line
+from ..plugin.api import Trainer
 from ..hjepa.masks import to_device
 from ..analysis.periodic import LoggingPlan
 from ..hjepa.periodic import measure_periodic
@@ -38,11 +40,6 @@ VAL_REPEATS = 3
 CHECKPOINT_REPEATS = 2
 #: a DataLoader timeout for the probe's own iterators, so a dead worker cannot hang the run
 LOADER_TIMEOUT_S = 120.0
-
-
-def _error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ").rstrip()
 
 
 def _median(xs: Iterable[float]) -> float | None:
@@ -104,7 +101,7 @@ def _split_batch(batch: Any, variant: str) -> tuple[torch.Tensor, Any]:
     return batch[0], None
 
 
-def measure_val_step(trainer: Any, backend: Any, batch: Any, variant: str,
+def measure_val_step(trainer: Trainer, backend: Any, batch: Any, variant: str,
                      repeats: int = VAL_REPEATS) -> dict[str, Any]:
     images_host, masks_host = _split_batch(batch, variant)
     device = getattr(trainer, "device", None) or backend.device()
@@ -159,7 +156,7 @@ def _make_parent(path: str) -> list[str]:
     return created
 
 
-def measure_checkpoint(trainer: Any, parent: str | None, repeats: int = CHECKPOINT_REPEATS) -> dict[str, Any]:
+def measure_checkpoint(trainer: Trainer, parent: str | None, repeats: int = CHECKPOINT_REPEATS) -> dict[str, Any]:
     from ..hjepa.training import checkpoint_state, save_checkpoint  # (training only: timm, torchvision)
 
     created = _make_parent(parent) if parent else []
@@ -216,7 +213,7 @@ def measure_model_build(config: Mapping[str, Any], device: Any) -> float:
     return elapsed
 
 
-def measure_epoch_costs(trainer: Any, loader: Any, backend: Any, config: Mapping[str, Any], *,
+def measure_epoch_costs(trainer: Trainer, loader: Any, backend: Any, config: Mapping[str, Any], *,
                         artifacts_dir: str | None, steady_wait: float | None,
                         build_model: bool = True) -> dict[str, Any]:
     """Every measurement above on ``trainer`` / ``loader`` (the run's own), as one probe entry."""
@@ -260,7 +257,7 @@ def measure_epoch_costs(trainer: Any, loader: Any, backend: Any, config: Mapping
             "startup_extra_s": None if steady_wait is None or startup is None else max(0.0, startup - steady_wait),
         })
     except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
-        errors["worker_startup_s"] = _error(exc)
+        errors["worker_startup_s"] = error_line(exc, 200)
 
     # 2. validation forward
     try:
@@ -268,13 +265,13 @@ def measure_epoch_costs(trainer: Any, loader: Any, backend: Any, config: Mapping
             batch, _ = first_batch(loader)
         entry.update(measure_val_step(trainer, backend, batch, variant))
     except Exception as exc:  # noqa: BLE001
-        errors["val_step_s"] = _error(exc)
+        errors["val_step_s"] = error_line(exc, 200)
 
     # 3. checkpoint
     try:
         entry.update(measure_checkpoint(trainer, artifacts_dir))
     except Exception as exc:  # noqa: BLE001
-        errors["checkpoint_save_s"] = _error(exc)
+        errors["checkpoint_save_s"] = error_line(exc, 200)
 
     # 4. the trainer's periodic work
     try:
@@ -284,7 +281,7 @@ def measure_epoch_costs(trainer: Any, loader: Any, backend: Any, config: Mapping
         masks = trainer.make_masks(images.shape[0]) if masks_host is None else masks_host.to(device)
         entry["periodic"] = measure_periodic(trainer, backend, images, masks, LoggingPlan.from_config(config))
     except Exception as exc:  # noqa: BLE001
-        errors["periodic"] = _error(exc)
+        errors["periodic"] = error_line(exc, 200)
     batch = None
 
     # 5. model build
@@ -292,7 +289,7 @@ def measure_epoch_costs(trainer: Any, loader: Any, backend: Any, config: Mapping
         try:
             entry["model_build_s"] = measure_model_build(config, getattr(trainer, "device", None) or backend.device())
         except Exception as exc:  # noqa: BLE001
-            errors["model_build_s"] = _error(exc)
+            errors["model_build_s"] = error_line(exc, 200)
     entry["errors"] = errors
     return entry
 

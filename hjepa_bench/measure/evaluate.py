@@ -63,7 +63,7 @@ from ..analysis.evaluation import (KNN_K, KNN_PROTOCOL, KNN_TEMPERATURE, LINEAR_
 from ..analysis.features import feature_quality
 from ..config import MODELS, PATCH_SIZE, resolve_config
 from ..hjepa.data import build_dataset, build_eval_transform
-from ..errors import UserError, input_file
+from ..errors import UserError, first_line, input_file
 from ..hjepa.model import HJEPA
 from ..hjepa.training import level_features
 
@@ -84,8 +84,9 @@ _UPSTREAM_LAYOUT = "context_encoder.vit.*, target_encoder.vit.*, predictor.*, hi
 
 # --------------------------------------------------------------------------- loading
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0].strip().rstrip(".") if text else type(exc).__name__
+    """The exception's first line without its full stop (its type when it says nothing): a
+    sentence of ours goes on after it."""
+    return first_line(exc).rstrip(".") or type(exc).__name__
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -35,7 +35,7 @@ from .. import stats
 from ..analysis import policy
 from ..analysis.bottleneck import device_lag_split
 from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
-from ..errors import PLUGIN_FAILURES, UserError
+from ..errors import PLUGIN_FAILURES, UserError, error_line
 from ..record import dumps, new_record, validate_probe_entry
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -442,7 +442,7 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
         record["status"], record["error"] = "diverged", str(exc)
     except PLUGIN_FAILURES as exc:  # every failure becomes a status (a plugin's sys.exit too)
         record["status"] = "oom" if backend.is_oom(exc) else "error"
-        record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        record["error"] = error_line(exc)
     finally:
         try:
             if loop is not None:

@@ -31,7 +31,6 @@ import multiprocessing as mp
 import os
 import signal
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,6 +42,7 @@ from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
 from . import child_stderr
+from .parent_watch import start_parent_watch
 from ..analysis import policy
 from .runner import RunHooks
 from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
@@ -466,20 +466,12 @@ def _option_point(opt: Any, device: str, common: dict[str, Any], place: Place, i
 
 
 # --------------------------------------------------------------------------- the child
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the parent is gone (e.g. SIGKILLed), instead of running on as an orphan."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent_pid:
-            os._exit(3)
-
-
 def _child_main(payload: dict[str, Any], result_path: str, parent_pid: int) -> None:
     """Runs in the spawned child: measure one config, write its record to ``result_path``; its stderr
     (file descriptor 2: what the device runtime prints too) goes to ``payload["stderr_path"]`` if given."""
     if payload.get("stderr_path"):
         child_stderr.capture(payload["stderr_path"])
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    start_parent_watch(parent_pid, lambda: os._exit(3))  # the parent is gone: no orphan runs on
     # A spawned child inherits "spawn" as its default start method; DataLoader workers
     # must start the way they do in a normal run on this platform (fork on Linux).
     if payload.get("start_method"):

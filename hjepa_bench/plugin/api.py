@@ -10,8 +10,10 @@ Units: seconds (``*_s``), bytes (``*_bytes``), fractions in [0, 1] (``*_frac``).
 from __future__ import annotations
 
 import abc
+import argparse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import (TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Literal, Mapping, Protocol,
+                    Sequence, get_args, runtime_checkable)
 
 from ..errors import UserError
 
@@ -257,6 +259,22 @@ class StepOutput:
     lr_in_warmup: bool | None = None  # True while the LR schedule is still in its warm-up
 
 
+@runtime_checkable
+class Trainer(Protocol):
+    """What the probes use of a workload's trainer (``PreparedWorkload.trainer``), as
+    :class:`hjepa_bench.hjepa.step.HJEPAStep` has it.  Optional, read when present: ``device``,
+    ``precision``, ``variant``, ``scaler``, ``keep_features`` and ``last_features``."""
+
+    model: Any  # the torch.nn.Module trained
+    optimizer: Any  # its torch.optim.Optimizer
+
+    def loss(self, images: Any, masks: Any) -> Any: ...
+
+    def make_masks(self, batch_size: int) -> Any: ...
+
+    def autocast(self) -> ContextManager[Any]: ...
+
+
 class PreparedWorkload(abc.ABC):
     """A workload built for one config on one device, ready to step."""
 
@@ -279,9 +297,8 @@ class PreparedWorkload(abc.ABC):
     # measures worker start-up on the loader, a validation forward and a checkpoint on the trainer).
     #: the training ``torch.utils.data.DataLoader`` the batches come from
     loader: Any = None
-    #: the trainer: an object like :class:`hjepa_bench.hjepa.step.HJEPAStep`, with ``model``,
-    #: ``optimizer``, ``scaler``, ``loss(images, masks)``, ``make_masks(batch_size)``, ``autocast()``
-    trainer: Any = None
+    #: the trainer (:class:`Trainer`: an object like :class:`hjepa_bench.hjepa.step.HJEPAStep`)
+    trainer: Trainer | None = None
 
     @abc.abstractmethod
     def batches(self) -> Iterator[Any]:
@@ -328,6 +345,11 @@ class Workload(abc.ABC):
 
 
 # --------------------------------------------------------------------------- probes
+#: a probe's ``cost``: cheap probes run by default, costly ones only when chosen
+ProbeCost = Literal["cheap", "costly"]
+PROBE_COSTS: tuple[str, ...] = get_args(ProbeCost)
+
+
 @dataclass
 class RunContext:
     """What a probe sees of a run.  ``artifacts_dir`` is a folder for files a
@@ -388,7 +410,7 @@ class Probe:
     """
 
     name: str = ""
-    cost: str = "cheap"
+    cost: ProbeCost = "cheap"
     description: str = ""
     extra_steps: int = 0
     headline: tuple[str, ...] = ()
@@ -506,9 +528,10 @@ class Executor(Checked, abc.ABC):
     (``ray``), or whatever a plugin adds.  The sweep keeps the results file, resume, skip-done,
     skip-after-OOM and the statuses; an executor only places configs and reports how each ended.
 
-    ``options`` names the ``hjepa-bench sweep`` flags the executor takes (``address`` for
-    ``--address``, ``nodes`` for ``--ray-nodes``); another one given is a user error.
-    ``places(devices, backends, plugin_args, options)`` connects and lists where configs run, with
+    ``options`` names the flags of ``hjepa-bench sweep`` the executor takes, by their ``dest``: flags its
+    plugin adds itself (``hjepa_bench_add_options``; ray: ``address`` for ``--address``, ``ray_nodes``
+    for ``--ray-nodes``); another executor's flag given is a user error.
+    ``places(devices, backends, plugin_args, options)`` (``options``: dest -> the value given) connects and lists where configs run, with
     each place's facts for the requested devices (names or ``auto``), taken there; a device that no
     place offers is a :class:`hjepa_bench.errors.UserError`.
     ``run(places, queue)`` pulls jobs from ``queue`` for each free place (one config per place at a
@@ -531,3 +554,49 @@ class Executor(Checked, abc.ABC):
 
     def close(self) -> None:
         pass
+
+
+# --------------------------------------------------------------------------- command-line flags
+#: the title of ``hjepa-bench sweep``'s group of executor flags (``CommandFlags.group``)
+EXECUTOR_GROUP = "where the configs run"
+
+
+class CommandFlags:
+    """What ``hjepa_bench_add_options`` receives: the parser of one command (``command``).
+
+    ``add_argument(...)`` adds a flag to the command (:meth:`argparse.ArgumentParser.add_argument`);
+    ``group(title)`` is the command's argument group of that title (a new one when it has none), to
+    put a flag beside related ones.  The value given lands in the parsed arguments under the flag's
+    ``dest`` (an executor names its flags' dests in ``Executor.options`` and gets their values in
+    ``places(..., options)``).  ``list_type(kind=str)`` is the commands' flag type of a comma-separated
+    list.  ``added`` maps each dest a plugin added to its first option string.
+    """
+
+    def __init__(self, command: str, parser: argparse.ArgumentParser,
+                 list_type: Callable[..., Callable[[str], list[Any]]]):
+        self.command = command
+        self.list_type = list_type
+        self._parser = parser
+        self.added: dict[str, str] = {}
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        return self._record(self._parser.add_argument(*names, **kwargs))
+
+    def group(self, title: str) -> "FlagGroup":
+        found = next((g for g in self._parser._action_groups if g.title == title), None)
+        return FlagGroup(self, found if found is not None else self._parser.add_argument_group(title))
+
+    def _record(self, action: argparse.Action) -> argparse.Action:
+        if action.option_strings:
+            self.added[action.dest] = action.option_strings[0]
+        return action
+
+
+class FlagGroup:
+    """An argument group of a command (:meth:`CommandFlags.group`): ``add_argument`` as the parser's."""
+
+    def __init__(self, flags: CommandFlags, group: Any):
+        self._flags, self._group = flags, group
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        return self._flags._record(self._group.add_argument(*names, **kwargs))

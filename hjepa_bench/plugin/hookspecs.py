@@ -5,10 +5,11 @@ decorated with ``@hjepa_bench.hookimpl``.  It is found through the
 ``hjepa_bench`` entry-point group (the built-ins use the same group), through
 ``HJEPA_BENCH_PLUGINS=module[,module]``, or ``hjepa-bench -p module``.
 
-Every hook here is a *registration* hook: it receives a ``register`` callback
-and calls it once per object it provides, so one plugin can add several
+Every ``hjepa_bench_register_*`` hook is a *registration* hook: it receives a ``register``
+callback and calls it once per object it provides, so one plugin can add several
 backends, probes, workloads, report sections or executors.  All implementations are
 called (none is ``firstresult``); a name registered twice is an error.
+``hjepa_bench_add_options`` adds a plugin's own command-line flags.
 
 Functions whose names start with ``hjepa_bench_`` but match no hook below are
 an error at load time (a misspelled hook never silently does nothing).
@@ -19,7 +20,7 @@ from typing import Callable
 
 import pluggy
 
-from .api import Backend, Executor, Probe, ReportSection, Workload
+from .api import Backend, CommandFlags, Executor, Probe, ReportSection, Workload
 
 PROJECT = "hjepa_bench"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -67,4 +68,17 @@ def hjepa_bench_register_executors(register: Callable[[Executor], None]) -> None
     The built-ins are ``local`` (each config in a child process on this machine, the default) and
     ``ray`` (each config a Ray task on every node of a cluster).  An executor whose engine is not
     installed is still registered; it reports why through ``availability()``.
+    """
+
+
+@hookspec
+def hjepa_bench_add_options(parser: CommandFlags) -> None:
+    """Add the plugin's own command-line flags to a command (:class:`hjepa_bench.plugin.api.CommandFlags`).
+
+    Called once per command (``parser.command``: ``sweep``, ``run``, ...) while the command line is
+    built, before anything is registered; add flags with ``parser.add_argument(...)`` or
+    ``parser.group(title).add_argument(...)``.  The values given reach the plugin in the parsed
+    arguments (an executor's flags: ``Executor.options`` names their dests, ``places`` gets their
+    values).  A built-in that implements it is listed in ``manager.OPTION_BUILTINS`` and imports
+    nothing heavy (no torch): every command's ``--help`` imports it.
     """

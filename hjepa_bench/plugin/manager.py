@@ -11,23 +11,29 @@ Plugins come from, in order:
 4. ``HJEPA_BENCH_DISABLE_PLUGINS=name,...`` (or ``-p no:NAME``) blocks plugins by
    entry-point or module name.
 
-After loading, ``check_pending`` makes a misspelled hook an error.  The rest of
+After loading, ``check_pending`` makes a misspelled hook an error.
+
+The command line is built before the plugins are loaded for the command: :func:`add_plugin_options`
+loads only the built-ins in :data:`OPTION_BUILTINS` (light modules: no torch) and the third-party
+and requested plugins, and lets each add its flags (``hjepa_bench_add_options``).  The rest of
 the code talks to :class:`Plugins`, never to ``pm.hook`` directly.
 """
 from __future__ import annotations
 
+import argparse
+import functools
 import importlib
 import importlib.metadata as md
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import pluggy
 
 from . import hookspecs
-from .api import Backend, Executor, Probe, ReportSection, Workload
-from ..errors import PLUGIN_FAILURES, UserError
+from .api import PROBE_COSTS, Backend, CommandFlags, Executor, Probe, ReportSection, Workload
+from ..errors import PLUGIN_FAILURES, UserError, first_line
 
 ENTRY_POINT_GROUP = "hjepa_bench"
 DIST_NAME = "hjepa-bench"
@@ -47,6 +53,9 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = tuple((name, f"hjepa_bench.builti
     ("profiler", "probe_profiler"), ("epoch_costs", "probe_epoch_costs"),
     ("local", "executor_local"), ("ray", "executor_ray"),
 ))
+#: the built-ins that add command-line flags (``hjepa_bench_add_options``): the only ones imported to
+#: build the parser, so each imports nothing heavy (tests/test_plugin_interface.py checks both)
+OPTION_BUILTINS: tuple[str, ...] = ("ray",)
 
 T = TypeVar("T")
 
@@ -112,9 +121,11 @@ class Plugins:
                             raise TypeError(f"it registered a {kind.__name__} without a name")
                 except PLUGIN_FAILURES as exc:  # one broken plugin must not break every command
                     failed.setdefault(impl.plugin_name, f"{hook_name.removeprefix('hjepa_bench_')}: "
-                                                        f"{type(exc).__name__}: {_first_line(exc)}")
+                                                        f"{type(exc).__name__}: {first_line(exc, 300)}")
                     continue
                 got[hook_name].extend((impl.plugin_name, obj) for obj in mine)
+                for obj in mine:
+                    _check_cost(obj, impl.plugin_name)
         for info in self.infos:
             if info.name in failed:
                 info.error = failed[info.name]
@@ -186,6 +197,22 @@ class Plugins:
             raise UserError(f"executor {name} is not available: {why.reason.rstrip('.')}.")
         return executor
 
+    def add_options(self, parsers: Mapping[str, argparse.ArgumentParser],
+                    list_type: Callable[..., Callable[[str], list[Any]]]) -> None:
+        """Every plugin's ``hjepa_bench_add_options`` on each command's parser (``parsers``: command ->
+        parser), in registration order; the flags each command got from plugins become its default
+        ``plugin_flags`` (dest -> flag).  A plugin whose flags cannot be added is a UserError."""
+        impls = list(reversed(self.pm.hook.hjepa_bench_add_options.get_hookimpls()))
+        for command, parser in parsers.items():
+            flags = CommandFlags(command, parser, list_type)
+            for impl in impls:
+                try:
+                    impl.function(parser=flags)
+                except (*PLUGIN_FAILURES, argparse.ArgumentError) as exc:
+                    raise UserError(f"plugin {impl.plugin_name} cannot add its flags to {command}: "
+                                    f"{type(exc).__name__}: {first_line(exc, 300)}.") from None
+            parser.set_defaults(plugin_flags=flags.added)
+
     def describe(self) -> list[PluginInfo]:
         """Loaded plugins with their hooks, the objects each one registered, and why a plugin
         is disabled (``error``)."""
@@ -199,9 +226,11 @@ class Plugins:
         return self.infos
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else ""
+def _check_cost(obj: Any, plugin: str) -> None:
+    """A probe's ``cost`` is one of ``PROBE_COSTS``; another is a UserError."""
+    if isinstance(obj, Probe) and obj.cost not in PROBE_COSTS:
+        raise UserError(f"probe {obj.name!r} of plugin {plugin} has cost {obj.cost!r}; a probe's cost is "
+                        f"{' or '.join(repr(c) for c in PROBE_COSTS)}.")
 
 
 def _registered(found: Mapping[str, T], name: str, kind: str) -> T:
@@ -215,8 +244,10 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def _entry_points() -> list[tuple[md.EntryPoint, str, str]]:
-    """(entry point, distribution name, version), deduplicated."""
+@functools.lru_cache(maxsize=None)
+def _entry_points() -> tuple[tuple[md.EntryPoint, str, str], ...]:
+    """(entry point, distribution name, version), deduplicated (read once per process: the parser
+    and the command both load plugins)."""
     out, seen = [], set()
     for dist in md.distributions():
         try:
@@ -229,7 +260,7 @@ def _entry_points() -> list[tuple[md.EntryPoint, str, str]]:
                 continue
             seen.add((ep.name, ep.value))
             out.append((ep, name, dist.version))
-    return out
+    return tuple(out)
 
 
 def _normalise(name: str) -> str:
@@ -237,10 +268,10 @@ def _normalise(name: str) -> str:
 
 
 def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any]] = (),
-                  env: dict[str, str] | None = None) -> Plugins:
-    """Build the manager: entry points, then ``HJEPA_BENCH_PLUGINS`` and ``extra``
-    module names (``no:NAME`` blocks a plugin), then ``objects`` (name, plugin)
-    registered directly (for tests and embedding)."""
+                  env: dict[str, str] | None = None, builtins: Iterable[str] | None = None) -> Plugins:
+    """Build the manager: the built-ins (only those named in ``builtins`` when given), entry points,
+    then ``HJEPA_BENCH_PLUGINS`` and ``extra`` module names (``no:NAME`` blocks a plugin), then
+    ``objects`` (name, plugin) registered directly (for tests and embedding)."""
     env = dict(os.environ if env is None else env)
     extra = list(extra)
     blocked = set(_split(env.get(ENV_DISABLE))) | {e[3:] for e in extra if e.startswith("no:")}
@@ -268,8 +299,9 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
         except PLUGIN_FAILURES as exc:
             raise UserError(f"cannot load plugin module {module} ({what}): {type(exc).__name__}: {exc}.") from None
 
+    wanted = None if builtins is None else set(builtins)
     for name, module in BUILTIN_PLUGINS:
-        if name not in blocked and module not in blocked:
+        if name not in blocked and module not in blocked and (wanted is None or name in wanted):
             register(load(module, "built-in"), name, module, "builtin")
     for ep, dist, version in _entry_points():
         if _normalise(dist) == DIST_NAME or not autoload or ep.name in blocked:
@@ -288,6 +320,15 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
     except pluggy.PluginValidationError as exc:
         raise UserError(f"a plugin implements a hook that does not exist (misspelled?): {exc}.") from None
     return Plugins(pm, infos)
+
+
+def add_plugin_options(parsers: Mapping[str, argparse.ArgumentParser], extra: Iterable[str],
+                       list_type: Callable[..., Callable[[str], list[Any]]],
+                       env: dict[str, str] | None = None) -> None:
+    """The plugins' own flags on each command's parser (:meth:`Plugins.add_options`), from the
+    built-ins in :data:`OPTION_BUILTINS` and every third-party or requested plugin (``extra``: the
+    ``-p`` values)."""
+    build_plugins(extra, env=env, builtins=OPTION_BUILTINS).add_options(parsers, list_type)
 
 
 def auto_order(names: Iterable[str]) -> list[str]:

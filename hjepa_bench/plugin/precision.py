@@ -9,6 +9,8 @@ import warnings
 
 import torch
 
+from ..errors import error_line
+
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -40,9 +42,7 @@ def probe_precision(device_type: str, precision: str) -> str:
         if not finite:
             return f"backward under {device_type} {precision} gave a non-finite gradient."
     except Exception as exc:  # noqa: BLE001 - the reason is the answer
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else ""
-        return f"{precision} matmul+backward failed on {device_type}: {type(exc).__name__}: {first}"
+        return f"{precision} matmul+backward failed on {device_type}: {error_line(exc)}"
     return ""
 
 

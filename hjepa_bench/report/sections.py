@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from ..errors import PLUGIN_FAILURES
+from ..errors import PLUGIN_FAILURES, first_line
 from ..plugin.api import ReportSection
 from ..record import probe, record_label
 
@@ -24,16 +24,11 @@ def render_report(records: Sequence[Mapping[str, Any]], sections: Sequence[Repor
             if body is not None and not isinstance(body, str):
                 raise TypeError(f"render() returned a {type(body).__name__}, not markdown text")
         except PLUGIN_FAILURES as exc:  # a plugin's section must not break the report
-            body = f"section {section.name} failed: {type(exc).__name__}: {_one_line(exc)}"
+            body = f"section {section.name} failed: {type(exc).__name__}: {first_line(exc, 300)}"
             print(f"warning: report {body}; the rest of the report is complete", file=sys.stderr)
         if body:
             parts += [f"## {section.title or section.name}", "", body.rstrip(), ""]
     return "\n".join(parts)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else ""
 
 
 def frame_markdown(frame: pd.DataFrame, floatfmt: str = ".2f", dash: str = "-") -> str:
