@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import JSON_MAX_BYTES, read_text
 from .format import finite, finite_int
+from .status import read_status
 
 if TYPE_CHECKING:  # pandas is imported where a table is built
     import pandas as pd
@@ -316,7 +317,23 @@ def loads(line: str | bytes) -> dict[str, Any]:
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise RecordError(str(exc)) from None
     validate_record(record)
+    _read_statuses(record)
     return record
+
+
+def _read_statuses(record: dict[str, Any]) -> None:
+    """The verdict statuses of the probe entries (``criterion_*``, ``lr_advice.action``) in their one
+    spelling (:func:`hjepa_bench.status.read_status`): an older record's "not-measured" reads back as
+    "not measured"."""
+    probes = record.get("probes")
+    for entry in probes.values() if isinstance(probes, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        for key in [k for k in entry if k.startswith("criterion_")]:
+            entry[key] = read_status(entry[key])
+        advice = entry.get("lr_advice")
+        if isinstance(advice, dict) and "action" in advice:
+            advice["action"] = read_status(advice["action"])
 
 
 def _clean(value: Any) -> Any:

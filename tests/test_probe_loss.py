@@ -120,8 +120,8 @@ def test_short_series_gives_nones_with_notes():
     assert e["n"] == 3
     for key in ("start_loss", "end_loss", "decrease_pct", "noise_pct", "plateau", "trend"):
         assert e[key] is None, key
-    assert e["criterion_loss_down_20pct"] == "not-measured"
-    assert e["lr_advice"]["action"] == "not-measured"
+    assert e["criterion_loss_down_20pct"] == "not measured"
+    assert e["lr_advice"]["action"] == "not measured"
     joined = " ".join(e["notes"])
     assert "start/end windows need" in joined and "plateau needs" in joined and "noise needs" in joined
 
@@ -174,7 +174,7 @@ def test_probe_in_a_real_run(tiny):
     assert e["start_loss"] == pytest.approx(sum(losses[:4]) / 4)
     assert e["end_loss"] == pytest.approx(sum(losses[-4:]) / 4)
     assert e["trend"] in ("decreasing", "flat", "increasing") and e["diverged"] is False
-    assert e["criterion_loss_down_20pct"] in ("pass", "fail") and e["lr_advice"]["action"] != "not-measured"
+    assert e["criterion_loss_down_20pct"] in ("pass", "fail") and e["lr_advice"]["action"] != "not measured"
     assert LossSection().render([r]) is not None
 
 

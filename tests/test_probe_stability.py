@@ -132,7 +132,7 @@ def test_short_series_gives_nones_with_notes():
                 "verdict"):
         assert e[key] is None, key
     assert all(v is None for v in e["degradation"].values())
-    assert e["criterion_cv_lt_20pct"] == "not-measured"
+    assert e["criterion_cv_lt_20pct"] == "not measured"
     joined = " ".join(e["notes"])
     assert "warm-up detection needs" in joined and "CV, variance and verdict need" in joined
     assert "spike detection needs" in joined and "degradation fit needs" in joined

@@ -65,6 +65,19 @@ def test_validate_record():
         validate_record(bad)
 
 
+def test_an_old_records_not_measured_reads_back_in_the_one_spelling():
+    from hjepa_bench.record import dumps, loads
+
+    old = _record()
+    old["probes"] = {"stability": {"status": "ok", "criterion_cv_lt_20pct": "not-measured"},
+                     "loss": {"status": "ok", "criterion_loss_down_20pct": "not-measured",
+                              "lr_advice": {"action": "not-measured"}}}
+    back = loads(dumps(old))
+    assert back["probes"]["stability"]["criterion_cv_lt_20pct"] == "not measured"
+    assert back["probes"]["loss"]["criterion_loss_down_20pct"] == "not measured"
+    assert back["probes"]["loss"]["lr_advice"]["action"] == "not measured"
+
+
 def test_write_json_is_atomic_and_nan_safe(tmp_path):
     path = write_json(_record(metrics={"x": float("nan")}), tmp_path / "sub" / "r.json")
     assert json.loads(path.read_text())["metrics"]["x"] is None

@@ -23,7 +23,7 @@ from .policy import shortfall
 from ..record import device_name, label, machine, samples_per_s, short_model_name, world_size
 from .stability import drift_text
 
-PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
+from ..status import FAIL, NOT_MEASURED, PASS
 CRASH_STATUSES = ("error", "crashed", "timeout")
 
 
@@ -212,7 +212,7 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
             put("loss_drop", PASS if ok_drop else FAIL,
                 numbers + ("" if ok_drop else f" (< {th.min_loss_decrease_pct:g}%)"), f.loss_decrease_pct)
     if f.diverged is None:
-        put("divergence", NOT_MEASURED, "not measured")
+        put("divergence", NOT_MEASURED, NOT_MEASURED)
     elif f.diverged:
         put("divergence", FAIL, "diverged", True)
     else:
@@ -230,7 +230,7 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
             f.warmup_spikes)
     put("loss_steady", NOT_MEASURED if f.loss_trend is None or f.loss_preliminary else
         PASS if f.loss_trend == "decreasing" and not f.loss_noisy else FAIL,
-        "not measured" if f.loss_trend is None else f"trend {f.loss_trend}"
+        NOT_MEASURED if f.loss_trend is None else f"trend {f.loss_trend}"
         + (", noisy" if f.loss_noisy else ", not noisy" if f.loss_noisy is False else "")
         + (" (preliminary)" if f.loss_preliminary else ""))
     # quality ----------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from .policy import shortfall
 from .projection import project_record, seconds_per_step
 from .stability import MIN_STEPS_SPREAD
 
-NOT_MEASURED = "not measured"
+from ..status import NOT_MEASURED
 
 
 def _sps(r: Mapping[str, Any]) -> float:
@@ -512,7 +512,7 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
         if short and not any(r.get("status") == "ok" for r in rs):
             text = shortfall(short[0])["text"]
             rows.append({**base, "measured": True, "machine": machine_name(short[0]), "machine_id": mach,
-                         "node": node_label(short[0]), "world_size": ranks, "status": "not measured",
+                         "node": node_label(short[0]), "world_size": ranks, "status": NOT_MEASURED,
                          "not_measured": text, "eligible": False, "fits": False,
                          "reasons": [f"{(short[0].get('sweep') or {}).get('label') or option.describe()}: {text}"]})
             continue

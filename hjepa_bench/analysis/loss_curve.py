@@ -48,6 +48,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ..format import finite, fmt_lr
+from ..status import FAIL, NOT_MEASURED, PASS
 
 # --------------------------------------------------------------------------- thresholds
 CRITERION_DECREASE_PCT = _TH.min_loss_decrease_pct  # the validation guide: "Loss decreased by >= 20%"
@@ -152,9 +153,9 @@ def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrea
         return {"action": "increase", "suggested_lr": LR_SLOW[0], "trigger": trigger,
                 "text": f"increase to {fmt_lr(LR_SLOW[0])} or {fmt_lr(LR_SLOW[1])} (from {current})"}
     if decrease_pct is None:
-        return {"action": "not-measured", "suggested_lr": None, "trigger": "too few finite losses",
+        return {"action": NOT_MEASURED, "suggested_lr": None, "trigger": "too few finite losses",
                 "text": "no advice: too few finite losses"}
-    noise = "not measured" if noise_pct is None else f"{noise_pct:.1f}% <= {NOISE_THRESHOLD_PCT:.0f}%"
+    noise = NOT_MEASURED if noise_pct is None else f"{noise_pct:.1f}% <= {NOISE_THRESHOLD_PCT:.0f}%"
     return {"action": "keep", "suggested_lr": lr,
             "trigger": f"decrease {decrease_pct:.1f}% >= {min_decrease_pct:g}%, noise {noise}",
             "text": f"keep {peak if lr else current}"
@@ -171,11 +172,11 @@ def judge_loss(entry: dict[str, Any], min_decrease_pct: float = CRITERION_DECREA
         f"pass when decrease_pct >= {min_decrease_pct:g} and not diverged")
     dec = _num(entry.get("decrease_pct"))
     if entry.get("diverged"):
-        entry["criterion_loss_down_20pct"] = "fail"
+        entry["criterion_loss_down_20pct"] = FAIL
     elif dec is not None:
-        entry["criterion_loss_down_20pct"] = "pass" if dec >= min_decrease_pct else "fail"
+        entry["criterion_loss_down_20pct"] = PASS if dec >= min_decrease_pct else FAIL
     else:
-        entry["criterion_loss_down_20pct"] = "not-measured"
+        entry["criterion_loss_down_20pct"] = NOT_MEASURED
     start, end = _num(entry.get("start_loss")), _num(entry.get("end_loss"))
     end_vs_start = (end - start) / abs(start) * 100 if start and end is not None else None
     entry["lr_advice"] = lr_advice(bool(entry.get("diverged")), entry.get("trend"), _num(entry.get("noise_pct")), dec,
@@ -218,7 +219,7 @@ def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | 
         "diverged": bool(bad),
         "plateau": None, "plateau_slope_ratio": None, "first_third_drop_pct": None,
         "trend": None,
-        "criterion_loss_down_20pct": "not-measured",
+        "criterion_loss_down_20pct": NOT_MEASURED,
         "lr": _num(lr),
         "lr_applied": _num(applied_lr),
         "lr_in_warmup": lr_in_warmup,

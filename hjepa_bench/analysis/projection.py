@@ -45,6 +45,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from ..format import finite
+from ..status import NOT_MEASURED
 from .periodic import LoggingPlan, has_empty_cache, periodic_counts, periodic_seconds
 from .policy import shortfall
 from ..record import batch_achieved, batch_requested, probe
@@ -91,7 +92,7 @@ def seconds_per_step(record: Mapping[str, Any], confidence: float = 0.95) -> dic
     mean, low, high = mean_band(times, confidence)
     note = no_band_note(len(times))
     if ips is None or ips <= 0:
-        return {"mid": None, "low": None, "high": None, "n": len(times), "source": "not measured", "band_note": note}
+        return {"mid": None, "low": None, "high": None, "n": len(times), "source": NOT_MEASURED, "band_note": note}
     mid = 1.0 / ips
     if mean and low is not None and high is not None:
         lo, hi = mid * low / mean, mid * high / mean
@@ -319,7 +320,7 @@ def own_config_line(p: Mapping[str, Any]) -> str:
     ov = p.get("overheads_s") or {}
 
     def h(x: float | None) -> str:
-        return "not measured" if x is None else f"{x / 3600:.{digits}f} h"
+        return NOT_MEASURED if x is None else f"{x / 3600:.{digits}f} h"
     text = (f"{head} -> {n(hours['mid'])} h{band}, of which logging {h(logging_seconds(p))}, validation "
             f"{h(ov.get('validation'))}, checkpoints {h(ov.get('checkpoints'))}")
     if p.get("missing"):

@@ -51,6 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 from ..format import finite
 from ..stats import summarize
+from ..status import FAIL, NOT_MEASURED, PASS
 
 # --------------------------------------------------------------------------- thresholds
 THRESHOLD_CV_PCT = _TH.max_step_cv_pct  # the validation guide: "Speed variance < 20%"
@@ -188,7 +189,7 @@ def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT)
         "(degradation.degrading), else stable")
     reasons: list[str] = []
     entry["reasons"] = reasons
-    entry["criterion_cv_lt_20pct"] = "not-measured"
+    entry["criterion_cv_lt_20pct"] = NOT_MEASURED
     entry["verdict"] = None
     cv_pct = _num(entry.get("cv_pct"))
     if cv_pct is None:
@@ -196,7 +197,7 @@ def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT)
     deg = entry.get("degradation") or {}
     n = entry.get("n")
     ok = cv_pct < max_cv_pct
-    entry["criterion_cv_lt_20pct"] = "pass" if ok else "fail"
+    entry["criterion_cv_lt_20pct"] = PASS if ok else FAIL
     reasons.append(f"CV {cv_pct:.1f}% {'<' if ok else '>='} {max_cv_pct:g}% over {n} steps")
     unstable = not ok
     if deg.get("significant"):
@@ -264,7 +265,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
         "spike_period_steps": None,
         "degradation": {"slope_s_per_step": None, "change_pct": None, "span_steps": None,
                         "p_value": None, "significant": None, "degrading": None},
-        "criterion_cv_lt_20pct": "not-measured",
+        "criterion_cv_lt_20pct": NOT_MEASURED,
         "verdict": None,
         "reasons": [],
         "thresholds": {

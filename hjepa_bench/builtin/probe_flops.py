@@ -43,6 +43,7 @@ from hjepa_bench.plugin.api import Backend, Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record import device_name, lookup, model_short
 from hjepa_bench.report.sections import ProbeTable
+from hjepa_bench.status import NOT_MEASURED
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -235,7 +236,7 @@ class FlopsSection(ProbeTable):
 
     def row(self, e: Mapping[str, Any]) -> dict[str, Any]:
         if not e.get("measured"):
-            return {"note": e.get("reason", "not measured")}
+            return {"note": e.get("reason", NOT_MEASURED)}
         mfu = e.get("mfu")
         return {
             "FLOP/step": fmt_flops(e.get("flops_per_step")),

@@ -17,6 +17,7 @@ from hjepa_bench import Probe, hookimpl
 from hjepa_bench.analysis.loss_curve import CRITERION_DECREASE_PCT, analyze_loss, applied_lr_at_end, configured_lr, measured_losses
 from hjepa_bench.format import fmt_or_dash as _fmt
 from hjepa_bench.report.sections import ProbeTable
+from hjepa_bench.status import NOT_MEASURED, read_status
 
 
 class LossProbe(Probe):
@@ -52,11 +53,11 @@ class LossSection(ProbeTable):
 
     def row(self, e):
         advice = e.get("lr_advice") or {}
-        return {"steps": e.get("n"), "trend": e.get("trend") or "not measured",
+        return {"steps": e.get("n"), "trend": e.get("trend") or NOT_MEASURED,
                 "start loss": _fmt(e.get("start_loss"), ".4g"), "end loss": _fmt(e.get("end_loss"), ".4g"),
                 "decrease %": _fmt(e.get("decrease_pct")),
                 f">= {(e.get('thresholds') or {}).get('criterion_decrease_pct', CRITERION_DECREASE_PCT):g}% down":
-                    e.get("criterion_loss_down_20pct"),
+                    read_status(e.get("criterion_loss_down_20pct")),
                 "noise %": _fmt(e.get("noise_pct")), "warm-up spikes": _fmt((e.get("warmup_spikes") or {}).get("count"), "d"),
                 "plateau": "-" if e.get("plateau") is None else ("yes" if e["plateau"] else "no"),
                 "lr (applied / configured)": f"{_fmt(e.get('lr_applied'), '.2g')} / {_fmt(e.get('lr'), '.2g')}"

@@ -6,6 +6,7 @@ from hjepa_bench import Probe, hookimpl
 from hjepa_bench.analysis.stability import MIN_STEPS_SPREAD, THRESHOLD_CV_PCT, analyze_stability, drift_text
 from hjepa_bench.format import fmt_or_dash as _fmt
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
+from hjepa_bench.status import NOT_MEASURED
 
 
 class StabilityProbe(Probe):
@@ -46,7 +47,7 @@ class StabilitySection(ProbeTable):
 
     def row(self, e):
         deg, med, warm = e.get("degradation") or {}, e.get("median_s"), _fmt(e.get("detected_warmup_steps"), "d")
-        return {"verdict": e.get("verdict") or "not measured", "steps": e.get("n"),
+        return {"verdict": e.get("verdict") or NOT_MEASURED, "steps": e.get("n"),
                 "warm-up (reported/detected)": f"{e.get('warmup_steps_reported')}/{warm}",
                 "median (ms)": _fmt(None if med is None else med * 1000, ".2f"), "CV %": _fmt(e.get("cv_pct")),
                 "p90-p10 %": _fmt(e.get("variance_pct")), "spikes": _fmt(e.get("spike_count"), "d"),

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from tabulate import tabulate
 
-from ..analysis.criteria import FAIL, NOT_MEASURED, PASS, Facts
+from ..analysis.criteria import Facts
 from ..analysis.report_data import ReportSettings, apply_worker_advice, build_analysis
 from ..analysis.projection import PERIODIC_COLUMNS, MIN_STEPS_BAND
 from ..analysis.verdicts import rejudge_records
@@ -24,6 +24,7 @@ from ..format import fmt_finite
 from ..options import option_yaml
 from ..plugin.api import ReportSection
 from ..record import dumps
+from ..status import FAIL, NOT_MEASURED, PASS
 from ..thresholds import MEANINGS
 from .charts import render_charts
 from .export import export_note
@@ -111,7 +112,7 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     mrows = []
     for r in analysis["matrix"]:
         if not r.get("measured"):
-            mrows.append([r["option"], r["describe"], "not measured", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
+            mrows.append([r["option"], r["describe"], NOT_MEASURED, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
                           "not measured: no number"])
             continue
         if r.get("status") != "ok":
@@ -119,7 +120,7 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
                           "-", "-", "-", "-", "; ".join(r["reasons"])])
             continue
         band = _band(r.get("hours_low"), r.get("hours_high"), ".1f", (r.get("projection") or {}).get("band_note"))
-        collapse = (r["collapse_note"] if r.get("collapse_note") else "not measured" if r.get("collapsed") is None
+        collapse = (r["collapse_note"] if r.get("collapse_note") else NOT_MEASURED if r.get("collapsed") is None
                     else "**yes**" if r["collapsed"] else "no")
         verdict = ("projection only" if not r.get("candidate", True) else "**recommended**" if any(d["recommended"] == r["option"] and d["machine"] == r["machine"]
                                             and d.get("world_size") == r.get("world_size")
@@ -178,7 +179,7 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
         ov = p["overheads_s"]
 
         def h(x):
-            return "not measured" if x is None else f"{x / 3600:.2f}"
+            return NOT_MEASURED if x is None else f"{x / 3600:.2f}"
         ranks = p.get("world_size") or 1
         prow.append([r["option"], r["machine"], f"b{p['batch_size']}" + (f" x {ranks} processes" if ranks > 1 else ""),
                      p["epochs"], f"{p['steps_per_epoch']:,}",
@@ -227,13 +228,13 @@ def render_markdown(analysis: Mapping[str, Any], records: Sequence[Mapping[str, 
     room = []
     for k, v in analysis["memory_fit"].items():
         grow = v.get("can_increase_batch")
-        grow_s = "not measured" if grow is None else ("yes" if grow else "no")
+        grow_s = NOT_MEASURED if grow is None else ("yes" if grow else "no")
         pred = v.get("predicted_max_batch")
         room.append(f"- {k}: can the batch grow? {grow_s}"
                     + (f" (predicted to fit up to batch {pred} with a {v.get('margin', 0):.0%} margin"
                        + (", an extrapolation beyond 4x the largest measured batch" if v.get("extrapolated") else "")
                        + ")" if pred else "")
-                    + f"; room for a larger model? {(v.get('room_for_larger_model') or {}).get('answer', 'not measured')}"
+                    + f"; room for a larger model? {(v.get('room_for_larger_model') or {}).get('answer', NOT_MEASURED)}"
                     + (f" ({v['note']})" if v.get("note") else ""))
     if room:
         parts += ["Memory (peak memory fitted against batch size per model; see the memory section and chart):", ""] + room + [""]
