@@ -11,7 +11,6 @@ CLI flags override file values (``apply_overrides``).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .errors import UserError, read_yaml
+from .stats import is_finite_number  # noqa: F401 - also imported from here by the commands
 
 # Short model names and the ViT facts the step needs.  D = width, heads = encoder heads.
 MODELS: dict[str, dict[str, int]] = {
@@ -345,11 +345,6 @@ Check = Callable[[str, Any], None]
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def is_finite_number(value: Any) -> bool:
-    """An int or float (not a bool) that is neither NaN nor infinite: the one finite-number test."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _int(lo: int, hi: int) -> Check:

@@ -1,32 +1,17 @@
-"""Numbers for people: the one home of the number formatters (and of ``finite``).
+"""Numbers for people: the one home of the number formatters (``finite`` and ``finite_int`` are
+:mod:`hjepa_bench.stats`'s, re-exported here for the formatters' callers).
 
-Imports nothing of hjepa-bench, so every layer can use it: the analysis writes numbers
+Imports only :mod:`hjepa_bench.stats` (no numpy at import), so every layer can use it: the analysis writes numbers
 into its evidence sentences (criteria, learning-rate advice), the reports and the CLI
 into tables and summaries.  Each formatter takes ``None`` (not measured) and prints
 ``dash`` for it.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from .stats import finite, finite_int  # noqa: F401 - re-exported: the formatters' callers use them
 
-def finite(x: Any) -> float | None:
-    """A plain finite float, or None for missing, non-numeric or non-finite values
-    (entries are JSON, which has no NaN)."""
-    if x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def finite_int(x: Any) -> int | None:
-    """``finite(x)`` as an int (truncated), or None."""
-    f = finite(x)
-    return None if f is None else int(f)
 
 
 def fmt_or_dash(x: Any, spec: str = ".1f", dash: str = "-", suffix: str = "") -> str:

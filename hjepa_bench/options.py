@@ -32,6 +32,7 @@ import yaml
 from .config import preset_names, preset_path, resolve_config, resolve_precision
 from .errors import UserError, read_yaml
 from .record import short_model_name
+from .stats import is_finite_number
 
 #: an option name becomes part of a file name (configs/option_NAME.yaml): no separators, no dots
 OPTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -143,10 +144,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _checkpoint_section(values: Mapping[str, Any]) -> str | None:
     """What is wrong with the config's ``checkpoint:`` section (it sets how often a full run
     writes a checkpoint in the projections), or None."""
@@ -176,7 +173,7 @@ def _option_fields(item: Mapping[str, Any], name: str, where: str, folder: Path)
         raise bad(f"expected must be text, not {expected!r:.60}")
     out["expected"] = expected or ""
     hours = item.get("hours", [0, math.inf])
-    if "hours" in item and not (isinstance(hours, list) and len(hours) == 2 and all(_is_number(h) for h in hours)
+    if "hours" in item and not (isinstance(hours, list) and len(hours) == 2 and all(is_finite_number(h) for h in hours)
                                 and 0 <= hours[0] <= hours[1] and hours[1] > 0):
         raise bad(f"hours must be [low, high], two finite numbers of hours with 0 <= low <= high and high > 0, "
                   f"not {hours!r:.60}")

@@ -16,8 +16,9 @@ Definitions (docs/measuring.md, "FLOPs and utilisation"):
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Sequence
+
+from ..stats import finite
 
 #: square sizes the calibration may pick (grown x2 from the smallest)
 MATMUL_SIZES = (256, 512, 1024, 2048, 4096)
@@ -25,11 +26,8 @@ MATMUL_SIZES = (256, 512, 1024, 2048, 4096)
 
 def _finite_pos(x: Any) -> float | None:
     """``x`` as a float when it is a finite positive number, else None."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
+    v = finite(x)
+    return v if v is not None and v > 0 else None
 
 
 def matmul_flops(n: int) -> int:

@@ -35,6 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..format import finite, fmt_duration, fmt_finite
+from ..stats import median
 from .log_speed import steady_interval_rates
 from .loss_curve import DIVERGE_RISE_PCT
 from .projection import seconds_per_step
@@ -65,7 +66,7 @@ def drift(result: Mapping[str, Any]) -> dict[str, Any] | None:
     steps, times = _steady_points(result, (result.get("info") or {}).get("steps_per_epoch"))
     if len(times) < MIN_INTERVALS_DRIFT or float(np.ptp(times)) == 0.0 or steps[-1] == steps[0]:
         return None
-    fit = degradation_fit(steps, times, float(np.median(times)))
+    fit = degradation_fit(steps, times, median(times))
     return {**fit, "n_intervals": len(times), "from_step": int(steps[0]), "to_step": int(steps[-1])}
 
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..format import finite
+from ..stats import cv as step_cv, median
 from .log_parse import BarPoint, ParsedLog
 from .stability import PERIOD_AGREE_FRAC, PERIOD_TOL_FRAC, regular_period
 from .loss_curve import (DIVERGE_RISE_PCT, FLAT_BAND_PCT, MIN_POINTS_NOISE, MIN_WINDOW, NOISE_THRESHOLD_PCT,
@@ -169,7 +170,7 @@ def _epoch_speed(epoch: int, pts: list[BarPoint]) -> tuple[dict[str, Any], list[
         entry["note"] = (f"{len(intervals)} interval(s) of >= {MIN_INTERVAL_S:g} s: too few to separate warm-up "
                          f"and stalls (needs {MIN_INTERVALS_CLASSIFY})")
         return entry, warm, stalls, steady
-    med = float(np.median([iv.rate for iv in intervals]))
+    med = median(iv.rate for iv in intervals)
     entry["median_interval_it_per_s"] = _num(med)
     i = 0
     while i < len(intervals) and intervals[i].rate < WARMUP_FRACTION * med:
@@ -266,9 +267,9 @@ def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[
     st_s = sum(e.pop("_steady_s") for e in classified)
     cv = None
     if len(steady_all) >= MIN_INTERVALS_CV:
-        spp = np.asarray([iv.seconds / iv.steps for iv in steady_all if iv.steps > 0])
-        if spp.size >= MIN_INTERVALS_CV and spp.mean() > 0:
-            cv = _num(float(spp.std(ddof=1) / spp.mean()))
+        spp = [iv.seconds / iv.steps for iv in steady_all if iv.steps > 0]
+        if len(spp) >= MIN_INTERVALS_CV:
+            cv = _num(step_cv(spp))
     # global steps: (epoch - 1) * steps_per_epoch + n (without totals: the steps of the earlier epochs)
     spe = parsed.info.get("steps_per_epoch")
     offsets: dict[int, int] = {}

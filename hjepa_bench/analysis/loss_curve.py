@@ -48,6 +48,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ..format import finite, fmt_lr
+from ..stats import linear_fit, median
 from ..status import FAIL, NOT_MEASURED, PASS
 
 # --------------------------------------------------------------------------- thresholds
@@ -91,14 +92,13 @@ def rolling_median(x: Sequence[float], window: int) -> list[float]:
     """Centred rolling median (shorter windows at the edges)."""
     a = np.asarray(x, dtype=float)
     half = window // 2
-    return [float(np.median(a[max(0, i - half):i + window - half])) for i in range(len(a))]
+    return [median(a[max(0, i - half):i + window - half]) for i in range(len(a))]
 
 
 def _slope(y: np.ndarray) -> float:
     if len(y) < 2 or float(np.ptp(y)) == 0.0:
         return 0.0
-    from scipy import stats as sps  # imported at use: loading the probe plugins stays light
-    return float(sps.linregress(np.arange(len(y), dtype=float), y).slope)
+    return linear_fit(np.arange(len(y), dtype=float), y)[0]  # scipy, imported at use
 
 
 def lr_advice(diverged: bool, trend: str | None, noise_pct: float | None, decrease_pct: float | None,
@@ -275,7 +275,7 @@ def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | 
         prev = history[-w:]
         if len(prev) >= 3:
             scanned += 1
-            med = float(np.median(prev))
+            med = median(prev)
             if med > 0 and v > med * (1 + WARMUP_SPIKE_PCT / 100):
                 spikes.append(i)
         history.append(v)

@@ -36,9 +36,10 @@ probe).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from ..stats import is_finite_number
 
 #: upstream defaults (HJEPATrainer / MetricsLogger) for a config without a logging section
 DEFAULT_LOG_FREQUENCY = 100
@@ -138,7 +139,7 @@ def periodic_seconds(counts: Mapping[str, int], costs: Mapping[str, Any], plan: 
     None: the work is done but its cost was not measured; 0.0: the work is not done."""
     def cost(key: str) -> float | None:
         v = costs.get(key)
-        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+        return float(v) if is_finite_number(v) else None
 
     def times(n: int, *keys: str) -> float | None:
         if n == 0:

@@ -18,6 +18,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from .. import stats
+from ..format import finite
+
 #: the hard cap allows steps this many times slower than the warm-up's median
 CAP_FACTOR = 2.0
 #: margin on the --max-time a rerun is told to use (the step time it saw, plus this share)
@@ -28,12 +31,9 @@ RERUN_MARGIN = 0.5
 STALL_GRACE_S = 30.0
 
 
-def median(values: Sequence[float]) -> float | None:
-    xs = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)) and float(v) > 0)
-    if not xs:
-        return None
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+def median(values: Sequence[float | None]) -> float | None:
+    """The median (:func:`hjepa_bench.stats.median`) of the positive step times in ``values``."""
+    return stats.median(t for t in (finite(v) for v in values) if t is not None and t > 0)
 
 
 def time_cap_s(max_time_s: float, min_steps: int, step_s: float | None) -> float:

@@ -41,10 +41,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-from scipy import stats as sstats
 
 from ..format import finite
+from ..stats import mean_band as _mean_band, median
 from ..status import NOT_MEASURED
 from .periodic import LoggingPlan, has_empty_cache, periodic_counts, periodic_seconds
 from .policy import shortfall
@@ -72,16 +71,8 @@ def no_band_note(n: int) -> str | None:
 
 def mean_band(times: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None, float | None]:
     """(mean, low, high): the mean per-step time and its Student t confidence interval
-    (mean +- t_{(1+confidence)/2, n-1} x s / sqrt(n), the low end floored at 0).  No
-    band (None, None) below ``MIN_STEPS_BAND`` steps."""
-    x = np.asarray([t for t in times if t is not None and math.isfinite(t)], dtype=float)
-    if x.size == 0:
-        return None, None, None
-    mean = float(x.mean())
-    if x.size < MIN_STEPS_BAND:
-        return mean, None, None
-    half = float(sstats.t.ppf((1 + confidence) / 2, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return mean, max(0.0, mean - half), mean + half
+    (:func:`hjepa_bench.stats.mean_band`); no band (None, None) below ``MIN_STEPS_BAND`` steps."""
+    return _mean_band(times, confidence, min_n=MIN_STEPS_BAND)
 
 
 def seconds_per_step(record: Mapping[str, Any], confidence: float = 0.95) -> dict[str, Any]:
@@ -239,7 +230,7 @@ def warmup_excess(record: Mapping[str, Any]) -> float | None:
     times = [float(t) for t in (series.get("step_time_s") or []) if t is not None and math.isfinite(float(t))]
     if warm < 1 or len(times) <= warm:
         return None
-    steady = float(np.median(times[warm:]))
+    steady = median(times[warm:])
     return max(0.0, sum(times[:warm]) - warm * steady)
 
 

@@ -20,10 +20,10 @@ slowest rank.
 from __future__ import annotations
 
 import json
-import statistics
 from typing import Any, Mapping, Sequence
 
 from ..format import finite
+from ..stats import median
 from ..record import lookup, machine, model_short, node_label, world_size
 
 #: what the all-reduce share is, for records and reports
@@ -39,7 +39,7 @@ def allreduce_share(sync_s: Sequence[float], nosync_s: Sequence[float]) -> dict[
     if not sync or not nosync:
         return {"share": None, "share_raw": None, "step_s_sync": None, "step_s_nosync": None,
                 "pairs": min(len(sync), len(nosync))}
-    ms, mn = statistics.median(sync), statistics.median(nosync)
+    ms, mn = median(sync), median(nosync)
     raw = 1.0 - mn / ms if ms > 0 else None
     share = None if raw is None else min(1.0, max(0.0, raw))
     return {"share": share, "share_raw": raw, "step_s_sync": ms, "step_s_nosync": mn,
@@ -68,7 +68,7 @@ def single_process(step_s: Sequence[float], batch: int) -> dict[str, Any]:
     times = [t for t in (finite(x) for x in step_s) if t is not None]
     if not times or sum(times) <= 0:
         return {"samples_per_s": None, "step_s_median": None, "steps": len(times)}
-    return {"samples_per_s": batch * len(times) / sum(times), "step_s_median": statistics.median(times),
+    return {"samples_per_s": batch * len(times) / sum(times), "step_s_median": median(times),
             "steps": len(times)}
 
 

@@ -18,9 +18,9 @@ the trainer's logging, or the rest (time between those parts, not modelled).
 """
 from __future__ import annotations
 
-import statistics
 from typing import Any, Mapping
 
+from ..stats import median
 from .periodic import LoggingPlan
 from .projection import PERIODIC_COLUMNS, epoch_costs, mean_band, no_band_note, project
 
@@ -57,7 +57,7 @@ def self_check(result: Mapping[str, Any], warmup: int) -> dict[str, Any] | None:
     mean, low, high = mean_band([t for t, _ in window])
     sec = {"mid": mean, "low": low, "high": high, "n": len(window), "band_note": no_band_note(len(window))}
     costs = epoch_costs({"probes": {"epoch_costs": {"status": "ok", **entry}}})
-    steady_wait = statistics.median(w for _, w in window)
+    steady_wait = median(w for _, w in window)
     ws = costs.get("worker_startup_s")
     costs["startup_extra_s"] = None if ws is None else max(0.0, ws - steady_wait)
     costs["model_build_s"] = None  # the set-up is outside the measured run

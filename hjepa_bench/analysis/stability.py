@@ -50,7 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from ..format import finite
-from ..stats import summarize
+from ..stats import linear_fit, median, summarize
 from ..status import FAIL, NOT_MEASURED, PASS
 
 # --------------------------------------------------------------------------- thresholds
@@ -100,7 +100,7 @@ def detect_warmup(times: Sequence[float], ref: float, window: int = WARMUP_WINDO
     if n < window or not ref > 0:
         return None
     limit = (1.0 + band) * ref
-    roll = np.array([np.median(x[j:j + window]) for j in range(n - window + 1)])
+    roll = np.array([median(x[j:j + window]) for j in range(n - window + 1)])
     for i in range(n - window + 1):
         if x[i] > limit:
             continue
@@ -135,7 +135,7 @@ def regular_period(gaps: Sequence[float]) -> int | None:
     gaps = np.asarray(gaps, dtype=float)
     if gaps.size < MIN_SPIKES_FOR_PERIOD - 1:
         return None
-    period = float(np.median(gaps))
+    period = median(gaps)
     if period < 2:
         return None
     tol = max(1.0, PERIOD_TOL_FRAC * period)
@@ -164,14 +164,10 @@ def degradation_fit(steps: Sequence[float], times: Sequence[float], median: floa
     ``median`` (never extrapolated past the span, ``span_steps``), its p-value, ``significant``
     (p < DEGRADATION_P and |change| > DEGRADATION_MIN_CHANGE_PCT) and ``degrading`` (significant and
     rising).  Needs at least 2 distinct steps and varying times."""
-    from scipy import stats as sps  # imported at use: loading the probe plugins stays light
-
-    x = np.asarray(times, dtype=float)
-    fit = sps.linregress(np.asarray(steps, dtype=float), x)
+    slope, pvalue = linear_fit(steps, times)  # scipy, imported at use: loading the probe plugins stays light
     span = float(steps[-1] - steps[0])
-    slope = float(fit.slope)
     change = slope * span / median * 100 if median > 0 else None
-    p = _num(fit.pvalue)
+    p = _num(pvalue)
     significant = bool(p is not None and change is not None and p < DEGRADATION_P
                        and abs(change) > DEGRADATION_MIN_CHANGE_PCT)
     return {"slope_s_per_step": _num(slope), "span_steps": span,
@@ -238,7 +234,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
     val_all = [t for t in raw if t is not None]
 
     post = [t for i, t in zip(idx_all, val_all) if i >= reported] or val_all
-    ref = float(np.median(post)) if post else None
+    ref = median(post)
     detected: int | None = None
     if len(val_all) < 2 * WARMUP_WINDOW:
         notes.append(f"warm-up detection needs >= {2 * WARMUP_WINDOW} timed steps, got {len(val_all)}")
@@ -283,8 +279,8 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
     if n == 0:
         notes.append("no timed steps after warm-up: nothing to analyse")
         return entry
-    median = float(summary["median"])
-    entry["median_s"] = _num(median)
+    med = float(summary["median"])
+    entry["median_s"] = _num(med)
 
     # spread and verdict -----------------------------------------------------------
     if n < MIN_STEPS_SPREAD:
@@ -292,15 +288,15 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
     else:
         cv = summary["cv"]
         entry["cv_pct"] = None if cv is None else _num(cv * 100)
-        entry["variance_pct"] = _num((summary["p90"] - summary["p10"]) / median * 100) if median > 0 else None
+        entry["variance_pct"] = _num((summary["p90"] - summary["p10"]) / med * 100) if med > 0 else None
 
     # spikes --------------------------------------------------------------------------
     if n < MIN_STEPS_SPIKES:
         notes.append(f"spike detection needs >= {MIN_STEPS_SPIKES} analysed steps, got {n}")
     else:
-        mad = float(np.median(np.abs(x - median))) * MAD_SCALE
-        scale = max(mad, MAD_FLOOR_FRAC * median)
-        threshold = median + SPIKE_K * scale
+        mad = median(np.abs(x - med)) * MAD_SCALE
+        scale = max(mad, MAD_FLOOR_FRAC * med)
+        threshold = med + SPIKE_K * scale
         spikes = [i for i, t in zip(idx, x) if t > threshold]
         events = spike_events(spikes)
         entry["spike_threshold_s"] = _num(threshold)
@@ -319,7 +315,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
         deg.update(slope_s_per_step=0.0, change_pct=0.0, span_steps=int(idx[-1] - idx[0]), significant=False)
         notes.append("all analysed step times are identical: slope 0, no p-value")
     else:
-        deg.update(degradation_fit(idx, x, median))
+        deg.update(degradation_fit(idx, x, med))
 
     if detected is not None and detected > reported:
         notes.append(f"step times settled only after {detected} steps (reported warm-up: {reported}); the "

@@ -29,7 +29,6 @@ On a CPU run the device is the CPU: the CPU path is timed once.
 """
 from __future__ import annotations
 
-import statistics
 import time
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ from hjepa_bench.format import fmt_ms
 from hjepa_bench.record import device_name, probe
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.stats import median
 
 #: rows of the timed matrix (25,600: e.g. 800 steps x batch 32 of embeddings)
 DEFAULT_ROWS = 25_600
@@ -112,7 +112,7 @@ def time_calls(fn: Callable[[], Any], sync: Callable[[], None], repeats: int = R
 
     warmup_s = once()
     times = [once() for _ in range(repeats)]
-    return {"median_s": statistics.median(times), "times_s": times, "warmup_s": warmup_s}
+    return {"median_s": median(times), "times_s": times, "warmup_s": warmup_s}
 
 
 def time_svd_path(a: torch.Tensor, device_type: str, sync: Callable[[], None]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ trainer's do); :func:`measure_periodic` times each kind once (the ``epoch_costs`
 from __future__ import annotations
 
 import io
-import statistics
 import tempfile
 import time
 from typing import Any, Mapping
@@ -15,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from ..plugin.api import Backend, Trainer
+from ..stats import median
 from ..analysis.periodic import COLLAPSE_ROWS, KINDS, LoggingPlan, has_empty_cache
 
 #: timed repeats of each periodic measurement (median)
@@ -133,10 +133,6 @@ class TrainerLogger:
 
 
 # --------------------------------------------------------------------------- measuring it
-def _median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
-
-
 def _timed(fn: Any, sync: Any, repeats: int) -> list[float]:
     out = []
     for i in range(repeats + 1):  # the first call is untimed (imports, first allocations)
@@ -219,7 +215,7 @@ def measure_periodic(trainer: Trainer, backend: Backend, images: torch.Tensor, m
     else:
         out["empty_cache_runs_s"] = []
     for key in ("readback", "postfix", "scalar", "memory_read", "histograms", "collapse", "empty_cache"):
-        out[f"{key}_s"] = _median(out[f"{key}_runs_s"])
+        out[f"{key}_s"] = median(out[f"{key}_runs_s"])
     out["empty_cache_device"] = has_empty_cache(device_type)
     if made_grads:
         trainer.optimizer.zero_grad(set_to_none=True)

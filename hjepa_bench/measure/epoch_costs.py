@@ -21,16 +21,16 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import statistics
 import tempfile
 import time
 import warnings
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from ..errors import error_line
 from ..plugin.api import Trainer
+from ..stats import median
 from ..hjepa.masks import to_device
 from ..analysis.periodic import LoggingPlan
 from ..hjepa.periodic import measure_periodic
@@ -40,11 +40,6 @@ VAL_REPEATS = 3
 CHECKPOINT_REPEATS = 2
 #: a DataLoader timeout for the probe's own iterators, so a dead worker cannot hang the run
 LOADER_TIMEOUT_S = 120.0
-
-
-def _median(xs: Iterable[float]) -> float | None:
-    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
-    return statistics.median(xs) if xs else None
 
 
 def _start_method(loader: Any) -> tuple[str | None, str]:
@@ -60,7 +55,7 @@ def _start_method(loader: Any) -> tuple[str | None, str]:
 def _steady_wait(record: Mapping[str, Any]) -> float | None:
     series = record.get("series") or {}
     warm = int(series.get("warmup_steps") or 0)
-    return _median((series.get("data_wait_s") or [])[warm:])
+    return median((series.get("data_wait_s") or [])[warm:])
 
 
 def first_batch(loader: Any) -> tuple[Any, dict[str, float]]:
@@ -133,9 +128,9 @@ def measure_val_step(trainer: Trainer, backend: Any, batch: Any, variant: str,
     runs = [a + b for a, b in zip(inputs, forwards)]
     value = float(loss.detach().float().cpu()) if loss is not None else None
     return {
-        "val_step_s": _median(runs),
-        "val_inputs_s": _median(inputs),
-        "val_forward_s": _median(forwards),
+        "val_step_s": median(runs),
+        "val_inputs_s": median(inputs),
+        "val_forward_s": median(forwards),
         "val_step_runs_s": runs,
         "val_batch_size": int(images_host.shape[0]),
         "val_loss": value if value is not None and math.isfinite(value) else None,
@@ -184,10 +179,10 @@ def measure_checkpoint(trainer: Trainer, parent: str | None, repeats: int = CHEC
                 os.rmdir(d)
             except OSError:
                 break
-    save, copy = _median(runs), _median(copies)
+    save, copy = median(runs), median(copies)
     return {"checkpoint_save_s": save, "checkpoint_runs_s": runs, "checkpoint_copy_s": copy,
             "checkpoint_write_s": None if save is None or copy is None else save + 2 * copy,
-            "checkpoint_bytes": int(statistics.median(sizes)), "checkpoint_dir_parent": dir_parent}
+            "checkpoint_bytes": int(median(sizes)), "checkpoint_dir_parent": dir_parent}
 
 
 _FIELDS = {
@@ -247,13 +242,13 @@ def measure_epoch_costs(trainer: Trainer, loader: Any, backend: Any, config: Map
             b, t = first_batch(loader)
             batch = b if batch is None else batch
             runs.append(t)
-        startup = _median(r["total_s"] for r in runs)
+        startup = median(r["total_s"] for r in runs)
         entry.update({
             "worker_startup_s": startup,
             "worker_startup_runs_s": [r["total_s"] for r in runs],
-            "first_batch_s": {"start_workers_s": _median(r["start_workers_s"] for r in runs),
-                              "first_batch_wait_s": _median(r["first_batch_wait_s"] for r in runs)},
-            "worker_shutdown_s": _median(r["shutdown_s"] for r in runs),
+            "first_batch_s": {"start_workers_s": median(r["start_workers_s"] for r in runs),
+                              "first_batch_wait_s": median(r["first_batch_wait_s"] for r in runs)},
+            "worker_shutdown_s": median(r["shutdown_s"] for r in runs),
             "startup_extra_s": None if steady_wait is None or startup is None else max(0.0, startup - steady_wait),
         })
     except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others

@@ -264,7 +264,7 @@ class _Loop:
             self.window_times.append(self.window(n, warmup=False))
             if self.progress:
                 self.progress({"steps": len(self.measured()), "elapsed_s": time.perf_counter() - t_start,
-                               "median_step_s": stats.summarize([s.step_time_s for s in self.measured()])["median"],
+                               "median_step_s": stats.median(s.step_time_s for s in self.measured()),
                                "max_steps": b["max_steps"], "max_time_s": b["max_time_s"]})
 
 
@@ -326,7 +326,7 @@ def _metrics(loop: _Loop, batch_size: int, stop_reason: str | None) -> dict[str,
         "host_frac": sum(s.host_s for s in measured) / total if total > 0 else None,
         "device_wait_frac": sum(s.device_wait_s for s in measured) / total if total > 0 else None,
         **_timeline_metrics(loop, measured, total),
-        "host_phases_s": {k: stats.summarize([p.get(k, 0.0) for p in measured_phases])["median"] for k in phase_names},
+        "host_phases_s": {k: stats.median(p.get(k, 0.0) for p in measured_phases) for k in phase_names},
         "warmup": {"steps": len(warm), "time_s": loop.warmup_time_s,
                    "step_time_s": [s.step_time_s for s in warm]},
         "batch_size": {"requested": batch_size, "achieved": achieved[0] if len(achieved) == 1 else achieved},
@@ -360,7 +360,7 @@ def _timeline_metrics(loop: _Loop, measured: list[StepSample], total: float) -> 
     names = sorted({k for r in rows for k in r})
 
     def median(key: str, name: str) -> float:
-        return stats.summarize([r.get(name, {}).get(key, 0.0) for r in rows])["median"]
+        return stats.median(r.get(name, {}).get(key, 0.0) for r in rows)
 
     return {
         "host_wait_frac": sum(s.host_wait_s for s in timed) / total,

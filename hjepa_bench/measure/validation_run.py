@@ -47,7 +47,6 @@ too; ``ValidationSettings.val_max_batches`` caps it further.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import random
 import re
@@ -75,6 +74,7 @@ from ..hjepa.periodic import TrainerLogger
 from ..hjepa.step import HJEPAStep, ema_momentum_at
 from ..hjepa.training import build_training, checkpoint_state, extract_features, save_checkpoint
 from ..record import new_record, write_json
+from ..stats import finite, median
 
 STATUSES = ("ok", "diverged", "interrupted", "error", "oom")
 RESULT_FILE = "validation.json"
@@ -120,14 +120,6 @@ def _loadavg() -> float | None:
         return float(os.getloadavg()[0])
     except (AttributeError, OSError):
         return None
-
-
-def _finite(x: float | None) -> float | None:
-    """A float, or None for NaN/Inf (JSON has neither)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _release(loader: DataLoader | None, it: Any, final: bool) -> None:
@@ -373,7 +365,7 @@ class _ValidationRun:
             _release(self.val_loader, it, final=False)
             model.train()
         self.backend.synchronize()
-        return (_finite(total / n) if n else None), n, time.perf_counter() - t0
+        return (finite(total / n) if n else None), n, time.perf_counter() - t0
 
     @torch.no_grad()
     def features(self, epoch: int) -> dict[str, Any]:
@@ -494,8 +486,8 @@ class _ValidationRun:
                         for k, x in self.logger.seconds.items():
                             if x != before.get(k):
                                 acc["periodic_s"][k] = acc["periodic_s"].get(k, 0.0) + x - before.get(k, 0.0)
-                    loss = _finite(out.loss.float().item())
-                    grad = _finite(out.grad_norm.float().item()) if out.grad_norm is not None else None
+                    loss = finite(out.loss.float().item())
+                    grad = finite(out.grad_norm.float().item()) if out.grad_norm is not None else None
                     lr = float(out.lr if out.lr is not None else trainer.optimizer.param_groups[0]["lr"])
                     steps["global_step"].append(trainer.global_step - 1)
                     steps["epoch"].append(epoch)
@@ -651,11 +643,6 @@ def run_validation(values: Mapping[str, Any], backend: Any, settings: Validation
 
 
 # --------------------------------------------------------------------------- to the report
-def _median(xs: list[float]) -> float | None:
-    xs = sorted(x for x in xs if x is not None)
-    return xs[len(xs) // 2] if xs else None
-
-
 def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict[str, Any]:
     """The validation run as a result record: its steps are the measurement (the first
     ``WARMUP_STEPS`` are warm-up), its epoch ends give the per-epoch costs, its last
@@ -694,9 +681,9 @@ def validation_record(result: Mapping[str, Any], env: Mapping[str, Any]) -> dict
     probes: dict[str, Any] = {
         "loss": {"status": "ok", **loss},
         "epoch_costs": {"status": "ok", "measured": True, "paid_every_epoch": not values["bench"].get("persistent_workers"),
-                        "worker_startup_s": _median(starts), "val_step_s": _median(val_steps),
-                        "val_batch_size": batch, "checkpoint_save_s": _median(saves),
-                        "checkpoint_write_s": _median(writes),
+                        "worker_startup_s": median(starts), "val_step_s": median(val_steps),
+                        "val_batch_size": batch, "checkpoint_save_s": median(saves),
+                        "checkpoint_write_s": median(writes),
                         "checkpoint_bytes": max((c.get("bytes") or 0 for c in result.get("checkpoints") or []), default=None),
                         "periodic": before.get("periodic"), "model_build_s": result.get("setup_s"),
                         "source": "the validation run's epoch ends (worker start-up, validation step, checkpoint "
