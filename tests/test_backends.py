@@ -376,7 +376,7 @@ def test_mps_fp16_needs_a_working_grad_scaler(monkeypatch, version, scaler_runs,
     monkeypatch.setattr(mod, "_check_availability", lambda: Availability(True))
     monkeypatch.setattr(torch, "__version__", version)
     monkeypatch.setattr(mod, "probe_precision", lambda device, precision: "")  # autocast fp16 works
-    monkeypatch.setattr(mod, "grad_scaler_works", lambda device: scaler_runs)
+    monkeypatch.setattr(mod, "grad_scaler_works", lambda device, sync: scaler_runs)
     why = backend.supported_precisions()["fp16"]
     assert (why == "") is supported
     if not supported:

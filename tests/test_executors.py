@@ -217,3 +217,22 @@ def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch):
     with pytest.raises(UserError, match=r"executor ray is not available: ray is not installed; "
                                         r"pip install 'hjepa-bench\[ray\]'"):
         plugins.executor("ray")
+
+
+WATCHED = ("import sys; from hjepa_bench.measure.parent_watch import watch_parent; "
+           "watch_parent(int(sys.argv[2]), lambda: open(sys.argv[1], 'w').write('orphaned'), 0.05)")
+MIDDLE = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', sys.argv[2], sys.argv[1], "
+          "str(os.getpid())]); time.sleep(1.0)")
+
+
+def test_the_parent_watchdog_acts_once_its_parent_is_gone(tmp_path):
+    """The one watchdog (a sweep's child, the DDP agent and ranks, the Ray clean-up process): a process
+    whose parent exits calls its on_orphan instead of running on."""
+    import time
+
+    flag = tmp_path / "flag"
+    subprocess.run([sys.executable, "-c", MIDDLE, str(flag), WATCHED], check=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert flag.read_text() == "orphaned"

@@ -177,7 +177,7 @@ class CPUBackend(Backend):
         if precision != "fp16":
             return None
         if self._scaler_ok is None:
-            self._scaler_ok = grad_scaler_works("cpu")
+            self._scaler_ok = grad_scaler_works("cpu", self.synchronize)
         return make_grad_scaler("cpu") if self._scaler_ok else None
 
     # ------------------------------------------------------------------ facts

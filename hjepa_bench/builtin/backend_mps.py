@@ -195,7 +195,7 @@ class MPSBackend(Backend):
 
     def _scaler_works(self) -> bool:
         if self._scaler_ok is None:
-            self._scaler_ok = grad_scaler_works("mps")
+            self._scaler_ok = grad_scaler_works("mps", self.synchronize)
         return self._scaler_ok
 
     def grad_scaler(self, precision: str) -> Any | None:

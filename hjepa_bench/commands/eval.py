@@ -48,15 +48,15 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
     if args.out:
         output_path(args.out, "--out", folder=True)
-    device = select_backend(plugins, args.device).name
+    backend = select_backend(plugins, args.device)
     # only these flags change the model's config; --batch-size, --workers and --seed are the evaluation's own
     overrides = config_overrides(args, ("img_size", "encoder_depth"))
-    result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=overrides, device=device,
+    result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=overrides, device=backend.name,
                                  data=args.data or "synthetic", data_path=args.data_path, n_train=args.n_train,
                                  n_test=args.n_test, limit_samples=args.limit_samples,
                                  batch_size=args.batch_size, seed=args.seed,
                                  progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
-                                 num_workers=args.workers)
+                                 num_workers=args.workers, sync=backend.synchronize)
     md = render_eval_markdown(result)
     print(md)
     if args.out:

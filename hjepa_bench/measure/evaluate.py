@@ -364,16 +364,19 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    elif dev.type == "mps":
-        torch.mps.synchronize()
+def _backend_sync(dev: torch.device) -> Callable[[], None]:
+    """``synchronize`` of the built-in backend of ``dev``'s type (the one way to wait for a device);
+    a no-op for a device type no built-in backend has."""
+    from ..plugin.manager import build_plugins
+
+    backend = build_plugins(env={"HJEPA_BENCH_DISABLE_PLUGIN_AUTOLOAD": "1"},
+                            builtins=(dev.type,)).backends().get(dev.type)
+    return backend.synchronize if backend is not None else (lambda: None)
 
 
 @torch.no_grad()
 def _extract(models: Sequence[HJEPA], dataset: Any, batch_size: int, dev: torch.device, num_workers: int,
-             progress: Progress | None, split: str) -> tuple[list[list[np.ndarray]], np.ndarray, float, float]:
+             progress: Progress | None, split: str, sync: Callable[[], None]) -> tuple[list[list[np.ndarray]], np.ndarray, float, float]:
     """Per model, per level (n, D) float64 features; labels; data-wait s; forward s (synced)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
                                          num_workers=num_workers)
@@ -389,7 +392,7 @@ def _extract(models: Sequence[HJEPA], dataset: Any, batch_size: int, dev: torch.
         for mi, model in enumerate(models):
             for level, f in enumerate(level_features(model, images)):
                 feats[mi][level].append(f.float().cpu())
-        _sync(dev)
+        sync()
         t = time.perf_counter()
         forward_s += t - t1
         labels.append(torch.as_tensor(y))
@@ -426,7 +429,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
                         data: str = "synthetic", data_path: str | Path | None = None,
                         n_train: int | None = None, n_test: int | None = None, batch_size: int = 64,
                         seed: int = 0, progress: Progress | None = None, num_workers: int = 0,
-                        limit_samples: int | None = None) -> dict[str, Any]:
+                        limit_samples: int | None = None, sync: Callable[[], None] | None = None) -> dict[str, Any]:
     """Evaluate the EMA target encoder of ``checkpoint`` against the same
     architecture at random initialisation (module docstring); a JSON-serialisable dict.
 
@@ -436,7 +439,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     ``n_train`` is at most N; the test split is not cut by it.  Synthetic data use the config's ``seed``
     (the class patterns the training run saw), with the train and test splits of
     :class:`hjepa_bench.hjepa.data.SyntheticCIFAR`.  ``seed`` seeds the random-init
-    model and the linear probe.  ``progress`` (optional) receives one-line messages.
+    model and the linear probe.  ``progress`` (optional) receives one-line messages.  ``sync``:
+    the device's backend's ``synchronize`` (default: the built-in backend's), for the forward timings.
     """
     t_start = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -447,6 +451,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
         if n is not None and n < (1 if name == "n_test" else 2):
             raise UserError(f"{name} must be at least {1 if name == 'n_test' else 2}, got {n}.")
     dev = _device(device)
+    sync = sync or _backend_sync(dev)
 
     t = time.perf_counter()
     state_dict, meta = load_state_dict(checkpoint)
@@ -492,8 +497,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     # ---- features
     models = [model, random_model]
     t = time.perf_counter()
-    train_feats, train_y, d1, f1 = _extract(models, train_ds, batch_size, dev, num_workers, progress, "train")
-    test_feats, test_y, d2, f2 = _extract(models, test_ds, batch_size, dev, num_workers, progress, "test")
+    train_feats, train_y, d1, f1 = _extract(models, train_ds, batch_size, dev, num_workers, progress, "train", sync)
+    test_feats, test_y, d2, f2 = _extract(models, test_ds, batch_size, dev, num_workers, progress, "test", sync)
     timings["extract_s"] = time.perf_counter() - t
     timings["extract_data_s"] = d1 + d2
     timings["extract_forward_s"] = f1 + f2

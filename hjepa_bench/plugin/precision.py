@@ -6,19 +6,13 @@ device does not support, so the output dtype is checked as well.
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 
 from ..errors import error_line
 
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _sync(device_type: str) -> None:
-    if device_type == "cuda":
-        torch.cuda.synchronize()
-    elif device_type == "mps":
-        torch.mps.synchronize()
 
 
 def probe_precision(device_type: str, precision: str) -> str:
@@ -58,8 +52,9 @@ def make_grad_scaler(device_type: str) -> "torch.amp.GradScaler | None":
     return None
 
 
-def grad_scaler_works(device_type: str) -> bool:
-    """Whether :func:`make_grad_scaler` gives a scaler for ``device_type`` that runs one fp16 step."""
+def grad_scaler_works(device_type: str, sync: Callable[[], None]) -> bool:
+    """Whether :func:`make_grad_scaler` gives a scaler for ``device_type`` that runs one fp16 step
+    (``sync``: the backend's ``synchronize``, so an asynchronous failure shows here)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -75,7 +70,7 @@ def grad_scaler_works(device_type: str) -> bool:
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            _sync(device_type)
+            sync()
         return True
     except Exception:  # noqa: BLE001 - any failure means "no"
         return False
