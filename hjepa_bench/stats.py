@@ -117,9 +117,28 @@ def mean_band(times: Sequence[float | None], confidence: float = 0.95,
 
 
 # --------------------------------------------------------------------------- drift
+def slope_t(x: Any, y: Any) -> tuple[float, float]:
+    """(least-squares slope, slope / stderr) of ``y`` against ``x`` (numpy arrays, >= 2 distinct x):
+    the drift fit without scipy (the memory probe's leak check); t is inf for an exactly linear
+    rise, 0 when flat."""
+    xm, ym = x.mean(), y.mean()
+    sxx = float(((x - xm) ** 2).sum())
+    slope = float(((x - xm) * (y - ym)).sum() / sxx)
+    n = len(x)
+    if n > 2:
+        resid = y - (float(ym - slope * xm) + slope * x)
+        stderr = math.sqrt(float((resid ** 2).sum()) / (n - 2) / sxx)
+    else:
+        stderr = math.inf
+    scale = max(1.0, abs(float(ym)))
+    if stderr <= 1e-12 * scale:  # exactly linear (or flat)
+        return slope, (math.copysign(math.inf, slope) if abs(slope) > 1e-12 * scale else 0.0)
+    return slope, slope / stderr
+
+
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """(slope, p-value) of the least-squares line of ``y`` against ``x`` (scipy's linregress; the
-    p-value of a zero slope, NaN when it has none): the one drift fit."""
+    p-value of a zero slope, NaN when it has none): the drift fit of the step time and the loss."""
     import numpy as np
     from scipy import stats as sps
 
@@ -127,6 +146,7 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     return float(fit.slope), float(fit.pvalue)
 
 
+# --------------------------------------------------------------------------- a run's step times
 def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
     """median, mean, IQR, CV, p10, p90, min, max, n and the median's 95% CI (CV None below 2 values)."""
     import numpy as np

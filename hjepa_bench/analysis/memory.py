@@ -51,6 +51,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from ..format import finite, finite_int
 from ..record import batch_achieved, device_name, footprint_bytes, lookup, model_short, node_label
+from ..stats import slope_t
 
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0
@@ -87,23 +88,6 @@ LEAK_RULE = (f"judged on the last third of the samples after warm-up, once start
 #: a predicted batch beyond this many times the largest measured one is labelled an extrapolation
 EXTRAPOLATION_FACTOR = 4.0
 
-def _slope_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(least-squares slope, slope / stderr) of y against x; t is inf for an exactly linear rise, 0 when flat."""
-    xm, ym = x.mean(), y.mean()
-    sxx = float(((x - xm) ** 2).sum())
-    slope = float(((x - xm) * (y - ym)).sum() / sxx)
-    n = len(x)
-    if n > 2:
-        resid = y - (float(ym - slope * xm) + slope * x)
-        stderr = math.sqrt(float((resid ** 2).sum()) / (n - 2) / sxx)
-    else:
-        stderr = math.inf
-    scale = max(1.0, abs(float(ym)))
-    if stderr <= 1e-12 * scale:  # exactly linear (or flat)
-        return slope, (math.copysign(math.inf, slope) if abs(slope) > 1e-12 * scale else 0.0)
-    return slope, slope / stderr
-
-
 def leak_check(steps: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
     """Is memory (bytes, one sample per step index) leaking?  The rule is in the module
     docstring: growth is judged only once it has settled, on the last third of the samples."""
@@ -119,7 +103,7 @@ def leak_check(steps: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
     n = len(pts)
     mean = float(y.mean())
     span = float(x.max() - x.min())
-    slope, t = _slope_fit(x, y)
+    slope, t = slope_t(x, y)
     growth = slope * span
     growth_frac = growth / mean if mean > 0 else None
 
@@ -144,8 +128,8 @@ def leak_check(steps: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
     if third < 2:
         base["reason"] = unsettled
         return base
-    head_slope, _ = _slope_fit(x[:third], y[:third])
-    tail_slope, tail_t = _slope_fit(x[-third:], y[-third:])
+    head_slope, _ = slope_t(x[:third], y[:third])
+    tail_slope, tail_t = slope_t(x[-third:], y[-third:])
     tail_frac = tail_slope * span / mean if mean > 0 else None
     base["first_third_slope_bytes_per_step"] = head_slope
     base["last_third"] = {"slope_bytes_per_step": tail_slope, "growth_frac": tail_frac,
