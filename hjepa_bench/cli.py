@@ -38,6 +38,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help).\n")
 
 
+class _PrePass(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # the full parser reports bad input, once
+        raise ValueError(message)
+
+
 def _add_plugin_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="MODULE",
                         help="load a plugin module (repeatable); -p no:NAME disables a plugin")
@@ -46,9 +51,12 @@ def _add_plugin_flag(parser: argparse.ArgumentParser) -> None:
 def plugin_args(argv: Sequence[str]) -> list[str]:
     """The ``-p`` values of a command line (before its command), read before the parser is built:
     the plugins they load may add flags."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = _PrePass(add_help=False, allow_abbrev=False)
     _add_plugin_flag(pre)
-    return pre.parse_known_args(list(argv))[0].plugins
+    try:
+        return pre.parse_known_args(list(argv))[0].plugins
+    except ValueError:  # (a -p without its module): the full parser says what is wrong
+        return []
 
 
 def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
