@@ -199,7 +199,8 @@ def _crash_verdicts(f: Facts, th: Thresholds) -> Verdicts:
             problems.append("NaN/Inf in the loss or gradients")
         if f.epochs_planned is not None and f.epochs_completed is not None and f.epochs_completed < f.epochs_planned:
             problems.append(f"{f.epochs_completed} of {f.epochs_planned} epochs completed")
-        epochs = f"{f.epochs_completed}/{f.epochs_planned} epochs" if f.epochs_planned is not None else EPOCHS_NOT_MEASURED
+        epochs = (f"{f.epochs_completed}/{f.epochs_planned} epochs" if f.epochs_planned is not None
+                  else EPOCHS_NOT_MEASURED)
         out["crash"] = _v(FAIL if problems else PASS,
                           "; ".join(problems + ([failed] if failed else [])) if problems else
                           f"no crash, losses and gradients finite; {epochs}", f.epochs_completed)
@@ -320,9 +321,10 @@ def _compatibility_verdicts(f: Facts, th: Thresholds) -> Verdicts:
     else:
         fb = ("CPU fallbacks: " + "; ".join(f.fallbacks)) if f.fallbacks else (
             "no CPU fallback seen" if f.fallbacks is not None else "CPU fallbacks not measured (--probes svd)")
-        comp = _v(FAIL if f.backend_errors else PASS if f.fallbacks is not None else NOT_MEASURED,
-                  ("backend errors: " + "; ".join(f.backend_errors) + "; " if f.backend_errors else "no backend errors; ")
-                  + fb, len(f.backend_errors))
+        errors = ("backend errors: " + "; ".join(f.backend_errors) + "; " if f.backend_errors
+                  else "no backend errors; ")
+        comp = _v(FAIL if f.backend_errors else PASS if f.fallbacks is not None else NOT_MEASURED, errors + fb,
+                  len(f.backend_errors))
     if f.backend == "mps":
         mps = _v(comp["status"], "ran on MPS: " + comp["evidence"])
     else:
@@ -336,13 +338,15 @@ def _memory_verdicts(f: Facts, th: Thresholds) -> Verdicts:
         return {"memory": _v(NOT_MEASURED, "memory probe not run")}
     bad = [w for w, flag in (("out of memory", f.oom), ("leak suspected", f.leak),
                              ("memory pressure", f.memory_pressure)) if flag]
-    peak = f"peak {fmt_gib(f.peak_bytes)}" + (f", headroom {f.headroom_frac:.0%}" if f.headroom_frac is not None else "")
+    peak = f"peak {fmt_gib(f.peak_bytes)}" + (
+        f", headroom {f.headroom_frac:.0%}" if f.headroom_frac is not None else "")
     if bad:
         return {"memory": _v(FAIL, "; ".join(bad) + (f" ({f.leak_detail})" if f.leak and f.leak_detail else ""))}
     if f.guide_differences:
         return {"memory": _v(NOT_MEASURED, f"no OOM, {peak}; {_not_guide(f)}")}
     if f.leak is None:
-        return {"memory": _v(NOT_MEASURED, f"no OOM, {peak}; leak not judged: " + (f.leak_detail or "memory probe not run"))}
+        return {"memory": _v(NOT_MEASURED, f"no OOM, {peak}; leak not judged: "
+                             + (f.leak_detail or "memory probe not run"))}
     return {"memory": _v(PASS, f"no OOM, no leak, {peak}")}
 
 

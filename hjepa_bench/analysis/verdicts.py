@@ -88,7 +88,8 @@ def probe_verdicts(record: Mapping[str, Any], th: Thresholds, probes: Probes | N
     return out
 
 
-def advise_record(record: Mapping[str, Any], advice: Mapping[str, str], probes: Probes | None = None) -> Mapping[str, Any]:
+def advise_record(record: Mapping[str, Any], advice: Mapping[str, str],
+                  probes: Probes | None = None) -> Mapping[str, Any]:
     """``record`` with each ok probe entry as its probe shows it with the report's ``advice``
     (:meth:`Probe.advise`); the record itself when no entry changes."""
     entries = record.get("probes")

@@ -180,7 +180,8 @@ class BottleneckProbe(Probe):
 
     def facts(self, entry, record):
         """The verdict, the data wait, the worker advice and the CPU load of the run's own processes."""
-        return {"bottleneck": entry.get("verdict"), "data_wait_frac": finite((entry.get("shares") or {}).get("data_wait")),
+        return {"bottleneck": entry.get("verdict"),
+                "data_wait_frac": finite((entry.get("shares") or {}).get("data_wait")),
                 "bottleneck_advice": entry.get("worker_advice"), "cpu_saturated": entry.get("cpu_saturated"),
                 "cpu_cores": entry.get("cores"), "own_cpu_pct": finite(entry.get("own_cpu_pct_of_cores"))}
 

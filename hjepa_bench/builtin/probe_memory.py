@@ -21,7 +21,8 @@ import time
 from typing import Any, Iterable, Mapping, Sequence
 
 
-from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEAK_FRAC, fit_memory, judge_memory, memory_entry
+from hjepa_bench.analysis.memory import (DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEAK_FRAC, fit_memory, judge_memory,
+                                         memory_entry)
 from hjepa_bench.format import finite, fmt_bytes, fmt_pct
 from hjepa_bench.thresholds import DEFAULTS
 from hjepa_bench.record import device_name, lookup, model_short
@@ -104,7 +105,8 @@ class MemoryProbe(Probe):
         leak = entry.get("leak") or {}
         return {"leak": None if leak.get("suspected") is None else bool(leak["suspected"]),
                 "leak_detail": leak.get("reason") or leak.get("note"),
-                "memory_pressure": bool(entry.get("memory_pressure")), "headroom_frac": finite(entry.get("headroom_frac"))}
+                "memory_pressure": bool(entry.get("memory_pressure")),
+                "headroom_frac": finite(entry.get("headroom_frac"))}
 
     def summarize(self, entry):
         head = entry.get("headroom_frac")

@@ -215,8 +215,8 @@ class SVDProbe(Probe):
         """The CPU fallbacks (and missing kernels) of torch.linalg.svd seen, when measured."""
         if not entry.get("measured", True):
             return {}
-        return {"fallbacks": [f"torch.linalg.svd {t.get('dtype')} on {t.get('device')}: {t.get('path')}"
-                              for t in entry.get("timings") or [] if t.get("path") in ("cpu-fallback", "not-implemented")]}
+        odd = [t for t in entry.get("timings") or [] if t.get("path") in ("cpu-fallback", "not-implemented")]
+        return {"fallbacks": [f"torch.linalg.svd {t.get('dtype')} on {t.get('device')}: {t.get('path')}" for t in odd]}
 
     def summarize(self, entry):
         rows = [t for t in entry.get("timings") or [] if t.get("median_s") is not None]
