@@ -1,7 +1,7 @@
 """Edge cases that each get one sentence and a non-zero exit (or an isolated failure), on real runs: a
 Ray address where something else listens, an output path that only looks writable, a missing
-CIFAR-10 folder on a sweep, null in a grid list, a bad config value a flag overrides, an out-of-
-range rendezvous port, a plugin calling sys.exit, more DDP ranks than cores, and a pickle
+CIFAR-10 folder on a sweep, null in a grid list, a bad config value a flag overrides, an
+out-of-range rendezvous port, a plugin calling sys.exit, more DDP ranks than cores, and a pickle
 checkpoint."""
 from __future__ import annotations
 
