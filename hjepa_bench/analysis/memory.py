@@ -52,6 +52,7 @@ import numpy as np
 from ..format import finite, finite_int
 from ..record import batch_achieved, device_name, footprint_bytes, lookup, model_short, node_label
 from ..stats import slope_t
+from ..status import NOT_MEASURED
 
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0
@@ -299,7 +300,7 @@ def fit_memory(records: Iterable[Mapping[str, Any]], margin: float = DEFAULT_MAR
             elif oom:
                 evidence.append(f"{other_key[1]}: out of memory at batch {', '.join(map(str, oom))}")
         if not evidence:
-            answer = "not measured"
+            answer = NOT_MEASURED
             evidence.append("no larger model measured on this device; run one to answer")
         else:
             answer = "yes" if any_fits else "no"

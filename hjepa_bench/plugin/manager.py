@@ -27,6 +27,7 @@ import importlib.metadata as md
 import os
 import sys
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import pluggy
@@ -329,6 +330,13 @@ def add_plugin_options(parsers: Mapping[str, argparse.ArgumentParser], extra: It
     built-ins in :data:`OPTION_BUILTINS` and every third-party or requested plugin (``extra``: the
     ``-p`` values)."""
     build_plugins(extra, env=env, builtins=OPTION_BUILTINS).add_options(parsers, list_type)
+
+
+@functools.lru_cache(maxsize=1)
+def registered_probes() -> Mapping[str, Probe]:
+    """The probes the plugins register with the default settings (the environment's plugins; built
+    once): what a report asks when its caller names no probes (``ReportSettings.probes``)."""
+    return MappingProxyType(build_plugins().probes())
 
 
 def auto_order(names: Iterable[str]) -> list[str]:
