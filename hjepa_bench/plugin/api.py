@@ -13,12 +13,12 @@ import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from ..config import PRECISIONS  # the precisions a step trains in: one list, in the config's schema
 from ..errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where a device is used, not by a command that only reads files
     import torch
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 #: how the steps of a data-parallel rank treat gradients (``PreparedWorkload.set_grad_sync``)
 GRAD_SYNC_MODES = ("sync", "no_sync", "local")
 
