@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
-from pydantic import create_model, model_validator
+from pydantic import ModelWrapValidatorHandler, create_model, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
@@ -360,6 +360,14 @@ def _as_list(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _as_pair(value: Any) -> Any:
+    """:func:`_as_list`, and a list of another length is refused before its items are checked."""
+    value = _as_list(value)
+    if isinstance(value, list) and len(value) != 2:
+        raise PydanticCustomError("pair_length", "must be a pair [low, high]")
+    return value
+
+
 def _ordered(pair: list[float]) -> list[float]:
     if pair[0] > pair[1]:
         raise PydanticCustomError("unordered", "must be [low, high] with low <= high")
@@ -389,11 +397,11 @@ DataKind = Literal["synthetic", "cifar10"]
 DATA_KINDS: tuple[str, ...] = get_args(DataKind)
 
 #: [low, high] with 0 < low <= high <= 1 (a share of the image)
-ScalePair = Annotated[list[Annotated[float, Field(gt=0, le=1)]], BeforeValidator(_as_list),
+ScalePair = Annotated[list[Annotated[float, Field(gt=0, le=1)]], BeforeValidator(_as_pair),
                       Field(min_length=2, max_length=2), AfterValidator(_ordered)]
-RatioPair = Annotated[list[Annotated[float, Field(gt=0, le=100)]], BeforeValidator(_as_list),
+RatioPair = Annotated[list[Annotated[float, Field(gt=0, le=100)]], BeforeValidator(_as_pair),
                       Field(min_length=2, max_length=2), AfterValidator(_ordered)]
-BetaPair = Annotated[list[Annotated[float, Field(ge=0, lt=1)]], BeforeValidator(_as_list),
+BetaPair = Annotated[list[Annotated[float, Field(ge=0, lt=1)]], BeforeValidator(_as_pair),
                      Field(min_length=2, max_length=2)]
 Weights = Annotated[list[Annotated[float, Field(ge=0, le=1e6)]], BeforeValidator(_as_list)]
 Count = Annotated[int, Field(ge=1, le=10**8)]
@@ -513,22 +521,25 @@ class Config(_Section):
     bench: BenchSection
     logging: LoggingSection
 
-    @model_validator(mode="after")
-    def rules(self, info: ValidationInfo) -> Config:
+    @model_validator(mode="wrap")
+    @classmethod
+    def rules(cls, data: Any, check_keys: ModelWrapValidatorHandler[Config], info: ValidationInfo) -> Config:
+        """Each key checked, then the rules between keys, in order: the first broken one is the error."""
+        config = check_keys(data)
         present: set[str] = set((info.context or {}).get("present", ()))
         for rule in (_encoder_width, _image_in_patches, _heads_divide_width, _weight_per_level, _step_bounds,
                      _batch_fits):
-            problem = rule(self, present)
+            problem = rule(config, data, present)
             if problem:
                 raise PydanticCustomError("config_rule", "{sentence}", {"sentence": problem})
-        return self
+        return config
 
 
 def _width(c: Config) -> int:
     return MODELS[resolve_model_name(c.model.encoder_type)]["embed_dim"]
 
 
-def _encoder_width(c: Config, present: set[str]) -> str | None:
+def _encoder_width(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
     """A known model name, and its width as model.embed_dim when the user sets that (else the width
     replaces it: :func:`_normalise`)."""
     try:
@@ -542,13 +553,13 @@ def _encoder_width(c: Config, present: set[str]) -> str | None:
     return None
 
 
-def _image_in_patches(c: Config, present: set[str]) -> str | None:
+def _image_in_patches(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
     if c.data.image_size % PATCH_SIZE:
         return f"data.image_size {c.data.image_size} must be a multiple of the patch size {PATCH_SIZE}."
     return None
 
 
-def _heads_divide_width(c: Config, present: set[str]) -> str | None:
+def _heads_divide_width(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
     width, heads = _width(c), c.model.predictor.num_heads
     if width % heads:
         return (f"model.predictor.num_heads {heads} must divide the width D={width} of "
@@ -556,20 +567,20 @@ def _heads_divide_width(c: Config, present: set[str]) -> str | None:
     return None
 
 
-def _weight_per_level(c: Config, present: set[str]) -> str | None:
+def _weight_per_level(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
     weights, levels = c.loss.hierarchy_weights, c.model.num_hierarchies
-    if len(weights) != levels:
-        return f"loss.hierarchy_weights {_show(weights)} must list one weight per hierarchy level ({levels})."
+    if len(weights) != levels:  # shown as given (1, not 1.0)
+        return f"loss.hierarchy_weights {_show(given['loss']['hierarchy_weights'])} must list one weight per hierarchy level ({levels})."
     return None
 
 
-def _step_bounds(c: Config, present: set[str]) -> str | None:
+def _step_bounds(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
     if c.bench.max_steps < c.bench.min_steps:
         return f"bench.max_steps {c.bench.max_steps} is below bench.min_steps {c.bench.min_steps}."
     return None
 
 
-def _batch_fits(c: Config, present: set[str]) -> str | None:
+def _batch_fits(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
     """One whole batch in the samples used (the last incomplete batch is dropped, as upstream)."""
     b, batch = c.bench, c.data.batch_size
     samples = [(b.limit_samples, "bench.limit_samples")]
@@ -681,7 +692,7 @@ def error_sentence(error: ErrorDetails, root: type[BaseModel] = Config) -> str:
         return f"{key} = {shown} is out of range {_span(base, facts)}."
     if kind == "literal_error":
         return f"{key} {shown} is not one of {', '.join(map(str, get_args(base)))}."
-    if kind in ("list_type", "too_short", "too_long"):
+    if kind in ("list_type", "too_short", "too_long", "pair_length"):
         pair = facts.get("min_length") == facts.get("max_length") == 2
         return f"{key} must be {'a pair [low, high]' if pair else 'a list'}, not {shown}."
     if kind == "missing":
