@@ -18,7 +18,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic import ModelWrapValidatorHandler, create_model, model_validator
 from pydantic.fields import FieldInfo
@@ -229,7 +229,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict, update: Mapping, prefix: str, unknown: list[str]) -> None:
+def _merge(base: dict[str, Any], update: Mapping[str, Any], prefix: str, unknown: list[str]) -> None:
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in base:
@@ -279,7 +279,7 @@ def resolve_config(path: str | Path | None = None, overrides: Mapping[str, Any] 
     return rc
 
 
-def _flatten_keys(d: Mapping, prefix: str = "") -> list[str]:
+def _flatten_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k, v in d.items():
         dotted = f"{prefix}{k}"
@@ -752,14 +752,14 @@ def _conditional_no_effect(values: Mapping[str, Any], present: set[str]) -> dict
 
 def resolve_precision(values: Mapping[str, Any], backend_name: str) -> str:
     """``auto`` means what upstream does: fp16 autocast on CUDA when use_amp, else fp32."""
-    p = values["bench"]["precision"]
+    p = str(values["bench"]["precision"])
     if p != "auto":
         return p
     return "fp16" if backend_name == "cuda" and values["training"]["use_amp"] else "fp32"
 
 
 def grid_size(values: Mapping[str, Any]) -> int:
-    return values["data"]["image_size"] // PATCH_SIZE
+    return int(values["data"]["image_size"]) // PATCH_SIZE
 
 
 def steps_per_epoch(dataset_size: int, batch_size: int) -> int:
@@ -767,5 +767,5 @@ def steps_per_epoch(dataset_size: int, batch_size: int) -> int:
 
 
 def to_yaml(values: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(dict(values), sort_keys=False)
+    return str(yaml.safe_dump(dict(values), sort_keys=False))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +109,7 @@ def test_an_option_with_unmeasured_step_time_cv_is_not_recommended(runs, tiny_op
     assert any("measure longer (--max-time)" in b for b in row["blockers"])
     assert decide([row])["per_machine"][0]["recommended"] is None
     # the same option measured over 14 steps has a CV, and is recommended when that CV is below the limit
-    good = _row(opt, [runs["long"]], replace(DEFAULTS, max_step_cv_pct=1000.0))
+    good = _row(opt, [runs["long"]], DEFAULTS.model_copy(update={"max_step_cv_pct": 1000.0}))
     assert good["step_cv_pct"] is not None and good["eligible"] and decide([good])["per_machine"][0]["recommended"] == "T"
 
 
@@ -218,7 +217,7 @@ def test_a_benchmark_error_is_listed_but_is_no_crash_of_a_validation_run(runs):
 
 
 def test_no_major_bottlenecks_fails_when_the_report_advises_a_worker_change(runs):
-    th = replace(DEFAULTS, data_bound_share=0.0)  # any data wait is data-bound
+    th = DEFAULTS.model_copy(update={"data_bound_share": 0.0})  # any data wait is data-bound
     rec = runs["long"]
     assert rec["metrics"]["data_wait_frac"] > 0
     judged = rejudge_record(rec, th)
@@ -254,7 +253,7 @@ def validated(tmp_path_factory):
 
 def test_validate_judges_its_bottleneck_from_its_data_wait(validated):
     result, record = validated
-    for th in (DEFAULTS, replace(DEFAULTS, data_bound_share=0.0)):
+    for th in (DEFAULTS, DEFAULTS.model_copy(update={"data_bound_share": 0.0})):
         rec = rejudge_record(record, th)
         f = validation_facts(result, rec)
         assert f.guide_differences  # a tiny config: the checklist's bottleneck line names it ...
@@ -312,7 +311,8 @@ def test_a_plateau_is_no_memory_failure_in_the_report(runs):
 # --------------------------------------------------------------------------- 9. collapse at init
 def test_collapse_flags_of_a_barely_trained_model_are_shown_not_judged(runs, tiny_option):
     _, opt = tiny_option
-    th = replace(DEFAULTS, low_rank_frac=0.99, max_step_cv_pct=1000.0)  # every real feature matrix is "low rank"
+    # every real feature matrix is "low rank"
+    th = DEFAULTS.model_copy(update={"low_rank_frac": 0.99, "max_step_cv_pct": 1000.0})
     rec = rejudge_record(runs["long"], th)
     feats = rec["probes"]["features"]
     assert feats["steps_trained"] == 15 and feats["collapse"]["low_rank"] is True
@@ -323,7 +323,7 @@ def test_collapse_flags_of_a_barely_trained_model_are_shown_not_judged(runs, tin
     crit = {c["id"]: c for c in success_criteria(facts_from_records([rec]), th)}
     assert crit["quality"]["status"] == NOT_MEASURED and "untrained: 15 steps" in crit["quality"]["evidence"]
     # trained long enough (the threshold lowered to the steps it had), the same flags count
-    trained = _row(opt, [runs["long"]], replace(th, min_quality_steps=15))
+    trained = _row(opt, [runs["long"]], th.model_copy(update={"min_quality_steps": 15}))
     assert trained["collapsed"] is True and not trained["eligible"]
 
 
@@ -470,7 +470,7 @@ def test_measured_worker_counts_overrule_the_probes_cpu_saturation_advice():
     from hjepa_bench.analysis.bottleneck import judge_bottleneck
     from records_factory import make_record, quick_val_values
 
-    th = replace(DEFAULTS)
+    th = DEFAULTS.model_copy()
     recs = []
     for workers, it_s in ((2, 0.27), (4, 0.33)):
         rec = make_record(quick_val_values(**{"data.num_workers": workers}), it_per_s=it_s)
