@@ -54,6 +54,19 @@ def default_workers(workers: int) -> int:
 #: where ``hjepa-bench sweep`` writes when --out is not given
 DEFAULT_SWEEP_OUT = "hjepa-bench-sweep"
 
+#: the precisions a step trains in (a backend says which of them work on its device)
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: what ``bench.precision`` (``--precision``) may be: a precision, or auto (see :func:`resolve_precision`)
+PrecisionSetting = Literal["auto", Precision]
+PRECISION_SETTINGS: tuple[str, ...] = get_args(PrecisionSetting)
+Variant = Literal["reference", "efficient"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+LossType = Literal["mse", "smooth_l1", "combined"]
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+DataKind = Literal["synthetic", "cifar10"]
+DATA_KINDS: tuple[str, ...] = get_args(DataKind)
+
 # Defaults: the upstream quick_val config (the validation run), plus the bench section.
 DEFAULTS: dict[str, Any] = {
     "model": {
@@ -383,19 +396,6 @@ def _only(choice: str, why: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-#: the precisions a step trains in (a backend says which of them work on its device)
-Precision = Literal["fp32", "fp16", "bf16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-#: what ``bench.precision`` (``--precision``) may be: a precision, or auto (see :func:`resolve_precision`)
-PrecisionSetting = Literal["auto", Precision]
-PRECISION_SETTINGS: tuple[str, ...] = get_args(PrecisionSetting)
-Variant = Literal["reference", "efficient"]
-VARIANTS: tuple[str, ...] = get_args(Variant)
-LossType = Literal["mse", "smooth_l1", "combined"]
-LOSS_TYPES: tuple[str, ...] = get_args(LossType)
-DataKind = Literal["synthetic", "cifar10"]
-DATA_KINDS: tuple[str, ...] = get_args(DataKind)
-
 #: [low, high] with 0 < low <= high <= 1 (a share of the image)
 ScalePair = Annotated[list[Annotated[float, Field(gt=0, le=1)]], BeforeValidator(_as_pair),
                       Field(min_length=2, max_length=2), AfterValidator(_ordered)]
@@ -409,8 +409,9 @@ Count = Annotated[int, Field(ge=1, le=10**8)]
 
 class _Section(BaseModel):
     """Strict types (a whole number is an int, not a bool or 3.0; text is a str), finite numbers;
-    keys it does not name are left alone (the known keys without effect, kept in the config)."""
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+    keys it does not name are left alone (the known keys without effect, kept in the config).
+    Built on first use (``defer_build``): a command's ``--help`` does not pay for it."""
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore", defer_build=True)
 
 
 class PredictorSection(_Section):

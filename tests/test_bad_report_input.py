@@ -208,6 +208,10 @@ OPTION = {"name": "T", "title": "Tiny", "hours": [0, 1000], "priority": 7, "expe
     ("expected", {"a": 1}, "expected must be text"),
     ("config", 5, "config must be the path of an upstream YAML file, not 5"),
     ("config", "missing.yaml", "config missing.yaml is not a file"),
+    ("config", "a\x00b", "config must be the path of an upstream YAML file, not 'a\\x00b'"),
+    ("config", "  ", "config must be the path of an upstream YAML file, not '  '"),
+    ("hours", [1, 2, 3], "hours must be [low, high]"),
+    ("priority", True, "priority must be a whole number"),
     ("model", {"predictor": 5}, "config key model.predictor must be a mapping, not 5"),
 ])
 def test_every_option_field_is_checked_when_the_file_is_read(tmp_path, capsys, field, value, needle):
