@@ -13,14 +13,25 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml  # type: ignore[import-untyped]
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
-from pydantic import ModelWrapValidatorHandler, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
@@ -238,7 +249,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {p} must hold a mapping of sections (model:, data:, ...), not a {type(data).__name__}.")
+        raise UserError(f"config file {p} must hold a mapping of sections (model:, data:, ...), "
+                        f"not a {type(data).__name__}.")
     return data
 
 
@@ -333,7 +345,8 @@ def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
 
 def apply_overrides(rc: ResolvedConfig, overrides: Mapping[str, Any]) -> None:
     """Apply dotted-key overrides (``None`` values are skipped).  Each value is checked against
-    :data:`SCHEMA` (:func:`check_value`) before it is used (``--hierarchies 10**20`` must not build a list of that size)."""
+    :data:`SCHEMA` (:func:`check_value`) before it is used (``--hierarchies 10**20`` must not build
+    a list of that size)."""
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -571,7 +584,8 @@ def _heads_divide_width(c: Config, given: Mapping[str, Any], present: set[str]) 
 def _weight_per_level(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
     weights, levels = c.loss.hierarchy_weights, c.model.num_hierarchies
     if len(weights) != levels:  # shown as given (1, not 1.0)
-        return f"loss.hierarchy_weights {_show(given['loss']['hierarchy_weights'])} must list one weight per hierarchy level ({levels})."
+        return (f"loss.hierarchy_weights {_show(given['loss']['hierarchy_weights'])} must list one weight per "
+                f"hierarchy level ({levels}).")
     return None
 
 

@@ -22,13 +22,22 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 import yaml  # type: ignore[import-untyped]
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
-from pydantic import field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .config import preset_names, preset_path, resolve_config, resolve_precision
@@ -162,7 +171,8 @@ def _checkpoint_section(values: Mapping[str, Any]) -> str | None:
     try:
         CheckpointSection.model_validate({"save_frequency": ck.get("save_frequency")})
     except ValidationError:
-        return f"checkpoint.save_frequency must be a whole number of epochs >= 1, not {ck.get('save_frequency')!r:.60}"
+        every = ck.get("save_frequency")
+        return f"checkpoint.save_frequency must be a whole number of epochs >= 1, not {every!r:.60}"
     return None
 
 
@@ -281,7 +291,8 @@ def option_overrides(option: TrainingOption) -> dict[str, Any]:
             "model.predictor.depth": m["predictor"]["depth"], "model.predictor.num_heads": m["predictor"]["num_heads"],
             "model.predictor.mlp_ratio": m["predictor"]["mlp_ratio"], "model.encoder_depth": m.get("encoder_depth", 12),
             "data.image_size": v["data"]["image_size"], "data.batch_size": v["data"]["batch_size"],
-            "data.num_workers": v["data"]["num_workers"], "loss.hierarchy_weights": list(v["loss"]["hierarchy_weights"]),
+            "data.num_workers": v["data"]["num_workers"],
+            "loss.hierarchy_weights": list(v["loss"]["hierarchy_weights"]),
             "bench.variant": "reference"}
 
 
@@ -370,7 +381,7 @@ def config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
         for advice in row.get("machine_worker_advice") or []:
             lines.append(f"# measured on this machine for another model config: {advice}")
     lines += [f"# lr: {row['lr']['reason']}", f"# warmup_epochs: {row['warmup']['reason']}"]
-    return "\n".join("# " + l[2:].replace("\n", " ") if l.startswith("# ") else l for l in lines) + "\n"
+    return "\n".join("# " + line[2:].replace("\n", " ") if line.startswith("# ") else line for line in lines) + "\n"
 
 
 def option_yaml(row: Mapping[str, Any], option: TrainingOption) -> str:

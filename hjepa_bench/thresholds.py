@@ -59,7 +59,8 @@ class Thresholds(BaseModel):
 
 
 MEANINGS: dict[str, str] = {
-    "min_it_per_s": "speed criterion: training it/s at least this (the guide's minimum, ViT-Tiny batch 32 on an M1 Max)",
+    "min_it_per_s": ("speed criterion: training it/s at least this (the guide's minimum, ViT-Tiny batch 32 "
+                     "on an M1 Max)"),
     "expected_it_per_s": "speed the guide expects for option A (~3.2 it/s)",
     "max_step_cv_pct": "speed variance criterion: step-time CV below this (%)",
     "min_loss_decrease_pct": "learning criterion: smoothed loss down at least this much (%)",

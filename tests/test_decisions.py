@@ -265,7 +265,8 @@ def test_thresholds_are_frozen_and_copied_with_changes(tmp_path):
         DEFAULTS.val_size = 5
     p = tmp_path / "t.yaml"
     p.write_text("min_it_per_s: 2\nval_size: -1\nconfidence: 2\n")
-    with pytest.raises(UserError, match=r"threshold val_size in .* must be a whole number in \[0, 1e\+09\], not -1\.$"):
+    in_domain = r"threshold val_size in .* must be a whole number in \[0, 1e\+09\], not -1\.$"
+    with pytest.raises(UserError, match=in_domain):
         load_thresholds(p)
     p.write_text("min_it_per_s: 2\n")
     assert load_thresholds(p).min_it_per_s == 2.0 and isinstance(load_thresholds(p).min_it_per_s, float)
