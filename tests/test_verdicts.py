@@ -109,7 +109,8 @@ def test_an_option_with_unmeasured_step_time_cv_is_not_recommended(runs, tiny_op
     assert any("measure longer (--max-time)" in b for b in row["blockers"])
     assert decide([row])["per_machine"][0]["recommended"] is None
     # the same option measured over 14 steps has a CV, and is recommended when that CV is below the limit
-    good = _row(opt, [runs["long"]], DEFAULTS.model_copy(update={"max_step_cv_pct": 1000.0}))
+    lenient = DEFAULTS.model_copy(update={"max_step_cv_pct": 1000.0})
+    good = _row(opt, [runs["long"]], lenient)
     assert good["step_cv_pct"] is not None and good["eligible"] and decide([good])["per_machine"][0]["recommended"] == "T"
 
 
