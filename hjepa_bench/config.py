@@ -652,7 +652,7 @@ def _facts(annotation: Any, metadata: list[Any]) -> tuple[Any, dict[str, Any]]:
         if isinstance(item, FieldInfo):
             pending += item.metadata
         for name in (*_BOUNDS, "min_length", "max_length"):
-            if hasattr(item, name):
+            if getattr(item, name, None) is not None:
                 facts[name] = getattr(item, name)
     return annotation, facts
 

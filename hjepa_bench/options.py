@@ -219,7 +219,7 @@ class OptionEntry(BaseModel):
                            f"({', '.join(preset_names())})"})
         return str(path)
 
-    def fields(self) -> dict[str, Any]:
+    def option_fields(self) -> dict[str, Any]:
         """The TrainingOption fields this entry sets."""
         return {"title": self.title or self.name, "expected": self.expected or "",
                 "hours": (float(self.hours[0]), float(self.hours[1])), "priority": self.priority,
@@ -274,7 +274,7 @@ def load_options(path: str | Path | None, *, include_guide: bool = True) -> list
         entry = _option_entry(item, i, p)
         name = entry.name
         opt = TrainingOption(name=name, sections={k: v for k, v in item.items() if k not in META_KEYS},
-                             source=str(p), **entry.fields())
+                             source=str(p), **entry.option_fields())
         try:
             opt.values()
         except UserError as exc:
