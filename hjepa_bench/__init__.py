@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-_API = ("Availability", "Backend", "DeviceEvent", "DeviceFacts", "Executor", "Job", "JobQueue", "MemoryReading",
-        "Outcome", "Place", "PreparedWorkload", "Probe", "ReportSection", "RunContext", "StepOutput", "StepSample",
-        "TimingEvent", "WallClockEvent", "Workload")
+_API = ("Availability", "Backend", "DeviceEvent", "DeviceFacts", "Executor", "FactVerdict", "Job", "JobQueue",
+        "MemoryReading", "Outcome", "Place", "PreparedWorkload", "Probe", "ReportSection", "RunContext", "StepOutput",
+        "StepSample", "TimingEvent", "WallClockEvent", "Workload")
 __all__ = ["hookimpl", "hookspec", "__version__", *_API]
 
 

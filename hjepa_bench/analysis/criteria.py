@@ -12,16 +12,18 @@ them, so the two lists cannot disagree.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..options import model_key
+from ..plugin.api import Probe
+from ..thresholds import DEFAULTS as DEFAULT_THRESHOLDS
 from ..thresholds import Thresholds
 from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
 from .policy import shortfall
 from ..record import device_name, label, machine, samples_per_s, short_model_name, world_size
-from .stability import drift_text
+from .verdicts import probe_facts, probe_verdicts
 
 PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
 CRASH_STATUSES = ("error", "crashed", "timeout")
@@ -91,9 +93,27 @@ class Facts:
     batch_tuned: dict[str, Any] | None = None
     logging_stall: dict[str, Any] | None = None  # {"period_steps", "cost_pct", "log_frequency"}
     notes: list[str] = field(default_factory=list)
+    #: the verdicts probes judged themselves (:func:`hjepa_bench.analysis.verdicts.probe_verdicts`): each
+    #: a checklist item that feeds the success criterion it names
+    probe_verdicts: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not out["probe_verdicts"]:
+            del out["probe_verdicts"]  # (a report without any reads as it always did)
+        return out
+
+
+#: facts a probe may give (:meth:`hjepa_bench.plugin.api.Probe.facts`) besides the fields of
+#: :class:`Facts`: what the decision matrix reads of each record
+RECORD_FACTS: dict[str, str] = {
+    "lr_applied": "the learning rate the run applied at its last analysed step",
+    "lr_in_warmup": "whether the learning-rate schedule was still in its warm-up then",
+    "cpu_cores": "the logical CPU cores the run had",
+    "own_cpu_pct": "the CPU time of the run's own processes, % of all cores",
+    "epoch_costs": "what an epoch costs besides its steps (analysis.projection.costs_from_entry)",
+}
+FACT_NAMES = frozenset(f.name for f in fields(Facts)) | frozenset(RECORD_FACTS)
 
 
 def verdict(vid: str, name: str, status: str, value: Any, evidence: str) -> dict[str, Any]:
@@ -138,20 +158,39 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
       CPU fallbacks are listed; a crash that is not a backend error is criterion 1's;
     * ``memory``, ``bottleneck``, ``loss_steady``, ``workers``, ``batch``, ``logging``: the
       checklist's own items.  ``bottleneck`` fails when the report advises changing the worker
-      count (data-bound, CPU saturated, or still data-bound at the most workers measured).
+      count (data-bound, CPU saturated, or still data-bound at the most workers measured);
+    * ``PROBE.fact``: the verdicts a probe judged itself (``Facts.probe_verdicts``), each with
+      the criterion it feeds (``criterion``) and its checklist line (``name``).
     """
     out: dict[str, dict[str, Any]] = {}
+    for judge in (_crash_verdicts, _speed_verdicts, _loss_verdicts, _collapse_verdicts, _compatibility_verdicts,
+                  _memory_verdicts, _bottleneck_verdicts, _tuning_verdicts):
+        out.update(judge(f, th))
+    for v in f.probe_verdicts:
+        out[v["fact"]] = {"status": v["status"], "evidence": v["evidence"], "value": v.get("value"),
+                          "criterion": v["criterion"], "name": v["name"]}
+    return out
 
-    def put(fact: str, status: str, evidence: str, value: Any = None) -> None:
-        out[fact] = {"status": status, "evidence": evidence, "value": value}
 
-    # crash ---------------------------------------------------------------------------
+Verdicts = dict[str, dict[str, Any]]
+
+
+def _v(status: str, evidence: str, value: Any = None) -> dict[str, Any]:
+    return {"status": status, "evidence": evidence, "value": value}
+
+
+EPOCHS_NOT_MEASURED = "all epochs: not measured (a benchmark runs steps; hjepa-bench validate runs the epochs)"
+
+
+def _crash_verdicts(f: Facts, th: Thresholds) -> Verdicts:
+    """``crash`` and ``epochs``: a sweep's failed configs are benchmark failures, listed, not crashes."""
     failed = ("benchmark failures, not crashes of a validation run (hjepa-bench validate runs one): "
               + "; ".join(f.benchmark_failures)) if f.benchmark_failures else ""
+    out: Verdicts = {}
     if f.crashed is None and f.non_finite is None:
-        put("crash", NOT_MEASURED, failed or "nothing ran")
+        out["crash"] = _v(NOT_MEASURED, failed or "nothing ran")
     elif f.benchmark_failures and not f.crashed and not f.non_finite:
-        put("crash", NOT_MEASURED, failed)
+        out["crash"] = _v(NOT_MEASURED, failed)
     else:
         problems = []
         if f.crashed:
@@ -161,154 +200,193 @@ def fact_verdicts(f: Facts, th: Thresholds) -> dict[str, dict[str, Any]]:
         if f.epochs_planned is not None and f.epochs_completed is not None and f.epochs_completed < f.epochs_planned:
             problems.append(f"{f.epochs_completed} of {f.epochs_planned} epochs completed")
         epochs = (f"{f.epochs_completed}/{f.epochs_planned} epochs" if f.epochs_planned is not None
-                  else "all epochs: not measured (a benchmark runs steps; hjepa-bench validate runs the epochs)")
-        put("crash", FAIL if problems else PASS,
-            "; ".join(problems + ([failed] if failed else [])) if problems else
-            f"no crash, losses and gradients finite; {epochs}", f.epochs_completed)
+                  else EPOCHS_NOT_MEASURED)
+        out["crash"] = _v(FAIL if problems else PASS,
+                          "; ".join(problems + ([failed] if failed else [])) if problems else
+                          f"no crash, losses and gradients finite; {epochs}", f.epochs_completed)
     if f.epochs_planned is None or f.epochs_completed is None:
-        put("epochs", NOT_MEASURED, "all epochs: not measured (a benchmark runs steps; hjepa-bench validate runs "
-                                    "the epochs)")
+        out["epochs"] = _v(NOT_MEASURED, EPOCHS_NOT_MEASURED)
     else:
-        put("epochs", PASS if f.epochs_completed >= f.epochs_planned else FAIL,
-            f"{f.epochs_completed}/{f.epochs_planned} epochs", f.epochs_completed)
-    # speed and variance --------------------------------------------------------------
+        out["epochs"] = _v(PASS if f.epochs_completed >= f.epochs_planned else FAIL,
+                           f"{f.epochs_completed}/{f.epochs_planned} epochs", f.epochs_completed)
+    return out
+
+
+def _not_guide(f: Facts) -> str:
+    """Why a fact about the guide's validation run is not judged on another run."""
+    return ("not judged: the judged run is not the guide's quick_val (it differs in "
+            f"{', '.join(d.split(' (')[0] for d in f.guide_differences or [])}; see 'Judged on')")
+
+
+def _speed_verdicts(f: Facts, th: Thresholds) -> Verdicts:
+    """``speed`` and ``variance``, judged only on the guide's validation run."""
     other_run = bool(f.guide_differences)
-    not_guide = ("not judged: the judged run is not the guide's quick_val (it differs in "
-                 f"{', '.join(d.split(' (')[0] for d in f.guide_differences or [])}; see 'Judged on')")
+    out: Verdicts = {}
     if f.it_per_s is None:
-        put("speed", NOT_MEASURED, "no speed measured")
+        out["speed"] = _v(NOT_MEASURED, "no speed measured")
     elif other_run:
-        put("speed", NOT_MEASURED, f"{f.it_per_s:.2f} it/s, {not_guide}", round(f.it_per_s, 3))
+        out["speed"] = _v(NOT_MEASURED, f"{f.it_per_s:.2f} it/s, {_not_guide(f)}", round(f.it_per_s, 3))
     else:
         fast = f.it_per_s >= th.min_it_per_s
-        put("speed", PASS if fast else FAIL, f"{f.it_per_s:.2f} it/s ({'>=' if fast else '<'} {th.min_it_per_s:g}; "
-            f"the guide expects ~{th.expected_it_per_s:g})", round(f.it_per_s, 3))
+        out["speed"] = _v(PASS if fast else FAIL, f"{f.it_per_s:.2f} it/s ({'>=' if fast else '<'} "
+                          f"{th.min_it_per_s:g}; the guide expects ~{th.expected_it_per_s:g})", round(f.it_per_s, 3))
     if f.step_cv_pct is None:
-        put("variance", NOT_MEASURED, "CV -: not measured (too few measured steps; measure longer)")
+        out["variance"] = _v(NOT_MEASURED, "CV -: not measured (too few measured steps; measure longer)")
     elif other_run:
-        put("variance", NOT_MEASURED, f"CV {f.step_cv_pct:.1f}%, {not_guide}", f.step_cv_pct)
+        out["variance"] = _v(NOT_MEASURED, f"CV {f.step_cv_pct:.1f}%, {_not_guide(f)}", f.step_cv_pct)
     else:
         steady = f.step_cv_pct < th.max_step_cv_pct
         drift = f"; the step time also slows down {f.step_drift} (see the stability section)" if f.step_drift else ""
-        put("variance", PASS if steady else FAIL,
-            f"CV {f.step_cv_pct:.1f}% ({'<' if steady else '>='} {th.max_step_cv_pct:g}%){drift}", f.step_cv_pct)
-    # loss ------------------------------------------------------------------------------
+        out["variance"] = _v(PASS if steady else FAIL, f"CV {f.step_cv_pct:.1f}% ({'<' if steady else '>='} "
+                             f"{th.max_step_cv_pct:g}%){drift}", f.step_cv_pct)
+    return out
+
+
+def _too_few_losses(f: Facts) -> str:
+    """Why the loss is not judged: too few values for the smoothed windows."""
     too_few = (f"{f.loss_points} loss value(s)" if f.loss_points is not None else "no loss series")
     too_few += ": too few for the smoothed start and end windows"
     if f.loss_epoch_values:
         vals = f.loss_epoch_values
         too_few += (f" (the epoch summaries' losses {' -> '.join(f'{v:.4g}' for v in vals)}, {len(vals)} value(s), "
                     "are shown, not judged)")
+    return too_few
+
+
+def _loss_drop_verdict(f: Facts, th: Thresholds) -> dict[str, Any]:
     if f.loss_decrease_pct is None:
-        put("loss_drop", NOT_MEASURED, too_few)
-    else:
-        down = f"down {fmt_or_dash(f.loss_decrease_pct, suffix='%')}"
-        numbers = (f"{f.loss_start:.4g} -> {f.loss_end:.4g}, {down} over {f.loss_points} points"
-                   if f.loss_start is not None and f.loss_end is not None else down)
-        if f.loss_preliminary:
-            put("loss_drop", NOT_MEASURED, f"{numbers}; {PRELIMINARY}", f.loss_decrease_pct)
-        else:
-            ok_drop = f.loss_decrease_pct >= th.min_loss_decrease_pct
-            put("loss_drop", PASS if ok_drop else FAIL,
-                numbers + ("" if ok_drop else f" (< {th.min_loss_decrease_pct:g}%)"), f.loss_decrease_pct)
-    if f.diverged is None:
-        put("divergence", NOT_MEASURED, "not measured")
-    elif f.diverged:
-        put("divergence", FAIL, "diverged", True)
-    else:
-        put("divergence", NOT_MEASURED if f.loss_preliminary else PASS,
-            PRELIMINARY if f.loss_preliminary else "no divergence", False)
+        return _v(NOT_MEASURED, _too_few_losses(f))
+    down = f"down {fmt_or_dash(f.loss_decrease_pct, suffix='%')}"
+    numbers = (f"{f.loss_start:.4g} -> {f.loss_end:.4g}, {down} over {f.loss_points} points"
+               if f.loss_start is not None and f.loss_end is not None else down)
+    if f.loss_preliminary:
+        return _v(NOT_MEASURED, f"{numbers}; {PRELIMINARY}", f.loss_decrease_pct)
+    ok_drop = f.loss_decrease_pct >= th.min_loss_decrease_pct
+    return _v(PASS if ok_drop else FAIL, numbers + ("" if ok_drop else f" (< {th.min_loss_decrease_pct:g}%)"),
+              f.loss_decrease_pct)
+
+
+def _warmup_verdict(f: Facts) -> dict[str, Any]:
     if f.warmup_spikes is None:
-        put("warmup", NOT_MEASURED, "warm-up spikes not measured")
-    elif f.loss_decrease_pct is None and not f.loss_preliminary:
+        return _v(NOT_MEASURED, "warm-up spikes not measured")
+    spikes = f"{f.warmup_spikes} loss spike(s) during warm-up"
+    if f.loss_decrease_pct is None and not f.loss_preliminary:
         # the same loss series the learning criterion needs: a warm-up is not judged from fewer values
-        put("warmup", NOT_MEASURED, f"{f.warmup_spikes} loss spike(s) during warm-up; {too_few}", f.warmup_spikes)
-    elif f.loss_preliminary:
-        put("warmup", NOT_MEASURED, f"{f.warmup_spikes} loss spike(s) during warm-up; {PRELIMINARY}", f.warmup_spikes)
+        return _v(NOT_MEASURED, f"{spikes}; {_too_few_losses(f)}", f.warmup_spikes)
+    if f.loss_preliminary:
+        return _v(NOT_MEASURED, f"{spikes}; {PRELIMINARY}", f.warmup_spikes)
+    return _v(FAIL if f.warmup_spikes else PASS, spikes, f.warmup_spikes)
+
+
+def _loss_verdicts(f: Facts, th: Thresholds) -> Verdicts:
+    """``loss_drop``, ``divergence``, ``warmup`` and ``loss_steady``."""
+    if f.diverged is None:
+        divergence = _v(NOT_MEASURED, "not measured")
+    elif f.diverged:
+        divergence = _v(FAIL, "diverged", True)
     else:
-        put("warmup", FAIL if f.warmup_spikes else PASS, f"{f.warmup_spikes} loss spike(s) during warm-up",
-            f.warmup_spikes)
-    put("loss_steady", NOT_MEASURED if f.loss_trend is None or f.loss_preliminary else
-        PASS if f.loss_trend == "decreasing" and not f.loss_noisy else FAIL,
-        "not measured" if f.loss_trend is None else f"trend {f.loss_trend}"
-        + (", noisy" if f.loss_noisy else ", not noisy" if f.loss_noisy is False else "")
-        + (" (preliminary)" if f.loss_preliminary else ""))
-    # quality ----------------------------------------------------------------------------
+        divergence = _v(NOT_MEASURED if f.loss_preliminary else PASS,
+                        PRELIMINARY if f.loss_preliminary else "no divergence", False)
+    steady = _v(NOT_MEASURED if f.loss_trend is None or f.loss_preliminary else
+                PASS if f.loss_trend == "decreasing" and not f.loss_noisy else FAIL,
+                "not measured" if f.loss_trend is None else f"trend {f.loss_trend}"
+                + (", noisy" if f.loss_noisy else ", not noisy" if f.loss_noisy is False else "")
+                + (" (preliminary)" if f.loss_preliminary else ""))
+    return {"loss_drop": _loss_drop_verdict(f, th), "divergence": divergence, "warmup": _warmup_verdict(f),
+            "loss_steady": steady}
+
+
+def _collapse_verdicts(f: Facts, th: Thresholds) -> Verdicts:
+    """``collapse``: the flags, judged only from a model trained long enough."""
     if not f.collapse:
-        put("collapse", NOT_MEASURED, "feature quality not measured (run with --probes features, or validate/eval)")
-    else:
-        c = f.collapse
-        flags = [k for k in ("low_rank", "low_variance", "all_alike") if c.get(k)]
-        ev = (f"effective rank {fmt_finite(c.get('effective_rank'), '.1f')} of D={c.get('d')}, RankMe/D "
-              f"{fmt_finite(c.get('rankme_ratio'))}, mean cosine {fmt_finite(c.get('mean_cosine'))}"
-              + (f"; flags: {', '.join(flags)}" if flags else "; no collapse flags"))
-        if c.get("note"):
-            ev += f"; {c['note']}"
-        if c.get("quality_judged", True):
-            put("collapse", FAIL if flags or c.get("collapsed") else PASS, ev, c.get("rankme_ratio"))
-        else:
-            put("collapse", NOT_MEASURED, f"{ev}; {c.get('quality_note') or 'untrained: not judged'}",
-                c.get("rankme_ratio"))
-    # compatibility ----------------------------------------------------------------------
+        return {"collapse": _v(NOT_MEASURED, "feature quality not measured (run with --probes features, or "
+                                             "validate/eval)")}
+    c = f.collapse
+    flags = [k for k in ("low_rank", "low_variance", "all_alike") if c.get(k)]
+    ev = (f"effective rank {fmt_finite(c.get('effective_rank'), '.1f')} of D={c.get('d')}, RankMe/D "
+          f"{fmt_finite(c.get('rankme_ratio'))}, mean cosine {fmt_finite(c.get('mean_cosine'))}"
+          + (f"; flags: {', '.join(flags)}" if flags else "; no collapse flags"))
+    if c.get("note"):
+        ev += f"; {c['note']}"
+    if c.get("quality_judged", True):
+        return {"collapse": _v(FAIL if flags or c.get("collapsed") else PASS, ev, c.get("rankme_ratio"))}
+    return {"collapse": _v(NOT_MEASURED, f"{ev}; {c.get('quality_note') or 'untrained: not judged'}",
+                           c.get("rankme_ratio"))}
+
+
+def _compatibility_verdicts(f: Facts, th: Thresholds) -> Verdicts:
+    """``compatibility`` (backend errors fail, CPU fallbacks are listed) and ``mps``: the same on MPS."""
     if f.crashed is None and not f.backend_errors and f.fallbacks is None:
-        put("compatibility", NOT_MEASURED, "nothing ran")
+        comp = _v(NOT_MEASURED, "nothing ran")
     else:
         fb = ("CPU fallbacks: " + "; ".join(f.fallbacks)) if f.fallbacks else (
             "no CPU fallback seen" if f.fallbacks is not None else "CPU fallbacks not measured (--probes svd)")
-        put("compatibility", FAIL if f.backend_errors else PASS if f.fallbacks is not None else NOT_MEASURED,
-            ("backend errors: " + "; ".join(f.backend_errors) + "; " if f.backend_errors else "no backend errors; ") + fb,
-            len(f.backend_errors))
-    comp = out["compatibility"]
+        errors = ("backend errors: " + "; ".join(f.backend_errors) + "; " if f.backend_errors
+                  else "no backend errors; ")
+        comp = _v(FAIL if f.backend_errors else PASS if f.fallbacks is not None else NOT_MEASURED, errors + fb,
+                  len(f.backend_errors))
     if f.backend == "mps":
-        put("mps", comp["status"], "ran on MPS: " + comp["evidence"])
+        mps = _v(comp["status"], "ran on MPS: " + comp["evidence"])
     else:
-        put("mps", NOT_MEASURED, f"ran on {f.backend or 'an unknown device'}, not MPS")
-    # memory -----------------------------------------------------------------------------
+        mps = _v(NOT_MEASURED, f"ran on {f.backend or 'an unknown device'}, not MPS")
+    return {"compatibility": comp, "mps": mps}
+
+
+def _memory_verdicts(f: Facts, th: Thresholds) -> Verdicts:
+    """``memory``: no OOM, no leak, no pressure (judged only on the guide's validation run)."""
     if f.oom is None and f.leak is None and f.memory_pressure is None:
-        put("memory", NOT_MEASURED, "memory probe not run")
-    else:
-        bad = [w for w, flag in (("out of memory", f.oom), ("leak suspected", f.leak),
-                                 ("memory pressure", f.memory_pressure)) if flag]
-        peak = f"peak {fmt_gib(f.peak_bytes)}" + (f", headroom {f.headroom_frac:.0%}" if f.headroom_frac is not None else "")
-        if bad:
-            put("memory", FAIL, "; ".join(bad) + (f" ({f.leak_detail})" if f.leak and f.leak_detail else ""))
-        elif other_run:
-            put("memory", NOT_MEASURED, f"no OOM, {peak}; {not_guide}")
-        elif f.leak is None:
-            put("memory", NOT_MEASURED, f"no OOM, {peak}; leak not judged: "
-                + (f.leak_detail or "memory probe not run"))
-        else:
-            put("memory", PASS, f"no OOM, no leak, {peak}")
-    # bottlenecks ------------------------------------------------------------------------
+        return {"memory": _v(NOT_MEASURED, "memory probe not run")}
+    bad = [w for w, flag in (("out of memory", f.oom), ("leak suspected", f.leak),
+                             ("memory pressure", f.memory_pressure)) if flag]
+    peak = f"peak {fmt_gib(f.peak_bytes)}" + (
+        f", headroom {f.headroom_frac:.0%}" if f.headroom_frac is not None else "")
+    if bad:
+        return {"memory": _v(FAIL, "; ".join(bad) + (f" ({f.leak_detail})" if f.leak and f.leak_detail else ""))}
+    if f.guide_differences:
+        return {"memory": _v(NOT_MEASURED, f"no OOM, {peak}; {_not_guide(f)}")}
+    if f.leak is None:
+        return {"memory": _v(NOT_MEASURED, f"no OOM, {peak}; leak not judged: "
+                             + (f.leak_detail or "memory probe not run"))}
+    return {"memory": _v(PASS, f"no OOM, no leak, {peak}")}
+
+
+def _bottleneck_verdicts(f: Facts, th: Thresholds) -> Verdicts:
+    """``bottleneck``: fails when the report advises changing the worker count."""
     if f.bottleneck is None:
-        put("bottleneck", NOT_MEASURED, "bottleneck not measured (the bottleneck probe did not run)")
-    else:
-        problems = [w for w, flag in (("data-bound", f.bottleneck == "data-bound"), ("CPU saturated", f.cpu_saturated),
-                                      ("still data-bound with the most workers measured", f.workers_more_needed))
-                    if flag]
-        ev = (f"{f.bottleneck}" + (f", data wait {f.data_wait_frac:.0%}" if f.data_wait_frac is not None else "")
-              + (f"; {f.bottleneck_advice}" if f.bottleneck_advice else ""))
-        put("bottleneck", NOT_MEASURED if other_run else FAIL if problems else PASS,
-            (f"{', '.join(problems)}: " if problems else "") + ev + (f"; {not_guide}" if other_run else ""),
-            f.bottleneck)
-    # system optimisation ----------------------------------------------------------------
+        return {"bottleneck": _v(NOT_MEASURED, "bottleneck not measured (the bottleneck probe did not run)")}
+    other_run = bool(f.guide_differences)
+    problems = [w for w, flag in (("data-bound", f.bottleneck == "data-bound"), ("CPU saturated", f.cpu_saturated),
+                                  ("still data-bound with the most workers measured", f.workers_more_needed))
+                if flag]
+    ev = (f"{f.bottleneck}" + (f", data wait {f.data_wait_frac:.0%}" if f.data_wait_frac is not None else "")
+          + (f"; {f.bottleneck_advice}" if f.bottleneck_advice else ""))
+    return {"bottleneck": _v(NOT_MEASURED if other_run else FAIL if problems else PASS,
+                             (f"{', '.join(problems)}: " if problems else "") + ev
+                             + (f"; {_not_guide(f)}" if other_run else ""), f.bottleneck)}
+
+
+def _tuning_verdicts(f: Facts, th: Thresholds) -> Verdicts:
+    """``workers``, ``batch`` (tuned when two or more values were measured) and ``logging`` (no costly stalls)."""
+    out: Verdicts = {}
     if not f.workers_tuned:
-        put("workers", NOT_MEASURED, "only one worker count measured; sweep --workers 2,4,6,8")
+        out["workers"] = _v(NOT_MEASURED, "only one worker count measured; sweep --workers 2,4,6,8")
     else:
-        put("workers", PASS, f.workers_tuned["evidence"], f.workers_tuned["value"])
+        out["workers"] = _v(PASS, f.workers_tuned["evidence"], f.workers_tuned["value"])
     if not f.batch_tuned:
-        put("batch", NOT_MEASURED, "only one batch size measured; sweep --batch-sizes 24,32,48,64")
+        out["batch"] = _v(NOT_MEASURED, "only one batch size measured; sweep --batch-sizes 24,32,48,64")
     else:
-        put("batch", PASS, f.batch_tuned["evidence"], f.batch_tuned["value"])
+        out["batch"] = _v(PASS, f.batch_tuned["evidence"], f.batch_tuned["value"])
     if f.logging_stall is None:
-        put("logging", NOT_MEASURED, "needs a training log (hjepa-bench analyze) or a long run with periodic stalls")
+        out["logging"] = _v(NOT_MEASURED, "needs a training log (hjepa-bench analyze) or a long run with periodic "
+                                          "stalls")
     else:
         cost = f.logging_stall.get("cost_pct")
         period = f.logging_stall.get("period_steps")
         bad = cost is not None and cost > th.logging_stall_max_pct
-        put("logging", FAIL if bad else PASS,
-            (f"periodic stalls every {period} steps cost {cost:.1f}% of the time (limit {th.logging_stall_max_pct:g}%)"
-             if period and cost is not None else f.logging_stall.get("evidence", "no periodic stalls")), cost)
+        out["logging"] = _v(FAIL if bad else PASS,
+                            (f"periodic stalls every {period} steps cost {cost:.1f}% of the time (limit "
+                             f"{th.logging_stall_max_pct:g}%)" if period and cost is not None else
+                             f.logging_stall.get("evidence", "no periodic stalls")), cost)
     return out
 
 
@@ -347,7 +425,16 @@ def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
                        v["collapse"]["evidence"]))
     out.append(verdict("compatibility", "Compatibility: no backend errors; CPU fallbacks listed",
                        v["compatibility"]["status"], v["compatibility"]["value"], v["compatibility"]["evidence"]))
-    return out
+    return [_with_probe_verdicts(c, f.probe_verdicts) for c in out]
+
+
+def _with_probe_verdicts(criterion: dict[str, Any], probe_verdicts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``criterion`` combined (:func:`combine`) with the probes' verdicts that feed it, whose evidence it adds."""
+    feeding = [p for p in probe_verdicts if p["criterion"] == criterion["id"]]
+    if not feeding:
+        return criterion
+    return {**criterion, "status": combine([criterion["status"], *(p["status"] for p in feeding)]),
+            "evidence": criterion["evidence"] + "".join(f"; {p['name']}: {p['evidence']}" for p in feeding)}
 
 
 # --------------------------------------------------------------------------- the checklist
@@ -365,13 +452,23 @@ CHECKLIST: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 )
 
 
+#: the checklist section of the verdicts probes judged themselves (shown when a probe gave one)
+PROBE_SECTION = "Probes' own checks"
+
+
 def checklist(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
-    """The guide's post-validation checklist, in its four sections; each item is its fact's verdict."""
+    """The guide's post-validation checklist, in its four sections; each item is its fact's verdict.
+    The verdicts probes judged themselves follow in a fifth section, :data:`PROBE_SECTION`."""
     v = fact_verdicts(f, th)
     names = th.as_dict()
-    return [{"section": section, "items": [{"name": name.format(**names), "fact": fact, **v[fact]}
-                                           for name, fact in items]}
-            for section, items in CHECKLIST]
+    out = [{"section": section, "items": [{"name": name.format(**names), "fact": fact, **v[fact]}
+                                          for name, fact in items]}
+           for section, items in CHECKLIST]
+    if f.probe_verdicts:
+        out.append({"section": PROBE_SECTION, "items": [
+            {"name": p["name"], "fact": p["fact"], "status": p["status"], "evidence": p["evidence"],
+             "value": p.get("value"), "criterion": p["criterion"]} for p in f.probe_verdicts]})
+    return out
 
 
 # --------------------------------------------------------------------------- lessons learned
@@ -483,99 +580,86 @@ def pick_validation_record(records: Sequence[Mapping[str, Any]]) -> tuple[Mappin
 
 
 def facts_from_records(records: Sequence[Mapping[str, Any]], *, workers_choice: Mapping[str, Any] | None = None,
-                       batch_choice: Mapping[str, Any] | None = None) -> Facts:
-    """Facts of a sweep: the validation record's probes, plus sweep-wide errors."""
+                       batch_choice: Mapping[str, Any] | None = None, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                       probes: Mapping[str, Probe] | None = None) -> Facts:
+    """Facts of a sweep: the validation record's own (speed, crashes, memory peak), what its probes
+    measured (:meth:`~hjepa_bench.plugin.api.Probe.facts`) and judged themselves (their verdicts,
+    with ``thresholds``), plus sweep-wide errors and the report's batch and worker choices.
+    ``probes``: the probes asked (None: the registered probes)."""
     r, why = pick_validation_record(records)
     if r is None:
         f = Facts(source="sweep", subject=why)
         _benchmark_failures(f, [x for x in records if x.get("status") in CRASH_STATUSES])
         return f
-    env = r.get("env") or {}
-    m = r.get("metrics") or {}
-    p = r.get("probes") or {}
+    f = _sweep_subject(r, why)
+    _record_facts(f, r, records)
+    set_probe_facts(f, probe_facts(r, probes))
+    f.probe_verdicts = probe_verdicts(r, thresholds, probes)
+    if any(g is None for g in (r.get("series") or {}).get("grad_norm") or []):
+        f.non_finite = True
+    if workers_choice:
+        _worker_choice_facts(f, r, workers_choice)
+    if workers_choice and workers_choice.get("measured_counts", 0) >= 2:
+        f.workers_tuned = {"value": workers_choice.get("workers"), "evidence": workers_choice.get("reason")}
+    if batch_choice and batch_choice.get("measured_counts", 0) >= 2:
+        f.batch_tuned = {"value": batch_choice.get("batch"), "evidence": batch_choice.get("reason")}
+    return f
+
+
+def _sweep_subject(r: Mapping[str, Any], why: str) -> Facts:
+    """The facts' subject: the judged record, why it was picked and how it differs from the guide's run."""
     diffs = guide_differences(r)
     subject = f"{label(r)}: {why}"
     if diffs:
         subject += ("; it differs from the guide's validation run (quick_val) in " + "; ".join(diffs)
                     + ", so the criteria about that run's speed, variance, memory and bottleneck are not measured "
                     f"here (they need {GUIDE_RUN})")
-    f = Facts(source="sweep", subject=subject, device=device_name(r), backend=env.get("backend"),
+    f = Facts(source="sweep", subject=subject, device=device_name(r), backend=(r.get("env") or {}).get("backend"),
               guide_differences=diffs)
     f.notes.append(why)
+    return f
+
+
+def _record_facts(f: Facts, r: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> None:
+    """What the record itself measured (speed, the step-time CV of its metrics, non-finite losses, the
+    peak) and the sweep's failures and OOMs on its machine; a probe's facts come on top."""
+    from .decision_matrix import measured_cv_pct
+
+    m = r.get("metrics") or {}
     same_device = [x for x in records if machine(x) == machine(r)]  # a cluster node is its own machine
     f.crashed = False  # a sweep runs benchmarks: no validation run to crash
     _benchmark_failures(f, [x for x in same_device if x.get("status") in CRASH_STATUSES])
-    from .decision_matrix import step_cv_pct
-
     f.it_per_s = finite(m.get("it_per_s"))
-    f.step_cv_pct = step_cv_pct(r)
-    deg = (p.get("stability") or {}).get("degradation") or {}
-    if deg.get("degrading") and drift_text(deg) is not None:
-        f.step_drift = drift_text(deg) + (
-            f" (p {deg['p_value']:.2g})" if finite(deg.get("p_value")) is not None else "")
+    f.step_cv_pct = measured_cv_pct(r)
     f.speed_method = (f"{(m.get('step_time_s') or {}).get('n')} measured steps, synced windows "
                       f"({m.get('timing_method')})")
-    loss = p.get("loss") or {}
-    if loss.get("status") == "ok":
-        f.loss_start, f.loss_end = finite(loss.get("start_loss")), finite(loss.get("end_loss"))
-        f.loss_decrease_pct = finite(loss.get("decrease_pct"))
-        f.loss_trend, f.loss_noisy = loss.get("trend"), loss.get("noisy")
-        f.diverged = bool(loss.get("diverged"))
-        f.warmup_spikes = (loss.get("warmup_spikes") or {}).get("count")
-        f.loss_points = loss.get("n")
-        f.loss_preliminary = bool(loss.get("preliminary", True))
-        f.lr = finite(loss.get("lr"))
-        f.lr_advice = (loss.get("lr_advice") or {}).get("text")
-        f.lr_advice_detail = loss.get("lr_advice")
-        f.non_finite = bool(loss.get("non_finite_count"))
-    else:
-        f.non_finite = any(x is None for x in ((r.get("series") or {}).get("loss") or []))
-    grads = (r.get("series") or {}).get("grad_norm") or []
-    if any(g is None for g in grads):
-        f.non_finite = True
-    feats = p.get("features") or {}
-    if feats.get("status") == "ok" and feats.get("measured", True):
-        col = feats.get("collapse") or {}
-        f.collapse = {**col, "rankme_ratio": finite(feats.get("rankme_ratio")),
-                      "effective_rank": finite(feats.get("effective_rank")), "d": feats.get("d"),
-                      "mean_cosine": finite(feats.get("mean_cosine")),
-                      "note": f"measured after {feats.get('steps_trained')} training steps",
-                      "quality_judged": feats.get("quality_judged", True), "quality_note": feats.get("quality_note")}
-    mem = p.get("memory") or {}
+    f.non_finite = any(x is None for x in ((r.get("series") or {}).get("loss") or []))
     f.oom = any(x.get("status") == "oom" and _same_model(x, r) for x in same_device)
-    if mem.get("status") == "ok":
-        leak = mem.get("leak") or {}
-        f.leak = None if leak.get("suspected") is None else bool(leak["suspected"])
-        f.leak_detail = leak.get("reason") or leak.get("note")
-        f.memory_pressure = bool(mem.get("memory_pressure"))
-        f.headroom_frac = finite(mem.get("headroom_frac"))
     f.peak_bytes = m.get("peak_device_bytes")
-    svd = p.get("svd") or {}
-    if svd.get("status") == "ok" and svd.get("measured", True):
-        paths = [f"torch.linalg.svd {t.get('dtype')} on {t.get('device')}: {t.get('path')}"
-                 for t in svd.get("timings") or [] if t.get("path") in ("cpu-fallback", "not-implemented")]
-        f.fallbacks = paths
-    bott = p.get("bottleneck") or {}
-    if bott.get("status") == "ok":
-        f.bottleneck = bott.get("verdict")
-        f.data_wait_frac = finite((bott.get("shares") or {}).get("data_wait"))
-        f.bottleneck_advice = bott.get("worker_advice")
-        f.cpu_saturated = bott.get("cpu_saturated")
-    if workers_choice:
-        # one advice per fact: the report's worker advice (measured counts first, then this run's
-        # bottleneck) is the advice every line shows, the probe's rule of thumb included
-        f.workers_more_needed = workers_choice.get("more_needed")
-        judged = finite((r.get("config") or {}).get("data", {}).get("num_workers"))
-        advised = finite(workers_choice.get("workers"))
-        if f.bottleneck_advice is not None and workers_choice.get("reason"):
-            f.bottleneck_advice = f"num_workers {workers_choice.get('workers')}: {workers_choice.get('reason')}"
-        if f.cpu_saturated and judged is not None and advised is not None and advised >= judged:
-            f.cpu_saturated = False  # measured: fewer workers are no faster
-    if workers_choice and workers_choice.get("measured_counts", 0) >= 2:
-        f.workers_tuned = {"value": workers_choice.get("workers"), "evidence": workers_choice.get("reason")}
-    if batch_choice and batch_choice.get("measured_counts", 0) >= 2:
-        f.batch_tuned = {"value": batch_choice.get("batch"), "evidence": batch_choice.get("reason")}
-    return f
+
+
+def set_probe_facts(f: Facts, facts: Mapping[str, Any]) -> None:
+    """Set the :class:`Facts` fields a probe measured (``RECORD_FACTS`` are the decision matrix's);
+    a name that is neither is a probe's mistake."""
+    unknown = sorted(set(facts) - FACT_NAMES)
+    if unknown:
+        raise ValueError(f"a probe gave unknown facts {', '.join(unknown)}; facts are the fields of Facts "
+                         f"or {', '.join(RECORD_FACTS)}")
+    for name, value in facts.items():
+        if name not in RECORD_FACTS:
+            setattr(f, name, value)
+
+
+def _worker_choice_facts(f: Facts, r: Mapping[str, Any], workers_choice: Mapping[str, Any]) -> None:
+    """One advice per fact: the report's worker advice (measured counts first, then this run's
+    bottleneck) is the advice every line shows, the probe's rule of thumb included."""
+    f.workers_more_needed = workers_choice.get("more_needed")
+    judged = finite((r.get("config") or {}).get("data", {}).get("num_workers"))
+    advised = finite(workers_choice.get("workers"))
+    if f.bottleneck_advice is not None and workers_choice.get("reason"):
+        f.bottleneck_advice = f"num_workers {workers_choice.get('workers')}: {workers_choice.get('reason')}"
+    if f.cpu_saturated and judged is not None and advised is not None and advised >= judged:
+        f.cpu_saturated = False  # measured: fewer workers are no faster
 
 
 def failure_words(record: Mapping[str, Any]) -> str:

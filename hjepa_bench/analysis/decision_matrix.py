@@ -40,13 +40,14 @@ from ..options import TrainingOption, record_matches
 from ..thresholds import Thresholds
 from ..format import finite
 from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, machine, machine_name, model_short,
-                      node_label, probe, samples_per_s, short_model_name, world_size)
+                      node_label, samples_per_s, short_model_name, world_size)
 from ..record import workers as workers_of
 from .bottleneck import is_data_bound
 from .memory import fit_memory
 from .policy import shortfall
 from .projection import project_record, seconds_per_step
 from .stability import MIN_STEPS_SPREAD
+from .verdicts import Probes, probe_facts
 
 NOT_MEASURED = "not measured"
 
@@ -92,19 +93,21 @@ def few_steps_warning(r: Mapping[str, Any]) -> str | None:
     return f"only {n} steps measured; the statistics are rough"
 
 
-def step_cv_pct(r: Mapping[str, Any]) -> float | None:
-    """Step-time CV (%) from the stability probe, else from the record's step times; None (not
-    measured) when fewer than the stability probe's minimum of steps were measured (the CV of a
-    handful of steps is not a measurement of stability)."""
-    stab = probe(r, "stability") or {}
+def measured_cv_pct(r: Mapping[str, Any]) -> float | None:
+    """Step-time CV (%) of the record's measured step times (``metrics.step_time_s``); None (not
+    measured) below the stability minimum of steps (the CV of a handful of steps is not a
+    measurement of stability)."""
     st = (r.get("metrics") or {}).get("step_time_s") or {}
-    n = stab.get("n") if stab.get("n") is not None else st.get("n")
-    if (n or 0) < MIN_STEPS_SPREAD:
+    if (st.get("n") or 0) < MIN_STEPS_SPREAD or finite(st.get("cv")) is None:
         return None
-    cv = finite(stab.get("cv_pct")) if stab.get("status", "ok") == "ok" else None
-    if cv is None and finite(st.get("cv")) is not None:
-        cv = 100 * float(st["cv"])
-    return cv
+    return 100 * float(st["cv"])
+
+
+def step_cv_pct(r: Mapping[str, Any], probes: Probes | None = None) -> float | None:
+    """Step-time CV (%) as a probe measured it (its fact ``step_cv_pct``, None when it says not
+    measured), else :func:`measured_cv_pct`."""
+    facts = probe_facts(r, probes)
+    return facts["step_cv_pct"] if "step_cv_pct" in facts else measured_cv_pct(r)
 
 
 # --------------------------------------------------------------------------- batch and workers
@@ -205,16 +208,17 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds,
             "oom_batches": oom, "samples_per_s": {b: _sps(best_by_batch[b]) for b in batches}}
 
 
-def _cores(r: Mapping[str, Any]) -> int | None:
-    bott = probe(r, "bottleneck") or {}
-    n = bott.get("cores") or (r.get("env") or {}).get("cpu_count_logical")
+def _cores(r: Mapping[str, Any], facts: Mapping[str, Any]) -> int | None:
+    """The logical cores the run had: as a probe saw them (``cpu_cores``), else the environment's."""
+    n = facts.get("cpu_cores") or (r.get("env") or {}).get("cpu_count_logical")
     try:
         return int(n) if n else None
     except (TypeError, ValueError):
         return None
 
 
-def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, th: Thresholds) -> dict[str, Any]:
+def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, th: Thresholds,
+                      probes: Probes | None = None) -> dict[str, Any]:
     """The one worker advice of a model config on a machine (every section and the configs show
     its ``reason``).  Among the worker counts measured at ``batch``, a count wins over fewer only
     when its samples/s is measurably higher (beyond both bands, :func:`compare_speed`) and by more
@@ -222,7 +226,8 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
     The chosen run's bottleneck then decides once: still data-bound with the most workers measured
     -> more workers (at most cores - 1 on a machine with fewer than 10 cores); our own processes
     saturating the CPU with more than 2 workers and no fewer measured -> 2 (the guide's CPU-bound
-    advice); more workers than cores -> no more than the cores."""
+    advice); more workers than cores -> no more than the cores.  The bottleneck is what the
+    ``probes`` measured (None: the registered probes)."""
     ok = [r for r in records if r.get("status") == "ok" and (batch is None or batch_requested(r) == batch)]
     if not ok:
         return {"workers": None, "reason": NOT_MEASURED, "measured_counts": 0}
@@ -249,8 +254,8 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
     measured_advice = chosen
     top = by_w[max(counts)]
     rec = by_w[chosen]
-    bott = probe(rec, "bottleneck") or {}
-    cores = _cores(rec)
+    bott = probe_facts(rec, probes)
+    cores = _cores(rec, bott)
     wait = finite((top.get("metrics") or {}).get("data_wait_frac"))
     more = False
     if is_data_bound(wait, th.data_bound_share) and chosen == max(counts):
@@ -268,7 +273,7 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
             reason += (f"; still data-bound (data wait {wait:.0%}), but {cores} cores leave no room for more "
                        "workers")
     elif bott.get("cpu_saturated") and chosen > 2 and min(counts) >= chosen:
-        own = finite(bott.get("own_cpu_pct_of_cores"))
+        own = finite(bott.get("own_cpu_pct"))
         reason = (f"2 workers (not measured): the benchmark's own processes saturate the CPU with {chosen} workers"
                   + (f" ({own:.0f}% of the {cores} cores)" if own is not None and cores else "")
                   + f" (the guide: 2 if CPU-bound); measured: {rates} samples/s")
@@ -479,15 +484,28 @@ def efficient_savings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, An
 
 # --------------------------------------------------------------------------- options
 def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]], th: Thresholds,
-                    budget_hours: float | None = None) -> list[dict[str, Any]]:
+                    budget_hours: float | None = None, probes: Probes | None = None) -> list[dict[str, Any]]:
     """One row per machine and world size that measured the option (or one "not measured" row): a
-    data-parallel job of N processes is another way to run the option on that machine."""
+    data-parallel job of N processes is another way to run the option on that machine.  The loss,
+    feature and memory facts of a row are what the ``probes`` measured (None: the registered probes)."""
     values = option.values()
-    t = values["training"]
-    matched = [r for r in records if record_matches(values, r)]
     by_machine: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
-    for r in matched:
-        by_machine[(machine(r), world_size(r))].append(r)
+    for r in records:
+        if record_matches(values, r):
+            by_machine[(machine(r), world_size(r))].append(r)
+    base = _option_base(option, budget_hours)
+    if not by_machine:
+        oks = [r for r in records if r.get("status") == "ok"]
+        return [{**base, "measured": False, "machine": None,
+                 "reasons": [f"{option.describe()} was not measured: no result of this model config "
+                             "(reference step) — the sweep measures it unless run with --options none"
+                             if oks else "nothing ran"]}]
+    return [_machine_row(option, base, mach, ranks, all_rs, th, probes)
+            for (mach, ranks), all_rs in by_machine.items()]
+
+
+def _option_base(option: TrainingOption, budget_hours: float | None) -> dict[str, Any]:
+    """What every row of ``option`` says: the option itself and the time limit it is judged against."""
     limit = budget_hours if budget_hours is not None else option.hours[1]
     if budget_hours is not None:
         limit_src = f"budget {budget_hours:g} h"
@@ -495,87 +513,86 @@ def evaluate_option(option: TrainingOption, records: Sequence[Mapping[str, Any]]
         limit_src = "no time limit (the measured run's own config: projected, never recommended)"
     else:
         limit_src = f"the option's window {option.hours[0]:g}-{option.hours[1]:g} h"
-    base = {"option": option.name, "title": option.title, "describe": option.describe(), "epochs": int(t["epochs"]),
-            "priority": option.priority, "hours_window": list(option.hours), "candidate": option.candidate, "limit_hours": limit,
+    return {"option": option.name, "title": option.title, "describe": option.describe(),
+            "epochs": int(option.values()["training"]["epochs"]), "priority": option.priority,
+            "hours_window": list(option.hours), "candidate": option.candidate, "limit_hours": limit,
             "limit_source": limit_src, "expected": option.expected, "choose_if": option.choose_if}
-    if not by_machine:
-        oks = [r for r in records if r.get("status") == "ok"]
-        return [{**base, "measured": False, "machine": None,
-                 "reasons": [f"{option.describe()} was not measured: no result of this model config "
-                             "(reference step) — the sweep measures it unless run with --options none"
-                             if oks else "nothing ran"]}]
-    rows = []
-    for (mach, ranks), all_rs in by_machine.items():
-        # a record below its minimum steps feeds no verdict: it only says so (analysis/policy.py)
-        short = [r for r in all_rs if shortfall(r) is not None]
-        rs = [r for r in all_rs if shortfall(r) is None]
-        if short and not any(r.get("status") == "ok" for r in rs):
-            text = shortfall(short[0])["text"]
-            rows.append({**base, "measured": True, "machine": machine_name(short[0]), "machine_id": mach,
-                         "node": node_label(short[0]), "world_size": ranks, "status": "not measured",
-                         "not_measured": text, "eligible": False, "fits": False,
-                         "reasons": [f"{(short[0].get('sweep') or {}).get('label') or option.describe()}: {text}"]})
-            continue
-        batch = recommend_batch(rs, th)
-        workers = recommend_workers(rs, batch["batch"], th)
-        ok = [r for r in rs if r.get("status") == "ok"]
-        rec = None
-        if ok:
-            cands = [r for r in ok if batch_requested(r) == batch["batch"] and workers_of(r) == workers["workers"]] or ok
-            rec = max(cands, key=_sps)
-        row: dict[str, Any] = {**base, "measured": True, "machine": machine_name(rs[0]), "machine_id": mach,
-                               "node": node_label(rs[0]), "world_size": ranks,
-                               "batch_choice": batch, "workers_choice": workers, "reasons": []}
-        if rec is None:
-            statuses = ", ".join(sorted({f"{r.get('status')} at b{batch_requested(r)}" for r in rs}))
-            row.update(status="failed", eligible=False, fits=False, reasons=[f"no ok measurement ({statuses})"])
-            rows.append(row)
-            continue
-        m = rec.get("metrics") or {}
-        p = rec.get("probes") or {}
-        proj = project_record(rec, epochs=int(t["epochs"]),
-                              dataset_size=option.dataset_size if option.dataset_size is not None else th.dataset_size,
-                              val_size=option.val_size if option.val_size is not None else th.val_size,
-                              val_every_epochs=th.val_every_epochs,
-                              checkpoint_every_epochs=option.checkpoint_every_epochs(), confidence=th.confidence,
-                              logging=values)
-        stab, loss, feats, mem = (p.get(k) or {} for k in ("stability", "loss", "features", "memory"))
-        cv = step_cv_pct(rec)
-        collapsed, collapse_note = None, None
-        if feats.get("status") == "ok" and feats.get("measured", True):
-            if feats.get("quality_judged", True):
-                collapsed = bool((feats.get("collapse") or {}).get("collapsed"))
-            else:  # flags of a barely trained model: shown, never judged
-                collapse_note = feats.get("quality_note")
-        row.update(
-            status="ok", record_label=(rec.get("sweep") or {}).get("label"), batch=batch_requested(rec), workers=workers_of(rec),
-            it_per_s=finite(m.get("it_per_s")), samples_per_s=_sps(rec), step_cv_pct=cv,
-            steps_measured=(m.get("step_time_s") or {}).get("n"), few_steps=few_steps_warning(rec),
-            loss_note=_loss_note(loss),
-            loss_decrease_pct=finite(loss.get("decrease_pct")) if loss.get("status") == "ok" else None,
-            diverged=bool(loss.get("diverged")) if loss.get("status") == "ok" else None,
-            loss_preliminary=bool(loss.get("preliminary", True)) if loss.get("status") == "ok" else None,
-            collapsed=collapsed, collapse_note=collapse_note, headroom_frac=finite(mem.get("headroom_frac")) if mem.get("status") == "ok" else None,
-            projection=proj, hours=(proj.get("hours") or {}).get("mid"),
-            hours_low=(proj.get("hours") or {}).get("low"), hours_high=(proj.get("hours") or {}).get("high"),
-        )
-        rows.append(row)
-    return rows
 
 
-def _loss_note(loss: Mapping[str, Any]) -> str | None:
+def _machine_row(option: TrainingOption, base: Mapping[str, Any], mach: str, ranks: int,
+                 all_rs: Sequence[Mapping[str, Any]], th: Thresholds, probes: Probes | None) -> dict[str, Any]:
+    """The option's row on one machine and world size, from the records measured there."""
+    # a record below its minimum steps feeds no verdict: it only says so (analysis/policy.py)
+    short = [r for r in all_rs if shortfall(r) is not None]
+    rs = [r for r in all_rs if shortfall(r) is None]
+    if short and not any(r.get("status") == "ok" for r in rs):
+        text = shortfall(short[0])["text"]
+        return {**base, "measured": True, "machine": machine_name(short[0]), "machine_id": mach,
+                "node": node_label(short[0]), "world_size": ranks, "status": "not measured",
+                "not_measured": text, "eligible": False, "fits": False,
+                "reasons": [f"{(short[0].get('sweep') or {}).get('label') or option.describe()}: {text}"]}
+    batch = recommend_batch(rs, th)
+    workers = recommend_workers(rs, batch["batch"], th, probes)
+    ok = [r for r in rs if r.get("status") == "ok"]
+    row: dict[str, Any] = {**base, "measured": True, "machine": machine_name(rs[0]), "machine_id": mach,
+                           "node": node_label(rs[0]), "world_size": ranks,
+                           "batch_choice": batch, "workers_choice": workers, "reasons": []}
+    if not ok:
+        statuses = ", ".join(sorted({f"{r.get('status')} at b{batch_requested(r)}" for r in rs}))
+        row.update(status="failed", eligible=False, fits=False, reasons=[f"no ok measurement ({statuses})"])
+        return row
+    cands = [r for r in ok if batch_requested(r) == batch["batch"] and workers_of(r) == workers["workers"]] or ok
+    row.update(_measured_facts(max(cands, key=_sps), option, th, probes))
+    return row
+
+
+def _measured_facts(rec: Mapping[str, Any], option: TrainingOption, th: Thresholds,
+                    probes: Probes | None) -> dict[str, Any]:
+    """What a row says of its chosen record: speed, stability, the probes' loss, collapse and memory
+    facts, and the projection of the option's full run."""
+    m = rec.get("metrics") or {}
+    values = option.values()
+    proj = project_record(rec, epochs=int(values["training"]["epochs"]),
+                          dataset_size=option.dataset_size if option.dataset_size is not None else th.dataset_size,
+                          val_size=option.val_size if option.val_size is not None else th.val_size,
+                          val_every_epochs=th.val_every_epochs,
+                          checkpoint_every_epochs=option.checkpoint_every_epochs(), confidence=th.confidence,
+                          logging=values, probes=probes)
+    facts = probe_facts(rec, probes)
+    collapsed, collapse_note = None, None
+    if facts.get("collapse"):
+        if facts["collapse"].get("quality_judged", True):
+            collapsed = bool(facts["collapse"].get("collapsed"))
+        else:  # flags of a barely trained model: shown, never judged
+            collapse_note = facts["collapse"].get("quality_note")
+    measured_loss = "loss_decrease_pct" in facts
+    return dict(
+        status="ok", record_label=(rec.get("sweep") or {}).get("label"), batch=batch_requested(rec),
+        workers=workers_of(rec), it_per_s=finite(m.get("it_per_s")), samples_per_s=_sps(rec),
+        step_cv_pct=step_cv_pct(rec, probes), steps_measured=(m.get("step_time_s") or {}).get("n"),
+        few_steps=few_steps_warning(rec), loss_note=_loss_note(facts),
+        loss_decrease_pct=facts.get("loss_decrease_pct"), diverged=facts.get("diverged"),
+        loss_preliminary=facts.get("loss_preliminary") if measured_loss else None,
+        collapsed=collapsed, collapse_note=collapse_note, headroom_frac=facts.get("headroom_frac"),
+        projection=proj, hours=(proj.get("hours") or {}).get("mid"),
+        hours_low=(proj.get("hours") or {}).get("low"), hours_high=(proj.get("hours") or {}).get("high"),
+    )
+
+
+def _loss_note(facts: Mapping[str, Any]) -> str | None:
     """"preliminary, at lr 4.1e-07 (0.3% of the configured 1.5e-04, in LR warm-up)": what a benchmark's
-    loss decrease was measured at."""
-    if loss.get("status") != "ok" or finite(loss.get("decrease_pct")) is None:
+    loss decrease was measured at (the loss facts a probe measured)."""
+    if facts.get("loss_decrease_pct") is None:
         return None
-    parts = ["preliminary"] if loss.get("preliminary", True) else []
-    lr, cfg = finite(loss.get("lr_applied")), finite(loss.get("lr"))
+    parts = ["preliminary"] if facts.get("loss_preliminary", True) else []
+    lr, cfg = finite(facts.get("lr_applied")), finite(facts.get("lr"))
     if lr is None:
         lr, cfg = cfg, None
     if lr is not None:
         at = f"at lr {lr:.1e}"
         if cfg:
-            at += f" ({lr / cfg:.1%} of the configured {cfg:.1e}" + (", in LR warm-up)" if loss.get("lr_in_warmup") else ")")
+            at += f" ({lr / cfg:.1%} of the configured {cfg:.1e}" + (", in LR warm-up)" if facts.get("lr_in_warmup")
+                                                                     else ")")
         parts.append(at)
     return ", ".join(parts) or None
 

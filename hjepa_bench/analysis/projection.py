@@ -32,8 +32,8 @@ throughput: the uncertainty of the measurement itself.  Fewer than
 ``MIN_STEPS_BAND`` (5) measured steps give no band at all (``band_note`` says
 so).  A run that slows
 down over hours, or a busy machine, is not in the band; the stability probe
-reports drift.  Per-epoch costs come from the ``epoch_costs`` probe of the same
-record; a cost that was not measured is named in ``missing`` and counted as 0,
+reports drift.  Per-epoch costs come from a probe of the same record (its fact
+``epoch_costs``: :func:`epoch_costs`); a cost that was not measured is named in ``missing`` and counted as 0,
 so the projection is then a lower bound and says so.
 """
 from __future__ import annotations
@@ -47,7 +47,9 @@ from scipy import stats as sstats
 from ..format import finite
 from .periodic import LoggingPlan, has_empty_cache, periodic_counts, periodic_seconds
 from .policy import shortfall
-from ..record import batch_achieved, batch_requested, probe
+from .verdicts import probe_facts
+from ..plugin.api import Probe
+from ..record import batch_achieved, batch_requested
 from ..record import world_size as record_world_size
 
 #: fewer measured steps than this: no band (a t interval from 2-4 steps is too wide to use,
@@ -101,9 +103,13 @@ def seconds_per_step(record: Mapping[str, Any], confidence: float = 0.95) -> dic
             "source": f"1 / it_per_s; band: {BAND_METHOD} (none below {MIN_STEPS_BAND} steps)"}
 
 
-def epoch_costs(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The per-epoch costs the ``epoch_costs`` probe measured in this record (None: not measured)."""
-    entry = probe(record, "epoch_costs") or {}
+def epoch_costs(record: Mapping[str, Any], probes: Mapping[str, Probe] | None = None) -> dict[str, Any]:
+    """The per-epoch costs a probe measured in this record (its fact ``epoch_costs``; None: not measured)."""
+    return probe_facts(record, probes).get("epoch_costs") or costs_from_entry({})
+
+
+def costs_from_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-epoch costs of an entry of the costs' probe (None: not measured)."""
     ok = entry.get("status", "ok") == "ok" and entry.get("measured", True) is not False
     get = (lambda k: finite(entry.get(k))) if ok else (lambda k: None)
     return {
@@ -245,10 +251,11 @@ def warmup_excess(record: Mapping[str, Any]) -> float | None:
 def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int = 50_000, val_size: int = 10_000,
                    val_every_epochs: int = 1, checkpoint_every_epochs: int = 1,
                    confidence: float = 0.95, logging: Mapping[str, Any] | None = None,
-                   checkpoint_writes: int | None = None) -> dict[str, Any]:
+                   checkpoint_writes: int | None = None, probes: Mapping[str, Probe] | None = None) -> dict[str, Any]:
     """``project`` with the step time, per-epoch costs and world size measured in ``record``; the
     trainer's periodic work as ``logging`` (a config with a ``logging`` section: the projected
-    run's) asks, else as the record's own config does."""
+    run's) asks, else as the record's own config does.  ``probes``: who measured the per-epoch
+    costs (None: the registered probes)."""
     batch = batch_achieved(record) or batch_requested(record)  # (achieved is a list when the batch varied)
     config = record.get("config") or {}
     plan = LoggingPlan.from_config(logging if logging is not None else config)
@@ -258,7 +265,7 @@ def project_record(record: Mapping[str, Any], *, epochs: int, dataset_size: int 
     if short is not None:
         sps = {**sps, "mid": None, "low": None, "high": None, "source": short["text"], "band_note": short["text"]}
     out = project(sec_per_step=sps, batch_size=batch, epochs=epochs,
-                   dataset_size=dataset_size, costs=epoch_costs(record), val_size=val_size,
+                   dataset_size=dataset_size, costs=epoch_costs(record, probes), val_size=val_size,
                    val_every_epochs=val_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
                    world_size=record_world_size(record), plan=plan,
                    levels=int((config.get("model") or {}).get("num_hierarchies") or 1), device_type=backend,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..options import TrainingOption, guide_options, model_key
+from ..plugin.api import Probe
 from .policy import shortfall
 from ..record import machine, node_label, short_model_name, world_size
 from ..thresholds import DEFAULTS, Thresholds
@@ -21,7 +22,7 @@ from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pi
 from .decision_matrix import (decide, efficient_savings, evaluate_option, judge, machine_comparison, model_speed_ratios,
                         recommend_batch, recommend_lr, recommend_warmup, recommend_workers, run_name)
 from .memory import fit_memory
-from .verdicts import rejudge_records
+from .verdicts import advise_record, rejudge_records
 
 
 @dataclass
@@ -36,6 +37,8 @@ class ReportSettings:
     skipped: list[str] = field(default_factory=list)
     #: the command line that rendered the report (named when a later report replaces it)
     command: str | None = None
+    #: the probes asked about the records' entries (name -> Probe); None: the registered probes
+    probes: Mapping[str, Probe] | None = None
 
     def rendered_with(self) -> dict[str, Any]:
         """What a report's verdicts depend on besides the records (compared before a report is replaced)."""
@@ -63,23 +66,20 @@ def worker_advice_text(choice: Mapping[str, Any]) -> str | None:
     return f"num_workers {choice['workers']}: {choice['reason']}"
 
 
-def apply_worker_advice(records: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Copies of ``records`` whose bottleneck entry's ``worker_advice`` is the report's one advice for
-    the record's model config on its machine (so the bottleneck section says what the
-    recommendations, the checklist and the configs say); the probe's own rule of thumb is kept as
-    ``probe_worker_advice``."""
+def apply_worker_advice(records: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any],
+                        probes: Mapping[str, Probe] | None = None) -> list[Mapping[str, Any]]:
+    """Copies of ``records`` whose probe entries show the report's one worker advice for the record's
+    model config on its machine (:meth:`~hjepa_bench.plugin.api.Probe.advise`: the bottleneck
+    section then says what the recommendations, the checklist and the configs say; the probe keeps
+    its own rule of thumb as ``probe_worker_advice``).  ``probes``: None, the registered probes."""
     by_key = analysis.get("_worker_advice") or {}
     out = []
     for r in records:
-        entry = ((r.get("probes") or {}).get("bottleneck") if isinstance(r, Mapping) else None)
         try:
             text = by_key.get(group_key(r))
         except (KeyError, TypeError):
             text = None
-        if isinstance(entry, Mapping) and entry.get("worker_advice") and text:
-            r = {**r, "probes": {**r["probes"], "bottleneck": {**entry, "worker_advice": text,
-                                                                "probe_worker_advice": entry["worker_advice"]}}}
-        out.append(r)
+        out.append(advise_record(r, {"workers": text}, probes) if text and isinstance(r, Mapping) else r)
     return out
 
 
@@ -98,15 +98,15 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     the settings' thresholds first (:func:`~hjepa_bench.analysis.verdicts.rejudge_records`).
     ``facts`` replaces the sweep facts (a training log or a validation run supplies its own,
     built from records judged with the same thresholds)."""
-    th = settings.thresholds
-    recs = rejudge_records(list(records), th)
+    th, probes = settings.thresholds, settings.probes
+    recs = rejudge_records(list(records), th, probes)
     # what measured fewer steps than its minimum feeds no finding, choice or fit (analysis/policy.py)
     judged = [r for r in recs if shortfall(r) is None]
     # batch / workers per model group
     group_choices = []
     for key, rs in _model_groups(judged).items():
         b = recommend_batch(rs, th)
-        w = recommend_workers(rs, b.get("batch"), th)
+        w = recommend_workers(rs, b.get("batch"), th, probes)
         group_choices.append({"group": _group_label(key, rs), "key": key, "batch": b, "workers": w})
     vrec, vwhy = pick_validation_record(recs)
     vchoice = None
@@ -116,14 +116,14 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
         vchoice = next((g for g in group_choices if g["key"] == vkey), None)
     if facts is None:
         facts = facts_from_records(recs, workers_choice=vchoice and vchoice["workers"],
-                                   batch_choice=vchoice and vchoice["batch"])
+                                   batch_choice=vchoice and vchoice["batch"], thresholds=th, probes=probes)
     criteria = success_criteria(facts, th)
     checks = checklist(facts, th)
     validation_view = {"diverged": facts.diverged, "crashed": facts.crashed,
                        "loss_decrease_pct": facts.loss_decrease_pct, "loss_preliminary": facts.loss_preliminary}
     rows: list[dict[str, Any]] = []
     for opt in settings.options:
-        for row in evaluate_option(opt, recs, th, settings.budget_hours):
+        for row in evaluate_option(opt, recs, th, settings.budget_hours, probes):
             judge(row, th, validation_view)
             t = opt.values()["training"]
             row["warmup"] = recommend_warmup(float(t["warmup_epochs"]), int(t["epochs"]), facts.warmup_spikes)

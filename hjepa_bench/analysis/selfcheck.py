@@ -22,7 +22,7 @@ import statistics
 from typing import Any, Mapping
 
 from .periodic import LoggingPlan
-from .projection import PERIODIC_COLUMNS, epoch_costs, mean_band, no_band_note, project
+from .projection import PERIODIC_COLUMNS, costs_from_entry, mean_band, no_band_note, project
 
 #: measured steps of epoch 1 (after warm-up) the projection is made from
 FIRST_STEPS = 20
@@ -56,7 +56,7 @@ def self_check(result: Mapping[str, Any], warmup: int) -> dict[str, Any] | None:
         return None
     mean, low, high = mean_band([t for t, _ in window])
     sec = {"mid": mean, "low": low, "high": high, "n": len(window), "band_note": no_band_note(len(window))}
-    costs = epoch_costs({"probes": {"epoch_costs": {"status": "ok", **entry}}})
+    costs = costs_from_entry({"status": "ok", **entry})
     steady_wait = statistics.median(w for _, w in window)
     ws = costs.get("worker_startup_s")
     costs["startup_extra_s"] = None if ws is None else max(0.0, ws - steady_wait)

@@ -18,8 +18,10 @@ from typing import Any, Mapping, Sequence
 
 import psutil
 
-from hjepa_bench.analysis.bottleneck import CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util
-from hjepa_bench.format import fmt_or_dash, fmt_pct
+from hjepa_bench.analysis.bottleneck import (CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util,
+                                             judge_bottleneck)
+from hjepa_bench.format import finite, fmt_or_dash, fmt_pct
+from hjepa_bench.thresholds import DEFAULTS
 from hjepa_bench.record import device_name, lookup, model_short
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext
@@ -168,7 +170,38 @@ class BottleneckProbe(Probe):
                                    samples, fallback, process_cpu)
         if notes:
             entry["notes"] = notes
-        return entry
+        return self.judge(entry, DEFAULTS)
+
+    def judge(self, entry, thresholds, record=None):
+        """The verdict and the worker advice against ``data_bound_share``."""
+        if "shares" not in entry:
+            return entry
+        return judge_bottleneck(entry, thresholds.data_bound_share)
+
+    def facts(self, entry, record):
+        """The verdict, the data wait, the worker advice and the CPU load of the run's own processes."""
+        return {"bottleneck": entry.get("verdict"),
+                "data_wait_frac": finite((entry.get("shares") or {}).get("data_wait")),
+                "bottleneck_advice": entry.get("worker_advice"), "cpu_saturated": entry.get("cpu_saturated"),
+                "cpu_cores": entry.get("cores"), "own_cpu_pct": finite(entry.get("own_cpu_pct_of_cores"))}
+
+    def advise(self, entry, advice):
+        """The report's one worker advice in place of the probe's rule of thumb (kept as ``probe_worker_advice``),
+        so this section says what the recommendations, the checklist and the configs say."""
+        text = advice.get("workers")
+        if not entry.get("worker_advice") or not text:
+            return entry
+        return {**entry, "worker_advice": text, "probe_worker_advice": entry["worker_advice"]}
+
+    def validation_entry(self, record, result):
+        """The validation run's data wait is measured per step; its step time includes the device sync, so
+        the host/device split is not: the same analysis, data-bound or not."""
+        metrics, config, env = record.get("metrics") or {}, record.get("config") or {}, record.get("env") or {}
+        if metrics.get("data_wait_frac") is None:
+            return None
+        return {"status": "ok", **analyze_bottleneck(
+            metrics, str(config["bench"].get("device") or env.get("backend") or ""),
+            int(config["data"]["num_workers"]), int(env.get("cpu_count_logical") or os.cpu_count() or 1))}
 
     def summarize(self, entry):
         sh = entry.get("shares") or {}

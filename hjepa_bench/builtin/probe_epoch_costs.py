@@ -43,6 +43,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
+from hjepa_bench.analysis.projection import costs_from_entry
 from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
 from hjepa_bench.measure.epoch_costs import (CHECKPOINT_REPEATS, STARTUP_REPEATS, VAL_REPEATS, _steady_wait,
                                              first_batch, measure_checkpoint, measure_epoch_costs,
@@ -115,6 +116,11 @@ DEFINITIONS = {
 
 
 
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else None
+
+
 class EpochCostsProbe(Probe):
     name = "epoch_costs"
     headline = ("worker_startup_s", "val_step_s", "checkpoint_save_s", "checkpoint_bytes", "periodic.histograms_s",
@@ -140,6 +146,30 @@ class EpochCostsProbe(Probe):
         entry["definitions"] = dict(DEFINITIONS)
         entry["probe_time_s"] = time.perf_counter() - t_start
         return entry
+
+    def facts(self, entry: Mapping[str, Any], record: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The per-epoch costs a projection adds to the steps."""
+        return {"epoch_costs": costs_from_entry(entry)}
+
+    def validation_entry(self, record: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The validation run's own epoch ends (worker start-up, validation step, checkpoint writes), the
+        trainer's periodic work as measured before its first epoch and its set-up."""
+        config = record.get("config") or {}
+        epochs = result.get("epochs") or []
+        checkpoints = result.get("checkpoints") or []
+        val_steps = [e["val_s"] / e["val_batches"] for e in epochs if e.get("val_batches") and e.get("val_s")]
+        before = ((result.get("self_check") or {}).get("costs") or {})
+        return {"status": "ok", "measured": True, "paid_every_epoch": not config["bench"].get("persistent_workers"),
+                "worker_startup_s": _median([e.get("loader_start_s") for e in epochs
+                                             if e.get("loader_start_s") is not None]),
+                "val_step_s": _median(val_steps), "val_batch_size": int(config["data"]["batch_size"]),
+                "checkpoint_save_s": _median([c["save_s"] for c in checkpoints if c.get("save_s") is not None]),
+                "checkpoint_write_s": _median([e["checkpoint_s"] for e in epochs if e.get("checkpoint_s")]),
+                "checkpoint_bytes": max((c.get("bytes") or 0 for c in checkpoints), default=None),
+                "periodic": before.get("periodic"), "model_build_s": result.get("setup_s"),
+                "source": "the validation run's epoch ends (worker start-up, validation step, checkpoint "
+                          "writes); the trainer's periodic work as measured before its first epoch; "
+                          "model build: its set-up"}
 
     def summarize(self, entry: Mapping[str, Any]) -> str | None:
         if not entry.get("measured"):

@@ -23,11 +23,12 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from hjepa_bench.analysis.features import feature_quality, judge_features
-from hjepa_bench.format import fmt_or_dash
+from hjepa_bench.format import finite, fmt_or_dash
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record import device_name, lookup, model_short, probe
 from hjepa_bench.report.sections import ProbeTable, probe_table
+from hjepa_bench.thresholds import DEFAULTS
 
 #: default N: max(MIN_N_PER_D * D, MIN_N)
 MIN_N_PER_D = 4
@@ -88,7 +89,7 @@ class FeaturesProbe(Probe):
         t1 = time.perf_counter()
         quality = feature_quality(feats.numpy())
         metrics_s = time.perf_counter() - t1
-        return judge_features({
+        return self.judge({
             "measured": True,
             "encoder": "target_encoder (EMA), eval mode, no_grad, float32",
             "pooling": "mean of patch tokens (CLS excluded)",
@@ -105,7 +106,32 @@ class FeaturesProbe(Probe):
                             "in float64"),
             **quality,
             "note": NOTE,
-        })
+        }, DEFAULTS)
+
+    def judge(self, entry, thresholds, record=None):
+        """The collapse flags against ``low_rank_frac``, judged only after ``min_quality_steps``."""
+        if "collapse" not in entry:
+            return entry
+        return judge_features(entry, thresholds.low_rank_frac, thresholds.min_quality_steps)
+
+    def facts(self, entry, record):
+        """The collapse flags with the metrics behind them, when the features were measured."""
+        if not entry.get("measured", True):
+            return {}
+        return {"collapse": {**(entry.get("collapse") or {}), "rankme_ratio": finite(entry.get("rankme_ratio")),
+                             "effective_rank": finite(entry.get("effective_rank")), "d": entry.get("d"),
+                             "mean_cosine": finite(entry.get("mean_cosine")),
+                             "note": f"measured after {entry.get('steps_trained')} training steps",
+                             "quality_judged": entry.get("quality_judged", True),
+                             "quality_note": entry.get("quality_note")}}
+
+    def validation_entry(self, record, result):
+        """The last feature measurement of the validation run (its training step so far)."""
+        feats = [f for f in result.get("features") or [] if f.get("rankme") is not None]
+        if not feats:
+            return None
+        return judge_features({"status": "ok", "measured": True, **feats[-1],
+                               "steps_trained": feats[-1].get("global_step")})
 
     def summarize(self, entry):
         if not entry.get("measured") or entry.get("rankme_centred_ratio") is None:

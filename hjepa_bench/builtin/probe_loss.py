@@ -14,8 +14,10 @@ analysis, so only a real non-finite loss counts as divergence.
 from __future__ import annotations
 
 from hjepa_bench import Probe, hookimpl
-from hjepa_bench.analysis.loss_curve import CRITERION_DECREASE_PCT, analyze_loss, applied_lr_at_end, configured_lr, measured_losses
-from hjepa_bench.format import fmt_or_dash as _fmt
+from hjepa_bench.analysis.loss_curve import (CRITERION_DECREASE_PCT, analyze_loss, applied_lr_at_end, configured_lr,
+                                             judge_loss, measured_losses)
+from hjepa_bench.format import finite, fmt_or_dash as _fmt
+from hjepa_bench.thresholds import DEFAULTS
 from hjepa_bench.report.sections import ProbeTable
 
 
@@ -31,8 +33,37 @@ class LossProbe(Probe):
         config = record.get("config") or ctx.config
         losses = measured_losses(series)
         applied, in_warmup = applied_lr_at_end(series, len(losses))
-        return analyze_loss(losses, int(series.get("warmup_steps") or 0), configured_lr(config),
+        return self.judge(analyze_loss(losses, int(series.get("warmup_steps") or 0), configured_lr(config),
+                                       applied_lr=applied, lr_in_warmup=in_warmup), DEFAULTS)
+
+    def judge(self, entry, thresholds, record=None):
+        """The criterion and the learning-rate advice against ``min_loss_decrease_pct``."""
+        if "criterion_loss_down_20pct" not in entry:
+            return entry
+        return judge_loss(entry, thresholds.min_loss_decrease_pct)
+
+    def facts(self, entry, record):
+        """The smoothed start and end, the decrease, trend, noise, divergence, warm-up spikes and the LR advice."""
+        return {"loss_start": finite(entry.get("start_loss")), "loss_end": finite(entry.get("end_loss")),
+                "loss_decrease_pct": finite(entry.get("decrease_pct")),
+                "loss_trend": entry.get("trend"), "loss_noisy": entry.get("noisy"),
+                "diverged": bool(entry.get("diverged")),
+                "warmup_spikes": (entry.get("warmup_spikes") or {}).get("count"),
+                "loss_points": entry.get("n"), "loss_preliminary": bool(entry.get("preliminary", True)),
+                "lr": finite(entry.get("lr")), "lr_advice": (entry.get("lr_advice") or {}).get("text"),
+                "lr_advice_detail": entry.get("lr_advice"), "non_finite": bool(entry.get("non_finite_count")),
+                "lr_applied": finite(entry.get("lr_applied")), "lr_in_warmup": entry.get("lr_in_warmup")}
+
+    def validation_entry(self, record, result):
+        """The loss of the whole validation run: a real training run, so not preliminary."""
+        series = record.get("series") or {}
+        losses = list(series.get("loss") or [])
+        applied, in_warmup = applied_lr_at_end(series, len(losses))
+        loss = analyze_loss(losses, int(series.get("warmup_steps") or 0), float(record["config"]["training"]["lr"]),
                             applied_lr=applied, lr_in_warmup=in_warmup)
+        loss["preliminary"] = False
+        loss["notes"] = [n for n in loss.get("notes", []) if "preliminary" not in n]
+        return {"status": "ok", **loss}
 
     def summarize(self, entry):
         if entry.get("decrease_pct") is None:

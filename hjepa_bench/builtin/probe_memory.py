@@ -21,8 +21,10 @@ import time
 from typing import Any, Iterable, Mapping, Sequence
 
 
-from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
-from hjepa_bench.format import fmt_bytes, fmt_pct
+from hjepa_bench.analysis.memory import (DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEAK_FRAC, fit_memory, judge_memory,
+                                         memory_entry)
+from hjepa_bench.format import finite, fmt_bytes, fmt_pct
+from hjepa_bench.thresholds import DEFAULTS
 from hjepa_bench.record import device_name, lookup, model_short
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext, StepSample
@@ -89,7 +91,22 @@ class MemoryProbe(Probe):
                 source = ctx.backend.memory().source
             except Exception:  # noqa: BLE001 - the source is a label only
                 source = ""
-        return memory_entry(self._samples, int(series.get("warmup_steps") or 0), metrics, source, sampling)
+        return self.judge(memory_entry(self._samples, int(series.get("warmup_steps") or 0), metrics, source, sampling),
+                          DEFAULTS)
+
+    def judge(self, entry, thresholds, record=None):
+        """Memory pressure and the leak check against ``memory_pressure_frac`` (and the fit's margin)."""
+        if "headroom_frac" not in entry:
+            return entry
+        return judge_memory(entry, thresholds.memory_pressure_frac, thresholds.memory_margin_frac)
+
+    def facts(self, entry, record):
+        """The leak verdict (None: not judged) and why, memory pressure and the headroom."""
+        leak = entry.get("leak") or {}
+        return {"leak": None if leak.get("suspected") is None else bool(leak["suspected"]),
+                "leak_detail": leak.get("reason") or leak.get("note"),
+                "memory_pressure": bool(entry.get("memory_pressure")),
+                "headroom_frac": finite(entry.get("headroom_frac"))}
 
     def summarize(self, entry):
         head = entry.get("headroom_frac")

@@ -2,9 +2,13 @@
 :func:`hjepa_bench.analysis.stability.analyze_stability` of the record's step times (warm-up included)."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from hjepa_bench import Probe, hookimpl
-from hjepa_bench.analysis.stability import MIN_STEPS_SPREAD, THRESHOLD_CV_PCT, analyze_stability, drift_text
-from hjepa_bench.format import fmt_or_dash as _fmt
+from hjepa_bench.analysis.stability import (MIN_STEPS_SPREAD, THRESHOLD_CV_PCT, analyze_stability, drift_text,
+                                            judge_stability)
+from hjepa_bench.format import finite, fmt_or_dash as _fmt
+from hjepa_bench.thresholds import DEFAULTS
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 
 
@@ -17,7 +21,43 @@ class StabilityProbe(Probe):
 
     def finish(self, ctx, record):
         series = record.get("series") or {}
-        return analyze_stability(list(series.get("step_time_s") or []), int(series.get("warmup_steps") or 0))
+        entry = analyze_stability(list(series.get("step_time_s") or []), int(series.get("warmup_steps") or 0))
+        return self.judge(entry, DEFAULTS)
+
+    def judge(self, entry, thresholds, record=None):
+        """The verdict against ``max_step_cv_pct``; with the record's own measured steps, the whole analysis
+        again (the one definition of the step statistics: a record written by an older rule gets the CV,
+        median and drift every other section reads)."""
+        if "verdict" not in entry:
+            return entry
+        series = (record or {}).get("series")
+        if isinstance(series, Mapping) and series.get("step_time_s"):
+            return {"status": "ok", **analyze_stability(list(series["step_time_s"]),
+                                                        int(series.get("warmup_steps") or 0),
+                                                        thresholds.max_step_cv_pct)}
+        return judge_stability(entry, thresholds.max_step_cv_pct)
+
+    def facts(self, entry, record):
+        """The step-time CV (not measured below ``MIN_STEPS_SPREAD`` steps) and a significant slow-down."""
+        out: dict[str, Any] = {}
+        if entry.get("n") is not None and entry["n"] < MIN_STEPS_SPREAD:
+            out["step_cv_pct"] = None
+        elif finite(entry.get("cv_pct")) is not None:
+            out["step_cv_pct"] = finite(entry["cv_pct"])
+        deg = entry.get("degradation") or {}
+        if deg.get("degrading") and drift_text(deg) is not None:
+            out["step_drift"] = drift_text(deg) + (
+                f" (p {deg['p_value']:.2g})" if finite(deg.get("p_value")) is not None else "")
+        return out
+
+    def validation_entry(self, record, result):
+        """The full analysis of the validation run's per-step times (spikes, period, drift), as the probe
+        does, when it measured a step."""
+        series = record.get("series") or {}
+        whole, warm = list(series.get("step_time_s") or []), int(series.get("warmup_steps") or 0)
+        if not any(t is not None for t in whole[warm:]):
+            return None
+        return {"status": "ok", **analyze_stability(whole, warm)}
 
     def summarize(self, entry):
         th, deg = entry.get("thresholds") or {}, entry.get("degradation") or {}

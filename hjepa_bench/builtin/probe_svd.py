@@ -211,6 +211,13 @@ class SVDProbe(Probe):
                      "CPU path: the same matrix on the CPU."),
         }
 
+    def facts(self, entry, record):
+        """The CPU fallbacks (and missing kernels) of torch.linalg.svd seen, when measured."""
+        if not entry.get("measured", True):
+            return {}
+        odd = [t for t in entry.get("timings") or [] if t.get("path") in ("cpu-fallback", "not-implemented")]
+        return {"fallbacks": [f"torch.linalg.svd {t.get('dtype')} on {t.get('device')}: {t.get('path')}" for t in odd]}
+
     def summarize(self, entry):
         rows = [t for t in entry.get("timings") or [] if t.get("median_s") is not None]
         return "; ".join(f"{t['device']} {t['dtype']} ({t['path']}) {t['median_s'] * 1000:.0f} ms" for t in rows) or None

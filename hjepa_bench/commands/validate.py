@@ -68,7 +68,7 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     env = environment_fingerprint(backend)
     # judged with the report's thresholds before the facts are read from it (write_report does the same)
     record = rejudge_record(validation_record(result, env), settings.thresholds)
-    facts = validation_facts(result, record)
+    facts = validation_facts(result, record, settings.thresholds)
     v = dict(result["config"])
     # V is this run as it ran: its epochs, its own training and validation images (not CIFAR-10's)
     settings.options = [config_option(v, "V", f"this validation run: {v['training']['epochs']} epochs of "

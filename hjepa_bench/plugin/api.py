@@ -19,6 +19,8 @@ from ..errors import UserError
 if TYPE_CHECKING:  # torch is imported where a device is used, not by a command that only reads files
     import torch
 
+    from ..thresholds import Thresholds
+
 #: how the steps of a data-parallel rank treat gradients (``PreparedWorkload.set_grad_sync``)
 GRAD_SYNC_MODES = ("sync", "no_sync", "local")
 
@@ -361,6 +363,32 @@ class StepSample:
     extra: bool = False  # an extra step run after the measured window for a probe (never timed)
 
 
+#: the success criteria a probe's verdict can feed (:class:`FactVerdict`), in the report's order
+CRITERIA = ("stability", "performance", "learning", "quality", "compatibility")
+#: what a verdict says
+VERDICT_STATUSES = ("pass", "fail", "not measured")
+
+
+@dataclass(frozen=True)
+class FactVerdict:
+    """One fact a probe judged itself (:meth:`Probe.verdicts`): a checklist item that feeds the
+    success criterion ``criterion`` (one of :data:`CRITERIA`).  A criterion combines its facts:
+    any ``fail`` fails it, all ``pass`` pass it, else it is ``not measured``."""
+
+    criterion: str
+    fact: str  # a short name, unique within the probe (the checklist item is "PROBE.fact")
+    name: str  # the checklist line: what was checked
+    status: str  # one of VERDICT_STATUSES
+    evidence: str  # the number behind the verdict, in words
+    value: Any = None
+
+    def __post_init__(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; the criteria are {', '.join(CRITERIA)}")
+        if self.status not in VERDICT_STATUSES:
+            raise ValueError(f"unknown verdict {self.status!r}; a verdict is {', '.join(VERDICT_STATUSES)}")
+
+
 class Probe:
     """Observes a run and writes ``record["probes"][name]``.
 
@@ -385,6 +413,24 @@ class Probe:
     its index follows the measured steps), then ``finish``.  Those steps are in no
     timing figure, series or other probe's ``after_step``.  A step that fails ends
     them (``metrics.extra_steps["error"]``); the measurement stays as it was.
+
+    A probe judges its own entry and says what it means for a report (pure: data in, data out;
+    a report asks the registered probes, each about the entry stored under its name, when the
+    entry's status is ok):
+
+    * ``judge(entry, thresholds, record)``: the entry judged with ``thresholds``
+      (:class:`hjepa_bench.thresholds.Thresholds`), on a copy the probe may change; ``finish``
+      judges with the defaults, a report again with its ``--thresholds``.  Judging twice gives the
+      same entry; an entry the judge cannot judge (a shorter one) comes back as it is.
+    * ``facts(entry, record)``: the facts of the success criteria and the checklist the entry
+      measured, by the field names of :class:`hjepa_bench.analysis.criteria.Facts` (or of
+      ``criteria.RECORD_FACTS``: facts the decision matrix reads per record).
+    * ``verdicts(entry, thresholds)``: checklist items the probe judges itself
+      (:class:`FactVerdict`), each feeding one success criterion.
+    * ``advise(entry, advice)``: the entry as a report shows it once the report has given its one
+      advice (``{"workers": sentence}``).
+    * ``validation_entry(record, result)``: the entry of a validation run (``hjepa-bench
+      validate``) from its record (config, env, metrics, series) and its result; None: no entry.
     """
 
     name: str = ""
@@ -410,6 +456,27 @@ class Probe:
 
     def summarize(self, entry: Mapping[str, Any]) -> str | None:
         """One line for the CLI summary of a run (None: just "ok")."""
+        return None
+
+    def judge(self, entry: dict[str, Any], thresholds: Thresholds,
+              record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``entry`` judged with ``thresholds`` (default: as it is)."""
+        return entry
+
+    def facts(self, entry: Mapping[str, Any], record: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The criteria facts ``entry`` measured, by name (default: none)."""
+        return {}
+
+    def verdicts(self, entry: Mapping[str, Any], thresholds: Thresholds) -> Sequence[FactVerdict]:
+        """Checklist verdicts of the probe's own, each feeding a success criterion (default: none)."""
+        return ()
+
+    def advise(self, entry: Mapping[str, Any], advice: Mapping[str, str]) -> Mapping[str, Any]:
+        """``entry`` as the report shows it with the report's advice (default: as it is)."""
+        return entry
+
+    def validation_entry(self, record: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The entry of a validation run (default: none)."""
         return None
 
 

@@ -16,11 +16,13 @@ the code talks to :class:`Plugins`, never to ``pm.hook`` directly.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as md
 import os
 import sys
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Iterable, Mapping, TypeVar
 
 import pluggy
@@ -288,6 +290,13 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
     except pluggy.PluginValidationError as exc:
         raise UserError(f"a plugin implements a hook that does not exist (misspelled?): {exc}.") from None
     return Plugins(pm, infos)
+
+
+@functools.lru_cache(maxsize=1)
+def registered_probes() -> Mapping[str, Probe]:
+    """The probes the plugins register with the default settings (the environment's plugins; built
+    once): what a report asks when its caller names no probes (``ReportSettings.probes``)."""
+    return MappingProxyType(build_plugins().probes())
 
 
 def auto_order(names: Iterable[str]) -> list[str]:

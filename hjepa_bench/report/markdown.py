@@ -317,9 +317,9 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
     out_dir = out_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     replaced = replaced_report(out_path, settings)
-    records = rejudge_records(records, settings.thresholds)  # the sections show the report's verdicts
+    records = rejudge_records(records, settings.thresholds, settings.probes)  # the sections show the report's verdicts
     if chart_records is not None:
-        chart_records = rejudge_records(chart_records, settings.thresholds)
+        chart_records = rejudge_records(chart_records, settings.thresholds, settings.probes)
     analysis = build_analysis(records, settings, facts)
     charts: list[ChartLink] = []
     if settings.charts:
@@ -337,7 +337,7 @@ def write_report(records: Sequence[Mapping[str, Any]], out_path: str | Path, set
         (out_dir / name).write_text(option_yaml(row, opt))
         config_files.setdefault(row["option"], name)
         row["recommended"] = (row.get("machine"), row["option"], row.get("world_size")) in recommended
-    records = apply_worker_advice(records, analysis)
+    records = apply_worker_advice(records, analysis, settings.probes)
     analysis.pop("_worker_advice", None)
     note = export_note(settings.sources, out_dir)
     md = render_markdown(analysis, records, title=settings.title, sections=sections, charts=charts,
