@@ -42,7 +42,6 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import stats as sstats
 
 from ..format import finite
 from .periodic import LoggingPlan, has_empty_cache, periodic_counts, periodic_seconds
@@ -81,6 +80,8 @@ def mean_band(times: Sequence[float], confidence: float = 0.95) -> tuple[float |
     mean = float(x.mean())
     if x.size < MIN_STEPS_BAND:
         return mean, None, None
+    from scipy import stats as sstats  # imported at use: loading the probe plugins stays light
+
     half = float(sstats.t.ppf((1 + confidence) / 2, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(x.size)
     return mean, max(0.0, mean - half), mean + half
 
