@@ -29,7 +29,7 @@ Judge = Callable[[dict[str, Any], Thresholds], dict[str, Any]]
 #: probe name -> (the entry key its judge needs, the judge with a report's thresholds)
 JUDGES: dict[str, tuple[str, Judge]] = {
     "stability": ("verdict", lambda e, th: judge_stability(e, th.max_step_cv_pct)),
-    "loss": ("criterion_loss_down_20pct", lambda e, th: judge_loss(e, th.min_loss_decrease_pct)),
+    "loss": ("criterion_loss_decrease_met", lambda e, th: judge_loss(e, th.min_loss_decrease_pct)),
     "memory": ("headroom_frac", lambda e, th: judge_memory(e, th.memory_pressure_frac, th.memory_margin_frac)),
     "bottleneck": ("shares", lambda e, th: judge_bottleneck(e, th.data_bound_share)),
     "features": ("collapse", lambda e, th: judge_features(e, th.low_rank_frac, th.min_quality_steps)),

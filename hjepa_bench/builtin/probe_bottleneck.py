@@ -21,6 +21,7 @@ import psutil
 from hjepa_bench.analysis.bottleneck import CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util
 from hjepa_bench.format import fmt_or_dash, fmt_pct
 from hjepa_bench.record import device_name, lookup, model_short
+from hjepa_bench.record_model import Count, JudgedEntry, MISSING, NonNeg, PositiveInt, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
@@ -129,8 +130,31 @@ class _CPUSampler(threading.Thread):
         }
 
 
+class Shares(RecordModel):
+    data_wait: NonNeg | None | MISSING = MISSING
+    host: NonNeg | None | MISSING = MISSING
+    device: NonNeg | None | MISSING = MISSING
+    host_phases: dict[str, float | None] | MISSING = MISSING
+
+
+class BottleneckEntry(JudgedEntry):
+    """The fields of the bottleneck entry that the report, the verdicts and the worker advice read."""
+
+    verdict: str | None | MISSING = MISSING
+    worker_advice: str | None | MISSING = MISSING
+    shares: Shares | None | MISSING = MISSING
+    cpu_saturated: bool | None | MISSING = MISSING
+    workers: Count | MISSING = MISSING
+    cores: PositiveInt | MISSING = MISSING
+    cpu_util_mean_pct: NonNeg | None | MISSING = MISSING
+    own_cpu_pct_of_cores: NonNeg | None | MISSING = MISSING
+    other_cpu_pct_of_cores: NonNeg | None | MISSING = MISSING
+    device_wait_frac: NonNeg | None | MISSING = MISSING
+
+
 class BottleneckProbe(Probe):
     name = "bottleneck"
+    entry_model = BottleneckEntry
     headline = ("verdict", "shares.data_wait", "shares.host", "shares.device", "cpu_saturated", "cpu_util_mean_pct")
     cost = "cheap"
     description = ("Splits measured step time into data wait, host phases and device; samples CPU load in a "

@@ -27,6 +27,7 @@ from hjepa_bench.format import fmt_or_dash
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record import device_name, lookup, model_short, probe
+from hjepa_bench.record_model import Count, JudgedEntry, MISSING, NonNeg, PositiveInt, RecordModel
 from hjepa_bench.report.sections import ProbeTable, probe_table
 
 #: default N: max(MIN_N_PER_D * D, MIN_N)
@@ -52,8 +53,27 @@ def _steps_trained(record: Mapping[str, Any]) -> int | None:
     return None if times is None else len(times)
 
 
+class Collapse(RecordModel):
+    collapsed: bool | None | MISSING = MISSING
+
+
+class FeaturesEntry(JudgedEntry):
+    """The fields of the features entry that the report and the verdicts read."""
+
+    collapse: Collapse | None | MISSING = MISSING
+    rankme_ratio: float | None | MISSING = MISSING
+    effective_rank: float | None | MISSING = MISSING
+    d: PositiveInt | None | MISSING = MISSING
+    mean_cosine: float | None | MISSING = MISSING
+    std_below_floor_frac: NonNeg | None | MISSING = MISSING
+    steps_trained: Count | None | MISSING = MISSING
+    quality_judged: bool | MISSING = MISSING
+    quality_note: str | None | MISSING = MISSING
+
+
 class FeaturesProbe(Probe):
     name = "features"
+    entry_model = FeaturesEntry
     headline = ("effective_rank", "rankme_ratio", "mean_cosine", "collapse.collapsed", "quality_judged")
     cost = "costly"
     description = "collapse metrics (RankMe, std, cosine, uniformity) of the target encoder's pooled features"

@@ -16,11 +16,47 @@ from __future__ import annotations
 from hjepa_bench import Probe, hookimpl
 from hjepa_bench.analysis.loss_curve import CRITERION_DECREASE_PCT, analyze_loss, applied_lr_at_end, configured_lr, measured_losses
 from hjepa_bench.format import fmt_or_dash as _fmt
+from hjepa_bench.record_model import Count, JudgedEntry, MISSING, RecordModel
 from hjepa_bench.report.sections import ProbeTable
+
+
+class WarmupSpikes(RecordModel):
+    count: Count | None | MISSING = MISSING
+
+
+class LrAdvice(RecordModel):
+    action: str | None | MISSING = MISSING
+    suggested_lr: float | None | MISSING = MISSING
+    trigger: str | None | MISSING = MISSING
+    text: str | None | MISSING = MISSING
+
+
+class LossEntry(JudgedEntry):
+    """The fields of the loss entry that the report and the verdicts read."""
+
+    start_loss: float | None | MISSING = MISSING
+    end_loss: float | None | MISSING = MISSING
+    decrease_pct: float | None | MISSING = MISSING
+    noise_pct: float | None | MISSING = MISSING
+    trend: str | None | MISSING = MISSING
+    noisy: bool | None | MISSING = MISSING
+    diverged: bool | None | MISSING = MISSING
+    warmup_spikes: WarmupSpikes | None | MISSING = MISSING
+    n: Count | None | MISSING = MISSING
+    preliminary: bool | MISSING = MISSING
+    lr: float | None | MISSING = MISSING
+    non_finite_count: Count | None | MISSING = MISSING
+    lr_applied: float | None | MISSING = MISSING
+    lr_in_warmup: bool | None | MISSING = MISSING
+    first_non_finite_step: Count | None | MISSING = MISSING
+    window: Count | None | MISSING = MISSING
+    criterion_loss_decrease_met: str | None | MISSING = MISSING
+    lr_advice: LrAdvice | None | MISSING = MISSING
 
 
 class LossProbe(Probe):
     name = "loss"
+    entry_model = LossEntry
     headline = ("start_loss", "end_loss", "decrease_pct", "noise_pct",
                 "trend", "diverged", "non_finite_count", "lr_applied", "lr_advice.action")
     description = ("loss curve of the run: smoothed start/end, decrease, noise, warm-up spikes, divergence, "
@@ -56,7 +92,7 @@ class LossSection(ProbeTable):
                 "start loss": _fmt(e.get("start_loss"), ".4g"), "end loss": _fmt(e.get("end_loss"), ".4g"),
                 "decrease %": _fmt(e.get("decrease_pct")),
                 f">= {(e.get('thresholds') or {}).get('criterion_decrease_pct', CRITERION_DECREASE_PCT):g}% down":
-                    e.get("criterion_loss_down_20pct"),
+                    e.get("criterion_loss_decrease_met"),
                 "noise %": _fmt(e.get("noise_pct")), "warm-up spikes": _fmt((e.get("warmup_spikes") or {}).get("count"), "d"),
                 "plateau": "-" if e.get("plateau") is None else ("yes" if e["plateau"] else "no"),
                 "lr (applied / configured)": f"{_fmt(e.get('lr_applied'), '.2g')} / {_fmt(e.get('lr'), '.2g')}"

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
 from hjepa_bench.format import fmt_bytes, fmt_pct
 from hjepa_bench.record import device_name, lookup, model_short
+from hjepa_bench.record_model import Count, JudgedEntry, MISSING, NonNeg, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
@@ -39,8 +40,29 @@ def leak_word(leak: Mapping[str, Any] | None) -> str:
     return "leak not judged" if suspected is None else "leak suspected" if suspected else "no leak"
 
 
+class Leak(RecordModel):
+    suspected: bool | None | MISSING = MISSING
+
+
+class MemoryTrace(RecordModel):
+    steps: list[Count] | MISSING = MISSING
+    bytes: list[Count] | MISSING = MISSING
+    warmup_steps: Count | MISSING = MISSING
+
+
+class MemoryEntry(JudgedEntry):
+    """The fields of the memory entry that the report, the verdicts and the decision read."""
+
+    leak: Leak | None | MISSING = MISSING
+    memory_pressure: bool | None | MISSING = MISSING
+    headroom_frac: float | None | MISSING = MISSING
+    peak_device_bytes: NonNeg | None | MISSING = MISSING
+    trace: MemoryTrace | None | MISSING = MISSING
+
+
 class MemoryProbe(Probe):
     name = "memory"
+    entry_model = MemoryEntry
     headline = ("peak_device_bytes", "headroom_frac", "memory_pressure", "leak.suspected")
     cost = "cheap"
     description = ("Device memory per step (RSS on CPU): peak, mean after warm-up, headroom, leak slope; "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 from ..errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where a device is used, not by a command that only reads files
+    import pydantic
     import torch
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -385,6 +386,12 @@ class Probe:
     its index follows the measured steps), then ``finish``.  Those steps are in no
     timing figure, series or other probe's ``after_step``.  A step that fails ends
     them (``metrics.extra_steps["error"]``); the measurement stays as it was.
+
+    ``entry_model``: a pydantic model of the entry (a subclass of
+    ``hjepa_bench.record_model.ProbeEntry``, extra keys allowed) that types the fields
+    readers rely on; an entry ``finish`` returns that does not fit it is recorded as
+    ``failed``, and a results line whose entry does not fit is not a valid record.
+    None: only the envelope every entry has (``status``, ``error``, ``measured``).
     """
 
     name: str = ""
@@ -392,6 +399,7 @@ class Probe:
     description: str = ""
     extra_steps: int = 0
     headline: tuple[str, ...] = ()
+    entry_model: type[pydantic.BaseModel] | None = None
 
     def start(self, ctx: RunContext) -> None:
         pass
