@@ -56,7 +56,7 @@ PlainValue = str | int | float | bool | None
 class RecordModel(BaseModel):
     """A JSON object of the record: the listed fields typed, every other field kept as it is."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, defer_build=True)
 
 
 # --------------------------------------------------------------------------- config and env
