@@ -27,7 +27,8 @@ from pydantic.experimental.missing_sentinel import MISSING
 from pydantic_core import ErrorDetails
 
 __all__ = ["MISSING", "SCHEMA_VERSION", "STATUSES", "RecordError", "RecordModel", "ProbeEntry", "JudgedEntry",
-           "Record", "OkMetrics", "OkDistributed", "check_model", "record_json_schema", "show_value"]
+           "Record", "OkMetrics", "OkDistributed", "check_model", "error_sentence", "record_json_schema", "show_value",
+           "NonNeg", "Positive", "Count", "PositiveInt", "Series", "PlainName", "PlainValue"]
 
 #: the version new records are written with; a reader upgrades older ones (``record.upgrade_record``)
 SCHEMA_VERSION: Final = 2
