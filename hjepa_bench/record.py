@@ -22,16 +22,19 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from .errors import JSON_MAX_BYTES, read_text
 from .format import finite, finite_int
+from .record_model import SCHEMA_VERSION as SCHEMA_VERSION  # (re-exported: read here)
+from .record_model import STATUSES as STATUSES
 from .record_model import OkDistributed, OkMetrics, ProbeEntry, Record, check_model, show_value
-from .record_model import SCHEMA_VERSION as SCHEMA_VERSION, STATUSES as STATUSES  # (re-exported: read here)
-from .record_model import RecordError as RecordError, record_json_schema as record_json_schema
+from .record_model import RecordError as RecordError
+from .record_model import record_json_schema as record_json_schema
 
 if TYPE_CHECKING:  # pandas is imported where a table is built
     import pandas as pd  # type: ignore[import-untyped, unused-ignore]
@@ -241,7 +244,7 @@ def new_record(config: Mapping[str, Any], env: Mapping[str, Any], warnings: Sequ
         "schema_version": SCHEMA_VERSION,
         "status": "error",
         "error": None,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 (3.10 has no dt.UTC)
         "duration_s": None,
         "config": dict(config),
         "config_warnings": list(warnings),

@@ -20,15 +20,36 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Annotated, Any, Final, Literal, Mapping, get_args
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.experimental.missing_sentinel import MISSING
 from pydantic_core import ErrorDetails
 
-__all__ = ["MISSING", "SCHEMA_VERSION", "STATUSES", "RecordError", "RecordModel", "ProbeEntry", "JudgedEntry",
-           "Record", "OkMetrics", "OkDistributed", "check_model", "error_sentence", "record_json_schema", "show_value",
-           "NonNeg", "Positive", "Count", "PositiveInt", "Series", "PlainName", "PlainValue"]
+__all__ = [
+    "MISSING",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "Count",
+    "JudgedEntry",
+    "NonNeg",
+    "OkDistributed",
+    "OkMetrics",
+    "PlainName",
+    "PlainValue",
+    "Positive",
+    "PositiveInt",
+    "ProbeEntry",
+    "Record",
+    "RecordError",
+    "RecordModel",
+    "Series",
+    "check_model",
+    "error_sentence",
+    "record_json_schema",
+    "show_value",
+]
 
 #: the version new records are written with; a reader upgrades older ones (``record.upgrade_record``)
 SCHEMA_VERSION: Final = 2
@@ -108,9 +129,9 @@ class Env(RecordModel):
     """The machine's fingerprint; ``backend`` names files, so it is a plain name."""
 
     backend: PlainName | MISSING = MISSING
-    device_name: str | None | MISSING = MISSING
-    fingerprint_id: str | None | MISSING = MISSING
-    device_total_bytes: Positive | None | MISSING = MISSING
+    device_name: str | MISSING | None = MISSING
+    fingerprint_id: str | MISSING | None = MISSING
+    device_total_bytes: Positive | MISSING | None = MISSING
 
 
 class Params(RecordModel):
@@ -123,59 +144,59 @@ class StepTime(RecordModel):
     """The summary of the per-step times after warm-up."""
 
     n: Count | MISSING = MISSING
-    median: Positive | None | MISSING = MISSING
-    rel_ci95: NonNeg | None | MISSING = MISSING
-    mean: NonNeg | None | MISSING = MISSING
-    iqr: NonNeg | None | MISSING = MISSING
-    cv: NonNeg | None | MISSING = MISSING
-    p10: NonNeg | None | MISSING = MISSING
-    p90: NonNeg | None | MISSING = MISSING
-    min: NonNeg | None | MISSING = MISSING
-    max: NonNeg | None | MISSING = MISSING
-    ci95_low: NonNeg | None | MISSING = MISSING
-    ci95_high: NonNeg | None | MISSING = MISSING
+    median: Positive | MISSING | None = MISSING
+    rel_ci95: NonNeg | MISSING | None = MISSING
+    mean: NonNeg | MISSING | None = MISSING
+    iqr: NonNeg | MISSING | None = MISSING
+    cv: NonNeg | MISSING | None = MISSING
+    p10: NonNeg | MISSING | None = MISSING
+    p90: NonNeg | MISSING | None = MISSING
+    min: NonNeg | MISSING | None = MISSING
+    max: NonNeg | MISSING | None = MISSING
+    ci95_low: NonNeg | MISSING | None = MISSING
+    ci95_high: NonNeg | MISSING | None = MISSING
 
 
 class Warmup(RecordModel):
     steps: Count | MISSING = MISSING
-    time_s: NonNeg | None | MISSING = MISSING
+    time_s: NonNeg | MISSING | None = MISSING
     step_time_s: Series | MISSING = MISSING
 
 
 class BatchSize(RecordModel):
-    requested: PositiveInt | None | MISSING = MISSING
-    achieved: PositiveInt | list[PositiveInt] | None | MISSING = MISSING
+    requested: PositiveInt | MISSING | None = MISSING
+    achieved: PositiveInt | list[PositiveInt] | MISSING | None = MISSING
 
 
 class Metrics(RecordModel):
     """Every field the runner, a validation run or a training log writes."""
 
-    it_per_s: NonNeg | None | MISSING = MISSING
-    samples_per_s: NonNeg | None | MISSING = MISSING
+    it_per_s: NonNeg | MISSING | None = MISSING
+    samples_per_s: NonNeg | MISSING | None = MISSING
     step_time_s: StepTime | MISSING = MISSING
-    measured_steps: Count | None | MISSING = MISSING
-    measured_time_s: NonNeg | None | MISSING = MISSING
-    data_wait_frac: NonNeg | None | MISSING = MISSING
-    host_frac: NonNeg | None | MISSING = MISSING
-    host_wait_frac: NonNeg | None | MISSING = MISSING
-    data_wait_overlap_frac: NonNeg | None | MISSING = MISSING
+    measured_steps: Count | MISSING | None = MISSING
+    measured_time_s: NonNeg | MISSING | None = MISSING
+    data_wait_frac: NonNeg | MISSING | None = MISSING
+    host_frac: NonNeg | MISSING | None = MISSING
+    host_wait_frac: NonNeg | MISSING | None = MISSING
+    data_wait_overlap_frac: NonNeg | MISSING | None = MISSING
     host_phases_s: dict[str, NonNeg | None] | MISSING = MISSING
     warmup: Warmup | MISSING = MISSING
     batch_size: BatchSize | MISSING = MISSING
-    peak_device_bytes: NonNeg | None | MISSING = MISSING
-    current_device_bytes: NonNeg | None | MISSING = MISSING
-    reserved_device_bytes: NonNeg | None | MISSING = MISSING
-    peak_reserved_device_bytes: NonNeg | None | MISSING = MISSING
-    device_outside_allocator_bytes: NonNeg | None | MISSING = MISSING
-    peak_rss_bytes: NonNeg | None | MISSING = MISSING
-    device_total_bytes: Positive | None | MISSING = MISSING
-    memory_source: str | None | MISSING = MISSING
-    timing_method: str | None | MISSING = MISSING
-    stop_reason: str | None | MISSING = MISSING
-    min_steps: PositiveInt | None | MISSING = MISSING
-    time_cap_s: NonNeg | None | MISSING = MISSING
-    loss_first: float | None | MISSING = MISSING
-    loss_last: float | None | MISSING = MISSING
+    peak_device_bytes: NonNeg | MISSING | None = MISSING
+    current_device_bytes: NonNeg | MISSING | None = MISSING
+    reserved_device_bytes: NonNeg | MISSING | None = MISSING
+    peak_reserved_device_bytes: NonNeg | MISSING | None = MISSING
+    device_outside_allocator_bytes: NonNeg | MISSING | None = MISSING
+    peak_rss_bytes: NonNeg | MISSING | None = MISSING
+    device_total_bytes: Positive | MISSING | None = MISSING
+    memory_source: str | MISSING | None = MISSING
+    timing_method: str | MISSING | None = MISSING
+    stop_reason: str | MISSING | None = MISSING
+    min_steps: PositiveInt | MISSING | None = MISSING
+    time_cap_s: NonNeg | MISSING | None = MISSING
+    loss_first: float | MISSING | None = MISSING
+    loss_last: float | MISSING | None = MISSING
     warnings: list[str] | MISSING = MISSING
 
 
@@ -215,7 +236,7 @@ class ProbeEntry(RecordModel):
     probe's own (a probe types them with a subclass, its ``entry_model``)."""
 
     status: str
-    error: str | None | MISSING = MISSING
+    error: str | MISSING | None = MISSING
     measured: bool | MISSING = MISSING
 
 
@@ -228,7 +249,7 @@ class JudgedEntry(ProbeEntry):
 
 
 class SingleProcess(RecordModel):
-    samples_per_s: NonNeg | None | MISSING = MISSING
+    samples_per_s: NonNeg | MISSING | None = MISSING
 
 
 class Distributed(RecordModel):
@@ -237,10 +258,10 @@ class Distributed(RecordModel):
     world_size: PositiveInt
     backend: str | MISSING = MISSING
     ranks: list[dict[str, Any]] | MISSING = MISSING
-    job_samples_per_s: NonNeg | None | MISSING = MISSING
-    allreduce_share: NonNeg | None | MISSING = MISSING
-    single_process: SingleProcess | None | MISSING = MISSING
-    scaling_efficiency: NonNeg | None | MISSING = MISSING
+    job_samples_per_s: NonNeg | MISSING | None = MISSING
+    allreduce_share: NonNeg | MISSING | None = MISSING
+    single_process: SingleProcess | MISSING | None = MISSING
+    scaling_efficiency: NonNeg | MISSING | None = MISSING
 
 
 class OkSingleProcess(RecordModel):
@@ -275,9 +296,9 @@ class Record(RecordModel):
 
     schema_version: Literal[2]
     status: Status
-    error: str | None | MISSING = MISSING
-    started_at: str | None | MISSING = MISSING
-    duration_s: NonNeg | None | MISSING = MISSING
+    error: str | MISSING | None = MISSING
+    started_at: str | MISSING | None = MISSING
+    duration_s: NonNeg | MISSING | None = MISSING
     config_warnings: list[str] | MISSING = MISSING
     config: Config
     env: Env
@@ -286,9 +307,9 @@ class Record(RecordModel):
     series: SeriesBlock | MISSING = MISSING
     probes: dict[str, Annotated[ProbeEntry, Field(description="an object with a status")]] = Field(
         description="an object of probe entries")
-    distributed: Distributed | None | MISSING = MISSING
+    distributed: Distributed | MISSING | None = MISSING
     sweep: Sweep | MISSING = MISSING
-    node: dict[str, Any] | None | MISSING = MISSING
+    node: dict[str, Any] | MISSING | None = MISSING
 
 
 def record_json_schema() -> dict[str, Any]:

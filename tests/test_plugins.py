@@ -207,7 +207,7 @@ BROKEN_PLUGIN = textwrap.dedent('''
 
 
     class TypedEntry(ProbeEntry):
-        decrease_pct: float | None | MISSING = MISSING
+        decrease_pct: float | MISSING | None = MISSING
 
 
     class TypedProbe(Probe):

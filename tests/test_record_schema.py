@@ -13,8 +13,17 @@ from pydantic import BaseModel
 from hjepa_bench.measure.results import entry_models, read_results, validate_result
 from hjepa_bench.plugin.api import Probe
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.record import (SCHEMA_VERSION, RecordError, loads, new_record, read_json, record_json_schema,
-                                upgrade_record, validate_probe_entry, validate_record)
+from hjepa_bench.record import (
+    SCHEMA_VERSION,
+    RecordError,
+    loads,
+    new_record,
+    read_json,
+    record_json_schema,
+    upgrade_record,
+    validate_probe_entry,
+    validate_record,
+)
 from hjepa_bench.record_model import MISSING, ProbeEntry
 
 REPO = Path(__file__).resolve().parents[1]

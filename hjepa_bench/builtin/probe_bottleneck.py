@@ -21,7 +21,7 @@ import psutil
 from hjepa_bench.analysis.bottleneck import CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util
 from hjepa_bench.format import fmt_or_dash, fmt_pct
 from hjepa_bench.record import device_name, lookup, model_short
-from hjepa_bench.record_model import Count, JudgedEntry, MISSING, NonNeg, PositiveInt, RecordModel
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, PositiveInt, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
@@ -131,25 +131,25 @@ class _CPUSampler(threading.Thread):
 
 
 class Shares(RecordModel):
-    data_wait: NonNeg | None | MISSING = MISSING
-    host: NonNeg | None | MISSING = MISSING
-    device: NonNeg | None | MISSING = MISSING
+    data_wait: NonNeg | MISSING | None = MISSING
+    host: NonNeg | MISSING | None = MISSING
+    device: NonNeg | MISSING | None = MISSING
     host_phases: dict[str, float | None] | MISSING = MISSING
 
 
 class BottleneckEntry(JudgedEntry):
     """The fields of the bottleneck entry that the report, the verdicts and the worker advice read."""
 
-    verdict: str | None | MISSING = MISSING
-    worker_advice: str | None | MISSING = MISSING
-    shares: Shares | None | MISSING = MISSING
-    cpu_saturated: bool | None | MISSING = MISSING
+    verdict: str | MISSING | None = MISSING
+    worker_advice: str | MISSING | None = MISSING
+    shares: Shares | MISSING | None = MISSING
+    cpu_saturated: bool | MISSING | None = MISSING
     workers: Count | MISSING = MISSING
     cores: PositiveInt | MISSING = MISSING
-    cpu_util_mean_pct: NonNeg | None | MISSING = MISSING
-    own_cpu_pct_of_cores: NonNeg | None | MISSING = MISSING
-    other_cpu_pct_of_cores: NonNeg | None | MISSING = MISSING
-    device_wait_frac: NonNeg | None | MISSING = MISSING
+    cpu_util_mean_pct: NonNeg | MISSING | None = MISSING
+    own_cpu_pct_of_cores: NonNeg | MISSING | None = MISSING
+    other_cpu_pct_of_cores: NonNeg | MISSING | None = MISSING
+    device_wait_frac: NonNeg | MISSING | None = MISSING
 
 
 class BottleneckProbe(Probe):

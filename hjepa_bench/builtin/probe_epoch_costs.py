@@ -49,7 +49,7 @@ from hjepa_bench.measure.epoch_costs import (CHECKPOINT_REPEATS, STARTUP_REPEATS
                                              measure_val_step)
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
-from hjepa_bench.record_model import Count, MISSING, NonNeg, PositiveInt, ProbeEntry
+from hjepa_bench.record_model import MISSING, Count, NonNeg, PositiveInt, ProbeEntry
 from hjepa_bench.report.sections import ProbeTable
 
 __all__ = ["EpochCostsProbe", "EpochCostsSection", "DEFINITIONS", "first_batch", "measure_val_step",
@@ -119,12 +119,12 @@ DEFINITIONS = {
 class EpochCostsEntry(ProbeEntry):
     """The fields of the epoch_costs entry that the projections read."""
 
-    worker_startup_s: NonNeg | None | MISSING = MISSING
-    val_step_s: NonNeg | None | MISSING = MISSING
-    checkpoint_save_s: NonNeg | None | MISSING = MISSING
+    worker_startup_s: NonNeg | MISSING | None = MISSING
+    val_step_s: NonNeg | MISSING | None = MISSING
+    checkpoint_save_s: NonNeg | MISSING | None = MISSING
     paid_every_epoch: bool | MISSING = MISSING
-    val_batch_size: PositiveInt | None | MISSING = MISSING
-    checkpoint_bytes: Count | None | MISSING = MISSING
+    val_batch_size: PositiveInt | MISSING | None = MISSING
+    checkpoint_bytes: Count | MISSING | None = MISSING
 
 
 class EpochCostsProbe(Probe):

@@ -27,7 +27,7 @@ from hjepa_bench.format import fmt_or_dash
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record import device_name, lookup, model_short, probe
-from hjepa_bench.record_model import Count, JudgedEntry, MISSING, NonNeg, PositiveInt, RecordModel
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, PositiveInt, RecordModel
 from hjepa_bench.report.sections import ProbeTable, probe_table
 
 #: default N: max(MIN_N_PER_D * D, MIN_N)
@@ -54,21 +54,21 @@ def _steps_trained(record: Mapping[str, Any]) -> int | None:
 
 
 class Collapse(RecordModel):
-    collapsed: bool | None | MISSING = MISSING
+    collapsed: bool | MISSING | None = MISSING
 
 
 class FeaturesEntry(JudgedEntry):
     """The fields of the features entry that the report and the verdicts read."""
 
-    collapse: Collapse | None | MISSING = MISSING
-    rankme_ratio: float | None | MISSING = MISSING
-    effective_rank: float | None | MISSING = MISSING
-    d: PositiveInt | None | MISSING = MISSING
-    mean_cosine: float | None | MISSING = MISSING
-    std_below_floor_frac: NonNeg | None | MISSING = MISSING
-    steps_trained: Count | None | MISSING = MISSING
+    collapse: Collapse | MISSING | None = MISSING
+    rankme_ratio: float | MISSING | None = MISSING
+    effective_rank: float | MISSING | None = MISSING
+    d: PositiveInt | MISSING | None = MISSING
+    mean_cosine: float | MISSING | None = MISSING
+    std_below_floor_frac: NonNeg | MISSING | None = MISSING
+    steps_trained: Count | MISSING | None = MISSING
     quality_judged: bool | MISSING = MISSING
-    quality_note: str | None | MISSING = MISSING
+    quality_note: str | MISSING | None = MISSING
 
 
 class FeaturesProbe(Probe):

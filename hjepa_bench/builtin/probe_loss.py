@@ -16,42 +16,42 @@ from __future__ import annotations
 from hjepa_bench import Probe, hookimpl
 from hjepa_bench.analysis.loss_curve import CRITERION_DECREASE_PCT, analyze_loss, applied_lr_at_end, configured_lr, measured_losses
 from hjepa_bench.format import fmt_or_dash as _fmt
-from hjepa_bench.record_model import Count, JudgedEntry, MISSING, RecordModel
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, RecordModel
 from hjepa_bench.report.sections import ProbeTable
 
 
 class WarmupSpikes(RecordModel):
-    count: Count | None | MISSING = MISSING
+    count: Count | MISSING | None = MISSING
 
 
 class LrAdvice(RecordModel):
-    action: str | None | MISSING = MISSING
-    suggested_lr: float | None | MISSING = MISSING
-    trigger: str | None | MISSING = MISSING
-    text: str | None | MISSING = MISSING
+    action: str | MISSING | None = MISSING
+    suggested_lr: float | MISSING | None = MISSING
+    trigger: str | MISSING | None = MISSING
+    text: str | MISSING | None = MISSING
 
 
 class LossEntry(JudgedEntry):
     """The fields of the loss entry that the report and the verdicts read."""
 
-    start_loss: float | None | MISSING = MISSING
-    end_loss: float | None | MISSING = MISSING
-    decrease_pct: float | None | MISSING = MISSING
-    noise_pct: float | None | MISSING = MISSING
-    trend: str | None | MISSING = MISSING
-    noisy: bool | None | MISSING = MISSING
-    diverged: bool | None | MISSING = MISSING
-    warmup_spikes: WarmupSpikes | None | MISSING = MISSING
-    n: Count | None | MISSING = MISSING
+    start_loss: float | MISSING | None = MISSING
+    end_loss: float | MISSING | None = MISSING
+    decrease_pct: float | MISSING | None = MISSING
+    noise_pct: float | MISSING | None = MISSING
+    trend: str | MISSING | None = MISSING
+    noisy: bool | MISSING | None = MISSING
+    diverged: bool | MISSING | None = MISSING
+    warmup_spikes: WarmupSpikes | MISSING | None = MISSING
+    n: Count | MISSING | None = MISSING
     preliminary: bool | MISSING = MISSING
-    lr: float | None | MISSING = MISSING
-    non_finite_count: Count | None | MISSING = MISSING
-    lr_applied: float | None | MISSING = MISSING
-    lr_in_warmup: bool | None | MISSING = MISSING
-    first_non_finite_step: Count | None | MISSING = MISSING
-    window: Count | None | MISSING = MISSING
-    criterion_loss_decrease_met: str | None | MISSING = MISSING
-    lr_advice: LrAdvice | None | MISSING = MISSING
+    lr: float | MISSING | None = MISSING
+    non_finite_count: Count | MISSING | None = MISSING
+    lr_applied: float | MISSING | None = MISSING
+    lr_in_warmup: bool | MISSING | None = MISSING
+    first_non_finite_step: Count | MISSING | None = MISSING
+    window: Count | MISSING | None = MISSING
+    criterion_loss_decrease_met: str | MISSING | None = MISSING
+    lr_advice: LrAdvice | MISSING | None = MISSING
 
 
 class LossProbe(Probe):

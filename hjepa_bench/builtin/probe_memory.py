@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from hjepa_bench.analysis.memory import DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEAK_FRAC, fit_memory, memory_entry
 from hjepa_bench.format import fmt_bytes, fmt_pct
 from hjepa_bench.record import device_name, lookup, model_short
-from hjepa_bench.record_model import Count, JudgedEntry, MISSING, NonNeg, RecordModel
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
@@ -41,7 +41,7 @@ def leak_word(leak: Mapping[str, Any] | None) -> str:
 
 
 class Leak(RecordModel):
-    suspected: bool | None | MISSING = MISSING
+    suspected: bool | MISSING | None = MISSING
 
 
 class MemoryTrace(RecordModel):
@@ -53,11 +53,11 @@ class MemoryTrace(RecordModel):
 class MemoryEntry(JudgedEntry):
     """The fields of the memory entry that the report, the verdicts and the decision read."""
 
-    leak: Leak | None | MISSING = MISSING
-    memory_pressure: bool | None | MISSING = MISSING
-    headroom_frac: float | None | MISSING = MISSING
-    peak_device_bytes: NonNeg | None | MISSING = MISSING
-    trace: MemoryTrace | None | MISSING = MISSING
+    leak: Leak | MISSING | None = MISSING
+    memory_pressure: bool | MISSING | None = MISSING
+    headroom_frac: float | MISSING | None = MISSING
+    peak_device_bytes: NonNeg | MISSING | None = MISSING
+    trace: MemoryTrace | MISSING | None = MISSING
 
 
 class MemoryProbe(Probe):

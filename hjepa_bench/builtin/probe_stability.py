@@ -5,28 +5,28 @@ from __future__ import annotations
 from hjepa_bench import Probe, hookimpl
 from hjepa_bench.analysis.stability import MIN_STEPS_SPREAD, THRESHOLD_CV_PCT, analyze_stability, drift_text
 from hjepa_bench.format import fmt_or_dash as _fmt
-from hjepa_bench.record_model import Count, JudgedEntry, MISSING, NonNeg, RecordModel
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 
 
 class Degradation(RecordModel):
-    significant: bool | None | MISSING = MISSING
-    degrading: bool | None | MISSING = MISSING
-    change_pct: float | None | MISSING = MISSING
-    p_value: NonNeg | None | MISSING = MISSING
+    significant: bool | MISSING | None = MISSING
+    degrading: bool | MISSING | None = MISSING
+    change_pct: float | MISSING | None = MISSING
+    p_value: NonNeg | MISSING | None = MISSING
 
 
 class StabilityEntry(JudgedEntry):
     """The fields of the stability entry that the report and the verdicts read."""
 
-    cv_pct: NonNeg | None | MISSING = MISSING
-    n: Count | None | MISSING = MISSING
-    verdict: str | None | MISSING = MISSING
-    criterion_cv_below_limit: str | None | MISSING = MISSING
-    spike_count: Count | None | MISSING = MISSING
-    spike_period_steps: Count | None | MISSING = MISSING
-    spike_threshold_s: NonNeg | None | MISSING = MISSING
-    degradation: Degradation | None | MISSING = MISSING
+    cv_pct: NonNeg | MISSING | None = MISSING
+    n: Count | MISSING | None = MISSING
+    verdict: str | MISSING | None = MISSING
+    criterion_cv_below_limit: str | MISSING | None = MISSING
+    spike_count: Count | MISSING | None = MISSING
+    spike_period_steps: Count | MISSING | None = MISSING
+    spike_threshold_s: NonNeg | MISSING | None = MISSING
+    degradation: Degradation | MISSING | None = MISSING
 
 
 class StabilityProbe(Probe):
