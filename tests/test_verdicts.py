@@ -25,6 +25,7 @@ from hjepa_bench.analysis.projection import measured_step_times, seconds_per_ste
 from hjepa_bench.analysis.verdicts import rejudge_record, rejudge_records
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.runner import run_benchmark
+from hjepa_bench.measure.results import validate_result
 from hjepa_bench.measure.validation_run import ValidationSettings, run_validation, validation_facts, validation_record
 from hjepa_bench.options import guide_options, load_options
 from hjepa_bench.plugin.api import Probe
@@ -35,7 +36,7 @@ from hjepa_bench.builtin.probe_loss import LossProbe
 from hjepa_bench.builtin.probe_memory import MemoryProbe
 from hjepa_bench.builtin.probe_stability import StabilityProbe
 from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
-from hjepa_bench.record import RecordError, dumps, validate_record
+from hjepa_bench.record import RecordError, dumps
 from hjepa_bench.report.run_text import summary_text
 from hjepa_bench.thresholds import DEFAULTS
 
@@ -442,7 +443,7 @@ def test_a_bad_raw_number_is_a_skipped_line_not_a_traceback(runs, tmp_path, prob
         entry = entry[key]
     entry[path[-1]] = value
     with pytest.raises(RecordError, match=re.escape(message)):
-        validate_record(bad)
+        validate_result(bad)
     d = tmp_path / "res"
     d.mkdir()
     (d / "results.jsonl").write_text(dumps(runs["long"], indent=None) + "\n" + dumps(bad, indent=None) + "\n")
