@@ -11,11 +11,28 @@ CLI flags override file values (``apply_overrides``).
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
+import yaml  # type: ignore[import-untyped]
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .errors import UserError, read_yaml
 from .stats import is_finite_number  # noqa: F401 - also imported from here by the commands
@@ -29,7 +46,6 @@ MODELS: dict[str, dict[str, int]] = {
 }
 SHORT_NAMES = {name.split("_patch")[0]: name for name in MODELS}  # vit_tiny -> vit_tiny_patch16_224
 PATCH_SIZE = 16
-VARIANTS = ("reference", "efficient")
 def available_cores() -> int:
     """The CPU cores this process may run on (its affinity where the platform has one)."""
     import os
@@ -49,9 +65,18 @@ def default_workers(workers: int) -> int:
 #: where ``hjepa-bench sweep`` writes when --out is not given
 DEFAULT_SWEEP_OUT = "hjepa-bench-sweep"
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-LOSS_TYPES = ("mse", "smooth_l1", "combined")
-DATA_KINDS = ("synthetic", "cifar10")
+#: the precisions a step trains in (a backend says which of them work on its device)
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: what ``bench.precision`` (``--precision``) may be: a precision, or auto (see :func:`resolve_precision`)
+PrecisionSetting = Literal["auto", Precision]
+PRECISION_SETTINGS: tuple[str, ...] = get_args(PrecisionSetting)
+Variant = Literal["reference", "efficient"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+LossType = Literal["mse", "smooth_l1", "combined"]
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+DataKind = Literal["synthetic", "cifar10"]
+DATA_KINDS: tuple[str, ...] = get_args(DataKind)
 
 # Defaults: the upstream quick_val config (the validation run), plus the bench section.
 DEFAULTS: dict[str, Any] = {
@@ -224,11 +249,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {p} must hold a mapping of sections (model:, data:, ...), not a {type(data).__name__}.")
+        raise UserError(f"config file {p} must hold a mapping of sections (model:, data:, ...), "
+                        f"not a {type(data).__name__}.")
     return data
 
 
-def _merge(base: dict, update: Mapping, prefix: str, unknown: list[str]) -> None:
+def _merge(base: dict[str, Any], update: Mapping[str, Any], prefix: str, unknown: list[str]) -> None:
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in base:
@@ -278,7 +304,7 @@ def resolve_config(path: str | Path | None = None, overrides: Mapping[str, Any] 
     return rc
 
 
-def _flatten_keys(d: Mapping, prefix: str = "") -> list[str]:
+def _flatten_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k, v in d.items():
         dotted = f"{prefix}{k}"
@@ -319,12 +345,12 @@ def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
 
 def apply_overrides(rc: ResolvedConfig, overrides: Mapping[str, Any]) -> None:
     """Apply dotted-key overrides (``None`` values are skipped).  Each value is checked against
-    :data:`SCHEMA` before it is used (``--hierarchies 10**20`` must not build a list of that size)."""
+    :data:`SCHEMA` (:func:`check_value`) before it is used (``--hierarchies 10**20`` must not build
+    a list of that size)."""
     for dotted, value in overrides.items():
         if value is None:
             continue
-        if dotted in SCHEMA:
-            SCHEMA[dotted](dotted, value)
+        check_value(dotted, value)
         if dotted == "model.encoder_type":
             value = resolve_model_name(value)
         if dotted == "model.num_hierarchies":
@@ -339,7 +365,10 @@ def apply_overrides(rc: ResolvedConfig, overrides: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- the schema
-Check = Callable[[str, Any], None]
+# The type and range of every key of DEFAULTS (and of the known keys without effect that hold a
+# value), as pydantic models of the config's sections, and the rules between keys (:class:`Config`).
+# They only check: ``ResolvedConfig.values`` stays the plain mapping the rest of the code reads.
+# Every key is required (DEFAULTS gives the values); a key that is not checked here is kept as it is.
 
 
 def _show(value: Any) -> str:
@@ -347,190 +376,400 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _int(lo: int, hi: int) -> Check:
-    def check(key: str, v: Any) -> None:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise UserError(f"{key} must be a whole number, not {_show(v)}.")
-        if not lo <= v <= hi:
-            raise UserError(f"{key} = {_show(v)} is out of range [{lo}, {hi}].")
-    return check
+def _as_list(value: Any) -> Any:
+    """A tuple is taken as a list (a flag's value may be one); anything else is checked as it is."""
+    return list(value) if isinstance(value, tuple) else value
 
 
-def _num(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
-    def check(key: str, v: Any) -> None:
-        if not is_finite_number(v):
-            raise UserError(f"{key} must be a finite number, not {_show(v)}.")
-        if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
-            span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-            raise UserError(f"{key} = {_show(v)} is out of range {span}.")
-    return check
+def _as_pair(value: Any) -> Any:
+    """:func:`_as_list`, and a list of another length is refused before its items are checked."""
+    value = _as_list(value)
+    if isinstance(value, list) and len(value) != 2:
+        raise PydanticCustomError("pair_length", "must be a pair [low, high]")
+    return value
 
 
-def _bool(key: str, v: Any) -> None:
-    if not isinstance(v, bool):
-        raise UserError(f"{key} must be true or false, not {_show(v)}.")
+def _ordered(pair: list[float]) -> list[float]:
+    if pair[0] > pair[1]:
+        raise PydanticCustomError("unordered", "must be [low, high] with low <= high")
+    return pair
 
 
-def _text(key: str, v: Any) -> None:
-    if not isinstance(v, str):
-        raise UserError(f"{key} must be text, not {_show(v)}.")
+def _only(choice: str, why: str) -> BeforeValidator:
+    """Text that is ``choice`` in any case; anything else is not supported, because ``why``."""
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or value.lower() != choice:
+            raise PydanticCustomError("unsupported", "not supported; {why}", {"why": why})
+        return value
+    return BeforeValidator(check)
 
 
-def _choice(*choices: str, fold: bool = False, unsupported: str = "") -> Check:
-    """One of ``choices`` (``fold``: in any case); ``unsupported``: why others are not supported."""
-    def check(key: str, v: Any) -> None:
-        if not isinstance(v, str) or (v.lower() if fold else v) not in choices:
-            if unsupported:
-                raise UserError(f"{key} {_show(v)} is not supported; {unsupported}.")
-            raise UserError(f"{key} {_show(v)} is not one of {', '.join(choices)}.")
-    return check
+#: [low, high] with 0 < low <= high <= 1 (a share of the image)
+ScalePair = Annotated[list[Annotated[float, Field(gt=0, le=1)]], BeforeValidator(_as_pair),
+                      Field(min_length=2, max_length=2), AfterValidator(_ordered)]
+RatioPair = Annotated[list[Annotated[float, Field(gt=0, le=100)]], BeforeValidator(_as_pair),
+                      Field(min_length=2, max_length=2), AfterValidator(_ordered)]
+BetaPair = Annotated[list[Annotated[float, Field(ge=0, lt=1)]], BeforeValidator(_as_pair),
+                     Field(min_length=2, max_length=2)]
+Weights = Annotated[list[Annotated[float, Field(ge=0, le=1e6)]], BeforeValidator(_as_list)]
+Count = Annotated[int, Field(ge=1, le=10**8)]
 
 
-def _optional(inner: Check) -> Check:
-    def check(key: str, v: Any) -> None:
-        if v is not None:
-            inner(key, v)
-    return check
+class _Section(BaseModel):
+    """Strict types (a whole number is an int, not a bool or 3.0; text is a str), finite numbers;
+    keys it does not name are left alone (the known keys without effect, kept in the config).
+    Built on first use (``defer_build``): a command's ``--help`` does not pay for it."""
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore", defer_build=True)
 
 
-def _list(each: Check, *, length: int | None = None, ordered: bool = False) -> Check:
-    """A list (of ``length`` items) whose items pass ``each``; ``ordered``: low <= high."""
-    def check(key: str, v: Any) -> None:
-        what = "a pair [low, high]" if length == 2 else "a list"
-        if not isinstance(v, (list, tuple)) or (length is not None and len(v) != length):
-            raise UserError(f"{key} must be {what}, not {_show(v)}.")
-        for i, item in enumerate(v):
-            each(f"{key}[{i}]", item)
-        if ordered and v[0] > v[1]:
-            raise UserError(f"{key} {_show(v)} must be [low, high] with low <= high.")
-    return check
+class PredictorSection(_Section):
+    depth: int = Field(ge=1, le=48)
+    num_heads: int = Field(ge=1, le=64)
+    mlp_ratio: float = Field(ge=0.25, le=16)
 
 
-#: every key of DEFAULTS (and the known keys without effect that hold a value): its type and range
-SCHEMA: dict[str, Check] = {
-    "model.encoder_type": _text,
-    "model.embed_dim": _int(1, 65536),
-    "model.num_hierarchies": _int(1, 4),
-    "model.encoder_depth": _int(1, 48),
-    "model.predictor.depth": _int(1, 48),
-    "model.predictor.num_heads": _int(1, 64),
-    "model.predictor.mlp_ratio": _num(0.25, 16),
-    "model.ema.momentum": _num(0, 1),
-    "model.ema.momentum_end": _num(0, 1),
-    "model.ema.momentum_warmup_epochs": _num(0, 100000),
-    "data.dataset": _text,
-    "data.data_path": _optional(_text),
-    "data.image_size": _int(32, 1024),
-    "data.batch_size": _int(1, 65536),
-    "data.num_workers": _int(0, 256),
-    "data.pin_memory": _bool,
-    "data.augmentation.color_jitter": _num(0, 5),
-    "data.augmentation.horizontal_flip": _bool,
-    "data.augmentation.random_crop": _bool,
-    "masking.num_masks": _int(1, 16),
-    "masking.mask_scale": _list(_num(0, 1, lo_open=True), length=2, ordered=True),
-    "masking.aspect_ratio": _list(_num(0, 100, lo_open=True), length=2, ordered=True),
-    "masking.num_context_masks": _int(1, 16),
-    "masking.context_scale": _list(_num(0, 1, lo_open=True), length=2, ordered=True),
-    "training.epochs": _int(1, 100000),
-    "training.warmup_epochs": _num(0, 100000),
-    "training.lr": _num(0, 10),
-    "training.min_lr": _num(0, 10),
-    "training.weight_decay": _num(0, 10),
-    "training.optimizer": _choice("adamw", fold=True, unsupported="the H-JEPA step uses adamw"),
-    "training.betas": _list(_num(0, 1, hi_open=True), length=2),
-    "training.lr_schedule": _choice("cosine", fold=True, unsupported="the H-JEPA step uses cosine"),
-    "training.clip_grad": _num(0, 1e9),
-    "training.use_amp": _bool,
-    "training.accumulation_steps": _int(1, 10**6),
-    "loss.type": _choice(*LOSS_TYPES),
-    "loss.hierarchy_weights": _list(_num(0, 1e6)),
-    "loss.normalize_embeddings": _bool,
-    "loss.vicreg_weight": _num(0, 1e6),
-    "seed": _int(0, 2**32 - 1),  # what torch and numpy accept as a seed
-    "bench.workload": _text,
-    "bench.variant": _choice(*VARIANTS),
-    "bench.precision": _choice(*PRECISIONS),
-    "bench.data": _choice(*DATA_KINDS),
-    "bench.data_path": _optional(_text),
-    "bench.synthetic_size": _int(1, 10**8),
-    "bench.limit_samples": _optional(_int(1, 10**8)),
-    "bench.persistent_workers": _bool,
-    "bench.warmup_steps": _int(0, 100000),
-    "bench.min_steps": _int(1, 10**7),
-    "bench.max_steps": _int(1, 10**7),
-    "bench.max_time_s": _num(0, 1e7, lo_open=True),
-    "bench.target_rel_precision": _num(0, 1, lo_open=True),
-    "bench.window_steps": _int(1, 10**6),
-    "bench.nproc_per_node": _int(1, 4096),
-    "bench.dataset_size": _optional(_int(1, 10**9)),
-    "bench.val_size": _optional(_int(0, 10**9)),
-    "logging.log_frequency": _int(1, 10**7),
-    "logging.tensorboard.enabled": _bool,
-    "logging.wandb.enabled": _bool,
-}
+class EmaSection(_Section):
+    momentum: float = Field(ge=0, le=1)
+    momentum_end: float = Field(ge=0, le=1)
+    momentum_warmup_epochs: float = Field(ge=0, le=100000)
+
+
+class ModelSection(_Section):
+    encoder_type: str  # a model name: checked by resolve_model_name
+    embed_dim: int = Field(ge=1, le=65536)
+    num_hierarchies: int = Field(ge=1, le=4)
+    encoder_depth: int = Field(ge=1, le=48)
+    predictor: PredictorSection
+    ema: EmaSection
+
+
+class AugmentationSection(_Section):
+    color_jitter: float = Field(ge=0, le=5)
+    horizontal_flip: bool
+    random_crop: bool
+
+
+class DataSection(_Section):
+    dataset: str
+    data_path: str | None
+    image_size: int = Field(ge=32, le=1024)
+    batch_size: int = Field(ge=1, le=65536)
+    num_workers: int = Field(ge=0, le=256)
+    pin_memory: bool
+    augmentation: AugmentationSection
+
+
+class MaskingSection(_Section):
+    num_masks: int = Field(ge=1, le=16)
+    mask_scale: ScalePair
+    aspect_ratio: RatioPair
+    num_context_masks: int = Field(ge=1, le=16)
+    context_scale: ScalePair
+
+
+class TrainingSection(_Section):
+    epochs: int = Field(ge=1, le=100000)
+    warmup_epochs: float = Field(ge=0, le=100000)
+    lr: float = Field(ge=0, le=10)
+    min_lr: float = Field(ge=0, le=10)
+    weight_decay: float = Field(ge=0, le=10)
+    optimizer: Annotated[str, _only("adamw", "the H-JEPA step uses adamw")]
+    betas: BetaPair
+    lr_schedule: Annotated[str, _only("cosine", "the H-JEPA step uses cosine")]
+    clip_grad: float = Field(ge=0, le=1e9)
+    use_amp: bool
+    accumulation_steps: int = Field(ge=1, le=10**6)
+
+
+class LossSection(_Section):
+    type: LossType
+    hierarchy_weights: Weights
+    normalize_embeddings: bool
+    vicreg_weight: float = Field(ge=0, le=1e6)
+
+
+class BenchSection(_Section):
+    workload: str
+    variant: Variant
+    precision: PrecisionSetting
+    data: DataKind
+    data_path: str | None
+    synthetic_size: Count
+    limit_samples: Count | None
+    persistent_workers: bool
+    warmup_steps: int = Field(ge=0, le=100000)
+    min_steps: int = Field(ge=1, le=10**7)
+    max_steps: int = Field(ge=1, le=10**7)
+    max_time_s: float = Field(gt=0, le=1e7)
+    target_rel_precision: float = Field(gt=0, le=1)
+    window_steps: int = Field(ge=1, le=10**6)
+    nproc_per_node: int = Field(ge=1, le=4096)
+    dataset_size: Annotated[int, Field(ge=1, le=10**9)] | None
+    val_size: Annotated[int, Field(ge=0, le=10**9)] | None
+
+
+class SwitchSection(_Section):
+    enabled: bool
+
+
+class LoggingSection(_Section):
+    log_frequency: int = Field(ge=1, le=10**7)
+    tensorboard: SwitchSection
+    wandb: SwitchSection
+
+
+class Config(_Section):
+    """A resolved config: each section's keys, then the rules between keys (:meth:`rules`),
+    which read the keys the user set from the validation context ``{"present": set of dotted keys}``."""
+    model: ModelSection
+    data: DataSection
+    masking: MaskingSection
+    training: TrainingSection
+    loss: LossSection
+    seed: int = Field(ge=0, le=2**32 - 1)  # what torch and numpy accept as a seed
+    bench: BenchSection
+    logging: LoggingSection
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def rules(cls, data: Any, check_keys: ModelWrapValidatorHandler[Config], info: ValidationInfo) -> Config:
+        """Each key checked, then the rules between keys, in order: the first broken one is the error."""
+        config = check_keys(data)
+        present: set[str] = set((info.context or {}).get("present", ()))
+        for rule in (_encoder_width, _image_in_patches, _heads_divide_width, _weight_per_level, _step_bounds,
+                     _batch_fits):
+            problem = rule(config, data, present)
+            if problem:
+                raise PydanticCustomError("config_rule", "{sentence}", {"sentence": problem})
+        return config
+
+
+def _width(c: Config) -> int:
+    return MODELS[resolve_model_name(c.model.encoder_type)]["embed_dim"]
+
+
+def _encoder_width(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
+    """A known model name, and its width as model.embed_dim when the user sets that (else the width
+    replaces it: :func:`_normalise`)."""
+    try:
+        width = _width(c)
+    except UserError as exc:
+        return str(exc)
+    name = resolve_model_name(c.model.encoder_type)
+    if c.model.embed_dim != width and "model.embed_dim" in present:
+        return (f"model.embed_dim {c.model.embed_dim} does not match {name}, whose width is {width}; "
+                f"set it to {width} or leave it out.")
+    return None
+
+
+def _image_in_patches(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
+    if c.data.image_size % PATCH_SIZE:
+        return f"data.image_size {c.data.image_size} must be a multiple of the patch size {PATCH_SIZE}."
+    return None
+
+
+def _heads_divide_width(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
+    width, heads = _width(c), c.model.predictor.num_heads
+    if width % heads:
+        return (f"model.predictor.num_heads {heads} must divide the width D={width} of "
+                f"{resolve_model_name(c.model.encoder_type)}.")
+    return None
+
+
+def _weight_per_level(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
+    weights, levels = c.loss.hierarchy_weights, c.model.num_hierarchies
+    if len(weights) != levels:  # shown as given (1, not 1.0)
+        return (f"loss.hierarchy_weights {_show(given['loss']['hierarchy_weights'])} must list one weight per "
+                f"hierarchy level ({levels}).")
+    return None
+
+
+def _step_bounds(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
+    if c.bench.max_steps < c.bench.min_steps:
+        return f"bench.max_steps {c.bench.max_steps} is below bench.min_steps {c.bench.min_steps}."
+    return None
+
+
+def _batch_fits(c: Config, given: Mapping[str, Any], present: set[str]) -> str | None:
+    """One whole batch in the samples used (the last incomplete batch is dropped, as upstream)."""
+    b, batch = c.bench, c.data.batch_size
+    samples = [(b.limit_samples, "bench.limit_samples")]
+    if b.data == "synthetic":
+        samples.append((b.synthetic_size, "bench.synthetic_size"))
+    for n, key in samples:
+        if n is not None and batch > n:
+            return (f"data.batch_size {batch} is above the {n} samples of {key}: not one batch (the last "
+                    "incomplete batch is dropped, as upstream); use a smaller batch or more samples.")
+    return None
+
+
+def _schema(model: type[BaseModel], prefix: str = "") -> dict[str, FieldInfo]:
+    out: dict[str, FieldInfo] = {}
+    for name, info in model.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            out.update(_schema(section, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = info
+    return out
+
+
+#: every checked key (dotted) and its field (type and range) in :class:`Config`
+SCHEMA: dict[str, FieldInfo] = _schema(Config)
+
+
+@functools.cache
+def _key_model(dotted: str) -> type[BaseModel]:
+    """A model of one field, ``value``: the key ``dotted`` of :class:`Config`."""
+    info = SCHEMA[dotted]
+    return create_model(f"Check_{dotted.replace('.', '_')}", __base__=_Section, value=(info.annotation, info))
+
+
+# --------------------------------------------------------------------------- one sentence per error
+_BOUNDS = ("ge", "gt", "le", "lt")
+
+
+def _facts(annotation: Any, metadata: list[Any]) -> tuple[Any, dict[str, Any]]:
+    """The type under ``Annotated[...]`` and ``X | None``, and its constraints (ge, gt, le, lt,
+    min_length, max_length), from ``metadata`` and the annotation's own."""
+    facts: dict[str, Any] = {}
+    pending = list(metadata)
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation, *extra = get_args(annotation)
+            pending += extra
+        elif get_origin(annotation) in (Union, UnionType):
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        else:
+            break
+    while pending:
+        item = pending.pop()
+        if isinstance(item, FieldInfo):
+            pending += item.metadata
+        for name in (*_BOUNDS, "min_length", "max_length"):
+            if getattr(item, name, None) is not None:
+                facts[name] = getattr(item, name)
+    return annotation, facts
+
+
+def _field_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[Any, dict[str, Any]]:
+    """The type and constraints of what ``loc`` (a pydantic error's) points at in ``root``."""
+    annotation: Any = root
+    metadata: list[Any] = []
+    for part in loc:
+        base, _ = _facts(annotation, metadata)
+        if isinstance(part, int) and get_args(base):
+            annotation, metadata = get_args(base)[0], []
+        elif isinstance(base, type) and issubclass(base, BaseModel) and part in base.model_fields:
+            info = base.model_fields[str(part)]
+            annotation, metadata = info.annotation, list(info.metadata)
+        else:
+            return None, {}
+    return _facts(annotation, metadata)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _span(kind: Any, facts: dict[str, Any]) -> str:
+    def show(bound: Any) -> str:
+        return str(bound) if kind is int else f"{bound:g}"
+    low = f"[{show(facts['ge'])}" if "ge" in facts else f"({show(facts['gt'])}"
+    high = f"{show(facts['le'])}]" if "le" in facts else f"{show(facts['lt'])})"
+    return f"{low}, {high}"
+
+
+#: pydantic's error types for a value of the wrong type, and what the key's value must be
+_WRONG_TYPE = {"int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
+               "float_type": "a finite number", "float_parsing": "a finite number", "finite_number": "a finite number",
+               "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "text"}
+
+
+def error_sentence(error: ErrorDetails, root: type[BaseModel] = Config) -> str:
+    """One sentence for pydantic's ``error`` on ``root``: the dotted key, the bad value and what
+    is allowed."""
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    key, shown = _dotted(loc), _show(value)
+    base, facts = _field_at(root, loc)
+    ctx = error.get("ctx") or {}
+    if kind in _WRONG_TYPE:
+        return f"{key} must be {_WRONG_TYPE[kind]}, not {shown}."
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{key} = {shown} is out of range {_span(base, facts)}."
+    if kind == "literal_error":
+        return f"{key} {shown} is not one of {', '.join(map(str, get_args(base)))}."
+    if kind in ("list_type", "too_short", "too_long", "pair_length"):
+        pair = facts.get("min_length") == facts.get("max_length") == 2
+        return f"{key} must be {'a pair [low, high]' if pair else 'a list'}, not {shown}."
+    if kind == "missing":
+        return f"config key {key} is missing."
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"config key {key} must be a mapping, not {shown}."
+    if kind == "config_rule":
+        return str(ctx["sentence"])
+    if kind == "unordered":
+        return f"{key} {shown} must be [low, high] with low <= high."
+    if kind == "unsupported":
+        return f"{key} {shown} is not supported; {ctx['why']}."
+    return f"{key} = {shown}: {error['msg']}."
 
 
 def check_value(dotted: str, value: Any) -> None:
     """Check one value of a config key (a flag, a grid value) the way a config file's is checked."""
     if dotted in SCHEMA:
-        SCHEMA[dotted](dotted, value)
+        try:
+            _key_model(dotted).model_validate({"value": value})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            loc = (*dotted.split("."), *error["loc"][1:])
+            raise UserError(error_sentence({**error, "loc": loc})) from None
     if dotted == "model.encoder_type":
         resolve_model_name(value)
 
 
 def _validate(rc: ResolvedConfig, present: set[str]) -> None:
-    v = rc.values
-    for key, check in SCHEMA.items():
-        check(key, _lookup(v, key))
-    v["model"]["encoder_type"] = resolve_model_name(v["model"]["encoder_type"])
-    D = MODELS[v["model"]["encoder_type"]]["embed_dim"]
-    if v["model"]["embed_dim"] != D:
-        if "model.embed_dim" in present:
-            raise UserError(f"model.embed_dim {v['model']['embed_dim']} does not match {v['model']['encoder_type']}, "
-                            f"whose width is {D}; set it to {D} or leave it out.")
-        v["model"]["embed_dim"] = D  # not set by the user: the encoder's width
-    m, d, b = v["model"], v["data"], v["bench"]
-    if d["image_size"] % PATCH_SIZE:
-        raise UserError(f"data.image_size {d['image_size']} must be a multiple of the patch size {PATCH_SIZE}.")
-    if D % m["predictor"]["num_heads"]:
-        raise UserError(f"model.predictor.num_heads {m['predictor']['num_heads']} must divide the width D={D} of "
-                        f"{m['encoder_type']}.")
-    weights = v["loss"]["hierarchy_weights"]
-    if len(weights) != m["num_hierarchies"]:
-        raise UserError(f"loss.hierarchy_weights {_show(weights)} must list one weight per hierarchy level "
-                        f"({m['num_hierarchies']}).")
-    if b["max_steps"] < b["min_steps"]:
-        raise UserError(f"bench.max_steps {b['max_steps']} is below bench.min_steps {b['min_steps']}.")
-    samples = [(b["limit_samples"], "bench.limit_samples")] + (
-        [(b["synthetic_size"], "bench.synthetic_size")] if b["data"] == "synthetic" else [])
-    for n, key in samples:
-        if n is not None and d["batch_size"] > n:
-            raise UserError(f"data.batch_size {d['batch_size']} is above the {n} samples of {key}: not one batch "
-                            "(the last incomplete batch is dropped, as upstream); use a smaller batch or more samples.")
-    # conditional no-effect keys
-    if v["loss"]["type"] != "combined" and "loss.vicreg_weight" in present:
-        rc.no_effect["loss.vicreg_weight"] = CONDITIONAL_NO_EFFECT["loss.vicreg_weight"]
-    if v["training"]["accumulation_steps"] != 1:
-        rc.no_effect["training.accumulation_steps"] = CONDITIONAL_NO_EFFECT["training.accumulation_steps"]
-    if b["data"] != "cifar10":
-        for key in ("data.dataset", "data.data_path"):
-            if key in present:
-                rc.no_effect[key] = CONDITIONAL_NO_EFFECT[key]
-    if b["precision"] != "auto" and "training.use_amp" in present:
-        rc.no_effect["training.use_amp"] = CONDITIONAL_NO_EFFECT["training.use_amp"]
+    """Check every key and the rules between keys (:class:`Config`), then fill in what they imply."""
+    try:
+        Config.model_validate(rc.values, context={"present": present})
+    except ValidationError as exc:
+        raise UserError(error_sentence(exc.errors()[0])) from None
+    _normalise(rc.values)
+    rc.no_effect.update(_conditional_no_effect(rc.values, present))
+
+
+def _normalise(values: dict[str, Any]) -> None:
+    """The full model name, and its width as model.embed_dim (a different one set by the user is an error)."""
+    values["model"]["encoder_type"] = resolve_model_name(values["model"]["encoder_type"])
+    values["model"]["embed_dim"] = MODELS[values["model"]["encoder_type"]]["embed_dim"]
+
+
+def _conditional_no_effect(values: Mapping[str, Any], present: set[str]) -> dict[str, str]:
+    """The keys without effect in this config (:data:`CONDITIONAL_NO_EFFECT`) and why."""
+    v, b = values, values["bench"]
+    idle = {
+        "loss.vicreg_weight": v["loss"]["type"] != "combined" and "loss.vicreg_weight" in present,
+        "training.accumulation_steps": v["training"]["accumulation_steps"] != 1,
+        "data.dataset": b["data"] != "cifar10" and "data.dataset" in present,
+        "data.data_path": b["data"] != "cifar10" and "data.data_path" in present,
+        "training.use_amp": b["precision"] != "auto" and "training.use_amp" in present,
+    }
+    return {key: CONDITIONAL_NO_EFFECT[key] for key, no_effect in idle.items() if no_effect}
 
 
 def resolve_precision(values: Mapping[str, Any], backend_name: str) -> str:
     """``auto`` means what upstream does: fp16 autocast on CUDA when use_amp, else fp32."""
-    p = values["bench"]["precision"]
+    p = str(values["bench"]["precision"])
     if p != "auto":
         return p
     return "fp16" if backend_name == "cuda" and values["training"]["use_amp"] else "fp32"
 
 
 def grid_size(values: Mapping[str, Any]) -> int:
-    return values["data"]["image_size"] // PATCH_SIZE
+    return int(values["data"]["image_size"]) // PATCH_SIZE
 
 
 def steps_per_epoch(dataset_size: int, batch_size: int) -> int:
@@ -538,5 +777,5 @@ def steps_per_epoch(dataset_size: int, batch_size: int) -> int:
 
 
 def to_yaml(values: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(dict(values), sort_keys=False)
+    return str(yaml.safe_dump(dict(values), sort_keys=False))
 

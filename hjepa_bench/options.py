@@ -22,17 +22,27 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any
 
-
-import yaml
+import yaml  # type: ignore[import-untyped]
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from .config import preset_names, preset_path, resolve_config, resolve_precision
 from .errors import UserError, read_yaml
 from .record import short_model_name
-from .stats import is_finite_number
 
 #: an option name becomes part of a file name (configs/option_NAME.yaml): no separators, no dots
 OPTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -73,7 +83,7 @@ class TrainingOption:
     def epochs(self) -> int:
         return int(self.values()["training"]["epochs"])
 
-    def model_key(self, values: Mapping[str, Any] | None = None) -> tuple:
+    def model_key(self, values: Mapping[str, Any] | None = None) -> ModelKey:
         """What a measurement must share with the option to project it."""
         v = values or self.values()
         return model_key(v)
@@ -90,7 +100,11 @@ class TrainingOption:
                 f"batch {v['data']['batch_size']}")
 
 
-def model_key(values: Mapping[str, Any]) -> tuple:
+#: encoder, depth, levels, predictor depth, heads and MLP ratio, image size
+ModelKey = tuple[str, int, int, int, int, float, int]
+
+
+def model_key(values: Mapping[str, Any]) -> ModelKey:
     """The model config that sets the step time: encoder, depth, levels, predictor, image size."""
     m = values["model"]
     return (m["encoder_type"], int(m.get("encoder_depth", 12)), int(m["num_hierarchies"]),
@@ -109,7 +123,7 @@ def record_matches(option_values: Mapping[str, Any], record: Mapping[str, Any]) 
     if bench.get("variant") != "reference":
         return False
     backend = (record.get("env") or {}).get("backend") or bench.get("device")
-    return bench.get("precision") == resolve_precision(option_values, str(backend))
+    return bool(bench.get("precision") == resolve_precision(option_values, str(backend)))
 
 
 #: option C: the full_20epoch preset (option A) run for 50 epochs with 5 warm-up epochs
@@ -140,8 +154,10 @@ def guide_options() -> list[TrainingOption]:
     return [copy.deepcopy(o) for o in GUIDE_OPTIONS]
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+class CheckpointSection(BaseModel):
+    """Upstream's ``checkpoint:`` section: only ``save_frequency`` changes a projection."""
+    model_config = ConfigDict(strict=True)
+    save_frequency: int | None = Field(None, ge=1)
 
 
 def _checkpoint_section(values: Mapping[str, Any]) -> str | None:
@@ -152,55 +168,89 @@ def _checkpoint_section(values: Mapping[str, Any]) -> str | None:
         return None
     if not isinstance(ck, Mapping):
         return f"checkpoint must be a mapping (save_frequency: N, ...), not {ck!r:.60}"
-    every = ck.get("save_frequency")
-    if every is not None and not (_is_int(every) and every >= 1):
+    try:
+        CheckpointSection.model_validate({"save_frequency": ck.get("save_frequency")})
+    except ValidationError:
+        every = ck.get("save_frequency")
         return f"checkpoint.save_frequency must be a whole number of epochs >= 1, not {every!r:.60}"
     return None
 
 
-def _option_fields(item: Mapping[str, Any], name: str, where: str, folder: Path) -> dict[str, Any]:
-    """The option's own fields, each of its type and in its range; a bad one is a UserError naming it."""
-    def bad(what: str) -> UserError:
-        return UserError(f"option {name} in {where}: {what}.")
+def _one_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
 
-    out: dict[str, Any] = {}
-    title = item.get("title")
-    if title is not None and not isinstance(title, str):
-        raise bad(f"title must be text, not {title!r:.60}")
-    out["title"] = title or name
-    expected = item.get("expected")
-    if expected is not None and not isinstance(expected, str):
-        raise bad(f"expected must be text, not {expected!r:.60}")
-    out["expected"] = expected or ""
-    hours = item.get("hours", [0, math.inf])
-    if "hours" in item and not (isinstance(hours, list) and len(hours) == 2 and all(is_finite_number(h) for h in hours)
-                                and 0 <= hours[0] <= hours[1] and hours[1] > 0):
-        raise bad(f"hours must be [low, high], two finite numbers of hours with 0 <= low <= high and high > 0, "
-                  f"not {hours!r:.60}")
-    out["hours"] = (float(hours[0]), float(hours[1]))
-    priority = item.get("priority", 0)
-    if not _is_int(priority):
-        raise bad(f"priority must be a whole number (higher = more ambitious), not {priority!r:.60}")
-    out["priority"] = priority
-    choose_if = item.get("choose_if")
-    if isinstance(choose_if, str):
-        choose_if = [choose_if]
-    if choose_if is not None and not (isinstance(choose_if, list) and all(isinstance(x, str) for x in choose_if)):
-        raise bad(f"choose_if must be a list of conditions (text), not {choose_if!r:.60}")
-    out["choose_if"] = list(choose_if or [])
-    config = item.get("config")
-    if config is not None:
-        if not isinstance(config, str) or not config.strip():
-            raise bad(f"config must be the path of an upstream YAML file, not {config!r:.60}")
+
+def _window(hours: list[float]) -> list[float]:
+    if not 0 <= hours[0] <= hours[1] or hours[1] <= 0:
+        raise PydanticCustomError("hours_window", "0 <= low <= high and high > 0")
+    return hours
+
+
+class OptionEntry(BaseModel):
+    """The option's own fields (:data:`META_KEYS`) of one entry of an options file's ``options:``
+    list, each of its type and in its range (the entry's other keys are upstream sections, checked
+    when the option's config is resolved).  A relative ``config`` is read in the folder of the
+    validation context ``{"folder": Path}``."""
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
+    name: str = Field(pattern=f"^{OPTION_NAME.pattern}$")
+    title: str | None = None
+    expected: str | None = None
+    hours: Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(_window)] = [0.0, math.inf]
+    priority: int = 0
+    choose_if: Annotated[list[str] | None, BeforeValidator(_one_or_list)] = None
+    config: str | None = None
+
+    @field_validator("config")
+    @classmethod
+    def _config_file(cls, config: str | None, info: ValidationInfo) -> str | None:
+        """The upstream YAML file the option starts from: a path (relative to the options file) or a preset."""
+        if config is None:
+            return None
+        if not config.strip():
+            raise PydanticCustomError("config_path", "an empty path")
+        folder = Path((info.context or {}).get("folder", "."))
         path = Path(config) if Path(config).is_absolute() else (folder / config).resolve()
         if not path.is_file() and config in preset_names():
             path = preset_path(config)
         if not path.is_file():
-            raise bad(f"config {config} is not a file (looked for {path}) and not a preset "
-                      f"({', '.join(preset_names())})")
-        config = str(path)
-    out["config"] = config
-    return out
+            raise PydanticCustomError("config_missing", "{problem}", {
+                "problem": f"config {config} is not a file (looked for {path}) and not a preset "
+                           f"({', '.join(preset_names())})"})
+        return str(path)
+
+    def option_fields(self) -> dict[str, Any]:
+        """The TrainingOption fields this entry sets."""
+        return {"title": self.title or self.name, "expected": self.expected or "",
+                "hours": (float(self.hours[0]), float(self.hours[1])), "priority": self.priority,
+                "choose_if": list(self.choose_if or []), "config": self.config}
+
+
+#: what an option's own field must be, as said when it is not
+_FIELD_PROBLEMS = {
+    "title": "title must be text",
+    "expected": "expected must be text",
+    "hours": "hours must be [low, high], two finite numbers of hours with 0 <= low <= high and high > 0",
+    "priority": "priority must be a whole number (higher = more ambitious)",
+    "choose_if": "choose_if must be a list of conditions (text)",
+    "config": "config must be the path of an upstream YAML file",
+}
+
+
+def _option_entry(item: Mapping[str, Any], index: int, where: Path) -> OptionEntry:
+    """The ``index``-th entry of the options file ``where``, checked; a bad field is a UserError naming it."""
+    try:
+        own = {key: value for key, value in item.items() if key in META_KEYS}
+        return OptionEntry.model_validate(own, context={"folder": where.parent})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0])
+        if field == "name":
+            raise UserError(f"option {index} in {where}: the name {str(item['name'])[:80]!r} must be 1 to 64 "
+                            "letters, digits, '_' or '-' (it names the file configs/option_NAME.yaml).") from None
+        what = (str((error.get("ctx") or {})["problem"]) if error["type"] == "config_missing"
+                else f"{_FIELD_PROBLEMS[field]}, not {item[field]!r:.60}")
+        raise UserError(f"option {item['name']} in {where}: {what}.") from None
 
 
 def load_options(path: str | Path | None, *, include_guide: bool = True) -> list[TrainingOption]:
@@ -221,13 +271,10 @@ def load_options(path: str | Path | None, *, include_guide: bool = True) -> list
     for i, item in enumerate(items, start=1):
         if not isinstance(item, dict) or not item.get("name"):
             raise UserError(f"option {i} in {p} must be a mapping with a name.")
-        name = item["name"]
-        if not isinstance(name, str) or not OPTION_NAME.fullmatch(name):
-            raise UserError(f"option {i} in {p}: the name {str(name)[:80]!r} must be 1 to 64 letters, digits, '_' or "
-                            "'-' (it names the file configs/option_NAME.yaml).")
-        fields = _option_fields(item, name, str(p), p.parent)
+        entry = _option_entry(item, i, p)
+        name = entry.name
         opt = TrainingOption(name=name, sections={k: v for k, v in item.items() if k not in META_KEYS},
-                             source=str(p), **fields)
+                             source=str(p), **entry.option_fields())
         try:
             opt.values()
         except UserError as exc:
@@ -244,7 +291,8 @@ def option_overrides(option: TrainingOption) -> dict[str, Any]:
             "model.predictor.depth": m["predictor"]["depth"], "model.predictor.num_heads": m["predictor"]["num_heads"],
             "model.predictor.mlp_ratio": m["predictor"]["mlp_ratio"], "model.encoder_depth": m.get("encoder_depth", 12),
             "data.image_size": v["data"]["image_size"], "data.batch_size": v["data"]["batch_size"],
-            "data.num_workers": v["data"]["num_workers"], "loss.hierarchy_weights": list(v["loss"]["hierarchy_weights"]),
+            "data.num_workers": v["data"]["num_workers"],
+            "loss.hierarchy_weights": list(v["loss"]["hierarchy_weights"]),
             "bench.variant": "reference"}
 
 
@@ -267,7 +315,7 @@ def own_config_options(records: Any) -> list[TrainingOption]:
     among the ok records of the reference step, except those a sweep measured for a training option
     (that option's row projects them): the full run of the config being measured, named
     ``this`` (``this1``, ``this2``... when there are several)."""
-    seen: dict[tuple, Mapping[str, Any]] = {}
+    seen: dict[tuple[ModelKey, int, Any, Any], Mapping[str, Any]] = {}
     for r in records:
         c = r.get("config") or {}
         if r.get("status") != "ok" or (c.get("bench") or {}).get("variant") != "reference":
@@ -333,10 +381,10 @@ def config_header(row: Mapping[str, Any], option: TrainingOption) -> str:
         for advice in row.get("machine_worker_advice") or []:
             lines.append(f"# measured on this machine for another model config: {advice}")
     lines += [f"# lr: {row['lr']['reason']}", f"# warmup_epochs: {row['warmup']['reason']}"]
-    return "\n".join("# " + l[2:].replace("\n", " ") if l.startswith("# ") else l for l in lines) + "\n"
+    return "\n".join("# " + line[2:].replace("\n", " ") if line.startswith("# ") else line for line in lines) + "\n"
 
 
 def option_yaml(row: Mapping[str, Any], option: TrainingOption) -> str:
     """``configs/option_X.yaml``: the option's upstream-format config with the recommended values of its
     decision-matrix ``row``, under a comment header saying where each value came from."""
-    return config_header(row, option) + yaml.safe_dump(option_config(row, option), sort_keys=False)
+    return config_header(row, option) + str(yaml.safe_dump(option_config(row, option), sort_keys=False))

@@ -1,15 +1,19 @@
 """The result record: one schema, written here, read everywhere.
 
 A record is a JSON object describing one measured configuration.  The fields
-are documented in docs/schema.md; ``validate_record`` checks the
-structure that every reader relies on.  Bump ``SCHEMA_VERSION`` whenever a
-field changes meaning or a required field is added.
+are documented in docs/schema.md and typed by the pydantic models of
+:mod:`hjepa_bench.record_model` (:func:`record_json_schema` gives their JSON
+Schema); ``validate_record`` checks the structure that every reader relies on.
+Bump ``SCHEMA_VERSION`` whenever a field changes meaning or a required field is
+added, and teach :func:`upgrade_record` the step, so older files still read.
 
 Every record is started by :func:`new_record` (a run, a sweep's placeholder for a
 config that did not run, a validation run, a training log, the tests' hand-made
-records) and read through the accessors below (``label``, ``machine``, ``node_label``,
-``batch_requested``, ``peak_bytes``, ``probe``...) or :func:`records_frame`, so a
-field is read with one meaning everywhere.
+records), read by :func:`loads` or :func:`read_json` (validated, upgraded to the
+current version) and read through the accessors below (``label``, ``machine``,
+``node_label``, ``batch_requested``, ``peak_bytes``, ``probe``...) or
+:func:`records_frame`, so a field is read with one meaning everywhere.  Records
+stay plain dicts: the models check them, never replace them.
 """
 from __future__ import annotations
 
@@ -17,230 +21,33 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import tempfile
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from .errors import JSON_MAX_BYTES, read_text
 from .format import finite, finite_int
+from .record_model import SCHEMA_VERSION as SCHEMA_VERSION  # (re-exported: read here)
+from .record_model import STATUSES as STATUSES
+from .record_model import OkDistributed, OkMetrics, ProbeEntry, Record, check_model, show_value
+from .record_model import RecordError as RecordError
+from .record_model import record_json_schema as record_json_schema
 from .status import read_status
 
 if TYPE_CHECKING:  # pandas is imported where a table is built
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "error", "unsupported", "skipped")
-#: a backend name: it becomes part of a file name (configs/option_NAME_BACKEND.yaml)
-BACKEND_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: how deep a record may nest (the tool's own nest 5 levels deep)
 MAX_DEPTH = 32
 #: integers beyond this are not measurements (byte counts fit far below it)
 MAX_INT = 2**64
-
-
-class RecordError(ValueError):
-    pass
-
-
-# --------------------------------------------------------------------------- the schema
-@dataclass(frozen=True)
-class Kind:
-    """A field's type (and range): ``what`` names it in the error, ``test`` checks a value."""
-
-    what: str
-    test: Callable[[Any], bool]
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class Obj:
-    """A JSON object whose listed fields have these kinds (other fields are free)."""
-
-    fields: Mapping[str, "Kind | Obj"]
-    required: bool = False
-    nullable: bool = False
-
-
-def _is_num(v: Any) -> bool:
-    return type(v) in (int, float)  # not bool; finite and in range: checked for every number
-
-
-def num(lo: float | None = None, *, above: float | None = None, integer: bool = False, null: bool = False) -> Kind:
-    """A number (``integer``: a whole one) ``>= lo`` or ``> above``; ``null``: or null."""
-    base = "an integer" if integer else "a number"
-    parts = [f">= {lo:g}" if lo is not None else "", f"> {above:g}" if above is not None else ""]
-    what = " ".join([base, *[p for p in parts if p]]) + (" or null" if null else "")
-
-    def test(v: Any) -> bool:
-        if v is None:
-            return null
-        if not (type(v) is int if integer else _is_num(v)):
-            return False
-        return (lo is None or v >= lo) and (above is None or v > above)
-    return Kind(what, test)
-
-
-def req(kind: Kind) -> Kind:
-    return replace(kind, required=True)
-
-
-def opt(kind: Kind) -> Kind:
-    return replace(kind, what=f"{kind.what} or null", test=lambda v: v is None or kind.test(v))
-
-
-def list_of(kind: Kind, what: str) -> Kind:
-    return Kind(f"a list of {what}", lambda v: isinstance(v, list) and all(kind.test(x) for x in v))
-
-
-STR = Kind("a string", lambda v: isinstance(v, str))
-BOOL = Kind("true or false", lambda v: type(v) is bool)
-MAPPING = Kind("an object", lambda v: isinstance(v, dict))
-COUNT = num(0, integer=True)
-POSITIVE_INT = num(1, integer=True)
-NUM_OR_NULL = num(null=True)
-NONNEG_OR_NULL = num(0, null=True)
-SERIES = list_of(NUM_OR_NULL, "numbers or nulls")
-
-#: ``config``: the fields the readers use (model_key, labels, the decision matrix, charts)
-CONFIG = Obj({
-    "model": Obj({"encoder_type": req(STR), "encoder_depth": POSITIVE_INT, "num_hierarchies": req(POSITIVE_INT),
-                  "embed_dim": POSITIVE_INT,
-                  "predictor": Obj({"depth": req(POSITIVE_INT), "num_heads": req(POSITIVE_INT),
-                                    "mlp_ratio": req(num(above=0))}, required=True)}, required=True),
-    "data": Obj({"image_size": req(POSITIVE_INT), "batch_size": req(POSITIVE_INT), "num_workers": req(COUNT)},
-                required=True),
-    "training": Obj({"epochs": POSITIVE_INT, "warmup_epochs": num(0), "lr": num(0)}),
-    "bench": Obj({"variant": req(STR), "precision": req(STR), "device": STR, "workload": STR,
-                  "warmup_steps": COUNT}, required=True),
-}, required=True)
-#: ``env``: the machine; ``backend`` names files, so it is a plain name
-ENV = Obj({
-    "backend": Kind("a plain name (1 to 64 letters, digits, '_' or '-')",
-                    lambda v: isinstance(v, str) and bool(BACKEND_NAME.fullmatch(v))),
-    "device_name": opt(STR), "fingerprint_id": opt(STR), "device_total_bytes": num(above=0, null=True),
-}, required=True)
-STEP_TIME = Obj({"n": COUNT, "median": num(above=0, null=True), "rel_ci95": NONNEG_OR_NULL,
-                 **{k: NONNEG_OR_NULL for k in ("mean", "iqr", "cv", "p10", "p90", "min", "max", "ci95_low",
-                                                "ci95_high")}})
-#: ``metrics``: every field the runner, a validation run or a training log writes
-METRICS = Obj({
-    "it_per_s": NONNEG_OR_NULL, "samples_per_s": NONNEG_OR_NULL, "step_time_s": STEP_TIME,
-    "measured_steps": opt(COUNT), "measured_time_s": NONNEG_OR_NULL, "data_wait_frac": NONNEG_OR_NULL,
-    "host_frac": NONNEG_OR_NULL, "host_wait_frac": NONNEG_OR_NULL, "data_wait_overlap_frac": NONNEG_OR_NULL,
-    "host_phases_s": Kind("an object of numbers >= 0", lambda v: isinstance(v, dict) and all(
-        NONNEG_OR_NULL.test(x) for x in v.values())),
-    "warmup": Obj({"steps": COUNT, "time_s": NONNEG_OR_NULL, "step_time_s": SERIES}),
-    "batch_size": Obj({"requested": opt(POSITIVE_INT),
-                       "achieved": Kind("a positive integer, a list of them or null",
-                                        lambda v: v is None or POSITIVE_INT.test(v)
-                                        or (isinstance(v, list) and all(POSITIVE_INT.test(x) for x in v)))}),
-    **{k: NONNEG_OR_NULL for k in ("peak_device_bytes", "current_device_bytes", "reserved_device_bytes",
-                                   "peak_reserved_device_bytes", "device_outside_allocator_bytes",
-                                   "peak_rss_bytes")},
-    "device_total_bytes": num(above=0, null=True),
-    "memory_source": opt(STR), "timing_method": opt(STR), "stop_reason": opt(STR),
-    "min_steps": num(1, integer=True, null=True), "time_cap_s": NONNEG_OR_NULL,
-    "loss_first": NUM_OR_NULL, "loss_last": NUM_OR_NULL, "warnings": list_of(STR, "strings"),
-}, required=True)
-#: what an ``ok`` record must have measured (at least one step: a speed above zero)
-OK_METRICS = Obj({
-    "it_per_s": req(num(above=0)), "samples_per_s": req(num(above=0)), "data_wait_frac": req(NONNEG_OR_NULL),
-    "peak_device_bytes": req(num(0, integer=True, null=True)),
-    "step_time_s": Obj({"median": req(num(above=0)), "iqr": req(NONNEG_OR_NULL), "cv": req(NONNEG_OR_NULL),
-                        "p10": req(NONNEG_OR_NULL), "p90": req(NONNEG_OR_NULL), "n": req(POSITIVE_INT)},
-                       required=True),
-})
-#: a probe's entry: a status, an error when it failed, and the fields the analysis reads of the built-in
-#: probes (criteria, decisions, projections); every other field belongs to the probe's own report section
-PROBE = Obj({"status": req(STR), "error": opt(STR), "measured": BOOL})
-#: ``thresholds`` and ``definitions``: what an entry was judged with; a report judges the entry again
-#: (analysis/verdicts.py) from the raw numbers listed here and writes both back
-JUDGED = {"thresholds": MAPPING, "definitions": MAPPING}
-PROBE_FIELDS: dict[str, Obj] = {
-    "loss": Obj({"start_loss": NUM_OR_NULL, "end_loss": NUM_OR_NULL, "decrease_pct": NUM_OR_NULL,
-                 "noise_pct": NUM_OR_NULL, "trend": opt(STR), "noisy": opt(BOOL), "diverged": opt(BOOL),
-                 "warmup_spikes": Obj({"count": opt(COUNT)}, nullable=True), "n": opt(COUNT),
-                 "preliminary": BOOL, "lr": NUM_OR_NULL, "non_finite_count": opt(COUNT),
-                 "lr_applied": NUM_OR_NULL, "lr_in_warmup": opt(BOOL), "first_non_finite_step": opt(COUNT),
-                 "window": opt(COUNT), **JUDGED,
-                 "lr_advice": Obj({"action": opt(STR), "suggested_lr": NUM_OR_NULL, "trigger": opt(STR),
-                                   "text": opt(STR)}, nullable=True)}),
-    "features": Obj({"collapse": Obj({"collapsed": opt(BOOL)}, nullable=True), "rankme_ratio": NUM_OR_NULL,
-                     "effective_rank": NUM_OR_NULL, "d": opt(POSITIVE_INT), "mean_cosine": NUM_OR_NULL,
-                     "std_below_floor_frac": NONNEG_OR_NULL, "steps_trained": opt(COUNT),
-                     "quality_judged": BOOL, "quality_note": opt(STR), **JUDGED}),
-    "memory": Obj({"leak": Obj({"suspected": opt(BOOL)}, nullable=True), "memory_pressure": opt(BOOL),
-                   "headroom_frac": NUM_OR_NULL, "peak_device_bytes": NONNEG_OR_NULL,
-                   "trace": Obj({"steps": list_of(COUNT, "integers >= 0"), "bytes": list_of(COUNT, "integers >= 0"),
-                                 "warmup_steps": COUNT}, nullable=True), **JUDGED}),
-    "svd": Obj({"timings": list_of(MAPPING, "objects")}),
-    "bottleneck": Obj({"verdict": opt(STR), "worker_advice": opt(STR),
-                       "shares": Obj({"data_wait": NONNEG_OR_NULL, "host": NONNEG_OR_NULL, "device": NONNEG_OR_NULL,
-                                      "host_phases": Kind("an object of numbers", lambda v: isinstance(v, dict) and all(
-                                          NUM_OR_NULL.test(x) for x in v.values()))}, nullable=True),
-                       "cpu_saturated": opt(BOOL), "workers": COUNT, "cores": POSITIVE_INT,
-                       **{k: NONNEG_OR_NULL for k in ("cpu_util_mean_pct", "own_cpu_pct_of_cores",
-                                                      "other_cpu_pct_of_cores", "device_wait_frac")},
-                       **JUDGED}),
-    "stability": Obj({"cv_pct": NONNEG_OR_NULL, "n": opt(COUNT), "verdict": opt(STR), "spike_count": opt(COUNT),
-                      "spike_period_steps": opt(COUNT), "spike_threshold_s": NONNEG_OR_NULL,
-                      "degradation": Obj({"significant": opt(BOOL), "degrading": opt(BOOL), "change_pct": NUM_OR_NULL,
-                                          "p_value": NONNEG_OR_NULL}, nullable=True), **JUDGED}),
-    "epoch_costs": Obj({"worker_startup_s": NONNEG_OR_NULL, "val_step_s": NONNEG_OR_NULL,
-                        "checkpoint_save_s": NONNEG_OR_NULL, "paid_every_epoch": BOOL,
-                        "val_batch_size": opt(POSITIVE_INT), "checkpoint_bytes": opt(COUNT)}),
-}
-#: the ``distributed`` block of a data-parallel job (``run --nproc-per-node N``; null or absent for one
-#: process), and what an ok job's block must hold besides
-DISTRIBUTED = Obj({"world_size": req(POSITIVE_INT), "backend": STR, "ranks": list_of(MAPPING, "objects"),
-                   "job_samples_per_s": NONNEG_OR_NULL, "allreduce_share": NONNEG_OR_NULL,
-                   "single_process": Obj({"samples_per_s": NONNEG_OR_NULL}, nullable=True),
-                   "scaling_efficiency": NONNEG_OR_NULL}, nullable=True)
-OK_DISTRIBUTED = Obj({"backend": req(STR), "ranks": req(list_of(MAPPING, "objects")),
-                      "job_samples_per_s": req(num(above=0)), "allreduce_share": req(NONNEG_OR_NULL),
-                      "single_process": Obj({"samples_per_s": req(NONNEG_OR_NULL)}, required=True),
-                      "scaling_efficiency": req(NONNEG_OR_NULL)})
-RECORD = Obj({
-    "schema_version": req(Kind(f"{SCHEMA_VERSION}", lambda v: type(v) is int and v == SCHEMA_VERSION)),
-    "status": req(Kind(f"one of {', '.join(STATUSES)}", lambda v: v in STATUSES)),
-    "error": opt(STR), "started_at": opt(STR), "duration_s": NONNEG_OR_NULL,
-    "config_warnings": list_of(STR, "strings"),
-    "config": CONFIG, "env": ENV,
-    "params": Obj({"total": req(COUNT), "trainable": req(COUNT)}, required=True),
-    "metrics": METRICS,
-    "series": Obj({"warmup_steps": COUNT, "step_time_s": SERIES, "data_wait_s": SERIES, "host_s": SERIES,
-                   "loss": SERIES, "grad_norm": SERIES}),
-    "probes": req(Kind("an object of probe entries", lambda v: isinstance(v, dict))),
-    "distributed": DISTRIBUTED,
-    "sweep": Obj({"key": STR, "label": STR, "index": COUNT, "batch_size": POSITIVE_INT, "overrides": MAPPING,
-                  "group": list_of(Kind("", lambda v: not isinstance(v, (dict, list))), "plain values")}),
-})
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (dict, list, str)) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _check(obj: Mapping[str, Any], spec: Obj, where: str) -> None:
-    for key, kind in spec.fields.items():
-        path = f"{where}{key}"
-        if key not in obj:
-            if kind.required:
-                raise RecordError(f"{path} is missing")
-            continue
-        value = obj[key]
-        if isinstance(kind, Kind):
-            if not kind.test(value):
-                raise RecordError(f"{path} must be {kind.what}, not {_show(value)}")
-        else:
-            if value is None and kind.nullable:
-                continue
-            if not isinstance(value, dict):
-                raise RecordError(f"{path} must be an object, not {_show(value)}")
-            _check(value, kind, path + ".")
+#: the probe-entry keys (and keys of an entry's ``definitions``) that schema_version 2 renamed: the
+#: version-1 names said 20% whatever limit ``--thresholds`` set (the limit is in the entry's thresholds)
+RENAMED_IN_V2 = {"criterion_cv_lt_20pct": "criterion_cv_below_limit",
+                 "criterion_loss_down_20pct": "criterion_loss_decrease_met"}
 
 
 def check_json(value: Any, where: str = "the record", depth: int = 0) -> None:
@@ -273,41 +80,115 @@ def check_json(value: Any, where: str = "the record", depth: int = 0) -> None:
 
 def validate_record(record: Mapping[str, Any]) -> None:
     """Raise RecordError naming the first field that does not fit the schema: plain JSON with
-    finite numbers, and every field a reader uses of its type and in its range (:data:`RECORD`;
-    an ``ok`` record has its speed measured, :data:`OK_METRICS`).  Once a record passed, the
-    readers index it freely."""
+    finite numbers (:func:`check_json`), a schema_version this version reads (an older record is
+    checked as it reads once upgraded, :func:`upgrade_record`), and every field a reader uses of its
+    type and in its range (:class:`~hjepa_bench.record_model.Record`; an ``ok`` record has its speed
+    measured, :class:`~hjepa_bench.record_model.OkMetrics`).  Each probe entry is checked as an
+    entry (a status, an error, measured); the fields of a probe's own are the probe's to type
+    (``Probe.entry_model``, checked where the probes are known: ``measure.results``).  Once a
+    record passed, the readers index it freely."""
+    _checked(record)
+
+
+def _checked(record: Any) -> dict[str, Any]:
+    """:func:`validate_record`, returning the record as this version reads it (upgraded)."""
     if not isinstance(record, Mapping):
-        raise RecordError(f"a record must be a JSON object, not {_show(record)}")
+        raise RecordError(f"a record must be a JSON object, not {show_value(record)}")
     check_json(record)
-    _check(record, RECORD, "")
-    if record["status"] == "ok":
-        _check(record["metrics"], OK_METRICS, "metrics.")
-    if record.get("distributed") is not None:
-        block = record["distributed"]
-        if record["status"] == "ok":
-            _check(block, OK_DISTRIBUTED, "distributed.")
-            if len(block["ranks"]) != block["world_size"]:
-                raise RecordError(f"distributed.ranks has {len(block['ranks'])} entries for world_size "
-                                  f"{block['world_size']}")
-    for name, entry in record["probes"].items():
-        validate_probe_entry(name, entry)
+    current = upgrade_record(record)
+    check_model(Record, current)
+    if current["status"] == "ok":
+        check_model(OkMetrics, current["metrics"], "metrics.")
+    block = current.get("distributed")
+    if block is not None and current["status"] == "ok":
+        check_model(OkDistributed, block, "distributed.")
+        if len(block["ranks"]) != block["world_size"]:
+            raise RecordError(f"distributed.ranks has {len(block['ranks'])} entries for world_size "
+                              f"{block['world_size']}")
+    return current
 
 
-def validate_probe_entry(name: str, entry: Any) -> None:
-    """A probe's entry as :func:`validate_record` checks it: an object with a str ``status``
-    (and, for the built-in probes the analysis reads, those fields typed: :data:`PROBE_FIELDS`)."""
+def validate_probe_entry(name: str, entry: Any, model: type[BaseModel] | None = None) -> None:
+    """A probe's entry as :func:`validate_record` checks it, an object with a str ``status``
+    (:class:`~hjepa_bench.record_model.ProbeEntry`), and then as ``model`` types it: the probe's own
+    ``entry_model``, which the caller that knows the probes gives."""
     if not isinstance(entry, Mapping):
-        raise RecordError(f"probes.{name} must be an object with a status, not {_show(entry)}")
+        raise RecordError(f"probes.{name} must be an object with a status, not {show_value(entry)}")
     check_json(entry, f"probes.{name}")
-    _check(entry, PROBE, f"probes.{name}.")
-    if name in PROBE_FIELDS:
-        _check(entry, PROBE_FIELDS[name], f"probes.{name}.")
+    check_model(ProbeEntry, entry, f"probes.{name}.")
+    if model is not None:
+        check_model(model, entry, f"probes.{name}.")
+
+
+# --------------------------------------------------------------------------- versions
+def schema_version(record: Mapping[str, Any]) -> int:
+    """The record's ``schema_version``: RecordError unless it is one this version reads (1 to
+    :data:`SCHEMA_VERSION`)."""
+    if "schema_version" not in record:
+        raise RecordError("schema_version is missing")
+    version = record["schema_version"]
+    if type(version) is not int or version < 1:
+        raise RecordError(f"schema_version must be an integer from 1 to {SCHEMA_VERSION}, not {show_value(version)}")
+    if version > SCHEMA_VERSION:
+        raise RecordError(f"schema_version {version} is newer than this hjepa-bench reads (1 to {SCHEMA_VERSION}); "
+                          "read it with a newer hjepa-bench")
+    return version
+
+
+def upgrade_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as :data:`SCHEMA_VERSION` has it, in memory: the record itself when it is current, else
+    a copy with what changed since its version changed (the files are never rewritten).  Version 2
+    renamed two probe-entry keys (:data:`RENAMED_IN_V2`); a verdict status of any version is read in
+    its one spelling (:func:`_one_spelling`).  A version this one does not read is a
+    RecordError (:func:`schema_version`)."""
+    version = schema_version(record)
+    current = record if isinstance(record, dict) else dict(record)
+    if version == 1:
+        current = {**current, "schema_version": 2}
+        if isinstance(current.get("probes"), Mapping):
+            current["probes"] = {name: _renamed_v2(entry) for name, entry in current["probes"].items()}
+    return _one_spelling(current)
+
+
+def _one_spelling(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with the verdict statuses of its probe entries (``criterion_*``,
+    ``lr_advice.action``) in their one spelling (:func:`hjepa_bench.status.read_status`): an older
+    record's "not-measured" reads back as "not measured".  The record itself when nothing changes,
+    else a copy."""
+    probes = record.get("probes")
+    if not isinstance(probes, Mapping):
+        return record
+    spelled = {name: _entry_spelling(entry) for name, entry in probes.items()}
+    if all(spelled[name] is probes[name] for name in probes):
+        return record
+    return {**record, "probes": spelled}
+
+
+def _entry_spelling(entry: Any) -> Any:
+    if not isinstance(entry, Mapping):
+        return entry
+    changed = {k: read_status(v) for k, v in entry.items() if k.startswith("criterion_") and read_status(v) != v}
+    advice = entry.get("lr_advice")
+    if isinstance(advice, Mapping) and read_status(advice.get("action")) != advice.get("action"):
+        changed["lr_advice"] = {**advice, "action": read_status(advice["action"])}
+    return {**entry, **changed} if changed else entry
+
+
+def _renamed_v2(entry: Any) -> Any:
+    """A version-1 probe entry with the keys (and ``definitions`` keys) version 2 renamed, in place order."""
+    if not isinstance(entry, Mapping):
+        return entry
+    out = {RENAMED_IN_V2.get(k, k): v for k, v in entry.items()}
+    if isinstance(out.get("definitions"), Mapping):
+        out["definitions"] = {RENAMED_IN_V2.get(k, k): v for k, v in out["definitions"].items()}
+    return out
 
 
 def loads(line: str | bytes) -> dict[str, Any]:
-    """One record from its JSON text, validated (:func:`validate_record`).  Text that is not JSON
-    raises ``json.JSONDecodeError``; JSON that is not a valid record (a NaN literal, a number out
-    of range, nesting too deep, a field of the wrong type) raises RecordError."""
+    """One record from its JSON text, validated (:func:`validate_record`) and upgraded to the current
+    schema_version (:func:`upgrade_record`).  Text that is not JSON raises ``json.JSONDecodeError``;
+    JSON that is not a valid record (a NaN literal, a number out of range, nesting too deep, a field
+    of the wrong type, a schema_version newer than this one reads) raises RecordError."""
     try:
         record = json.loads(line)
     except RecursionError:
@@ -316,24 +197,7 @@ def loads(line: str | bytes) -> dict[str, Any]:
         raise
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise RecordError(str(exc)) from None
-    validate_record(record)
-    _read_statuses(record)
-    return record
-
-
-def _read_statuses(record: dict[str, Any]) -> None:
-    """The verdict statuses of the probe entries (``criterion_*``, ``lr_advice.action``) in their one
-    spelling (:func:`hjepa_bench.status.read_status`): an older record's "not-measured" reads back as
-    "not measured"."""
-    probes = record.get("probes")
-    for entry in probes.values() if isinstance(probes, dict) else ():
-        if not isinstance(entry, dict):
-            continue
-        for key in [k for k in entry if k.startswith("criterion_")]:
-            entry[key] = read_status(entry[key])
-        advice = entry.get("lr_advice")
-        if isinstance(advice, dict) and "action" in advice:
-            advice["action"] = read_status(advice["action"])
+    return _checked(record)
 
 
 def _clean(value: Any) -> Any:
@@ -390,8 +254,13 @@ def write_json(record: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(read_text(path, "JSON file", JSON_MAX_BYTES))
+def read_json(path: str | Path) -> Any:
+    """A JSON file (a record, or another file of the tool's: a job, the gathered ranks); a record (an
+    object with a ``schema_version``) comes upgraded to the current version (:func:`upgrade_record`)."""
+    data = json.loads(read_text(path, "JSON file", JSON_MAX_BYTES))
+    if isinstance(data, dict) and "schema_version" in data:
+        return upgrade_record(data)
+    return data
 
 
 # --------------------------------------------------------------------------- building
@@ -401,7 +270,7 @@ def new_record(config: Mapping[str, Any], env: Mapping[str, Any], warnings: Sequ
         "schema_version": SCHEMA_VERSION,
         "status": "error",
         "error": None,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 (3.10 has no dt.UTC)
         "duration_s": None,
         "config": dict(config),
         "config_warnings": list(warnings),
@@ -436,8 +305,9 @@ def model_short(record: Mapping[str, Any], missing: str = "") -> str:
 
 def device_name(record: Mapping[str, Any]) -> str | None:
     """What the record ran on, for people: the device name, else the backend (else the config's device)."""
-    return (lookup(record, "env", "device_name") or lookup(record, "env", "backend")
+    name = (lookup(record, "env", "device_name") or lookup(record, "env", "backend")
             or lookup(record, "config", "bench", "device"))
+    return None if name is None else str(name)
 
 
 def node_label(record: Mapping[str, Any]) -> str | None:

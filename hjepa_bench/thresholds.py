@@ -12,48 +12,55 @@ uses the same values.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UserError, read_yaml
 
+#: the high end of speeds, percentages of change and counts: a sanity bound far beyond any real value
+BIG = 1e9
 
-@dataclass(frozen=True)
-class Thresholds:
+
+class Thresholds(BaseModel):
+    """Every threshold, with its domain: a finite number (a whole number where the field is an
+    int) in the range its Field gives.  Frozen (hashable); a changed copy is
+    ``th.model_copy(update={...})``."""
+    model_config = ConfigDict(frozen=True, strict=True, allow_inf_nan=False, extra="forbid")
+
     # success criteria (the validation guide's)
-    min_it_per_s: float = 2.5
-    expected_it_per_s: float = 3.2
-    max_step_cv_pct: float = 20.0
-    min_loss_decrease_pct: float = 20.0
-    low_rank_frac: float = 0.10
-    min_quality_steps: int = 1000
+    min_it_per_s: float = Field(2.5, gt=0, le=BIG)
+    expected_it_per_s: float = Field(3.2, gt=0, le=BIG)
+    max_step_cv_pct: float = Field(20.0, ge=0, le=BIG)
+    min_loss_decrease_pct: float = Field(20.0, ge=0, le=100)
+    low_rank_frac: float = Field(0.10, ge=0, le=1)
+    min_quality_steps: int = Field(1000, ge=0, le=BIG)
     # memory
-    memory_margin_frac: float = 0.10
-    memory_pressure_frac: float = 0.90
+    memory_margin_frac: float = Field(0.10, ge=0, lt=1)
+    memory_pressure_frac: float = Field(0.90, gt=0, le=1)
     # recommendations (ours)
-    workers_within_pct: float = 3.0
-    batch_min_gain_pct: float = 5.0
-    data_bound_share: float = 0.10
-    logging_stall_max_pct: float = 2.0
+    workers_within_pct: float = Field(3.0, ge=0, le=BIG)
+    batch_min_gain_pct: float = Field(5.0, ge=0, le=BIG)
+    data_bound_share: float = Field(0.10, ge=0, le=1)
+    logging_stall_max_pct: float = Field(2.0, ge=0, le=100)
     # projections
-    dataset_size: int = 50_000
-    val_size: int = 10_000
-    val_every_epochs: int = 1
-    confidence: float = 0.95
+    dataset_size: int = Field(50_000, ge=1, le=BIG)
+    val_size: int = Field(10_000, ge=0, le=BIG)  # 0: no validation pass
+    val_every_epochs: int = Field(1, ge=1, le=10**6)
+    confidence: float = Field(0.95, gt=0, lt=1)
 
     def table(self) -> list[tuple[str, Any, str]]:
         """(name, value, meaning) rows for the report."""
-        return [(f.name, getattr(self, f.name), MEANINGS[f.name]) for f in fields(self)]
+        return [(name, getattr(self, name), MEANINGS[name]) for name in type(self).model_fields]
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 MEANINGS: dict[str, str] = {
-    "min_it_per_s": "speed criterion: training it/s at least this (the guide's minimum, ViT-Tiny batch 32 on an M1 Max)",
+    "min_it_per_s": ("speed criterion: training it/s at least this (the guide's minimum, ViT-Tiny batch 32 "
+                     "on an M1 Max)"),
     "expected_it_per_s": "speed the guide expects for option A (~3.2 it/s)",
     "max_step_cv_pct": "speed variance criterion: step-time CV below this (%)",
     "min_loss_decrease_pct": "learning criterion: smoothed loss down at least this much (%)",
@@ -75,47 +82,19 @@ MEANINGS: dict[str, str] = {
 
 DEFAULTS = Thresholds()
 
-#: each threshold's domain: (whole number?, low, low included?, high, high included?); the highs
-#: of speeds, percentages of change and counts are sanity bounds far beyond any real value
-BIG = 1e9
-DOMAINS: dict[str, tuple[bool, float, bool, float, bool]] = {
-    "min_it_per_s": (False, 0, False, BIG, True),
-    "expected_it_per_s": (False, 0, False, BIG, True),
-    "max_step_cv_pct": (False, 0, True, BIG, True),
-    "min_loss_decrease_pct": (False, 0, True, 100, True),
-    "low_rank_frac": (False, 0, True, 1, True),
-    "min_quality_steps": (True, 0, True, BIG, True),
-    "memory_margin_frac": (False, 0, True, 1, False),
-    "memory_pressure_frac": (False, 0, False, 1, True),
-    "workers_within_pct": (False, 0, True, BIG, True),
-    "batch_min_gain_pct": (False, 0, True, BIG, True),
-    "data_bound_share": (False, 0, True, 1, True),
-    "logging_stall_max_pct": (False, 0, True, 100, True),
-    "dataset_size": (True, 1, True, BIG, True),
-    "val_size": (True, 0, True, BIG, True),  # 0: no validation pass
-    "val_every_epochs": (True, 1, True, 10**6, True),
-    "confidence": (False, 0, False, 1, False),
-}
-
-
-def _domain_text(name: str) -> str:
-    whole, lo, lo_in, hi, hi_in = DOMAINS[name]
-    return f"{'a whole number' if whole else 'a number'} in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
-
-
-def check_threshold(name: str, value: Any) -> str | None:
-    """What is wrong with ``value`` for threshold ``name`` (a finite number in its domain), or None."""
-    whole, lo, lo_in, hi, hi_in = DOMAINS[name]
-    ok = (type(value) is int if whole else isinstance(value, (int, float)) and not isinstance(value, bool))
-    if ok:
-        ok = (math.isfinite(value) and (value >= lo if lo_in else value > lo)
-              and (value <= hi if hi_in else value < hi))
-    return None if ok else f"must be {_domain_text(name)}, not {value!r:.40}"
+def domain_text(name: str) -> str:
+    """What threshold ``name`` must be: "a number in (0, 1e+09]", "a whole number in [1, 1e+06]"..."""
+    info = Thresholds.model_fields[name]
+    bounds = {kind: getattr(item, kind) for item in info.metadata for kind in ("ge", "gt", "le", "lt")
+              if hasattr(item, kind)}
+    low = f"[{bounds['ge']:g}" if "ge" in bounds else f"({bounds['gt']:g}"
+    high = f"{bounds['le']:g}]" if "le" in bounds else f"{bounds['lt']:g})"
+    return f"{'a whole number' if info.annotation is int else 'a number'} in {low}, {high}"
 
 
 def load_thresholds(path: str | Path | None) -> Thresholds:
     """Defaults, with the values of a YAML mapping of the same names on top; each value must be
-    a finite number in its domain (:data:`DOMAINS`)."""
+    a finite number in its domain (the fields of :class:`Thresholds`)."""
     if path is None:
         return DEFAULTS
     p = Path(path)
@@ -124,15 +103,14 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
         return DEFAULTS
     if not isinstance(data, dict):
         raise UserError(f"thresholds file {p} must hold a mapping of names to numbers.")
-    known = [f.name for f in fields(Thresholds)]
+    known = list(Thresholds.model_fields)
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise UserError(f"thresholds file {p} has unknown names: {', '.join(unknown)} "
                         f"(known: {', '.join(known)}).")
-    clean: dict[str, Any] = {}
-    for key, value in data.items():
-        problem = check_threshold(key, value)
-        if problem:
-            raise UserError(f"threshold {key} in {p} {problem}.")
-        clean[key] = value if DOMAINS[key][0] else float(value)
-    return replace(DEFAULTS, **clean)
+    try:
+        return Thresholds.model_validate(data)
+    except ValidationError as exc:
+        order = list(data)  # the first bad value in the file is the one reported
+        name = str(min(exc.errors(), key=lambda e: order.index(e["loc"][0]))["loc"][0])
+        raise UserError(f"threshold {name} in {p} must be {domain_text(name)}, not {data[name]!r:.40}.") from None

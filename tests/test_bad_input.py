@@ -239,6 +239,13 @@ def resolve_text(tmp_path: Path, text: str):
     ("model: {predictor: {mlp_ratio: .nan}}", "model.predictor.mlp_ratio must be a finite number"),
     ("training: {betas: [0.9, 1.0]}", "training.betas[1] = 1.0 is out of range [0, 1)"),
     ("training: {betas: [0.9]}", "training.betas must be a pair"),
+    ("training: {betas: [a]}", "training.betas must be a pair [low, high], not ['a']"),
+    ("training: {betas: [0.9, 0.95, 0.99]}", "training.betas must be a pair"),
+    ("training: {lr: 1" + "0" * 400 + "}", "training.lr must be a finite number, not 1000"),
+    ("training: {epochs: 3.0}", "training.epochs must be a whole number, not 3.0"),
+    ("training: {optimizer: sgd}", "training.optimizer 'sgd' is not supported; the H-JEPA step uses adamw."),
+    ("bench: {precision: fp64}", "bench.precision 'fp64' is not one of auto, fp32, fp16, bf16."),
+    ("loss: {hierarchy_weights: [1]}", "loss.hierarchy_weights [1] must list one weight per hierarchy level (2)."),
     ("loss: {hierarchy_weights: [a, b]}", "loss.hierarchy_weights[0] must be a finite number"),
     ("loss: {hierarchy_weights: [.inf, 1]}", "loss.hierarchy_weights[0] must be a finite number"),
     ("masking: {mask_scale: [2, 5]}", "masking.mask_scale[0] = 2 is out of range (0, 1]"),
@@ -272,6 +279,28 @@ def test_config_values_are_checked(tmp_path, text, fragment):
 
 def test_every_config_key_has_a_type_and_range():
     assert set(_flatten_keys(DEFAULTS)) <= set(SCHEMA)
+
+
+def test_a_flag_value_is_checked_like_a_file_value():
+    """check_value checks one key against the same field as a config file's value."""
+    from hjepa_bench.config import check_value
+
+    check_value("masking.mask_scale", (0.1, 0.2))  # a tuple is a pair too
+    with pytest.raises(UserError, match=r"^masking.mask_scale\[1\] = 1.5 is out of range \(0, 1\]\.$"):
+        check_value("masking.mask_scale", [0.1, 1.5])
+    with pytest.raises(UserError, match=r"^bench.limit_samples = 0 is out of range \[1, 100000000\]\.$"):
+        check_value("bench.limit_samples", 0)
+    check_value("bench.limit_samples", None)
+    with pytest.raises(UserError, match="unknown model 'vit_huge'"):
+        check_value("model.encoder_type", "vit_huge")
+
+
+def test_one_list_of_precisions():
+    from hjepa_bench import config
+    from hjepa_bench.plugin import api
+
+    assert api.PRECISIONS is config.PRECISIONS == ("fp32", "fp16", "bf16")
+    assert config.PRECISION_SETTINGS == ("auto", *config.PRECISIONS)
 
 
 def test_valid_configs_still_resolve(tmp_path):

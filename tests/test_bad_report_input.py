@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hjepa_bench.cli import main
-from hjepa_bench.measure.results import read_results
-from hjepa_bench.record import RecordError, validate_record
+from hjepa_bench.measure.results import read_results, validate_result
+from hjepa_bench.record import SCHEMA_VERSION, RecordError
 
 from records_factory import GOOD_LOSS, make_record, option_values, quick_val_values
 from test_logparse import build_log
@@ -55,7 +55,7 @@ def _group_five(r):
 
 BAD_RECORDS = [
     (lambda r: r["probes"].update(loss=5), "probes.loss must be an object with a status, not 5"),
-    (_loss_spikes_true, "probes.loss.warmup_spikes must be an object, not True"),
+    (_loss_spikes_true, "probes.loss.warmup_spikes must be an object or null, not True"),
     (lambda r: r["probes"]["stability"].pop("status"), "probes.stability.status is missing"),
     (lambda r: r["config"]["model"]["predictor"].update(depth=1.5),
      "config.model.predictor.depth must be an integer >= 1, not 1.5"),
@@ -71,27 +71,30 @@ BAD_RECORDS = [
 
 @pytest.mark.parametrize("change, message", BAD_RECORDS)
 def test_validate_record_checks_the_fields_the_readers_use(change, message):
+    """The record's own fields (record.validate_record) and each probe's entry as its probe types it."""
     record = _records(1)[0]
-    validate_record(record)
+    validate_result(record)
     change(record)
     with pytest.raises(RecordError, match=re.escape(message)):
-        validate_record(record)
+        validate_result(record)
 
 
 @pytest.mark.parametrize("text, message", [
-    ('"schema_version": 1, "x": NaN', "x is nan, not a finite number"),
-    ('"schema_version": 1, "x": Infinity', "x is inf, not a finite number"),
-    ('"schema_version": 1, "x": 1e400', "x is inf, not a finite number"),
-    ('"schema_version": 1, "x": ' + "[" * 40 + "]" * 40, "nests deeper than 32 levels"),
-    ('"schema_version": 1, "x": ' + "[" * 100000 + "]" * 100000, "nests deeper than 32 levels"),
-    ('"schema_version": 1, "x": ' + "9" * 30, "an integer beyond 2**64"),
+    (f'"schema_version": {SCHEMA_VERSION}, "x": NaN', "x is nan, not a finite number"),
+    (f'"schema_version": {SCHEMA_VERSION}, "x": Infinity', "x is inf, not a finite number"),
+    (f'"schema_version": {SCHEMA_VERSION}, "x": 1e400', "x is inf, not a finite number"),
+    (f'"schema_version": {SCHEMA_VERSION}, "x": ' + "[" * 40 + "]" * 40, "nests deeper than 32 levels"),
+    (f'"schema_version": {SCHEMA_VERSION}, "x": ' + "[" * 100000 + "]" * 100000, "nests deeper than 32 levels"),
+    (f'"schema_version": {SCHEMA_VERSION}, "x": ' + "9" * 30, "an integer beyond 2**64"),
 ])
 def test_loads_refuses_what_json_loads_lets_through(text, message):
     """json.loads reads NaN, Infinity and 1e400 as floats and recurses on deep nesting; a
     record is finite JSON of bounded depth."""
     from hjepa_bench.record import loads
 
-    line = json.dumps(_records(1)[0]).replace('"schema_version": 1', text, 1)
+    good = json.dumps(_records(1)[0])
+    line = good.replace(f'"schema_version": {SCHEMA_VERSION}', text, 1)
+    assert line != good
     with pytest.raises(RecordError, match=re.escape(message)):
         loads(line)
 
@@ -209,6 +212,10 @@ OPTION = {"name": "T", "title": "Tiny", "hours": [0, 1000], "priority": 7, "expe
     ("expected", {"a": 1}, "expected must be text"),
     ("config", 5, "config must be the path of an upstream YAML file, not 5"),
     ("config", "missing.yaml", "config missing.yaml is not a file"),
+    ("config", "a\x00b", "config must be the path of an upstream YAML file, not 'a\\x00b'"),
+    ("config", "  ", "config must be the path of an upstream YAML file, not '  '"),
+    ("hours", [1, 2, 3], "hours must be [low, high]"),
+    ("priority", True, "priority must be a whole number"),
     ("model", {"predictor": 5}, "config key model.predictor must be a mapping, not 5"),
 ])
 def test_every_option_field_is_checked_when_the_file_is_read(tmp_path, capsys, field, value, needle):

@@ -254,6 +254,24 @@ def test_thresholds_come_from_one_place_and_can_be_changed(tmp_path):
         load_thresholds(bad)
 
 
+def test_thresholds_are_frozen_and_copied_with_changes(tmp_path):
+    """A Thresholds is frozen and hashable; a changed copy leaves the defaults alone; the first bad
+    value of a file (in file order) is the one reported, with its domain."""
+    from pydantic import ValidationError
+
+    th = DEFAULTS.model_copy(update={"dataset_size": 60_000})
+    assert (th.dataset_size, DEFAULTS.dataset_size) == (60_000, 50_000) and hash(th) != hash(DEFAULTS)
+    with pytest.raises(ValidationError):
+        DEFAULTS.val_size = 5
+    p = tmp_path / "t.yaml"
+    p.write_text("min_it_per_s: 2\nval_size: -1\nconfidence: 2\n")
+    in_domain = r"threshold val_size in .* must be a whole number in \[0, 1e\+09\], not -1\.$"
+    with pytest.raises(UserError, match=in_domain):
+        load_thresholds(p)
+    p.write_text("min_it_per_s: 2\n")
+    assert load_thresholds(p).min_it_per_s == 2.0 and isinstance(load_thresholds(p).min_it_per_s, float)
+
+
 def test_user_options_file(tmp_path):
     p = tmp_path / "opts.yaml"
     p.write_text("options:\n  - name: D\n    title: Small 30 epochs\n    hours: [4, 6]\n    priority: 5\n"

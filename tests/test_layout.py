@@ -17,7 +17,7 @@ PACKAGE = REPO / "hjepa_bench"
 #: The layers, bottom first.  A module may import its own layer (no circle) and the layers below it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("hjepa_bench.errors", "hjepa_bench.format", "hjepa_bench.stats", "hjepa_bench.status")),
-    ("settings", ("hjepa_bench.thresholds", "hjepa_bench.record", "hjepa_bench.config")),
+    ("settings", ("hjepa_bench.thresholds", "hjepa_bench.record", "hjepa_bench.record_model", "hjepa_bench.config")),
     ("options", ("hjepa_bench.options",)),
     ("plugin", ("hjepa_bench.plugin", "hjepa_bench")),  # "hjepa_bench": the package's __init__ (re-exports)
     ("analysis", ("hjepa_bench.analysis",)),

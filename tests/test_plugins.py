@@ -205,6 +205,7 @@ def test_disable_a_plugin_by_name():
 BROKEN_PLUGIN = textwrap.dedent('''
     """A plugin that breaks every contract it can: each failure is isolated."""
     from hjepa_bench import Probe, ReportSection, hookimpl
+    from hjepa_bench.record_model import MISSING, ProbeEntry
 
 
     class ListProbe(Probe):
@@ -223,12 +224,17 @@ BROKEN_PLUGIN = textwrap.dedent('''
             return {"x": object(), "y": {1, 2}}
 
 
+    class TypedEntry(ProbeEntry):
+        decrease_pct: float | MISSING | None = MISSING
+
+
     class TypedProbe(Probe):
         name = "loss"  # the built-in's name, disabled with -p no:loss below
         cost = "costly"
+        entry_model = TypedEntry  # the analysis reads this field as a number
 
         def finish(self, ctx, record):
-            return {"decrease_pct": "a lot"}  # the analysis reads this field as a number
+            return {"decrease_pct": "a lot"}
 
 
     class Boom(ReportSection):

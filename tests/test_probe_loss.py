@@ -36,7 +36,7 @@ def test_steady_decrease_passes_and_keeps_the_lr():
     assert e["start_loss"] == pytest.approx(2 - 6 / 100, abs=0.02)  # mean of steps 2..10
     assert e["end_loss"] == pytest.approx(2 - 95 / 100, abs=0.02)  # mean of steps 91..99
     assert e["decrease_pct"] > 40 and e["trend"] == "decreasing"
-    assert e["criterion_loss_down_20pct"] == "pass"
+    assert e["criterion_loss_decrease_met"] == "pass"
     assert e["noisy"] is False and e["diverged"] is False and e["plateau"] is False
     assert e["warmup_spikes"]["count"] == 0
     assert e["lr_advice"]["action"] == "keep" and e["lr_advice"]["suggested_lr"] == 1e-4
@@ -48,7 +48,7 @@ def test_steady_decrease_passes_and_keeps_the_lr():
 def test_flat_loss_is_too_slow_and_asks_for_a_higher_lr():
     e = analyze_loss(list(2 + _noise(0.01, 1)), warmup_steps=0, lr=1e-4)
     assert e["trend"] == "flat" and abs(e["decrease_pct"]) < 5
-    assert e["criterion_loss_down_20pct"] == "fail" and e["plateau"] is False
+    assert e["criterion_loss_decrease_met"] == "fail" and e["plateau"] is False
     adv = e["lr_advice"]
     assert adv["action"] == "increase" and adv["suggested_lr"] == LR_SLOW[0]
     assert "increase to 1.5e-04 or 2.0e-04" in adv["text"] and "< 20%" in adv["trigger"]
@@ -57,7 +57,7 @@ def test_flat_loss_is_too_slow_and_asks_for_a_higher_lr():
 def test_slow_decrease_below_20pct_asks_for_a_higher_lr():
     e = analyze_loss(list(2 - 0.2 * T / 100 + _noise(0.005, 2)), warmup_steps=0, lr=1e-4)
     assert e["trend"] == "decreasing" and 5 < e["decrease_pct"] < CRITERION_DECREASE_PCT
-    assert e["criterion_loss_down_20pct"] == "fail" and e["lr_advice"]["action"] == "increase"
+    assert e["criterion_loss_decrease_met"] == "fail" and e["lr_advice"]["action"] == "increase"
 
 
 def test_noisy_loss_asks_for_5e_5():
@@ -74,7 +74,7 @@ def test_rising_loss_diverges_and_asks_for_a_much_lower_lr():
     e = analyze_loss(list(1 + 3 * T / 100), warmup_steps=2, lr=1e-4)
     _json_ok(e)
     assert e["diverged"] is True and e["trend"] == "diverged"
-    assert e["criterion_loss_down_20pct"] == "fail"
+    assert e["criterion_loss_decrease_met"] == "fail"
     adv = e["lr_advice"]
     assert adv["action"] == "decrease" and "significantly" in adv["text"] and "warm-up" in adv["text"]
     assert "vs start" in adv["trigger"]
@@ -120,7 +120,7 @@ def test_short_series_gives_nones_with_notes():
     assert e["n"] == 3
     for key in ("start_loss", "end_loss", "decrease_pct", "noise_pct", "plateau", "trend"):
         assert e[key] is None, key
-    assert e["criterion_loss_down_20pct"] == "not measured"
+    assert e["criterion_loss_decrease_met"] == "not measured"
     assert e["lr_advice"]["action"] == "not measured"
     joined = " ".join(e["notes"])
     assert "start/end windows need" in joined and "plateau needs" in joined and "noise needs" in joined
@@ -174,7 +174,7 @@ def test_probe_in_a_real_run(tiny):
     assert e["start_loss"] == pytest.approx(sum(losses[:4]) / 4)
     assert e["end_loss"] == pytest.approx(sum(losses[-4:]) / 4)
     assert e["trend"] in ("decreasing", "flat", "increasing") and e["diverged"] is False
-    assert e["criterion_loss_down_20pct"] in ("pass", "fail") and e["lr_advice"]["action"] != "not measured"
+    assert e["criterion_loss_decrease_met"] in ("pass", "fail") and e["lr_advice"]["action"] != "not measured"
     assert LossSection().render([r]) is not None
 
 

@@ -30,7 +30,7 @@ def _json_ok(entry):
 def test_constant_with_small_noise_is_stable_without_spikes():
     e = analyze_stability(_noise(200), warmup_steps=2)
     _json_ok(e)
-    assert e["verdict"] == "stable" and e["criterion_cv_lt_20pct"] == "pass"
+    assert e["verdict"] == "stable" and e["criterion_cv_below_limit"] == "pass"
     assert e["cv_pct"] < 3 and e["variance_pct"] < 8
     assert e["spike_count"] == 0 and e["spike_indices"] == [] and e["spike_period_steps"] is None
     assert e["degradation"]["significant"] is False
@@ -77,7 +77,7 @@ def test_linear_upward_drift_is_significant_degradation():
     assert d["slope_s_per_step"] == pytest.approx(0.1 * 0.3 / n, rel=0.1)
     assert d["change_pct"] > 20 and d["span_steps"] == len(x) - 1
     assert drift_text(d) == f"{d['change_pct']:+.0f}% over {len(x)} measured steps"
-    assert e["verdict"] == "unstable" and e["criterion_cv_lt_20pct"] == "pass"
+    assert e["verdict"] == "unstable" and e["criterion_cv_below_limit"] == "pass"
     assert e["detected_warmup_steps"] == 0  # a drift is not a warm-up
     assert any("slows down" in r for r in e["reasons"])
 
@@ -121,7 +121,7 @@ def test_high_variance_is_unstable():
     rng = np.random.default_rng(6)
     e = analyze_stability(list(0.1 * rng.uniform(0.5, 1.5, 200)), warmup_steps=0)
     assert e["cv_pct"] > THRESHOLD_CV_PCT
-    assert e["verdict"] == "unstable" and e["criterion_cv_lt_20pct"] == "fail"
+    assert e["verdict"] == "unstable" and e["criterion_cv_below_limit"] == "fail"
 
 
 def test_short_series_gives_nones_with_notes():
@@ -132,7 +132,7 @@ def test_short_series_gives_nones_with_notes():
                 "verdict"):
         assert e[key] is None, key
     assert all(v is None for v in e["degradation"].values())
-    assert e["criterion_cv_lt_20pct"] == "not measured"
+    assert e["criterion_cv_below_limit"] == "not measured"
     joined = " ".join(e["notes"])
     assert "warm-up detection needs" in joined and "CV, variance and verdict need" in joined
     assert "spike detection needs" in joined and "degradation fit needs" in joined

@@ -108,9 +108,9 @@ def test_the_criterion_is_fed_by_the_probe_object_whatever_its_name():
 
 def test_a_probe_judges_its_own_entry_with_the_reports_thresholds():
     rec = _record()
-    rec["probes"]["loss"] = {"status": "ok", **GOOD_LOSS, "criterion_loss_down_20pct": "pass"}
+    rec["probes"]["loss"] = {"status": "ok", **GOOD_LOSS, "criterion_loss_decrease_met": "pass"}
     strict = rejudge_record(rec, DEFAULTS.__class__(min_loss_decrease_pct=50.0))
-    assert strict["probes"]["loss"]["criterion_loss_down_20pct"] == "fail"
+    assert strict["probes"]["loss"]["criterion_loss_decrease_met"] == "fail"
     # a probe that is not asked leaves its entry as it is
     kept = rejudge_record(rec, DEFAULTS.__class__(min_loss_decrease_pct=50.0), {})
     assert kept["probes"]["loss"] == rec["probes"]["loss"]

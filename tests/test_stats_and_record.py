@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hjepa_bench import stats
-from hjepa_bench.record import RecordError, validate_record, write_json
+from hjepa_bench.record import SCHEMA_VERSION, RecordError, validate_record, write_json
 
 
 def test_summarize_known_values():
@@ -45,7 +45,7 @@ def test_spread_warning():
 def _record(**kw):
     from records_factory import quick_val_values
 
-    r = {"schema_version": 1, "status": "ok", "config": quick_val_values(), "env": {"backend": "cpu"},
+    r = {"schema_version": SCHEMA_VERSION, "status": "ok", "config": quick_val_values(), "env": {"backend": "cpu"},
          "params": {"total": 1, "trainable": 1},
          "metrics": {"it_per_s": 1.0, "samples_per_s": 8.0, "data_wait_frac": 0.1, "peak_device_bytes": 10,
                      "step_time_s": {"median": 1.0, "iqr": 0.1, "cv": 0.1, "p10": 0.9, "p90": 1.1, "n": 5}},
@@ -68,14 +68,40 @@ def test_validate_record():
 def test_an_old_records_not_measured_reads_back_in_the_one_spelling():
     from hjepa_bench.record import dumps, loads
 
-    old = _record()
-    old["probes"] = {"stability": {"status": "ok", "criterion_cv_lt_20pct": "not-measured"},
-                     "loss": {"status": "ok", "criterion_loss_down_20pct": "not-measured",
+    new = _record()
+    new["probes"] = {"stability": {"status": "ok", "criterion_cv_below_limit": "not-measured"},
+                     "loss": {"status": "ok", "criterion_loss_decrease_met": "not-measured",
                               "lr_advice": {"action": "not-measured"}}}
-    back = loads(dumps(old))
-    assert back["probes"]["stability"]["criterion_cv_lt_20pct"] == "not measured"
-    assert back["probes"]["loss"]["criterion_loss_down_20pct"] == "not measured"
-    assert back["probes"]["loss"]["lr_advice"]["action"] == "not measured"
+    old = {**_record(), "schema_version": 1,
+           "probes": {"stability": {"status": "ok", "criterion_cv_lt_20pct": "not-measured"},
+                      "loss": {"status": "ok", "criterion_loss_down_20pct": "not-measured",
+                               "lr_advice": {"action": "not-measured"}}}}
+    for record in (new, old):
+        back = loads(dumps(record))
+        assert back["probes"]["stability"]["criterion_cv_below_limit"] == "not measured"
+        assert back["probes"]["loss"]["criterion_loss_decrease_met"] == "not measured"
+        assert back["probes"]["loss"]["lr_advice"]["action"] == "not measured"
+    assert new["probes"]["loss"]["lr_advice"]["action"] == "not-measured"  # the reader copies, never edits
+
+
+def test_a_field_that_does_not_fit_is_one_sentence_naming_it():
+    """The sentence names the field's path and what it must be (read from the model), and quotes the value."""
+    cases = [
+        (lambda r: r["metrics"]["step_time_s"].update(p10=-1), "metrics.step_time_s.p10 must be a number >= 0 or null, not -1"),
+        (lambda r: r["config"]["data"].update(num_workers=True), "config.data.num_workers must be an integer >= 0, not True"),
+        (lambda r: r["metrics"].update(batch_size={"achieved": [8, 0]}),
+         "metrics.batch_size.achieved must be an integer >= 1 or a list of integers >= 1 or null, not [8, 0]"),
+        (lambda r: r["env"].update(backend="a b"), "env.backend must be a plain name (1 to 64 letters, digits, '_' or '-'), not \"a b\""),
+        (lambda r: r.pop("params"), "params is missing"),
+        (lambda r: r.update(probes={"loss": {"error": None}}), "probes.loss.status is missing"),
+        (lambda r: r.update(schema_version=SCHEMA_VERSION + 1), f"schema_version {SCHEMA_VERSION + 1} is newer than this"),
+    ]
+    for change, message in cases:
+        bad = _record()
+        change(bad)
+        with pytest.raises(RecordError) as info:
+            validate_record(bad)
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 def test_write_json_is_atomic_and_nan_safe(tmp_path):

@@ -263,7 +263,7 @@ def test_the_validation_record_carries_the_full_stability_analysis(tmp_path, cpu
     assert stab == {"status": "ok", **analyze_stability(whole, WARMUP_STEPS)}
     assert stab["n"] >= 10 and stab["spike_count"] is not None and stab["spike_threshold_s"] > 0
     assert stab["degradation"]["p_value"] is not None or stab["degradation"]["change_pct"] == 0.0
-    assert stab["verdict"] in ("stable", "unstable") and stab["criterion_cv_lt_20pct"] in ("pass", "fail")
+    assert stab["verdict"] in ("stable", "unstable") and stab["criterion_cv_below_limit"] in ("pass", "fail")
     assert step_cv_pct(record) == stab["cv_pct"]
     md = StabilitySection().render([record])
     assert md is not None and stab["verdict"] in md

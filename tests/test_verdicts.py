@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from hjepa_bench.analysis.projection import measured_step_times, seconds_per_ste
 from hjepa_bench.analysis.verdicts import rejudge_record, rejudge_records
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.runner import run_benchmark
+from hjepa_bench.measure.results import validate_result
 from hjepa_bench.measure.validation_run import ValidationSettings, run_validation, validation_facts, validation_record
 from hjepa_bench.options import guide_options, load_options
 from hjepa_bench.plugin.api import Probe
@@ -36,7 +36,7 @@ from hjepa_bench.builtin.probe_loss import LossProbe
 from hjepa_bench.builtin.probe_memory import MemoryProbe
 from hjepa_bench.builtin.probe_stability import StabilityProbe
 from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
-from hjepa_bench.record import RecordError, dumps, validate_record
+from hjepa_bench.record import RecordError, dumps
 from hjepa_bench.report.run_text import summary_text
 from hjepa_bench.thresholds import DEFAULTS
 
@@ -110,7 +110,8 @@ def test_an_option_with_unmeasured_step_time_cv_is_not_recommended(runs, tiny_op
     assert any("measure longer (--max-time)" in b for b in row["blockers"])
     assert decide([row])["per_machine"][0]["recommended"] is None
     # the same option measured over 14 steps has a CV, and is recommended when that CV is below the limit
-    good = _row(opt, [runs["long"]], replace(DEFAULTS, max_step_cv_pct=1000.0))
+    lenient = DEFAULTS.model_copy(update={"max_step_cv_pct": 1000.0})
+    good = _row(opt, [runs["long"]], lenient)
     assert good["step_cv_pct"] is not None and good["eligible"] and decide([good])["per_machine"][0]["recommended"] == "T"
 
 
@@ -218,7 +219,7 @@ def test_a_benchmark_error_is_listed_but_is_no_crash_of_a_validation_run(runs):
 
 
 def test_no_major_bottlenecks_fails_when_the_report_advises_a_worker_change(runs):
-    th = replace(DEFAULTS, data_bound_share=0.0)  # any data wait is data-bound
+    th = DEFAULTS.model_copy(update={"data_bound_share": 0.0})  # any data wait is data-bound
     rec = runs["long"]
     assert rec["metrics"]["data_wait_frac"] > 0
     judged = rejudge_record(rec, th)
@@ -254,7 +255,7 @@ def validated(tmp_path_factory):
 
 def test_validate_judges_its_bottleneck_from_its_data_wait(validated):
     result, record = validated
-    for th in (DEFAULTS, replace(DEFAULTS, data_bound_share=0.0)):
+    for th in (DEFAULTS, DEFAULTS.model_copy(update={"data_bound_share": 0.0})):
         rec = rejudge_record(record, th)
         f = validation_facts(result, rec)
         assert f.guide_differences  # a tiny config: the checklist's bottleneck line names it ...
@@ -312,7 +313,8 @@ def test_a_plateau_is_no_memory_failure_in_the_report(runs):
 # --------------------------------------------------------------------------- 9. collapse at init
 def test_collapse_flags_of_a_barely_trained_model_are_shown_not_judged(runs, tiny_option):
     _, opt = tiny_option
-    th = replace(DEFAULTS, low_rank_frac=0.99, max_step_cv_pct=1000.0)  # every real feature matrix is "low rank"
+    # every real feature matrix is "low rank"
+    th = DEFAULTS.model_copy(update={"low_rank_frac": 0.99, "max_step_cv_pct": 1000.0})
     rec = rejudge_record(runs["long"], th)
     feats = rec["probes"]["features"]
     assert feats["steps_trained"] == 15 and feats["collapse"]["low_rank"] is True
@@ -323,7 +325,7 @@ def test_collapse_flags_of_a_barely_trained_model_are_shown_not_judged(runs, tin
     crit = {c["id"]: c for c in success_criteria(facts_from_records([rec]), th)}
     assert crit["quality"]["status"] == NOT_MEASURED and "untrained: 15 steps" in crit["quality"]["evidence"]
     # trained long enough (the threshold lowered to the steps it had), the same flags count
-    trained = _row(opt, [runs["long"]], replace(th, min_quality_steps=15))
+    trained = _row(opt, [runs["long"]], th.model_copy(update={"min_quality_steps": 15}))
     assert trained["collapsed"] is True and not trained["eligible"]
 
 
@@ -441,7 +443,7 @@ def test_a_bad_raw_number_is_a_skipped_line_not_a_traceback(runs, tmp_path, prob
         entry = entry[key]
     entry[path[-1]] = value
     with pytest.raises(RecordError, match=re.escape(message)):
-        validate_record(bad)
+        validate_result(bad)
     d = tmp_path / "res"
     d.mkdir()
     (d / "results.jsonl").write_text(dumps(runs["long"], indent=None) + "\n" + dumps(bad, indent=None) + "\n")
@@ -470,7 +472,7 @@ def test_measured_worker_counts_overrule_the_probes_cpu_saturation_advice():
     from hjepa_bench.analysis.bottleneck import judge_bottleneck
     from records_factory import make_record, quick_val_values
 
-    th = replace(DEFAULTS)
+    th = DEFAULTS.model_copy()
     recs = []
     for workers, it_s in ((2, 0.27), (4, 0.33)):
         rec = make_record(quick_val_values(**{"data.num_workers": workers}), it_per_s=it_s)

@@ -81,7 +81,7 @@ DEFINITIONS = {
                 f"slope(last third) / slope(first third) < {PLATEAU_RATIO}"),
     "trend": (f"diverged if diverged, else decreasing (decrease_pct >= {FLAT_BAND_PCT:.0f}), "
               f"increasing (<= -{FLAT_BAND_PCT:.0f}) or flat"),
-    "criterion_loss_down_20pct": f"pass when decrease_pct >= {CRITERION_DECREASE_PCT:.0f} and not diverged",
+    "criterion_loss_decrease_met": f"pass when decrease_pct >= {CRITERION_DECREASE_PCT:.0f} and not diverged",
 }
 
 
@@ -168,15 +168,15 @@ def judge_loss(entry: dict[str, Any], min_decrease_pct: float = CRITERION_DECREA
     ``min_decrease_pct`` (in place, and returned).  The probe calls it with the default; a
     report calls it again with its own threshold."""
     entry.setdefault("thresholds", {})["criterion_decrease_pct"] = min_decrease_pct
-    entry.setdefault("definitions", {})["criterion_loss_down_20pct"] = (
+    entry.setdefault("definitions", {})["criterion_loss_decrease_met"] = (
         f"pass when decrease_pct >= {min_decrease_pct:g} and not diverged")
     dec = _num(entry.get("decrease_pct"))
     if entry.get("diverged"):
-        entry["criterion_loss_down_20pct"] = FAIL
+        entry["criterion_loss_decrease_met"] = FAIL
     elif dec is not None:
-        entry["criterion_loss_down_20pct"] = PASS if dec >= min_decrease_pct else FAIL
+        entry["criterion_loss_decrease_met"] = PASS if dec >= min_decrease_pct else FAIL
     else:
-        entry["criterion_loss_down_20pct"] = NOT_MEASURED
+        entry["criterion_loss_decrease_met"] = NOT_MEASURED
     start, end = _num(entry.get("start_loss")), _num(entry.get("end_loss"))
     end_vs_start = (end - start) / abs(start) * 100 if start and end is not None else None
     entry["lr_advice"] = lr_advice(bool(entry.get("diverged")), entry.get("trend"), _num(entry.get("noise_pct")), dec,
@@ -219,7 +219,7 @@ def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | 
         "diverged": bool(bad),
         "plateau": None, "plateau_slope_ratio": None, "first_third_drop_pct": None,
         "trend": None,
-        "criterion_loss_down_20pct": NOT_MEASURED,
+        "criterion_loss_decrease_met": NOT_MEASURED,
         "lr": _num(lr),
         "lr_applied": _num(applied_lr),
         "lr_in_warmup": lr_in_warmup,

@@ -177,7 +177,7 @@ def degradation_fit(steps: Sequence[float], times: Sequence[float], median: floa
 
 def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT) -> dict[str, Any]:
     """The verdict of an :func:`analyze_stability` entry against ``max_cv_pct`` (in place, and
-    returned): ``criterion_cv_lt_20pct``, ``verdict``, ``reasons`` and ``thresholds.cv_pct``.
+    returned): ``criterion_cv_below_limit``, ``verdict``, ``reasons`` and ``thresholds.cv_pct``.
     The probe calls it with the default; a report calls it again with its own threshold."""
     entry.setdefault("thresholds", {})["cv_pct"] = max_cv_pct
     entry.setdefault("definitions", {})["verdict"] = (
@@ -185,7 +185,7 @@ def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT)
         "(degradation.degrading), else stable")
     reasons: list[str] = []
     entry["reasons"] = reasons
-    entry["criterion_cv_lt_20pct"] = NOT_MEASURED
+    entry["criterion_cv_below_limit"] = NOT_MEASURED
     entry["verdict"] = None
     cv_pct = _num(entry.get("cv_pct"))
     if cv_pct is None:
@@ -193,7 +193,7 @@ def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT)
     deg = entry.get("degradation") or {}
     n = entry.get("n")
     ok = cv_pct < max_cv_pct
-    entry["criterion_cv_lt_20pct"] = PASS if ok else FAIL
+    entry["criterion_cv_below_limit"] = PASS if ok else FAIL
     reasons.append(f"CV {cv_pct:.1f}% {'<' if ok else '>='} {max_cv_pct:g}% over {n} steps")
     unstable = not ok
     if deg.get("significant"):
@@ -261,7 +261,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
         "spike_period_steps": None,
         "degradation": {"slope_s_per_step": None, "change_pct": None, "span_steps": None,
                         "p_value": None, "significant": None, "degrading": None},
-        "criterion_cv_lt_20pct": NOT_MEASURED,
+        "criterion_cv_below_limit": NOT_MEASURED,
         "verdict": None,
         "reasons": [],
         "thresholds": {

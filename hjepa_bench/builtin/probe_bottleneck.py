@@ -23,6 +23,7 @@ from hjepa_bench.analysis.bottleneck import (CPU_SATURATED_PCT, DATA_BOUND_SHARE
 from hjepa_bench.format import finite, fmt_or_dash, fmt_pct
 from hjepa_bench.thresholds import DEFAULTS
 from hjepa_bench.record import device_name, lookup, model_short
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, PositiveInt, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
@@ -131,8 +132,31 @@ class _CPUSampler(threading.Thread):
         }
 
 
+class Shares(RecordModel):
+    data_wait: NonNeg | MISSING | None = MISSING
+    host: NonNeg | MISSING | None = MISSING
+    device: NonNeg | MISSING | None = MISSING
+    host_phases: dict[str, float | None] | MISSING = MISSING
+
+
+class BottleneckEntry(JudgedEntry):
+    """The fields of the bottleneck entry that the report, the verdicts and the worker advice read."""
+
+    verdict: str | MISSING | None = MISSING
+    worker_advice: str | MISSING | None = MISSING
+    shares: Shares | MISSING | None = MISSING
+    cpu_saturated: bool | MISSING | None = MISSING
+    workers: Count | MISSING = MISSING
+    cores: PositiveInt | MISSING = MISSING
+    cpu_util_mean_pct: NonNeg | MISSING | None = MISSING
+    own_cpu_pct_of_cores: NonNeg | MISSING | None = MISSING
+    other_cpu_pct_of_cores: NonNeg | MISSING | None = MISSING
+    device_wait_frac: NonNeg | MISSING | None = MISSING
+
+
 class BottleneckProbe(Probe):
     name = "bottleneck"
+    entry_model = BottleneckEntry
     headline = ("verdict", "shares.data_wait", "shares.host", "shares.device", "cpu_saturated", "cpu_util_mean_pct")
     cost = "cheap"
     description = ("Splits measured step time into data wait, host phases and device; samples CPU load in a "

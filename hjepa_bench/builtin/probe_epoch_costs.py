@@ -50,6 +50,7 @@ from hjepa_bench.measure.epoch_costs import (CHECKPOINT_REPEATS, STARTUP_REPEATS
                                              measure_val_step)
 from hjepa_bench.plugin.api import Probe, RunContext, Trainer
 from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.record_model import MISSING, Count, NonNeg, PositiveInt, ProbeEntry
 from hjepa_bench.stats import median
 from hjepa_bench.report.sections import ProbeTable
 
@@ -117,8 +118,20 @@ DEFINITIONS = {
 
 
 
+class EpochCostsEntry(ProbeEntry):
+    """The fields of the epoch_costs entry that the projections read."""
+
+    worker_startup_s: NonNeg | MISSING | None = MISSING
+    val_step_s: NonNeg | MISSING | None = MISSING
+    checkpoint_save_s: NonNeg | MISSING | None = MISSING
+    paid_every_epoch: bool | MISSING = MISSING
+    val_batch_size: PositiveInt | MISSING | None = MISSING
+    checkpoint_bytes: Count | MISSING | None = MISSING
+
+
 class EpochCostsProbe(Probe):
     name = "epoch_costs"
+    entry_model = EpochCostsEntry
     headline = ("worker_startup_s", "val_step_s", "checkpoint_save_s", "checkpoint_bytes", "periodic.histograms_s",
                 "periodic.collapse_s", "model_build_s")
     cost = "cheap"

@@ -27,6 +27,7 @@ from hjepa_bench.format import finite, fmt_or_dash
 from hjepa_bench.plugin.api import Probe, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record import device_name, lookup, model_short, probe
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, PositiveInt, RecordModel
 from hjepa_bench.report.sections import ProbeTable, probe_table
 from hjepa_bench.thresholds import DEFAULTS
 
@@ -53,8 +54,27 @@ def _steps_trained(record: Mapping[str, Any]) -> int | None:
     return None if times is None else len(times)
 
 
+class Collapse(RecordModel):
+    collapsed: bool | MISSING | None = MISSING
+
+
+class FeaturesEntry(JudgedEntry):
+    """The fields of the features entry that the report and the verdicts read."""
+
+    collapse: Collapse | MISSING | None = MISSING
+    rankme_ratio: float | MISSING | None = MISSING
+    effective_rank: float | MISSING | None = MISSING
+    d: PositiveInt | MISSING | None = MISSING
+    mean_cosine: float | MISSING | None = MISSING
+    std_below_floor_frac: NonNeg | MISSING | None = MISSING
+    steps_trained: Count | MISSING | None = MISSING
+    quality_judged: bool | MISSING = MISSING
+    quality_note: str | MISSING | None = MISSING
+
+
 class FeaturesProbe(Probe):
     name = "features"
+    entry_model = FeaturesEntry
     headline = ("effective_rank", "rankme_ratio", "mean_cosine", "collapse.collapsed", "quality_judged")
     cost = "costly"
     description = "collapse metrics (RankMe, std, cosine, uniformity) of the target encoder's pooled features"

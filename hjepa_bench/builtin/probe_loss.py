@@ -18,12 +18,48 @@ from hjepa_bench.analysis.loss_curve import (CRITERION_DECREASE_PCT, analyze_los
                                              judge_loss, measured_losses)
 from hjepa_bench.format import finite, fmt_or_dash as _fmt
 from hjepa_bench.thresholds import DEFAULTS
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, RecordModel
 from hjepa_bench.report.sections import ProbeTable
 from hjepa_bench.status import NOT_MEASURED, read_status
 
 
+class WarmupSpikes(RecordModel):
+    count: Count | MISSING | None = MISSING
+
+
+class LrAdvice(RecordModel):
+    action: str | MISSING | None = MISSING
+    suggested_lr: float | MISSING | None = MISSING
+    trigger: str | MISSING | None = MISSING
+    text: str | MISSING | None = MISSING
+
+
+class LossEntry(JudgedEntry):
+    """The fields of the loss entry that the report and the verdicts read."""
+
+    start_loss: float | MISSING | None = MISSING
+    end_loss: float | MISSING | None = MISSING
+    decrease_pct: float | MISSING | None = MISSING
+    noise_pct: float | MISSING | None = MISSING
+    trend: str | MISSING | None = MISSING
+    noisy: bool | MISSING | None = MISSING
+    diverged: bool | MISSING | None = MISSING
+    warmup_spikes: WarmupSpikes | MISSING | None = MISSING
+    n: Count | MISSING | None = MISSING
+    preliminary: bool | MISSING = MISSING
+    lr: float | MISSING | None = MISSING
+    non_finite_count: Count | MISSING | None = MISSING
+    lr_applied: float | MISSING | None = MISSING
+    lr_in_warmup: bool | MISSING | None = MISSING
+    first_non_finite_step: Count | MISSING | None = MISSING
+    window: Count | MISSING | None = MISSING
+    criterion_loss_decrease_met: str | MISSING | None = MISSING
+    lr_advice: LrAdvice | MISSING | None = MISSING
+
+
 class LossProbe(Probe):
     name = "loss"
+    entry_model = LossEntry
     headline = ("start_loss", "end_loss", "decrease_pct", "noise_pct",
                 "trend", "diverged", "non_finite_count", "lr_applied", "lr_advice.action")
     description = ("loss curve of the run: smoothed start/end, decrease, noise, warm-up spikes, divergence, "
@@ -39,7 +75,7 @@ class LossProbe(Probe):
 
     def judge(self, entry, thresholds, record=None):
         """The criterion and the learning-rate advice against ``min_loss_decrease_pct``."""
-        if "criterion_loss_down_20pct" not in entry:
+        if "criterion_loss_decrease_met" not in entry:
             return entry
         return judge_loss(entry, thresholds.min_loss_decrease_pct)
 
@@ -88,7 +124,7 @@ class LossSection(ProbeTable):
                 "start loss": _fmt(e.get("start_loss"), ".4g"), "end loss": _fmt(e.get("end_loss"), ".4g"),
                 "decrease %": _fmt(e.get("decrease_pct")),
                 f">= {(e.get('thresholds') or {}).get('criterion_decrease_pct', CRITERION_DECREASE_PCT):g}% down":
-                    read_status(e.get("criterion_loss_down_20pct")),
+                    read_status(e.get("criterion_loss_decrease_met")),
                 "noise %": _fmt(e.get("noise_pct")), "warm-up spikes": _fmt((e.get("warmup_spikes") or {}).get("count"), "d"),
                 "plateau": "-" if e.get("plateau") is None else ("yes" if e["plateau"] else "no"),
                 "lr (applied / configured)": f"{_fmt(e.get('lr_applied'), '.2g')} / {_fmt(e.get('lr'), '.2g')}"

@@ -26,6 +26,7 @@ from hjepa_bench.analysis.memory import (DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEA
 from hjepa_bench.format import finite, fmt_bytes, fmt_pct
 from hjepa_bench.thresholds import DEFAULTS
 from hjepa_bench.record import device_name, lookup, model_short
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.plugin.api import Probe, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
@@ -41,8 +42,29 @@ def leak_word(leak: Mapping[str, Any] | None) -> str:
     return "leak not judged" if suspected is None else "leak suspected" if suspected else "no leak"
 
 
+class Leak(RecordModel):
+    suspected: bool | MISSING | None = MISSING
+
+
+class MemoryTrace(RecordModel):
+    steps: list[Count] | MISSING = MISSING
+    bytes: list[Count] | MISSING = MISSING
+    warmup_steps: Count | MISSING = MISSING
+
+
+class MemoryEntry(JudgedEntry):
+    """The fields of the memory entry that the report, the verdicts and the decision read."""
+
+    leak: Leak | MISSING | None = MISSING
+    memory_pressure: bool | MISSING | None = MISSING
+    headroom_frac: float | MISSING | None = MISSING
+    peak_device_bytes: NonNeg | MISSING | None = MISSING
+    trace: MemoryTrace | MISSING | None = MISSING
+
+
 class MemoryProbe(Probe):
     name = "memory"
+    entry_model = MemoryEntry
     headline = ("peak_device_bytes", "headroom_frac", "memory_pressure", "leak.suspected")
     cost = "cheap"
     description = ("Device memory per step (RSS on CPU): peak, mean after warm-up, headroom, leak slope; "

@@ -9,12 +9,34 @@ from hjepa_bench.analysis.stability import (MIN_STEPS_SPREAD, THRESHOLD_CV_PCT, 
                                             judge_stability)
 from hjepa_bench.format import finite, fmt_or_dash as _fmt
 from hjepa_bench.thresholds import DEFAULTS
+from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.status import NOT_MEASURED
 
 
+class Degradation(RecordModel):
+    significant: bool | MISSING | None = MISSING
+    degrading: bool | MISSING | None = MISSING
+    change_pct: float | MISSING | None = MISSING
+    p_value: NonNeg | MISSING | None = MISSING
+
+
+class StabilityEntry(JudgedEntry):
+    """The fields of the stability entry that the report and the verdicts read."""
+
+    cv_pct: NonNeg | MISSING | None = MISSING
+    n: Count | MISSING | None = MISSING
+    verdict: str | MISSING | None = MISSING
+    criterion_cv_below_limit: str | MISSING | None = MISSING
+    spike_count: Count | MISSING | None = MISSING
+    spike_period_steps: Count | MISSING | None = MISSING
+    spike_threshold_s: NonNeg | MISSING | None = MISSING
+    degradation: Degradation | MISSING | None = MISSING
+
+
 class StabilityProbe(Probe):
     name = "stability"
+    entry_model = StabilityEntry
     headline = ("cv_pct", "variance_pct", "verdict", "spike_count",
                 "spike_period_steps", "degradation.change_pct", "degradation.degrading")
     description = ("step-time stability after warm-up: detected warm-up, CV and p10-p90 spread, "

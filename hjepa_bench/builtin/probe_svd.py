@@ -38,6 +38,7 @@ import torch
 from hjepa_bench.analysis.features import feature_quality
 from hjepa_bench.format import fmt_ms
 from hjepa_bench.record import device_name, probe
+from hjepa_bench.record_model import MISSING, ProbeEntry
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.stats import median
@@ -146,8 +147,15 @@ def _upload_s(a: torch.Tensor, device: torch.device, sync: Callable[[], None]) -
     return time_calls(lambda: a.to(device), sync)["median_s"]
 
 
+class SVDEntry(ProbeEntry):
+    """The fields of the svd entry that its report section reads."""
+
+    timings: list[dict[str, Any]] | MISSING = MISSING
+
+
 class SVDProbe(Probe):
     name = "svd"
+    entry_model = SVDEntry
     headline = ("feature_eval_cost_s.cpu_float64", "feature_eval_cost_s.device_svd_estimate")
     cost = "costly"
     description = "torch.linalg.svd on the device vs the CPU (MPS fallback detection) and feature-metric cost"

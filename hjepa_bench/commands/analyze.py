@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,10 +89,10 @@ def _analyze(args: argparse.Namespace) -> int:
               f"{logged}", file=sys.stderr)
     settings = report_settings(args, title=f"hjepa-bench analysis of {Path(args.log).name}")
     if log.dataset_size:
-        settings.thresholds = replace(settings.thresholds, dataset_size=log.dataset_size)
+        settings.thresholds = settings.thresholds.model_copy(update={"dataset_size": log.dataset_size})
     val_size = (log.result.get("info") or {}).get("val_dataset_size")
     if val_size:  # the run the log shows: its own validation set, not CIFAR-10's 10,000
-        settings.thresholds = replace(settings.thresholds, val_size=int(val_size))
+        settings.thresholds = settings.thresholds.model_copy(update={"val_size": int(val_size)})
     settings.options = [config_option(log.values, "L", f"the logged config for {log.values['training']['epochs']} "
                                                        "epochs")] + settings.options
     settings.sources = [str(args.log)]

@@ -7,7 +7,7 @@ import functools
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..config import DEFAULTS, PRECISIONS, VARIANTS, default_workers, ResolvedConfig, check_value, is_finite_number, resolve_config
+from ..config import DEFAULTS, PRECISION_SETTINGS, VARIANTS, default_workers, ResolvedConfig, check_value, is_finite_number, resolve_config
 from ..errors import UserError
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoder-depth", type=config_flag("model.encoder_depth"),
                    help="ViT blocks (default 12; fewer for quick tests)")
     g.add_argument("--img-size", type=config_flag("data.image_size"), help="image size in pixels (multiple of 16)")
-    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--precision", choices=PRECISION_SETTINGS)
     g.add_argument("--variant", choices=VARIANTS)
     g.add_argument("--seed", type=config_flag("seed"), help="0 to 2**32-1")
 

@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
-    from ..measure.results import RESULTS_NAME, read_results  # (pandas: loaded when the command runs)
+    from ..measure.results import RESULTS_NAME, entry_models, read_results  # (pandas: loaded when the command runs)
     from ..report.export import FORMATS, flat_frame, parquet_missing, write_frame
 
     fmt = args.format
@@ -45,7 +45,7 @@ def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
         path = d / RESULTS_NAME if d.is_dir() else d
         if not path.is_file():
             raise UserError(f"no results found at {d} (expected {path}).")
-        loaded = read_results(path, strict=True)
+        loaded = read_results(path, strict=True, models=entry_models(plugins))
         if loaded.truncated_tail is not None:
             print(f"warning: {path}: its incomplete last line (a sweep killed while writing it) is not a record; "
                   "left out", file=sys.stderr)

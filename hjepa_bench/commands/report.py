@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
-    from ..measure.results import load_results
+    from ..measure.results import entry_models, load_results
     from ..options import own_config_options
     from ..report.markdown import write_report
 
@@ -40,7 +40,7 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     if out.suffix != ".md":
         out = out / "report.md"
     output_path(out, "report")
-    results = load_results(dirs)
+    results = load_results(dirs, entry_models(plugins))
     for skipped in results.skipped:
         print(f"warning: {skipped}", file=sys.stderr)
     records = results.records

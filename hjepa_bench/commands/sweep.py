@@ -69,7 +69,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
-    from ..measure.results import load_results
+    from ..measure.results import entry_models, load_results
     from ..measure.sweep import (SweepSpec, install_sigterm_handler, resume_command, run_sweep,
                                  selected_options)
     from ..report.markdown import write_report
@@ -104,7 +104,7 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
               f"and what was in flight was discarded. Resume with:\n  {resume_command(args.argv)}", file=sys.stderr)
         return 130
     bar.close()
-    results = load_results([out])
+    results = load_results([out], entry_models(plugins))
     records = results.records
     report = out / "report.md"
     settings.sources = [str(out)]

@@ -2,8 +2,10 @@
 config finishes, so a killed sweep loses at most the config in flight.
 
 Every line is parsed and validated once, here (:func:`hjepa_bench.record.loads`: JSON, finite
-numbers, every field the readers use of its type); after that the readers trust the records.
-What a line that is not a valid record gets depends on who reads:
+numbers, every field the readers use of its type, a record of an older schema_version upgraded in
+memory; then each probe entry as its probe's ``entry_model`` types it, :func:`validate_entries`);
+after that the readers trust the records.  What a line that is not a valid record gets depends on
+who reads:
 
 * a sweep resuming (``strict``): an incomplete *last* line (the sweep died while writing it)
   is reported, moved aside to ``results.jsonl.partial`` and its config runs again; any other
@@ -16,15 +18,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from ..errors import RESULTS_MAX_BYTES, UserError, read_bytes
-from ..record import RecordError, dumps, loads, records_frame, validate_record
+from ..record import RecordError, dumps, loads, records_frame, validate_probe_entry, validate_record
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ..plugin.manager import Plugins
+
+#: probe name -> the model its entries fit (``Probe.entry_model``)
+EntryModels = Mapping[str, type[BaseModel]]
 
 RESULTS_NAME = "results.jsonl"
 #: a report skips at most this many bad lines of one file; beyond, it is not a results file
@@ -40,6 +50,31 @@ def config_key(config: Mapping[str, Any], env: Mapping[str, Any], node: str | No
         ident["node"] = node
     blob = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def entry_models(plugins: Plugins | None = None) -> dict[str, type[BaseModel]]:
+    """The entry model of every registered probe that has one (``Probe.entry_model``): of ``plugins``,
+    else of the plugins every command loads by default (the built-ins, entry points, HJEPA_BENCH_PLUGINS)."""
+    if plugins is None:
+        from ..plugin.manager import build_plugins
+
+        plugins = build_plugins()
+    return {name: p.entry_model for name, p in plugins.probes().items() if p.entry_model is not None}
+
+
+def validate_entries(record: Mapping[str, Any], models: EntryModels) -> None:
+    """Raise RecordError naming the first field of a probe entry that does not fit its probe's model
+    (a record :func:`~hjepa_bench.record.validate_record` passed; a probe without a model: its envelope only)."""
+    for name, entry in record["probes"].items():
+        if name in models:
+            validate_probe_entry(name, entry, models[name])
+
+
+def validate_result(record: Mapping[str, Any], models: EntryModels | None = None) -> None:
+    """A record as a results file holds it: :func:`~hjepa_bench.record.validate_record`, then every probe
+    entry as its probe types it (``models``: :func:`entry_models` of the default plugins when None)."""
+    validate_record(record)
+    validate_entries(record, entry_models() if models is None else models)
 
 
 @dataclass
@@ -61,10 +96,12 @@ class LoadReport:
     skipped: list[Skipped] = field(default_factory=list)  # bad lines left out (not strict)
 
 
-def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str, bool]:
+def _parse(raw: bytes, models: EntryModels) -> tuple[dict[str, Any] | None, str, bool]:
     """(record, why it is not one, whether the text is not even JSON)."""
     try:
-        return loads(raw.decode("utf-8")), "", False
+        record = loads(raw.decode("utf-8"))
+        validate_entries(record, models)
+        return record, "", False
     except UnicodeDecodeError:
         return None, "not UTF-8 text", True
     except json.JSONDecodeError as exc:
@@ -73,12 +110,14 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str, bool]:
         return None, f"not a valid record ({exc})", False
 
 
-def read_results(path: Path, *, strict: bool = False) -> LoadReport:
-    """Parse and validate a results file; see the module docstring for what a bad line gets."""
+def read_results(path: Path, *, strict: bool = False, models: EntryModels | None = None) -> LoadReport:
+    """Parse and validate a results file; see the module docstring for what a bad line gets.
+    ``models``: the probes' entry models (:func:`entry_models` of the default plugins when None)."""
     out = LoadReport()
     path = Path(path)
     if not os.path.lexists(path):  # (a symlink that leads nowhere is not "no file yet")
         return out
+    models = entry_models() if models is None else models
     data = read_bytes(path, "results file", RESULTS_MAX_BYTES)
     lines = data.split(b"\n")
     if lines and not lines[-1].strip():
@@ -87,7 +126,7 @@ def read_results(path: Path, *, strict: bool = False) -> LoadReport:
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        record, why, not_json = _parse(raw)
+        record, why, not_json = _parse(raw, models)
         if record is not None:
             out.records.append(record)
             continue
@@ -108,15 +147,17 @@ def read_results(path: Path, *, strict: bool = False) -> LoadReport:
 
 
 class ResultsFile:
-    """Append-only results of one sweep directory."""
+    """Append-only results of one sweep directory; ``models``: the probes' entry models its records
+    are checked with (:func:`entry_models` of the default plugins when None)."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, models: EntryModels | None = None):
         self.dir = Path(directory)
         self.path = self.dir / RESULTS_NAME
+        self.models = entry_models() if models is None else models
 
     def load(self) -> LoadReport:
         """Read what is there and repair an incomplete last line (kept in ``.partial``)."""
-        report = read_results(self.path, strict=True)
+        report = read_results(self.path, strict=True, models=self.models)
         if report.truncated_tail is not None:
             partial = self.path.with_name(RESULTS_NAME + ".partial")
             with open(partial, "a") as fh:
@@ -135,8 +176,9 @@ class ResultsFile:
         the file is rewritten atomically (temp file, fsync, rename), so a kill leaves the old file
         or the new one."""
         line = dumps(record, indent=None) + "\n"
-        validate_record(json.loads(line))
-        kept = [r for r in read_results(self.path, strict=True).records if (r.get("sweep") or {}).get("key") != key]
+        validate_result(json.loads(line), self.models)
+        kept = [r for r in read_results(self.path, strict=True, models=self.models).records
+                if (r.get("sweep") or {}).get("key") != key]
         tmp = self.path.with_name(RESULTS_NAME + ".tmp")
         with open(tmp, "w") as fh:
             fh.write("".join(dumps(r, indent=None) + "\n" for r in kept) + line)
@@ -146,7 +188,7 @@ class ResultsFile:
 
     def append(self, record: Mapping[str, Any]) -> None:
         line = dumps(record, indent=None) + "\n"
-        validate_record(json.loads(line))  # what is read back later
+        validate_result(json.loads(line), self.models)  # what is read back later
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as fh:
             fh.write(line)
@@ -162,16 +204,17 @@ class Results:
     skipped: list[Skipped]
 
 
-def load_results(paths: Iterable[str | Path]) -> Results:
+def load_results(paths: Iterable[str | Path], models: EntryModels | None = None) -> Results:
     """Records from several sweep directories (or results files), in order; a line that is
-    not a valid record is left out and listed in ``skipped``."""
+    not a valid record is left out and listed in ``skipped``.  ``models``: as :func:`read_results`."""
     out = Results([], [])
+    models = entry_models() if models is None else models
     for p in paths:
         p = Path(p)
         path = p / RESULTS_NAME if p.is_dir() else p
         if not path.exists():
             raise UserError(f"no results found at {p} (expected {path}).")
-        report = read_results(path)
+        report = read_results(path, models=models)
         out.skipped.extend(report.skipped)
         for r in report.records:
             r = dict(r)

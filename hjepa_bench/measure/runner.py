@@ -272,15 +272,16 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _entry(name: str, entry: Any) -> dict[str, Any]:
+def _entry(probe: Probe, entry: Any) -> dict[str, Any]:
     """What ``finish`` returned as the probe's entry (status ``ok`` unless it says otherwise), or a
     ``failed`` entry saying why when the record could not hold it: not a mapping, data JSON cannot
-    hold, or fields of the wrong type (:func:`~hjepa_bench.record.validate_probe_entry`)."""
+    hold, or fields of the wrong type (:func:`~hjepa_bench.record.validate_probe_entry` with the
+    probe's ``entry_model``)."""
     if not isinstance(entry, Mapping):
         return {"status": "failed", "error": f"finish() returned a {type(entry).__name__}, not a mapping"}
     try:
         full = json.loads(dumps({"status": "ok", **entry}, indent=None))
-        validate_probe_entry(name, full)
+        validate_probe_entry(probe.name, full, probe.entry_model)
     except (TypeError, ValueError) as exc:  # json: TypeError; RecordError is a ValueError
         return {"status": "failed", "error": f"finish() returned an entry the record cannot hold: "
                                              f"{type(exc).__name__}: {exc}"}
@@ -467,6 +468,6 @@ def run_benchmark(config: Mapping[str, Any], backend: Backend, workload: Workloa
             except PLUGIN_FAILURES as exc:  # a broken probe must not lose the measurement
                 entry = _failure(exc)
             if entry is not None:
-                record["probes"][probe.name] = _entry(probe.name, entry)
+                record["probes"][probe.name] = _entry(probe, entry)
     record["duration_s"] = time.perf_counter() - t0
     return record

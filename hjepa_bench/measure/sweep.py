@@ -46,7 +46,7 @@ from .parent_watch import start_parent_watch
 from ..analysis import policy
 from .runner import RunHooks
 from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
-from .results import ResultsFile, config_key
+from .results import ResultsFile, config_key, entry_models
 from ..record import new_record, node_label, short_model_name
 
 DEFAULT_OUT = DEFAULT_SWEEP_OUT
@@ -671,7 +671,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, plugins: Plugins, plugin_args: S
     registered :class:`hjepa_bench.plugin.api.Executor`); returns a summary dict."""
     emit = on_event or (lambda e: None)
     engine = plugins.executor(executor)
-    store = ResultsFile(out)
+    store = ResultsFile(out, entry_models(plugins))
     check_grid(spec, plugins)
     try:
         places = engine.places(list(spec.devices), plugins.backends(), list(plugin_args),

@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from typing import (TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Literal, Mapping, Protocol,
                     Sequence, get_args, runtime_checkable)
 
+from ..config import PRECISIONS  # the precisions a step trains in: one list, in the config's schema
 from ..errors import UserError
 from ..status import VERDICTS
 
 if TYPE_CHECKING:  # torch is imported where a device is used, not by a command that only reads files
+    import pydantic
     import torch
 
     from ..thresholds import Thresholds
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 #: how the steps of a data-parallel rank treat gradients (``PreparedWorkload.set_grad_sync``)
 GRAD_SYNC_MODES = ("sync", "no_sync", "local")
 
@@ -454,6 +455,12 @@ class Probe:
       advice (``{"workers": sentence}``).
     * ``validation_entry(record, result)``: the entry of a validation run (``hjepa-bench
       validate``) from its record (config, env, metrics, series) and its result; None: no entry.
+
+    ``entry_model``: a pydantic model of the entry (a subclass of
+    ``hjepa_bench.record_model.ProbeEntry``, extra keys allowed) that types the fields
+    readers rely on; an entry ``finish`` returns that does not fit it is recorded as
+    ``failed``, and a results line whose entry does not fit is not a valid record.
+    None: only the envelope every entry has (``status``, ``error``, ``measured``).
     """
 
     name: str = ""
@@ -461,6 +468,7 @@ class Probe:
     description: str = ""
     extra_steps: int = 0
     headline: tuple[str, ...] = ()
+    entry_model: type[pydantic.BaseModel] | None = None
 
     def start(self, ctx: RunContext) -> None:
         pass

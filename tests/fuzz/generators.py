@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import random
+import re
 from typing import Any, Callable
 
 import yaml
@@ -1014,7 +1015,7 @@ def results_cases(draw: Any, records: list[dict[str, Any]]) -> Case:
             label = "the last line is cut off"
             verdict = "tail"
         elif kind == "line-nan":
-            lines[i] = lines[i].replace('"schema_version": 1', '"schema_version": 1, "x": NaN', 1)
+            lines[i] = re.sub(r'("schema_version": \d+)', r'\1, "x": NaN', lines[i], count=1)
             label = f"line {i + 1} holds a NaN literal"
             verdict = "unknown"
         elif kind == "line-array":
