@@ -72,7 +72,8 @@ from ..hjepa.masks import masks_from_union, sample_batch_union, to_device
 from ..analysis.periodic import LoggingPlan
 from ..hjepa.periodic import TrainerLogger
 from ..hjepa.step import HJEPAStep, ema_momentum_at
-from ..hjepa.training import build_training, checkpoint_state, extract_features, save_checkpoint
+from ..hjepa.checkpoint import checkpoint_state, save_checkpoint
+from ..hjepa.training import build_training, extract_features
 from ..record import write_json
 from .validation_record import WARMUP_STEPS
 
