@@ -3,9 +3,10 @@
 
 ``hjepa-bench eval --checkpoint PATH`` loads an upstream-format checkpoint (a dict
 with ``model_state_dict`` in upstream's layout, ``tests/data/upstream-state-dict-*.tsv``,
-or a bare state dict; :func:`hjepa_bench.hjepa.checkpoint.load_state_dict`) and measures the representation quality of its EMA target
-encoder against the same architecture at random initialisation.  Every number
-comes from this run.
+or a bare state dict; read by :func:`hjepa_bench.hjepa.checkpoint.load_state_dict`) and
+measures the representation quality of its EMA target encoder against the same
+architecture at random initialisation (:func:`evaluate_checkpoint`, its settings in
+:class:`EvalSettings`).  Every number comes from this run.
 
 Features (:func:`hjepa_bench.hjepa.training.level_features`), one set per hierarchy level l, computed with the
 model in eval mode, without gradients, in float32 on the chosen device, then

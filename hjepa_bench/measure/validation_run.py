@@ -32,7 +32,8 @@ with the real step (:class:`hjepa_bench.hjepa.step.HJEPAStep`) on the real data 
   the projection of every epoch and of the whole run, which :func:`self_check`
   puts next to what they then took.
 
-``out_dir/validation.json`` (the result) is rewritten atomically at every epoch
+``out_dir/validation.json`` (the result; as a result record and facts:
+:mod:`hjepa_bench.measure.validation_record`) is rewritten atomically at every epoch
 end and at the end, so a killed run leaves its measurements so far.  Ctrl-C
 stops cleanly: the trained state goes to ``checkpoint_latest.pth`` and the result
 says ``interrupted``.  Non-finite loss or gradient norm stops the run as
