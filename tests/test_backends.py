@@ -328,7 +328,7 @@ def _hold_memory(n_bytes: int, ready, done) -> None:
 
 def test_cpu_memory_counts_the_workers_of_the_process_tree(cpu):
     """On CPU the DataLoader workers use the same RAM as the step: a child process holding 64 MiB of
-    its own memory shows in the reading (a main-process RSS alone did not count it)."""
+    its own memory shows in the reading (a main-process RSS alone would miss it)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")

@@ -1,6 +1,6 @@
-"""Issue 12, bad input (readers, YAML, config values, flags, grids, output paths): one sentence
-and exit 2 before any work, never a traceback or a hang.  The fuzz suite (tests/fuzz) draws
-these at random; the cases here are the named reproducers of each root cause, in-process."""
+"""Bad input (readers, YAML, config values, flags, grids, output paths) gets one sentence and
+exit 2 before any work, never a traceback or a hang.  The fuzz suite (tests/fuzz) draws such
+input at random; the cases here name one example of each kind of bad input, run in-process."""
 from __future__ import annotations
 
 import json
@@ -86,7 +86,7 @@ def tiny_yaml(tmp_path) -> Path:
     return p
 
 
-# --------------------------------------------------------------------------- RC1: the readers
+# --------------------------------------------------------------------------- the readers
 def special(tmp_path: Path, kind: str) -> Path:
     """A path that is not a readable regular file of sane size."""
     p = tmp_path / f"special-{kind}"
@@ -130,8 +130,9 @@ def test_read_text_refuses_what_is_not_a_sane_text_file(tmp_path, kind, fragment
 ])
 @pytest.mark.parametrize("kind", ["fifo", "huge"])
 def test_every_reader_refuses_a_fifo_and_a_huge_file(capsys, tmp_path, monkeypatch, args, kind):
-    """Was: a FIFO hung open() (grid, options, thresholds, results, benchmark JSON); a 3 GiB file
-    was a MemoryError (every reader but the checkpoint's, which has no size limit)."""
+    """A FIFO or a 3 GiB file given as a grid, options, thresholds, results, benchmark JSON, log,
+    checkpoint or config file gets one sentence and exit 2, never a hang or a MemoryError (a
+    checkpoint has no size limit, so only its FIFO is tried)."""
     if kind == "huge" and args[0] == "eval":
         pytest.skip("a checkpoint has no size limit (torch.load reads it lazily)")
     monkeypatch.chdir(tmp_path)
@@ -149,8 +150,8 @@ def test_a_checkpoint_fifo_is_refused_before_torch_load(tmp_path):
 
 
 def test_results_jsonl_that_is_a_fifo_or_folder_in_a_sweep_folder(capsys, tmp_path, no_work):
-    """Was: ``sweep --out DIR`` hung on DIR/results.jsonl as a FIFO, and a symlink loop there was
-    taken for "no results yet"."""
+    """``sweep --out DIR`` whose DIR/results.jsonl is a FIFO, a folder or a symlink loop gets one
+    sentence and exit 2: never a hang, and a symlink loop is never taken for "no results yet"."""
     for kind, fragment in (("fifo", "not a regular file"), ("folder", "is a folder"),
                            ("symlink-loop", "cannot be read")):
         out = tmp_path / kind
@@ -166,7 +167,7 @@ def test_results_jsonl_that_is_a_fifo_or_folder_in_a_sweep_folder(capsys, tmp_pa
         one_error(res, fragment)
 
 
-# --------------------------------------------------------------------------- RC2: YAML
+# --------------------------------------------------------------------------- YAML
 def deep(n: int) -> str:
     return "[" * n + "]" * n
 
@@ -187,8 +188,9 @@ def deep(n: int) -> str:
     ("seed: 1\n---\nseed: 2\n", "expected a single document"),
 ])
 def test_yaml_limits_and_refusals(text, fragment):
-    """Was: RecursionError (deep nesting), a hang expanding alias bombs, code tags refused only
-    by accident of safe_load; now each is one sentence, fast."""
+    """Nesting deeper than 50 levels, alias bombs (over 100 aliases or 100,000 values), code tags,
+    keys that are not names, unhashable keys and several documents each get one sentence within
+    5 s: never a RecursionError, a hang, or code run."""
     t0 = time.perf_counter()
     with deadline(10), pytest.raises(UserError, match=fragment):
         parse_yaml(text, "config file c.yaml")
@@ -196,8 +198,9 @@ def test_yaml_limits_and_refusals(text, fragment):
 
 
 def test_yaml_types_without_json_become_json_types():
-    """Was: a date, !!binary or !!set in a kept section (checkpoint:) broke writing the record
-    after the run.  Now: ISO text, the base64 text, and a mapping to null (YAML's definition)."""
+    """A date, !!binary or !!set in a section the record keeps (checkpoint:) is read as a JSON type,
+    so the record can be written after the run: ISO text, the base64 text, and a mapping to null
+    (YAML's definition)."""
     data = parse_yaml("checkpoint: {when: 2001-12-14, at: 2001-12-14 21:59:43.10, blob: !!binary aGVs\n  bG8=,"
                       " tags: !!set {a, b}}\nz: &z {a: 1}\ny: *z\n", "config file c.yaml")
     assert data["checkpoint"] == {"when": "2001-12-14", "at": "2001-12-14T21:59:43.100000", "blob": "aGVsbG8=",
@@ -222,7 +225,7 @@ def test_yaml_reader_is_the_only_one(tmp_path):
     assert time.perf_counter() - t0 < 2
 
 
-# --------------------------------------------------------------------------- RC3, RC4: config values
+# --------------------------------------------------------------------------- config values
 def resolve_text(tmp_path: Path, text: str):
     p = tmp_path / "c.yaml"
     p.write_text(text)
@@ -258,9 +261,10 @@ def resolve_text(tmp_path: Path, text: str):
     ("model: 5", "config key model must be a mapping"),
 ])
 def test_config_values_are_checked(tmp_path, text, fragment):
-    """Was: NaN passed every range check (exit 1 after the run started), betas >= 1, string
-    weights, mask scales out of (0, 1], huge seeds, non-text workloads and 'no' as a boolean were
-    accepted, embed_dim was silently replaced."""
+    """Every config value is checked for type and range when the file is read, before a run
+    starts: NaN and inf, betas >= 1, string weights, mask scales out of (0, 1], negative or huge
+    seeds, non-text workloads, 'no' as a boolean and an embed_dim that does not match the encoder
+    each get one sentence naming the key."""
     with pytest.raises(UserError, match=None) as exc:
         resolve_text(tmp_path, text)
     assert fragment in str(exc.value)
@@ -281,9 +285,10 @@ def test_valid_configs_still_resolve(tmp_path):
     assert rc.values["seed"] == 2**32 - 1
 
 
-# --------------------------------------------------------------------------- RC5: overrides before use
+# --------------------------------------------------------------------------- overrides before use
 def test_a_huge_hierarchy_override_is_refused_before_building_weights():
-    """Was: ``--hierarchies 99999999999999999999`` built a list of that many weights (a hang)."""
+    """``--hierarchies 99999999999999999999`` is refused by its range within 2 s, before a list of
+    that many weights is built."""
     t0 = time.perf_counter()
     with deadline(5), pytest.raises(UserError, match=r"model.num_hierarchies = 100000000000000000000 is out of range"):
         resolve_config(None, {"model.num_hierarchies": 10**20})
@@ -292,7 +297,7 @@ def test_a_huge_hierarchy_override_is_refused_before_building_weights():
     assert time.perf_counter() - t0 < 2
 
 
-# --------------------------------------------------------------------------- RC6: sweep grids
+# --------------------------------------------------------------------------- sweep grids
 @pytest.mark.parametrize("grid,fragment", [
     ("devices: [[1]]", "devices must be a non-empty list of names"),
     ("models: [[1]]", "model.encoder_type must be text"),
@@ -313,8 +318,9 @@ def test_a_huge_hierarchy_override_is_refused_before_building_weights():
     ("workload: nope\nbatch_sizes: [2]\nimg_sizes: [32]\noptions: [none]", "unknown workload 'nope'"),
 ])
 def test_grid_files_are_typed_on_read(capsys, tmp_path, no_work, grid, fragment):
-    """Was: TypeError/ValueError tracebacks (devices [[1]], models [[1]], config: 5, batch_sizes [a, 1],
-    timeout_s 'no', probes 0, options -1, options_file [x]) or a sweep that started on nonsense."""
+    """A grid file's values are typed when it is read: devices [[1]], models [[1]], config: 5,
+    batch_sizes [a, 1], timeout_s 'no', probes 0, options -1, options_file [x] and the rest each get
+    one sentence and exit 2, never a traceback, and no sweep starts."""
     g = tmp_path / "g.yaml"
     g.write_text(grid + "\n")
     res = cli(capsys, "sweep", "--grid", g, "--device", "cpu", "--out", tmp_path / "sw", "-q")
@@ -336,13 +342,14 @@ def test_grid_files_are_typed_on_read(capsys, tmp_path, no_work, grid, fragment)
     (["--encoder-depth", "655891"], "model.encoder_depth = 655891 is out of range"),
 ])
 def test_invalid_grid_values_are_usage_errors_not_unsupported(capsys, tmp_path, no_work, flags, fragment):
-    """Was: recorded as "unsupported" points and exit 0 (or the sweep went on with the rest)."""
+    """An invalid grid value given as a flag is a usage error (one sentence, exit 2) before the sweep
+    starts, never an "unsupported" point recorded while the sweep goes on with the rest."""
     res = cli(capsys, "sweep", "--device", "cpu", "--options", "A", *flags, "--out", tmp_path / "sw", "-q")
     one_error(res, fragment)
     assert not (tmp_path / "sw").exists()
 
 
-# --------------------------------------------------------------------------- RC11: output paths
+# --------------------------------------------------------------------------- output paths
 @pytest.fixture
 def places(tmp_path, monkeypatch):
     """A regular file ``reg``, a folder ``adir``, the golden inputs, and the cwd in tmp_path."""
@@ -372,8 +379,9 @@ def places(tmp_path, monkeypatch):
     (["sweep", "--device", "cpu", "--out", "reg"], "--out reg is a file, not a folder"),
 ])
 def test_output_paths_are_checked_before_the_work(capsys, places, no_work, args, fragment):
-    """Was: FileExistsError/IsADirectoryError/NotADirectoryError when writing, often after the whole
-    run (the record of ``run --json`` was lost), or a sweep that failed at its first append."""
+    """An output path that cannot be written (under a regular file, a folder where a file goes, a
+    file where a folder goes) gets one sentence and exit 2 before the work starts, so no run ends
+    without its ``--json`` record and no sweep fails at its first append."""
     one_error(cli(capsys, *args), fragment)
 
 
@@ -394,7 +402,7 @@ def test_output_path_accepts_new_and_existing_targets(tmp_path):
     assert not (tmp_path / "a").exists()  # checked, not created
 
 
-# --------------------------------------------------------------------------- RC12: flags
+# --------------------------------------------------------------------------- flags
 @pytest.mark.parametrize("args,fragment", [
     (["report", "res", "--budget-hours", "nan"], "argument --budget-hours: 'nan' is not a finite number"),
     (["run", "--max-time", "nan"], "argument --max-time: bench.max_time_s must be a finite number, not nan"),
@@ -413,9 +421,9 @@ def test_output_path_accepts_new_and_existing_targets(tmp_path):
     (["analyze", "--log", "train.log", "--dataset-size", "0"], "argument --dataset-size: 0 is out of range"),
 ])
 def test_numeric_flags_are_finite_and_bounded(capsys, places, no_work, args, fragment):
-    """Was: NaN/inf accepted (the run or sweep started, or exit 0 with a meaningless report),
-    ``validate --epochs 0`` ran the config's epochs, huge worker counts and seeds started the work
-    or crashed in torch.manual_seed, and analyze ignored invalid flags the log overrides."""
+    """Numeric flags are finite and in range before any work starts: NaN/inf, ``validate --epochs
+    0``, huge worker counts and seeds beyond 32 bits each get one sentence and exit 2, and analyze
+    checks its flags even where the log overrides them."""
     one_error(cli(capsys, *args), fragment)
 
 
@@ -429,9 +437,9 @@ def test_analyze_says_which_flags_the_log_overrides(capsys, places):
     assert not any("--model" in w for w in warnings)  # vit_tiny is the log's encoder
 
 
-# --------------------------------------------------------------------------- RC16: a run that fails
+# --------------------------------------------------------------------------- a run that fails
 def test_a_failed_run_says_why_on_stderr_even_with_q(capsys, tmp_path, monkeypatch):
-    """Was: ``run -q`` ended with exit 1 and printed nothing at all."""
+    """A failed ``run -q`` exits 1 with one line on stderr: the status and why."""
     monkeypatch.setenv("HJEPA_BENCH_TEST_FAULTS", json.dumps({"4": "nan"}))
     res = cli(capsys, "-p", "fault_plugin", "run", "--device", "cpu", "--workload", "hjepa_faults",
               "--config", QUICK_VAL, *TINY_FLAGS, "--probes", "none", "-q")

@@ -1,4 +1,4 @@
-"""Issue 12: bad input in the files the report side reads gets one sentence (exit 2) or, for a
+"""Bad input in the files the report side reads gets one sentence (exit 2) or, for a
 bad line of results.jsonl in a report, a warning that names the line; never a traceback.
 
 Records are the hand-made ones of ``records_factory`` written as real results files; every
@@ -98,8 +98,9 @@ def test_loads_refuses_what_json_loads_lets_through(text, message):
 
 # --------------------------------------------------------------------------- report: a bad line is skipped
 def test_report_skips_bad_lines_with_a_warning_naming_each(tmp_path, capsys):
-    """Issue 12 (RC9): `"probes": {"loss": 5}` crashed the report (AttributeError in the criteria),
-    a NaN literal or an inf median was used, and a cut-off last line was dropped without a word."""
+    """A results line that is not a valid record (`"probes": {"loss": 5}`, a NaN literal, a cut-off
+    last line) is skipped with a warning naming its line, on stderr and in the report; the valid
+    records are reported."""
     good, other, with_nan, cut = (json.dumps(r) for r in _records(3) + _records(1))
     bad_probe = json.dumps({**json.loads(other), "probes": {"loss": 5}})
     with_nan = with_nan.replace('"it_per_s": 2.64', '"it_per_s": NaN', 1)
@@ -136,8 +137,8 @@ def test_report_with_no_valid_record_is_one_error_after_the_warnings(tmp_path, c
 
 # --------------------------------------------------------------------------- resume: a bad line is an error
 def test_resume_refuses_a_bad_record_naming_its_line(tmp_path, capsys):
-    """Issue 12 (RC9): a resumed sweep accepted records of the wrong types and started running;
-    a record with a `sweep.group` of 5 crashed it (TypeError: tuple(5))."""
+    """A resumed sweep whose results file holds a record of the wrong types (a `sweep.group` of 5)
+    gets one sentence naming the line, exit 2, and the file is left as it was."""
     recs = _records(2)
     recs[1]["status"], recs[1]["sweep"] = "oom", {"key": "k", "group": 5, "batch_size": 32}
     folder = _results(tmp_path / "sw", [json.dumps(r) for r in recs])
@@ -150,11 +151,11 @@ def test_resume_refuses_a_bad_record_naming_its_line(tmp_path, capsys):
     assert read_results(folder / "results.jsonl").skipped[0].line == 2
 
 
-# --------------------------------------------------------------------------- S4: the backend names a file
+# --------------------------------------------------------------------------- the backend names a file
 def test_a_backend_name_from_a_record_cannot_write_outside_the_report(tmp_path, capsys):
-    """Issue 12 (S4): configs/option_{name}_{machine}.yaml took machine from env.backend, so a record
-    with backend "x/../../../../F" for an option measured on two machines wrote F.yaml outside the
-    report folder (once the folder it passes through existed)."""
+    """A record with backend "x/../../../../F" (an option measured on two machines names its config
+    configs/option_{name}_{machine}.yaml) is skipped as not valid, and nothing is written outside the
+    report folder, even when the folder the path passes through exists."""
     mine = make_record(option_values("A"), it_per_s=3.0, fingerprint="m1")
     theirs = make_record(option_values("A"), it_per_s=3.0, fingerprint="m2", backend="x/../../../../F")
     folder = _results(tmp_path / "a" / "b" / "res", [json.dumps(mine), json.dumps(theirs)])
@@ -211,8 +212,9 @@ OPTION = {"name": "T", "title": "Tiny", "hours": [0, 1000], "priority": 7, "expe
     ("model", {"predictor": 5}, "config key model.predictor must be a mapping, not 5"),
 ])
 def test_every_option_field_is_checked_when_the_file_is_read(tmp_path, capsys, field, value, needle):
-    """Issue 12 (RC7): int()/float()/str() casts crashed (priority abc, .inf, null; choose_if: 5;
-    checkpoint: 5 or NaN) or accepted nonsense (priority 1.5 truncated; hours [5, 1] recommended)."""
+    """Every field of an options file is typed when it is read (priority abc, .inf, null or 1.5;
+    choose_if: 5; checkpoint: 5 or NaN; hours [5, 1]): one sentence naming the option, and no
+    report is written."""
     import yaml
 
     folder = _results(tmp_path / "res", [json.dumps(r) for r in _records(1)])
@@ -249,7 +251,7 @@ def test_an_option_may_start_from_a_preset_by_name(tmp_path):
 
 
 def test_options_are_resolved_once_when_loaded(tmp_path, monkeypatch):
-    """Issue 13's leftover: each option's config is resolved when the file is read, never again."""
+    """Each option's config is resolved when the file is read, never again."""
     import yaml
 
     from hjepa_bench import options as options_module
@@ -282,9 +284,9 @@ def test_options_are_resolved_once_when_loaded(tmp_path, monkeypatch):
     ("min_loss_decrease_pct: true", "must be a number in [0, 100], not True"),
 ])
 def test_every_threshold_is_finite_and_in_its_domain(tmp_path, capsys, text, needle):
-    """Issue 12 (RC8): expected_it_per_s: 0 crashed the report (ZeroDivisionError), a NaN margin
-    crashed the memory fit, dataset_size: .inf crashed on int(inf); val_every_epochs: 0,
-    confidence: 1.5 and a NaN minimum speed gave a meaningless report."""
+    """Every threshold is checked against its domain when the file is read (expected_it_per_s: 0, a
+    NaN margin, dataset_size: .inf, val_every_epochs: 0, confidence: 1.5, a NaN minimum speed):
+    one sentence naming the threshold and the file, exit 2."""
     th = tmp_path / "th.yaml"
     th.write_text(text + "\n")
     folder = _results(tmp_path / "res", [json.dumps(r) for r in _records(1)])
@@ -314,8 +316,8 @@ def _bench(median: float = 0.25) -> dict:
     (lambda d: d.update(benchmarks={}), "no 'benchmarks' list"),
 ])
 def test_benchmark_json_is_checked_when_read(tmp_path, capsys, change, needle):
-    """Issue 12 (RC10): {"benchmarks": [5]} -> AttributeError, a median "x" -> ValueError, stats: 5
-    -> TypeError, machine_info.hjepa_bench: 5 -> AttributeError; a median of -1 gave -1000 ms."""
+    """A pytest-benchmark JSON file is typed when it is read ({"benchmarks": [5]}, a median "x" or
+    -1, stats: 5, machine_info.hjepa_bench: 5): one sentence naming the file and the field."""
     data = _bench()
     change(data)
     path = tmp_path / "now.json"
@@ -355,8 +357,8 @@ def test_a_zero_baseline_median_is_one_sentence_not_a_division_by_zero(tmp_path,
     lambda text: text.replace("loss=0.4311", "loss=1e400"),  # a non-finite loss: diverged, no rise measured
 ])
 def test_analyze_degenerate_logs_say_not_measured(tmp_path, capsys, mutate):
-    """Issue 12 (RC13): a log whose bars all show 00:00 crashed log_facts (a None speed formatted
-    with :.2f), and an infinite loss crashed lr_advice (a None rise formatted with :+.1f)."""
+    """A log whose bars all show 00:00 (no speed) or whose loss is infinite (no rise measured) is
+    analysed to the end: exit 0, no traceback, and a report with its success criteria."""
     text = mutate(build_log())
     assert text != build_log()
     log = tmp_path / "train.log"

@@ -106,8 +106,7 @@ def test_inspect_reports_exact_counts_and_flops(cli):
 
 @pytest.mark.slow
 def test_run_a_preset_by_name_from_any_folder(cli, tmp_path):
-    """Was: the README's example named an upstream file beside the checkout; now --config takes the
-    name of a built-in preset, wherever the command runs."""
+    """--config takes the name of a built-in preset, wherever the command runs."""
     out = tmp_path / "r.json"
     res = cli("run", "--device", "cpu", "--config", "quick_val", *TINY_FLAGS, "--json", str(out), "-q", cwd=tmp_path)
     assert res.returncode == 0, res.stderr

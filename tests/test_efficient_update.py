@@ -1,4 +1,4 @@
-"""The efficient step's AdamW update is one fused pass per tensor (issue 11, item 14).
+"""The efficient step's AdamW update is one fused pass per tensor.
 
 On a loaded CPU every thread fork/join of an ATen op can wait a scheduler slice,
 so step time follows how many per-tensor passes a step makes more than its FLOPs.

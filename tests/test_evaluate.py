@@ -197,8 +197,8 @@ def test_config_from_checkpoint_precedence(tmp_path):
     ({"data": {"image_size": "32"}}, "data.image_size must be a whole number"),
 ])
 def test_an_embedded_config_that_does_not_validate_is_one_sentence(tmp_path, capsys, config, needle):
-    """Issue 12 (RC14): the checkpoint's config was merged over the defaults unchecked ({model: 5}
-    -> TypeError in config.get); now it is checked like a config file, and the error says so."""
+    """The config saved in a checkpoint is checked like a config file before it is merged over the
+    defaults: {model: 5} and the like get one sentence that names the checkpoint and --config."""
     from hjepa_bench.cli import main
 
     _, model = _model(0)
@@ -215,8 +215,8 @@ def test_an_embedded_config_that_does_not_validate_is_one_sentence(tmp_path, cap
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_weights_are_refused(tmp_path, capsys, value):
-    """Issue 12 (RC14): a checkpoint from a diverged run (NaN/inf weights) was evaluated as if
-    nothing were wrong; now it is one sentence naming the tensor."""
+    """A checkpoint from a diverged run (NaN/inf weights) is not evaluated: one sentence names the
+    tensor, exit 2."""
     from hjepa_bench.cli import main
 
     values, model = _model(0)

@@ -1,6 +1,7 @@
 """The executor hook: a plugin executor drives a sweep while the sweep keeps the books (results file,
-statuses, skip-after-OOM, resume); result keys of local runs are what they always were; two nodes of
-one fingerprint stay two machines in the analysis; the CLI's executor flags are checked."""
+statuses, skip-after-OOM, resume); a local run's result key hashes its config and fingerprint alone,
+a node's adds the node; two nodes of one fingerprint stay two machines in the analysis; the CLI's
+executor flags are checked."""
 from __future__ import annotations
 
 import hashlib
@@ -96,11 +97,11 @@ def test_a_plugin_executor_drives_the_sweep_and_the_sweep_keeps_the_books(tmp_pa
     assert len(read_results(tmp_path / "results.jsonl").records) == 4
 
 
-def test_local_result_keys_are_what_they_always_were():
+def test_a_local_result_key_hashes_config_and_fingerprint_alone_and_a_node_changes_it():
     identity = {"values": {"data": {"batch_size": 4}}, "unsupported": None, "overrides": {"data.batch_size": 4}}
     env = {"fingerprint_id": "abc123", "hostname_hash": "h"}
     before = hashlib.sha256(json.dumps({"config": identity, "env": "abc123"}, sort_keys=True,
-                                       default=str).encode()).hexdigest()[:20]  # the key before executors existed
+                                       default=str).encode()).hexdigest()[:20]  # config and fingerprint, no node
     assert config_key(identity, env) == before
     assert config_key(identity, env, node="a") not in (before, config_key(identity, env, node="b"))
 

@@ -1,8 +1,8 @@
-"""The holes an independent check found, each closed with one sentence and a non-zero exit (or an
-isolated failure), on real runs: a Ray address where something else listens, an output path that
-only looks writable, a missing CIFAR-10 folder on a sweep, null in a grid list, a bad config value
-a flag overrides, an out-of-range rendezvous port, a plugin calling sys.exit, more DDP ranks than
-cores, and a pickle checkpoint."""
+"""Edge cases that each get one sentence and a non-zero exit (or an isolated failure), on real runs: a
+Ray address where something else listens, an output path that only looks writable, a missing
+CIFAR-10 folder on a sweep, null in a grid list, a bad config value a flag overrides, an
+out-of-range rendezvous port, a plugin calling sys.exit, more DDP ranks than cores, and a pickle
+checkpoint."""
 from __future__ import annotations
 
 import importlib.util
@@ -72,7 +72,7 @@ def test_a_ray_address_where_something_else_listens_fails_in_seconds_with_one_se
     finally:
         server.close()
     _one_sentence(res, f"127.0.0.1:{server.port}", "not a Ray head")
-    assert took < 90  # (it hung until killed before: ray.init has no deadline once TCP connects)
+    assert took < 90  # (ray.init has no deadline of its own once TCP connects)
     _one_sentence(run_cli("sweep", "--executor", "ray", "--address", "", "--options", "none",
                           "--out", str(tmp_path / "e"), timeout=120), "--address is empty")
 
@@ -89,7 +89,7 @@ def test_a_sweep_checks_its_data_path_before_the_first_child(tmp_path):
     out = tmp_path / "s"
     _one_sentence(run_cli("sweep", "--device", "cpu", "--data", "cifar10", "--data-path", str(tmp_path / "nope"),
                           "--options", "none", "--out", str(out)), "CIFAR-10 data not found")
-    assert not (out / "results.jsonl").exists()  # (every config was recorded "error", exit 0, before)
+    assert not (out / "results.jsonl").exists()  # refused before the first child: no config recorded as "error"
 
 
 def test_null_in_a_grid_list_measures_the_config_once():

@@ -155,8 +155,8 @@ def test_duplicate_names_and_wrong_types_are_errors():
 
 
 def test_a_plugin_that_registers_the_wrong_type_is_disabled_alone(capsys):
-    """Issue 12: registering something that is not the hook's type used to be an error for every
-    command that collected that kind; now the plugin is disabled with one warning, the rest loads."""
+    """A plugin that registers something that is not the hook's type is disabled with one warning;
+    the rest loads and every command that collects that kind still works."""
     @hookimpl
     def hjepa_bench_register_probes(register):
         register("not a probe")
@@ -185,7 +185,7 @@ def test_disable_a_plugin_by_name():
 
 
 BROKEN_PLUGIN = textwrap.dedent('''
-    """A plugin that breaks every contract it can: issue 12 (RC15) isolates each failure."""
+    """A plugin that breaks every contract it can: each failure is isolated."""
     from hjepa_bench import Probe, ReportSection, hookimpl
 
 
@@ -256,8 +256,8 @@ def _write_module(folder, name, source):
 
 @pytest.mark.slow
 def test_a_raising_register_hook_disables_that_plugin_and_every_command_still_works(cli, tmp_path):
-    """Issue 12 (RC15): a register hook that raised broke every command (RuntimeError at the
-    manager's collect); now the plugin is disabled with one warning line and listed as such."""
+    """A register hook that raises disables its plugin with one warning line, and ``plugins`` lists
+    it as disabled; every command still works."""
     env = _write_module(tmp_path / "mods", "raising_plugin", RAISING_PLUGIN)
     res = cli("-p", "raising_plugin", "devices", env=env)
     assert res.returncode == 0, res.stderr
@@ -277,10 +277,9 @@ def test_a_raising_register_hook_disables_that_plugin_and_every_command_still_wo
 
 @pytest.mark.slow
 def test_broken_probes_and_sections_never_lose_the_record_or_the_report(cli, tmp_path):
-    """Issue 12 (RC15): a probe whose finish() returned a list or data JSON cannot hold lost the
-    whole record (TypeError when it was built or written), and a report section whose render()
-    raised broke ``run --report`` and ``report``.  Now each failure is recorded against that
-    probe or section and the rest is kept."""
+    """A probe whose finish() returns a list, data JSON cannot hold or a field of the wrong type, and
+    a report section whose render() raises: each failure is recorded against that probe or section,
+    and the record (``run --json``) and the reports (``run --report``, ``report``) keep the rest."""
     env = _write_module(tmp_path / "mods", "broken_plugin", BROKEN_PLUGIN)
     rec, md = tmp_path / "rec.json", tmp_path / "run.md"
     res = cli("-p", "broken_plugin", "-p", "no:loss", "run", "--device", "cpu", *TINY_FLAGS,

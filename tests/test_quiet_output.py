@@ -49,8 +49,9 @@ def test_verbose_shows_the_library_output_in_full(tmp_path):
 
 
 def test_output_files_get_the_same_mode(tmp_path):
-    """A JSON record (atomic writer, mkstemp: 0600 before) and a markdown report get the mode every new
-    file gets under the umask, in this process and in a child run with another umask."""
+    """A JSON record (an atomic writer, though mkstemp's own mode is 0600) and a markdown report get
+    the mode every new file gets under the umask, in this process and in a child run with another
+    umask."""
     write_json({"a": 1}, tmp_path / "x.json")
     (tmp_path / "x.md").write_text("x\n")
     modes = {stat.S_IMODE(os.stat(tmp_path / n).st_mode) for n in ("x.json", "x.md")}

@@ -44,8 +44,8 @@ def read(path: Path) -> str:
 
 
 def test_nothing_names_a_path_outside_the_repository():
-    """Was: tests/helpers.py read a folder beside the checkout, the README's examples passed
-    --config files from there, and docstrings cited design notes that are not in the repository."""
+    """No tracked text file (tests/helpers.py, the README's examples, docstrings) reads or names a
+    folder beside the checkout or a design note that is not in the repository."""
     files = [p for p in tracked_files() if p.suffix in TEXT_SUFFIXES and p.is_file()]
     assert any(p.name == "README.md" for p in files) and any(p.name == "helpers.py" for p in files)
     found = [hit for p in files for hit in outside_references(str(p.relative_to(REPO)), read(p))]

@@ -223,7 +223,8 @@ def test_grid_file(tmp_path):
 
 def test_an_out_of_memory_the_device_prints_but_does_not_raise_is_oom(tmp_path):
     """MPS prints a command buffer that Metal aborted for lack of memory and raises nothing: the child
-    then dies (read "crashed" before) or measures on.  The sweep reads the child's stderr and says so."""
+    then dies or measures on.  The sweep reads the child's stderr: both are "oom" (not "crashed", not
+    "ok"), and the error says so."""
     out = tmp_path / "printed"
     faults = json.dumps({"3": "printed_oom_crash", "4": "printed_oom_continue"})
     res = sweep("-p", "fault_plugin", "sweep", *TINY_SWEEP, "--device", "fakemps", "--workload", "hjepa_faults",

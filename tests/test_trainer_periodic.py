@@ -178,7 +178,8 @@ def test_collapse_metrics_are_upstream_s():
 
 
 def test_validation_option_projects_the_run_it_ran(logged):
-    """#19 item 13: V was projected for 50,000 images; it is the run that ran."""
+    """Option V is projected for the run that ran (its own train set size and steps per epoch),
+    not for a default data set size."""
     result, _ = logged
     rec = validation_record(result, environment_fingerprint(build_plugins().backends()["cpu"]))
     v = dict(result["config"])

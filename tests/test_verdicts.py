@@ -1,4 +1,4 @@
-"""Issue 11: every verdict judged on data that supports it, on records of real tiny runs.
+"""Every verdict is judged on data that supports it, on records of real tiny runs.
 
 The records come from real runs of the H-JEPA step on the CPU (64 px, a 2-block ViT-Tiny), in
 this process, with the real probes; the RSS trace that plateaus is a recorded real run
@@ -505,8 +505,9 @@ def test_loss_table_does_not_repeat_the_lr_trigger_its_advice_already_says():
 
 
 def test_speed_variance_names_the_drift_the_stability_section_flags():
-    """The example report's stability table said "unstable" (a slow-down, p 0.001) for the record whose
-    "Speed variance < 20%" passed on its CV alone, with no word of it: the evidence now names the drift."""
+    """A record whose step times drift (the stability section says "unstable": a significant
+    slow-down) but whose CV is low passes "Speed variance < 20%" on its CV, and the evidence names
+    the drift and the stability section."""
     from hjepa_bench.analysis.stability import analyze_stability
     from records_factory import make_record, quick_val_values
 

@@ -1,8 +1,8 @@
 """Hypothesis strategies for the fuzz suite: each draws one :class:`harness.Case`, labelled
 valid or invalid *by construction*.
 
-The labels follow the documented contract (docs/configuration.md, docs/commands.md) and the
-contract issue 12 asks for, not what the code does today: NaN and infinity are never a
+The labels follow the documented contract (docs/configuration.md, docs/commands.md) for
+bad input, not what the code does: NaN and infinity are never a
 valid number, a value of the wrong type is never valid, a file that is not a regular
 text file is never a valid input file, an output path under a regular file is never
 valid.  Where the contract is not clear (a negative seed, an option title that is a
@@ -459,7 +459,7 @@ STRUCTURAL: list[tuple[str, str | bytes, bool, bool]] = [
     ("unterminated flow", TINY_YAML + "zzz: [1, 2\n", False, False),
 ]
 #: values that YAML can hold but JSON cannot, in a section kept in the record (checkpoint:);
-#: valid input (the issue: convert to plain JSON types on load), so the run must still write
+#: valid input (converted to plain JSON types on load), so the run must still write
 #: its record: these cases really run (1 step of the tiny config)
 RECORD_BREAKERS = [
     ("timestamp in checkpoint:", TINY_YAML + "checkpoint: {when: 2001-12-14}\n"),

@@ -1,4 +1,4 @@
-"""The fuzz harness (issue 12): run the CLI in-process on generated input and judge the outcome.
+"""The fuzz harness: run the CLI in-process on generated input and judge the outcome.
 
 Everything goes through ``hjepa_bench.cli.main(argv)`` and through files on disk.  The
 few internal names this suite needs are all in the block just below, so a move of
@@ -480,7 +480,7 @@ def _has_fifo(case: Case) -> bool:
 
 class _Recorder:
     """Every case's outcome, written as JSON lines when HJEPA_FUZZ_RECORD names a file
-    (used to build a catalog of findings by root cause)."""
+    (to sort the findings by their cause)."""
 
     def __init__(self) -> None:
         self.path = os.environ.get("HJEPA_FUZZ_RECORD")

@@ -1,4 +1,4 @@
-"""Issue 12: bad input never crashes, hangs or runs code.  Generated input for every reader
+"""Bad input never crashes, hangs or runs code.  Generated input for every reader
 of the CLI, run in-process (see harness.py for the oracle and the sentinel trick).
 
 Each test runs all its cases (hypothesis generates them deterministically: derandomize,
@@ -22,7 +22,7 @@ SETTINGS = dict(derandomize=True, database=None, deadline=None, print_blob=False
 #: generated cases per target (plus the enumerated ones)
 EXAMPLES = {"config": 150, "flags": 180, "logs": 80, "results": 130, "checkpoints": 60, "options": 80,
             "thresholds": 80, "grids": 90, "benchjson": 80}
-#: the kinds of input the issue names: together they must get at least 1,000 cases
+#: the kinds of input the CLI reads: together they must get at least 1,000 cases
 NAMED_KINDS = ("config", "flags", "logs", "results", "checkpoints", "options", "thresholds", "grids", "benchjson")
 #: HJEPA_FUZZ_SCALE=0.1 runs a tenth of the generated cases (for a quick look)
 SCALE = float(os.environ.get("HJEPA_FUZZ_SCALE", "1"))

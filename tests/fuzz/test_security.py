@@ -1,4 +1,4 @@
-"""Issue 12, security first: plant a payload and prove it does not run.
+"""Security: plant a payload and prove it does not run.
 
 Each payload creates a marker file when it is unpickled.  A control step first shows the
 payload is live (plain unpickling creates the marker); then the CLI must refuse the input
