@@ -16,9 +16,9 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Mapping as MappingABC
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, MappingABC) and len(obj) > 0 and all(
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
@@ -133,8 +133,8 @@ def _wrapped_state_dict(obj: Mapping[str, Any], p: Path, meta: dict[str, Any]) -
     if extra:
         meta["extra"] = extra
     if not _is_state_dict(sd):
-        what = "empty" if isinstance(sd, MappingABC) and not sd else (
-            "not a mapping of names to tensors" if not isinstance(sd, MappingABC) else
+        what = "empty" if isinstance(sd, Mapping) and not sd else (
+            "not a mapping of names to tensors" if not isinstance(sd, Mapping) else
             "a mapping that holds values other than tensors")
         raise UserError(f"checkpoint {p} has a model_state_dict that is {what}.")
     return sd
@@ -143,13 +143,13 @@ def _wrapped_state_dict(obj: Mapping[str, Any], p: Path, meta: dict[str, Any]) -
 def _model_state_dict(obj: Any, p: Path, meta: dict[str, Any]) -> Any:
     """The model's state dict in what ``torch.load`` returned (a dict with ``model_state_dict``, or a
     bare state dict); ``meta`` learns the format."""
-    if isinstance(obj, MappingABC) and "model_state_dict" in obj:
+    if isinstance(obj, Mapping) and "model_state_dict" in obj:
         return _wrapped_state_dict(obj, p, meta)
     if _is_state_dict(obj):
         meta["format"] = "bare state dict"
         meta["top_level_keys"] = []
         return obj
-    if isinstance(obj, MappingABC):
+    if isinstance(obj, Mapping):
         keys = ", ".join(str(k) for k in list(obj.keys())[:8]) or "none"
         raise UserError(f"checkpoint {p} has no model_state_dict and is not a state dict of tensors "
                         f"(top-level keys: {keys}).")
@@ -197,4 +197,4 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return _finite_unwrapped(sd, p, notes), meta
 
 
-__all__ = ["checkpoint_state", "save_checkpoint", "load_state_dict"]
+__all__ = ["checkpoint_state", "load_state_dict", "save_checkpoint"]

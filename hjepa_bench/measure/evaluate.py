@@ -485,7 +485,8 @@ def _model_entry(loaded: _Loaded, image_size: int, n_patches: int, seed: int) ->
     """The result's ``model``: what was built and evaluated."""
     m, model = loaded.values["model"], loaded.model
     return {
-        "encoder_type": m["encoder_type"], "embed_dim": model.embed_dim, "encoder_depth": int(m.get("encoder_depth", 12)),
+        "encoder_type": m["encoder_type"], "embed_dim": model.embed_dim,
+        "encoder_depth": int(m.get("encoder_depth", 12)),
         "image_size": image_size, "num_patches": n_patches, "num_hierarchies": int(m["num_hierarchies"]),
         "predictor_depth": int(m["predictor"]["depth"]), "params": model.param_counts(),
         "evaluated_encoder": "target_encoder (EMA)", "random_init_seed": seed,

@@ -112,10 +112,13 @@ def _recommendation(analysis: Mapping[str, Any]) -> list[str]:
 
 def _matrix_verdict(r: Mapping[str, Any], decision: Mapping[str, Any]) -> str:
     """The matrix's verdict cell of a measured, ok row."""
-    verdict = ("projection only" if not r.get("candidate", True) else "**recommended**" if any(d["recommended"] == r["option"] and d["machine"] == r["machine"]
-                                        and d.get("world_size") == r.get("world_size")
-                                        for d in decision["per_machine"]) else
-               "fits" if r["eligible"] and r["fits"] else "does not fit" if r["eligible"] else "not eligible")
+    if not r.get("candidate", True):
+        verdict = "projection only"
+    elif any(d["recommended"] == r["option"] and d["machine"] == r["machine"]
+             and d.get("world_size") == r.get("world_size") for d in decision["per_machine"]):
+        verdict = "**recommended**"
+    else:
+        verdict = "fits" if r["eligible"] and r["fits"] else "does not fit" if r["eligible"] else "not eligible"
     if r.get("few_steps"):
         verdict += f" (warning: {r['few_steps']})"
     return verdict
