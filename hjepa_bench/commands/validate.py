@@ -46,7 +46,8 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..analysis.selfcheck import self_check_lines
     from ..analysis.verdicts import rejudge_record
     from ..measure.env import environment_fingerprint
-    from ..measure.validation_run import ValidationSettings, run_validation, validation_facts, validation_record
+    from ..measure.validation_record import validation_facts, validation_record
+    from ..measure.validation_run import ValidationSettings, run_validation
     from ..options import config_option
     from ..plugin.manager import select_backend
     from ..report.markdown import write_report
