@@ -162,7 +162,7 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
     executor = plugins.executor(args.executor)
     options = _executor_options(args, executor)
-    settings = report_settings(args, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
+    settings = report_settings(args, plugins, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
     _fill_folder_sizes(spec)
     selected_options(spec)
     if args.resume and not (out / "results.jsonl").exists():
