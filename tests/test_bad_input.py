@@ -143,7 +143,7 @@ def test_every_reader_refuses_a_fifo_and_a_huge_file(capsys, tmp_path, monkeypat
 
 
 def test_a_checkpoint_fifo_is_refused_before_torch_load(tmp_path):
-    from hjepa_bench.measure.evaluate import load_state_dict
+    from hjepa_bench.hjepa.checkpoint import load_state_dict
 
     with deadline(5), pytest.raises(UserError, match="checkpoint .* not a regular file"):
         load_state_dict(special(tmp_path, "fifo"))

@@ -1,6 +1,6 @@
-"""``hjepa_bench.measure.evaluate``: checkpoint loading (and its one-sentence errors), the
-per-level features, the kNN / linear probes on hand-made data with known answers, and
-an end-to-end evaluation of a tiny real checkpoint (64 px, encoder depth 2) on the CPU."""
+"""``hjepa_bench.measure.evaluate``: checkpoint loading (``hjepa_bench.hjepa.checkpoint``, and its
+one-sentence errors), the per-level features, the kNN / linear probes on hand-made data with known
+answers, and an end-to-end evaluation of a tiny real checkpoint (64 px, encoder depth 2) on the CPU."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,9 @@ from hjepa_bench.config import resolve_config
 from hjepa_bench.errors import UserError
 from hjepa_bench.analysis.evaluation import knn_accuracy, knn_predict, linear_probe_accuracy
 from hjepa_bench.hjepa.training import level_features
-from hjepa_bench.measure.evaluate import (config_from_checkpoint, evaluate_checkpoint, infer_architecture, load_model,
-                                          load_state_dict)
+from hjepa_bench.hjepa.checkpoint import load_state_dict
+from hjepa_bench.measure.evaluate import (EvalSettings, config_from_checkpoint, evaluate_checkpoint, infer_architecture,
+                                          load_model)
 from hjepa_bench.report.run_text import render_eval_markdown
 from hjepa_bench.hjepa.model import HJEPA
 
@@ -51,8 +52,8 @@ def tiny_result(tiny_ckpt):
     messages: list[str] = []
     overrides = {"data.image_size": 64, "model.encoder_depth": 2, "model.predictor.depth": 1,
                  "model.num_hierarchies": 3}
-    result = evaluate_checkpoint(path, overrides=overrides, n_train=N_TRAIN, n_test=N_TEST, batch_size=50,
-                                 progress=messages.append)
+    result = evaluate_checkpoint(path, EvalSettings(overrides=overrides, n_train=N_TRAIN, n_test=N_TEST, batch_size=50,
+                                                    progress=messages.append))
     return result, messages
 
 
@@ -399,7 +400,7 @@ def test_random_init_is_seeded_and_the_checkpoint_is_what_is_evaluated(tmp_path)
     # a checkpoint holding exactly the seed-0 random init: trained == random_init, gain 0, ratio 1
     values, model = _model(0)
     path = _save(tmp_path / "init.pt", {"model_state_dict": model.state_dict(), "config": values})
-    result = evaluate_checkpoint(path, n_train=60, n_test=30, seed=0, batch_size=30)
+    result = evaluate_checkpoint(path, EvalSettings(n_train=60, n_test=30, seed=0, batch_size=30))
     assert result["config_source"] == "checkpoint" and result["model"]["num_hierarchies"] == 2
     for entry in result["levels"]:
         assert entry["trained"] == entry["random_init"]
@@ -409,13 +410,13 @@ def test_random_init_is_seeded_and_the_checkpoint_is_what_is_evaluated(tmp_path)
 def test_evaluate_rejects_bad_arguments(tiny_ckpt, tmp_path):
     path = tiny_ckpt[2]
     with pytest.raises(UserError, match="device"):
-        evaluate_checkpoint(path, device="no-such-device")
+        evaluate_checkpoint(path, EvalSettings(device="no-such-device"))
     with pytest.raises(UserError, match="n_train must be at least 2"):
-        evaluate_checkpoint(path, n_train=1)
+        evaluate_checkpoint(path, EvalSettings(n_train=1))
     with pytest.raises(UserError, match="CIFAR-10 data not found"):
-        evaluate_checkpoint(path, overrides={"data.image_size": 64, "model.encoder_depth": 2,
-                                             "model.predictor.depth": 1, "model.num_hierarchies": 3},
-                            data="cifar10", data_path=tmp_path / "none")
+        evaluate_checkpoint(path, EvalSettings(overrides={"data.image_size": 64, "model.encoder_depth": 2,
+                                                          "model.predictor.depth": 1, "model.num_hierarchies": 3},
+                                               data="cifar10", data_path=tmp_path / "none"))
     with pytest.raises(UserError, match="does not match the model"):
         evaluate_checkpoint(path)  # quick_val defaults: 12 blocks, 224 px
 
@@ -463,8 +464,9 @@ def test_a_comparison_that_says_nothing_says_so(tiny_result, tiny_ckpt, tmp_path
         with open(folder / name, "wb") as f:
             pickle.dump({b"labels": rng.integers(0, 10, size=n).tolist(), b"data": images}, f)
     _values, _model, path = tiny_ckpt
-    looks = evaluate_checkpoint(path, overrides={"data.image_size": 64, "model.encoder_depth": 2,
-                                                 "model.predictor.depth": 1, "model.num_hierarchies": 3},
-                                data="cifar10", data_path=folder, n_train=30, n_test=10, batch_size=10)
+    looks = evaluate_checkpoint(path, EvalSettings(overrides={"data.image_size": 64, "model.encoder_depth": 2,
+                                                              "model.predictor.depth": 1, "model.num_hierarchies": 3},
+                                                   data="cifar10", data_path=folder, n_train=30, n_test=10,
+                                                   batch_size=10))
     assert looks["data"]["train_split_size"] == 40 and looks["data"]["test_split_size"] == 10
     assert any("40 train / 10 test images, not CIFAR-10's standard 50,000 / 10,000" in c for c in looks["caveats"])

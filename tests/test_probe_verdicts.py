@@ -131,3 +131,44 @@ def test_a_verdict_names_a_real_criterion_and_status():
         FactVerdict("speed", "x", "x", PASS, "x")
     with pytest.raises(ValueError, match="unknown verdict"):
         FactVerdict("performance", "x", "x", "ok", "x")
+
+
+THERMAL_MODULE = '''
+from hjepa_bench import FactVerdict, Probe, hookimpl
+
+
+class Thermal(Probe):
+    name = "thermal"
+
+    def verdicts(self, entry, thresholds):
+        hot = entry["max_c"] > 90
+        return [FactVerdict("performance", "throttle", "No thermal throttling", "fail" if hot else "pass",
+                            f"hottest {entry['max_c']} C", entry["max_c"])]
+
+
+@hookimpl
+def hjepa_bench_register_probes(register):
+    register(Thermal())
+'''
+
+
+def test_a_probe_loaded_with_p_feeds_the_report_command(tmp_path):
+    """`hjepa-bench -p MODULE report DIR`: the report asks the probes this command loaded, so a probe
+    given with -p fails the criterion its verdict names."""
+    import json
+
+    from helpers import run_cli
+    from hjepa_bench.record import dumps
+
+    (tmp_path / "thermal_probe.py").write_text(THERMAL_MODULE)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "results.jsonl").write_text(dumps(_record(thermal={"status": "ok", "max_c": 97}), indent=None) + "\n")
+    res = run_cli("-p", "thermal_probe", "report", str(out), "--no-charts", env={"PYTHONPATH": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    perf = _criterion(json.loads((out / "report.json").read_text()), "performance")
+    assert perf["status"] == FAIL and "hottest 97 C" in json.dumps(perf), perf
+    # without -p nobody judges the entry
+    res = run_cli("report", str(out), "--no-charts")
+    assert res.returncode == 0, res.stderr
+    assert _criterion(json.loads((out / "report.json").read_text()), "performance")["status"] == PASS

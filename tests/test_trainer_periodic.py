@@ -16,7 +16,8 @@ from hjepa_bench.analysis.selfcheck import self_check
 from hjepa_bench.analysis.periodic import LoggingPlan, periodic_counts
 from hjepa_bench.hjepa.periodic import collapse_metrics
 from hjepa_bench.measure.env import environment_fingerprint
-from hjepa_bench.measure.validation_run import WARMUP_STEPS, ValidationSettings, run_validation, validation_record
+from hjepa_bench.measure.validation_record import WARMUP_STEPS, validation_record
+from hjepa_bench.measure.validation_run import ValidationSettings, run_validation
 from hjepa_bench.options import config_option
 from hjepa_bench.plugin.manager import build_plugins
 

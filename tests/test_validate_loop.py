@@ -232,7 +232,7 @@ def test_user_error_propagates(tmp_path, cpu):
 
 
 def test_the_validation_record_is_a_valid_result_record(ok_run):
-    from hjepa_bench.measure.validation_run import validation_record
+    from hjepa_bench.measure.validation_record import validation_record
     from hjepa_bench.record import validate_record
 
     result = ok_run[0]
@@ -247,7 +247,7 @@ def test_the_validation_record_carries_the_full_stability_analysis(tmp_path, cpu
     speed-variance criterion then read; not a bare CV."""
     from hjepa_bench.analysis.decision_matrix import step_cv_pct
     from hjepa_bench.analysis.stability import analyze_stability
-    from hjepa_bench.measure.validation_run import WARMUP_STEPS, validation_record
+    from hjepa_bench.measure.validation_record import WARMUP_STEPS, validation_record
     from hjepa_bench.builtin.probe_stability import StabilitySection
     from hjepa_bench.record import validate_record
 

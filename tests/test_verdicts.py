@@ -26,7 +26,8 @@ from hjepa_bench.analysis.verdicts import rejudge_record, rejudge_records
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.runner import run_benchmark
 from hjepa_bench.measure.results import validate_result
-from hjepa_bench.measure.validation_run import ValidationSettings, run_validation, validation_facts, validation_record
+from hjepa_bench.measure.validation_record import validation_facts, validation_record
+from hjepa_bench.measure.validation_run import ValidationSettings, run_validation
 from hjepa_bench.options import guide_options, load_options
 from hjepa_bench.plugin.api import Probe
 from hjepa_bench.builtin.backend_cpu import CPUBackend

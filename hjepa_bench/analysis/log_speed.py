@@ -244,34 +244,9 @@ def _loss_stats(points: list[list], smooth_window: int | None) -> dict[str, Any]
 
 
 # --------------------------------------------------------------------------- the analysis
-def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[str, Any]:
-    """Speed, warm-up, stalls, loss and validation facts of a parsed log (JSON-ready; see the rules)."""
-    warnings = list(parsed.warnings)
-    runs = _epoch_runs(parsed.train, warnings)
-    epochs: list[dict[str, Any]] = []
-    steady_all: list[_Interval] = []
-    warm_total_steps = 0
-    warm_total_s = 0.0
-    for epoch in sorted(runs):
-        entry, warm, stalls, steady = _epoch_speed(epoch, runs[epoch])
-        epochs.append(entry)
-        steady_all.extend(steady)
-        if warm:
-            warm_total_steps += entry["warmup_steps"]
-            warm_total_s += entry["warmup_s"]
-
-    tot_steps = sum(e["steps"] for e in epochs)
-    tot_s = sum(e["elapsed_s"] for e in epochs)
-    classified = [e for e in epochs if "_steady_steps" in e]
-    st_steps = sum(e.pop("_steady_steps") for e in classified)
-    st_s = sum(e.pop("_steady_s") for e in classified)
-    cv = None
-    if len(steady_all) >= MIN_INTERVALS_CV:
-        spp = [iv.seconds / iv.steps for iv in steady_all if iv.steps > 0]
-        if len(spp) >= MIN_INTERVALS_CV:
-            cv = _num(step_cv(spp))
-    # global steps: (epoch - 1) * steps_per_epoch + n (without totals: the steps of the earlier epochs)
-    spe = parsed.info.get("steps_per_epoch")
+def _step_offsets(epochs: list[dict[str, Any]], spe: int | None) -> dict[int, int]:
+    """The global step before each epoch: (epoch - 1) * steps_per_epoch (without totals: the steps of the
+    earlier epochs); every stall learns its global step."""
     offsets: dict[int, int] = {}
     acc = 0
     for e in epochs:
@@ -280,12 +255,32 @@ def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[
     for e in epochs:
         for s in e["stalls"]:
             s["global_step"] = offsets[e["epoch"]] + s["from_step"]
+    return offsets
+
+
+def _steady_cv(steady_all: list[_Interval]) -> float | None:
+    """The CV of the seconds per step over the steady intervals (enough of them)."""
+    if len(steady_all) >= MIN_INTERVALS_CV:
+        spp = [iv.seconds / iv.steps for iv in steady_all if iv.steps > 0]
+        if len(spp) >= MIN_INTERVALS_CV:
+            return _num(step_cv(spp))
+    return None
+
+
+def _overall_speed(epochs: list[dict[str, Any]], steady_all: list[_Interval], warm_total_steps: int,
+                   warm_total_s: float) -> dict[str, Any]:
+    """The whole log's speed, warm-up and stalls (the epochs' steady sums are taken out of them)."""
+    tot_steps = sum(e["steps"] for e in epochs)
+    tot_s = sum(e["elapsed_s"] for e in epochs)
+    classified = [e for e in epochs if "_steady_steps" in e]
+    st_steps = sum(e.pop("_steady_steps") for e in classified)
+    st_s = sum(e.pop("_steady_s") for e in classified)
     all_stalls = [s for e in epochs for s in e["stalls"]]
-    overall = {
+    return {
         "steps": tot_steps, "elapsed_s": tot_s,
         "it_per_s": _num(tot_steps / tot_s) if tot_s > 0 else None,
         "steady_it_per_s": _num(st_steps / st_s) if classified and st_s > 0 else None,
-        "step_time_cv": cv,
+        "step_time_cv": _steady_cv(steady_all),
         "warmup": {"steps": warm_total_steps if classified else None,
                    "seconds": warm_total_s if classified else None,
                    "epochs_with_warmup": [e["epoch"] for e in epochs if e["warmup_steps"]],
@@ -297,7 +292,9 @@ def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[
         "epochs_classified": len(classified),
     }
 
-    # loss and lr: distinct postfix emissions, at global steps
+
+def _postfix_points(runs: Mapping[int, list[BarPoint]], offsets: Mapping[int, int]) -> tuple[list[list], list[list]]:
+    """Loss and lr at global steps: the distinct postfix emissions of the training bars."""
     loss_pts: list[list] = []
     lr_pts: list[list] = []
     for epoch in sorted(runs):
@@ -311,9 +308,12 @@ def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[
                 loss_pts.append([g, _num(p.loss)])
             if p.lr is not None and _num(p.lr) is not None:
                 lr_pts.append([g, _num(p.lr)])
-    loss = _loss_stats(loss_pts, smooth_window)
+    return loss_pts, lr_pts
 
-    # validation loss per epoch
+
+def _validation_loss(parsed: ParsedLog) -> tuple[list[list], dict[str, str], list[dict[str, Any]]]:
+    """The validation loss per epoch (from the epoch summary, else the validation bar), where each came
+    from, and the validation bars."""
     val_bar: dict[int, dict] = {}
     for v in parsed.val:
         if v["epoch"] is not None:
@@ -331,16 +331,42 @@ def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[
             val_source[str(ep)] = "bar"
     val_bars = [{"epoch": ep, "steps": v["n"], "total_steps": v["total"], "elapsed_s": v["elapsed_s"],
                  "last_val_loss": _num(v["val_loss"])} for ep, v in sorted(val_bar.items())]
+    return val_loss, val_source, val_bars
 
+
+def _planned_epochs(parsed: ParsedLog, warnings: list[str]) -> Any:
+    """The epochs the log plans (its header, else its bars); a warning when the two disagree."""
     planned_bar = max((p.epochs_total for p in parsed.train if p.epochs_total), default=None)
     planned = parsed.info.get("epochs", planned_bar)
     if planned_bar is not None and parsed.info.get("epochs") not in (None, planned_bar):
         warnings.append(f"the log says {parsed.info['epochs']} epochs but the bars count to {planned_bar}")
+    return planned
 
+
+def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[str, Any]:
+    """Speed, warm-up, stalls, loss and validation facts of a parsed log (JSON-ready; see the rules)."""
+    warnings = list(parsed.warnings)
+    runs = _epoch_runs(parsed.train, warnings)
+    epochs: list[dict[str, Any]] = []
+    steady_all: list[_Interval] = []
+    warm_total_steps = 0
+    warm_total_s = 0.0
+    for epoch in sorted(runs):
+        entry, warm, stalls, steady = _epoch_speed(epoch, runs[epoch])
+        epochs.append(entry)
+        steady_all.extend(steady)
+        if warm:
+            warm_total_steps += entry["warmup_steps"]
+            warm_total_s += entry["warmup_s"]
+    offsets = _step_offsets(epochs, parsed.info.get("steps_per_epoch"))
+    overall = _overall_speed(epochs, steady_all, warm_total_steps, warm_total_s)
+    loss_pts, lr_pts = _postfix_points(runs, offsets)
+    val_loss, val_source, val_bars = _validation_loss(parsed)
+    planned = _planned_epochs(parsed, warnings)
     return {
         "epochs": epochs,
         "overall": overall,
-        "loss": loss,
+        "loss": _loss_stats(loss_pts, smooth_window),
         "val_loss": val_loss,
         "val_loss_source": val_source,
         "val_bars": val_bars,

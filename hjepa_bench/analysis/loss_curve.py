@@ -187,32 +187,15 @@ def judge_loss(entry: dict[str, Any], min_decrease_pct: float = CRITERION_DECREA
     return entry
 
 
-def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | None, *,
-                 applied_lr: float | None = None, lr_in_warmup: bool | None = None,
-                 min_decrease_pct: float = CRITERION_DECREASE_PCT) -> dict[str, Any]:
-    """Loss-curve analysis of one run (``record["series"]["loss"]``, warm-up included).
-
-    ``lr``: the configured (peak) learning rate; ``applied_lr`` / ``lr_in_warmup``: the LR the run
-    applied at its last step and whether its schedule was still in warm-up then
-    (:func:`applied_lr_at_end`); the LR advice is judged on them.  ``min_decrease_pct``: the
-    criterion's limit (:func:`judge_loss`)."""
-    notes: list[str] = [PRELIMINARY_NOTE]
-    reported = max(0, int(warmup_steps))
-    vals = [_num(v) for v in losses]
-    bad = [i for i, v in enumerate(vals) if v is None]
-    first_bad = bad[0] if bad else None
-    if bad:
-        notes.append(f"{len(bad)} non-finite loss(es), first at step {first_bad}")
-    y = np.asarray([v for i, v in enumerate(vals) if i >= reported and v is not None], dtype=float)
-    n = int(y.size)
-    w = max(MIN_WINDOW, n // 10)
-
-    entry: dict[str, Any] = {
+def _loss_entry(reported: int, n: int, w: int, bad: list[int], lr: float | None, applied_lr: float | None,
+                lr_in_warmup: bool | None, notes: list[str]) -> dict[str, Any]:
+    """The analysis before any measurement: every key, the thresholds and the definitions."""
+    return {
         "warmup_steps_reported": reported,
         "n": n,
         "window": w,
         "non_finite_count": len(bad),
-        "first_non_finite_step": first_bad,
+        "first_non_finite_step": bad[0] if bad else None,
         "start_loss": None, "end_loss": None, "decrease_pct": None,
         "noise_pct": None, "noisy": None,
         "warmup_spikes": {"count": None, "indices": [], "scanned_steps": 0},
@@ -237,33 +220,40 @@ def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | 
         "notes": notes,
     }
 
-    # start / end windows ---------------------------------------------------------------
-    end_vs_start = None
+
+def _start_end(entry: dict[str, Any], y: np.ndarray, w: int) -> None:
+    """Start and end windows: their means, the decrease, and divergence when the end rose too far."""
+    n, notes = int(y.size), entry["notes"]
     if n < 2 * w:
         notes.append(f"start/end windows need >= {2 * w} finite losses after warm-up, got {n}")
+        return
+    start, end = float(y[:w].mean()), float(y[-w:].mean())
+    entry["start_loss"], entry["end_loss"] = _num(start), _num(end)
+    if start != 0:
+        entry["decrease_pct"] = _num((start - end) / abs(start) * 100)
+        end_vs_start = (end - start) / abs(start) * 100
+        if end_vs_start > DIVERGE_RISE_PCT:
+            entry["diverged"] = True
     else:
-        start, end = float(y[:w].mean()), float(y[-w:].mean())
-        entry["start_loss"], entry["end_loss"] = _num(start), _num(end)
-        if start != 0:
-            entry["decrease_pct"] = _num((start - end) / abs(start) * 100)
-            end_vs_start = (end - start) / abs(start) * 100
-            if end_vs_start > DIVERGE_RISE_PCT:
-                entry["diverged"] = True
-        else:
-            notes.append("start loss is 0: no relative decrease")
+        notes.append("start loss is 0: no relative decrease")
 
-    # noise --------------------------------------------------------------------------------
+
+def _noise(entry: dict[str, Any], y: np.ndarray, w: int) -> None:
+    """Noise: the spread of the losses around their rolling median, in percent of it."""
+    n = int(y.size)
     if n < MIN_POINTS_NOISE:
-        notes.append(f"noise needs >= {MIN_POINTS_NOISE} finite losses after warm-up, got {n}")
-    else:
-        m = np.asarray(rolling_median(y, w))
-        keep = m != 0
-        if keep.sum() >= 2:
-            rel = (y[keep] - m[keep]) / np.abs(m[keep]) * 100
-            entry["noise_pct"] = _num(float(rel.std(ddof=1)))
-            entry["noisy"] = bool(entry["noise_pct"] is not None and entry["noise_pct"] > NOISE_THRESHOLD_PCT)
+        entry["notes"].append(f"noise needs >= {MIN_POINTS_NOISE} finite losses after warm-up, got {n}")
+        return
+    m = np.asarray(rolling_median(y, w))
+    keep = m != 0
+    if keep.sum() >= 2:
+        rel = (y[keep] - m[keep]) / np.abs(m[keep]) * 100
+        entry["noise_pct"] = _num(float(rel.std(ddof=1)))
+        entry["noisy"] = bool(entry["noise_pct"] is not None and entry["noise_pct"] > NOISE_THRESHOLD_PCT)
 
-    # warm-up spikes (whole run, first third) ----------------------------------------------
+
+def _warmup_spikes(entry: dict[str, Any], vals: Sequence[float | None], w: int) -> None:
+    """Warm-up spikes: losses in the first third of the whole run far above their trailing median."""
     finite_all = [(i, v) for i, v in enumerate(vals) if v is not None]
     scan_end = max(1, len(vals) // 3)
     spikes: list[int] = []
@@ -282,30 +272,61 @@ def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | 
     entry["warmup_spikes"] = {"count": len(spikes) if scanned else None, "indices": spikes,
                               "scanned_steps": scanned}
     if not scanned:
-        notes.append("warm-up spikes need >= 4 finite losses in the first third of the run")
+        entry["notes"].append("warm-up spikes need >= 4 finite losses in the first third of the run")
 
-    # plateau ----------------------------------------------------------------------------------
-    third = n // 3
+
+def _plateau(entry: dict[str, Any], y: np.ndarray) -> None:
+    """Plateau: the last third's slope against the first third's, once the first third fell enough."""
+    third = int(y.size) // 3
     if third < MIN_POINTS_PER_THIRD:
-        notes.append(f"plateau needs >= {MIN_POINTS_PER_THIRD} finite losses per third, got {third}")
-    else:
-        first, last = y[:third], y[-third:]
-        s1, s3 = _slope(first), _slope(last)
-        mean1 = float(first.mean())
-        drop1 = -s1 * (third - 1) / abs(mean1) * 100 if mean1 != 0 else 0.0
-        ratio = s3 / s1 if s1 != 0 else None
-        entry["plateau_slope_ratio"] = _num(ratio)
-        entry["first_third_drop_pct"] = _num(drop1)
-        entry["plateau"] = bool(drop1 >= PLATEAU_MIN_FIRST_DROP_PCT and ratio is not None
-                                and ratio < PLATEAU_RATIO)
+        entry["notes"].append(f"plateau needs >= {MIN_POINTS_PER_THIRD} finite losses per third, got {third}")
+        return
+    first, last = y[:third], y[-third:]
+    s1, s3 = _slope(first), _slope(last)
+    mean1 = float(first.mean())
+    drop1 = -s1 * (third - 1) / abs(mean1) * 100 if mean1 != 0 else 0.0
+    ratio = s3 / s1 if s1 != 0 else None
+    entry["plateau_slope_ratio"] = _num(ratio)
+    entry["first_third_drop_pct"] = _num(drop1)
+    entry["plateau"] = bool(drop1 >= PLATEAU_MIN_FIRST_DROP_PCT and ratio is not None
+                            and ratio < PLATEAU_RATIO)
 
-    # trend, criterion, advice ---------------------------------------------------------------
+
+def _trend(entry: dict[str, Any]) -> str | None:
+    """diverged, decreasing, increasing or flat (None when there is no decrease to judge)."""
     dec = entry["decrease_pct"]
     if entry["diverged"]:
-        entry["trend"] = "diverged"
-    elif dec is not None:
-        entry["trend"] = ("decreasing" if dec >= FLAT_BAND_PCT else
-                          "increasing" if dec <= -FLAT_BAND_PCT else "flat")
+        return "diverged"
+    if dec is not None:
+        return ("decreasing" if dec >= FLAT_BAND_PCT else
+                "increasing" if dec <= -FLAT_BAND_PCT else "flat")
+    return None
+
+
+def analyze_loss(losses: Sequence[float | None], warmup_steps: int, lr: float | None, *,
+                 applied_lr: float | None = None, lr_in_warmup: bool | None = None,
+                 min_decrease_pct: float = CRITERION_DECREASE_PCT) -> dict[str, Any]:
+    """Loss-curve analysis of one run (``record["series"]["loss"]``, warm-up included).
+
+    ``lr``: the configured (peak) learning rate; ``applied_lr`` / ``lr_in_warmup``: the LR the run
+    applied at its last step and whether its schedule was still in warm-up then
+    (:func:`applied_lr_at_end`); the LR advice is judged on them.  ``min_decrease_pct``: the
+    criterion's limit (:func:`judge_loss`)."""
+    notes: list[str] = [PRELIMINARY_NOTE]
+    reported = max(0, int(warmup_steps))
+    vals = [_num(v) for v in losses]
+    bad = [i for i, v in enumerate(vals) if v is None]
+    if bad:
+        notes.append(f"{len(bad)} non-finite loss(es), first at step {bad[0]}")
+    y = np.asarray([v for i, v in enumerate(vals) if i >= reported and v is not None], dtype=float)
+    n = int(y.size)
+    w = max(MIN_WINDOW, n // 10)
+    entry = _loss_entry(reported, n, w, bad, lr, applied_lr, lr_in_warmup, notes)
+    _start_end(entry, y, w)
+    _noise(entry, y, w)
+    _warmup_spikes(entry, vals, w)
+    _plateau(entry, y)
+    entry["trend"] = _trend(entry)
     judge_loss(entry, min_decrease_pct)
     if entry["plateau"]:
         notes.append("the loss flattened early: its last third falls at less than "

@@ -123,6 +123,105 @@ PERIODIC_COLUMNS = ("readbacks", "scalars", "histograms", "collapse", "empty_cac
 LOGGING_MISSING = "trainer's periodic work (read-backs, TensorBoard, collapse metrics)"
 
 
+def _worker_startup_cost(costs: Mapping[str, Any], epochs: int, val_passes: int, overheads: dict[str, Any],
+                         counts: dict[str, int], missing: list[str]) -> None:
+    """Worker start-ups: every epoch (or once, persistent workers) for training, every validation pass."""
+    ws = finite(costs.get("worker_startup_s"))
+    if ws is None:
+        overheads["worker_startup"] = None
+        missing.append("worker start-up")
+        return
+    train_starts = epochs if costs.get("worker_startup_every_epoch", True) else 1
+    counts["worker_startups"] = train_starts + val_passes
+    # an epoch's first training batch is also one of its steps: only its excess over a steady
+    # batch wait is extra (startup_extra_s, when measured); a validation pass pays it whole
+    extra = finite(costs.get("startup_extra_s"))
+    overheads["worker_startup"] = train_starts * (ws if extra is None else extra) + val_passes * ws
+
+
+def _validation_cost(costs: Mapping[str, Any], batch_size: int, val_size: int, world_size: int, val_passes: int,
+                     overheads: dict[str, Any], counts: dict[str, int], missing: list[str]) -> int:
+    """Validation passes over ``val_size`` images, sharded over the processes; returns the validation batch."""
+    vs = finite(costs.get("val_step_s"))
+    val_batch = int(costs.get("val_batch_size") or batch_size)
+    if vs is None:
+        overheads["validation"] = None
+        missing.append("validation pass")
+    else:
+        val_steps = math.ceil(val_size / (max(1, val_batch) * world_size))
+        counts["validation_passes"] = val_passes
+        counts["validation_steps_per_pass"] = val_steps
+        overheads["validation"] = val_passes * val_steps * vs
+    return val_batch
+
+
+def _checkpoint_cost(costs: Mapping[str, Any], epochs: int, every: int, checkpoint_writes: int | None,
+                     val_size: int, val_passes: int, overheads: dict[str, Any], counts: dict[str, int],
+                     missing: list[str]) -> tuple[int, str]:
+    """Checkpoint writes: as counted, else one per epoch (the best checkpoint's upper bound) or the
+    scheduled ones; returns (writes, how they were counted)."""
+    ck = finite(costs.get("checkpoint_write_s"))
+    ck = finite(costs.get("checkpoint_save_s")) if ck is None else ck
+    scheduled = epochs // every
+    if checkpoint_writes is not None:
+        writes, how = int(checkpoint_writes), "as counted"
+    elif val_size > 0 and val_passes > 0:
+        writes, how = epochs, "upper bound: the validation loss improves every epoch"
+    else:
+        writes, how = scheduled, "no validation loss, no best checkpoint"
+    if ck is None:
+        overheads["checkpoints"] = None
+        missing.append("checkpoint writes")
+    else:
+        counts["checkpoint_writes"] = writes
+        counts["checkpoint_writes_scheduled"] = scheduled
+        overheads["checkpoints"] = writes * ck
+    return writes, how
+
+
+def _periodic_cost(costs: Mapping[str, Any], plan: LoggingPlan | None, spe: int, epochs: int, levels: int,
+                   device_type: str, overheads: dict[str, Any], counts: dict[str, int], missing: list[str]) -> None:
+    """The trainer's periodic work as ``plan`` asks (None: not modelled, named as missing)."""
+    periodic = costs.get("periodic")
+    if plan is None:
+        missing.append(LOGGING_MISSING)
+        overheads.update(dict.fromkeys(PERIODIC_COLUMNS))
+        return
+    pc = periodic_counts(plan, spe, epochs, levels=levels, empty_cache=has_empty_cache(device_type))
+    counts.update({f"periodic_{k}": v for k, v in pc.items()})
+    secs = periodic_seconds(pc, periodic or {}, plan)
+    overheads.update(secs)
+    unmeasured = [k for k, v in secs.items() if v is None]
+    if unmeasured:
+        missing.append(LOGGING_MISSING if not plan.wandb else
+                       "Weights & Biases logging (not measurable here)")
+
+
+def _one_time_cost(costs: Mapping[str, Any], warmup_excess_s: float | None, overheads: dict[str, Any],
+                   missing: list[str]) -> None:
+    """Once per run: the warm-up steps' excess and the model build."""
+    once = [x for x in (finite(warmup_excess_s), finite(costs.get("model_build_s"))) if x is not None]
+    overheads["one_time"] = sum(once) if once else None
+    if not once:
+        missing.append("one-time costs (warm-up, model build)")
+
+
+def _overhead_assumptions(costs: Mapping[str, Any], plan: LoggingPlan | None, val_every_epochs: int, val_size: int,
+                          val_batch: int, world_size: int, every: int, writes: int, how: str) -> list[str]:
+    """The assumptions behind the per-epoch and periodic costs, one sentence each."""
+    return [
+        f"validation pass every {val_every_epochs} epoch(s) over {val_size:,} images at batch {val_batch}"
+        + (f", sharded over the {world_size} processes" if world_size > 1 else ""),
+        f"a checkpoint every {every} epoch(s) and whenever the validation loss improves ({writes} writes: {how})",
+        ("trainer logging: log_frequency " + str(plan.log_frequency) + ", TensorBoard "
+         + ("on" if plan.tensorboard else "off") + ", W&B " + ("on" if plan.wandb else "off")
+         + "; visualizations and embeddings every 5 epochs not modelled") if plan is not None
+        else "trainer logging not modelled",
+        "DataLoader workers restarted every epoch (upstream)" if costs.get("worker_startup_every_epoch", True)
+        else "persistent DataLoader workers: start-up paid once",
+    ]
+
+
 def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, dataset_size: int,
             costs: Mapping[str, Any] | None, val_size: int = 10_000, val_every_epochs: int = 1,
             checkpoint_every_epochs: int = 1, world_size: int = 1, plan: LoggingPlan | None = None,
@@ -153,78 +252,22 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
     costs = costs or {}
     overheads: dict[str, float | None] = {}
     counts: dict[str, int] = {}
-    ws = finite(costs.get("worker_startup_s"))
+    missing = out["missing"]
     val_passes = epochs // max(1, val_every_epochs)
-    if ws is None:
-        overheads["worker_startup"] = None
-        out["missing"].append("worker start-up")
-    else:
-        train_starts = epochs if costs.get("worker_startup_every_epoch", True) else 1
-        counts["worker_startups"] = train_starts + val_passes
-        # an epoch's first training batch is also one of its steps: only its excess over a steady
-        # batch wait is extra (startup_extra_s, when measured); a validation pass pays it whole
-        extra = finite(costs.get("startup_extra_s"))
-        overheads["worker_startup"] = train_starts * (ws if extra is None else extra) + val_passes * ws
-    vs = finite(costs.get("val_step_s"))
-    val_batch = int(costs.get("val_batch_size") or batch_size)
-    if vs is None:
-        overheads["validation"] = None
-        out["missing"].append("validation pass")
-    else:
-        val_steps = math.ceil(val_size / (max(1, val_batch) * world_size))
-        counts["validation_passes"] = val_passes
-        counts["validation_steps_per_pass"] = val_steps
-        overheads["validation"] = val_passes * val_steps * vs
-    ck = finite(costs.get("checkpoint_write_s"))
-    ck = finite(costs.get("checkpoint_save_s")) if ck is None else ck
     every = max(1, checkpoint_every_epochs)
-    scheduled = epochs // every
-    if checkpoint_writes is not None:
-        writes, how = int(checkpoint_writes), "as counted"
-    elif val_size > 0 and val_passes > 0:
-        writes, how = epochs, "upper bound: the validation loss improves every epoch"
-    else:
-        writes, how = scheduled, "no validation loss, no best checkpoint"
-    if ck is None:
-        overheads["checkpoints"] = None
-        out["missing"].append("checkpoint writes")
-    else:
-        counts["checkpoint_writes"] = writes
-        counts["checkpoint_writes_scheduled"] = scheduled
-        overheads["checkpoints"] = writes * ck
-    periodic = costs.get("periodic")
-    if plan is None:
-        out["missing"].append(LOGGING_MISSING)
-        overheads.update(dict.fromkeys(PERIODIC_COLUMNS))
-    else:
-        pc = periodic_counts(plan, spe, epochs, levels=levels, empty_cache=has_empty_cache(device_type))
-        counts.update({f"periodic_{k}": v for k, v in pc.items()})
-        secs = periodic_seconds(pc, periodic or {}, plan)
-        overheads.update(secs)
-        unmeasured = [k for k, v in secs.items() if v is None]
-        if unmeasured:
-            out["missing"].append(LOGGING_MISSING if not plan.wandb else
-                                  "Weights & Biases logging (not measurable here)")
-    once = [x for x in (finite(warmup_excess_s), finite(costs.get("model_build_s"))) if x is not None]
-    overheads["one_time"] = sum(once) if once else None
-    if not once:
-        out["missing"].append("one-time costs (warm-up, model build)")
+    _worker_startup_cost(costs, epochs, val_passes, overheads, counts, missing)
+    val_batch = _validation_cost(costs, batch_size, val_size, world_size, val_passes, overheads, counts, missing)
+    writes, how = _checkpoint_cost(costs, epochs, every, checkpoint_writes, val_size, val_passes, overheads, counts,
+                                   missing)
+    _periodic_cost(costs, plan, spe, epochs, levels, device_type, overheads, counts, missing)
+    _one_time_cost(costs, warmup_excess_s, overheads, missing)
     fixed = sum(v for v in overheads.values() if v is not None)
     total = {k: (None if v is None else v + fixed) for k, v in train.items()}
     out.update(train_s=train, overheads_s=overheads, overhead_counts=counts, overhead_total_s=fixed, total_s=total,
                hours={k: (None if v is None else v / 3600.0) for k, v in total.items()},
                lower_bound=bool(out["missing"]))
-    out["assumptions"] += [
-        f"validation pass every {val_every_epochs} epoch(s) over {val_size:,} images at batch {val_batch}"
-        + (f", sharded over the {world_size} processes" if world_size > 1 else ""),
-        f"a checkpoint every {every} epoch(s) and whenever the validation loss improves ({writes} writes: {how})",
-        ("trainer logging: log_frequency " + str(plan.log_frequency) + ", TensorBoard "
-         + ("on" if plan.tensorboard else "off") + ", W&B " + ("on" if plan.wandb else "off")
-         + "; visualizations and embeddings every 5 epochs not modelled") if plan is not None
-        else "trainer logging not modelled",
-        "DataLoader workers restarted every epoch (upstream)" if costs.get("worker_startup_every_epoch", True)
-        else "persistent DataLoader workers: start-up paid once",
-    ]
+    out["assumptions"] += _overhead_assumptions(costs, plan, val_every_epochs, val_size, val_batch, world_size,
+                                                every, writes, how)
     return out
 
 

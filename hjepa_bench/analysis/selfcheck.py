@@ -35,25 +35,20 @@ def _pct(projected: float, measured: float) -> float | None:
     return None if not measured else 100.0 * (projected - measured) / measured
 
 
-def self_check(result: Mapping[str, Any], warmup: int) -> dict[str, Any] | None:
-    """Projected vs measured epochs and run of a validation ``result``; None when the run measured
-    no costs before training or completed no epoch."""
-    sc = result.get("self_check") or {}
-    entry = sc.get("costs")
-    epochs = [e for e in result.get("epochs") or [] if e.get("wall_s") is not None]
-    steps = result.get("steps") or {}
-    if not entry or not epochs:
-        return None
-    config = result["config"]
-    batch = int(config["data"]["batch_size"])
-    spe = int(result["steps_per_epoch"])
-    n_epochs = int(result["epochs_planned"])
+def _first_epoch_steps(steps: Mapping[str, Any], warmup: int) -> tuple[list[tuple[float, float]], int]:
+    """The first epoch's timed steps as (data wait + step, data wait), and how many of them are warm-up."""
     first = [(t + (w or 0.0), w or 0.0) for t, w, e in zip(steps["step_time_s"], steps["data_wait_s"], steps["epoch"])
              if e == 1 and t is not None]
-    warm = min(warmup, max(0, len(first) - 1))
-    window = first[warm:warm + FIRST_STEPS]
-    if not window:
-        return None
+    return first, min(warmup, max(0, len(first) - 1))
+
+
+def _projection_from_first_steps(result: Mapping[str, Any], entry: Mapping[str, Any], first: list[tuple[float, float]],
+                                 warm: int, window: list[tuple[float, float]], batch: int,
+                                 spe: int) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """The run projected from its first measured steps and the costs measured before it:
+    (projection, costs, mean step s)."""
+    config = result["config"]
+    n_epochs = int(result["epochs_planned"])
     mean, low, high = mean_band([t for t, _ in window])
     sec = {"mid": mean, "low": low, "high": high, "n": len(window), "band_note": no_band_note(len(window))}
     costs = costs_from_entry({"status": "ok", **entry})
@@ -67,14 +62,17 @@ def self_check(result: Mapping[str, Any], warmup: int) -> dict[str, Any] | None:
                 val_size=int(result.get("val_size") or 0), val_every_epochs=1, checkpoint_every_epochs=1,
                 plan=plan, levels=int(config["model"]["num_hierarchies"]), device_type=str(result.get("device")),
                 checkpoint_writes=n_epochs, warmup_excess_s=excess)
-    if p.get("total_s") is None or p["total_s"].get("mid") is None:
-        return {"projection": p, "epochs": [], "run": None, "unforeseen": None,
-                "note": "no projection: " + ", ".join(p.get("missing") or [])}
+    return p, costs, mean
+
+
+def _projected_parts(p: Mapping[str, Any], costs: Mapping[str, Any], n_epochs: int) -> dict[str, float]:
+    """The projection's seconds per part of the run (worker start-ups of validation passes count as validation)."""
     ov, counts = p["overheads_s"], p.get("overhead_counts") or {}
+    ws = costs.get("worker_startup_s")
     train_start = costs["startup_extra_s"] if costs["startup_extra_s"] is not None else ws
     n_train_starts = n_epochs if costs.get("worker_startup_every_epoch", True) else 1
     val_passes = counts.get("validation_passes", 0)
-    proj_parts = {
+    return {
         "steps": p["train_s"]["mid"] + (ov.get("one_time") or 0.0),
         "worker start-up": (train_start or 0.0) * n_train_starts,
         "validation": (ov.get("validation") or 0.0) + (ws or 0.0) * val_passes,
@@ -82,20 +80,32 @@ def self_check(result: Mapping[str, Any], warmup: int) -> dict[str, Any] | None:
         "trainer logging": sum(ov.get(k) or 0.0 for k in PERIODIC_COLUMNS),
         "other": 0.0,
     }
+
+
+def _epoch_rows(p: Mapping[str, Any], epochs: list[Mapping[str, Any]], n_epochs: int) -> list[dict[str, Any]]:
+    """Projected against measured seconds of every epoch that ran (the one-time costs in the first)."""
+    ov = p["overheads_s"]
     per_epoch = (p["total_s"]["mid"] - (ov.get("one_time") or 0.0)) / n_epochs
     rows = []
     for e in epochs:
         projected = per_epoch + ((ov.get("one_time") or 0.0) if e["epoch"] == 1 else 0.0)
         rows.append({"epoch": e["epoch"], "projected_s": projected, "measured_s": e["wall_s"],
                      "error_pct": _pct(projected, e["wall_s"]), "loadavg_1m": e.get("loadavg_1m")})
-    complete = len(epochs) == n_epochs
-    run = None
-    if complete and result.get("train_wall_s"):
-        run = {"projected_s": p["total_s"]["mid"], "low_s": p["total_s"].get("low"), "high_s": p["total_s"].get("high"),
-               "measured_s": float(result["train_wall_s"]),
-               "error_pct": _pct(p["total_s"]["mid"], float(result["train_wall_s"]))}
-    # what each part took
-    idx = {ep["epoch"]: [i for i, e in enumerate(steps["epoch"]) if e == ep["epoch"]] for ep in epochs}
+    return rows
+
+
+def _whole_run(p: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Projected against measured seconds of the whole run (None without its training wall time)."""
+    if not result.get("train_wall_s"):
+        return None
+    return {"projected_s": p["total_s"]["mid"], "low_s": p["total_s"].get("low"), "high_s": p["total_s"].get("high"),
+            "measured_s": float(result["train_wall_s"]),
+            "error_pct": _pct(p["total_s"]["mid"], float(result["train_wall_s"]))}
+
+
+def _measured_parts(epochs: list[Mapping[str, Any]], steps: Mapping[str, Any],
+                    idx: Mapping[int, list[int]]) -> dict[str, float]:
+    """What each part of the run took in the epochs that ran ("other": the rest of their wall time)."""
     meas_parts = dict.fromkeys(PARTS, 0.0)
     for ep in epochs:
         ii = idx[ep["epoch"]]
@@ -106,26 +116,62 @@ def self_check(result: Mapping[str, Any], warmup: int) -> dict[str, Any] | None:
         meas_parts["trainer logging"] += sum((ep.get("periodic_s") or {}).values())
     known = sum(v for k, v in meas_parts.items() if k != "other")
     meas_parts["other"] = max(0.0, sum(ep["wall_s"] for ep in epochs) - known)
-    share = len(epochs) / n_epochs  # the projection's parts for the epochs that ran
-    parts = [{"part": k, "projected_s": proj_parts[k] * share, "measured_s": meas_parts[k]} for k in PARTS]
+    return meas_parts
+
+
+def _unforeseen(rows: list[dict[str, Any]], run: Mapping[str, Any] | None, parts: list[dict[str, Any]],
+                n_steps: int, mean: float, first_steps: int, loadavg_before: Any) -> dict[str, Any] | None:
+    """The part furthest from its projection, when an epoch or the run missed by more than
+    ``UNFORESEEN_PCT`` (for the steps: the mean step against the first ones, and the load average)."""
     errors = [abs(r["error_pct"]) for r in rows if r["error_pct"] is not None]
     if run and run["error_pct"] is not None:
         errors.append(abs(run["error_pct"]))
-    unforeseen = None
-    if errors and max(errors) > UNFORESEEN_PCT:
-        worst = max(parts, key=lambda r: abs(r["measured_s"] - r["projected_s"]))
-        more = worst["measured_s"] > worst["projected_s"]
-        text = (f"{worst['part']}: {worst['measured_s']:.1f} s measured against {worst['projected_s']:.1f} s "
-                f"projected ({'not foreseen' if more else 'fewer than foreseen'})")
-        if worst["part"] == "steps":
-            n = sum(len(idx[ep["epoch"]]) for ep in epochs)
-            text += (f"; the mean step took {worst['measured_s'] / max(1, n) * 1000:.0f} ms against "
-                     f"{mean * 1000:.0f} ms in the first {len(window)} measured steps")
-            loads = [sc.get("loadavg_1m")] + [r["loadavg_1m"] for r in rows]
-            if all(x is not None for x in loads):
-                text += (" (1-minute load average " + " -> ".join(f"{x:.1f}" for x in loads)
-                         + ": the machine's load changed)" if max(loads) - min(loads) >= 0.5 else ")")
-        unforeseen = {"part": worst["part"], "text": text}
+    if not errors or max(errors) <= UNFORESEEN_PCT:
+        return None
+    worst = max(parts, key=lambda r: abs(r["measured_s"] - r["projected_s"]))
+    more = worst["measured_s"] > worst["projected_s"]
+    text = (f"{worst['part']}: {worst['measured_s']:.1f} s measured against {worst['projected_s']:.1f} s "
+            f"projected ({'not foreseen' if more else 'fewer than foreseen'})")
+    if worst["part"] == "steps":
+        text += (f"; the mean step took {worst['measured_s'] / max(1, n_steps) * 1000:.0f} ms against "
+                 f"{mean * 1000:.0f} ms in the first {first_steps} measured steps")
+        loads = [loadavg_before] + [r["loadavg_1m"] for r in rows]
+        if all(x is not None for x in loads):
+            text += (" (1-minute load average " + " -> ".join(f"{x:.1f}" for x in loads)
+                     + ": the machine's load changed)" if max(loads) - min(loads) >= 0.5 else ")")
+    return {"part": worst["part"], "text": text}
+
+
+def self_check(result: Mapping[str, Any], warmup: int) -> dict[str, Any] | None:
+    """Projected vs measured epochs and run of a validation ``result``; None when the run measured
+    no costs before training or completed no epoch."""
+    sc = result.get("self_check") or {}
+    entry = sc.get("costs")
+    epochs = [e for e in result.get("epochs") or [] if e.get("wall_s") is not None]
+    steps = result.get("steps") or {}
+    if not entry or not epochs:
+        return None
+    batch = int(result["config"]["data"]["batch_size"])
+    spe = int(result["steps_per_epoch"])
+    n_epochs = int(result["epochs_planned"])
+    first, warm = _first_epoch_steps(steps, warmup)
+    window = first[warm:warm + FIRST_STEPS]
+    if not window:
+        return None
+    p, costs, mean = _projection_from_first_steps(result, entry, first, warm, window, batch, spe)
+    if p.get("total_s") is None or p["total_s"].get("mid") is None:
+        return {"projection": p, "epochs": [], "run": None, "unforeseen": None,
+                "note": "no projection: " + ", ".join(p.get("missing") or [])}
+    proj_parts = _projected_parts(p, costs, n_epochs)
+    rows = _epoch_rows(p, epochs, n_epochs)
+    complete = len(epochs) == n_epochs
+    run = _whole_run(p, result) if complete else None
+    idx = {ep["epoch"]: [i for i, e in enumerate(steps["epoch"]) if e == ep["epoch"]] for ep in epochs}
+    meas_parts = _measured_parts(epochs, steps, idx)
+    share = len(epochs) / n_epochs  # the projection's parts for the epochs that ran
+    parts = [{"part": k, "projected_s": proj_parts[k] * share, "measured_s": meas_parts[k]} for k in PARTS]
+    n_steps = sum(len(idx[ep["epoch"]]) for ep in epochs)
+    unforeseen = _unforeseen(rows, run, parts, n_steps, mean, len(window), sc.get("loadavg_1m"))
     return {"projection": p, "first_steps": len(window), "step_s": mean, "epochs": rows, "run": run, "parts": parts,
             "unforeseen": unforeseen, "complete": complete, "unforeseen_pct": UNFORESEEN_PCT}
 

@@ -46,11 +46,11 @@ from __future__ import annotations
 
 from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ..format import finite
-from ..stats import linear_fit, median, summarize
+from ..stats import linear_fit, median as median_of, summarize
 from ..status import FAIL, NOT_MEASURED, PASS
 
 # --------------------------------------------------------------------------- thresholds
@@ -100,7 +100,7 @@ def detect_warmup(times: Sequence[float], ref: float, window: int = WARMUP_WINDO
     if n < window or not ref > 0:
         return None
     limit = (1.0 + band) * ref
-    roll = np.array([median(x[j:j + window]) for j in range(n - window + 1)])
+    roll = np.array([median_of(x[j:j + window]) for j in range(n - window + 1)])
     for i in range(n - window + 1):
         if x[i] > limit:
             continue
@@ -135,7 +135,7 @@ def regular_period(gaps: Sequence[float]) -> int | None:
     gaps = np.asarray(gaps, dtype=float)
     if gaps.size < MIN_SPIKES_FOR_PERIOD - 1:
         return None
-    period = median(gaps)
+    period = median_of(gaps)
     if period < 2:
         return None
     tol = max(1.0, PERIOD_TOL_FRAC * period)
@@ -215,27 +215,10 @@ def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT)
     return entry
 
 
-def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
-                      max_cv_pct: float = THRESHOLD_CV_PCT) -> dict[str, Any]:
-    """Stability of per-step times of one run (warm-up steps included at the front).
-
-    ``step_times``: ``record["series"]["step_time_s"]``; None / non-finite
-    entries (steps whose timing window never closed) are skipped.
-    ``warmup_steps``: the run's reported warm-up count; ``max_cv_pct``: the CV limit
-    of the verdict (:func:`judge_stability`).
-    """
-    notes: list[str] = []
-    reported = max(0, int(warmup_steps))
-    raw = [_num(t) for t in step_times]
-    missing = sum(1 for t in raw if t is None)
-    if missing:
-        notes.append(f"{missing} step(s) without a finite time were skipped")
-    idx_all = [i for i, t in enumerate(raw) if t is not None]
-    val_all = [t for t in raw if t is not None]
-
+def _detected_warmup(idx_all: list[int], val_all: list[float], reported: int, notes: list[str]) -> int | None:
+    """The step at which the times settled (:func:`detect_warmup`), or None (a note says why)."""
     post = [t for i, t in zip(idx_all, val_all) if i >= reported] or val_all
-    ref = median(post)
-    detected: int | None = None
+    ref = median_of(post)
     if len(val_all) < 2 * WARMUP_WINDOW:
         notes.append(f"warm-up detection needs >= {2 * WARMUP_WINDOW} timed steps, got {len(val_all)}")
     elif ref is not None:
@@ -243,14 +226,13 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
         if pos is None:
             notes.append("step times never settled within the warm-up band; using the reported warm-up")
         else:
-            detected = idx_all[pos]
-    start = reported  # the record's measured steps: one step set for every statistic of the record
-    idx = [i for i in idx_all if i >= start]
-    x = np.asarray([t for i, t in zip(idx_all, val_all) if i >= start], dtype=float)
-    n = int(x.size)
-    summary = summarize(x)
+            return idx_all[pos]
+    return None
 
-    entry: dict[str, Any] = {
+
+def _stability_entry(reported: int, detected: int | None, start: int, n: int, notes: list[str]) -> dict[str, Any]:
+    """The analysis before any statistic: every key, the thresholds and the definitions."""
+    return {
         "warmup_steps_reported": reported,
         "detected_warmup_steps": detected,
         "first_analysed_step": start,
@@ -276,38 +258,41 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
         "definitions": dict(DEFINITIONS),
         "notes": notes,
     }
-    if n == 0:
-        notes.append("no timed steps after warm-up: nothing to analyse")
-        return entry
-    med = float(summary["median"])
-    entry["median_s"] = _num(med)
 
-    # spread and verdict -----------------------------------------------------------
+
+def _spread(entry: dict[str, Any], summary: Mapping[str, Any], median: float, n: int) -> None:
+    """CV and p10-p90 variance of the analysed steps (enough of them)."""
     if n < MIN_STEPS_SPREAD:
-        notes.append(f"CV, variance and verdict need >= {MIN_STEPS_SPREAD} analysed steps, got {n}")
-    else:
-        cv = summary["cv"]
-        entry["cv_pct"] = None if cv is None else _num(cv * 100)
-        entry["variance_pct"] = _num((summary["p90"] - summary["p10"]) / med * 100) if med > 0 else None
+        entry["notes"].append(f"CV, variance and verdict need >= {MIN_STEPS_SPREAD} analysed steps, got {n}")
+        return
+    cv = summary["cv"]
+    entry["cv_pct"] = None if cv is None else _num(cv * 100)
+    entry["variance_pct"] = _num((summary["p90"] - summary["p10"]) / median * 100) if median > 0 else None
 
-    # spikes --------------------------------------------------------------------------
+
+def _spikes(entry: dict[str, Any], idx: list[int], x: np.ndarray, median: float) -> None:
+    """Spikes above median + k * scaled MAD, their events and the period of those."""
+    n, notes = int(x.size), entry["notes"]
     if n < MIN_STEPS_SPIKES:
         notes.append(f"spike detection needs >= {MIN_STEPS_SPIKES} analysed steps, got {n}")
-    else:
-        mad = median(np.abs(x - med)) * MAD_SCALE
-        scale = max(mad, MAD_FLOOR_FRAC * med)
-        threshold = med + SPIKE_K * scale
-        spikes = [i for i, t in zip(idx, x) if t > threshold]
-        events = spike_events(spikes)
-        entry["spike_threshold_s"] = _num(threshold)
-        entry["spike_indices"] = spikes
-        entry["spike_count"] = len(spikes)
-        entry["spike_events"] = len(events)
-        entry["spike_period_steps"] = spike_period(events)
-        if len(events) < MIN_SPIKES_FOR_PERIOD:
-            notes.append(f"spike period needs >= {MIN_SPIKES_FOR_PERIOD} spike events, got {len(events)}")
+        return
+    mad = median_of(np.abs(x - median)) * MAD_SCALE
+    scale = max(mad, MAD_FLOOR_FRAC * median)
+    threshold = median + SPIKE_K * scale
+    spikes = [i for i, t in zip(idx, x) if t > threshold]
+    events = spike_events(spikes)
+    entry["spike_threshold_s"] = _num(threshold)
+    entry["spike_indices"] = spikes
+    entry["spike_count"] = len(spikes)
+    entry["spike_events"] = len(events)
+    entry["spike_period_steps"] = spike_period(events)
+    if len(events) < MIN_SPIKES_FOR_PERIOD:
+        notes.append(f"spike period needs >= {MIN_SPIKES_FOR_PERIOD} spike events, got {len(events)}")
 
-    # degradation ---------------------------------------------------------------------
+
+def _degradation(entry: dict[str, Any], idx: list[int], x: np.ndarray, median: float) -> None:
+    """The step-time trend over the run (:func:`degradation_fit`)."""
+    n, notes = int(x.size), entry["notes"]
     deg = entry["degradation"]
     if n < MIN_STEPS_TREND:
         notes.append(f"degradation fit needs >= {MIN_STEPS_TREND} analysed steps, got {n}")
@@ -315,8 +300,41 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
         deg.update(slope_s_per_step=0.0, change_pct=0.0, span_steps=int(idx[-1] - idx[0]), significant=False)
         notes.append("all analysed step times are identical: slope 0, no p-value")
     else:
-        deg.update(degradation_fit(idx, x, med))
+        deg.update(degradation_fit(idx, x, median))
 
+
+def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
+                      max_cv_pct: float = THRESHOLD_CV_PCT) -> dict[str, Any]:
+    """Stability of per-step times of one run (warm-up steps included at the front).
+
+    ``step_times``: ``record["series"]["step_time_s"]``; None / non-finite
+    entries (steps whose timing window never closed) are skipped.
+    ``warmup_steps``: the run's reported warm-up count; ``max_cv_pct``: the CV limit
+    of the verdict (:func:`judge_stability`).
+    """
+    notes: list[str] = []
+    reported = max(0, int(warmup_steps))
+    raw = [_num(t) for t in step_times]
+    missing = sum(1 for t in raw if t is None)
+    if missing:
+        notes.append(f"{missing} step(s) without a finite time were skipped")
+    idx_all = [i for i, t in enumerate(raw) if t is not None]
+    val_all = [t for t in raw if t is not None]
+    detected = _detected_warmup(idx_all, val_all, reported, notes)
+    start = reported  # the record's measured steps: one step set for every statistic of the record
+    idx = [i for i in idx_all if i >= start]
+    x = np.asarray([t for i, t in zip(idx_all, val_all) if i >= start], dtype=float)
+    n = int(x.size)
+    summary = summarize(x)
+    entry = _stability_entry(reported, detected, start, n, notes)
+    if n == 0:
+        notes.append("no timed steps after warm-up: nothing to analyse")
+        return entry
+    median = float(summary["median"])
+    entry["median_s"] = _num(median)
+    _spread(entry, summary, median, n)
+    _spikes(entry, idx, x, median)
+    _degradation(entry, idx, x, median)
     if detected is not None and detected > reported:
         notes.append(f"step times settled only after {detected} steps (reported warm-up: {reported}); the "
                      f"{detected - reported} slower measured step(s) count in every statistic (measure with "

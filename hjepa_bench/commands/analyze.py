@@ -87,7 +87,7 @@ def _analyze(args: argparse.Namespace) -> int:
     for key, (given, logged) in log.overridden.items():
         print(f"warning: {flag_of.get(key, '--dataset-size')} {given} is not used: the log shows the run used "
               f"{logged}", file=sys.stderr)
-    settings = report_settings(args, title=f"hjepa-bench analysis of {Path(args.log).name}")
+    settings = report_settings(args, plugins, title=f"hjepa-bench analysis of {Path(args.log).name}")
     if log.dataset_size:
         settings.thresholds = settings.thresholds.model_copy(update={"dataset_size": log.dataset_size})
     val_size = (log.result.get("info") or {}).get("val_dataset_size")

@@ -12,6 +12,7 @@ from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..analysis.report_data import ReportSettings
+    from ..plugin.manager import Plugins
 
 # Only light modules are imported at the top of a command module: the parser of every command is
 # built on each start, so ``hjepa-bench --help`` must not import torch, timm, pandas or matplotlib
@@ -228,16 +229,18 @@ def fill_dataset_sizes(values: dict[str, Any]) -> None:
         bench["val_size"] = len(CIFAR10Folder(path, train=False))
 
 
-def report_settings(args: argparse.Namespace, *, options_file: str | None = None,
+def report_settings(args: argparse.Namespace, plugins: Plugins, *, options_file: str | None = None,
                     title: str = "hjepa-bench report") -> ReportSettings:
-    """Thresholds, options and budget for a decision report, from the common flags."""
+    """Thresholds, options and budget for a decision report, from the common flags; the report asks
+    ``plugins``' probes (those ``-p`` loaded included) about the records' entries."""
     from ..analysis.report_data import ReportSettings
+    from ..plugin.manager import Plugins
     from ..options import load_options
     from ..thresholds import load_thresholds
 
     return ReportSettings(thresholds=load_thresholds(getattr(args, "thresholds", None)),
                           options=load_options(options_file or getattr(args, "options_file", None)),
-                          budget_hours=getattr(args, "budget_hours", None), title=title)
+                          budget_hours=getattr(args, "budget_hours", None), title=title, probes=plugins.probes())
 
 
 def print_json(data: Any) -> None:

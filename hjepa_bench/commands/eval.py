@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
-    from ..measure.evaluate import evaluate_checkpoint
+    from ..measure.evaluate import EvalSettings, evaluate_checkpoint
     from ..plugin.manager import select_backend
     from ..record import write_json
     from ..report.run_text import render_eval_markdown
@@ -51,12 +51,13 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     backend = select_backend(plugins, args.device)
     # only these flags change the model's config; --batch-size, --workers and --seed are the evaluation's own
     overrides = config_overrides(args, ("img_size", "encoder_depth"))
-    result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=overrides, device=backend.name,
-                                 data=args.data or "synthetic", data_path=args.data_path, n_train=args.n_train,
-                                 n_test=args.n_test, limit_samples=args.limit_samples,
-                                 batch_size=args.batch_size, seed=args.seed,
-                                 progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
-                                 num_workers=args.workers, sync=backend.synchronize)
+    settings = EvalSettings(config_path=args.config, overrides=overrides, device=backend.name,
+                            data=args.data or "synthetic", data_path=args.data_path, n_train=args.n_train,
+                            n_test=args.n_test, limit_samples=args.limit_samples,
+                            batch_size=args.batch_size, seed=args.seed,
+                            progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
+                            num_workers=args.workers, sync=backend.synchronize)
+    result = evaluate_checkpoint(args.checkpoint, settings)
     md = render_eval_markdown(result)
     print(md)
     if args.out:

@@ -47,7 +47,7 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     if not records:
         raise UserError(f"no valid result records in {', '.join(map(str, dirs))}"
                         + (f" ({len(results.skipped)} line(s) skipped, see the warnings)." if results.skipped else "."))
-    settings = report_settings(args, title=args.title or "hjepa-bench report")
+    settings = report_settings(args, plugins, title=args.title or "hjepa-bench report")
     settings.options = own_config_options(records) + settings.options
     settings.sources = [str(d) for d in dirs]
     settings.skipped = [str(x) for x in results.skipped]

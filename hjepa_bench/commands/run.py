@@ -51,16 +51,86 @@ def add_parser(sub: Any) -> None:
     run.set_defaults(func=cmd_run)
 
 
+class _Console:
+    """What ``run`` prints on stderr before the measurement: lines held back until the workload is ready
+    (so that a setup error stays one sentence), then the live progress line.  ``quiet``: nothing."""
+
+    def __init__(self, pending: list[str], quiet: bool) -> None:
+        self.pending = pending
+        self.quiet = quiet
+
+    def flush(self) -> None:
+        while self.pending and not self.quiet:
+            print(self.pending.pop(0), file=sys.stderr)
+
+    def progress(self, p: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.flush()
+            med = p["median_step_s"]
+            print(f"\r  measured {p['steps']} steps in {p['elapsed_s']:.1f} s, median step {fmt_ms(med)}"
+                  f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
+
+
+def _run_data_parallel(args: argparse.Namespace, values: dict[str, Any], env: dict[str, Any], backend: Any,
+                       warnings: list[str], launch: Any, console: _Console) -> dict[str, Any] | None:
+    """The run as a data-parallel job through torchrun: the job's record, or None on a node other than 0."""
+    from ..measure.ddp import ddp_unsupported, default_timeout, run_job
+    from ..plugin.manager import probe_names
+
+    why = ddp_unsupported(backend, launch.nproc_per_node)
+    if why:
+        raise UserError(f"--nproc-per-node {launch.nproc_per_node} on {backend.name}: {why}.")
+    console.pending[-1] += (f", a data-parallel job of {launch.world_size} ranks"
+                            + (f" ({launch.nproc_per_node} on node {launch.node_rank} of {launch.nnodes})"
+                               if launch.nnodes > 1 else "") + " through torchrun")
+    console.flush()
+    record = run_job(values, env, device=backend.name, plugin_args=args.plugins,
+                     probes=probe_names(args.probes, args.profile), warnings=warnings, launch=launch,
+                     timeout_s=args.timeout or default_timeout(values["bench"]["max_time_s"]),
+                     artifacts_dir=args.trace_dir)
+    if record is None and not args.quiet:
+        print(f"node {launch.node_rank} of {launch.nnodes}: its {launch.nproc_per_node} rank(s) finished; "
+              "the job's record is written by node 0 (rank 0)")
+    return record
+
+
+def _write_outputs(args: argparse.Namespace, record: dict[str, Any], plugins: Plugins) -> None:
+    """The record as JSON (``--json``) and as a markdown report (``--report``)."""
+    from ..record import write_json
+    from ..report.sections import render_report
+
+    if args.json:
+        write_json(record, args.json)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(render_report([record], plugins.report_sections()))
+
+
+def _print_outcome(args: argparse.Namespace, record: dict[str, Any], plugins: Plugins) -> None:
+    """The libraries' output, the summary, the own-config projection and where the files went."""
+    from ..analysis.projection import own_config_line, own_config_projection
+    from ..measure.quiet import report_library_output
+    from ..report.run_text import summary_text
+
+    if args.verbose or not args.quiet:
+        report_library_output(record.get("probes") or {}, verbose=args.verbose)
+    if not args.quiet:
+        print(summary_text(record, plugins.probes()))
+        if record["status"] == "ok":
+            print(own_config_line(own_config_projection(
+                record, default_train=THRESHOLDS.dataset_size, default_val=THRESHOLDS.val_size,
+                val_every_epochs=THRESHOLDS.val_every_epochs, confidence=THRESHOLDS.confidence)))
+        if args.json:
+            print(f"record written to {args.json}")
+        if args.report:
+            print(f"report written to {args.report}")
+
+
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
-    from ..measure.ddp import Launch, check_launch, ddp_unsupported, default_timeout, run_job
+    from ..measure.ddp import Launch, check_launch
     from ..measure.env import environment_fingerprint
     from ..measure.runner import run_benchmark
     from ..plugin.manager import probe_names, select_backend
-    from ..record import write_json
-    from ..report.sections import render_report
-    from ..report.run_text import summary_text
-    from ..measure.quiet import report_library_output
-    from ..analysis.projection import own_config_line, own_config_projection
 
     for path, what in ((args.json, "--json"), (args.report, "--report")):
         if path:
@@ -78,61 +148,22 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     env = environment_fingerprint(backend)
 
     # Printed once the workload is ready, so that a setup error stays one sentence.
-    pending = [f"warning: {w}" for w in rc.warnings()] + [f"hjepa-bench run: {config_label(values)} on {backend.name}"]
-
-    def flush_pending() -> None:
-        while pending and not args.quiet:
-            print(pending.pop(0), file=sys.stderr)
-
-    def progress(p: dict[str, Any]) -> None:
-        if not args.quiet:
-            flush_pending()
-            med = p["median_step_s"]
-            print(f"\r  measured {p['steps']} steps in {p['elapsed_s']:.1f} s, median step {fmt_ms(med)}"
-                  f" (caps: {p['max_steps']} steps, {p['max_time_s']:.0f} s)   ", end="", file=sys.stderr, flush=True)
-
+    console = _Console([f"warning: {w}" for w in rc.warnings()]
+                       + [f"hjepa-bench run: {config_label(values)} on {backend.name}"], args.quiet)
     launch = Launch(int(values["bench"]["nproc_per_node"]), args.nnodes, args.node_rank, args.rdzv_endpoint)
     check_launch(launch)
     if launch.world_size > 1:
-        why = ddp_unsupported(backend, launch.nproc_per_node)
-        if why:
-            raise UserError(f"--nproc-per-node {launch.nproc_per_node} on {backend.name}: {why}.")
-        pending[-1] += (f", a data-parallel job of {launch.world_size} ranks"
-                        + (f" ({launch.nproc_per_node} on node {launch.node_rank} of {launch.nnodes})"
-                           if launch.nnodes > 1 else "") + " through torchrun")
-        flush_pending()
-        record = run_job(values, env, device=backend.name, plugin_args=args.plugins,
-                         probes=probe_names(args.probes, args.profile), warnings=rc.warnings(), launch=launch,
-                         timeout_s=args.timeout or default_timeout(values["bench"]["max_time_s"]),
-                         artifacts_dir=args.trace_dir)
+        record = _run_data_parallel(args, values, env, backend, rc.warnings(), launch, console)
         if record is None:
-            if not args.quiet:
-                print(f"node {launch.node_rank} of {launch.nnodes}: its {launch.nproc_per_node} rank(s) finished; "
-                      "the job's record is written by node 0 (rank 0)")
             return 0
     else:
-        record = run_benchmark(values, backend, workload, probes, env, warnings=rc.warnings(), progress=progress,
-                               artifacts_dir=args.trace_dir)
-    flush_pending()
+        record = run_benchmark(values, backend, workload, probes, env, warnings=rc.warnings(),
+                               progress=console.progress, artifacts_dir=args.trace_dir)
+    console.flush()
     if not args.quiet:
         print(file=sys.stderr)
-    if args.json:
-        write_json(record, args.json)
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(render_report([record], plugins.report_sections()))
-    if args.verbose or not args.quiet:
-        report_library_output(record.get("probes") or {}, verbose=args.verbose)
-    if not args.quiet:
-        print(summary_text(record, plugins.probes()))
-        if record["status"] == "ok":
-            print(own_config_line(own_config_projection(
-                record, default_train=THRESHOLDS.dataset_size, default_val=THRESHOLDS.val_size,
-                val_every_epochs=THRESHOLDS.val_every_epochs, confidence=THRESHOLDS.confidence)))
-        if args.json:
-            print(f"record written to {args.json}")
-        if args.report:
-            print(f"report written to {args.report}")
+    _write_outputs(args, record, plugins)
+    _print_outcome(args, record, plugins)
     if record["status"] != "ok":  # on stderr even with -q: exit 1 never goes without a word
         print(f"hjepa-bench run: status {record['status']}: {record.get('error') or 'no error message'}",
               file=sys.stderr)

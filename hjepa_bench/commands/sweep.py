@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..config import DEFAULT_SWEEP_OUT
 from ..errors import UserError, output_path
@@ -68,27 +68,97 @@ def add_parser(sub: Any) -> None:
     sw.set_defaults(func=cmd_sweep)
 
 
-def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
+def _executor_options(args: argparse.Namespace, executor: Executor, plugins: Plugins) -> dict[str, Any]:
+    """The values of ``executor``'s own flags (``Executor.options``: dests of flags its plugin added);
+    one sentence for a flag of another executor."""
+    flags: dict[str, str] = getattr(args, "plugin_flags", None) or {}
+    of_executors = {o for e in plugins.executors().values() for o in e.options if o in flags}
+    for dest in sorted(of_executors, key=list(flags).index):
+        if getattr(args, dest, None) is not None and dest not in executor.options:
+            takes = ", ".join(flags[o] for o in executor.options if o in flags) or "none"
+            raise UserError(f"{flags[dest]} is not an option of the {executor.name} executor (it takes: {takes}).")
+    return {dest: getattr(args, dest, None) for dest in executor.options}
+
+
+def _fill_folder_sizes(spec: Any) -> None:
+    """For CIFAR-10 from a folder without ``--dataset-size``: project on the folder's images."""
+    if spec.data == "cifar10" and spec.data_path and spec.dataset_size is None:
+        sizes = {"data": {}, "bench": {"data": "cifar10", "data_path": spec.data_path, "dataset_size": None,
+                                       "val_size": spec.val_size}}
+        fill_dataset_sizes(sizes)  # the projected run trains on the folder's images
+        spec.dataset_size, spec.val_size = sizes["bench"]["dataset_size"], sizes["bench"]["val_size"]
+
+
+def _sweep_report(args: argparse.Namespace, spec: Any, out: Path, summary: Mapping[str, Any], settings: Any,
+                  plugins: Plugins) -> tuple[list[dict[str, Any]], dict[str, Any], set[str], bool]:
+    """The decision report of everything in ``out``: (records, analysis, own-config option names, whether
+    the report on disk was kept because nothing new was measured)."""
+    from ..analysis.report_data import build_analysis
     from ..measure.results import entry_models, load_results
-    from ..measure.sweep import (SweepSpec, install_sigterm_handler, resume_command, run_sweep,
-                                 selected_options)
-    from ..report.markdown import write_report
-    from ..report.run_text import sweep_table, verdict_lines
-    from ..analysis.projection import own_config_line
     from ..options import own_config_options
+    from ..report.markdown import write_report
+
+    results = load_results([out], entry_models(plugins))
+    records = results.records
+    report = out / "report.md"
+    settings.sources = [str(out)]
+    settings.skipped = [str(x) for x in results.skipped]
+    own_options = own_config_options(records)
+    own = {o.name for o in own_options}
+    settings.options = own_options + settings.options
+    settings.command = "hjepa-bench " + " ".join(args.argv)
+    # a run that measured nothing new (everything recorded, or a retry that failed again) leaves the
+    # report as it is: it may be one the user rendered with other settings
+    measured_new = summary["ran"] > 0 and (not spec.retry or summary["counts"].get("ok", 0) > 0)
+    kept = report.exists() and not measured_new
+    if kept:
+        analysis = build_analysis(records, settings)
+    else:
+        analysis = write_report(records, report, settings, sections=plugins.report_sections())
+        if analysis.get("replaced"):
+            print(f"note: {analysis['replaced']}", file=sys.stderr)
+    return records, analysis, own, kept
+
+
+def _print_sweep_summary(args: argparse.Namespace, spec: Any, out: Path, summary: Mapping[str, Any],
+                         records: list[dict[str, Any]], analysis: Mapping[str, Any], own: set[str],
+                         kept: bool) -> None:
+    """The table, the counts, the verdicts, the own-config projections and where the files are."""
+    from ..analysis.projection import own_config_line
+    from ..measure.sweep import resume_command
+    from ..report.run_text import sweep_table, verdict_lines
+
+    report = out / "report.md"
+    print(sweep_table(records))
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "nothing new"
+    print(f"\n{summary['ran']} configs run this time ({counts}), {summary['recorded_before']} already recorded; "
+          f"{summary['elapsed_s']:.0f} s")
+    if summary["not_run"]:
+        print(f"{summary['not_run']} configs were not run (their node left the cluster); resume with:\n"
+              f"  {resume_command(args.argv)}")
+    if spec.retry and not summary["retried"]:
+        print(f"nothing to retry: no config in {out} is recorded as {' or '.join(spec.retry)}")
+    print(verdict_lines(analysis))
+    for row in analysis["matrix"]:
+        if row["option"] in own and row.get("projection"):
+            print(f"{row['machine']} b{row['batch']} w{row['workers']}: {own_config_line(row['projection'])}")
+    for line in more_time_lines(records, args.argv):
+        print(line)
+    print(f"results: {out / 'results.jsonl'}\nreport:  {report}"
+          + (" (left as it was: nothing new was measured)" if kept else ""))
+
+
+def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..measure.sweep import SweepSpec, install_sigterm_handler, resume_command, run_sweep, selected_options
 
     out = Path(args.out or DEFAULT_SWEEP_OUT)
     output_path(out, "--out", folder=True)
     spec = SweepSpec.from_flags(args)
     plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
     executor = plugins.executor(args.executor)
-    options = executor_options(args, executor, plugins)
-    settings = report_settings(args, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
-    if spec.data == "cifar10" and spec.data_path and spec.dataset_size is None:
-        sizes = {"data": {}, "bench": {"data": "cifar10", "data_path": spec.data_path, "dataset_size": None,
-                                       "val_size": spec.val_size}}
-        fill_dataset_sizes(sizes)  # the projected run trains on the folder's images
-        spec.dataset_size, spec.val_size = sizes["bench"]["dataset_size"], sizes["bench"]["val_size"]
+    options = _executor_options(args, executor, plugins)
+    settings = report_settings(args, plugins, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
+    _fill_folder_sizes(spec)
     selected_options(spec)
     if args.resume and not (out / "results.jsonl").exists():
         print(f"note: nothing to resume in {out}; starting a new sweep there", file=sys.stderr)
@@ -104,48 +174,12 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
               f"and what was in flight was discarded. Resume with:\n  {resume_command(args.argv)}", file=sys.stderr)
         return 130
     bar.close()
-    results = load_results([out], entry_models(plugins))
-    records = results.records
-    report = out / "report.md"
-    settings.sources = [str(out)]
-    settings.skipped = [str(x) for x in results.skipped]
-    own_options = own_config_options(records)
-    own = {o.name for o in own_options}
-    settings.options = own_options + settings.options
-    settings.command = "hjepa-bench " + " ".join(args.argv)
-    # a run that measured nothing new (everything recorded, or a retry that failed again) leaves the
-    # report as it is: it may be one the user rendered with other settings
-    measured_new = summary["ran"] > 0 and (not spec.retry or summary["counts"].get("ok", 0) > 0)
-    kept = report.exists() and not measured_new
-    if kept:
-        from ..analysis.report_data import build_analysis
-
-        analysis = build_analysis(records, settings)
-    else:
-        analysis = write_report(records, report, settings, sections=plugins.report_sections())
-        if analysis.get("replaced"):
-            print(f"note: {analysis['replaced']}", file=sys.stderr)
+    records, analysis, own, kept = _sweep_report(args, spec, out, summary, settings, plugins)
     if mode == "jsonl":
         print(json.dumps({"event": "end", **{k: v for k, v in summary.items() if k != "truncated_tail"},
-                          "report": str(report)}), flush=True)
+                          "report": str(out / "report.md")}), flush=True)
     elif mode != "quiet":
-        print(sweep_table(records))
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "nothing new"
-        print(f"\n{summary['ran']} configs run this time ({counts}), {summary['recorded_before']} already recorded; "
-              f"{summary['elapsed_s']:.0f} s")
-        if summary["not_run"]:
-            print(f"{summary['not_run']} configs were not run (their node left the cluster); resume with:\n"
-                  f"  {resume_command(args.argv)}")
-        if spec.retry and not summary["retried"]:
-            print(f"nothing to retry: no config in {out} is recorded as {' or '.join(spec.retry)}")
-        print(verdict_lines(analysis))
-        for row in analysis["matrix"]:
-            if row["option"] in own and row.get("projection"):
-                print(f"{row['machine']} b{row['batch']} w{row['workers']}: {own_config_line(row['projection'])}")
-        for line in more_time_lines(records, args.argv):
-            print(line)
-        print(f"results: {out / 'results.jsonl'}\nreport:  {report}"
-              + (" (left as it was: nothing new was measured)" if kept else ""))
+        _print_sweep_summary(args, spec, out, summary, records, analysis, own, kept)
     return 0
 
 
@@ -198,18 +232,6 @@ def more_time_lines(records: list[dict[str, Any]], argv: list[str]) -> list[str]
         lines.append(f"{len(timed_out)} config(s) timed out (benchmark); run them again in place with:\n"
                      f"  {with_flags(argv, flags)}")
     return lines
-
-
-def executor_options(args: argparse.Namespace, executor: Executor, plugins: Plugins) -> dict[str, Any]:
-    """The values of ``executor``'s own flags (``Executor.options``: dests of flags its plugin added);
-    a flag of another executor given is a UserError."""
-    flags: dict[str, str] = getattr(args, "plugin_flags", None) or {}
-    of_executors = {o for e in plugins.executors().values() for o in e.options if o in flags}
-    for dest in sorted(of_executors, key=list(flags).index):
-        if getattr(args, dest, None) is not None and dest not in executor.options:
-            takes = ", ".join(flags[o] for o in executor.options if o in flags) or "none"
-            raise UserError(f"{flags[dest]} is not an option of the {executor.name} executor (it takes: {takes}).")
-    return {dest: getattr(args, dest, None) for dest in executor.options}
 
 
 class SweepProgress:

@@ -46,7 +46,8 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..analysis.selfcheck import self_check_lines
     from ..analysis.verdicts import rejudge_record
     from ..measure.env import environment_fingerprint
-    from ..measure.validation_run import ValidationSettings, run_validation, validation_facts, validation_record
+    from ..measure.validation_record import validation_facts, validation_record
+    from ..measure.validation_run import ValidationSettings, run_validation
     from ..options import config_option
     from ..plugin.manager import select_backend
     from ..report.markdown import write_report
@@ -58,7 +59,7 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     values = rc.values
     epochs = values["training"]["epochs"] if args.epochs is None else args.epochs
     out = Path(args.out)
-    settings = report_settings(args, title="hjepa-bench validation run")  # bad files fail before training
+    settings = report_settings(args, plugins, title="hjepa-bench validation run")  # bad files fail before training
     vs = ValidationSettings(epochs=epochs, out_dir=out, feature_every_epochs=args.feature_every,
                             feature_n=args.features_n, checkpoint_every_epochs=args.checkpoint_every,
                             max_steps_per_epoch=args.max_steps_per_epoch)

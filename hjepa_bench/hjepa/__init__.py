@@ -1,1 +1,2 @@
-"""The H-JEPA training step: model, masks, loss, the step, data and inspection (parameters, FLOPs)."""
+"""The H-JEPA training step: model, masks, loss, the step, data, inspection (parameters, FLOPs) and
+checkpoints (saved and loaded)."""

@@ -1,22 +1,17 @@
-"""Setting up H-JEPA training, writing its checkpoints and pulling features out of it, in one place:
+"""Setting up H-JEPA training and pulling features out of it, in one place:
 the ``hjepa`` workload, the validation run, the ``epoch_costs`` and ``features`` probes and the
-checkpoint evaluation all come through here.
+checkpoint evaluation all come through here (its checkpoints: :mod:`hjepa_bench.hjepa.checkpoint`).
 
 * :func:`build_training`: the precision (checked against the backend), the training data set through
   the upstream augmentation, its DataLoader (the masks built in the workers for the ``efficient``
   step) and the :class:`~hjepa_bench.hjepa.step.HJEPAStep` trainer.
-* :func:`checkpoint_state` / :func:`save_checkpoint`: the upstream checkpoint layout (``epoch``,
-  ``model_state_dict``, ``optimizer_state_dict``, ``scaler_state_dict``), written with ``torch.save``
-  into a file that is flushed and fsynced (and, ``atomic``, renamed into place).
 * :func:`extract_features`: pooled target-encoder features (mean of the patch tokens) as CPU float64;
   :func:`level_features`: the same per hierarchy level.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -81,32 +76,6 @@ def build_training(config: Mapping[str, Any], backend: Backend, *,
     spe = full if max_steps_per_epoch is None else max(1, min(full, int(max_steps_per_epoch)))
     trainer = HJEPAStep(config, backend, precision, steps_per_epoch=spe)
     return Training(precision=precision, dataset=dataset, loader=loader, steps_per_epoch=spe, trainer=trainer)
-
-
-# --------------------------------------------------------------------------- checkpoints
-def checkpoint_state(trainer: HJEPAStep, epoch: int, **extra: Any) -> dict[str, Any]:
-    """The upstream checkpoint layout of ``trainer`` (plus ``extra`` top-level entries)."""
-    return {"epoch": epoch, "model_state_dict": trainer.model.state_dict(),
-            "optimizer_state_dict": trainer.optimizer.state_dict(),
-            "scaler_state_dict": trainer.scaler.state_dict() if trainer.scaler is not None else None, **extra}
-
-
-def save_checkpoint(state: Mapping[str, Any], path: str | Path, *, atomic: bool = True) -> None:
-    """``torch.save`` into ``path``, flushed and fsynced; ``atomic``: into a temp file renamed into place,
-    so a crash leaves the old checkpoint or the new one, never half of one."""
-    path = Path(path)
-    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if atomic else path
-    try:
-        with open(target, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if atomic:
-            os.replace(target, path)
-    except BaseException:
-        if atomic:
-            target.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- features

@@ -152,7 +152,7 @@ def _make_parent(path: str) -> list[str]:
 
 
 def measure_checkpoint(trainer: Trainer, parent: str | None, repeats: int = CHECKPOINT_REPEATS) -> dict[str, Any]:
-    from ..hjepa.training import checkpoint_state, save_checkpoint  # (training only: timm, torchvision)
+    from ..hjepa.checkpoint import checkpoint_state, save_checkpoint  # (training only: timm, torchvision)
 
     created = _make_parent(parent) if parent else []
     try:

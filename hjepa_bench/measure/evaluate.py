@@ -3,9 +3,10 @@
 
 ``hjepa-bench eval --checkpoint PATH`` loads an upstream-format checkpoint (a dict
 with ``model_state_dict`` in upstream's layout, ``tests/data/upstream-state-dict-*.tsv``,
-or a bare state dict) and measures the representation quality of its EMA target
-encoder against the same architecture at random initialisation.  Every number
-comes from this run.
+or a bare state dict; read by :func:`hjepa_bench.hjepa.checkpoint.load_state_dict`) and
+measures the representation quality of its EMA target encoder against the same
+architecture at random initialisation (:func:`evaluate_checkpoint`, its settings in
+:class:`EvalSettings`).  Every number comes from this run.
 
 Features (:func:`hjepa_bench.hjepa.training.level_features`), one set per hierarchy level l, computed with the
 model in eval mode, without gradients, in float32 on the chosen device, then
@@ -45,13 +46,11 @@ The random-init model is ``HJEPA.from_config(values)`` built under
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import re
-import warnings
 import time
 from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -62,8 +61,9 @@ from ..analysis.evaluation import (KNN_K, KNN_PROTOCOL, KNN_TEMPERATURE, LINEAR_
                                    comparison_caveats, knn_accuracy, linear_probe)
 from ..analysis.features import feature_quality
 from ..config import MODELS, PATCH_SIZE, resolve_config
+from ..errors import UserError
+from ..hjepa.checkpoint import _first_line, load_state_dict
 from ..hjepa.data import build_dataset, build_eval_transform
-from ..errors import UserError, first_line, input_file
 from ..hjepa.model import HJEPA
 from ..hjepa.training import level_features
 
@@ -80,129 +80,6 @@ GAIN_PROTOCOL = ("trained minus random init (top-1 as a fraction); rankme_ratio 
 
 Progress = Callable[[str], None]
 _UPSTREAM_LAYOUT = "context_encoder.vit.*, target_encoder.vit.*, predictor.*, hierarchy_projections.*"
-
-
-# --------------------------------------------------------------------------- loading
-def _first_line(exc: BaseException) -> str:
-    """The exception's first line without its full stop (its type when it says nothing): a
-    sentence of ours goes on after it."""
-    return first_line(exc).rstrip(".") or type(exc).__name__
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, MappingABC) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def _json_scalar(v: Any) -> Any:
-    """``v`` if it is a JSON scalar (numpy/torch scalars converted), else None."""
-    if isinstance(v, (bool, int, str)) or v is None:
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (np.generic,)) and np.ndim(v) == 0:
-        return _json_scalar(v.item())
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return _json_scalar(v.item())
-    return None
-
-
-def _numpy_scalar_globals() -> list[Any]:
-    """The only globals a checkpoint may use beyond tensors and plain containers: numpy
-    scalars and their dtypes (e.g. an upstream ``best_val_loss`` saved as ``np.float64``).
-    Rebuilding them runs no code from the file."""
-    try:
-        from numpy._core.multiarray import scalar  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar
-    dtypes = getattr(np, "dtypes", None)
-    classes = [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")] if dtypes is not None else []
-    return [scalar, np.dtype, *classes]
-
-
-def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint: ``(state_dict, meta)``.
-
-    Always ``torch.load(map_location="cpu", weights_only=True)``: tensors, plain
-    containers and numpy scalars only.  A checkpoint that needs any other Python
-    global is refused with a :class:`UserError` naming it; it is never loaded with
-    ``weights_only=False``, because unpickling such a file can run arbitrary code.
-
-    Accepts a dict with ``model_state_dict`` (upstream; also the checkpoints
-    ``hjepa-bench validate`` writes, which may carry ``config`` and ``epoch``) or a
-    bare state dict (str -> tensor).  A ``module.`` prefix on every key (DDP) is
-    removed.  ``meta``: ``format``, ``top_level_keys``, ``epoch`` and ``config``
-    when present, the other top-level scalars under ``extra``, ``weights_only``
-    (always true) and ``notes``.  Raises :class:`UserError` for a missing file, a
-    file that is not a (readable) torch file, a file that needs other globals, and a
-    file with no model state dict.
-    """
-    p = input_file(Path(path).expanduser(), "checkpoint")
-    notes: list[str] = []
-    weights_only = True
-    try:
-        safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before, no extras
-        # torch's own warnings (a pickle protocol it did not write) and its advice to retry with
-        # weights_only=False are not ours to pass on: a failure below is one sentence of ours
-        with warnings.catch_warnings(), \
-                (safe(_numpy_scalar_globals()) if safe is not None else contextlib.nullcontext()):
-            warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one sentence
-        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if blocked or "GLOBAL" in str(exc):
-            what = blocked.group(1) if blocked else "a Python global"
-            raise UserError(f"checkpoint {p} holds Python objects beyond tensors ({what}), and loading them "
-                            "could run code from the file; hjepa-bench loads only tensors, plain containers and "
-                            "numpy scalars, so re-save it with only those (e.g. torch.save({'model_state_dict': "
-                            "model.state_dict(), 'epoch': epoch}, path) in the environment that wrote it).") from None
-        if "Weights only load failed" in str(exc):  # a pickle torch's safe loader cannot read
-            raise UserError(f"checkpoint {p} is a pickle file that the safe loader cannot read (not a torch.save "
-                            "file of tensors); hjepa-bench never unpickles arbitrary objects, since that could run "
-                            "code from the file, so re-save it with torch.save({'model_state_dict': "
-                            "model.state_dict()}, path).") from None
-        raise UserError(f"cannot read checkpoint {p} ({type(exc).__name__}: {_first_line(exc)}); "
-                        "the file is corrupt or not a PyTorch checkpoint.") from None
-
-    meta: dict[str, Any] = {"weights_only": weights_only, "notes": notes, "path": str(p)}
-    if isinstance(obj, MappingABC) and "model_state_dict" in obj:
-        sd = obj["model_state_dict"]
-        meta["format"] = "model_state_dict"
-        meta["top_level_keys"] = [str(k) for k in obj.keys()]
-        if "epoch" in obj:
-            meta["epoch"] = _json_scalar(obj["epoch"])
-        if obj.get("config") is not None:
-            meta["config"] = copy.deepcopy(obj["config"])  # checked when it is used (_resolve)
-        extra = {str(k): _json_scalar(v) for k, v in obj.items()
-                 if k not in ("model_state_dict", "epoch", "config") and _json_scalar(v) is not None}
-        if extra:
-            meta["extra"] = extra
-        if not _is_state_dict(sd):
-            what = "empty" if isinstance(sd, MappingABC) and not sd else (
-                "not a mapping of names to tensors" if not isinstance(sd, MappingABC) else
-                "a mapping that holds values other than tensors")
-            raise UserError(f"checkpoint {p} has a model_state_dict that is {what}.")
-    elif _is_state_dict(obj):
-        sd = obj
-        meta["format"] = "bare state dict"
-        meta["top_level_keys"] = []
-    else:
-        if isinstance(obj, MappingABC):
-            keys = ", ".join(str(k) for k in list(obj.keys())[:8]) or "none"
-            raise UserError(f"checkpoint {p} has no model_state_dict and is not a state dict of tensors "
-                            f"(top-level keys: {keys}).")
-        raise UserError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict with model_state_dict "
-                        "or a state dict of tensors.")
-    sd = dict(sd)
-    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        more = f" and {len(bad) - 1} other tensor{'s' if len(bad) > 2 else ''}" if len(bad) > 1 else ""
-        raise UserError(f"checkpoint {p} holds non-finite weights (NaN or inf in {bad[0]}{more}): the run that "
-                        "saved it diverged; evaluate a checkpoint saved before the divergence.")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-        notes.append("the 'module.' prefix (DistributedDataParallel) was removed from every key")
-    return sd, meta
 
 
 # --------------------------------------------------------------------------- config and model
@@ -376,7 +253,8 @@ def _backend_sync(dev: torch.device) -> Callable[[], None]:
 
 @torch.no_grad()
 def _extract(models: Sequence[HJEPA], dataset: Any, batch_size: int, dev: torch.device, num_workers: int,
-             progress: Progress | None, split: str, sync: Callable[[], None]) -> tuple[list[list[np.ndarray]], np.ndarray, float, float]:
+             sync: Callable[[], None],
+             progress: Progress | None, split: str) -> tuple[list[list[np.ndarray]], np.ndarray, float, float]:
     """Per model, per level (n, D) float64 features; labels; data-wait s; forward s (synced)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
                                          num_workers=num_workers)
@@ -424,147 +302,262 @@ def _ratio(a: Any, b: Any) -> float | None:
     return float(a) / float(b)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | None = None,
-                        overrides: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
-                        data: str = "synthetic", data_path: str | Path | None = None,
-                        n_train: int | None = None, n_test: int | None = None, batch_size: int = 64,
-                        seed: int = 0, progress: Progress | None = None, num_workers: int = 0,
-                        limit_samples: int | None = None, sync: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Evaluate the EMA target encoder of ``checkpoint`` against the same
-    architecture at random initialisation (module docstring); a JSON-serialisable dict.
+@dataclass(frozen=True)
+class EvalSettings:
+    """How ``hjepa-bench eval`` evaluates a checkpoint (its flags, one field each).
 
-    ``n_train`` / ``n_test`` default to 5000 / 1000 images, capped by the data set
-    (the first images of each split).  ``limit_samples`` (``--limit-samples``, as in
-    ``run`` and ``validate``) keeps only the first N images of the training split, so
-    ``n_train`` is at most N; the test split is not cut by it.  Synthetic data use the config's ``seed``
-    (the class patterns the training run saw), with the train and test splits of
-    :class:`hjepa_bench.hjepa.data.SyntheticCIFAR`.  ``seed`` seeds the random-init
-    model and the linear probe.  ``progress`` (optional) receives one-line messages.  ``sync``:
-    the device's backend's ``synchronize`` (default: the built-in backend's), for the forward timings.
+    ``config_path`` / ``overrides``: the model's config (see :func:`config_from_checkpoint`);
+    ``device``: a torch device name or ``auto``; ``data`` / ``data_path``: ``synthetic`` or a
+    data set kind and its folder; ``n_train`` / ``n_test``: images per split (default 5000 /
+    1000, capped by the data set); ``limit_samples``: keep only the first N training images;
+    ``batch_size`` / ``num_workers``: the feature extraction's loader; ``seed``: the random-init
+    model and the linear probe; ``progress``: receives one-line messages (None: silent); ``sync``: the
+    device's backend's ``synchronize`` for the forward timings (None: the built-in backend's).
     """
-    t_start = time.perf_counter()
-    say = progress or (lambda _msg: None)
-    timings: dict[str, float] = {}
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}.")
-    for name, n in (("n_train", n_train), ("n_test", n_test), ("limit_samples", limit_samples)):
+
+    config_path: str | Path | None = None
+    overrides: Mapping[str, Any] | None = None
+    device: str | torch.device = "cpu"
+    data: str = "synthetic"
+    data_path: str | Path | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    progress: Progress | None = None
+    num_workers: int = 0
+    limit_samples: int | None = None
+    sync: Callable[[], None] | None = None
+
+
+@dataclass
+class _Loaded:
+    """The checkpoint's model, its config and where the config came from."""
+
+    model: HJEPA
+    values: dict[str, Any]
+    config_source: str
+    meta: dict[str, Any]
+
+
+@dataclass
+class _Splits:
+    """The train and test splits the features are computed on."""
+
+    train: Any
+    test: Any
+    num_classes: int | None
+    image_size: int
+    data_seed: int
+    path: str | None
+
+
+@dataclass
+class _Features:
+    """Per model (trained, random init), per level, the features of each split, and the labels."""
+
+    train: list[list[np.ndarray]]
+    train_y: np.ndarray
+    test: list[list[np.ndarray]]
+    test_y: np.ndarray
+
+
+def _check_settings(s: EvalSettings) -> None:
+    """One sentence for a batch size or an image count below its minimum."""
+    if s.batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {s.batch_size}.")
+    for name, n in (("n_train", s.n_train), ("n_test", s.n_test), ("limit_samples", s.limit_samples)):
         if n is not None and n < (1 if name == "n_test" else 2):
             raise UserError(f"{name} must be at least {1 if name == 'n_test' else 2}, got {n}.")
-    dev = _device(device)
-    sync = sync or _backend_sync(dev)
 
+
+def _load_checkpoint(checkpoint: str | Path, s: EvalSettings, notes: list[str],
+                     timings: dict[str, float]) -> _Loaded:
+    """The checkpoint's state dict loaded into the model its config builds."""
     t = time.perf_counter()
     state_dict, meta = load_state_dict(checkpoint)
-    values, config_source, notes = _resolve(meta, config_path, overrides)
-    notes = list(meta.get("notes", [])) + notes
+    values, config_source, config_notes = _resolve(meta, s.config_path, s.overrides)
+    notes += list(meta.get("notes", [])) + config_notes
     model = load_model(values, state_dict)
     del state_dict
     timings["load_s"] = time.perf_counter() - t
-    say(f"loaded {checkpoint} ({meta['format']}, config: {config_source})")
+    return _Loaded(model, values, config_source, meta)
 
+
+def _random_init(values: Mapping[str, Any], seed: int, timings: dict[str, float]) -> HJEPA:
+    """``HJEPA.from_config(values)`` under ``torch.manual_seed(seed)``, the global RNG state restored."""
     t = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         random_model = HJEPA.from_config(values)
     timings["random_init_s"] = time.perf_counter() - t
-    model.to(dev).eval()
-    random_model.to(dev).eval()
+    return random_model
 
-    # ---- data
+
+def _splits(values: Mapping[str, Any], s: EvalSettings, notes: list[str], timings: dict[str, float]) -> _Splits:
+    """The first ``n_train`` / ``n_test`` images of each split with the eval transform (notes say
+    where a split was cut or had fewer)."""
     t = time.perf_counter()
     image_size = int(values["data"]["image_size"])
     transform = build_eval_transform(image_size)
-    want_train = DEFAULT_N_TRAIN if n_train is None else int(n_train)
-    want_test = DEFAULT_N_TEST if n_test is None else int(n_test)
-    if limit_samples is not None and want_train > int(limit_samples):
-        notes.append(f"--limit-samples {limit_samples}: the training split is its first {limit_samples} images, "
-                     f"so n_train is {limit_samples} (asked for {want_train})")
-        want_train = int(limit_samples)
+    want_train = DEFAULT_N_TRAIN if s.n_train is None else int(s.n_train)
+    want_test = DEFAULT_N_TEST if s.n_test is None else int(s.n_test)
+    if s.limit_samples is not None and want_train > int(s.limit_samples):
+        notes.append(f"--limit-samples {s.limit_samples}: the training split is its first {s.limit_samples} images, "
+                     f"so n_train is {s.limit_samples} (asked for {want_train})")
+        want_train = int(s.limit_samples)
     data_seed = int(values["seed"])
-    path = None if data_path is None else str(data_path)
-    if data == "synthetic":
+    path = None if s.data_path is None else str(s.data_path)
+    if s.data == "synthetic":
         train_ds = build_dataset("synthetic", train=True, size=want_train, seed=data_seed, transform=transform)
         test_ds = build_dataset("synthetic", train=False, size=want_test, seed=data_seed, transform=transform)
     else:
-        train_ds = build_dataset(data, path=path, train=True, transform=transform, limit=want_train)
-        test_ds = build_dataset(data, path=path, train=False, transform=transform, limit=want_test)
+        train_ds = build_dataset(s.data, path=path, train=True, transform=transform, limit=want_train)
+        test_ds = build_dataset(s.data, path=path, train=False, transform=transform, limit=want_test)
     for split, ds, want in (("train", train_ds, want_train), ("test", test_ds, want_test)):
         if len(ds) < want:
             notes.append(f"the {split} split has only {len(ds)} images (asked for {want}): all of them were used")
     num_classes = len(getattr(train_ds, "classes", [])) or None
     timings["data_setup_s"] = time.perf_counter() - t
+    return _Splits(train_ds, test_ds, num_classes, image_size, data_seed, path)
 
-    # ---- features
-    models = [model, random_model]
+
+def _features(models: Sequence[HJEPA], splits: _Splits, s: EvalSettings, dev: torch.device,
+              timings: dict[str, float]) -> _Features:
+    """Both splits embedded by every model (synced timings of data wait and forward)."""
+    sync = s.sync or _backend_sync(dev)
     t = time.perf_counter()
-    train_feats, train_y, d1, f1 = _extract(models, train_ds, batch_size, dev, num_workers, progress, "train", sync)
-    test_feats, test_y, d2, f2 = _extract(models, test_ds, batch_size, dev, num_workers, progress, "test", sync)
+    train_feats, train_y, d1, f1 = _extract(models, splits.train, s.batch_size, dev, s.num_workers, sync, s.progress,
+                                            "train")
+    test_feats, test_y, d2, f2 = _extract(models, splits.test, s.batch_size, dev, s.num_workers, sync, s.progress,
+                                          "test")
     timings["extract_s"] = time.perf_counter() - t
     timings["extract_data_s"] = d1 + d2
     timings["extract_forward_s"] = f1 + f2
-    if num_classes is None:
-        num_classes = int(max(train_y.max(), test_y.max())) + 1
+    return _Features(train_feats, train_y, test_feats, test_y)
+
+
+def _check_labels(feats: _Features, embed_dim: int, notes: list[str]) -> None:
+    """One sentence for a single-class train split; notes for too few train images for kNN or RankMe."""
+    train_y = feats.train_y
     if len(np.unique(train_y)) < 2:
         raise UserError(f"the {len(train_y)} train images hold a single class; use more train images (--n-train).")
     if len(train_y) < KNN_K:
         notes.append(f"only {len(train_y)} train images: kNN used k={len(train_y)} instead of {KNN_K}")
-    d = model.embed_dim
-    if len(train_y) < 4 * d:
-        notes.append(f"n_train = {len(train_y)} < 4D = {4 * d}: RankMe is biased low; compare RankMe only at "
+    if len(train_y) < 4 * embed_dim:
+        notes.append(f"n_train = {len(train_y)} < 4D = {4 * embed_dim}: RankMe is biased low; compare RankMe only at "
                      "the same n_train")
 
-    # ---- metrics
+
+def _score_level(level: int, feats: _Features, num_classes: int, n_patches: int, seed: int,
+                 score_t: dict[str, float], notes: list[str]) -> dict[str, Any]:
+    """One hierarchy level: both models scored, and the trained model's gain over the random init."""
+    entry: dict[str, Any] = {"level": level, "dim": int(feats.train[0][level].shape[1]),
+                             "features": "mean of the patch tokens" if level == 0 else
+                             (f"hierarchy_projections[{level}] on the patch tokens, avg-pool "
+                              f"k={min(2 ** level, n_patches)}, mean")}
+    for name, mi in (("trained", 0), ("random_init", 1)):
+        entry[name] = _score(feats.train[mi][level], feats.train_y, feats.test[mi][level], feats.test_y, num_classes,
+                             seed, score_t)
+    tr, rn = entry["trained"], entry["random_init"]
+    entry["gain"] = {
+        "knn_top1": tr["knn_top1"] - rn["knn_top1"],
+        "linear_top1": tr["linear_top1"] - rn["linear_top1"],
+        "rankme_ratio": _ratio(tr["feature_quality"]["rankme_centred"], rn["feature_quality"]["rankme_centred"]),
+    }
+    for name in ("trained", "random_init"):
+        if not entry[name]["linear_converged"]:
+            notes.append(f"level {level} {name}: the logistic regression did not converge in "
+                         f"{LINEAR_MAX_ITER} iterations")
+    return entry
+
+
+def _score_levels(n_levels: int, feats: _Features, num_classes: int, n_patches: int, seed: int, say: Progress,
+                  notes: list[str], timings: dict[str, float]) -> list[dict[str, Any]]:
+    """Every level scored (feature quality, kNN, linear probe), one progress line each."""
     say("scoring features (feature quality, kNN, linear probe)")
     score_t = {"quality": 0.0, "knn": 0.0, "linear": 0.0}
-    n_patches = (image_size // PATCH_SIZE) ** 2
     levels = []
-    for level in range(len(model.hierarchy_projections)):
-        entry: dict[str, Any] = {"level": level, "dim": int(train_feats[0][level].shape[1]),
-                                 "features": "mean of the patch tokens" if level == 0 else
-                                 (f"hierarchy_projections[{level}] on the patch tokens, avg-pool "
-                                  f"k={min(2 ** level, n_patches)}, mean")}
-        for name, mi in (("trained", 0), ("random_init", 1)):
-            entry[name] = _score(train_feats[mi][level], train_y, test_feats[mi][level], test_y, num_classes,
-                                 seed, score_t)
-        tr, rn = entry["trained"], entry["random_init"]
-        entry["gain"] = {
-            "knn_top1": tr["knn_top1"] - rn["knn_top1"],
-            "linear_top1": tr["linear_top1"] - rn["linear_top1"],
-            "rankme_ratio": _ratio(tr["feature_quality"]["rankme_centred"], rn["feature_quality"]["rankme_centred"]),
-        }
-        for name in ("trained", "random_init"):
-            if not entry[name]["linear_converged"]:
-                notes.append(f"level {level} {name}: the logistic regression did not converge in "
-                             f"{LINEAR_MAX_ITER} iterations")
+    for level in range(n_levels):
+        entry = _score_level(level, feats, num_classes, n_patches, seed, score_t, notes)
         levels.append(entry)
+        tr, rn = entry["trained"], entry["random_init"]
         say(f"level {level}: kNN {tr['knn_top1']:.3f} (random {rn['knn_top1']:.3f}), "
             f"linear {tr['linear_top1']:.3f} (random {rn['linear_top1']:.3f})")
     timings["feature_quality_s"] = score_t["quality"]
     timings["knn_s"] = score_t["knn"]
     timings["linear_s"] = score_t["linear"]
-    timings["total_s"] = time.perf_counter() - t_start
+    return levels
 
-    m = values["model"]
+
+def _model_entry(loaded: _Loaded, image_size: int, n_patches: int, seed: int) -> dict[str, Any]:
+    """The result's ``model``: what was built and evaluated."""
+    m, model = loaded.values["model"], loaded.model
+    return {
+        "encoder_type": m["encoder_type"], "embed_dim": model.embed_dim,
+        "encoder_depth": int(m.get("encoder_depth", 12)),
+        "image_size": image_size, "num_patches": n_patches, "num_hierarchies": int(m["num_hierarchies"]),
+        "predictor_depth": int(m["predictor"]["depth"]), "params": model.param_counts(),
+        "evaluated_encoder": "target_encoder (EMA)", "random_init_seed": seed,
+    }
+
+
+def _data_entry(s: EvalSettings, splits: _Splits, feats: _Features, num_classes: int) -> dict[str, Any]:
+    """The result's ``data``: the splits as used."""
+    image_size = splits.image_size
+    return {
+        "kind": s.data, "path": splits.path, "n_train": int(len(feats.train_y)), "n_test": int(len(feats.test_y)),
+        "train_split_size": int(getattr(splits.train, "full_size", len(splits.train))),
+        "test_split_size": int(getattr(splits.test, "full_size", len(splits.test))),
+        "limit_samples": None if s.limit_samples is None else int(s.limit_samples),
+        "image_size": image_size, "num_classes": int(num_classes), "chance_top1": 1.0 / int(num_classes),
+        "synthetic_seed": splits.data_seed if s.data == "synthetic" else None,
+        "transform": f"bicubic resize to {image_size + 32}, centre crop {image_size}, ImageNet normalisation",
+    }
+
+
+def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings = EvalSettings()) -> dict[str, Any]:
+    """Evaluate the EMA target encoder of ``checkpoint`` against the same
+    architecture at random initialisation (module docstring); a JSON-serialisable dict.
+
+    ``settings.n_train`` / ``n_test`` default to 5000 / 1000 images, capped by the data set
+    (the first images of each split).  ``limit_samples`` (``--limit-samples``, as in
+    ``run`` and ``validate``) keeps only the first N images of the training split, so
+    ``n_train`` is at most N; the test split is not cut by it.  Synthetic data use the config's ``seed``
+    (the class patterns the training run saw), with the train and test splits of
+    :class:`hjepa_bench.hjepa.data.SyntheticCIFAR`.  ``seed`` seeds the random-init
+    model and the linear probe.  ``progress`` (optional) receives one-line messages.
+    """
+    s = settings
+    t_start = time.perf_counter()
+    say = s.progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    _check_settings(s)
+    dev = _device(s.device)
+    loaded = _load_checkpoint(checkpoint, s, notes, timings)
+    say(f"loaded {checkpoint} ({loaded.meta['format']}, config: {loaded.config_source})")
+    model = loaded.model
+    random_model = _random_init(loaded.values, s.seed, timings)
+    model.to(dev).eval()
+    random_model.to(dev).eval()
+    splits = _splits(loaded.values, s, notes, timings)
+    feats = _features([model, random_model], splits, s, dev, timings)
+    num_classes = splits.num_classes
+    if num_classes is None:
+        num_classes = int(max(feats.train_y.max(), feats.test_y.max())) + 1
+    _check_labels(feats, model.embed_dim, notes)
+    n_patches = (splits.image_size // PATCH_SIZE) ** 2
+    levels = _score_levels(len(model.hierarchy_projections), feats, num_classes, n_patches, s.seed, say, notes,
+                           timings)
+    timings["total_s"] = time.perf_counter() - t_start
     out = {
         "checkpoint": str(checkpoint),
-        "checkpoint_format": meta["format"],
-        "epoch": meta.get("epoch"),
-        "config_source": config_source,
-        "model": {
-            "encoder_type": m["encoder_type"], "embed_dim": d, "encoder_depth": int(m.get("encoder_depth", 12)),
-            "image_size": image_size, "num_patches": n_patches, "num_hierarchies": int(m["num_hierarchies"]),
-            "predictor_depth": int(m["predictor"]["depth"]), "params": model.param_counts(),
-            "evaluated_encoder": "target_encoder (EMA)", "random_init_seed": seed,
-        },
-        "data": {
-            "kind": data, "path": path, "n_train": int(len(train_y)), "n_test": int(len(test_y)),
-            "train_split_size": int(getattr(train_ds, "full_size", len(train_ds))),
-            "test_split_size": int(getattr(test_ds, "full_size", len(test_ds))),
-            "limit_samples": None if limit_samples is None else int(limit_samples),
-            "image_size": image_size, "num_classes": int(num_classes), "chance_top1": 1.0 / int(num_classes),
-            "synthetic_seed": data_seed if data == "synthetic" else None,
-            "transform": f"bicubic resize to {image_size + 32}, centre crop {image_size}, ImageNet normalisation",
-        },
+        "checkpoint_format": loaded.meta["format"],
+        "epoch": loaded.meta.get("epoch"),
+        "config_source": loaded.config_source,
+        "model": _model_entry(loaded, splits.image_size, n_patches, s.seed),
+        "data": _data_entry(s, splits, feats, num_classes),
         "device": str(dev),
         "levels": levels,
         "protocol": {"features": FEATURES_PROTOCOL, "feature_quality": QUALITY_PROTOCOL, "knn": KNN_PROTOCOL,
@@ -576,5 +569,5 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config_path: str | Path | Non
     return out
 
 
-__all__ = ["load_state_dict", "load_model", "config_from_checkpoint", "infer_architecture",
+__all__ = ["EvalSettings", "load_model", "config_from_checkpoint", "infer_architecture",
            "evaluate_checkpoint", "DEFAULT_N_TRAIN", "DEFAULT_N_TEST"]

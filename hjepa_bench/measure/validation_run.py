@@ -32,7 +32,8 @@ with the real step (:class:`hjepa_bench.hjepa.step.HJEPAStep`) on the real data 
   the projection of every epoch and of the whole run, which :func:`self_check`
   puts next to what they then took.
 
-``out_dir/validation.json`` (the result) is rewritten atomically at every epoch
+``out_dir/validation.json`` (the result; as a result record and facts:
+:mod:`hjepa_bench.measure.validation_record`) is rewritten atomically at every epoch
 end and at the end, so a killed run leaves its measurements so far.  Ctrl-C
 stops cleanly: the trained state goes to ``checkpoint_latest.pth`` and the result
 says ``interrupted``.  Non-finite loss or gradient norm stops the run as
@@ -71,10 +72,11 @@ from ..hjepa.masks import masks_from_union, sample_batch_union, to_device
 from ..analysis.periodic import LoggingPlan
 from ..hjepa.periodic import TrainerLogger
 from ..hjepa.step import HJEPAStep, ema_momentum_at
-from ..hjepa.training import build_training, checkpoint_state, extract_features, save_checkpoint
-from ..plugin.api import Probe
-from ..record import new_record, write_json
+from ..hjepa.checkpoint import checkpoint_state, save_checkpoint
+from ..hjepa.training import build_training, extract_features
+from ..record import write_json
 from ..stats import finite
+from .validation_record import WARMUP_STEPS
 
 STATUSES = ("ok", "diverged", "interrupted", "error", "oom")
 RESULT_FILE = "validation.json"
@@ -231,25 +233,36 @@ class _ValidationRun:
 
     def _setup(self) -> None:
         v, backend, s = self.values, self.backend, self.settings
-        bench, data = v["bench"], v["data"]
         training = build_training(v, backend, max_steps_per_epoch=s.max_steps_per_epoch)
         precision = training.precision
         v["bench"]["precision"] = precision
         v["bench"]["device"] = backend.name
         self.result["precision"] = precision
-        notes = self.result["notes"]
+        self.loader = training.loader
+        full = self._setup_steps_per_epoch(training.steps_per_epoch)
+        self.trainer = training.trainer
+        model = self.trainer.model
+        self.result["params"] = model.param_counts()
+        self.feature_n = self._feature_n(int(model.embed_dim))
+        n_train = len(training.dataset)
+        self._setup_heldout(n_train)
+        self.ckpt_every = self._checkpoint_every()
+        spe, batch_size = self.steps_per_epoch, int(v["data"]["batch_size"])
+        self.result["train_size"] = spe * batch_size if spe < full else n_train
+        self.result["val_size"] = self.val_batches * batch_size
+        self._setup_logging()
+        mem = backend.memory()
+        self.result["memory_source"] = mem.source
 
-        image_size = int(data["image_size"])
-        kind, seed = bench["data"], int(v["seed"])
-        path = bench.get("data_path") or data.get("data_path")
-        train_set, self.loader = training.dataset, training.loader
-        batch_size, workers = int(data["batch_size"]), int(data["num_workers"])
-        persistent = bool(bench["persistent_workers"])
-        pin = bool(data["pin_memory"]) and backend.device().type != "cpu"  # as the training loader
+    def _setup_steps_per_epoch(self, spe: int) -> int:
+        """The steps per epoch (capped by ``max_steps_per_epoch``), with notes on the cap and on workers
+        that outnumber the cores; returns the loader's full length."""
+        assert self.loader is not None
+        notes = self.result["notes"]
+        workers = int(self.values["data"]["num_workers"])
         full = len(self.loader)
         if full == 0:
             raise UserError("The data loader yields no batches; use a smaller batch or more data.")
-        spe = training.steps_per_epoch
         if spe < full:
             notes.append(f"steps per epoch capped at {spe} of the loader's {full} (max_steps_per_epoch)")
         self.steps_per_epoch = spe
@@ -257,19 +270,27 @@ class _ValidationRun:
         cores = os.cpu_count() or 1
         if workers > cores:
             notes.append(f"{workers} DataLoader workers on {cores} CPU cores: the workers compete with the step")
+        return full
 
-        self.trainer = training.trainer
-        model = self.trainer.model
-        self.result["params"] = model.param_counts()
-        d = int(model.embed_dim)
-        self.feature_n = int(s.feature_n) if s.feature_n is not None else max(MIN_N_PER_D * d, MIN_N)
-        if self.feature_n < 2:
-            raise UserError(f"The feature-quality sample needs at least 2 images, got {self.feature_n}.")
+    def _feature_n(self, d: int) -> int:
+        """Held-out images for feature quality: ``settings.feature_n``, else max(4 D, 256)."""
+        s = self.settings
+        n = int(s.feature_n) if s.feature_n is not None else max(MIN_N_PER_D * d, MIN_N)
+        if n < 2:
+            raise UserError(f"The feature-quality sample needs at least 2 images, got {n}.")
+        return n
 
-        # held-out split: validation loss (1:5 of the training images) and feature quality (first N)
-        n_train = len(train_set)
+    def _setup_heldout(self, n_train: int) -> None:
+        """The held-out split: validation loss (1:5 of the training images) and feature quality (first N)."""
+        v, s, notes = self.values, self.settings, self.result["notes"]
+        bench, data = v["bench"], v["data"]
+        kind, seed = bench["data"], int(v["seed"])
+        path = bench.get("data_path") or data.get("data_path")
+        batch_size, workers = int(data["batch_size"]), int(data["num_workers"])
+        persistent = bool(bench["persistent_workers"])
+        pin = bool(data["pin_memory"]) and self.backend.device().type != "cpu"  # as the training loader
         n_val = max(batch_size, int(round(HELDOUT_RATIO * n_train)))
-        eval_tf = build_eval_transform(image_size)
+        eval_tf = build_eval_transform(int(data["image_size"]))
         size = max(n_val, self.feature_n)
         self.heldout = build_dataset(kind, path=path, train=False, size=size, seed=seed, transform=eval_tf)
         n_held = len(self.heldout)
@@ -277,39 +298,45 @@ class _ValidationRun:
             notes.append(f"feature quality on {n_held} held-out images (all there are), not {self.feature_n}")
             self.feature_n = n_held
         n_val = min(n_val, n_held)
-        if n_val >= batch_size:
-            val_set = Subset(self.heldout, range(n_val))
-            self.val_loader = build_loader(val_set, batch_size=batch_size, num_workers=workers, pin_memory=pin,
-                                           persistent_workers=persistent, shuffle=False, seed=seed)
-            n_batches = len(self.val_loader)
-            if s.val_max_batches is not None:
-                n_batches = min(n_batches, max(1, int(s.val_max_batches)))
-            self.val_batches = n_batches
-            notes.append(f"validation loss: {n_batches} held-out batches of {batch_size} (train=False, eval "
-                         "transform, the same masks every epoch), forward only, model.eval()")
-        else:
+        if n_val < batch_size:
             self.val_batches = 0
             notes.append(f"no validation loss: {n_held} held-out images are fewer than one batch of {batch_size}; "
                          "checkpoint_best follows the mean training loss")
-        if s.checkpoint_every_epochs is not None:
-            self.ckpt_every = int(s.checkpoint_every_epochs)
+            return
+        val_set = Subset(self.heldout, range(n_val))
+        self.val_loader = build_loader(val_set, batch_size=batch_size, num_workers=workers, pin_memory=pin,
+                                       persistent_workers=persistent, shuffle=False, seed=seed)
+        n_batches = len(self.val_loader)
+        if s.val_max_batches is not None:
+            n_batches = min(n_batches, max(1, int(s.val_max_batches)))
+        self.val_batches = n_batches
+        notes.append(f"validation loss: {n_batches} held-out batches of {batch_size} (train=False, eval "
+                     "transform, the same masks every epoch), forward only, model.eval()")
+
+    def _checkpoint_every(self) -> int:
+        """Epochs between scheduled checkpoints: the setting, else the config's ``checkpoint.save_frequency``,
+        else 1."""
+        if self.settings.checkpoint_every_epochs is not None:
+            every = int(self.settings.checkpoint_every_epochs)
         else:
-            ckpt = v.get("checkpoint")
+            ckpt = self.values.get("checkpoint")
             freq = ckpt.get("save_frequency") if isinstance(ckpt, Mapping) else None
-            self.ckpt_every = int(freq) if freq else 1
-        if self.ckpt_every < 1:
-            raise UserError(f"Checkpoints must be written every 1 or more epochs, got {self.ckpt_every}.")
-        self.result["train_size"] = spe * batch_size if spe < full else n_train
-        self.result["val_size"] = self.val_batches * batch_size
-        self.plan = LoggingPlan.from_config(v)
+            every = int(freq) if freq else 1
+        if every < 1:
+            raise UserError(f"Checkpoints must be written every 1 or more epochs, got {every}.")
+        return every
+
+    def _setup_logging(self) -> None:
+        """The trainer's periodic work as the config's ``logging`` asks (TensorBoard into ``out_dir``)."""
+        assert self.trainer is not None
+        self.plan = LoggingPlan.from_config(self.values)
         self.trainer.keep_features = True  # the collapse metrics read the step's embeddings, as upstream
         self.logger = TrainerLogger(self.plan, str(self.out_dir / "tensorboard") if self.plan.tensorboard else None,
-                                    backend)
-        notes.append(f"the trainer's periodic work as the config asks: log_frequency {self.plan.log_frequency}, "
-                     f"TensorBoard {'on (' + str(self.out_dir / 'tensorboard') + ')' if self.plan.tensorboard else 'off'}"
-                     + (", Weights & Biases asked for but not run (no server here)" if self.plan.wandb else ""))
-        mem = backend.memory()
-        self.result["memory_source"] = mem.source
+                                    self.backend)
+        self.result["notes"].append(
+            f"the trainer's periodic work as the config asks: log_frequency {self.plan.log_frequency}, "
+            f"TensorBoard {'on (' + str(self.out_dir / 'tensorboard') + ')' if self.plan.tensorboard else 'off'}"
+            + (", Weights & Biases asked for but not run (no server here)" if self.plan.wandb else ""))
 
     # ------------------------------------------------------------------ artifacts
     def write(self) -> None:
@@ -440,117 +467,31 @@ class _ValidationRun:
             self.result["peak_memory_bytes"] = peak if cur is None else max(cur, peak)
 
     def train(self) -> None:
-        s, backend, trainer, loader = self.settings, self.backend, self.trainer, self.loader
+        s, trainer, loader = self.settings, self.trainer, self.loader
         assert trainer is not None and loader is not None
         epochs, spe = int(s.epochs), self.steps_per_epoch
-        planned = epochs * spe
-        steps = self.result["steps"]
         if s.features_at_start:
             self.result["features"].append(self.features(0))
         self.measure_costs()
         t_train0 = time.perf_counter()
         features_s = 0.0
         for epoch in range(1, epochs + 1):
-            backend.reset_peak_memory()
+            self.backend.reset_peak_memory()
             acc: dict[str, Any] = {"epoch": epoch, "steps": 0, "elapsed_s": 0.0, "losses": [], "lr_end": None,
                                    "data_wait_s": 0.0, "loader_start_s": 0.0, "periodic_s": {}, "terms": {}}
             self.partial = acc
             bar = tqdm(total=spe, desc=f"epoch {epoch}/{epochs}", unit="it", file=sys.stderr,
                        disable=not self.progress, dynamic_ncols=True, leave=True)
             t_epoch0 = time.perf_counter()
-            try:
-                t0 = time.perf_counter()
-                self.train_it = _iter(loader)
-                acc["loader_start_s"] = time.perf_counter() - t0
-                for i in range(spe):
-                    if i:
-                        t0 = time.perf_counter()
-                    batch = next(self.train_it)
-                    t_batch = time.perf_counter()
-                    out = trainer(batch)
-                    backend.synchronize()
-                    t_end = time.perf_counter()
-                    backend.sample_memory()
-                    if self.logger is not None:
-                        before = dict(self.logger.seconds)
-                        terms = self.logger.readback(out.loss, trainer.last_levels, trainer.optimizer,
-                                                     trainer.optimizer.param_groups[0]["lr"])
-                        for k, x in terms.items():
-                            acc["terms"].setdefault(k, []).append(x)
-                        e = self.values["model"]["ema"]
-                        self.logger.after_step(
-                            batch_idx=i, global_step=trainer.global_step - 1, model=trainer.model, terms=terms,
-                            lr=float(out.lr or 0.0), ema=ema_momentum_at(trainer.global_step - 1, trainer.total_steps,
-                                                                         float(e["momentum"]), float(e["momentum_end"])),
-                            features=trainer.last_features)
-                        for k, x in self.logger.seconds.items():
-                            if x != before.get(k):
-                                acc["periodic_s"][k] = acc["periodic_s"].get(k, 0.0) + x - before.get(k, 0.0)
-                    loss = finite(out.loss.float().item())
-                    grad = finite(out.grad_norm.float().item()) if out.grad_norm is not None else None
-                    lr = float(out.lr if out.lr is not None else trainer.optimizer.param_groups[0]["lr"])
-                    steps["global_step"].append(trainer.global_step - 1)
-                    steps["epoch"].append(epoch)
-                    steps["loss"].append(loss)
-                    steps["grad_norm"].append(grad)
-                    steps["lr"].append(lr)
-                    steps["lr_in_warmup"].append(out.lr_in_warmup)
-                    steps["step_time_s"].append(t_end - t_batch)
-                    steps["data_wait_s"].append(t_batch - t0)
-                    acc["steps"] += 1
-                    acc["losses"].append(loss)
-                    acc["lr_end"] = lr
-                    acc["data_wait_s"] += t_batch - t0
-                    acc["elapsed_s"] = t_end - t_epoch0
-                    done = len(steps["loss"])
-                    run_s = t_end - t_train0
-                    bar.set_postfix({"loss": "nan" if loss is None else f"{loss:.4f}",
-                                     "it/s": f"{acc['steps'] / max(acc['elapsed_s'], 1e-9):.2f}",
-                                     "eta": tqdm.format_interval(run_s / done * (planned - done))},
-                                    refresh=False)
-                    bar.update(1)
-                    bad_grad = out.grad_norm is not None and grad is None
-                    if loss is None or (bad_grad and trainer.scaler is None):
-                        what = "loss" if loss is None else "gradient norm"
-                        self.result["status"] = "diverged"
-                        self.result["error"] = f"non-finite {what} at global step {trainer.global_step - 1} " \
-                                               f"(epoch {epoch}, step {i + 1} of {spe})"
-                        return
-                    if bad_grad:
-                        self.result["skipped_steps"] += 1  # fp16: the GradScaler skipped this step
-            finally:
-                bar.close()
-                _release(loader, self.train_it, final=False)
-                self.train_it = None
-
+            if not self._train_epoch(epoch, acc, bar, t_epoch0, t_train0):
+                return
             # ---- end of the epoch: validation loss, features, checkpoints, summary
             val_loss, n_val, val_s = self.validation_loss()
             acc.update(val_loss=val_loss, val_batches=n_val, val_s=val_s)
-            last = epoch == epochs
-            every = int(s.feature_every_epochs)
-            if last or (every > 0 and epoch % every == 0):
-                t0 = time.perf_counter()
-                self.result["features"].append(self.features(epoch))
-                acc["features_s"] = time.perf_counter() - t0
-                features_s += acc["features_s"]
+            features_s += self._epoch_features(epoch, acc)
             summary = self._epoch_summary(acc, complete=True)
-            metric = val_loss if val_loss is not None else summary["train_loss_mean"]
-            improved = metric is not None and (self.best_metric is None or metric < self.best_metric)
-            if improved:
-                self.best_metric = metric
-            t0 = time.perf_counter()
-            latest = Path(self.save_checkpoint("latest", epoch, "checkpoint_latest.pth")["path"])
-            if improved:
-                self.save_checkpoint("best", epoch, "checkpoint_best.pth", copy_of=latest)
-            if epoch % self.ckpt_every == 0:
-                self.save_checkpoint("epoch", epoch, f"checkpoint_epoch_{epoch}.pth", copy_of=latest)
-            summary["checkpoint_s"] = time.perf_counter() - t0
-            summary["best"] = improved
-            t0 = time.perf_counter()
-            if self.logger is not None:
-                self.logger.epoch_end({k: sum(x) / len(x) for k, x in acc["terms"].items() if x},
-                                      summary["train_loss_mean"], val_loss, trainer.global_step)
-            acc["periodic_s"]["epoch_scalars"] = acc["periodic_s"].get("epoch_scalars", 0.0) + time.perf_counter() - t0
+            self._epoch_checkpoints(epoch, summary, val_loss)
+            self._epoch_scalars(acc, summary, val_loss)
             summary["periodic_s"] = dict(acc["periodic_s"])
             summary["wall_s"] = time.perf_counter() - t_epoch0 - summary.get("features_s", 0.0)
             summary["loadavg_1m"] = _loadavg()
@@ -562,6 +503,143 @@ class _ValidationRun:
             self.write()
             if self.on_epoch is not None:
                 self.on_epoch(summary)
+
+    def _train_epoch(self, epoch: int, acc: dict[str, Any], bar: Any, t_epoch0: float, t_train0: float) -> bool:
+        """The epoch's training steps, each timed (data wait: from the previous step's end, the loader's
+        start-up for the first) and recorded; False when the run diverged."""
+        backend, trainer, loader = self.backend, self.trainer, self.loader
+        assert trainer is not None and loader is not None
+        try:
+            t0 = time.perf_counter()
+            self.train_it = _iter(loader)
+            acc["loader_start_s"] = time.perf_counter() - t0
+            for i in range(self.steps_per_epoch):
+                if i:
+                    t0 = time.perf_counter()
+                batch = next(self.train_it)
+                t_batch = time.perf_counter()
+                out = trainer(batch)
+                backend.synchronize()
+                t_end = time.perf_counter()
+                backend.sample_memory()
+                if self.logger is not None:
+                    self._periodic_work(i, out, acc)
+                loss, grad = self._record_step(epoch, out, acc, t_batch - t0, t_end - t_batch, t_end - t_epoch0)
+                self._show_progress(bar, loss, acc, t_end - t_train0)
+                if self._stopped(epoch, i, out, loss, grad):
+                    return False
+        finally:
+            bar.close()
+            _release(loader, self.train_it, final=False)
+            self.train_it = None
+        return True
+
+    def _periodic_work(self, i: int, out: Any, acc: dict[str, Any]) -> None:
+        """The trainer's per-step periodic work after step ``i`` (read-backs, logging, collapse metrics),
+        its seconds per kind added to the epoch's."""
+        trainer, logger = self.trainer, self.logger
+        assert trainer is not None and logger is not None
+        before = dict(logger.seconds)
+        terms = logger.readback(out.loss, trainer.last_levels, trainer.optimizer,
+                                trainer.optimizer.param_groups[0]["lr"])
+        for k, x in terms.items():
+            acc["terms"].setdefault(k, []).append(x)
+        e = self.values["model"]["ema"]
+        logger.after_step(
+            batch_idx=i, global_step=trainer.global_step - 1, model=trainer.model, terms=terms,
+            lr=float(out.lr or 0.0), ema=ema_momentum_at(trainer.global_step - 1, trainer.total_steps,
+                                                         float(e["momentum"]), float(e["momentum_end"])),
+            features=trainer.last_features)
+        for k, x in logger.seconds.items():
+            if x != before.get(k):
+                acc["periodic_s"][k] = acc["periodic_s"].get(k, 0.0) + x - before.get(k, 0.0)
+
+    def _record_step(self, epoch: int, out: Any, acc: dict[str, Any], wait_s: float, step_s: float,
+                     epoch_elapsed_s: float) -> tuple[float | None, float | None]:
+        """One step into the run's per-step series and the epoch's sums; returns its (loss, grad norm),
+        None where not finite."""
+        trainer, steps = self.trainer, self.result["steps"]
+        assert trainer is not None
+        loss = finite(out.loss.float().item())
+        grad = finite(out.grad_norm.float().item()) if out.grad_norm is not None else None
+        lr = float(out.lr if out.lr is not None else trainer.optimizer.param_groups[0]["lr"])
+        steps["global_step"].append(trainer.global_step - 1)
+        steps["epoch"].append(epoch)
+        steps["loss"].append(loss)
+        steps["grad_norm"].append(grad)
+        steps["lr"].append(lr)
+        steps["lr_in_warmup"].append(out.lr_in_warmup)
+        steps["step_time_s"].append(step_s)
+        steps["data_wait_s"].append(wait_s)
+        acc["steps"] += 1
+        acc["losses"].append(loss)
+        acc["lr_end"] = lr
+        acc["data_wait_s"] += wait_s
+        acc["elapsed_s"] = epoch_elapsed_s
+        return loss, grad
+
+    def _show_progress(self, bar: Any, loss: float | None, acc: Mapping[str, Any], run_s: float) -> None:
+        """The progress bar's loss, speed and time left, one step on."""
+        done = len(self.result["steps"]["loss"])
+        planned = int(self.settings.epochs) * self.steps_per_epoch
+        bar.set_postfix({"loss": "nan" if loss is None else f"{loss:.4f}",
+                         "it/s": f"{acc['steps'] / max(acc['elapsed_s'], 1e-9):.2f}",
+                         "eta": tqdm.format_interval(run_s / done * (planned - done))},
+                        refresh=False)
+        bar.update(1)
+
+    def _stopped(self, epoch: int, i: int, out: Any, loss: float | None, grad: float | None) -> bool:
+        """True (the run diverged) for a non-finite loss, or gradient norm without a GradScaler; an fp16
+        step the GradScaler skipped is counted."""
+        trainer = self.trainer
+        assert trainer is not None
+        bad_grad = out.grad_norm is not None and grad is None
+        if loss is None or (bad_grad and trainer.scaler is None):
+            what = "loss" if loss is None else "gradient norm"
+            self.result["status"] = "diverged"
+            self.result["error"] = f"non-finite {what} at global step {trainer.global_step - 1} " \
+                                   f"(epoch {epoch}, step {i + 1} of {self.steps_per_epoch})"
+            return True
+        if bad_grad:
+            self.result["skipped_steps"] += 1  # fp16: the GradScaler skipped this step
+        return False
+
+    def _epoch_features(self, epoch: int, acc: dict[str, Any]) -> float:
+        """Feature quality at the last epoch and every ``feature_every_epochs``; returns its seconds."""
+        s = self.settings
+        every = int(s.feature_every_epochs)
+        if not (epoch == int(s.epochs) or (every > 0 and epoch % every == 0)):
+            return 0.0
+        t0 = time.perf_counter()
+        self.result["features"].append(self.features(epoch))
+        acc["features_s"] = time.perf_counter() - t0
+        return acc["features_s"]
+
+    def _epoch_checkpoints(self, epoch: int, summary: dict[str, Any], val_loss: float | None) -> None:
+        """``checkpoint_latest.pth`` every epoch, copied to ``checkpoint_best.pth`` when the validation loss
+        (else the mean training loss) improved and to ``checkpoint_epoch_{E}.pth`` on schedule."""
+        metric = val_loss if val_loss is not None else summary["train_loss_mean"]
+        improved = metric is not None and (self.best_metric is None or metric < self.best_metric)
+        if improved:
+            self.best_metric = metric
+        t0 = time.perf_counter()
+        latest = Path(self.save_checkpoint("latest", epoch, "checkpoint_latest.pth")["path"])
+        if improved:
+            self.save_checkpoint("best", epoch, "checkpoint_best.pth", copy_of=latest)
+        if epoch % self.ckpt_every == 0:
+            self.save_checkpoint("epoch", epoch, f"checkpoint_epoch_{epoch}.pth", copy_of=latest)
+        summary["checkpoint_s"] = time.perf_counter() - t0
+        summary["best"] = improved
+
+    def _epoch_scalars(self, acc: dict[str, Any], summary: Mapping[str, Any], val_loss: float | None) -> None:
+        """The trainer's epoch-end scalars (mean loss terms, train and validation loss), timed."""
+        trainer = self.trainer
+        assert trainer is not None
+        t0 = time.perf_counter()
+        if self.logger is not None:
+            self.logger.epoch_end({k: sum(x) / len(x) for k, x in acc["terms"].items() if x},
+                                  summary["train_loss_mean"], val_loss, trainer.global_step)
+        acc["periodic_s"]["epoch_scalars"] = acc["periodic_s"].get("epoch_scalars", 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------ stopping
     def close_partial(self) -> None:
@@ -642,87 +720,4 @@ def run_validation(values: Mapping[str, Any], backend: Any, settings: Validation
     return _ValidationRun(v, backend, settings, progress, on_epoch).run()
 
 
-# --------------------------------------------------------------------------- to the report
-def validation_record(result: Mapping[str, Any], env: Mapping[str, Any],
-                      probes: Mapping[str, Probe] | None = None) -> dict[str, Any]:
-    """The validation run as a result record: its steps are the measurement (the first
-    ``WARMUP_STEPS`` are warm-up); each probe of ``probes`` (None: the registered ones) makes its
-    entry from the record and the run's result (its epoch ends give the per-epoch costs, its last
-    feature measurement the features entry).  The decision matrix projects from it like from a
-    sweep record."""
-    from ..plugin.manager import registered_probes
-    from ..stats import summarize
-
-    steps = result.get("steps") or {}
-    wait = [w or 0.0 for w in steps.get("data_wait_s") or []]
-    run = [t for t in steps.get("step_time_s") or []]
-    whole = [(t + w) if t is not None else None for t, w in zip(run, wait)]
-    warm = min(WARMUP_STEPS, max(0, len(whole) - 2))
-    measured = [t for t in whole[warm:] if t is not None]
-    values = copy.deepcopy(dict(result.get("config") or {}))
-    batch = int(values["data"]["batch_size"])
-    values.setdefault("bench", {})["variant"] = values["bench"].get("variant", "reference")
-    ok = bool(measured)
-    ips = len(measured) / sum(measured) if ok and sum(measured) > 0 else None
-    stats = summarize(measured) if ok else {}
-    status = {"ok": "ok", "interrupted": "ok", "diverged": "diverged", "oom": "oom"}.get(result.get("status"), "error")
-    if status == "ok" and not ok:
-        status = "error"
-    metrics = {"it_per_s": ips, "samples_per_s": None if ips is None else ips * batch,
-               "step_time_s": stats, "measured_steps": len(measured),
-               "data_wait_frac": (sum(wait[warm:]) / sum(measured)) if ok and sum(measured) else None,
-               "peak_device_bytes": result.get("peak_memory_bytes"), "memory_source": result.get("memory_source"),
-               "device_total_bytes": env.get("device_total_bytes"),
-               "batch_size": {"requested": batch, "achieved": batch},
-               "timing_method": "validation run: data wait + synced step, per step"}
-    record = new_record(values, env)
-    record.update({
-        "status": status, "error": result.get("error"),
-        "params": result.get("params") or {"total": 0, "trainable": 0},
-        "metrics": metrics,
-        "series": {"warmup_steps": warm, "step_time_s": whole, "loss": steps.get("loss") or [],
-                   "grad_norm": steps.get("grad_norm") or [], "lr": steps.get("lr") or [],
-                   "lr_in_warmup": steps.get("lr_in_warmup") or []},
-        "probes": {}, "sweep": {"label": f"validation run ({result.get('epochs_completed')} epochs)"},
-    })
-    # each probe's entry of the run, as the probe builds it (Probe.validation_entry)
-    for name, p in (registered_probes() if probes is None else probes).items():
-        entry = p.validation_entry(record, result)
-        if entry is not None:
-            record["probes"][name] = entry
-    return record
-
-
-def validation_facts(result: Mapping[str, Any], record: Mapping[str, Any], thresholds: Any = None) -> Any:
-    """Facts of a validation run for the success criteria and the checklist (the probes' own verdicts
-    judged with ``thresholds``, None: the defaults)."""
-    from ..analysis.criteria import facts_from_records, is_backend_error
-    from ..thresholds import DEFAULTS
-
-    f = facts_from_records([record], thresholds=thresholds or DEFAULTS)
-    f.source = "validate"
-    f.subject = (f"the validation run ({result.get('epochs_completed')}/{result.get('epochs_planned')} epochs, "
-                 f"status {result.get('status')})")
-    f.notes = [n for n in f.notes if "validation run's config" not in n]
-    f.epochs_planned = result.get("epochs_planned")
-    f.epochs_completed = result.get("epochs_completed")
-    f.crashed = result.get("status") in ("error", "oom")
-    f.crash_detail = result.get("error") if f.crashed else None
-    f.oom = result.get("status") == "oom"
-    if result.get("status") == "diverged":
-        f.non_finite, f.diverged = True, True
-    f.fallbacks = list(result.get("fallback_warnings") or [])
-    # a crash fails stability; only an error from the device backend also fails compatibility
-    f.backend_errors = [str(result["error"])] if f.crashed and is_backend_error(result.get("error")) else []
-    f.loss_preliminary = False
-    if f.collapse:
-        f.collapse["note"] = f"EMA target encoder after {result.get('epochs_completed')} epoch(s), held-out images"
-    if result.get("status") == "interrupted":
-        f.notes.append("the run was interrupted (Ctrl-C): the report covers what was measured")
-    return f
-
-
-WARMUP_STEPS = 3
-
-__all__ = ["ValidationSettings", "run_validation", "validation_record", "validation_facts", "STATUSES",
-           "RESULT_FILE"]
+__all__ = ["ValidationSettings", "run_validation", "STATUSES", "RESULT_FILE"]

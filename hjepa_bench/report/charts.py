@@ -433,14 +433,9 @@ def loss_curve(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | N
 
 
 # --------------------------------------------------------------------------- 3. memory vs batch
-def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
-                    margin: float = DEFAULT_MARGIN) -> Chart | None:
-    name, title = "memory_vs_batch", "Peak memory vs batch size"
-    recs = [r for r in records if isinstance(r, Mapping)]
-    ok = _ok(recs)
-    if not any(peak_bytes(r) is not None for r in ok):
-        return None
-    fits = fit_memory(recs, margin)
+def _memory_points(ok: Sequence[Mapping[str, Any]], fits: Mapping[tuple[str, str], Any]
+                   ) -> tuple[dict[tuple[str, str], list[tuple[int, int]]], int]:
+    """(batch, peak bytes) of the ok records per fitted (device, model) group, and how many measured RSS."""
     points: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     rss = 0
     for r in ok:
@@ -453,56 +448,39 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
             continue
         points[key].append((b, p))
         rss += "rss" in str(lookup(r, "metrics", "memory_source") or "").lower()
-    if not points:
-        return None
-    keys = sorted(points, key=_sort_key)
-    labels = _unique([f"{model} on {dev}" if len({k[0] for k in keys}) > 1 else model for dev, model in keys])
-    subtitle = keys[0][0] if len({k[0] for k in keys}) == 1 else ""
-    fig, ax = _figure(title, subtitle)
-    n_points = sum(len(v) for v in points.values())
-    all_batches = [b for v in points.values() for b, _ in v]
-    max_b = max(all_batches)
-    preds = {k: fits[k].get("predicted_max_batch") for k in keys}
-    reach = [p for p in preds.values() if p is not None and p >= 1 and p <= 8 * max_b]
-    x_max = max([max_b] + reach) * 1.08
-    y_top = 0.0
-    predicted: dict[str, int | None] = {}
-    extrapolated: set[str] = set()
-    for i, (key, label, color) in enumerate(zip(keys, labels, _colors(len(keys)))):
-        res = fits[key]
-        pts = sorted(points[key])
-        xs = [b for b, _ in pts]
-        ys = [p / GIB for _, p in pts]
-        y_top = max(y_top, max(ys))
-        ax.scatter(xs, ys, color=color, marker=MARKERS[i % len(MARKERS)], zorder=3, label=f"{label}: measured")
-        fit = res.get("fit")
-        pred = res.get("predicted_max_batch")
-        predicted[label] = pred
-        if res.get("extrapolated"):
-            extrapolated.add(label)
-        if not fit:
-            continue
-        a, slope = fit["intercept_bytes"], fit["bytes_per_sample"]
-        grid = np.linspace(0, x_max, 200)
-        line = (a + slope * grid) / GIB
-        r2 = fit.get("r2")
-        ax.plot(grid, line, color=color, ls="--", lw=1,
-                label=f"{label}: fit {slope / 2**20:.1f} MiB/sample" + (f", R² {r2:.3f}" if r2 is not None else ""))
-        y_top = max(y_top, float(np.nanmax(line)))
-        if pred is not None and pred >= 1:
-            y_pred = (a + slope * pred) / GIB
-            if pred <= x_max:
-                ax.plot([pred], [y_pred], marker="*", ms=14, color=color, mec="black", zorder=4,
-                        label=f"{label}: predicted max batch {pred}")
-                ax.axvline(pred, color=color, ls=":", lw=1)
-            else:
-                ax.annotate(f"{label}: fits up to batch {pred} \u2192", xy=(0.99, 0.04 + 0.06 * i),
-                            xycoords="axes fraction", ha="right", fontsize="x-small", color=color)
-        for ob in res.get("oom_batches") or []:
-            if ob <= x_max:
-                ax.plot([ob], [(a + slope * ob) / GIB], marker="X", ms=9, color="red", ls="none", zorder=4,
-                        label="out of memory")
-    # device totals and the fit's limit, where they are on the scale (one line per distinct total)
+    return points, rss
+
+
+def _draw_memory_fit(ax: Any, i: int, label: str, color: Any, res: Mapping[str, Any], x_max: float) -> float:
+    """One group's fitted line, its predicted largest batch and its out-of-memory batches; returns the
+    line's top (GiB)."""
+    fit = res["fit"]
+    pred = res.get("predicted_max_batch")
+    a, slope = fit["intercept_bytes"], fit["bytes_per_sample"]
+    grid = np.linspace(0, x_max, 200)
+    line = (a + slope * grid) / GIB
+    r2 = fit.get("r2")
+    ax.plot(grid, line, color=color, ls="--", lw=1,
+            label=f"{label}: fit {slope / 2**20:.1f} MiB/sample" + (f", R² {r2:.3f}" if r2 is not None else ""))
+    if pred is not None and pred >= 1:
+        y_pred = (a + slope * pred) / GIB
+        if pred <= x_max:
+            ax.plot([pred], [y_pred], marker="*", ms=14, color=color, mec="black", zorder=4,
+                    label=f"{label}: predicted max batch {pred}")
+            ax.axvline(pred, color=color, ls=":", lw=1)
+        else:
+            ax.annotate(f"{label}: fits up to batch {pred} \u2192", xy=(0.99, 0.04 + 0.06 * i),
+                        xycoords="axes fraction", ha="right", fontsize="x-small", color=color)
+    for ob in res.get("oom_batches") or []:
+        if ob <= x_max:
+            ax.plot([ob], [(a + slope * ob) / GIB], marker="X", ms=9, color="red", ls="none", zorder=4,
+                    label="out of memory")
+    return float(np.nanmax(line))
+
+
+def _draw_device_totals(ax: Any, keys: Sequence[tuple[str, str]], fits: Mapping[tuple[str, str], Any],
+                        y_top: float, margin: float) -> None:
+    """Device totals and the fit's limit, where they are on the scale (one line per distinct total)."""
     totals: dict[tuple[int, int | None], list[str]] = defaultdict(list)
     for key in keys:
         t = fits[key].get("device_total_bytes")
@@ -521,12 +499,10 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
         else:
             ax.annotate(f"device total {t / GIB:.1f} GiB{dev_label}, above this scale",
                         xy=(0.01, 0.97 - 0.05 * j), xycoords="axes fraction", va="top", fontsize="x-small")
-    # a linear x axis keeps the linear fit straight
-    ax.set_xlim(left=0, right=x_max)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("batch size (samples per step)")
-    ax.set_ylabel("peak memory (GiB)")
-    # one legend entry per label (OOM markers repeat)
+
+
+def _memory_legend(fig: Figure, ax: Any) -> None:
+    """One legend entry per label (OOM markers repeat): inside when short, below the axes otherwise."""
     handles, lbls = ax.get_legend_handles_labels()
     uniq = dict(zip(lbls, handles))
     if len(uniq) <= 5 and max(len(s) for s in uniq) <= 40:
@@ -534,7 +510,12 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
     else:
         fig.legend(uniq.values(), uniq.keys(), loc="outside lower center", ncols=2, fontsize="x-small",
                    frameon=False)
-    path = _save(fig, out_dir, name)
+
+
+def _memory_caption(records: Sequence[Mapping[str, Any]], keys: Sequence[tuple[str, str]], labels: Sequence[str],
+                    fits: Mapping[tuple[str, str], Any], n_points: int, predicted: Mapping[str, int | None],
+                    extrapolated: set[str], rss: int, margin: float) -> str:
+    """What the memory chart shows: the records, the fits, the predicted batches and the RSS caveat."""
     caption = (f"Peak memory (GiB) against batch size for {_plural(n_points, 'ok record')} in "
                f"{_plural(len(keys), 'group')}{_not_ok_note(records)}"
                + (", with fit_memory's least-squares line" if any(fits[k].get("fit") for k in keys) else ""))
@@ -549,7 +530,54 @@ def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
         caption += f"; no fit (fewer than 2 batch sizes) for {', '.join(no_fit)}"
     if rss:
         caption += "; on CPU the peak is the RSS of the process tree (DataLoader workers included)"
-    return Chart(name, title, path, caption + ".",
+    return caption + "."
+
+
+def memory_vs_batch(records: Sequence[Mapping[str, Any]], out_dir: Path,
+                    margin: float = DEFAULT_MARGIN) -> Chart | None:
+    name, title = "memory_vs_batch", "Peak memory vs batch size"
+    recs = [r for r in records if isinstance(r, Mapping)]
+    ok = _ok(recs)
+    if not any(peak_bytes(r) is not None for r in ok):
+        return None
+    fits = fit_memory(recs, margin)
+    points, rss = _memory_points(ok, fits)
+    if not points:
+        return None
+    keys = sorted(points, key=_sort_key)
+    labels = _unique([f"{model} on {dev}" if len({k[0] for k in keys}) > 1 else model for dev, model in keys])
+    subtitle = keys[0][0] if len({k[0] for k in keys}) == 1 else ""
+    fig, ax = _figure(title, subtitle)
+    n_points = sum(len(v) for v in points.values())
+    max_b = max(b for v in points.values() for b, _ in v)
+    preds = {k: fits[k].get("predicted_max_batch") for k in keys}
+    reach = [p for p in preds.values() if p is not None and p >= 1 and p <= 8 * max_b]
+    x_max = max([max_b] + reach) * 1.08
+    y_top = 0.0
+    predicted: dict[str, int | None] = {}
+    extrapolated: set[str] = set()
+    for i, (key, label, color) in enumerate(zip(keys, labels, _colors(len(keys)))):
+        res = fits[key]
+        pts = sorted(points[key])
+        ys = [p / GIB for _, p in pts]
+        y_top = max(y_top, max(ys))
+        ax.scatter([b for b, _ in pts], ys, color=color, marker=MARKERS[i % len(MARKERS)], zorder=3,
+                   label=f"{label}: measured")
+        predicted[label] = res.get("predicted_max_batch")
+        if res.get("extrapolated"):
+            extrapolated.add(label)
+        if res.get("fit"):
+            y_top = max(y_top, _draw_memory_fit(ax, i, label, color, res, x_max))
+    _draw_device_totals(ax, keys, fits, y_top, margin)
+    # a linear x axis keeps the linear fit straight
+    ax.set_xlim(left=0, right=x_max)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("batch size (samples per step)")
+    ax.set_ylabel("peak memory (GiB)")
+    _memory_legend(fig, ax)
+    path = _save(fig, out_dir, name)
+    caption = _memory_caption(records, keys, labels, fits, n_points, predicted, extrapolated, rss, margin)
+    return Chart(name, title, path, caption,
                  {"predicted_max_batch": predicted, "fits": {f"{d} {m}": fits[(d, m)] for d, m in keys},
                   "records": n_points})
 
