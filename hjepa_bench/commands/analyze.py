@@ -50,11 +50,11 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
     if args.out:
         output_path(args.out, "--out", folder=True)
     if args.follow:
-        return _follow(args)
-    return _analyze(args)
+        return _follow(args, plugins)
+    return _analyze(args, plugins)
 
 
-def _follow(args: argparse.Namespace) -> int:
+def _follow(args: argparse.Namespace, plugins: Plugins) -> int:
     """Follow the log until it ends, then write what ``analyze --log`` writes for it."""
     from ..analysis.log_parse import LogParseError
     from ..measure.log_follow import follow
@@ -70,10 +70,10 @@ def _follow(args: argparse.Namespace) -> int:
         print(f"note: the log was {' then '.join(end.rotated)} while it was followed; the report covers the file "
               f"{args.follow} holds now", file=sys.stderr)
     args.log = args.follow
-    return _analyze(args)
+    return _analyze(args, plugins)
 
 
-def _analyze(args: argparse.Namespace) -> int:
+def _analyze(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..analysis.report_data import build_analysis
     from ..measure.log_record import analyze_log_file
     from ..options import config_option
