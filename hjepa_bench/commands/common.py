@@ -234,7 +234,6 @@ def report_settings(args: argparse.Namespace, plugins: Plugins, *, options_file:
     """Thresholds, options and budget for a decision report, from the common flags; the report asks
     ``plugins``' probes (those ``-p`` loaded included) about the records' entries."""
     from ..analysis.report_data import ReportSettings
-    from ..plugin.manager import Plugins
     from ..options import load_options
     from ..thresholds import load_thresholds
 

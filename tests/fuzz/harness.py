@@ -240,11 +240,12 @@ def cached_entry_points() -> Iterator[None]:
 
 @contextlib.contextmanager
 def cached_parser() -> Iterator[None]:
-    """Speed only: build the CLI's argparse parser once for the whole suite (without -p plugins:
-    the fuzzed command lines load none)."""
+    """Speed only: build the CLI's argparse parser once for the whole suite, for command lines that
+    load no ``-p`` plugin (the fuzzed ones); a command line with ``-p`` gets its own parser (the
+    context may stay open for the whole session, and later tests load plugins that add flags)."""
     owner, name, original = _resolve(*PARSER_FACTORY)
     parser = original()
-    setattr(owner, name, lambda *plugins: parser)
+    setattr(owner, name, lambda plugins=(): original(plugins) if plugins else parser)
     try:
         yield
     finally:
