@@ -32,15 +32,16 @@ from typing import Any
 
 import torch
 
+from hjepa_bench import stats
 from hjepa_bench.config import resolve_config, resolve_precision
 from hjepa_bench.hjepa.data import build_dataset, build_transform
 from hjepa_bench.hjepa.inspection import count_step_flops
 from hjepa_bench.hjepa.masks import MaskCollator, MaskSpec
 from hjepa_bench.hjepa.model import HJEPA
 from hjepa_bench.hjepa.step import HJEPAStep
-from hjepa_bench import stats
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.plugin.manager import build_plugins, select_backend
+
 
 def make_batches(values: dict[str, Any], n: int) -> list[tuple]:
     d = values["data"]

@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .commands import COMMANDS
-from .errors import UserError
 from .commands.common import list_flag
-from .plugin.manager import add_plugin_options, build_plugins
+from .errors import UserError
 from .measure.quiet import restore_all
+from .plugin.manager import add_plugin_options, build_plugins
 
 
 class _Parser(argparse.ArgumentParser):

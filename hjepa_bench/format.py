@@ -13,7 +13,6 @@ from typing import Any
 from .stats import finite, finite_int  # noqa: F401 - re-exported: the formatters' callers use them
 
 
-
 def fmt_or_dash(x: Any, spec: str = ".1f", dash: str = "-", suffix: str = "") -> str:
     """A number in ``spec`` format (plus ``suffix``), or ``dash`` when it was not measured."""
     return dash if x is None else format(x, spec) + suffix

@@ -6,7 +6,8 @@ module through :mod:`hjepa_bench.format`)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 IQR_WARN = 0.10  # torch.utils.benchmark warns at IQR/median > 10% ...
 IQR_WARN_HIGH = 0.25  # ... and again at 25%

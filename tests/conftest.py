@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import run_cli, tiny_config
 
 #: the deadline of a test marked slow (its own ``timeout`` mark wins); every other test has the

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hjepa_bench.plugin.api import PRECISIONS, Availability, Backend, MemoryReading, WallClockEvent
 from hjepa_bench.measure.env import cpu_model, environment_fingerprint
+from hjepa_bench.plugin.api import PRECISIONS, Availability, Backend, MemoryReading, WallClockEvent
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "hjepa_bench" / "builtin"
 

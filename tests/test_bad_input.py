@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import QUICK_VAL, TINY_FLAGS, UPSTREAM_CONFIGS
+from test_logparse import build_log
 
 from hjepa_bench import errors
 from hjepa_bench.cli import main
 from hjepa_bench.config import DEFAULTS, SCHEMA, _flatten_keys, resolve_config
 from hjepa_bench.errors import UserError, input_file, output_path, parse_yaml, read_text, read_yaml
-
-from helpers import QUICK_VAL, TINY_FLAGS, UPSTREAM_CONFIGS
-from test_logparse import build_log
 
 TINY_YAML = {"model": {"encoder_depth": 1, "predictor": {"depth": 1}}, "data": {"image_size": 32, "batch_size": 2,
                                                                                 "num_workers": 0},
@@ -30,7 +29,7 @@ TINY_YAML = {"model": {"encoder_depth": 1, "predictor": {"depth": 1}}, "data": {
 @contextmanager
 def deadline(seconds: float = 10):
     """Fail instead of hanging (a reader that opens a FIFO blocks forever)."""
-    def on_alarm(signum, frame):  # noqa: ARG001
+    def on_alarm(signum, frame):
         raise AssertionError(f"no answer within {seconds} s (a hang)")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
@@ -65,7 +64,7 @@ def one_error(res, fragment: str = "") -> str:
 @pytest.fixture
 def no_work(monkeypatch):
     """The work of every command fails the test if it starts: bad input must stop before it."""
-    def forbidden(*a, **k):  # noqa: ARG001
+    def forbidden(*a, **k):
         raise AssertionError("the work started although the input is bad")
 
     # (a command imports its work when it runs, so the work is replaced where it is defined)
@@ -300,7 +299,7 @@ def test_one_list_of_precisions():
     from hjepa_bench.plugin import api
 
     assert api.PRECISIONS is config.PRECISIONS == ("fp32", "fp16", "bf16")
-    assert config.PRECISION_SETTINGS == ("auto", *config.PRECISIONS)
+    assert ("auto", *config.PRECISIONS) == config.PRECISION_SETTINGS
 
 
 def test_valid_configs_still_resolve(tmp_path):

@@ -12,13 +12,12 @@ import re
 from pathlib import Path
 
 import pytest
+from records_factory import GOOD_LOSS, make_record, option_values, quick_val_values
+from test_logparse import build_log
 
 from hjepa_bench.cli import main
 from hjepa_bench.measure.results import read_results, validate_result
 from hjepa_bench.record import SCHEMA_VERSION, RecordError
-
-from records_factory import GOOD_LOSS, make_record, option_values, quick_val_values
-from test_logparse import build_log
 
 
 def _run(capsys, *argv: str) -> tuple[int, list[str], str]:

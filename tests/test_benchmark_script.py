@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO
 
 #: every test here runs real child processes for tens of seconds (docs/testing.md)

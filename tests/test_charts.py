@@ -9,8 +9,15 @@ import matplotlib.image as mpimg
 import pytest
 
 from hjepa_bench.analysis.memory import fit_memory
-from hjepa_bench.report.charts import (Chart, loss_curve, memory_vs_batch, render_charts, step_time_over_run,
-                                throughput_vs_batch, worker_effect)
+from hjepa_bench.report.charts import (
+    Chart,
+    loss_curve,
+    memory_vs_batch,
+    render_charts,
+    step_time_over_run,
+    throughput_vs_batch,
+    worker_effect,
+)
 
 GIB, MIB = 2**30, 2**20
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

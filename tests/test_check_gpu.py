@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO, run_cli
 
 from hjepa_bench.analysis.bottleneck import serialized_verdict
-
-from helpers import REPO, run_cli
 
 
 def test_serialized_verdict():

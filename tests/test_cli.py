@@ -5,11 +5,10 @@ import json
 import types
 
 import pytest
+from helpers import QUICK_VAL, TINY_FLAGS
 
 from hjepa_bench.cli import main
 from hjepa_bench.record import validate_record
-
-from helpers import QUICK_VAL, TINY_FLAGS
 
 
 @pytest.mark.slow

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from helpers import UPSTREAM_CONFIGS, UPSTREAM_STATE_DICTS
 
 from hjepa_bench.config import DEFAULTS, preset_names, preset_path, resolve_config, resolve_model_name
 from hjepa_bench.errors import UserError
 from hjepa_bench.hjepa.model import HJEPA
-
-from helpers import UPSTREAM_CONFIGS, UPSTREAM_STATE_DICTS
 
 #: upstream H-JEPA's parameter counts (total with the EMA target encoder, trainable) per preset
 EXPECTED = {
@@ -138,6 +137,7 @@ def test_presets_ship_as_package_data(tmp_path):
     """What setuptools installs (build_py, as a wheel build runs it) holds every preset."""
     import subprocess
     import sys
+
     from helpers import REPO
     code = "import sys; from setuptools import setup; sys.argv[1:] = ['-q', 'build_py', '--build-lib', sys.argv[1]]; setup()"
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, check=True, capture_output=True, timeout=120)

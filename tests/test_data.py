@@ -11,10 +11,16 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from hjepa_bench.hjepa.data import (CIFAR10Folder, EndlessBatches, SyntheticCIFAR, build_dataset,
-                              build_eval_transform, build_loader, build_transform)
 from hjepa_bench.errors import UserError
-
+from hjepa_bench.hjepa.data import (
+    CIFAR10Folder,
+    EndlessBatches,
+    SyntheticCIFAR,
+    build_dataset,
+    build_eval_transform,
+    build_loader,
+    build_transform,
+)
 
 # --------------------------------------------------------------------------- synthetic
 

@@ -18,12 +18,13 @@ import time
 
 import psutil
 import pytest
+from helpers import REPO, TINY_FLAGS, run_cli
 
 from hjepa_bench.analysis.criteria import pick_validation_record
-from hjepa_bench.analysis.report_data import ReportSettings
 from hjepa_bench.analysis.projection import project_record
+from hjepa_bench.analysis.report_data import ReportSettings
 from hjepa_bench.analysis.scaling import allreduce_share, scaling_efficiency, scaling_rows
-from hjepa_bench.measure.ddp import failure_cause, ddp_unsupported
+from hjepa_bench.measure.ddp import ddp_unsupported, failure_cause
 from hjepa_bench.measure.results import read_results
 from hjepa_bench.measure.sweep import SweepSpec
 from hjepa_bench.options import config_option
@@ -31,8 +32,6 @@ from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.record import label, validate_record, world_size
 from hjepa_bench.report.markdown import write_report
 from hjepa_bench.thresholds import DEFAULTS
-
-from helpers import REPO, TINY_FLAGS, run_cli
 
 RANK_MODULE = "hjepa_bench.measure.ddp_rank"
 
@@ -297,11 +296,10 @@ def test_cuda_job_binds_the_gpu_and_uses_nccl(tmp_path):
     """One NCCL rank per visible GPU (at least one): set_device, device_ids, the NCCL collectives of
     the loop, the check and the comparison phase, and the gather."""
     import torch
+    from helpers import tiny_config
 
     from hjepa_bench.measure.ddp import Launch, run_job
     from hjepa_bench.measure.env import environment_fingerprint
-
-    from helpers import tiny_config
 
     n = torch.cuda.device_count()
     backend = build_plugins([]).backends()["cuda"]
@@ -321,9 +319,10 @@ def test_cuda_job_binds_the_gpu_and_uses_nccl(tmp_path):
 def test_machines_compared_keeps_one_and_two_process_runs_apart():
     """The cluster example showed a 2-rank job's it/s under the one-process config: the comparison
     keyed configs without their process count, so the later record overwrote the other."""
+    from records_factory import make_record, quick_val_values
+
     from hjepa_bench.analysis.decision_matrix import machine_comparison
     from hjepa_bench.analysis.scaling import config_text
-    from records_factory import make_record, quick_val_values
 
     recs = [make_record(quick_val_values(**{"bench.nproc_per_node": n}), it_per_s=ips, fingerprint=fp)
             for fp in ("machine-1", "machine-2") for n, ips in ((1, 20.0), (2, 7.0))]

@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 import pytest
+from records_factory import COSTS, FULL_COSTS, GIB, GOOD_LOSS, make_record, option_values, quick_val_values
 
-from hjepa_bench.analysis.criteria import Facts, FAIL, NOT_MEASURED, PASS, checklist, success_criteria
-from hjepa_bench.analysis.decision_matrix import (decide, evaluate_option, judge, recommend_batch, recommend_lr,
-                                            recommend_warmup, recommend_workers, warmup_range)
+from hjepa_bench.analysis.criteria import FAIL, NOT_MEASURED, PASS, Facts, checklist, success_criteria
+from hjepa_bench.analysis.decision_matrix import (
+    decide,
+    evaluate_option,
+    judge,
+    recommend_batch,
+    recommend_lr,
+    recommend_warmup,
+    recommend_workers,
+    warmup_range,
+)
 from hjepa_bench.analysis.projection import mean_band, project, project_record
+from hjepa_bench.errors import UserError
 from hjepa_bench.options import guide_options, load_options
 from hjepa_bench.thresholds import DEFAULTS, load_thresholds
-from hjepa_bench.errors import UserError
-
-from records_factory import COSTS, FULL_COSTS, GIB, GOOD_LOSS, make_record, option_values, quick_val_values
 
 OPTS = {o.name: o for o in guide_options()}
 

@@ -14,8 +14,8 @@ import random
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hjepa_bench.hjepa.masks import MaskSpec, masks_from_union, sample_batch_union
 from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.hjepa.masks import MaskSpec, masks_from_union, sample_batch_union
 from hjepa_bench.hjepa.step import HJEPAStep
 
 

@@ -10,18 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import UPSTREAM_STATE_DICTS, tiny_config
 
+from hjepa_bench.analysis.evaluation import knn_accuracy, knn_predict, linear_probe_accuracy
 from hjepa_bench.config import resolve_config
 from hjepa_bench.errors import UserError
-from hjepa_bench.analysis.evaluation import knn_accuracy, knn_predict, linear_probe_accuracy
-from hjepa_bench.hjepa.training import level_features
 from hjepa_bench.hjepa.checkpoint import load_state_dict
-from hjepa_bench.measure.evaluate import (EvalSettings, config_from_checkpoint, evaluate_checkpoint, infer_architecture,
-                                          load_model)
-from hjepa_bench.report.run_text import render_eval_markdown
 from hjepa_bench.hjepa.model import HJEPA
-
-from helpers import UPSTREAM_STATE_DICTS, tiny_config
+from hjepa_bench.hjepa.training import level_features
+from hjepa_bench.measure.evaluate import (
+    EvalSettings,
+    config_from_checkpoint,
+    evaluate_checkpoint,
+    infer_architecture,
+    load_model,
+)
+from hjepa_bench.report.run_text import render_eval_markdown
 
 UPSTREAM_TSV = UPSTREAM_STATE_DICTS["quick_val"]
 N_TRAIN, N_TEST = 200, 100

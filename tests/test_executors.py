@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from records_factory import make_record, quick_val_values
 
 from hjepa_bench import hookimpl
 from hjepa_bench.analysis.report_data import ReportSettings, build_analysis
@@ -23,8 +24,6 @@ from hjepa_bench.plugin.api import Executor, Outcome, Place
 from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.record import machine, machine_name, records_frame
 from hjepa_bench.report.markdown import render_markdown
-
-from records_factory import make_record, quick_val_values
 
 SPEC = dict(devices=["cpu"], batch_sizes=[2, 4], workers=[0], img_sizes=[64], encoder_depth=2, predictor_depths=[1],
             options=["none"])

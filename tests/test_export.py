@@ -10,8 +10,8 @@ import sys
 
 import pandas as pd
 import pytest
-
 from helpers import REPO
+
 from hjepa_bench.cli import main
 from hjepa_bench.record import label
 

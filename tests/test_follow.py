@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, run_cli
+from test_logparse import bar, build_log
+
 from hjepa_bench.analysis.log_follow import live_status, status_line
 from hjepa_bench.analysis.log_parse import LogStream, parse_log
 from hjepa_bench.analysis.log_speed import analyze_log
 from hjepa_bench.measure.log_follow import LogTail
-from test_logparse import bar, build_log
 
 TS = "2025-11-16 13:41:02"
 EPOCHS, SPE, RATE, STALL_S, STALL_EVERY, STARTUP_S, BATCH = 3, 300, 3.0, 30.0, 100, 5.0, 32
@@ -229,7 +229,7 @@ def test_stream_in_pieces_reads_what_parse_log_reads():
 
 def test_tail_reads_appends_and_follows_truncation_and_rotation(tmp_path):
     log = tmp_path / "t.log"
-    log.write_bytes("a\r".encode())
+    log.write_bytes(b"a\r")
     tail = LogTail(log)
     assert tail.read() == ("a\r", None)
     with open(log, "ab") as fh:

@@ -14,17 +14,16 @@ import threading
 import time
 
 import pytest
+from helpers import TINY_FLAGS, run_cli, tiny_config
 
+from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 from hjepa_bench.config import available_cores
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.runner import run_benchmark
 from hjepa_bench.measure.sweep import SweepSpec, device_facts, plan
 from hjepa_bench.plugin.api import Place, Probe
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.builtin.backend_cpu import CPUBackend
-from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
-
-from helpers import TINY_FLAGS, run_cli, tiny_config
 
 
 def _one_sentence(res, *fragments):

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from hjepa_bench.hjepa.masks import (MaskCollator, MaskSpec, block_shape, masks_from_union, reference_masks,
-                               sample_batch_union, sample_blocks)
+from hjepa_bench.hjepa.masks import (
+    MaskCollator,
+    MaskSpec,
+    block_shape,
+    masks_from_union,
+    reference_masks,
+    sample_batch_union,
+    sample_blocks,
+)
 
 SPEC224 = MaskSpec(grid=14)
 

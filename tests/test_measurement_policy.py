@@ -11,23 +11,21 @@ import math
 import time
 
 import pytest
+from helpers import TINY_OPTION, run_cli, tiny_config
 
-from hjepa_bench.analysis.criteria import NOT_MEASURED, facts_from_records, fact_verdicts
-from hjepa_bench.analysis.report_data import ReportSettings, build_analysis
-from hjepa_bench.analysis.projection import project_record
-from hjepa_bench.config import DEFAULTS, available_cores
 from hjepa_bench.analysis import policy
+from hjepa_bench.analysis.criteria import NOT_MEASURED, fact_verdicts, facts_from_records
+from hjepa_bench.analysis.projection import project_record
+from hjepa_bench.analysis.report_data import ReportSettings, build_analysis
+from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload, PreparedHJEPA
+from hjepa_bench.config import DEFAULTS, available_cores
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.runner import run_benchmark
 from hjepa_bench.measure.sweep import Point, SweepSpec, _record_for, run_in_child
 from hjepa_bench.options import load_options
-from hjepa_bench.builtin.backend_cpu import CPUBackend
-from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload, PreparedHJEPA
 from hjepa_bench.report.markdown import render_markdown
 from hjepa_bench.thresholds import DEFAULTS as TH
-
-from helpers import TINY_OPTION, run_cli, tiny_config
-
 
 
 class SlowAfterWarmup(PreparedHJEPA):

@@ -2,7 +2,6 @@
 the built-in plugins are one list in code that matches the hjepa_bench/builtin/ folder."""
 from __future__ import annotations
 
-import importlib.metadata as md
 import inspect
 import subprocess
 import sys

@@ -7,14 +7,13 @@ import textwrap
 import types
 
 import pytest
+from helpers import TINY_FLAGS
 
 from hjepa_bench import hookimpl
-from hjepa_bench.plugin.api import Backend
 from hjepa_bench.errors import UserError
+from hjepa_bench.plugin.api import Backend
 from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.record import validate_record
-
-from helpers import TINY_FLAGS
 
 TOY_PLUGIN = textwrap.dedent('''
     """A third-party hjepa-bench plugin: one workload and one probe."""

@@ -9,14 +9,21 @@ import time
 import pytest
 import torch
 
-from hjepa_bench.analysis.bottleneck import (CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck,
-                                             bottleneck_verdict, cpu_summary, cpu_times_util, step_shares)
-from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
-from hjepa_bench.plugin.manager import build_plugins
+from hjepa_bench.analysis.bottleneck import (
+    CPU_SATURATED_PCT,
+    DATA_BOUND_SHARE,
+    analyze_bottleneck,
+    bottleneck_verdict,
+    cpu_summary,
+    cpu_times_util,
+    step_shares,
+)
 from hjepa_bench.builtin import probe_bottleneck
 from hjepa_bench.builtin.backend_cpu import CPUBackend
-from hjepa_bench.report.sections import render_report
 from hjepa_bench.measure.runner import run_benchmark
+from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
+from hjepa_bench.plugin.manager import build_plugins
+from hjepa_bench.report.sections import render_report
 
 PHASES = {"inputs_masks": 0.002, "forward_backward": 0.010, "optimizer": 0.004, "ema": 0.004}
 
@@ -404,7 +411,7 @@ class _QueuedDevice:
         import queue
         import threading
 
-        self.queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
@@ -433,7 +440,7 @@ class _QueuedEvent:
     def record(self) -> None:
         self.device.queue.put(("event", self))
 
-    def elapsed_s(self, end: "_QueuedEvent") -> float:
+    def elapsed_s(self, end: _QueuedEvent) -> float:
         end.done.wait(30)
         self.done.wait(30)
         return end.t - self.t

@@ -8,16 +8,16 @@ import os
 import psutil
 import pytest
 import torch
-
 from helpers import tiny_config
-from hjepa_bench.plugin.api import Workload
-from hjepa_bench.measure.env import environment_fingerprint
-from hjepa_bench.plugin.manager import build_plugins
+from test_runner import ToyWorkload
+
 from hjepa_bench.builtin import probe_epoch_costs
 from hjepa_bench.builtin.probe_epoch_costs import DEFINITIONS, EpochCostsProbe, EpochCostsSection
-from hjepa_bench.report.sections import render_report
+from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.runner import run_benchmark
-from test_runner import ToyWorkload
+from hjepa_bench.plugin.api import Workload
+from hjepa_bench.plugin.manager import build_plugins
+from hjepa_bench.report.sections import render_report
 
 MAIN_FIELDS = ("worker_startup_s", "val_step_s", "checkpoint_save_s")
 

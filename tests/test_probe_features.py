@@ -8,20 +8,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 
 from hjepa_bench.analysis import features as F
 from hjepa_bench.analysis.features import feature_quality
-from hjepa_bench.plugin.api import RunContext
-from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.hjepa.model import HJEPA
 from hjepa_bench.builtin import probe_features
 from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
-from hjepa_bench.record import validate_record
+from hjepa_bench.hjepa.model import HJEPA
 from hjepa_bench.measure.runner import run_benchmark
-from hjepa_bench.record import new_record
-
-from helpers import tiny_config
+from hjepa_bench.plugin.api import RunContext
+from hjepa_bench.plugin.manager import build_plugins
+from hjepa_bench.record import new_record, validate_record
 
 D = 192
 

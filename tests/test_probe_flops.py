@@ -7,16 +7,22 @@ import math
 import pytest
 import torch
 
-from hjepa_bench.analysis.flops import (matmul_flops, matmuls_per_rep, mfu_summary, next_matmul_size,
-                                        peak_summary, per_sample)
-from hjepa_bench.format import fmt_flops
-from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
-from hjepa_bench.hjepa.inspection import count_step_flops
-from hjepa_bench.plugin.manager import build_plugins
+from hjepa_bench.analysis.flops import (
+    matmul_flops,
+    matmuls_per_rep,
+    mfu_summary,
+    next_matmul_size,
+    peak_summary,
+    per_sample,
+)
 from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.builtin.probe_flops import FlopsProbe, FlopsSection, measure_matmul_peak
 from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
+from hjepa_bench.format import fmt_flops
+from hjepa_bench.hjepa.inspection import count_step_flops
 from hjepa_bench.measure.runner import run_benchmark
+from hjepa_bench.plugin.api import PreparedWorkload, StepOutput, Workload
+from hjepa_bench.plugin.manager import build_plugins
 
 
 # --------------------------------------------------------------------------- pure functions

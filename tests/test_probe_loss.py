@@ -6,17 +6,22 @@ import math
 
 import numpy as np
 import pytest
+from test_runner import ToyWorkload
 
-from hjepa_bench.analysis.loss_curve import (CRITERION_DECREASE_PCT, LR_NOISY, LR_SLOW, NOISE_THRESHOLD_PCT,
-                                             analyze_loss, rolling_median)
+from hjepa_bench.analysis.loss_curve import (
+    CRITERION_DECREASE_PCT,
+    LR_NOISY,
+    LR_SLOW,
+    NOISE_THRESHOLD_PCT,
+    analyze_loss,
+    measured_losses,
+    rolling_median,
+)
 from hjepa_bench.builtin import probe_loss
 from hjepa_bench.builtin.backend_cpu import CPUBackend
-from hjepa_bench.analysis.loss_curve import measured_losses
 from hjepa_bench.builtin.probe_loss import LossProbe, LossSection
-from hjepa_bench.record import validate_record
 from hjepa_bench.measure.runner import run_benchmark
-
-from test_runner import ToyWorkload
+from hjepa_bench.record import validate_record
 
 T = np.arange(100)
 
@@ -205,8 +210,8 @@ def test_real_hjepa_run_records_the_applied_lr(tiny, warmup_epochs):
     """The real step's schedule: 16 steps per epoch (64 images, batch 4); with 1 warm-up epoch the 7
     steps of the run are all in warm-up (LR = 1e-4 * (k + 1) / 16), so the probe gives no LR advice;
     without warm-up the cosine LR of the last step is the one judged."""
-    from hjepa_bench.hjepa.step import lr_at
     from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
+    from hjepa_bench.hjepa.step import lr_at
 
     values = tiny(**{"training.warmup_epochs": warmup_epochs, "bench.warmup_steps": 1, "bench.min_steps": 6,
                      "bench.max_steps": 6})

@@ -5,15 +5,15 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_config
+from test_runner import ToyWorkload
 
 from hjepa_bench.analysis.memory import LEAK_GROWTH_FRAC, fit_memory, leak_check, memory_entry
-from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.builtin import probe_memory
 from hjepa_bench.builtin.backend_cpu import CPUBackend
-from hjepa_bench.report.sections import render_report
 from hjepa_bench.measure.runner import run_benchmark
-from test_runner import ToyWorkload
-from helpers import tiny_config
+from hjepa_bench.plugin.manager import build_plugins
+from hjepa_bench.report.sections import render_report
 
 GiB = 2**30
 MiB = 2**20
@@ -161,8 +161,8 @@ def test_registers_through_the_hooks():
 def _fake_cuda_memory(monkeypatch, *, allocated, peak, reserved, peak_reserved, free, total):
     """torch.cuda's memory counters as a real GPU reports them: the caching allocator reserves more
     than its live tensors, and mem_get_info's used memory also holds the CUDA context."""
-    from hjepa_bench.plugin.api import Availability
     from hjepa_bench.builtin import backend_cuda
+    from hjepa_bench.plugin.api import Availability
 
     monkeypatch.setattr(backend_cuda, "_check_availability", lambda: Availability(True))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: allocated)
@@ -236,10 +236,10 @@ def test_mps_peak_includes_the_activations_of_the_forward_pass(monkeypatch):
     """torch.mps has no peak API: a peak sampled after the step sees parameters, gradients and Adam
     state, the activations already freed.  The real H-JEPA step on a fake MPS whose live bytes include
     what the autograd graph holds must report a peak with the activations in it, and say where it sampled."""
-    from hjepa_bench.plugin.api import Availability
-    from hjepa_bench.plugin.precision import probe_precision
     from hjepa_bench.builtin import backend_mps
     from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
+    from hjepa_bench.plugin.api import Availability
+    from hjepa_bench.plugin.precision import probe_precision
 
     class MPSOnCPU(backend_mps.MPSBackend):
         def device(self):

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import TINY_FLAGS
-from hjepa_bench.plugin.manager import build_plugins
+
 from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.builtin.probe_profiler import ProfilerProbe, ProfilerSection, profiled_steps
 from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 from hjepa_bench.measure.runner import run_benchmark
+from hjepa_bench.plugin.manager import build_plugins
 
 PLUGIN = "hjepa_bench.builtin.probe_profiler"
 

@@ -5,17 +5,22 @@ import json
 
 import numpy as np
 import pytest
+from test_runner import ToyWorkload
 
-from hjepa_bench.stats import summarize
-from hjepa_bench.analysis.stability import (SPIKE_K, drift_text, THRESHOLD_CV_PCT, analyze_stability, spike_events,
-                                            spike_period)
+from hjepa_bench.analysis.stability import (
+    SPIKE_K,
+    THRESHOLD_CV_PCT,
+    analyze_stability,
+    drift_text,
+    spike_events,
+    spike_period,
+)
 from hjepa_bench.builtin import probe_stability
 from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.builtin.probe_stability import StabilityProbe, StabilitySection
-from hjepa_bench.record import validate_record
 from hjepa_bench.measure.runner import run_benchmark
-
-from test_runner import ToyWorkload
+from hjepa_bench.record import validate_record
+from hjepa_bench.stats import summarize
 
 
 def _noise(n, level=0.1, rel=0.01, seed=0):
@@ -151,7 +156,7 @@ def test_identical_times_do_not_make_spikes_or_nans():
     _json_ok(e)
     assert e["cv_pct"] == pytest.approx(0.0, abs=1e-9) and e["spike_count"] == 0 and e["verdict"] == "stable"
     assert e["degradation"]["slope_s_per_step"] == 0.0 and e["degradation"]["p_value"] is None
-    assert SPIKE_K == e["thresholds"]["spike_k"]
+    assert e["thresholds"]["spike_k"] == SPIKE_K
 
 
 # --------------------------------------------------------------------------- plugin + section

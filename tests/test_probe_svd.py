@@ -7,14 +7,13 @@ import warnings
 
 import pytest
 import torch
+from helpers import tiny_config
 
-from hjepa_bench.plugin.api import RunContext
-from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.builtin import probe_svd
 from hjepa_bench.builtin.backend_cpu import CPUBackend
+from hjepa_bench.plugin.api import RunContext
+from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.record import new_record
-
-from helpers import tiny_config
 
 FALLBACK_TEXT = ("The operator 'aten::linalg_svd' is not currently supported on the MPS backend and will fall "
                  "back to run on the CPU. This may have performance implications.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import pytest
+from records_factory import GOOD_LOSS, make_record, quick_val_values
 
 from hjepa_bench import FactVerdict, Probe, hookimpl
 from hjepa_bench.analysis.criteria import FAIL, NOT_MEASURED, PASS, PROBE_SECTION, Facts, set_probe_facts
@@ -13,8 +14,6 @@ from hjepa_bench.analysis.verdicts import probe_facts, rejudge_record
 from hjepa_bench.builtin.probe_loss import LossProbe
 from hjepa_bench.plugin.manager import build_plugins, registered_probes
 from hjepa_bench.thresholds import DEFAULTS
-
-from records_factory import GOOD_LOSS, make_record, quick_val_values
 
 LIMIT_C = 90
 
@@ -158,6 +157,7 @@ def test_a_probe_loaded_with_p_feeds_the_report_command(tmp_path):
     import json
 
     from helpers import run_cli
+
     from hjepa_bench.record import dumps
 
     (tmp_path / "thermal_probe.py").write_text(THERMAL_MODULE)

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import TINY_FLAGS, run_cli
+
 from hjepa_bench.measure.quiet import NativeOutput, hidden_line, restore_all
 from hjepa_bench.record import default_file_mode, write_json
 

@@ -18,11 +18,11 @@ import pytest
 pytest.importorskip("ray", reason="ray is not installed (pip install 'hjepa-bench[ray]'); the Ray executor is not tested")
 psutil = pytest.importorskip("psutil")
 
-from hjepa_bench.measure.results import read_results  # noqa: E402
-from hjepa_bench.record import validate_record  # noqa: E402
-
 from helpers import REPO  # noqa: E402
 from raycluster import ENV, FAST_DEATH, Cluster, free_port  # noqa: E402
+
+from hjepa_bench.measure.results import read_results  # noqa: E402
+from hjepa_bench.record import validate_record  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

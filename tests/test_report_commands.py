@@ -9,11 +9,10 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 import yaml
-
-from hjepa_bench.config import resolve_config
-
 from helpers import run_cli
 from test_logparse import build_log
+
+from hjepa_bench.config import resolve_config
 
 TINY_OPTION = """options:
   - name: T

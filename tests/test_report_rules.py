@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from helpers import md_table, run_cli
 
 DATA = Path(__file__).parent / "data"

@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from hjepa_bench.plugin.api import PreparedWorkload, Probe, StepOutput, Workload
 from hjepa_bench.builtin.backend_cpu import CPUBackend
-from hjepa_bench.record import dumps, validate_record
 from hjepa_bench.measure.runner import run_benchmark
+from hjepa_bench.plugin.api import PreparedWorkload, Probe, StepOutput, Workload
+from hjepa_bench.record import dumps, validate_record
 
 
 class ToyPrepared(PreparedWorkload):

@@ -111,10 +111,19 @@ def test_write_json_is_atomic_and_nan_safe(tmp_path):
 
 
 def test_records_share_one_reading():
-    from hjepa_bench.record import (batch_achieved, batch_requested, label, model_short, new_record, peak_bytes,
-                                    backend_peak_bytes, probe, short_model_name)
-
     from records_factory import make_record, quick_val_values
+
+    from hjepa_bench.record import (
+        backend_peak_bytes,
+        batch_achieved,
+        batch_requested,
+        label,
+        model_short,
+        new_record,
+        peak_bytes,
+        probe,
+        short_model_name,
+    )
 
     r = make_record(quick_val_values(), peak_bytes=2 * 2**30)
     validate_record(r)  # the tests' hand-made records are records too

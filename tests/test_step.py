@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
+from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.hjepa.masks import MaskSpec, masks_from_union, sample_batch_union
 from hjepa_bench.hjepa.step import HJEPAStep, ema_momentum_at, lr_at
-from hjepa_bench.builtin.backend_cpu import CPUBackend
 
 
 def _batch(values, variant, seed=0):
@@ -143,8 +143,8 @@ def test_host_to_device_copies_are_asynchronous_only_from_pinned_memory(monkeypa
 
 
 def test_the_loader_pins_as_the_config_says_for_an_accelerator(tiny):
-    from hjepa_bench.hjepa.training import train_loader
     from hjepa_bench.builtin.backend_mps import MPSBackend
+    from hjepa_bench.hjepa.training import train_loader
 
     for pin in (True, False):
         _, loader = train_loader(tiny(**{"data.pin_memory": pin}), MPSBackend())

@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from hjepa_bench.errors import UserError
-from hjepa_bench.record import validate_record
 from hjepa_bench.measure.results import ResultsFile, read_results, results_frame
 from hjepa_bench.measure.sweep import SweepSpec
-
-from helpers import REPO
+from hjepa_bench.record import validate_record
 
 TESTS = Path(__file__).resolve().parent
 TINY_SWEEP = ["--device", "cpu", "--img-size", "64", "--encoder-depth", "2", "--predictor-depths", "1",
@@ -246,8 +245,9 @@ def test_the_sweep_parent_probes_a_gpu_in_a_child(monkeypatch):
     sweep parent they would sit on the GPU every child measures.  The parent asks a child instead."""
     monkeypatch.syspath_prepend(str(TESTS))
     import fault_plugin
-    from hjepa_bench.plugin.manager import build_plugins
+
     from hjepa_bench.builtin.executor_local import LocalExecutor
+    from hjepa_bench.plugin.manager import build_plugins
 
     monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the spawned child finds the plugin module too
     plugins = build_plugins(["fault_plugin"])

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_sweep import TINY_SWEEP, sweep
 
 from hjepa_bench.measure.results import read_results
-
-from test_sweep import TINY_SWEEP, sweep
 
 
 @pytest.mark.slow

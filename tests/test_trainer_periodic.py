@@ -9,11 +9,11 @@ import math
 
 import pytest
 import torch
-
 from helpers import TINY_FLAGS, run_cli, tiny_config
+
+from hjepa_bench.analysis.periodic import LoggingPlan, periodic_counts
 from hjepa_bench.analysis.projection import own_config_projection, project_record
 from hjepa_bench.analysis.selfcheck import self_check
-from hjepa_bench.analysis.periodic import LoggingPlan, periodic_counts
 from hjepa_bench.hjepa.periodic import collapse_metrics
 from hjepa_bench.measure.env import environment_fingerprint
 from hjepa_bench.measure.validation_record import WARMUP_STEPS, validation_record

@@ -7,13 +7,13 @@ import warnings
 
 import pytest
 import torch
-
 from helpers import tiny_config
+
 from hjepa_bench.errors import UserError
-from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.hjepa.model import HJEPA
 from hjepa_bench.hjepa.step import HJEPAStep, lr_at
 from hjepa_bench.measure.validation_run import ValidationSettings, run_validation
+from hjepa_bench.plugin.manager import build_plugins
 
 SPE = 3  # steps per epoch (capped)
 
@@ -247,8 +247,8 @@ def test_the_validation_record_carries_the_full_stability_analysis(tmp_path, cpu
     speed-variance criterion then read; not a bare CV."""
     from hjepa_bench.analysis.decision_matrix import step_cv_pct
     from hjepa_bench.analysis.stability import analyze_stability
-    from hjepa_bench.measure.validation_record import WARMUP_STEPS, validation_record
     from hjepa_bench.builtin.probe_stability import StabilitySection
+    from hjepa_bench.measure.validation_record import WARMUP_STEPS, validation_record
     from hjepa_bench.record import validate_record
 
     result = run_validation(_values(), cpu, _settings(tmp_path, max_steps_per_epoch=8, feature_n=16,

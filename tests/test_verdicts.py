@@ -14,22 +14,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, TINY_OPTION, md_table, run_cli, tiny_config
 from scipy import stats as sps
+from test_runner import ToyWorkload
 
-from hjepa_bench.analysis.criteria import (FAIL, NOT_MEASURED, PASS, checklist, fact_verdicts, facts_from_records, is_backend_error,
-                                           success_criteria)
-from hjepa_bench.analysis.report_data import ReportSettings, build_analysis
+from hjepa_bench.analysis.criteria import (
+    FAIL,
+    NOT_MEASURED,
+    PASS,
+    checklist,
+    fact_verdicts,
+    facts_from_records,
+    is_backend_error,
+    success_criteria,
+)
 from hjepa_bench.analysis.decision_matrix import decide, evaluate_option, judge, recommend_warmup, recommend_workers
 from hjepa_bench.analysis.memory import leak_check
 from hjepa_bench.analysis.projection import measured_step_times, seconds_per_step
+from hjepa_bench.analysis.report_data import ReportSettings, build_analysis
 from hjepa_bench.analysis.verdicts import rejudge_record, rejudge_records
-from hjepa_bench.measure.env import environment_fingerprint
-from hjepa_bench.measure.runner import run_benchmark
-from hjepa_bench.measure.results import validate_result
-from hjepa_bench.measure.validation_record import validation_facts, validation_record
-from hjepa_bench.measure.validation_run import ValidationSettings, run_validation
-from hjepa_bench.options import guide_options, load_options
-from hjepa_bench.plugin.api import Probe
 from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.builtin.probe_bottleneck import BottleneckProbe
 from hjepa_bench.builtin.probe_features import FeaturesProbe
@@ -37,12 +40,16 @@ from hjepa_bench.builtin.probe_loss import LossProbe
 from hjepa_bench.builtin.probe_memory import MemoryProbe
 from hjepa_bench.builtin.probe_stability import StabilityProbe
 from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
+from hjepa_bench.measure.env import environment_fingerprint
+from hjepa_bench.measure.results import validate_result
+from hjepa_bench.measure.runner import run_benchmark
+from hjepa_bench.measure.validation_record import validation_facts, validation_record
+from hjepa_bench.measure.validation_run import ValidationSettings, run_validation
+from hjepa_bench.options import guide_options, load_options
+from hjepa_bench.plugin.api import Probe
 from hjepa_bench.record import RecordError, dumps
 from hjepa_bench.report.run_text import summary_text
 from hjepa_bench.thresholds import DEFAULTS
-
-from helpers import REPO, TINY_OPTION, md_table, run_cli, tiny_config
-from test_runner import ToyWorkload
 
 DATA = Path(__file__).parent / "data"
 MiB = 2**20
@@ -470,8 +477,9 @@ def test_measured_worker_counts_overrule_the_probes_cpu_saturation_advice():
     """The example report advised "decrease num_workers to 2" (its own processes saturated the CPU)
     while the same sweep measured 2 workers slower than 4: "No major bottlenecks" failed against the
     report's own workers recommendation.  A measurement of fewer workers in the sweep wins."""
-    from hjepa_bench.analysis.bottleneck import judge_bottleneck
     from records_factory import make_record, quick_val_values
+
+    from hjepa_bench.analysis.bottleneck import judge_bottleneck
 
     th = DEFAULTS.model_copy()
     recs = []
@@ -510,8 +518,9 @@ def test_speed_variance_names_the_drift_the_stability_section_flags():
     """A record whose step times drift (the stability section says "unstable": a significant
     slow-down) but whose CV is low passes "Speed variance < 20%" on its CV, and the evidence names
     the drift and the stability section."""
-    from hjepa_bench.analysis.stability import analyze_stability
     from records_factory import make_record, quick_val_values
+
+    from hjepa_bench.analysis.stability import analyze_stability
 
     times = [1.0 + 0.02 * i + (0.01 if i % 2 else -0.01) for i in range(30)]  # steadily slower, low CV
     rec = make_record(quick_val_values(), it_per_s=1.0, step_times=times)

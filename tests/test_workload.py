@@ -6,11 +6,10 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import TINY_FLAGS
 
 from hjepa_bench.hjepa.data import EndlessBatches, build_dataset, build_loader, build_transform
 from hjepa_bench.hjepa.masks import BatchMasks, MaskCollator, MaskSpec
-
-from helpers import TINY_FLAGS
 
 
 @pytest.mark.slow

@@ -68,10 +68,11 @@ nothing about this run's worker count.
 """
 from __future__ import annotations
 
-from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from typing import Any, Mapping, Sequence
 from ..format import finite
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 
 DATA_BOUND_SHARE = _TH.data_bound_share
 TB_PROFILER_DATALOADER_SHARE = 0.05  # torch-tb-profiler's "raise num_workers" trigger

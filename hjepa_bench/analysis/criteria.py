@@ -12,20 +12,21 @@ them, so the two lists cannot disagree.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..config import DEFAULTS as CONFIG_DEFAULTS
+from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
 from ..options import model_key
 from ..plugin.api import Probe
+from ..record import device_name, label, machine, samples_per_s, short_model_name, world_size
+from ..status import FAIL, NOT_MEASURED, PASS
 from ..thresholds import DEFAULTS as DEFAULT_THRESHOLDS
 from ..thresholds import Thresholds
-from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
 from .policy import shortfall
-from ..record import device_name, label, machine, samples_per_s, short_model_name, world_size
 from .verdicts import probe_facts, probe_verdicts
 
-from ..status import FAIL, NOT_MEASURED, PASS
 CRASH_STATUSES = ("error", "crashed", "timeout")
 
 

@@ -34,22 +34,32 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from ..options import TrainingOption, record_matches
-from ..thresholds import Thresholds
 from ..format import finite
-from ..record import (backend_peak_bytes, batch_requested, device_total_bytes, machine, machine_name, model_short,
-                      node_label, samples_per_s, short_model_name, world_size)
+from ..options import TrainingOption, record_matches
+from ..record import (
+    backend_peak_bytes,
+    batch_requested,
+    device_total_bytes,
+    machine,
+    machine_name,
+    model_short,
+    node_label,
+    samples_per_s,
+    short_model_name,
+    world_size,
+)
 from ..record import workers as workers_of
+from ..status import NOT_MEASURED
+from ..thresholds import Thresholds
 from .bottleneck import is_data_bound
 from .memory import fit_memory
 from .policy import shortfall
 from .projection import project_record, seconds_per_step
 from .stability import MIN_STEPS_SPREAD
 from .verdicts import Probes, probe_facts
-
-from ..status import NOT_MEASURED
 
 
 def _sps(r: Mapping[str, Any]) -> float:

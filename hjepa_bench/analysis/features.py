@@ -48,13 +48,13 @@ collapsed (low rank, all alike) without anything being wrong; they are shown as
 """
 from __future__ import annotations
 
-from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
-
 import math
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 
 #: RankMe's additive constant on the normalised singular values (Garrido et al.)
 RANKME_EPS = 1e-7
@@ -243,6 +243,23 @@ def feature_quality(z: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["feature_quality", "collapse_flags", "judge_features", "rankme", "mean_cosine", "uniformity", "l2_normalise", "as_float64",
-           "RANKME_EPS", "VICREG_EPS", "STD_FLOOR_REL", "LOW_VARIANCE_DIM_FRAC", "LOW_RANK_FRAC",
-           "ALL_ALIKE_COSINE", "MIN_SPREAD_FRAC", "MIN_N_OVER_D", "UNIFORMITY_MAX_ROWS", "UNIFORMITY_SEED"]
+__all__ = [
+    "ALL_ALIKE_COSINE",
+    "LOW_RANK_FRAC",
+    "LOW_VARIANCE_DIM_FRAC",
+    "MIN_N_OVER_D",
+    "MIN_SPREAD_FRAC",
+    "RANKME_EPS",
+    "STD_FLOOR_REL",
+    "UNIFORMITY_MAX_ROWS",
+    "UNIFORMITY_SEED",
+    "VICREG_EPS",
+    "as_float64",
+    "collapse_flags",
+    "feature_quality",
+    "judge_features",
+    "l2_normalise",
+    "mean_cosine",
+    "rankme",
+    "uniformity",
+]

@@ -16,7 +16,8 @@ Definitions (docs/measuring.md, "FLOPs and utilisation"):
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..stats import finite
 

@@ -4,8 +4,9 @@ loss from the distinct postfix values on smoothed windows, stalls, errors and CP
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..format import finite, fmt_finite
 from .criteria import Facts

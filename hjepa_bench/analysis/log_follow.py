@@ -30,7 +30,8 @@ once): ``drift`` (the step time rises significantly, past the stability rule's l
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

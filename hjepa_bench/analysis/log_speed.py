@@ -6,17 +6,25 @@ the log does not hold is None, never guessed.  The rules (the constants below, c
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..format import finite
-from ..stats import cv as step_cv, median
+from ..stats import cv as step_cv
+from ..stats import median
 from .log_parse import BarPoint, ParsedLog
+from .loss_curve import (
+    DIVERGE_RISE_PCT,
+    FLAT_BAND_PCT,
+    MIN_POINTS_NOISE,
+    MIN_WINDOW,
+    NOISE_THRESHOLD_PCT,
+    rolling_median,
+)
 from .stability import PERIOD_AGREE_FRAC, PERIOD_TOL_FRAC, regular_period
-from .loss_curve import (DIVERGE_RISE_PCT, FLAT_BAND_PCT, MIN_POINTS_NOISE, MIN_WINDOW, NOISE_THRESHOLD_PCT,
-                         rolling_median)
 
 # --------------------------------------------------------------------------- rules
 MIN_INTERVAL_S = 10.0  # merge refreshes into intervals of at least this many seconds

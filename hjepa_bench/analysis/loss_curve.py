@@ -42,14 +42,15 @@ entry under ``thresholds``):
 """
 from __future__ import annotations
 
-from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
-
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
 from ..format import finite, fmt_lr
 from ..stats import linear_fit, median
 from ..status import FAIL, NOT_MEASURED, PASS
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 
 # --------------------------------------------------------------------------- thresholds
 CRITERION_DECREASE_PCT = _TH.min_loss_decrease_pct  # the validation guide: "Loss decreased by >= 20%"

@@ -42,17 +42,18 @@ Thresholds:
 """
 from __future__ import annotations
 
-from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
-
 import math
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
 from ..format import finite, finite_int
 from ..record import batch_achieved, device_name, footprint_bytes, lookup, model_short, node_label
 from ..stats import slope_t
 from ..status import NOT_MEASURED
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 
 LEAK_GROWTH_FRAC = 0.05
 LEAK_MIN_T = 3.0

@@ -36,8 +36,9 @@ probe).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..stats import is_finite_number
 
@@ -62,7 +63,7 @@ class LoggingPlan:
     wandb: bool = False
 
     @classmethod
-    def from_config(cls, values: Mapping[str, Any]) -> "LoggingPlan":
+    def from_config(cls, values: Mapping[str, Any]) -> LoggingPlan:
         """From ``logging.log_frequency``, ``logging.tensorboard.enabled`` and ``logging.wandb.enabled``
         (upstream's defaults where the config has none: 100, true, false)."""
         log = values.get("logging") if isinstance(values.get("logging"), Mapping) else {}

@@ -16,7 +16,8 @@ judge anything from (pure functions: numbers in, numbers and sentences out).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .. import stats
 from ..format import finite

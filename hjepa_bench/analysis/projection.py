@@ -39,18 +39,19 @@ so the projection is then a lower bound and says so.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
-
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..format import finite
-from ..stats import mean_band as _mean_band, median
+from ..plugin.api import Probe
+from ..record import batch_achieved, batch_requested
+from ..record import world_size as record_world_size
+from ..stats import mean_band as _mean_band
+from ..stats import median
 from ..status import NOT_MEASURED
 from .periodic import LoggingPlan, has_empty_cache, periodic_counts, periodic_seconds
 from .policy import shortfall
 from .verdicts import probe_facts
-from ..plugin.api import Probe
-from ..record import batch_achieved, batch_requested
-from ..record import world_size as record_world_size
 
 #: fewer measured steps than this: no band (a t interval from 2-4 steps is too wide to use,
 #: and any narrower one is not honest)

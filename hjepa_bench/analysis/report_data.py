@@ -9,19 +9,38 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..options import TrainingOption, guide_options, model_key
 from ..plugin.api import Probe
-from .policy import shortfall
 from ..record import machine, node_label, short_model_name, world_size
 from ..thresholds import DEFAULTS, Thresholds
-from .criteria import (Facts, checklist, facts_from_records, lessons_learned, pick_validation_record, status_counts,
-                       success_criteria)
-from .decision_matrix import (decide, efficient_savings, evaluate_option, judge, machine_comparison, model_speed_ratios,
-                        recommend_batch, recommend_lr, recommend_warmup, recommend_workers, run_name)
+from .criteria import (
+    Facts,
+    checklist,
+    facts_from_records,
+    lessons_learned,
+    pick_validation_record,
+    status_counts,
+    success_criteria,
+)
+from .decision_matrix import (
+    decide,
+    efficient_savings,
+    evaluate_option,
+    judge,
+    machine_comparison,
+    model_speed_ratios,
+    recommend_batch,
+    recommend_lr,
+    recommend_warmup,
+    recommend_workers,
+    run_name,
+)
 from .memory import fit_memory
+from .policy import shortfall
 from .verdicts import advise_record, rejudge_records
 
 
@@ -143,7 +162,7 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     findings = _findings(facts, rows, ratios, savings, th)
     recs_text = _recommendation_lines(decision, rows, vchoice, facts, savings)
     return {
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "sources": settings.sources, "skipped": list(settings.skipped), "records": len(recs), "status_counts": status_counts(recs),
         "thresholds": th.as_dict(), "budget_hours": settings.budget_hours,
         "facts": facts.as_dict(), "criteria": criteria, "checklist": checks,

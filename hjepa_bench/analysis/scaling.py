@@ -20,11 +20,12 @@ slowest rank.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..format import finite
-from ..stats import median
 from ..record import lookup, machine, model_short, node_label, world_size
+from ..stats import median
 
 #: what the all-reduce share is, for records and reports
 SHARE_METHOD = ("1 - median no_sync step / median synced step, from interleaved (ABBA) pairs: the exposed "

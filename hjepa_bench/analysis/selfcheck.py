@@ -18,7 +18,8 @@ the trainer's logging, or the rest (time between those parts, not modelled).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..stats import median
 from .periodic import LoggingPlan

@@ -44,14 +44,16 @@ from the start of the run, warm-up included (as ``record["series"]`` does).
 """
 from __future__ import annotations
 
-from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
-
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
 from ..format import finite
-from ..stats import linear_fit, median as median_of, summarize
+from ..stats import linear_fit, summarize
+from ..stats import median as median_of
 from ..status import FAIL, NOT_MEASURED, PASS
+from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 
 # --------------------------------------------------------------------------- thresholds
 THRESHOLD_CV_PCT = _TH.max_step_cv_pct  # the validation guide: "Speed variance < 20%"

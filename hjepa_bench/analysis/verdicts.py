@@ -20,7 +20,8 @@ entry stored under its name; None means the registered probes
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..plugin.api import FactVerdict, Probe
 from ..plugin.manager import registered_probes

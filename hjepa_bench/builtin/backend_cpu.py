@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from hjepa_bench.plugin.api import Backend, MemoryReading
 from hjepa_bench.measure.env import cpu_model
+from hjepa_bench.plugin.api import Backend, MemoryReading
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.plugin.precision import grad_scaler_works, make_grad_scaler
 
@@ -110,7 +110,7 @@ class CPUBackend(Backend):
         if self._children is None or now - self._children_at > CHILDREN_REFRESH_S:
             try:  # finding the children scans the process table: at most every CHILDREN_REFRESH_S
                 self._children = self._process.children(recursive=True)
-            except Exception:  # noqa: BLE001 - no children to read
+            except Exception:
                 self._children = []
             self._children_at = now
         total = 0
@@ -118,7 +118,7 @@ class CPUBackend(Backend):
             try:
                 mi = child.memory_info()
                 total += max(0, int(mi.rss) - int(getattr(mi, "shared", 0) or 0))
-            except Exception:  # noqa: BLE001 - a worker that exited meanwhile
+            except Exception:
                 continue
         return total
 
@@ -192,7 +192,7 @@ class CPUBackend(Backend):
         if cap is not None:
             try:
                 facts["cpu_capability"] = cap()  # e.g. "AVX2", "AVX512", "NO AVX"
-            except Exception:  # noqa: BLE001 - a fingerprint never fails a run
+            except Exception:
                 pass
         facts["mkldnn"] = bool(torch.backends.mkldnn.is_available())
         facts["torch_num_threads"] = torch.get_num_threads()  # a setting: not in fingerprint_id

@@ -144,7 +144,7 @@ def _check_availability() -> Availability:
     try:
         count = torch.cuda.device_count()
         ok = torch.cuda.is_available()
-    except Exception as exc:  # noqa: BLE001 - a broken driver is a reason, not a crash
+    except Exception as exc:
         return Availability(False, f"CUDA could not be initialised ({type(exc).__name__}: {exc}).")
     if count == 0:
         return Availability(False, f"no CUDA device visible ({shown}).")

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent, WallClockEvent
 from hjepa_bench.measure.env import sysctl
+from hjepa_bench.plugin.api import Availability, Backend, DeviceEvent, MemoryReading, TimingEvent, WallClockEvent
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.plugin.precision import grad_scaler_works, make_grad_scaler, probe_precision
+
 # First torch release whose MPS autocast accepts the dtype.
 _MIN_TORCH = {"fp16": (2, 5), "bf16": (2, 6)}
 # First torch release whose torch.amp.GradScaler("mps") works: fp16 trains with loss scaling
@@ -109,7 +110,7 @@ class MPSBackend(Backend):
                 # Allocator not initialised yet, or no stats for MPS: decide later.
                 return None
             return int(acc.max_memory_allocated())
-        except Exception:  # noqa: BLE001 - not supported for MPS in this torch
+        except Exception:
             self._accel_peak_ok = False
             return None
 
@@ -128,7 +129,7 @@ class MPSBackend(Backend):
                     live = getattr(torch.accelerator, "memory_allocated", None)
                     live_bytes = int(live()) if live is not None else self._sampled_peak
                     self._accel_peak_ok = peak <= max(live_bytes, self._sampled_peak)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self._accel_peak_ok = False
 
     def sample_memory(self, where: str = "step end") -> None:
@@ -225,7 +226,7 @@ class MPSBackend(Backend):
         if rec is not None:
             try:
                 facts["device_total_bytes"] = int(rec())
-            except Exception:  # noqa: BLE001 - a fingerprint never fails a run
+            except Exception:
                 pass
         return facts
 

@@ -2,7 +2,8 @@
 machine, one after the other, in plan order."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from hjepa_bench.errors import UserError
 from hjepa_bench.measure import sweep

@@ -35,12 +35,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from hjepa_bench.errors import UserError, error_line
-from hjepa_bench.plugin.api import (EXECUTOR_GROUP, Availability, Backend, DeviceFacts, Executor, Job, JobQueue, Outcome,
-                                    Place)
+from hjepa_bench.plugin.api import (
+    EXECUTOR_GROUP,
+    Availability,
+    Backend,
+    DeviceFacts,
+    Executor,
+    Job,
+    JobQueue,
+    Outcome,
+    Place,
+)
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.plugin.manager import auto_order
 
@@ -218,7 +228,7 @@ class RayExecutor(Executor):
                 ray.init(address="local", include_dashboard=False, object_store_memory=100 * 2**20,
                          _temp_dir=self._temp_dir, **kwargs)
                 self._watchdog = _start_watchdog(self._temp_dir)
-        except Exception as exc:  # noqa: BLE001 - whatever stops ray.init, one sentence
+        except Exception as exc:
             raise UserError(f"cannot start or reach the Ray cluster{f' at {address}' if address else ''}: "
                             f"{_one_line(exc)}.") from None
         finally:
@@ -316,7 +326,7 @@ class RayExecutor(Executor):
                         running.pop(gen)
                         release(st.place, Outcome("crashed", None, "the Ray task ended without a result"), st, False)
                         continue
-                    except Exception as exc:  # noqa: BLE001 - Ray failures become statuses
+                    except Exception as exc:
                         running.pop(gen)
                         status, gone = status_for(exc, st.cancelled)
                         detail = (f"no result {st.job.timeout_s + GRACE_S:.0f} s after the start; the driver "
@@ -350,7 +360,7 @@ class RayExecutor(Executor):
             for gen in running:  # Ctrl-C / SIGTERM: stop what runs, record nothing half-done
                 try:
                     ray.cancel(gen, force=True)
-                except Exception:  # noqa: BLE001 - best effort on the way out
+                except Exception:
                     pass
             raise
 

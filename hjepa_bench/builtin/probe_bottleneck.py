@@ -14,19 +14,25 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import psutil
 
-from hjepa_bench.analysis.bottleneck import (CPU_SATURATED_PCT, DATA_BOUND_SHARE, analyze_bottleneck, cpu_times_util,
-                                             judge_bottleneck)
+from hjepa_bench.analysis.bottleneck import (
+    CPU_SATURATED_PCT,
+    DATA_BOUND_SHARE,
+    analyze_bottleneck,
+    cpu_times_util,
+    judge_bottleneck,
+)
 from hjepa_bench.format import finite, fmt_or_dash, fmt_pct
-from hjepa_bench.thresholds import DEFAULTS
+from hjepa_bench.plugin.api import Probe, RunContext
+from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record import device_name, lookup, model_short
 from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, PositiveInt, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
-from hjepa_bench.plugin.api import Probe, RunContext
-from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.thresholds import DEFAULTS
 
 SAMPLE_INTERVAL_S = 0.25
 CHILDREN_REFRESH_S = 2.0
@@ -111,7 +117,7 @@ class _CPUSampler(threading.Thread):
                     self._refresh_children()
                     self.last_children_refresh = time.perf_counter()
                 self._sample_children()
-        except Exception as exc:  # noqa: BLE001 - a sampler never breaks the run
+        except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def process_cpu(self) -> dict[str, Any]:

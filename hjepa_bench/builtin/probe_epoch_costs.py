@@ -41,21 +41,35 @@ under ``errors[<its main field>]``; the other measurements still come back.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hjepa_bench.analysis.projection import costs_from_entry
 from hjepa_bench.format import fmt_bytes, fmt_ms, fmt_or_dash
-from hjepa_bench.measure.epoch_costs import (CHECKPOINT_REPEATS, STARTUP_REPEATS, VAL_REPEATS, _steady_wait,
-                                             first_batch, measure_checkpoint, measure_epoch_costs,
-                                             measure_val_step)
+from hjepa_bench.measure.epoch_costs import (
+    CHECKPOINT_REPEATS,
+    STARTUP_REPEATS,
+    VAL_REPEATS,
+    _steady_wait,
+    first_batch,
+    measure_checkpoint,
+    measure_epoch_costs,
+    measure_val_step,
+)
 from hjepa_bench.plugin.api import Probe, RunContext, Trainer
 from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record_model import MISSING, Count, NonNeg, PositiveInt, ProbeEntry
-from hjepa_bench.stats import median
 from hjepa_bench.report.sections import ProbeTable
+from hjepa_bench.stats import median
 
-__all__ = ["EpochCostsProbe", "EpochCostsSection", "DEFINITIONS", "first_batch", "measure_val_step",
-           "measure_checkpoint"]
+__all__ = [
+    "DEFINITIONS",
+    "EpochCostsProbe",
+    "EpochCostsSection",
+    "first_batch",
+    "measure_checkpoint",
+    "measure_val_step",
+]
 
 
 DEFINITIONS = {

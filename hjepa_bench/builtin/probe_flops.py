@@ -30,13 +30,21 @@ number; it runs in ``finish`` (after the timed loop, DataLoader closed).
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from hjepa_bench.analysis.flops import (MATMUL_SIZES, matmul_flops, matmuls_per_rep, mfu_summary,
-                                        next_matmul_size, peak_summary, per_sample)
+from hjepa_bench.analysis.flops import (
+    MATMUL_SIZES,
+    matmul_flops,
+    matmuls_per_rep,
+    mfu_summary,
+    next_matmul_size,
+    peak_summary,
+    per_sample,
+)
 from hjepa_bench.config import resolve_precision
 from hjepa_bench.format import fmt_flops
 from hjepa_bench.plugin.api import Backend, Probe, RunContext
@@ -150,7 +158,7 @@ class FlopsProbe(Probe):
         if precision in DTYPES:
             try:
                 self._early[precision] = measure_matmul_peak(ctx.backend, DTYPES[precision])
-            except Exception:  # noqa: BLE001 - finish measures again and records any error
+            except Exception:
                 pass
 
     def finish(self, ctx: RunContext, record: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -175,7 +183,7 @@ class FlopsProbe(Probe):
                 continue
             try:
                 peaks[p] = measure_matmul_peak(ctx.backend, DTYPES[p])
-            except Exception as exc:  # noqa: BLE001 - e.g. no memory left for the matrices
+            except Exception as exc:
                 peaks[p] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
         early = getattr(self, "_early", {}).get(precision)
         if early and early.get("flops_per_s") and (peaks.get(precision) or {}).get("flops_per_s") is not None:

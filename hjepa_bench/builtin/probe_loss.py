@@ -14,13 +14,20 @@ analysis, so only a real non-finite loss counts as divergence.
 from __future__ import annotations
 
 from hjepa_bench import Probe, hookimpl
-from hjepa_bench.analysis.loss_curve import (CRITERION_DECREASE_PCT, analyze_loss, applied_lr_at_end, configured_lr,
-                                             judge_loss, measured_losses)
-from hjepa_bench.format import finite, fmt_or_dash as _fmt
-from hjepa_bench.thresholds import DEFAULTS
+from hjepa_bench.analysis.loss_curve import (
+    CRITERION_DECREASE_PCT,
+    analyze_loss,
+    applied_lr_at_end,
+    configured_lr,
+    judge_loss,
+    measured_losses,
+)
+from hjepa_bench.format import finite
+from hjepa_bench.format import fmt_or_dash as _fmt
 from hjepa_bench.record_model import MISSING, Count, JudgedEntry, RecordModel
 from hjepa_bench.report.sections import ProbeTable
 from hjepa_bench.status import NOT_MEASURED, read_status
+from hjepa_bench.thresholds import DEFAULTS
 
 
 class WarmupSpikes(RecordModel):

@@ -18,18 +18,24 @@ or more batch sizes.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-
-from hjepa_bench.analysis.memory import (DEFAULT_MARGIN, LEAK_RULE, PRESSURE_PEAK_FRAC, fit_memory, judge_memory,
-                                         memory_entry)
+from hjepa_bench.analysis.memory import (
+    DEFAULT_MARGIN,
+    LEAK_RULE,
+    PRESSURE_PEAK_FRAC,
+    fit_memory,
+    judge_memory,
+    memory_entry,
+)
 from hjepa_bench.format import finite, fmt_bytes, fmt_pct
-from hjepa_bench.thresholds import DEFAULTS
+from hjepa_bench.plugin.api import Probe, RunContext, StepSample
+from hjepa_bench.plugin.hookspecs import hookimpl
 from hjepa_bench.record import device_name, lookup, model_short
 from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
-from hjepa_bench.plugin.api import Probe, RunContext, StepSample
-from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.thresholds import DEFAULTS
 
 SAMPLE_BUDGET_S = 50e-6  # a reading per step is always fine up to this cost ...
 SAMPLE_BUDGET_FRAC = 0.01  # ... or up to 1% of the step's host + data time
@@ -111,7 +117,7 @@ class MemoryProbe(Probe):
         if not source:
             try:
                 source = ctx.backend.memory().source
-            except Exception:  # noqa: BLE001 - the source is a label only
+            except Exception:
                 source = ""
         return self.judge(memory_entry(self._samples, int(series.get("warmup_steps") or 0), metrics, source, sampling),
                           DEFAULTS)

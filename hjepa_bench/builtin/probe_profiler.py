@@ -41,15 +41,16 @@ import glob
 import os
 import shlex
 import tempfile
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from hjepa_bench.measure.quiet import NativeOutput, entry_output
-from hjepa_bench.record import device_name, probe
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext, StepSample
 from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.record import device_name, probe
 
 SCHEDULE = {"wait": 0, "warmup": 1, "active": 3, "repeat": 1}
 #: the steps the probe asks for after the measured window: the whole schedule
@@ -166,7 +167,7 @@ class ProfilerProbe(Probe):
             self._indices.append(int(sample.index))
         try:
             self._prof.step()
-        except Exception as exc:  # noqa: BLE001 - stop profiling, report it in finish
+        except Exception as exc:
             self._error = f"{type(exc).__name__}: {exc}"
             self._stop()
 

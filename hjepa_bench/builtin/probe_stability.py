@@ -2,16 +2,23 @@
 :func:`hjepa_bench.analysis.stability.analyze_stability` of the record's step times (warm-up included)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hjepa_bench import Probe, hookimpl
-from hjepa_bench.analysis.stability import (MIN_STEPS_SPREAD, THRESHOLD_CV_PCT, analyze_stability, drift_text,
-                                            judge_stability)
-from hjepa_bench.format import finite, fmt_or_dash as _fmt
-from hjepa_bench.thresholds import DEFAULTS
+from hjepa_bench.analysis.stability import (
+    MIN_STEPS_SPREAD,
+    THRESHOLD_CV_PCT,
+    analyze_stability,
+    drift_text,
+    judge_stability,
+)
+from hjepa_bench.format import finite
+from hjepa_bench.format import fmt_or_dash as _fmt
 from hjepa_bench.record_model import MISSING, Count, JudgedEntry, NonNeg, RecordModel
 from hjepa_bench.report.sections import ProbeTable, judged_threshold
 from hjepa_bench.status import NOT_MEASURED
+from hjepa_bench.thresholds import DEFAULTS
 
 
 class Degradation(RecordModel):

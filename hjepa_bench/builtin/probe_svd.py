@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from hjepa_bench.analysis.features import feature_quality
 from hjepa_bench.format import fmt_ms
-from hjepa_bench.record import device_name, probe
-from hjepa_bench.record_model import MISSING, ProbeEntry
 from hjepa_bench.plugin.api import Probe, ReportSection, RunContext
 from hjepa_bench.plugin.hookspecs import hookimpl
+from hjepa_bench.record import device_name, probe
+from hjepa_bench.record_model import MISSING, ProbeEntry
 from hjepa_bench.stats import median
 
 #: rows of the timed matrix (25,600: e.g. 800 steps x batch 32 of embeddings)
@@ -134,7 +135,7 @@ def time_svd_path(a: torch.Tensor, device_type: str, sync: Callable[[], None]) -
             warnings.simplefilter("always")
             try:
                 timing = time_calls(svd, sync)
-            except Exception as exc:  # noqa: BLE001 - the device path failing is a finding, not a crash
+            except Exception as exc:
                 # NotImplementedError (no kernel), or a RuntimeError such as torch 2.14's MPS
                 # "Failed to created pipeline state object" above 8,192 elements: the CPU rows still count
                 error = exc

@@ -6,7 +6,8 @@ next to the one-process records of the same config on the same machine; the numb
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from tabulate import tabulate
 

@@ -1,7 +1,8 @@
 """Built-in report section ``summary``: one table row per measured config."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from hjepa_bench.plugin.api import ReportSection
 from hjepa_bench.plugin.hookspecs import hookimpl

@@ -7,7 +7,8 @@ the upstream augmentation in DataLoader workers; each step is
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 

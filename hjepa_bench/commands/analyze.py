@@ -7,8 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LOG_MAX_BYTES, UserError, input_file, output_path
-from .common import (CONFIG_FLAGS, add_decision_args, config_flag, config_overrides, int_flag, positive_number,
-                     report_settings)
+from .common import (
+    CONFIG_FLAGS,
+    add_decision_args,
+    config_flag,
+    config_overrides,
+    int_flag,
+    positive_number,
+    report_settings,
+)
 
 if TYPE_CHECKING:
     from ..plugin.manager import Plugins

@@ -5,9 +5,19 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from ..config import DEFAULTS, PRECISION_SETTINGS, VARIANTS, default_workers, ResolvedConfig, check_value, is_finite_number, resolve_config
+from ..config import (
+    DEFAULTS,
+    PRECISION_SETTINGS,
+    VARIANTS,
+    ResolvedConfig,
+    check_value,
+    default_workers,
+    is_finite_number,
+    resolve_config,
+)
 from ..errors import UserError
 
 if TYPE_CHECKING:

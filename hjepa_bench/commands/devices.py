@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-
 from ..format import fmt_bytes
 from .common import print_json
 
@@ -20,6 +19,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_devices(args: argparse.Namespace, plugins: Plugins) -> int:
     from tabulate import tabulate
+
     from ..plugin.manager import auto_order
 
     rows = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-
 from .common import add_config_args, load_config, print_json
 
 if TYPE_CHECKING:
@@ -20,6 +19,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_inspect(args: argparse.Namespace, plugins: Plugins) -> int:
     from tabulate import tabulate
+
     from ..hjepa.inspection import inspect_config
 
     rc = load_config(args, quiet=args.json)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-
 from .common import print_json
 
 if TYPE_CHECKING:

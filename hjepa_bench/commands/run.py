@@ -10,8 +10,18 @@ from ..config import resolve_precision
 from ..errors import UserError, output_path
 from ..format import fmt_ms
 from ..thresholds import DEFAULTS as THRESHOLDS
-from .common import (add_config_args, add_data_args, add_measuring_args, add_probe_args, config_flag, config_label,
-                     fill_dataset_sizes, int_flag, load_config, positive_number)
+from .common import (
+    add_config_args,
+    add_data_args,
+    add_measuring_args,
+    add_probe_args,
+    config_flag,
+    config_label,
+    fill_dataset_sizes,
+    int_flag,
+    load_config,
+    positive_number,
+)
 
 if TYPE_CHECKING:
     from ..plugin.manager import Plugins

@@ -4,14 +4,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_SWEEP_OUT
 from ..errors import UserError, output_path
 from ..plugin.api import EXECUTOR_GROUP
-from .common import (add_data_args, add_decision_args, add_measuring_args, add_probe_args, config_flag,
-                     fill_dataset_sizes, list_flag, positive_number, report_settings)
+from .common import (
+    add_data_args,
+    add_decision_args,
+    add_measuring_args,
+    add_probe_args,
+    config_flag,
+    fill_dataset_sizes,
+    list_flag,
+    positive_number,
+    report_settings,
+)
 
 if TYPE_CHECKING:
     from ..plugin.api import Executor

@@ -7,8 +7,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import output_path
-from .common import (CONFIG_FLAGS, add_config_args, add_data_args, add_decision_args, config_label, load_config,
-                     int_flag, report_settings)
+from .common import (
+    CONFIG_FLAGS,
+    add_config_args,
+    add_data_args,
+    add_decision_args,
+    config_label,
+    int_flag,
+    load_config,
+    report_settings,
+)
 
 if TYPE_CHECKING:
     from ..plugin.manager import Plugins

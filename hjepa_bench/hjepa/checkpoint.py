@@ -102,7 +102,7 @@ def _read_weights_only(p: Path) -> Any:
                 (safe(_numpy_scalar_globals()) if safe is not None else contextlib.nullcontext()):
             warnings.simplefilter("ignore")
             return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one sentence
+    except Exception as exc:
         blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if blocked or "GLOBAL" in str(exc):
             what = blocked.group(1) if blocked else "a Python global"

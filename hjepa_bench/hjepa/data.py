@@ -19,8 +19,9 @@ from __future__ import annotations
 import pickle
 import random
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -163,7 +164,7 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
         raise UserError(f"CIFAR-10 batch {path} has data of shape {data.shape} and {labels.size} labels, "
                         "but N x 3072 pixels with N labels are expected.")
-    if data.dtype != np.uint8 or labels.size and (labels.min() < 0 or labels.max() > 9):
+    if data.dtype != np.uint8 or (labels.size and (labels.min() < 0 or labels.max() > 9)):
         raise UserError(f"CIFAR-10 batch {path} holds {data.dtype} pixels or labels outside 0..9, "
                         "but uint8 pixels and labels 0..9 are expected.")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels

@@ -9,14 +9,15 @@ batch of masks drawn by the real mask sampler.
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..plugin.api import Availability, Backend, MemoryReading
 from ..config import VARIANTS
+from ..plugin.api import Availability, Backend, MemoryReading
 from .masks import MaskSpec, masks_from_union, sample_batch_union
 from .model import HJEPA
 from .step import HJEPAStep

@@ -9,7 +9,7 @@ sum_l weight_l * L_l.  Padded target slots carry no weight.  ``combined`` adds
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ def to_device(t: torch.Tensor, device: torch.device | str, non_blocking: bool = 
         return t.to(device)
     try:
         pinned = bool(t.is_pinned())
-    except Exception:  # noqa: BLE001 - no pinned memory on this machine
+    except Exception:
         pinned = False
     return t.to(device, non_blocking=non_blocking and pinned)
 
@@ -59,7 +60,7 @@ class MaskSpec:
     num_levels: int = 2
 
     @classmethod
-    def from_config(cls, values: Mapping[str, Any]) -> "MaskSpec":
+    def from_config(cls, values: Mapping[str, Any]) -> MaskSpec:
         m = values["masking"]
         return cls(
             grid=values["data"]["image_size"] // 16,
@@ -138,11 +139,11 @@ class BatchMasks:
     context_valid: torch.Tensor
     target_mask: torch.Tensor
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "BatchMasks":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> BatchMasks:
         """On ``device``; ``non_blocking`` only where a tensor is in pinned memory (:func:`to_device`)."""
         return BatchMasks(**{k: to_device(getattr(self, k), device, non_blocking) for k in self.__dataclass_fields__})
 
-    def pin_memory(self) -> "BatchMasks":  # called by DataLoader(pin_memory=True)
+    def pin_memory(self) -> BatchMasks:  # called by DataLoader(pin_memory=True)
         return BatchMasks(**{k: getattr(self, k).pin_memory() for k in self.__dataclass_fields__})
 
     @property

@@ -9,7 +9,8 @@ upstream checkpoint's ``model_state_dict`` loads into it.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import timm
 import torch
@@ -119,7 +120,7 @@ class HJEPA(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, values: Mapping[str, Any]) -> "HJEPA":
+    def from_config(cls, values: Mapping[str, Any]) -> HJEPA:
         m = values["model"]
         name = m["encoder_type"]
         assert name in MODELS, name
@@ -168,4 +169,4 @@ def pooled_features(encoder: ViTEncoder, images: torch.Tensor) -> torch.Tensor:
     return encoder(images)[:, 1:].mean(dim=1)
 
 
-__all__ = ["HJEPA", "ViTEncoder", "Predictor", "gather_tokens", "pooled_features"]
+__all__ = ["HJEPA", "Predictor", "ViTEncoder", "gather_tokens", "pooled_features"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 import io
 import tempfile
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+from ..analysis.periodic import COLLAPSE_ROWS, KINDS, LoggingPlan, has_empty_cache
 from ..plugin.api import Backend, Trainer
 from ..stats import median
-from ..analysis.periodic import COLLAPSE_ROWS, KINDS, LoggingPlan, has_empty_cache
 
 #: timed repeats of each periodic measurement (median)
 REPEATS = 3

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ class _Objective(torch.nn.Module):
     The target encoder's parameters do not require gradients (DDP skips them); the EMA keeps them
     equal on every rank."""
 
-    def __init__(self, step: "HJEPAStep"):
+    def __init__(self, step: HJEPAStep):
         super().__init__()
         self.model = step.model
         self._step = [step]  # in a list: not a submodule

@@ -11,8 +11,9 @@ checkpoint evaluation all come through here (its checkpoints: :mod:`hjepa_bench.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset

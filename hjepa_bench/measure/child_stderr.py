@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def capture(path: str) -> None:
@@ -36,5 +36,5 @@ def printed_oom(text: str, device: str, plugin_args: Sequence[str]) -> str | Non
 
     try:
         return build_plugins(list(plugin_args)).backends()[device].printed_oom(text)
-    except Exception:  # noqa: BLE001 - no backend to ask: nothing recognised
+    except Exception:
         return None

@@ -38,8 +38,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import error_line
 from .parent_watch import start_parent_watch
@@ -228,7 +229,7 @@ def rank_main() -> int:
         record = run_benchmark(values, backend, workload, plugins.select_probes(job["probes"]), env,
                                warnings=warnings, artifacts_dir=f"{artifacts}/rank{rank}" if artifacts else None,
                                hooks=hooks)
-    except Exception as exc:  # noqa: BLE001 - every failure (UserError too) becomes this rank's record
+    except Exception as exc:
         record = _error_record(values, env, warnings, exc)
     from .env import hostname_hash
 

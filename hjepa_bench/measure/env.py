@@ -107,7 +107,7 @@ def fingerprint_id(fields: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def environment_fingerprint(backend: "Backend") -> dict[str, Any]:
+def environment_fingerprint(backend: Backend) -> dict[str, Any]:
     """Machine, software and device facts for a result record (JSON-serialisable)."""
     import psutil
     import torch

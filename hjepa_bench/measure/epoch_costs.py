@@ -24,16 +24,17 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+from ..analysis.periodic import LoggingPlan
 from ..errors import error_line
+from ..hjepa.masks import to_device
+from ..hjepa.periodic import measure_periodic
 from ..plugin.api import Trainer
 from ..stats import median
-from ..hjepa.masks import to_device
-from ..analysis.periodic import LoggingPlan
-from ..hjepa.periodic import measure_periodic
 
 STARTUP_REPEATS = 2
 VAL_REPEATS = 3
@@ -251,7 +252,7 @@ def measure_epoch_costs(trainer: Trainer, loader: Any, backend: Any, config: Map
             "worker_shutdown_s": median(r["shutdown_s"] for r in runs),
             "startup_extra_s": None if steady_wait is None or startup is None else max(0.0, startup - steady_wait),
         })
-    except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
+    except Exception as exc:
         errors["worker_startup_s"] = error_line(exc, 200)
 
     # 2. validation forward
@@ -259,13 +260,13 @@ def measure_epoch_costs(trainer: Trainer, loader: Any, backend: Any, config: Map
         if batch is None:
             batch, _ = first_batch(loader)
         entry.update(measure_val_step(trainer, backend, batch, variant))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         errors["val_step_s"] = error_line(exc, 200)
 
     # 3. checkpoint
     try:
         entry.update(measure_checkpoint(trainer, artifacts_dir))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         errors["checkpoint_save_s"] = error_line(exc, 200)
 
     # 4. the trainer's periodic work
@@ -275,7 +276,7 @@ def measure_epoch_costs(trainer: Trainer, loader: Any, backend: Any, config: Map
         images = images.to(device)
         masks = trainer.make_masks(images.shape[0]) if masks_host is None else masks_host.to(device)
         entry["periodic"] = measure_periodic(trainer, backend, images, masks, LoggingPlan.from_config(config))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         errors["periodic"] = error_line(exc, 200)
     batch = None
 
@@ -283,7 +284,7 @@ def measure_epoch_costs(trainer: Trainer, loader: Any, backend: Any, config: Map
     if build_model:
         try:
             entry["model_build_s"] = measure_model_build(config, getattr(trainer, "device", None) or backend.device())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors["model_build_s"] = error_line(exc, 200)
     entry["errors"] = errors
     return entry

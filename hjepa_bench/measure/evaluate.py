@@ -49,16 +49,25 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..analysis.evaluation import (KNN_K, KNN_PROTOCOL, KNN_TEMPERATURE, LINEAR_MAX_ITER, LINEAR_PROTOCOL,
-                                   comparison_caveats, knn_accuracy, linear_probe)
+from ..analysis.evaluation import (
+    KNN_K,
+    KNN_PROTOCOL,
+    KNN_TEMPERATURE,
+    LINEAR_MAX_ITER,
+    LINEAR_PROTOCOL,
+    comparison_caveats,
+    knn_accuracy,
+    linear_probe,
+)
 from ..analysis.features import feature_quality
 from ..config import MODELS, PATCH_SIZE, resolve_config
 from ..errors import UserError
@@ -569,5 +578,12 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings = EvalSet
     return out
 
 
-__all__ = ["EvalSettings", "load_model", "config_from_checkpoint", "infer_architecture",
-           "evaluate_checkpoint", "DEFAULT_N_TRAIN", "DEFAULT_N_TEST"]
+__all__ = [
+    "DEFAULT_N_TEST",
+    "DEFAULT_N_TRAIN",
+    "EvalSettings",
+    "config_from_checkpoint",
+    "evaluate_checkpoint",
+    "infer_architecture",
+    "load_model",
+]

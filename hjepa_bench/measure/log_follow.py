@@ -22,9 +22,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from ..analysis.log_facts import ERROR_RE
 from ..analysis.log_follow import live_status, status_line

@@ -16,17 +16,18 @@ pure).  This module reads the file and builds
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from ..format import finite
 from ..analysis.criteria import Facts
 from ..analysis.log_facts import log_facts
 from ..analysis.log_parse import LogParseError, parse_log
 from ..analysis.log_speed import analyze_log, steady_interval_rates
 from ..config import resolve_config, resolve_model_name, resolve_precision
 from ..errors import LOG_MAX_BYTES, UserError, read_bytes
+from ..format import finite
 from ..record import new_record
 from ..stats import summarize
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 #: at most this many captured lines are kept (the count says how many there were)
 MAX_LINES = 200
 
-_ACTIVE: list["NativeOutput"] = []
+_ACTIVE: list[NativeOutput] = []
 
 
 class NativeOutput:
@@ -36,7 +37,7 @@ class NativeOutput:
     def active(self) -> bool:
         return self._saved is not None
 
-    def start(self) -> "NativeOutput":
+    def start(self) -> NativeOutput:
         if self.active:
             return self
         _flush()
@@ -65,7 +66,7 @@ class NativeOutput:
         self.lines += lines[:max(0, MAX_LINES - len(self.lines))]
         return self.lines
 
-    def __enter__(self) -> "NativeOutput":
+    def __enter__(self) -> NativeOutput:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

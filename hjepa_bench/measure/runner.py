@@ -26,7 +26,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import psutil
 import torch
@@ -34,8 +35,8 @@ import torch
 from .. import stats
 from ..analysis import policy
 from ..analysis.bottleneck import device_lag_split
-from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
 from ..errors import PLUGIN_FAILURES, UserError, error_line
+from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
 from ..record import dumps, new_record, validate_probe_entry
 
 ProgressFn = Callable[[dict[str, Any]], None]

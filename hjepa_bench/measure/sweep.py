@@ -32,22 +32,31 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from ..config import (DEFAULT_SWEEP_OUT, DEFAULTS, check_value, default_workers, is_finite_number, resolve_config,
-                      resolve_model_name, resolve_precision)
+from ..analysis import policy
+from ..config import (
+    DEFAULT_SWEEP_OUT,
+    DEFAULTS,
+    check_value,
+    default_workers,
+    is_finite_number,
+    resolve_config,
+    resolve_model_name,
+    resolve_precision,
+)
 from ..errors import UserError, read_yaml
 from ..plugin.api import Backend, DeviceFacts, Job, JobQueue, Outcome, Place
 from ..plugin.manager import Plugins, build_plugins, probe_names
-from . import child_stderr
-from .parent_watch import start_parent_watch
-from ..analysis import policy
-from .runner import RunHooks
-from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
-from .results import ResultsFile, config_key, entry_models
 from ..record import new_record, node_label, short_model_name
+from . import child_stderr
+from .ddp import Launch, ddp_capacity, default_timeout, ranks_unsupported, run_job
+from .parent_watch import start_parent_watch
+from .results import ResultsFile, config_key, entry_models
+from .runner import RunHooks
 
 DEFAULT_OUT = DEFAULT_SWEEP_OUT
 
@@ -117,7 +126,7 @@ class SweepSpec:
         return default_timeout(self.max_time_s if self.max_time_s is not None else DEFAULTS["bench"]["max_time_s"])
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "SweepSpec":
+    def from_yaml(cls, path: str | Path) -> SweepSpec:
         p = Path(path)
         data = read_yaml(p, "grid file") or {}
         if not isinstance(data, dict):
@@ -205,7 +214,7 @@ class SweepSpec:
             raise UserError(f"{where}: {name}: {exc}") from None
 
     @classmethod
-    def from_flags(cls, args: Any) -> "SweepSpec":
+    def from_flags(cls, args: Any) -> SweepSpec:
         """The spec of ``hjepa-bench sweep``: ``--grid`` (or the defaults), the flags on top (the
         list flags arrive as lists), validated."""
         spec = cls.from_yaml(args.grid) if args.grid else cls()
@@ -857,7 +866,7 @@ def _group(point: Point) -> tuple:
 
 def install_sigterm_handler() -> None:
     """SIGTERM behaves like Ctrl-C: stop the child, keep what is recorded."""
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)

@@ -9,7 +9,8 @@ checklist.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..plugin.api import Probe
 from ..record import new_record

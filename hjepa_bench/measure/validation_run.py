@@ -55,24 +55,25 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..analysis.features import feature_quality
+from ..analysis.periodic import LoggingPlan
 from ..config import to_yaml
 from ..errors import UserError
+from ..hjepa.checkpoint import checkpoint_state, save_checkpoint
 from ..hjepa.data import build_dataset, build_eval_transform, build_loader
 from ..hjepa.masks import masks_from_union, sample_batch_union, to_device
-from ..analysis.periodic import LoggingPlan
 from ..hjepa.periodic import TrainerLogger
 from ..hjepa.step import HJEPAStep, ema_momentum_at
-from ..hjepa.checkpoint import checkpoint_state, save_checkpoint
 from ..hjepa.training import build_training, extract_features
 from ..record import write_json
 from ..stats import finite
@@ -152,7 +153,7 @@ class _FallbackWarnings:
         self.messages: list[str] = []
         self._cm: Any = None
 
-    def __enter__(self) -> "_FallbackWarnings":
+    def __enter__(self) -> _FallbackWarnings:
         self._cm = warnings.catch_warnings()
         self._cm.__enter__()
         show = warnings.showwarning
@@ -210,7 +211,7 @@ class _ValidationRun:
             "features": [],
             "checkpoints": [],
             "elapsed_s": 0.0,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "peak_memory_bytes": None,
             "memory_source": None,
             "fallback_warnings": [],
@@ -688,7 +689,7 @@ class _ValidationRun:
                     self.result["error"] = "interrupted (KeyboardInterrupt)"
                     self.close_partial()
                     self.save_interrupted()
-                except Exception as exc:  # noqa: BLE001 - measured so far is kept
+                except Exception as exc:
                     self.result["status"] = "oom" if self.backend.is_oom(exc) else "error"
                     self.result["error"] = f"{type(exc).__name__}: {exc}"
                 finally:
@@ -720,4 +721,4 @@ def run_validation(values: Mapping[str, Any], backend: Any, settings: Validation
     return _ValidationRun(v, backend, settings, progress, on_epoch).run()
 
 
-__all__ = ["ValidationSettings", "run_validation", "STATUSES", "RESULT_FILE"]
+__all__ = ["RESULT_FILE", "STATUSES", "ValidationSettings", "run_validation"]

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import abc
 import argparse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import (TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Literal, Mapping, Protocol,
-                    Sequence, get_args, runtime_checkable)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ContextManager,
+    Literal,
+    Protocol,
+    get_args,
+    runtime_checkable,
+)
 
 from ..config import PRECISIONS  # the precisions a step trains in: one list, in the config's schema
 from ..errors import UserError
@@ -108,7 +116,7 @@ class Backend(Checked, abc.ABC):
     def has_device_events(self) -> bool:
         return False
 
-    def event(self) -> "TimingEvent":
+    def event(self) -> TimingEvent:
         return WallClockEvent(self)
 
     @abc.abstractmethod
@@ -186,7 +194,7 @@ class TimingEvent(abc.ABC):
     def record(self) -> None: ...
 
     @abc.abstractmethod
-    def elapsed_s(self, end: "TimingEvent") -> float:
+    def elapsed_s(self, end: TimingEvent) -> float:
         """Seconds from this event to ``end`` (both recorded; may synchronize)."""
 
 
@@ -200,7 +208,7 @@ class DeviceEvent(TimingEvent):
     def record(self) -> None:
         self.event.record()
 
-    def elapsed_s(self, end: "TimingEvent") -> float:
+    def elapsed_s(self, end: TimingEvent) -> float:
         assert isinstance(end, DeviceEvent)
         end.event.synchronize()
         return self.event.elapsed_time(end.event) / 1000.0  # ms -> s
@@ -219,7 +227,7 @@ class WallClockEvent(TimingEvent):
         self._backend.synchronize()
         self.t = time.perf_counter()
 
-    def elapsed_s(self, end: "TimingEvent") -> float:
+    def elapsed_s(self, end: TimingEvent) -> float:
         assert isinstance(end, WallClockEvent) and self.t is not None and end.t is not None
         return end.t - self.t
 
@@ -232,7 +240,7 @@ class PhaseClock:
     the device lagged behind the host at each boundary.  ``mark()`` opens the step, ``mark(name)`` ends
     the phase ``name``; ``host_s()`` is the host time of each phase."""
 
-    def __init__(self, events: "Callable[[], TimingEvent] | None" = None):
+    def __init__(self, events: Callable[[], TimingEvent] | None = None):
         self._events = events
         #: (the phase that ends here, "" at the start; host time; the device event or None)
         self.marks: list[tuple[str, float, TimingEvent | None]] = []
@@ -295,7 +303,7 @@ class PreparedWorkload(abc.ABC):
     syncs_in_step: bool = False
     #: set by the runner when the backend has device events: the factory a step hands to its
     #: :class:`PhaseClock`, so its phase boundaries are also recorded on the device's stream
-    phase_events: Callable[[], "TimingEvent"] | None = None
+    phase_events: Callable[[], TimingEvent] | None = None
 
     # Optional capabilities, None when the workload has none.  Probes use them (``epoch_costs``
     # measures worker start-up on the loader, a validation forward and a checkpoint on the trainer).
@@ -658,7 +666,7 @@ class CommandFlags:
     def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
         return self._record(self._parser.add_argument(*names, **kwargs))
 
-    def group(self, title: str) -> "FlagGroup":
+    def group(self, title: str) -> FlagGroup:
         found = next((g for g in self._parser._action_groups if g.title == title), None)
         return FlagGroup(self, found if found is not None else self._parser.add_argument_group(title))
 

@@ -16,7 +16,7 @@ an error at load time (a misspelled hook never silently does nothing).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

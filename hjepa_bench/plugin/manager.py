@@ -26,15 +26,16 @@ import importlib
 import importlib.metadata as md
 import os
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import pluggy
 
+from ..errors import PLUGIN_FAILURES, UserError, first_line
 from . import hookspecs
 from .api import PROBE_COSTS, Backend, CommandFlags, Executor, Probe, ReportSection, Workload
-from ..errors import PLUGIN_FAILURES, UserError, first_line
 
 ENTRY_POINT_GROUP = "hjepa_bench"
 DIST_NAME = "hjepa-bench"
@@ -245,7 +246,7 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _entry_points() -> tuple[tuple[md.EntryPoint, str, str], ...]:
     """(entry point, distribution name, version), deduplicated (read once per process: the parser
     and the command both load plugins)."""

@@ -6,7 +6,7 @@ device does not support, so the output dtype is checked as well.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -35,12 +35,12 @@ def probe_precision(device_type: str, precision: str) -> str:
             return f"{device_type} autocast did not run the matmul in {precision} in torch {torch.__version__} ({why})."
         if not finite:
             return f"backward under {device_type} {precision} gave a non-finite gradient."
-    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+    except Exception as exc:
         return f"{precision} matmul+backward failed on {device_type}: {error_line(exc)}"
     return ""
 
 
-def make_grad_scaler(device_type: str) -> "torch.amp.GradScaler | None":
+def make_grad_scaler(device_type: str) -> torch.amp.GradScaler | None:
     """A GradScaler for ``device_type``: ``torch.amp.GradScaler(device_type)`` (torch >= 2.3); on an
     older torch, whose only scaler is ``torch.cuda.amp.GradScaler``, that one for ``cuda`` and None
     for any other device (it has no scaler there)."""
@@ -72,5 +72,5 @@ def grad_scaler_works(device_type: str, sync: Callable[[], None]) -> bool:
             scaler.update()
             sync()
         return True
-    except Exception:  # noqa: BLE001 - any failure means "no"
+    except Exception:
         return False

@@ -3,8 +3,9 @@ median times of this run against a baseline (pure functions over the parsed JSON
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tabulate import tabulate
 

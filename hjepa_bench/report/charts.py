@@ -28,13 +28,13 @@ state, no window, nothing to close).
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
-import re
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -43,8 +43,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..format import finite
 from ..analysis.memory import DEFAULT_MARGIN, MODEL_ORDER, device_key, fit_memory, setup_key
+from ..format import finite
 from ..record import batch_achieved, lookup, model_short, peak_bytes, records_frame
 from ..record import label as record_name
 
@@ -644,7 +644,7 @@ def render_charts(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[C
     for fn in CHARTS:
         try:
             chart = fn(records, out_dir)
-        except Exception as e:  # noqa: BLE001 - a chart is an extra; the report goes on
+        except Exception as e:
             warnings.warn(f"chart {fn.__name__} skipped: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
             continue
         if chart is not None:

@@ -10,15 +10,16 @@ all come through here.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
 from ..analysis.criteria import Facts
+from ..analysis.projection import MIN_STEPS_BAND, PERIODIC_COLUMNS
 from ..analysis.report_data import ReportSettings, apply_worker_advice, build_analysis
-from ..analysis.projection import PERIODIC_COLUMNS, MIN_STEPS_BAND
 from ..analysis.verdicts import rejudge_records
 from ..format import fmt_finite
 from ..options import option_yaml

@@ -3,8 +3,9 @@ the criteria and recommendation lines, the validation-run and training-log secti
 the evaluation's markdown."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tabulate import tabulate
 

@@ -3,7 +3,8 @@ and ``probe_table``, the table a probe's section is made of."""
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PLUGIN_FAILURES, first_line
 from ..plugin.api import ReportSection

@@ -8,11 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import generators as gen
-from harness import (RECORDER, Special, Target, cached_entry_points, cached_parser, engine_sentinel,
-                     golden_checkpoint, invoke)
+import pytest
+from harness import (
+    RECORDER,
+    Special,
+    Target,
+    cached_entry_points,
+    cached_parser,
+    engine_sentinel,
+    golden_checkpoint,
+    invoke,
+)
 
 
 @dataclass
@@ -30,7 +37,7 @@ class FuzzEnv:
         self.targets.append(t)
         return t
 
-    def files(self, command: str = "") -> dict[str, Any]:  # noqa: ARG002 - every base argv finds its files
+    def files(self, command: str = "") -> dict[str, Any]:
         """The golden inputs, linked into a case folder."""
         g = self.golden
         return {"tiny.yaml": Special("symlink", target=str(g / "tiny.yaml")),
@@ -101,7 +108,7 @@ def fuzz(fuzz_runtime, tmp_path_factory):
     yield env
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if RECORDER.counts:
         total = sum(RECORDER.counts.values())
         terminalreporter.write_line(

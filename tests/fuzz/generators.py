@@ -15,12 +15,12 @@ import json
 import math
 import random
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import yaml
-from hypothesis import strategies as st
-
 from harness import DIRECTORY, FIFO, PLUGIN_API_IMPORTS, Case, Special, TorchSave
+from hypothesis import strategies as st
 
 NAN, INF = float("nan"), float("inf")
 TINY_SYNTHETIC = 16  # samples in the tiny config's synthetic data set
@@ -660,7 +660,7 @@ def flag_cases(draw: Any, files: Callable[[str], dict[str, Any]]) -> Case:
     values: dict[str, str] = {}
     for flag, pred, samples in chosen:
         value = flag_value(draw, pred, samples, p_valid)
-        if FLAG_AMBIGUOUS.get(flag, lambda s: False)(value) or value.startswith("-") and as_float(value) is None:
+        if FLAG_AMBIGUOUS.get(flag, lambda s: False)(value) or (value.startswith("-") and as_float(value) is None):
             value = samples[0]
         values[flag] = value
         valid = valid and pred(value)
@@ -1529,7 +1529,7 @@ def special_input_cases() -> list[Case]:
                     files["x"] = b"a regular file where a folder should be\n"
             elif kind == "symlink-loop":
                 files[rel] = Special("symlink", target="{d}/" + rel)
-            valid = kind == "empty" and empty_ok or (kind == "missing" and slot.startswith("sweep --out"))
+            valid = (kind == "empty" and empty_ok) or (kind == "missing" and slot.startswith("sweep --out"))
             if slot.startswith("sweep --out") and kind == "non-utf8":
                 valid = True  # one complete line that does not parse: moved aside like a cut-off tail (docs/commands.md)
             if kind == "missing" and slot == "report DIR/results.jsonl":

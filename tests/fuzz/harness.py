@@ -43,9 +43,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 # ============================================================================ internal names
 # The only places this suite touches hjepa_bench internals.  Update here when modules move.
@@ -141,7 +142,7 @@ class Case:
     engine: bool = False  # disarm the sentinel: really run the work
     timeout: float | None = None
     warn_line: int | None = None  # when it exits 0, stderr must name this line (a skipped bad record)
-    check: Callable[["Outcome", Path], list[str]] | None = None  # extra oracle
+    check: Callable[[Outcome, Path], list[str]] | None = None  # extra oracle
 
     def __repr__(self) -> str:
         files = {k: (v if not isinstance(v, (bytes, str)) or len(v) < 300 else f"<{len(v)} bytes>")
@@ -280,7 +281,7 @@ def _memory_allowance() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
-def _on_alarm(signum: int, frame: Any) -> None:  # noqa: ARG001
+def _on_alarm(signum: int, frame: Any) -> None:
     raise CaseTimeout()
 
 
@@ -326,7 +327,7 @@ def invoke(argv: list[str], *, timeout: float = CASE_TIMEOUT_S, engine: bool = F
     except CaseTimeout as exc:
         res.hang = True
         res.site = crash_site(exc)
-    except BaseException as exc:  # noqa: BLE001 - the finding
+    except BaseException as exc:
         res.exc = exc
         res.tb = traceback.format_exc()
         res.site = crash_site(exc)

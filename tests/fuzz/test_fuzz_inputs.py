@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-
 import generators as gen
+import pytest
 from harness import RECORDER
+from hypothesis import HealthCheck, Phase, given, settings
 
 SETTINGS = dict(derandomize=True, database=None, deadline=None, print_blob=False,
                 phases=[Phase.explicit, Phase.generate],

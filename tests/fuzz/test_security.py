@@ -10,11 +10,10 @@ import os
 import pickle
 from pathlib import Path
 
+import generators as gen
 import numpy as np
 import pytest
 import torch
-
-import generators as gen
 from harness import Case, invoke, problems
 
 
