@@ -124,10 +124,10 @@ def _loader() -> type:
     """A SafeLoader that counts nesting depth and aliases while composing, and loads the
     YAML types JSON lacks as JSON types: a timestamp as its ISO text, ``!!binary`` as its
     base64 text, ``!!set`` as what YAML defines it to be (a mapping whose values are null)."""
-    import yaml
-    from yaml.composer import ComposerError
+    import yaml  # type: ignore[import-untyped]
+    from yaml.composer import ComposerError  # type: ignore[import-untyped]
 
-    class LimitedLoader(yaml.SafeLoader):
+    class LimitedLoader(yaml.SafeLoader):  # type: ignore[misc]  # (SafeLoader is Any: yaml has no stubs)
         def __init__(self, stream: str):
             super().__init__(stream)
             self.depth = 0
@@ -150,7 +150,8 @@ def _loader() -> type:
                 self.depth -= 1
 
         def construct_timestamp_text(self, node: Any) -> str:
-            return self.construct_yaml_timestamp(node).isoformat()
+            text: str = self.construct_yaml_timestamp(node).isoformat()
+            return text
 
         def construct_binary_text(self, node: Any) -> str:
             return "".join(self.construct_scalar(node).split())

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .stats import finite, finite_int  # noqa: F401 - re-exported: the formatters' callers use them
+from .stats import finite as finite  # (re-exported: the formatters' callers use them)
+from .stats import finite_int as finite_int
 
 
 def fmt_or_dash(x: Any, spec: str = ".1f", dash: str = "-", suffix: str = "") -> str:

@@ -6,8 +6,14 @@ module through :mod:`hjepa_bench.format`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+# what the numeric helpers take: a plain sequence or a numpy array of numbers
+Floats: TypeAlias = "Sequence[float] | NDArray[Any]"
 
 IQR_WARN = 0.10  # torch.utils.benchmark warns at IQR/median > 10% ...
 IQR_WARN_HIGH = 0.25  # ... and again at 25%
@@ -32,7 +38,7 @@ def finite_int(x: Any) -> int | None:
     return None if f is None else int(f)
 
 
-def is_finite_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
     """An int or float (not a bool) that is neither NaN nor infinite: the one finite-number test
     of a value as given (a flag, a config value), where :func:`finite` converts what it can."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -49,7 +55,7 @@ def median(values: Iterable[Any]) -> float | None:
     return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
-def cv(values: Sequence[float]) -> float | None:
+def cv(values: Floats) -> float | None:
     """Coefficient of variation, a fraction: sample standard deviation (ddof=1) / mean of
     ``values``; None below 2 values or with a mean <= 0 (the spread of one step is not 0).
 
@@ -74,7 +80,7 @@ def cv(values: Sequence[float]) -> float | None:
 
 
 # --------------------------------------------------------------------------- confidence intervals
-def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+def median_ci(values: Floats, confidence: float = 0.95) -> tuple[float, float]:
     """Distribution-free confidence interval of the median (order statistics,
     normal approximation of the binomial ranks)."""
     import numpy as np
@@ -90,7 +96,7 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     return float(x[lo]), float(x[max(lo, hi)])
 
 
-def relative_precision(values: Sequence[float], confidence: float = 0.95) -> float:
+def relative_precision(values: Floats, confidence: float = 0.95) -> float:
     """Half-width of the median's confidence interval, relative to the median."""
     if len(values) < 3:
         return math.inf
@@ -105,7 +111,7 @@ def mean_band(times: Sequence[float | None], confidence: float = 0.95,
     (mean +- t_{(1+confidence)/2, n-1} x s / sqrt(n), the low end floored at 0).  No band
     (None, None) below ``min_n`` values."""
     import numpy as np
-    from scipy import stats as sps
+    from scipy import stats as sps  # type: ignore[import-untyped]
 
     x = np.asarray([t for t in (finite(v) for v in times) if t is not None], dtype=float)
     if x.size == 0:
@@ -137,7 +143,7 @@ def slope_t(x: Any, y: Any) -> tuple[float, float]:
     return slope, slope / stderr
 
 
-def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+def linear_fit(x: Floats, y: Floats) -> tuple[float, float]:
     """(slope, p-value) of the least-squares line of ``y`` against ``x`` (scipy's linregress; the
     p-value of a zero slope, NaN when it has none): the drift fit of the step time and the loss."""
     import numpy as np
@@ -148,7 +154,7 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- a run's step times
-def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
+def summarize(values: Floats) -> dict[str, float | int | None]:
     """median, mean, IQR, CV, p10, p90, min, max, n and the median's 95% CI (CV None below 2 values)."""
     import numpy as np
 
@@ -177,14 +183,15 @@ def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
     }
 
 
-def spread_warning(summary: dict) -> str | None:
+def spread_warning(summary: Mapping[str, Any]) -> str | None:
     """torch.utils.benchmark-style warning when IQR/median is large."""
     med, iqr = summary.get("median"), summary.get("iqr")
     if not med or iqr is None:
         return None
     ratio = iqr / med
     if ratio > IQR_WARN_HIGH:
-        return f"step times vary a lot: IQR is {ratio:.0%} of the median (over {IQR_WARN_HIGH:.0%}); the machine may be busy"
+        return (f"step times vary a lot: IQR is {ratio:.0%} of the median (over {IQR_WARN_HIGH:.0%}); "
+                "the machine may be busy")
     if ratio > IQR_WARN:
         return f"step times vary: IQR is {ratio:.0%} of the median (over {IQR_WARN:.0%})"
     return None

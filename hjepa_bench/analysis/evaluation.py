@@ -83,10 +83,10 @@ def knn_accuracy(train_z: Any, train_y: Any, test_z: Any, test_y: Any, k: int = 
 def linear_probe(train_z: Any, train_y: Any, test_z: Any, test_y: Any, seed: int = 0,
                  max_iter: int = LINEAR_MAX_ITER) -> dict[str, Any]:
     """Linear probe with details: ``{"top1", "n_iter", "converged"}`` (see :func:`linear_probe_accuracy`)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
+    from sklearn.exceptions import ConvergenceWarning  # type: ignore[import-untyped]
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+    from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     tr, te = _as_numpy(train_z, np.float64), _as_numpy(test_z, np.float64)
     ty, yt = _as_numpy(train_y, np.int64), _as_numpy(test_y, np.int64)
@@ -110,7 +110,7 @@ def linear_probe_accuracy(train_z: Any, train_y: Any, test_z: Any, test_y: Any, 
     """Top-1 test accuracy of scikit-learn's ``LogisticRegression`` (lbfgs, C = 1,
     max_iter 5000, one thread) on frozen features standardised with a ``StandardScaler``
     fitted on the train split."""
-    return linear_probe(train_z, train_y, test_z, test_y, seed)["top1"]
+    return float(linear_probe(train_z, train_y, test_z, test_y, seed)["top1"])
 
 
 # --------------------------------------------------------------------------- when a comparison says nothing

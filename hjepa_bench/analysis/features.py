@@ -114,12 +114,13 @@ def rankme(z: np.ndarray) -> float:
 def l2_normalise(z: np.ndarray) -> np.ndarray:
     """Rows scaled to unit norm (all-zero rows stay zero)."""
     norms = np.linalg.norm(z, axis=1, keepdims=True)
-    return z / np.maximum(norms, _NORM_EPS)
+    normalised: np.ndarray = z / np.maximum(norms, _NORM_EPS)
+    return normalised
 
 
 def mean_cosine(zn: np.ndarray) -> float:
     """Mean cosine similarity over pairs i != j of L2-normalised rows ``zn``, in O(ND)."""
-    n = zn.shape[0]
+    n: int = zn.shape[0]
     mean = zn.mean(axis=0)
     all_pairs = n * n * float(mean @ mean)  # sum over i, j of <x_i, x_j>
     diagonal = float(np.sum(zn * zn))
@@ -165,13 +166,13 @@ def judge_features(entry: dict[str, Any], low_rank_frac: float = LOW_RANK_FRAC,
     own thresholds."""
     eff, d = entry.get("effective_rank"), entry.get("d")
     below, cos = entry.get("std_below_floor_frac"), entry.get("mean_cosine")
-    if None not in (eff, d, below, cos):
+    if eff is not None and d is not None and below is not None and cos is not None:
         entry["collapse"] = collapse_flags(float(eff), int(d), float(below), float(cos), low_rank_frac)
         entry["thresholds"] = {**(entry.get("thresholds") or {}), "low_rank_frac": low_rank_frac}
     steps = entry.get("steps_trained")
     judged = steps is None or int(steps) >= min_quality_steps
     entry["quality_judged"] = judged
-    entry["quality_note"] = None if judged else (f"untrained: {int(steps)} steps, not judged (collapse flags count "
+    entry["quality_note"] = None if steps is None or judged else (f"untrained: {int(steps)} steps, not judged (collapse flags count "
                                                  f"from {min_quality_steps} training steps)")
     entry.setdefault("thresholds", {})["min_quality_steps"] = min_quality_steps
     return entry

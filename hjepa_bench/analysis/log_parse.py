@@ -41,9 +41,9 @@ class BarPoint:
 @dataclass
 class ParsedLog:
     train: list[BarPoint]
-    val: list[dict]
+    val: list[dict[str, Any]]
     info: dict[str, Any]
-    epoch_summaries: list[dict]
+    epoch_summaries: list[dict[str, Any]]
     logging_lines: int
     bar_refreshes: int
     lines_total: int
@@ -97,7 +97,7 @@ def is_completion(segment: str) -> bool:
 
 _SEPARATOR = re.compile(r"[\r\n]")
 _INT = r"(\d[\d,_]*)"
-_FACTS: list[tuple[str, re.Pattern, str]] = [
+_FACTS: list[tuple[str, re.Pattern[str], str]] = [
     ("total_params", re.compile(r"\bTotal param(?:eter)?s\s*[:=]\s*" + _INT, re.I), "int"),
     ("trainable_params", re.compile(r"\bTrainable param(?:eter)?s\s*[:=]\s*" + _INT, re.I), "int"),
     ("device", re.compile(r"^\s*(?:Using device|Device)\s*[:=]\s*(\S+)", re.I), "str"),
@@ -191,11 +191,11 @@ def _to_value(raw: str, kind: str) -> Any:
 class _State:
     def __init__(self) -> None:
         self.train: list[BarPoint] = []
-        self.val: list[dict] = []
+        self.val: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}
         self.info_line: dict[str, int] = {}
-        self.summaries: list[dict] = []
-        self.summary: dict | None = None
+        self.summaries: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] | None = None
         self.logging_lines = 0
         self.trainer_logging_lines = 0
         self.bar_refreshes = 0
@@ -277,7 +277,7 @@ class _State:
             self.summary["run_elapsed_s"] = parse_interval(e.group(1))
 
     # -- one bar refresh
-    def bar(self, m: re.Match, line_no: int) -> None:
+    def bar(self, m: re.Match[str], line_no: int) -> None:
         self.summary = None
         desc = (m.group("desc") or "").strip()
         n = int(m.group("n") if m.group("n") is not None else m.group("n2"))

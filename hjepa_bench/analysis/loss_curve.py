@@ -43,12 +43,12 @@ entry under ``thresholds``):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ..format import finite, fmt_lr
-from ..stats import linear_fit, median
+from ..stats import Floats, linear_fit, median
 from ..status import FAIL, NOT_MEASURED, PASS
 from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
 
@@ -89,11 +89,12 @@ DEFINITIONS = {
 _num = finite
 
 
-def rolling_median(x: Sequence[float], window: int) -> list[float]:
-    """Centred rolling median (shorter windows at the edges)."""
+def rolling_median(x: Floats, window: int) -> list[float]:
+    """Centred rolling median of finite values (shorter windows at the edges)."""
     a = np.asarray(x, dtype=float)
     half = window // 2
-    return [median(a[max(0, i - half):i + window - half]) for i in range(len(a))]
+    # each window holds at least one finite value, so it has a median
+    return [cast(float, median(a[max(0, i - half):i + window - half])) for i in range(len(a))]
 
 
 def _slope(y: np.ndarray) -> float:
@@ -245,7 +246,7 @@ def _noise(entry: dict[str, Any], y: np.ndarray, w: int) -> None:
     if n < MIN_POINTS_NOISE:
         entry["notes"].append(f"noise needs >= {MIN_POINTS_NOISE} finite losses after warm-up, got {n}")
         return
-    m = np.asarray(rolling_median(y, w))
+    m: np.ndarray = np.asarray(rolling_median(y, w))
     keep = m != 0
     if keep.sum() >= 2:
         rel = (y[keep] - m[keep]) / np.abs(m[keep]) * 100
@@ -266,7 +267,7 @@ def _warmup_spikes(entry: dict[str, Any], vals: Sequence[float | None], w: int) 
         prev = history[-w:]
         if len(prev) >= 3:
             scanned += 1
-            med = median(prev)
+            med = cast(float, median(prev))  # >= 3 finite losses
             if med > 0 and v > med * (1 + WARMUP_SPIKE_PCT / 100):
                 spikes.append(i)
         history.append(v)

@@ -90,7 +90,7 @@ LEAK_RULE = (f"judged on the last third of the samples after warm-up, once start
 #: a predicted batch beyond this many times the largest measured one is labelled an extrapolation
 EXTRAPOLATION_FACTOR = 4.0
 
-def leak_check(steps: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
+def leak_check(steps: Sequence[float], values: Sequence[float]) -> dict[str, Any]:
     """Is memory (bytes, one sample per step index) leaking?  The rule is in the module
     docstring: growth is judged only once it has settled, on the last third of the samples."""
     pts = sorted((float(s), float(v)) for s, v in zip(steps, values) if v is not None)
@@ -162,7 +162,7 @@ def judge_memory(entry: dict[str, Any], pressure_frac: float = PRESSURE_PEAK_FRA
     entry["memory_pressure"] = None if head is None else bool(1.0 - head > pressure_frac)
     entry["thresholds"] = {**(entry.get("thresholds") or THRESHOLDS), "pressure_peak_frac": pressure_frac,
                            "fit_margin_frac": margin_frac}
-    trace = entry.get("trace") if isinstance(entry.get("trace"), Mapping) else {}
+    trace = section if isinstance(section := entry.get("trace"), Mapping) else {}
     steps, values = trace.get("steps"), trace.get("bytes")
     if isinstance(steps, list) and isinstance(values, list) and len(steps) == len(values):
         warm = finite(trace.get("warmup_steps")) or 0

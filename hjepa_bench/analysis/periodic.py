@@ -66,9 +66,9 @@ class LoggingPlan:
     def from_config(cls, values: Mapping[str, Any]) -> LoggingPlan:
         """From ``logging.log_frequency``, ``logging.tensorboard.enabled`` and ``logging.wandb.enabled``
         (upstream's defaults where the config has none: 100, true, false)."""
-        log = values.get("logging") if isinstance(values.get("logging"), Mapping) else {}
-        tb = log.get("tensorboard") if isinstance(log.get("tensorboard"), Mapping) else {}
-        wb = log.get("wandb") if isinstance(log.get("wandb"), Mapping) else {}
+        log = section if isinstance(section := values.get("logging"), Mapping) else {}
+        tb = section if isinstance(section := log.get("tensorboard"), Mapping) else {}
+        wb = section if isinstance(section := log.get("wandb"), Mapping) else {}
         freq = log.get("log_frequency")
         return cls(log_frequency=int(freq) if isinstance(freq, int) and not isinstance(freq, bool) and freq >= 1
                    else DEFAULT_LOG_FREQUENCY,
@@ -145,8 +145,8 @@ def periodic_seconds(counts: Mapping[str, int], costs: Mapping[str, Any], plan: 
     def times(n: int, *keys: str) -> float | None:
         if n == 0:
             return 0.0
-        c = [cost(k) for k in keys]
-        return None if any(x is None for x in c) else n * sum(c)  # type: ignore[misc]
+        measured = [c for c in (cost(k) for k in keys) if c is not None]
+        return None if len(measured) < len(keys) else n * sum(measured)
 
     out: dict[str, float | None] = {}
     rb, pf = times(counts["readback"], "readback_s"), times(counts["postfix"], "postfix_s")

@@ -104,7 +104,10 @@ def epoch_costs(record: Mapping[str, Any], probes: Mapping[str, Probe] | None = 
 def costs_from_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     """The per-epoch costs of an entry of the costs' probe (None: not measured)."""
     ok = entry.get("status", "ok") == "ok" and entry.get("measured", True) is not False
-    get = (lambda k: finite(entry.get(k))) if ok else (lambda k: None)
+
+    def get(key: str) -> float | None:
+        return finite(entry.get(key)) if ok else None
+
     return {
         "worker_startup_s": get("worker_startup_s"),
         "startup_extra_s": get("startup_extra_s"),
@@ -331,7 +334,7 @@ def own_config_projection(record: Mapping[str, Any], *, default_train: int = 50_
     (:func:`projection_sizes`), its ``checkpoint.save_frequency`` and ``logging``."""
     config = record.get("config") or {}
     train, val, source = projection_sizes(config, default_train, default_val)
-    ck = config.get("checkpoint") if isinstance(config.get("checkpoint"), Mapping) else {}
+    ck = section if isinstance(section := config.get("checkpoint"), Mapping) else {}
     p = project_record(record, epochs=int(config["training"]["epochs"]), dataset_size=train, val_size=val,
                        val_every_epochs=val_every_epochs, checkpoint_every_epochs=int(ck.get("save_frequency") or 1),
                        confidence=confidence)
@@ -343,8 +346,8 @@ def own_config_projection(record: Mapping[str, Any], *, default_train: int = 50_
 def logging_seconds(p: Mapping[str, Any]) -> float | None:
     """The trainer's periodic work in a projection (s); None when any part was not measured."""
     ov = p.get("overheads_s") or {}
-    parts = [ov.get(k) for k in PERIODIC_COLUMNS]
-    return None if any(x is None for x in parts) else float(sum(parts))
+    parts = [part for part in (ov.get(k) for k in PERIODIC_COLUMNS) if part is not None]
+    return None if len(parts) < len(PERIODIC_COLUMNS) else float(sum(parts))
 
 
 def own_config_line(p: Mapping[str, Any]) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..format import finite
 from ..record import lookup, machine, model_short, node_label, world_size
@@ -40,7 +40,7 @@ def allreduce_share(sync_s: Sequence[float], nosync_s: Sequence[float]) -> dict[
     if not sync or not nosync:
         return {"share": None, "share_raw": None, "step_s_sync": None, "step_s_nosync": None,
                 "pairs": min(len(sync), len(nosync))}
-    ms, mn = median(sync), median(nosync)
+    ms, mn = cast(float, median(sync)), cast(float, median(nosync))  # finite, non-empty
     raw = 1.0 - mn / ms if ms > 0 else None
     share = None if raw is None else min(1.0, max(0.0, raw))
     return {"share": share, "share_raw": raw, "step_s_sync": ms, "step_s_nosync": mn,
@@ -49,18 +49,18 @@ def allreduce_share(sync_s: Sequence[float], nosync_s: Sequence[float]) -> dict[
 
 def job_share(shares: Sequence[float | None]) -> float | None:
     """The job's all-reduce share: the mean of its ranks' shares (None when a rank has none)."""
-    vals = [finite(s) for s in shares]
-    if not vals or any(v is None for v in vals):
+    vals = [v for v in (finite(s) for s in shares) if v is not None]
+    if not vals or len(vals) < len(shares):
         return None
-    return sum(vals) / len(vals)  # type: ignore[arg-type]
+    return sum(vals) / len(vals)
 
 
 def job_throughput(ranks: Sequence[tuple[float | None, int]]) -> dict[str, float | None]:
     """Job steps/s and samples/s from each rank's (it/s, batch per step)."""
-    rates = [finite(ips) for ips, _ in ranks]
-    if not ranks or any(r is None or r <= 0 for r in rates):
+    rates = [r for r in (finite(ips) for ips, _ in ranks) if r is not None and r > 0]
+    if not ranks or len(rates) < len(ranks):
         return {"it_per_s": None, "samples_per_s": None}
-    ips = min(rates)  # type: ignore[type-var]
+    ips = min(rates)
     return {"it_per_s": ips, "samples_per_s": ips * sum(int(b) for _, b in ranks)}
 
 

@@ -19,7 +19,7 @@ the trainer's logging, or the rest (time between those parts, not modelled).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ..stats import median
 from .periodic import LoggingPlan
@@ -50,7 +50,8 @@ def _projection_from_first_steps(result: Mapping[str, Any], entry: Mapping[str, 
     (projection, costs, mean step s)."""
     config = result["config"]
     n_epochs = int(result["epochs_planned"])
-    mean, low, high = mean_band([t for t, _ in window])
+    band = mean_band([t for t, _ in window])
+    mean, low, high = cast(float, band[0]), band[1], band[2]  # a non-empty window of finite times has a mean
     sec = {"mid": mean, "low": low, "high": high, "n": len(window), "band_note": no_band_note(len(window))}
     costs = costs_from_entry({"status": "ok", **entry})
     steady_wait = median(w for _, w in window)

@@ -45,12 +45,12 @@ from the start of the run, warm-up included (as ``record["series"]`` does).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ..format import finite
-from ..stats import linear_fit, summarize
+from ..stats import Floats, linear_fit, summarize
 from ..stats import median as median_of
 from ..status import FAIL, NOT_MEASURED, PASS
 from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
@@ -130,18 +130,18 @@ def spike_period(event_starts: Sequence[int]) -> int | None:
     return regular_period(np.diff(np.asarray(event_starts, dtype=float)))
 
 
-def regular_period(gaps: Sequence[float]) -> int | None:
+def regular_period(gaps: Floats) -> int | None:
     """The median of ``gaps`` (steps between events) when at least ``PERIOD_AGREE_FRAC`` of them lie
     within ``max(1, PERIOD_TOL_FRAC * median)`` steps of it (and it is >= 2 steps), else None.  Needs
     ``MIN_SPIKES_FOR_PERIOD - 1`` gaps (the spike period; the stall period of a training log)."""
-    gaps = np.asarray(gaps, dtype=float)
-    if gaps.size < MIN_SPIKES_FOR_PERIOD - 1:
+    gap_array = np.asarray(gaps, dtype=float)
+    if gap_array.size < MIN_SPIKES_FOR_PERIOD - 1:
         return None
-    period = median_of(gaps)
-    if period < 2:
+    period = median_of(gap_array)
+    if period is None or period < 2:
         return None
     tol = max(1.0, PERIOD_TOL_FRAC * period)
-    agree = float(np.mean(np.abs(gaps - period) <= tol))
+    agree = float(np.mean(np.abs(gap_array - period) <= tol))
     return int(round(period)) if agree >= PERIOD_AGREE_FRAC else None
 
 
@@ -160,7 +160,7 @@ def drift_text(deg: dict[str, Any]) -> str | None:
     return f"{change:+.0f}% over {drift_span(deg)}"
 
 
-def degradation_fit(steps: Sequence[float], times: Sequence[float], median: float) -> dict[str, Any]:
+def degradation_fit(steps: Floats, times: Floats, median: float) -> dict[str, Any]:
     """Drift of the step time (the ``degradation`` rule): least-squares slope of ``times`` (seconds
     per step) against ``steps`` (their step indices), its fitted change over the span as a % of
     ``median`` (never extrapolated past the span, ``span_steps``), its p-value, ``significant``
@@ -278,7 +278,7 @@ def _spikes(entry: dict[str, Any], idx: list[int], x: np.ndarray, median: float)
     if n < MIN_STEPS_SPIKES:
         notes.append(f"spike detection needs >= {MIN_STEPS_SPIKES} analysed steps, got {n}")
         return
-    mad = median_of(np.abs(x - median)) * MAD_SCALE
+    mad = cast(float, median_of(np.abs(x - median))) * MAD_SCALE  # finite steps, n >= MIN_STEPS_SPIKES
     scale = max(mad, MAD_FLOOR_FRAC * median)
     threshold = median + SPIKE_K * scale
     spikes = [i for i, t in zip(idx, x) if t > threshold]
@@ -332,7 +332,7 @@ def analyze_stability(step_times: Sequence[float | None], warmup_steps: int,
     if n == 0:
         notes.append("no timed steps after warm-up: nothing to analyse")
         return entry
-    median = float(summary["median"])
+    median = cast(float, summary["median"])  # n > 0 finite steps: a median
     entry["median_s"] = _num(median)
     _spread(entry, summary, median, n)
     _spikes(entry, idx, x, median)

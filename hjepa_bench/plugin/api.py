@@ -211,7 +211,7 @@ class DeviceEvent(TimingEvent):
     def elapsed_s(self, end: TimingEvent) -> float:
         assert isinstance(end, DeviceEvent)
         end.event.synchronize()
-        return self.event.elapsed_time(end.event) / 1000.0  # ms -> s
+        return float(self.event.elapsed_time(end.event)) / 1000.0  # ms -> s
 
 
 class WallClockEvent(TimingEvent):

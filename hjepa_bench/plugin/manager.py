@@ -61,14 +61,18 @@ OPTION_BUILTINS: tuple[str, ...] = ("ray",)
 
 T = TypeVar("T")
 
+#: what a plugin's hjepa_bench_add_options may raise: its own failure, or a clash of flags
+ADD_OPTIONS_FAILURES: tuple[type[BaseException], ...] = (*PLUGIN_FAILURES, argparse.ArgumentError)
+
 
 class _Manager(pluggy.PluginManager):
-    def parse_hookimpl_opts(self, plugin: Any, name: str):
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> pluggy.HookimplOpts | None:
         opts = super().parse_hookimpl_opts(plugin, name)
         if opts is None and name.startswith("hjepa_bench_") and callable(getattr(plugin, name, None)):
             # An unmarked function with the hook prefix is still treated as a hook
-            # implementation, so a misspelled name fails check_pending().
-            return {}
+            # implementation, so a misspelled name fails check_pending().  (pluggy's defaults.)
+            return pluggy.HookimplOpts(wrapper=False, hookwrapper=False, optionalhook=False,
+                                       tryfirst=False, trylast=False, specname=None)
         return opts
 
 
@@ -119,7 +123,8 @@ class Plugins:
                     for obj in mine:
                         if not isinstance(obj, kind):
                             raise TypeError(f"it registered {obj!r:.60}, which is not a {kind.__name__}")
-                        if not isinstance(getattr(obj, "name", None), str) or not obj.name:
+                        obj_name = getattr(obj, "name", None)
+                        if not isinstance(obj_name, str) or not obj_name:
                             raise TypeError(f"it registered a {kind.__name__} without a name")
                 except PLUGIN_FAILURES as exc:  # one broken plugin must not break every command
                     failed.setdefault(impl.plugin_name, f"{hook_name.removeprefix('hjepa_bench_')}: "
@@ -136,9 +141,9 @@ class Plugins:
         self._registered = {h: [(p, o) for p, o in objs if p not in failed] for h, objs in got.items()}
         return self._registered
 
-    def _collect(self, hook_name: str, kind: type[T]) -> list[tuple[str, T]]:
-        """What the plugins registered through ``hook_name``, with the plugin that registered it.
-        Names must be unique per kind."""
+    def _collect(self, hook_name: str, kind: type[Any]) -> list[tuple[str, Any]]:
+        """What the plugins registered through ``hook_name`` (instances of ``kind``, checked when they
+        were registered), with the plugin that registered it.  Names must be unique per kind."""
         if hook_name in self._cache:
             return self._cache[hook_name]
         seen: dict[str, str] = {}
@@ -210,7 +215,7 @@ class Plugins:
             for impl in impls:
                 try:
                     impl.function(parser=flags)
-                except (*PLUGIN_FAILURES, argparse.ArgumentError) as exc:
+                except ADD_OPTIONS_FAILURES as exc:
                     raise UserError(f"plugin {impl.plugin_name} cannot add its flags to {command}: "
                                     f"{type(exc).__name__}: {first_line(exc, 300)}.") from None
             parser.set_defaults(plugin_flags=flags.added)

@@ -46,7 +46,8 @@ def make_grad_scaler(device_type: str) -> torch.amp.GradScaler | None:
     for any other device (it has no scaler there)."""
     amp_scaler = getattr(torch.amp, "GradScaler", None)
     if amp_scaler is not None:
-        return amp_scaler(device_type)
+        scaler: torch.amp.GradScaler = amp_scaler(device_type)
+        return scaler
     if device_type == "cuda":
         return torch.cuda.amp.GradScaler()
     return None
