@@ -122,7 +122,7 @@ def step_shares(data_wait_frac: float | None, host_frac: float | None,
     data = _clip01(data)
     waited, overlap = _num(host_wait_frac), _num(data_wait_overlap_frac)
     timeline = waited is not None and step_host is not None and backend in ACCELERATORS
-    if timeline:
+    if timeline and waited is not None and step_host is not None:  # (repeated: mypy narrows on these)
         data = max(0.0, data - _clip01(overlap or 0.0))
         step_host = max(0.0, step_host - waited)
         waits = host_phase_waits_s or {}
@@ -205,7 +205,7 @@ def serialized_verdict(host_own_s: float | None, serialized_step_s: float | None
     if host is None or serial is None or serial <= 0:
         return None, {"rule": "no serialized step time or host time: no verdict"}
     device = max(0.0, serial - host)
-    evidence = {"serialized_step_s": serial, "host_own_s": host, "device_busy_s": device}
+    evidence: dict[str, Any] = {"serialized_step_s": serial, "host_own_s": host, "device_busy_s": device}
     if host >= HOST_BOUND_RATIO * device:
         evidence["rule"] = f"host own {host * 1e3:.2f} ms >= device busy {device * 1e3:.2f} ms (serialized step - host own)"
         return "host-bound", evidence
@@ -246,7 +246,8 @@ def own_cpu(process_cpu: Mapping[str, Any] | None, cores: int, system_mean_pct: 
     if tree is None:
         return {"own_cpu_pct_of_cores": None, "other_cpu_pct_of_cores": None, "cpu_saturated": None}
     own = _clip01(tree / (100.0 * max(1, int(cores)))) * 100.0
-    other = None if _num(system_mean_pct) is None else max(0.0, float(system_mean_pct) - own)
+    system = _num(system_mean_pct)
+    other = None if system is None else max(0.0, system - own)
     return {"own_cpu_pct_of_cores": round(own, 1), "other_cpu_pct_of_cores": None if other is None else round(other, 1),
             "cpu_saturated": bool(own > CPU_SATURATED_PCT)}
 
@@ -297,7 +298,8 @@ def bottleneck_verdict(shares: Mapping[str, Any] | None,
                        data_bound_share: float = DATA_BOUND_SHARE) -> tuple[str | None, dict[str, Any]]:
     """(verdict, evidence) from :func:`step_shares` output; "not data-bound" when only the data
     wait was measured and it is below the limit."""
-    data = _num((shares or {}).get("data_wait"))
+    shares = shares or {}
+    data = _num(shares.get("data_wait"))
     if data is None:
         return None, {"rule": "no measured steps: no verdict"}
     host, device = _num(shares.get("host")), _num(shares.get("device"))

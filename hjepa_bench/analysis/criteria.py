@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 from ..config import DEFAULTS as CONFIG_DEFAULTS
 from ..format import finite, fmt_finite, fmt_gib, fmt_or_dash
@@ -488,7 +488,7 @@ def lessons_learned(f: Facts, criteria: Sequence[Mapping[str, Any]], findings: S
 
 
 # --------------------------------------------------------------------------- facts from sweep records
-def validation_model_key() -> tuple:
+def validation_model_key() -> tuple[Any, ...]:
     return model_key(CONFIG_DEFAULTS)
 
 
@@ -551,12 +551,13 @@ def pick_validation_record(records: Sequence[Mapping[str, Any]]) -> tuple[Mappin
     short = [r for r in ok if shortfall(r) is not None]
     ok = [r for r in ok if shortfall(r) is None]  # nothing is judged from fewer than the minimum steps
     if not ok and short:
-        return None, f"no configuration measured its minimum steps ({label(short[0])}: {shortfall(short[0])['text']})"
+        why = cast(dict[str, Any], shortfall(short[0]))  # (short: the records with a shortfall)
+        return None, f"no configuration measured its minimum steps ({label(short[0])}: {why['text']})"
     if not ok:
         return None, "no configuration ran to completion"
     vkey = validation_model_key()
 
-    def key(r):
+    def key(r: Mapping[str, Any]) -> tuple[bool, bool, bool, bool, float]:
         c = r["config"]
         try:
             same_model = model_key(c) == vkey

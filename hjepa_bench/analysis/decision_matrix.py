@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..format import finite
 from ..options import TrainingOption, record_matches
@@ -129,7 +129,7 @@ def speed_band_pct(r: Mapping[str, Any], confidence: float = 0.95) -> float | No
     mid, lo, hi = sec.get("mid"), sec.get("low"), sec.get("high")
     if not mid or lo is None or hi is None:
         return None
-    return (hi - lo) / 2 / mid * 100
+    return float((hi - lo) / 2 / mid * 100)
 
 
 def compare_speed(a: Mapping[str, Any], b: Mapping[str, Any], confidence: float = 0.95) -> dict[str, Any]:
@@ -370,7 +370,7 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     machine with one variant/precision/image size, each at its best measured batch and
     worker count (time per sample is what sets an epoch's length).  The guide guessed
     ViT-Small ~2x and ViT-Base ~4x slower than ViT-Tiny."""
-    groups: dict[tuple, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    groups: dict[tuple[Any, ...], dict[str, Mapping[str, Any]]] = defaultdict(dict)
     for r in records:
         if r.get("status") != "ok" or not _sps(r):
             continue
@@ -424,7 +424,7 @@ def machine_comparison(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     shown = {m: n if list(names.values()).count(n) == 1 else f"{n} [{m[:6]}]" for m, n in names.items()}
     rows = []
     for config, per in sorted(speeds.items()):
-        fastest = max(per, key=per.get)
+        fastest = max(per, key=per.__getitem__)
         rows.append({"config": config, "it_per_s": {shown[m]: v for m, v in per.items()}, "fastest": shown[fastest],
                      "fastest_vs_slowest": per[fastest] / min(per.values()) if len(per) > 1 else None})
     return {"machines": [shown[m] for m in names], "rows": rows}
@@ -473,7 +473,7 @@ def one_host_overlaps(records: Sequence[Mapping[str, Any]]) -> str | None:
 def efficient_savings(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Measured step time of the ``efficient`` variant against ``reference`` for configs
     measured in both (everything else equal)."""
-    pairs: dict[tuple, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    pairs: dict[tuple[Any, ...], dict[str, Mapping[str, Any]]] = defaultdict(dict)
     for r in records:
         if r.get("status") != "ok" or not finite((r.get("metrics") or {}).get("it_per_s")):
             continue
@@ -536,7 +536,7 @@ def _machine_row(option: TrainingOption, base: Mapping[str, Any], mach: str, ran
     short = [r for r in all_rs if shortfall(r) is not None]
     rs = [r for r in all_rs if shortfall(r) is None]
     if short and not any(r.get("status") == "ok" for r in rs):
-        text = shortfall(short[0])["text"]
+        text = cast(dict[str, Any], shortfall(short[0]))["text"]  # (short: the records with a shortfall)
         return {**base, "measured": True, "machine": machine_name(short[0]), "machine_id": mach,
                 "node": node_label(short[0]), "world_size": ranks, "status": NOT_MEASURED,
                 "not_measured": text, "eligible": False, "fits": False,

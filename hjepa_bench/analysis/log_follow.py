@@ -31,7 +31,7 @@ once): ``drift`` (the step time rises significantly, past the stability rule's l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def drift(result: Mapping[str, Any]) -> dict[str, Any] | None:
     steps, times = _steady_points(result, (result.get("info") or {}).get("steps_per_epoch"))
     if len(times) < MIN_INTERVALS_DRIFT or float(np.ptp(times)) == 0.0 or steps[-1] == steps[0]:
         return None
-    fit = degradation_fit(steps, times, median(times))
+    fit = degradation_fit(steps, times, cast(float, median(times)))  # finite, non-empty
     return {**fit, "n_intervals": len(times), "from_step": int(steps[0]), "to_step": int(steps[-1])}
 
 
@@ -124,7 +124,7 @@ def live_status(result: Mapping[str, Any], *, budget_hours: float | None = None,
     status["elapsed_s"] = elapsed
     if total is None:
         missing.append("the planned epochs" if not planned else "the steps per epoch")
-    elif sps.get("mid") is not None:
+    elif sps.get("mid") is not None and planned:  # (a total means planned epochs)
         remaining_steps = max(0, total - done)
         epochs_left = max(0, planned - (result.get("epochs_completed") or 0))
         fixed = 0.0

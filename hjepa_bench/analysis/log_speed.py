@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -178,7 +178,7 @@ def _epoch_speed(epoch: int, pts: list[BarPoint]) -> tuple[dict[str, Any], list[
         entry["note"] = (f"{len(intervals)} interval(s) of >= {MIN_INTERVAL_S:g} s: too few to separate warm-up "
                          f"and stalls (needs {MIN_INTERVALS_CLASSIFY})")
         return entry, warm, stalls, steady
-    med = median(iv.rate for iv in intervals)
+    med = cast(float, median(iv.rate for iv in intervals))  # >= MIN_INTERVALS_CLASSIFY finite rates
     entry["median_interval_it_per_s"] = _num(med)
     i = 0
     while i < len(intervals) and intervals[i].rate < WARMUP_FRACTION * med:
@@ -216,7 +216,7 @@ def stall_period(epochs: list[dict[str, Any]]) -> int | None:
 
 
 # --------------------------------------------------------------------------- loss analysis
-def _loss_stats(points: list[list], smooth_window: int | None) -> dict[str, Any]:
+def _loss_stats(points: list[list[Any]], smooth_window: int | None) -> dict[str, Any]:
     steps = [p[0] for p in points if p[1] is not None]
     y = np.asarray([p[1] for p in points if p[1] is not None], dtype=float)
     n = int(y.size)
@@ -301,10 +301,10 @@ def _overall_speed(epochs: list[dict[str, Any]], steady_all: list[_Interval], wa
     }
 
 
-def _postfix_points(runs: Mapping[int, list[BarPoint]], offsets: Mapping[int, int]) -> tuple[list[list], list[list]]:
+def _postfix_points(runs: Mapping[int, list[BarPoint]], offsets: Mapping[int, int]) -> tuple[list[list[Any]], list[list[Any]]]:
     """Loss and lr at global steps: the distinct postfix emissions of the training bars."""
-    loss_pts: list[list] = []
-    lr_pts: list[list] = []
+    loss_pts: list[list[Any]] = []
+    lr_pts: list[list[Any]] = []
     for epoch in sorted(runs):
         prev = None
         for p in runs[epoch]:
@@ -319,15 +319,15 @@ def _postfix_points(runs: Mapping[int, list[BarPoint]], offsets: Mapping[int, in
     return loss_pts, lr_pts
 
 
-def _validation_loss(parsed: ParsedLog) -> tuple[list[list], dict[str, str], list[dict[str, Any]]]:
+def _validation_loss(parsed: ParsedLog) -> tuple[list[list[Any]], dict[str, str], list[dict[str, Any]]]:
     """The validation loss per epoch (from the epoch summary, else the validation bar), where each came
     from, and the validation bars."""
-    val_bar: dict[int, dict] = {}
+    val_bar: dict[int, dict[str, Any]] = {}
     for v in parsed.val:
         if v["epoch"] is not None:
             val_bar[v["epoch"]] = v  # the last refresh of that epoch's validation bar
     summ = {s["epoch"]: s for s in parsed.epoch_summaries}
-    val_loss: list[list] = []
+    val_loss: list[list[Any]] = []
     val_source: dict[str, str] = {}
     for ep in sorted(set(val_bar) | {e for e, s in summ.items() if s.get("val_loss") is not None}):
         s = summ.get(ep)

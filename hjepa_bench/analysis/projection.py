@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..format import finite
 from ..plugin.api import Probe
@@ -88,6 +88,8 @@ def seconds_per_step(record: Mapping[str, Any], confidence: float = 0.95) -> dic
     if ips is None or ips <= 0:
         return {"mid": None, "low": None, "high": None, "n": len(times), "source": NOT_MEASURED, "band_note": note}
     mid = 1.0 / ips
+    lo: float | None
+    hi: float | None
     if mean and low is not None and high is not None:
         lo, hi = mid * low / mean, mid * high / mean
     else:
@@ -283,7 +285,7 @@ def warmup_excess(record: Mapping[str, Any]) -> float | None:
     times = [t for t in (finite(x) for x in series.get("step_time_s") or []) if t is not None]
     if warm < 1 or len(times) <= warm:
         return None
-    steady = median(times[warm:])
+    steady = cast(float, median(times[warm:]))  # finite, non-empty
     return max(0.0, sum(times[:warm]) - warm * steady)
 
 

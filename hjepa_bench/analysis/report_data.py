@@ -65,14 +65,14 @@ class ReportSettings:
                 "options": [[o.name, o.source] for o in self.options], "title": self.title}
 
 
-def group_key(r: Mapping[str, Any]) -> tuple:
+def group_key(r: Mapping[str, Any]) -> tuple[Any, ...]:
     """The model config on a machine that one batch and one worker advice are about."""
     c = r["config"]  # (a valid record: read_results checked it)
     return (machine(r), model_key(c), c["bench"]["variant"], c["bench"]["precision"], world_size(r))
 
 
-def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+def _model_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for r in records:
         groups.setdefault(group_key(r), []).append(r)
     return groups
@@ -102,7 +102,7 @@ def apply_worker_advice(records: Sequence[Mapping[str, Any]], analysis: Mapping[
     return out
 
 
-def _group_label(key: tuple, records: Sequence[Mapping[str, Any]]) -> str:
+def _group_label(key: tuple[Any, ...], records: Sequence[Mapping[str, Any]]) -> str:
     _, mk, variant, precision, ranks = key
     env = records[0].get("env") or {}
     node = node_label(records[0])
@@ -122,12 +122,12 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     # what measured fewer steps than its minimum feeds no finding, choice or fit (analysis/policy.py)
     judged = [r for r in recs if shortfall(r) is None]
     # batch / workers per model group
-    group_choices = []
+    group_choices: list[dict[str, Any]] = []
     for key, rs in _model_groups(judged).items():
         b = recommend_batch(rs, th)
         w = recommend_workers(rs, b.get("batch"), th, probes)
         group_choices.append({"group": _group_label(key, rs), "key": key, "batch": b, "workers": w})
-    vrec, vwhy = pick_validation_record(recs)
+    vrec, _ = pick_validation_record(recs)
     vchoice = None
     if vrec is not None:
         c = vrec["config"]
