@@ -68,6 +68,7 @@ nothing about this run's worker count.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -183,7 +184,7 @@ def device_lag_split(marks: Sequence[tuple[str, float, float]]) -> dict[str, dic
     time is the host's own (the device had caught up and waited for it).  A lower bound on the device's
     share: when the device falls behind inside a phase, only the next phase counts its backlog."""
     out: dict[str, dict[str, float]] = {}
-    for (_, h0, d0), (name, h1, d1) in zip(marks, marks[1:]):
+    for (_, h0, d0), (name, h1, d1) in itertools.pairwise(marks):
         host = max(0.0, h1 - h0)
         lag = max(0.0, d0 - h0)
         row = out.setdefault(name, {"host_s": 0.0, "device_s": 0.0, "wait_s": 0.0})
@@ -207,7 +208,8 @@ def serialized_verdict(host_own_s: float | None, serialized_step_s: float | None
     device = max(0.0, serial - host)
     evidence: dict[str, Any] = {"serialized_step_s": serial, "host_own_s": host, "device_busy_s": device}
     if host >= HOST_BOUND_RATIO * device:
-        evidence["rule"] = f"host own {host * 1e3:.2f} ms >= device busy {device * 1e3:.2f} ms (serialized step - host own)"
+        evidence["rule"] = (f"host own {host * 1e3:.2f} ms >= device busy {device * 1e3:.2f} ms "
+                            "(serialized step - host own)")
         return "host-bound", evidence
     evidence["rule"] = f"device busy {device * 1e3:.2f} ms (serialized step - host own) > host own {host * 1e3:.2f} ms"
     return "device-bound", evidence
@@ -280,7 +282,8 @@ def worker_advice(verdict: str | None, cpu_saturated: bool | None, workers: int,
     if workers > cores:  # the same fact the run warns about: more workers than cores
         why = ("data wait dominates, but workers beyond the cores only compete with the step"
                if verdict == "data-bound" else "data loading is not the bottleneck")
-        return f"use at most {cores} num_workers: {workers} workers on {cores} CPU cores compete with the step ({why}){other}"
+        return (f"use at most {cores} num_workers: {workers} workers on {cores} CPU cores compete with the step "
+                f"({why}){other}")
     if cpu_saturated:
         return (f"the benchmark's own processes saturate the CPU ({own}, > {CPU_SATURATED_PCT:.0f}%) with {workers} "
                 f"workers; keep num_workers at most {WORKERS_DOWN}{other}")

@@ -420,9 +420,11 @@ def success_criteria(f: Facts, th: Thresholds) -> list[dict[str, Any]]:
     if not f.loss_preliminary:
         ev += "".join(f"; {p['evidence']}" for p in parts[1:] if p["status"] == NOT_MEASURED)
     dec = f.loss_decrease_pct
-    out.append(verdict("learning", name, combine(p["status"] for p in parts), None if dec is None else round(dec, 2), ev))
-    out.append(verdict("quality", f"Quality: no representation collapse (effective rank >= {th.low_rank_frac:.0%} of D, "
-                                  "variance, cosine)", v["collapse"]["status"], v["collapse"]["value"],
+    out.append(verdict("learning", name, combine(p["status"] for p in parts),
+                       None if dec is None else round(dec, 2), ev))
+    out.append(verdict("quality",
+                       f"Quality: no representation collapse (effective rank >= {th.low_rank_frac:.0%} of D, "
+                       "variance, cosine)", v["collapse"]["status"], v["collapse"]["value"],
                        v["collapse"]["evidence"]))
     out.append(verdict("compatibility", "Compatibility: no backend errors; CPU fallbacks listed",
                        v["compatibility"]["status"], v["compatibility"]["value"], v["compatibility"]["evidence"]))
@@ -441,7 +443,8 @@ def _with_probe_verdicts(criterion: dict[str, Any], probe_verdicts: Sequence[Map
 # --------------------------------------------------------------------------- the checklist
 #: The guide's post-validation checklist: (section, [(item, fact)]); names with {} take thresholds.
 CHECKLIST: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("Training Stability", (("No crashes or errors during validation", "crash"), ("Loss decreased steadily", "loss_steady"),
+    ("Training Stability", (("No crashes or errors during validation", "crash"),
+                            ("Loss decreased steadily", "loss_steady"),
                             ("No memory issues", "memory"), ("MPS compatibility confirmed", "mps"))),
     ("Performance Acceptable", (("Training speed >= {min_it_per_s:g} it/s (minimum)", "speed"),
                                 ("Speed variance < {max_step_cv_pct:g}%", "variance"),
@@ -546,7 +549,8 @@ def pick_validation_record(records: Sequence[Mapping[str, Any]]) -> tuple[Mappin
     """The record the criteria judge: the validation run's config (quick_val: ViT-Tiny,
     2 levels, predictor depth 2, 224 px, batch 32, 4 workers, reference step) when
     measured, else the closest measured one (said in the note)."""
-    ok = [r for r in records if r.get("status") == "ok" and (r.get("config") or {}).get("bench", {}).get("variant") == "reference"]
+    ok = [r for r in records
+          if r.get("status") == "ok" and (r.get("config") or {}).get("bench", {}).get("variant") == "reference"]
     ok = ok or [r for r in records if r.get("status") == "ok"]
     short = [r for r in ok if shortfall(r) is not None]
     ok = [r for r in ok if shortfall(r) is None]  # nothing is judged from fewer than the minimum steps

@@ -170,7 +170,8 @@ def recommend_batch(records: Sequence[Mapping[str, Any]], th: Thresholds,
     if not fits:
         b = batches[0]
         return {"batch": b, "measured_counts": len(batches), "oom_batches": oom,
-                "reason": f"every measured batch is within {th.memory_margin_frac:.0%} of device memory; smallest is {b}"}
+                "reason": f"every measured batch is within {th.memory_margin_frac:.0%} of device memory; "
+                          f"smallest is {b}"}
     chosen, tied, steps = fits[0], [fits[0]], []
     for b in fits[1:]:
         cmp = compare_speed(best_by_batch[b], best_by_batch[chosen], th.confidence)
@@ -251,7 +252,8 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
             tied.append(w)
             if w != best:
                 notes.append(f"w{best} vs w{w}: {cmp['gain_pct']:+.1f}% samples/s, "
-                             + (f"within {th.workers_within_pct:g}%" if cmp["measurable"] else f"inside the {_bands(cmp)}"))
+                             + (f"within {th.workers_within_pct:g}%" if cmp["measurable"]
+                                else f"inside the {_bands(cmp)}"))
     chosen = min(tied)
     rates = ", ".join(f"w{w}: {_sps(by_w[w]):.1f}" for w in counts)
     if len(counts) == 1:
@@ -274,7 +276,8 @@ def recommend_workers(records: Sequence[Mapping[str, Any]], batch: int | None, t
         target = 6 if cap is None else min(6, cap)
         if target > chosen:
             chosen = target
-            reason = (f"{chosen} worker{'s' if chosen != 1 else ''} (not measured): still data-bound with {max(counts)} workers (data wait "
+            reason = (f"{chosen} worker{'s' if chosen != 1 else ''} (not measured): "
+                      f"still data-bound with {max(counts)} workers (data wait "
                       f"{wait:.0%} > {th.data_bound_share:.0%}); the guide's 6-8 is for a 10-core M1 Max"
                       + (f", this machine has {cores} cores: at most {cap}" if cap is not None else "")
                       + f"; measured: {rates} samples/s")
@@ -361,7 +364,8 @@ def recommend_lr(option_lr: float, lr_advice: Mapping[str, Any] | None, validati
     else:
         lr = suggested
     return {"lr": float(f"{lr:.3g}"), "reason": f"validation loss: {trigger}: {action} "
-            f"({validation_lr or 0:.1e} -> {suggested:.1e} in validation; the same factor on the option's {option_lr:.1e})"}
+            f"({validation_lr or 0:.1e} -> {suggested:.1e} in validation; "
+            f"the same factor on the option's {option_lr:.1e})"}
 
 
 # --------------------------------------------------------------------------- model size and variant
@@ -390,11 +394,13 @@ def model_speed_ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         for label, r in sorted(models.items(), key=lambda kv: -_sps(kv[1])):
             m = r["config"]["model"]
             differs = [name for name, a, b in (("encoder", m["encoder_type"], bm["encoder_type"]),
-                                                ("encoder blocks", m.get("encoder_depth", 12), bm.get("encoder_depth", 12)),
+                                                ("encoder blocks", m.get("encoder_depth", 12),
+                                                 bm.get("encoder_depth", 12)),
                                                 ("levels", m["num_hierarchies"], bm["num_hierarchies"]),
                                                 ("predictor depth", m["predictor"]["depth"], bm["predictor"]["depth"]))
                        if a != b]
-            out.append({"machine": machine_name(r), "batch": batch_requested(r), "workers": workers_of(r), "model": label,
+            out.append({"machine": machine_name(r), "batch": batch_requested(r), "workers": workers_of(r),
+                        "model": label,
                         "world_size": g[4], "samples_per_s": _sps(r), "slowdown_vs_fastest": base / _sps(r),
                         "fastest": base_label, "differs": differs, "warning": few_steps_warning(r)})
     return out

@@ -172,8 +172,8 @@ def judge_features(entry: dict[str, Any], low_rank_frac: float = LOW_RANK_FRAC,
     steps = entry.get("steps_trained")
     judged = steps is None or int(steps) >= min_quality_steps
     entry["quality_judged"] = judged
-    entry["quality_note"] = None if steps is None or judged else (f"untrained: {int(steps)} steps, not judged (collapse flags count "
-                                                 f"from {min_quality_steps} training steps)")
+    entry["quality_note"] = None if steps is None or judged else (
+        f"untrained: {int(steps)} steps, not judged (collapse flags count from {min_quality_steps} training steps)")
     entry.setdefault("thresholds", {})["min_quality_steps"] = min_quality_steps
     return entry
 

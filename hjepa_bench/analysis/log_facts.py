@@ -3,6 +3,7 @@
 loss from the distinct postfix values on smoothed windows, stalls, errors and CPU fallbacks the log names."""
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,7 +38,8 @@ def log_facts(result: Mapping[str, Any], text: str, source: str) -> Facts:
     bar = [e.get("bar_it_per_s") for e in result["epochs"] if e.get("bar_it_per_s")]
     steady = finite(overall.get("steady_it_per_s"))
     f.speed_method = (f"wall clock from the bars' counters and elapsed times: {overall.get('steps')} steps in "
-                      f"{fmt_finite(overall.get('elapsed_s'), '.0f')} s of training bars, epoch start-up and stalls included; steady "
+                      f"{fmt_finite(overall.get('elapsed_s'), '.0f')} s of training bars, "
+                      "epoch start-up and stalls included; steady "
                       + ("rate not measured (too few intervals)" if steady is None else
                          f"rate {steady:.2f} it/s without start-up and stalls")
                       + (f"; tqdm's smoothed rate showed {fmt_finite(bar[-1])} it/s" if bar else ""))
@@ -90,4 +92,4 @@ def _warmup_spikes(result: Mapping[str, Any]) -> int | None:
         return None
     limit = warm * spe
     vals = [(s, v) for s, v in pts if s <= limit and v is not None]
-    return sum(1 for (_, a), (_, b) in zip(vals, vals[1:]) if a > 0 and b > 1.5 * a)
+    return sum(1 for (_, a), (_, b) in itertools.pairwise(vals) if a > 0 and b > 1.5 * a)

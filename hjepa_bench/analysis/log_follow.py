@@ -30,6 +30,7 @@ once): ``drift`` (the step time rises significantly, past the stability rule's l
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -80,7 +81,7 @@ def _epoch_costs(result: Mapping[str, Any]) -> dict[str, Any]:
     summ = sorted((s for s in result.get("epoch_summaries") or [] if s.get("run_elapsed_s") is not None),
                   key=lambda s: s["epoch"])
     between = [b["run_elapsed_s"] - a["run_elapsed_s"] - train_s.get(b["epoch"], 0.0) - val_s.get(b["epoch"], 0.0)
-               for a, b in zip(summ, summ[1:]) if b["epoch"] == a["epoch"] + 1 and b["epoch"] in train_s]
+               for a, b in itertools.pairwise(summ) if b["epoch"] == a["epoch"] + 1 and b["epoch"] in train_s]
     return {"val_pass_s": val_pass, "val_passes": len(val),
             "between_epochs_s": max(0.0, float(np.mean(between))) if between else None,
             "summaries": summ}
@@ -165,7 +166,8 @@ def _warnings(s: Mapping[str, Any], budget_hours: float | None) -> list[dict[str
     if d and d.get("degrading"):
         out.append({"key": "drift", "text": (
             f"the step time drifts up {fmt_finite(d['change_pct'], '.1f')}% over steps {d['from_step']}-{d['to_step']} "
-            f"(p = {d['p_value']:.2g}; limit: p < {DEGRADATION_P:g} and a change over {DEGRADATION_MIN_CHANGE_PCT:g}%)")})
+            f"(p = {d['p_value']:.2g}; limit: p < {DEGRADATION_P:g} "
+            f"and a change over {DEGRADATION_MIN_CHANGE_PCT:g}%)")})
     st = s["stalls"]
     if st.get("period_steps"):
         out.append({"key": "stalls", "text": (

@@ -5,6 +5,7 @@ the log does not hold is None, never guessed.  The rules (the constants below, c
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ RULES: dict[str, Any] = {
                    f"(epochs with >= {MIN_INTERVALS_CLASSIFY} intervals)"),
         "stall": f"a later interval slower than {STALL_FRACTION:g} x the epoch's median interval rate",
         "stall_period_steps": ("the regular gap (analysis.stability.regular_period: the median gap, when >= "
-                               f"{PERIOD_AGREE_FRAC:.0%} of the gaps agree with it within {PERIOD_TOL_FRAC:.0%}) between the stalls' first steps inside each "
+                               f"{PERIOD_AGREE_FRAC:.0%} of the gaps agree with it within {PERIOD_TOL_FRAC:.0%}) "
+                               "between the stalls' first steps inside each "
                                "epoch (stalls at the same batch of every epoch), else between their global steps "
                                "(stalls every N steps of the run)"),
         "steady_it_per_s": "steps / seconds excluding warm-up and stall intervals",
@@ -129,9 +131,9 @@ def build_intervals(points: list[tuple[int, float]]) -> list[_Interval]:
     out: list[_Interval] = []
     anchor = prev = pts[0]
     for p in pts[1:]:
-        if p[1] - prev[1] >= MIN_INTERVAL_S and prev != anchor:
-            if _close_partial(out, anchor, prev, at_end=False):
-                anchor = prev
+        if (p[1] - prev[1] >= MIN_INTERVAL_S and prev != anchor
+                and _close_partial(out, anchor, prev, at_end=False)):
+            anchor = prev
         if p[1] - anchor[1] >= MIN_INTERVAL_S and p[0] > anchor[0]:
             out.append(_Interval(anchor[0], anchor[1], p[0], p[1], gap=(p[1] - prev[1] >= MIN_INTERVAL_S)))
             anchor = p
@@ -206,7 +208,7 @@ def stall_period(epochs: list[dict[str, Any]]) -> int | None:
     """Steps between periodic stalls (see the rules), or None when they are not periodic."""
     def gaps(starts: list[int]) -> list[int]:
         starts = sorted(starts)
-        return [b - a for a, b in zip(starts, starts[1:])]
+        return [b - a for a, b in itertools.pairwise(starts)]
 
     within = [g for e in epochs for g in gaps([s["from_step"] for s in e["stalls"]])]
     period = regular_period(within)
@@ -301,7 +303,8 @@ def _overall_speed(epochs: list[dict[str, Any]], steady_all: list[_Interval], wa
     }
 
 
-def _postfix_points(runs: Mapping[int, list[BarPoint]], offsets: Mapping[int, int]) -> tuple[list[list[Any]], list[list[Any]]]:
+def _postfix_points(runs: Mapping[int, list[BarPoint]],
+                    offsets: Mapping[int, int]) -> tuple[list[list[Any]], list[list[Any]]]:
     """Loss and lr at global steps: the distinct postfix emissions of the training bars."""
     loss_pts: list[list[Any]] = []
     lr_pts: list[list[Any]] = []
@@ -360,7 +363,7 @@ def analyze_log(parsed: ParsedLog, *, smooth_window: int | None = None) -> dict[
     warm_total_steps = 0
     warm_total_s = 0.0
     for epoch in sorted(runs):
-        entry, warm, stalls, steady = _epoch_speed(epoch, runs[epoch])
+        entry, warm, _, steady = _epoch_speed(epoch, runs[epoch])
         epochs.append(entry)
         steady_all.extend(steady)
         if warm:

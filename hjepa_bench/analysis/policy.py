@@ -72,8 +72,8 @@ def rerun_max_time_s(min_steps: int, step_s: float) -> int:
 
 def shortfall(record: Mapping[str, Any]) -> dict[str, Any] | None:
     """Why ``record`` (status ok, from a benchmark's measured loop) measured too few steps to judge
-    anything from, or None when it measured its own minimum (``bench.min_steps``).  ``text``: the sentence every projection and
-    verdict drawn from it shows."""
+    anything from, or None when it measured its own minimum (``bench.min_steps``).  ``text``: the sentence
+    every projection and verdict drawn from it shows."""
     metrics = record.get("metrics") or {}
     if record.get("status") != "ok" or not metrics.get("stop_reason"):
         return None  # (a validation run or a training log is as long as its epochs: no minimum applies)

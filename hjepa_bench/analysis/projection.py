@@ -25,9 +25,9 @@ A full run of ``epochs`` epochs over ``dataset_size`` images at batch ``b`` per 
     + once         = the warm-up steps' excess over as many steady steps, and the model build
 
 The time per step is ``1 / it_per_s`` of the record (steps / summed window time,
-the run's own throughput; for a DDP job, the job's steps per second, i.e. its slowest rank's).  Its band is the Student t confidence interval of the
-mean per-step time (mean +- t(n-1) x s / sqrt(n), scipy.stats.t; honest at small n,
-where a bootstrap of a handful of steps is far too narrow) scaled to that
+the run's own throughput; for a DDP job, the job's steps per second, i.e. its slowest rank's).  Its band is
+the Student t confidence interval of the mean per-step time (mean +- t(n-1) x s / sqrt(n), scipy.stats.t;
+honest at small n, where a bootstrap of a handful of steps is far too narrow) scaled to that
 throughput: the uncertainty of the measurement itself.  Fewer than
 ``MIN_STEPS_BAND`` (5) measured steps give no band at all (``band_note`` says
 so).  A run that slows
@@ -254,7 +254,8 @@ def project(*, sec_per_step: Mapping[str, Any], batch_size: int, epochs: int, da
         out.update(train_s=None, overheads_s={}, total_s=None, hours=None)
         out["missing"].append("step time")
         return out
-    train = {k: (None if sec_per_step.get(k) is None else total_steps * sec_per_step[k]) for k in ("mid", "low", "high")}
+    train = {k: (None if sec_per_step.get(k) is None else total_steps * sec_per_step[k])
+             for k in ("mid", "low", "high")}
     costs = costs or {}
     overheads: dict[str, float | None] = {}
     counts: dict[str, int] = {}

@@ -163,10 +163,12 @@ def build_analysis(records: Sequence[Mapping[str, Any]], settings: ReportSetting
     recs_text = _recommendation_lines(decision, rows, vchoice, facts, savings)
     return {
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "sources": settings.sources, "skipped": list(settings.skipped), "records": len(recs), "status_counts": status_counts(recs),
+        "sources": settings.sources, "skipped": list(settings.skipped), "records": len(recs),
+        "status_counts": status_counts(recs),
         "thresholds": th.as_dict(), "budget_hours": settings.budget_hours,
         "facts": facts.as_dict(), "criteria": criteria, "checklist": checks,
-        "matrix": rows, "decision": decision, "group_choices": [{k: v for k, v in g.items() if k != "key"} for g in group_choices],
+        "matrix": rows, "decision": decision,
+        "group_choices": [{k: v for k, v in g.items() if k != "key"} for g in group_choices],
         "model_speed_ratios": ratios, "efficient_savings": savings, "machines": machine_comparison(recs),
         "memory_fit": {f"{k[0]} {k[1]}": v for k, v in mem_fit.items()},
         "lessons": lessons_learned(facts, criteria, findings, recs_text),
@@ -225,8 +227,8 @@ def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapp
         ov = proj.get("overhead_total_s")
         tr = (proj.get("train_s") or {}).get("mid")
         if ov and tr and ov / tr > 0.02:
-            out.append(f"costs besides the steps (worker start-up, validation, checkpoints, the trainer's logging, one-time "
-                       f"costs) add {ov / tr:.0%} to option "
+            out.append("costs besides the steps (worker start-up, validation, checkpoints, the trainer's logging, "
+                       f"one-time costs) add {ov / tr:.0%} to option "
                        f"{row['option']}'s training steps")
     if f.bottleneck == "data-bound":
         out.append(f"the step is data-bound (data wait {f.data_wait_frac or 0:.0%})")
@@ -237,7 +239,8 @@ def _findings(f: Facts, rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapp
 
 
 def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                          vchoice: Mapping[str, Any] | None, f: Facts, savings: Sequence[Mapping[str, Any]]) -> list[str]:
+                          vchoice: Mapping[str, Any] | None, f: Facts,
+                          savings: Sequence[Mapping[str, Any]]) -> list[str]:
     out = []
     for d in decision["per_machine"]:
         if d["recommended"]:
@@ -265,6 +268,6 @@ def _recommendation_lines(decision: Mapping[str, Any], rows: Sequence[Mapping[st
                                                       if f.loss_preliminary else ""))
     if savings:
         s = max(savings, key=lambda s: s["saving_frac"])
-        out.append(f"the efficient step (token dropping, fused attention) would save {s['saving_frac']:.0%} of the step "
-                   "time; the upstream trainer runs the reference step")
+        out.append(f"the efficient step (token dropping, fused attention) would save {s['saving_frac']:.0%} "
+                   "of the step time; the upstream trainer runs the reference step")
     return out

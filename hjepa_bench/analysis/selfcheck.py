@@ -188,7 +188,8 @@ def self_check_lines(check: Mapping[str, Any] | None) -> list[str]:
     line = (f"projection self-check (from the first {check['first_steps']} measured steps): epochs {errs}")
     if check.get("run"):
         r = check["run"]
-        line += f"; whole run {r['projected_s']:.1f} s projected, {r['measured_s']:.1f} s measured ({r['error_pct']:+.1f}%)"
+        line += (f"; whole run {r['projected_s']:.1f} s projected, {r['measured_s']:.1f} s measured "
+                 f"({r['error_pct']:+.1f}%)")
     out = [line]
     if check.get("unforeseen"):
         out.append(f"  above {check['unforeseen_pct']:g}%: {check['unforeseen']['text']}")

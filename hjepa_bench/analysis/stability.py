@@ -211,7 +211,8 @@ def judge_stability(entry: dict[str, Any], max_cv_pct: float = THRESHOLD_CV_PCT)
                        f"{entry.get('warmup_steps_reported')}): the slower first steps are in the CV")
     if entry.get("spike_count"):
         period, above = entry.get("spike_period_steps"), _num(entry.get("spike_threshold_s"))
-        reasons.append(f"{entry['spike_count']} spike step(s)" + ("" if above is None else f" above {above * 1000:.3g} ms")
+        reasons.append(f"{entry['spike_count']} spike step(s)"
+                       + ("" if above is None else f" above {above * 1000:.3g} ms")
                        + (f", recurring every {period} steps" if period else ""))
     entry["verdict"] = "unstable" if unstable else "stable"
     return entry

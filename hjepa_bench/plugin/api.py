@@ -12,11 +12,11 @@ from __future__ import annotations
 import abc
 import argparse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
     Any,
-    ContextManager,
     Literal,
     Protocol,
     get_args,
@@ -284,7 +284,7 @@ class Trainer(Protocol):
 
     def make_masks(self, batch_size: int) -> Any: ...
 
-    def autocast(self) -> ContextManager[Any]: ...
+    def autocast(self) -> AbstractContextManager[Any]: ...
 
 
 class PreparedWorkload(abc.ABC):
@@ -344,7 +344,7 @@ class PreparedWorkload(abc.ABC):
         raise UserError(f"workload {type(self).__name__} cannot run data-parallel: it does not implement "
                         "set_grad_sync().")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a workload that holds nothing closes nothing
         """Release DataLoader workers and other resources."""
 
 
@@ -615,9 +615,9 @@ class Executor(Checked, abc.ABC):
     ``options`` names the flags of ``hjepa-bench sweep`` the executor takes, by their ``dest``: flags its
     plugin adds itself (``hjepa_bench_add_options``; ray: ``address`` for ``--address``, ``ray_nodes``
     for ``--ray-nodes``); another executor's flag given is a user error.
-    ``places(devices, backends, plugin_args, options)`` (``options``: dest -> the value given) connects and lists where configs run, with
-    each place's facts for the requested devices (names or ``auto``), taken there; a device that no
-    place offers is a :class:`hjepa_bench.errors.UserError`.
+    ``places(devices, backends, plugin_args, options)`` (``options``: dest -> the value given) connects and
+    lists where configs run, with each place's facts for the requested devices (names or ``auto``), taken
+    there; a device that no place offers is a :class:`hjepa_bench.errors.UserError`.
     ``run(places, queue)`` pulls jobs from ``queue`` for each free place (one config per place at a
     time), runs each job there through :func:`hjepa_bench.measure.sweep.run_job_here` (the config in
     a fresh child process, with its timeout), and reports through ``queue`` as each starts and

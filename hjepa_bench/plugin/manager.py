@@ -316,7 +316,8 @@ def build_plugins(extra: Iterable[str] = (), *, objects: Iterable[tuple[str, Any
         try:
             plugin = ep.load()
         except PLUGIN_FAILURES as exc:
-            raise UserError(f"cannot load plugin {ep.name} ({ep.value}, from {dist}): {type(exc).__name__}: {exc}.") from None
+            raise UserError(f"cannot load plugin {ep.name} ({ep.value}, from {dist}): "
+                            f"{type(exc).__name__}: {exc}.") from None
         register(plugin, ep.name, ep.value, f"entry point of {dist} {version}")
     for module in modules:
         register(load(module, "requested"), module, module, f"{ENV_PLUGINS} / -p")
@@ -363,7 +364,8 @@ def select_backend(plugins: Plugins | Mapping[str, Backend], name: str) -> Backe
         raise UserError(f"unknown device {name!r}; known devices: {', '.join(sorted(backends))} (or auto).")
     why = backends[name].availability()
     if not why.available:
-        raise UserError(f"device {name} is not available ({why.reason.rstrip('.')}); available: {', '.join(available) or 'none'}.")
+        raise UserError(f"device {name} is not available ({why.reason.rstrip('.')}); "
+                        f"available: {', '.join(available) or 'none'}.")
     return backends[name]
 
 
