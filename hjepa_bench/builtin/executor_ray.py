@@ -264,7 +264,7 @@ class RayExecutor(Executor):
     def _gather(self, refs: Mapping[tuple[str, str], Any]) -> dict[tuple[str, str], DeviceFacts]:
         import ray
 
-        ready, waiting = ray.wait(list(refs.values()), num_returns=len(refs), timeout=FACTS_TIMEOUT_S)
+        _ready, waiting = ray.wait(list(refs.values()), num_returns=len(refs), timeout=FACTS_TIMEOUT_S)
         if waiting:
             late = sorted({node for (node, _), ref in refs.items() if ref in waiting})
             for ref in waiting:

@@ -223,7 +223,7 @@ def more_time_lines(records: list[dict[str, Any]], argv: list[str]) -> list[str]
     if short:
         x = max(s["max_time_s"] for _, s in short)
         need = 0.0
-        for r, s in short:
+        for r, _ in short:
             m = r.get("metrics") or {}
             startup = max(0.0, float(r.get("duration_s") or 0) - float(m.get("measured_time_s") or 0)
                           - float((m.get("warmup") or {}).get("time_s") or 0))

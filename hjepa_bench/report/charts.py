@@ -411,7 +411,7 @@ def loss_curve(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | N
         return None
     items, total, labels, fig, ax = chart
     warmups, windows = [], []
-    for i, ((r, arr), label, color) in enumerate(zip(items, labels, _colors(len(items)))):
+    for (r, arr), label, color in zip(items, labels, _colors(len(items))):
         x = np.arange(len(arr))
         w = _warmup_steps(r, len(arr))
         warmups.append(w)
