@@ -369,7 +369,7 @@ def test_analyze_degenerate_logs_say_not_measured(tmp_path, capsys, mutate):
     assert text != build_log()
     log = tmp_path / "train.log"
     log.write_text(text)
-    code, err, out = _run(capsys, "analyze", "--log", str(log), "--out", str(tmp_path / "an"))
+    code, err, _out = _run(capsys, "analyze", "--log", str(log), "--out", str(tmp_path / "an"))
     assert code == 0, err
     assert "Traceback" not in "\n".join(err)
     report = (tmp_path / "an" / "report.md").read_text()
@@ -397,7 +397,7 @@ def test_a_record_whose_batch_varied_is_reported(tmp_path, capsys):
     record = make_record(option_values("A"), it_per_s=3.0)
     record["metrics"]["batch_size"]["achieved"] = [30, 32]
     folder = _results(tmp_path / "res", [json.dumps(record)])
-    code, err, out = _run(capsys, "report", str(folder), "--no-charts", "--out", str(tmp_path / "r" / "report.md"))
+    code, err, _out = _run(capsys, "report", str(folder), "--no-charts", "--out", str(tmp_path / "r" / "report.md"))
     assert code == 0 and not err, err
     matrix = json.loads((tmp_path / "r" / "report.json").read_text())["matrix"]
     row = next(r for r in matrix if r["option"] == "A")

@@ -9,13 +9,12 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 
 from hjepa_bench.cli import main
 
 #: every test here runs real child processes for tens of seconds (docs/testing.md)
 pytestmark = pytest.mark.slow
-
-from helpers import REPO
 
 FULL_STEP = [str(REPO / "benchmarks" / "test_step_pieces.py"), "-k", "test_full_step and cpu and reference"]
 

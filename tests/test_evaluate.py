@@ -52,7 +52,7 @@ def tiny_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_result(tiny_ckpt):
-    values, _model_, path = tiny_ckpt
+    _values, _model, path = tiny_ckpt
     messages: list[str] = []
     overrides = {"data.image_size": 64, "model.encoder_depth": 2, "model.predictor.depth": 1,
                  "model.num_hierarchies": 3}
@@ -87,7 +87,7 @@ def test_checkpoint_with_numpy_scalars_loads_without_running_pickle_code(tmp_pat
     values, model = _model(0)
     path = _save(tmp_path / "np.pt", {"model_state_dict": model.state_dict(), "epoch": 3,
                                       "best_loss": np.float64(0.25), "config": dict(values)})
-    sd, meta = load_state_dict(path)  # numpy scalars are the one allowlisted extra: still weights_only=True
+    _sd, meta = load_state_dict(path)  # numpy scalars are the one allowlisted extra: still weights_only=True
     assert meta["weights_only"] is True and not any("weights_only=False" in n for n in meta["notes"])
     assert meta["extra"] == {"best_loss": 0.25} and meta["epoch"] == 3
     assert meta["config"]["data"]["image_size"] == 64
@@ -96,7 +96,7 @@ def test_checkpoint_with_numpy_scalars_loads_without_running_pickle_code(tmp_pat
 def test_checkpoint_with_other_python_objects_is_refused(tmp_path):
     import argparse
 
-    values, model = _model(0)
+    _values, model = _model(0)
     path = _save(tmp_path / "obj.pt", {"model_state_dict": model.state_dict(), "args": argparse.Namespace(lr=0.1)})
     with pytest.raises(UserError, match="argparse.Namespace") as exc:
         load_state_dict(path)
@@ -159,7 +159,7 @@ def test_shape_mismatch_names_key_and_both_shapes(tiny_ckpt):
 
 
 def test_other_model_config_suggests_config(tiny_ckpt):
-    values3, model3, _path = tiny_ckpt  # 3 levels, 64 px
+    _values3, model3, _path = tiny_ckpt  # 3 levels, 64 px
     with pytest.raises(UserError) as exc:
         load_model(tiny_config(), model3.state_dict())  # config says 2 levels
     msg = str(exc.value)
@@ -259,7 +259,7 @@ def test_upstream_state_dict_layout_matches_reference_tsv():
 # --------------------------------------------------------------------------- features
 def test_level_features_match_the_loss_pooling():
     # 48 px -> 9 patches: level 1 (k=2) and level 2 (k=4) pool the first 8 patches only
-    values, model = _model(2, **{"data.image_size": 48, "model.num_hierarchies": 3})
+    _values, model = _model(2, **{"data.image_size": 48, "model.num_hierarchies": 3})
     images = torch.randn(3, 3, 48, 48)
     feats = level_features(model, images)
     assert [tuple(f.shape) for f in feats] == [(3, 192)] * 3

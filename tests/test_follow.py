@@ -5,6 +5,7 @@ process; and the pieces under it (the streaming parser, the tail through rotatio
 live status) on their own."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -69,7 +70,7 @@ def log_pieces() -> list[str]:
     for epoch in range(1, EPOCHS + 1):
         text = "\r" + "\r".join(epoch_refreshes(epoch)) + "\n"
         cuts = list(range(0, len(text), len(text) // 6 + 7)) + [len(text)]  # pieces end inside a refresh
-        pieces += [text[a:b] for a, b in zip(cuts, cuts[1:])]
+        pieces += [text[a:b] for a, b in itertools.pairwise(cuts)]
         val = [bar(f"Validation {epoch}/{EPOCHS}", i, VAL_STEPS, i * VAL_S // VAL_STEPS, 2.5, f"val_loss={1.5:.4f}")
                for i in range(VAL_STEPS + 1)]
         elapsed += int(step_times(epoch)[-1]) + VAL_S + 2  # 2 s between the bars (checkpoint)

@@ -131,7 +131,7 @@ Training:
 {TS} - src.trainers.trainer - INFO - Starting training...
 """
 
-SUMMARY_1 = f"""{TS} - src.trainers.trainer - INFO - 
+SUMMARY_1 = f"""{TS} - src.trainers.trainer - INFO -
 ================================================================================
 Epoch 1/2 Summary
 ================================================================================

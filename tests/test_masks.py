@@ -93,7 +93,7 @@ def test_reference_and_collator_draw_from_the_same_sampler():
     samples = [(torch.zeros(3, 4, 4), 0)] * 16
     fr = []
     for _ in range(10):
-        images, labels, m = col(samples)
+        images, _labels, m = col(samples)
         assert images.shape == (16, 3, 4, 4)
         _check_indices(m, m.target_mask.numpy())
         fr.append(m.target_mask.float().mean().item())

@@ -62,7 +62,7 @@ def reference_run(plugins, tmp_path_factory):
 
 
 def test_reference_run_measures_every_cost(reference_run):
-    record, prepared, _, _ = reference_run
+    record, _prepared, _, _ = reference_run
     assert record["status"] == "ok"
     e = record["probes"]["epoch_costs"]
     assert e["status"] == "ok" and e["measured"] is True and e["errors"] == {}

@@ -47,7 +47,7 @@ def _images(report: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_sweep_report_has_matrix_projection_criteria_and_charts(swept):
-    root, out = swept
+    _root, out = swept
     report = out / "report.md"
     text = report.read_text()
     for heading in ("## Recommendation", "## Decision matrix", "## Time-to-train projections", "## Recommendations",

@@ -262,7 +262,7 @@ def test_criteria_checklist_and_matrix_agree(cpu):
 
 # --------------------------------------------------------------------------- 10. memory
 def test_a_memory_prediction_far_beyond_the_measured_batches_is_an_extrapolation(cpu):
-    text, analysis = cpu
+    _text, analysis = cpu
     fit = next(v for k, v in analysis["memory_fit"].items() if "2 2]" in k)
     assert fit["predicted_max_batch"] > 4 * max(fit["ok_batches"]) and fit["extrapolated"] is True
     group = next(g for g in analysis["group_choices"] if "L2 P2" in g["group"])

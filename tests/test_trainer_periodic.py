@@ -51,7 +51,7 @@ def silent(tmp_path_factory, cpu):
 
 
 def test_counting_rules_match_what_a_real_run_did(logged):
-    result, settings = logged
+    result, _settings = logged
     assert result["status"] == "ok", result["error"]
     plan = LoggingPlan.from_config(result["config"])
     assert plan == LoggingPlan(log_frequency=1, tensorboard=True, wandb=False)
@@ -118,7 +118,7 @@ def test_a_disabled_logger_costs_nothing(silent, logged):
 
 
 def test_one_save_per_epoch_best_and_epoch_files_are_copies(logged):
-    result, settings = logged
+    result, _settings = logged
     ck = result["checkpoints"]
     saves = [c for c in ck if c["copy_of"] is None]
     assert [(c["kind"], c["epoch"]) for c in saves] == [("latest", e) for e in range(1, EPOCHS + 1)]
@@ -197,7 +197,7 @@ def test_run_prints_and_report_shows_the_own_config_projection(tmp_path):
     res = run_cli("run", *TINY_FLAGS, "--probes", "epoch_costs", "--dataset-size", "1280", "--val-size", "256",
                   "--json", str(tmp_path / "r.json"), "--trace-dir", str(tmp_path / "traces"))
     assert res.returncode == 0, res.stderr
-    line = next(l for l in res.stdout.splitlines() if l.startswith("this config:"))
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("this config:"))
     # quick_val's 5 epochs of 1,280 images at batch 4
     assert line.startswith("this config: 5 epochs x 320 steps -> ")
     assert "of which logging" in line and "validation" in line
@@ -208,5 +208,5 @@ def test_run_prints_and_report_shows_the_own_config_projection(tmp_path):
     res = run_cli("report", str(rec_path.parent), "--no-charts")
     assert res.returncode == 0, res.stderr
     md = (rec_path.parent / "report.md").read_text()
-    row = next(l for l in md.splitlines() if l.startswith("| this ") and "b4" in l and "320" in l)
+    row = next(ln for ln in md.splitlines() if ln.startswith("| this ") and "b4" in ln and "320" in ln)
     assert "| 5 " in row

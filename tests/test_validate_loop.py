@@ -46,7 +46,7 @@ def ok_run(tmp_path_factory, cpu):
 
 
 def test_ok_run_completes_with_consistent_step_arrays(ok_run):
-    result, settings, seen, _ = ok_run
+    result, _settings, seen, _ = ok_run
     assert result["status"] == "ok", result["error"]
     assert result["error"] is None
     assert result["epochs_planned"] == 2 and result["epochs_completed"] == 2

@@ -264,7 +264,7 @@ class RayExecutor(Executor):
     def _gather(self, refs: Mapping[tuple[str, str], Any]) -> dict[tuple[str, str], DeviceFacts]:
         import ray
 
-        ready, waiting = ray.wait(list(refs.values()), num_returns=len(refs), timeout=FACTS_TIMEOUT_S)
+        _ready, waiting = ray.wait(list(refs.values()), num_returns=len(refs), timeout=FACTS_TIMEOUT_S)
         if waiting:
             late = sorted({node for (node, _), ref in refs.items() if ref in waiting})
             for ref in waiting:
@@ -449,7 +449,8 @@ def watchdog_main(driver: int, temp_dir: str) -> None:
 
 
 #: the watchdog process's program: it runs :func:`watchdog_main` (importing hjepa_bench, never torch)
-_WATCHDOG = "import sys; from hjepa_bench.builtin.executor_ray import watchdog_main; watchdog_main(int(sys.argv[1]), sys.argv[2])"
+_WATCHDOG = ("import sys; from hjepa_bench.builtin.executor_ray import watchdog_main; "
+             "watchdog_main(int(sys.argv[1]), sys.argv[2])")
 
 
 def _start_watchdog(temp_dir: str) -> subprocess.Popen:

@@ -124,7 +124,7 @@ def _wrapped_state_dict(obj: Mapping[str, Any], p: Path, meta: dict[str, Any]) -
     ``meta`` (``epoch``, ``config``, the other scalars under ``extra``)."""
     sd = obj["model_state_dict"]
     meta["format"] = "model_state_dict"
-    meta["top_level_keys"] = [str(k) for k in obj.keys()]
+    meta["top_level_keys"] = [str(k) for k in obj]
     if "epoch" in obj:
         meta["epoch"] = _json_scalar(obj["epoch"])
     if obj.get("config") is not None:

@@ -411,7 +411,7 @@ def loss_curve(records: Sequence[Mapping[str, Any]], out_dir: Path) -> Chart | N
         return None
     items, total, labels, fig, ax = chart
     warmups, windows = [], []
-    for i, ((r, arr), label, color) in enumerate(zip(items, labels, _colors(len(items)))):
+    for (r, arr), label, color in zip(items, labels, _colors(len(items))):
         x = np.arange(len(arr))
         w = _warmup_steps(r, len(arr))
         warmups.append(w)
@@ -664,7 +664,8 @@ def log_charts(result: Mapping[str, Any], out_dir: Path) -> list[Chart]:
     pts = [(s, v) for s, v in loss.get("points") or [] if v is not None]
     if pts:
         fig, ax = _figure("Loss in the training log")
-        ax.plot([s for s, _ in pts], [v for _, v in pts], lw=0.8, alpha=0.5, marker=".", label="postfix values (distinct)")
+        ax.plot([s for s, _ in pts], [v for _, v in pts], lw=0.8, alpha=0.5, marker=".",
+                label="postfix values (distinct)")
         sm = [(s, v) for s, v in loss.get("smoothed") or [] if v is not None]
         if sm:
             ax.plot([s for s, _ in sm], [v for _, v in sm], lw=1.8, label=f"smoothed (window {loss.get('window')})")

@@ -105,7 +105,7 @@ def flat_frame(records: Iterable[Mapping[str, Any]], probes: Mapping[str, Any] |
         one["source"] = source
         flat.append(one)
     df = pd.DataFrame(flat)
-    for col in df.columns[df.dtypes == object]:  # one type per column (parquet needs it); a mix becomes text
+    for col in df.columns[df.dtypes == "object"]:  # one type per column (parquet needs it); a mix becomes text
         kinds = {type(v) for v in df[col] if v is not None and not (isinstance(v, float) and pd.isna(v))}
         if len(kinds) > 1 and not kinds <= {int, float}:
             df[col] = [None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v) for v in df[col]]

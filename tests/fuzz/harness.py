@@ -389,10 +389,9 @@ def problems(case: Case, res: Outcome, folder: Path | None = None) -> list[str]:
         elif res.rc != 2:
             found.append(f"accepted: exit {res.rc} on invalid input"
                          + (" (status: error)" if res.rc == 1 and "status: error" in res.out + res.err else ""))
-    if res.rc == 2 and not res.engine:
-        if len(errors) != 1 or lines[-1] != errors[0]:
-            found.append(f"message: exit 2 with {len(errors)} error line(s) on stderr "
-                         f"({'last line is not the error' if errors else 'no hjepa-bench: error line'})")
+    if res.rc == 2 and not res.engine and (len(errors) != 1 or lines[-1] != errors[0]):
+        found.append(f"message: exit 2 with {len(errors)} error line(s) on stderr "
+                     f"({'last line is not the error' if errors else 'no hjepa-bench: error line'})")
     if case.warn_line is not None and res.rc == 0 and not res.engine \
             and not re.search(rf"\bline {case.warn_line}\b", res.err):
         found.append(f"silent: exit 0 and no word about the bad line {case.warn_line}")

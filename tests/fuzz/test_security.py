@@ -96,7 +96,7 @@ def test_cifar_reader_refuses_a_batch_that_would_run_code(fuzz, tmp_path, comman
     marker = tmp_path / "marker"
     data = tmp_path / "data"
     root = _cifar(data, marker, evil)
-    _prove_live(marker, lambda: pickle.load(open(root / evil, "rb"), encoding="bytes"))  # noqa: SIM115
+    _prove_live(marker, lambda: pickle.load(open(root / evil, "rb"), encoding="bytes"))
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(gen.TINY_YAML)
