@@ -108,8 +108,8 @@ class StabilitySection(ProbeTable):
             "measured steps (after the reported warm-up), the same steps and numbers as the measured step speed "
             "table and the criteria. Drift: the least-squares change over those steps, never extrapolated past "
             "them. Detected warm-up: first step whose time and the next 5 five-step rolling medians are at most "
-            "20% above the post-warm-up median; when it is later than the reported one the run says so (measure with a longer "
-            "--warmup-steps); those steps are not dropped.")
+            "20% above the post-warm-up median; when it is later than the reported one the run says so "
+            "(measure with a longer --warmup-steps); those steps are not dropped.")
 
     def note_for(self, records):
         return self.note.format(limit=f"{judged_threshold(records, self.name, 'cv_pct', THRESHOLD_CV_PCT):g}%")
