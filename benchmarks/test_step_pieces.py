@@ -76,7 +76,8 @@ def test_context_encoder_forward_backward(timed, config_values, backend, variant
         return out
 
     out = timed(fwd_bwd)
-    expected = images.shape[0], 1 + (masks.target_mask.shape[1] if variant == "reference" else masks.context_idx.shape[1])
+    n_tokens = masks.target_mask.shape[1] if variant == "reference" else masks.context_idx.shape[1]
+    expected = images.shape[0], 1 + n_tokens
     assert tuple(out.shape[:2]) == expected
 
 
