@@ -85,8 +85,8 @@ def main() -> int:
 
     def err(a: float, b: float) -> str:
         return f"{100 * (a - b) / b:+.1f}%"
-    print(f"config: quick_val model ({args.encoder_depth} encoder blocks) at {args.img_size} px, "
-          f"batch {args.batch_size}, {args.workers} worker(s), "
+    print(f"config: quick_val model ({args.encoder_depth} encoder blocks) at {args.img_size} px, batch "
+          f"{args.batch_size}, {args.workers} worker(s), "
           f"{args.images:,} images ({p['steps_per_epoch']} steps/epoch), validation on {val_size} images, "
           f"{args.epochs} epochs, device {args.device}")
     print(f"1-minute load average: {' -> '.join(f'{x:.1f}' for x in loads)} (before run, after run, after "

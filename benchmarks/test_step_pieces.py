@@ -76,8 +76,8 @@ def test_context_encoder_forward_backward(timed, config_values, backend, variant
         return out
 
     out = timed(fwd_bwd)
-    n_tokens = masks.target_mask.shape[1] if variant == "reference" else masks.context_idx.shape[1]
-    expected = images.shape[0], 1 + n_tokens
+    tokens = masks.target_mask.shape[1] if variant == "reference" else masks.context_idx.shape[1]
+    expected = images.shape[0], 1 + tokens
     assert tuple(out.shape[:2]) == expected
 
 

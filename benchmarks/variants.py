@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in loaders:
             ref, eff = r["rows"]["reference"], r["rows"]["efficient"]
             print(f"| {r['workers']} | {ref['median_s']:.3f} | {eff['median_s']:.3f} | "
-                  f"{ref['data_wait_median_s']:.3f} / {eff['data_wait_median_s']:.3f} | "
-                  f"{r['time_ratio']:.2f} | {r['paired_ratio']:.2f} |")
+                  f"{ref['data_wait_median_s']:.3f} / {eff['data_wait_median_s']:.3f} | {r['time_ratio']:.2f} | "
+                  f"{r['paired_ratio']:.2f} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"env": env, "precision": precision, "rows": rows, "time_ratio": ratio,

@@ -149,7 +149,8 @@ def _check_availability() -> Availability:
     if count == 0:
         return Availability(False, f"no CUDA device visible ({shown}).")
     if not ok:
-        return Availability(False, f"CUDA is not usable although {count} device(s) are visible ({shown}); check the driver.")
+        return Availability(False,
+                            f"CUDA is not usable although {count} device(s) are visible ({shown}); check the driver.")
     return Availability(True)
 
 

@@ -449,7 +449,8 @@ def watchdog_main(driver: int, temp_dir: str) -> None:
 
 
 #: the watchdog process's program: it runs :func:`watchdog_main` (importing hjepa_bench, never torch)
-_WATCHDOG = "import sys; from hjepa_bench.builtin.executor_ray import watchdog_main; watchdog_main(int(sys.argv[1]), sys.argv[2])"
+_WATCHDOG = ("import sys; from hjepa_bench.builtin.executor_ray import watchdog_main; "
+             "watchdog_main(int(sys.argv[1]), sys.argv[2])")
 
 
 def _start_watchdog(temp_dir: str) -> subprocess.Popen:

@@ -253,7 +253,8 @@ class EpochCostsSection(ProbeTable):
             "steps/epoch": e.get("steps_per_epoch"),
             "mp context": e.get("multiprocessing_context") or "-",
             "worker start-up (s)": fmt_or_dash(e.get("worker_startup_s"), ".3f"),
-            "start / first batch (s)": f"{fmt_or_dash(fb.get('start_workers_s'), '.3f')} / {fmt_or_dash(fb.get('first_batch_wait_s'), '.3f')}",
+            "start / first batch (s)": f"{fmt_or_dash(fb.get('start_workers_s'), '.3f')} / "
+                                       f"{fmt_or_dash(fb.get('first_batch_wait_s'), '.3f')}",
             "paid": "every epoch" if e.get("paid_every_epoch") else (
                 "once (persistent)" if e.get("persistent_workers_effective") else "no workers"),
             "steady wait": fmt_ms(e.get("steady_batch_wait_s")),

@@ -132,7 +132,8 @@ class LossSection(ProbeTable):
                 "decrease %": _fmt(e.get("decrease_pct")),
                 f">= {(e.get('thresholds') or {}).get('criterion_decrease_pct', CRITERION_DECREASE_PCT):g}% down":
                     read_status(e.get("criterion_loss_decrease_met")),
-                "noise %": _fmt(e.get("noise_pct")), "warm-up spikes": _fmt((e.get("warmup_spikes") or {}).get("count"), "d"),
+                "noise %": _fmt(e.get("noise_pct")),
+                "warm-up spikes": _fmt((e.get("warmup_spikes") or {}).get("count"), "d"),
                 "plateau": "-" if e.get("plateau") is None else ("yes" if e["plateau"] else "no"),
                 "lr (applied / configured)": f"{_fmt(e.get('lr_applied'), '.2g')} / {_fmt(e.get('lr'), '.2g')}"
                 + (" (warm-up)" if e.get("lr_in_warmup") else ""),

@@ -254,7 +254,8 @@ class ProfilerProbe(Probe):
     def summarize(self, entry):
         top = (entry.get("top_ops_by_self_time") or [{}])[0]
         first = f"; top op {top.get('name')}" if top.get("name") else ""
-        return f"{entry.get('profiled_steps')} steps traced in {entry.get('trace_dir')}{first}; open with: {entry.get('tensorboard_command')}"
+        return (f"{entry.get('profiled_steps')} steps traced in {entry.get('trace_dir')}{first}; "
+                f"open with: {entry.get('tensorboard_command')}")
 
 
 class ProfilerSection(ReportSection):

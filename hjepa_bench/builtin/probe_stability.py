@@ -104,11 +104,11 @@ class StabilitySection(ProbeTable):
     name, title, order, failed = "stability", "Step-time stability", 40, "verdict"
     note = ("Measured per-step times of each run. Verdict: unstable when CV >= {limit} (the validation guide's "
             "speed-variance limit, or --thresholds max_step_cv_pct) or the step time drifts significantly (p < 0.01 "
-            "and > 5% over the run). Spikes: median + 5 x scaled MAD. Steps, median and CV are the record's measured steps "
-            "(after the reported warm-up), the same steps and numbers as the measured step speed table and the "
-            "criteria. Drift: the least-squares change over those steps, never extrapolated past them. Detected "
-            "warm-up: first step whose time and the next 5 five-step rolling medians are at most 20% above the "
-            "post-warm-up median; when it is later than the reported one the run says so (measure with a longer "
+            "and > 5% over the run). Spikes: median + 5 x scaled MAD. Steps, median and CV are the record's "
+            "measured steps (after the reported warm-up), the same steps and numbers as the measured step speed "
+            "table and the criteria. Drift: the least-squares change over those steps, never extrapolated past "
+            "them. Detected warm-up: first step whose time and the next 5 five-step rolling medians are at most "
+            "20% above the post-warm-up median; when it is later than the reported one the run says so (measure with a longer "
             "--warmup-steps); those steps are not dropped.")
 
     def note_for(self, records):

@@ -229,7 +229,8 @@ class SVDProbe(Probe):
 
     def summarize(self, entry):
         rows = [t for t in entry.get("timings") or [] if t.get("median_s") is not None]
-        return "; ".join(f"{t['device']} {t['dtype']} ({t['path']}) {t['median_s'] * 1000:.0f} ms" for t in rows) or None
+        shown = [f"{t['device']} {t['dtype']} ({t['path']}) {t['median_s'] * 1000:.0f} ms" for t in rows]
+        return "; ".join(shown) or None
 
 
 class SVDSection(ReportSection):
@@ -274,7 +275,8 @@ class SVDSection(ReportSection):
             parts.append(f"torch.linalg.svd(A, full_matrices=False) on a seeded random matrix: one warm-up "
                          f"call, then the median of {REPEATS} synced calls. Paths: device (ran on the device), "
                          "cpu-fallback (torch warned it fell back to the CPU), not-implemented (raised "
-                         "NotImplementedError), error (the device raised another error, in detail), cpu (the CPU path), unsupported (dtype not on the device).")
+                         "NotImplementedError), error (the device raised another error, in detail), cpu (the CPU "
+                         "path), unsupported (dtype not on the device).")
         parts.append(pd.DataFrame(cost_rows).astype(object).fillna("").to_markdown(index=False))
         parts.append(FEATURE_COST_NOTE)
         return "\n\n".join(parts)

@@ -19,7 +19,8 @@ class SummarySection(ReportSection):
         df = records_frame(records)
         if df.empty:
             return None
-        cols = {"device": "device", **({"node": "node"} if df["node"].notna().any() else {}), "model": "model", "variant": "variant", "precision": "precision",
+        cols = {"device": "device", **({"node": "node"} if df["node"].notna().any() else {}), "model": "model",
+                "variant": "variant", "precision": "precision",
                 "img": "img px", "batch": "batch", "workers": "workers", "status": "status",
                 "it_per_s": "it/s", "samples_per_s": "samples/s", "step_median_ms": "median step (ms)",
                 "step_cv_pct": "CV %", "data_wait_pct": "data wait %", "peak_mem_mib": "peak mem (MiB)",

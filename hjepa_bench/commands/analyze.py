@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: Any) -> None:
-    an = sub.add_parser("analyze", help="analyse a log of the upstream H-JEPA trainer: speed, loss, criteria, projections",
+    an = sub.add_parser("analyze",
+                        help="analyse a log of the upstream H-JEPA trainer: speed, loss, criteria, projections",
                         description="Parse a training log written by the upstream trainer (tqdm bars joined by "
                                     "carriage returns, it/s or s/it, logging lines) and judge it like a sweep.")
     src = an.add_mutually_exclusive_group(required=True)
@@ -39,14 +40,16 @@ def add_parser(sub: Any) -> None:
                    help="end when the log has not grown for this long (default: wait for the trainer's completion "
                         "line or Ctrl-C)")
     an.add_argument("--out", metavar="DIR", help="write report.md and analysis.json here")
-    an.add_argument("--config", metavar="YAML|PRESET", help="the run's config (file or preset), for what the log does not print")
+    an.add_argument("--config", metavar="YAML|PRESET",
+                    help="the run's config (file or preset), for what the log does not print")
     an.add_argument("--model", help="encoder, if the log does not print it")
     an.add_argument("--batch-size", type=config_flag("data.batch_size"))
     an.add_argument("--workers", type=config_flag("data.num_workers"))
     an.add_argument("--hierarchies", type=config_flag("model.num_hierarchies"))
     an.add_argument("--predictor-depth", type=config_flag("model.predictor.depth"))
     an.add_argument("--img-size", type=config_flag("data.image_size"))
-    an.add_argument("--epochs", type=config_flag("training.epochs"), help="planned epochs, if the log does not print them")
+    an.add_argument("--epochs", type=config_flag("training.epochs"),
+                    help="planned epochs, if the log does not print them")
     an.add_argument("--dataset-size", type=int_flag(1, 10**9),
                     help="training images per epoch (default: the log's, else 50,000)")
     add_decision_args(an)

@@ -198,15 +198,18 @@ def add_measuring_args(g: Any) -> None:
 
 def add_probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probes", metavar="NAME,...",
-                   help="probes to run: names and the groups cheap, all, none (default: cheap; see hjepa-bench plugins)")
+                   help="probes to run: names and the groups cheap, all, none "
+                        "(default: cheap; see hjepa-bench plugins)")
     p.add_argument("--profile", action="store_true", help="also run the profiler probe (torch.profiler traces)")
 
 
 def add_decision_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decision report")
     g.add_argument("--budget-hours", type=positive_number(), metavar="H",
-                   help="time you can give the full run; default: each option's own window (A 2-3 h, C 6-7 h, B 12-14 h)")
-    g.add_argument("--options-file", metavar="YAML", help="your own training options (options: [...]), added to A, B, C")
+                   help="time you can give the full run; default: each option's own window "
+                        "(A 2-3 h, C 6-7 h, B 12-14 h)")
+    g.add_argument("--options-file", metavar="YAML",
+                   help="your own training options (options: [...]), added to A, B, C")
     g.add_argument("--thresholds", metavar="YAML", help="override thresholds (names as printed in the report)")
 
 

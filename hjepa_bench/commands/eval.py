@@ -17,7 +17,8 @@ MAX_IMAGES = 10**6
 
 
 def add_parser(sub: Any) -> None:
-    ev = sub.add_parser("eval", help="quick evaluation of a checkpoint: feature quality, kNN and linear probe vs random init",
+    ev = sub.add_parser("eval",
+                        help="quick evaluation of a checkpoint: feature quality, kNN and linear probe vs random init",
                         description="Load an upstream-format checkpoint (model_state_dict) and measure its EMA target "
                                     "encoder per hierarchy level against the same encoder at random initialisation.")
     ev.add_argument("--checkpoint", required=True, metavar="PATH", help=".pth with model_state_dict")

@@ -34,7 +34,8 @@ def cmd_export(args: argparse.Namespace, plugins: Plugins) -> int:
     for d in dirs:
         if not d.exists():
             raise UserError(f"{d} does not exist; give sweep directories (with results.jsonl) or results files.")
-    out = Path(args.out) if args.out else (dirs[0] if len(dirs) == 1 and dirs[0].is_dir() else Path(".")) / f"results.{fmt}"
+    folder = dirs[0] if len(dirs) == 1 and dirs[0].is_dir() else Path(".")
+    out = Path(args.out) if args.out else folder / f"results.{fmt}"
     output_path(out, "--out")
     if fmt == "parquet":
         why = parquet_missing()

@@ -37,7 +37,8 @@ def cmd_inspect(args: argparse.Namespace, plugins: Plugins) -> int:
         f = info["flops_per_step"][v]
         tok = t[v]
         rows.append([v, f"{f['total'] / 1e9:.1f}", f"{f['by_module']['context_encoder_fwd_bwd'] / 1e9:.1f}",
-                     f"{f['by_module']['target_encoder_fwd'] / 1e9:.1f}", f"{f['by_module']['predictor_fwd_bwd'] / 1e9:.1f}",
+                     f"{f['by_module']['target_encoder_fwd'] / 1e9:.1f}",
+                     f"{f['by_module']['predictor_fwd_bwd'] / 1e9:.1f}",
                      tok["context_encoder"], tok["target_encoder"], tok["predictor"]])
     print(tabulate(rows, headers=["variant", "GFLOP/step", "context enc", "target enc", "predictor",
                                   "ctx tokens", "tgt tokens", "pred tokens"]))

@@ -36,7 +36,8 @@ def add_parser(sub: Any) -> None:
     sw.add_argument("--device", type=list_flag(), help="device or list: cpu,mps,cuda,auto (default auto)")
     sw.add_argument("--models", type=list_flag(), help="e.g. vit_tiny,vit_small,vit_base (default vit_tiny)")
     sw.add_argument("--batch-sizes", type=list_flag(int), help="e.g. 24,32,48,64 (default 16,32)")
-    sw.add_argument("--workers", type=list_flag(int), help="DataLoader workers, e.g. 2,4,6,8 (default 2,4, none above the cores available)")
+    sw.add_argument("--workers", type=list_flag(int),
+                    help="DataLoader workers, e.g. 2,4,6,8 (default 2,4, none above the cores available)")
     sw.add_argument("--hierarchies", type=list_flag(int), help="hierarchy levels, e.g. 2,3")
     sw.add_argument("--predictor-depths", type=list_flag(int), help="e.g. 2,4,6")
     sw.add_argument("--variants", type=list_flag(), help="reference,efficient (default reference)")
@@ -46,8 +47,10 @@ def add_parser(sub: Any) -> None:
                     help="processes per config, e.g. 1,2: above 1 the config runs as a data-parallel job (DDP "
                          "through torchrun) and the report gets a scaling table (default 1)")
     sw.add_argument("--encoder-depth", type=config_flag("model.encoder_depth"), help="ViT blocks (default 12)")
-    sw.add_argument("--config", metavar="YAML|PRESET", help="upstream YAML file or preset name: the base of every point")
-    sw.add_argument("--grid", metavar="YAML", help="grid file (keys as SweepSpec: devices, batch_sizes, ...); flags override it")
+    sw.add_argument("--config", metavar="YAML|PRESET",
+                    help="upstream YAML file or preset name: the base of every point")
+    sw.add_argument("--grid", metavar="YAML",
+                    help="grid file (keys as SweepSpec: devices, batch_sizes, ...); flags override it")
     sw.add_argument("--out", metavar="DIR", help=f"results directory (default ./{DEFAULT_SWEEP_OUT})")
     sw.add_argument("--resume", action="store_true", help="continue the sweep in --out (the same --out does too)")
     sw.add_argument("--retry", type=list_flag(), metavar="STATUSES",
@@ -167,7 +170,8 @@ def cmd_sweep(args: argparse.Namespace, plugins: Plugins) -> int:
     plugins.select_probes(spec.probes)  # an unknown probe name is an error before anything runs
     executor = plugins.executor(args.executor)
     options = _executor_options(args, executor, plugins)
-    settings = report_settings(args, plugins, options_file=spec.options_file, title="hjepa-bench sweep")  # bad files fail now
+    settings = report_settings(args, plugins, options_file=spec.options_file,
+                               title="hjepa-bench sweep")  # bad files fail now
     _fill_folder_sizes(spec)
     selected_options(spec)
     if args.resume and not (out / "results.jsonl").exists():
@@ -229,7 +233,8 @@ def more_time_lines(records: list[dict[str, Any]], argv: list[str]) -> list[str]
                           - float((m.get("warmup") or {}).get("time_s") or 0))
             need += startup + float((m.get("warmup") or {}).get("time_s") or 0) + x
         lines.append(f"{len(short)} config(s) measured fewer steps than their minimum, so nothing is projected or "
-                     f"judged from them ({'; '.join(str((r.get('sweep') or {}).get('label')) + ': ' + s['text'] for r, s in short)}). "
+                     "judged from them "
+                     f"({'; '.join(str((r.get('sweep') or {}).get('label')) + ': ' + s['text'] for r, s in short)}). "
                      f"Measuring them needs about {need / 60:.0f} more minute(s) here:\n"
                      f"  {with_flags(argv, {'--retry': 'short', '--max-time': str(x)})}")
     timed_out = [r for r in records if r.get("status") == "timeout"]
@@ -266,7 +271,8 @@ class SweepProgress:
             where = f" on Ray nodes {', '.join(event['nodes'])}" if event.get("nodes") else ""
             print(f"sweep: {event['total']} configs{where}, {event['recorded']} already recorded in {event['out']}, "
                   f"{event['to_run']} to run" + (f" ({event['retry']} again, --retry)" if event.get("retry") else "")
-                  + (f"; the {event['first']} that measure the options' own configs first" if event.get("first") else "")
+                  + (f"; the {event['first']} that measure the options' own configs first"
+                     if event.get("first") else "")
                   + "; the expected duration is printed once the first config is measured", file=sys.stderr)
             from tqdm import tqdm
 

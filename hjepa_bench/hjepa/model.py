@@ -72,9 +72,11 @@ class PredictorBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim), nn.Dropout(0.0))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim),
+                                 nn.Dropout(0.0))
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                fused: bool = True) -> torch.Tensor:
         h = self.norm1(x)
         # need_weights=True (torch's default, what upstream runs) materialises the
         # attention matrix; need_weights=False takes the fused SDPA kernel.

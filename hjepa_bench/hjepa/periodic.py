@@ -202,7 +202,8 @@ def measure_periodic(trainer: Trainer, backend: Backend, images: torch.Tensor, m
             out["histogram_tensors"] = len(grads)
             if grads:
                 out["histograms_runs_s"] = _timed(
-                    lambda: [writer.add_histogram(f"gradients/{n}", p.grad.detach().cpu().numpy(), 0) for n, p in grads],
+                    lambda: [writer.add_histogram(f"gradients/{n}", p.grad.detach().cpu().numpy(), 0) for n,
+                             p in grads],
                     sync, repeats)
             else:
                 out["histograms_runs_s"] = []

@@ -127,7 +127,8 @@ def log_record(result: Mapping[str, Any], values: dict[str, Any], source: str) -
                     "step_time_s": {"median": None if ips is None else 1 / ips, "cv": cv, "n": overall.get("steps"),
                                     "iqr": spread["iqr"], "p10": spread["p10"], "p90": spread["p90"]},
                     "measured_steps": overall.get("steps"), "measured_time_s": overall.get("elapsed_s"),
-                    "data_wait_frac": None, "peak_device_bytes": None, "batch_size": {"requested": batch, "achieved": batch},
+                    "data_wait_frac": None, "peak_device_bytes": None, "batch_size": {"requested": batch,
+                                                                                      "achieved": batch},
                     "timing_method": "training-log bar counters and elapsed times"},
         "series": {"warmup_steps": 0, "step_time_s": per_step,
                    "loss": [p[1] for p in loss.get("points") or []]},
@@ -158,12 +159,14 @@ class LogAnalysis:
     def epochs(self) -> list[dict[str, Any]]:
         """The per-epoch table of ``analysis.json``."""
         return [{"epoch": e["epoch"], "steps": e["steps"], "elapsed_s": e["elapsed_s"], "it_per_s": e["it_per_s"],
-                 **{k: v for k, v in e.items() if k not in ("epoch", "steps", "elapsed_s", "it_per_s") and not k.startswith("_")}}
+                 **{k: v for k, v in e.items() if k not in ("epoch", "steps", "elapsed_s",
+                                                            "it_per_s") and not k.startswith("_")}}
                 for e in self.result["epochs"]]
 
     def payload(self, analysis: Mapping[str, Any]) -> dict[str, Any]:
         """``analysis.json``: the log's epochs and analysis with the report's verdicts."""
-        return {"log": str(self.path), "epochs": self.epochs(), **{k: v for k, v in self.result.items() if k != "epochs"},
+        return {"log": str(self.path), "epochs": self.epochs(), **{k: v for k,
+                                                                   v in self.result.items() if k != "epochs"},
                 "criteria": analysis["criteria"], "checklist": analysis["checklist"],
                 "decision": analysis["decision"], "matrix": analysis["matrix"], "config": self.values}
 

@@ -135,7 +135,8 @@ class SweepSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UserError(f"grid file {p} has unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(known))}).")
+            raise UserError(f"grid file {p} has unknown keys: {', '.join(unknown)} "
+                            f"(known: {', '.join(sorted(known))}).")
         for key, value in data.items():
             if key in cls.GRID and not isinstance(value, list):
                 value = [value]
@@ -330,7 +331,8 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
     points: list[Point] = []
     seen: set[str] = set()  # resolved configs already planned
     dims = [devices, spec.models, spec.hierarchies, spec.predictor_depths, spec.variants, spec.precisions,
-            spec.img_sizes, spec.nproc_per_node, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None, b or 0))]
+            spec.img_sizes, spec.nproc_per_node, spec.workers, sorted(spec.batch_sizes, key=lambda b: (b is None,
+                                                                                                       b or 0))]
     for device, model, levels, pdepth, variant, precision, img, nproc, workers, batch in itertools.product(*dims):
         overrides = {**common, "model.encoder_type": model, "model.num_hierarchies": levels,
                      "model.predictor.depth": pdepth, "bench.variant": variant, "bench.precision": precision,
@@ -356,7 +358,8 @@ def plan(spec: SweepSpec, place: Place) -> list[Point]:
         v = point.values
         point.batch_size = int(batch or v["data"]["batch_size"])
         point.label = (f"{device} {short_model_name(v['model']['encoder_type'])} "
-                       f"b{batch or v['data']['batch_size']} w{workers if workers is not None else v['data']['num_workers']} "
+                       f"b{batch or v['data']['batch_size']} "
+                       f"w{workers if workers is not None else v['data']['num_workers']} "
                        f"{variant or v['bench']['variant']} {precision or v['bench']['precision']} "
                        f"{img or v['data']['image_size']}px")
         if levels is not None or pdepth is not None:

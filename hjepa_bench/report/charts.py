@@ -664,7 +664,8 @@ def log_charts(result: Mapping[str, Any], out_dir: Path) -> list[Chart]:
     pts = [(s, v) for s, v in loss.get("points") or [] if v is not None]
     if pts:
         fig, ax = _figure("Loss in the training log")
-        ax.plot([s for s, _ in pts], [v for _, v in pts], lw=0.8, alpha=0.5, marker=".", label="postfix values (distinct)")
+        ax.plot([s for s, _ in pts], [v for _, v in pts], lw=0.8, alpha=0.5, marker=".",
+                label="postfix values (distinct)")
         sm = [(s, v) for s, v in loss.get("smoothed") or [] if v is not None]
         if sm:
             ax.plot([s for s, _ in sm], [v for _, v in sm], lw=1.8, label=f"smoothed (window {loss.get('window')})")

@@ -169,7 +169,8 @@ def _decision_matrix(analysis: Mapping[str, Any], config_files: Mapping[str, str
             continue
         seen.add(r["option"])
         cfg = (config_files or {}).get(r["option"])
-        parts.append(f"- **{r['option']}: {r['title']}**: {r['describe']}. Choose if: {'; '.join(r['choose_if']) or '-'}. "
+        parts.append(f"- **{r['option']}: {r['title']}**: {r['describe']}. Choose if: "
+                     f"{'; '.join(r['choose_if']) or '-'}. "
                      f"Expected: {r['expected'] or '-'}." + (f" Config: [{cfg}]({cfg})" if cfg else ""))
     parts.append("")
     return parts
@@ -280,7 +281,8 @@ def _batch_and_workers(analysis: Mapping[str, Any]) -> list[str]:
     parts += [_table(grows, ["model config", "batch", "why", "workers", "why"]) if grows else "nothing measured", ""]
     room = [_memory_room(k, v) for k, v in analysis["memory_fit"].items()]
     if room:
-        parts += ["Memory (peak memory fitted against batch size per model; see the memory section and chart):", ""] + room + [""]
+        parts += ["Memory (peak memory fitted against batch size per model; see the memory section and chart):",
+                  ""] + room + [""]
     return parts
 
 
@@ -311,7 +313,8 @@ def _model_size(analysis: Mapping[str, Any]) -> list[str]:
                   "alone); a row that differs in more than the encoder is a whole-config ratio, not that one. "
                   "Measured.", ""]
     else:
-        parts += ["Not measured: only one model config was measured (sweep `--models vit_tiny,vit_small,vit_base`).", ""]
+        parts += ["Not measured: only one model config was measured (sweep `--models vit_tiny,vit_small,vit_base`).",
+                  ""]
     return parts
 
 
@@ -343,7 +346,8 @@ def _success_criteria(analysis: Mapping[str, Any]) -> list[str]:
     if all(v == PASS for v in verdicts):
         parts += ["All five criteria pass: the guide says proceed to full training.", ""]
     else:
-        parts += [f"{verdicts.count(PASS)} pass, {verdicts.count(FAIL)} fail, {verdicts.count(NOT_MEASURED)} not measured.", ""]
+        parts += [f"{verdicts.count(PASS)} pass, {verdicts.count(FAIL)} fail, {verdicts.count(NOT_MEASURED)} not "
+                  "measured.", ""]
     return parts
 
 
@@ -385,13 +389,15 @@ def _extra_sections(extra: Sequence[tuple[str, str]]) -> list[str]:
 def _reference_baselines() -> list[str]:
     """## Reference baselines: the guide's CIFAR-10 linear-probe table (none of it measured here)."""
     return ["## Reference baselines (CIFAR-10 linear probe)", "",
-            _table([list(r) for r in REFERENCE_BASELINES], ["method", "architecture", "epochs", "accuracy", "what it is"]),
+            _table([list(r) for r in REFERENCE_BASELINES], ["method", "architecture", "epochs", "accuracy",
+                                                            "what it is"]),
             "", "None of these was measured here; H-JEPA rows are the guide's targets, not results.", ""]
 
 
 def _thresholds(th: Mapping[str, Any]) -> list[str]:
     """## Thresholds: every value the verdicts used, with its meaning."""
-    parts = ["## Thresholds", "", "All verdicts above use these values (change them with `--thresholds FILE.yaml`):", ""]
+    parts = ["## Thresholds", "", "All verdicts above use these values (change them with `--thresholds FILE.yaml`):",
+             ""]
     parts += [_table([[k, v, MEANINGS.get(k, "")] for k, v in th.items()], ["name", "value", "meaning"]), ""]
     return parts
 
@@ -497,5 +503,6 @@ def replaced_report(out_path: Path, settings: ReportSettings) -> str | None:
     if not changed:
         return None
     how = f"`{before['command']}`" if before.get("command") else "other settings"
-    return (f"replaced {out_path}, which was rendered by {how} (different {', '.join(k.replace('_', ' ') for k in changed)}); "
+    return (f"replaced {out_path}, which was rendered by {how} (different "
+            f"{', '.join(k.replace('_', ' ') for k in changed)}); "
             "run that command again to get it back")

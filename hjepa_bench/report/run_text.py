@@ -88,7 +88,8 @@ def distributed_lines(record: Mapping[str, Any]) -> list[str]:
             f"{fmt_finite(single, '.1f')} samples/s; scaling efficiency {fmt_finite(d.get('scaling_efficiency'))}",
             "replicas identical after the synced steps: " + (
                 "yes" if (d.get("replicas_max_abs_diff") or {}).get("after_synced_steps") == 0 else
-                f"no (max |diff| {fmt_finite((d.get('replicas_max_abs_diff') or {}).get('after_synced_steps'), '.3g')})")]
+                "no (max |diff| "
+                f"{fmt_finite((d.get('replicas_max_abs_diff') or {}).get('after_synced_steps'), '.3g')})")]
 
 
 def validation_section(result: dict[str, Any]) -> str:
@@ -127,9 +128,10 @@ def self_check_markdown(check: Mapping[str, Any] | None) -> str:
              fmt_finite(r.get("loadavg_1m"), ".2f")] for r in check["epochs"]]
     run = check.get("run")
     if run:
-        rows.append(["whole run", f"{run['projected_s']:.1f}" + (
-            f" [{run['low_s']:.1f}-{run['high_s']:.1f}]" if run.get("low_s") is not None and run.get("high_s") is not None
-            else ""), f"{run['measured_s']:.1f}", fmt_finite(run["error_pct"], "+.1f"), "-"])
+        band = (f" [{run['low_s']:.1f}-{run['high_s']:.1f}]"
+                if run.get("low_s") is not None and run.get("high_s") is not None else "")
+        rows.append(["whole run", f"{run['projected_s']:.1f}{band}", f"{run['measured_s']:.1f}",
+                     fmt_finite(run["error_pct"], "+.1f"), "-"])
     out = [f"Projection self-check: the projection made before the first epoch (the `epoch_costs` measurements on "
            f"this run's trainer and loader) and from the first {check['first_steps']} measured steps "
            f"({check['step_s'] * 1000:.0f} ms each), next to what each epoch and the whole run took (set-up and "
@@ -163,10 +165,12 @@ def log_section(result: Mapping[str, Any]) -> str:
         rows.append([e["epoch"], f"{e['steps']}/{e.get('total_steps') or '?'}", "yes" if e.get("complete") else "no",
                      fmt_finite(e.get("elapsed_s"), ".0f"), fmt_finite(e.get("it_per_s"), ".3f"),
                      fmt_finite(e.get("bar_it_per_s")),
-                     fmt_finite(e.get("steady_it_per_s")), f"{e.get('warmup_steps') or 0} / {e.get('warmup_s') or 0:.0f} s",
+                     fmt_finite(e.get("steady_it_per_s")),
+                     f"{e.get('warmup_steps') or 0} / {e.get('warmup_s') or 0:.0f} s",
                      f"{len(e.get('stalls') or [])} / {sum(s['seconds'] for s in e.get('stalls') or []):.0f} s"])
     o = result["overall"]
-    parts = [tabulate(rows, headers=["epoch", "steps", "complete", "elapsed s", "it/s (counters)", "it/s (bar, smoothed)",
+    parts = [tabulate(rows, headers=["epoch", "steps", "complete", "elapsed s", "it/s (counters)",
+                                     "it/s (bar, smoothed)",
                                      "steady it/s", "warm-up steps / s", "stalls / s"], tablefmt="github",
                       disable_numparse=True), "",
              f"Overall: {o['steps']} steps in {fmt_finite(o.get('elapsed_s'), '.0f')} s = "
@@ -182,10 +186,12 @@ def log_section(result: Mapping[str, Any]) -> str:
     loss = result.get("loss") or {}
     if loss.get("points"):
         parts.append(f"Loss: {len(loss['points'])} distinct postfix values (stale repeats dropped); smoothed over "
-                     f"{loss.get('window')} points: {fmt_finite(loss.get('start'), '.4g')} -> {fmt_finite(loss.get('end'), '.4g')} "
+                     f"{loss.get('window')} points: {fmt_finite(loss.get('start'), '.4g')} -> "
+                     f"{fmt_finite(loss.get('end'), '.4g')} "
                      f"({fmt_finite(loss.get('decrease_pct'), '.1f')}% down), trend {loss.get('trend')}.")
     if result.get("val_loss"):
-        parts.append("Validation loss by epoch: " + ", ".join(f"{e}: {v:.4g}" for e, v in result["val_loss"] if v is not None) + ".")
+        parts.append("Validation loss by epoch: " + ", ".join(f"{e}: {v:.4g}" for e,
+                                                              v in result["val_loss"] if v is not None) + ".")
     parts.append("")
     parts.append(f"Parsing: {result.get('lines_total')} lines, {result.get('bar_refreshes')} bar refreshes, "
                  f"{result.get('logging_lines')} logging lines; "
@@ -221,7 +227,8 @@ def render_eval_markdown(result: Mapping[str, Any]) -> str:
         rows = []
         for label, s in (("trained (EMA target)", tr), ("random init", rn)):
             q = s["feature_quality"]
-            rows.append([label, fmt_or_dash(q.get("rankme_centred_ratio"), ".3f"), fmt_or_dash(q.get("mean_cosine"), ".3f"),
+            rows.append([label, fmt_or_dash(q.get("rankme_centred_ratio"), ".3f"), fmt_or_dash(q.get("mean_cosine"),
+                                                                                               ".3f"),
                          fmt_pct(s["knn_top1"], dash="-"), fmt_pct(s["linear_top1"], dash="-"),
                          "yes" if (q.get("collapse") or {}).get("collapsed") else "no"])
         ratio = gain.get("rankme_ratio")
@@ -251,7 +258,8 @@ def sweep_table(records: list[dict[str, Any]]) -> str:
     """The sweep's closing table: one row per record."""
     df = records_frame(records)
     cols = ["device", *(["node"] if df["node"].notna().any() else []), "model", "variant", "precision", "img",
-            "batch", "workers", "status", "it_per_s", "samples_per_s", "step_median_ms", "data_wait_pct", "peak_mem_mib"]
+            "batch", "workers", "status", "it_per_s", "samples_per_s", "step_median_ms", "data_wait_pct",
+            "peak_mem_mib"]
     if "ranks" in df and (df["ranks"] > 1).any():
         cols.insert(cols.index("workers") + 1, "ranks")
     return frame_markdown(df[cols])
