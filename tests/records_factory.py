@@ -43,7 +43,8 @@ def make_record(values: dict[str, Any], *, it_per_s: float = 2.0, cv: float = 0.
         "status": status, "error": None if status == "ok" else status, "params": {"total": 1, "trainable": 1},
         "series": {"warmup_steps": 2, "step_time_s": [mean * 3, mean * 2] + times,
                    "loss": [1.0] * (len(times) + 2), "grad_norm": [1.0] * (len(times) + 2)},
-        "sweep": {"label": label or f"{backend} {values['model']['encoder_type']} b{batch} w{values['data']['num_workers']}"},
+        "sweep": {"label": label or (f"{backend} {values['model']['encoder_type']} b{batch} "
+                                     f"w{values['data']['num_workers']}")},
     })
     if status == "ok":
         rec["metrics"] = {
@@ -53,7 +54,8 @@ def make_record(values: dict[str, Any], *, it_per_s: float = 2.0, cv: float = 0.
             "data_wait_frac": data_wait_frac, "peak_device_bytes": peak_bytes, "device_total_bytes": total_bytes,
             "batch_size": {"requested": batch, "achieved": batch}, "timing_method": "synced-wall-clock",
         }
-        rec["probes"]["stability"] = {"status": "ok", "cv_pct": stability_cv_pct if stability_cv_pct is not None else cv * 100}
+        cv_pct = stability_cv_pct if stability_cv_pct is not None else cv * 100
+        rec["probes"]["stability"] = {"status": "ok", "cv_pct": cv_pct}
         rec["probes"]["memory"] = {"status": "ok", "headroom_frac": 1 - (peak_bytes or 0) / total_bytes,
                                    "leak": {"suspected": False}, "memory_pressure": False}
         if loss is not None:
@@ -68,7 +70,8 @@ def make_record(values: dict[str, Any], *, it_per_s: float = 2.0, cv: float = 0.
 GOOD_LOSS = {"start_loss": 1.0, "end_loss": 0.7, "decrease_pct": 30.0, "trend": "decreasing", "noisy": False,
              "diverged": False, "warmup_spikes": {"count": 0}, "n": 40, "preliminary": True, "lr": 1e-4,
              "non_finite_count": 0,
-             "lr_advice": {"action": "keep", "suggested_lr": 1e-4, "trigger": "decrease 30% >= 20%", "text": "keep 1.0e-04"}}
+             "lr_advice": {"action": "keep", "suggested_lr": 1e-4, "trigger": "decrease 30% >= 20%",
+                           "text": "keep 1.0e-04"}}
 COSTS = {"worker_startup_s": 2.0, "paid_every_epoch": True, "val_step_s": 0.1, "val_batch_size": 32,
          "checkpoint_save_s": 0.5, "checkpoint_bytes": 100 * 2**20}
 #: the trainer's periodic work as the epoch_costs probe records it (test inputs, seconds)

@@ -74,7 +74,11 @@ UNRELATED = RuntimeError("shape mismatch: value tensor of shape [3] cannot be br
 # --------------------------------------------------------------------------- registration
 @pytest.mark.parametrize(
     "module, cls, name",
-    [("backend_cpu", "CPUBackend", "cpu"), ("backend_cuda", "CUDABackend", "cuda"), ("backend_mps", "MPSBackend", "mps")],
+    [
+        ("backend_cpu", "CPUBackend", "cpu"),
+        ("backend_cuda", "CUDABackend", "cuda"),
+        ("backend_mps", "MPSBackend", "mps"),
+    ],
 )
 def test_each_module_registers_one_backend(module, cls, name):
     mod = load_plugin(module)
@@ -290,7 +294,8 @@ def test_mps_peak_is_sampled_without_a_peak_api(monkeypatch):
     live["bytes"] = 300
     backend.sample_memory()
     reading = backend.memory()
-    assert (reading.current_bytes, reading.peak_bytes, reading.total_bytes, reading.reserved_bytes) == (300, 900, 10_000, 5000)
+    readings = (reading.current_bytes, reading.peak_bytes, reading.total_bytes, reading.reserved_bytes)
+    assert readings == (300, 900, 10_000, 5000)
     assert "sampled" in reading.source
     backend.reset_peak_memory()
     assert backend.memory().peak_bytes == 300

@@ -28,5 +28,6 @@ def test_variants_benchmark_runs_both_variants_side_by_side(tmp_path):
     # the real data path at 0 DataLoader workers (masks built in the main process) runs by default
     (loader,) = data["loader"]
     assert loader["workers"] == 0 and set(loader["rows"]) == {"reference", "efficient"}
-    assert all(len(t) == 2 for t in loader["times_s"].values()) and loader["time_ratio"] > 0 and loader["paired_ratio"] > 0
+    assert all(len(t) == 2 for t in loader["times_s"].values())
+    assert loader["time_ratio"] > 0 and loader["paired_ratio"] > 0
     assert "| workers |" in res.stdout

@@ -139,7 +139,8 @@ def test_presets_ship_as_package_data(tmp_path):
     import sys
 
     from helpers import REPO
-    code = "import sys; from setuptools import setup; sys.argv[1:] = ['-q', 'build_py', '--build-lib', sys.argv[1]]; setup()"
+    code = ("import sys; from setuptools import setup; "
+            "sys.argv[1:] = ['-q', 'build_py', '--build-lib', sys.argv[1]]; setup()")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, check=True, capture_output=True, timeout=120)
     shipped = sorted(p.stem for p in (tmp_path / "hjepa_bench" / "presets").glob("*.yaml"))
     assert shipped == preset_names() == sorted(EXPECTED)

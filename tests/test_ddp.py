@@ -232,7 +232,8 @@ def test_bad_launch_flags_are_one_sentence(flags, message, capsys):
         code = exc.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
-    assert err.startswith("hjepa-bench run: error: argument --nproc-per-node:" if "0" in flags else "hjepa-bench: error:"), err
+    prefix = "hjepa-bench run: error: argument --nproc-per-node:" if "0" in flags else "hjepa-bench: error:"
+    assert err.startswith(prefix), err
 
 
 def test_failure_cause_reads_torchrun_root_cause():
@@ -247,7 +248,8 @@ def test_failure_cause_reads_torchrun_root_cause():
 def test_a_rank_killed_by_a_signal_is_the_cause_not_the_peer_that_saw_it_go():
     """torchrun may observe the surviving rank's "Connection reset by peer" first; the killed rank
     (listed among the failures with a negative exit code) is still the cause."""
-    block = "[{i}]:\n  time      : 2026-01-01\n  host      : h\n  rank      : {r} (local_rank: {r})\n  exitcode  : {c} (pid: 4{r})\n"
+    block = ("[{i}]:\n  time      : 2026-01-01\n  host      : h\n"
+             "  rank      : {r} (local_rank: {r})\n  exitcode  : {c} (pid: 4{r})\n")
     out = ("Failures:\n" + block.format(i=1, r=1, c=-9) + "----\nRoot Cause (first observed failure):\n"
            + block.format(i=0, r=0, c=1))
     rank0 = {"status": "error", "error": "RuntimeError: Connection reset by peer", "rank": {"rank": 0}}

@@ -112,7 +112,8 @@ def _rows(recs, budget=None, validation=None, th=DEFAULTS):
 
 def _tiny_and_small(tiny_ips, small_ips, **small_kw):
     return [make_record(option_values("A"), it_per_s=tiny_ips, epoch_costs=COSTS),
-            make_record(option_values("B"), it_per_s=small_ips, epoch_costs={**COSTS, "val_batch_size": 24}, **small_kw)]
+            make_record(option_values("B"), it_per_s=small_ips, epoch_costs={**COSTS, "val_batch_size": 24},
+                        **small_kw)]
 
 
 def test_B_is_recommended_when_it_is_stable_and_fits_the_budget():

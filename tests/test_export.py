@@ -66,7 +66,8 @@ def test_export_one_row_per_record_with_the_records_values(copies, example, fmt,
         assert row["config.model.encoder_type"] == r["config"]["model"]["encoder_type"]
         assert json.loads(row["config.masking.mask_scale"]) == r["config"]["masking"]["mask_scale"]
         assert _same(row["probes.stability.cv_pct"], r["probes"]["stability"].get("cv_pct"))
-        assert _same(row["probes.stability.degradation.change_pct"], r["probes"]["stability"]["degradation"]["change_pct"])
+        degradation = r["probes"]["stability"]["degradation"]
+        assert _same(row["probes.stability.degradation.change_pct"], degradation["change_pct"])
         assert row["probes.loss.status"] == r["probes"]["loss"]["status"]
         assert isinstance(row["probes.loss.summary"], str) and row["probes.loss.summary"]
         ranks = (r.get("distributed") or {}).get("world_size", 1)

@@ -117,7 +117,8 @@ def test_probe_from_plugin_runs_inside_the_real_hjepa_step(cli, toy_site, tmp_pa
     res = cli("run", "--device", "cpu", *TINY_FLAGS, "--json", str(out), "-q", env={"PYTHONPATH": str(toy_site)})
     assert res.returncode == 0, res.stderr
     record = json.loads(out.read_text())
-    assert record["probes"]["toy_counter"] == {"status": "ok", "steps_seen": len(record["series"]["loss"]), "workload": "hjepa"}
+    steps = len(record["series"]["loss"])
+    assert record["probes"]["toy_counter"] == {"status": "ok", "steps_seen": steps, "workload": "hjepa"}
 
 
 def _module(**attrs):
@@ -152,7 +153,8 @@ def test_a_probe_with_an_unknown_cost_is_refused_at_registration():
     def hjepa_bench_register_probes(register):
         register(Pricey())
 
-    plugins = build_plugins(objects=[("pricey_plugin", _module(hjepa_bench_register_probes=hjepa_bench_register_probes))])
+    pricey = _module(hjepa_bench_register_probes=hjepa_bench_register_probes)
+    plugins = build_plugins(objects=[("pricey_plugin", pricey)])
     with pytest.raises(UserError) as err:
         plugins.probes()
     assert str(err.value) == ("probe 'pricey' of plugin pricey_plugin has cost 'expensive'; a probe's cost is "
@@ -316,7 +318,8 @@ def test_broken_probes_and_sections_never_lose_the_record_or_the_report(cli, tmp
     assert probes["badlist"] == {"status": "failed", "error": "finish() returned a list, not a mapping"}
     assert probes["badjson"]["status"] == "failed" and "cannot hold" in probes["badjson"]["error"]
     assert "TypeError" in probes["badjson"]["error"]
-    assert probes["loss"]["status"] == "failed" and "probes.loss.decrease_pct must be a number" in probes["loss"]["error"]
+    assert probes["loss"]["status"] == "failed"
+    assert "probes.loss.decrease_pct must be a number" in probes["loss"]["error"]
     assert probes["stability"]["status"] == "ok"  # the other probes are kept
     text = md.read_text()
     assert "section boom failed: RuntimeError: render failed" in text
@@ -326,8 +329,8 @@ def test_broken_probes_and_sections_never_lose_the_record_or_the_report(cli, tmp
     results = tmp_path / "sweep"
     results.mkdir()
     (results / "results.jsonl").write_text(json.dumps(record) + "\n")
-    rep = cli("-p", "broken_plugin", "report", str(results), "--no-charts", "--out", str(tmp_path / "rep" / "report.md"),
-              env=env)
+    rep = cli("-p", "broken_plugin", "report", str(results), "--no-charts",
+              "--out", str(tmp_path / "rep" / "report.md"), env=env)
     assert rep.returncode == 0, rep.stderr
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "section boom failed: RuntimeError: render failed" in report and "## Recommendation" in report

@@ -82,7 +82,8 @@ def test_trace_written_and_top_ops(profiled):
     assert any(op["name"].startswith("aten::") for op in ops)
     assert not any(op["name"].startswith("ProfilerStep") for op in ops)
     assert "top_ops_by_self_device_time" not in e  # CPU run: no device activity
-    assert e["tensorboard_command"].startswith("tensorboard --logdir ") and str(out.resolve()) in e["tensorboard_command"]
+    assert e["tensorboard_command"].startswith("tensorboard --logdir ")
+    assert str(out.resolve()) in e["tensorboard_command"]
     assert not _profiler_running()
     md = ProfilerSection().render([record])
     assert "aten::" in md and "3 profiled steps" in md
@@ -131,7 +132,8 @@ def test_trace_loads_in_tensorboard_profiler_plugin(profiled, tmp_path):
         views = _get_json(f"{base}/views?run={q(run)}")
         assert "Overview" in views and "Operator" in views and "Trace" in views
         workers = _get_json(f"{base}/workers?run={q(run)}&view={q('Overview')}")
-        assert len(workers) == 1 and workers[0] == Path(record["probes"]["profiler"]["trace_files"][0]).name.split(".")[0]
+        trace_file = Path(record["probes"]["profiler"]["trace_files"][0])
+        assert len(workers) == 1 and workers[0] == trace_file.name.split(".")[0]
         spans = _get_json(f"{base}/spans?run={q(run)}&worker={q(workers[0])}")
         span = str(spans[0]) if spans else ""
         overview = _get_json(f"{base}/overview?run={q(run)}&worker={q(workers[0])}&span={q(span)}")

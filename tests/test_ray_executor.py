@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ray", reason="ray is not installed (pip install 'hjepa-bench[ray]'); the Ray executor is not tested")
+pytest.importorskip("ray",
+                    reason="ray is not installed (pip install 'hjepa-bench[ray]'); the Ray executor is not tested")
 psutil = pytest.importorskip("psutil")
 
 from helpers import REPO  # noqa: E402

@@ -59,7 +59,8 @@ def test_a_version_1_results_file_reads_as_version_2(path):
             if not entry or v1_key not in old["probes"][name]:
                 continue
             # the value too reads in the one spelling of the statuses ("not-measured" -> "not measured")
-            assert v1_key not in entry and entry[v2_key] == old["probes"][name][v1_key].replace("not-measured", "not measured")
+            old_value = old["probes"][name][v1_key]
+            assert v1_key not in entry and entry[v2_key] == old_value.replace("not-measured", "not measured")
             assert v1_key not in json.dumps(entry)
             renamed += 1
         assert {k: v for k, v in new.items() if k not in ("schema_version", "probes")} == \

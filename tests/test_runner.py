@@ -96,7 +96,8 @@ def test_ok_record_with_probe_entry(tiny):
     assert 5 <= m["measured_steps"] <= 12 and m["warmup"]["steps"] == 2
     assert m["it_per_s"] > 0 and m["samples_per_s"] == pytest.approx(m["it_per_s"] * 4)
     assert m["step_time_s"]["median"] >= 0.002
-    assert r["probes"]["counting"] == {"status": "ok", "started": 1, "steps": m["measured_steps"] + 2, "status_seen": "ok"}
+    counting = {"status": "ok", "started": 1, "steps": m["measured_steps"] + 2, "status_seen": "ok"}
+    assert r["probes"]["counting"] == counting
     assert len(r["series"]["step_time_s"]) == m["measured_steps"] + 2
     assert m["batch_size"] == {"requested": 4, "achieved": 4}
 

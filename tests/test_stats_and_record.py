@@ -87,14 +87,18 @@ def test_an_old_records_not_measured_reads_back_in_the_one_spelling():
 def test_a_field_that_does_not_fit_is_one_sentence_naming_it():
     """The sentence names the field's path and what it must be (read from the model), and quotes the value."""
     cases = [
-        (lambda r: r["metrics"]["step_time_s"].update(p10=-1), "metrics.step_time_s.p10 must be a number >= 0 or null, not -1"),
-        (lambda r: r["config"]["data"].update(num_workers=True), "config.data.num_workers must be an integer >= 0, not True"),
+        (lambda r: r["metrics"]["step_time_s"].update(p10=-1),
+         "metrics.step_time_s.p10 must be a number >= 0 or null, not -1"),
+        (lambda r: r["config"]["data"].update(num_workers=True),
+         "config.data.num_workers must be an integer >= 0, not True"),
         (lambda r: r["metrics"].update(batch_size={"achieved": [8, 0]}),
          "metrics.batch_size.achieved must be an integer >= 1 or a list of integers >= 1 or null, not [8, 0]"),
-        (lambda r: r["env"].update(backend="a b"), "env.backend must be a plain name (1 to 64 letters, digits, '_' or '-'), not \"a b\""),
+        (lambda r: r["env"].update(backend="a b"),
+         "env.backend must be a plain name (1 to 64 letters, digits, '_' or '-'), not \"a b\""),
         (lambda r: r.pop("params"), "params is missing"),
         (lambda r: r.update(probes={"loss": {"error": None}}), "probes.loss.status is missing"),
-        (lambda r: r.update(schema_version=SCHEMA_VERSION + 1), f"schema_version {SCHEMA_VERSION + 1} is newer than this"),
+        (lambda r: r.update(schema_version=SCHEMA_VERSION + 1),
+         f"schema_version {SCHEMA_VERSION + 1} is newer than this"),
     ]
     for change, message in cases:
         bad = _record()

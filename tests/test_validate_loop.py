@@ -238,7 +238,8 @@ def test_the_validation_record_is_a_valid_result_record(ok_run):
     result = ok_run[0]
     record = validation_record(result, {"backend": "cpu", "device_total_bytes": 1})
     validate_record(record)
-    assert record["status"] == "ok" and record["metrics"]["batch_size"]["achieved"] == result["config"]["data"]["batch_size"]
+    assert record["status"] == "ok"
+    assert record["metrics"]["batch_size"]["achieved"] == result["config"]["data"]["batch_size"]
 
 
 def test_the_validation_record_carries_the_full_stability_analysis(tmp_path, cpu):

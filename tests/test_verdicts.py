@@ -120,7 +120,8 @@ def test_an_option_with_unmeasured_step_time_cv_is_not_recommended(runs, tiny_op
     # the same option measured over 14 steps has a CV, and is recommended when that CV is below the limit
     lenient = DEFAULTS.model_copy(update={"max_step_cv_pct": 1000.0})
     good = _row(opt, [runs["long"]], lenient)
-    assert good["step_cv_pct"] is not None and good["eligible"] and decide([good])["per_machine"][0]["recommended"] == "T"
+    assert good["step_cv_pct"] is not None and good["eligible"]
+    assert decide([good])["per_machine"][0]["recommended"] == "T"
 
 
 # --------------------------------------------------------------------------- 2. the projection band
@@ -135,7 +136,8 @@ def test_no_band_from_fewer_than_five_steps(runs, tiny_option, tmp_path):
     row = next(r for r in md_table(text, "## Decision matrix") if r["option"] == "T")
     assert row["projected h [band]"].endswith("[no band (n < 5)]")
     proj = next(r for r in md_table(text, "## Time-to-train projections") if r["option"] == "T")
-    assert proj["s/step [95% band]"].endswith("[no band (n < 5)]") and proj["total h [band]"].endswith("[no band (n < 5)]")
+    assert proj["s/step [95% band]"].endswith("[no band (n < 5)]")
+    assert proj["total h [band]"].endswith("[no band (n < 5)]")
 
 
 def test_the_band_is_the_student_t_interval_of_the_mean(runs):
@@ -193,8 +195,10 @@ def test_checklist_and_criteria_agree_over_many_fact_sets(runs):
                             f.crashed, f.crash_detail = crashed, "ValueError" if crashed else None
                             f.loss_preliminary, f.diverged, f.warmup_spikes = preliminary, diverged, spikes
                             f.bottleneck, f.cpu_saturated, f.workers_more_needed = bottleneck, saturated, more
-                            f.bottleneck_advice = (None if bottleneck is None else "increase num_workers" if more else
-                                                   "decrease num_workers to 2" if saturated else "keep num_workers at 0")
+                            f.bottleneck_advice = (None if bottleneck is None else
+                                                   "increase num_workers" if more else
+                                                   "decrease num_workers to 2" if saturated else
+                                                   "keep num_workers at 0")
                             f.leak, f.backend, f.backend_errors = leak, backend, errors
                             f.guide_differences = []  # judged as quick_val's own run
                             crit, items = _assert_consistent(f)
@@ -222,7 +226,8 @@ def test_a_benchmark_error_is_listed_but_is_no_crash_of_a_validation_run(runs):
     # no backend error, but the criterion also lists the CPU fallbacks, which this run did not measure
     assert crit["compatibility"]["status"] == NOT_MEASURED and "no backend errors" in crit["compatibility"]["evidence"]
     assert "CPU fallbacks not measured" in crit["compatibility"]["evidence"]
-    assert is_backend_error("NotImplementedError: The operator 'aten::x' is not currently implemented for the MPS device")
+    assert is_backend_error("NotImplementedError: The operator 'aten::x' "
+                            "is not currently implemented for the MPS device")
     assert not is_backend_error("ValueError: shapes do not line up")
 
 
@@ -273,7 +278,8 @@ def test_validate_judges_its_bottleneck_from_its_data_wait(validated):
         assert items["bottleneck"]["status"] != NOT_MEASURED
         assert rec["probes"]["bottleneck"]["verdict"] in ("data-bound", "not data-bound")
         # the checklist and the workers advice judge the same data wait with the same rule
-        assert (items["bottleneck"]["status"] == FAIL) == more == (rec["probes"]["bottleneck"]["verdict"] == "data-bound")
+        data_bound = rec["probes"]["bottleneck"]["verdict"] == "data-bound"
+        assert (items["bottleneck"]["status"] == FAIL) == more == data_bound
     assert more  # data_bound_share 0: data-bound, so both say so
 
 
@@ -392,8 +398,10 @@ def test_thresholds_rejudge_every_verdict_of_the_report(runs, tiny_option, tmp_p
         crit = {c["id"]: c for c in success_criteria(f, load_thresholds(th))}
         items = {i["fact"]: i for s in checklist(f, load_thresholds(th)) for i in s["items"]}
         want = FAIL if verdict == "unstable" else PASS
-        assert items["variance"]["status"] == want and f"{'>=' if want == FAIL else '<'} {limit:g}%" in items["variance"]["evidence"]
-        assert (crit["performance"]["status"] == FAIL) if want == FAIL else f"< {limit:g}%" in crit["performance"]["evidence"]
+        comparison = ">=" if want == FAIL else "<"
+        assert items["variance"]["status"] == want and f"{comparison} {limit:g}%" in items["variance"]["evidence"]
+        assert ((crit["performance"]["status"] == FAIL) if want == FAIL
+                else f"< {limit:g}%" in crit["performance"]["evidence"])
 
 
 # --------------------------------------------------------------------------- 13. labels

@@ -244,7 +244,8 @@ def _bar(desc: str, n: int, total: int, elapsed: float, rate: float | None, post
     remaining = _interval((total - n) / rate) if rate else "?"
     r = "?it/s" if not rate else (f"{1 / rate:5.2f}s/it" if rate < 1 else f"{rate:5.2f}it/s")
     pf = f", {postfix}" if postfix else ""
-    return f"{desc}: {100 * n / total if total else 0:3.0f}%|{body}| {n}/{total} [{_interval(elapsed)}<{remaining}, {r}{pf}]"
+    percent = 100 * n / total if total else 0
+    return f"{desc}: {percent:3.0f}%|{body}| {n}/{total} [{_interval(elapsed)}<{remaining}, {r}{pf}]"
 
 
 def build_log(epochs: int = 2, spe: int = 30, log_freq: int = 10) -> str:
@@ -512,7 +513,8 @@ def f_int(lo: int, hi: float) -> Pred:
 
 
 def f_num(lo: float, hi: float, lo_open: bool = True) -> Pred:
-    return lambda s: (v := as_float(s)) is not None and math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+    return lambda s: ((v := as_float(s)) is not None and math.isfinite(v)
+                      and (v > lo if lo_open else v >= lo) and v <= hi)
 
 
 def f_img(s: str) -> bool:
@@ -623,7 +625,8 @@ FLAG_AMBIGUOUS = {"--seed": lambda s: (v := as_int(s)) is not None and (-(2**63)
                   "--n-train": lambda s: (v := as_int(s)) is not None and v > 10**6,
                   "--n-test": lambda s: (v := as_int(s)) is not None and v > 10**6}
 FLAG_BASES: dict[str, tuple[list[str], list[tuple[str, Pred, list[str]]]]] = {
-    "run": (["run", "--device", "cpu", "--config", "{d}/tiny.yaml", "--probes", "none", "-q"], RUN_FLAGS + MEASURE_FLAGS),
+    "run": (["run", "--device", "cpu", "--config", "{d}/tiny.yaml", "--probes", "none", "-q"],
+            RUN_FLAGS + MEASURE_FLAGS),
     "sweep": (["sweep", "--config", "{d}/cfg.yaml", "--device", "cpu", "--batch-sizes", "2", "--workers", "0",
                "--options", "A", "--out", "{d}/sw", "-q"], SWEEP_FLAGS),
     "validate": (["validate", "--device", "cpu", "--config", "{d}/tiny.yaml", "--epochs", "1", "--out", "{d}/val",
@@ -1531,7 +1534,8 @@ def special_input_cases() -> list[Case]:
                 files[rel] = Special("symlink", target="{d}/" + rel)
             valid = (kind == "empty" and empty_ok) or (kind == "missing" and slot.startswith("sweep --out"))
             if slot.startswith("sweep --out") and kind == "non-utf8":
-                valid = True  # one complete line that does not parse: moved aside like a cut-off tail (docs/commands.md)
+                # one complete line that does not parse: moved aside like a cut-off tail (docs/commands.md)
+                valid = True
             if kind == "missing" and slot == "report DIR/results.jsonl":
                 valid = False
             full = [a.replace("{F}", path) for a in argv]

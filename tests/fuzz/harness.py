@@ -114,7 +114,9 @@ class Special:
         self.kind, self.size, self.target = kind, size, target  # fifo | dir | sparse | symlink
 
     def __repr__(self) -> str:
-        return f"Special({self.kind!r}{f', {self.size}' if self.size else ''}{f', {self.target!r}' if self.target else ''})"
+        size = f", {self.size}" if self.size else ""
+        target = f", {self.target!r}" if self.target else ""
+        return f"Special({self.kind!r}{size}{target})"
 
 
 FIFO, DIRECTORY = Special("fifo"), Special("dir")
