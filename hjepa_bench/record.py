@@ -381,30 +381,6 @@ def workers(record: Mapping[str, Any]) -> int:
     return int(record["config"]["data"]["num_workers"])
 
 
-def peak_bytes(record: Mapping[str, Any]) -> int | None:
-    """Peak device memory: the memory probe's (the larger of the backend's peak and the per-step
-    samples) when it ran, else the backend's own peak (``metrics.peak_device_bytes``)."""
-    entry = lookup(record, "probes", "memory")
-    if isinstance(entry, Mapping) and entry.get("peak_device_bytes") is not None:
-        return finite_int(entry["peak_device_bytes"])
-    return finite_int(lookup(record, "metrics", "peak_device_bytes"))
-
-
-def footprint_bytes(record: Mapping[str, Any]) -> int | None:
-    """The device memory a run needed at its peak, what must fit in the total: the memory probe's
-    ``peak_footprint_bytes`` (allocated peak, or the allocator's peak reserve plus the memory in use
-    outside it, whichever is larger) when it ran, else the same from the metrics, else :func:`peak_bytes`."""
-    entry = lookup(record, "probes", "memory")
-    if isinstance(entry, Mapping) and entry.get("peak_footprint_bytes") is not None:
-        return finite_int(entry["peak_footprint_bytes"])
-    m = record.get("metrics") or {}
-    peak = peak_bytes(record)
-    reserved = finite_int(m.get("peak_reserved_device_bytes"))
-    if reserved is None:
-        return peak
-    return max(peak or 0, reserved + (finite_int(m.get("device_outside_allocator_bytes")) or 0))
-
-
 def backend_peak_bytes(record: Mapping[str, Any]) -> float | None:
     """The backend's own peak (``metrics.peak_device_bytes``), without the memory probe's samples."""
     return finite((record.get("metrics") or {}).get("peak_device_bytes"))

@@ -35,7 +35,7 @@ Thresholds:
 * ``PRESSURE_PEAK_FRAC`` (90%): torch-tb-profiler's rule "peak memory > 90% ->
   checkpointing/AMP" (docs/measuring.md): ``memory_pressure`` when peak / total > 90%.
 * ``fit_memory(margin=0.10)``: the largest batch whose predicted peak footprint stays below
-  ``device_total * (1 - margin)``.  The footprint (:func:`hjepa_bench.record.footprint_bytes`) is what
+  ``device_total * (1 - margin)``.  The footprint (:func:`footprint_bytes`) is what
   must fit: where the backend reports them (CUDA), the allocator's peak reserve (its cache and rounded
   blocks) plus the device memory in use outside it (the CUDA context, library workspaces), else the
   peak allocated.  Headroom is the total minus the same footprint.
@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from ..format import finite, finite_int
-from ..record import batch_achieved, device_name, footprint_bytes, lookup, model_short, node_label
+from ..record import batch_achieved, device_name, lookup, model_short, node_label
 from ..stats import slope_t
 from ..status import NOT_MEASURED
 from ..thresholds import DEFAULTS as _TH  # the one place thresholds live
@@ -89,6 +89,30 @@ LEAK_RULE = (f"judged on the last third of the samples after warm-up, once start
 
 #: a predicted batch beyond this many times the largest measured one is labelled an extrapolation
 EXTRAPOLATION_FACTOR = 4.0
+
+def peak_bytes(record: Mapping[str, Any]) -> int | None:
+    """Peak device memory: the memory probe's (the larger of the backend's peak and the per-step
+    samples) when it ran, else the backend's own peak (``metrics.peak_device_bytes``)."""
+    entry = lookup(record, "probes", "memory")
+    if isinstance(entry, Mapping) and entry.get("peak_device_bytes") is not None:
+        return finite_int(entry["peak_device_bytes"])
+    return finite_int(lookup(record, "metrics", "peak_device_bytes"))
+
+
+def footprint_bytes(record: Mapping[str, Any]) -> int | None:
+    """The device memory a run needed at its peak, what must fit in the total: the memory probe's
+    ``peak_footprint_bytes`` (allocated peak, or the allocator's peak reserve plus the memory in use
+    outside it, whichever is larger) when it ran, else the same from the metrics, else :func:`peak_bytes`."""
+    entry = lookup(record, "probes", "memory")
+    if isinstance(entry, Mapping) and entry.get("peak_footprint_bytes") is not None:
+        return finite_int(entry["peak_footprint_bytes"])
+    m = record.get("metrics") or {}
+    peak = peak_bytes(record)
+    reserved = finite_int(m.get("peak_reserved_device_bytes"))
+    if reserved is None:
+        return peak
+    return max(peak or 0, reserved + (finite_int(m.get("device_outside_allocator_bytes")) or 0))
+
 
 def leak_check(steps: Sequence[float], values: Sequence[float]) -> dict[str, Any]:
     """Is memory (bytes, one sample per step index) leaking?  The rule is in the module

@@ -43,9 +43,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..analysis.memory import DEFAULT_MARGIN, MODEL_ORDER, device_key, fit_memory, setup_key
+from ..analysis.memory import DEFAULT_MARGIN, MODEL_ORDER, device_key, fit_memory, peak_bytes, setup_key
 from ..format import finite
-from ..record import batch_achieved, lookup, model_short, peak_bytes, records_frame
+from ..record import batch_achieved, lookup, model_short, records_frame
 from ..record import label as record_name
 
 DPI = 110
