@@ -300,7 +300,7 @@ def resolve_config(path: str | Path | None = None, overrides: Mapping[str, Any] 
                     raise UserError(f"{where}: {str(exc).rstrip('.')} (a flag overrides it, but the file is still "
                                     "wrong: fix it there).") from None
         apply_overrides(rc, overrides)
-    _validate(rc, present)
+    _check_config(rc, present)
     return rc
 
 
@@ -731,7 +731,7 @@ def check_value(dotted: str, value: Any) -> None:
         resolve_model_name(value)
 
 
-def _validate(rc: ResolvedConfig, present: set[str]) -> None:
+def _check_config(rc: ResolvedConfig, present: set[str]) -> None:
     """Check every key and the rules between keys (:class:`Config`), then fill in what they imply."""
     try:
         Config.model_validate(rc.values, context={"present": present})

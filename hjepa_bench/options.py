@@ -116,7 +116,7 @@ def record_matches(option_values: Mapping[str, Any], record: Mapping[str, Any]) 
     """A record measures an option when its model config is the option's, it ran the
     ``reference`` step (the upstream step's cost) and the precision the option's
     config gives on that record's device."""
-    c = record["config"]  # every field model_key reads is checked by validate_record
+    c = record["config"]  # every field model_key reads is checked by check_record
     if model_key(c) != model_key(option_values):
         return False
     bench = c["bench"]

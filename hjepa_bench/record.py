@@ -3,7 +3,7 @@
 A record is a JSON object describing one measured configuration.  The fields
 are documented in docs/schema.md and typed by the pydantic models of
 :mod:`hjepa_bench.record_model` (:func:`record_json_schema` gives their JSON
-Schema); ``validate_record`` checks the structure that every reader relies on.
+Schema); ``check_record`` checks the structure that every reader relies on.
 Bump ``SCHEMA_VERSION`` whenever a field changes meaning or a required field is
 added, and teach :func:`upgrade_record` the step, so older files still read.
 
@@ -78,7 +78,7 @@ def check_json(value: Any, where: str = "the record", depth: int = 0) -> None:
             raise RecordError(f"{path} holds a {type(v).__name__}, which JSON cannot")
 
 
-def validate_record(record: Mapping[str, Any]) -> None:
+def check_record(record: Mapping[str, Any]) -> None:
     """Raise RecordError naming the first field that does not fit the schema: plain JSON with
     finite numbers (:func:`check_json`), a schema_version this version reads (an older record is
     checked as it reads once upgraded, :func:`upgrade_record`), and every field a reader uses of its
@@ -91,7 +91,7 @@ def validate_record(record: Mapping[str, Any]) -> None:
 
 
 def _checked(record: Any) -> dict[str, Any]:
-    """:func:`validate_record`, returning the record as this version reads it (upgraded)."""
+    """:func:`check_record`, returning the record as this version reads it (upgraded)."""
     if not isinstance(record, Mapping):
         raise RecordError(f"a record must be a JSON object, not {show_value(record)}")
     check_json(record)
@@ -108,8 +108,8 @@ def _checked(record: Any) -> dict[str, Any]:
     return current
 
 
-def validate_probe_entry(name: str, entry: Any, model: type[BaseModel] | None = None) -> None:
-    """A probe's entry as :func:`validate_record` checks it, an object with a str ``status``
+def check_probe_entry(name: str, entry: Any, model: type[BaseModel] | None = None) -> None:
+    """A probe's entry as :func:`check_record` checks it, an object with a str ``status``
     (:class:`~hjepa_bench.record_model.ProbeEntry`), and then as ``model`` types it: the probe's own
     ``entry_model``, which the caller that knows the probes gives."""
     if not isinstance(entry, Mapping):
@@ -185,7 +185,7 @@ def _renamed_v2(entry: Any) -> Any:
 
 
 def loads(line: str | bytes) -> dict[str, Any]:
-    """One record from its JSON text, validated (:func:`validate_record`) and upgraded to the current
+    """One record from its JSON text, validated (:func:`check_record`) and upgraded to the current
     schema_version (:func:`upgrade_record`).  Text that is not JSON raises ``json.JSONDecodeError``;
     JSON that is not a valid record (a NaN literal, a number out of range, nesting too deep, a field
     of the wrong type, a schema_version newer than this one reads) raises RecordError."""

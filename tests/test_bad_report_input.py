@@ -16,7 +16,7 @@ from records_factory import GOOD_LOSS, make_record, option_values, quick_val_val
 from test_logparse import build_log
 
 from hjepa_bench.cli import main
-from hjepa_bench.measure.results import read_results, validate_result
+from hjepa_bench.measure.results import check_result, read_results
 from hjepa_bench.record import SCHEMA_VERSION, RecordError
 
 
@@ -70,12 +70,12 @@ BAD_RECORDS = [
 
 @pytest.mark.parametrize("change, message", BAD_RECORDS)
 def test_validate_record_checks_the_fields_the_readers_use(change, message):
-    """The record's own fields (record.validate_record) and each probe's entry as its probe types it."""
+    """The record's own fields (record.check_record) and each probe's entry as its probe types it."""
     record = _records(1)[0]
-    validate_result(record)
+    check_result(record)
     change(record)
     with pytest.raises(RecordError, match=re.escape(message)):
-        validate_result(record)
+        check_result(record)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -29,7 +29,7 @@ from hjepa_bench.measure.results import read_results
 from hjepa_bench.measure.sweep import SweepSpec
 from hjepa_bench.options import config_option
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.record import label, validate_record, world_size
+from hjepa_bench.record import check_record, label, world_size
 from hjepa_bench.report.markdown import write_report
 from hjepa_bench.thresholds import DEFAULTS
 
@@ -70,7 +70,7 @@ def job(tmp_path_factory):
 @pytest.mark.slow
 def test_two_ranks_write_one_valid_job_record(job):
     record, res = job
-    validate_record(record)
+    check_record(record)
     assert record["status"] == "ok" and record["config"]["bench"]["nproc_per_node"] == 2
     d = record["distributed"]
     assert d["world_size"] == 2 and d["backend"] == "gloo" and len(d["ranks"]) == 2
@@ -151,7 +151,7 @@ def test_killed_rank_is_a_clean_crashed_record(tmp_path):
     assert proc.returncode == 1, err
     assert time.time() - t_kill < 60
     record = json.loads(out.read_text())
-    validate_record(record)
+    check_record(record)
     assert record["status"] == "crashed", record.get("error")
     assert record["error"] == "rank 1 of 2 died by SIGKILL; torchrun stopped the other ranks"
     assert record["distributed"]["world_size"] == 2
@@ -175,7 +175,7 @@ def test_timeout_stops_torchrun_and_every_rank(tmp_path):
     assert proc.returncode == 1, proc.communicate()
     assert len(seen) == 2, f"ranks seen running: {sorted(seen)}"
     record = json.loads(out.read_text())
-    validate_record(record)
+    check_record(record)
     assert record["status"] == "timeout" and "no result after 60 s" in record["error"]
     assert _alive(list(seen.values())) == []
 
@@ -284,7 +284,7 @@ def test_two_nodes_on_loopback_run_one_job(tmp_path):
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     record = json.loads(outs[0].read_text())
-    validate_record(record)
+    check_record(record)
     d = record["distributed"]
     assert d["world_size"] == 2 and d["nnodes"] == 2 and [r["node_rank"] for r in d["ranks"]] == [0, 1]
     assert d["replicas_max_abs_diff"]["after_synced_steps"] == 0.0
@@ -309,7 +309,7 @@ def test_cuda_job_binds_the_gpu_and_uses_nccl(tmp_path):
     values["bench"]["precision"], values["bench"]["device"] = "fp32", "cuda"
     record = run_job(values, environment_fingerprint(backend), device="cuda", plugin_args=[], probes=["none"],
                      warnings=[], launch=Launch(n), timeout_s=300)
-    validate_record(record)
+    check_record(record)
     assert record["status"] == "ok", record["error"]
     d = record["distributed"]
     assert d["backend"] == "nccl" and [r["device"] for r in d["ranks"]] == [f"cuda:{i}" for i in range(n)]

@@ -432,10 +432,10 @@ def test_a_log_record_is_a_valid_result_record(result):
     """The log's record is built by record.new_record and passes the schema (a log has no data wait:
     null), with the per-interval spread of seconds per step."""
     from hjepa_bench.measure.log_record import log_record, log_values
-    from hjepa_bench.record import validate_record
+    from hjepa_bench.record import check_record
 
     record = log_record(result, log_values(result["info"], None, {}), "train.log")
-    validate_record(record)
+    check_record(record)
     st = record["metrics"]["step_time_s"]
     assert st["p10"] <= st["p90"] and st["iqr"] >= 0 and record["metrics"]["data_wait_frac"] is None
     assert record["sweep"]["label"] == "log train.log" and record["env"]["fingerprint_id"] == "log:train.log"

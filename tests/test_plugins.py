@@ -13,7 +13,7 @@ from hjepa_bench import hookimpl
 from hjepa_bench.errors import UserError
 from hjepa_bench.plugin.api import Backend
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.record import validate_record
+from hjepa_bench.record import check_record
 
 TOY_PLUGIN = textwrap.dedent('''
     """A third-party hjepa-bench plugin: one workload and one probe."""
@@ -101,7 +101,7 @@ def test_third_party_plugin_is_listed_and_used(cli, toy_site, tmp_path):
     res = cli("run", "--device", "cpu", "--workload", "toy", *TINY_FLAGS, "--json", str(out), "-q", env=env)
     assert res.returncode == 0, res.stderr
     record = json.loads(out.read_text())
-    validate_record(record)
+    check_record(record)
     assert record["params"] == {"total": 5, "trainable": 5}
     assert record["probes"]["toy_counter"]["workload"] == "toy"
     assert record["probes"]["toy_counter"]["steps_seen"] == len(record["series"]["step_time_s"])
@@ -312,7 +312,7 @@ def test_broken_probes_and_sections_never_lose_the_record_or_the_report(cli, tmp
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     record = json.loads(rec.read_text())
-    validate_record(record)
+    check_record(record)
     assert record["status"] == "ok" and record["metrics"]["it_per_s"] > 0
     probes = record["probes"]
     assert probes["badlist"] == {"status": "failed", "error": "finish() returned a list, not a mapping"}

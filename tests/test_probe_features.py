@@ -19,7 +19,7 @@ from hjepa_bench.hjepa.model import HJEPA
 from hjepa_bench.measure.runner import run_benchmark
 from hjepa_bench.plugin.api import RunContext
 from hjepa_bench.plugin.manager import build_plugins
-from hjepa_bench.record import new_record, validate_record
+from hjepa_bench.record import check_record, new_record
 
 D = 192
 
@@ -189,7 +189,7 @@ def test_probe_in_a_real_run_and_the_report_section():
     config = tiny_config(**{"bench.features_n": 64, "bench.max_steps": 3})
     record = run_benchmark(config, CPUBackend(), HJEPAWorkload(), [probe_features.FeaturesProbe()],
                            {"backend": "cpu", "device_name": "test cpu"})
-    validate_record(record)
+    check_record(record)
     entry = record["probes"]["features"]
     assert record["status"] == "ok" and entry["status"] == "ok" and entry["measured"] is True
     assert entry["steps_trained"] == len(record["series"]["step_time_s"]) >= 3

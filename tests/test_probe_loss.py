@@ -21,7 +21,7 @@ from hjepa_bench.builtin import probe_loss
 from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.builtin.probe_loss import LossProbe, LossSection
 from hjepa_bench.measure.runner import run_benchmark
-from hjepa_bench.record import validate_record
+from hjepa_bench.record import check_record
 
 T = np.arange(100)
 
@@ -169,7 +169,7 @@ def _run(tiny, workload, **bench):
 
 def test_probe_in_a_real_run(tiny):
     r = _run(tiny, ToyWorkload(), warmup_steps=2, min_steps=40, max_steps=40, target_rel_precision=0.0001)
-    validate_record(r)
+    check_record(r)
     assert r["status"] == "ok"
     e = r["probes"]["loss"]
     _json_ok(e)

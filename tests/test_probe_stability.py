@@ -19,7 +19,7 @@ from hjepa_bench.builtin import probe_stability
 from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.builtin.probe_stability import StabilityProbe, StabilitySection
 from hjepa_bench.measure.runner import run_benchmark
-from hjepa_bench.record import validate_record
+from hjepa_bench.record import check_record
 from hjepa_bench.stats import summarize
 
 
@@ -185,7 +185,7 @@ def test_probe_in_a_real_run(tiny):
     values = tiny(**{"bench.warmup_steps": 2, "bench.min_steps": 30, "bench.max_steps": 30,
                      "bench.target_rel_precision": 0.0001, "bench.max_time_s": 30.0})
     r = run_benchmark(values, CPUBackend(), ToyWorkload(step_sleep=0.004), [StabilityProbe()], {"backend": "cpu"})
-    validate_record(r)
+    check_record(r)
     assert r["status"] == "ok"
     e = r["probes"]["stability"]
     _json_ok(e)

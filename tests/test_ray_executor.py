@@ -23,7 +23,7 @@ from helpers import REPO  # noqa: E402
 from raycluster import ENV, FAST_DEATH, Cluster, free_port  # noqa: E402
 
 from hjepa_bench.measure.results import read_results  # noqa: E402
-from hjepa_bench.record import validate_record  # noqa: E402
+from hjepa_bench.record import check_record  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -83,7 +83,7 @@ def test_local_cluster_sweep_streams_records_into_results(tmp_path):
     host = socket.gethostname()
     assert [r["sweep"]["batch_size"] for r in recs] == [2, 4]
     for r in recs:
-        validate_record(r)
+        check_record(r)
         assert r["status"] == "ok" and r["metrics"]["it_per_s"] > 0
         # the node's own fingerprint, taken on the node, and the node's label (its hostname here)
         assert r["node"]["label"] == host and r["node"]["executor"] == "ray" and r["node"]["ray_node_id"]

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from hjepa_bench.measure.results import entry_models, read_results, validate_result
+from hjepa_bench.measure.results import check_result, entry_models, read_results
 from hjepa_bench.plugin.api import Probe
 from hjepa_bench.plugin.manager import build_plugins
 from hjepa_bench.record import (
     SCHEMA_VERSION,
     RecordError,
+    check_probe_entry,
+    check_record,
     loads,
     new_record,
     read_json,
     record_json_schema,
     upgrade_record,
-    validate_probe_entry,
-    validate_record,
 )
 from hjepa_bench.record_model import MISSING, ProbeEntry
 
@@ -76,7 +76,7 @@ def test_loads_and_read_json_upgrade_a_version_1_record(tmp_path):
     assert record["schema_version"] == 2 and "criterion_cv_below_limit" in record["probes"]["stability"]
     (tmp_path / "r.json").write_text(line)
     assert read_json(tmp_path / "r.json") == record
-    validate_record(json.loads(line))  # a version-1 record is valid as it reads
+    check_record(json.loads(line))  # a version-1 record is valid as it reads
     assert upgrade_record(record) is record  # a current record is itself
 
 
@@ -129,7 +129,7 @@ def test_real_records_fit_the_json_schema():
     bad["metrics"]["it_per_s"] = 0
     assert not validator.is_valid(bad)
     with pytest.raises(RecordError, match=re.escape("metrics.it_per_s must be a number > 0, not 0")):
-        validate_record(bad)
+        check_record(bad)
 
 
 # --------------------------------------------------------------------------- the probes' entry models
@@ -168,14 +168,14 @@ def test_a_plugin_probe_types_its_entry_and_the_results_reader_asks_it(tmp_path)
     assert models["thermo"] is _Reading and issubclass(models["thermo"], BaseModel)
     record = loads(_v1_lines(V1_FILES[0])[0])
     record["probes"]["thermo"] = {"status": "ok", "celsius": "hot", "anything": [1]}
-    validate_record(record)  # the record's own schema knows only the envelope
+    check_record(record)  # the record's own schema knows only the envelope
     with pytest.raises(RecordError, match=re.escape('probes.thermo.celsius must be a number, not "hot"')):
-        validate_result(record, models)
+        check_result(record, models)
     with pytest.raises(RecordError, match=re.escape('probes.thermo.celsius must be a number, not "hot"')):
-        validate_probe_entry("thermo", record["probes"]["thermo"], _Reading)
+        check_probe_entry("thermo", record["probes"]["thermo"], _Reading)
     good = copy.deepcopy(record)
     good["probes"]["thermo"]["celsius"] = 41
-    validate_result(good, models)
+    check_result(good, models)
     (tmp_path / "results.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
     loaded = read_results(tmp_path / "results.jsonl", models=models)
     assert len(loaded.records) == 1 and loaded.records[0]["probes"]["thermo"]["anything"] == [1]

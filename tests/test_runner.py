@@ -10,7 +10,7 @@ import torch
 from hjepa_bench.builtin.backend_cpu import CPUBackend
 from hjepa_bench.measure.runner import run_benchmark
 from hjepa_bench.plugin.api import PreparedWorkload, Probe, StepOutput, Workload
-from hjepa_bench.record import dumps, validate_record
+from hjepa_bench.record import check_record, dumps
 
 
 class ToyPrepared(PreparedWorkload):
@@ -90,7 +90,7 @@ def _run(tiny, workload, probes=(), **bench):
 def test_ok_record_with_probe_entry(tiny):
     probe, wl = CountingProbe(), ToyWorkload(step_sleep=0.002)
     r = _run(tiny, wl, [probe], warmup_steps=2, min_steps=5, max_steps=12)
-    validate_record(r)
+    check_record(r)
     m = r["metrics"]
     assert r["status"] == "ok" and wl.prepared.closed
     assert 5 <= m["measured_steps"] <= 12 and m["warmup"]["steps"] == 2
@@ -122,7 +122,7 @@ def test_failures_become_statuses_and_keep_what_was_measured(tiny, fail, status,
     assert r["status"] == status and fragment in r["error"]
     assert wl.prepared.closed
     assert r["probes"]["counting"]["status_seen"] == status
-    validate_record(json.loads(dumps(r)))  # the record as written: NaN (the diverged step's) becomes null
+    check_record(json.loads(dumps(r)))  # the record as written: NaN (the diverged step's) becomes null
     assert r["metrics"]["measured_steps"] >= 2  # the windows before the failure are kept
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hjepa_bench import stats
-from hjepa_bench.record import SCHEMA_VERSION, RecordError, validate_record, write_json
+from hjepa_bench.record import SCHEMA_VERSION, RecordError, check_record, write_json
 
 
 def test_summarize_known_values():
@@ -55,14 +55,14 @@ def _record(**kw):
 
 
 def test_validate_record():
-    validate_record(_record())
-    validate_record(_record(status="oom", metrics={}))
+    check_record(_record())
+    check_record(_record(status="oom", metrics={}))
     with pytest.raises(RecordError, match="status"):
-        validate_record(_record(status="fine"))
+        check_record(_record(status="fine"))
     with pytest.raises(RecordError, match="metrics.step_time_s.median"):
         bad = _record()
         del bad["metrics"]["step_time_s"]["median"]
-        validate_record(bad)
+        check_record(bad)
 
 
 def test_an_old_records_not_measured_reads_back_in_the_one_spelling():
@@ -104,7 +104,7 @@ def test_a_field_that_does_not_fit_is_one_sentence_naming_it():
         bad = _record()
         change(bad)
         with pytest.raises(RecordError) as info:
-            validate_record(bad)
+            check_record(bad)
         assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
@@ -117,6 +117,7 @@ def test_write_json_is_atomic_and_nan_safe(tmp_path):
 def test_records_share_one_reading():
     from records_factory import make_record, quick_val_values
 
+    from hjepa_bench.analysis.memory import peak_bytes
     from hjepa_bench.record import (
         backend_peak_bytes,
         batch_achieved,
@@ -124,13 +125,12 @@ def test_records_share_one_reading():
         label,
         model_short,
         new_record,
-        peak_bytes,
         probe,
         short_model_name,
     )
 
     r = make_record(quick_val_values(), peak_bytes=2 * 2**30)
-    validate_record(r)  # the tests' hand-made records are records too
+    check_record(r)  # the tests' hand-made records are records too
     assert short_model_name("vit_small_patch16_224") == "vit_small" and model_short(r) == "vit_tiny"
     assert batch_requested(r) == batch_achieved(r) == 32 and backend_peak_bytes(r) == peak_bytes(r) == 2 * 2**30
     r["probes"]["memory"]["peak_device_bytes"] = 3 * 2**30  # the memory probe saw more than the backend's peak

@@ -17,7 +17,7 @@ from helpers import REPO
 from hjepa_bench.errors import UserError
 from hjepa_bench.measure.results import ResultsFile, read_results, results_frame
 from hjepa_bench.measure.sweep import SweepSpec
-from hjepa_bench.record import validate_record
+from hjepa_bench.record import check_record
 
 TESTS = Path(__file__).resolve().parent
 TINY_SWEEP = ["--device", "cpu", "--img-size", "64", "--encoder-depth", "2", "--predictor-depths", "1",
@@ -56,7 +56,7 @@ def test_real_2x2_sweep(swept):
     assert {(r["config"]["data"]["batch_size"], r["config"]["data"]["num_workers"]) for r in recs} == \
         {(4, 0), (4, 1), (8, 0), (8, 1)}
     for r in recs:
-        validate_record(r)
+        check_record(r)
         assert r["status"] == "ok" and r["metrics"]["it_per_s"] > 0
     assert len({r["sweep"]["key"] for r in recs}) == 4
     assert "## Measured step speed" in (out / "report.md").read_text()

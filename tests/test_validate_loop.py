@@ -233,11 +233,11 @@ def test_user_error_propagates(tmp_path, cpu):
 
 def test_the_validation_record_is_a_valid_result_record(ok_run):
     from hjepa_bench.measure.validation_record import validation_record
-    from hjepa_bench.record import validate_record
+    from hjepa_bench.record import check_record
 
     result = ok_run[0]
     record = validation_record(result, {"backend": "cpu", "device_total_bytes": 1})
-    validate_record(record)
+    check_record(record)
     assert record["status"] == "ok"
     assert record["metrics"]["batch_size"]["achieved"] == result["config"]["data"]["batch_size"]
 
@@ -250,13 +250,13 @@ def test_the_validation_record_carries_the_full_stability_analysis(tmp_path, cpu
     from hjepa_bench.analysis.stability import analyze_stability
     from hjepa_bench.builtin.probe_stability import StabilitySection
     from hjepa_bench.measure.validation_record import WARMUP_STEPS, validation_record
-    from hjepa_bench.record import validate_record
+    from hjepa_bench.record import check_record
 
     result = run_validation(_values(), cpu, _settings(tmp_path, max_steps_per_epoch=8, feature_n=16,
                                                       features_at_start=False), progress=False)
     assert result["status"] == "ok", result["error"]
     record = validation_record(result, {"backend": "cpu", "device_total_bytes": 1})
-    validate_record(record)
+    check_record(record)
     stab = record["probes"]["stability"]
     steps = result["steps"]
     whole = [t + w for t, w in zip(steps["step_time_s"], steps["data_wait_s"])]

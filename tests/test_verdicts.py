@@ -41,7 +41,7 @@ from hjepa_bench.builtin.probe_memory import MemoryProbe
 from hjepa_bench.builtin.probe_stability import StabilityProbe
 from hjepa_bench.builtin.workload_hjepa import HJEPAWorkload
 from hjepa_bench.measure.env import environment_fingerprint
-from hjepa_bench.measure.results import validate_result
+from hjepa_bench.measure.results import check_result
 from hjepa_bench.measure.runner import run_benchmark
 from hjepa_bench.measure.validation_record import validation_facts, validation_record
 from hjepa_bench.measure.validation_run import ValidationSettings, run_validation
@@ -459,7 +459,7 @@ def test_a_bad_raw_number_is_a_skipped_line_not_a_traceback(runs, tmp_path, prob
         entry = entry[key]
     entry[path[-1]] = value
     with pytest.raises(RecordError, match=re.escape(message)):
-        validate_result(bad)
+        check_result(bad)
     d = tmp_path / "res"
     d.mkdir()
     (d / "results.jsonl").write_text(dumps(runs["long"], indent=None) + "\n" + dumps(bad, indent=None) + "\n")

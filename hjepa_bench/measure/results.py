@@ -3,7 +3,7 @@ config finishes, so a killed sweep loses at most the config in flight.
 
 Every line is parsed and validated once, here (:func:`hjepa_bench.record.loads`: JSON, finite
 numbers, every field the readers use of its type, a record of an older schema_version upgraded in
-memory; then each probe entry as its probe's ``entry_model`` types it, :func:`validate_entries`);
+memory; then each probe entry as its probe's ``entry_model`` types it, :func:`check_entries`);
 after that the readers trust the records.  What a line that is not a valid record gets depends on
 who reads:
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from ..errors import RESULTS_MAX_BYTES, UserError, read_bytes
-from ..record import RecordError, dumps, loads, records_frame, validate_probe_entry, validate_record
+from ..record import RecordError, check_probe_entry, check_record, dumps, loads, records_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,19 +62,19 @@ def entry_models(plugins: Plugins | None = None) -> dict[str, type[BaseModel]]:
     return {name: p.entry_model for name, p in plugins.probes().items() if p.entry_model is not None}
 
 
-def validate_entries(record: Mapping[str, Any], models: EntryModels) -> None:
+def check_entries(record: Mapping[str, Any], models: EntryModels) -> None:
     """Raise RecordError naming the first field of a probe entry that does not fit its probe's model
-    (a record :func:`~hjepa_bench.record.validate_record` passed; a probe without a model: its envelope only)."""
+    (a record :func:`~hjepa_bench.record.check_record` passed; a probe without a model: its envelope only)."""
     for name, entry in record["probes"].items():
         if name in models:
-            validate_probe_entry(name, entry, models[name])
+            check_probe_entry(name, entry, models[name])
 
 
-def validate_result(record: Mapping[str, Any], models: EntryModels | None = None) -> None:
-    """A record as a results file holds it: :func:`~hjepa_bench.record.validate_record`, then every probe
+def check_result(record: Mapping[str, Any], models: EntryModels | None = None) -> None:
+    """A record as a results file holds it: :func:`~hjepa_bench.record.check_record`, then every probe
     entry as its probe types it (``models``: :func:`entry_models` of the default plugins when None)."""
-    validate_record(record)
-    validate_entries(record, entry_models() if models is None else models)
+    check_record(record)
+    check_entries(record, entry_models() if models is None else models)
 
 
 @dataclass
@@ -100,7 +100,7 @@ def _parse(raw: bytes, models: EntryModels) -> tuple[dict[str, Any] | None, str,
     """(record, why it is not one, whether the text is not even JSON)."""
     try:
         record = loads(raw.decode("utf-8"))
-        validate_entries(record, models)
+        check_entries(record, models)
         return record, "", False
     except UnicodeDecodeError:
         return None, "not UTF-8 text", True
@@ -176,7 +176,7 @@ class ResultsFile:
         the file is rewritten atomically (temp file, fsync, rename), so a kill leaves the old file
         or the new one."""
         line = dumps(record, indent=None) + "\n"
-        validate_result(json.loads(line), self.models)
+        check_result(json.loads(line), self.models)
         kept = [r for r in read_results(self.path, strict=True, models=self.models).records
                 if (r.get("sweep") or {}).get("key") != key]
         tmp = self.path.with_name(RESULTS_NAME + ".tmp")
@@ -188,7 +188,7 @@ class ResultsFile:
 
     def append(self, record: Mapping[str, Any]) -> None:
         line = dumps(record, indent=None) + "\n"
-        validate_result(json.loads(line), self.models)  # what is read back later
+        check_result(json.loads(line), self.models)  # what is read back later
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as fh:
             fh.write(line)

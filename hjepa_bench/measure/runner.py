@@ -37,7 +37,7 @@ from ..analysis import policy
 from ..analysis.bottleneck import device_lag_split
 from ..errors import PLUGIN_FAILURES, UserError, error_line
 from ..plugin.api import Backend, PreparedWorkload, Probe, RunContext, StepSample, Workload
-from ..record import dumps, new_record, validate_probe_entry
+from ..record import check_probe_entry, dumps, new_record
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -276,13 +276,13 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 def _entry(probe: Probe, entry: Any) -> dict[str, Any]:
     """What ``finish`` returned as the probe's entry (status ``ok`` unless it says otherwise), or a
     ``failed`` entry saying why when the record could not hold it: not a mapping, data JSON cannot
-    hold, or fields of the wrong type (:func:`~hjepa_bench.record.validate_probe_entry` with the
+    hold, or fields of the wrong type (:func:`~hjepa_bench.record.check_probe_entry` with the
     probe's ``entry_model``)."""
     if not isinstance(entry, Mapping):
         return {"status": "failed", "error": f"finish() returned a {type(entry).__name__}, not a mapping"}
     try:
         full = json.loads(dumps({"status": "ok", **entry}, indent=None))
-        validate_probe_entry(probe.name, full, probe.entry_model)
+        check_probe_entry(probe.name, full, probe.entry_model)
     except (TypeError, ValueError) as exc:  # json: TypeError; RecordError is a ValueError
         return {"status": "failed", "error": f"finish() returned an entry the record cannot hold: "
                                              f"{type(exc).__name__}: {exc}"}

@@ -2,7 +2,7 @@
 
 * The grid comes from the CLI and/or a YAML file; each point is the base config
   (upstream YAML) plus overrides.  Every value is checked before anything runs
-  (:meth:`SweepSpec.validate`): an invalid one is a usage error.  Valid points a
+  (:meth:`SweepSpec.check`): an invalid one is a usage error.  Valid points a
   backend cannot run (a precision it lacks, a device missing at a node) are recorded
   ``unsupported``.
 * ``nproc_per_node`` is a grid dimension like the others: a point above 1 is a data-parallel
@@ -148,7 +148,7 @@ class SweepSpec:
         """The overrides every point shares (dotted config keys)."""
         return {key: getattr(self, name) for name, key in self.COMMON_KEYS.items()}
 
-    def validate(self, where: str = "sweep") -> None:
+    def check(self, where: str = "sweep") -> None:
         """Check every field (:meth:`check_fields`) and the base config on its own (a grid value such
         as the default model must not hide an error in the file), then resolve each distinct grid
         value once, at the grid point that takes the first value of every other dimension (so each
@@ -246,7 +246,7 @@ class SweepSpec:
             spec.options_file = args.options_file
         if getattr(args, "retry", None) is not None:
             spec.retry = args.retry
-        spec.validate(f"sweep (grid file {args.grid} and flags)" if args.grid else "sweep")
+        spec.check(f"sweep (grid file {args.grid} and flags)" if args.grid else "sweep")
         return spec
 
 
